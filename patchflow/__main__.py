@@ -1,0 +1,5 @@
+"""``python -m patchflow`` runs the CLI."""
+
+from patchflow.cli import main
+
+main()

@@ -1,0 +1,39 @@
+"""patchflow's one settings object, read from ``PATCHFLOW_*`` environment variables at the edges.
+
+Defaults serve the embedded single-machine stack; production sets the variables.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "patchflow"
+
+
+class Settings(BaseSettings):
+    """Runtime settings (environment variables ``PATCHFLOW_<FIELD>``)."""
+
+    model_config = SettingsConfigDict(env_prefix="PATCHFLOW_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    """Where patchflow keeps its state: pinned patch sets, the embedded server's database, SQLite."""
+    temporal_address: str = "127.0.0.1:7233"
+    """host:port of the Temporal frontend; the embedded dev server listens here."""
+    task_queue: str = "patchflow"
+    """Temporal task queue the workers poll."""
+
+    @property
+    def patch_set_dir(self) -> Path:
+        return self.data_dir / "patch-sets"
+
+
+def get_settings() -> Settings:
+    """Read settings from the environment (call at the edges only: CLI, API, worker start-up)."""
+    return Settings()

@@ -1,0 +1,214 @@
+"""Loading YAML/JSON input files with located errors.
+
+Every input file (baseline, catalog, inventory, plan, fleet) goes through :func:`load_document`, so every
+error message can point at ``file:line: field.path``. Line numbers are found lazily — only when an error
+must be reported — because composing a YAML node tree is far slower than parsing a large JSON catalog.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from patchflow.errors import InputError, Problem
+
+PathPart = str | int
+
+
+class _StringDatesLoader(yaml.SafeLoader):
+    """SafeLoader that keeps ``2026-01-31`` as a string.
+
+    PyYAML turns unquoted dates into ``datetime.date``; AWS fields such as ``ApproveUntilDate`` are strings
+    and must round-trip unchanged.
+    """
+
+
+_StringDatesLoader.yaml_implicit_resolvers = {
+    key: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for key, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.copy().items()
+}
+
+
+def format_path(parts: Sequence[PathPart]) -> str:
+    """Render ``("ApprovalRules", "PatchRules", 0, "ApproveAfterDays")`` as ``ApprovalRules.PatchRules[0].ApproveAfterDays``."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+@dataclass
+class Document:
+    """A parsed input file plus what is needed to locate errors in it."""
+
+    data: Any
+    source: str
+    text: str
+    _lines: dict[tuple[PathPart, ...], int] | None = field(default=None, repr=False)
+
+    def line_of(self, path: Sequence[PathPart]) -> int | None:
+        """Best-effort 1-based line of the value at ``path`` (or of its nearest located parent)."""
+        if self._lines is None:
+            self._lines = _line_map(self.text)
+        key = tuple(path)
+        while key:
+            if key in self._lines:
+                return self._lines[key]
+            key = key[:-1]
+        return self._lines.get((), None)
+
+    def problem(self, path: Sequence[PathPart], message: str) -> Problem:
+        return Problem(path=format_path(path), message=message, line=self.line_of(path))
+
+
+def _line_map(text: str) -> dict[tuple[PathPart, ...], int]:
+    """Map every path in a YAML/JSON document to the line its value (or key) starts on."""
+    try:
+        root = yaml.compose(text, Loader=_StringDatesLoader)
+    except yaml.YAMLError:
+        return {}
+    lines: dict[tuple[PathPart, ...], int] = {}
+    if root is None:
+        return lines
+    stack: list[tuple[tuple[PathPart, ...], yaml.Node]] = [((), root)]
+    while stack:
+        path, node = stack.pop()
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                child = (*path, str(key_node.value))
+                lines[child] = key_node.start_mark.line + 1
+                stack.append((child, value_node))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                stack.append(((*path, index), item))
+    return lines
+
+
+def load_document(path: str | Path, *, kind: str, error: type[InputError] = InputError) -> Document:
+    """Read and parse a YAML or JSON file.
+
+    Args:
+        path: the file; ``.json`` files are parsed as JSON, anything else as YAML (which also reads JSON).
+        kind: what the file is supposed to be ("baseline", "catalog", …), used in messages.
+        error: the :class:`InputError` subclass to raise.
+
+    Raises:
+        error: the file is missing, unreadable, empty or not valid YAML/JSON, with the line of the syntax error.
+    """
+    source = str(path)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{kind} file not found: check the path", source=source) from None
+    except IsADirectoryError:
+        raise error(f"expected a {kind} file but this is a directory", source=source) from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{kind} file is not UTF-8 text (byte {exc.start}): save it as UTF-8", source=source) from None
+    except OSError as exc:
+        raise error(f"cannot read {kind} file: {exc.strerror}", source=source) from None
+    return parse_document(text, source=source, kind=kind, error=error, as_json=p.suffix.lower() == ".json")
+
+
+def parse_document(
+    text: str, *, source: str, kind: str, error: type[InputError] = InputError, as_json: bool = False
+) -> Document:
+    """Parse YAML/JSON text already in memory (see :func:`load_document`)."""
+    if not text.strip():
+        raise error(f"{kind} file is empty", source=source)
+    if as_json:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise error(
+                f"not valid JSON: {exc.msg}",
+                source=source,
+                problems=[Problem(path="", message=f"{exc.msg} (column {exc.colno})", line=exc.lineno)],
+            ) from None
+    else:
+        try:
+            data = yaml.load(text, Loader=_StringDatesLoader)  # noqa: S506 - a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            what = getattr(exc, "problem", None) or str(exc)
+            raise error(
+                f"not valid YAML: {what}",
+                source=source,
+                problems=[
+                    Problem(
+                        path="",
+                        message=f"{what} (column {mark.column + 1})" if mark else what,
+                        line=mark.line + 1 if mark else None,
+                    )
+                ],
+            ) from None
+    return Document(data=data, source=source, text=text)
+
+
+def suggest(name: str, choices: Iterable[str]) -> str:
+    """A ``did you mean`` hint for a misspelt key, or ``""``."""
+    options = list(choices)
+    lowered = {c.lower(): c for c in options}
+    if name.lower() in lowered:
+        return f"; did you mean '{lowered[name.lower()]}'? (field names are case-sensitive)"
+    close = difflib.get_close_matches(name, options, n=1, cutoff=0.6)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+def validation_problems(
+    exc: ValidationError, doc: Document, *, prefix: Sequence[PathPart] = (), known_fields: Iterable[str] = ()
+) -> list[Problem]:
+    """Translate a pydantic ``ValidationError`` into located, human-worded problems.
+
+    Args:
+        exc: the error raised by ``model_validate``.
+        doc: the document the data came from (for line numbers).
+        prefix: where in the document the validated object sits.
+        known_fields: field names to draw "did you mean" suggestions from for unknown keys.
+    """
+    known = sorted(set(known_fields))
+    problems: list[Problem] = []
+    for err in exc.errors(include_url=False):
+        loc: list[PathPart] = [*prefix]
+        for part in err["loc"]:
+            # pydantic inserts the tag of a union/function validator into loc; drop non-field markers.
+            if isinstance(part, str) and ("[" in part or part.startswith("function-")):
+                continue
+            loc.append(part)
+        kind = err["type"]
+        ctx = err.get("ctx") or {}
+        value = err.get("input")
+        if kind == "extra_forbidden":
+            field_name = str(loc[-1]) if loc else ""
+            message = f"unknown field '{field_name}'{suggest(field_name, known)}"
+        elif kind == "missing":
+            message = "required field is missing"
+        elif kind == "literal_error":
+            message = f"{value!r} is not allowed; use one of {ctx.get('expected')}"
+        elif kind in {"int_type", "int_parsing", "int_from_float"}:
+            message = f"expected a whole number, got {value!r}"
+        elif kind in {"bool_type", "bool_parsing"}:
+            message = f"expected true or false, got {value!r}"
+        elif kind in {"string_type"}:
+            message = f"expected a string, got {value!r}"
+        elif kind in {"list_type"}:
+            message = f"expected a list, got {type(value).__name__}"
+        elif kind in {"model_type", "model_attributes_type", "dict_type"}:
+            message = f"expected a mapping of fields, got {type(value).__name__}"
+        else:
+            message = err["msg"]
+            if message.startswith("Value error, "):
+                message = message[len("Value error, ") :]
+        problems.append(doc.problem(loc, message))
+    return problems

@@ -1,0 +1,435 @@
+"""Baseline evaluation with SSM semantics, and the pinned patch set."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from patchflow import versions
+from patchflow.catalog import Patch
+from patchflow.errors import CatalogError, InputError
+from patchflow.evaluation import Evaluation, evaluate
+from tests.conftest import make_baseline, make_patch, rule
+
+AT = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)
+
+
+def decisions(result: Evaluation) -> dict[tuple[str, str], str]:
+    return {(d.patch.name, d.patch.version): d.decision for d in result.decisions}
+
+
+def reason_of(result: Evaluation, name: str, version: str | None = None) -> str:
+    for d in result.decisions:
+        if d.patch.name == name and (version is None or d.patch.version == version):
+            return d.reason
+    raise AssertionError(f"{name} not in decisions")
+
+
+def pinned(result: Evaluation) -> dict[str, str]:
+    return {p.name: p.version for p in result.patch_set.patches}
+
+
+def test_global_filters_then_rules_and_across_keys_or_within_values() -> None:
+    baseline = make_baseline(
+        GlobalFilters={"PatchFilters": [{"Key": "PRODUCT", "Values": ["AmazonLinux2023"]}]},
+        ApprovalRules={
+            "PatchRules": [
+                rule({"CLASSIFICATION": ["Security"], "SEVERITY": ["Critical", "Important"]}, ApproveAfterDays=0)
+            ]
+        },
+    )
+    catalog = [
+        make_patch(name="a", severity="Critical"),
+        make_patch(name="b", severity="important"),  # case-insensitive
+        make_patch(name="c", severity="Low"),
+        make_patch(name="d", classification="Bugfix"),
+        make_patch(name="e", product="AmazonLinux2"),  # global filter
+    ]
+    result = evaluate(baseline, catalog, AT)
+    got = {d.patch.name: d.decision for d in result.decisions}
+    assert got == {"a": "approved", "b": "approved", "c": "not_approved", "d": "not_approved", "e": "not_approved"}
+    assert "GlobalFilters PRODUCT" in reason_of(result, "e")
+    assert "SEVERITY" in reason_of(result, "c")
+
+
+def test_wildcard_matches_missing_values_too() -> None:
+    baseline = make_baseline(ApprovalRules={"PatchRules": [rule({"SEVERITY": ["*"]}, ApproveAfterDays=0)]})
+    result = evaluate(baseline, [make_patch(name="bugfix", severity=None)], AT)
+    assert result.decisions[0].decision == "approved"
+
+
+def test_approve_after_days_counts_from_release_in_utc() -> None:
+    baseline = make_baseline(ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=7)]})
+    release = "2025-11-09T18:00:00Z"
+    patch = make_patch(release_date=release)
+    approve_at = datetime(2025, 11, 16, 18, 0, tzinfo=UTC)
+    assert evaluate(baseline, [patch], approve_at).decisions[0].decision == "approved"
+    early = evaluate(baseline, [patch], approve_at - timedelta(seconds=1)).decisions[0]
+    assert early.decision == "not_approved"
+    assert "approved from 2025-11-16T18:00:00Z" in early.reason
+    # the same instant written with an offset is the same release
+    shifted = make_patch(release_date="2025-11-09T19:00:00+01:00")
+    assert evaluate(baseline, [shifted], approve_at).decisions[0].decision == "approved"
+
+
+def test_approve_until_date_covers_the_whole_utc_day() -> None:
+    baseline = make_baseline(ApprovalRules={"PatchRules": [rule({}, ApproveUntilDate="2026-11-05")]})
+    late_same_day = make_patch(name="a", release_date="2026-11-05T23:59:59Z")
+    next_day = make_patch(name="b", release_date="2026-11-06T00:00:00Z")
+    # 2026-11-06T01:00+02:00 is 2026-11-05T23:00Z: inside the UTC day
+    offset_inside = make_patch(name="c", release_date="2026-11-06T01:00:00+02:00")
+    result = evaluate(baseline, [late_same_day, next_day, offset_inside], AT)
+    got = {d.patch.name: d.decision for d in result.decisions}
+    assert got == {"a": "approved", "b": "not_approved", "c": "approved"}
+
+
+def test_non_security_only_where_enabled() -> None:
+    catalog = [make_patch(name="sec", security=True), make_patch(name="enh", security=False, classification="Enhancement")]
+    off = evaluate(make_baseline(), catalog, AT)
+    assert {d.patch.name: d.decision for d in off.decisions} == {"sec": "approved", "enh": "not_approved"}
+    assert "EnableNonSecurity is false" in reason_of(off, "enh")
+    on = evaluate(
+        make_baseline(ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=0, EnableNonSecurity=True)]}), catalog, AT
+    )
+    assert all(d.decision == "approved" for d in on.decisions)
+
+
+def test_first_matching_rule_sets_compliance_level() -> None:
+    baseline = make_baseline(
+        ApprovalRules={
+            "PatchRules": [
+                rule({"SEVERITY": ["Critical"]}, ApproveAfterDays=0, ComplianceLevel="CRITICAL"),
+                rule({}, ApproveAfterDays=0, ComplianceLevel="LOW"),
+            ]
+        }
+    )
+    result = evaluate(baseline, [make_patch(name="a"), make_patch(name="b", severity="Low")], AT)
+    assert {d.patch.name: d.compliance_level for d in result.decisions} == {"a": "CRITICAL", "b": "LOW"}
+
+
+@pytest.mark.parametrize(
+    ("entry", "matches"),
+    [
+        ("CVE-2026-1111", True),
+        ("cve-2026-1111", True),
+        ("ALAS2023-2026-555", True),
+        ("2233445", True),
+        ("dbus", True),
+        ("dbus.x86_64", True),
+        ("dbus-1.12.28", True),
+        ("dbus-1.12.28-1.amzn2023.0.1", True),
+        ("dbus-1.12.28-1.amzn2023.0.1.x86_64", True),
+        ("1:1.12.28-1.amzn2023.0.1", True),
+        ("dbus-1:1.12.28-1.amzn2023.0.1.x86_64", True),
+        ("1:dbus-1.12.28-1.amzn2023.0.1.x86_64", True),
+        ("dbus.x86_64:1:1.12.28-1.amzn2023.0.1", True),
+        ("dbus*", True),
+        ("dbus-1.12.2*", True),
+        ("dbus-*:1.12.28-1.amzn2023.0.1.x86_64", True),
+        ("dbus.aarch64", False),
+        ("dbus-1.12.29", False),
+        ("CVE-2026-9999", False),
+        ("Dbus", False),  # rpm names are case-sensitive
+    ],
+)
+def test_rpm_approved_list_formats_override_rules(entry: str, matches: bool) -> None:
+    baseline = make_baseline(
+        ApprovalRules={"PatchRules": [rule({"SEVERITY": ["Critical"]}, ApproveAfterDays=0)]},
+        ApprovedPatches=[entry],
+        ApprovedPatchesComplianceLevel="HIGH",
+    )
+    patch = make_patch(
+        name="dbus",
+        version="1:1.12.28-1.amzn2023.0.1",
+        severity="Low",  # no rule approves it
+        advisory_id="ALAS2023-2026-555",
+        cve_ids=["CVE-2026-1111"],
+        bugzilla_ids=["2233445"],
+    )
+    decision = evaluate(baseline, [patch], AT).decisions[0]
+    assert (decision.decision == "approved") is matches
+    if matches:
+        assert decision.compliance_level == "HIGH"
+        assert entry in decision.reason
+
+
+def test_approved_list_overrides_global_filters_but_not_security_switch() -> None:
+    baseline = make_baseline(
+        GlobalFilters={"PatchFilters": [{"Key": "PRODUCT", "Values": ["Nothing"]}]},
+        ApprovedPatches=["a", "b"],
+    )
+    catalog = [make_patch(name="a"), make_patch(name="b", security=False, classification="Enhancement")]
+    result = evaluate(baseline, catalog, AT)
+    assert decisions(result) == {("a", "1.0-1"): "approved", ("b", "1.0-1"): "not_approved"}
+    assert "ApprovedPatchesEnableNonSecurity is false" in reason_of(result, "b")
+    enabled = evaluate(
+        make_baseline(
+            GlobalFilters={"PatchFilters": [{"Key": "PRODUCT", "Values": ["Nothing"]}]},
+            ApprovedPatches=["a", "b"],
+            ApprovedPatchesEnableNonSecurity=True,
+        ),
+        catalog,
+        AT,
+    )
+    assert all(d.decision == "approved" for d in enabled.decisions)
+
+
+def deb_patch(**fields: Any) -> Patch:
+    base: dict[str, Any] = {
+        "family": "deb",
+        "arch": "amd64",
+        "product": "Ubuntu22.04",
+        "classification": None,
+        "severity": None,
+        "priority": "Important",
+        "section": "libs",
+    }
+    base.update(fields)
+    return make_patch(**base)
+
+
+def ubuntu(**fields: Any) -> Any:
+    base: dict[str, Any] = {
+        "OperatingSystem": "UBUNTU",
+        "ApprovalRules": {"PatchRules": [rule({"PRIORITY": ["Required", "Important"]})]},
+    }
+    base.update(fields)
+    return make_baseline(**base)
+
+
+def test_deb_lists_match_bare_names_of_every_version_and_arch() -> None:
+    catalog = [
+        deb_patch(name="openssl", version="3.0.2-0ubuntu1.15"),
+        deb_patch(name="openssl", version="3.0.2-0ubuntu1.16", arch="arm64"),
+        deb_patch(name="openssl-dev", version="3.0.2-0ubuntu1.16", priority="Optional"),
+    ]
+    result = evaluate(ubuntu(RejectedPatches=["openssl"]), catalog, AT)
+    assert [d.decision for d in result.decisions] == ["rejected", "rejected", "not_approved"]
+    approved = evaluate(ubuntu(ApprovedPatches=["openssl-dev"]), catalog, AT)
+    assert [d.decision for d in approved.decisions] == ["approved", "approved", "approved"]
+
+
+def test_rejected_wins_over_approved() -> None:
+    baseline = make_baseline(ApprovedPatches=["kernel*"], RejectedPatches=["kernel-6.1.99-*"])
+    catalog = [make_patch(name="kernel", version="6.1.99-1.amzn2023"), make_patch(name="kernel", version="6.1.102-1.amzn2023")]
+    result = evaluate(baseline, catalog, AT)
+    assert decisions(result) == {
+        ("kernel", "6.1.99-1.amzn2023"): "rejected",
+        ("kernel", "6.1.102-1.amzn2023"): "approved",
+    }
+    assert pinned(result) == {"kernel": "6.1.102-1.amzn2023"}
+
+
+def test_allow_as_dependency_keeps_dependents_and_says_so() -> None:
+    catalog = [
+        deb_patch(name="libbad", version="1.1-1"),
+        deb_patch(name="app", version="2.0-1", depends=["libbad"]),
+    ]
+    result = evaluate(ubuntu(RejectedPatches=["libbad"]), catalog, AT)
+    assert decisions(result) == {("libbad", "1.1-1"): "rejected", ("app", "2.0-1"): "approved"}
+    assert "dependency of app" in reason_of(result, "libbad")
+    assert pinned(result) == {"app": "2.0-1"}
+
+
+def test_block_rejects_dependents_transitively() -> None:
+    catalog = [
+        deb_patch(name="libbad", version="1.1-1"),
+        deb_patch(name="app", version="2.0-1", depends=["libbad"]),
+        deb_patch(name="plugin", version="3.0-1", depends=["app"]),
+        deb_patch(name="other", version="1.0-1", depends=["libc6"]),
+    ]
+    result = evaluate(ubuntu(RejectedPatches=["libbad"], RejectedPatchesAction="BLOCK"), catalog, AT)
+    assert decisions(result) == {
+        ("libbad", "1.1-1"): "rejected",
+        ("app", "2.0-1"): "rejected",
+        ("plugin", "3.0-1"): "rejected",
+        ("other", "1.0-1"): "approved",
+    }
+    assert "depends on rejected package 'libbad'" in reason_of(result, "app")
+    assert pinned(result) == {"other": "1.0-1"}
+
+
+def test_latest_approved_version_uses_exact_distro_order() -> None:
+    catalog = [
+        deb_patch(name="pkg", version="1.0~rc1-1"),
+        deb_patch(name="pkg", version="1.0-1"),
+        deb_patch(name="pkg", version="1:0.9-1"),  # the epoch wins
+        deb_patch(name="pkg", version="2.0-1", priority="Optional"),  # newest, not approved
+    ]
+    result = evaluate(ubuntu(), catalog, AT)
+    assert pinned(result) == {"pkg": "1:0.9-1"}
+    assert "superseded in the patch set by 1:0.9-1" in reason_of(result, "pkg", "1.0-1")
+    assert [d.in_patch_set for d in result.decisions] == [False, False, True, False]
+
+
+def test_patch_set_keeps_name_and_arch_apart() -> None:
+    catalog = [deb_patch(name="libc6", version="2.35-0ubuntu3.8"), deb_patch(name="libc6", version="2.35-0ubuntu3.7", arch="i386")]
+    assert {(p.name, p.arch) for p in evaluate(ubuntu(), catalog, AT).patch_set.patches} == {
+        ("libc6", "amd64"),
+        ("libc6", "i386"),
+    }
+
+
+def test_deb_delay_extension_and_undated_patches() -> None:
+    baseline = ubuntu(ApprovalRules={"PatchRules": [rule({"PRIORITY": ["*"]}, ApproveAfterDays=3)]})
+    catalog = [
+        deb_patch(name="fresh", version="1-1", release_date="2026-11-09T00:00:00Z"),
+        deb_patch(name="aged", version="1-1", release_date="2026-11-01T00:00:00Z"),
+        deb_patch(name="undated", version="1-1", release_date=None),
+    ]
+    result = evaluate(baseline, catalog, AT)
+    assert {d.patch.name: d.decision for d in result.decisions} == {
+        "fresh": "not_approved",
+        "aged": "approved",
+        "undated": "approved",
+    }
+    assert "no release date" in reason_of(result, "undated") and "as SSM does" in reason_of(result, "undated")
+    assert any("no release date" in note for note in result.notes)
+
+
+def test_patches_released_after_the_evaluation_time_are_not_approved() -> None:
+    result = evaluate(ubuntu(), [deb_patch(name="future", version="1-1", release_date="2026-12-01T00:00:00Z")], AT)
+    assert result.decisions[0].decision == "not_approved"
+
+
+def test_sources_replace_the_default_repositories() -> None:
+    baseline = make_baseline(
+        Sources=[
+            {
+                "Name": "curated",
+                "Products": ["AmazonLinux2023"],
+                "Configuration": "[curated-al2023]\nname=Curated\nbaseurl=https://mirror.example/al2023\nenabled=1",
+            }
+        ]
+    )
+    catalog = [
+        make_patch(name="a", repository="curated-al2023"),
+        make_patch(name="b", repository="amazonlinux"),
+        make_patch(name="c", repository="amazonlinux", product="AmazonLinux2"),  # no source for this product
+    ]
+    result = evaluate(baseline, catalog, AT)
+    assert {d.patch.name: d.decision for d in result.decisions} == {"a": "approved", "b": "not_approved", "c": "approved"}
+    assert "Sources" in reason_of(result, "b")
+
+
+def test_amazon_linux_2023_medium_matches_moderate() -> None:
+    baseline = make_baseline(ApprovalRules={"PatchRules": [rule({"SEVERITY": ["Medium"]}, ApproveAfterDays=0)]})
+    assert evaluate(baseline, [make_patch(severity="Moderate")], AT).decisions[0].decision == "approved"
+    al2 = make_baseline(
+        OperatingSystem="AMAZON_LINUX_2",
+        ApprovalRules={"PatchRules": [rule({"SEVERITY": ["Medium"]}, ApproveAfterDays=0)]},
+    )
+    assert evaluate(al2, [make_patch(severity="Moderate")], AT).decisions[0].decision == "not_approved"
+
+
+def test_patch_set_id_is_content_addressed() -> None:
+    baseline = make_baseline()
+    catalog = [make_patch(name="a"), make_patch(name="b", version="2.0-1")]
+    first = evaluate(baseline, catalog, AT).patch_set.id
+    assert first.startswith("ps-")
+    assert evaluate(baseline, list(reversed(catalog)), AT).patch_set.id == first
+    assert evaluate(baseline, catalog, AT + timedelta(seconds=1)).patch_set.id != first
+    assert evaluate(baseline, [*catalog, make_patch(name="c", security=False)], AT).patch_set.id != first
+    assert evaluate(make_baseline(Name="other-name"), catalog, AT).patch_set.id != first
+
+
+def test_catalog_of_the_wrong_family_is_refused() -> None:
+    with pytest.raises(CatalogError) as info:
+        evaluate(ubuntu(), [make_patch(name="rpm-thing")], AT)
+    assert "uses 'deb' packages" in str(info.value)
+
+
+def test_windows_baselines_validate_but_do_not_evaluate() -> None:
+    windows = make_baseline(OperatingSystem="WINDOWS", ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=7)]})
+    with pytest.raises(InputError, match="Linux"):
+        evaluate(windows, [], AT)
+
+
+# ---------------------------------------------------------------------------------------------- properties
+
+NAMES = ["a", "b", "c", "d"]
+RPM_VERSIONS = ["1.0-1", "1.0-2", "1.0~rc1-1", "1.0^git1-1", "2.0-1", "1:0.5-1", "1.00-1", "1.0a-1"]
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[Any, list[Patch], datetime]:
+    patches = []
+    for _ in range(draw(st.integers(0, 12))):
+        patches.append(
+            make_patch(
+                name=draw(st.sampled_from(NAMES)),
+                arch=draw(st.sampled_from(["x86_64", "noarch"])),
+                version=draw(st.sampled_from(RPM_VERSIONS)),
+                severity=draw(st.sampled_from(["Critical", "Important", "Low", None])),
+                classification=draw(st.sampled_from(["Security", "Bugfix"])),
+                security=draw(st.booleans()),
+                release_date=draw(st.sampled_from([None, "2026-10-01T00:00:00Z", "2026-11-08T06:00:00Z"])),
+                depends=draw(st.lists(st.sampled_from(NAMES), max_size=2)),
+                cve_ids=draw(st.lists(st.sampled_from(["CVE-2026-0001", "CVE-2026-0002"]), max_size=1)),
+            )
+        )
+    rules = [
+        rule(
+            {"SEVERITY": draw(st.lists(st.sampled_from(["Critical", "Important", "Low", "*"]), min_size=1, max_size=3))},
+            ApproveAfterDays=draw(st.integers(0, 10)),
+            EnableNonSecurity=draw(st.booleans()),
+        )
+        for _ in range(draw(st.integers(0, 3)))
+    ]
+    baseline = make_baseline(
+        ApprovalRules={"PatchRules": rules},
+        ApprovedPatches=draw(st.lists(st.sampled_from(["a", "b*", "CVE-2026-0001", "c.x86_64"]), max_size=2, unique=True)),
+        RejectedPatches=draw(st.lists(st.sampled_from(["a", "b-2.0-1", "d*"]), max_size=2, unique=True)),
+        RejectedPatchesAction=draw(st.sampled_from(["ALLOW_AS_DEPENDENCY", "BLOCK"])),
+    )
+    at = datetime(2026, 11, 1, tzinfo=UTC) + timedelta(hours=draw(st.integers(0, 24 * 20)))
+    return baseline, patches, at
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(scenarios())
+def test_properties_of_every_evaluation(scenario: tuple[Any, list[Patch], datetime]) -> None:
+    baseline, patches, at = scenario
+    result = evaluate(baseline, patches, at)
+    by_key: dict[tuple[str, str], list[str]] = {}
+    for d in result.decisions:
+        if d.decision == "approved":
+            by_key.setdefault(d.patch.key, []).append(d.patch.version)
+    rejected = {(d.patch.name, d.patch.arch, d.patch.version) for d in result.decisions if d.decision == "rejected"}
+    pins = {(p.name, p.arch): p.version for p in result.patch_set.patches}
+    # the patch set holds exactly the latest approved version of each approved package
+    assert set(pins) == set(by_key)
+    for key, found in by_key.items():
+        assert versions.compare("rpm", pins[key], versions.latest("rpm", found)) == 0
+    # nothing rejected is pinned
+    assert not {(n, a, v) for (n, a), v in pins.items()} & rejected
+    # BLOCK: nothing pinned depends on a rejected package
+    if baseline.RejectedPatchesAction == "BLOCK":
+        rejected_names = {name for name, _, _ in rejected}
+        for d in result.decisions:
+            if d.in_patch_set:
+                assert not set(d.patch.depends) & rejected_names
+    # order independence and determinism
+    shuffled = list(patches)
+    random.Random(7).shuffle(shuffled)
+    again = evaluate(baseline, shuffled, at)
+    assert again.patch_set.id == result.patch_set.id
+    assert sorted((d.patch.model_dump_json(), d.decision) for d in again.decisions) == sorted(
+        (d.patch.model_dump_json(), d.decision) for d in result.decisions
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(scenarios(), st.integers(1, 24 * 30))
+def test_approval_only_grows_with_time(scenario: tuple[Any, list[Patch], datetime], hours: int) -> None:
+    """A patch approved at t stays approved at any later t' (delays only ever expire)."""
+    baseline, patches, at = scenario
+    later = at + timedelta(hours=hours)
+    before = {i for i, d in enumerate(evaluate(baseline, patches, at).decisions) if d.decision == "approved"}
+    after = {i for i, d in enumerate(evaluate(baseline, patches, later).decisions) if d.decision == "approved"}
+    assert before <= after
