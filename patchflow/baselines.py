@@ -66,8 +66,8 @@ ZYPPER_OSES = frozenset({"SUSE"})
 
 #: Filter keys ``DescribePatchProperties`` documents per operating system.
 FILTER_KEYS: dict[str, tuple[str, ...]] = {
-    **{os_: ("PRODUCT", "CLASSIFICATION", "SEVERITY") for os_ in YUM_OSES | ZYPPER_OSES},
-    **{os_: ("PRODUCT", "PRIORITY", "SECTION") for os_ in APT_OSES},
+    **dict.fromkeys(YUM_OSES | ZYPPER_OSES, ("PRODUCT", "CLASSIFICATION", "SEVERITY")),
+    **dict.fromkeys(APT_OSES, ("PRODUCT", "PRIORITY", "SECTION")),
     "MACOS": ("PRODUCT", "CLASSIFICATION"),
     "WINDOWS": ("PRODUCT", "PRODUCT_FAMILY", "CLASSIFICATION", "MSRC_SEVERITY", "PATCH_SET"),
 }
@@ -285,7 +285,9 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
             closed = FILTER_VALUES.get((pm, key))
             for j, value in enumerate(flt.Values):
                 if not 1 <= len(value) <= 64:
-                    problems.append(problem((*fpath, "Values", j), "filter values must be 1–64 characters long"))
+                    problems.append(
+                        problem((*fpath, "Values", j), "filter values must be 1–64 characters long")
+                    )
                 elif closed and value != "*" and value.lower() not in {c.lower() for c in closed}:
                     problems.append(
                         problem(
@@ -302,7 +304,10 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
         has_date = rule.ApproveUntilDate is not None
         if has_days and has_date:
             problems.append(
-                problem(rpath, "set either ApproveAfterDays or ApproveUntilDate, not both (AWS allows one per rule)")
+                problem(
+                    rpath,
+                    "set either ApproveAfterDays or ApproveUntilDate, not both (AWS allows one per rule)",
+                )
             )
         elif not has_days and not has_date and pm != "apt":
             problems.append(
@@ -314,7 +319,9 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
             )
         if has_days and rule.ApproveAfterDays is not None and not 0 <= rule.ApproveAfterDays <= 360:
             problems.append(
-                problem((*rpath, "ApproveAfterDays"), f"{rule.ApproveAfterDays} is out of range; use 0–360 days")
+                problem(
+                    (*rpath, "ApproveAfterDays"), f"{rule.ApproveAfterDays} is out of range; use 0–360 days"
+                )
             )
         if rule.ApproveUntilDate is not None:
             try:
@@ -341,7 +348,10 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
                 problems.append(problem((list_name, i), why))
     if baseline.ApprovedPatchesEnableNonSecurity and pm == "windows":
         problems.append(
-            problem(("ApprovedPatchesEnableNonSecurity",), "ApprovedPatchesEnableNonSecurity applies to Linux only")
+            problem(
+                ("ApprovedPatchesEnableNonSecurity",),
+                "ApprovedPatchesEnableNonSecurity applies to Linux only",
+            )
         )
 
     if baseline.Sources and pm in {"windows", "macos"}:
@@ -350,7 +360,9 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
         spath: tuple[PathPart, ...] = ("Sources", s)
         if not _SOURCE_NAME_RE.match(source.Name):
             problems.append(
-                problem((*spath, "Name"), f"{source.Name!r}: 3–50 characters of letters, digits, '_', '-' and '.'")
+                problem(
+                    (*spath, "Name"), f"{source.Name!r}: 3–50 characters of letters, digits, '_', '-' and '.'"
+                )
             )
         if not 1 <= len(source.Configuration) <= 1024:
             problems.append(problem((*spath, "Configuration"), "must be 1–1024 characters long"))
@@ -371,7 +383,9 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
             )
         for p, product in enumerate(source.Products):
             if not 1 <= len(product) <= 128:
-                problems.append(problem((*spath, "Products", p), "product names must be 1–128 characters long"))
+                problems.append(
+                    problem((*spath, "Products", p), "product names must be 1–128 characters long")
+                )
     return problems
 
 

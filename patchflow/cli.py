@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import traceback
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -35,27 +35,30 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-baseline_app = typer.Typer(help="Baselines as code: validate, evaluate, check compliance, export.", no_args_is_help=True)
+baseline_app = typer.Typer(
+    help="Baselines as code: validate, evaluate, check compliance, export.", no_args_is_help=True
+)
 patch_set_app = typer.Typer(help="Pinned, content-addressed patch sets.", no_args_is_help=True)
 versions_app = typer.Typer(help="Exact deb and rpm version order.", no_args_is_help=True)
 app.add_typer(baseline_app, name="baseline")
 app.add_typer(patch_set_app, name="patch-set")
 app.add_typer(versions_app, name="version")
 
-out = Console(soft_wrap=False)
+# Piped output (CI logs, files) gets wide tables instead of 80 folded columns.
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
-class OutputFormat(str, Enum):
+class OutputFormat(StrEnum):
     table = "table"
     json = "json"
 
 
-class FileFormat(str, Enum):
+class FileFormat(StrEnum):
     json = "json"
     yaml = "yaml"
 
 
-class VersionFamily(str, Enum):
+class VersionFamily(StrEnum):
     deb = "deb"
     rpm = "rpm"
 
@@ -91,10 +94,12 @@ def baseline_validate(
             failures.append(exc)
             continue
         rules = len(baseline.ApprovalRules.PatchRules)
-        out.print(f"ok: {path} ({baseline.Name}, {baseline.OperatingSystem}, {rules} rule{'s' if rules != 1 else ''})")
+        out.print(
+            f"ok: {path} ({baseline.Name}, {baseline.OperatingSystem}, {rules} rule{'s' if rules != 1 else ''})"
+        )
     if failures:
-        for exc in failures:
-            _print_error(exc)
+        for failure in failures:
+            _print_error(failure)
         raise typer.Exit(2)
 
 
@@ -106,11 +111,19 @@ def _evaluate(baseline_path: Path, catalog_path: Path, at: str) -> tuple[Baselin
 
 @baseline_app.command("evaluate")
 def baseline_evaluate(
-    baseline_file: Annotated[Path, typer.Argument(metavar="BASELINE", help="Baseline file.", show_default=False)],
-    catalog: Annotated[Path, typer.Option("--catalog", help="Patch catalog (JSON list of patches).", show_default=False)],
-    at: Annotated[str, typer.Option("--at", help="Evaluation time, RFC 3339 (e.g. 2026-11-10T02:00:00Z) or 'now'.")] = "now",
+    baseline_file: Annotated[
+        Path, typer.Argument(metavar="BASELINE", help="Baseline file.", show_default=False)
+    ],
+    catalog: Annotated[
+        Path, typer.Option("--catalog", help="Patch catalog (JSON list of patches).", show_default=False)
+    ],
+    at: Annotated[
+        str, typer.Option("--at", help="Evaluation time, RFC 3339 (e.g. 2026-11-10T02:00:00Z) or 'now'.")
+    ] = "now",
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
-    store: Annotated[bool, typer.Option("--store/--no-store", help="Keep the pinned patch set in the data directory.")] = True,
+    store: Annotated[
+        bool, typer.Option("--store/--no-store", help="Keep the pinned patch set in the data directory.")
+    ] = True,
 ) -> None:
     """Decide every catalog patch (with the reason) and pin the resulting patch set."""
     _, result = _evaluate(baseline_file, catalog, at)
@@ -134,7 +147,10 @@ def baseline_evaluate(
             d.reason,
         )
     out.print(table)
-    counts = {k: sum(1 for d in result.decisions if d.decision == k) for k in ("approved", "rejected", "not_approved")}
+    counts = {
+        k: sum(1 for d in result.decisions if d.decision == k)
+        for k in ("approved", "rejected", "not_approved")
+    }
     out.print(
         f"patch set [bold]{result.patch_set.id}[/]: {len(result.patch_set.patches)} package version(s) pinned (*); "
         f"{counts['approved']} approved, {counts['rejected']} rejected, {counts['not_approved']} not approved"
@@ -145,15 +161,22 @@ def baseline_evaluate(
 
 @baseline_app.command("compliance")
 def baseline_compliance(
-    baseline_file: Annotated[Path, typer.Argument(metavar="BASELINE", help="Baseline file.", show_default=False)],
-    inventory: Annotated[Path, typer.Option("--inventory", help="Instance inventory (JSON).", show_default=False)],
+    baseline_file: Annotated[
+        Path, typer.Argument(metavar="BASELINE", help="Baseline file.", show_default=False)
+    ],
+    inventory: Annotated[
+        Path, typer.Option("--inventory", help="Instance inventory (JSON).", show_default=False)
+    ],
     catalog: Annotated[
-        Path | None, typer.Option("--catalog", help="Patch catalog; not needed with --patch-set.", show_default=False)
+        Path | None,
+        typer.Option("--catalog", help="Patch catalog; not needed with --patch-set.", show_default=False),
     ] = None,
     at: Annotated[str, typer.Option("--at", help="Evaluation time, RFC 3339 or 'now'.")] = "now",
     patch_set: Annotated[
         str | None,
-        typer.Option("--patch-set", help="Judge against a pinned patch set (id or file) instead of re-evaluating."),
+        typer.Option(
+            "--patch-set", help="Judge against a pinned patch set (id or file) instead of re-evaluating."
+        ),
     ] = None,
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
 ) -> None:
@@ -166,12 +189,16 @@ def baseline_compliance(
     if patch_set is not None:
         pinned: PatchSet = _store().resolve(patch_set)
         if pinned.family != family:
-            raise InputError(f"patch set {pinned.id} holds {pinned.family} packages but the baseline is for {family}")
+            raise InputError(
+                f"patch set {pinned.id} holds {pinned.family} packages but the baseline is for {family}"
+            )
         candidates = list(pinned.patches)
         set_id = pinned.id
     else:
         if catalog is None:
-            raise InputError("give --catalog FILE to evaluate the baseline, or --patch-set ID to use a pinned set")
+            raise InputError(
+                "give --catalog FILE to evaluate the baseline, or --patch-set ID to use a pinned set"
+            )
         _, result = _evaluate(baseline_file, catalog, at)
         candidates = [
             PinnedPatch(
@@ -212,7 +239,18 @@ def baseline_compliance(
         )
         return
     table = Table(title=f"Patch compliance against {set_id}")
-    columns = ("instance", "group", "status", "installed", "other", "pending reboot", "rejected", "missing", "failed", "level")
+    columns = (
+        "instance",
+        "group",
+        "status",
+        "installed",
+        "other",
+        "pending reboot",
+        "rejected",
+        "missing",
+        "failed",
+        "level",
+    )
     for column in columns:
         table.add_column(column)
     for r in results:
@@ -246,10 +284,17 @@ def baseline_compliance(
 
 @baseline_app.command("export")
 def baseline_export(
-    baseline_file: Annotated[Path, typer.Argument(metavar="BASELINE", help="Baseline file.", show_default=False)],
-    aws: Annotated[bool, typer.Option("--aws", help="Write a CreatePatchBaseline request body (aws ssm … --cli-input-json).")] = False,
+    baseline_file: Annotated[
+        Path, typer.Argument(metavar="BASELINE", help="Baseline file.", show_default=False)
+    ],
+    aws: Annotated[
+        bool,
+        typer.Option("--aws", help="Write a CreatePatchBaseline request body (aws ssm … --cli-input-json)."),
+    ] = False,
     fmt: Annotated[FileFormat, typer.Option("--format", help="Output format.")] = FileFormat.json,
-    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")
+    ] = None,
 ) -> None:
     """Write a baseline back in AWS's format."""
     if not aws:
@@ -282,7 +327,9 @@ def patch_set_list() -> None:
 
 @patch_set_app.command("show")
 def patch_set_show(
-    patch_set_id: Annotated[str, typer.Argument(metavar="ID", help="Patch set id or file.", show_default=False)],
+    patch_set_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Patch set id or file.", show_default=False)
+    ],
     fmt: Annotated[OutputFormat, typer.Option("--format", help="Output format.")] = OutputFormat.table,
 ) -> None:
     """Show the packages a patch set pins."""

@@ -124,7 +124,9 @@ def _normalise_product(product: str | None) -> str | None:
     return product.lower() if product else None
 
 
-def build_targets(candidates: Iterable[PinnedPatch], family: str) -> dict[str | None, dict[tuple[str, str], PinnedPatch]]:
+def build_targets(
+    candidates: Iterable[PinnedPatch], family: str
+) -> dict[str | None, dict[tuple[str, str], PinnedPatch]]:
     """Latest approved version per (name, arch): overall (key None) and per product (lower-cased).
 
     A patch without a product applies to every product.
@@ -153,7 +155,9 @@ def build_targets(candidates: Iterable[PinnedPatch], family: str) -> dict[str | 
     for table in per_product.values():
         for patch in generic:
             offer(table, patch)
-    return {None: overall, **per_product}
+    result: dict[str | None, dict[tuple[str, str], PinnedPatch]] = {None: overall}
+    result.update(per_product)
+    return result
 
 
 class ComplianceEngine:
@@ -176,7 +180,9 @@ class ComplianceEngine:
         self._target_of: dict[str | None, dict[PackageKey, PinnedPatch | None]] = {}
         self.unknown_products: set[str] = set()
 
-    def _tables(self, product: str | None) -> tuple[dict[PackageKey, str], dict[PackageKey, PinnedPatch | None], str | None]:
+    def _tables(
+        self, product: str | None
+    ) -> tuple[dict[PackageKey, str], dict[PackageKey, PinnedPatch | None], str | None]:
         key = _normalise_product(product)
         if key is not None and key not in self.targets:
             self.unknown_products.add(product or "")
@@ -186,7 +192,9 @@ class ComplianceEngine:
             self._target_of[key] = {}
         return self._states[key], self._target_of[key], key
 
-    def _classify(self, pkg: PackageKey, table: dict[tuple[str, str], PinnedPatch]) -> tuple[str, PinnedPatch | None]:
+    def _classify(
+        self, pkg: PackageKey, table: dict[tuple[str, str], PinnedPatch]
+    ) -> tuple[str, PinnedPatch | None]:
         name, arch, version = pkg
         target = table.get((name, arch))
         if self.rejected and self.rejected.match_package(name, arch, version) is not None:
@@ -226,14 +234,24 @@ class ComplianceEngine:
             # A failed package that is not installed at all (a failed first install) still counts.
             installed_names = {(n, a) for n, a, _ in installed}
             table = self.targets[key]
-            for name, arch in failed:
-                if (name, arch) in seen_failed:
+            for failed_name, failed_arch in failed:
+                if (failed_name, failed_arch) in seen_failed:
                     continue
                 for (t_name, t_arch), target in table.items():
-                    if t_name == name and (arch is None or arch == t_arch) and (t_name, t_arch) not in installed_names:
+                    if (
+                        t_name == failed_name
+                        and failed_arch in (None, t_arch)
+                        and (t_name, t_arch) not in installed_names
+                    ):
                         extra_rows.append(
                             PatchState(
-                                name, t_arch, None, target.version, FAILED, target.severity, target.compliance_level
+                                t_name,
+                                t_arch,
+                                None,
+                                target.version,
+                                FAILED,
+                                target.severity,
+                                target.compliance_level,
                             )
                         )
             for index, state in overrides.items():
@@ -280,13 +298,13 @@ class ComplianceEngine:
         counts["CriticalNonCompliantCount"] = critical
         counts["SecurityNonCompliantCount"] = security
         counts["OtherNonCompliantCount"] = non_compliant - critical - security
-        level = min(levels, key=COMPLIANCE_ORDER.index) if levels else None
+        worst = min(levels, key=COMPLIANCE_ORDER.index) if levels else None
         return InstanceCompliance(
             instance_id=instance.instance_id,
             patch_group=instance.patch_group,
             status="NON_COMPLIANT" if non_compliant else "COMPLIANT",
             counts=counts,
-            compliance_level=level,
+            compliance_level=worst,
             patches=patches,
         )
 
@@ -336,7 +354,8 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
         prefix = ("instances",)
     if not isinstance(data, list):
         raise InventoryError(
-            "an inventory must be a JSON list of instances (or an object with an 'instances' list)", source=doc.source
+            "an inventory must be a JSON list of instances (or an object with an 'instances' list)",
+            source=doc.source,
         )
     problems: list[Problem] = []
     instances: list[Instance] = []
@@ -352,12 +371,25 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
         if not isinstance(item, dict):
             bad(where, f"expected an instance object, got {type(item).__name__}")
             continue
-        unknown = set(item) - {"instance_id", "platform", "patch_group", "installed", "failed", "pending_reboot"}
+        unknown = set(item) - {
+            "instance_id",
+            "platform",
+            "patch_group",
+            "installed",
+            "failed",
+            "pending_reboot",
+        }
         for key in sorted(unknown):
-            bad((*where, key), "unknown field; allowed: instance_id, platform, patch_group, installed, failed, pending_reboot")
+            bad(
+                (*where, key),
+                "unknown field; allowed: instance_id, platform, patch_group, installed, failed, pending_reboot",
+            )
         iid = item.get("instance_id")
         if not isinstance(iid, str) or not iid:
-            bad((*where, "instance_id"), "required: the instance id as a non-empty string (e.g. i-0abc…, mi-…)")
+            bad(
+                (*where, "instance_id"),
+                "required: the instance id as a non-empty string (e.g. i-0abc…, mi-…)",
+            )
             continue
         if iid in seen_ids:
             bad((*where, "instance_id"), f"instance {iid} appears twice")
@@ -376,7 +408,10 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
         elif platform is not None:
             bad((*where, "platform"), "expected a product string or {family, product}")
         if family is not None and inst_family is not None and inst_family != family:
-            bad((*where, "platform", "family"), f"instance uses '{inst_family}' packages but the baseline is for '{family}'")
+            bad(
+                (*where, "platform", "family"),
+                f"instance uses '{inst_family}' packages but the baseline is for '{family}'",
+            )
         group = item.get("patch_group")
         if group is not None and not isinstance(group, str):
             bad((*where, "patch_group"), "expected a string or null")
@@ -392,7 +427,9 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
             except (TypeError, KeyError):
                 bad((*where, "installed", j), "expected {name, arch, version}")
                 continue
-            if not (isinstance(name, str) and isinstance(arch, str) and isinstance(version, str) and name and arch):
+            if not (
+                isinstance(name, str) and isinstance(arch, str) and isinstance(version, str) and name and arch
+            ):
                 bad((*where, "installed", j), "name, arch and version must be non-empty strings")
                 continue
             if family is not None:
@@ -436,7 +473,12 @@ def load_inventory(path: str | Path, *, family: str | None = None) -> list[Insta
 
 
 def engine_for(
-    *, family: str, candidates: Iterable[PinnedPatch], rejected_patches: Sequence[str], rejected_action: str, package_manager: str
+    *,
+    family: str,
+    candidates: Iterable[PinnedPatch],
+    rejected_patches: Sequence[str],
+    rejected_action: str,
+    package_manager: str,
 ) -> ComplianceEngine:
     """Build an engine from approved candidates and the baseline's rejected list."""
     if family not in ("deb", "rpm"):

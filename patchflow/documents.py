@@ -115,7 +115,9 @@ def load_document(path: str | Path, *, kind: str, error: type[InputError] = Inpu
     except IsADirectoryError:
         raise error(f"expected a {kind} file but this is a directory", source=source) from None
     except UnicodeDecodeError as exc:
-        raise error(f"{kind} file is not UTF-8 text (byte {exc.start}): save it as UTF-8", source=source) from None
+        raise error(
+            f"{kind} file is not UTF-8 text (byte {exc.start}): save it as UTF-8", source=source
+        ) from None
     except OSError as exc:
         raise error(f"cannot read {kind} file: {exc.strerror}", source=source) from None
     return parse_document(text, source=source, kind=kind, error=error, as_json=p.suffix.lower() == ".json")

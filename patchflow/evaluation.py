@@ -186,7 +186,9 @@ def _matches_value(patch_value: str | None, wanted: Sequence[str], *, moderate_i
     return False
 
 
-def _filter_mismatch(group: PatchFilterGroup, patch: Patch, *, moderate_is_medium: bool) -> PatchFilter | None:
+def _filter_mismatch(
+    group: PatchFilterGroup, patch: Patch, *, moderate_is_medium: bool
+) -> PatchFilter | None:
     """The first filter of ``group`` the patch fails, or None when all match (AND across keys)."""
     for flt in group.PatchFilters:
         attr = _FIELD_OF_KEY.get(flt.Key)
@@ -226,7 +228,9 @@ def _most_severe(levels: Iterable[str]) -> str:
     return ranked[0] if ranked else "UNSPECIFIED"
 
 
-def evaluate(baseline: Baseline, patches: Sequence[Patch], at: datetime, *, catalog_source: str | None = None) -> Evaluation:
+def evaluate(
+    baseline: Baseline, patches: Sequence[Patch], at: datetime, *, catalog_source: str | None = None
+) -> Evaluation:
     """Decide every catalog patch and pin the resulting patch set.
 
     Args:
@@ -280,8 +284,8 @@ def evaluate(baseline: Baseline, patches: Sequence[Patch], at: datetime, *, cata
     for patch in patches:
         # 0. Sources replace the default repositories of their products.
         if sources and patch.product is not None:
-            repos = sources.get(patch.product.lower())
-            if repos is not None and (patch.repository or "").lower() not in repos:
+            allowed_repos = sources.get(patch.product.lower())
+            if allowed_repos is not None and (patch.repository or "").lower() not in allowed_repos:
                 decided.append(
                     (
                         patch,
@@ -297,7 +301,9 @@ def evaluate(baseline: Baseline, patches: Sequence[Patch], at: datetime, *, cata
         if rejected_by is not None:
             rejected_names.add(patch.name)
             action = baseline.RejectedPatchesAction
-            decided.append((patch, "rejected", f"matches RejectedPatches entry '{rejected_by}' ({action})", None))
+            decided.append(
+                (patch, "rejected", f"matches RejectedPatches entry '{rejected_by}' ({action})", None)
+            )
             continue
 
         # 1. Global filters, 2. approval rules.
@@ -378,8 +384,8 @@ def evaluate(baseline: Baseline, patches: Sequence[Patch], at: datetime, *, cata
         if rule_level is None and list_level is None:
             decided.append((patch, "not_approved", reason, None))
         else:
-            level = _most_severe(lvl for lvl in (rule_level, list_level) if lvl is not None)
-            decided.append((patch, "approved", reason, level))
+            approved_level = _most_severe(lvl for lvl in (rule_level, list_level) if lvl is not None)
+            decided.append((patch, "approved", reason, approved_level))
 
     # 4. BLOCK: anything depending (transitively) on a rejected package is rejected too.
     if baseline.RejectedPatchesAction == "BLOCK":
@@ -393,12 +399,33 @@ def evaluate(baseline: Baseline, patches: Sequence[Patch], at: datetime, *, cata
                     continue
                 for dep in patch.depends:
                     if dep in blocked_names or rejected_list.match_name(dep) is not None:
-                        blocked_reason[i] = f"blocked: depends on rejected package '{dep}' (RejectedPatchesAction BLOCK)"
+                        blocked_reason[i] = (
+                            f"blocked: depends on rejected package '{dep}' (RejectedPatchesAction BLOCK)"
+                        )
                         blocked_names.add(patch.name)
                         changed = True
                         break
         for i, why in blocked_reason.items():
             decided[i] = (decided[i][0], "rejected", why, None)
+
+    # A package version listed twice (e.g. from two repositories) is rejected if any listing of it is.
+    rejected_versions = {
+        (p.name, p.arch, versions.sort_key(family, p.version))
+        for p, kind, _, _ in decided
+        if kind == "rejected"
+    }
+    if rejected_versions:
+        for i, (patch, kind, _, _) in enumerate(decided):
+            if (
+                kind == "approved"
+                and (patch.name, patch.arch, versions.sort_key(family, patch.version)) in rejected_versions
+            ):
+                decided[i] = (
+                    patch,
+                    "rejected",
+                    "the same package version is rejected in another catalog entry",
+                    None,
+                )
 
     # 5. The latest approved version of each package is pinned.
     best: dict[tuple[str, str], int] = {}

@@ -77,7 +77,9 @@ def load_patch_set_file(path: Path) -> PatchSet:
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read patch set file: {exc}", source=str(path)) from None
     except json.JSONDecodeError as exc:
-        raise InputError(f"patch set file is not valid JSON: {exc.msg} at line {exc.lineno}", source=str(path)) from None
+        raise InputError(
+            f"patch set file is not valid JSON: {exc.msg} at line {exc.lineno}", source=str(path)
+        ) from None
     if isinstance(data, dict) and "patch_set" in data:
         data = data["patch_set"]
     if not isinstance(data, dict):

@@ -161,18 +161,29 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
             "    - PatchFilterGroup: {PatchFilters: []}\n      ApproveAfterDays: '7'\n",
             "expected a whole number",
         ),
-        ("Name: ok-name\nOperatingSystem: UBUNTU\nApprovedPatches: ['openssl=3.0.2']\n", "bare package names only"),
-        ("Name: ok-name\nOperatingSystem: AMAZON_LINUX_2\nApprovedPatches: ['*kernel*']\n", "more than one '*'"),
-        ("Name: ok-name\nOperatingSystem: AMAZON_LINUX_2\nRejectedPatchesAction: DENY\n", "ALLOW_AS_DEPENDENCY"),
+        (
+            "Name: ok-name\nOperatingSystem: UBUNTU\nApprovedPatches: ['openssl=3.0.2']\n",
+            "bare package names only",
+        ),
+        (
+            "Name: ok-name\nOperatingSystem: AMAZON_LINUX_2\nApprovedPatches: ['*kernel*']\n",
+            "more than one '*'",
+        ),
+        (
+            "Name: ok-name\nOperatingSystem: AMAZON_LINUX_2\nRejectedPatchesAction: DENY\n",
+            "ALLOW_AS_DEPENDENCY",
+        ),
         ("Name: ok-name\nOperatingSystem: UBUNTU\nApprovedPatchesComplianceLevel: SEVERE\n", "CRITICAL"),
         (
             "Name: ok-name\nOperatingSystem: UBUNTU\nSources:\n  - Name: mirror\n    Products: [Ubuntu22.04]\n"
-            "    Configuration: \"deb http://a jammy main\\ndeb http://b jammy main\"\n",
+            '    Configuration: "deb http://a jammy main\\ndeb http://b jammy main"\n',
             "single line",
         ),
-        ("Name: ok-name\nOperatingSystem: UBUNTU\nGlobalFilters:\n  PatchFilters:\n" + "".join(
-            f"    - {{Key: PRODUCT, Values: ['p{i}']}}\n" for i in range(5)
-        ), "at most 4"),
+        (
+            "Name: ok-name\nOperatingSystem: UBUNTU\nGlobalFilters:\n  PatchFilters:\n"
+            + "".join(f"    - {{Key: PRODUCT, Values: ['p{i}']}}\n" for i in range(5)),
+            "at most 4",
+        ),
         ("- just\n- a list\n", "must be a mapping"),
         ("Name: [unclosed\n", "not valid YAML"),
         ("", "empty"),
@@ -183,7 +194,9 @@ def test_invalid_baselines_get_clear_errors(tmp_path: Path, text: str, expected:
 
 
 def test_too_many_rules_and_list_entries(tmp_path: Path) -> None:
-    rules = "".join("    - PatchFilterGroup: {PatchFilters: []}\n      ApproveAfterDays: 1\n" for _ in range(11))
+    rules = "".join(
+        "    - PatchFilterGroup: {PatchFilters: []}\n      ApproveAfterDays: 1\n" for _ in range(11)
+    )
     listed = ", ".join(f"pkg{i}" for i in range(51))
     path = write(
         tmp_path,

@@ -39,7 +39,10 @@ def test_global_filters_then_rules_and_across_keys_or_within_values() -> None:
         GlobalFilters={"PatchFilters": [{"Key": "PRODUCT", "Values": ["AmazonLinux2023"]}]},
         ApprovalRules={
             "PatchRules": [
-                rule({"CLASSIFICATION": ["Security"], "SEVERITY": ["Critical", "Important"]}, ApproveAfterDays=0)
+                rule(
+                    {"CLASSIFICATION": ["Security"], "SEVERITY": ["Critical", "Important"]},
+                    ApproveAfterDays=0,
+                )
             ]
         },
     )
@@ -52,7 +55,13 @@ def test_global_filters_then_rules_and_across_keys_or_within_values() -> None:
     ]
     result = evaluate(baseline, catalog, AT)
     got = {d.patch.name: d.decision for d in result.decisions}
-    assert got == {"a": "approved", "b": "approved", "c": "not_approved", "d": "not_approved", "e": "not_approved"}
+    assert got == {
+        "a": "approved",
+        "b": "approved",
+        "c": "not_approved",
+        "d": "not_approved",
+        "e": "not_approved",
+    }
     assert "GlobalFilters PRODUCT" in reason_of(result, "e")
     assert "SEVERITY" in reason_of(result, "c")
 
@@ -89,12 +98,17 @@ def test_approve_until_date_covers_the_whole_utc_day() -> None:
 
 
 def test_non_security_only_where_enabled() -> None:
-    catalog = [make_patch(name="sec", security=True), make_patch(name="enh", security=False, classification="Enhancement")]
+    catalog = [
+        make_patch(name="sec", security=True),
+        make_patch(name="enh", security=False, classification="Enhancement"),
+    ]
     off = evaluate(make_baseline(), catalog, AT)
     assert {d.patch.name: d.decision for d in off.decisions} == {"sec": "approved", "enh": "not_approved"}
     assert "EnableNonSecurity is false" in reason_of(off, "enh")
     on = evaluate(
-        make_baseline(ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=0, EnableNonSecurity=True)]}), catalog, AT
+        make_baseline(ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=0, EnableNonSecurity=True)]}),
+        catalog,
+        AT,
     )
     assert all(d.decision == "approved" for d in on.decisions)
 
@@ -216,7 +230,10 @@ def test_deb_lists_match_bare_names_of_every_version_and_arch() -> None:
 
 def test_rejected_wins_over_approved() -> None:
     baseline = make_baseline(ApprovedPatches=["kernel*"], RejectedPatches=["kernel-6.1.99-*"])
-    catalog = [make_patch(name="kernel", version="6.1.99-1.amzn2023"), make_patch(name="kernel", version="6.1.102-1.amzn2023")]
+    catalog = [
+        make_patch(name="kernel", version="6.1.99-1.amzn2023"),
+        make_patch(name="kernel", version="6.1.102-1.amzn2023"),
+    ]
     result = evaluate(baseline, catalog, AT)
     assert decisions(result) == {
         ("kernel", "6.1.99-1.amzn2023"): "rejected",
@@ -268,7 +285,10 @@ def test_latest_approved_version_uses_exact_distro_order() -> None:
 
 
 def test_patch_set_keeps_name_and_arch_apart() -> None:
-    catalog = [deb_patch(name="libc6", version="2.35-0ubuntu3.8"), deb_patch(name="libc6", version="2.35-0ubuntu3.7", arch="i386")]
+    catalog = [
+        deb_patch(name="libc6", version="2.35-0ubuntu3.8"),
+        deb_patch(name="libc6", version="2.35-0ubuntu3.7", arch="i386"),
+    ]
     assert {(p.name, p.arch) for p in evaluate(ubuntu(), catalog, AT).patch_set.patches} == {
         ("libc6", "amd64"),
         ("libc6", "i386"),
@@ -293,7 +313,9 @@ def test_deb_delay_extension_and_undated_patches() -> None:
 
 
 def test_patches_released_after_the_evaluation_time_are_not_approved() -> None:
-    result = evaluate(ubuntu(), [deb_patch(name="future", version="1-1", release_date="2026-12-01T00:00:00Z")], AT)
+    result = evaluate(
+        ubuntu(), [deb_patch(name="future", version="1-1", release_date="2026-12-01T00:00:00Z")], AT
+    )
     assert result.decisions[0].decision == "not_approved"
 
 
@@ -313,12 +335,18 @@ def test_sources_replace_the_default_repositories() -> None:
         make_patch(name="c", repository="amazonlinux", product="AmazonLinux2"),  # no source for this product
     ]
     result = evaluate(baseline, catalog, AT)
-    assert {d.patch.name: d.decision for d in result.decisions} == {"a": "approved", "b": "not_approved", "c": "approved"}
+    assert {d.patch.name: d.decision for d in result.decisions} == {
+        "a": "approved",
+        "b": "not_approved",
+        "c": "approved",
+    }
     assert "Sources" in reason_of(result, "b")
 
 
 def test_amazon_linux_2023_medium_matches_moderate() -> None:
-    baseline = make_baseline(ApprovalRules={"PatchRules": [rule({"SEVERITY": ["Medium"]}, ApproveAfterDays=0)]})
+    baseline = make_baseline(
+        ApprovalRules={"PatchRules": [rule({"SEVERITY": ["Medium"]}, ApproveAfterDays=0)]}
+    )
     assert evaluate(baseline, [make_patch(severity="Moderate")], AT).decisions[0].decision == "approved"
     al2 = make_baseline(
         OperatingSystem="AMAZON_LINUX_2",
@@ -345,7 +373,9 @@ def test_catalog_of_the_wrong_family_is_refused() -> None:
 
 
 def test_windows_baselines_validate_but_do_not_evaluate() -> None:
-    windows = make_baseline(OperatingSystem="WINDOWS", ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=7)]})
+    windows = make_baseline(
+        OperatingSystem="WINDOWS", ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=7)]}
+    )
     with pytest.raises(InputError, match="Linux"):
         evaluate(windows, [], AT)
 
@@ -375,7 +405,11 @@ def scenarios(draw: st.DrawFn) -> tuple[Any, list[Patch], datetime]:
         )
     rules = [
         rule(
-            {"SEVERITY": draw(st.lists(st.sampled_from(["Critical", "Important", "Low", "*"]), min_size=1, max_size=3))},
+            {
+                "SEVERITY": draw(
+                    st.lists(st.sampled_from(["Critical", "Important", "Low", "*"]), min_size=1, max_size=3)
+                )
+            },
             ApproveAfterDays=draw(st.integers(0, 10)),
             EnableNonSecurity=draw(st.booleans()),
         )
@@ -383,7 +417,9 @@ def scenarios(draw: st.DrawFn) -> tuple[Any, list[Patch], datetime]:
     ]
     baseline = make_baseline(
         ApprovalRules={"PatchRules": rules},
-        ApprovedPatches=draw(st.lists(st.sampled_from(["a", "b*", "CVE-2026-0001", "c.x86_64"]), max_size=2, unique=True)),
+        ApprovedPatches=draw(
+            st.lists(st.sampled_from(["a", "b*", "CVE-2026-0001", "c.x86_64"]), max_size=2, unique=True)
+        ),
         RejectedPatches=draw(st.lists(st.sampled_from(["a", "b-2.0-1", "d*"]), max_size=2, unique=True)),
         RejectedPatchesAction=draw(st.sampled_from(["ALLOW_AS_DEPENDENCY", "BLOCK"])),
     )
@@ -400,7 +436,9 @@ def test_properties_of_every_evaluation(scenario: tuple[Any, list[Patch], dateti
     for d in result.decisions:
         if d.decision == "approved":
             by_key.setdefault(d.patch.key, []).append(d.patch.version)
-    rejected = {(d.patch.name, d.patch.arch, d.patch.version) for d in result.decisions if d.decision == "rejected"}
+    rejected = {
+        (d.patch.name, d.patch.arch, d.patch.version) for d in result.decisions if d.decision == "rejected"
+    }
     pins = {(p.name, p.arch): p.version for p in result.patch_set.patches}
     # the patch set holds exactly the latest approved version of each approved package
     assert set(pins) == set(by_key)
@@ -431,5 +469,7 @@ def test_approval_only_grows_with_time(scenario: tuple[Any, list[Patch], datetim
     baseline, patches, at = scenario
     later = at + timedelta(hours=hours)
     before = {i for i, d in enumerate(evaluate(baseline, patches, at).decisions) if d.decision == "approved"}
-    after = {i for i, d in enumerate(evaluate(baseline, patches, later).decisions) if d.decision == "approved"}
+    after = {
+        i for i, d in enumerate(evaluate(baseline, patches, later).decisions) if d.decision == "approved"
+    }
     assert before <= after
