@@ -178,6 +178,8 @@ class ComplianceEngine:
         # product -> (name, arch, version) -> state, and -> target
         self._states: dict[str | None, dict[PackageKey, str]] = {}
         self._target_of: dict[str | None, dict[PackageKey, PinnedPatch | None]] = {}
+        # "LEVEL|security" or "LEVEL|other": how a row counts when it is non-compliant
+        self._buckets: dict[str | None, dict[PackageKey, str]] = {}
         self.unknown_products: set[str] = set()
 
     def _tables(
@@ -190,6 +192,7 @@ class ComplianceEngine:
         if key not in self._states:
             self._states[key] = {}
             self._target_of[key] = {}
+            self._buckets[key] = {}
         return self._states[key], self._target_of[key], key
 
     def _classify(
@@ -207,6 +210,7 @@ class ComplianceEngine:
 
     def evaluate(self, instance: Instance, *, with_patches: bool = True) -> InstanceCompliance:
         states, target_of, key = self._tables(instance.product)
+        buckets = self._buckets[key]
         installed = instance.installed
         unknown = [p for p in installed if p not in states]
         if unknown:
@@ -215,6 +219,7 @@ class ComplianceEngine:
                 state, target = self._classify(pkg, table)
                 states[pkg] = state
                 target_of[pkg] = target
+                buckets[pkg] = self._bucket(target)
         row_states = list(map(states.__getitem__, installed))
         overrides: dict[int, str] = {}
         extra_rows: list[PatchState] = []
@@ -256,45 +261,44 @@ class ComplianceEngine:
                         )
             for index, state in overrides.items():
                 row_states[index] = state
-        counter = Counter(row_states)
+        # Count (state, level bucket) pairs in C: a fleet-sized loop in Python would dominate the run time.
+        buckets = self._buckets[key]
+        pairs = Counter(zip(row_states, map(buckets.__getitem__, installed), strict=True))
         for row in extra_rows:
-            counter[row.state] += 1
+            pairs[(row.state, self._bucket(self.targets[key].get((row.name, row.arch))))] += 1
+        counter: Counter[str] = Counter()
+        critical = security = 0
+        levels: set[str] = set()
+        for (state, bucket), n in pairs.items():
+            counter[state] += n
+            if state in NON_COMPLIANT_STATES:
+                level, _, kind = bucket.partition("|")
+                levels.add(level)
+                if level == "CRITICAL":
+                    critical += n
+                elif kind == "security":
+                    security += n
         counts = {field_name: counter.get(state, 0) for state, field_name in COUNT_FIELDS.items()}
         counts["NotApplicableCount"] = 0
         non_compliant = sum(counter.get(s, 0) for s in NON_COMPLIANT_STATES)
 
-        critical = security = 0
-        levels: set[str] = set()
         patches: list[PatchState] = []
-        if non_compliant or with_patches:
+        if with_patches:
             for index, pkg in enumerate(installed):
-                state = row_states[index]
                 target = target_of[pkg]
-                if state in NON_COMPLIANT_STATES:
-                    level = target.compliance_level if target is not None else "UNSPECIFIED"
-                    levels.add(level)
-                    if level == "CRITICAL":
-                        critical += 1
-                    elif target is not None and self._is_security(target):
-                        security += 1
-                if with_patches:
-                    patches.append(
-                        PatchState(
-                            pkg[0],
-                            pkg[1],
-                            pkg[2],
-                            target.version if target is not None else None,
-                            state,
-                            target.severity if target is not None else None,
-                            target.compliance_level if target is not None else None,
-                            target.classification if target is not None else None,
-                        )
+                patches.append(
+                    PatchState(
+                        pkg[0],
+                        pkg[1],
+                        pkg[2],
+                        target.version if target is not None else None,
+                        row_states[index],
+                        target.severity if target is not None else None,
+                        target.compliance_level if target is not None else None,
+                        target.classification if target is not None else None,
                     )
-            for row in extra_rows:
-                levels.add(row.compliance_level or "UNSPECIFIED")
-                if row.compliance_level == "CRITICAL":
-                    critical += 1
-                patches.append(row)
+                )
+            patches.extend(extra_rows)
         counts["CriticalNonCompliantCount"] = critical
         counts["SecurityNonCompliantCount"] = security
         counts["OtherNonCompliantCount"] = non_compliant - critical - security
@@ -308,10 +312,14 @@ class ComplianceEngine:
             patches=patches,
         )
 
-    def _is_security(self, target: PinnedPatch) -> bool:
+    def _bucket(self, target: PinnedPatch | None) -> str:
+        if target is None:
+            return "UNSPECIFIED|other"
         if target.classification is not None:
-            return target.classification.lower() in {"security", "securityupdates"}
-        return target.security
+            security = target.classification.lower() in {"security", "securityupdates"}
+        else:
+            security = target.security
+        return f"{target.compliance_level}|{'security' if security else 'other'}"
 
 
 def summarise(results: Sequence[InstanceCompliance]) -> dict[str, Any]:
@@ -360,6 +368,7 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
     problems: list[Problem] = []
     instances: list[Instance] = []
     seen_ids: set[str] = set()
+    checked_versions: set[str] = set()  # fleets repeat versions: validate each distinct one once
 
     def bad(path: tuple[str | int, ...], message: str) -> None:
         problems.append(doc.problem(path, message))
@@ -432,12 +441,13 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
             ):
                 bad((*where, "installed", j), "name, arch and version must be non-empty strings")
                 continue
-            if family is not None:
+            if family is not None and version not in checked_versions:
                 try:
-                    versions.sort_key(family, version)
+                    versions.validate(family, version)
                 except InvalidVersionError as exc:
                     bad((*where, "installed", j, "version"), exc.summary)
                     continue
+                checked_versions.add(version)
             installed.append((name, arch, version))
         refs: dict[str, list[tuple[str, str | None]]] = {"failed": [], "pending_reboot": []}
         for list_name, out in refs.items():
