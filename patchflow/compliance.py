@@ -25,6 +25,7 @@ Compliance of large fleets is fast because fleets repeat themselves: a state is 
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -180,6 +181,7 @@ class ComplianceEngine:
         self._target_of: dict[str | None, dict[PackageKey, PinnedPatch | None]] = {}
         # "LEVEL|security" or "LEVEL|other": how a row counts when it is non-compliant
         self._buckets: dict[str | None, dict[PackageKey, str]] = {}
+        self._rows: dict[str | None, dict[PackageKey, PatchState]] = {}
         self.unknown_products: set[str] = set()
 
     def _tables(
@@ -193,6 +195,7 @@ class ComplianceEngine:
             self._states[key] = {}
             self._target_of[key] = {}
             self._buckets[key] = {}
+            self._rows[key] = {}
         return self._states[key], self._target_of[key], key
 
     def _classify(
@@ -211,6 +214,7 @@ class ComplianceEngine:
     def evaluate(self, instance: Instance, *, with_patches: bool = True) -> InstanceCompliance:
         states, target_of, key = self._tables(instance.product)
         buckets = self._buckets[key]
+        rows = self._rows[key]
         installed = instance.installed
         unknown = [p for p in installed if p not in states]
         if unknown:
@@ -220,6 +224,16 @@ class ComplianceEngine:
                 states[pkg] = state
                 target_of[pkg] = target
                 buckets[pkg] = self._bucket(target)
+                rows[pkg] = PatchState(
+                    pkg[0],
+                    pkg[1],
+                    pkg[2],
+                    target.version if target is not None else None,
+                    state,
+                    target.severity if target is not None else None,
+                    target.compliance_level if target is not None else None,
+                    target.classification if target is not None else None,
+                )
         row_states = list(map(states.__getitem__, installed))
         overrides: dict[int, str] = {}
         extra_rows: list[PatchState] = []
@@ -284,20 +298,11 @@ class ComplianceEngine:
 
         patches: list[PatchState] = []
         if with_patches:
-            for index, pkg in enumerate(installed):
-                target = target_of[pkg]
-                patches.append(
-                    PatchState(
-                        pkg[0],
-                        pkg[1],
-                        pkg[2],
-                        target.version if target is not None else None,
-                        row_states[index],
-                        target.severity if target is not None else None,
-                        target.compliance_level if target is not None else None,
-                        target.classification if target is not None else None,
-                    )
-                )
+            # Rows are immutable and shared between instances with the same package version.
+            rows = self._rows[key]
+            patches = list(map(rows.__getitem__, installed))
+            for index, state in overrides.items():
+                patches[index] = dataclasses.replace(patches[index], state=state)
             patches.extend(extra_rows)
         counts["CriticalNonCompliantCount"] = critical
         counts["SecurityNonCompliantCount"] = security
