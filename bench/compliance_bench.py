@@ -44,7 +44,9 @@ def build_catalog(rng: random.Random, size: int) -> tuple[list[Patch], list[str]
                     product="AmazonLinux2023",
                     classification=rng.choice(["Security", "Security", "Bugfix", "Enhancement"]),
                     severity=rng.choice(["Critical", "Important", "Medium", "Low"]),
-                    release_date=datetime(2026, 9, 20, tzinfo=UTC).replace(day=1 + day % 28, month=9 + day // 28),
+                    release_date=datetime(2026, 9, 20, tzinfo=UTC).replace(
+                        day=1 + day % 28, month=9 + day // 28
+                    ),
                     security=True,
                     advisory_id=f"ALAS2023-2026-{rng.randint(1, 999)}",
                 )
@@ -52,7 +54,9 @@ def build_catalog(rng: random.Random, size: int) -> tuple[list[Patch], list[str]
     return patches, names
 
 
-def build_fleet(rng: random.Random, catalog: list[Patch], names: list[str], instances: int, per: int) -> list[Instance]:
+def build_fleet(
+    rng: random.Random, catalog: list[Patch], names: list[str], instances: int, per: int
+) -> list[Instance]:
     by_name: dict[str, list[str]] = {}
     for p in catalog:
         by_name.setdefault(p.name, []).append(p.version)
@@ -160,7 +164,9 @@ def main() -> None:
 
     non_compliant = sum(r.status == "NON_COMPLIANT" for r in counts_only)
     total = args.instances * args.packages
-    print(f"catalog {len(catalog)} patches, {args.instances} instances x {args.packages} packages = {total:,} rows")
+    print(
+        f"catalog {len(catalog)} patches, {args.instances} instances x {args.packages} packages = {total:,} rows"
+    )
     print(f"{'step':55} {'seconds':>8}")
     print(f"{'evaluate baseline (once)':55} {t_eval:8.2f}")
     print(f"{'compliance, counts per instance':55} {t_counts:8.2f}   ({total / t_counts / 1e6:.1f} M rows/s)")
