@@ -1,5 +1,5 @@
 """``python -m patchflow`` runs the CLI."""
 
-from patchflow.cli import main
+from patchflow.cli import run
 
-main()
+run()

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from patchflow import versions
+from patchflow import cli_ops, versions
 from patchflow.baselines import Baseline, dump_baseline, export_aws, load_baseline
 from patchflow.catalog import load_catalog
 from patchflow.compliance import Instance, engine_for, load_inventory, summarise
@@ -43,6 +43,13 @@ versions_app = typer.Typer(help="Exact deb and rpm version order.", no_args_is_h
 app.add_typer(baseline_app, name="baseline")
 app.add_typer(patch_set_app, name="patch-set")
 app.add_typer(versions_app, name="version")
+app.command("plan")(cli_ops.plan_command)
+app.add_typer(cli_ops.wave_app, name="wave")
+app.add_typer(cli_ops.fleet_app, name="fleet")
+app.add_typer(cli_ops.window_app, name="window")
+app.command("worker")(cli_ops.worker_command)
+app.command("dev")(cli_ops.dev_command)
+app.command("demo")(cli_ops.demo_command)
 
 # Piped output (CI logs, files) gets wide tables instead of 80 folded columns.
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
@@ -372,8 +379,25 @@ def _die(code: int) -> NoReturn:
     raise SystemExit(code)
 
 
+def run() -> NoReturn:
+    """Console-script entry point.
+
+    Leaves with ``os._exit`` once the output is flushed: a process that used the Temporal client can abort
+    at interpreter shutdown (temporalio/sdk-python#300), which must not turn a finished command into a
+    random exit code.
+    """
+    code = 0
+    try:
+        main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Console-script entry point: run the app, turning every error into a message and an exit code."""
+    """Run the app, turning every error into a message and an exit code."""
     try:
         app(args=argv, prog_name="patchflow", standalone_mode=True)
     except PatchflowError as exc:
@@ -395,4 +419,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run()

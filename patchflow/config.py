@@ -28,6 +28,8 @@ class Settings(BaseSettings):
     """host:port of the Temporal frontend; the embedded dev server listens here."""
     task_queue: str = "patchflow"
     """Temporal task queue the workers poll."""
+    heartbeat_timeout_seconds: int = Field(default=30, ge=2)
+    """How soon a patch batch of a dead worker is taken over by another worker."""
 
     @property
     def patch_set_dir(self) -> Path:

@@ -1,0 +1,191 @@
+"""Activities of a wave: every side effect (executors, clocks, HTTP) lives here.
+
+:class:`WaveActivities` holds an executor factory, so tests inject a fleet without monkeypatching. Domain
+errors become non-retryable ``ApplicationError`` s at this boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from datetime import UTC
+from pathlib import Path
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from patchflow.errors import PatchflowError
+from patchflow.executors.base import Executor, Package
+from patchflow.wavemodel import (
+    ExecutorRef,
+    HealthInput,
+    HealthReport,
+    InstanceOutcome,
+    PatchBatchInput,
+    PatchBatchResult,
+    ResolveTargetsInput,
+    ResolveTargetsResult,
+    RollbackInput,
+    RollbackResult,
+    WindowInput,
+    WindowResult,
+)
+from patchflow.windows import current_or_next
+
+ExecutorFactory = Callable[[ExecutorRef], Executor]
+
+
+def build_executor(ref: ExecutorRef) -> Executor:
+    """The production factory: one executor per configuration."""
+    if ref.kind == "simulated":
+        from patchflow.executors.simulated import SimulatedExecutor
+        from patchflow.fleet import load_fleet
+
+        if not ref.fleet_path or not ref.state_path:
+            raise ApplicationError("simulated executor needs fleet_path and state_path", non_retryable=True)
+        return SimulatedExecutor(load_fleet(ref.fleet_path), Path(ref.state_path), time_scale=ref.time_scale)
+    raise ApplicationError(f"unknown executor kind {ref.kind!r}", type="InputError", non_retryable=True)
+
+
+def install_operation_id(wave_id: str, stage: str, instance_id: str, attempt: int) -> str:
+    """Idempotency key of one install: a retried activity reuses it, an operator resume bumps ``attempt``."""
+    return f"{wave_id}/{stage}/{instance_id}/install/{attempt}"
+
+
+class WaveActivities:
+    def __init__(self, factory: ExecutorFactory = build_executor):
+        self._factory = factory
+        self._executors: dict[tuple[str, str | None, str | None, float], Executor] = {}
+
+    def _executor(self, ref: ExecutorRef) -> Executor:
+        key = (ref.kind, ref.fleet_path, ref.state_path, ref.time_scale)
+        if key not in self._executors:
+            try:
+                self._executors[key] = self._factory(ref)
+            except PatchflowError as exc:
+                raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
+        return self._executors[key]
+
+    @activity.defn(name="resolve_targets")
+    async def resolve_targets(self, inp: ResolveTargetsInput) -> ResolveTargetsResult:
+        """Explicit ids as listed (unknown ones reported), or a patch group's members sorted by id."""
+        instances = await self._executor(inp.executor).discover()
+        by_id = {i.instance_id: i for i in instances}
+        if inp.instance_ids:
+            known = [i for i in inp.instance_ids if i in by_id]
+            missing = [i for i in inp.instance_ids if i not in by_id]
+        else:
+            known = sorted(i.instance_id for i in instances if i.patch_group == inp.patch_group)
+            missing = []
+        offline = [i for i in known if not by_id[i].online]
+        return ResolveTargetsResult(instance_ids=known, missing=missing, offline=offline)
+
+    @activity.defn(name="next_window")
+    async def next_window(self, inp: WindowInput) -> WindowResult:
+        """The window open now (if its cutoff is ahead) or the next one; ``now`` windows never close."""
+        if inp.spec.schedule.strip().lower() == "now":
+            return WindowResult(found=True, start=inp.after, end=None, cutoff=None)
+        after = inp.after if inp.after.tzinfo else inp.after.replace(tzinfo=UTC)
+        window = current_or_next(inp.spec, after)
+        if window is None:
+            return WindowResult(found=False)
+        return WindowResult(found=True, start=window.start, end=window.end, cutoff=window.cutoff)
+
+    @activity.defn(name="patch_batch")
+    async def patch_batch(self, inp: PatchBatchInput) -> PatchBatchResult:
+        """Install the pinned set on each instance of the batch, concurrently, heartbeating meanwhile."""
+        executor = self._executor(inp.executor)
+        patches = [Package(p.name, p.arch, p.version) for p in inp.patches]
+
+        async def one(instance_id: str) -> InstanceOutcome:
+            op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
+            try:
+                result = await executor.install(instance_id, patches, operation_id=op)
+            except PatchflowError as exc:
+                return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
+            return InstanceOutcome(
+                instance_id=instance_id,
+                status=result.status,
+                counts_as_error=result.counts_as_error,
+                detail=result.message,
+                changed=len(result.changed),
+            )
+
+        async with _heartbeating():
+            outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        return PatchBatchResult(outcomes=list(outcomes))
+
+    @activity.defn(name="rollback_instances")
+    async def rollback_instances(self, inp: RollbackInput) -> RollbackResult:
+        """Restore each instance's packages to the versions its install of this wave replaced."""
+        executor = self._executor(inp.executor)
+        rolled: list[str] = []
+        failed: dict[str, str] = {}
+
+        async def one(instance_id: str) -> None:
+            # The install may come from an earlier attempt of the stage (before an operator resume).
+            previous = None
+            for attempt in range(inp.attempt, -1, -1):
+                install_op = install_operation_id(inp.wave_id, inp.stage, instance_id, attempt)
+                previous = await executor.operation_result(install_op)
+                if previous is not None and previous.status == "succeeded":
+                    break
+            if previous is None or previous.status != "succeeded":
+                failed[instance_id] = "no recorded successful install to roll back"
+                return
+            packages = [Package(c.name, c.arch, c.from_version) for c in previous.changed]
+            result = await executor.restore(instance_id, packages, operation_id=f"{install_op}/restore")
+            if result.status == "succeeded":
+                rolled.append(instance_id)
+            else:
+                failed[instance_id] = result.message or result.status
+
+        async with _heartbeating():
+            await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        order = {i: n for n, i in enumerate(inp.instance_ids)}
+        return RollbackResult(rolled_back=sorted(rolled, key=order.__getitem__), failed=failed)
+
+    @activity.defn(name="health_check")
+    async def health_check(self, inp: HealthInput) -> HealthReport:
+        """The executor's health check on every instance, and the optional HTTP endpoint."""
+        executor = self._executor(inp.executor)
+        results = await asyncio.gather(*(executor.health_check(i) for i in inp.instance_ids))
+        unhealthy = {r.instance_id: r.message or "unhealthy" for r in results if not r.healthy}
+        if inp.url:
+            problem = await asyncio.to_thread(_http_problem, inp.url)
+            if problem:
+                unhealthy[inp.url] = problem
+        return HealthReport(unhealthy=unhealthy, checked=len(results) + (1 if inp.url else 0))
+
+
+def _http_problem(url: str) -> str | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:  # noqa: S310 - operator-configured URL
+            if 200 <= response.status < 300:
+                return None
+            return f"HTTP {response.status}"
+    except urllib.error.HTTPError as exc:
+        return f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"unreachable: {exc}"
+
+
+@contextlib.asynccontextmanager
+async def _heartbeating(every: float = 2.0):  # type: ignore[no-untyped-def]
+    """Heartbeat in the background while a long batch runs, so a dead worker is noticed quickly."""
+
+    async def beat() -> None:
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(every)
+
+    task = asyncio.create_task(beat())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

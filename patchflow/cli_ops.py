@@ -1,0 +1,589 @@
+"""CLI commands that operate the rollout engine: plan dry runs, waves, the simulated fleet, windows, and the
+embedded stack (``worker``, ``dev``, ``demo``). Registered on the main app by :mod:`patchflow.cli`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+import time
+from collections import Counter
+from datetime import UTC, datetime
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from patchflow import versions
+from patchflow.config import Settings, get_settings
+from patchflow.errors import InputError, PatchflowError
+from patchflow.plans import Plan, load_plan
+from patchflow.timeutil import parse_instant
+
+wave_app = typer.Typer(help="Start and operate staged rollouts (waves).", no_args_is_help=True)
+fleet_app = typer.Typer(help="The simulated fleet (demos and scale tests).", no_args_is_help=True)
+window_app = typer.Typer(help="Maintenance-window schedules.", no_args_is_help=True)
+
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True)
+
+
+class Fmt(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def _emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def _run(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def _client(settings: Settings) -> Any:
+    from patchflow.worker import connect
+
+    return await connect(settings.temporal_address)
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def plan_command(
+    plan_file: Annotated[
+        Path, typer.Argument(metavar="PLAN", help="Rollout plan (YAML).", show_default=False)
+    ],
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+    at: Annotated[
+        str, typer.Option("--at", help="Evaluate the baseline and windows as of this time.")
+    ] = "now",
+) -> None:
+    """Dry run: per stage the resolved targets, the windows it will use, and each instance's patches."""
+    result = _run(dry_run(load_plan(plan_file), get_settings(), parse_instant(at, allow_now=True)))
+    if fmt is Fmt.json:
+        _emit_json(result)
+        return
+    out.print(
+        f"plan [bold]{result['plan']}[/]: patch set {result['patch_set_id']} ({result['patch_set_size']} package versions)"
+    )
+    for stage in result["stages"]:
+        out.print(
+            f"\n[bold]{stage['name']}[/]: {len(stage['targets'])} target(s), max_concurrency {stage['max_concurrency']}, "
+            f"max_errors {stage['max_errors']}, gate {stage['gate']}, on_failure {stage['on_failure']}, soak {stage['soak_seconds']}s"
+        )
+        for window in stage["windows"]:
+            out.print(
+                f"  window {window['start']} → {window['end']} (no new starts after {window['cutoff']})"
+            )
+        if stage["missing"]:
+            out.print(f"  [red]unknown instance ids[/]: {', '.join(stage['missing'])}")
+        table = Table(show_header=True)
+        for column in ("instance", "online", "upgrades"):
+            table.add_column(column, overflow="fold")
+        for target in stage["targets"]:
+            upgrades = (
+                ", ".join(f"{u['name']} {u['from']} → {u['to']}" for u in target["upgrades"])
+                or "(nothing to do)"
+            )
+            table.add_row(target["id"], "yes" if target["online"] else "[red]no[/]", upgrades)
+        out.print(table)
+
+
+async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any]:
+    from activities.patching import build_executor
+    from patchflow.baselines import load_baseline
+    from patchflow.catalog import load_catalog
+    from patchflow.evaluation import evaluate
+    from patchflow.executors.base import Package
+    from patchflow.waves import executor_ref
+    from patchflow.windows import next_windows
+
+    # A dry run evaluates but stores nothing and changes nothing.
+    baseline = load_baseline(plan.baseline)
+    pinned = evaluate(baseline, load_catalog(plan.catalog), at, catalog_source=str(plan.catalog)).patch_set
+    family = pinned.family
+    pins = {(p.name, p.arch): p.version for p in pinned.patches}
+    executor = build_executor(executor_ref(plan, settings))
+    instances = {i.instance_id: i for i in await executor.discover()}
+    stages = []
+    for stage in plan.stages:
+        if stage.targets.instance_ids:
+            ids = [i for i in stage.targets.instance_ids if i in instances]
+            missing = [i for i in stage.targets.instance_ids if i not in instances]
+        else:
+            ids = sorted(i for i, info in instances.items() if info.patch_group == stage.targets.patch_group)
+            missing = []
+        targets = []
+        for instance_id in ids:
+            installed: list[Package] = await executor.scan(instance_id)
+            upgrades = [
+                {"name": p.name, "arch": p.arch, "from": p.version, "to": pins[(p.name, p.arch)]}
+                for p in installed
+                if (p.name, p.arch) in pins
+                and versions.compare(family, p.version, pins[(p.name, p.arch)]) < 0
+            ]
+            targets.append({"id": instance_id, "online": instances[instance_id].online, "upgrades": upgrades})
+        if stage.window.schedule.strip().lower() == "now":
+            windows = [{"start": "now", "end": "-", "cutoff": "-"}]
+        else:
+            windows = [w.to_json() for w in next_windows(stage.window, at, 3)]
+        stages.append(
+            {
+                "name": stage.name,
+                "targets": targets,
+                "missing": missing,
+                "windows": windows,
+                "max_concurrency": str(stage.max_concurrency),
+                "max_errors": str(stage.max_errors),
+                "gate": stage.gate.kind,
+                "approvers": list(stage.gate.approvers),
+                "on_failure": stage.on_failure,
+                "soak_seconds": stage.soak_seconds,
+            }
+        )
+    return {
+        "plan": plan.name,
+        "patch_set_id": pinned.id,
+        "patch_set_size": len(pinned.patches),
+        "evaluated_at": at.isoformat(),
+        "stages": stages,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- waves
+
+
+@wave_app.command("start")
+def wave_start(
+    plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="Rollout plan.", show_default=False)],
+    patch_set: Annotated[
+        str | None,
+        typer.Option("--patch-set", help="Install this pinned set (id or file) instead of evaluating."),
+    ] = None,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Return once the wave finished, halted or waits at a gate.")
+    ] = False,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+) -> None:
+    """Pin the patch set and start a wave; prints the wave id."""
+    from patchflow.waves import pin_patch_set, start_wave, status_json, wave_input
+
+    settings = get_settings()
+    plan = load_plan(plan_file)
+    pinned = pin_patch_set(plan, settings, patch_set=patch_set)
+    inp = wave_input(plan, settings, pinned)
+
+    async def go() -> dict[str, Any] | None:
+        client = await _client(settings)
+        await start_wave(client, settings, inp)
+        if not wait:
+            return None
+        return status_json(await _wait_settled(client, inp.wave_id))
+
+    status = _run(go())
+    if fmt is Fmt.json:
+        _emit_json(status if status is not None else {"wave_id": inp.wave_id, "patch_set_id": pinned.id})
+    else:
+        out.print(inp.wave_id)
+        if status is not None:
+            _print_status(status)
+    if status is not None and status["state"] not in ("succeeded", "waiting_approval"):
+        raise typer.Exit(1)
+
+
+async def _wait_settled(client: Any, wave_id: str, timeout: float | None = None) -> Any:
+    from patchflow.waves import is_settled, wave_status
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(PatchflowError):
+            status = await wave_status(client, wave_id)
+            if is_settled(status):
+                return status
+        if deadline is not None and time.monotonic() > deadline:
+            raise PatchflowError(f"wave {wave_id} did not settle within {timeout:.0f}s")
+        await asyncio.sleep(0.5)
+
+
+@wave_app.command("status")
+def wave_status_cmd(
+    wave_id: Annotated[str, typer.Argument(metavar="ID", help="Wave id.", show_default=False)],
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+) -> None:
+    """A wave's state, per stage and per instance."""
+    from patchflow.waves import status_json, wave_status
+
+    async def go() -> dict[str, Any]:
+        return status_json(await wave_status(await _client(get_settings()), wave_id))
+
+    status = _run(go())
+    if fmt is Fmt.json:
+        _emit_json(status)
+    else:
+        _print_status(status)
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    out.print(
+        f"wave [bold]{status['wave_id']}[/] ({status['plan']}): [bold]{status['state']}[/]  patch set {status['patch_set_id']}"
+    )
+    if status.get("reason"):
+        out.print(f"  {status['reason']}")
+    out.print(_stage_table(status))
+
+
+_COUNT_COLUMNS = ("pending", "in_flight", "succeeded", "failed", "not_attempted", "rolled_back")
+
+
+def _stage_table(status: dict[str, Any]) -> Table:
+    table = Table()
+    table.add_column("stage")
+    table.add_column("state")
+    for column in _COUNT_COLUMNS:
+        table.add_column(column.replace("_", " "), justify="right")
+    table.add_column("errors / budget", justify="right")
+    table.add_column("note", overflow="fold")
+    for stage in status["stages"]:
+        counts = Counter(i["state"] for i in stage["instances"])
+        budget = "" if stage["max_errors"] is None else f"{stage['errors']} / {stage['max_errors']}"
+        table.add_row(
+            stage["name"],
+            stage["state"],
+            *(str(counts.get(c, 0)) for c in _COUNT_COLUMNS),
+            budget,
+            stage["note"],
+        )
+    return table
+
+
+@wave_app.command("list")
+def wave_list(fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table) -> None:
+    """Recent waves."""
+    from patchflow.waves import list_waves
+
+    async def go() -> list[dict[str, Any]]:
+        return await list_waves(await _client(get_settings()))
+
+    rows = _run(go())
+    if fmt is Fmt.json:
+        _emit_json(rows)
+        return
+    table = Table()
+    for column in ("wave", "plan", "state", "started"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(
+            row["wave_id"],
+            row.get("plan") or "",
+            row["state"] or row["workflow_status"] or "",
+            row["started"] or "",
+        )
+    out.print(table)
+
+
+def _action(action: str, wave_id: str, who: str | None, stage: str | None, comment: str) -> None:
+    from patchflow.waves import act, local_user
+
+    async def go() -> str:
+        return await act(
+            await _client(get_settings()),
+            wave_id,
+            action,
+            who=who or local_user(),
+            stage=stage,
+            comment=comment,
+        )
+
+    out.print(_run(go()))
+
+
+AsOpt = Annotated[str | None, typer.Option("--as", help="Who acts (default: the local user).")]
+CommentOpt = Annotated[str, typer.Option("--comment", "-m", help="Why (kept in the wave's audit log).")]
+IdArg = Annotated[str, typer.Argument(metavar="ID", help="Wave id.", show_default=False)]
+
+
+@wave_app.command("approve")
+def wave_approve(
+    wave_id: IdArg,
+    stage: Annotated[
+        str, typer.Option("--stage", help="The stage whose gate you answer.", show_default=False)
+    ],
+    who: AsOpt = None,
+    comment: CommentOpt = "",
+) -> None:
+    """Approve promotion into a stage (refused unless you are one of its approvers)."""
+    _action("approve", wave_id, who, stage, comment)
+
+
+@wave_app.command("reject")
+def wave_reject(
+    wave_id: IdArg,
+    stage: Annotated[
+        str, typer.Option("--stage", help="The stage whose gate you answer.", show_default=False)
+    ],
+    who: AsOpt = None,
+    comment: CommentOpt = "",
+) -> None:
+    """Reject promotion into a stage: the wave ends failed."""
+    _action("reject", wave_id, who, stage, comment)
+
+
+@wave_app.command("halt")
+def wave_halt(wave_id: IdArg, who: AsOpt = None, comment: CommentOpt = "") -> None:
+    """Stop dispatching (in-flight instances finish) and wait for resume, rollback or cancel."""
+    _action("halt", wave_id, who, None, comment)
+
+
+@wave_app.command("resume")
+def wave_resume(wave_id: IdArg, who: AsOpt = None, comment: CommentOpt = "") -> None:
+    """Continue a halted wave: not-attempted and rolled-back instances are dispatched with a fresh error budget."""
+    _action("resume", wave_id, who, None, comment)
+
+
+@wave_app.command("cancel")
+def wave_cancel(wave_id: IdArg, who: AsOpt = None, comment: CommentOpt = "") -> None:
+    """End the wave: nothing new starts; in-flight instances finish."""
+    _action("cancel", wave_id, who, None, comment)
+
+
+@wave_app.command("rollback")
+def wave_rollback(wave_id: IdArg, who: AsOpt = None, comment: CommentOpt = "") -> None:
+    """Restore the halted stage's patched instances to their previous versions (the wave stays halted)."""
+    _action("rollback", wave_id, who, None, comment)
+
+
+# ---------------------------------------------------------------------------------------------- fleet
+
+
+def _simulated(fleet_file: Path) -> Any:
+    from patchflow.executors.simulated import SimulatedExecutor, default_state_path
+    from patchflow.fleet import load_fleet
+
+    fleet = load_fleet(fleet_file)
+    return SimulatedExecutor(fleet, default_state_path(get_settings().data_dir, fleet))
+
+
+@fleet_app.command("status")
+def fleet_status(
+    fleet_file: Annotated[Path, typer.Argument(metavar="FLEET", help="Fleet file.", show_default=False)],
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+) -> None:
+    """The simulated fleet's current state: per instance its packages and install count."""
+    status = _simulated(fleet_file).status()
+    if fmt is Fmt.json:
+        _emit_json(status)
+        return
+    table = Table(title=f"simulated fleet {status['fleet']} ({status['state_path']})")
+    for column in ("instance", "patch group", "installs", "restores", "packages"):
+        table.add_column(column, overflow="fold")
+    for inst in status["instances"]:
+        packages = ", ".join(f"{p['name']} {p['version']}" for p in inst["installed"])
+        table.add_row(
+            inst["id"],
+            inst.get("patch_group") or "",
+            str(inst["install_count"]),
+            str(inst["restore_count"]),
+            packages,
+        )
+    out.print(table)
+
+
+@fleet_app.command("reset")
+def fleet_reset(
+    fleet_file: Annotated[Path, typer.Argument(metavar="FLEET", help="Fleet file.", show_default=False)],
+) -> None:
+    """Put the simulated fleet back to the state its file describes."""
+    executor = _simulated(fleet_file)
+    executor.reset()
+    out.print(f"reset {executor.status()['state_path']}")
+
+
+# ---------------------------------------------------------------------------------------------- windows
+
+
+@window_app.command("preview")
+def window_preview(
+    schedule: Annotated[
+        str, typer.Argument(help="cron(...), rate(...), at(...) or now.", show_default=False)
+    ],
+    timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the schedule.")] = "UTC",
+    offset_days: Annotated[int, typer.Option("--offset-days", help="ScheduleOffset (cron only, 1–6).")] = 0,
+    duration_hours: Annotated[int, typer.Option("--duration-hours", help="Duration (1–24).")] = 4,
+    cutoff_hours: Annotated[int, typer.Option("--cutoff-hours", help="Cutoff (0–23, < duration).")] = 1,
+    after: Annotated[
+        str, typer.Option("--after", help="List windows starting at or after this time.")
+    ] = "now",
+    count: Annotated[int, typer.Option("--count", min=1, max=1000, help="How many windows.")] = 5,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+) -> None:
+    """The next windows of a schedule, like DescribeMaintenanceWindowSchedule."""
+    from patchflow.windows import WindowSpec, next_windows, validate_spec
+
+    spec = WindowSpec(
+        schedule=schedule,
+        timezone=timezone,
+        offset_days=offset_days,
+        duration_hours=duration_hours,
+        cutoff_hours=cutoff_hours,
+    )
+    validate_spec(spec)
+    try:
+        start = parse_instant(after, allow_now=True)
+    except ValueError as exc:
+        raise InputError(f"--after: {exc}") from None
+    windows = [w.to_json() for w in next_windows(spec, start, count)]
+    if fmt is Fmt.json:
+        _emit_json({"windows": windows})
+        return
+    table = Table(title=f"{schedule} ({timezone})")
+    for column in ("start", "end", "cutoff"):
+        table.add_column(column)
+    for w in windows:
+        table.add_row(w["start"], w["end"], w["cutoff"])
+    out.print(table)
+
+
+# ---------------------------------------------------------------------------------------------- stack
+
+
+def worker_command() -> None:
+    """Run a worker against PATCHFLOW_TEMPORAL_ADDRESS (production: run several, on one task queue)."""
+    from patchflow.worker import build_worker, connect
+
+    settings = get_settings()
+
+    async def go() -> None:
+        client = await connect(settings.temporal_address, attempts=10)
+        worker = build_worker(client, settings.task_queue)
+        err.print(
+            f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
+        )
+        await worker.run()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(go())
+
+
+def dev_command(
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal Web UI port.")] = 8233,
+) -> None:
+    """The embedded single-machine stack: Temporal dev server (persisted under the data directory) and a worker."""
+    from patchflow.devserver import start_dev_server
+    from patchflow.worker import build_worker, connect
+
+    settings = get_settings()
+    server = start_dev_server(settings.temporal_address, settings.data_dir, ui_port=ui_port)
+    err.print(
+        f"Temporal dev server on {settings.temporal_address} (UI http://127.0.0.1:{ui_port}), "
+        f"state in {settings.data_dir}; Ctrl-C stops everything"
+    )
+
+    async def go() -> None:
+        client = await connect(settings.temporal_address, attempts=20)
+        await build_worker(client, settings.task_queue).run()
+
+    try:
+        _run(go())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+        err.print("stopped")
+
+
+DEMO_PLAN = Path(__file__).resolve().parent.parent / "baselines" / "examples" / "demo-plan.yaml"
+
+
+def demo_command(
+    approve: Annotated[
+        bool, typer.Option("--approve", help="Answer the Prod approval gate automatically.")
+    ] = False,
+    plan_file: Annotated[Path, typer.Option("--plan", help="The plan to run.")] = DEMO_PLAN,
+    timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 600,
+) -> None:
+    """Run a complete wave Dev → Test → Prod on the example fleet, on the embedded stack."""
+    from patchflow.devserver import port_open, split_address, start_dev_server
+    from patchflow.waves import act, pin_patch_set, start_wave, status_json, wave_input, wave_status
+    from patchflow.worker import build_worker, connect
+
+    settings = get_settings()
+    plan = load_plan(plan_file)
+    server = None
+    host, port = split_address(settings.temporal_address)
+    if not port_open(host, port):
+        err.print(f"starting the embedded Temporal dev server on {settings.temporal_address} …")
+        server = start_dev_server(settings.temporal_address, settings.data_dir, ui=False)
+    if plan.executor.kind == "simulated":
+        _simulated(plan.executor.fleet).reset()  # type: ignore[arg-type]
+
+    async def go() -> dict[str, Any]:
+        client = await connect(settings.temporal_address, attempts=20)
+        worker = build_worker(client, settings.task_queue)
+        worker_task = asyncio.create_task(worker.run())
+        try:
+            pinned = pin_patch_set(plan, settings)
+            inp = wave_input(plan, settings, pinned)
+            await start_wave(client, settings, inp)
+            err.print(f"wave {inp.wave_id}: patch set {pinned.id} ({len(pinned.patches)} package versions)")
+            deadline = time.monotonic() + timeout
+            approved: set[str] = set()
+            hinted = False
+            with Live(console=out, refresh_per_second=4, transient=False) as live:
+                while True:
+                    status = status_json(await wave_status(client, inp.wave_id))
+                    live.update(_stage_table(status))
+                    if status["state"] in ("succeeded", "failed", "cancelled", "halted"):
+                        return status
+                    if status["state"] == "waiting_approval":
+                        stage = next(s for s in status["stages"] if s["state"] == "waiting_approval")
+                        approver = next(s for s in plan.stages if s.name == stage["name"]).gate.approvers[0]
+                        if approve and stage["name"] not in approved:
+                            message = await act(
+                                client,
+                                inp.wave_id,
+                                "approve",
+                                who=approver,
+                                stage=stage["name"],
+                                comment="demo --approve",
+                            )
+                            approved.add(stage["name"])
+                            live.console.print(f"{message}")
+                        elif not approve and not hinted:
+                            hinted = True
+                            live.console.print(
+                                f"waiting for approval of {stage['name']}: run "
+                                f"'patchflow wave approve {inp.wave_id} --stage {stage['name']} --as {approver}'"
+                            )
+                    if time.monotonic() > deadline:
+                        raise PatchflowError(f"the demo wave did not finish within {timeout:.0f}s")
+                    await asyncio.sleep(0.25)
+        finally:
+            worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker.shutdown()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker_task
+
+    try:
+        status = _run(go())
+    finally:
+        if server is not None:
+            server.stop()
+    _print_status(status)
+    failures = [
+        f"{s['name']}: {i['id']} {i['state']}" + (f" ({i['detail']})" if i.get("detail") else "")
+        for s in status["stages"]
+        for i in s["instances"]
+        if i["state"] not in ("succeeded",)
+    ]
+    for line in failures:
+        out.print(f"  {line}")
+    out.print(f"wave {status['state']} at {datetime.now(UTC).isoformat(timespec='seconds')}")
+    if status["state"] != "succeeded":
+        raise typer.Exit(1)

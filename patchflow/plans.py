@@ -1,0 +1,336 @@
+"""Rollout plans: which baseline, which executor and fleet, and the ordered stages of a wave.
+
+A plan is a YAML (or JSON) file; every error names ``file:line: field.path`` and says what is allowed.
+Paths inside a plan (baseline, catalog, fleet) are relative to the plan file. See the README section
+"Rollout plans" for the keys.
+
+Gates guard the promotion *into* a stage: ``auto`` (none), ``approval`` (one of the listed approvers must
+approve; anyone else is refused), or ``health`` (the instances patched by the earlier stages must pass the
+executor's health check — and, if given, an HTTP endpoint must answer 2xx — after their soak).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patchflow.documents import Document, PathPart, load_document, suggest
+from patchflow.errors import InputError, Problem
+from patchflow.ratecontrol import Limit, parse_limit
+from patchflow.windows import ScheduleError, WindowSpec, parse_window_spec
+
+
+class PlanError(InputError):
+    """A rollout plan file is malformed."""
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+EXECUTOR_KINDS = ("simulated",)
+
+
+def parse_duration(text: str) -> int:
+    """``"0s"``, ``"30m"``, ``"24h"``, ``"1d12h"`` → seconds.
+
+    Raises:
+        ValueError: with the accepted forms.
+    """
+    match = _DURATION_RE.match(text.strip()) if text.strip() else None
+    if match is None or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration; write e.g. 0s, 90s, 30m, 24h, 2d or 1d12h")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A stage's targets: a patch group (tag ``Patch Group``/``PatchGroup``) or explicit instance ids."""
+
+    patch_group: str | None = None
+    instance_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gate:
+    kind: str = "auto"
+    """``auto``, ``approval`` or ``health``."""
+    approvers: tuple[str, ...] = ()
+    max_unhealthy: int = 0
+    """health: instances allowed to fail the health check before the gate closes."""
+    url: str | None = None
+    """health: an HTTP(S) endpoint that must answer 2xx."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    targets: Targets
+    window: WindowSpec
+    max_concurrency: Limit
+    max_errors: Limit
+    soak_seconds: int = 0
+    gate: Gate = field(default_factory=Gate)
+    on_failure: str = "halt"
+    """``halt`` or ``rollback`` (restore the stage's patched instances, then halt)."""
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    kind: str
+    fleet: Path | None = None
+    time_scale: float = 1.0
+    """Simulated executor: multiplies every simulated duration (demos and tests run faster)."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    source: Path
+    baseline: Path
+    catalog: Path
+    executor: ExecutorConfig
+    stages: tuple[Stage, ...]
+    undeliverable_counts_as_error: bool = False
+    """Count offline/undeliverable targets against the error budget (SSM never does)."""
+
+
+_PLAN_KEYS = (
+    "name",
+    "description",
+    "baseline",
+    "catalog",
+    "executor",
+    "stages",
+    "undeliverable_counts_as_error",
+)
+_STAGE_KEYS = ("name", "targets", "window", "max_concurrency", "max_errors", "soak", "gate", "on_failure")
+
+
+def parse_plan(doc: Document) -> Plan:
+    """Validate a parsed plan document; every problem in the file is reported at once."""
+    problems: list[Problem] = []
+    base_dir = Path(doc.source).resolve().parent
+
+    def bad(path: tuple[PathPart, ...], message: str) -> None:
+        problems.append(doc.problem(path, message))
+
+    data = doc.data
+    if not isinstance(data, dict):
+        raise PlanError(
+            "a plan must be a mapping with name, baseline, catalog, executor and stages", source=doc.source
+        )
+    for key in data:
+        if key not in _PLAN_KEYS:
+            bad((str(key),), f"unknown key{suggest(str(key), _PLAN_KEYS)}; allowed: {', '.join(_PLAN_KEYS)}")
+
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        bad(
+            ("name",),
+            "required: 1–64 characters of letters, digits, '_', '-' and '.', starting with a letter or digit",
+        )
+        name = "invalid"
+
+    def existing_file(key: str, value: Any, path: tuple[PathPart, ...]) -> Path:
+        if not isinstance(value, str) or not value:
+            bad(path, f"required: the path of the {key} file, relative to the plan")
+            return Path()
+        resolved = (base_dir / value).resolve()
+        if not resolved.is_file():
+            bad(
+                path, f"{value!r} does not exist (looked for {resolved}); paths are relative to the plan file"
+            )
+        return resolved
+
+    baseline = existing_file("baseline", data.get("baseline"), ("baseline",))
+    catalog = existing_file("catalog", data.get("catalog"), ("catalog",))
+
+    executor = ExecutorConfig(kind="invalid")
+    raw_exec = data.get("executor")
+    if not isinstance(raw_exec, dict):
+        bad(("executor",), "required: {kind: simulated, fleet: PATH}")
+    else:
+        kind = raw_exec.get("kind")
+        for key in raw_exec:
+            if key not in ("kind", "fleet", "time_scale"):
+                bad(
+                    ("executor", str(key)), f"unknown key{suggest(str(key), ('kind', 'fleet', 'time_scale'))}"
+                )
+        if kind not in EXECUTOR_KINDS:
+            bad(("executor", "kind"), f"{kind!r} is not an executor; use one of {', '.join(EXECUTOR_KINDS)}")
+        fleet = (
+            existing_file("fleet", raw_exec.get("fleet"), ("executor", "fleet"))
+            if kind == "simulated"
+            else None
+        )
+        scale = raw_exec.get("time_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
+            bad(("executor", "time_scale"), f"{scale!r}: expected a number ≥ 0 (1 = real time)")
+            scale = 1.0
+        executor = ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale))
+
+    undeliverable = data.get("undeliverable_counts_as_error", False)
+    if not isinstance(undeliverable, bool):
+        bad(("undeliverable_counts_as_error",), "expected true or false")
+        undeliverable = False
+
+    stages: list[Stage] = []
+    raw_stages = data.get("stages")
+    if not isinstance(raw_stages, list) or not raw_stages:
+        bad(("stages",), "required: a non-empty list of stages (e.g. dev, test, prod)")
+        raw_stages = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_stages):
+        where: tuple[PathPart, ...] = ("stages", i)
+        if not isinstance(raw, dict):
+            bad(where, "expected a stage mapping with name, targets, window, …")
+            continue
+        stage = _parse_stage(raw, where, bad)
+        if stage is None:
+            continue
+        if stage.name in seen:
+            bad((*where, "name"), f"stage name {stage.name!r} is used twice")
+        seen.add(stage.name)
+        stages.append(stage)
+
+    if problems:
+        raise PlanError("invalid rollout plan", source=doc.source, problems=problems)
+    return Plan(
+        name=str(name),
+        source=Path(doc.source).resolve(),
+        baseline=baseline,
+        catalog=catalog,
+        executor=executor,
+        stages=tuple(stages),
+        undeliverable_counts_as_error=undeliverable,
+    )
+
+
+def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> Stage | None:
+    ok = True
+    for key in raw:
+        if key not in _STAGE_KEYS:
+            bad(
+                (*where, str(key)),
+                f"unknown key{suggest(str(key), _STAGE_KEYS)}; allowed: {', '.join(_STAGE_KEYS)}",
+            )
+            ok = False
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        bad((*where, "name"), "required: 1–64 characters of letters, digits, '_', '-' and '.'")
+        ok = False
+
+    targets = Targets()
+    raw_targets = raw.get("targets")
+    if isinstance(raw_targets, dict) and len(raw_targets) == 1 and "patch_group" in raw_targets:
+        group = raw_targets["patch_group"]
+        if not isinstance(group, str) or not 1 <= len(group) <= 256:
+            bad((*where, "targets", "patch_group"), "expected a patch group name (1–256 characters)")
+            ok = False
+        else:
+            targets = Targets(patch_group=group)
+    elif isinstance(raw_targets, dict) and len(raw_targets) == 1 and "instance_ids" in raw_targets:
+        ids = raw_targets["instance_ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(x, str) and x for x in ids):
+            bad((*where, "targets", "instance_ids"), "expected a non-empty list of instance ids")
+            ok = False
+        elif len(set(ids)) != len(ids):
+            bad((*where, "targets", "instance_ids"), "an instance id is listed twice")
+            ok = False
+        else:
+            targets = Targets(instance_ids=tuple(ids))
+    else:
+        bad((*where, "targets"), "required: exactly one of {patch_group: NAME} or {instance_ids: [ID, …]}")
+        ok = False
+
+    window: WindowSpec | None = None
+    try:
+        window = parse_window_spec(raw.get("window", "now"), path=f"stages[{where[-1]}].window")
+    except ScheduleError as exc:
+        for problem in exc.problems or [Problem(path="", message=exc.summary)]:
+            bad((*where, "window"), problem.message if problem.message else exc.summary)
+        ok = False
+
+    limits: dict[str, Limit] = {}
+    for key, default in (("max_concurrency", "1"), ("max_errors", "0")):
+        try:
+            limits[key] = parse_limit(raw.get(key, default), kind=key)
+        except ValueError as exc:
+            bad((*where, key), str(exc))
+            ok = False
+
+    soak = 0
+    raw_soak = raw.get("soak", "0s")
+    try:
+        soak = parse_duration(str(raw_soak)) if isinstance(raw_soak, str | int) else parse_duration("")
+    except ValueError as exc:
+        bad((*where, "soak"), str(exc))
+        ok = False
+
+    gate = _parse_gate(raw.get("gate", "auto"), (*where, "gate"), bad)
+    if gate is None:
+        ok = False
+
+    on_failure = raw.get("on_failure", "halt")
+    if on_failure not in ("halt", "rollback"):
+        bad((*where, "on_failure"), f"{on_failure!r}: use halt or rollback")
+        ok = False
+
+    if not ok or window is None or gate is None:
+        return None
+    return Stage(
+        name=str(name),
+        targets=targets,
+        window=window,
+        max_concurrency=limits["max_concurrency"],
+        max_errors=limits["max_errors"],
+        soak_seconds=soak,
+        gate=gate,
+        on_failure=str(on_failure),
+    )
+
+
+def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:
+    if raw == "auto":
+        return Gate()
+    if isinstance(raw, dict) and len(raw) == 1 and "approval" in raw:
+        body = raw["approval"]
+        approvers = body.get("approvers") if isinstance(body, dict) else None
+        if (
+            not isinstance(approvers, list)
+            or not approvers
+            or not all(isinstance(a, str) and a for a in approvers)
+        ):
+            bad(
+                (*where, "approval", "approvers"),
+                "required: a non-empty list of the people allowed to approve",
+            )
+            return None
+        return Gate(kind="approval", approvers=tuple(approvers))
+    if isinstance(raw, dict) and len(raw) == 1 and "health" in raw:
+        body = raw["health"] if raw["health"] is not None else {}
+        if not isinstance(body, dict):
+            bad((*where, "health"), "expected {max_unhealthy: N, url: URL} (both optional)")
+            return None
+        for key in body:
+            if key not in ("max_unhealthy", "url"):
+                bad((*where, "health", str(key)), f"unknown key{suggest(str(key), ('max_unhealthy', 'url'))}")
+                return None
+        max_unhealthy = body.get("max_unhealthy", 0)
+        if isinstance(max_unhealthy, bool) or not isinstance(max_unhealthy, int) or max_unhealthy < 0:
+            bad((*where, "health", "max_unhealthy"), "expected a whole number ≥ 0")
+            return None
+        url = body.get("url")
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            bad((*where, "health", "url"), "expected an http:// or https:// URL")
+            return None
+        return Gate(kind="health", max_unhealthy=max_unhealthy, url=url)
+    bad(where, "use auto, {approval: {approvers: [NAME, …]}} or {health: {max_unhealthy: N, url: URL}}")
+    return None
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Load and validate a plan file."""
+    return parse_plan(load_document(path, kind="plan", error=PlanError))

@@ -1,0 +1,160 @@
+"""Rate control with SSM's semantics: MaxConcurrency as a sliding window, MaxErrors as a tolerance.
+
+* ``max_concurrency`` — how many instances may be in flight at once (a number, or a percentage of the
+  stage's targets). Percentages round **up** and never below 1: 10 % of 5 instances is 1, 15 % of 10 is 2.
+* ``max_errors`` — how many failures are *tolerated*; failure N+1 stops dispatch (``0`` stops at the first
+  failure, ``3`` at the fourth, 10 % of 50 at the sixth). Percentages round **down**: 10 % of 15 tolerates 1.
+  Work already in flight when the budget is exceeded finishes (and may fail too, so the final failure count
+  can exceed the budget, as in SSM); instances never started are reported ``not_attempted``.
+* Only statuses that count as errors (``failed``, ``timed_out``) consume the budget; ``undeliverable``
+  targets are reported but do not (SSM's Delivery Timed Out / Undeliverable), unless a plan says so.
+
+:class:`StageScheduler` is a pure, deterministic state machine so the workflow can drive it and replay it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import deque
+from dataclasses import dataclass, field
+
+_CONCURRENCY_RE = re.compile(r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$")
+_ERRORS_RE = re.compile(r"^([1-9][0-9]*|0|[1-9][0-9]%|[0-9]%|100%)$")
+
+
+@dataclass(frozen=True)
+class Limit:
+    """A MaxConcurrency/MaxErrors value: an absolute number or a percentage of the targets."""
+
+    value: int
+    percent: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.value}%" if self.percent else str(self.value)
+
+
+def parse_limit(value: object, *, kind: str) -> Limit:
+    """Parse ``10``, ``"10"`` or ``"10%"`` with SSM's patterns.
+
+    Args:
+        value: the plan value.
+        kind: ``max_concurrency`` or ``max_errors`` (they have different patterns: errors may be 0).
+
+    Raises:
+        ValueError: with the allowed forms.
+    """
+    text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else None
+    pattern = _CONCURRENCY_RE if kind == "max_concurrency" else _ERRORS_RE
+    if text is None or not pattern.match(text):
+        allowed = (
+            "a whole number ≥ 1 or a percentage 1%–100%"
+            if kind == "max_concurrency"
+            else "a whole number ≥ 0 or a percentage 0%–100%"
+        )
+        raise ValueError(f"{value!r} is not a valid {kind}; use {allowed} (e.g. 10 or '25%')")
+    if text.endswith("%"):
+        return Limit(int(text[:-1]), percent=True)
+    return Limit(int(text))
+
+
+def resolve_concurrency(limit: Limit, targets: int) -> int:
+    """Instances allowed in flight for a stage of ``targets`` instances (≥ 1)."""
+    if limit.percent:
+        return max(1, math.ceil(targets * limit.value / 100))
+    return max(1, limit.value)
+
+
+def resolve_errors(limit: Limit, targets: int) -> int:
+    """Failures tolerated for a stage of ``targets`` instances."""
+    if limit.percent:
+        return math.floor(targets * limit.value / 100)
+    return limit.value
+
+
+def batch_size_for(concurrency: int) -> int:
+    """How many instances one dispatch (one activity / one SSM command) carries.
+
+    Small concurrency gets single-instance dispatch — a true sliding window, no stragglers holding slots;
+    large concurrency gets batches (at most 50, SSM's InstanceIds limit) so a 10,000-instance stage stays far
+    inside Temporal's history limits: about 20 dispatches are in flight at any concurrency.
+    """
+    return max(1, min(50, math.ceil(concurrency / 20)))
+
+
+# Instance states reported by waves.
+PENDING = "pending"
+IN_FLIGHT = "in_flight"
+SUCCEEDED = "succeeded"
+FAILED = "failed"
+NOT_ATTEMPTED = "not_attempted"
+ROLLED_BACK = "rolled_back"
+
+
+@dataclass
+class StageScheduler:
+    """Which instances to dispatch next, given results so far.
+
+    Attributes:
+        pending: instance ids not yet dispatched, in dispatch order.
+        max_concurrency: instances allowed in flight at once.
+        max_errors: failures tolerated; the next one stops dispatch.
+        errors: failures counted so far (carried across windows and continue-as-new).
+    """
+
+    pending: deque[str]
+    max_concurrency: int
+    max_errors: int
+    batch_size: int = 1
+    errors: int = 0
+    in_flight: dict[str, None] = field(default_factory=dict)
+    """Insertion-ordered set of dispatched ids (dicts keep order; sets would break determinism)."""
+    states: dict[str, str] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def budget_exceeded(self) -> bool:
+        return self.errors > self.max_errors
+
+    def take(self) -> list[list[str]]:
+        """Batches to dispatch now (empty once the budget is exceeded or nothing fits)."""
+        batches: list[list[str]] = []
+        if self.budget_exceeded:
+            return batches
+        free = self.max_concurrency - len(self.in_flight)
+        while free > 0 and self.pending:
+            size = min(self.batch_size, free, len(self.pending))
+            batch = [self.pending.popleft() for _ in range(size)]
+            for instance_id in batch:
+                self.in_flight[instance_id] = None
+                self.states[instance_id] = IN_FLIGHT
+            batches.append(batch)
+            free -= size
+        return batches
+
+    def record(self, instance_id: str, status: str, *, counts_as_error: bool, detail: str = "") -> None:
+        """Record one instance's outcome (``status`` is the executor's: succeeded/failed/…)."""
+        self.in_flight.pop(instance_id, None)
+        self.states[instance_id] = SUCCEEDED if status == "succeeded" else FAILED
+        if detail or status not in ("succeeded", "failed"):
+            self.details[instance_id] = detail or status
+        if counts_as_error:
+            self.errors += 1
+
+    @property
+    def idle(self) -> bool:
+        """Nothing in flight."""
+        return not self.in_flight
+
+    @property
+    def finished(self) -> bool:
+        """Nothing more will happen in this stage without an operator (all done, or stopped and drained)."""
+        return self.idle and (not self.pending or self.budget_exceeded)
+
+    def mark_not_attempted(self) -> list[str]:
+        """After a stop, the instances never started become ``not_attempted``; returns them."""
+        left = list(self.pending)
+        self.pending.clear()
+        for instance_id in left:
+            self.states[instance_id] = NOT_ATTEMPTED
+        return left

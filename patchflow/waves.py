@@ -1,0 +1,241 @@
+"""Starting and operating waves through the Temporal client (used by the CLI, later the API and schedules).
+
+A wave is started from a plan: the baseline is evaluated once (or a given patch set is taken), the set is
+pinned in the content-addressed store, and the workflow receives everything it needs in its input.
+"""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from patchflow.baselines import load_baseline
+from patchflow.catalog import load_catalog
+from patchflow.config import Settings
+from patchflow.errors import InputError, NotFoundError, PatchflowError
+from patchflow.evaluation import PatchSet, evaluate
+from patchflow.executors.base import Package
+from patchflow.patchsets import PatchSetStore
+from patchflow.plans import Plan
+from patchflow.wavemodel import (
+    WAVE_FINAL_STATES,
+    ExecutorRef,
+    GateDecision,
+    OperatorAction,
+    StageInput,
+    StageProgress,
+    WaveInput,
+    WaveStatus,
+)
+from workflows.stage import StageRunWorkflow
+from workflows.wave import WaveWorkflow
+
+
+class WaveActionRefused(PatchflowError):
+    """An operator action was refused by the wave (not allowed, or not applicable now)."""
+
+    exit_code = 4
+
+
+def local_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return "unknown"
+
+
+def executor_ref(plan: Plan, settings: Settings) -> ExecutorRef:
+    if plan.executor.kind == "simulated":
+        from patchflow.executors.simulated import default_state_path
+        from patchflow.fleet import load_fleet
+
+        assert plan.executor.fleet is not None
+        fleet = load_fleet(plan.executor.fleet)
+        return ExecutorRef(
+            kind="simulated",
+            fleet_path=str(plan.executor.fleet),
+            state_path=str(default_state_path(settings.data_dir, fleet)),
+            time_scale=plan.executor.time_scale,
+        )
+    raise InputError(f"executor {plan.executor.kind!r} is not supported yet")
+
+
+def pin_patch_set(
+    plan: Plan, settings: Settings, *, patch_set: str | None = None, at: datetime | None = None
+) -> PatchSet:
+    """Evaluate the plan's baseline once (or load the given set) and store the pinned result."""
+    store = PatchSetStore(settings.patch_set_dir)
+    if patch_set is not None:
+        pinned = store.resolve(patch_set)
+        baseline = load_baseline(plan.baseline)
+        if baseline.family != pinned.family:
+            raise InputError(
+                f"patch set {pinned.id} holds {pinned.family} packages; the plan's baseline is {baseline.family}"
+            )
+        store.save(pinned)
+        return pinned
+    baseline = load_baseline(plan.baseline)
+    catalog = load_catalog(plan.catalog)
+    result = evaluate(baseline, catalog, at or datetime.now(UTC), catalog_source=str(plan.catalog))
+    store.save(result.patch_set)
+    return result.patch_set
+
+
+def wave_input(
+    plan: Plan, settings: Settings, pinned: PatchSet, *, wave_id: str | None = None, who: str = ""
+) -> WaveInput:
+    stages = [
+        StageInput(
+            name=s.name,
+            window=s.window,
+            max_concurrency=str(s.max_concurrency),
+            max_errors=str(s.max_errors),
+            soak_seconds=s.soak_seconds,
+            gate=s.gate.kind,
+            approvers=list(s.gate.approvers),
+            max_unhealthy=s.gate.max_unhealthy,
+            health_url=s.gate.url,
+            on_failure=s.on_failure,
+            patch_group=s.targets.patch_group,
+            instance_ids=list(s.targets.instance_ids),
+        )
+        for s in plan.stages
+    ]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return WaveInput(
+        wave_id=wave_id or f"wave-{plan.name}-{stamp}-{secrets.token_hex(3)}",
+        plan_name=plan.name,
+        patch_set_id=pinned.id,
+        patches=[Package(p.name, p.arch, p.version) for p in pinned.patches],
+        executor=executor_ref(plan, settings),
+        stages=stages,
+        undeliverable_counts_as_error=plan.undeliverable_counts_as_error,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        started_by=who or local_user(),
+    )
+
+
+async def start_wave(client: Client, settings: Settings, inp: WaveInput) -> WorkflowHandle[Any, Any]:
+    return await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=settings.task_queue)
+
+
+async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:
+    handle = client.get_workflow_handle(wave_id)
+    try:
+        await handle.describe()
+    except RPCError as exc:
+        raise NotFoundError(
+            f"no wave {wave_id!r} ({exc.message}); list waves with 'patchflow wave list'"
+        ) from None
+    return handle
+
+
+async def wave_status(client: Client, wave_id: str) -> WaveStatus:
+    """The wave's status with the live per-instance progress of its running stage merged in."""
+    handle = await _handle(client, wave_id)
+    try:
+        status: WaveStatus = await handle.query(WaveWorkflow.status)
+    except RPCError as exc:
+        raise PatchflowError(f"wave {wave_id} did not answer ({exc.message}); is a worker running?") from None
+    for stage in status.stages:
+        if stage.active_run_id:
+            try:
+                progress: StageProgress = await client.get_workflow_handle(stage.active_run_id).query(
+                    StageRunWorkflow.progress
+                )
+            except RPCError:
+                continue
+            stage.instances.update(progress.states)
+            stage.errors = progress.errors
+    return status
+
+
+def status_json(status: WaveStatus) -> dict[str, Any]:
+    """The documented JSON contract of ``wave status --format json``."""
+    return {
+        "wave_id": status.wave_id,
+        "plan": status.plan_name,
+        "state": status.state,
+        "reason": status.reason,
+        "patch_set_id": status.patch_set_id,
+        "stages": [
+            {
+                "name": st.name,
+                "state": st.state,
+                "errors": st.errors,
+                "max_errors": st.max_errors,
+                "max_concurrency": st.max_concurrency,
+                "window_start": st.window_start.isoformat() if st.window_start else None,
+                "note": st.note,
+                "instances": [
+                    {"id": i, "state": s, **({"detail": st.details[i]} if i in st.details else {})}
+                    for i, s in st.instances.items()
+                ],
+            }
+            for st in status.stages
+        ],
+        "audit": [{**asdict(a), "at": a.at.isoformat()} for a in status.audit],
+    }
+
+
+async def act(
+    client: Client, wave_id: str, action: str, *, who: str, stage: str | None = None, comment: str = ""
+) -> str:
+    """Send an operator Update; a refusal raises :class:`WaveActionRefused` with the wave's reason."""
+    handle = await _handle(client, wave_id)
+    try:
+        if action in ("approve", "reject"):
+            if not stage:
+                raise InputError(f"{action} needs --stage NAME")
+            method = WaveWorkflow.approve if action == "approve" else WaveWorkflow.reject
+            return str(
+                await handle.execute_update(method, GateDecision(stage=stage, who=who, comment=comment))
+            )
+        methods = {
+            "halt": WaveWorkflow.halt,
+            "resume": WaveWorkflow.resume,
+            "cancel": WaveWorkflow.cancel,
+            "rollback": WaveWorkflow.rollback,
+        }
+        return str(await handle.execute_update(methods[action], OperatorAction(who=who, reason=comment)))
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        message = getattr(cause, "message", None) or str(cause or exc)
+        raise WaveActionRefused(f"{action} refused: {message}") from None
+    except RPCError as exc:
+        raise WaveActionRefused(f"{action} refused: {exc.message}") from None
+
+
+async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    async for wf in client.list_workflows("WorkflowType = 'WaveWorkflow'", limit=limit):
+        row: dict[str, Any] = {
+            "wave_id": wf.id,
+            "started": wf.start_time.isoformat() if wf.start_time else None,
+            "workflow_status": wf.status.name if wf.status else None,
+            "state": None,
+        }
+        try:
+            status: WaveStatus = await client.get_workflow_handle(wf.id).query(WaveWorkflow.status)
+            row["state"] = status.state
+            row["plan"] = status.plan_name
+        except RPCError:
+            pass
+        rows.append(row)
+    return rows
+
+
+def is_settled(status: WaveStatus) -> bool:
+    """Finished, halted, or stopped at a gate: where ``wave start --wait`` returns."""
+    return status.state in WAVE_FINAL_STATES or status.state in ("halted", "waiting_approval")
+
+
+def resolve_plan_path(path: str | Path) -> Path:
+    return Path(path).resolve()

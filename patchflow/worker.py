@@ -1,0 +1,55 @@
+"""Building and running patchflow's Temporal worker (``patchflow worker``, and inside ``dev`` / ``demo``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities.patching import ExecutorFactory, WaveActivities, build_executor
+from patchflow.errors import PatchflowError
+from workflows.stage import StageRunWorkflow
+from workflows.wave import WaveWorkflow
+
+WORKFLOWS: Sequence[type] = (WaveWorkflow, StageRunWorkflow)
+
+
+class TemporalUnavailable(PatchflowError):
+    """The Temporal frontend cannot be reached."""
+
+
+async def connect(address: str, *, attempts: int = 1) -> Client:
+    """Connect to Temporal with a clear error instead of a gRPC traceback."""
+    last: Exception | None = None
+    for attempt in range(attempts):
+        try:
+            return await Client.connect(address)
+        except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError for connection failures
+            last = exc
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.5)
+    raise TemporalUnavailable(
+        f"cannot reach Temporal at {address} ({last}); start the embedded stack with 'patchflow dev' "
+        "or set PATCHFLOW_TEMPORAL_ADDRESS"
+    )
+
+
+def build_worker(client: Client, task_queue: str, *, factory: ExecutorFactory = build_executor) -> Worker:
+    """A worker serving every patchflow workflow and activity on ``task_queue``."""
+    acts = WaveActivities(factory)
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=list(WORKFLOWS),
+        activities=[
+            acts.resolve_targets,
+            acts.next_window,
+            acts.patch_batch,
+            acts.rollback_instances,
+            acts.health_check,
+        ],
+        # Every activity is async (executors await I/O), so no thread pool is needed.
+        max_concurrent_activities=200,
+    )

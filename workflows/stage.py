@@ -1,0 +1,157 @@
+"""StageRunWorkflow: one stage inside one maintenance window, with SSM-style rate control.
+
+The parent wave starts one run per window. A run keeps at most ``max_concurrency`` instances in flight
+(dispatched in batches — see :func:`patchflow.ratecontrol.batch_size_for`), stops dispatching when failure
+number ``max_errors + 1`` arrives, when the window's cutoff passes, or when an operator stops it, and always
+lets in-flight work finish. Long runs continue as new (carrying only compact per-instance states) so a
+10,000-instance stage stays far inside Temporal's history limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from patchflow.ratecontrol import PENDING, StageScheduler
+    from patchflow.wavemodel import (
+        PatchBatchInput,
+        PatchBatchResult,
+        StageProgress,
+        StageRunInput,
+        StageRunResult,
+    )
+    from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE
+
+
+@workflow.defn
+class StageRunWorkflow:
+    def __init__(self) -> None:
+        self._scheduler: StageScheduler | None = None
+        self._stop = False
+
+    @workflow.signal
+    def stop(self) -> None:
+        """Stop dispatching (halt or cancel of the wave); in-flight instances finish."""
+        self._stop = True
+
+    @workflow.query
+    def progress(self) -> StageProgress:
+        s = self._scheduler
+        if s is None:
+            return StageProgress(states={}, errors=0, max_errors=0, max_concurrency=0)
+        return StageProgress(
+            states=dict(s.states), errors=s.errors, max_errors=s.max_errors, max_concurrency=s.max_concurrency
+        )
+
+    @workflow.run
+    async def run(self, inp: StageRunInput) -> StageRunResult:
+        scheduler = StageScheduler(
+            pending=deque(inp.instance_ids),
+            max_concurrency=inp.max_concurrency,
+            max_errors=inp.max_errors,
+            batch_size=inp.batch_size,
+            errors=inp.errors_so_far,
+            states=dict(inp.states),
+            details=dict(inp.details),
+        )
+        for instance_id in inp.instance_ids:
+            scheduler.states[instance_id] = PENDING
+        self._scheduler = scheduler
+        in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
+        continue_as_new = False
+
+        while True:
+            past_cutoff = inp.cutoff is not None and workflow.now() >= inp.cutoff
+            if not continue_as_new and workflow.info().is_continue_as_new_suggested():
+                continue_as_new = True
+            may_start = not (self._stop or past_cutoff or continue_as_new)
+            if may_start:
+                for batch in scheduler.take():
+                    task = asyncio.ensure_future(self._patch(inp, batch))
+                    in_flight[task] = batch
+            if not in_flight:
+                break
+            done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+            # Process completions in dispatch order: deterministic, and the order failures are counted in.
+            for task in [t for t in in_flight if t in done]:
+                batch = in_flight.pop(task)
+                self._record(inp, scheduler, batch, task)
+
+        if continue_as_new and scheduler.pending and not scheduler.budget_exceeded and not self._stop:
+            await workflow.wait_condition(workflow.all_handlers_finished)
+            finished = {k: v for k, v in scheduler.states.items() if v != PENDING}
+            workflow.continue_as_new(
+                StageRunInput(
+                    wave_id=inp.wave_id,
+                    stage=inp.stage,
+                    instance_ids=list(scheduler.pending),
+                    patches=inp.patches,
+                    executor=inp.executor,
+                    max_concurrency=inp.max_concurrency,
+                    max_errors=inp.max_errors,
+                    batch_size=inp.batch_size,
+                    attempt=inp.attempt,
+                    errors_so_far=scheduler.errors,
+                    cutoff=inp.cutoff,
+                    undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
+                    heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
+                    states=finished,
+                    details=dict(scheduler.details),
+                )
+            )
+
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        remaining = list(scheduler.pending)
+        return StageRunResult(
+            states={k: v for k, v in scheduler.states.items() if v != PENDING},
+            details=dict(scheduler.details),
+            remaining=remaining,
+            errors=scheduler.errors,
+            budget_exceeded=scheduler.budget_exceeded,
+            stopped=self._stop,
+        )
+
+    async def _patch(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
+        return await workflow.execute_activity(
+            "patch_batch",
+            PatchBatchInput(
+                executor=inp.executor,
+                wave_id=inp.wave_id,
+                stage=inp.stage,
+                instance_ids=batch,
+                patches=inp.patches,
+                attempt=inp.attempt,
+            ),
+            result_type=PatchBatchResult,
+            start_to_close_timeout=PATCH_START_TO_CLOSE,
+            heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
+            retry_policy=PATCH_RETRY,
+            summary=f"patch {len(batch)} instance(s) of {inp.stage}",
+        )
+
+    @staticmethod
+    def _record(
+        inp: StageRunInput, scheduler: StageScheduler, batch: list[str], task: asyncio.Task[PatchBatchResult]
+    ) -> None:
+        exc = task.exception()
+        if exc is not None:
+            # The activity gave up after its retries: every instance of the batch counts as failed.
+            for instance_id in batch:
+                scheduler.record(
+                    instance_id, "failed", counts_as_error=True, detail=f"patch activity failed: {exc}"
+                )
+            return
+        outcomes = {o.instance_id: o for o in task.result().outcomes}
+        for instance_id in batch:
+            outcome = outcomes.get(instance_id)
+            if outcome is None:
+                scheduler.record(instance_id, "failed", counts_as_error=True, detail="no result reported")
+                continue
+            counts = outcome.counts_as_error or (
+                inp.undeliverable_counts_as_error and outcome.status == "undeliverable"
+            )
+            scheduler.record(instance_id, outcome.status, counts_as_error=counts, detail=outcome.detail)
