@@ -250,7 +250,9 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         window = parse_window_spec(raw.get("window", "now"), path=f"stages[{where[-1]}].window")
     except ScheduleError as exc:
         for problem in exc.problems or [Problem(path="", message=exc.summary)]:
-            bad((*where, "window"), problem.message if problem.message else exc.summary)
+            # problem.path is "stages[i].window.<field>": keep the field so the line number is exact.
+            sub = problem.path.rsplit(".window", 1)[-1].lstrip(".")
+            bad((*where, "window", *([sub] if sub else [])), problem.message or exc.summary)
         ok = False
 
     limits: dict[str, Limit] = {}
