@@ -1,0 +1,1 @@
+"""Tests of the fleet executors (one module per backend)."""

@@ -1,0 +1,317 @@
+"""Waves on the real Temporal dev server (Updates need it): gates, rate control, halt, rollback, pinning."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.patching import build_executor
+from patchflow.config import Settings
+from patchflow.executors.base import Package
+from patchflow.executors.simulated import SimulatedExecutor
+from patchflow.fleet import load_fleet
+from patchflow.wavemodel import ExecutorRef, StageInput, WaveInput, WaveStatus
+from patchflow.waves import WaveActionRefused, act, status_json, wave_status
+from patchflow.windows import WindowSpec
+from tests.workflows.conftest import instance_id, running_worker
+from workflows.wave import WaveWorkflow
+
+PATCHES = [
+    Package("openssl", "amd64", "3.0.2-0ubuntu1.16"),
+    Package("curl", "amd64", "7.81.0-1ubuntu1.18"),
+]
+NOW = WindowSpec(schedule="now")
+
+
+def stage(name: str, **fields: Any) -> StageInput:
+    base: dict[str, Any] = {
+        "name": name,
+        "window": NOW,
+        "max_concurrency": "10",
+        "max_errors": "0",
+        "patch_group": name,
+    }
+    base.update(fields)
+    return StageInput(**base)
+
+
+def wave_input(fleet: Path, tmp_path: Path, stages: list[StageInput], **fields: Any) -> WaveInput:
+    return WaveInput(
+        wave_id=f"wave-test-{uuid.uuid4().hex[:8]}",
+        plan_name="test",
+        patch_set_id="ps-000000000000000000000000",
+        patches=list(PATCHES),
+        executor=ExecutorRef(
+            kind="simulated", fleet_path=str(fleet), state_path=str(tmp_path / "fleet.sqlite"), time_scale=1.0
+        ),
+        stages=stages,
+        heartbeat_timeout_seconds=5,
+        **fields,
+    )
+
+
+def fleet_of(inp: WaveInput) -> SimulatedExecutor:
+    assert inp.executor.fleet_path and inp.executor.state_path
+    return SimulatedExecutor(load_fleet(inp.executor.fleet_path), Path(inp.executor.state_path))
+
+
+async def settle(client: Client, wave_id: str, states: set[str], timeout: float = 60) -> WaveStatus:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        status = await wave_status(client, wave_id)
+        if status.state in states:
+            return status
+        assert status.state not in {"succeeded", "failed", "cancelled"} - states, (
+            f"wave ended {status.state}: {status}"
+        )
+        assert asyncio.get_running_loop().time() < deadline, f"wave stuck in {status.state}: {status}"
+        await asyncio.sleep(0.2)
+
+
+def instance_states(status: WaveStatus, stage_name: str) -> dict[str, str]:
+    return next(s for s in status.stages if s.name == stage_name).instances
+
+
+async def start(client: Client, task_queue: str, inp: WaveInput) -> WorkflowHandle[Any, Any]:
+    return await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue)
+
+
+async def test_wave_pins_one_patch_set_across_stages(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"dev": 2, "test": 3, "prod": 4})
+    inp = wave_input(fleet, tmp_path, [stage("dev"), stage("test"), stage("prod", max_concurrency="50%")])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    assert [s.state for s in result.status.stages] == ["succeeded"] * 3
+    status = fleet_of(inp).status()
+    for inst in status["instances"]:
+        versions = {p["name"]: p["version"] for p in inst["installed"]}
+        assert versions["openssl"] == "3.0.2-0ubuntu1.16" and versions["curl"] == "7.81.0-1ubuntu1.18"
+        assert versions["coreutils"] == "8.32-4.1ubuntu1"  # not in the set: untouched
+        assert inst["install_count"] == 1
+    report = status_json(result.status)
+    assert {i["state"] for s in report["stages"] for i in s["instances"]} == {"succeeded"}
+
+
+async def test_error_budget_stops_at_failure_n_plus_one(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    # concurrency 1 makes the order exact: instances 2, 4 and 5 fail; max_errors 1 tolerates one failure,
+    # so the second failure (instance 4) stops dispatch and 5..8 are never attempted.
+    failing = {instance_id("prod", n): {"fail": True} for n in (2, 4, 5)}
+    fleet = make_fleet({"prod": 8}, behaviours=failing)
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1", max_errors="1")])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+        states = instance_states(status, "prod")
+        assert [states[instance_id("prod", n)] for n in range(1, 9)] == [
+            "succeeded",
+            "failed",
+            "succeeded",
+            "failed",
+            "not_attempted",
+            "not_attempted",
+            "not_attempted",
+            "not_attempted",
+        ]
+        assert "2 failure(s) exceeded max_errors 1" in status.reason
+        assert status.stages[0].state == "halted"
+        # Nothing moves on its own while halted.
+        await asyncio.sleep(1)
+        assert (await wave_status(dev_env.client, inp.wave_id)).state == "halted"
+        # resume: the not-attempted instances run with a fresh budget of 1, so instance 5's failure is tolerated
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    states = result.status.stages[0].instances
+    assert states[instance_id("prod", 5)] == "failed"
+    assert {states[instance_id("prod", n)] for n in (6, 7, 8)} == {"succeeded"}
+    assert result.status.state == "succeeded"
+    assert [a.action for a in result.status.audit] == ["start", "resume"]
+
+
+async def test_in_flight_work_finishes_after_the_budget_is_exceeded(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    # Three instances in flight at once, all failing, max_errors 0: the first failure stops dispatch, the
+    # other two in-flight installs still finish (and fail), the rest is not attempted.
+    failing = {instance_id("prod", n): {"fail": True} for n in (1, 2, 3)}
+    fleet = make_fleet({"prod": 9}, behaviours=failing, duration=0.5)
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="3", max_errors="0")])
+    async with running_worker(dev_env.client) as tq:
+        await start(dev_env.client, tq, inp)
+        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+    states = instance_states(status, "prod")
+    assert [states[instance_id("prod", n)] for n in (1, 2, 3)] == ["failed"] * 3
+    assert {states[instance_id("prod", n)] for n in range(4, 10)} == {"not_attempted"}
+    assert status.stages[0].errors == 3
+
+
+async def test_max_concurrency_is_a_sliding_window(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    peak = 0
+    current = 0
+    started: list[str] = []
+
+    class Counting:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
+            nonlocal peak, current
+            current += 1
+            peak = max(peak, current)
+            started.append(instance)
+            try:
+                return await self.inner.install(instance, patches, operation_id=operation_id)
+            finally:
+                current -= 1
+
+    def factory(ref: ExecutorRef) -> Any:
+        return Counting(build_executor(ref))
+
+    fleet = make_fleet({"prod": 12}, duration=[0.1, 0.6])
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="25%")])  # 25 % of 12 = 3
+    async with running_worker(dev_env.client, factory) as tq:
+        result = await (await start(dev_env.client, tq, inp)).result()
+    assert result.status.state == "succeeded"
+    assert peak == 3
+    assert started == sorted(started)  # a patch group is dispatched in instance-id order
+
+
+async def test_approval_gate_refuses_others_and_records_the_approver(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"dev": 1, "prod": 2})
+    inp = wave_input(
+        fleet, tmp_path, [stage("dev"), stage("prod", gate="approval", approvers=["alice", "bob"])]
+    )
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        status = await settle(dev_env.client, inp.wave_id, {"waiting_approval"})
+        assert status.stages[1].state == "waiting_approval"
+        assert set(instance_states(status, "prod")) == set()  # prod has not started
+        with pytest.raises(WaveActionRefused, match="'mallory' may not approve stage 'prod'"):
+            await act(dev_env.client, inp.wave_id, "approve", who="mallory", stage="prod")
+        with pytest.raises(WaveActionRefused, match="no stage 'prd'"):
+            await act(dev_env.client, inp.wave_id, "approve", who="alice", stage="prd")
+        with pytest.raises(WaveActionRefused, match="has no approval gate"):
+            await act(dev_env.client, inp.wave_id, "approve", who="alice", stage="dev")
+        with pytest.raises(WaveActionRefused, match="cannot resume a wave that is waiting_approval"):
+            await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        # still waiting: the refusals changed nothing
+        assert (await wave_status(dev_env.client, inp.wave_id)).state == "waiting_approval"
+        assert "approved by bob" in await act(dev_env.client, inp.wave_id, "approve", who="bob", stage="prod")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    assert result.status.stages[1].note == "approved by bob"
+    assert [(a.action, a.who) for a in result.status.audit][-1] == ("approve", "bob")
+
+
+async def test_rejected_promotion_ends_the_wave_before_prod(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"dev": 1, "prod": 2})
+    inp = wave_input(fleet, tmp_path, [stage("dev"), stage("prod", gate="approval", approvers=["alice"])])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        await settle(dev_env.client, inp.wave_id, {"waiting_approval"})
+        await act(
+            dev_env.client, inp.wave_id, "reject", who="alice", stage="prod", comment="CVE fix breaks TLS"
+        )
+        result = await handle.result()
+    assert result.status.state == "failed"
+    assert result.status.stages[1].state == "not_started"
+    assert "CVE fix breaks TLS" in result.status.stages[1].note
+    prod = [i for i in fleet_of(inp).status()["instances"] if i["patch_group"] == "prod"]
+    assert all(i["install_count"] == 0 for i in prod)
+
+
+async def test_rollback_on_failure_restores_previous_versions(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    failing = {instance_id("prod", 3): {"fail": True}}
+    fleet = make_fleet({"prod": 4}, behaviours=failing)
+    inp = wave_input(
+        fleet, tmp_path, [stage("prod", max_concurrency="1", max_errors="0", on_failure="rollback")]
+    )
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+        states = instance_states(status, "prod")
+        assert [states[instance_id("prod", n)] for n in range(1, 5)] == [
+            "rolled_back",
+            "rolled_back",
+            "failed",
+            "not_attempted",
+        ]
+        fleet_state = {i["id"]: i for i in fleet_of(inp).status()["instances"]}
+        for n in (1, 2):
+            packages = {p["name"]: p["version"] for p in fleet_state[instance_id("prod", n)]["installed"]}
+            assert packages["openssl"] == "3.0.2-0ubuntu1.10"  # back to the pre-wave version
+            assert fleet_state[instance_id("prod", n)]["restore_count"] == 1
+        with pytest.raises(WaveActionRefused, match="no patched instances"):
+            await act(dev_env.client, inp.wave_id, "rollback", who="alice")
+        await act(dev_env.client, inp.wave_id, "cancel", who="alice")
+        assert (await handle.result()).status.state == "cancelled"
+
+
+async def test_operator_halt_and_resume(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"prod": 6}, duration=0.4)
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1")])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        await asyncio.sleep(0.6)
+        await act(dev_env.client, inp.wave_id, "halt", who="alice", comment="pager went off")
+        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+        done = [s for s in instance_states(status, "prod").values() if s == "succeeded"]
+        assert 1 <= len(done) < 6
+        await asyncio.sleep(1)  # nothing runs while halted
+        after = [
+            s
+            for s in instance_states(await wave_status(dev_env.client, inp.wave_id), "prod").values()
+            if s == "succeeded"
+        ]
+        assert len(after) == len(done)
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    assert all(i["install_count"] == 1 for i in fleet_of(inp).status()["instances"])
+
+
+async def test_health_gate_halts_on_unhealthy_earlier_stage(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"dev": 2, "prod": 2}, behaviours={instance_id("dev", 2): {"fail_health": True}})
+    inp = wave_input(fleet, tmp_path, [stage("dev"), stage("prod", gate="health")])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+        assert "health gate closed: 1 unhealthy > 0" in status.stages[1].note
+        assert not instance_states(status, "prod")
+        await act(dev_env.client, inp.wave_id, "resume", who="alice", comment="known flaky check")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+
+
+async def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATCHFLOW_TEMPORAL_ADDRESS", "10.0.0.5:7233")
+    monkeypatch.setenv("PATCHFLOW_TASK_QUEUE", "patch-eu")
+    settings = Settings()
+    assert (settings.temporal_address, settings.task_queue) == ("10.0.0.5:7233", "patch-eu")
