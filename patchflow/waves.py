@@ -210,6 +210,10 @@ async def act(
         message = getattr(cause, "message", None) or str(cause or exc)
         raise WaveActionRefused(f"{action} refused: {message}") from None
     except RPCError as exc:
+        if "already completed" in exc.message:
+            raise WaveActionRefused(
+                f"{action} refused: wave {wave_id} has already ended; see 'patchflow wave status {wave_id}'"
+            ) from None
         raise WaveActionRefused(f"{action} refused: {exc.message}") from None
 
 

@@ -20,9 +20,9 @@ Durability model, mirroring SSM (a command keeps running on the instance when th
    every *overdue* running operation of the instances they look at ("settling"), because on a real fleet the
    instance finished patching whether or not a worker was there to watch.
 
-Operations are keyed by ``(operation_id, instance_id)``: one operation id may cover a whole batch, as one SSM
-command id covers many instances. Reusing a key for a different request is a caller bug and raises
-``ValueError`` instead of silently returning the other request's result.
+Operations are keyed by ``operation_id`` alone (so :meth:`SimulatedExecutor.operation_result` needs nothing
+else): an id names one operation on one instance. Reusing an id for another instance, another kind or other
+packages is a caller bug and raises ``ValueError`` instead of silently returning the other request's result.
 
 Counting: ``install_count`` counts install operations that *ran* on the instance, whatever their outcome (a
 ``fail: true`` instance ran the install and it failed; an up-to-date instance ran it and changed nothing).
@@ -82,7 +82,7 @@ CREATE TABLE IF NOT EXISTS packages (
     PRIMARY KEY (instance_id, name, arch)
 );
 CREATE TABLE IF NOT EXISTS operations (
-    operation_id TEXT NOT NULL,
+    operation_id TEXT PRIMARY KEY,
     instance_id TEXT NOT NULL,
     kind TEXT NOT NULL CHECK (kind IN ('install', 'restore')),
     request TEXT NOT NULL,
@@ -90,8 +90,7 @@ CREATE TABLE IF NOT EXISTS operations (
     started_at REAL NOT NULL,
     duration_seconds REAL NOT NULL,
     finished_at REAL,
-    result TEXT,
-    PRIMARY KEY (operation_id, instance_id)
+    result TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_running ON operations (status, instance_id, started_at);
 """
@@ -167,7 +166,7 @@ class SimulatedExecutor:
         Raises:
             NotFoundError: the instance is not in the fleet.
             InvalidVersionError: a pinned version is not valid for the instance's package family.
-            ValueError: ``operation_id`` was already used on this instance for a different request.
+            ValueError: ``operation_id`` was already used for another instance, kind or package list.
         """
         instance = self._instance(instance_id)
         if instance.behaviour.offline:
@@ -186,7 +185,7 @@ class SimulatedExecutor:
         Raises:
             NotFoundError: the instance is not in the fleet.
             InvalidVersionError: a version is not valid for the instance's package family.
-            ValueError: ``operation_id`` was already used on this instance for a different request.
+            ValueError: ``operation_id`` was already used for another instance, kind or package list.
         """
         instance = self._instance(instance_id)
         if instance.behaviour.offline:
@@ -194,20 +193,13 @@ class SimulatedExecutor:
         return await self._operate("restore", instance, _request("restore", instance, packages), operation_id)
 
     async def operation_result(self, operation_id: str) -> InstallResult | None:
-        """The recorded result of a finished operation (None if it never ran or is still running)."""
+        """The recorded result of a finished install or restore; None if it never ran or is still running.
 
-        def read() -> InstallResult | None:
-            self._ensure_ready()
-            with self._transaction() as conn:
-                self._settle(conn, None)
-                row = conn.execute(
-                    "SELECT status, result FROM operations WHERE operation_id = ?", (operation_id,)
-                ).fetchone()
-            if row is None or row[0] != "done":
-                return None
-            return _load_result(row[1])
-
-        return await asyncio.to_thread(read)
+        An operation whose time is up counts as finished even if the worker that started it died: it is
+        completed here first, as the instance would have finished it. Undeliverable calls (offline instances)
+        are never recorded, so they give None.
+        """
+        return await asyncio.to_thread(self._operation_result, operation_id)
 
     async def health_check(self, instance_id: str) -> HealthResult:
         """Unhealthy exactly when the fleet file says ``fail_health`` for this instance."""
@@ -294,9 +286,9 @@ class SimulatedExecutor:
         with self._transaction() as conn:
             self._settle(conn, instance.id)
             row = conn.execute(
-                "SELECT kind, request, status, started_at, duration_seconds, result FROM operations "
-                "WHERE operation_id = ? AND instance_id = ?",
-                (operation_id, instance.id),
+                "SELECT instance_id, kind, request, status, started_at, duration_seconds, result FROM operations "
+                "WHERE operation_id = ?",
+                (operation_id,),
             ).fetchone()
             if row is None:
                 started_at, duration = self._clock(), instance.behaviour.duration_seconds * self.time_scale
@@ -306,11 +298,11 @@ class SimulatedExecutor:
                     (operation_id, instance.id, kind, json.dumps(request), started_at, duration),
                 )
                 return (started_at, duration)
-            old_kind, old_request, status, started_at, duration, result = row
-            if old_kind != kind or _as_request(json.loads(old_request)) != request:
+            owner, old_kind, old_request, status, started_at, duration, result = row
+            if owner != instance.id or old_kind != kind or _as_request(json.loads(old_request)) != request:
                 raise ValueError(
-                    f"operation {operation_id!r} on {instance.id} was already used for a different {old_kind} "
-                    f"request; every distinct {kind} needs its own operation_id"
+                    f"operation_id {operation_id!r} was already used for a different request ({old_kind} on "
+                    f"{owner}); every {kind} of every instance needs its own operation_id"
                 )
             if status == "done":
                 return _load_result(result)
@@ -321,8 +313,7 @@ class SimulatedExecutor:
         with self._transaction() as conn:
             self._settle(conn, instance.id)  # completes ours too, unless clocks disagree by a hair
             row = conn.execute(
-                "SELECT status, result FROM operations WHERE operation_id = ? AND instance_id = ?",
-                (operation_id, instance.id),
+                "SELECT status, result FROM operations WHERE operation_id = ?", (operation_id,)
             ).fetchone()
             if row is None:
                 raise RuntimeError(
@@ -353,8 +344,7 @@ class SimulatedExecutor:
     ) -> InstallResult:
         """Apply a running operation and mark it done; the caller holds the write transaction."""
         kind, raw_request, duration = conn.execute(
-            "SELECT kind, request, duration_seconds FROM operations WHERE operation_id = ? AND instance_id = ?",
-            (operation_id, instance.id),
+            "SELECT kind, request, duration_seconds FROM operations WHERE operation_id = ?", (operation_id,)
         ).fetchone()
         request = _as_request(json.loads(raw_request))
         counter = "install_count" if kind == "install" else "restore_count"
@@ -400,11 +390,24 @@ class SimulatedExecutor:
                 duration_seconds=duration,
             )
         conn.execute(
-            "UPDATE operations SET status = 'done', finished_at = ?, result = ? "
-            "WHERE operation_id = ? AND instance_id = ?",
-            (self._clock(), _dump_result(result), operation_id, instance.id),
+            "UPDATE operations SET status = 'done', finished_at = ?, result = ? WHERE operation_id = ?",
+            (self._clock(), _dump_result(result), operation_id),
         )
         return result
+
+    def _operation_result(self, operation_id: str) -> InstallResult | None:
+        self._ensure_ready()
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT instance_id FROM operations WHERE operation_id = ?", (operation_id,)
+            ).fetchone()
+            if row is None:
+                return None
+            self._settle(conn, row[0])
+            status, result = conn.execute(
+                "SELECT status, result FROM operations WHERE operation_id = ?", (operation_id,)
+            ).fetchone()
+        return _load_result(result) if status == "done" else None
 
     def _scan(self, instance: FleetInstance) -> list[Package]:
         self._ensure_ready()

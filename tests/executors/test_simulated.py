@@ -484,24 +484,37 @@ def test_same_operation_twice_installs_once(make_executor: Callable[..., Simulat
     assert counts(executor, "i-deb") == (2, 0)
 
 
-def test_one_operation_id_may_cover_a_batch(make_executor: Callable[..., SimulatedExecutor]) -> None:
-    executor = make_executor()
-    for instance_id in ("i-0gen0000000000001", "i-0gen0000000000002"):
-        result = run(executor.install(instance_id, OPENSSL_FIX, operation_id="batch-1"))
-        assert result.instance_id == instance_id and len(result.changed) == 1
-        assert counts(executor, instance_id) == (1, 0)
-
-
 def test_reusing_an_operation_id_for_another_request_is_refused(
     make_executor: Callable[..., SimulatedExecutor],
 ) -> None:
     executor = make_executor()
     run(executor.install("i-deb", OPENSSL_FIX, operation_id="op"))
-    with pytest.raises(ValueError, match="different install request"):
-        run(executor.install("i-deb", [Package("curl", "amd64", "7.81.0-1ubuntu1.18")], operation_id="op"))
-    with pytest.raises(ValueError, match="different install request"):
+    other_packages = [Package("curl", "amd64", "7.81.0-1ubuntu1.18")]
+    with pytest.raises(ValueError, match=r"already used for a different request \(install on i-deb\)"):
+        run(executor.install("i-deb", other_packages, operation_id="op"))
+    with pytest.raises(ValueError, match="already used"):
         run(executor.restore("i-deb", OPENSSL_FIX, operation_id="op"))
-    assert counts(executor, "i-deb") == (1, 0)
+    with pytest.raises(ValueError, match="already used"):
+        run(
+            executor.install("i-reboot", OPENSSL_FIX, operation_id="op")
+        )  # an id names one instance's operation
+    assert counts(executor, "i-deb") == (1, 0) and counts(executor, "i-reboot") == (0, 0)
+
+
+def test_operation_result(make_executor: Callable[..., SimulatedExecutor], tmp_path: Path) -> None:
+    async def scenario() -> None:
+        executor = make_executor(time_scale=0.2)
+        assert await executor.operation_result("op") is None  # never ran
+        task = asyncio.create_task(executor.install("i-deb", OPENSSL_FIX, operation_id="op"))
+        while not operation_rows(tmp_path / "state.sqlite"):
+            await asyncio.sleep(0.005)
+        assert await executor.operation_result("op") is None  # still running
+        result = await task
+        assert await make_executor().operation_result("op") == result
+        await executor.install("i-offline", OPENSSL_FIX, operation_id="offline")
+        assert await executor.operation_result("offline") is None  # undeliverable: never recorded
+
+    run(scenario())
 
 
 def test_failure_reboot_and_offline(make_executor: Callable[..., SimulatedExecutor], tmp_path: Path) -> None:
@@ -512,16 +525,16 @@ def test_failure_reboot_and_offline(make_executor: Callable[..., SimulatedExecut
     assert counts(executor, "i-fail") == (1, 0)  # the install ran (and failed)
     assert run(executor.install("i-fail", OPENSSL_FIX, operation_id="op")) == failed
 
-    rebooted = run(executor.install("i-reboot", OPENSSL_FIX, operation_id="op"))
+    rebooted = run(executor.install("i-reboot", OPENSSL_FIX, operation_id="op-reboot"))
     assert rebooted.status == "succeeded" and rebooted.rebooted
 
-    offline = run(executor.install("i-offline", OPENSSL_FIX, operation_id="op"))
+    offline = run(executor.install("i-offline", OPENSSL_FIX, operation_id="op-offline"))
     assert offline.status == "undeliverable" and not offline.counts_as_error
     assert run(executor.restore("i-offline", OPENSSL_FIX, operation_id="op2")).status == "undeliverable"
     assert counts(executor, "i-offline") == (0, 0)
     assert [row[1] for row in operation_rows(tmp_path / "state.sqlite")].count("i-offline") == 0
     with pytest.raises(NotFoundError):
-        run(executor.install("i-nope", OPENSSL_FIX, operation_id="op"))
+        run(executor.install("i-nope", OPENSSL_FIX, operation_id="op-nope"))
 
 
 def test_restore_is_idempotent_and_never_adds(make_executor: Callable[..., SimulatedExecutor]) -> None:
@@ -536,7 +549,7 @@ def test_restore_is_idempotent_and_never_adds(make_executor: Callable[..., Simul
     assert "absent" not in installed(executor, "i-deb")
     assert counts(executor, "i-deb") == (1, 1)
     # A bad patch does not make the rollback fail.
-    assert run(executor.restore("i-fail", back, operation_id="rollback")).status == "succeeded"
+    assert run(executor.restore("i-fail", back, operation_id="rollback-fail")).status == "succeeded"
 
 
 def test_state_persists_across_executor_objects(make_executor: Callable[..., SimulatedExecutor]) -> None:
@@ -670,6 +683,8 @@ def test_an_abandoned_operation_still_finishes_on_the_instance(
     run(abandon())
     time.sleep(0.15)  # past its 0.1 s
     executor = make_executor(time_scale=0.1)
+    finished = run(executor.operation_result("op"))
+    assert finished is not None and len(finished.changed) == 1
     assert installed(executor, "i-deb")["openssl"] == "3.0.2-0ubuntu1.15"
     assert counts(executor, "i-deb") == (1, 0)
     begin = time.monotonic()

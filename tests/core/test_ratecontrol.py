@@ -1,0 +1,99 @@
+"""Rate control: SSM's MaxConcurrency/MaxErrors patterns, rounding, and the dispatch state machine."""
+
+from __future__ import annotations
+
+from collections import deque
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from patchflow.ratecontrol import (
+    Limit,
+    StageScheduler,
+    batch_size_for,
+    parse_limit,
+    resolve_concurrency,
+    resolve_errors,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "kind", "expected"),
+    [
+        (10, "max_concurrency", Limit(10)),
+        ("10", "max_concurrency", Limit(10)),
+        ("25%", "max_concurrency", Limit(25, percent=True)),
+        ("100%", "max_concurrency", Limit(100, percent=True)),
+        (0, "max_errors", Limit(0)),
+        ("0%", "max_errors", Limit(0, percent=True)),
+        ("7%", "max_errors", Limit(7, percent=True)),
+    ],
+)
+def test_parse_accepts_ssm_patterns(value: object, kind: str, expected: Limit) -> None:
+    assert parse_limit(value, kind=kind) == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "kind"),
+    [(0, "max_concurrency"), ("0%", "max_concurrency"), ("101%", "max_errors"), ("-1", "max_errors"),
+     ("05", "max_errors"), ("ten", "max_concurrency"), (True, "max_errors"), (1.5, "max_concurrency"), ("", "max_errors")],
+)  # fmt: skip
+def test_parse_rejects_everything_else_with_the_allowed_forms(value: object, kind: str) -> None:
+    with pytest.raises(ValueError, match="e.g. 10 or '25%'"):
+        parse_limit(value, kind=kind)
+
+
+def test_rounding_is_documented_and_safe() -> None:
+    assert resolve_concurrency(Limit(10, True), 5) == 1  # rounds up, never 0
+    assert resolve_concurrency(Limit(15, True), 10) == 2
+    assert resolve_concurrency(Limit(25, True), 12) == 3
+    assert resolve_concurrency(Limit(50), 3) == 50
+    assert resolve_errors(Limit(10, True), 50) == 5  # SSM: 10 % of 50 stops at the 6th failure
+    assert resolve_errors(Limit(10, True), 15) == 1  # rounds down
+    assert resolve_errors(Limit(3), 100) == 3
+
+
+def test_n_plus_one_failure_stops_dispatch_and_in_flight_finishes() -> None:
+    s = StageScheduler(pending=deque(f"i{n}" for n in range(10)), max_concurrency=3, max_errors=1)
+    assert [b for b in s.take()] == [["i0"], ["i1"], ["i2"]]
+    s.record("i0", "failed", counts_as_error=True)
+    assert not s.budget_exceeded and s.take() == [["i3"]]
+    s.record("i1", "failed", counts_as_error=True)  # failure 2 > max_errors 1
+    assert s.budget_exceeded and s.take() == []
+    assert not s.finished  # i2 and i3 still in flight: they finish
+    s.record("i2", "failed", counts_as_error=True)
+    s.record("i3", "succeeded", counts_as_error=False)
+    assert s.finished and s.errors == 3
+    assert s.mark_not_attempted() == [f"i{n}" for n in range(4, 10)]
+    assert s.states["i9"] == "not_attempted" and s.states["i3"] == "succeeded"
+
+
+def test_undeliverable_does_not_count_unless_told() -> None:
+    s = StageScheduler(pending=deque(["a", "b"]), max_concurrency=2, max_errors=0)
+    s.take()
+    s.record("a", "undeliverable", counts_as_error=False)
+    assert not s.budget_exceeded and s.states["a"] == "failed" and s.details["a"] == "undeliverable"
+
+
+@given(st.integers(1, 2000), st.integers(0, 200))
+def test_scheduler_never_exceeds_concurrency(concurrency: int, targets: int) -> None:
+    s = StageScheduler(
+        pending=deque(str(n) for n in range(targets)),
+        max_concurrency=concurrency,
+        max_errors=targets,
+        batch_size=batch_size_for(concurrency),
+    )
+    dispatched: list[str] = []
+    while not s.finished:
+        for batch in s.take():
+            assert len(batch) <= 50
+            dispatched.extend(batch)
+        assert len(s.in_flight) <= concurrency
+        for instance_id in list(s.in_flight)[:3]:
+            s.record(instance_id, "succeeded", counts_as_error=False)
+    assert dispatched == [str(n) for n in range(targets)]  # each once, in order
+
+
+def test_batch_size() -> None:
+    assert [batch_size_for(c) for c in (1, 10, 20, 21, 500, 5000)] == [1, 1, 1, 2, 25, 50]

@@ -1,0 +1,197 @@
+"""The operator CLI end to end: real ``patchflow`` processes against a real Temporal server and worker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from temporalio.testing import WorkflowEnvironment
+
+from patchflow.devserver import free_port, port_open
+from tests.conftest import EXAMPLES_DIR, REPO_ROOT
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "patchflow", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        timeout=timeout,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+@pytest.fixture
+def fast_plan(tmp_path: Path) -> Path:
+    """The shipped demo plan, running ten times faster, with absolute paths."""
+    plan = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
+    plan["baseline"] = str((EXAMPLES_DIR / plan["baseline"]).resolve())
+    plan["catalog"] = str(EXAMPLES_DIR / plan["catalog"])
+    plan["executor"]["fleet"] = str(EXAMPLES_DIR / plan["executor"]["fleet"])
+    plan["executor"]["time_scale"] = 0.1
+    for stage in plan["stages"]:
+        stage["soak"] = "0s"
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+@pytest.fixture
+def stack(dev_env: WorkflowEnvironment, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A ``patchflow worker`` process on its own task queue; yields the CLI's environment."""
+    env = {
+        "PATCHFLOW_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "PATCHFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
+        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+    }
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "patchflow", "worker"],
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        yield env
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+        log.close()
+
+
+def test_wave_lifecycle_through_the_cli(stack: dict[str, str], fast_plan: Path) -> None:
+    started = cli("wave", "start", str(fast_plan), "--wait", "--format", "json", env=stack)
+    assert started.returncode == 0, started.stderr
+    status = json.loads(started.stdout)
+    wave_id = status["wave_id"]
+    assert status["state"] == "waiting_approval"
+    assert [s["state"] for s in status["stages"]] == ["succeeded", "succeeded", "waiting_approval"]
+    test_stage = status["stages"][1]
+    assert {i["id"]: i["state"] for i in test_stage["instances"]}["i-0test000000000004"] == "failed"
+
+    refused = cli("wave", "approve", wave_id, "--stage", "prod", "--as", "mallory", env=stack)
+    assert refused.returncode == 4
+    assert "'mallory' may not approve stage 'prod'" in refused.stderr
+    wrong_stage = cli("wave", "approve", wave_id, "--stage", "staging", "--as", "ops-lead", env=stack)
+    assert wrong_stage.returncode == 4 and "no stage 'staging'" in wrong_stage.stderr
+
+    approved = cli(
+        "wave", "approve", wave_id, "--stage", "prod", "--as", "ops-lead", "-m", "CAB-1234", env=stack
+    )
+    assert approved.returncode == 0, approved.stderr
+    deadline = time.monotonic() + 60
+    while True:
+        report = json.loads(cli("wave", "status", wave_id, "--format", "json", env=stack).stdout)
+        if report["state"] == "succeeded" or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert report["state"] == "succeeded"
+    assert report["patch_set_id"] == status["patch_set_id"]
+    for stage in report["stages"]:
+        assert set(stage) >= {"name", "state", "instances"}
+        for instance in stage["instances"]:
+            assert set(instance) >= {"id", "state"}
+    prod = report["stages"][2]
+    assert len(prod["instances"]) == 20 and {i["state"] for i in prod["instances"]} == {"succeeded"}
+    assert ("approve", "ops-lead", "CAB-1234") in {
+        (a["action"], a["who"], a["comment"]) for a in report["audit"]
+    }
+
+    fleet = json.loads(
+        cli("fleet", "status", str(EXAMPLES_DIR / "fleet.yaml"), "--format", "json", env=stack).stdout
+    )
+    counts = {i["id"]: i["install_count"] for i in fleet["instances"]}
+    assert len(counts) == 29
+    assert all(n == 1 for n in counts.values())  # the failing instance counted its one attempt too
+    pinned = {
+        p["name"]: p["version"]
+        for p in json.loads(
+            cli("patch-set", "show", status["patch_set_id"], "--format", "json", env=stack).stdout
+        )["patches"]
+    }
+    for inst in fleet["instances"]:
+        if inst["id"] == "i-0test000000000004":
+            continue
+        have = {p["name"]: p["version"] for p in inst["installed"]}
+        assert have["openssl"] == pinned["openssl"]  # every stage installed the one pinned set
+
+    listed = json.loads(cli("wave", "list", "--format", "json", env=stack).stdout)
+    assert wave_id in {w["wave_id"] for w in listed}
+
+    again = cli("wave", "resume", wave_id, env=stack)
+    assert again.returncode == 4 and "has already ended" in again.stderr
+    missing = cli("wave", "status", "wave-does-not-exist", env=stack)
+    assert missing.returncode == 3 and "no wave 'wave-does-not-exist'" in missing.stderr
+
+
+def test_plan_dry_run_changes_nothing(tmp_path: Path, fast_plan: Path) -> None:
+    env = {"PATCHFLOW_DATA_DIR": str(tmp_path / "data")}
+    proc = cli("plan", str(fast_plan), "--format", "json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    dry = json.loads(proc.stdout)
+    assert [s["name"] for s in dry["stages"]] == ["dev", "test", "prod"]
+    assert [len(s["targets"]) for s in dry["stages"]] == [3, 6, 20]
+    upgrades = {u["name"]: (u["from"], u["to"]) for u in dry["stages"][0]["targets"][0]["upgrades"]}
+    assert upgrades["openssl"] == ("3.0.2-0ubuntu1.10", "3.0.2-0ubuntu1.16")
+    fleet = json.loads(
+        cli("fleet", "status", str(EXAMPLES_DIR / "fleet.yaml"), "--format", "json", env=env).stdout
+    )
+    assert all(i["install_count"] == 0 for i in fleet["instances"])
+    assert not (tmp_path / "data" / "patch-sets").exists()
+
+
+def test_window_preview_json(tmp_path: Path) -> None:
+    proc = cli(
+        "window", "preview", "cron(0 2 ? * TUE#2 *)", "--timezone", "Europe/Berlin", "--offset-days", "3",
+        "--duration-hours", "4", "--cutoff-hours", "1", "--after", "2026-11-01T00:00:00Z", "--count", "2",
+        "--format", "json", env={"PATCHFLOW_DATA_DIR": str(tmp_path)},
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["windows"] == [
+        {
+            "start": "2026-11-13T02:00:00+01:00",
+            "end": "2026-11-13T06:00:00+01:00",
+            "cutoff": "2026-11-13T05:00:00+01:00",
+        },
+        {
+            "start": "2026-12-11T02:00:00+01:00",
+            "end": "2026-12-11T06:00:00+01:00",
+            "cutoff": "2026-12-11T05:00:00+01:00",
+        },
+    ]
+    bad = cli("window", "preview", "cron(0 2 * * TUE#2 *)", "--after", "2026-11-01T00:00:00Z", env={})
+    assert bad.returncode == 2 and "write cron(0 2 ? * TUE#2 *)" in bad.stderr
+
+
+def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
+    port = free_port()
+    env = {"PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}", "PATCHFLOW_DATA_DIR": str(tmp_path / "data")}
+    proc = cli("demo", "--approve", env=env, timeout=240)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "wave succeeded" in proc.stdout
+    assert "i-0test000000000004 failed" in proc.stdout  # one failure inside the error budget
+    assert "stage prod approved by ops-lead" in proc.stdout + proc.stderr
+    assert not port_open("127.0.0.1", port)  # the embedded server it started is gone
+
+
+def test_unreachable_server_is_a_clear_error(tmp_path: Path, fast_plan: Path) -> None:
+    env = {"PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}", "PATCHFLOW_DATA_DIR": str(tmp_path)}
+    proc = cli("wave", "status", "wave-x", env=env)
+    assert proc.returncode == 1 and "cannot reach Temporal" in proc.stderr and "patchflow dev" in proc.stderr
