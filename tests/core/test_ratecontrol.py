@@ -56,7 +56,7 @@ def test_rounding_is_documented_and_safe() -> None:
 
 def test_n_plus_one_failure_stops_dispatch_and_in_flight_finishes() -> None:
     s = StageScheduler(pending=deque(f"i{n}" for n in range(10)), max_concurrency=3, max_errors=1)
-    assert [b for b in s.take()] == [["i0"], ["i1"], ["i2"]]
+    assert s.take() == [["i0"], ["i1"], ["i2"]]
     s.record("i0", "failed", counts_as_error=True)
     assert not s.budget_exceeded and s.take() == [["i3"]]
     s.record("i1", "failed", counts_as_error=True)  # failure 2 > max_errors 1
