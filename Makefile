@@ -31,6 +31,7 @@ bench: $(VENV)/.installed
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	$(BIN)/python bench/versions_bench.py
 	$(BIN)/python bench/compliance_bench.py
+	$(BIN)/python bench/wave_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
