@@ -104,7 +104,8 @@ class WaveActivities:
             op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
             try:
                 result = await executor.install(instance_id, patches, operation_id=op)
-            except PatchflowError as exc:
+            except (PatchflowError, ValueError) as exc:
+                # Bad input for this instance (unknown id, a reused operation id): retrying cannot help.
                 return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
             return InstanceOutcome(
                 instance_id=instance_id,

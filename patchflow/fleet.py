@@ -5,7 +5,7 @@ A fleet file (YAML or JSON) lists instances one by one (``instances``) and/or ma
     name: demo                    # optional; default: the file name without its extension
     seed: 42                      # optional, default 0: every random draw is derived from it
     instances:
-      - id: i-0dev000000000001
+      - id: i-0dev0000000000001
         tags: {"Patch Group": dev, Name: web-1}
         platform: {family: deb, product: Ubuntu22.04}
         installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.10}]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from patchflow.baselines import load_baseline
@@ -32,6 +32,7 @@ from patchflow.wavemodel import (
     StageInput,
     StageProgress,
     WaveInput,
+    WaveResult,
     WaveStatus,
 )
 from workflows.stage import StageRunWorkflow
@@ -127,7 +128,7 @@ async def start_wave(client: Client, settings: Settings, inp: WaveInput) -> Work
 
 
 async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:
-    handle = client.get_workflow_handle(wave_id)
+    handle = client.get_workflow_handle(wave_id, result_type=WaveResult)
     try:
         await handle.describe()
     except RPCError as exc:
@@ -140,6 +141,11 @@ async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:
 async def wave_status(client: Client, wave_id: str) -> WaveStatus:
     """The wave's status with the live per-instance progress of its running stage merged in."""
     handle = await _handle(client, wave_id)
+    description = await handle.describe()
+    if description.status == WorkflowExecutionStatus.COMPLETED:
+        # A finished wave answers from its recorded result: no worker needed.
+        result: WaveResult = await handle.result()
+        return result.status
     try:
         status: WaveStatus = await handle.query(WaveWorkflow.status)
     except RPCError as exc:

@@ -195,3 +195,34 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path, fast_plan: Path) ->
     env = {"PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}", "PATCHFLOW_DATA_DIR": str(tmp_path)}
     proc = cli("wave", "status", "wave-x", env=env)
     assert proc.returncode == 1 and "cannot reach Temporal" in proc.stderr and "patchflow dev" in proc.stderr
+
+
+def test_dev_starts_the_embedded_stack_and_ctrl_c_stops_it(tmp_path: Path, fast_plan: Path) -> None:
+    port, ui_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+    }
+    dev = subprocess.Popen(
+        [sys.executable, "-m", "patchflow", "dev", "--ui-port", str(ui_port)],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while not port_open("127.0.0.1", port):
+            assert dev.poll() is None, "patchflow dev exited early"
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        # The embedded worker serves waves: a whole wave runs through the CLI against it.
+        started = cli("wave", "start", str(fast_plan), "--wait", "--format", "json", env=env)
+        assert json.loads(started.stdout)["state"] == "waiting_approval"
+        assert (tmp_path / "data" / "temporal.db").exists()  # persisted under the data directory
+    finally:
+        dev.send_signal(signal.SIGINT)
+        _, stderr = dev.communicate(timeout=30)
+    assert not port_open("127.0.0.1", port) and not port_open("127.0.0.1", ui_port)
+    assert b"Traceback" not in stderr and b"stopped" in stderr
