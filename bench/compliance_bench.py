@@ -25,7 +25,7 @@ from pathlib import Path
 from patchflow.baselines import Baseline
 from patchflow.catalog import Patch
 from patchflow.compliance import Instance, engine_for, load_inventory
-from patchflow.evaluation import PinnedPatch, evaluate
+from patchflow.evaluation import evaluate
 
 
 def build_catalog(rng: random.Random, size: int) -> tuple[list[Patch], list[str]]:
@@ -114,19 +114,7 @@ def main() -> None:
     t_eval = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    candidates = [
-        PinnedPatch(
-            name=d.patch.name,
-            arch=d.patch.arch,
-            version=d.patch.version,
-            compliance_level=d.compliance_level or "UNSPECIFIED",
-            severity=d.patch.severity,
-            classification=d.patch.classification,
-            product=d.patch.product,
-        )
-        for d in result.decisions
-        if d.decision == "approved"
-    ]
+    candidates = result.approved()
     engine = engine_for(
         family="rpm",
         candidates=candidates,

@@ -207,20 +207,7 @@ def baseline_compliance(
                 "give --catalog FILE to evaluate the baseline, or --patch-set ID to use a pinned set"
             )
         _, result = _evaluate(baseline_file, catalog, at)
-        candidates = [
-            PinnedPatch(
-                name=d.patch.name,
-                arch=d.patch.arch,
-                version=d.patch.version,
-                compliance_level=d.compliance_level or "UNSPECIFIED",
-                severity=d.patch.severity,
-                classification=d.patch.classification,
-                security=d.patch.security,
-                product=d.patch.product,
-            )
-            for d in result.decisions
-            if d.decision == "approved"
-        ]
+        candidates = result.approved()
         set_id = result.patch_set.id
     instances: list[Instance] = load_inventory(inventory, family=family)
     engine = engine_for(

@@ -55,6 +55,22 @@ class Decision:
     in_patch_set: bool = False
     """True for the latest approved version of its package: the one the patch set pins."""
 
+    def pinned(self) -> PinnedPatch:
+        """This patch as a patch-set entry (with the compliance level its approval gave it)."""
+        p = self.patch
+        return PinnedPatch(
+            name=p.name,
+            arch=p.arch,
+            version=p.version,
+            compliance_level=self.compliance_level or "UNSPECIFIED",
+            severity=p.severity,
+            classification=p.classification,
+            security=p.security,
+            product=p.product,
+            advisory_id=p.advisory_id,
+            cve_ids=tuple(p.cve_ids),
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.patch.name,
@@ -163,6 +179,10 @@ class Evaluation:
     patch_set: PatchSet
     decisions: list[Decision]
     notes: list[str] = field(default_factory=list)
+
+    def approved(self) -> list[PinnedPatch]:
+        """Every approved version (not only the pinned latest): what compliance judges installed versions by."""
+        return [d.pinned() for d in self.decisions if d.decision == "approved"]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -468,22 +488,7 @@ def evaluate(
         )
     pinned = tuple(
         sorted(
-            (
-                PinnedPatch(
-                    name=d.patch.name,
-                    arch=d.patch.arch,
-                    version=d.patch.version,
-                    compliance_level=d.compliance_level or "UNSPECIFIED",
-                    severity=d.patch.severity,
-                    classification=d.patch.classification,
-                    security=d.patch.security,
-                    product=d.patch.product,
-                    advisory_id=d.patch.advisory_id,
-                    cve_ids=tuple(d.patch.cve_ids),
-                )
-                for d in decisions
-                if d.in_patch_set
-            ),
+            (d.pinned() for d in decisions if d.in_patch_set),
             key=lambda p: (p.name, p.arch),
         )
     )
