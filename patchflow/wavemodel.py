@@ -78,6 +78,8 @@ class WaveInput:
     heartbeat_timeout_seconds: int = 30
     """How long a dead worker's patch batch goes unnoticed before another worker resumes it."""
     started_by: str = ""
+    history_event_limit: int = 0
+    """Stage runs continue as new past this many history events; 0 = when Temporal suggests it (~4,000)."""
 
 
 @dataclass
@@ -103,6 +105,8 @@ class StageRunInput:
     states: dict[str, str] = field(default_factory=dict)
     """Carried across continue-as-new: final states of instances already done in this run."""
     details: dict[str, str] = field(default_factory=dict)
+    history_event_limit: int = 0
+    """Continue as new past this many history events; 0 = when Temporal suggests it."""
 
 
 @dataclass

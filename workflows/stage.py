@@ -66,7 +66,11 @@ class StageRunWorkflow:
 
         while True:
             past_cutoff = inp.cutoff is not None and workflow.now() >= inp.cutoff
-            if not continue_as_new and workflow.info().is_continue_as_new_suggested():
+            info = workflow.info()
+            if not continue_as_new and (
+                info.is_continue_as_new_suggested()
+                or (inp.history_event_limit and info.get_current_history_length() > inp.history_event_limit)
+            ):
                 continue_as_new = True
             may_start = not (self._stop or past_cutoff or continue_as_new)
             if may_start:
@@ -101,6 +105,7 @@ class StageRunWorkflow:
                     heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
                     states=finished,
                     details=dict(scheduler.details),
+                    history_event_limit=inp.history_event_limit,
                 )
             )
 

@@ -162,8 +162,7 @@ class WaveWorkflow:
     async def halt(self, action: OperatorAction) -> str:
         self._halt_requested = True
         self._audit(action.who, "halt", self._current_name(), action.reason)
-        if self._active_run is not None:
-            await self._active_run.signal(StageRunWorkflow.stop)
+        await self._stop_active_run()
         return "halt requested: no new instances start; in-flight ones finish"
 
     @halt.validator
@@ -207,8 +206,7 @@ class WaveWorkflow:
     async def cancel(self, action: OperatorAction) -> str:
         self._cancel_requested = True
         self._audit(action.who, "cancel", self._current_name(), action.reason)
-        if self._active_run is not None:
-            await self._active_run.signal(StageRunWorkflow.stop)
+        await self._stop_active_run()
         return "cancel requested: no new instances start; in-flight ones finish"
 
     @cancel.validator
@@ -361,13 +359,14 @@ class WaveWorkflow:
                     cutoff=window.cutoff,
                     undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
                     heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
+                    history_event_limit=inp.history_event_limit,
                 ),
                 id=run_id,
             )
             self._active_run = handle
             st.active_run_id = run_id
             if self._halt_requested or self._cancel_requested:
-                await handle.signal(StageRunWorkflow.stop)
+                await self._stop_active_run()
             result: StageRunResult = await handle
             self._active_run = None
             st.active_run_id = None
@@ -416,6 +415,11 @@ class WaveWorkflow:
         return True
 
     # ------------------------------------------------------------------------------------------ helpers
+
+    async def _stop_active_run(self) -> None:
+        """Signal the running stage run by workflow id: its latest run, even after continue-as-new."""
+        if self._active_run is not None:
+            await workflow.get_external_workflow_handle(self._active_run.id).signal(StageRunWorkflow.stop)
 
     def _resume_targets(self, st: StageStatus) -> list[str]:
         """Instances a resume dispatches again, with fresh operation ids and a fresh error budget."""

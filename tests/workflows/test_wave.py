@@ -315,3 +315,30 @@ async def test_settings_are_read_from_the_environment(monkeypatch: pytest.Monkey
     monkeypatch.setenv("PATCHFLOW_TASK_QUEUE", "patch-eu")
     settings = Settings()
     assert (settings.temporal_address, settings.task_queue) == ("10.0.0.5:7233", "patch-eu")
+
+
+async def test_long_stage_runs_continue_as_new_and_still_obey_halt(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"prod": 40}, duration=0.05)
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1")], history_event_limit=60)
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        while True:  # wait until the stage run has continued as new at least once
+            status = await wave_status(dev_env.client, inp.wave_id)
+            done = sum(1 for s in instance_states(status, "prod").values() if s == "succeeded")
+            if done >= 20:
+                break
+            await asyncio.sleep(0.1)
+        run_id = status.stages[0].active_run_id
+        assert run_id is not None
+        await act(dev_env.client, inp.wave_id, "halt", who="alice")
+        halted = await settle(dev_env.client, inp.wave_id, {"halted"})
+        assert 20 <= sum(1 for s in instance_states(halted, "prod").values() if s == "succeeded") < 40
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+        runs = [wf async for wf in dev_env.client.list_workflows(f"WorkflowId = '{run_id}'")]
+    assert len(runs) >= 3, "the stage run should have continued as new several times"
+    assert result.status.state == "succeeded"
+    assert set(instance_states(result.status, "prod").values()) == {"succeeded"}
+    assert all(i["install_count"] == 1 for i in fleet_of(inp).status()["instances"])
