@@ -193,7 +193,11 @@ def baseline_compliance(
     if family is None:
         raise InputError(f"compliance needs a Linux baseline; {baseline.OperatingSystem} is not supported")
     candidates: list[PinnedPatch]
+    rejected: list[str] = list(baseline.RejectedPatches)
+    action: str = baseline.RejectedPatchesAction
     if patch_set is not None:
+        if catalog is not None or at != "now":
+            raise InputError("--patch-set judges against a pinned set: leave out --catalog and --at")
         pinned: PatchSet = _store().resolve(patch_set)
         if pinned.family != family:
             raise InputError(
@@ -201,6 +205,9 @@ def baseline_compliance(
             )
         candidates = list(pinned.patches)
         set_id = pinned.id
+        # The set was pinned with its own baseline: its rejected list is the one that applies.
+        rejected = list(pinned.baseline.get("RejectedPatches", []))
+        action = str(pinned.baseline.get("RejectedPatchesAction", "ALLOW_AS_DEPENDENCY"))
     else:
         if catalog is None:
             raise InputError(
@@ -213,8 +220,8 @@ def baseline_compliance(
     engine = engine_for(
         family=family,
         candidates=candidates,
-        rejected_patches=baseline.RejectedPatches,
-        rejected_action=baseline.RejectedPatchesAction,
+        rejected_patches=rejected,
+        rejected_action=action,
         package_manager=baseline.package_manager,
     )
     results = [engine.evaluate(inst) for inst in instances]

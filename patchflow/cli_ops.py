@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import sys
 import time
 from collections import Counter
@@ -65,9 +66,15 @@ def plan_command(
     ] = "now",
 ) -> None:
     """Dry run: per stage the resolved targets, the windows it will use, and each instance's patches."""
-    result = _run(dry_run(load_plan(plan_file), get_settings(), parse_instant(at, allow_now=True)))
+    try:
+        moment = parse_instant(at, allow_now=True)
+    except ValueError as exc:
+        raise InputError(f"--at: {exc}") from None
+    result = _run(dry_run(load_plan(plan_file), get_settings(), moment))
     if fmt is Fmt.json:
         _emit_json(result)
+        if result["problems"]:
+            raise typer.Exit(1)
         return
     out.print(
         f"plan [bold]{result['plan']}[/]: patch set {result['patch_set_id']} ({result['patch_set_size']} package versions)"
@@ -78,11 +85,14 @@ def plan_command(
             f"max_errors {stage['max_errors']}, gate {stage['gate']}, on_failure {stage['on_failure']}, soak {stage['soak_seconds']}s"
         )
         for window in stage["windows"]:
-            out.print(
-                f"  window {window['start']} → {window['end']} (no new starts after {window['cutoff']})"
-            )
-        if stage["missing"]:
-            out.print(f"  [red]unknown instance ids[/]: {', '.join(stage['missing'])}")
+            if window["start"] == "now":
+                out.print("  window: now (starts as soon as the gate passes)")
+            else:
+                out.print(
+                    f"  window {window['start']} → {window['end']} (no new starts after {window['cutoff']})"
+                )
+        for problem in stage["problems"]:
+            out.print(f"  [red]problem[/]: {problem}")
         table = Table(show_header=True)
         for column in ("instance", "online", "upgrades"):
             table.add_column(column, overflow="fold")
@@ -93,6 +103,8 @@ def plan_command(
             )
             table.add_row(target["id"], "yes" if target["online"] else "[red]no[/]", upgrades)
         out.print(table)
+    if result["problems"]:
+        raise typer.Exit(1)
 
 
 async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any]:
@@ -112,6 +124,7 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
     executor = build_executor(executor_ref(plan, settings))
     instances = {i.instance_id: i for i in await executor.discover()}
     stages = []
+    all_problems: list[tuple[str, list[str]]] = []
     for stage in plan.stages:
         if stage.targets.instance_ids:
             ids = [i for i in stage.targets.instance_ids if i in instances]
@@ -129,10 +142,26 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
                 and versions.compare(family, p.version, pins[(p.name, p.arch)]) < 0
             ]
             targets.append({"id": instance_id, "online": instances[instance_id].online, "upgrades": upgrades})
+        problems: list[str] = []
+        windows: list[dict[str, str | None]]
         if stage.window.schedule.strip().lower() == "now":
-            windows = [{"start": "now", "end": "-", "cutoff": "-"}]
+            windows = [{"start": "now", "end": None, "cutoff": None}]
         else:
-            windows = [w.to_json() for w in next_windows(stage.window, at, 3)]
+            windows = [dict(w.to_json()) for w in next_windows(stage.window, at, 3)]
+            if not windows:
+                problems.append(
+                    f"the window schedule {stage.window.schedule} never opens after {at.isoformat()}"
+                )
+        if not targets and not missing:
+            what = (
+                f"patch group {stage.targets.patch_group!r}"
+                if stage.targets.patch_group
+                else "its instance ids"
+            )
+            problems.append(f"no targets: {what} matched no instance (the wave would halt here)")
+        if missing:
+            problems.append(f"unknown instance ids: {', '.join(missing)}")
+        all_problems.append((stage.name, problems))
         stages.append(
             {
                 "name": stage.name,
@@ -145,6 +174,7 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
                 "approvers": list(stage.gate.approvers),
                 "on_failure": stage.on_failure,
                 "soak_seconds": stage.soak_seconds,
+                "problems": problems,
             }
         )
     return {
@@ -153,6 +183,7 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
         "patch_set_size": len(pinned.patches),
         "evaluated_at": at.isoformat(),
         "stages": stages,
+        "problems": [f"{name}: {p}" for name, found in all_problems for p in found],
     }
 
 
@@ -182,11 +213,17 @@ def wave_start(
     async def go() -> dict[str, Any] | None:
         client = await _client(settings)
         await start_wave(client, settings, inp)
+        # Say the id before waiting: whatever happens next, the operator can find the wave.
+        err.print(f"started wave {inp.wave_id} (patch set {pinned.id})")
         if not wait:
             return None
-        return status_json(await _wait_settled(client, inp.wave_id))
+        return status_json(await _wait_settled(client, inp.wave_id, progress=True))
 
-    status = _run(go())
+    try:
+        status = _run(go())
+    except KeyboardInterrupt:
+        err.print(f"interrupted; wave {inp.wave_id} keeps running: patchflow wave status {inp.wave_id}")
+        raise typer.Exit(130) from None
     if fmt is Fmt.json:
         _emit_json(status if status is not None else {"wave_id": inp.wave_id, "patch_set_id": pinned.id})
     else:
@@ -197,15 +234,29 @@ def wave_start(
         raise typer.Exit(1)
 
 
-async def _wait_settled(client: Any, wave_id: str, timeout: float | None = None) -> Any:
+async def _wait_settled(
+    client: Any, wave_id: str, timeout: float | None = None, progress: bool = False
+) -> Any:
     from patchflow.waves import is_settled, wave_status
 
     deadline = None if timeout is None else time.monotonic() + timeout
+    failures = 0
+    last = ""
     while True:
-        with contextlib.suppress(PatchflowError):
+        try:
             status = await wave_status(client, wave_id)
+        except PatchflowError as exc:
+            failures += 1
+            if failures >= 40:  # ~20 s without an answer: say so instead of waiting forever
+                raise PatchflowError(f"stopped waiting for wave {wave_id}: {exc}") from None
+        else:
+            failures = 0
             if is_settled(status):
                 return status
+            summary = ", ".join(f"{s.name} {s.state}" for s in status.stages)
+            if progress and summary != last:
+                err.print(f"  {status.state}: {summary}")
+                last = summary
         if deadline is not None and time.monotonic() > deadline:
             raise PatchflowError(f"wave {wave_id} did not settle within {timeout:.0f}s")
         await asyncio.sleep(0.5)
@@ -295,7 +346,7 @@ def _action(action: str, wave_id: str, who: str | None, stage: str | None, comme
             await _client(get_settings()),
             wave_id,
             action,
-            who=who or local_user(),
+            who=local_user() if who is None else who,
             stage=stage,
             comment=comment,
         )
@@ -452,10 +503,16 @@ def window_preview(
 # ---------------------------------------------------------------------------------------------- stack
 
 
+def _terminate_like_interrupt() -> None:
+    """SIGTERM (systemd, Kubernetes, plain ``kill``) stops cleanly, exactly like Ctrl-C."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+
 def worker_command() -> None:
     """Run a worker against PATCHFLOW_TEMPORAL_ADDRESS (production: run several, on one task queue)."""
     from patchflow.worker import build_worker, connect
 
+    _terminate_like_interrupt()
     settings = get_settings()
 
     async def go() -> None:
@@ -477,6 +534,7 @@ def dev_command(
     from patchflow.devserver import start_dev_server
     from patchflow.worker import build_worker, connect
 
+    _terminate_like_interrupt()
     settings = get_settings()
     server = start_dev_server(settings.temporal_address, settings.data_dir, ui_port=ui_port)
     err.print(
@@ -512,6 +570,7 @@ def demo_command(
     from patchflow.waves import act, pin_patch_set, start_wave, status_json, wave_input, wave_status
     from patchflow.worker import build_worker, connect
 
+    _terminate_like_interrupt()
     settings = get_settings()
     plan = load_plan(plan_file)
     server = None

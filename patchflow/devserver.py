@@ -106,7 +106,7 @@ def start_dev_server(
         args += ["--ui-ip", host, "--ui-port", str(ui_port)]
     else:
         args += ["--headless"]
-    log = log_path.open("ab")
+    log = log_path.open("wb")  # this start's log only: an error shows this run's lines, not an older run's
     process = subprocess.Popen(  # noqa: S603 - fixed binary and arguments
         args,
         stdout=log,

@@ -36,6 +36,39 @@ _StringDatesLoader.yaml_implicit_resolvers = {
 }
 
 
+def _mapping_without_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> Any:
+    """Refuse duplicate keys: in a baseline kept as code, a second ``Name:`` silently winning is a bug."""
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue
+        key = loader.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+        try:
+            first = seen.get(key)
+        except TypeError:  # unhashable key: the constructor below reports it
+            continue
+        if first is not None:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first defined on line {first})", key_node.start_mark
+            )
+        seen[key] = key_node.start_mark.line + 1
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StringDatesLoader.add_constructor(
+    yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping_without_duplicates
+)
+
+
+def _no_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
 def format_path(parts: Sequence[PathPart]) -> str:
     """Render ``("ApprovalRules", "PatchRules", 0, "ApproveAfterDays")`` as ``ApprovalRules.PatchRules[0].ApproveAfterDays``."""
     out = ""
@@ -131,8 +164,12 @@ def parse_document(
         raise error(f"{kind} file is empty", source=source)
     if as_json:
         try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
+            data = json.loads(text, object_pairs_hook=_no_duplicate_pairs)
+        except ValueError as exc:
+            if not isinstance(exc, json.JSONDecodeError):
+                raise error(
+                    f"not valid JSON: {exc}; each key may appear once per object", source=source
+                ) from None
             raise error(
                 f"not valid JSON: {exc.msg}",
                 source=source,

@@ -141,6 +141,23 @@ class PatchSet:
     catalog_digest: str
     patches: tuple[PinnedPatch, ...]
 
+    @staticmethod
+    def content_id(
+        baseline: dict[str, Any], catalog_digest: str, evaluated_at: datetime, patches: Sequence[PinnedPatch]
+    ) -> str:
+        """The content address: a hash of the baseline's meaning, the catalog, the time and the pinned set."""
+        identity = json.dumps(
+            {
+                "baseline": baseline,
+                "catalog": catalog_digest,
+                "evaluated_at": format_instant(evaluated_at),
+                "patches": [p.to_json() for p in patches],
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return "ps-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+
     def to_json(self) -> dict[str, Any]:
         return {
             "id": self.id,
@@ -155,8 +172,9 @@ class PatchSet:
 
     @classmethod
     def from_json(cls, data: dict[str, Any], *, source: str | None = None) -> PatchSet:
+        """Read a stored set, refusing one whose content no longer matches its id (edited or forged)."""
         try:
-            return cls(
+            patch_set = cls(
                 id=str(data["id"]),
                 family=str(data["family"]),
                 baseline=dict(data["baseline"]),
@@ -164,12 +182,24 @@ class PatchSet:
                 catalog_digest=str(data["catalog_digest"]),
                 patches=tuple(PinnedPatch.from_json(p) for p in data["patches"]),
             )
-        except (KeyError, TypeError, ValueError) as exc:
+            for p in patch_set.patches:
+                versions.validate(patch_set.family, p.version)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise InputError(
-                f"not a patchflow patch set ({type(exc).__name__}: {exc}); pass a file written by "
+                f"not a valid patchflow patch set ({type(exc).__name__}: {exc}); pass a file written by "
                 "'patchflow baseline evaluate --format json' or a stored patch set id",
                 source=source,
             ) from None
+        expected = cls.content_id(
+            patch_set.baseline, patch_set.catalog_digest, patch_set.evaluated_at, patch_set.patches
+        )
+        if expected != patch_set.id:
+            raise InputError(
+                f"patch set {patch_set.id} was modified: its content hashes to {expected}. A pinned set never "
+                "changes; evaluate the baseline again to pin a new one",
+                source=source,
+            )
+        return patch_set
 
 
 @dataclass
@@ -494,18 +524,8 @@ def evaluate(
     )
     canonical_baseline = baseline.canonical()
     digest = catalog_digest(patches)
-    identity = json.dumps(
-        {
-            "baseline": canonical_baseline,
-            "catalog": digest,
-            "evaluated_at": format_instant(at),
-            "patches": [p.to_json() for p in pinned],
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
     patch_set = PatchSet(
-        id="ps-" + hashlib.sha256(identity.encode()).hexdigest()[:24],
+        id=PatchSet.content_id(canonical_baseline, digest, at, pinned),
         family=family,
         baseline=canonical_baseline,
         evaluated_at=at,

@@ -29,6 +29,8 @@ class PlanError(InputError):
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 EXECUTOR_KINDS = ("simulated",)
+#: Upper bound of soak times: longer waits are a typo, not a plan (and would overflow timers).
+MAX_DURATION_SECONDS = 90 * 24 * 3600
 
 
 def parse_duration(text: str) -> int:
@@ -41,7 +43,10 @@ def parse_duration(text: str) -> int:
     if match is None or not any(match.groups()):
         raise ValueError(f"{text!r} is not a duration; write e.g. 0s, 90s, 30m, 24h, 2d or 1d12h")
     days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
-    return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is longer than the 90 days a wave may wait; use at most 90d")
+    return total
 
 
 @dataclass(frozen=True)
@@ -166,8 +171,8 @@ def parse_plan(doc: Document) -> Plan:
             else None
         )
         scale = raw_exec.get("time_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or scale < 0:
-            bad(("executor", "time_scale"), f"{scale!r}: expected a number ≥ 0 (1 = real time)")
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 <= scale <= 1000:
+            bad(("executor", "time_scale"), f"{scale!r}: expected a number from 0 to 1000 (1 = real time)")
             scale = 1.0
         executor = ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale))
 

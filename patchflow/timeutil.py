@@ -34,7 +34,10 @@ def parse_instant(value: str, *, allow_now: bool = False, now: datetime | None =
         ) from None
     if parsed.tzinfo is None:
         raise ValueError(f"{value!r} has no UTC offset; add 'Z' for UTC or an offset such as +01:00")
-    return parsed.astimezone(UTC)
+    try:
+        return parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"{value!r} is outside the years 0001–9999 once converted to UTC") from None
 
 
 def format_instant(value: datetime) -> str:

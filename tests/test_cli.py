@@ -266,3 +266,44 @@ def test_malformed_baseline_reports_location(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"{baseline}:5: ApprovalRules.PatchRules[0].PatchFilterGroup.PatchFilters[0].Key" in proc.stderr
     assert "PRODUCT, PRIORITY, SECTION" in proc.stderr
+
+
+def test_a_modified_patch_set_is_refused(tmp_path: Path) -> None:
+    evaluated = run(
+        "baseline", "evaluate", str(BASELINES_DIR / "ubuntu-staged.yaml"),
+        "--catalog", str(EXAMPLES_DIR / "ubuntu-catalog.json"), "--at", AT, "--format", "json", "--no-store",
+        data_dir=tmp_path, check=True,
+    )  # fmt: skip
+    data = json.loads(evaluated.stdout)
+    data["patch_set"]["patches"][0]["version"] = "9.9.9-evil"
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(data))
+    proc = run(
+        "baseline", "compliance", str(BASELINES_DIR / "ubuntu-staged.yaml"),
+        "--inventory", str(EXAMPLES_DIR / "ubuntu-inventory.json"), "--patch-set", str(forged),
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "was modified" in proc.stderr
+    both = run(
+        "baseline", "compliance", str(BASELINES_DIR / "ubuntu-staged.yaml"),
+        "--inventory", str(EXAMPLES_DIR / "ubuntu-inventory.json"), "--patch-set", str(forged),
+        "--catalog", str(EXAMPLES_DIR / "ubuntu-catalog.json"),
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert both.returncode == 2 and "leave out --catalog and --at" in both.stderr
+
+
+def test_out_of_range_time_and_duplicate_keys(tmp_path: Path) -> None:
+    far = run(
+        "baseline", "evaluate", "baselines/ubuntu-default.yaml", "--catalog", "baselines/examples/ubuntu-catalog.json",
+        "--at", "9999-12-31T23:59:59-01:00", data_dir=tmp_path,
+    )  # fmt: skip
+    assert far.returncode == 2 and "outside the years" in far.stderr
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("Name: first-name\nOperatingSystem: UBUNTU\nName: second-name\n")
+    proc = run("baseline", "validate", str(dup), data_dir=tmp_path)
+    assert proc.returncode == 2 and f"{dup}:3" in proc.stderr and "duplicate key 'Name' (first defined on line 1)" in proc.stderr
+    dup_json = tmp_path / "dup.json"
+    dup_json.write_text('{"Name": "a-name", "OperatingSystem": "UBUNTU", "Name": "b-name"}')
+    proc = run("baseline", "validate", str(dup_json), data_dir=tmp_path)
+    assert proc.returncode == 2 and "duplicate key 'Name'" in proc.stderr

@@ -74,6 +74,19 @@ class _Cancelled(Exception):
     """Internal: the operator cancelled the wave while it was waiting."""
 
 
+MAX_COMMENT = 1000
+
+
+def _check_actor(who: str, comment: str) -> None:
+    """Every operator action names who acted; comments are bounded (they live in the wave's audit log)."""
+    if not who.strip():
+        raise ApplicationError("say who acts (--as NAME)", type="InvalidRequest")
+    if len(comment) > MAX_COMMENT:
+        raise ApplicationError(
+            f"the comment is {len(comment)} characters; keep it under {MAX_COMMENT}", type="InvalidRequest"
+        )
+
+
 @workflow.defn
 class WaveWorkflow:
     def __init__(self) -> None:
@@ -109,6 +122,7 @@ class WaveWorkflow:
         )
 
     def _validate_gate(self, decision: GateDecision) -> None:
+        _check_actor(decision.who, decision.comment)
         if self._input is None or self._status is None:
             raise ApplicationError(
                 "the wave has not initialised yet; retry in a moment", type="InvalidRequest"
@@ -167,7 +181,14 @@ class WaveWorkflow:
 
     @halt.validator
     def _validate_halt(self, action: OperatorAction) -> None:
-        self._require_state("halt", {WAVE_RUNNING, WAVE_WAITING_APPROVAL})
+        _check_actor(action.who, action.reason)
+        if self._status is not None and self._status.state == WAVE_WAITING_APPROVAL:
+            raise ApplicationError(
+                "the wave is waiting at an approval gate and patches nothing meanwhile; "
+                "answer the gate with reject, or cancel the wave",
+                type="InvalidRequest",
+            )
+        self._require_state("halt", {WAVE_RUNNING})
         if self._halt_requested:
             raise ApplicationError("a halt is already pending", type="InvalidRequest")
 
@@ -179,6 +200,7 @@ class WaveWorkflow:
 
     @resume.validator
     def _validate_resume(self, action: OperatorAction) -> None:
+        _check_actor(action.who, action.reason)
         self._require_state("resume", {WAVE_HALTED})
 
     @workflow.update
@@ -189,6 +211,7 @@ class WaveWorkflow:
 
     @rollback.validator
     def _validate_rollback(self, action: OperatorAction) -> None:
+        _check_actor(action.who, action.reason)
         self._require_state("roll back", {WAVE_HALTED})
         assert self._status is not None
         if not self._rollback_allowed:
@@ -211,6 +234,7 @@ class WaveWorkflow:
 
     @cancel.validator
     def _validate_cancel(self, action: OperatorAction) -> None:
+        _check_actor(action.who, action.reason)
         if self._status is not None and self._status.state in WAVE_FINAL_STATES:
             raise ApplicationError(f"the wave already ended ({self._status.state})", type="InvalidRequest")
         if self._cancel_requested:
@@ -310,6 +334,13 @@ class WaveWorkflow:
             st.note = (
                 f"{len(targets.missing)} target(s) unknown to the executor: {', '.join(targets.missing[:5])}"
             )
+        if not ids:
+            # A typo in a patch group must not look like a successful stage.
+            what = f"patch group {stage.patch_group!r}" if stage.patch_group else "none of its instance ids"
+            st.note = f"no targets: {what} matched no managed instance"
+            if await self._halted(st, f"stage {stage.name}: {st.note}", allow_rollback=False) != "resume":
+                return False
+            st.note = "no targets; an operator resumed past it"
 
         # 3. Runs inside maintenance windows until every target was attempted.
         remaining = list(ids)
@@ -399,7 +430,7 @@ class WaveWorkflow:
         failed = sum(1 for s in st.instances.values() if s == FAILED)
         st.state = STAGE_SUCCEEDED
         if failed:
-            st.note = f"{failed} failure(s) within the error budget of {budget}"
+            st.note = f"{failed} instance(s) failed; finished within the error budget ({budget} per attempt)"
 
         # 4. Soak before the next stage may be promoted.
         if stage.soak_seconds and index + 1 < len(inp.stages):

@@ -98,3 +98,12 @@ def test_durations() -> None:
     ]
     with pytest.raises(ValueError):
         parse_duration("")
+
+
+def test_absurd_durations_and_scales_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="at most 90d"):
+        parse_duration("999999999999999999999d")
+    path = write_plan(tmp_path, "stages:\n" + GOOD_STAGE + "    soak: 91d\n")
+    path.write_text(path.read_text().replace("fleet: f.yaml}", "fleet: f.yaml, time_scale: .nan}"))
+    message = str(pytest.raises(PlanError, load_plan, path).value)
+    assert "at most 90d" in message and "time_scale" in message

@@ -213,6 +213,12 @@ async def test_approval_gate_refuses_others_and_records_the_approver(
             await act(dev_env.client, inp.wave_id, "approve", who="alice", stage="dev")
         with pytest.raises(WaveActionRefused, match="cannot resume a wave that is waiting_approval"):
             await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        with pytest.raises(WaveActionRefused, match="answer the gate with reject, or cancel"):
+            await act(dev_env.client, inp.wave_id, "halt", who="alice")
+        with pytest.raises(WaveActionRefused, match="say who acts"):
+            await act(dev_env.client, inp.wave_id, "approve", who=" ", stage="prod")
+        with pytest.raises(WaveActionRefused, match="keep it under 1000"):
+            await act(dev_env.client, inp.wave_id, "approve", who="bob", stage="prod", comment="x" * 5000)
         # still waiting: the refusals changed nothing
         assert (await wave_status(dev_env.client, inp.wave_id)).state == "waiting_approval"
         assert "approved by bob" in await act(dev_env.client, inp.wave_id, "approve", who="bob", stage="prod")
@@ -342,3 +348,16 @@ async def test_long_stage_runs_continue_as_new_and_still_obey_halt(
     assert result.status.state == "succeeded"
     assert set(instance_states(result.status, "prod").values()) == {"succeeded"}
     assert all(i["install_count"] == 1 for i in fleet_of(inp).status()["instances"])
+
+
+async def test_a_stage_without_targets_halts_instead_of_succeeding(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"dev": 1, "prod": 1})
+    inp = wave_input(fleet, tmp_path, [stage("dev"), stage("prod", patch_group="prdo")])  # a typo
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+        assert "patch group 'prdo' matched no managed instance" in status.reason
+        await act(dev_env.client, inp.wave_id, "cancel", who="alice")
+        assert (await handle.result()).status.state == "cancelled"
