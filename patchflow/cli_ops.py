@@ -31,7 +31,7 @@ fleet_app = typer.Typer(help="The simulated fleet (demos and scale tests).", no_
 window_app = typer.Typer(help="Maintenance-window schedules.", no_args_is_help=True)
 
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 class Fmt(StrEnum):
@@ -593,7 +593,8 @@ def demo_command(
             deadline = time.monotonic() + timeout
             approved: set[str] = set()
             hinted = False
-            with Live(console=out, refresh_per_second=4, transient=False) as live:
+            # Transient: the final summary below prints the table once, the live view only animates it.
+            with Live(console=out, refresh_per_second=4, transient=True) as live:
                 while True:
                     status = status_json(await wave_status(client, inp.wave_id))
                     live.update(_stage_table(status))

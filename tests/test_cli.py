@@ -302,7 +302,11 @@ def test_out_of_range_time_and_duplicate_keys(tmp_path: Path) -> None:
     dup = tmp_path / "dup.yaml"
     dup.write_text("Name: first-name\nOperatingSystem: UBUNTU\nName: second-name\n")
     proc = run("baseline", "validate", str(dup), data_dir=tmp_path)
-    assert proc.returncode == 2 and f"{dup}:3" in proc.stderr and "duplicate key 'Name' (first defined on line 1)" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and f"{dup}:3" in proc.stderr
+        and "duplicate key 'Name' (first defined on line 1)" in proc.stderr
+    )
     dup_json = tmp_path / "dup.json"
     dup_json.write_text('{"Name": "a-name", "OperatingSystem": "UBUNTU", "Name": "b-name"}')
     proc = run("baseline", "validate", str(dup_json), data_dir=tmp_path)
