@@ -11,6 +11,7 @@ import contextlib
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from dataclasses import astuple
 from datetime import UTC
 from pathlib import Path
 
@@ -47,6 +48,33 @@ def build_executor(ref: ExecutorRef) -> Executor:
         if not ref.fleet_path or not ref.state_path:
             raise ApplicationError("simulated executor needs fleet_path and state_path", non_retryable=True)
         return SimulatedExecutor(load_fleet(ref.fleet_path), Path(ref.state_path), time_scale=ref.time_scale)
+    if ref.kind == "ssm":
+        from botocore.exceptions import BotoCoreError
+
+        from patchflow.executors.ssm import SsmExecutor, make_clients
+
+        try:
+            ssm, s3, ec2 = make_clients(region=ref.region, endpoint_url=ref.endpoint_url)
+        except BotoCoreError as exc:  # no region, a broken profile: configuration, not a transient fault
+            raise ApplicationError(
+                f"cannot create AWS clients for the ssm executor: {exc}; set executor.region in the plan, "
+                "PATCHFLOW_SSM_REGION or AWS_REGION, and check the credentials chain",
+                type="InputError",
+                non_retryable=True,
+            ) from exc
+        return SsmExecutor(
+            ssm,
+            s3,
+            ec2_client=ec2,
+            bucket=ref.bucket or "",
+            prefix=ref.prefix,
+            reboot_option=ref.reboot_option,
+            health_command=ref.health_command,
+            cloudwatch_log_group=ref.cloudwatch_log_group,
+            max_requests_per_second=ref.max_requests_per_second,
+            poll_initial_seconds=ref.poll_initial_seconds,
+            poll_max_seconds=ref.poll_max_seconds,
+        )
     raise ApplicationError(f"unknown executor kind {ref.kind!r}", type="InputError", non_retryable=True)
 
 
@@ -58,10 +86,10 @@ def install_operation_id(wave_id: str, stage: str, instance_id: str, attempt: in
 class WaveActivities:
     def __init__(self, factory: ExecutorFactory = build_executor):
         self._factory = factory
-        self._executors: dict[tuple[str, str | None, str | None, float], Executor] = {}
+        self._executors: dict[tuple[object, ...], Executor] = {}
 
     def _executor(self, ref: ExecutorRef) -> Executor:
-        key = (ref.kind, ref.fleet_path, ref.state_path, ref.time_scale)
+        key = astuple(ref)  # every field: two waves with different buckets or fleets get their own executor
         if key not in self._executors:
             try:
                 self._executors[key] = self._factory(ref)
@@ -115,8 +143,16 @@ class WaveActivities:
                 changed=len(result.changed),
             )
 
-        async with _heartbeating():
-            outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        try:
+            async with _heartbeating():
+                outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        except asyncio.CancelledError:
+            # The wave was cancelled: ask the executor to cancel what is still running (best effort).
+            cancel = getattr(executor, "cancel", None)
+            if cancel is not None:
+                ops = [install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids]
+                await asyncio.shield(asyncio.gather(*(cancel(op) for op in ops), return_exceptions=True))
+            raise
         return PatchBatchResult(outcomes=list(outcomes))
 
     @activity.defn(name="rollback_instances")

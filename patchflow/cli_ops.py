@@ -527,16 +527,60 @@ def worker_command() -> None:
         _run(go())
 
 
+EXAMPLE_FLEET = Path(__file__).resolve().parent.parent / "baselines" / "examples" / "fleet.yaml"
+FAKE_AWS_BUCKET = "patchflow-demo"
+
+
+@contextlib.contextmanager
+def _fake_aws(fleet_file: Path) -> Any:
+    """Start patchflow's local FAKE SSM endpoint (a test fixture and demo backend, nothing is patched) serving
+    ``fleet_file``, and point this process's SSM settings and AWS credentials at it."""
+    import os
+
+    from patchflow.fleet import load_fleet
+    from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
+
+    endpoint = SsmEndpoint(timings=Timings(not_found_seconds=0.3, pending_seconds=0.2, run_seconds=1.0))
+    with endpoint:
+        endpoint.client("s3").create_bucket(Bucket=FAKE_AWS_BUCKET)
+        count = len(endpoint.register_fleet(load_fleet(fleet_file)))
+        exports = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "PATCHFLOW_SSM_ENDPOINT_URL": endpoint.url,
+            "PATCHFLOW_SSM_REGION": endpoint.region,
+            "PATCHFLOW_SSM_BUCKET": FAKE_AWS_BUCKET,
+        }
+        os.environ.update(exports)
+        err.print(
+            f"fake AWS (SSM/EC2/S3, a simulation: nothing is patched) at {endpoint.url} with {count} instance(s)"
+        )
+        err.print("  other terminals: export " + " ".join(f"{k}={v}" for k, v in exports.items()))
+        yield endpoint
+
+
 def dev_command(
     ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal Web UI port.")] = 8233,
+    fake_aws: Annotated[
+        bool, typer.Option("--fake-aws", help="Also serve a local fake SSM endpoint with the example fleet.")
+    ] = False,
 ) -> None:
     """The embedded single-machine stack: Temporal dev server (persisted under the data directory) and a worker."""
     from patchflow.devserver import start_dev_server
     from patchflow.worker import build_worker, connect
 
     _terminate_like_interrupt()
+    stack = contextlib.ExitStack()
+    if fake_aws:
+        stack.enter_context(_fake_aws(EXAMPLE_FLEET))
     settings = get_settings()
-    server = start_dev_server(settings.temporal_address, settings.data_dir, ui_port=ui_port)
+    stack.callback(err.print, "stopped")
+    try:
+        server = start_dev_server(settings.temporal_address, settings.data_dir, ui_port=ui_port)
+    except BaseException:
+        stack.close()
+        raise
+    stack.callback(server.stop)
     err.print(
         f"Temporal dev server on {settings.temporal_address} (UI http://127.0.0.1:{ui_port}), "
         f"state in {settings.data_dir}; Ctrl-C stops everything"
@@ -546,26 +590,34 @@ def dev_command(
         client = await connect(settings.temporal_address, attempts=20)
         await build_worker(client, settings.task_queue).run()
 
-    try:
+    with stack, contextlib.suppress(KeyboardInterrupt):
         _run(go())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.stop()
-        err.print("stopped")
 
 
 DEMO_PLAN = Path(__file__).resolve().parent.parent / "baselines" / "examples" / "demo-plan.yaml"
+DEMO_SSM_PLAN = DEMO_PLAN.with_name("demo-plan-ssm.yaml")
 
 
 def demo_command(
     approve: Annotated[
         bool, typer.Option("--approve", help="Answer the Prod approval gate automatically.")
     ] = False,
-    plan_file: Annotated[Path, typer.Option("--plan", help="The plan to run.")] = DEMO_PLAN,
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="The plan to run.")] = None,
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 600,
+    fake_aws: Annotated[
+        bool,
+        typer.Option("--fake-aws", help="Drive the wave through the SSM executor against a local fake AWS."),
+    ] = False,
 ) -> None:
     """Run a complete wave Dev → Test → Prod on the example fleet, on the embedded stack."""
+    if fake_aws:
+        with _fake_aws(EXAMPLE_FLEET):
+            _demo(approve, plan_file or DEMO_SSM_PLAN, timeout)
+    else:
+        _demo(approve, plan_file or DEMO_PLAN, timeout)
+
+
+def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
     from patchflow.devserver import port_open, split_address, start_dev_server
     from patchflow.waves import act, pin_patch_set, start_wave, status_json, wave_input, wave_status
     from patchflow.worker import build_worker, connect

@@ -30,6 +30,20 @@ class Settings(BaseSettings):
     """Temporal task queue the workers poll."""
     heartbeat_timeout_seconds: int = Field(default=30, ge=2)
     """How soon a patch batch of a dead worker is taken over by another worker."""
+    ssm_region: str | None = None
+    """SSM executor: AWS region when the plan names none (else the boto3 chain: AWS_REGION, profile)."""
+    ssm_endpoint_url: str | None = None
+    """SSM executor: endpoint URL when the plan names none (a local fake endpoint, a VPC endpoint)."""
+    ssm_bucket: str | None = None
+    """SSM executor: S3 bucket for override lists, operation records and output when the plan names none."""
+    ssm_prefix: str = "patchflow"
+    """SSM executor: key prefix inside the bucket when the plan names none."""
+    ssm_max_requests_per_second: float = Field(default=5.0, gt=0)
+    """SSM executor: client-side cap on AWS requests per worker (adaptive retries handle the rest)."""
+    ssm_poll_initial_seconds: float = Field(default=2.0, gt=0)
+    """SSM executor: first delay between status polls of a running command (×1.5 per poll)."""
+    ssm_poll_max_seconds: float = Field(default=30.0, gt=0)
+    """SSM executor: longest delay between status polls."""
 
     @property
     def patch_set_dir(self) -> Path:

@@ -28,7 +28,19 @@ class PlanError(InputError):
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-EXECUTOR_KINDS = ("simulated",)
+EXECUTOR_KINDS = ("simulated", "ssm")
+_SIMULATED_EXECUTOR_KEYS = ("kind", "fleet", "time_scale")
+_SSM_EXECUTOR_KEYS = (
+    "kind",
+    "region",
+    "endpoint_url",
+    "bucket",
+    "prefix",
+    "reboot_option",
+    "health_command",
+    "cloudwatch_log_group",
+)
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 #: Upper bound of soak times: longer waits are a typo, not a plan (and would overflow timers).
 MAX_DURATION_SECONDS = 90 * 24 * 3600
 
@@ -87,6 +99,20 @@ class ExecutorConfig:
     fleet: Path | None = None
     time_scale: float = 1.0
     """Simulated executor: multiplies every simulated duration (demos and tests run faster)."""
+    region: str | None = None
+    """SSM executor: AWS region (None: settings, then the boto3 chain)."""
+    endpoint_url: str | None = None
+    """SSM executor: another endpoint than AWS's (a local fake, a VPC endpoint)."""
+    bucket: str | None = None
+    """SSM executor: S3 bucket for override lists, operation records and command output."""
+    prefix: str | None = None
+    """SSM executor: key prefix inside the bucket."""
+    reboot_option: str = "RebootIfNeeded"
+    """SSM executor: ``RebootIfNeeded`` or ``NoReboot``."""
+    health_command: str | None = None
+    """SSM executor: shell command whose exit code 0 means healthy (None: always healthy)."""
+    cloudwatch_log_group: str | None = None
+    """SSM executor: also send command output to this CloudWatch Logs group."""
 
 
 @dataclass(frozen=True)
@@ -158,10 +184,12 @@ def parse_plan(doc: Document) -> Plan:
         bad(("executor",), "required: {kind: simulated, fleet: PATH}")
     else:
         kind = raw_exec.get("kind")
+        allowed = _SSM_EXECUTOR_KEYS if kind == "ssm" else _SIMULATED_EXECUTOR_KEYS
         for key in raw_exec:
-            if key not in ("kind", "fleet", "time_scale"):
+            if key not in allowed:
                 bad(
-                    ("executor", str(key)), f"unknown key{suggest(str(key), ('kind', 'fleet', 'time_scale'))}"
+                    ("executor", str(key)),
+                    f"unknown key{suggest(str(key), allowed)}; allowed for {kind}: {', '.join(allowed)}",
                 )
         if kind not in EXECUTOR_KINDS:
             bad(("executor", "kind"), f"{kind!r} is not an executor; use one of {', '.join(EXECUTOR_KINDS)}")
@@ -174,7 +202,8 @@ def parse_plan(doc: Document) -> Plan:
         if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 <= scale <= 1000:
             bad(("executor", "time_scale"), f"{scale!r}: expected a number from 0 to 1000 (1 = real time)")
             scale = 1.0
-        executor = ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale))
+        ssm = _ssm_options(raw_exec, bad) if kind == "ssm" else {}
+        executor = ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale), **ssm)
 
     undeliverable = data.get("undeliverable_counts_as_error", False)
     if not isinstance(undeliverable, bool):
@@ -211,6 +240,31 @@ def parse_plan(doc: Document) -> Plan:
         stages=tuple(stages),
         undeliverable_counts_as_error=undeliverable,
     )
+
+
+def _ssm_options(raw: dict[str, Any], bad: Any) -> dict[str, Any]:
+    """The SSM executor's keys, validated (credentials never go in a plan: the boto3 chain supplies them)."""
+    out: dict[str, Any] = {}
+    for key in ("region", "endpoint_url", "bucket", "prefix", "health_command", "cloudwatch_log_group"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            bad(("executor", key), "expected a non-empty string")
+            continue
+        out[key] = value.strip()
+    url = out.get("endpoint_url")
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        bad(("executor", "endpoint_url"), f"{url!r}: expected an http:// or https:// URL")
+    bucket = out.get("bucket")
+    if bucket is not None and not _BUCKET_RE.match(bucket):
+        bad(("executor", "bucket"), f"{bucket!r} is not an S3 bucket name (3–63 of a-z, 0-9, '.', '-')")
+    reboot = raw.get("reboot_option", "RebootIfNeeded")
+    if reboot not in ("RebootIfNeeded", "NoReboot"):
+        bad(("executor", "reboot_option"), f"{reboot!r}: use RebootIfNeeded or NoReboot")
+    else:
+        out["reboot_option"] = reboot
+    return out
 
 
 def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> Stage | None:

@@ -43,6 +43,18 @@ class ExecutorRef:
     fleet_path: str | None = None
     state_path: str | None = None
     time_scale: float = 1.0
+    # SSM executor (resolved from the plan and settings when the wave starts, so every worker agrees):
+    region: str | None = None
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    prefix: str = "patchflow"
+    reboot_option: str = "RebootIfNeeded"
+    health_command: str | None = None
+    cloudwatch_log_group: str | None = None
+    max_requests_per_second: float | None = None
+    """Client-side cap on AWS requests per worker (None: no cap)."""
+    poll_initial_seconds: float = 2.0
+    poll_max_seconds: float = 30.0
 
 
 @dataclass

@@ -65,6 +65,26 @@ def executor_ref(plan: Plan, settings: Settings) -> ExecutorRef:
             state_path=str(default_state_path(settings.data_dir, fleet)),
             time_scale=plan.executor.time_scale,
         )
+    if plan.executor.kind == "ssm":
+        bucket = plan.executor.bucket or settings.ssm_bucket
+        if not bucket:
+            raise InputError(
+                f"plan {plan.name!r} uses the ssm executor but names no S3 bucket: set executor.bucket in "
+                f"{plan.source} or PATCHFLOW_SSM_BUCKET"
+            )
+        return ExecutorRef(
+            kind="ssm",
+            region=plan.executor.region or settings.ssm_region,
+            endpoint_url=plan.executor.endpoint_url or settings.ssm_endpoint_url,
+            bucket=bucket,
+            prefix=plan.executor.prefix or settings.ssm_prefix,
+            reboot_option=plan.executor.reboot_option,
+            health_command=plan.executor.health_command,
+            cloudwatch_log_group=plan.executor.cloudwatch_log_group,
+            max_requests_per_second=settings.ssm_max_requests_per_second,
+            poll_initial_seconds=settings.ssm_poll_initial_seconds,
+            poll_max_seconds=settings.ssm_poll_max_seconds,
+        )
     raise InputError(f"executor {plan.executor.kind!r} is not supported yet")
 
 

@@ -14,6 +14,7 @@ from collections import deque
 from datetime import timedelta
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from patchflow.ratecontrol import PENDING, StageScheduler
@@ -32,11 +33,20 @@ class StageRunWorkflow:
     def __init__(self) -> None:
         self._scheduler: StageScheduler | None = None
         self._stop = False
+        self._in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
 
     @workflow.signal
     def stop(self) -> None:
-        """Stop dispatching (halt or cancel of the wave); in-flight instances finish."""
+        """Stop dispatching (a halt); in-flight instances finish."""
         self._stop = True
+
+    @workflow.signal
+    def abort(self) -> None:
+        """Stop dispatching and cancel the in-flight instances (a cancelled wave): executors cancel their
+        commands where they can (SSM CancelCommand, best effort)."""
+        self._stop = True
+        for task in self._in_flight:
+            task.cancel()
 
     @workflow.query
     def progress(self) -> StageProgress:
@@ -61,7 +71,7 @@ class StageRunWorkflow:
         for instance_id in inp.instance_ids:
             scheduler.states[instance_id] = PENDING
         self._scheduler = scheduler
-        in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
+        in_flight = self._in_flight
         continue_as_new = False
 
         while True:
@@ -135,6 +145,8 @@ class StageRunWorkflow:
             start_to_close_timeout=PATCH_START_TO_CLOSE,
             heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
             retry_policy=PATCH_RETRY,
+            # On abort, wait until the activity has cancelled its commands before reporting back.
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=f"patch {len(batch)} instance(s) of {inp.stage}",
         )
 
@@ -142,6 +154,12 @@ class StageRunWorkflow:
     def _record(
         inp: StageRunInput, scheduler: StageScheduler, batch: list[str], task: asyncio.Task[PatchBatchResult]
     ) -> None:
+        if task.cancelled() or _was_cancelled(task.exception()):
+            for instance_id in batch:
+                scheduler.record(
+                    instance_id, "failed", counts_as_error=False, detail="cancelled by an operator"
+                )
+            return
         exc = task.exception()
         if exc is not None:
             # The activity gave up after its retries: every instance of the batch counts as failed.
@@ -160,3 +178,7 @@ class StageRunWorkflow:
                 inp.undeliverable_counts_as_error and outcome.status == "undeliverable"
             )
             scheduler.record(instance_id, outcome.status, counts_as_error=counts, detail=outcome.detail)
+
+
+def _was_cancelled(exc: BaseException | None) -> bool:
+    return isinstance(exc, ActivityError) and isinstance(exc.cause, CancelledError)

@@ -229,7 +229,7 @@ class WaveWorkflow:
     async def cancel(self, action: OperatorAction) -> str:
         self._cancel_requested = True
         self._audit(action.who, "cancel", self._current_name(), action.reason)
-        await self._stop_active_run()
+        await self._stop_active_run(abort=True)
         return "cancel requested: no new instances start; in-flight ones finish"
 
     @cancel.validator
@@ -397,7 +397,7 @@ class WaveWorkflow:
             self._active_run = handle
             st.active_run_id = run_id
             if self._halt_requested or self._cancel_requested:
-                await self._stop_active_run()
+                await self._stop_active_run(abort=self._cancel_requested)
             result: StageRunResult = await handle
             self._active_run = None
             st.active_run_id = None
@@ -447,10 +447,14 @@ class WaveWorkflow:
 
     # ------------------------------------------------------------------------------------------ helpers
 
-    async def _stop_active_run(self) -> None:
-        """Signal the running stage run by workflow id: its latest run, even after continue-as-new."""
+    async def _stop_active_run(self, *, abort: bool = False) -> None:
+        """Signal the running stage run by workflow id: its latest run, even after continue-as-new.
+
+        A halt lets in-flight instances finish; a cancel (``abort``) cancels them too.
+        """
         if self._active_run is not None:
-            await workflow.get_external_workflow_handle(self._active_run.id).signal(StageRunWorkflow.stop)
+            signal = StageRunWorkflow.abort if abort else StageRunWorkflow.stop
+            await workflow.get_external_workflow_handle(self._active_run.id).signal(signal)
 
     def _resume_targets(self, st: StageStatus) -> list[str]:
         """Instances a resume dispatches again, with fresh operation ids and a fresh error budget."""

@@ -226,3 +226,19 @@ def test_dev_starts_the_embedded_stack_and_ctrl_c_stops_it(tmp_path: Path, fast_
         _, stderr = dev.communicate(timeout=30)
     assert not port_open("127.0.0.1", port) and not port_open("127.0.0.1", ui_port)
     assert b"Traceback" not in stderr and b"stopped" in stderr
+
+
+def test_demo_through_the_ssm_executor_on_fake_aws(tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+        "PATCHFLOW_SSM_POLL_INITIAL_SECONDS": "0.2",
+        "PATCHFLOW_SSM_POLL_MAX_SECONDS": "0.5",
+        "PATCHFLOW_SSM_MAX_REQUESTS_PER_SECOND": "200",
+    }
+    proc = cli("demo", "--fake-aws", "--approve", env=env, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "fake AWS" in proc.stderr and "wave succeeded" in proc.stdout
+    assert "i-0test000000000004 failed (SSM Failed" in proc.stdout
+    assert not port_open("127.0.0.1", port)

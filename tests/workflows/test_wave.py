@@ -361,3 +361,30 @@ async def test_a_stage_without_targets_halts_instead_of_succeeding(
         assert "patch group 'prdo' matched no managed instance" in status.reason
         await act(dev_env.client, inp.wave_id, "cancel", who="alice")
         assert (await handle.result()).status.state == "cancelled"
+
+
+async def test_cancel_cancels_in_flight_instances(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"prod": 4}, duration=60.0)  # far longer than the test
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="2")])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        while True:
+            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
+            if list(states.values()).count("in_flight") == 2:
+                break
+            await asyncio.sleep(0.1)
+        began = asyncio.get_running_loop().time()
+        await act(dev_env.client, inp.wave_id, "cancel", who="alice", comment="wrong patch set")
+        result = await asyncio.wait_for(handle.result(), timeout=30)
+        assert asyncio.get_running_loop().time() - began < 20  # did not wait for the 60 s installs
+    assert result.status.state == "cancelled"
+    stage_status = result.status.stages[0]
+    cancelled = [
+        i
+        for i, s in stage_status.instances.items()
+        if stage_status.details.get(i) == "cancelled by an operator"
+    ]
+    assert len(cancelled) == 2 and all(stage_status.instances[i] == "failed" for i in cancelled)
+    assert sorted(stage_status.instances.values()).count("not_attempted") == 2

@@ -1,0 +1,220 @@
+"""A staged wave through the SSM executor: plan → executor_ref → build_executor → boto3 → the fake endpoint."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from temporalio.testing import WorkflowEnvironment
+
+from patchflow.config import Settings
+from patchflow.errors import InputError
+from patchflow.executors.base import Package
+from patchflow.fleet import load_fleet
+from patchflow.plans import PlanError, load_plan
+from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
+from patchflow.wavemodel import StageInput, WaveInput
+from patchflow.waves import act, executor_ref, pin_patch_set, wave_input, wave_status
+from patchflow.windows import WindowSpec
+from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
+from tests.workflows.conftest import running_worker
+from workflows.wave import WaveWorkflow
+
+BUCKET = "patchflow-wave"
+OLD, NEW = "3.0.2-0ubuntu1.10", "3.0.2-0ubuntu1.16"
+
+
+@pytest.fixture
+def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[SsmEndpoint]:
+    # The worker builds its clients from the standard boto3 chain, as in production.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with SsmEndpoint(timings=Timings(not_found_seconds=0.1, pending_seconds=0.05, run_seconds=0.1)) as ep:
+        ep.client("s3").create_bucket(Bucket=BUCKET)
+        yield ep
+
+
+def write_plan(tmp_path: Path, executor: str) -> Path:
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        f"name: ssm-demo\nbaseline: {BASELINES_DIR / 'ubuntu-staged.yaml'}\n"
+        f"catalog: {EXAMPLES_DIR / 'ubuntu-catalog.json'}\nexecutor: {executor}\n"
+        "stages:\n  - name: dev\n    targets: {patch_group: dev}\n    window: now\n"
+    )
+    return path
+
+
+def settings(tmp_path: Path, **fields: object) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "data",
+        ssm_poll_initial_seconds=0.05,
+        ssm_poll_max_seconds=0.2,
+        ssm_max_requests_per_second=100,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def test_plan_executor_options_resolve_into_the_executor_ref(tmp_path: Path) -> None:
+    plan = load_plan(
+        write_plan(
+            tmp_path,
+            "{kind: ssm, region: eu-central-1, endpoint_url: 'http://127.0.0.1:4566', reboot_option: NoReboot, "
+            "health_command: 'systemctl is-system-running'}",
+        )
+    )
+    with pytest.raises(InputError, match="names no S3 bucket"):
+        executor_ref(plan, settings(tmp_path))
+    ref = executor_ref(plan, settings(tmp_path, ssm_bucket="from-settings", ssm_prefix="waves"))
+    assert (ref.kind, ref.region, ref.endpoint_url, ref.bucket, ref.prefix) == (
+        "ssm",
+        "eu-central-1",
+        "http://127.0.0.1:4566",
+        "from-settings",
+        "waves",
+    )
+    assert (ref.reboot_option, ref.health_command, ref.poll_initial_seconds) == (
+        "NoReboot",
+        "systemctl is-system-running",
+        0.05,
+    )
+    with pytest.raises(PlanError) as err:
+        load_plan(write_plan(tmp_path, "{kind: ssm, bucket: Bad_Bucket, reboot_option: Always, fleet: x}"))
+    message = str(err.value)
+    assert (
+        "executor.bucket" in message and "executor.reboot_option" in message and "executor.fleet" in message
+    )
+
+
+async def test_two_stage_wave_on_the_ssm_endpoint(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    installed = [Package("openssl", "amd64", OLD), Package("curl", "amd64", "7.81.0-1ubuntu1.14")]
+    dev = [f"i-0dev000000000000{n}" for n in (1, 2)]
+    prod = [f"mi-0prod00000000000{n}" for n in (1, 2, 3, 4)]  # hybrid nodes, tags via ListTagsForResource
+    for instance_id in dev:
+        endpoint.register_instance(instance_id, tags={"Patch Group": "dev"}, packages=installed)
+    for instance_id in prod:
+        endpoint.register_instance(instance_id, tags={"PatchGroup": "prod"}, packages=installed)
+    endpoint.script(prod[1], "fail")  # inside prod's error budget of 1
+
+    plan = load_plan(
+        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
+    )
+    ref = executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET))
+    now = WindowSpec(schedule="now")
+    inp = WaveInput(
+        wave_id=f"wave-ssm-{uuid.uuid4().hex[:8]}",
+        plan_name=plan.name,
+        patch_set_id="ps-000000000000000000000000",
+        patches=[Package("openssl", "amd64", NEW)],
+        executor=ref,
+        stages=[
+            StageInput(name="dev", window=now, max_concurrency="2", max_errors="0", patch_group="dev"),
+            StageInput(name="prod", window=now, max_concurrency="2", max_errors="1", patch_group="prod"),
+        ],
+        heartbeat_timeout_seconds=5,
+    )
+    async with running_worker(dev_env.client) as task_queue:  # the production factory: build_executor
+        handle = await dev_env.client.start_workflow(
+            WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
+        )
+        result = await handle.result()
+
+    assert result.status.state == "succeeded", result.status
+    stages = {s.name: s for s in result.status.stages}
+    assert stages["dev"].instances == dict.fromkeys(dev, "succeeded")
+    assert stages["prod"].instances == {i: "failed" if i == prod[1] else "succeeded" for i in prod}
+    assert stages["prod"].errors == 1
+    assert "SSM Failed" in stages["prod"].details[prod[1]]
+    for instance_id in dev + prod:
+        expected = OLD if instance_id == prod[1] else NEW
+        assert endpoint.packages(instance_id)["openssl.amd64"] == expected
+        assert endpoint.command_count(instance_id, "AWS-RunPatchBaseline") == 1  # never sent twice
+
+
+async def test_the_demo_plan_runs_on_the_ssm_endpoint(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    """The shipped demo (3 stages, health and approval gates, one failure in Test) with ``executor: ssm``."""
+    fleet = load_fleet(EXAMPLES_DIR / "fleet.yaml")
+    endpoint.register_fleet(fleet, time_scale=0.1)
+    data = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
+    data["baseline"] = str((EXAMPLES_DIR / data["baseline"]).resolve())
+    data["catalog"] = str(EXAMPLES_DIR / data["catalog"])
+    data["executor"] = {"kind": "ssm", "region": endpoint.region, "endpoint_url": endpoint.url}
+    for stage in data["stages"]:
+        stage["soak"] = "0s"
+    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(data))
+    plan = load_plan(tmp_path / "plan.yaml")
+    config = settings(tmp_path, ssm_bucket=BUCKET)
+    pinned = pin_patch_set(plan, config)
+    inp = wave_input(plan, config, pinned, wave_id=f"wave-ssm-demo-{uuid.uuid4().hex[:8]}", who="test")
+
+    async with running_worker(dev_env.client) as task_queue:
+        handle = await dev_env.client.start_workflow(
+            WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
+        )
+        for _ in range(600):
+            status = await wave_status(dev_env.client, inp.wave_id)
+            if status.state != "running":
+                break
+            await asyncio.sleep(0.1)
+        assert status.state == "waiting_approval", status
+        test_states = next(s for s in status.stages if s.name == "test").instances
+        assert test_states["i-0test000000000004"] == "failed"
+        await act(dev_env.client, inp.wave_id, "approve", who="ops-lead", stage="prod")
+        result = await handle.result()
+
+    assert result.status.state == "succeeded", result.status
+    prod = next(s for s in result.status.stages if s.name == "prod")
+    assert len(prod.instances) == 20 and set(prod.instances.values()) == {"succeeded"}
+    openssl = next(p.version for p in pinned.patches if p.name == "openssl")
+    for inst in fleet.instances:
+        assert endpoint.command_count(inst.id, "AWS-RunPatchBaseline") == 1
+        if inst.id != "i-0test000000000004":
+            assert endpoint.packages(inst.id)["openssl.amd64"] == openssl
+
+
+async def test_cancelling_a_wave_cancels_its_in_flight_ssm_commands(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    installed = [Package("openssl", "amd64", OLD)]
+    ids = [f"i-0prod00000000000{n}" for n in (1, 2, 3)]
+    for instance_id in ids:
+        endpoint.register_instance(instance_id, tags={"Patch Group": "prod"}, packages=installed)
+        endpoint.script(instance_id, "slow", seconds=60)
+    plan = load_plan(
+        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
+    )
+    inp = WaveInput(
+        wave_id=f"wave-ssm-cancel-{uuid.uuid4().hex[:8]}",
+        plan_name=plan.name,
+        patch_set_id="ps-000000000000000000000000",
+        patches=[Package("openssl", "amd64", NEW)],
+        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
+        stages=[
+            StageInput(
+                name="prod", window=WindowSpec("now"), max_concurrency="2", max_errors="0", patch_group="prod"
+            )
+        ],
+        heartbeat_timeout_seconds=5,
+    )
+    async with running_worker(dev_env.client) as task_queue:
+        handle = await dev_env.client.start_workflow(
+            WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
+        )
+        for _ in range(300):  # both commands sent
+            if endpoint.command_count(None, "AWS-RunPatchBaseline") == 2:
+                break
+            await asyncio.sleep(0.1)
+        await act(dev_env.client, inp.wave_id, "cancel", who="alice")
+        result = await asyncio.wait_for(handle.result(), timeout=30)
+    assert result.status.state == "cancelled"
+    assert endpoint.requests["CancelCommand"] >= 2
+    states = result.status.stages[0].instances
+    assert states[ids[2]] == "not_attempted"
+    assert all(endpoint.packages(i)["openssl.amd64"] == OLD for i in ids)
