@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -20,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from patchflow.errors import PatchflowError
 from patchflow.executors.base import Executor, Package
+from patchflow.metrics import DEFAULT_METRICS, Metrics
 from patchflow.wavemodel import (
     ExecutorRef,
     HealthInput,
@@ -62,6 +64,10 @@ def build_executor(ref: ExecutorRef) -> Executor:
                 type="InputError",
                 non_retryable=True,
             ) from exc
+        from patchflow.metrics import instrument_boto3_client
+
+        for client in (ssm, s3, ec2):  # executor API errors and throttles, by operation
+            instrument_boto3_client(client, executor="ssm")
         return SsmExecutor(
             ssm,
             s3,
@@ -84,8 +90,9 @@ def install_operation_id(wave_id: str, stage: str, instance_id: str, attempt: in
 
 
 class WaveActivities:
-    def __init__(self, factory: ExecutorFactory = build_executor):
+    def __init__(self, factory: ExecutorFactory = build_executor, metrics: Metrics = DEFAULT_METRICS):
         self._factory = factory
+        self._metrics = metrics
         self._executors: dict[tuple[object, ...], Executor] = {}
 
     def _executor(self, ref: ExecutorRef) -> Executor:
@@ -130,11 +137,14 @@ class WaveActivities:
 
         async def one(instance_id: str) -> InstanceOutcome:
             op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
+            started = time.monotonic()
             try:
                 result = await executor.install(instance_id, patches, operation_id=op)
             except (PatchflowError, ValueError) as exc:
                 # Bad input for this instance (unknown id, a reused operation id): retrying cannot help.
+                self._metrics.observe_patch(inp.executor.kind, "error", time.monotonic() - started)
                 return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
+            self._metrics.observe_patch(inp.executor.kind, result.status, time.monotonic() - started)
             return InstanceOutcome(
                 instance_id=instance_id,
                 status=result.status,

@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from patchflow import cli_ops, versions
+from patchflow import cli_db, cli_ops, versions
 from patchflow.baselines import Baseline, dump_baseline, export_aws, load_baseline
 from patchflow.catalog import load_catalog
 from patchflow.compliance import Instance, engine_for, load_inventory, summarise
@@ -47,6 +47,7 @@ app.command("plan")(cli_ops.plan_command)
 app.add_typer(cli_ops.wave_app, name="wave")
 app.add_typer(cli_ops.fleet_app, name="fleet")
 app.add_typer(cli_ops.window_app, name="window")
+cli_db.register(app)  # patchflow db …, patchflow token …
 app.command("worker")(cli_ops.worker_command)
 app.command("dev")(cli_ops.dev_command)
 app.command("demo")(cli_ops.demo_command)

@@ -515,6 +515,10 @@ def worker_command() -> None:
     _terminate_like_interrupt()
     settings = get_settings()
 
+    from patchflow.metrics import serve_worker_metrics
+
+    serve_worker_metrics(settings)  # the SDK runtime must exist before the first client
+
     async def go() -> None:
         client = await connect(settings.temporal_address, attempts=10)
         worker = build_worker(client, settings.task_queue)
@@ -585,6 +589,10 @@ def dev_command(
         f"Temporal dev server on {settings.temporal_address} (UI http://127.0.0.1:{ui_port}), "
         f"state in {settings.data_dir}; Ctrl-C stops everything"
     )
+
+    from patchflow.metrics import serve_worker_metrics
+
+    serve_worker_metrics(settings)
 
     async def go() -> None:
         client = await connect(settings.temporal_address, attempts=20)

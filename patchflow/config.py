@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -44,10 +44,37 @@ class Settings(BaseSettings):
     """SSM executor: first delay between status polls of a running command (×1.5 per poll)."""
     ssm_poll_max_seconds: float = Field(default=30.0, gt=0)
     """SSM executor: longest delay between status polls."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the history database (``postgresql+psycopg://user@host/db`` in production);
+    unset: a SQLite file under ``data_dir``, which serves one machine but not several API replicas."""
+
+    metrics_bind_address: str = "127.0.0.1"
+    """Address the worker's two metrics endpoints bind to. Loopback by default, so nothing is exposed until
+    an operator decides to; set ``0.0.0.0`` (or one interface) when Prometheus scrapes from another host."""
+    worker_metrics_port: int | None = Field(default=9461, ge=0, le=65535)
+    """Port of the worker's own Prometheus endpoint (patch durations, executor API errors and throttles);
+    empty or ``none`` disables it. Several workers on one host need one port each."""
+    temporal_metrics_port: int | None = Field(default=9464, ge=0, le=65535)
+    """Port of the Temporal SDK's Prometheus endpoint (task slots, schedule-to-start latency, sticky cache).
+    The SDK's Rust core serves it and cannot share prometheus-client's registry, hence a separate port;
+    empty or ``none`` disables it."""
+
+    @field_validator("worker_metrics_port", "temporal_metrics_port", mode="before")
+    @classmethod
+    def _port_disabled(cls, value: object) -> object:
+        """An environment variable cannot hold None: ``""``, ``none``, ``off`` or ``disabled`` mean no endpoint."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none", "off", "disabled"):
+            return None
+        return value
 
     @property
     def patch_set_dir(self) -> Path:
         return self.data_dir / "patch-sets"
+
+    @property
+    def database_url_resolved(self) -> str:
+        """The URL to connect to: ``database_url``, else ``sqlite:///<data_dir>/patchflow.db``."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'patchflow.db'}"
 
 
 def get_settings() -> Settings:

@@ -34,6 +34,28 @@ STAGE_FAILED = "failed"
 STAGE_ROLLED_BACK = "rolled_back"
 STAGE_CANCELLED = "cancelled"
 
+#: Every wave and stage state, in lifecycle order (metrics export each one; the database validates against them).
+WAVE_STATES: tuple[str, ...] = (
+    WAVE_RUNNING,
+    WAVE_WAITING_APPROVAL,
+    WAVE_HALTED,
+    WAVE_SUCCEEDED,
+    WAVE_FAILED,
+    WAVE_CANCELLED,
+)
+STAGE_STATES: tuple[str, ...] = (
+    STAGE_NOT_STARTED,
+    STAGE_WAITING_APPROVAL,
+    STAGE_WAITING_WINDOW,
+    STAGE_RUNNING,
+    STAGE_SOAKING,
+    STAGE_HALTED,
+    STAGE_SUCCEEDED,
+    STAGE_FAILED,
+    STAGE_ROLLED_BACK,
+    STAGE_CANCELLED,
+)
+
 
 @dataclass
 class ExecutorRef:

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,8 @@ def stack(dev_env: WorkflowEnvironment, tmp_path: Path) -> Iterator[dict[str, st
         "PATCHFLOW_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "PATCHFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
         "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+        "PATCHFLOW_WORKER_METRICS_PORT": str(free_port()),
+        "PATCHFLOW_TEMPORAL_METRICS_PORT": str(free_port()),
     }
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
@@ -135,6 +138,20 @@ def test_wave_lifecycle_through_the_cli(stack: dict[str, str], fast_plan: Path) 
     listed = json.loads(cli("wave", "list", "--format", "json", env=stack).stdout)
     assert wave_id in {w["wave_id"] for w in listed}
 
+    # The worker process exposes patchflow's metrics and the Temporal SDK's, each on its own port.
+    own = (
+        urllib.request.urlopen(f"http://127.0.0.1:{stack['PATCHFLOW_WORKER_METRICS_PORT']}/metrics")
+        .read()
+        .decode()
+    )
+    assert 'patchflow_patch_duration_seconds_count{executor="simulated",outcome="succeeded"} 28.0' in own
+    sdk = (
+        urllib.request.urlopen(f"http://127.0.0.1:{stack['PATCHFLOW_TEMPORAL_METRICS_PORT']}/metrics")
+        .read()
+        .decode()
+    )
+    assert "temporal_worker_task_slots_available" in sdk
+
     again = cli("wave", "resume", wave_id, env=stack)
     assert again.returncode == 4 and "has already ended" in again.stderr
     missing = cli("wave", "status", "wave-does-not-exist", env=stack)
@@ -203,6 +220,8 @@ def test_dev_starts_the_embedded_stack_and_ctrl_c_stops_it(tmp_path: Path, fast_
         **os.environ,
         "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
         "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+        "PATCHFLOW_WORKER_METRICS_PORT": "none",
+        "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
     }
     dev = subprocess.Popen(
         [sys.executable, "-m", "patchflow", "dev", "--ui-port", str(ui_port)],

@@ -36,6 +36,8 @@ def start_worker(address: str, task_queue: str, data_dir: Path, log: Path) -> su
         "PATCHFLOW_TEMPORAL_ADDRESS": address,
         "PATCHFLOW_TASK_QUEUE": task_queue,
         "PATCHFLOW_DATA_DIR": str(data_dir),
+        "PATCHFLOW_WORKER_METRICS_PORT": "none",
+        "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
     }
     with log.open("ab") as out:
         return subprocess.Popen(

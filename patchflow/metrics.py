@@ -1,0 +1,698 @@
+"""patchflow's Prometheus metrics: the one home of every metric (house rule 12).
+
+Two kinds of metric live here, and they are fed differently:
+
+* **State metrics** describe what is true *now* — waves by state, stage progress, errors against the budget,
+  approvals waiting and for how long, maintenance-window time left, compliance by patch group. They are
+  snapshots: :meth:`Metrics.update_from_status` replaces everything known about one wave with what a
+  :class:`~patchflow.wavemodel.WaveStatus` says, so feeding the same status twice changes nothing, and a
+  process that restarts only needs the next refresh to be right again. A custom collector renders them at
+  scrape time, which is also what lets the *ages* (approval waiting time, window time left) be exact at
+  the moment Prometheus asks rather than at the moment of the last refresh.
+* **Event metrics** count things that happened in this process — patch durations (histogram), executor
+  API errors and throttles (counters). Activities and executors call :meth:`Metrics.observe_patch`,
+  :meth:`Metrics.record_api_error` and :meth:`Metrics.record_throttle`, or wire a boto3 client with
+  :func:`instrument_boto3_client`.
+
+Where they are served: the API renders :data:`DEFAULT_REGISTRY` on ``GET /metrics`` with :func:`render`;
+each worker serves its own registry on ``PATCHFLOW_WORKER_METRICS_PORT`` and the Temporal SDK's metrics on
+``PATCHFLOW_TEMPORAL_METRICS_PORT`` (:func:`serve_worker_metrics`).
+
+Rules that keep the metrics cheap and correct:
+
+* **No instance ids in labels.** A fleet of 10,000 instances would be 10,000 series per metric; labels are
+  bounded sets (states, executor kinds, operations, patch groups, severities) plus wave and stage names,
+  and finished waves are forgotten after :attr:`Metrics.keep_finished_waves` newer ones finished.
+* **Never from workflow code.** A workflow replays; a prometheus-client call there would count again on
+  every replay. Workflows emit through ``workflow.metric_meter()`` (served on the Temporal SDK port).
+* **No multiprocess mode.** Run the API as one process per container and scale with replicas:
+  prometheus-client's multiprocess mode cannot carry custom collectors, drops ``_created`` series and
+  needs a wiped directory per start (``../shared/reference/libraries.md`` §3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import Counter as Tally
+from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from threading import Thread
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    generate_latest,
+    start_http_server,
+)
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from patchflow.baselines import COMPLIANCE_ORDER
+from patchflow.errors import PatchflowError
+from patchflow.ratecontrol import FAILED, IN_FLIGHT, NOT_ATTEMPTED, PENDING, ROLLED_BACK, SUCCEEDED
+from patchflow.wavemodel import (
+    STAGE_RUNNING,
+    STAGE_STATES,
+    STAGE_WAITING_APPROVAL,
+    STAGE_WAITING_WINDOW,
+    WAVE_FINAL_STATES,
+    WAVE_STATES,
+    WaveStatus,
+)
+
+if TYPE_CHECKING:
+    from temporalio.runtime import Runtime
+
+    from patchflow.compliance import InstanceCompliance
+    from patchflow.config import Settings
+
+log = logging.getLogger(__name__)
+
+# Every known value is exported (0 when nothing is in it), so a dashboard shows a stable set of series and an
+# alert on "== 1" or "> 0" never depends on a series appearing for the first time.
+INSTANCE_STATES: tuple[str, ...] = (PENDING, IN_FLIGHT, SUCCEEDED, FAILED, NOT_ATTEMPTED, ROLLED_BACK)
+WINDOWED_STAGE_STATES = frozenset({STAGE_RUNNING, STAGE_WAITING_WINDOW})
+"""Stage states in which "time left in the window" means something (a soaking stage is past its window)."""
+
+PATCH_OUTCOMES = frozenset({"succeeded", "failed", "timed_out", "undeliverable", "error"})
+"""Executor statuses (plus ``error``: the install call raised); anything else is exported as ``other`` so a
+new executor status cannot grow the label set unnoticed."""
+
+PATCH_DURATION_BUCKETS: tuple[float, ...] = (
+    0.5,
+    1,
+    2.5,
+    5,
+    10,
+    30,
+    60,
+    120,
+    300,
+    600,
+    900,
+    1200,
+    1800,
+    2700,
+    3600,
+    5400,
+    7200,
+    float("inf"),
+)
+"""Seconds. From the simulated executor (sub-second) to SSM installs with a reboot (minutes), up to two hours,
+past which an install is a problem whatever its exact duration."""
+
+NO_PATCH_GROUP = "none"
+"""Label value for instances without a patch group (an empty label value would equal a missing label)."""
+
+COMPLIANT = "COMPLIANT"
+NON_COMPLIANT = "NON_COMPLIANT"
+
+THROTTLE_ERROR_CODES = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "RequestThrottled",
+        "SlowDown",
+        "EC2ThrottledException",
+        "ProvisionedThroughputExceededException",
+        "BandwidthLimitExceeded",
+    }
+)
+"""AWS error codes that mean "slow down" (the throttling codes botocore's standard retry mode retries)."""
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _timestamp(value: datetime) -> float:
+    """Seconds since the epoch; naive datetimes are UTC, as everywhere else in patchflow."""
+    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
+
+
+@dataclass(frozen=True)
+class _StageSnapshot:
+    name: str
+    state: str
+    instances: dict[str, int]
+    """Instance state → count (instance ids themselves never reach a label)."""
+    errors: int
+    max_errors: int | None
+    window_cutoff: datetime | None
+
+
+@dataclass(frozen=True)
+class _WaveSnapshot:
+    wave_id: str
+    plan: str
+    state: str
+    stages: tuple[_StageSnapshot, ...]
+
+
+@dataclass
+class _GroupCompliance:
+    by_status: Tally[str] = field(default_factory=Tally)
+    by_severity: Tally[str] = field(default_factory=Tally)
+    """Non-compliant instances by their most severe compliance level."""
+
+
+STATE_METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
+    ("patchflow_waves", "Waves this process tracks, by wave state.", ("state",)),
+    (
+        "patchflow_wave_state",
+        "1 for the wave's current state, 0 for every other state.",
+        ("wave_id", "plan", "state"),
+    ),
+    (
+        "patchflow_stage_state",
+        "1 for the stage's current state, 0 for every other state.",
+        ("wave_id", "stage", "state"),
+    ),
+    (
+        "patchflow_stage_instances",
+        "Instances of a stage by instance state (pending, in_flight, succeeded, failed, not_attempted, "
+        "rolled_back).",
+        ("wave_id", "stage", "state"),
+    ),
+    (
+        "patchflow_stage_errors",
+        "Failures counted against the stage's error budget in its current attempt.",
+        ("wave_id", "stage"),
+    ),
+    (
+        "patchflow_stage_max_errors",
+        "Failures the stage tolerates; one more halts dispatch (absent until the stage resolved its targets).",
+        ("wave_id", "stage"),
+    ),
+    ("patchflow_approvals_pending", "Stages waiting for an approval to be promoted into.", ()),
+    (
+        "patchflow_approval_waiting_since_timestamp_seconds",
+        "Since when a stage waits for approval (Unix time, as first seen by this process).",
+        ("wave_id", "stage"),
+    ),
+    (
+        "patchflow_approval_oldest_age_seconds",
+        "How long the longest-waiting approval has waited (0 when none waits).",
+        (),
+    ),
+    (
+        "patchflow_stage_window_cutoff_timestamp_seconds",
+        "When the current maintenance window stops admitting new instances (Unix time).",
+        ("wave_id", "stage"),
+    ),
+    (
+        "patchflow_stage_window_remaining_seconds",
+        "Seconds until the current maintenance window's cutoff (0 once past it).",
+        ("wave_id", "stage"),
+    ),
+    (
+        "patchflow_compliance_instances",
+        "Instances by patch group and compliance status (COMPLIANT, NON_COMPLIANT).",
+        ("patch_group", "status"),
+    ),
+    (
+        "patchflow_compliance_noncompliant_instances",
+        "Non-compliant instances by patch group and their most severe missing patch's compliance level.",
+        ("patch_group", "severity"),
+    ),
+)
+"""The state metrics (all gauges): name, help, labels. Rendered at scrape time by :class:`_StateCollector`."""
+
+
+class _StateCollector(Collector):
+    """Renders the state metrics of a :class:`Metrics` at scrape time (see the module docstring)."""
+
+    def __init__(self, owner: Metrics) -> None:
+        self._owner = owner
+
+    @staticmethod
+    def _empty() -> dict[str, GaugeMetricFamily]:
+        return {
+            name: GaugeMetricFamily(name, doc, labels=list(labels)) for name, doc, labels in STATE_METRICS
+        }
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only: lets the registry detect duplicates without running collect() at registration.
+        return list(self._empty().values())
+
+    def collect(self) -> Iterable[Metric]:
+        f = self._empty()
+        waves, waiting, compliance = self._owner._snapshot()
+        now = self._owner._clock().timestamp()
+
+        tally = Tally(w.state for w in waves)
+        for state in _known_plus(WAVE_STATES, *tally):
+            f["patchflow_waves"].add_metric([state], tally.get(state, 0))
+        for wave in waves:
+            for state in _known_plus(WAVE_STATES, wave.state):
+                f["patchflow_wave_state"].add_metric(
+                    [wave.wave_id, wave.plan, state], int(state == wave.state)
+                )
+            for stage in wave.stages:
+                labels = [wave.wave_id, stage.name]
+                for state in _known_plus(STAGE_STATES, stage.state):
+                    f["patchflow_stage_state"].add_metric([*labels, state], int(state == stage.state))
+                for state in _known_plus(INSTANCE_STATES, *stage.instances):
+                    f["patchflow_stage_instances"].add_metric([*labels, state], stage.instances.get(state, 0))
+                f["patchflow_stage_errors"].add_metric(labels, stage.errors)
+                if stage.max_errors is not None:
+                    f["patchflow_stage_max_errors"].add_metric(labels, stage.max_errors)
+                if stage.window_cutoff is not None and stage.state in WINDOWED_STAGE_STATES:
+                    cutoff = _timestamp(stage.window_cutoff)
+                    f["patchflow_stage_window_cutoff_timestamp_seconds"].add_metric(labels, cutoff)
+                    f["patchflow_stage_window_remaining_seconds"].add_metric(labels, max(0.0, cutoff - now))
+
+        f["patchflow_approvals_pending"].add_metric([], len(waiting))
+        for (wave_id, stage_name), since in sorted(waiting.items()):
+            f["patchflow_approval_waiting_since_timestamp_seconds"].add_metric(
+                [wave_id, stage_name], _timestamp(since)
+            )
+        oldest = min((_timestamp(since) for since in waiting.values()), default=now)
+        f["patchflow_approval_oldest_age_seconds"].add_metric([], max(0.0, now - oldest))
+
+        for group, counts in sorted(compliance.items()):
+            for status in (COMPLIANT, NON_COMPLIANT):
+                f["patchflow_compliance_instances"].add_metric(
+                    [group, status], counts.by_status.get(status, 0)
+                )
+            for severity in _known_plus(COMPLIANCE_ORDER, *counts.by_severity):
+                f["patchflow_compliance_noncompliant_instances"].add_metric(
+                    [group, severity], counts.by_severity.get(severity, 0)
+                )
+        return list(f.values())
+
+
+_MAX_FORGOTTEN = 10_000
+"""How many evicted wave ids to remember (a few hundred KB at most)."""
+
+
+def _known_plus(known: tuple[str, ...], *seen: str) -> tuple[str, ...]:
+    """The known values in their documented order, then any unexpected ones (a newer worker's new state)."""
+    extra = sorted({s for s in seen if s not in known})
+    return (*known, *extra)
+
+
+class Metrics:
+    """Every patchflow metric, registered on one injectable :class:`~prometheus_client.CollectorRegistry`.
+
+    Production uses :data:`DEFAULT_METRICS`; tests build ``Metrics(CollectorRegistry(), clock=...)`` and
+    assert with ``registry.get_sample_value(...)``.
+
+    Args:
+        registry: where every metric is registered (one ``Metrics`` per registry).
+        clock: the current time, for approval ages and window time left (tests pass a fixed one).
+        keep_finished_waves: how many finished (succeeded/failed/cancelled) waves keep their per-wave series;
+            older ones are forgotten, so wave ids cannot grow the series count without bound.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        keep_finished_waves: int = 20,
+    ) -> None:
+        self.registry = registry
+        self._clock = clock
+        self.keep_finished_waves = keep_finished_waves
+        # State snapshots are replaced by the refresher (an asyncio task) and read by the exporter's thread.
+        self._lock = threading.Lock()
+        self._waves: dict[str, _WaveSnapshot] = {}
+        self._waiting_since: dict[str, dict[str, datetime]] = {}
+        """wave id → stage → when this process first saw the stage waiting for approval."""
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        """Finished waves still exported, oldest first."""
+        self._forgotten: OrderedDict[str, None] = OrderedDict()
+        """Finished waves already evicted, so a refresher that lists them again does not bring them back."""
+        self._compliance: dict[str, _GroupCompliance] = {}
+
+        self.patch_duration = Histogram(
+            "patchflow_patch_duration_seconds",
+            "Time to patch one instance, by executor kind and outcome.",
+            ["executor", "outcome"],
+            buckets=PATCH_DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.executor_api_errors = Counter(
+            "patchflow_executor_api_errors",
+            "Executor backend API calls that failed after the client's own retries.",
+            ["executor", "operation"],
+            registry=registry,
+        )
+        self.executor_throttles = Counter(
+            "patchflow_executor_throttles",
+            "Executor backend API attempts refused for rate (each retried attempt counts).",
+            ["executor", "operation"],
+            registry=registry,
+        )
+        registry.register(_StateCollector(self))
+
+    # ------------------------------------------------------------------------------------------ waves
+
+    def update_from_status(self, status: WaveStatus) -> None:
+        """Replace everything known about one wave with ``status`` (idempotent: same status, same metrics).
+
+        A stage's approval wait starts when this process first sees it ``waiting_approval``: the status
+        carries no timestamp for it, and the first sighting is at most one refresh interval late.
+        """
+        now = self._clock()
+        snapshot = _WaveSnapshot(
+            wave_id=status.wave_id,
+            plan=status.plan_name,
+            state=status.state,
+            stages=tuple(
+                _StageSnapshot(
+                    name=stage.name,
+                    state=stage.state,
+                    instances=dict(Tally(stage.instances.values())),
+                    errors=stage.errors,
+                    max_errors=stage.max_errors,
+                    window_cutoff=stage.window_cutoff,
+                )
+                for stage in status.stages
+            ),
+        )
+        finished = status.state in WAVE_FINAL_STATES
+        with self._lock:
+            if finished and status.wave_id in self._forgotten:
+                return
+            self._forgotten.pop(status.wave_id, None)
+            self._waves[status.wave_id] = snapshot
+            previous = self._waiting_since.pop(status.wave_id, {})
+            waiting = {
+                stage.name: previous.get(stage.name, now)
+                for stage in status.stages
+                if stage.state == STAGE_WAITING_APPROVAL and not finished
+            }
+            if waiting:
+                self._waiting_since[status.wave_id] = waiting
+            if finished:
+                self._finished.setdefault(status.wave_id, None)
+                while len(self._finished) > self.keep_finished_waves:
+                    oldest, _ = self._finished.popitem(last=False)
+                    self._drop(oldest)
+            else:
+                self._finished.pop(status.wave_id, None)
+
+    def forget(self, wave_id: str) -> None:
+        """Stop exporting a wave; it comes back only if a later status shows it unfinished."""
+        with self._lock:
+            self._drop(wave_id)
+
+    def _drop(self, wave_id: str) -> None:
+        self._waves.pop(wave_id, None)
+        self._waiting_since.pop(wave_id, None)
+        self._finished.pop(wave_id, None)
+        self._forgotten[wave_id] = None
+        while len(self._forgotten) > _MAX_FORGOTTEN:
+            self._forgotten.popitem(last=False)
+
+    # ------------------------------------------------------------------------------------- compliance
+
+    def update_compliance(self, results: Iterable[InstanceCompliance]) -> None:
+        """Replace the compliance counts of every patch group present in ``results``.
+
+        Groups absent from ``results`` keep their previous counts, so evaluating one patch group (one
+        baseline) does not erase the others. Instances without a patch group count under ``none``.
+        """
+        fresh: dict[str, _GroupCompliance] = {}
+        for result in results:
+            counts = fresh.setdefault(result.patch_group or NO_PATCH_GROUP, _GroupCompliance())
+            counts.by_status[result.status] += 1
+            if result.status == NON_COMPLIANT:
+                counts.by_severity[result.compliance_level or "UNSPECIFIED"] += 1
+        with self._lock:
+            self._compliance.update(fresh)
+
+    def clear_compliance(self) -> None:
+        """Forget every patch group's compliance (before a full re-evaluation that may drop groups)."""
+        with self._lock:
+            self._compliance.clear()
+
+    # ------------------------------------------------------------------------------------------ events
+
+    def observe_patch(self, executor: str, outcome: str, seconds: float) -> None:
+        """One instance's install took ``seconds`` and ended in ``outcome`` (an executor status or ``error``)."""
+        label = outcome if outcome in PATCH_OUTCOMES else "other"
+        self.patch_duration.labels(executor=executor, outcome=label).observe(max(0.0, seconds))
+
+    def record_api_error(self, executor: str, operation: str) -> None:
+        """A backend API call failed for good (after the client's retries)."""
+        self.executor_api_errors.labels(executor=executor, operation=operation).inc()
+
+    def record_throttle(self, executor: str, operation: str) -> None:
+        """A backend API attempt was refused for rate (the client may still retry and succeed)."""
+        self.executor_throttles.labels(executor=executor, operation=operation).inc()
+
+    # -------------------------------------------------------------------------------------- internals
+
+    def _snapshot(
+        self,
+    ) -> tuple[list[_WaveSnapshot], dict[tuple[str, str], datetime], dict[str, _GroupCompliance]]:
+        with self._lock:
+            waves = sorted(self._waves.values(), key=lambda w: w.wave_id)
+            waiting = {
+                (wave_id, stage): since
+                for wave_id, stages in self._waiting_since.items()
+                for stage, since in stages.items()
+            }
+            return waves, waiting, dict(self._compliance)
+
+
+def _default_registry() -> CollectorRegistry:
+    """patchflow's own registry, plus the process/platform/GC collectors prometheus-client's global one has.
+
+    Own rather than ``prometheus_client.REGISTRY``: what ``/metrics`` shows is decided here, not by whichever
+    library happens to register on the global registry.
+    """
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
+    return registry
+
+
+DEFAULT_REGISTRY = _default_registry()
+DEFAULT_METRICS = Metrics(DEFAULT_REGISTRY)
+"""The production instance: activities, executors and the API use it unless a test injects another."""
+
+
+# ---------------------------------------------------------------------------------------------- exposition
+
+
+def render(registry: CollectorRegistry = DEFAULT_REGISTRY, accept: str | None = None) -> tuple[bytes, str]:
+    """The exposition body and its content type, for the API's ``GET /metrics`` route.
+
+    A plain route instead of ``app.mount("/metrics", make_asgi_app(...))``: a mount answers ``GET /metrics``
+    with ``307 → /metrics/``. Prometheus follows it, but curl, httpx and many health checkers do not, and
+    the redirect also shows up in the OpenAPI-driven tests. Pass the request's ``Accept`` header to get
+    OpenMetrics when the scraper asks for it.
+    """
+    if accept:
+        encoder, content_type = choose_encoder(accept)
+        return encoder(registry), content_type
+    return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+@dataclass
+class Exporter:
+    """A running prometheus-client HTTP endpoint (a daemon thread); :meth:`stop` frees the port."""
+
+    server: WSGIServer
+    thread: Thread
+
+    @property
+    def address(self) -> str:
+        return str(self.server.server_address[0])
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful when started on port 0)."""
+        return int(self.server.server_address[1])
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+def start_http_exporter(
+    port: int, addr: str = "127.0.0.1", registry: CollectorRegistry = DEFAULT_REGISTRY
+) -> Exporter:
+    """Serve ``registry`` on ``http://addr:port/metrics`` from a daemon thread (port 0: any free port).
+
+    Loopback by default: exposing metrics beyond the machine is an operator's decision.
+
+    Raises:
+        PatchflowError: the port is taken or the address is not local, with what to change.
+    """
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as exc:
+        raise PatchflowError(
+            f"cannot serve metrics on {addr}:{port} ({exc.strerror or exc}); choose another port with "
+            "PATCHFLOW_WORKER_METRICS_PORT (one per worker on a host), or 'none' to disable the endpoint"
+        ) from None
+    return Exporter(server, thread)
+
+
+# ---------------------------------------------------------------------------------------------- workers
+
+
+def build_temporal_runtime(port: int, addr: str = "127.0.0.1") -> Runtime:
+    """A Temporal ``Runtime`` whose SDK metrics are served by the SDK's own exporter on ``addr:port``.
+
+    A separate port because the SDK's Rust core cannot register on a prometheus-client registry. The SDK's
+    naming defaults are kept (durations in milliseconds, counters without ``_total``) because the
+    community Temporal dashboards expect them; changing them later renames every series.
+    The exporter lives as long as the Runtime object: keep a reference (``Runtime.set_default`` does), or
+    garbage collection closes the port.
+
+    Raises:
+        PatchflowError: the port is taken.
+    """
+    from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+
+    try:
+        return Runtime(
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(bind_address=f"{addr}:{port}"),
+                global_tags={"service": "patchflow-worker"},
+            )
+        )
+    except ValueError as exc:  # the SDK reports a bind failure as ValueError
+        raise PatchflowError(
+            f"cannot serve Temporal SDK metrics on {addr}:{port} ({exc}); choose another port with "
+            "PATCHFLOW_TEMPORAL_METRICS_PORT, or 'none' to disable the endpoint"
+        ) from None
+
+
+@dataclass
+class WorkerMetrics:
+    """What :func:`serve_worker_metrics` started (either may be None when disabled)."""
+
+    exporter: Exporter | None
+    runtime: Runtime | None
+
+
+_worker_metrics: WorkerMetrics | None = None
+_worker_metrics_lock = threading.Lock()
+
+
+def serve_worker_metrics(
+    settings: Settings, *, registry: CollectorRegistry = DEFAULT_REGISTRY
+) -> WorkerMetrics:
+    """Start a worker process's two metrics endpoints; call once, **before** the first Temporal client.
+
+    * ``settings.worker_metrics_port``: patchflow's own metrics (this process's registry);
+    * ``settings.temporal_metrics_port``: the Temporal SDK's, through a Runtime made the process default
+      (``Runtime.set_default``), which is why it must happen before ``Client.connect``.
+
+    Idempotent per process: ``dev`` and ``worker`` can both call it; later calls return the first result.
+    """
+    global _worker_metrics
+    with _worker_metrics_lock:
+        if _worker_metrics is not None:
+            return _worker_metrics
+        addr = settings.metrics_bind_address
+        own, sdk = settings.worker_metrics_port, settings.temporal_metrics_port
+        if own is not None and own == sdk and own != 0:
+            raise PatchflowError(
+                f"PATCHFLOW_WORKER_METRICS_PORT and PATCHFLOW_TEMPORAL_METRICS_PORT are both {own}; the worker's "
+                "metrics and the Temporal SDK's need one port each"
+            )
+        runtime = None
+        if sdk is not None:
+            from temporalio.runtime import Runtime
+
+            runtime = build_temporal_runtime(sdk, addr)
+            Runtime.set_default(runtime, error_if_already_set=False)
+        exporter = start_http_exporter(own, addr, registry) if own is not None else None
+        _worker_metrics = WorkerMetrics(exporter=exporter, runtime=runtime)
+        return _worker_metrics
+
+
+# ---------------------------------------------------------------------------------------------- refreshing
+
+
+async def refresh_loop(
+    fetch: Callable[[], Awaitable[Iterable[WaveStatus]]],
+    *,
+    metrics: Metrics = DEFAULT_METRICS,
+    interval_seconds: float = 15.0,
+) -> None:
+    """Feed the wave statuses ``fetch`` returns into ``metrics`` every ``interval_seconds``, until cancelled.
+
+    For the API process (the workers see batches, not waves). A failed fetch is logged and retried on the
+    next tick: stale state metrics are better than a dead refresher.
+    """
+    while True:
+        try:
+            for status in await fetch():
+                metrics.update_from_status(status)
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - Temporal down, a wave not answering: try again next tick
+            log.warning("refreshing wave metrics failed; retrying in %.0fs", interval_seconds, exc_info=True)
+        await asyncio.sleep(interval_seconds)
+
+
+# ---------------------------------------------------------------------------------------------- boto3
+
+
+def instrument_boto3_client(client: Any, *, executor: str, metrics: Metrics = DEFAULT_METRICS) -> Any:
+    """Count a boto3 client's throttled attempts and failed calls, by operation; returns the client.
+
+    Uses botocore's event hooks, so the executor's code stays unchanged: ``needs-retry`` fires once per
+    attempt (a throttled attempt counts even when the retry succeeds), ``after-call`` and
+    ``after-call-error`` once per call, after the retries (a final error counts once). The handlers
+    return None, so they never change botocore's retry decisions.
+    """
+
+    def on_attempt(response: Any = None, event_name: str = "", **_: Any) -> None:
+        if response is None:  # a connection error: botocore retries it, the final one is counted below
+            return
+        if _error_code(response[1]) in THROTTLE_ERROR_CODES or getattr(response[0], "status_code", 0) == 429:
+            metrics.record_throttle(executor, _operation_name(event_name))
+
+    def on_call(parsed: Any = None, event_name: str = "", **_: Any) -> None:
+        if _error_code(parsed):
+            metrics.record_api_error(executor, _operation_name(event_name))
+
+    def on_call_error(event_name: str = "", **_: Any) -> None:
+        metrics.record_api_error(executor, _operation_name(event_name))
+
+    events = client.meta.events
+    events.register("needs-retry", on_attempt)
+    events.register("after-call", on_call)
+    events.register("after-call-error", on_call_error)
+    return client
+
+
+def _error_code(parsed: Any) -> str | None:
+    if isinstance(parsed, dict):
+        error = parsed.get("Error")
+        if isinstance(error, dict) and error.get("Code"):
+            return str(error["Code"])
+    return None
+
+
+def _operation_name(event_name: str) -> str:
+    """``SendCommand`` from ``after-call.ssm.SendCommand`` (every botocore event names the operation last)."""
+    return event_name.rsplit(".", 1)[-1] if event_name.count(".") >= 2 else "unknown"
