@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from patchflow.errors import PatchflowError
-from patchflow.executors.base import Executor, Package
+from patchflow.executors.base import Executor, InstallResult, Package
 from patchflow.metrics import DEFAULT_METRICS, Metrics
 from patchflow.wavemodel import (
     ExecutorRef,
@@ -157,11 +157,57 @@ class WaveActivities:
             async with _heartbeating():
                 outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
-            # The wave was cancelled: ask the executor to cancel what is still running (best effort).
-            cancel = getattr(executor, "cancel", None)
-            if cancel is not None:
-                ops = [install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids]
-                await asyncio.shield(asyncio.gather(*(cancel(op) for op in ops), return_exceptions=True))
+            ops = [install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids]
+            await _cancel_operations(executor, ops)
+            raise
+        return PatchBatchResult(outcomes=list(outcomes))
+
+    @activity.defn(name="send_patch_batch")
+    async def send_patch_batch(self, inp: PatchBatchInput) -> PatchBatchResult:
+        """Phase 1: start the install on each instance (SSM: SendCommand), at most once per operation id.
+
+        ``SendCommand`` has no idempotency token, so sending is its own short activity: a retry after a crash
+        finds the command it already sent (executors record it durably before anything else can fail).
+        Instances still running come back with status ``started``; the others with their final result.
+        """
+        executor = self._executor(inp.executor)
+        patches = [Package(p.name, p.arch, p.version) for p in inp.patches]
+
+        async def one(instance_id: str) -> InstanceOutcome:
+            op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
+            try:
+                result = await executor.start_install(instance_id, patches, operation_id=op)
+            except (PatchflowError, ValueError) as exc:
+                return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
+            if result is None:
+                return InstanceOutcome(instance_id, STARTED, False)
+            return _outcome(instance_id, result)
+
+        async with _heartbeating():
+            outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        return PatchBatchResult(outcomes=list(outcomes))
+
+    @activity.defn(name="wait_patch_batch")
+    async def wait_patch_batch(self, inp: PatchBatchInput) -> PatchBatchResult:
+        """Phase 2: wait for the installs phase 1 started, heartbeating; a cancelled wave cancels them."""
+        executor = self._executor(inp.executor)
+        ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
+
+        async def one(instance_id: str) -> InstanceOutcome:
+            started = time.monotonic()
+            try:
+                result = await executor.finish_install(instance_id, operation_id=ops[instance_id])
+            except (PatchflowError, ValueError) as exc:
+                self._metrics.observe_patch(inp.executor.kind, "error", time.monotonic() - started)
+                return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
+            self._metrics.observe_patch(inp.executor.kind, result.status, time.monotonic() - started)
+            return _outcome(instance_id, result)
+
+        try:
+            async with _heartbeating():
+                outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        except asyncio.CancelledError:
+            await _cancel_operations(executor, list(ops.values()))
             raise
         return PatchBatchResult(outcomes=list(outcomes))
 
@@ -206,6 +252,27 @@ class WaveActivities:
             if problem:
                 unhealthy[inp.url] = problem
         return HealthReport(unhealthy=unhealthy, checked=len(results) + (1 if inp.url else 0))
+
+
+STARTED = "started"
+"""Phase-1 status of an install that is under way (never a final instance state)."""
+
+
+def _outcome(instance_id: str, result: InstallResult) -> InstanceOutcome:
+    return InstanceOutcome(
+        instance_id=instance_id,
+        status=result.status,
+        counts_as_error=result.counts_as_error,
+        detail=result.message,
+        changed=len(result.changed),
+    )
+
+
+async def _cancel_operations(executor: Executor, operation_ids: list[str]) -> None:
+    """A cancelled wave: ask the executor to cancel what is still running (best effort, like SSM)."""
+    cancel = getattr(executor, "cancel", None)
+    if cancel is not None:
+        await asyncio.shield(asyncio.gather(*(cancel(op) for op in operation_ids), return_exceptions=True))
 
 
 def _http_problem(url: str) -> str | None:

@@ -47,6 +47,7 @@ app.command("plan")(cli_ops.plan_command)
 app.add_typer(cli_ops.wave_app, name="wave")
 app.add_typer(cli_ops.fleet_app, name="fleet")
 app.add_typer(cli_ops.window_app, name="window")
+app.add_typer(cli_ops.ssm_app, name="ssm")
 cli_db.register(app)  # patchflow db …, patchflow token …
 app.command("worker")(cli_ops.worker_command)
 app.command("dev")(cli_ops.dev_command)

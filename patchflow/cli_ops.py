@@ -707,3 +707,86 @@ def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
     out.print(f"wave {status['state']} at {datetime.now(UTC).isoformat(timespec='seconds')}")
     if status["state"] != "succeeded":
         raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- ssm
+
+ssm_app = typer.Typer(
+    help="AWS Systems Manager: scan a fleet into patchflow's catalog and inventory.", no_args_is_help=True
+)
+
+
+class Family(StrEnum):
+    deb = "deb"
+    rpm = "rpm"
+
+
+@ssm_app.command("collect")
+def ssm_collect(
+    catalog: Annotated[
+        Path, typer.Option("--catalog", help="Write the catalog (JSON) here.", show_default=False)
+    ],
+    inventory: Annotated[
+        Path, typer.Option("--inventory", help="Write the inventory (JSON) here.", show_default=False)
+    ],
+    family: Annotated[
+        Family | None,
+        typer.Option("--family", help="Keep one package family (needed when the fleet mixes deb and rpm)."),
+    ] = None,
+    instance: Annotated[
+        list[str] | None,
+        typer.Option("--instance", help="Scan only these instance ids (repeatable); default: all."),
+    ] = None,
+    bucket: Annotated[
+        str | None, typer.Option("--bucket", help="S3 bucket (default PATCHFLOW_SSM_BUCKET).")
+    ] = None,
+    region: Annotated[
+        str | None, typer.Option("--region", help="AWS region (default PATCHFLOW_SSM_REGION / boto3 chain).")
+    ] = None,
+    endpoint_url: Annotated[
+        str | None, typer.Option("--endpoint-url", help="SSM endpoint (a local fake, a VPC endpoint).")
+    ] = None,
+) -> None:
+    """Scan instances (AWS-RunPatchBaseline Operation=Scan, DescribeInstancePatches, package listings) and write
+    patchflow's catalog and inventory, so patchflow's baseline engine decides (``baseline evaluate|compliance``)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from patchflow.executors.ssm import SsmExecutor, make_clients
+
+    settings = get_settings()
+    try:
+        ssm, s3, ec2 = make_clients(
+            region=region or settings.ssm_region, endpoint_url=endpoint_url or settings.ssm_endpoint_url
+        )
+    except BotoCoreError as exc:
+        raise InputError(
+            f"cannot create AWS clients: {exc}; set --region or PATCHFLOW_SSM_REGION and check credentials"
+        ) from None
+    executor = SsmExecutor(
+        ssm,
+        s3,
+        ec2_client=ec2,
+        bucket=bucket or settings.ssm_bucket or "",
+        prefix=settings.ssm_prefix,
+        max_requests_per_second=settings.ssm_max_requests_per_second,
+        poll_initial_seconds=settings.ssm_poll_initial_seconds,
+        poll_max_seconds=settings.ssm_poll_max_seconds,
+    )
+    try:
+        collection = _run(executor.collect(instance or None))
+    except (BotoCoreError, ClientError) as exc:
+        raise PatchflowError(f"AWS refused the scan: {exc}") from None
+    families = {i["platform"]["family"] for i in collection.inventory}
+    if family is None and len(families) > 1:
+        raise InputError(
+            f"the fleet mixes {' and '.join(sorted(families))} instances; choose one with --family"
+        )
+    chosen = collection.only(family.value) if family is not None else collection
+    chosen.write(catalog, inventory)
+    out.print(
+        f"wrote {len(chosen.catalog)} catalog entries to {catalog} and {len(chosen.inventory)} instance(s) to {inventory}"
+    )
+    for instance_id, why in sorted(collection.skipped.items()):
+        err.print(f"skipped {instance_id}: {why}")
+    for note in collection.notes:
+        err.print(f"note: {note}")

@@ -46,7 +46,9 @@ def build_worker(client: Client, task_queue: str, *, factory: ExecutorFactory = 
         activities=[
             acts.resolve_targets,
             acts.next_window,
-            acts.patch_batch,
+            acts.patch_batch,  # kept for waves started before the send/wait split (their histories call it)
+            acts.send_patch_batch,
+            acts.wait_patch_batch,
             acts.rollback_instances,
             acts.health_check,
         ],

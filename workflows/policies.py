@@ -34,5 +34,7 @@ PATCH_RETRY = RetryPolicy(
     maximum_attempts=10,
     non_retryable_error_types=NON_RETRYABLE,
 )
+#: Sending a batch of installs (SSM: a package listing, the override list upload, SendCommand per instance).
+SEND_START_TO_CLOSE = timedelta(minutes=30)
 #: Upper bound for one batch of installs (a kernel update with a reboot can take a while).
 PATCH_START_TO_CLOSE = timedelta(hours=3)

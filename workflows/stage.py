@@ -25,7 +25,7 @@ with workflow.unsafe.imports_passed_through():
         StageRunInput,
         StageRunResult,
     )
-    from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE
+    from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE, SEND_START_TO_CLOSE
 
 
 @workflow.defn
@@ -131,6 +131,8 @@ class StageRunWorkflow:
         )
 
     async def _patch(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
+        if workflow.patched("send-then-wait"):
+            return await self._send_then_wait(inp, batch)
         return await workflow.execute_activity(
             "patch_batch",
             PatchBatchInput(
@@ -149,6 +151,48 @@ class StageRunWorkflow:
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
             summary=f"patch {len(batch)} instance(s) of {inp.stage}",
         )
+
+    async def _send_then_wait(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
+        """Send (a short activity, at most once per operation id), then wait (a long, heartbeating one)."""
+        request = PatchBatchInput(
+            executor=inp.executor,
+            wave_id=inp.wave_id,
+            stage=inp.stage,
+            instance_ids=batch,
+            patches=inp.patches,
+            attempt=inp.attempt,
+        )
+        sent = await workflow.execute_activity(
+            "send_patch_batch",
+            request,
+            result_type=PatchBatchResult,
+            start_to_close_timeout=SEND_START_TO_CLOSE,
+            heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
+            retry_policy=PATCH_RETRY,
+            summary=f"send {len(batch)} install(s) of {inp.stage}",
+        )
+        running = [o.instance_id for o in sent.outcomes if o.status == "started"]
+        if not running:
+            return sent
+        waited = await workflow.execute_activity(
+            "wait_patch_batch",
+            PatchBatchInput(
+                executor=inp.executor,
+                wave_id=inp.wave_id,
+                stage=inp.stage,
+                instance_ids=running,
+                patches=[],
+                attempt=inp.attempt,
+            ),
+            result_type=PatchBatchResult,
+            start_to_close_timeout=PATCH_START_TO_CLOSE,
+            heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
+            retry_policy=PATCH_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=f"wait for {len(running)} install(s) of {inp.stage}",
+        )
+        finished = {o.instance_id: o for o in waited.outcomes}
+        return PatchBatchResult(outcomes=[finished.get(o.instance_id, o) for o in sent.outcomes])
 
     @staticmethod
     def _record(

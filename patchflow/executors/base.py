@@ -4,6 +4,13 @@ Activities call executors; workflows never do. All operations that change an ins
 ``operation_id`` and are idempotent on it: a retried activity (after a worker crash, a timeout, a lost
 response) calling ``install`` again with the same ``operation_id`` gets the recorded result of the first call
 — waiting for it if it is still running — and the instance is never patched twice.
+
+Installs also come in two phases, so that *sending* and *waiting* can be separate Temporal activities with
+their own timeouts and retry policies: :meth:`Executor.start_install` does everything up to and including
+handing the work to the fleet (it is short, and a retry of it must never send twice), and
+:meth:`Executor.finish_install` waits for that work (it is long and heartbeats; a retry of it simply waits
+again). ``install`` is exactly ``start_install`` followed, when the result is not known yet, by
+``finish_install``.
 """
 
 from __future__ import annotations
@@ -12,11 +19,31 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
+from patchflow.errors import NotFoundError
+
 InstallStatus = Literal["succeeded", "failed", "timed_out", "undeliverable"]
 
 #: Statuses that count against a stage's error budget (SSM: Failed and Execution Timed Out). Undeliverable
 #: targets are reported per instance but do not count unless a plan says so.
 ERROR_STATUSES: frozenset[str] = frozenset({"failed", "timed_out"})
+
+
+class OperationNotStartedError(NotFoundError):
+    """``finish_install`` was asked about an operation ``start_install`` never started (or never sent).
+
+    A :class:`~patchflow.errors.NotFoundError` (so a :class:`~patchflow.errors.PatchflowError`): the
+    operation id names nothing the executor knows. It is a caller bug — finish called without a successful
+    start, or with the wrong id — or the state behind the executor was reset (``patchflow fleet reset``, a
+    deleted S3 record); retrying the same call cannot help, calling ``start_install`` again can.
+    """
+
+    def __init__(self, operation_id: str, detail: str = "") -> None:
+        self.operation_id = operation_id
+        super().__init__(
+            f"operation {operation_id!r} was never started"
+            + (f" ({detail})" if detail else "")
+            + ": call start_install with this operation_id first (finish_install only waits)"
+        )
 
 
 @dataclass(frozen=True)
@@ -96,7 +123,40 @@ class Executor(Protocol):
         """Bring every installed package named in ``patches`` (name + arch) up to the pinned version.
 
         Packages not installed are never added; packages already at or above the pinned version are left alone.
-        Idempotent on ``operation_id``.
+        Idempotent on ``operation_id``. Equivalent to :meth:`start_install` then, if that returned None,
+        :meth:`finish_install`.
+        """
+        ...
+
+    async def start_install(
+        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+    ) -> InstallResult | None:
+        """Start the install ``install`` would run, without waiting for it.
+
+        Does everything up to and including handing the work to the instance and recording that durably.
+        Idempotent on ``operation_id``: calling it again — also from another executor object or process after
+        a crash at any point — never starts a second install.
+
+        Returns:
+            None when the install is under way (call :meth:`finish_install`); an :class:`InstallResult` when
+            the operation already has a recorded result or could not be started at all (offline, unmanaged or
+            unsupported instance: ``undeliverable``). Such immediate results are not recorded, so
+            :meth:`finish_install` must not be called for them.
+
+        Raises:
+            ValueError: ``operation_id`` was already used for another instance, kind or package list.
+        """
+        ...
+
+    async def finish_install(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        """Wait for the install :meth:`start_install` started and return its (recorded) result.
+
+        Idempotent: once finished, every call returns the same recorded result; a call after a crash picks
+        the wait up where it was (the install kept running without a watcher).
+
+        Raises:
+            OperationNotStartedError: nothing was started under ``operation_id``.
+            ValueError: ``operation_id`` belongs to another instance or is not an install.
         """
         ...
 

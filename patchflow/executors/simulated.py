@@ -20,6 +20,10 @@ Durability model, mirroring SSM (a command keeps running on the instance when th
    every *overdue* running operation of the instances they look at ("settling"), because on a real fleet the
    instance finished patching whether or not a worker was there to watch.
 
+Installs can also run in two phases (:meth:`SimulatedExecutor.start_install` is step 1,
+:meth:`SimulatedExecutor.finish_install` steps 2–3), so a workflow can send and wait in separate activities;
+``install`` is the two back to back.
+
 Operations are keyed by ``operation_id`` alone (so :meth:`SimulatedExecutor.operation_result` needs nothing
 else): an id names one operation on one instance. Reusing an id for another instance, another kind or other
 packages is a caller bug and raises ``ValueError`` instead of silently returning the other request's result.
@@ -48,6 +52,7 @@ from patchflow.executors.base import (
     HealthResult,
     InstallResult,
     InstanceInfo,
+    OperationNotStartedError,
     Package,
     PackageChange,
 )
@@ -168,10 +173,45 @@ class SimulatedExecutor:
             InvalidVersionError: a pinned version is not valid for the instance's package family.
             ValueError: ``operation_id`` was already used for another instance, kind or package list.
         """
+        started = await self.start_install(instance_id, patches, operation_id=operation_id)
+        if started is not None:
+            return started
+        return await self.finish_install(instance_id, operation_id=operation_id)
+
+    async def start_install(
+        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+    ) -> InstallResult | None:
+        """Record the install as ``running`` (the simulated "send"); None while it runs.
+
+        Returns the recorded result when the operation already finished (also one that finished while
+        nobody waited), or ``undeliverable`` at once for an offline instance (not recorded, like SSM, which
+        never reaches it). Idempotent on ``operation_id``: a second call never starts a second install.
+
+        Raises:
+            NotFoundError: the instance is not in the fleet.
+            InvalidVersionError: a pinned version is not valid for the instance's package family.
+            ValueError: ``operation_id`` was already used for another instance, kind or package list.
+        """
         instance = self._instance(instance_id)
         if instance.behaviour.offline:
             return _undeliverable(instance)
-        return await self._operate("install", instance, _request("install", instance, patches), operation_id)
+        request = _request("install", instance, patches)
+        begun = await asyncio.to_thread(self._begin, "install", instance, request, operation_id)
+        return begun if isinstance(begun, InstallResult) else None
+
+    async def finish_install(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        """Wait for the remaining simulated time of a started install, complete it once, return its result.
+
+        Raises:
+            NotFoundError: the instance is not in the fleet.
+            OperationNotStartedError: no install was started under ``operation_id`` (also after a reset).
+            ValueError: ``operation_id`` belongs to another instance or to a restore.
+        """
+        instance = self._instance(instance_id)
+        timing = await asyncio.to_thread(self._started, "install", instance, operation_id)
+        if isinstance(timing, InstallResult):
+            return timing
+        return await self._wait_and_finish(instance, operation_id, *timing)
 
     async def restore(
         self, instance_id: str, packages: Sequence[Package], *, operation_id: str
@@ -271,12 +311,40 @@ class SimulatedExecutor:
         begun = await asyncio.to_thread(self._begin, kind, instance, request, operation_id)
         if isinstance(begun, InstallResult):
             return begun
-        started_at, duration = begun
+        return await self._wait_and_finish(instance, operation_id, *begun)
+
+    async def _wait_and_finish(
+        self, instance: FleetInstance, operation_id: str, started_at: float, duration: float
+    ) -> InstallResult:
         # Clamped: a clock that went backwards must not make a retry wait longer than the whole operation.
         remaining = min(duration, max(0.0, started_at + duration - self._clock()))
         if remaining > 0:
             await asyncio.sleep(remaining)
         return await asyncio.to_thread(self._finish, instance, operation_id)
+
+    def _started(
+        self, kind: Kind, instance: FleetInstance, operation_id: str
+    ) -> InstallResult | tuple[float, float]:
+        """A started operation's result if done, else its timing; never starts anything."""
+        self._ensure_ready()
+        with self._transaction() as conn:
+            self._settle(conn, instance.id)
+            row = conn.execute(
+                "SELECT instance_id, kind, status, started_at, duration_seconds, result FROM operations "
+                "WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
+        if row is None:
+            raise OperationNotStartedError(
+                operation_id, f"no such operation in simulated fleet {self.fleet.name!r}"
+            )
+        owner, old_kind, status, started_at, duration, result = row
+        if owner != instance.id or old_kind != kind:
+            raise ValueError(
+                f"operation_id {operation_id!r} names the {old_kind} on {owner}; expected the {kind} on "
+                f"{instance.id}"
+            )
+        return _load_result(result) if status == "done" else (started_at, duration)
 
     def _begin(
         self, kind: Kind, instance: FleetInstance, request: Request, operation_id: str

@@ -13,7 +13,9 @@ metrics behave the same for every executor; SSM's limit of 50 ids per command is
   Manager's compliance rows give the **available** version for a package with a pending update
   (``MISSING``), so the installed version of exactly the packages that matter is not there.
   :meth:`SsmExecutor.patch_states` runs ``AWS-RunPatchBaseline`` ``Scan`` and returns those rows (Linux
-  ``KBId`` = ``name.arch``, ``Title`` = ``name.arch:epoch:version-release``) for catalog and compliance use.
+  ``KBId`` = ``name.arch``, ``Title`` = ``name.arch:epoch:version-release``);
+  :meth:`SsmExecutor.collect` turns scans of many instances into patchflow's catalog and inventory files
+  (:mod:`patchflow.ssm_inventory`), so patchflow's baseline engine — not the node's SSM baseline — decides.
 * **install** — the pinned set becomes an ``InstallOverrideList`` YAML (content-addressed under
   ``{prefix}/override-lists/``), sent with ``AWS-RunPatchBaseline`` ``Operation=Install``, an explicit
   ``SnapshotId`` (a UUID derived from the operation id's first segment — the wave id in patchflow's
@@ -37,10 +39,16 @@ may run on another worker host: S3 is shared by all of them, strongly consistent
 already required for the override lists. (Two attempts of one operation running *at the same moment* could
 still both send; Temporal's heartbeat timeout makes that a crash-recovery race only.)
 
+**Send and wait apart.** :meth:`SsmExecutor.start_install` stops right after that record write and
+:meth:`SsmExecutor.finish_install` does the waiting below, so a workflow can run them as two activities: a
+short, retried "send" that is safe to repeat, and a long, heartbeating "wait" that never sends the
+operation's command (it only reads the record; with no record it raises ``OperationNotStartedError``).
+
 **Waiting** polls ``GetCommandInvocation`` (``PluginName`` ``PatchLinux`` for the multi-step patch document)
 with exponential backoff, treats ``InvocationDoesNotExist`` right after a send as "not visible yet" for
 ``not_found_grace_seconds``, and leaves throttling to botocore's ``adaptive`` retry mode (see
-:func:`make_clients`) plus a client-side request rate (``max_requests_per_second``). A wait that is cancelled
+:func:`make_clients`) plus a client-side request rate (``max_requests_per_second``); a poll still throttled
+after botocore's retries only makes the next poll come later. A wait that is cancelled
 (worker shutdown, activity cancellation) leaves the command running — like a crashed worker, a retry picks it
 up; :meth:`SsmExecutor.cancel` cancels an operation's command explicitly.
 
@@ -75,9 +83,11 @@ from patchflow.executors.base import (
     InstallResult,
     InstallStatus,
     InstanceInfo,
+    OperationNotStartedError,
     Package,
     PackageChange,
 )
+from patchflow.ssm_inventory import Collection, InstanceScan, build_collection
 
 __all__ = [
     "MAX_INSTANCES_PER_COMMAND",
@@ -112,6 +122,9 @@ SNAPSHOT_NAMESPACE: Final = uuid.UUID("5b0c7a3e-8f1d-4d52-9f0e-2a6c1b7d9e41")
 _UNDELIVERED: Final = frozenset({"Delivery Timed Out", "Undeliverable", "Invalid Platform", "Access Denied"})
 _TERMINAL: Final = frozenset(
     {"Success", "Failed", "Execution Timed Out", "Cancelled", "Canceled", "Terminated", *_UNDELIVERED}
+)
+_THROTTLED: Final = frozenset(
+    {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 )
 _DEB_PLATFORMS: Final = {"ubuntu": "Ubuntu", "debian": "Debian", "raspbian": "Raspbian"}
 _RPM_PLATFORMS: Final = {
@@ -462,9 +475,67 @@ class SsmExecutor:
     async def patch_states(self, instance_id: str) -> list[InstancePatch]:
         """``AWS-RunPatchBaseline`` ``Scan``, then the instance's ``DescribeInstancePatches`` rows."""
         await self._require_managed(instance_id)
+        rows, _ = await self._scan_patches(instance_id)
+        return rows
+
+    async def collect(
+        self, instance_ids: Sequence[str] | None = None, *, concurrency: int = 10
+    ) -> Collection:
+        """Scan instances and return patchflow's catalog and inventory of them (:mod:`patchflow.ssm_inventory`).
+
+        Per instance: ``AWS-RunPatchBaseline`` ``Scan``; ``DescribeInstancePatchStates`` until it shows that
+        scan (compliance data may lag the command); ``DescribeInstancePatches``; the package listing
+        (installed versions). Instances run ``concurrency`` at a time (the request rate limit still applies).
+
+        Args:
+            instance_ids: the instances; None = every instance discovery reports.
+
+        Returns:
+            A :class:`~patchflow.ssm_inventory.Collection`: ``catalog`` and ``inventory`` (lists of dicts in
+            patchflow's file formats; ``.write(catalog_path, inventory_path)`` saves them, ``.only(family)``
+            keeps one package family), ``skipped`` (instance → why it has no inventory entry: unknown,
+            offline, not Linux deb/rpm, or its scan/listing ended without Success) and ``notes``.
+        """
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, got {concurrency}")
+        known = {i.instance_id: i for i in await self.discover()}
+        wanted = list(dict.fromkeys(instance_ids)) if instance_ids is not None else sorted(known)
+        skipped: dict[str, str] = {}
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(instance_id: str) -> InstanceScan | None:
+            info = known.get(instance_id)
+            problem = _undeliverable_reason(instance_id, info)
+            if problem:
+                skipped[instance_id] = problem.replace("not attempted", "not scanned")
+                return None
+            assert info is not None and info.family is not None
+            async with gate:
+                try:
+                    rows, state = await self._scan_patches(instance_id)
+                    installed = await self._query(instance_id, info.family)
+                except SsmCommandLost as exc:  # SsmCommandEnded too: the node could not scan or list
+                    skipped[instance_id] = f"not scanned: {exc}"
+                    return None
+            return InstanceScan(
+                instance_id=instance_id,
+                family=info.family,
+                product=info.product,
+                patch_group=info.patch_group or (state or {}).get("PatchGroup") or None,
+                installed=tuple(installed),
+                patches=tuple(rows),
+            )
+
+        scans = await asyncio.gather(*(one(i) for i in wanted))
+        return build_collection([s for s in scans if s is not None], skipped)
+
+    async def _scan_patches(self, instance_id: str) -> tuple[list[InstancePatch], dict[str, Any] | None]:
+        """Run a Scan and read its compliance rows (and patch state, once it reflects this scan)."""
+        sent = time.time()
         await self._run(instance_id, PATCH_DOCUMENT, {"Operation": ["Scan"]}, "patchflow patch scan")
+        state = await self._fresh_patch_state(instance_id, sent)
         rows = await self._pages(self.ssm.describe_instance_patches, "Patches", InstanceId=instance_id)
-        out = []
+        out: list[InstancePatch] = []
         for row in rows:
             package = parse_title(row.get("Title", ""), row.get("KBId", ""))
             out.append(
@@ -481,18 +552,91 @@ class SsmExecutor:
                     installed_time=row.get("InstalledTime"),
                 )
             )
-        return out
+        return out, state
+
+    async def _fresh_patch_state(self, instance_id: str, since: float) -> dict[str, Any] | None:
+        """The instance's ``DescribeInstancePatchStates`` entry once its ``OperationEndTime`` is not older than
+        the scan we sent at ``since`` (minus clock skew): the command reports Success when the agent exits,
+        the compliance upload may land a little later, and reading rows before it would silently return the
+        previous scan's. After ``not_found_grace_seconds`` the rows are read anyway (an older agent may not
+        report patch states at all); None if there is no entry."""
+        deadline = time.monotonic() + self.not_found_grace_seconds
+        delay = self.poll_initial_seconds
+        while True:
+            states = (await self._call(self.ssm.describe_instance_patch_states, InstanceIds=[instance_id]))[
+                "InstancePatchStates"
+            ]
+            state: dict[str, Any] | None = states[0] if states else None
+            ended = state.get("OperationEndTime") if state else None
+            if isinstance(ended, datetime) and ended.timestamp() >= since - 300:  # clock skew margin
+                return state
+            if time.monotonic() >= deadline:
+                return state
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, self.poll_max_seconds)
 
     async def install(
         self, instance_id: str, patches: Sequence[Package], *, operation_id: str
     ) -> InstallResult:
         """Install the pinned versions through ``AWS-RunPatchBaseline``; idempotent on ``operation_id``.
 
+        :meth:`start_install` then :meth:`finish_install`, in one call.
+
         Raises:
             InvalidVersionError: a pinned version is not valid for the instance's package family.
             ValueError: ``operation_id`` was already used for another instance, kind or package list.
         """
         return await self._operate("install", instance_id, patches, operation_id)
+
+    async def start_install(
+        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+    ) -> InstallResult | None:
+        """Send the install and record its command id; None once it is under way.
+
+        Pre-install package listing, operation record, override list to S3, ``SendCommand``, command id into
+        the record — then return without waiting. A second call (a retried activity, another worker) finds
+        the recorded command id, or the command itself by its ``Comment`` through ``ListCommands`` when the
+        worker died between the send and the record write, and never sends again.
+
+        Returns:
+            None: the command is sent (call :meth:`finish_install`). An :class:`InstallResult`: the result
+            recorded by an earlier finish; or, with nothing sent and nothing recorded, ``undeliverable`` for
+            an offline, unmanaged or unsupported node, or the status of the pre-install listing when the node
+            could not even list its packages. A command that ended while nobody waited still gives None
+            here: recording its result needs the post-install listing, which belongs to
+            :meth:`finish_install`.
+
+        Raises:
+            InvalidVersionError: a pinned version is not valid for the instance's package family.
+            ValueError: ``operation_id`` was already used for another instance, kind or package list.
+        """
+        started = await self._start("install", instance_id, patches, operation_id)
+        return started if isinstance(started, InstallResult) else None
+
+    async def finish_install(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        """Wait for the command :meth:`start_install` sent, list packages again, record and return the result.
+
+        Polls ``GetCommandInvocation`` with backoff (``InvocationDoesNotExist`` right after the send and
+        throttling are waited out). Idempotent: a finished operation returns its recorded result without any
+        SSM call; a retry after a crash simply waits again for the same command.
+
+        Raises:
+            OperationNotStartedError: no operation record for ``operation_id`` (start_install never ran, or
+                returned an immediate result), or the record exists but no command was ever sent.
+            ValueError: ``operation_id`` belongs to another instance or to a restore.
+            SsmCommandLost: the command's invocation never became visible (retryable).
+        """
+        record = await self._load(operation_id)
+        if record is None:
+            raise OperationNotStartedError(
+                operation_id, f"no operation record at s3://{self.bucket}/{self._record_key(operation_id)}"
+            )
+        if (record["instance_id"], record["kind"]) != (instance_id, "install"):
+            raise ValueError(
+                f"operation_id {operation_id!r} names the {record['kind']} on {record['instance_id']}; "
+                f"expected the install on {instance_id}"
+            )
+        return await self._finish(record)
 
     async def restore(
         self, instance_id: str, packages: Sequence[Package], *, operation_id: str
@@ -560,6 +704,14 @@ class SsmExecutor:
     async def _operate(
         self, kind: str, instance_id: str, packages: Sequence[Package], operation_id: str
     ) -> InstallResult:
+        started = await self._start(kind, instance_id, packages, operation_id)
+        return started if isinstance(started, InstallResult) else await self._finish(started)
+
+    async def _start(
+        self, kind: str, instance_id: str, packages: Sequence[Package], operation_id: str
+    ) -> InstallResult | dict[str, Any]:
+        """Everything up to and including the send: the operation record (with its command id), or an
+        immediate result (recorded earlier, or nothing could be sent)."""
         record = await self._load(operation_id)
         if record is not None:
             request = _request(record["family"], kind, packages)
@@ -611,8 +763,23 @@ class SsmExecutor:
                 )
             record["command_id"], record["sent_at"] = found
             await self._save(record)  # first thing after the send: a retry must never send again
+        return record
+
+    async def _finish(self, record: dict[str, Any]) -> InstallResult:
+        """Wait for the record's command and complete the record; never sends the operation's command."""
+        recorded = _result_from(record)
+        if recorded is not None:
+            return recorded
+        if not record["command_id"]:  # the starter died after the send, before recording the id
+            found = await self._find_command(record)
+            if found is None:
+                raise OperationNotStartedError(
+                    record["operation_id"], "its record exists but no command was ever sent"
+                )
+            record["command_id"], record["sent_at"] = found
+            await self._save(record)
         invocation = await self._wait(
-            record["command_id"], instance_id, _plugin_arg(record["document"]).get("PluginName")
+            record["command_id"], record["instance_id"], _plugin_arg(record["document"]).get("PluginName")
         )
         return await self._complete(record, invocation)
 
@@ -711,7 +878,10 @@ class SsmExecutor:
         return str(response["Command"]["CommandId"])
 
     async def _wait(self, command_id: str, instance_id: str, plugin: str | None) -> dict[str, Any]:
-        """Poll until the invocation is terminal, with backoff; tolerate InvocationDoesNotExist briefly."""
+        """Poll until the invocation is terminal, with backoff; tolerate InvocationDoesNotExist briefly.
+
+        Throttling that outlasts botocore's own retries only delays the next poll: a wait may last an hour,
+        and failing it over a busy minute would only make the activity retry and wait again."""
         delay = self.poll_initial_seconds
         first_missing: float | None = None
         while True:
@@ -723,7 +893,12 @@ class SsmExecutor:
                     **({"PluginName": plugin} if plugin else {}),
                 )
             except ClientError as exc:
-                if _error_code(exc) != "InvocationDoesNotExist":
+                code = _error_code(exc)
+                if code in _THROTTLED:  # botocore's retries gave up; a poll can simply come later
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, self.poll_max_seconds)
+                    continue
+                if code != "InvocationDoesNotExist":
                     raise
                 first_missing = first_missing or time.monotonic()
                 if time.monotonic() - first_missing > self.not_found_grace_seconds:

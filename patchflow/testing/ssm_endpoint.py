@@ -18,7 +18,9 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
   nothing runs in the background; a command finishes on the instance whether or not anybody polls.
 * **Documents**: ``AWS-RunPatchBaseline`` ``Scan`` records patch compliance (``DescribeInstancePatches``,
   ``DescribeInstancePatchStates``); ``Install`` reads the ``InstallOverrideList`` YAML from (moto's) S3 and
-  upgrades installed packages accordingly. ``AWS-RunShellScript`` understands the few commands patchflow
+  upgrades installed packages accordingly. An Install that ends ``Failed`` or ``Execution Timed Out`` leaves the
+  packages it would have upgraded ``FAILED`` (instead of ``MISSING``) until they change; ``NoReboot`` leaves
+  what it upgraded ``INSTALLED_PENDING_REBOOT``. ``AWS-RunShellScript`` understands the few commands patchflow
   sends (a ``dpkg-query``/``rpm -qa`` package listing, ``apt-get install --allow-downgrades name=version``,
   ``dnf``/``yum downgrade NEVRA``, ``exit N``); other lines succeed and do nothing.
 * **Scripted outcomes** per instance (:meth:`SsmEndpoint.script`): ``fail``, ``timeout`` (Execution Timed
@@ -194,6 +196,8 @@ class _Instance:
     installed_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
     scripts: list[_Script] = field(default_factory=list)
     pending_reboot: set[tuple[str, str]] = field(default_factory=set)
+    failed: set[tuple[str, str]] = field(default_factory=set)
+    """Packages the last failed Install could not upgrade: reported FAILED instead of MISSING until they change."""
     patch_rows: list[dict[str, Any]] | None = None
     """Compliance from the last Scan/Install (None before the first one)."""
     patch_state: dict[str, Any] | None = None
@@ -950,10 +954,12 @@ class SsmEndpoint:
 
     def _run(self, command: _Command, inv: _Invocation) -> tuple[str, str, int, str, str]:
         """What the agent does when the invocation completes: (Status, StatusDetails, code, stdout, stderr)."""
+        inst = self._instances[inv.instance_id]
         if inv.outcome in _FAILURES:
             status, details, code = _FAILURES[inv.outcome]
+            if inv.kind == "install" and details in _ERROR_DETAILS and inst.family is not None:
+                self._fail_install(command, inst)  # the agent ran and failed: Patch Manager reports FAILED
             return (status, details, code, "", f"scripted outcome: {inv.outcome}")
-        inst = self._instances[inv.instance_id]
         if inst.family is None:
             return (
                 "Failed",
@@ -970,7 +976,6 @@ class SsmEndpoint:
         assert inst.family is not None
         operation = command.parameters["Operation"][0]
         reboot = command.parameters.get("RebootOption", ["RebootIfNeeded"])[0]
-        override_url = command.parameters.get("InstallOverrideList", [""])[0]
         lines: list[str] = []
         if command.override_problem:
             return ("Failed", "Failed", 1, "", command.override_problem)
@@ -982,6 +987,7 @@ class SsmEndpoint:
                 if target is not None:
                     inst.packages[key] = target
                     inst.installed_at[key] = now
+                    inst.failed.discard(key)
                     installed_now.append(key)
                     lines.append(f"Installed {key[0]}.{key[1]} {have} -> {target}")
             if reboot == "NoReboot":
@@ -989,6 +995,31 @@ class SsmEndpoint:
             elif installed_now or inst.pending_reboot:
                 inst.pending_reboot.clear()
                 lines.append("Rebooting the instance (RebootIfNeeded)")
+        counts = self._record_compliance(command, inst, now)
+        if operation == "Install" and reboot == "NoReboot":
+            assert inst.patch_state is not None
+            inst.patch_state["LastNoRebootInstallOperationTime"] = now
+        lines.append(
+            f"Installed count: {counts['INSTALLED']}, Installed Other count: {counts['INSTALLED_OTHER']}, "
+            f"Installed Pending Reboot count: {counts['INSTALLED_PENDING_REBOOT']}, Failed count: "
+            f"{counts['FAILED']}, Missing count: {counts['MISSING']}"
+        )
+        return ("Success", "Success", 0, "\n".join(lines) + "\n", "")
+
+    def _fail_install(self, command: _Command, inst: _Instance) -> None:
+        """A failed Install: what it would have upgraded becomes FAILED in the node's compliance."""
+        if command.override_problem:
+            return  # the document failed before looking at any package
+        for key, have in inst.packages.items():
+            if self._install_target(inst, key, have, command.override) is not None:
+                inst.failed.add(key)
+        self._record_compliance(command, inst, datetime.fromtimestamp(self._clock(), UTC))
+
+    def _record_compliance(self, command: _Command, inst: _Instance, now: datetime) -> Counter[str]:
+        """Rewrite the node's DescribeInstancePatches rows and patch state from its packages now."""
+        operation = command.parameters["Operation"][0]
+        reboot = command.parameters.get("RebootOption", ["RebootIfNeeded"])[0]
+        override_url = command.parameters.get("InstallOverrideList", [""])[0]
         rows = self._compliance_rows(inst)
         counts = Counter(r["State"] for r in rows)
         inst.patch_rows = rows
@@ -1012,17 +1043,12 @@ class SsmEndpoint:
             "Operation": operation,
             "RebootOption": reboot,
             "CriticalNonCompliantCount": 0,
-            "SecurityNonCompliantCount": counts["MISSING"] + counts["INSTALLED_PENDING_REBOOT"],
+            "SecurityNonCompliantCount": sum(
+                counts[s] for s in ("MISSING", "FAILED", "INSTALLED_PENDING_REBOOT")
+            ),
             "OtherNonCompliantCount": 0,
         }
-        if operation == "Install" and reboot == "NoReboot":
-            inst.patch_state["LastNoRebootInstallOperationTime"] = now
-        lines.append(
-            f"Installed count: {counts['INSTALLED']}, Installed Other count: {counts['INSTALLED_OTHER']}, "
-            f"Installed Pending Reboot count: {counts['INSTALLED_PENDING_REBOOT']}, Failed count: "
-            f"{counts['FAILED']}, Missing count: {counts['MISSING']}"
-        )
-        return ("Success", "Success", 0, "\n".join(lines) + "\n", "")
+        return counts
 
     def _install_target(
         self, inst: _Instance, key: tuple[str, str], have: str, override: list[dict[str, Any]] | None
@@ -1066,7 +1092,7 @@ class SsmEndpoint:
                         "KBId": kb_id,
                         "Classification": best.classification,
                         "Severity": best.severity,
-                        "State": "MISSING",
+                        "State": "FAILED" if (name, arch) in inst.failed else "MISSING",
                         "InstalledTime": datetime.fromtimestamp(0, UTC),
                         "CVEIds": ",".join(best.cve_ids),
                     }
@@ -1117,6 +1143,7 @@ class SsmEndpoint:
                             inst.packages[key] = wanted[2]
                             inst.installed_at[key] = now
                             inst.pending_reboot.discard(key)
+                            inst.failed.discard(key)
             elif words[0] == "exit" and len(words) > 1 and words[1] != "0":
                 return ("Failed", "Failed", int(words[1]), "\n".join(out), f"exit {words[1]}")
         return ("Success", "Success", 0, "\n".join(out) + ("\n" if out else ""), "")

@@ -25,7 +25,7 @@ import pytest
 from patchflow import versions
 from patchflow.catalog import load_catalog
 from patchflow.errors import InputError, InvalidVersionError, NotFoundError
-from patchflow.executors.base import InstallResult, Package, PackageChange
+from patchflow.executors.base import InstallResult, OperationNotStartedError, Package, PackageChange
 from patchflow.executors.simulated import SimulatedExecutor, default_state_path
 from patchflow.fleet import MAX_INSTANCES, Behaviour, Fleet, generated_id, load_fleet
 from tests.conftest import EXAMPLES_DIR, REPO_ROOT
@@ -535,6 +535,77 @@ def test_failure_reboot_and_offline(make_executor: Callable[..., SimulatedExecut
     assert [row[1] for row in operation_rows(tmp_path / "state.sqlite")].count("i-offline") == 0
     with pytest.raises(NotFoundError):
         run(executor.install("i-nope", OPENSSL_FIX, operation_id="op-nope"))
+
+
+def test_start_install_twice_and_from_a_new_executor_starts_one_install(
+    make_executor: Callable[..., SimulatedExecutor], tmp_path: Path
+) -> None:
+    async def openssl(executor: SimulatedExecutor) -> str:
+        return next(p.version for p in await executor.scan("i-deb") if p.name == "openssl")
+
+    async def scenario() -> None:
+        executor = make_executor(time_scale=0.2)
+        assert await executor.start_install("i-deb", OPENSSL_FIX, operation_id="op") is None
+        assert await executor.start_install("i-deb", OPENSSL_FIX, operation_id="op") is None
+        # A worker that died right after the start: a new executor object on the same state.
+        assert (
+            await make_executor(time_scale=0.2).start_install("i-deb", OPENSSL_FIX, operation_id="op") is None
+        )
+        rows = operation_rows(tmp_path / "state.sqlite")
+        assert [(r[0], r[1], r[2]) for r in rows] == [("op", "i-deb", "running")]
+        assert await openssl(executor) == "3.0.2-0ubuntu1.10"  # started, not done
+        with pytest.raises(ValueError, match="already used for a different request"):
+            await executor.start_install(
+                "i-deb", [Package("curl", "amd64", "7.81.0-1ubuntu1.18")], operation_id="op"
+            )
+
+        finished = await make_executor(time_scale=0.2).finish_install("i-deb", operation_id="op")
+
+        assert finished.status == "succeeded" and len(finished.changed) == 1
+        assert await make_executor().finish_install("i-deb", operation_id="op") == finished  # recorded
+        assert await executor.start_install("i-deb", OPENSSL_FIX, operation_id="op") == finished
+        assert await executor.install("i-deb", OPENSSL_FIX, operation_id="op") == finished
+        assert counts(executor, "i-deb") == (1, 0)
+        assert await openssl(executor) == "3.0.2-0ubuntu1.15"
+
+    run(scenario())
+
+
+def test_finish_install_waits_only_for_the_remaining_time(
+    make_executor: Callable[..., SimulatedExecutor],
+) -> None:
+    async def scenario() -> float:
+        executor = make_executor(time_scale=0.3)  # a 0.3 s install
+        assert await executor.start_install("i-deb", OPENSSL_FIX, operation_id="op") is None
+        await asyncio.sleep(0.2)
+        begin = time.monotonic()
+        await make_executor(time_scale=0.3).finish_install("i-deb", operation_id="op")
+        return time.monotonic() - begin
+
+    assert run(scenario()) < 0.2
+
+
+def test_finish_install_without_start_is_a_clear_error(
+    make_executor: Callable[..., SimulatedExecutor],
+) -> None:
+    executor = make_executor()
+    with pytest.raises(OperationNotStartedError, match="'never' was never started") as raised:
+        run(executor.finish_install("i-deb", operation_id="never"))
+    assert isinstance(raised.value, NotFoundError)
+    # Offline: start answers at once and records nothing, so there is nothing to finish.
+    offline = run(executor.start_install("i-offline", OPENSSL_FIX, operation_id="off"))
+    assert offline is not None and offline.status == "undeliverable"
+    with pytest.raises(OperationNotStartedError):
+        run(executor.finish_install("i-offline", operation_id="off"))
+    # An id of another instance's install, or of a restore, is refused rather than answered.
+    assert run(executor.start_install("i-deb", OPENSSL_FIX, operation_id="op")) is None
+    with pytest.raises(ValueError, match="names the install on i-deb; expected the install on i-reboot"):
+        run(executor.finish_install("i-reboot", operation_id="op"))
+    run(executor.restore("i-deb", OPENSSL_FIX, operation_id="rb"))
+    with pytest.raises(ValueError, match="names the restore on i-deb"):
+        run(executor.finish_install("i-deb", operation_id="rb"))
+    with pytest.raises(NotFoundError):
+        run(executor.finish_install("i-nope", operation_id="op"))
 
 
 def test_restore_is_idempotent_and_never_adds(make_executor: Callable[..., SimulatedExecutor]) -> None:

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 import yaml
 
-from patchflow.executors.base import Package
+from patchflow.errors import NotFoundError, PatchflowError
+from patchflow.executors.base import OperationNotStartedError, Package
 from patchflow.executors.ssm import (
     SsmExecutor,
     command_comment,
@@ -304,7 +305,7 @@ async def test_a_retry_after_a_crash_finds_the_command_instead_of_sending(
 ) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
     op = "wave-d/dev/i-0dev0000000000001/install/0"
-    options = {
+    options: dict[str, Any] = {
         "bucket": BUCKET,
         "prefix": "pf",
         "max_requests_per_second": None,
@@ -321,6 +322,136 @@ async def test_a_retry_after_a_crash_finds_the_command_instead_of_sending(
     commands = install_commands(endpoint, "i-0dev0000000000001")
     assert len(commands) == 1 and result.message.endswith("2 package(s) upgraded, rebooted")
     assert commands[0]["CommandId"] in result.message
+
+
+# ------------------------------------------------------------------------------- two-phase installs
+
+
+QUICK: dict[str, Any] = {
+    "bucket": BUCKET,
+    "prefix": "pf",
+    "max_requests_per_second": None,
+    "poll_initial_seconds": 0.05,
+    "poll_max_seconds": 0.2,
+}
+"""Settings of the crashing executor subclasses (which are built directly, not through :func:`executor`)."""
+
+
+def patch_command_count(ep: SsmEndpoint, instance_id: str) -> int:
+    return ep.command_count(instance_id, document="AWS-RunPatchBaseline")
+
+
+async def test_start_install_twice_and_after_a_crash_sends_exactly_one_command(endpoint: SsmEndpoint) -> None:
+    ubuntu(endpoint, "i-0dev0000000000001")
+    ubuntu(endpoint, "i-0dev0000000000002")
+    op = "wave-p/dev/i-0dev0000000000001/install/0"
+    ex = executor(endpoint)
+    assert await ex.start_install("i-0dev0000000000001", PINNED, operation_id=op) is None
+    assert await ex.start_install("i-0dev0000000000001", PINNED, operation_id=op) is None
+    assert await executor(endpoint).start_install("i-0dev0000000000001", PINNED, operation_id=op) is None
+    assert patch_command_count(endpoint, "i-0dev0000000000001") == 1
+
+    # The worker dies right after SendCommand returned, before the command id reached the record: the
+    # retried start finds the command by its Comment instead of sending another.
+    crashed_op = "wave-p/dev/i-0dev0000000000002/install/0"
+    dying = CrashAfterSend(endpoint.client("ssm"), endpoint.client("s3"), **QUICK)
+    with pytest.raises(Crash):
+        await dying.start_install("i-0dev0000000000002", PINNED, operation_id=crashed_op)
+    assert patch_command_count(endpoint, "i-0dev0000000000002") == 1
+    assert (
+        await executor(endpoint).start_install("i-0dev0000000000002", PINNED, operation_id=crashed_op) is None
+    )
+    assert (
+        await executor(endpoint).start_install("i-0dev0000000000002", PINNED, operation_id=crashed_op) is None
+    )
+    assert patch_command_count(endpoint, "i-0dev0000000000002") == 1
+
+    result = await executor(endpoint).finish_install("i-0dev0000000000002", operation_id=crashed_op)
+    assert result.status == "succeeded" and len(result.changed) == 2
+    (command,) = install_commands(endpoint, "i-0dev0000000000002")
+    assert command["CommandId"] in result.message
+    # Finished: start returns the recorded result and still sends nothing.
+    assert await ex.start_install("i-0dev0000000000002", PINNED, operation_id=crashed_op) == result
+    assert patch_command_count(endpoint, "i-0dev0000000000002") == 1
+    with pytest.raises(ValueError, match="already used for a different request"):
+        await ex.start_install("i-0dev0000000000002", PINNED[:1], operation_id=crashed_op)
+
+
+async def test_finish_install_from_a_new_executor_returns_the_recorded_result(endpoint: SsmEndpoint) -> None:
+    ubuntu(endpoint, "i-0dev0000000000001")
+    endpoint.script("i-0dev0000000000001", "slow", seconds=0.4)
+    op = "wave-q/dev/i-0dev0000000000001/install/0"
+    assert await executor(endpoint).start_install("i-0dev0000000000001", PINNED, operation_id=op) is None
+    assert endpoint.packages("i-0dev0000000000001")["openssl.amd64"] == OPENSSL_OLD  # sent, not waited for
+
+    finished = await executor(endpoint).finish_install("i-0dev0000000000001", operation_id=op)
+
+    assert finished.status == "succeeded" and finished.rebooted
+    assert {(c.name, c.to_version) for c in finished.changed} == {
+        ("openssl", OPENSSL_NEW),
+        ("curl", CURL_NEW),
+    }
+    assert endpoint.packages("i-0dev0000000000001")["openssl.amd64"] == OPENSSL_NEW
+    requests = endpoint.requests["GetCommandInvocation"]
+    again = await executor(endpoint).finish_install("i-0dev0000000000001", operation_id=op)
+    assert again == finished
+    assert endpoint.requests["GetCommandInvocation"] == requests  # answered from the record, no SSM call
+    assert await executor(endpoint).operation_result(op) == finished
+    assert patch_command_count(endpoint, "i-0dev0000000000001") == 1
+
+
+async def test_finish_install_without_start_is_a_clear_error(endpoint: SsmEndpoint) -> None:
+    ubuntu(endpoint, "i-0dev0000000000001")
+    ubuntu(endpoint, "i-0dev0000000000002", online=False)
+    ex = executor(endpoint)
+    with pytest.raises(OperationNotStartedError, match="never started.*call start_install") as raised:
+        await ex.finish_install("i-0dev0000000000001", operation_id="wave-r/dev/1/install/0")
+    assert isinstance(raised.value, NotFoundError) and isinstance(raised.value, PatchflowError)
+    assert raised.value.operation_id == "wave-r/dev/1/install/0"
+
+    # An immediate result (offline: nothing sent) is not recorded: there is nothing to finish.
+    offline = await ex.start_install("i-0dev0000000000002", PINNED, operation_id="wave-r/dev/2/install/0")
+    assert offline is not None and offline.status == "undeliverable"
+    with pytest.raises(OperationNotStartedError):
+        await ex.finish_install("i-0dev0000000000002", operation_id="wave-r/dev/2/install/0")
+
+    # A record without a command (the starter died before sending): finish never sends, start does.
+    op = "wave-r/dev/1/install/1"
+
+    class CrashBeforeSend(SsmExecutor):
+        async def _send(self, instance_id: str, document: str, parameters: Any, comment: str) -> str:
+            if document == "AWS-RunPatchBaseline":
+                raise Crash
+            return await super()._send(instance_id, document, parameters, comment)
+
+    with pytest.raises(Crash):
+        await CrashBeforeSend(endpoint.client("ssm"), endpoint.client("s3"), **QUICK).start_install(
+            "i-0dev0000000000001", PINNED, operation_id=op
+        )
+    with pytest.raises(OperationNotStartedError, match="no command was ever sent"):
+        await ex.finish_install("i-0dev0000000000001", operation_id=op)
+    assert patch_command_count(endpoint, "i-0dev0000000000001") == 0
+    assert await ex.start_install("i-0dev0000000000001", PINNED, operation_id=op) is None
+    with pytest.raises(ValueError, match="expected the install on i-0dev0000000000002"):
+        await ex.finish_install("i-0dev0000000000002", operation_id=op)
+    assert (await ex.finish_install("i-0dev0000000000001", operation_id=op)).status == "succeeded"
+    assert patch_command_count(endpoint, "i-0dev0000000000001") == 1
+
+
+async def test_finish_install_waits_out_throttling(endpoint: SsmEndpoint) -> None:
+    ubuntu(endpoint, "i-0dev0000000000001")
+    endpoint.script("i-0dev0000000000001", "slow", seconds=0.8)
+    op = "wave-s/dev/i-0dev0000000000001/install/0"
+    ex = executor(endpoint)  # the endpoint's clients make one attempt: every throttle reaches the executor
+    assert await ex.start_install("i-0dev0000000000001", PINNED, operation_id=op) is None
+    endpoint.throttle_rate = 1
+    waiting = asyncio.create_task(ex.finish_install("i-0dev0000000000001", operation_id=op))
+    while endpoint.errors["ThrottlingException"] < 2:
+        await asyncio.sleep(0.05)
+    assert not waiting.done()
+    endpoint.throttle_rate = None
+    result = await asyncio.wait_for(waiting, 5)
+    assert result.status == "succeeded" and len(result.changed) == 2
 
 
 async def test_invocation_does_not_exist_right_after_send_is_survived(endpoint: SsmEndpoint) -> None:
@@ -420,7 +551,7 @@ async def test_operation_result_completes_a_command_nobody_waited_for(endpoint: 
     ubuntu(endpoint, "i-0dev0000000000001")
     endpoint.script("i-0dev0000000000001", "slow", seconds=0.8)
     op = "wave-i/dev/i-0dev0000000000001/install/0"
-    options = {
+    options: dict[str, Any] = {
         "bucket": BUCKET,
         "prefix": "pf",
         "max_requests_per_second": None,

@@ -143,7 +143,8 @@ async def test_a_fresh_history_replays_deterministically(
     await replayer.replay_workflow(history)
     if os.environ.get("PATCHFLOW_RECORD_HISTORIES"):
         HISTORIES.mkdir(exist_ok=True)
-        (HISTORIES / "wave-approval-failure.json").write_text(history.to_json())
+        # Each workflow version keeps its history: v1 = one patch activity, v2 = send then wait.
+        (HISTORIES / "wave-approval-failure-v2.json").write_text(history.to_json())
 
 
 async def test_recorded_histories_replay() -> None:

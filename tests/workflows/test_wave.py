@@ -171,13 +171,17 @@ async def test_max_concurrency_is_a_sliding_window(
         def __getattr__(self, name: str) -> Any:
             return getattr(self.inner, name)
 
-        async def install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
+        async def start_install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
             nonlocal peak, current
-            current += 1
+            current += 1  # in flight from the send until the wait returns
             peak = max(peak, current)
             started.append(instance)
+            return await self.inner.start_install(instance, patches, operation_id=operation_id)
+
+        async def finish_install(self, instance: str, *, operation_id: str) -> Any:
+            nonlocal current
             try:
-                return await self.inner.install(instance, patches, operation_id=operation_id)
+                return await self.inner.finish_install(instance, operation_id=operation_id)
             finally:
                 current -= 1
 

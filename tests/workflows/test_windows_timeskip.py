@@ -33,10 +33,13 @@ class ServerTimeInstalls:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)
 
-    async def install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
+    async def start_install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
         self.log[instance] = await self.env.get_current_time()
+        return await self.inner.start_install(instance, patches, operation_id=operation_id)
+
+    async def finish_install(self, instance: str, *, operation_id: str) -> Any:
         await self.env.sleep(timedelta(minutes=self.minutes))
-        return await self.inner.install(instance, patches, operation_id=operation_id)
+        return await self.inner.finish_install(instance, operation_id=operation_id)
 
 
 def wave(fleet: Path, tmp_path: Path, window: WindowSpec, **stage_fields: Any) -> WaveInput:
