@@ -13,8 +13,9 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import astuple
-from datetime import UTC
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -29,6 +30,7 @@ from patchflow.wavemodel import (
     InstanceOutcome,
     PatchBatchInput,
     PatchBatchResult,
+    RecordWaveInput,
     ResolveTargetsInput,
     ResolveTargetsResult,
     RollbackInput,
@@ -90,9 +92,27 @@ def install_operation_id(wave_id: str, stage: str, instance_id: str, attempt: in
 
 
 class WaveActivities:
-    def __init__(self, factory: ExecutorFactory = build_executor, metrics: Metrics = DEFAULT_METRICS):
+    """The activities of a wave.
+
+    Args:
+        factory: builds executors from their configuration (tests inject fleets here).
+        metrics: where patch durations go.
+        database_url: the history database; None = do not record (results still reach the workflow).
+        client: the worker's Temporal client, used by ``record_wave`` to read the wave's status.
+    """
+
+    def __init__(
+        self,
+        factory: ExecutorFactory = build_executor,
+        metrics: Metrics = DEFAULT_METRICS,
+        *,
+        database_url: str | None = None,
+        client: Any = None,
+    ):
         self._factory = factory
         self._metrics = metrics
+        self._database_url = database_url
+        self._client = client
         self._executors: dict[tuple[object, ...], Executor] = {}
 
     def _executor(self, ref: ExecutorRef) -> Executor:
@@ -201,6 +221,7 @@ class WaveActivities:
                 self._metrics.observe_patch(inp.executor.kind, "error", time.monotonic() - started)
                 return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
             self._metrics.observe_patch(inp.executor.kind, result.status, time.monotonic() - started)
+            await self._record_result(inp, instance_id, result)
             return _outcome(instance_id, result)
 
         try:
@@ -210,6 +231,60 @@ class WaveActivities:
             await _cancel_operations(executor, list(ops.values()))
             raise
         return PatchBatchResult(outcomes=list(outcomes))
+
+    async def _record_result(self, inp: PatchBatchInput, instance_id: str, result: InstallResult) -> None:
+        """Keep the instance's result (versions before/after) in the history database; never fails the install."""
+        if self._database_url is None:
+            return
+        from patchflow import db
+
+        finished = datetime.now(UTC)
+
+        def write() -> None:
+            with db.translate_errors(self._database_url or ""):
+                engine = db.get_engine(self._database_url or "")
+                with db.open_session(engine) as session:
+                    db.record_instance_result(
+                        session,
+                        wave_id=inp.wave_id,
+                        stage=inp.stage,
+                        instance_id=instance_id,
+                        attempt=inp.attempt,
+                        status=result.status,
+                        detail=result.message,
+                        started_at=finished - timedelta(seconds=result.duration_seconds),
+                        finished_at=finished,
+                        versions_before={f"{c.name}.{c.arch}": c.from_version for c in result.changed},
+                        versions_after={f"{c.name}.{c.arch}": c.to_version for c in result.changed},
+                    )
+                    session.commit()
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception as exc:  # noqa: BLE001 - history must never break patching
+            activity.logger.warning("could not record %s/%s/%s: %s", inp.wave_id, inp.stage, instance_id, exc)
+
+    @activity.defn(name="record_wave")
+    async def record_wave(self, inp: RecordWaveInput) -> None:
+        """Snapshot the wave (stages, instance states, audit) into the history database, idempotently."""
+        if self._database_url is None or self._client is None:
+            return
+        from patchflow import db
+        from patchflow.waves import wave_status
+
+        status = await wave_status(self._client, inp.wave_id)
+
+        def write() -> None:
+            with db.translate_errors(self._database_url or ""):
+                engine = db.get_engine(self._database_url or "")
+                with db.open_session(engine) as session:
+                    db.record_wave_status(session, status=status, at=inp.at)
+                    session.commit()
+
+        try:
+            await asyncio.to_thread(write)
+        except Exception as exc:  # noqa: BLE001 - history must never stop a wave
+            activity.logger.warning("could not record wave %s: %s", inp.wave_id, exc)
 
     @activity.defn(name="rollback_instances")
     async def rollback_instances(self, inp: RollbackInput) -> RollbackResult:

@@ -503,6 +503,22 @@ def window_preview(
 # ---------------------------------------------------------------------------------------------- stack
 
 
+def history_database(settings: Settings) -> str:
+    """The history database for this worker, ready to use.
+
+    The embedded default (a SQLite file under the data directory) is migrated on the spot; a shared database
+    (PostgreSQL) must already be at this patchflow's schema — migrations are an operator's step there.
+    """
+    from patchflow import db
+
+    url = settings.database_url_resolved
+    if url.startswith("sqlite"):
+        db.upgrade(url)
+    else:
+        db.require_current(url)
+    return url
+
+
 def _terminate_like_interrupt() -> None:
     """SIGTERM (systemd, Kubernetes, plain ``kill``) stops cleanly, exactly like Ctrl-C."""
     signal.signal(signal.SIGTERM, signal.default_int_handler)
@@ -521,7 +537,7 @@ def worker_command() -> None:
 
     async def go() -> None:
         client = await connect(settings.temporal_address, attempts=10)
-        worker = build_worker(client, settings.task_queue)
+        worker = build_worker(client, settings.task_queue, database_url=history_database(settings))
         err.print(
             f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
         )
@@ -569,7 +585,7 @@ def dev_command(
         bool, typer.Option("--fake-aws", help="Also serve a local fake SSM endpoint with the example fleet.")
     ] = False,
 ) -> None:
-    """The embedded single-machine stack: Temporal dev server (persisted under the data directory) and a worker."""
+    """The embedded single-machine stack: Temporal dev server (persisted under the data directory), a worker and the REST API."""
     from patchflow.devserver import start_dev_server
     from patchflow.worker import build_worker, connect
 
@@ -595,8 +611,13 @@ def dev_command(
     serve_worker_metrics(settings)
 
     async def go() -> None:
+        from patchflow.api import serve as serve_api
+
         client = await connect(settings.temporal_address, attempts=20)
-        await build_worker(client, settings.task_queue).run()
+        await asyncio.gather(
+            build_worker(client, settings.task_queue, database_url=history_database(settings)).run(),
+            serve_api(settings, announce=err.print),  # the REST API shares the loop and Ctrl-C
+        )
 
     with stack, contextlib.suppress(KeyboardInterrupt):
         _run(go())
@@ -643,7 +664,7 @@ def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
 
     async def go() -> dict[str, Any]:
         client = await connect(settings.temporal_address, attempts=20)
-        worker = build_worker(client, settings.task_queue)
+        worker = build_worker(client, settings.task_queue, database_url=history_database(settings))
         worker_task = asyncio.create_task(worker.run())
         try:
             pinned = pin_patch_set(plan, settings)
@@ -790,3 +811,33 @@ def ssm_collect(
         err.print(f"skipped {instance_id}: {why}")
     for note in collection.notes:
         err.print(f"note: {note}")
+
+
+# ---------------------------------------------------------------------------------------------- api
+
+
+def api_command(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen address (default PATCHFLOW_API_HOST: 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=0, max=65535, help="Port (default PATCHFLOW_API_PORT: 8000)."),
+    ] = None,
+) -> None:
+    """Serve the REST API and /metrics against PATCHFLOW_TEMPORAL_ADDRESS and the history database."""
+    from patchflow import db
+    from patchflow.api import serve
+
+    _terminate_like_interrupt()
+    settings = get_settings()
+    overrides = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    try:
+        db.require_current(settings.database_url_resolved)
+    except PatchflowError as exc:
+        # Serve anyway (health and readiness answer, and say the same); requests needing a token get 503.
+        err.print(f"warning: {exc}")
+    with contextlib.suppress(KeyboardInterrupt):
+        _run(serve(settings, announce=err.print))

@@ -114,6 +114,8 @@ class WaveInput:
     started_by: str = ""
     history_event_limit: int = 0
     """Stage runs continue as new past this many history events; 0 = when Temporal suggests it (~4,000)."""
+    record_history: bool = False
+    """Record the wave's progress in the history database (``patchflow db``) through the record_wave activity."""
 
 
 @dataclass
@@ -205,6 +207,16 @@ class ResolveTargetsResult:
     missing: list[str] = field(default_factory=list)
     """Explicit ids the executor does not know (reported, not silently dropped)."""
     offline: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecordWaveInput:
+    """Ask an activity to snapshot the wave into the history database (the workflow never touches it)."""
+
+    wave_id: str
+    at: datetime
+    """The workflow's time of the snapshot: a retried activity carries the same instant, so it cannot move
+    the recorded wave backwards."""
 
 
 @dataclass

@@ -106,7 +106,22 @@ def pin_patch_set(
     catalog = load_catalog(plan.catalog)
     result = evaluate(baseline, catalog, at or datetime.now(UTC), catalog_source=str(plan.catalog))
     store.save(result.patch_set)
+    _remember_patch_set(settings, result.patch_set)
     return result.patch_set
+
+
+def _remember_patch_set(settings: Settings, pinned: PatchSet) -> None:
+    """Keep the pinned set in the history database too (best effort: the file store is authoritative)."""
+    import logging
+
+    from patchflow import db
+
+    try:
+        url = settings.database_url_resolved
+        with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+            db.save_patch_set(session, patch_set=pinned)
+    except Exception as exc:  # noqa: BLE001 - never block a wave on the history database
+        logging.getLogger(__name__).debug("patch set %s not recorded: %s", pinned.id, exc)
 
 
 def wave_input(
@@ -140,6 +155,7 @@ def wave_input(
         undeliverable_counts_as_error=plan.undeliverable_counts_as_error,
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         started_by=who or local_user(),
+        record_history=True,
     )
 
 

@@ -36,9 +36,18 @@ async def connect(address: str, *, attempts: int = 1) -> Client:
     )
 
 
-def build_worker(client: Client, task_queue: str, *, factory: ExecutorFactory = build_executor) -> Worker:
-    """A worker serving every patchflow workflow and activity on ``task_queue``."""
-    acts = WaveActivities(factory)
+def build_worker(
+    client: Client,
+    task_queue: str,
+    *,
+    factory: ExecutorFactory = build_executor,
+    database_url: str | None = None,
+) -> Worker:
+    """A worker serving every patchflow workflow and activity on ``task_queue``.
+
+    With ``database_url``, activities record results and wave snapshots in the history database.
+    """
+    acts = WaveActivities(factory, database_url=database_url, client=client)
     return Worker(
         client,
         task_queue=task_queue,
@@ -51,6 +60,7 @@ def build_worker(client: Client, task_queue: str, *, factory: ExecutorFactory = 
             acts.wait_patch_batch,
             acts.rollback_instances,
             acts.health_check,
+            acts.record_wave,
         ],
         # Every activity is async (executors await I/O), so no thread pool is needed.
         max_concurrent_activities=200,

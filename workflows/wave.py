@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
         HealthInput,
         HealthReport,
         OperatorAction,
+        RecordWaveInput,
         ResolveTargetsInput,
         ResolveTargetsResult,
         RollbackInput,
@@ -253,6 +254,7 @@ class WaveWorkflow:
             stages=[StageStatus(name=s.name) for s in inp.stages],
         )
         self._audit(inp.started_by or "patchflow", "start", "", f"patch set {inp.patch_set_id}")
+        await self._record_history()
         try:
             for index, stage in enumerate(inp.stages):
                 self._current = index
@@ -263,6 +265,7 @@ class WaveWorkflow:
         except _Cancelled:
             self._finish_cancelled()
         await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._record_history()  # the final state, its instances and the whole audit log
         return WaveResult(status=self._status)
 
     async def _run_stage(self, index: int, stage: StageInput) -> bool:
@@ -273,7 +276,7 @@ class WaveWorkflow:
 
         # 1. The gate guards promotion into this stage.
         if stage.gate == "approval":
-            self._set(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
+            await self._transition(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
             await self._wait(lambda: index in self._gate_decision)
             approved, decision = self._gate_decision[index]
             if not approved:
@@ -286,7 +289,7 @@ class WaveWorkflow:
                 return False
             st.note = f"approved by {decision.who}"
         elif stage.gate == "health":
-            self._set(WAVE_RUNNING, st, STAGE_NOT_STARTED)
+            await self._transition(WAVE_RUNNING, st, STAGE_NOT_STARTED)
             patched = [
                 i
                 for s in self._status.stages[:index]
@@ -310,7 +313,7 @@ class WaveWorkflow:
                 st.note = "health gate overridden by an operator"
 
         # 2. Targets, resolved when the stage starts (fleets change between stages).
-        self._set(WAVE_RUNNING, st, STAGE_RUNNING)
+        await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
         targets = await workflow.execute_activity(
             "resolve_targets",
             ResolveTargetsInput(
@@ -365,13 +368,13 @@ class WaveWorkflow:
                 return False
             st.window_start, st.window_cutoff = window.start, window.cutoff
             if window.start is not None and window.start > workflow.now():
-                self._set(WAVE_RUNNING, st, STAGE_WAITING_WINDOW)
+                await self._transition(WAVE_RUNNING, st, STAGE_WAITING_WINDOW)
                 opened = await self._sleep_until(window.start)
                 if not opened:  # halted while waiting
                     if await self._halted(st, "halted by an operator before the window opened") != "resume":
                         return False
                     continue
-            self._set(WAVE_RUNNING, st, STAGE_RUNNING)
+            await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
             run_id = f"{inp.wave_id}/{stage.name}/run-{self._attempt}-{run}"
             run += 1
             handle = await workflow.start_child_workflow(
@@ -434,7 +437,7 @@ class WaveWorkflow:
 
         # 4. Soak before the next stage may be promoted.
         if stage.soak_seconds and index + 1 < len(inp.stages):
-            self._set(WAVE_RUNNING, st, STAGE_SOAKING)
+            await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
             deadline = workflow.now() + timedelta(seconds=stage.soak_seconds)
             while not await self._sleep_until(deadline):
                 if (
@@ -467,7 +470,7 @@ class WaveWorkflow:
     async def _halted(self, st: StageStatus, reason: str, *, allow_rollback: bool = True) -> str:
         """Halt the wave and wait for an operator: returns ``resume`` (or ends the wave on cancel)."""
         assert self._status is not None
-        self._set(WAVE_HALTED, st, STAGE_HALTED)
+        await self._transition(WAVE_HALTED, st, STAGE_HALTED)
         self._status.reason = reason
         self._halt_requested = False
         self._rollback_allowed = allow_rollback
@@ -535,6 +538,25 @@ class WaveWorkflow:
         assert self._status is not None
         self._status.state = wave_state
         st.state = stage_state
+
+    async def _transition(self, wave_state: str, st: StageStatus, stage_state: str) -> None:
+        """Change state, and snapshot the wave into the history database when the state really changed."""
+        assert self._status is not None
+        changed = (self._status.state, st.state) != (wave_state, stage_state)
+        self._set(wave_state, st, stage_state)
+        if changed:
+            await self._record_history()
+
+    async def _record_history(self) -> None:
+        """Ask the record_wave activity for a snapshot (waves started before this feature never call it)."""
+        if self._input is None or not self._input.record_history or not workflow.patched("record-history"):
+            return
+        await workflow.execute_activity(
+            "record_wave",
+            RecordWaveInput(wave_id=self._input.wave_id, at=workflow.now()),
+            start_to_close_timeout=QUICK_TIMEOUT,
+            retry_policy=QUICK_RETRY,
+        )
 
     def _finish_cancelled(self) -> None:
         assert self._status is not None
