@@ -239,30 +239,22 @@ class WaveActivities:
         from patchflow import db
 
         finished = datetime.now(UTC)
-
-        def write() -> None:
-            with db.translate_errors(self._database_url or ""):
-                engine = db.get_engine(self._database_url or "")
-                with db.open_session(engine) as session:
-                    db.record_instance_result(
-                        session,
-                        wave_id=inp.wave_id,
-                        stage=inp.stage,
-                        instance_id=instance_id,
-                        attempt=inp.attempt,
-                        status=result.status,
-                        detail=result.message,
-                        started_at=finished - timedelta(seconds=result.duration_seconds),
-                        finished_at=finished,
-                        versions_before={f"{c.name}.{c.arch}": c.from_version for c in result.changed},
-                        versions_after={f"{c.name}.{c.arch}": c.to_version for c in result.changed},
-                    )
-                    session.commit()
-
-        try:
-            await asyncio.to_thread(write)
-        except Exception as exc:  # noqa: BLE001 - history must never break patching
-            activity.logger.warning("could not record %s/%s/%s: %s", inp.wave_id, inp.stage, instance_id, exc)
+        await self._write_history(
+            f"{inp.wave_id}/{inp.stage}/{instance_id}",
+            lambda session: db.record_instance_result(
+                session,
+                wave_id=inp.wave_id,
+                stage=inp.stage,
+                instance_id=instance_id,
+                attempt=inp.attempt,
+                status=result.status,
+                detail=result.message,
+                started_at=finished - timedelta(seconds=result.duration_seconds),
+                finished_at=finished,
+                versions_before={f"{c.name}.{c.arch}": c.from_version for c in result.changed},
+                versions_after={f"{c.name}.{c.arch}": c.to_version for c in result.changed},
+            ),
+        )
 
     @activity.defn(name="record_wave")
     async def record_wave(self, inp: RecordWaveInput) -> None:
@@ -273,18 +265,26 @@ class WaveActivities:
         from patchflow.waves import wave_status
 
         status = await wave_status(self._client, inp.wave_id)
+        await self._write_history(
+            f"wave {inp.wave_id}", lambda session: db.record_wave_status(session, status=status, at=inp.at)
+        )
 
-        def write() -> None:
-            with db.translate_errors(self._database_url or ""):
-                engine = db.get_engine(self._database_url or "")
-                with db.open_session(engine) as session:
-                    db.record_wave_status(session, status=status, at=inp.at)
-                    session.commit()
+    async def _write_history(self, what: str, write: Callable[[Any], None]) -> None:
+        """Run one idempotent history write in a thread; a failure is logged, never raised (history must not
+        stop patching)."""
+        from patchflow import db
+
+        url = self._database_url or ""
+
+        def run() -> None:
+            with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+                write(session)
+                session.commit()
 
         try:
-            await asyncio.to_thread(write)
-        except Exception as exc:  # noqa: BLE001 - history must never stop a wave
-            activity.logger.warning("could not record wave %s: %s", inp.wave_id, exc)
+            await asyncio.to_thread(run)
+        except Exception as exc:  # noqa: BLE001 - history must never break patching
+            activity.logger.warning("could not record %s in the history database: %s", what, exc)
 
     @activity.defn(name="rollback_instances")
     async def rollback_instances(self, inp: RollbackInput) -> RollbackResult:

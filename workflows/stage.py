@@ -17,6 +17,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
+    from patchflow.executors.base import Package
     from patchflow.ratecontrol import PENDING, StageScheduler
     from patchflow.wavemodel import (
         PatchBatchInput,
@@ -133,66 +134,49 @@ class StageRunWorkflow:
     async def _patch(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
         if workflow.patched("send-then-wait"):
             return await self._send_then_wait(inp, batch)
-        return await workflow.execute_activity(
-            "patch_batch",
-            PatchBatchInput(
-                executor=inp.executor,
-                wave_id=inp.wave_id,
-                stage=inp.stage,
-                instance_ids=batch,
-                patches=inp.patches,
-                attempt=inp.attempt,
-            ),
-            result_type=PatchBatchResult,
-            start_to_close_timeout=PATCH_START_TO_CLOSE,
-            heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
-            retry_policy=PATCH_RETRY,
-            # On abort, wait until the activity has cancelled its commands before reporting back.
-            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"patch {len(batch)} instance(s) of {inp.stage}",
+        return await self._batch_activity(
+            "patch_batch", inp, batch, inp.patches, f"patch {len(batch)} instance(s)"
         )
 
     async def _send_then_wait(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
         """Send (a short activity, at most once per operation id), then wait (a long, heartbeating one)."""
-        request = PatchBatchInput(
-            executor=inp.executor,
-            wave_id=inp.wave_id,
-            stage=inp.stage,
-            instance_ids=batch,
-            patches=inp.patches,
-            attempt=inp.attempt,
-        )
-        sent = await workflow.execute_activity(
-            "send_patch_batch",
-            request,
-            result_type=PatchBatchResult,
-            start_to_close_timeout=SEND_START_TO_CLOSE,
-            heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
-            retry_policy=PATCH_RETRY,
-            summary=f"send {len(batch)} install(s) of {inp.stage}",
+        sent = await self._batch_activity(
+            "send_patch_batch", inp, batch, inp.patches, f"send {len(batch)} install(s)"
         )
         running = [o.instance_id for o in sent.outcomes if o.status == "started"]
         if not running:
             return sent
-        waited = await workflow.execute_activity(
-            "wait_patch_batch",
+        waited = await self._batch_activity(
+            "wait_patch_batch", inp, running, [], f"wait for {len(running)} install(s)"
+        )
+        finished = {o.instance_id: o for o in waited.outcomes}
+        return PatchBatchResult(outcomes=[finished.get(o.instance_id, o) for o in sent.outcomes])
+
+    @staticmethod
+    async def _batch_activity(
+        name: str, inp: StageRunInput, instance_ids: list[str], patches: list[Package], what: str
+    ) -> PatchBatchResult:
+        """One batch activity; every kind heartbeats, and on abort the workflow waits until it has cancelled
+        its commands before reporting back."""
+        return await workflow.execute_activity(
+            name,
             PatchBatchInput(
                 executor=inp.executor,
                 wave_id=inp.wave_id,
                 stage=inp.stage,
-                instance_ids=running,
-                patches=[],
+                instance_ids=instance_ids,
+                patches=patches,
                 attempt=inp.attempt,
             ),
             result_type=PatchBatchResult,
-            start_to_close_timeout=PATCH_START_TO_CLOSE,
+            start_to_close_timeout=SEND_START_TO_CLOSE
+            if name == "send_patch_batch"
+            else PATCH_START_TO_CLOSE,
             heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
             retry_policy=PATCH_RETRY,
             cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-            summary=f"wait for {len(running)} install(s) of {inp.stage}",
+            summary=f"{what} of {inp.stage}",
         )
-        finished = {o.instance_id: o for o in waited.outcomes}
-        return PatchBatchResult(outcomes=[finished.get(o.instance_id, o) for o in sent.outcomes])
 
     @staticmethod
     def _record(
