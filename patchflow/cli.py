@@ -52,6 +52,7 @@ cli_db.register(app)  # patchflow db …, patchflow token …
 app.command("worker")(cli_ops.worker_command)
 app.command("dev")(cli_ops.dev_command)
 app.command("demo")(cli_ops.demo_command)
+app.command("api")(cli_ops.api_command)
 
 # Piped output (CI logs, files) gets wide tables instead of 80 folded columns.
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)

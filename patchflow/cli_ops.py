@@ -341,17 +341,38 @@ def wave_list(fmt: Annotated[Fmt, typer.Option("--format", help="Output format."
 def _action(action: str, wave_id: str, who: str | None, stage: str | None, comment: str) -> None:
     from patchflow.waves import act, local_user
 
+    settings = get_settings()
+    actor = local_user() if who is None else who
+
     async def go() -> str:
-        return await act(
-            await _client(get_settings()),
-            wave_id,
-            action,
-            who=local_user() if who is None else who,
-            stage=stage,
-            comment=comment,
-        )
+        return await act(await _client(settings), wave_id, action, who=actor, stage=stage, comment=comment)
 
     out.print(_run(go()))
+    if action in ("approve", "reject") and stage:
+        _remember_decision(settings, wave_id, stage, actor, action, comment)
+
+
+def _remember_decision(
+    settings: Settings, wave_id: str, stage: str, who: str, action: str, comment: str
+) -> None:
+    """Keep the gate decision (who, when, how: cli) in the history database; best effort, the wave has it."""
+    from patchflow import db
+
+    try:
+        url = settings.database_url_resolved
+        with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+            db.record_decision(
+                session,
+                wave_id=wave_id,
+                stage=stage,
+                who=who,
+                decision=action,
+                via="cli",
+                at=datetime.now(UTC),
+                comment=comment,
+            )
+    except Exception as exc:  # noqa: BLE001 - the decision is already in the wave; history is a copy
+        err.print(f"note: the decision was applied but not recorded in the history database ({exc})")
 
 
 AsOpt = Annotated[str | None, typer.Option("--as", help="Who acts (default: the local user).")]
@@ -503,20 +524,52 @@ def window_preview(
 # ---------------------------------------------------------------------------------------------- stack
 
 
-def history_database(settings: Settings) -> str:
+def history_database(settings: Settings, *, migrate: bool = False) -> str:
     """The history database for this worker, ready to use.
 
-    The embedded default (a SQLite file under the data directory) is migrated on the spot; a shared database
-    (PostgreSQL) must already be at this patchflow's schema — migrations are an operator's step there.
+    ``patchflow dev`` and ``demo`` (``migrate=True``) and the embedded default (a SQLite file under the data
+    directory) are migrated on the spot; a worker on a shared database (PostgreSQL) requires it to be at this
+    patchflow's schema already — migrations are an operator's step there (``patchflow db upgrade``).
     """
     from patchflow import db
 
     url = settings.database_url_resolved
-    if url.startswith("sqlite"):
+    if migrate or url.startswith("sqlite"):
         db.upgrade(url)
     else:
         db.require_current(url)
     return url
+
+
+async def _serve_until_stopped(worker: Any, *others: Any) -> None:
+    """Run the worker (and e.g. the API) until SIGINT/SIGTERM, then stop them gracefully.
+
+    A plain cancellation would cut the worker's in-flight RPCs and print their tracebacks; instead the API is
+    cancelled first and the worker shuts down as Temporal intends (in-flight activities finish or heartbeat-time
+    out and are retried elsewhere).
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker_task = asyncio.create_task(worker.run())
+    other_tasks = [asyncio.ensure_future(o) for o in others]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({worker_task, stopper, *other_tasks}, return_when=asyncio.FIRST_COMPLETED)
+    for task in other_tasks:
+        task.cancel()
+    for task in other_tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if not worker_task.done():
+        await worker.shutdown()
+    stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopper
+    for task in (worker_task, *other_tasks):
+        if task in done and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    await worker_task
 
 
 def _terminate_like_interrupt() -> None:
@@ -541,7 +594,7 @@ def worker_command() -> None:
         err.print(
             f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
         )
-        await worker.run()
+        await _serve_until_stopped(worker)
 
     with contextlib.suppress(KeyboardInterrupt):
         _run(go())
@@ -614,10 +667,10 @@ def dev_command(
         from patchflow.api import serve as serve_api
 
         client = await connect(settings.temporal_address, attempts=20)
-        await asyncio.gather(
-            build_worker(client, settings.task_queue, database_url=history_database(settings)).run(),
-            serve_api(settings, announce=err.print),  # the REST API shares the loop and Ctrl-C
+        worker = build_worker(
+            client, settings.task_queue, database_url=history_database(settings, migrate=True)
         )
+        await _serve_until_stopped(worker, serve_api(settings, announce=err.print, handle_signals=False))
 
     with stack, contextlib.suppress(KeyboardInterrupt):
         _run(go())
@@ -646,6 +699,22 @@ def demo_command(
         _demo(approve, plan_file or DEMO_PLAN, timeout)
 
 
+def _demo_api(settings: Settings, database_url: str) -> asyncio.Task[None] | None:
+    """Serve the REST API (with /metrics) while the demo runs, with a viewer token to look with."""
+    from patchflow import db
+    from patchflow.api import serve as serve_api
+    from patchflow.devserver import port_open
+
+    if port_open(settings.api_host, settings.api_port):
+        err.print(f"API port {settings.api_host}:{settings.api_port} is taken; the demo runs without the API")
+        return None
+    with db.open_session(db.get_engine(database_url)) as session:
+        _, token = db.create_token(session, name="demo-viewer", role="viewer")
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    err.print(f"watch it: curl -H 'Authorization: Bearer {token}' {base}/waves   (and {base}/metrics)")
+    return asyncio.create_task(serve_api(settings, announce=err.print, handle_signals=False))
+
+
 def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
     from patchflow.devserver import port_open, split_address, start_dev_server
     from patchflow.waves import act, pin_patch_set, start_wave, status_json, wave_input, wave_status
@@ -664,8 +733,10 @@ def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
 
     async def go() -> dict[str, Any]:
         client = await connect(settings.temporal_address, attempts=20)
-        worker = build_worker(client, settings.task_queue, database_url=history_database(settings))
+        database_url = history_database(settings, migrate=True)
+        worker = build_worker(client, settings.task_queue, database_url=database_url)
         worker_task = asyncio.create_task(worker.run())
+        api_task = _demo_api(settings, database_url)
         try:
             pinned = pin_patch_set(plan, settings)
             inp = wave_input(plan, settings, pinned)
@@ -705,6 +776,10 @@ def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
                         raise PatchflowError(f"the demo wave did not finish within {timeout:.0f}s")
                     await asyncio.sleep(0.25)
         finally:
+            if api_task is not None:
+                api_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await api_task
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker.shutdown()

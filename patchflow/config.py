@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -58,6 +58,47 @@ class Settings(BaseSettings):
     """Port of the Temporal SDK's Prometheus endpoint (task slots, schedule-to-start latency, sticky cache).
     The SDK's Rust core serves it and cannot share prometheus-client's registry, hence a separate port;
     empty or ``none`` disables it."""
+
+    api_host: str = "127.0.0.1"
+    """Address ``patchflow api`` (and ``dev``) listens on. Loopback by default: exposing the API beyond the
+    machine is an operator's decision (put TLS in front of it when you do)."""
+    api_port: int = Field(default=8000, ge=0, le=65535)
+    """Port of the REST API (0: any free port, printed at start-up)."""
+    api_token_cache_seconds: float = Field(default=30.0, ge=0)
+    """How long a verified bearer token is trusted without checking the database again (verifying costs a
+    scrypt hash, ~40 ms). A revoked token keeps working for at most this long; 0 checks every request."""
+    api_metrics_refresh_seconds: float = Field(default=15.0, gt=0)
+    """How often the API refreshes the wave metrics of ``GET /metrics`` from Temporal."""
+    api_metrics_public: bool = False
+    """Serve ``GET /metrics`` without a bearer token (for a Prometheus on a trusted network that cannot send
+    one). Off by default: the metrics name waves, plans and patch groups."""
+    api_plans_dir: Path | None = None
+    """When set, plans named in API requests are resolved against this directory and must stay inside it (a
+    plan names baseline, catalog and fleet files, so an operator token could otherwise make the server read
+    any YAML file it can). Unset: any path the server can read, as on the single-machine stack."""
+    api_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    """Largest request body the API reads (uploaded baselines, catalogs and inventories); larger ones get 413."""
+
+    slack_signing_secret: SecretStr | None = None
+    """Signing secret of the Slack app (Basic Information → App Credentials). No default, as for every secret:
+    until it is set, ``POST /slack/actions`` answers 401 to everything rather than trusting unsigned requests."""
+    slack_bot_token: SecretStr | None = None
+    """Bot token (``xoxb-…``) that posts wave messages, answers clicks and reads user groups; no default."""
+    slack_api_url: str = "https://slack.com/api/"
+    """Base URL of the Slack Web API; point it at a local stand-in (``patchflow.testing.slack_api``) for tests
+    and demos."""
+    slack_channel: str | None = None
+    """Channel id (``C…``) wave messages go to; unset: no Slack notifications."""
+    slack_replay_window_seconds: int = Field(default=300, ge=1, le=300)
+    """A signed Slack request is accepted only while ``|now − X-Slack-Request-Timestamp| < this`` (exactly this
+    many seconds is refused); within it a repeated (timestamp, signature) pair is refused as a replay. Slack's
+    own limit is 5 minutes, and slack_sdk's verifier refuses anything older, so larger values are refused."""
+    slack_group_cache_seconds: float = Field(default=60.0, ge=0)
+    """How long the members of a Slack user group (``usergroups.users.list``) are trusted before asking Slack
+    again: someone removed from an approvers group can still approve for at most this long; 0 asks every time."""
+    slack_ack_seconds: float = Field(default=2.0, gt=0, le=2.5)
+    """How long ``POST /slack/actions`` waits for the decision before answering anyway (Slack gives up after
+    3 s); a slower decision finishes in the background and still updates the message."""
 
     @field_validator("worker_metrics_port", "temporal_metrics_port", mode="before")
     @classmethod

@@ -135,6 +135,14 @@ def test_wave_lifecycle_through_the_cli(stack: dict[str, str], fast_plan: Path) 
         have = {p["name"]: p["version"] for p in inst["installed"]}
         assert have["openssl"] == pinned["openssl"]  # every stage installed the one pinned set
 
+    # The history database has the wave (recorded by the worker's activities) and the CLI's gate decision.
+    from patchflow import db
+
+    with db.open_session(db.get_engine(f"sqlite:///{stack['PATCHFLOW_DATA_DIR']}/patchflow.db")) as session:
+        assert db.get_wave(session, wave_id=wave_id).state == "succeeded"
+        decisions = [(d.who, d.decision, d.via) for d in db.list_decisions(session, wave_id=wave_id)]
+        assert ("ops-lead", "approve", "cli") in decisions
+
     listed = json.loads(cli("wave", "list", "--format", "json", env=stack).stdout)
     assert wave_id in {w["wave_id"] for w in listed}
 
@@ -197,15 +205,70 @@ def test_window_preview_json(tmp_path: Path) -> None:
     assert bad.returncode == 2 and "write cron(0 2 ? * TUE#2 *)" in bad.stderr
 
 
-def test_demo_runs_end_to_end_and_leaves_nothing_running(tmp_path: Path) -> None:
-    port = free_port()
-    env = {"PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}", "PATCHFLOW_DATA_DIR": str(tmp_path / "data")}
-    proc = cli("demo", "--approve", env=env, timeout=240)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "wave succeeded" in proc.stdout
-    assert "i-0test000000000004 failed" in proc.stdout  # one failure inside the error budget
-    assert "stage prod approved by ops-lead" in proc.stdout + proc.stderr
-    assert not port_open("127.0.0.1", port)  # the embedded server it started is gone
+def test_demo_runs_end_to_end_visible_through_the_api_and_leaves_nothing_running(tmp_path: Path) -> None:
+    import re
+    import threading
+
+    port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+        "PATCHFLOW_API_PORT": str(api_port),
+        "PATCHFLOW_WORKER_METRICS_PORT": "none",
+        "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
+    }
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "patchflow", "demo", "--approve"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert demo.stderr is not None and demo.stdout is not None
+    stderr_lines: list[str] = []
+    token: str | None = None
+    for line in demo.stderr:  # the demo announces a viewer token before the wave runs
+        stderr_lines.append(line)
+        found = re.search(r"Bearer (\S+)'", line)
+        if found:
+            token = found.group(1)
+            break
+    assert token, "".join(stderr_lines)
+    rest: list[str] = []
+    reader = threading.Thread(target=lambda: rest.extend(demo.stderr or []), daemon=True)
+    reader.start()
+    seen_states: set[str] = set()
+    metrics_text = ""
+    deadline = time.monotonic() + 120
+    while demo.poll() is None and time.monotonic() < deadline:
+        try:
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{api_port}/waves", headers={"Authorization": f"Bearer {token}"}
+            )
+            waves = json.loads(urllib.request.urlopen(request, timeout=5).read())["waves"]
+            seen_states.update(w["state"] for w in waves)
+            metrics_request = urllib.request.Request(
+                f"http://127.0.0.1:{api_port}/metrics", headers={"Authorization": f"Bearer {token}"}
+            )
+            metrics_text = urllib.request.urlopen(metrics_request, timeout=5).read().decode() or metrics_text
+        except OSError:
+            pass
+        if {"running", "waiting_approval"} & seen_states and "patchflow_waves" in metrics_text:
+            break
+        time.sleep(0.3)
+    out, _ = demo.communicate(timeout=240)
+    reader.join(timeout=10)
+    assert demo.returncode == 0, out + "".join(stderr_lines + rest)
+    assert {"running", "waiting_approval"} & seen_states, seen_states  # the wave was visible while it ran
+    assert (
+        'patchflow_waves{state="running"}' in metrics_text
+        or 'patchflow_waves{state="waiting_approval"}' in metrics_text
+    )
+    assert "wave succeeded" in out and "i-0test000000000004 failed" in out
+    assert "stage prod approved by ops-lead" in out + "".join(rest)
+    assert not port_open("127.0.0.1", port) and not port_open("127.0.0.1", api_port)
 
 
 def test_unreachable_server_is_a_clear_error(tmp_path: Path, fast_plan: Path) -> None:
@@ -215,13 +278,14 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path, fast_plan: Path) ->
 
 
 def test_dev_starts_the_embedded_stack_and_ctrl_c_stops_it(tmp_path: Path, fast_plan: Path) -> None:
-    port, ui_port = free_port(), free_port()
+    port, ui_port, api_port = free_port(), free_port(), free_port()
     env = {
         **os.environ,
         "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
         "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
         "PATCHFLOW_WORKER_METRICS_PORT": "none",
         "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
+        "PATCHFLOW_API_PORT": str(api_port),
     }
     dev = subprocess.Popen(
         [sys.executable, "-m", "patchflow", "dev", "--ui-port", str(ui_port)],
@@ -244,7 +308,8 @@ def test_dev_starts_the_embedded_stack_and_ctrl_c_stops_it(tmp_path: Path, fast_
         dev.send_signal(signal.SIGINT)
         _, stderr = dev.communicate(timeout=30)
     assert not port_open("127.0.0.1", port) and not port_open("127.0.0.1", ui_port)
-    assert b"Traceback" not in stderr and b"stopped" in stderr
+    assert not port_open("127.0.0.1", api_port)
+    assert b"Traceback" not in stderr and b"stopped" in stderr and b"patchflow API on" in stderr
 
 
 def test_demo_through_the_ssm_executor_on_fake_aws(tmp_path: Path) -> None:
@@ -255,6 +320,7 @@ def test_demo_through_the_ssm_executor_on_fake_aws(tmp_path: Path) -> None:
         "PATCHFLOW_SSM_POLL_INITIAL_SECONDS": "0.2",
         "PATCHFLOW_SSM_POLL_MAX_SECONDS": "0.5",
         "PATCHFLOW_SSM_MAX_REQUESTS_PER_SECOND": "200",
+        "PATCHFLOW_API_PORT": str(free_port()),
     }
     proc = cli("demo", "--fake-aws", "--approve", env=env, timeout=400)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -1,0 +1,668 @@
+"""The REST API end to end: a real uvicorn server against the session's Temporal dev server, a worker and a
+real (migrated) SQLite history database.
+
+The server and its worker share one event loop in a background thread, as ``patchflow dev`` runs them, so
+the synchronous schemathesis run and the async tests both find a live worker behind the API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from prometheus_client import CollectorRegistry
+from sqlmodel import Session
+from temporalio.client import Client
+from temporalio.testing import WorkflowEnvironment
+
+from patchflow import db
+from patchflow.api import TokenVerifier, bind, create_app, make_server, openapi_document
+from patchflow.config import Settings
+from patchflow.devserver import free_port
+from patchflow.metrics import Metrics
+from tests.conftest import BASELINES_DIR, EXAMPLES_DIR, REPO_ROOT
+from tests.workflows.conftest import dev_env, running_worker  # noqa: F401 - dev_env is a fixture
+
+AT = "2026-11-10T00:00:00Z"
+ROLES = {  # token name → role; the names are what approval gates and the audit log see
+    "vic": "viewer",
+    "olga": "operator",
+    "ops-lead": "approver",  # listed on the demo plan's prod gate
+    "alice": "approver",  # an approver, but not of prod
+    "root": "admin",
+}
+
+
+@dataclass
+class Stack:
+    url: str
+    settings: Settings
+    metrics: Metrics
+    tokens: dict[str, str]
+    """Token name → bearer token."""
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.tokens[name]}"}
+
+    def session(self) -> Session:
+        return db.open_session(db.get_engine(self.settings.database_url_resolved))
+
+
+def write_plan(plans: Path, name: str, *, time_scale: float) -> str:
+    """The shipped demo plan with absolute paths, no soaks and a faster clock; returns its file name."""
+    plan = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
+    plan["baseline"] = str((EXAMPLES_DIR / plan["baseline"]).resolve())
+    plan["catalog"] = str(EXAMPLES_DIR / plan["catalog"])
+    plan["executor"]["fleet"] = str(EXAMPLES_DIR / plan["executor"]["fleet"])
+    plan["executor"]["time_scale"] = time_scale
+    for stage in plan["stages"]:
+        stage["soak"] = "0s"
+    (plans / name).write_text(yaml.safe_dump(plan))
+    return name
+
+
+@pytest.fixture(scope="module")
+def stack(dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:  # noqa: F811
+    """The API and a worker on one loop in a thread (as ``patchflow dev`` runs them), a migrated SQLite
+    database with one token per role, and plans under the API's plans directory."""
+    root = tmp_path_factory.mktemp("api")
+    database_url = f"sqlite:///{root / 'patchflow.db'}"
+    db.upgrade(database_url)
+    plans = root / "plans"
+    plans.mkdir()
+    write_plan(plans, "demo.yaml", time_scale=0.05)
+    write_plan(plans, "slow.yaml", time_scale=1.0)
+    target = dev_env.client.service_client.config.target_host
+    metrics = Metrics(CollectorRegistry())
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    holder: dict[str, Any] = {}
+    failure: list[BaseException] = []
+
+    async def main() -> None:
+        client = await Client.connect(target)
+        async with running_worker(client) as task_queue:
+            settings = Settings(
+                data_dir=root / "data",
+                temporal_address=target,
+                task_queue=task_queue,
+                database_url=database_url,
+                api_plans_dir=plans,
+                api_metrics_refresh_seconds=0.3,
+            )
+            server = make_server(create_app(settings, metrics=metrics))
+            holder.update(settings=settings, server=server)
+            await server.serve(sockets=[sock])
+
+    def run() -> None:
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001 - reported by the fixture, not lost in the thread
+            failure.append(exc)
+
+    thread = threading.Thread(target=run, name="api-stack", daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        assert not failure, failure
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, "the API did not come up"
+        time.sleep(0.05)
+    tokens: dict[str, str] = {}
+    with db.open_session(db.get_engine(database_url)) as session:
+        for name, role in ROLES.items():
+            tokens[name] = db.create_token(session, name=name, role=role)[1]
+    try:
+        yield Stack(url=url, settings=holder["settings"], metrics=metrics, tokens=tokens)
+    finally:
+        holder["server"].should_exit = True
+        thread.join(timeout=30)
+        assert not failure, failure
+
+
+@pytest.fixture
+async def http(stack: Stack) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=stack.url, timeout=30) as client:
+        yield client
+
+
+async def wait_for(
+    http: httpx.AsyncClient,
+    stack: Stack,
+    wave_id: str,
+    predicate: Callable[[dict[str, Any]], bool],
+    timeout: float = 45,
+) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await http.get(f"/waves/{wave_id}", headers=stack.auth("vic"))
+        if response.status_code == 200 and predicate(detail := response.json()):
+            return detail
+        assert time.monotonic() < deadline, response.text
+        await asyncio.sleep(0.1)
+
+
+def audit_of(stack: Stack, wave_id: str) -> list[tuple[str, str, str]]:
+    """(actor, action, outcome) of the API's audit entries for a wave, oldest first."""
+    with stack.session() as session:
+        rows = db.list_audit(session, wave_id=wave_id)
+    return [(r.actor, r.action, r.detail["outcome"]) for r in rows if r.detail.get("via") == "api"]
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    error: dict[str, Any] = response.json()["error"]
+    assert error["code"] == code and error["message"], error
+    return error
+
+
+# ---------------------------------------------------------------------------------------------- waves
+
+
+async def test_full_flow_start_approve_succeed(stack: Stack, http: httpx.AsyncClient) -> None:
+    started = await http.post("/waves", json={"plan": "demo.yaml"}, headers=stack.auth("olga"))
+    assert started.status_code == 201, started.text
+    wave_id = started.json()["wave_id"]
+    assert started.headers["location"] == f"/waves/{wave_id}"
+    assert started.json()["plan"] == "demo" and started.json()["patches"] > 0
+
+    detail = await wait_for(http, stack, wave_id, lambda d: d["state"] == "waiting_approval")
+    stages = {s["name"]: s for s in detail["stages"]}
+    assert stages["prod"]["state"] == "waiting_approval"
+    assert {i["state"] for i in stages["dev"]["instances"]} == {"succeeded"}
+    assert detail["audit"][0]["who"] == "olga"  # the token's name started it
+
+    listed = await http.get("/waves", params={"state": "waiting_approval"}, headers=stack.auth("vic"))
+    assert wave_id in [w["wave_id"] for w in listed.json()["waves"]]
+    by_plan = await http.get("/waves", params={"plan": "demo"}, headers=stack.auth("vic"))
+    assert wave_id in [w["wave_id"] for w in by_plan.json()["waves"]]
+    other = await http.get("/waves", params={"plan": "nodemo"}, headers=stack.auth("vic"))
+    assert other.json()["waves"] == []
+
+    # The gate waits: the approvals metric says so.
+    deadline = time.monotonic() + 10
+    while not stack.metrics.registry.get_sample_value("patchflow_approvals_pending"):
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+
+    gate = {"stage": "prod", "comment": "change 42"}
+    # an approver who is not on the prod gate: the workflow's validator refuses, with its reason
+    refused = await http.post(f"/waves/{wave_id}/approve", json=gate, headers=stack.auth("alice"))
+    assert "'alice' may not approve stage 'prod'" in assert_error(refused, 409, "refused")["message"]
+    # an operator may operate, not approve
+    assert_error(
+        await http.post(f"/waves/{wave_id}/approve", json=gate, headers=stack.auth("olga")), 403, "forbidden"
+    )
+    # no body can act for another name: naming the approver is refused before anything reaches the wave
+    smuggled = await http.post(
+        f"/waves/{wave_id}/approve", json={**gate, "who": "ops-lead"}, headers=stack.auth("alice")
+    )
+    assert "body.who" in [p["path"] for p in assert_error(smuggled, 422, "invalid_request")["problems"]]
+
+    approved = await http.post(f"/waves/{wave_id}/approve", json=gate, headers=stack.auth("ops-lead"))
+    assert approved.status_code == 200, approved.text
+    assert approved.json() == {
+        "wave_id": wave_id,
+        "action": "approve",
+        "message": "stage prod approved by ops-lead",
+    }
+    detail = await wait_for(http, stack, wave_id, lambda d: d["state"] == "succeeded")
+    assert [(a["who"], a["action"]) for a in detail["audit"]][-1] == ("ops-lead", "approve")
+
+    assert audit_of(stack, wave_id) == [
+        ("olga", "start", "ok"),
+        ("alice", "approve", "refused"),
+        ("olga", "approve", "forbidden"),
+        ("ops-lead", "approve", "ok"),
+    ]
+    with stack.session() as session:
+        decisions = db.list_decisions(session, wave_id=wave_id)
+    assert [(d.who, d.decision, d.via, d.comment) for d in decisions] == [
+        ("ops-lead", "approve", "api", "change 42")
+    ]
+
+    # /metrics shows the finished wave (the refresher reads it from Temporal)
+    sample = {"wave_id": wave_id, "plan": "demo", "state": "succeeded"}
+    deadline = time.monotonic() + 10
+    while stack.metrics.registry.get_sample_value("patchflow_wave_state", sample) != 1.0:
+        assert time.monotonic() < deadline
+        await asyncio.sleep(0.1)
+    scraped = await http.get("/metrics", headers=stack.auth("vic"))
+    assert scraped.status_code == 200
+    assert scraped.headers["content-type"].startswith("text/plain")
+    assert f'patchflow_wave_state{{plan="demo",state="succeeded",wave_id="{wave_id}"}} 1.0' in scraped.text
+    assert "patchflow_approvals_pending 0.0" in scraped.text
+    openmetrics = await http.get(
+        "/metrics", headers={**stack.auth("vic"), "Accept": "application/openmetrics-text"}
+    )
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.endswith("# EOF\n")
+
+
+async def test_operator_actions_are_applied_refused_and_audited(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    started = await http.post("/waves", json={"plan": "slow.yaml"}, headers=stack.auth("root"))
+    assert started.status_code == 201, started.text
+    wave_id = started.json()["wave_id"]
+    await wait_for(http, stack, wave_id, lambda d: d["state"] == "running")
+
+    assert_error(await http.post(f"/waves/{wave_id}/halt", headers=stack.auth("vic")), 403, "forbidden")
+    assert_error(await http.post(f"/waves/{wave_id}/halt", headers=stack.auth("ops-lead")), 403, "forbidden")
+    halted = await http.post(
+        f"/waves/{wave_id}/halt", json={"comment": "hold on"}, headers=stack.auth("olga")
+    )
+    assert halted.status_code == 200, halted.text
+    await wait_for(http, stack, wave_id, lambda d: d["state"] == "halted")
+    resumed = await http.post(f"/waves/{wave_id}/resume", headers=stack.auth("olga"))
+    assert resumed.json()["message"] == "resumed"
+    cancelled = await http.post(f"/waves/{wave_id}/cancel", json={}, headers=stack.auth("olga"))
+    assert cancelled.status_code == 200, cancelled.text
+    await wait_for(http, stack, wave_id, lambda d: d["state"] == "cancelled")
+    late = await http.post(f"/waves/{wave_id}/rollback", headers=stack.auth("olga"))
+    assert "refused" in assert_error(late, 409, "refused")["message"]
+
+    assert audit_of(stack, wave_id) == [
+        ("root", "start", "ok"),
+        ("vic", "halt", "forbidden"),
+        ("ops-lead", "halt", "forbidden"),
+        ("olga", "halt", "ok"),
+        ("olga", "resume", "ok"),
+        ("olga", "cancel", "ok"),
+        ("olga", "rollback", "refused"),
+    ]
+    with stack.session() as session:
+        halt = next(
+            r for r in db.list_audit(session, wave_id=wave_id) if r.action == "halt" and r.actor == "olga"
+        )
+    assert halt.detail["comment"] == "hold on" and halt.detail["token_id"]
+
+    listed = await http.get("/waves", params={"state": "cancelled"}, headers=stack.auth("vic"))
+    assert [w["wave_id"] for w in listed.json()["waves"]] == [wave_id]
+
+
+async def test_unknown_waves_and_plans(stack: Stack, http: httpx.AsyncClient) -> None:
+    assert_error(await http.get("/waves/wave-nope", headers=stack.auth("vic")), 404, "not_found")
+    missing = await http.post("/waves/wave-nope/cancel", headers=stack.auth("olga"))
+    assert_error(missing, 404, "not_found")
+    assert audit_of(stack, "wave-nope") == [("olga", "cancel", "not_found")]
+    error = assert_error(
+        await http.post("/waves", json={"plan": "absent.yaml"}, headers=stack.auth("olga")),
+        422,
+        "invalid_input",
+    )
+    assert "plan file not found" in error["message"]
+    outside = await http.post("/waves", json={"plan": "../../etc/passwd"}, headers=stack.auth("olga"))
+    assert "outside the plans directory" in assert_error(outside, 422, "invalid_input")["message"]
+    unknown_set = await http.post(
+        "/waves", json={"plan": "demo.yaml", "patch_set": "ps-" + "0" * 24}, headers=stack.auth("olga")
+    )
+    assert_error(unknown_set, 404, "not_found")
+
+
+# ---------------------------------------------------------------------------------------------- auth
+
+
+async def test_authentication_boundary(stack: Stack, http: httpx.AsyncClient) -> None:
+    for headers in (
+        {},
+        {"Authorization": "Bearer"},
+        {"Authorization": "Basic b2xnYTpwdw=="},
+        {"Authorization": "Bearer not-a-token"},
+        {"Authorization": "Bearer pft_000000000000_wrong"},
+        # the right id with a wrong secret, and a token far too long to be worth hashing
+        {"Authorization": f"Bearer {stack.tokens['root'].rsplit('_', 1)[0]}_forged"},
+        {"Authorization": "Bearer " + "x" * 5000},
+    ):
+        for method, path in (("GET", "/waves"), ("POST", "/waves"), ("GET", "/metrics")):
+            response = await http.request(method, path, headers=headers, json={"plan": "demo.yaml"})
+            assert_error(response, 401, "unauthorized")
+            assert response.headers["www-authenticate"] == "Bearer"
+
+    with stack.session() as session:
+        token_id, token = db.create_token(session, name="leaver", role="admin")
+        db.revoke_token(session, token_id=token_id)
+    revoked = await http.get("/waves", headers={"Authorization": f"Bearer {token}"})
+    assert_error(revoked, 401, "unauthorized")
+
+    # a viewer reads but cannot start, validate or approve
+    assert (await http.get("/waves", headers=stack.auth("vic"))).status_code == 200
+    for path, body in (
+        ("/waves", {"plan": "demo.yaml"}),
+        ("/plans/validate", {"plan": "demo.yaml"}),
+        ("/baselines/validate", {"baseline": "x: 1"}),
+        ("/waves/any/approve", {"stage": "prod"}),
+    ):
+        assert_error(await http.post(path, json=body, headers=stack.auth("vic")), 403, "forbidden")
+    # health needs no token
+    assert (await http.get("/healthz")).json() == {"status": "ok"}
+
+
+async def test_token_cache_trusts_a_verified_token_for_its_ttl(stack: Stack) -> None:
+    now = [0.0]
+    verifier = TokenVerifier(stack.settings.database_url_resolved, ttl_seconds=30, clock=lambda: now[0])
+    with stack.session() as session:
+        token_id, token = db.create_token(session, name="cached", role="viewer")
+    principal = await verifier.verify(token)
+    assert principal is not None and (principal.name, principal.role) == ("cached", "viewer")
+    with stack.session() as session:
+        db.revoke_token(session, token_id=token_id)
+    now[0] = 29.0
+    assert await verifier.verify(token) == principal  # cached: no scrypt, no database
+    now[0] = 30.5
+    assert await verifier.verify(token) is None  # expired: checked again, and revoked
+
+
+# ---------------------------------------------------------------------------------------------- health
+
+
+async def test_health_and_readiness(stack: Stack, http: httpx.AsyncClient) -> None:
+    assert (await http.get("/healthz")).status_code == 200
+    ready = await http.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["status"] == "ready"
+    assert {name: c["ok"] for name, c in ready.json()["checks"].items()} == {
+        "temporal": True,
+        "database": True,
+    }
+
+
+async def test_readiness_reports_what_is_missing(tmp_path: Path) -> None:
+    settings = Settings(
+        data_dir=tmp_path,
+        temporal_address=f"127.0.0.1:{free_port()}",
+        database_url=f"sqlite:///{tmp_path / 'never-migrated.db'}",
+    )
+    app = create_app(settings, metrics=Metrics(CollectorRegistry()))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        checks = response.json()["checks"]
+        assert not checks["temporal"]["ok"] and "cannot reach Temporal" in checks["temporal"]["message"]
+        assert not checks["database"]["ok"] and "patchflow db upgrade" in checks["database"]["message"]
+        assert (await client.get("/healthz")).status_code == 200
+        # requests that need a token say why they cannot be served
+        unavailable = await client.get("/waves", headers={"Authorization": "Bearer pft_abc_def"})
+        assert "patchflow db upgrade" in assert_error(unavailable, 503, "unavailable")["message"]
+
+
+# ---------------------------------------------------------------------------------------------- input
+
+
+async def test_malformed_requests_get_json_errors(stack: Stack, http: httpx.AsyncClient) -> None:
+    admin = stack.auth("root")
+    error = assert_error(await http.post("/waves", json={"plan": 5}, headers=admin), 422, "invalid_request")
+    assert [p["path"] for p in error["problems"]] == ["body.plan"]
+    error = assert_error(await http.post("/waves", json={}, headers=admin), 422, "invalid_request")
+    assert "body.plan" in error["message"]
+    for body in (
+        {"plan": "x" * 10_000},
+        {"plan": "demo\x00.yaml"},
+        {"plan": "demo.yaml", "patch_set": "../../secrets"},
+        {"plan": "demo.yaml", "started_by": "someone-else"},
+    ):
+        assert_error(await http.post("/waves", json=body, headers=admin), 422, "invalid_request")
+    assert_error(
+        await http.post("/waves/w/halt", json={"comment": "x" * 1001}, headers=admin), 422, "invalid_request"
+    )
+    assert_error(
+        await http.post("/waves/w/approve", json={"stage": ["prod"]}, headers=admin), 422, "invalid_request"
+    )
+    bad_json = await http.post(
+        "/waves", content=b'{"plan": ', headers={**admin, "Content-Type": "application/json"}
+    )
+    assert_error(bad_json, 422, "invalid_request")
+    not_json = await http.post(
+        "/waves", content=b"plan=demo", headers={**admin, "Content-Type": "text/plain"}
+    )
+    assert_error(not_json, 422, "invalid_request")
+    huge = await http.post(
+        "/baselines/validate",
+        json={"baseline": "x" * (stack.settings.api_max_body_bytes + 1)},
+        headers=admin,
+    )
+    assert_error(huge, 413, "too_large")
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: counted as it arrives
+        yield b'{"baseline": "'
+        for _ in range(stack.settings.api_max_body_bytes // 65536 + 1):
+            yield b"x" * 65536
+        yield b'"}'
+
+    streamed = await http.post(
+        "/baselines/validate", content=chunks(), headers={**admin, "Content-Type": "application/json"}
+    )
+    assert_error(streamed, 413, "too_large")
+    bad_query = await http.get("/waves", params={"state": "asleep", "limit": 0}, headers=admin)
+    assert {p["path"] for p in assert_error(bad_query, 422, "invalid_request")["problems"]} == {
+        "query.state",
+        "query.limit",
+    }
+    injection = await http.get("/waves", params={"plan": "x' OR 'a'='a"}, headers=admin)
+    assert_error(injection, 422, "invalid_request")
+    naive = await http.post(
+        "/plans/dry-run", json={"plan": "demo.yaml", "at": "2026-11-10T00:00:00"}, headers=admin
+    )
+    assert_error(naive, 422, "invalid_request")
+    assert_error(await http.get("/nowhere", headers=admin), 404, "not_found")
+    assert_error(await http.delete("/waves", headers=admin), 405, "method_not_allowed")
+
+
+# ---------------------------------------------------------------------------------------------- documents
+
+
+async def test_plans_validate_and_dry_run(stack: Stack, http: httpx.AsyncClient) -> None:
+    operator = stack.auth("olga")
+    valid = await http.post("/plans/validate", json={"plan": "demo.yaml"}, headers=operator)
+    assert valid.json() == {
+        "valid": True,
+        "plan": "demo",
+        "stages": ["dev", "test", "prod"],
+        "problems": [],
+        "message": "",
+    }
+    plans = stack.settings.api_plans_dir
+    assert plans is not None
+    (plans / "broken.yaml").write_text("name: broken\nstages: []\nexecutor: {kind: warp}\n")
+    invalid = (await http.post("/plans/validate", json={"plan": "broken.yaml"}, headers=operator)).json()
+    assert invalid["valid"] is False
+    assert {"stages", "executor.kind", "baseline"} <= {p["path"] for p in invalid["problems"]}
+    assert all(p["line"] for p in invalid["problems"] if p["path"] in ("stages", "executor.kind"))
+
+    # A fleet of its own: the waves of the other tests have already upgraded the example fleet.
+    fleet = yaml.safe_load((EXAMPLES_DIR / "fleet.yaml").read_text())
+    (plans / "fleet.yaml").write_text(yaml.safe_dump({**fleet, "name": "dry-run"}))
+    plan = yaml.safe_load((plans / "demo.yaml").read_text())
+    (plans / "dry.yaml").write_text(
+        yaml.safe_dump({**plan, "executor": {"kind": "simulated", "fleet": "fleet.yaml"}})
+    )
+    dry = await http.post("/plans/dry-run", json={"plan": "dry.yaml", "at": AT}, headers=operator)
+    assert dry.status_code == 200, dry.text
+    result = dry.json()
+    assert result["plan"] == "demo" and result["evaluated_at"].startswith("2026-11-10")
+    dev = result["stages"][0]
+    assert dev["name"] == "dev" and len(dev["targets"]) == 3
+    assert {"name", "arch", "from", "to"} == set(dev["targets"][0]["upgrades"][0])
+
+
+async def test_baselines_validate_evaluate_and_compliance(stack: Stack, http: httpx.AsyncClient) -> None:
+    operator = stack.auth("olga")
+    baseline = (BASELINES_DIR / "ubuntu-staged.yaml").read_text()
+    catalog = (EXAMPLES_DIR / "ubuntu-catalog.json").read_text()
+    valid = (await http.post("/baselines/validate", json={"baseline": baseline}, headers=operator)).json()
+    assert valid["valid"] is True and valid["rules"] >= 1
+
+    broken = baseline.replace("ApproveAfterDays: 3", "ApproveAfterDays: 999", 1)
+    assert broken != baseline
+    invalid = (await http.post("/baselines/validate", json={"baseline": broken}, headers=operator)).json()
+    assert invalid["valid"] is False and invalid["problems"][0]["line"]
+    assert "ApproveAfterDays" in invalid["problems"][0]["path"]
+    laughs = "a: &a [x, x]\nb: &b [*a, *a]\nc: [*b, *b]\n"
+    assert (
+        "aliases"
+        in (await http.post("/baselines/validate", json={"baseline": laughs}, headers=operator)).json()[
+            "message"
+        ]
+    )
+    huge_number = (  # more digits than Python converts: a ValueError inside the YAML parser
+        await http.post("/baselines/validate", json={"baseline": "Name: " + "9" * 5000}, headers=operator)
+    ).json()
+    assert huge_number["valid"] is False and "4300 digits" in huge_number["message"]
+    deep = "[" * 10_000 + "]" * 10_000
+    assert (
+        "nested"
+        in (await http.post("/baselines/validate", json={"baseline": deep}, headers=operator)).json()[
+            "message"
+        ]
+    )
+
+    evaluated = await http.post(
+        "/baselines/evaluate", json={"baseline": baseline, "catalog": catalog, "at": AT}, headers=operator
+    )
+    assert evaluated.status_code == 200, evaluated.text
+    pins = {p["name"]: p["version"] for p in evaluated.json()["patch_set"]["patches"]}
+    assert pins["openssl"] == "3.0.2-0ubuntu1.15"  # as `patchflow baseline evaluate` (tests/test_cli.py)
+    bad_catalog = await http.post(
+        "/baselines/evaluate", json={"baseline": baseline, "catalog": '[{"name": 1}]'}, headers=operator
+    )
+    assert assert_error(bad_catalog, 422, "invalid_input")["problems"]
+
+    inventory = json.dumps(
+        [
+            {
+                "instance_id": "i-0aaa0000000000001",
+                "patch_group": "web",
+                "platform": {"family": "deb", "product": "Ubuntu22.04"},
+                "installed": [{"name": "openssl", "arch": "amd64", "version": "3.0.2-0ubuntu1.10"}],
+            }
+        ]
+    )
+    judged = await http.post(
+        "/compliance",
+        json={"baseline": baseline, "catalog": catalog, "inventory": inventory, "at": AT},
+        headers=operator,
+    )
+    assert judged.status_code == 200, judged.text
+    assert judged.json()["summary"]["non_compliant"] == 1
+    assert (
+        stack.metrics.registry.get_sample_value(
+            "patchflow_compliance_instances", {"patch_group": "web", "status": "NON_COMPLIANT"}
+        )
+        == 1.0
+    )
+
+
+# ---------------------------------------------------------------------------------------------- contract
+
+
+def test_openapi_is_committed_and_current() -> None:
+    committed = json.loads((REPO_ROOT / "deploy" / "openapi.json").read_text())
+    assert committed == json.loads(json.dumps(openapi_document())), (
+        "deploy/openapi.json is stale: python -m patchflow.api --openapi > deploy/openapi.json"
+    )
+    assert "/metrics" not in committed["paths"] and "/slack/actions" not in committed["paths"]
+
+
+def test_openapi_flag_prints_the_document() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "patchflow.api", "--openapi"],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == json.loads(json.dumps(openapi_document()))
+
+
+def test_schemathesis_finds_no_server_error(stack: Stack) -> None:
+    import schemathesis
+    from hypothesis import HealthCheck, Phase, given, settings
+    from hypothesis import strategies as st
+    from schemathesis.checks import not_a_server_error
+
+    schema = schemathesis.openapi.from_url(f"{stack.url}/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert len(operations) == 16  # 15 paths, /waves with GET and POST
+    for operation in operations:
+        strategy = st.one_of(
+            operation.as_strategy(schemathesis.GenerationMode.POSITIVE),
+            operation.as_strategy(schemathesis.GenerationMode.NEGATIVE),
+        )
+
+        @given(case=strategy)
+        @settings(
+            max_examples=25,
+            deadline=None,
+            database=None,
+            phases=[Phase.explicit, Phase.generate],
+            suppress_health_check=list(HealthCheck),
+        )
+        def check(case: Any) -> None:
+            case.call_and_validate(
+                base_url=stack.url, headers=stack.auth("root"), checks=[not_a_server_error], timeout=30
+            )
+
+        check()
+
+
+# ---------------------------------------------------------------------------------------------- cli
+
+
+def test_patchflow_api_command_serves_and_stops(stack: Stack, tmp_path: Path) -> None:
+    port = free_port()
+    env = {
+        **os.environ,
+        "PATCHFLOW_DATA_DIR": str(tmp_path),
+        "PATCHFLOW_DATABASE_URL": stack.settings.database_url_resolved,
+        "PATCHFLOW_TEMPORAL_ADDRESS": stack.settings.temporal_address,
+        "PATCHFLOW_TASK_QUEUE": stack.settings.task_queue,
+        "PATCHFLOW_API_PORT": str(port),
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "patchflow", "api"],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (
+                proc.stderr.read() if proc.stderr else ""
+            )
+            time.sleep(0.1)
+        response = httpx.get(f"http://127.0.0.1:{port}/waves", headers=stack.auth("vic"), timeout=10)
+        assert response.status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr
+    assert f"patchflow API on http://127.0.0.1:{port}" in stderr
