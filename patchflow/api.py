@@ -391,10 +391,12 @@ class ApiState:
         self.tokens = TokenVerifier(self.database_url, ttl_seconds=settings.api_token_cache_seconds)
         self.notifier: Any = None
         """Posts wave transitions to Slack when a bot token and channel are configured (one replica only)."""
-        if settings.slack_bot_token and settings.slack_channel:
+        if settings.slack_bot_token:  # the channel comes from each plan, else PATCHFLOW_SLACK_CHANNEL
             from patchflow.slack import WaveNotifier, make_web_client
 
-            self.notifier = WaveNotifier(web_client=make_web_client(settings), channel=settings.slack_channel)
+            self.notifier = WaveNotifier(
+                web_client=make_web_client(settings), channel=settings.slack_channel or ""
+            )
 
     def plan_path(self, raw: str) -> Path:
         """Where a requested plan lives; inside ``api_plans_dir`` when one is configured.

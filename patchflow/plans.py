@@ -125,6 +125,8 @@ class Plan:
     stages: tuple[Stage, ...]
     undeliverable_counts_as_error: bool = False
     """Count offline/undeliverable targets against the error budget (SSM never does)."""
+    slack_channel: str | None = None
+    """Slack channel id (``C…``) for this plan's wave messages and approval buttons."""
 
 
 _PLAN_KEYS = (
@@ -135,6 +137,7 @@ _PLAN_KEYS = (
     "executor",
     "stages",
     "undeliverable_counts_as_error",
+    "slack_channel",
 )
 _STAGE_KEYS = ("name", "targets", "window", "max_concurrency", "max_errors", "soak", "gate", "on_failure")
 
@@ -205,6 +208,15 @@ def parse_plan(doc: Document) -> Plan:
         ssm = _ssm_options(raw_exec, bad) if kind == "ssm" else {}
         executor = ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale), **ssm)
 
+    slack_channel = data.get("slack_channel")
+    if slack_channel is not None and (
+        not isinstance(slack_channel, str) or not re.fullmatch(r"[CG][A-Z0-9]{6,20}", slack_channel)
+    ):
+        bad(
+            ("slack_channel",),
+            f"{slack_channel!r} is not a Slack channel id; use the C… id from the channel's details",
+        )
+        slack_channel = None
     undeliverable = data.get("undeliverable_counts_as_error", False)
     if not isinstance(undeliverable, bool):
         bad(("undeliverable_counts_as_error",), "expected true or false")
@@ -239,6 +251,7 @@ def parse_plan(doc: Document) -> Plan:
         executor=executor,
         stages=tuple(stages),
         undeliverable_counts_as_error=undeliverable,
+        slack_channel=slack_channel,
     )
 
 

@@ -660,12 +660,15 @@ class WaveContext:
     patch_set_summary: str
     approvers: dict[str, list[str]] = field(default_factory=dict)
     """stage → approver entries."""
+    channel: str | None = None
+    """The plan's Slack channel, when it names one."""
 
     @classmethod
     def from_input(cls, inp: WaveInput) -> WaveContext:
         return cls(
             patch_set_summary=summarize_patches(inp.patch_set_id, inp.patches),
             approvers={s.name: list(s.approvers) for s in inp.stages if s.gate == "approval"},
+            channel=inp.slack_channel,
         )
 
 
@@ -779,8 +782,13 @@ class WaveNotifier:
                 context = await wave_context(client, status.wave_id)
             except (PatchflowError, RPCError) as exc:
                 logger.warning("Slack: no context for wave %s: %s", status.wave_id, exc)
-        posted = await notify_transitions(
-            previous, status, channel=self._channel, web_client=self._web_client, context=context
+        channel = (context.channel if context is not None and context.channel else None) or self._channel
+        posted = (
+            await notify_transitions(
+                previous, status, channel=channel, web_client=self._web_client, context=context
+            )
+            if channel
+            else []  # neither the plan nor the settings name a channel
         )
         slim = WaveStatus(
             wave_id=status.wave_id,

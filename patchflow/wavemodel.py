@@ -116,6 +116,8 @@ class WaveInput:
     """Stage runs continue as new past this many history events; 0 = when Temporal suggests it (~4,000)."""
     record_history: bool = False
     """Record the wave's progress in the history database (``patchflow db``) through the record_wave activity."""
+    slack_channel: str | None = None
+    """The plan's Slack channel for wave messages (else the API's PATCHFLOW_SLACK_CHANNEL)."""
 
 
 @dataclass

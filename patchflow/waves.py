@@ -156,6 +156,7 @@ def wave_input(
         heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
         started_by=who or local_user(),
         record_history=True,
+        slack_channel=plan.slack_channel,
     )
 
 

@@ -107,3 +107,10 @@ def test_absurd_durations_and_scales_are_refused(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("fleet: f.yaml}", "fleet: f.yaml, time_scale: .nan}"))
     message = str(pytest.raises(PlanError, load_plan, path).value)
     assert "at most 90d" in message and "time_scale" in message
+
+
+def test_slack_channel(tmp_path: Path) -> None:
+    good = write_plan(tmp_path, "slack_channel: C0123ABCD\nstages:\n" + GOOD_STAGE)
+    assert load_plan(good).slack_channel == "C0123ABCD"
+    bad = write_plan(tmp_path, "slack_channel: '#ops'\nstages:\n" + GOOD_STAGE)
+    assert "is not a Slack channel id" in str(pytest.raises(PlanError, load_plan, bad).value)
