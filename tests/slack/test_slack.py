@@ -639,3 +639,45 @@ def test_app_manifest_points_slack_at_the_endpoint_with_the_scopes_it_needs() ->
     assert [getattr(r, "path", None) for r in routes] == [
         urllib.parse.urlsplit(interactivity["request_url"]).path
     ]
+
+
+async def test_the_api_refresh_loop_posts_to_the_plans_channel(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path, slack_api: SlackApiStandIn
+) -> None:
+    """The API's own refresh loop (not a test double) announces a waiting gate in the channel the plan names."""
+    from patchflow.api import ApiState, _refresh_metrics
+    from patchflow.metrics import Metrics
+
+    client = dev_env.client
+    fleet = make_fleet({"dev": 1, "prod": 1})
+    inp = wave_input(
+        fleet, tmp_path, [stage("dev"), stage("prod", gate="approval", approvers=["slack:U0ALICE"])]
+    )
+    inp.slack_channel = "C0PLANCHAN"
+    async with running_worker(client) as tq:
+        api_settings = Settings(
+            data_dir=tmp_path / "data",
+            temporal_address=client.service_client.config.target_host,
+            task_queue=tq,
+            slack_bot_token=slack_api.token,
+            slack_api_url=slack_api.url,
+            slack_channel=CHANNEL,  # the fallback; the plan's channel wins
+        )
+        from prometheus_client import CollectorRegistry
+
+        state = ApiState(api_settings, Metrics(CollectorRegistry()))
+        await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
+        deadline = time.monotonic() + 30
+        while True:
+            await _refresh_metrics(state)
+            gates = [
+                c
+                for c in slack_api.calls("chat.postMessage")
+                if "Approve" in json.dumps(c.args.get("blocks"))
+            ]
+            if gates:
+                break
+            assert time.monotonic() < deadline, [c.args for c in slack_api.calls()]
+            await asyncio.sleep(0.2)
+        await client.get_workflow_handle(inp.wave_id).cancel()
+    assert {c.args["channel"] for c in slack_api.calls("chat.postMessage")} == {"C0PLANCHAN"}
