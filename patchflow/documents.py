@@ -178,6 +178,8 @@ def parse_document(
     else:
         try:
             data = yaml.load(text, Loader=_StringDatesLoader)  # noqa: S506 - a SafeLoader subclass
+        except ValueError as exc:  # PyYAML's own limits, e.g. an integer of more than 4,300 digits
+            raise error(f"not valid YAML: {exc}", source=source) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             what = getattr(exc, "problem", None) or str(exc)

@@ -311,3 +311,14 @@ def test_out_of_range_time_and_duplicate_keys(tmp_path: Path) -> None:
     dup_json.write_text('{"Name": "a-name", "OperatingSystem": "UBUNTU", "Name": "b-name"}')
     proc = run("baseline", "validate", str(dup_json), data_dir=tmp_path)
     assert proc.returncode == 2 and "duplicate key 'Name'" in proc.stderr
+
+
+def test_yaml_beyond_pythons_limits_is_a_clear_error(tmp_path: Path) -> None:
+    huge = tmp_path / "huge.yaml"
+    huge.write_text(
+        "Name: ok-name\nOperatingSystem: UBUNTU\nDescription: x\nApprovedPatchesComplianceLevel: "
+        + "9" * 5000
+        + "\n"
+    )
+    proc = run("baseline", "validate", str(huge), data_dir=tmp_path)
+    assert proc.returncode == 2 and "not valid YAML" in proc.stderr
