@@ -980,7 +980,7 @@ def compliance(
 ) -> ComplianceOut:
     """Judge an inventory against the baseline evaluated over the catalog (like DescribeInstancePatchStates);
     the results also feed the compliance metrics of ``/metrics``."""
-    from patchflow.compliance import engine_for, parse_inventory, summarise
+    from patchflow.compliance import judge, parse_inventory, summarise
     from patchflow.errors import InventoryError
 
     baseline, result = _evaluate(body)
@@ -988,19 +988,15 @@ def compliance(
     if family is None:  # evaluate() refuses non-Linux baselines first; kept for the type checker
         raise InputError(f"compliance needs a Linux baseline; {baseline.OperatingSystem} is not supported")
     instances = parse_inventory(_document(body.inventory, "inventory", InventoryError), family=family)
-    engine = engine_for(
+    results, notes = judge(
+        instances,
         family=family,
         candidates=result.approved(),
         rejected_patches=list(baseline.RejectedPatches),
         rejected_action=baseline.RejectedPatchesAction,
         package_manager=baseline.package_manager,
     )
-    results = [engine.evaluate(instance) for instance in instances]
     state.metrics.update_compliance(results)
-    notes = [
-        f"no catalog patches for product {p!r}; its instances were judged against every product's patches"
-        for p in sorted(engine.unknown_products)
-    ]
     return ComplianceOut.model_validate(
         {
             "patch_set_id": result.patch_set.id,

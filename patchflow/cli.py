@@ -21,7 +21,7 @@ from rich.table import Table
 from patchflow import cli_db, cli_ops, versions
 from patchflow.baselines import Baseline, dump_baseline, export_aws, load_baseline
 from patchflow.catalog import load_catalog
-from patchflow.compliance import Instance, engine_for, load_inventory, summarise
+from patchflow.compliance import Instance, judge, load_inventory, summarise
 from patchflow.config import get_settings
 from patchflow.errors import InputError, PatchflowError
 from patchflow.evaluation import Evaluation, PatchSet, PinnedPatch, evaluate
@@ -220,18 +220,14 @@ def baseline_compliance(
         candidates = result.approved()
         set_id = result.patch_set.id
     instances: list[Instance] = load_inventory(inventory, family=family)
-    engine = engine_for(
+    results, notes = judge(
+        instances,
         family=family,
         candidates=candidates,
         rejected_patches=rejected,
         rejected_action=action,
         package_manager=baseline.package_manager,
     )
-    results = [engine.evaluate(inst) for inst in instances]
-    notes = [
-        f"no catalog patches for product {p!r}; its instances were judged against every product's patches"
-        for p in sorted(engine.unknown_products)
-    ]
     if fmt is OutputFormat.json:
         _emit_json(
             {

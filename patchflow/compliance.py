@@ -487,6 +487,34 @@ def load_inventory(path: str | Path, *, family: str | None = None) -> list[Insta
     return parse_inventory(load_document(path, kind="inventory", error=InventoryError), family=family)
 
 
+def judge(
+    instances: Iterable[Instance],
+    *,
+    family: str,
+    candidates: Iterable[PinnedPatch],
+    rejected_patches: Sequence[str],
+    rejected_action: str,
+    package_manager: str,
+) -> tuple[list[InstanceCompliance], list[str]]:
+    """Compliance of every instance, plus notes for the operator (products the catalog does not know).
+
+    The one entry point the CLI and the API share.
+    """
+    engine = engine_for(
+        family=family,
+        candidates=candidates,
+        rejected_patches=rejected_patches,
+        rejected_action=rejected_action,
+        package_manager=package_manager,
+    )
+    results = [engine.evaluate(instance) for instance in instances]
+    notes = [
+        f"no catalog patches for product {p!r}; its instances were judged against every product's patches"
+        for p in sorted(engine.unknown_products)
+    ]
+    return results, notes
+
+
 def engine_for(
     *,
     family: str,
