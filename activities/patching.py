@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 
 from patchflow.errors import PatchflowError
 from patchflow.executors.base import Executor, InstallResult, Package
+from patchflow.freezes import first_allowed_window, freeze_note
 from patchflow.metrics import DEFAULT_METRICS, Metrics
 from patchflow.wavemodel import (
     ExecutorRef,
@@ -140,14 +141,24 @@ class WaveActivities:
 
     @activity.defn(name="next_window")
     async def next_window(self, inp: WindowInput) -> WindowResult:
-        """The window open now (if its cutoff is ahead) or the next one; ``now`` windows never close."""
-        if inp.spec.schedule.strip().lower() == "now":
-            return WindowResult(found=True, start=inp.after, end=None, cutoff=None)
+        """The window open now (if its cutoff is ahead) or the next one, outside every change freeze;
+        ``now`` windows never close unless a freeze cuts them."""
         after = inp.after if inp.after.tzinfo else inp.after.replace(tzinfo=UTC)
-        window = current_or_next(inp.spec, after)
-        if window is None:
-            return WindowResult(found=False)
-        return WindowResult(found=True, start=window.start, end=window.end, cutoff=window.cutoff)
+        if not inp.freezes:
+            if inp.spec.schedule.strip().lower() == "now":
+                return WindowResult(found=True, start=inp.after, end=None, cutoff=None)
+            window = current_or_next(inp.spec, after)
+            if window is None:
+                return WindowResult(found=False)
+            return WindowResult(found=True, start=window.start, end=window.end, cutoff=window.cutoff)
+        allowed = first_allowed_window(inp.spec, after, inp.freezes)
+        if allowed is None:
+            return WindowResult(
+                found=False, note="no window opens outside the change freezes within the freeze horizon"
+            )
+        return WindowResult(
+            found=True, start=allowed.start, end=allowed.end, cutoff=allowed.cutoff, note=freeze_note(allowed)
+        )
 
     @activity.defn(name="patch_batch")
     async def patch_batch(self, inp: PatchBatchInput) -> PatchBatchResult:

@@ -44,6 +44,11 @@ class Settings(BaseSettings):
     """SSM executor: first delay between status polls of a running command (×1.5 per poll)."""
     ssm_poll_max_seconds: float = Field(default=30.0, gt=0)
     """SSM executor: longest delay between status polls."""
+    plan: Path | None = None
+    """The plan commands use when they take an optional ``--plan`` and none is given (``patchflow emergency``)."""
+    freeze_file: Path | None = None
+    """Global change-freeze calendar for every plan: YAML ``{freezes: [...], override_approvers: [...]}`` or an
+    iCalendar (``.ics``) file; see the README section "Change freezes"."""
     database_url: str | None = None
     """SQLAlchemy URL of the history database (``postgresql+psycopg://user@host/db`` in production);
     unset: a SQLite file under ``data_dir``, which serves one machine but not several API replicas."""

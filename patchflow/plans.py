@@ -18,6 +18,7 @@ from typing import Any
 
 from patchflow.documents import Document, PathPart, load_document, suggest
 from patchflow.errors import InputError, Problem
+from patchflow.freezes import FreezeRule, parse_freezes
 from patchflow.ratecontrol import Limit, parse_limit
 from patchflow.windows import ScheduleError, WindowSpec, parse_window_spec
 
@@ -127,6 +128,10 @@ class Plan:
     """Count offline/undeliverable targets against the error budget (SSM never does)."""
     slack_channel: str | None = None
     """Slack channel id (``C…``) for this plan's wave messages and approval buttons."""
+    freezes: tuple[FreezeRule, ...] = ()
+    """Change freezes of this plan (the global freeze file adds to them); see :mod:`patchflow.freezes`."""
+    freeze_override_approvers: tuple[str, ...] = ()
+    """Who may approve an emergency wave that overrides a freeze (the global freeze file adds to them)."""
 
 
 _PLAN_KEYS = (
@@ -138,6 +143,8 @@ _PLAN_KEYS = (
     "stages",
     "undeliverable_counts_as_error",
     "slack_channel",
+    "freezes",
+    "freeze_override_approvers",
 )
 _STAGE_KEYS = ("name", "targets", "window", "max_concurrency", "max_errors", "soak", "gate", "on_failure")
 
@@ -222,6 +229,16 @@ def parse_plan(doc: Document) -> Plan:
         bad(("undeliverable_counts_as_error",), "expected true or false")
         undeliverable = False
 
+    freezes = parse_freezes(
+        data.get("freezes"), doc=doc, path=("freezes",), base_dir=base_dir, problems=problems
+    )
+    override_approvers = data.get("freeze_override_approvers", [])
+    if not isinstance(override_approvers, list) or not all(
+        isinstance(a, str) and a.strip() for a in override_approvers
+    ):
+        bad(("freeze_override_approvers",), "expected a list of the people who may override a freeze")
+        override_approvers = []
+
     stages: list[Stage] = []
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
@@ -252,6 +269,8 @@ def parse_plan(doc: Document) -> Plan:
         stages=tuple(stages),
         undeliverable_counts_as_error=undeliverable,
         slack_channel=slack_channel,
+        freezes=tuple(freezes),
+        freeze_override_approvers=tuple(a.strip() for a in override_approvers),
     )
 
 

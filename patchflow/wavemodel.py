@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from patchflow.executors.base import Package
+from patchflow.freezes import FreezePeriod
 from patchflow.windows import WindowSpec
 
 # Wave states (the CLI/API contract).
@@ -118,6 +119,12 @@ class WaveInput:
     """Record the wave's progress in the history database (``patchflow db``) through the record_wave activity."""
     slack_channel: str | None = None
     """The plan's Slack channel for wave messages (else the API's PATCHFLOW_SLACK_CHANNEL)."""
+    freezes: list[FreezePeriod] = field(default_factory=list)
+    """Change freezes (plan + global), expanded to UTC periods when the wave started: no window opens in one."""
+    freeze_override_by: str = ""
+    """Emergency waves: who approved ignoring the freezes (then ``freezes`` is empty); audited at the start."""
+    kind: str = "standard"
+    """``standard`` (from a plan, by hand or by a schedule) or ``emergency`` (``patchflow emergency``)."""
 
 
 @dataclass
@@ -225,6 +232,8 @@ class RecordWaveInput:
 class WindowInput:
     spec: WindowSpec
     after: datetime
+    freezes: list[FreezePeriod] = field(default_factory=list)
+    """No window may open inside these periods (see :mod:`patchflow.freezes`)."""
 
 
 @dataclass
@@ -233,6 +242,8 @@ class WindowResult:
     start: datetime | None = None
     end: datetime | None = None
     cutoff: datetime | None = None
+    note: str = ""
+    """Why the window is later or shorter than the schedule alone says (a change freeze), for the operator."""
 
 
 @dataclass

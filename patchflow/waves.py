@@ -22,6 +22,7 @@ from patchflow.config import Settings
 from patchflow.errors import InputError, NotFoundError, PatchflowError
 from patchflow.evaluation import PatchSet, evaluate
 from patchflow.executors.base import Package
+from patchflow.freezes import FreezeCalendar, FreezePeriod, load_freeze_file, periods_for_wave
 from patchflow.patchsets import PatchSetStore
 from patchflow.plans import Plan
 from patchflow.wavemodel import (
@@ -124,9 +125,47 @@ def _remember_patch_set(settings: Settings, pinned: PatchSet) -> None:
         logging.getLogger(__name__).debug("patch set %s not recorded: %s", pinned.id, exc)
 
 
+def freeze_calendar(settings: Settings) -> FreezeCalendar:
+    """The global freeze file named by PATCHFLOW_FREEZE_FILE (none: an empty calendar)."""
+    if settings.freeze_file is None:
+        return FreezeCalendar()
+    return load_freeze_file(settings.freeze_file)
+
+
+def plan_freezes(plan: Plan, settings: Settings, at: datetime) -> list[FreezePeriod]:
+    """The plan's and the global change freezes as the periods a wave starting at ``at`` carries."""
+    rules = [*plan.freezes, *freeze_calendar(settings).rules]
+    return periods_for_wave(rules, at) if rules else []
+
+
+def check_freeze_override(plan: Plan, settings: Settings, approver: str) -> None:
+    """Refuse a freeze override unless ``approver`` is one of the plan's or the freeze file's override
+    approvers."""
+    allowed = {*plan.freeze_override_approvers, *freeze_calendar(settings).override_approvers}
+    if not approver:
+        raise InputError(
+            "overriding a change freeze needs --approver NAME (one of the freeze override approvers)"
+        )
+    if approver not in allowed:
+        listed = (
+            ", ".join(sorted(allowed))
+            or "nobody: add freeze_override_approvers to the plan or override_approvers to the freeze file"
+        )
+        raise InputError(f"{approver!r} may not override a change freeze; allowed: {listed}")
+
+
 def wave_input(
-    plan: Plan, settings: Settings, pinned: PatchSet, *, wave_id: str | None = None, who: str = ""
+    plan: Plan,
+    settings: Settings,
+    pinned: PatchSet,
+    *,
+    wave_id: str | None = None,
+    who: str = "",
+    freeze_override_by: str = "",
+    kind: str = "standard",
 ) -> WaveInput:
+    """Everything a wave needs, from the plan. ``freeze_override_by`` (checked by
+    :func:`check_freeze_override`) starts the wave without its change freezes."""
     stages = [
         StageInput(
             name=s.name,
@@ -157,6 +196,9 @@ def wave_input(
         started_by=who or local_user(),
         record_history=True,
         slack_channel=plan.slack_channel,
+        freezes=[] if freeze_override_by else plan_freezes(plan, settings, datetime.now(UTC)),
+        freeze_override_by=freeze_override_by,
+        kind=kind,
     )
 
 

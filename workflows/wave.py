@@ -254,6 +254,10 @@ class WaveWorkflow:
             stages=[StageStatus(name=s.name) for s in inp.stages],
         )
         self._audit(inp.started_by or "patchflow", "start", "", f"patch set {inp.patch_set_id}")
+        if inp.freeze_override_by:
+            self._audit(
+                inp.freeze_override_by, "override_freeze", "", f"{inp.kind} wave runs through change freezes"
+            )
         await self._record_history()
         try:
             for index, stage in enumerate(inp.stages):
@@ -352,7 +356,7 @@ class WaveWorkflow:
         while remaining:
             window = await workflow.execute_activity(
                 "next_window",
-                WindowInput(spec=stage.window, after=workflow.now()),
+                WindowInput(spec=stage.window, after=workflow.now(), freezes=inp.freezes),
                 result_type=WindowResult,
                 start_to_close_timeout=QUICK_TIMEOUT,
                 retry_policy=QUICK_RETRY,
@@ -364,9 +368,12 @@ class WaveWorkflow:
                 self._status.state = WAVE_FAILED
                 self._status.reason = (
                     f"stage {stage.name}: its maintenance window schedule has no future window"
+                    + (f" ({window.note})" if window.note else "")
                 )
                 return False
             st.window_start, st.window_cutoff = window.start, window.cutoff
+            if window.note:
+                st.note = window.note
             if window.start is not None and window.start > workflow.now():
                 await self._transition(WAVE_RUNNING, st, STAGE_WAITING_WINDOW)
                 opened = await self._sleep_until(window.start)
