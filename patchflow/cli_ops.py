@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.console import Console
@@ -79,17 +80,25 @@ def plan_command(
     out.print(
         f"plan [bold]{result['plan']}[/]: patch set {result['patch_set_id']} ({result['patch_set_size']} package versions)"
     )
+    for freeze in result["freezes"]:
+        out.print(f"change freeze [yellow]{freeze['name']}[/]: {freeze['start']} → {freeze['end']}")
     for stage in result["stages"]:
         out.print(
             f"\n[bold]{stage['name']}[/]: {len(stage['targets'])} target(s), max_concurrency {stage['max_concurrency']}, "
             f"max_errors {stage['max_errors']}, gate {stage['gate']}, on_failure {stage['on_failure']}, soak {stage['soak_seconds']}s"
         )
         for window in stage["windows"]:
-            if window["start"] == "now":
-                out.print("  window: now (starts as soon as the gate passes)")
-            else:
+            for skipped in window["skipped"]:
                 out.print(
-                    f"  window {window['start']} → {window['end']} (no new starts after {window['cutoff']})"
+                    f"  [yellow]skipped[/] window {skipped['start']}: inside change freeze {skipped['freeze']}"
+                )
+            if window["start"] == "now":
+                cut = f" until {window['cutoff']} ({window['note']})" if window["cutoff"] else ""
+                out.print(f"  window: now (starts as soon as the gate passes){cut}")
+            else:
+                note = f" [yellow]{window['note']}[/]" if window["note"] and not window["skipped"] else ""
+                out.print(
+                    f"  window {window['start']} → {window['end']} (no new starts after {window['cutoff']}){note}"
                 )
         for problem in stage["problems"]:
             out.print(f"  [red]problem[/]: {problem}")
@@ -113,10 +122,12 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
     from patchflow.catalog import load_catalog
     from patchflow.evaluation import evaluate
     from patchflow.executors.base import Package
-    from patchflow.waves import executor_ref
-    from patchflow.windows import next_windows
+    from patchflow.freezes import first_allowed_window, freeze_at, freeze_note
+    from patchflow.freezes import preview as freeze_preview
+    from patchflow.waves import executor_ref, plan_freezes
 
     # A dry run evaluates but stores nothing and changes nothing.
+    freezes = plan_freezes(plan, settings, at)
     baseline = load_baseline(plan.baseline)
     pinned = evaluate(baseline, load_catalog(plan.catalog), at, catalog_source=str(plan.catalog)).patch_set
     family = pinned.family
@@ -143,14 +154,38 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
             ]
             targets.append({"id": instance_id, "online": instances[instance_id].online, "upgrades": upgrades})
         problems: list[str] = []
-        windows: list[dict[str, str | None]]
-        if stage.window.schedule.strip().lower() == "now":
-            windows = [{"start": "now", "end": None, "cutoff": None}]
+        windows: list[dict[str, Any]]
+        if stage.window.schedule.strip().lower() == "now" and freeze_at(freezes, at) is None:
+            upcoming = first_allowed_window(stage.window, at, freezes)
+            cut = upcoming.cutoff if upcoming is not None else None
+            windows = [
+                {
+                    "start": "now",
+                    "end": None,
+                    "cutoff": cut.isoformat() if cut else None,
+                    "skipped": [],
+                    "note": freeze_note(upcoming) if upcoming is not None else "",
+                }
+            ]
         else:
-            windows = [dict(w.to_json()) for w in next_windows(stage.window, at, 3)]
+            windows = [
+                {
+                    "start": w.start.astimezone(zone).isoformat(),
+                    "end": w.end.astimezone(zone).isoformat() if w.end else None,
+                    "cutoff": w.cutoff.astimezone(zone).isoformat() if w.cutoff else None,
+                    "skipped": [
+                        {"start": start.astimezone(zone).isoformat(), "freeze": name}
+                        for start, name in w.skipped
+                    ],
+                    "note": freeze_note(w),
+                }
+                for zone in [ZoneInfo(stage.window.timezone)]
+                for w in freeze_preview(stage.window, at, 3, freezes)
+            ]
             if not windows:
                 problems.append(
                     f"the window schedule {stage.window.schedule} never opens after {at.isoformat()}"
+                    + (" outside the change freezes" if freezes else "")
                 )
         if not targets and not missing:
             what = (
@@ -183,6 +218,11 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
         "patch_set_size": len(pinned.patches),
         "evaluated_at": at.isoformat(),
         "stages": stages,
+        "freezes": [
+            {"name": f.name, "start": f.start.isoformat(), "end": f.end.isoformat()}
+            for f in freezes
+            if f.end > at
+        ][:10],
         "problems": [f"{name}: {p}" for name, found in all_problems for p in found],
     }
 
