@@ -630,7 +630,9 @@ def worker_command() -> None:
 
     async def go() -> None:
         client = await connect(settings.temporal_address, attempts=10)
-        worker = build_worker(client, settings.task_queue, database_url=history_database(settings))
+        worker = build_worker(
+            client, settings.task_queue, database_url=history_database(settings), settings=settings
+        )
         err.print(
             f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
         )
@@ -708,7 +710,10 @@ def dev_command(
 
         client = await connect(settings.temporal_address, attempts=20)
         worker = build_worker(
-            client, settings.task_queue, database_url=history_database(settings, migrate=True)
+            client,
+            settings.task_queue,
+            database_url=history_database(settings, migrate=True),
+            settings=settings,
         )
         await _serve_until_stopped(worker, serve_api(settings, announce=err.print, handle_signals=False))
 
@@ -774,7 +779,7 @@ def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
     async def go() -> dict[str, Any]:
         client = await connect(settings.temporal_address, attempts=20)
         database_url = history_database(settings, migrate=True)
-        worker = build_worker(client, settings.task_queue, database_url=database_url)
+        worker = build_worker(client, settings.task_queue, database_url=database_url, settings=settings)
         worker_task = asyncio.create_task(worker.run())
         api_task = _demo_api(settings, database_url)
         try:

@@ -331,3 +331,48 @@ class WaveStatus:
 @dataclass
 class WaveResult:
     status: WaveStatus
+
+
+@dataclass
+class ScheduledWaveInput:
+    """What a Temporal Schedule starts on each firing: a plan to turn into a fresh wave (see
+    :mod:`patchflow.schedules`)."""
+
+    schedule_id: str
+    plan_path: str
+    """The plan file, as the workers see it: the baseline is evaluated afresh at every firing."""
+    wait_days: int = 0
+    """Calendar days to wait after the firing before the wave starts (offsets the calendar cannot express)."""
+    at: str = "02:00"
+    """The schedule's wall-clock start time (HH:MM) in ``timezone``: the wave starts then, ``wait_days`` later."""
+    timezone: str = "UTC"
+    started_by: str = ""
+    """Who created the schedule (the wave is started by ``schedule:<id>`` on their behalf)."""
+    plan_name: str = ""
+
+
+@dataclass
+class WaveStartInput:
+    """When a wave fired at ``fired_at`` starts after ``wait_days`` (wall clock resolved in an activity)."""
+
+    fired_at: datetime
+    wait_days: int
+    at: str
+    timezone: str
+
+
+@dataclass
+class PrepareWaveInput:
+    """Evaluate the plan's baseline now, pin the patch set and build the wave's input."""
+
+    plan_path: str
+    wave_id: str
+    started_by: str
+
+
+@dataclass
+class ScheduledWaveResult:
+    wave_id: str
+    state: str
+    patch_set_id: str
+    reason: str = ""

@@ -9,11 +9,14 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities.patching import ExecutorFactory, WaveActivities, build_executor
+from activities.scheduling import ScheduleActivities
+from patchflow.config import Settings
 from patchflow.errors import PatchflowError
+from workflows.scheduled import ScheduledWaveWorkflow
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
 
-WORKFLOWS: Sequence[type] = (WaveWorkflow, StageRunWorkflow)
+WORKFLOWS: Sequence[type] = (WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow)
 
 
 class TemporalUnavailable(PatchflowError):
@@ -42,12 +45,14 @@ def build_worker(
     *,
     factory: ExecutorFactory = build_executor,
     database_url: str | None = None,
+    settings: Settings | None = None,
 ) -> Worker:
     """A worker serving every patchflow workflow and activity on ``task_queue``.
 
     With ``database_url``, activities record results and wave snapshots in the history database.
     """
     acts = WaveActivities(factory, database_url=database_url, client=client)
+    scheduling = ScheduleActivities(settings)
     return Worker(
         client,
         task_queue=task_queue,
@@ -61,6 +66,8 @@ def build_worker(
             acts.rollback_instances,
             acts.health_check,
             acts.record_wave,
+            scheduling.scheduled_wave_start,
+            scheduling.prepare_scheduled_wave,
         ],
         # Every activity is async (executors await I/O), so no thread pool is needed.
         max_concurrent_activities=200,

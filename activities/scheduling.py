@@ -1,0 +1,48 @@
+"""Activities of scheduled waves: the wave's start time after an offset wait, and a fresh wave input per firing.
+
+They read the plan, baseline and catalog files on the worker (I/O), so they live here and not in the workflow.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from patchflow.config import Settings, get_settings
+from patchflow.errors import InputError, NotFoundError
+from patchflow.plans import load_plan
+from patchflow.schedules import parse_time, wave_start_after_wait
+from patchflow.wavemodel import PrepareWaveInput, WaveInput, WaveStartInput
+
+
+class ScheduleActivities:
+    """Holds the settings the wave inputs are built with (data directory, executors' defaults, freezes)."""
+
+    def __init__(self, settings: Settings | None = None) -> None:
+        self._settings = settings
+
+    @property
+    def settings(self) -> Settings:
+        return self._settings or get_settings()
+
+    @activity.defn(name="scheduled_wave_start")
+    async def scheduled_wave_start(self, inp: WaveStartInput) -> datetime:
+        """The instant the wave starts: ``at`` wall-clock time ``wait_days`` calendar days after the firing."""
+        fired = inp.fired_at if inp.fired_at.tzinfo else inp.fired_at.replace(tzinfo=UTC)
+        return wave_start_after_wait(fired, inp.wait_days, parse_time(inp.at), inp.timezone)
+
+    @activity.defn(name="prepare_scheduled_wave")
+    async def prepare_scheduled_wave(self, inp: PrepareWaveInput) -> WaveInput:
+        """Load the plan (as it is now), evaluate its baseline, pin the patch set and build the wave input."""
+        from patchflow.waves import pin_patch_set, wave_input
+
+        settings = self.settings
+        try:
+            plan = load_plan(inp.plan_path)
+            pinned = pin_patch_set(plan, settings, at=datetime.now(UTC))
+            return wave_input(plan, settings, pinned, wave_id=inp.wave_id, who=inp.started_by)
+        except (InputError, NotFoundError) as exc:
+            # A broken plan does not get better by retrying: fail this firing, loudly.
+            raise ApplicationError(str(exc), type="InputError", non_retryable=True) from None

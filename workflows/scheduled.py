@@ -1,0 +1,88 @@
+"""ScheduledWaveWorkflow: what a plan's Temporal Schedule starts at each firing.
+
+It waits out an offset the schedule's calendar cannot express (Patch Tuesday + 21 days), builds a fresh wave
+from the plan (a new evaluation of the baseline, a new pinned patch set) and runs it as a child. It lives until
+the wave ends, so the schedule's overlap policy SKIP never lets two waves of one plan run at once.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from temporalio import workflow
+from temporalio.common import SearchAttributeKey
+from temporalio.workflow import ParentClosePolicy
+
+with workflow.unsafe.imports_passed_through():
+    from patchflow.wavemodel import (
+        PrepareWaveInput,
+        ScheduledWaveInput,
+        ScheduledWaveResult,
+        WaveInput,
+        WaveResult,
+        WaveStartInput,
+    )
+    from workflows.policies import QUICK_RETRY, QUICK_TIMEOUT
+    from workflows.wave import WaveWorkflow
+
+#: Set by the server on workflows a schedule starts: the firing's nominal time.
+SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+
+
+@workflow.defn
+class ScheduledWaveWorkflow:
+    def __init__(self) -> None:
+        self._wave_id = ""
+        self._state = "waiting"
+        self._starts_at: datetime | None = None
+
+    @workflow.query
+    def wave(self) -> str:
+        """The wave this firing started ('' until it has)."""
+        return self._wave_id
+
+    @workflow.run
+    async def run(self, inp: ScheduledWaveInput) -> ScheduledWaveResult:
+        info = workflow.info()
+        fired_at = info.typed_search_attributes.get(SCHEDULED_START) or info.start_time
+        if inp.wait_days:
+            self._starts_at = await workflow.execute_activity(
+                "scheduled_wave_start",
+                WaveStartInput(fired_at=fired_at, wait_days=inp.wait_days, at=inp.at, timezone=inp.timezone),
+                result_type=datetime,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            )
+            delay = self._starts_at - workflow.now()
+            if delay.total_seconds() > 0:
+                await workflow.sleep(
+                    delay, summary=f"until the wave starts, {inp.wait_days} days after the firing"
+                )
+        stamp = workflow.now().strftime("%Y%m%dT%H%M%SZ")
+        wave_id = f"wave-{inp.plan_name or inp.schedule_id}-{stamp}-{info.run_id[:6]}"
+        self._state = "preparing"
+        wave_input: WaveInput = await workflow.execute_activity(
+            "prepare_scheduled_wave",
+            PrepareWaveInput(
+                plan_path=inp.plan_path, wave_id=wave_id, started_by=f"schedule:{inp.schedule_id}"
+            ),
+            result_type=WaveInput,
+            start_to_close_timeout=QUICK_TIMEOUT,
+            retry_policy=QUICK_RETRY,
+        )
+        self._wave_id = wave_input.wave_id
+        self._state = "running"
+        result: WaveResult = await workflow.execute_child_workflow(
+            WaveWorkflow.run,
+            wave_input,
+            id=wave_input.wave_id,
+            # Ending this wrapper (a schedule deleted with --terminate) must not kill a wave half-way.
+            parent_close_policy=ParentClosePolicy.ABANDON,
+        )
+        self._state = result.status.state
+        return ScheduledWaveResult(
+            wave_id=wave_input.wave_id,
+            state=result.status.state,
+            patch_set_id=wave_input.patch_set_id,
+            reason=result.status.reason,
+        )
