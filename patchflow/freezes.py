@@ -94,7 +94,9 @@ class AllowedWindow:
     cut_by: str | None = None
     """The freeze that cuts this window short, if any."""
     skipped: tuple[tuple[datetime, str], ...] = ()
-    """(start, freeze name) of the windows skipped before this one because they open inside a freeze."""
+    """(start, freeze name) of the first window skipped inside each freeze passed over before this one."""
+    delayed_by: str | None = None
+    """``now`` windows: the freeze(s) that pushed the start to their end."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -238,7 +240,7 @@ def _month_day(value: Any, where: tuple[PathPart, ...], bad: Any) -> tuple[int, 
             return month, day
         except ValueError:
             pass
-    bad(where, f"{value!r}: expected a quoted month-day, MM-DD, e.g. '12-20'")
+    bad(where, f"{value!r}: expected a month-day MM-DD, e.g. '12-20' (quote it in YAML)")
     return None
 
 
@@ -260,7 +262,7 @@ def load_freeze_file(path: str | Path) -> FreezeCalendar:
         probe = datetime(2000, 1, 1, tzinfo=UTC)
         _ical_events(source.resolve(), probe, probe + timedelta(days=1), ZoneInfo("UTC"))
         return FreezeCalendar(rules=(FreezeRule(name=source.stem, ical=source.resolve()),))
-    doc = load_document(source, kind="freeze file", error=FreezeError)
+    doc = load_document(source, kind="freeze", error=FreezeError)
     problems: list[Problem] = []
     allowed = ("freezes", "override_approvers")
     if not isinstance(doc.data, dict):
@@ -305,11 +307,13 @@ def _yearly(rule: FreezeRule, start: datetime, end: datetime) -> Iterable[tuple[
     zone = ZoneInfo(rule.timezone)
     wraps = rule.yearly_to < rule.yearly_from
     for year in range(start.year - 1, end.year + 1):
-        first = _month_day_in(year, rule.yearly_from)
-        last = _month_day_in(year + 1 if wraps else year, rule.yearly_to)
-        if first is None or last is None:
-            continue  # 02-29 in a common year
-        yield _local_midnight(first, zone), _local_midnight(last + timedelta(days=1), zone)
+        # 02-29 in a common year: a freeze from it starts on 1 March, one to it ends on 28 February.
+        first = _month_day_in(year, rule.yearly_from) or date(year, 3, 1)
+        last = _month_day_in(year + 1 if wraps else year, rule.yearly_to) or date(
+            year + 1 if wraps else year, 2, 28
+        )
+        if last >= first:
+            yield _local_midnight(first, zone), _local_midnight(last + timedelta(days=1), zone)
 
 
 def _month_day_in(year: int, month_day: tuple[int, int]) -> date | None:
@@ -407,31 +411,55 @@ def first_allowed_window(
     periods = sorted(periods, key=lambda p: p.start)
     if spec.schedule.strip().lower() == "now":
         start = moment
+        delayed: list[str] = []
         while (frozen := freeze_at(periods, start)) is not None:
+            delayed.append(frozen.name)
             start = frozen.end
         upcoming = _next_freeze_after(periods, start)
         cut = upcoming.start if upcoming is not None else None
-        return AllowedWindow(start, cut, cut, upcoming.name if upcoming is not None else None)
+        return AllowedWindow(
+            start,
+            cut,
+            cut,
+            upcoming.name if upcoming is not None else None,
+            delayed_by=" + ".join(delayed) if delayed else None,
+        )
     skipped: list[tuple[datetime, str]] = []
     window: Window | None = current_or_next(spec, moment)
     for _ in range(MAX_SKIPPED_WINDOWS):
         if window is None:
             return None
         frozen = freeze_at(periods, window.start)
-        if frozen is None:
-            upcoming = _next_freeze_after(periods, window.start)
-            if upcoming is None or upcoming.start >= window.end:
-                if moment <= window.cutoff:
-                    return AllowedWindow(window.start, window.end, window.cutoff, None, tuple(skipped))
-            elif moment <= min(window.cutoff, upcoming.start):
-                cut = upcoming.start
-                return AllowedWindow(
-                    window.start, min(window.end, cut), min(window.cutoff, cut), upcoming.name, tuple(skipped)
-                )
-        else:
+        if frozen is not None:
+            # Jump over the whole freeze at once (a 5-minute schedule through a month-long freeze is one step).
             skipped.append((window.start, frozen.name))
+            window = _first_at_or_after(spec, window, frozen.end)
+            continue
+        upcoming = _next_freeze_after(periods, window.start)
+        if upcoming is None or upcoming.start >= window.end:
+            if moment <= window.cutoff:
+                return AllowedWindow(window.start, window.end, window.cutoff, None, tuple(skipped))
+        elif moment < min(window.cutoff, upcoming.start):
+            cut = upcoming.start
+            return AllowedWindow(
+                window.start, min(window.end, cut), min(window.cutoff, cut), upcoming.name, tuple(skipped)
+            )
         window = _following(spec, window)
     return None
+
+
+def _first_at_or_after(spec: WindowSpec, window: Window, moment: datetime) -> Window | None:
+    """The first window of ``window``'s series that starts at or after ``moment``; a ``rate`` series keeps its
+    phase (every 5 minutes from 00:01 stays on :01, :06, …)."""
+    if spec.schedule.strip().lower().startswith("rate"):
+        pair = next_windows(spec, window.start, 2)
+        if len(pair) < 2:
+            return None
+        interval = pair[1].start - pair[0].start
+        steps = -((window.start - moment) // interval)  # ceil((moment - start) / interval)
+        return next_windows(spec, window.start + max(steps, 1) * interval, 1)[0]
+    later = next_windows(spec, moment, 1)
+    return later[0] if later else None
 
 
 def _following(spec: WindowSpec, window: Window | AllowedWindow) -> Window | None:
@@ -461,9 +489,11 @@ def preview(
 def freeze_note(window: AllowedWindow) -> str:
     """One line for the operator: which freezes moved or shortened this window ("" when none did)."""
     parts: list[str] = []
+    if window.delayed_by is not None:
+        parts.append(f"delayed until {window.start.isoformat()} by change freeze {window.delayed_by}")
     if window.skipped:
         names = sorted({name for _, name in window.skipped})
-        parts.append(f"{len(window.skipped)} window(s) skipped inside change freeze {', '.join(names)}")
-    if window.cut_by is not None and window.cutoff is not None:
-        parts.append(f"cut at {window.cutoff.isoformat()} by change freeze {window.cut_by}")
+        parts.append(f"windows inside change freeze {', '.join(names)} skipped")
+    if window.cut_by is not None and window.end is not None:
+        parts.append(f"cut short at {window.end.isoformat()} by change freeze {window.cut_by}")
     return "; ".join(parts)

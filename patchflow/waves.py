@@ -142,6 +142,7 @@ def check_freeze_override(plan: Plan, settings: Settings, approver: str) -> None
     """Refuse a freeze override unless ``approver`` is one of the plan's or the freeze file's override
     approvers."""
     allowed = {*plan.freeze_override_approvers, *freeze_calendar(settings).override_approvers}
+    approver = approver.strip()
     if not approver:
         raise InputError(
             "overriding a change freeze needs --approver NAME (one of the freeze override approvers)"

@@ -14,6 +14,8 @@ from temporalio.common import SearchAttributeKey
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
+    # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
+    from patchflow.freezes import FreezePeriod  # noqa: F401
     from patchflow.wavemodel import (
         PrepareWaveInput,
         ScheduledWaveInput,
@@ -21,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
         WaveInput,
         WaveResult,
         WaveStartInput,
+        WaveStartResult,
     )
     from workflows.policies import QUICK_RETRY, QUICK_TIMEOUT
     from workflows.wave import WaveWorkflow
@@ -46,13 +49,14 @@ class ScheduledWaveWorkflow:
         info = workflow.info()
         fired_at = info.typed_search_attributes.get(SCHEDULED_START) or info.start_time
         if inp.wait_days:
-            self._starts_at = await workflow.execute_activity(
+            start: WaveStartResult = await workflow.execute_activity(
                 "scheduled_wave_start",
                 WaveStartInput(fired_at=fired_at, wait_days=inp.wait_days, at=inp.at, timezone=inp.timezone),
-                result_type=datetime,
+                result_type=WaveStartResult,
                 start_to_close_timeout=QUICK_TIMEOUT,
                 retry_policy=QUICK_RETRY,
             )
+            self._starts_at = start.starts_at
             delay = self._starts_at - workflow.now()
             if delay.total_seconds() > 0:
                 await workflow.sleep(

@@ -18,6 +18,8 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
+    from patchflow.freezes import FreezePeriod  # noqa: F401
     from patchflow.ratecontrol import (
         FAILED,
         NOT_ATTEMPTED,
