@@ -14,7 +14,7 @@ from patchflow.config import Settings, get_settings
 from patchflow.errors import InputError, NotFoundError
 from patchflow.plans import load_plan
 from patchflow.schedules import parse_time, wave_start_after_wait
-from patchflow.wavemodel import PrepareWaveInput, WaveInput, WaveStartInput
+from patchflow.wavemodel import PrepareWaveInput, WaveInput, WaveStartInput, WaveStartResult
 
 
 class ScheduleActivities:
@@ -28,10 +28,10 @@ class ScheduleActivities:
         return self._settings or get_settings()
 
     @activity.defn(name="scheduled_wave_start")
-    async def scheduled_wave_start(self, inp: WaveStartInput) -> datetime:
+    async def scheduled_wave_start(self, inp: WaveStartInput) -> WaveStartResult:
         """The instant the wave starts: ``at`` wall-clock time ``wait_days`` calendar days after the firing."""
         fired = inp.fired_at if inp.fired_at.tzinfo else inp.fired_at.replace(tzinfo=UTC)
-        return wave_start_after_wait(fired, inp.wait_days, parse_time(inp.at), inp.timezone)
+        return WaveStartResult(wave_start_after_wait(fired, inp.wait_days, parse_time(inp.at), inp.timezone))
 
     @activity.defn(name="prepare_scheduled_wave")
     async def prepare_scheduled_wave(self, inp: PrepareWaveInput) -> WaveInput:

@@ -9,11 +9,16 @@ A :class:`WaveSchedule` is what an operator writes on the command line::
 
 Monthly firings are the *k*-th weekday of the month (``first``…``fourth``; ``second Tuesday`` is Microsoft's Patch
 Tuesday, on which most vendors publish) or a day of the month (1–28, so that every month has it), plus
-``offset_days`` calendar days (0–27 monthly, 0–6 weekly), at ``at`` wall-clock time in ``timezone``. A wall
-time that a spring-forward gap skips is read with the offset from before the change (02:30 on the last Sunday
-of March in Europe/Berlin fires at 03:30 CEST), and a wall time that a fall-back repeats fires once, at its
-first occurrence — how Temporal's scheduler resolves calendar times (Go's ``time.Date``), so that previews match
-the server.
+``offset_days`` calendar days (0–27 monthly, 0–6 weekly), at ``at`` wall-clock time in ``timezone``.
+
+Daylight saving: Temporal's scheduler (measured on the dev server; ``tests/workflows/test_schedules.py`` keeps
+checking it) does not fire a wall time that a spring-forward gap skips, and around a fall-back it fires some wall
+times twice (in Europe/Berlin on 31 October 2027, ``01:30`` fires at 23:30 and 00:30 UTC) and others only at
+their second occurrence. A monthly wave that silently does not happen, or happens twice, is worse than an error,
+so :func:`check_daylight_saving` refuses monthly and weekly schedules whose wall time falls into the hour a
+daylight-saving change skips or repeats, or the hour before it, on a firing day in the coming years ("choose 04:00 or UTC"). Daily schedules are
+allowed; on those two days a year the server's firings may differ from the preview, which skips gap days and
+otherwise takes a wall time's first occurrence.
 
 Temporal calendar specs match a time only if *every* field matches, day-of-month **and** day-of-week, so "days
 8–14 and Tuesday" is exactly the second Tuesday, and "days 18–24 and Friday" is Patch Tuesday + 10 days. That
@@ -31,6 +36,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from patchflow.errors import InputError
+from patchflow.windows import resolve_wall_time
 
 ORDINALS = {"first": 1, "1st": 1, "second": 2, "2nd": 2, "third": 3, "3rd": 3, "fourth": 4, "4th": 4}
 WEEKDAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")
@@ -246,11 +252,39 @@ def _temporal_dow(python_weekday: int) -> int:
     return (python_weekday % 7 + 1) % 7
 
 
-def wall_clock_instant(day: date, at: time, zone: ZoneInfo) -> datetime:
-    """The UTC instant at which ``day at`` happens in ``zone``, resolved as Temporal's scheduler does (Go's
-    ``time.Date``): a time skipped by a spring-forward gap takes the offset from before the change, a repeated
-    time its first occurrence."""
-    return datetime.combine(day, at, tzinfo=zone).replace(fold=0).astimezone(UTC)
+def wall_clock_instant(day: date, at: time, zone: ZoneInfo) -> datetime | None:
+    """The UTC instant of a calendar firing ``day at`` in ``zone``: None for a wall time a spring-forward gap
+    skips (Temporal does not fire then), else its first occurrence."""
+    local = datetime.combine(day, at, tzinfo=zone)
+    first = local.replace(fold=0).astimezone(UTC)
+    if first.astimezone(zone).replace(tzinfo=None) != local.replace(tzinfo=None):
+        return None  # in a gap: the clocks never show this time on this day
+    return first
+
+
+def near_daylight_saving_change(day: date, at: time, zone: ZoneInfo) -> bool:
+    """True when ``day at`` is where Temporal's scheduler skips or repeats calendar firings: inside the wall-clock
+    hour a change skips or repeats, or in the hour before it (measured: around a fall-back, European zones fire
+    wall times of that hour twice)."""
+    wall = datetime.combine(day, at)
+    start = datetime.combine(day, time(0), tzinfo=UTC) - timedelta(hours=18)
+    step = timedelta(minutes=15)
+    for i in range(4 * 60):  # 60 hours of UTC quarter hours around the local day
+        t = start + i * step
+        before, after = t.astimezone(zone).utcoffset(), (t + step).astimezone(zone).utcoffset()
+        if before is None or after is None or before == after:
+            continue
+        change = t + step
+        edges = sorted(((change + before).replace(tzinfo=None), (change + after).replace(tzinfo=None)))
+        if edges[0] - timedelta(hours=1) <= wall < edges[1]:
+            return True
+    return False
+
+
+def _resolved_start(day: date, at: time, zone: ZoneInfo) -> datetime:
+    """A wave start patchflow computes itself (after a wait): a time in a gap starts when the gap ends."""
+    instant = wall_clock_instant(day, at, zone)
+    return instant if instant is not None else resolve_wall_time(datetime.combine(day, at), zone)
 
 
 def base_days(schedule: WaveSchedule, start: date) -> list[date]:
@@ -279,8 +313,10 @@ def firings(schedule: WaveSchedule, after: datetime, count: int) -> list[Firing]
         for base in base_days(schedule, day):
             start_day = base + timedelta(days=schedule.offset_days)
             fire_day = base + timedelta(days=schedule.offset_days - plan.wait_days)
-            starts_at = wall_clock_instant(start_day, schedule.at, zone)
             fires_at = wall_clock_instant(fire_day, schedule.at, zone)
+            if fires_at is None:
+                continue  # the server does not fire in a daylight-saving gap
+            starts_at = _resolved_start(start_day, schedule.at, zone) if plan.wait_days else fires_at
             if fires_at >= after and (not out or starts_at > out[-1].starts_at):
                 out.append(Firing(fires_at, starts_at))
                 if len(out) == count:
@@ -295,4 +331,33 @@ def wave_start_after_wait(fired_at: datetime, wait_days: int, at: time, timezone
     change would shift by an hour)."""
     zone = ZoneInfo(timezone)
     local_day = fired_at.astimezone(zone).date()
-    return wall_clock_instant(local_day + timedelta(days=wait_days), at, zone)
+    return _resolved_start(local_day + timedelta(days=wait_days), at, zone)
+
+
+def daylight_saving_days(schedule: WaveSchedule, after: datetime, *, years: int = 5) -> list[date]:
+    """Firing days within ``years`` whose wall time is near a daylight-saving change (see the module docstring)."""
+    zone = ZoneInfo(schedule.timezone)
+    plan = calendar_plan(schedule)
+    found: set[date] = set()
+    day = after.astimezone(zone).date()
+    end = day + timedelta(days=366 * years)
+    while day < end:
+        for base in base_days(schedule, day):
+            fire_day = base + timedelta(days=schedule.offset_days - plan.wait_days)
+            if near_daylight_saving_change(fire_day, schedule.at, zone):
+                found.add(fire_day)
+        day += timedelta(days=32)
+    return sorted(found)
+
+
+def check_daylight_saving(schedule: WaveSchedule, now: datetime) -> None:
+    """Refuse a monthly or weekly schedule that Temporal would skip or fire twice on a daylight-saving day."""
+    if schedule.kind == "daily":
+        return
+    days = daylight_saving_days(schedule, now)
+    if days:
+        raise ScheduleSpecError(
+            f"--at {schedule.at:%H:%M} {schedule.timezone} is at a daylight-saving change on "
+            f"{days[0].isoformat()}, when Temporal's scheduler skips or repeats firings, so that wave could "
+            "silently not happen or happen twice; choose a time away from the change (e.g. 04:00) or --timezone UTC"
+        )

@@ -38,7 +38,7 @@ from patchflow.config import Settings
 from patchflow.errors import InputError, NotFoundError, PatchflowError
 from patchflow.freezes import first_allowed_window
 from patchflow.plans import Plan, load_plan
-from patchflow.schedules import WaveSchedule, calendar_plan, firings
+from patchflow.schedules import WaveSchedule, calendar_plan, check_daylight_saving, firings
 from patchflow.wavemodel import ScheduledWaveInput
 from workflows.scheduled import ScheduledWaveWorkflow
 
@@ -93,6 +93,7 @@ async def create_schedule(client: Client, settings: Settings, request: ScheduleR
             "--catchup-window must be between 10s and 1d; a late wave is worse than a skipped one"
         )
     plan, schedule = request.plan, request.schedule
+    check_daylight_saving(schedule, datetime.now(UTC))
     schedule_id = request.schedule_id or schedule_id_for(plan)
     cal = calendar_plan(schedule)
     action = ScheduleActionStartWorkflow(
@@ -106,7 +107,7 @@ async def create_schedule(client: Client, settings: Settings, request: ScheduleR
             started_by=request.who,
             plan_name=plan.name,
         ),
-        id=f"scheduled-{plan.name}",
+        id=f"scheduled-{schedule_id}",
         task_queue=settings.task_queue,
     )
     memo = {

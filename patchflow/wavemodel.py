@@ -362,6 +362,11 @@ class WaveStartInput:
 
 
 @dataclass
+class WaveStartResult:
+    starts_at: datetime
+
+
+@dataclass
 class PrepareWaveInput:
     """Evaluate the plan's baseline now, pin the patch set and build the wave's input."""
 

@@ -457,6 +457,10 @@ def _resolve(wall: datetime, zone: ZoneInfo) -> datetime:
     return high
 
 
+resolve_wall_time = _resolve
+"""Public name of :func:`_resolve` (a wall time in ``zone`` → the first instant the clocks show it or later)."""
+
+
 def _aware(value: datetime, name: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise ValueError(f"{name} must be a timezone-aware datetime, got naive {value.isoformat()}")

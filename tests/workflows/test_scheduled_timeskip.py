@@ -1,0 +1,109 @@
+"""Scheduled waves over months on Temporal's time-skipping test server.
+
+The test server has no Schedules API, so each test starts :class:`ScheduledWaveWorkflow` itself at the instant
+the schedule would fire (the server clock is skipped forward to it) — the workflow then waits out an offset the
+calendar cannot express (Patch Tuesday + 21 days), across a daylight-saving change, and runs the wave.
+"""
+
+from __future__ import annotations
+
+import calendar
+import uuid
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from temporalio.testing import WorkflowEnvironment
+
+from patchflow.config import Settings
+from patchflow.schedules import calendar_plan, parse_schedule
+from patchflow.wavemodel import ScheduledWaveInput
+from patchflow.worker import build_worker
+from tests.workflows.test_schedules import write_plan
+from workflows.scheduled import ScheduledWaveWorkflow
+
+BERLIN = ZoneInfo("Europe/Berlin")
+
+
+def patch_tuesday(year: int, month: int) -> date:
+    tuesdays = [week[1] for week in calendar.monthcalendar(year, month) if week[1]]
+    return date(year, month, tuesdays[1])
+
+
+async def test_patch_tuesday_plus_21_days_across_months_and_dst(
+    skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    schedule = parse_schedule(monthly="second Tuesday", offset_days=21, at="02:00", timezone="Europe/Berlin")
+    wait_days = calendar_plan(schedule).wait_days
+    assert wait_days == 21
+    plan_path = write_plan(tmp_path, make_fleet({"dev": 2, "prod": 2}))
+    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
+    client = skip_env.client
+
+    # The next two March Patch Tuesdays after the server's clock, and one firing in a winter month before:
+    # each wave must start 21 days after its firing at 02:00 Berlin time — in March that is after the clocks
+    # went forward (00:00 UTC instead of 01:00 UTC).
+    now = await skip_env.get_current_time()
+    march_year = now.year + 1 if (now.month, now.day) >= (3, 1) else now.year
+    winter = patch_tuesday(march_year, 1)
+    firings = [winter, patch_tuesday(march_year, 3)]
+    started: list[datetime] = []
+    async with build_worker(client, settings.task_queue, settings=settings):
+        for day in firings:
+            fire_at = datetime(day.year, day.month, day.day, 2, 0, tzinfo=BERLIN).astimezone(UTC)
+            current = await skip_env.get_current_time()
+            assert fire_at > current
+            await skip_env.sleep(fire_at - current)
+            inp = ScheduledWaveInput(
+                schedule_id="patchflow-sched",
+                plan_path=str(plan_path),
+                wait_days=wait_days,
+                at="02:00",
+                timezone="Europe/Berlin",
+                plan_name="sched",
+            )
+            handle = await client.start_workflow(
+                ScheduledWaveWorkflow.run,
+                inp,
+                id=f"scheduled-{uuid.uuid4().hex[:8]}",
+                task_queue=settings.task_queue,
+            )
+            result = await handle.result()
+            assert result.state == "succeeded"
+            child = await client.get_workflow_handle(result.wave_id).describe()
+            started.append(child.start_time.astimezone(UTC))
+
+    expected = [
+        datetime.combine(day + timedelta(days=21), datetime.min.time(), tzinfo=BERLIN).replace(hour=2)
+        for day in firings
+    ]
+    # Each wave started at its planned local start (to the second; the test server skips straight to it).
+    for got, want in zip(started, expected, strict=True):
+        assert want.astimezone(UTC) <= got < want.astimezone(UTC) + timedelta(seconds=5), (got, want)
+    assert started[0].astimezone(BERLIN).hour == 2 and started[0].hour == 1  # CET
+    assert started[1].astimezone(BERLIN).hour == 2 and started[1].hour == 0  # CEST, after the March change
+
+
+async def test_a_firing_without_offset_starts_its_wave_at_once_with_a_fresh_patch_set(
+    skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    plan_path = write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
+    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
+    client = skip_env.client
+    async with build_worker(client, settings.task_queue, settings=settings):
+        begin = await skip_env.get_current_time()
+        result = await client.execute_workflow(
+            ScheduledWaveWorkflow.run,
+            ScheduledWaveInput(schedule_id="patchflow-sched", plan_path=str(plan_path), plan_name="sched"),
+            id=f"scheduled-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.task_queue,
+        )
+    assert result.state == "succeeded"
+    assert result.wave_id.startswith("wave-sched-")
+    child = await client.get_workflow_handle(result.wave_id).describe()
+    assert child.start_time - begin < timedelta(minutes=1)
+    from patchflow.patchsets import PatchSetStore
+
+    pinned = PatchSetStore(settings.patch_set_dir).resolve(result.patch_set_id)
+    assert pinned.patches, "the firing pinned the plan's evaluated patch set"
