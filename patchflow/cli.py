@@ -18,7 +18,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from patchflow import cli_db, cli_ops, versions
+from patchflow import cli_compliance, cli_db, cli_emergency, cli_ops, cli_schedule, versions
 from patchflow.baselines import Baseline, dump_baseline, export_aws, load_baseline
 from patchflow.catalog import load_catalog
 from patchflow.compliance import Instance, judge, load_inventory, summarise
@@ -48,6 +48,9 @@ app.add_typer(cli_ops.wave_app, name="wave")
 app.add_typer(cli_ops.fleet_app, name="fleet")
 app.add_typer(cli_ops.window_app, name="window")
 app.add_typer(cli_ops.ssm_app, name="ssm")
+app.add_typer(cli_compliance.compliance_app, name="compliance")
+app.add_typer(cli_schedule.schedule_app, name="schedule")
+app.add_typer(cli_emergency.emergency_app, name="emergency")
 cli_db.register(app)  # patchflow db …, patchflow token …
 app.command("worker")(cli_ops.worker_command)
 app.command("dev")(cli_ops.dev_command)

@@ -1,0 +1,533 @@
+"""``patchflow emergency``: patch named CVEs now, through the plan's stages, and say who is still exposed.
+
+The patch set holds only the fixes for the named CVEs and ``--package`` names, with their dependencies
+(:mod:`patchflow.emergency` says which versions). The wave runs the plan's stages for ``--targets`` with every
+window ``now`` and no soak; rate control, error budgets, health and approval gates stay as the plan says, and
+change freezes still apply unless ``--override-freeze --approver NAME`` names a freeze override approver.
+
+``--format json`` prints one object (stable keys)::
+
+    {"plan", "targets", "stages": [NAME…], "cves": [ID…], "packages": [NAME…], "dry_run",
+     "patch_set_id",                        # null for a dry run (nothing is stored)
+     "fixes": [{"name", "arch", "version", "reason", "cve_ids"}],
+     "refused": [{"name", "arch", "version", "reason"}],   # versions the baseline never lets be installed
+     "unfixable": {ISSUE: WHY}, "notes": [TEXT…],
+     "exposed": {ISSUE: [{"instance_id", "name", "arch", "installed", "fixed_in"}]},
+     "unscanned": {INSTANCE: WHY},
+     "freeze": {"name", "until"} | null,   # the wave waits for this change freeze to end
+     "freeze_override_by": NAME | null,
+     "wave_id": ID | null, "wave": <wave status JSON> | null,
+     "still_exposed": {ISSUE: [...]} | null}   # rescanned once the wave settled (--wait)
+
+ISSUE is a CVE id, or ``package:NAME`` for ``--package``. ``patchflow emergency exposure`` prints
+``{"plan", "targets", "cves", "packages", "exposed", "exposed_instances", "unscanned", "notes"}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+from patchflow.baselines import Baseline, load_baseline
+from patchflow.catalog import Patch, load_catalog
+from patchflow.cli_ops import Fmt, _client, _emit_json, _print_status, _run, err, out
+from patchflow.config import Settings, get_settings
+from patchflow.emergency import ExposureReport, Selection, emergency_patch_set, exposure, select_fixes
+from patchflow.errors import InputError, PatchflowError
+from patchflow.evaluation import PatchSet
+from patchflow.executors.base import Package
+from patchflow.plans import Plan, Stage, load_plan
+from patchflow.wavemodel import STAGE_WAITING_WINDOW, WaveInput, WaveStatus
+from patchflow.windows import WindowSpec
+
+emergency_app = typer.Typer(
+    help="Emergency patching: only the fixes for named CVEs, through the plan's stages, right now.",
+    invoke_without_command=True,
+    no_args_is_help=True,
+)
+
+ALL_TARGETS = "all"
+#: Every emergency stage's window: start as soon as the gate passes (change freezes still apply).
+NOW = WindowSpec(schedule="now")
+#: Instances scanned at once for exposure.
+SCAN_CONCURRENCY = 16
+#: Exposed instances listed per issue in table output.
+MAX_LISTED = 20
+
+CveOpt = Annotated[
+    list[str] | None,
+    typer.Option("--cve", help="A CVE to fix (repeatable), e.g. CVE-2026-1234.", show_default=False),
+]
+PackageOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--package", help="Also bring this package to its newest version (repeatable).", show_default=False
+    ),
+]
+PlanOpt = Annotated[
+    Path | None, typer.Option("--plan", help="Rollout plan (default: PATCHFLOW_PLAN).", show_default=False)
+]
+FmtOpt = Annotated[Fmt, typer.Option("--format", help="Output format.")]
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything an emergency needs before it touches the fleet."""
+
+    plan: Plan
+    targets: str
+    stages: tuple[Stage, ...]
+    """The plan's stages the wave runs, in plan order."""
+    baseline: Baseline
+    catalog: list[Patch]
+    selection: Selection
+
+
+def resolve_plan(plan_file: Path | None, settings: Settings) -> Plan:
+    path = plan_file or settings.plan
+    if path is None:
+        raise InputError("no plan: pass --plan PLAN or set PATCHFLOW_PLAN to the rollout plan to use")
+    return load_plan(path)
+
+
+def select_stages(plan: Plan, targets: str | None) -> tuple[Stage, ...]:
+    """``all`` → every stage in order; a patch group → the stages targeting it."""
+    groups = list(dict.fromkeys(s.targets.patch_group for s in plan.stages if s.targets.patch_group))
+    if not targets or not targets.strip():
+        raise InputError(
+            f"--targets is required: one of plan {plan.name}'s patch groups ({', '.join(groups) or 'none'}) "
+            f"or {ALL_TARGETS}"
+        )
+    wanted = targets.strip()
+    if wanted == ALL_TARGETS:
+        return plan.stages
+    chosen = tuple(s for s in plan.stages if s.targets.patch_group == wanted)
+    if not chosen:
+        raise InputError(
+            f"--targets {wanted!r}: no stage of plan {plan.name} ({plan.source}) targets that patch group; "
+            f"its patch groups are {', '.join(groups) or 'none (stages list instance ids)'}, or use --targets "
+            f"{ALL_TARGETS}"
+        )
+    return chosen
+
+
+def prepare(
+    settings: Settings,
+    *,
+    plan_file: Path | None,
+    targets: str | None,
+    cves: Sequence[str],
+    packages: Sequence[str],
+) -> Prepared:
+    plan = resolve_plan(plan_file, settings)
+    stages = select_stages(plan, targets)
+    baseline = load_baseline(plan.baseline)
+    catalog = load_catalog(plan.catalog)
+    selection = select_fixes(
+        catalog, cves=cves, packages=packages, baseline=baseline, catalog_source=str(plan.catalog)
+    )
+    return Prepared(plan, (targets or "").strip(), stages, baseline, catalog, selection)
+
+
+@dataclass(frozen=True)
+class Scan:
+    """One look at the targeted instances."""
+
+    report: ExposureReport
+    unscanned: dict[str, str]
+    """Instance → why it could not be scanned (unknown id, executor error)."""
+    stage_of: dict[str, str]
+    """Instance → the first of the wave's stages that targets it."""
+
+
+async def scan_exposure(prep: Prepared, settings: Settings) -> Scan:
+    """Scan the instances the wave targets and judge them against the selection's fix floors."""
+    from temporalio.exceptions import ApplicationError
+
+    from activities.patching import build_executor
+    from patchflow.waves import executor_ref
+
+    try:
+        executor = build_executor(executor_ref(prep.plan, settings))
+    except ApplicationError as exc:  # the factory speaks Temporal; here it is a configuration problem
+        raise InputError(f"plan {prep.plan.name}: {exc.message}") from None
+    known = {i.instance_id: i for i in await executor.discover()}
+    stage_of: dict[str, str] = {}
+    unscanned: dict[str, str] = {}
+    for stage in prep.stages:
+        if stage.targets.instance_ids:
+            ids = list(stage.targets.instance_ids)
+        else:
+            ids = sorted(i for i, info in known.items() if info.patch_group == stage.targets.patch_group)
+        for instance_id in ids:
+            if instance_id not in known:
+                unscanned[instance_id] = f"unknown to the executor (stage {stage.name})"
+            else:
+                stage_of.setdefault(instance_id, stage.name)
+    limit = asyncio.Semaphore(SCAN_CONCURRENCY)
+    installed: dict[str, list[Package]] = {}
+
+    async def one(instance_id: str) -> None:
+        async with limit:
+            try:
+                installed[instance_id] = await executor.scan(instance_id)
+            except PatchflowError as exc:
+                unscanned[instance_id] = str(exc)
+
+    await asyncio.gather(*(one(i) for i in stage_of))
+    report = exposure(installed, prep.selection, families={i: known[i].family for i in installed})
+    return Scan(report, unscanned, stage_of)
+
+
+def emergency_wave_input(
+    prep: Prepared,
+    settings: Settings,
+    pinned: PatchSet,
+    *,
+    who: str = "",
+    freeze_override_by: str = "",
+) -> WaveInput:
+    """The plan's wave input for the chosen stages, each with window ``now`` and no soak (gates, rate control
+    and error budgets as the plan says)."""
+    from patchflow.waves import wave_input
+
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    inp = wave_input(
+        prep.plan,
+        settings,
+        pinned,
+        # wave-<plan>- keeps the API's per-plan listing; "emergency" makes the wave recognisable anywhere.
+        wave_id=f"wave-{prep.plan.name}-{stamp}-emergency-{secrets.token_hex(3)}",
+        who=who,
+        freeze_override_by=freeze_override_by,
+        kind="emergency",
+    )
+    names = {s.name for s in prep.stages}
+    return dataclasses.replace(
+        inp,
+        stages=[dataclasses.replace(s, window=NOW, soak_seconds=0) for s in inp.stages if s.name in names],
+    )
+
+
+def freeze_wait(inp: WaveInput, at: datetime) -> dict[str, str] | None:
+    """The change freeze that holds the wave back at ``at`` and when it may start, or None."""
+    from patchflow.freezes import first_allowed_window, freeze_at
+
+    frozen = freeze_at(inp.freezes, at)
+    if frozen is None:
+        return None
+    allowed = first_allowed_window(NOW, at, inp.freezes)
+    until = allowed.start if allowed is not None else frozen.end
+    return {"name": frozen.name, "until": until.isoformat()}
+
+
+async def wait_for_wave(client: Any, wave_id: str, timeout: float) -> WaveStatus:
+    """Until the wave finished, halted, waits at a gate, or waits for a change freeze to end."""
+    from patchflow.waves import is_settled, wave_status
+
+    deadline = time.monotonic() + timeout
+    failures = 0
+    last = ""
+    while True:
+        try:
+            status = await wave_status(client, wave_id)
+        except PatchflowError as exc:
+            failures += 1
+            if failures >= 40:  # ~20 s without an answer: say so instead of waiting on
+                raise PatchflowError(f"stopped waiting for wave {wave_id}: {exc}") from None
+        else:
+            failures = 0
+            if is_settled(status) or any(s.state == STAGE_WAITING_WINDOW for s in status.stages):
+                return status
+            summary = ", ".join(f"{s.name} {s.state}" for s in status.stages)
+            if summary != last:
+                err.print(f"  {status.state}: {summary}")
+                last = summary
+        if time.monotonic() > deadline:
+            raise PatchflowError(
+                f"wave {wave_id} did not settle within {timeout:.0f}s; it keeps running: "
+                f"patchflow wave status {wave_id}"
+            )
+        await asyncio.sleep(0.5)
+
+
+# ---------------------------------------------------------------------------------------------- output
+
+
+def _selection_json(prep: Prepared) -> dict[str, Any]:
+    sel = prep.selection
+    return {
+        "plan": prep.plan.name,
+        "targets": prep.targets,
+        "stages": [s.name for s in prep.stages],
+        "cves": list(sel.cves),
+        "packages": list(sel.packages),
+        "fixes": [f.to_json() for f in sel.fixes],
+        "refused": [r.to_json() for r in sel.refused],
+        "unfixable": dict(sel.unfixable),
+        "notes": list(sel.notes),
+    }
+
+
+def _print_selection(prep: Prepared) -> None:
+    sel = prep.selection
+    named = ", ".join([*sel.cves, *(f"package {p}" for p in sel.packages)])
+    out.print(
+        f"emergency for [bold]{named}[/] on plan [bold]{prep.plan.name}[/] "
+        f"(targets {prep.targets}: stages {', '.join(s.name for s in prep.stages)})"
+    )
+    table = Table(title="patch set: only these package versions are installed")
+    for column in ("package", "arch", "version", "why"):
+        table.add_column(column, overflow="fold")
+    for fix in sel.fixes:
+        table.add_row(fix.patch.name, fix.patch.arch, fix.patch.version, fix.reason)
+    out.print(table)
+    for refused in sel.refused:
+        out.print(
+            f"[yellow]refused[/] {escape(f'{refused.name} {refused.arch} {refused.version}: {refused.reason}')} "
+            "— the baseline's RejectedPatches apply to emergencies too; this version is never installed"
+        )
+    for issue, why in sel.unfixable.items():
+        out.print(f"[red]no installable fix[/] for {escape(f'{issue}: {why}')}")
+    for note in sel.notes:
+        out.print(f"note: {note}", markup=False)
+
+
+def _print_exposure(
+    report: ExposureReport,
+    unscanned: dict[str, str],
+    *,
+    title: str,
+    where: dict[str, str] | None = None,
+) -> None:
+    """Per issue, the exposed instances with their old versions; ``where`` (instance → its state in the
+    wave) is shown after each, and instances the wave attempted come first: those are the surprises."""
+    out.print(f"{title}: {len(report.instances())} instance(s)")
+    for issue, items in report.by_issue().items():
+        per_instance: dict[str, list[str]] = {}
+        for e in items:
+            per_instance.setdefault(e.instance_id, []).append(
+                f"{e.name} {e.arch} {e.installed} < {e.fixed_in}"
+            )
+        out.print(f"  {issue}: {len(per_instance) or 'nobody'}" + (" instance(s)" if per_instance else ""))
+        rows = list(per_instance.items())
+        if where is not None:
+            rows.sort(key=lambda row: where.get(row[0], "").endswith(_NOT_YET))
+        for instance_id, packages in rows[:MAX_LISTED]:
+            state = f" ({where.get(instance_id, 'not targeted')})" if where is not None else ""
+            out.print(f"    {instance_id}{state}  {', '.join(packages)}", markup=False, highlight=False)
+        if len(rows) > MAX_LISTED:
+            out.print(f"    … and {len(rows) - MAX_LISTED} more (--format json lists every one)")
+    for instance_id, why in sorted(unscanned.items()):
+        out.print(f"  [yellow]not scanned[/] {instance_id}: {why}")
+    for note in report.notes:
+        out.print(f"  note: {note}")
+
+
+_NOT_YET = "not patched yet"
+
+
+def _instance_states(status: WaveStatus) -> dict[str, str]:
+    """Instance → ``stage state`` in the wave (``stage not patched yet`` for stages that did not get to it)."""
+    where: dict[str, str] = {}
+    for stage in status.stages:
+        for instance_id, state in stage.instances.items():
+            detail = stage.details.get(instance_id)
+            label = _NOT_YET if state == "pending" else state + (f": {detail}" if detail else "")
+            where[instance_id] = f"{stage.name} {label}"
+    return where
+
+
+def _approve_hint(prep: Prepared, status: WaveStatus) -> str | None:
+    waiting = next((s for s in status.stages if s.state == "waiting_approval"), None)
+    if waiting is None:
+        return None
+    stage = next((s for s in prep.stages if s.name == waiting.name), None)
+    approvers = list(stage.gate.approvers) if stage is not None else []
+    who = f" --as {approvers[0]}" if approvers else ""
+    listed = f" (approvers: {', '.join(approvers)})" if approvers else ""
+    return f"approve with: patchflow wave approve {status.wave_id} --stage {waiting.name}{who}{listed}"
+
+
+# ---------------------------------------------------------------------------------------------- commands
+
+
+@emergency_app.callback(invoke_without_command=True)
+def emergency(
+    ctx: typer.Context,
+    cve: CveOpt = None,
+    package: PackageOpt = None,
+    targets: Annotated[
+        str | None,
+        typer.Option(
+            "--targets", help="A patch group of the plan (its stages only) or 'all'.", show_default=False
+        ),
+    ] = None,
+    plan_file: PlanOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show the fixes and who is exposed; start nothing.")
+    ] = False,
+    override_freeze: Annotated[
+        bool, typer.Option("--override-freeze", help="Run through change freezes (needs --approver).")
+    ] = False,
+    approver: Annotated[
+        str | None,
+        typer.Option(
+            "--approver",
+            help="Who approves the freeze override (a freeze override approver).",
+            show_default=False,
+        ),
+    ] = None,
+    who: Annotated[
+        str | None, typer.Option("--as", help="Who starts the wave (default: the local user).")
+    ] = None,
+    fmt: FmtOpt = Fmt.table,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait/--no-wait", help="Wait until the wave finished, halted or waits at a gate or freeze."
+        ),
+    ] = True,
+    timeout: Annotated[
+        float,
+        typer.Option("--timeout", min=1, help="Stop waiting after this many seconds (the wave goes on)."),
+    ] = 3600,
+) -> None:
+    """Patch only the fixes for the named CVEs (and their dependencies) through the plan's stages, now.
+
+    Windows become 'now' and soaks 0; rate control, error budgets and gates stay (Prod still needs its
+    approval). Ends with who is still exposed.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    from patchflow.patchsets import PatchSetStore
+    from patchflow.waves import _remember_patch_set, check_freeze_override, start_wave, status_json
+
+    settings = get_settings()
+    if approver is not None and not override_freeze:
+        raise InputError("--approver approves a freeze override: give it together with --override-freeze")
+    prep = prepare(settings, plan_file=plan_file, targets=targets, cves=cve or [], packages=package or [])
+    override_by = ""
+    if override_freeze:
+        check_freeze_override(prep.plan, settings, (approver or "").strip())
+        override_by = (approver or "").strip()
+    if not dry_run:
+        prep.selection.require_complete()
+    table = fmt is Fmt.table
+    report: dict[str, Any] = {
+        **_selection_json(prep),
+        "dry_run": dry_run,
+        "patch_set_id": None,
+        "freeze": None,
+        "exposed": {},
+        "unscanned": {},
+        "freeze_override_by": override_by or None,
+        "wave_id": None,
+        "wave": None,
+        "still_exposed": None,
+    }
+
+    async def go() -> dict[str, Any]:
+        before = await scan_exposure(prep, settings)
+        report["exposed"] = before.report.to_json()
+        report["unscanned"] = before.unscanned
+        if table:
+            _print_selection(prep)
+            _print_exposure(before.report, before.unscanned, title="exposed now")
+        if dry_run:
+            return report
+        pinned = emergency_patch_set(prep.selection, prep.baseline, prep.catalog)
+        PatchSetStore(settings.patch_set_dir).save(pinned)
+        _remember_patch_set(settings, pinned)
+        inp = emergency_wave_input(prep, settings, pinned, who=who or "", freeze_override_by=override_by)
+        report["patch_set_id"] = pinned.id
+        frozen = freeze_wait(inp, datetime.now(UTC))
+        report["freeze"] = frozen
+        if frozen is not None:
+            err.print(
+                f"change freeze {frozen['name']} is active: the wave waits until {frozen['until']} "
+                "(override with --override-freeze --approver NAME)"
+            )
+        elif override_by:
+            err.print(f"change freezes overridden, approved by {override_by} (audited as override_freeze)")
+        client = await _client(settings)
+        await start_wave(client, settings, inp)
+        report["wave_id"] = inp.wave_id
+        err.print(
+            f"started emergency wave {inp.wave_id} (patch set {pinned.id}, {len(pinned.patches)} package(s))"
+        )
+        if not wait:
+            return report
+        status = await wait_for_wave(client, inp.wave_id, timeout)
+        report["wave"] = status_json(status)
+        hint = _approve_hint(prep, status)
+        if hint:
+            err.print(hint)
+        after = await scan_exposure(prep, settings)
+        report["still_exposed"] = after.report.to_json()
+        report["unscanned"] = {**before.unscanned, **after.unscanned}
+        if table:
+            _print_status(report["wave"])
+            where = _instance_states(status)
+            for instance_id, stage_name in after.stage_of.items():
+                where.setdefault(instance_id, f"{stage_name} {_NOT_YET}")  # its stage has not started
+            _print_exposure(after.report, after.unscanned, title="still exposed", where=where)
+        return report
+
+    try:
+        result = _run(go())
+    except KeyboardInterrupt:
+        wave_id = report.get("wave_id")
+        if wave_id:
+            err.print(f"interrupted; wave {wave_id} keeps running: patchflow wave status {wave_id}")
+        raise typer.Exit(130) from None
+    if fmt is Fmt.json:
+        _emit_json(result)
+    elif result["wave_id"] and not wait:
+        out.print(result["wave_id"])
+    wave = result.get("wave")
+    if wave is not None and wave["state"] not in ("succeeded", "waiting_approval", "running"):
+        raise typer.Exit(1)
+
+
+@emergency_app.command("exposure")
+def emergency_exposure(
+    cve: CveOpt = None,
+    package: PackageOpt = None,
+    targets: Annotated[
+        str, typer.Option("--targets", help="A patch group of the plan (its stages only) or 'all'.")
+    ] = ALL_TARGETS,
+    plan_file: PlanOpt = None,
+    fmt: FmtOpt = Fmt.table,
+) -> None:
+    """Who is exposed now: instances with a package older than the named CVEs' lowest fixing version."""
+    settings = get_settings()
+    prep = prepare(settings, plan_file=plan_file, targets=targets, cves=cve or [], packages=package or [])
+    scan: Scan = _run(scan_exposure(prep, settings))
+    report, unscanned = scan.report, scan.unscanned
+    if fmt is Fmt.json:
+        _emit_json(
+            {
+                "plan": prep.plan.name,
+                "targets": prep.targets,
+                "cves": list(prep.selection.cves),
+                "packages": list(prep.selection.packages),
+                "exposed": report.to_json(),
+                "exposed_instances": report.instances(),
+                "unscanned": unscanned,
+                "notes": list(report.notes),
+            }
+        )
+        return
+    _print_exposure(report, unscanned, title=f"exposed now (plan {prep.plan.name}, targets {prep.targets})")
