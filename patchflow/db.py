@@ -26,6 +26,7 @@ import functools
 import hashlib
 import hmac
 import secrets
+import sys
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
@@ -417,7 +418,9 @@ def alembic_config() -> AlembicConfig:
     """Alembic's configuration, built in code: the migrations ship inside the package (no alembic.ini)."""
     from alembic.config import Config
 
-    config = Config()
+    # stdout given explicitly: Alembic's default is the stream current when alembic.config was first imported,
+    # which may be a test's captured (and since closed) stream.
+    config = Config(stdout=sys.stdout)
     config.set_main_option("script_location", "patchflow:migrations")
     return config
 

@@ -40,6 +40,7 @@ import dataclasses
 import json
 import re
 import sqlite3
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
@@ -138,6 +139,7 @@ class SimulatedExecutor:
         self._clock = clock
         self._by_id = {instance.id: instance for instance in fleet.instances}
         self._ready = False
+        self._ready_lock = threading.Lock()
 
     # ------------------------------------------------------------------------------------------ protocol
 
@@ -510,27 +512,43 @@ class SimulatedExecutor:
                 raise
             conn.execute("COMMIT")
 
+    def _create_schema(self) -> None:
+        self.state_path.parent.mkdir(parents=True, exist_ok=True)
+        # Switching to WAL needs the database to itself and SQLite does not wait for that (busy_timeout does
+        # not apply): concurrent first uses (threads of this process, other workers) retry briefly.
+        deadline = time.monotonic() + BUSY_TIMEOUT_SECONDS
+        while True:
+            try:
+                with closing(self._connect()) as conn:
+                    # WAL lets readers run while a worker writes; the setting is stored in the file.
+                    conn.execute("PRAGMA journal_mode = WAL")
+                    conn.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
     def _ensure_ready(self) -> None:
         """Create the database and fill it from the fleet file on first use (safe to race across processes)."""
         if self._ready:
             return
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as conn:
-            # WAL lets readers run while a worker writes; the setting is stored in the file.
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.executescript(_SCHEMA)
-        with self._transaction() as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'fleet_digest'").fetchone()
-            if row is None:
-                self._populate(conn)
-            elif row[0] != self.fleet.digest:
-                raise InputError(
-                    f"simulated state file {self.state_path} belongs to another fleet file (digest "
-                    f"{row[0][:16]}…, this fleet is {self.fleet.digest[:16]}…): use the default state path "
-                    "for this fleet, another --state file, or `patchflow fleet reset` to start over",
-                    source=self.fleet.source,
-                )
-        self._ready = True
+        with self._ready_lock:
+            if self._ready:
+                return
+            self._create_schema()
+            with self._transaction() as conn:
+                row = conn.execute("SELECT value FROM meta WHERE key = 'fleet_digest'").fetchone()
+                if row is None:
+                    self._populate(conn)
+                elif row[0] != self.fleet.digest:
+                    raise InputError(
+                        f"simulated state file {self.state_path} belongs to another fleet file (digest "
+                        f"{row[0][:16]}…, this fleet is {self.fleet.digest[:16]}…): use the default state path "
+                        "for this fleet, another --state file, or `patchflow fleet reset` to start over",
+                        source=self.fleet.source,
+                    )
+            self._ready = True
 
     def _populate(self, conn: sqlite3.Connection) -> None:
         conn.executemany(

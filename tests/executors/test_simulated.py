@@ -814,3 +814,22 @@ def test_default_state_path_and_time_scale(tmp_path: Path, fleet: Fleet) -> None
     assert path.exists()
     with pytest.raises(ValueError, match="time_scale"):
         SimulatedExecutor(fleet, path, time_scale=-1)
+
+
+def test_many_concurrent_first_uses_of_a_fresh_state_file(fleet: Fleet, tmp_path: Path) -> None:
+    """Scans of a whole fleet at once on a state file nobody created yet (a report's first run): switching the
+    file to WAL used to fail some of them with 'database is locked'."""
+    for attempt in range(40):
+        state = tmp_path / f"state-{attempt}.sqlite"
+        executors = [SimulatedExecutor(fleet, state) for _ in range(12)]
+
+        async def scan_all(executors: list[SimulatedExecutor] = executors) -> list[list[Package]]:
+            return await asyncio.gather(
+                *(
+                    executor.scan(fleet.instances[n % len(fleet.instances)].id)
+                    for n, executor in enumerate(executors)
+                )
+            )
+
+        results = run(scan_all())
+        assert len(results) == len(executors) and all(results)
