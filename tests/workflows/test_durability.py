@@ -24,6 +24,7 @@ from patchflow.windows import WindowSpec
 from tests.conftest import REPO_ROOT
 from tests.workflows.conftest import running_worker
 from tests.workflows.test_wave import PATCHES, settle
+from workflows.scheduled import ScheduledWaveWorkflow
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
 
@@ -151,7 +152,7 @@ async def test_recorded_histories_replay() -> None:
     """Guards workflow changes: a change that breaks running waves fails here (use workflow.patched())."""
     files = sorted(HISTORIES.glob("*.json"))
     assert files, "no recorded histories; record them with PATCHFLOW_RECORD_HISTORIES=1"
-    replayer = Replayer(workflows=[WaveWorkflow, StageRunWorkflow])
+    replayer = Replayer(workflows=[WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow])
     for path in files:
         workflow_id = json.loads(path.read_text())["events"][0][
             "workflowExecutionStartedEventAttributes"

@@ -8,6 +8,7 @@ calendar cannot express (Patch Tuesday + 21 days), across a daylight-saving chan
 from __future__ import annotations
 
 import calendar
+import os
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
@@ -15,13 +16,17 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from patchflow.config import Settings
 from patchflow.schedules import calendar_plan, parse_schedule
 from patchflow.wavemodel import ScheduledWaveInput
 from patchflow.worker import build_worker
+from tests.workflows.test_durability import HISTORIES
 from tests.workflows.test_schedules import write_plan
 from workflows.scheduled import ScheduledWaveWorkflow
+from workflows.stage import StageRunWorkflow
+from workflows.wave import WaveWorkflow
 
 BERLIN = ZoneInfo("Europe/Berlin")
 
@@ -44,16 +49,20 @@ async def test_patch_tuesday_plus_21_days_across_months_and_dst(
     # The next two March Patch Tuesdays after the server's clock, and one firing in a winter month before:
     # each wave must start 21 days after its firing at 02:00 Berlin time — in March that is after the clocks
     # went forward (00:00 UTC instead of 01:00 UTC).
-    now = await skip_env.get_current_time()
-    march_year = now.year + 1 if (now.month, now.day) >= (3, 1) else now.year
-    winter = patch_tuesday(march_year, 1)
-    firings = [winter, patch_tuesday(march_year, 3)]
     started: list[datetime] = []
+    firings: list[date] = []
     async with build_worker(client, settings.task_queue, settings=settings):
-        for day in firings:
-            fire_at = datetime(day.year, day.month, day.day, 2, 0, tzinfo=BERLIN).astimezone(UTC)
+        for month in (1, 3):
+            # The next January (winter) and March (the wave starts after the clocks go forward) Patch Tuesday
+            # after the server's clock, wherever a previous test left it.
             current = await skip_env.get_current_time()
-            assert fire_at > current
+            year = current.year
+            while (day := patch_tuesday(year, month)) and datetime(
+                day.year, day.month, day.day, 2, tzinfo=BERLIN
+            ) <= current + timedelta(hours=1):
+                year += 1
+            firings.append(day)
+            fire_at = datetime(day.year, day.month, day.day, 2, 0, tzinfo=BERLIN).astimezone(UTC)
             await skip_env.sleep(fire_at - current)
             inp = ScheduledWaveInput(
                 schedule_id="patchflow-sched",
@@ -73,6 +82,12 @@ async def test_patch_tuesday_plus_21_days_across_months_and_dst(
             assert result.state == "succeeded"
             child = await client.get_workflow_handle(result.wave_id).describe()
             started.append(child.start_time.astimezone(UTC))
+            history = await handle.fetch_history()
+            await Replayer(workflows=[ScheduledWaveWorkflow, WaveWorkflow, StageRunWorkflow]).replay_workflow(
+                history
+            )
+            if os.environ.get("PATCHFLOW_RECORD_HISTORIES"):
+                (HISTORIES / "scheduled-wave-wait-v1.json").write_text(history.to_json())
 
     expected = [
         datetime.combine(day + timedelta(days=21), datetime.min.time(), tzinfo=BERLIN).replace(hour=2)
