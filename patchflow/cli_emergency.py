@@ -412,7 +412,7 @@ def emergency(
     if ctx.invoked_subcommand is not None:
         return
     from patchflow.patchsets import PatchSetStore
-    from patchflow.waves import _remember_patch_set, check_freeze_override, start_wave, status_json
+    from patchflow.waves import check_freeze_override, remember_patch_set, start_wave, status_json
 
     settings = get_settings()
     if approver is not None and not override_freeze:
@@ -449,7 +449,7 @@ def emergency(
             return report
         pinned = emergency_patch_set(prep.selection, prep.baseline, prep.catalog)
         PatchSetStore(settings.patch_set_dir).save(pinned)
-        _remember_patch_set(settings, pinned)
+        remember_patch_set(settings, pinned)
         inp = emergency_wave_input(prep, settings, pinned, who=who or "", freeze_override_by=override_by)
         report["patch_set_id"] = pinned.id
         frozen = freeze_wait(inp, datetime.now(UTC))

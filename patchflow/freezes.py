@@ -40,7 +40,7 @@ from zoneinfo import ZoneInfo
 
 from patchflow.documents import Document, PathPart, load_document, suggest
 from patchflow.errors import InputError, Problem
-from patchflow.windows import Window, WindowSpec, current_or_next, next_windows
+from patchflow.windows import Window, WindowSpec, current_or_next, next_windows, resolve_wall_time
 
 #: How far ahead freezes are expanded when a wave starts: a wave waits at most this long for a window.
 HORIZON = timedelta(days=800)
@@ -227,7 +227,8 @@ def _instant(
         bad(where, f"{text!r}: expected a date (2026-12-24) or a local date-time (2026-12-24T18:00)")
         return None
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=zone)
+        # A local time a DST change skips starts when the gap ends, as maintenance windows do.
+        return resolve_wall_time(moment, zone)
     return moment.astimezone(UTC)
 
 

@@ -107,11 +107,11 @@ def pin_patch_set(
     catalog = load_catalog(plan.catalog)
     result = evaluate(baseline, catalog, at or datetime.now(UTC), catalog_source=str(plan.catalog))
     store.save(result.patch_set)
-    _remember_patch_set(settings, result.patch_set)
+    remember_patch_set(settings, result.patch_set)
     return result.patch_set
 
 
-def _remember_patch_set(settings: Settings, pinned: PatchSet) -> None:
+def remember_patch_set(settings: Settings, pinned: PatchSet) -> None:
     """Keep the pinned set in the history database too (best effort: the file store is authoritative)."""
     import logging
 
@@ -197,8 +197,8 @@ def wave_input(
         started_by=who or local_user(),
         record_history=True,
         slack_channel=plan.slack_channel,
-        freezes=[] if freeze_override_by else plan_freezes(plan, settings, datetime.now(UTC)),
-        freeze_override_by=freeze_override_by,
+        freezes=[] if freeze_override_by.strip() else plan_freezes(plan, settings, datetime.now(UTC)),
+        freeze_override_by=freeze_override_by.strip(),
         kind=kind,
     )
 

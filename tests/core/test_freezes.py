@@ -1124,3 +1124,22 @@ def test_plan_with_a_bad_global_freeze_file_exits_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2
     assert f"{path}:3: freezes[0].timezone" in proc.stderr
+
+
+def test_a_local_start_inside_a_dst_gap_begins_when_the_gap_ends(tmp_path: Path) -> None:
+    # 2026-03-08 02:30 does not exist in New York (02:00 EST → 03:00 EDT = 07:00 UTC): like maintenance
+    # windows, the freeze starts at the end of the gap, not an hour later.
+    (rule,) = rules(
+        tmp_path,
+        "  - name: gap\n    timezone: America/New_York\n    from: '2026-03-08T02:30'\n    to: '2026-03-08T05:00'\n",
+    )
+    assert (rule.start, rule.end) == (utc(2026, 3, 8, 7), utc(2026, 3, 8, 9))
+
+
+def test_override_approver_is_compared_without_surrounding_spaces(tmp_path: Path) -> None:
+    from patchflow.config import Settings
+    from patchflow.plans import load_plan
+    from patchflow.waves import check_freeze_override
+
+    plan = load_plan(write_plan(tmp_path, "freeze_override_approvers: [cio]\n"))
+    check_freeze_override(plan, Settings(data_dir=tmp_path), " cio ")
