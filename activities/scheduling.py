@@ -8,20 +8,30 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings, get_settings
 from patchflow.errors import InputError, NotFoundError
 from patchflow.plans import load_plan
 from patchflow.schedules import parse_time, wave_start_after_wait
-from patchflow.wavemodel import PrepareWaveInput, WaveInput, WaveStartInput, WaveStartResult
+from patchflow.wavemodel import (
+    PrepareWaveInput,
+    ScheduleCheckInput,
+    ScheduleCheckResult,
+    WaveInput,
+    WaveStartInput,
+    WaveStartResult,
+)
 
 
 class ScheduleActivities:
     """Holds the settings the wave inputs are built with (data directory, executors' defaults, freezes)."""
 
-    def __init__(self, settings: Settings | None = None) -> None:
+    def __init__(self, settings: Settings | None = None, client: Client | None = None) -> None:
         self._settings = settings
+        self._client = client
 
     @property
     def settings(self) -> Settings:
@@ -32,6 +42,24 @@ class ScheduleActivities:
         """The instant the wave starts: ``at`` wall-clock time ``wait_days`` calendar days after the firing."""
         fired = inp.fired_at if inp.fired_at.tzinfo else inp.fired_at.replace(tzinfo=UTC)
         return WaveStartResult(wave_start_after_wait(fired, inp.wait_days, parse_time(inp.at), inp.timezone))
+
+    @activity.defn(name="scheduled_wave_allowed")
+    async def scheduled_wave_allowed(self, inp: ScheduleCheckInput) -> ScheduleCheckResult:
+        """Whether a firing that waited out its offset may still start its wave: not when its schedule was
+        deleted or paused meanwhile (an operator who pauses a schedule expects no more waves from it)."""
+        if self._client is None:
+            raise ApplicationError("no Temporal client to check the schedule with", non_retryable=True)
+        try:
+            description = await self._client.get_schedule_handle(inp.schedule_id).describe()
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.NOT_FOUND:
+                return ScheduleCheckResult(False, f"schedule {inp.schedule_id} was deleted during the wait")
+            raise
+        state = description.schedule.state
+        if state.paused:
+            note = f" ({state.note})" if state.note else ""
+            return ScheduleCheckResult(False, f"schedule {inp.schedule_id} was paused during the wait{note}")
+        return ScheduleCheckResult(True)
 
     @activity.defn(name="prepare_scheduled_wave")
     async def prepare_scheduled_wave(self, inp: PrepareWaveInput) -> WaveInput:

@@ -349,6 +349,20 @@ class ScheduledWaveInput:
     started_by: str = ""
     """Who created the schedule (the wave is started by ``schedule:<id>`` on their behalf)."""
     plan_name: str = ""
+    check_schedule: bool | None = None
+    """Before starting a wave after a wait, check that the schedule still exists and is not paused (a firing
+    of a schedule paused or deleted during the wait is dropped). None: only when a schedule started this run."""
+
+
+@dataclass
+class ScheduleCheckInput:
+    schedule_id: str
+
+
+@dataclass
+class ScheduleCheckResult:
+    allowed: bool
+    reason: str = ""
 
 
 @dataclass

@@ -52,7 +52,7 @@ def build_worker(
     With ``database_url``, activities record results and wave snapshots in the history database.
     """
     acts = WaveActivities(factory, database_url=database_url, client=client)
-    scheduling = ScheduleActivities(settings)
+    scheduling = ScheduleActivities(settings, client)
     return Worker(
         client,
         task_queue=task_queue,
@@ -67,6 +67,7 @@ def build_worker(
             acts.health_check,
             acts.record_wave,
             scheduling.scheduled_wave_start,
+            scheduling.scheduled_wave_allowed,
             scheduling.prepare_scheduled_wave,
         ],
         # Every activity is async (executors await I/O), so no thread pool is needed.

@@ -18,6 +18,8 @@ with workflow.unsafe.imports_passed_through():
     from patchflow.freezes import FreezePeriod  # noqa: F401
     from patchflow.wavemodel import (
         PrepareWaveInput,
+        ScheduleCheckInput,
+        ScheduleCheckResult,
         ScheduledWaveInput,
         ScheduledWaveResult,
         WaveInput,
@@ -28,8 +30,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.policies import QUICK_RETRY, QUICK_TIMEOUT
     from workflows.wave import WaveWorkflow
 
-#: Set by the server on workflows a schedule starts: the firing's nominal time.
+#: Set by the server on workflows a schedule starts: the firing's nominal time, and the schedule's id.
 SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
+SCHEDULED_BY = SearchAttributeKey.for_keyword("TemporalScheduledById")
 
 
 @workflow.defn
@@ -62,6 +65,20 @@ class ScheduledWaveWorkflow:
                 await workflow.sleep(
                     delay, summary=f"until the wave starts, {inp.wait_days} days after the firing"
                 )
+            by_schedule = info.typed_search_attributes.get(SCHEDULED_BY) is not None
+            if inp.check_schedule if inp.check_schedule is not None else by_schedule:
+                check: ScheduleCheckResult = await workflow.execute_activity(
+                    "scheduled_wave_allowed",
+                    ScheduleCheckInput(schedule_id=inp.schedule_id),
+                    result_type=ScheduleCheckResult,
+                    start_to_close_timeout=QUICK_TIMEOUT,
+                    retry_policy=QUICK_RETRY,
+                )
+                if not check.allowed:
+                    self._state = "skipped"
+                    return ScheduledWaveResult(
+                        wave_id="", state="skipped", patch_set_id="", reason=check.reason
+                    )
         stamp = workflow.now().strftime("%Y%m%dT%H%M%SZ")
         wave_id = f"wave-{inp.plan_name or inp.schedule_id}-{stamp}-{info.run_id[:6]}"
         self._state = "preparing"

@@ -15,12 +15,14 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, Worker
 
+from activities.scheduling import ScheduleActivities
 from patchflow.config import Settings
 from patchflow.schedules import calendar_plan, parse_schedule
-from patchflow.wavemodel import ScheduledWaveInput
+from patchflow.wavemodel import ScheduleCheckInput, ScheduleCheckResult, ScheduledWaveInput
 from patchflow.worker import build_worker
 from tests.workflows.test_durability import HISTORIES
 from tests.workflows.test_schedules import write_plan
@@ -122,3 +124,50 @@ async def test_a_firing_without_offset_starts_its_wave_at_once_with_a_fresh_patc
 
     pinned = PatchSetStore(settings.patch_set_dir).resolve(result.patch_set_id)
     assert pinned.patches, "the firing pinned the plan's evaluated patch set"
+
+
+async def test_a_firing_whose_schedule_was_paused_during_the_wait_starts_no_wave(
+    skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    # The test server has no Schedules API: the check's answer comes from a stand-in activity (the real one is
+    # tested against the dev server in test_schedules.py).
+    checked: list[str] = []
+
+    @activity.defn(name="scheduled_wave_allowed")
+    async def paused_meanwhile(inp: ScheduleCheckInput) -> ScheduleCheckResult:
+        checked.append(inp.schedule_id)
+        return ScheduleCheckResult(False, f"schedule {inp.schedule_id} was paused during the wait (audit)")
+
+    plan_path = write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
+    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
+    real = ScheduleActivities(settings, skip_env.client)
+    worker = Worker(
+        skip_env.client,
+        task_queue=settings.task_queue,
+        workflows=[ScheduledWaveWorkflow, WaveWorkflow, StageRunWorkflow],
+        activities=[real.scheduled_wave_start, real.prepare_scheduled_wave, paused_meanwhile],
+    )
+    async with worker:
+        begin = await skip_env.get_current_time()
+        result = await skip_env.client.execute_workflow(
+            ScheduledWaveWorkflow.run,
+            ScheduledWaveInput(
+                schedule_id="patchflow-sched",
+                plan_path=str(plan_path),
+                wait_days=15,
+                at="02:00",
+                timezone="Europe/Berlin",
+                plan_name="sched",
+                check_schedule=True,
+            ),
+            id=f"scheduled-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.task_queue,
+        )
+        end = await skip_env.get_current_time()
+    assert checked == ["patchflow-sched"]
+    assert (result.state, result.wave_id) == ("skipped", "")
+    assert "paused during the wait" in result.reason
+    assert end - begin >= timedelta(days=14)  # it did wait before checking
+    from patchflow.patchsets import PatchSetStore
+
+    assert PatchSetStore(settings.patch_set_dir).list_ids() == []  # nothing was evaluated or pinned

@@ -398,3 +398,25 @@ def test_schedule_cli_end_to_end_and_bad_input(
         assert message in bad.stderr, (args, bad.stderr)
     missing = cli("schedule", "create", str(tmp_path / "nope.yaml"), "--daily", env=env)
     assert missing.returncode == 2 and "nope.yaml" in missing.stderr
+
+
+async def test_the_schedule_check_after_a_wait_sees_pause_and_delete(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """What a firing that waited out its offset asks before it starts a wave (the real activity, real server)."""
+    from activities.scheduling import ScheduleActivities
+    from patchflow.wavemodel import ScheduleCheckInput
+
+    client = dev_env.client
+    plan = load_plan(write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}), name=f"w{uuid.uuid4().hex[:6]}"))
+    settings = Settings(data_dir=tmp_path / "data")
+    schedule = parse_schedule(monthly="second Tuesday", offset_days=21, at="04:00", timezone="Europe/Berlin")
+    schedule_id = await create_schedule(client, settings, ScheduleRequest(plan=plan, schedule=schedule))
+    check = ScheduleActivities(settings, client).scheduled_wave_allowed
+    assert (await check(ScheduleCheckInput(schedule_id))).allowed
+    await pause_schedule(client, schedule_id, "CAB said no")
+    paused = await check(ScheduleCheckInput(schedule_id))
+    assert not paused.allowed and "paused" in paused.reason and "CAB said no" in paused.reason
+    await delete_schedule(client, schedule_id)
+    deleted = await check(ScheduleCheckInput(schedule_id))
+    assert not deleted.allowed and "deleted" in deleted.reason
