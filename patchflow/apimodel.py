@@ -203,6 +203,8 @@ class WaveDetail(_Model):
 
     wave_id: str
     plan: str
+    kind: str = "standard"
+    """``standard`` (a plan's wave, by hand or by a schedule) or ``emergency`` (``patchflow emergency``)."""
     state: str
     reason: str
     patch_set_id: str

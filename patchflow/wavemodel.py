@@ -326,6 +326,8 @@ class WaveStatus:
     stages: list[StageStatus]
     reason: str = ""
     audit: list[AuditEntry] = field(default_factory=list)
+    kind: str = "standard"
+    """``standard`` or ``emergency`` (from :attr:`WaveInput.kind`)."""
 
 
 @dataclass

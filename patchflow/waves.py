@@ -248,6 +248,7 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
     return {
         "wave_id": status.wave_id,
         "plan": status.plan_name,
+        "kind": status.kind,
         "state": status.state,
         "reason": status.reason,
         "patch_set_id": status.patch_set_id,

@@ -254,6 +254,7 @@ class WaveWorkflow:
             state=WAVE_RUNNING,
             patch_set_id=inp.patch_set_id,
             stages=[StageStatus(name=s.name) for s in inp.stages],
+            kind=inp.kind,
         )
         self._audit(inp.started_by or "patchflow", "start", "", f"patch set {inp.patch_set_id}")
         if inp.freeze_override_by:

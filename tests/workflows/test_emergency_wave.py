@@ -182,7 +182,7 @@ async def test_emergency_wave_patches_only_the_cve_fix(
         wave = report["wave"]
         wave_id = report["wave_id"]
         assert wave["wave_id"] == wave_id and wave_id.startswith("wave-emergtest-") and "emergency" in wave_id
-        assert wave["state"] == "waiting_approval"
+        assert (wave["state"], wave["kind"]) == ("waiting_approval", "emergency")
         assert [(s["name"], s["state"]) for s in wave["stages"]] == [
             ("dev", "succeeded"),
             ("prod", "waiting_approval"),

@@ -101,6 +101,7 @@ async def test_wave_pins_one_patch_set_across_stages(
         assert inst["install_count"] == 1
     report = status_json(result.status)
     assert {i["state"] for s in report["stages"] for i in s["instances"]} == {"succeeded"}
+    assert report["kind"] == "standard"
 
 
 async def test_error_budget_stops_at_failure_n_plus_one(
