@@ -18,9 +18,9 @@ from patchflow.plans import load_plan
 from patchflow.schedules import parse_time, wave_start_after_wait
 from patchflow.wavemodel import (
     PrepareWaveInput,
+    PrepareWaveResult,
     ScheduleCheckInput,
     ScheduleCheckResult,
-    WaveInput,
     WaveStartInput,
     WaveStartResult,
 )
@@ -62,15 +62,57 @@ class ScheduleActivities:
         return ScheduleCheckResult(True)
 
     @activity.defn(name="prepare_scheduled_wave")
-    async def prepare_scheduled_wave(self, inp: PrepareWaveInput) -> WaveInput:
-        """Load the plan (as it is now), evaluate its baseline, pin the patch set and build the wave input."""
+    async def prepare_scheduled_wave(self, inp: PrepareWaveInput) -> PrepareWaveResult:
+        """Load the plan (as it is now), evaluate its baseline, pin the patch set and build the wave input —
+        unless a wave of the plan is running (started by hand or by another schedule): then no wave starts."""
         from patchflow.waves import pin_patch_set, wave_input
 
         settings = self.settings
         try:
             plan = load_plan(inp.plan_path)
-            pinned = pin_patch_set(plan, settings, at=datetime.now(UTC))
-            return wave_input(plan, settings, pinned, wave_id=inp.wave_id, who=inp.started_by)
         except (InputError, NotFoundError) as exc:
             # A broken plan does not get better by retrying: fail this firing, loudly.
             raise ApplicationError(str(exc), type="InputError", non_retryable=True) from None
+        running = await self._running_wave_of(plan.name)
+        if running is not None:
+            return PrepareWaveResult(
+                wave=None,
+                skipped=f"wave {running} of plan {plan.name} is still running; this firing starts none",
+            )
+        try:
+            pinned = pin_patch_set(plan, settings, at=datetime.now(UTC))
+            return PrepareWaveResult(
+                wave=wave_input(plan, settings, pinned, wave_id=inp.wave_id, who=inp.started_by)
+            )
+        except (InputError, NotFoundError) as exc:
+            raise ApplicationError(str(exc), type="InputError", non_retryable=True) from None
+
+    async def _running_wave_of(self, plan_name: str) -> str | None:
+        """The id of a running wave of the plan, if any (waves are named ``wave-<plan>-…``; each candidate's
+        plan is confirmed by a query, since one plan's name can be a prefix of another's)."""
+        if self._client is None:
+            return None
+        from patchflow.wavemodel import WaveStatus
+        from workflows.wave import WaveWorkflow
+
+        query = "WorkflowType = 'WaveWorkflow' AND ExecutionStatus = 'Running'"
+        try:
+            executions = [e async for e in self._client.list_workflows(query)]
+        except RPCError as exc:
+            if exc.status == RPCStatusCode.UNIMPLEMENTED:
+                # A server without visibility (Temporal's time-skipping test server) cannot tell; real ones can.
+                activity.logger.warning("cannot list running waves (%s); starting the wave", exc.message)
+                return None
+            raise
+        for execution in executions:
+            if not execution.id.startswith(f"wave-{plan_name}-"):
+                continue
+            try:
+                status: WaveStatus = await self._client.get_workflow_handle(execution.id).query(
+                    WaveWorkflow.status
+                )
+            except RPCError:
+                return execution.id  # cannot tell: do not risk a second wave on the same fleet
+            if status.plan_name == plan_name:
+                return execution.id
+        return None

@@ -14,7 +14,6 @@ from patchflow.errors import InputError
 from patchflow.plans import load_plan, parse_duration
 from patchflow.schedules import calendar_plan, parse_schedule
 from patchflow.scheduling import (
-    DEFAULT_CATCHUP,
     ScheduleRequest,
     create_schedule,
     delete_schedule,
@@ -83,7 +82,7 @@ def schedule_create(
         plan=plan,
         schedule=schedule,
         schedule_id=schedule_id or "",
-        catchup_window=catchup_window or DEFAULT_CATCHUP,
+        catchup_window=catchup_window,
         note=note,
         who=local_user(),
         paused=paused,

@@ -95,6 +95,13 @@ async def create_schedule(client: Client, settings: Settings, request: ScheduleR
     plan, schedule = request.plan, request.schedule
     check_daylight_saving(schedule, datetime.now(UTC))
     schedule_id = request.schedule_id or schedule_id_for(plan)
+    # One schedule per plan: two would start two waves of one plan on the same fleet.
+    for row in await list_schedules(client):
+        if row["plan"] == plan.name and row["id"] != schedule_id:
+            raise InputError(
+                f"plan {plan.name!r} already has schedule {row['id']!r}; a plan gets one schedule (two would run "
+                f"two waves on the same fleet): change it with 'patchflow schedule delete {row['id']}' first"
+            )
     cal = calendar_plan(schedule)
     action = ScheduleActionStartWorkflow(
         ScheduledWaveWorkflow.run,

@@ -392,6 +392,13 @@ class PrepareWaveInput:
 
 
 @dataclass
+class PrepareWaveResult:
+    wave: WaveInput | None
+    """None: no wave starts (``skipped`` says why)."""
+    skipped: str = ""
+
+
+@dataclass
 class ScheduledWaveResult:
     wave_id: str
     state: str

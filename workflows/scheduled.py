@@ -18,6 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from patchflow.freezes import FreezePeriod  # noqa: F401
     from patchflow.wavemodel import (
         PrepareWaveInput,
+        PrepareWaveResult,
         ScheduleCheckInput,
         ScheduleCheckResult,
         ScheduledWaveInput,
@@ -80,26 +81,31 @@ class ScheduledWaveWorkflow:
                         wave_id="", state="skipped", patch_set_id="", reason=check.reason
                     )
         stamp = workflow.now().strftime("%Y%m%dT%H%M%SZ")
-        wave_id = f"wave-{inp.plan_name or inp.schedule_id}-{stamp}-{info.run_id[:6]}"
+        wave_id = f"wave-{inp.plan_name or inp.schedule_id}-{stamp}-{workflow.uuid4().hex[:6]}"
         self._state = "preparing"
-        wave_input: WaveInput = await workflow.execute_activity(
+        prepared: PrepareWaveResult = await workflow.execute_activity(
             "prepare_scheduled_wave",
             PrepareWaveInput(
                 plan_path=inp.plan_path, wave_id=wave_id, started_by=f"schedule:{inp.schedule_id}"
             ),
-            result_type=WaveInput,
+            result_type=PrepareWaveResult,
             start_to_close_timeout=QUICK_TIMEOUT,
             retry_policy=QUICK_RETRY,
         )
-        self._wave_id = wave_input.wave_id
-        self._state = "running"
-        result: WaveResult = await workflow.execute_child_workflow(
+        if prepared.wave is None:
+            self._state = "skipped"
+            return ScheduledWaveResult(wave_id="", state="skipped", patch_set_id="", reason=prepared.skipped)
+        wave_input: WaveInput = prepared.wave
+        handle = await workflow.start_child_workflow(
             WaveWorkflow.run,
             wave_input,
             id=wave_input.wave_id,
             # Ending this wrapper (a schedule deleted with --terminate) must not kill a wave half-way.
             parent_close_policy=ParentClosePolicy.ABANDON,
         )
+        self._wave_id = wave_input.wave_id  # only once the wave exists: the query never names a missing one
+        self._state = "running"
+        result: WaveResult = await handle
         self._state = result.status.state
         return ScheduledWaveResult(
             wave_id=wave_input.wave_id,

@@ -58,7 +58,9 @@ from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
 from workflows.scheduled import ScheduledWaveWorkflow
 
 
-def write_plan(tmp_path: Path, fleet: Path, *, prod_gate: Any = "auto", name: str = "sched") -> Path:
+def write_plan(tmp_path: Path, fleet: Path, *, prod_gate: Any = "auto", name: str | None = None) -> Path:
+    """A two-stage plan on ``fleet``; its name is unique unless given (a plan may have one schedule)."""
+    name = name or f"sched{uuid.uuid4().hex[:6]}"
     catalog = tmp_path / "catalog.json"
     if not catalog.exists():
         catalog.write_text((EXAMPLES_DIR / "ubuntu-catalog.json").read_text())
@@ -242,7 +244,7 @@ async def test_a_firing_starts_a_fresh_wave_and_a_second_one_is_skipped_while_it
             assert len(described["recent"]) == 1
 
             status = await wave_status(client, first_wave)
-            assert status.plan_name == "sched"
+            assert status.plan_name == load_plan(plan_path).name
             assert [a.who for a in status.audit][:1] == [f"schedule:{schedule_id}"]
             await act(client, first_wave, "approve", who="ops-lead", stage="prod")
             result = await wrapper.result()
@@ -294,7 +296,7 @@ async def test_a_broken_plan_fails_the_firing_at_once(
             ScheduleRequest(plan=load_plan(plan_path), schedule=schedule, schedule_id=schedule_id),
         )
         try:
-            plan_path.write_text("name: sched\nstages: oops\n")
+            plan_path.write_text("name: broken\nstages: oops\n")
             described = await describe_schedule(client, settings, schedule_id, count=1)
             assert any("cannot be loaded" in p for p in described["problems"])
             await client.get_schedule_handle(schedule_id).trigger(overlap=ScheduleOverlapPolicy.SKIP)
@@ -391,6 +393,7 @@ def test_schedule_cli_end_to_end_and_bad_input(
         (["--monthly", "second Tuesday", "--at", "2am"], "HH:MM"),
         (["--weekly", "Sunday", "--at", "02:30", "--timezone", "Europe/Berlin"], "daylight-saving"),
         (["--daily", "--catchup-window", "3w"], "--catchup-window"),
+        (["--daily", "--catchup-window", "0s"], "--catchup-window"),
         (["--daily", "--timezone", "Berlin"], "IANA"),
     ]:
         bad = cli("schedule", "create", str(plan_path), *args, env=env)
@@ -420,3 +423,52 @@ async def test_the_schedule_check_after_a_wait_sees_pause_and_delete(
     await delete_schedule(client, schedule_id)
     deleted = await check(ScheduleCheckInput(schedule_id))
     assert not deleted.allowed and "deleted" in deleted.reason
+
+
+async def test_one_schedule_per_plan_and_no_firing_while_a_wave_of_the_plan_runs(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    from patchflow.waves import pin_patch_set, start_wave, wave_input
+
+    client = dev_env.client
+    plan_path = write_plan(
+        tmp_path, make_fleet({"dev": 1, "prod": 1}), prod_gate={"approval": {"approvers": ["ops-lead"]}}
+    )
+    plan = load_plan(plan_path)
+    schedule = parse_schedule(monthly="second Tuesday", at="04:00", timezone="Europe/Berlin")
+    async with scheduling_worker(client, tmp_path) as settings:
+        schedule_id = await create_schedule(client, settings, ScheduleRequest(plan=plan, schedule=schedule))
+        try:
+
+            async def listed() -> bool:
+                return any(r["id"] == schedule_id for r in await list_schedules(client))
+
+            await eventually(listed)
+            with pytest.raises(InputError, match="already has schedule"):
+                await create_schedule(
+                    client, settings, ScheduleRequest(plan=plan, schedule=schedule, schedule_id="another-one")
+                )
+            # A wave of the plan started by hand waits at Prod's gate; the schedule fires meanwhile.
+            manual = wave_input(plan, settings, pin_patch_set(plan, settings), who="alice")
+            await start_wave(client, settings, manual)
+
+            async def waiting() -> bool:
+                try:
+                    return (await wave_status(client, manual.wave_id)).state == "waiting_approval"
+                except NotFoundError:
+                    return False
+
+            await eventually(waiting)
+            await trigger_schedule(client, schedule_id)
+
+            async def fired() -> list[dict[str, Any]]:
+                return list((await describe_schedule(client, settings, schedule_id, count=1))["recent"])
+
+            [recent] = await eventually(fired)
+            firing = client.get_workflow_handle(recent["workflow_id"], result_type=ScheduledWaveResult)
+            result = await asyncio.wait_for(firing.result(), timeout=30)
+            assert (result.state, result.wave_id) == ("skipped", "")
+            assert manual.wave_id in result.reason and "still running" in result.reason
+            await act(client, manual.wave_id, "cancel", who="alice")
+        finally:
+            await delete_schedule(client, schedule_id)
