@@ -1,16 +1,22 @@
 """``patchflow emergency``: patch named CVEs now, through the plan's stages, and say who is still exposed.
 
 The patch set holds only the fixes for the named CVEs and ``--package`` names, with their dependencies
-(:mod:`patchflow.emergency` says which versions). The wave runs the plan's stages for ``--targets`` with every
-window ``now`` and no soak; rate control, error budgets, health and approval gates stay as the plan says, and
-change freezes still apply unless ``--override-freeze --approver NAME`` names a freeze override approver.
+(:mod:`patchflow.emergency` says which versions), for the products the targeted instances run. The wave runs
+the plan's stages for ``--targets`` (a patch group, or ``all`` in any case) with every window ``now`` and no
+soak; rate control, error budgets, health and approval gates stay as the plan says, and change freezes still
+apply unless ``--override-freeze --approver NAME`` names a freeze override approver.
+
+A wave installs one version per package (name + arch) on every targeted instance that has it, so when the
+targets run products with different fixes of one package (Ubuntu 20.04's and 22.04's openssl) the command
+refuses, naming who needs which version, and asks for one emergency per product; ``--dry-run`` says so in
+``notes`` instead. Exposure is judged per product either way.
 
 ``--format json`` prints one object (stable keys)::
 
     {"plan", "targets", "stages": [NAME…], "cves": [ID…], "packages": [NAME…], "dry_run",
      "patch_set_id",                        # null for a dry run (nothing is stored)
-     "fixes": [{"name", "arch", "version", "reason", "cve_ids"}],
-     "refused": [{"name", "arch", "version", "reason"}],   # versions the baseline never lets be installed
+     "fixes": [{"name", "arch", "version", "product", "reason", "cve_ids"}],   # for the targets' products
+     "refused": [{"name", "arch", "version", "product", "reason"}],   # the baseline never lets these in
      "unfixable": {ISSUE: WHY}, "notes": [TEXT…],
      "exposed": {ISSUE: [{"instance_id", "name", "arch", "installed", "fixed_in"}]},
      "unscanned": {INSTANCE: WHY},
@@ -101,8 +107,18 @@ def resolve_plan(plan_file: Path | None, settings: Settings) -> Plan:
     return load_plan(path)
 
 
+def _means_all(plan: Plan, targets: str) -> bool:
+    return targets == ALL_TARGETS or (
+        targets.lower() == ALL_TARGETS and all(s.targets.patch_group != targets for s in plan.stages)
+    )
+
+
 def select_stages(plan: Plan, targets: str | None) -> tuple[Stage, ...]:
-    """``all`` → every stage in order; a patch group → the stages targeting it."""
+    """``all`` (any case) → every stage in order; a patch group → the stages targeting it.
+
+    A patch group spelled exactly like ``ALL`` or ``All`` is that patch group: SSM patch groups are
+    case-sensitive, and the exact name is the more specific reading.
+    """
     groups = list(dict.fromkeys(s.targets.patch_group for s in plan.stages if s.targets.patch_group))
     if not targets or not targets.strip():
         raise InputError(
@@ -110,7 +126,7 @@ def select_stages(plan: Plan, targets: str | None) -> tuple[Stage, ...]:
             f"or {ALL_TARGETS}"
         )
     wanted = targets.strip()
-    if wanted == ALL_TARGETS:
+    if _means_all(plan, wanted):
         return plan.stages
     chosen = tuple(s for s in plan.stages if s.targets.patch_group == wanted)
     if not chosen:
@@ -137,7 +153,10 @@ def prepare(
     selection = select_fixes(
         catalog, cves=cves, packages=packages, baseline=baseline, catalog_source=str(plan.catalog)
     )
-    return Prepared(plan, (targets or "").strip(), stages, baseline, catalog, selection)
+    wanted = (targets or "").strip()
+    return Prepared(
+        plan, ALL_TARGETS if _means_all(plan, wanted) else wanted, stages, baseline, catalog, selection
+    )
 
 
 @dataclass(frozen=True)
@@ -149,6 +168,9 @@ class Scan:
     """Instance → why it could not be scanned (unknown id, executor error)."""
     stage_of: dict[str, str]
     """Instance → the first of the wave's stages that targets it."""
+    products: dict[str, str | None] = dataclasses.field(default_factory=dict)
+    """Targeted instance the executor knows (and not of the other package family) → its product, None when
+    unknown: what the wave's patch set must serve."""
 
 
 async def scan_exposure(prep: Prepared, settings: Settings) -> Scan:
@@ -186,8 +208,41 @@ async def scan_exposure(prep: Prepared, settings: Settings) -> Scan:
                 unscanned[instance_id] = str(exc)
 
     await asyncio.gather(*(one(i) for i in stage_of))
-    report = exposure(installed, prep.selection, families={i: known[i].family for i in installed})
-    return Scan(report, unscanned, stage_of)
+    report = exposure(
+        installed,
+        prep.selection,
+        families={i: known[i].family for i in installed},
+        products={i: known[i].product for i in installed},
+    )
+    products = {i: known[i].product for i in stage_of if known[i].family in (None, prep.selection.family)}
+    return Scan(report, unscanned, stage_of, products)
+
+
+def wave_selection(prep: Prepared, scan: Scan) -> tuple[Selection, str | None]:
+    """What the wave pins — the fixes the targeted instances' products need — and why such a wave must not
+    start (None when it may): an issue without an installable fix for a targeted product, targets needing
+    two versions of one package (see :mod:`patchflow.emergency`), or nothing at all to install."""
+    targeted = prep.selection.for_products(scan.products.values())
+    try:
+        targeted.require_complete()
+        targeted.require_one_version(scan.products)
+    except InputError as exc:
+        return targeted, str(exc)
+    if not targeted.fixes:
+        if not scan.products:
+            why = (
+                f"none of the targeted instances runs {targeted.family} packages"
+                if scan.stage_of
+                else "the executor knows none of the targeted instances"
+            )
+            return targeted, f"nothing to patch: {why}"
+        named = sorted({p or "no product reported" for p in scan.products.values()})
+        return targeted, (
+            f"nothing to install: no fix in the catalog is for the targeted instances' products "
+            f"({', '.join(named)}); it has fixes for "
+            + ", ".join(sorted({f.product or "product-less packages" for f in prep.selection.floors}))
+        )
+    return targeted, None
 
 
 def emergency_wave_input(
@@ -288,10 +343,12 @@ def _print_selection(prep: Prepared) -> None:
         f"(targets {prep.targets}: stages {', '.join(s.name for s in prep.stages)})"
     )
     table = Table(title="patch set: only these package versions are installed")
-    for column in ("package", "arch", "version", "why"):
+    for column in ("package", "arch", "version", "product", "why"):
         table.add_column(column, overflow="fold")
     for fix in sel.fixes:
-        table.add_row(fix.patch.name, fix.patch.arch, fix.patch.version, fix.reason)
+        table.add_row(
+            fix.patch.name, fix.patch.arch, fix.patch.version, fix.patch.product or "any", fix.reason
+        )
     out.print(table)
     for refused in sel.refused:
         out.print(
@@ -371,7 +428,9 @@ def emergency(
     targets: Annotated[
         str | None,
         typer.Option(
-            "--targets", help="A patch group of the plan (its stages only) or 'all'.", show_default=False
+            "--targets",
+            help="A patch group of the plan (its stages only) or 'all' (any case).",
+            show_default=False,
         ),
     ] = None,
     plan_file: PlanOpt = None,
@@ -422,8 +481,6 @@ def emergency(
     if override_freeze:
         check_freeze_override(prep.plan, settings, (approver or "").strip())
         override_by = (approver or "").strip()
-    if not dry_run:
-        prep.selection.require_complete()
     table = fmt is Fmt.table
     report: dict[str, Any] = {
         **_selection_json(prep),
@@ -440,14 +497,24 @@ def emergency(
 
     async def go() -> dict[str, Any]:
         before = await scan_exposure(prep, settings)
+        # exposure is judged with every product's floors; the wave pins only what its targets need
+        targeted, refusal = wave_selection(prep, before)
+        wave_prep = dataclasses.replace(prep, selection=targeted)
+        report.update(_selection_json(wave_prep))
+        if refusal is not None and dry_run:
+            report["notes"].append(f"a wave would be refused: {refusal}")
         report["exposed"] = before.report.to_json()
         report["unscanned"] = before.unscanned
         if table:
-            _print_selection(prep)
+            _print_selection(wave_prep)
+            if refusal is not None and dry_run:
+                out.print(f"[red]a wave would be refused:[/] {escape(refusal)}")
             _print_exposure(before.report, before.unscanned, title="exposed now")
         if dry_run:
             return report
-        pinned = emergency_patch_set(prep.selection, prep.baseline, prep.catalog)
+        if refusal is not None:
+            raise InputError(refusal)
+        pinned = emergency_patch_set(targeted, prep.baseline, prep.catalog)
         PatchSetStore(settings.patch_set_dir).save(pinned)
         remember_patch_set(settings, pinned)
         inp = emergency_wave_input(prep, settings, pinned, who=who or "", freeze_override_by=override_by)
@@ -506,7 +573,8 @@ def emergency_exposure(
     cve: CveOpt = None,
     package: PackageOpt = None,
     targets: Annotated[
-        str, typer.Option("--targets", help="A patch group of the plan (its stages only) or 'all'.")
+        str,
+        typer.Option("--targets", help="A patch group of the plan (its stages only) or 'all' (any case)."),
     ] = ALL_TARGETS,
     plan_file: PlanOpt = None,
     fmt: FmtOpt = Fmt.table,

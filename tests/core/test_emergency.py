@@ -370,3 +370,185 @@ def test_emergency_patch_set_is_content_addressed_and_stored(tmp_path: Path) -> 
     store = PatchSetStore(tmp_path / "patch-sets")
     store.save(pinned)
     assert store.load(pinned.id) == pinned  # from_json verifies the content still hashes to the id
+
+
+# --------------------------------------------------------------------------------------------- products
+
+JAMMY, FOCAL = "Ubuntu22.04", "Ubuntu20.04"
+MIXED_DEB = [
+    deb("openssl", "3.0.2-0ubuntu1.15", cve_ids=["CVE-2026-1001"]),
+    deb("openssl", "3.0.2-0ubuntu1.16"),  # a later jammy update: pinned for jammy
+    deb("openssl", "1.1.1f-1ubuntu2.22", product=FOCAL, cve_ids=["CVE-2026-1001"]),
+    deb("bash", "5.1-6ubuntu1.2"),
+    deb("bash", "5.0-6ubuntu1.3", product=FOCAL),
+]
+
+
+def product_pins(selection: Selection) -> set[tuple[str, str | None, str]]:
+    return {(f.patch.name, f.patch.product, f.patch.version) for f in selection.fixes}
+
+
+def test_each_product_gets_its_own_fix_floor_and_pin() -> None:
+    selection = select_fixes(MIXED_DEB, cves=["CVE-2026-1001"], packages=["bash"], baseline=UBUNTU)
+    assert product_pins(selection) == {
+        ("openssl", JAMMY, "3.0.2-0ubuntu1.16"),
+        ("openssl", FOCAL, "1.1.1f-1ubuntu2.22"),
+        ("bash", JAMMY, "5.1-6ubuntu1.2"),
+        ("bash", FOCAL, "5.0-6ubuntu1.3"),
+    }
+    assert {(f.issue, f.name, f.product, f.version) for f in selection.floors} == {
+        ("CVE-2026-1001", "openssl", JAMMY, "3.0.2-0ubuntu1.15"),
+        ("CVE-2026-1001", "openssl", FOCAL, "1.1.1f-1ubuntu2.22"),
+        ("package:bash", "bash", JAMMY, "5.1-6ubuntu1.2"),
+        ("package:bash", "bash", FOCAL, "5.0-6ubuntu1.3"),
+    }
+    assert {(p.name, p.product, p.version) for p in selection.pinned()} == product_pins(selection)
+    assert [f.to_json()["product"] for f in selection.fixes if f.patch.name == "openssl"] == [FOCAL, JAMMY]
+
+
+def test_deb_exposure_is_judged_against_the_floor_of_the_instance_product() -> None:
+    selection = select_fixes(MIXED_DEB, cves=["CVE-2026-1001"], baseline=UBUNTU)
+    installed = {
+        "i-jammy-old": [
+            Package("openssl", "amd64", "3.0.2-0ubuntu1.10")
+        ],  # above focal's floor, below jammy's
+        "i-jammy-fixed": [Package("openssl", "amd64", "3.0.2-0ubuntu1.15")],
+        "i-focal-fixed": [
+            Package("openssl", "amd64", "1.1.1f-1ubuntu2.22")
+        ],  # below jammy's floor: irrelevant
+        "i-focal-old": [Package("openssl", "amd64", "1.1.1f-1ubuntu2.20")],
+        "i-unknown": [Package("openssl", "amd64", "1.1.1f-1ubuntu2.22")],  # no product: every floor, highest
+        "i-noble": [Package("openssl", "amd64", "3.0.2-0ubuntu1.15")],  # a product the catalog never names
+    }
+    products = {
+        "i-jammy-old": JAMMY,
+        "i-jammy-fixed": "ubuntu22.04",  # products compare case-insensitively
+        "i-focal-fixed": FOCAL,
+        "i-focal-old": FOCAL,
+        "i-noble": "Ubuntu24.04",
+    }
+    report = exposure(installed, selection, products=products)
+    assert [(e.instance_id, e.installed, e.fixed_in) for e in report.exposed] == [
+        ("i-focal-old", "1.1.1f-1ubuntu2.20", "1.1.1f-1ubuntu2.22"),
+        ("i-jammy-old", "3.0.2-0ubuntu1.10", "3.0.2-0ubuntu1.15"),
+        ("i-unknown", "1.1.1f-1ubuntu2.22", "3.0.2-0ubuntu1.15"),
+    ]
+    assert report.notes == (
+        "1 instance(s) report no product: judged against the highest fix floor of every product",
+        "1 instance(s) run Ubuntu24.04, which the catalog does not name: judged against the highest fix floor "
+        "of every product",
+    )
+
+
+def test_a_product_without_a_fix_of_its_own_is_not_judged_against_another_products_fix() -> None:
+    catalog = [
+        deb("openssl", "3.0.2-0ubuntu1.15", cve_ids=["CVE-2026-1001"]),
+        deb("openssl", "1.1.1f-1ubuntu2.21", product=FOCAL),  # focal's openssl: no fix published yet
+    ]
+    selection = select_fixes(catalog, cves=["CVE-2026-1001"], baseline=UBUNTU)
+    assert product_pins(selection) == {("openssl", JAMMY, "3.0.2-0ubuntu1.15")}
+    report = exposure(
+        {"i-focal": [Package("openssl", "amd64", "1.1.1f-1ubuntu2.21")]},
+        selection,
+        products={"i-focal": FOCAL},
+    )
+    assert report.exposed == ()
+    assert report.notes == (
+        "CVE-2026-1001: openssl amd64 on 1 Ubuntu20.04 instance(s) not judged: the catalog lists no fix of it "
+        "for Ubuntu20.04",
+    )
+    assert selection.for_products([FOCAL]).fixes == ()
+
+
+def test_product_less_entries_serve_every_product() -> None:
+    catalog = [
+        deb("tzdata", "2026a-0ubuntu1", product=None, cve_ids=["CVE-2026-8008"]),
+        deb("tzdata", "2026b-0ubuntu0.22.04"),  # jammy's own later build: jammy pins it
+        deb("openssl", "1.1.1f-1ubuntu2.22", product=FOCAL),  # focal is a product the catalog names
+    ]
+    selection = select_fixes(catalog, cves=["CVE-2026-8008"], baseline=UBUNTU)
+    assert product_pins(selection) == {
+        ("tzdata", None, "2026a-0ubuntu1"),
+        ("tzdata", JAMMY, "2026b-0ubuntu0.22.04"),
+    }
+    assert {(f.product, f.version) for f in selection.floors} == {
+        (None, "2026a-0ubuntu1"),
+        (JAMMY, "2026a-0ubuntu1"),
+    }
+    report = exposure(
+        {
+            "i-focal": [Package("tzdata", "amd64", "2025z-0ubuntu1")],
+            "i-jammy": [Package("tzdata", "amd64", "2025z-1")],
+        },
+        selection,
+        products={"i-focal": FOCAL, "i-jammy": JAMMY},
+    )
+    assert [(e.instance_id, e.fixed_in) for e in report.exposed] == [
+        ("i-focal", "2026a-0ubuntu1"),
+        ("i-jammy", "2026a-0ubuntu1"),
+    ]
+    # a focal wave pins the product-less build, a jammy wave jammy's own
+    assert product_pins(selection.for_products([FOCAL])) == {("tzdata", None, "2026a-0ubuntu1")}
+    assert product_pins(selection.for_products([JAMMY])) == {("tzdata", JAMMY, "2026b-0ubuntu0.22.04")}
+
+
+def test_a_wave_over_one_product_pins_only_its_fixes_and_two_products_are_refused() -> None:
+    selection = select_fixes(MIXED_DEB, cves=["CVE-2026-1001"], baseline=UBUNTU)
+    jammy = selection.for_products([JAMMY])
+    assert product_pins(jammy) == {("openssl", JAMMY, "3.0.2-0ubuntu1.16")}
+    assert {f.product for f in jammy.floors} == {JAMMY}
+    jammy.require_one_version({"i-jammy": JAMMY})
+    at = datetime(2026, 11, 10, 2, 0, tzinfo=UTC)
+    assert [(p.name, p.version) for p in emergency_patch_set(jammy, UBUNTU, MIXED_DEB, at).patches] == [
+        ("openssl", "3.0.2-0ubuntu1.16")
+    ]
+    both = selection.for_products([JAMMY, FOCAL])
+    with pytest.raises(InputError) as caught:
+        both.require_one_version({"i-jammy": JAMMY, "i-focal": FOCAL, "i-unknown": None})
+    message = str(caught.value)
+    assert message.startswith(
+        "the targeted instances run products with different fixes: openssl amd64 needs 1.1.1f-1ubuntu2.22 for "
+        "Ubuntu20.04 (i-focal, i-unknown) but 3.0.2-0ubuntu1.16 for Ubuntu22.04 (i-jammy, i-unknown)."
+    )
+    assert "run one emergency per product" in message
+    # an instance of unknown product needs every product's fix: refused too
+    with pytest.raises(InputError, match="different fixes"):
+        selection.for_products([None]).require_one_version({"i-unknown": None})
+
+
+def test_rpm_products_have_their_own_floors_pins_and_gaps() -> None:
+    al2, al2023 = "AmazonLinux2", "AmazonLinux2023"
+    catalog = [
+        rpm("openssl", "1:1.0.2k-24.amzn2.0.10", product=al2, cve_ids=["CVE-2026-1001"]),
+        rpm("openssl", "1:3.0.8-1.amzn2023.0.4", product=al2023, cve_ids=["CVE-2026-1001"]),
+        rpm("openssl", "1:3.0.8-1.amzn2023.0.5", product=al2023),
+    ]
+    selection = select_fixes(catalog, cves=["CVE-2026-1001"], baseline=AL2023)
+    assert product_pins(selection) == {
+        ("openssl", al2, "1:1.0.2k-24.amzn2.0.10"),
+        ("openssl", al2023, "1:3.0.8-1.amzn2023.0.5"),
+    }
+    installed = {
+        "i-al2-old": [Package("openssl", "x86_64", "1:1.0.2k-24.amzn2.0.9")],
+        "i-al2-fixed": [Package("openssl", "x86_64", "1:1.0.2k-24.amzn2.0.10")],
+        "i-al2023-old": [Package("openssl", "x86_64", "1:3.0.8-1.amzn2023.0.3")],  # above AL2's floor
+        "i-al2023-fixed": [Package("openssl", "x86_64", "1:3.0.8-1.amzn2023.0.4")],
+    }
+    products = {i: al2023 if i.startswith("i-al2023") else al2 for i in installed}
+    report = exposure(installed, selection, products=products)
+    assert [(e.instance_id, e.fixed_in) for e in report.exposed] == [
+        ("i-al2-old", "1:1.0.2k-24.amzn2.0.10"),
+        ("i-al2023-old", "1:3.0.8-1.amzn2023.0.4"),
+    ]
+    # a fix the baseline refuses for one product only blocks waves that target that product
+    strict = make_baseline(RejectedPatches=["openssl-3.0.8-1.amzn2023*"])
+    partial = select_fixes(catalog, cves=["CVE-2026-1001"], baseline=strict)
+    assert product_pins(partial) == {("openssl", al2, "1:1.0.2k-24.amzn2.0.10")}
+    assert partial.unfixable == {
+        "CVE-2026-1001": "openssl x86_64 (AmazonLinux2023): every version from 1:3.0.8-1.amzn2023.0.4 on is "
+        "refused (matches RejectedPatches entry 'openssl-3.0.8-1.amzn2023*' (ALLOW_AS_DEPENDENCY))"
+    }
+    assert {r.product for r in partial.refused} == {al2023}
+    partial.for_products([al2]).require_complete()
+    with pytest.raises(InputError, match=r"openssl x86_64 \(AmazonLinux2023\): every version"):
+        partial.for_products([al2, al2023]).require_complete()

@@ -342,3 +342,172 @@ def test_emergency_wave_input_compresses_the_plan(make_plan: Callable[..., Path]
     overridden = emergency_wave_input(prep, settings, pinned, freeze_override_by="cto")
     assert overridden.freezes == [] and overridden.freeze_override_by == "cto"
     assert freeze_wait(overridden, datetime.now(UTC)) is None
+
+
+def test_targets_all_is_accepted_in_any_case(make_plan: Callable[..., Path], tmp_path: Path) -> None:
+    plan = str(make_plan())
+    for spelling in ("ALL", "All"):
+        proc = run(
+            "emergency",
+            "--cve",
+            CVE,
+            "--targets",
+            spelling,
+            "--plan",
+            plan,
+            "--dry-run",
+            "--format",
+            "json",
+            data_dir=tmp_path / "data",
+        )
+        assert proc.returncode == 0, proc.stderr
+        report = json.loads(proc.stdout)
+        assert (report["targets"], report["stages"]) == ("all", ["dev", "prod"])
+    proc = run(
+        "emergency", "exposure", "--cve", CVE, "--targets", "ALL", "--plan", plan, data_dir=tmp_path / "data"
+    )
+    assert proc.returncode == 0, proc.stderr
+
+
+# ------------------------------------------------------------------------------ a fleet of two products
+
+FOCAL = "Ubuntu20.04"
+FOCAL_OLD = {"openssl": "1.1.1f-1ubuntu2.20", "libssl1.1": "1.1.1f-1ubuntu2.20"}
+FOCAL_FIXED = {"openssl": "1.1.1f-1ubuntu2.22", "libssl1.1": "1.1.1f-1ubuntu2.22"}
+JAMMY_OLD = {"openssl": "3.0.2-0ubuntu1.10", "libssl3": "3.0.2-0ubuntu1.10"}
+
+
+@pytest.fixture
+def mixed_plan(tmp_path: Path) -> Path:
+    """Jammy and focal machines in patch groups of one product each, and in one mixed group; the catalog
+    fixes CVE-2026-1234 in both products' openssl, each with its own version."""
+    catalog = json.loads((FIXTURES / "catalog.json").read_text())
+    for name, version in FOCAL_FIXED.items():
+        catalog.append(
+            {
+                "name": name,
+                "arch": "amd64",
+                "version": version,
+                "family": "deb",
+                "product": FOCAL,
+                "priority": "Important",
+                "security": True,
+                "release_date": "2026-11-01T00:00:00Z",
+                "cve_ids": [CVE] if name == "openssl" else [],
+                "depends": ["libssl1.1"] if name == "openssl" else [],
+            }
+        )
+    catalog_path = tmp_path / "catalog.json"
+    catalog_path.write_text(json.dumps(catalog))
+
+    def focal(instance_id: str, group: str) -> dict[str, Any]:
+        return {**_instance(instance_id, group, FOCAL_OLD), "platform": {"family": "deb", "product": FOCAL}}
+
+    fleet = {
+        "name": "mixed",
+        "seed": 1,
+        "instances": [
+            _instance("i-jammy-1", "jammy", JAMMY_OLD),
+            focal("i-focal-1", "focal"),
+            _instance("i-mixed-jammy", "mixed", JAMMY_OLD),
+            focal("i-mixed-focal", "mixed"),
+        ],
+    }
+    fleet_path = tmp_path / "mixed-fleet.yaml"
+    fleet_path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    later = {"schedule": "at(2099-01-01T03:00:00)", "duration_hours": 2}
+    plan = {
+        "name": "mixedtest",
+        "baseline": str(FIXTURES / "baseline.yaml"),
+        "catalog": str(catalog_path),
+        "executor": {"kind": "simulated", "fleet": str(fleet_path), "time_scale": 1.0},
+        "stages": [
+            {
+                "name": group,
+                "targets": {"patch_group": group},
+                "window": later,
+                "max_concurrency": 1,
+                "max_errors": 0,
+            }
+            for group in ("jammy", "focal", "mixed")
+        ],
+    }
+    path = tmp_path / "mixed-plan.yaml"
+    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    return path
+
+
+def test_products_with_different_fixes_are_judged_apart_and_never_share_a_wave(
+    mixed_plan: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    base = ["emergency", "--cve", CVE, "--plan", str(mixed_plan), "--format", "json"]
+    proc = run(*base, "--targets", "all", "--dry-run", data_dir=data)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    # every instance is exposed, each against its own product's lowest fixing version
+    assert {(e["instance_id"], e["fixed_in"]) for e in report["exposed"][CVE] if e["name"] == "openssl"} == {
+        ("i-jammy-1", "3.0.2-0ubuntu1.15"),
+        ("i-mixed-jammy", "3.0.2-0ubuntu1.15"),
+        ("i-focal-1", "1.1.1f-1ubuntu2.22"),
+        ("i-mixed-focal", "1.1.1f-1ubuntu2.22"),
+    }
+    assert {(f["name"], f["product"], f["version"]) for f in report["fixes"]} == {
+        ("openssl", "Ubuntu22.04", "3.0.2-0ubuntu1.16"),
+        ("libssl3", "Ubuntu22.04", "3.0.2-0ubuntu1.16"),
+        ("openssl", FOCAL, FOCAL_FIXED["openssl"]),
+        ("libssl1.1", FOCAL, FOCAL_FIXED["libssl1.1"]),
+    }
+    refusal = next(n for n in report["notes"] if n.startswith("a wave would be refused: "))
+    assert (
+        "openssl amd64 needs 1.1.1f-1ubuntu2.22 for Ubuntu20.04 (i-focal-1, i-mixed-focal) but 3.0.2-0ubuntu1.16 "
+        "for Ubuntu22.04 (i-jammy-1, i-mixed-jammy)" in refusal
+    )
+
+    # a wave over a mixed patch group is refused before anything is pinned or started
+    proc = run(*base, "--targets", "mixed", data_dir=data)
+    assert proc.returncode == 2, proc.stderr
+    message = " ".join(proc.stderr.split())
+    assert "the targeted instances run products with different fixes" in message
+    assert "(i-mixed-focal) but 3.0.2-0ubuntu1.16 for Ubuntu22.04 (i-mixed-jammy)" in message
+    assert "run one emergency per product" in message
+    assert not (data / "patch-sets").exists()
+
+    # one product's patch group: only that product's fixes
+    proc = run(*base, "--targets", "focal", "--dry-run", data_dir=data)
+    assert proc.returncode == 0, proc.stderr
+    focal = json.loads(proc.stdout)
+    assert {(f["name"], f["version"]) for f in focal["fixes"]} == set(FOCAL_FIXED.items())
+    assert not any(n.startswith("a wave would be refused") for n in focal["notes"])
+
+
+async def test_a_wave_over_one_product_installs_that_products_fix(
+    dev_env: WorkflowEnvironment, mixed_plan: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    async with running_worker(dev_env.client) as tq:
+        env = environment(dev_env, tq, data)
+        args = [
+            "emergency",
+            "--cve",
+            CVE,
+            "--targets",
+            "focal",
+            "--plan",
+            str(mixed_plan),
+            "--format",
+            "json",
+        ]
+        code, stdout, stderr = await cli(*args, "--timeout", "60", env=env)
+        assert code == 0, stderr
+        report = json.loads(stdout)
+        assert report["wave"]["state"] == "succeeded"
+        stored = PatchSetStore(data / "patch-sets").load(report["patch_set_id"])
+        assert {(p.name, p.product, p.version) for p in stored.patches} == {
+            (name, FOCAL, version) for name, version in FOCAL_FIXED.items()
+        }
+        assert report["still_exposed"] == {CVE: []}
+    installed = fleet_versions(mixed_plan, data)
+    assert installed["i-focal-1"] == FOCAL_FIXED  # focal's own build, never jammy's 3.0.2
+    assert installed["i-mixed-focal"] == FOCAL_OLD  # not targeted
+    assert installed["i-jammy-1"] == JAMMY_OLD
