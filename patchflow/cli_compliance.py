@@ -11,8 +11,13 @@ Sources of "the latest scans":
   ``--catalog``, or ``--patch-set``, or ``--plan`` for both.
 
 Judged against, first that applies: ``--patch-set``; the patch set of the last wave (``--wave ID``, else the
-plan's latest wave in the history database) — what the fleet was supposed to converge to; a fresh evaluation
-of the baseline at ``--at``. The report says which (``judged_against``).
+plan's latest finished standard wave in the history database; see :mod:`patchflow.reports` for why) — what the
+fleet was supposed to converge to; a fresh evaluation of the baseline at ``--at``. The report says which
+(``judged_against``).
+
+``--s3-uri s3://BUCKET/PREFIX/`` uploads the CSV and the JSON report as
+``PREFIX/patchflow-compliance/<YYYY-MM-DD>/<YYYYMMDDTHHMMSSZ>-<plan>-<group>-<hex6>.{csv,json}`` (see
+:meth:`S3Location.key`): two reports of the same second, plan or group never overwrite each other.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -38,22 +45,25 @@ from patchflow.config import Settings, get_settings
 from patchflow.errors import InputError, NotFoundError, PatchflowError
 from patchflow.evaluation import PatchSet, PinnedPatch, evaluate
 from patchflow.patchsets import PatchSetStore
-from patchflow.plans import Plan, load_plan
+from patchflow.plans import Plan, Targets, load_plan
 from patchflow.reports import (
     SEVERITIES,
     JudgedAgainst,
     LastWave,
     Report,
+    StageNotRun,
     Unscanned,
     WaveInstance,
     build_report,
     release_dates,
 )
 from patchflow.timeutil import format_instant, parse_instant
+from patchflow.wavemodel import WAVE_FINAL_STATES
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
+    from patchflow.db import WavePublic
     from patchflow.executors.base import Executor, InstanceInfo
 
 compliance_app = typer.Typer(help="Fleet patch compliance reports.", no_args_is_help=True)
@@ -78,9 +88,22 @@ class S3Location:
     prefix: str
     """Empty, or ends with ``/``."""
 
-    def key(self, generated_at: datetime, suffix: str) -> str:
-        """``<prefix>patchflow-compliance/<YYYY-MM-DD>/<YYYYMMDDTHHMMSSZ>.<suffix>`` (UTC)."""
-        return f"{self.prefix}patchflow-compliance/{generated_at:%Y-%m-%d}/{generated_at:%Y%m%dT%H%M%SZ}.{suffix}"
+    def key(
+        self, generated_at: datetime, *, plan: str | None, group: str | None, nonce: str, suffix: str
+    ) -> str:
+        """``<prefix>patchflow-compliance/<YYYY-MM-DD>/<YYYYMMDDTHHMMSSZ>-<plan>-<group>-<nonce>.<suffix>``.
+
+        The date and time are the report time in UTC; ``plan`` is ``inventory`` for a report without a plan,
+        ``group`` is ``all`` for the whole fleet. Both are made key-safe (anything but letters, digits, ``.``,
+        ``_`` and ``-`` becomes ``_``; at most 64 characters). ``nonce`` (6 random hex digits, the same for
+        the CSV and the JSON of one upload) keeps two uploads of the same second, plan and group apart.
+        """
+        stamp = f"{generated_at:%Y%m%dT%H%M%SZ}-{_key_part(plan or 'inventory')}-{_key_part(group or 'all')}"
+        return f"{self.prefix}patchflow-compliance/{generated_at:%Y-%m-%d}/{stamp}-{nonce}.{suffix}"
+
+
+def _key_part(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)[:64]
 
 
 def parse_s3_uri(uri: str) -> S3Location:
@@ -146,16 +169,30 @@ def _history_url(settings: Settings) -> str | None:
 
 
 def load_last_wave(
-    url: str, *, plan: str | None = None, wave_id: str | None = None
+    url: str,
+    *,
+    plan: str | None = None,
+    wave_id: str | None = None,
+    stage_targets: Mapping[str, Targets] | None = None,
+    notes: list[str] | None = None,
 ) -> tuple[LastWave | None, PatchSet | None]:
-    """The wave to measure drift against (``wave_id``, else ``plan``'s latest) and its patch set.
+    """The wave to measure drift against and its patch set: ``wave_id``, else ``plan``'s latest finished
+    standard wave (emergency and unfinished waves are skipped, with a note saying so; see
+    :mod:`patchflow.reports`).
 
     Per instance, the state its stage reports (a later stage wins if it was in two) and the versions the wave
     left: the ``versions_after`` of its finished operations applied in order — stage, attempt, install before
-    restore — so a rollback's restore or a resumed attempt overrides what came before.
+    restore — so a rollback's restore or a resumed attempt overrides what came before. An unfinished wave's
+    stages without recorded targets are its stages not run yet.
+
+    Args:
+        stage_targets: the targets of ``plan``'s stages by name (from the plan file), which tell what the
+            stages not run yet will target; used only for a wave of ``plan``.
+        notes: where to say which newer waves the default skipped.
 
     Returns:
-        ``(None, None)`` when the plan has no wave; the set is None when the database does not hold it.
+        ``(None, None)`` when the plan has no finished standard wave; the set is None when the database does
+        not hold it.
 
     Raises:
         NotFoundError: ``wave_id`` names no wave.
@@ -167,10 +204,17 @@ def load_last_wave(
     try:
         with db.translate_errors(url), db.open_session(engine) as session:
             if wave_id is None:
-                latest = db.list_waves(session, plan=plan, limit=1)
-                if not latest:
+                found = db.list_waves(session, plan=plan, kind=db.WaveKind.standard, finished=True, limit=1)
+                chosen = found[0] if found else None
+                if notes is not None:
+                    since = chosen.started_at if chosen is not None else None
+                    newer = db.list_waves(session, plan=plan, since=since, limit=100)
+                    notes.extend(
+                        _skipped_waves([w for w in newer if chosen is None or w.id != chosen.id], chosen)
+                    )
+                if chosen is None:
                     return None, None
-                wave_id = latest[0].id
+                wave_id = chosen.id
             wave = db.get_wave(session, wave_id=wave_id)
             operations = db.list_instance_results(session, wave_id=wave_id)
             try:
@@ -193,6 +237,7 @@ def load_last_wave(
         if op.finished_at is not None:
             after.setdefault(op.instance_id, {}).update(op.versions_after)
     ids = set(states) | {op.instance_id for op in operations}
+    targets = stage_targets if stage_targets is not None and wave.plan == plan else {}
     last = LastWave(
         wave_id=wave.id,
         plan=wave.plan,
@@ -200,8 +245,37 @@ def load_last_wave(
         patch_set_id=wave.patch_set_id,
         started_at=wave.started_at,
         instances={i: WaveInstance(i, states.get(i), after.get(i, {})) for i in sorted(ids)},
+        # A stage resolves its targets when it starts: one without any has not started (read only while the
+        # wave is unfinished; a finished wave's unstarted stages are over).
+        stages_not_run=tuple(
+            StageNotRun(s.name, targets.get(s.name)) for s in wave.stages if not s.instances
+        ),
     )
     return last, pinned
+
+
+def _skipped_waves(newer: Sequence[WavePublic], chosen: WavePublic | None) -> list[str]:
+    """What the operator may have expected instead of ``chosen``: the newest unfinished standard wave and the
+    newest emergency wave among ``newer`` (the plan's waves started since, newest first)."""
+    measured = (
+        f"drift is measured since the last finished standard wave, {chosen.id}"
+        if chosen is not None
+        else "there is no finished standard wave to measure drift since"
+    )
+    notes = []
+    unfinished = next((w for w in newer if w.kind == "standard" and w.state not in WAVE_FINAL_STATES), None)
+    if unfinished is not None:
+        notes.append(
+            f"wave {unfinished.id} is {unfinished.state}, not finished: {measured}; pass --wave {unfinished.id} "
+            "to measure drift since it instead"
+        )
+    emergency = next((w for w in newer if w.kind == "emergency"), None)
+    if emergency is not None:
+        notes.append(
+            f"emergency wave {emergency.id} ({emergency.state}) patched part of the fleet only: {measured}; "
+            f"pass --wave {emergency.id} to measure drift since it instead"
+        )
+    return notes
 
 
 # ---------------------------------------------------------------------------------------------- scanning
@@ -430,8 +504,8 @@ def report_command(
         print_report(report)
     sys.stdout.flush()
     if location is not None:
-        written = upload_report(report, location, settings)
-        err.print("uploaded " + " and ".join(written), highlight=False)
+        written = upload_report(report, location, settings, plan=plan.name if plan is not None else None)
+        err.print("uploaded " + " and ".join(written), highlight=False, soft_wrap=True)  # URIs stay whole
 
 
 def _last_wave(
@@ -449,7 +523,13 @@ def _last_wave(
             )
         return None, None
     try:
-        last, pinned = load_last_wave(url, plan=plan.name if plan is not None else None, wave_id=wave_id)
+        last, pinned = load_last_wave(
+            url,
+            plan=plan.name if plan is not None else None,
+            wave_id=wave_id,
+            stage_targets={s.name: s.targets for s in plan.stages} if plan is not None else None,
+            notes=notes,
+        )
     except DatabaseError as exc:
         if wave_id is not None:
             raise
@@ -567,8 +647,11 @@ def print_report(report: Report) -> None:
         out.print("no earlier wave: drift not reported")
     else:
         w = report.last_wave
+        not_run = "" if w.finished else ", ".join(s.name for s in w.stages_not_run)
         out.print(
-            f"drift since wave {w.wave_id} ({w.state}, started {format_instant(w.started_at)})",
+            f"drift since wave {w.wave_id} ({w.state}, started {format_instant(w.started_at)}"
+            + (f"; stages not run yet: {not_run}" if not_run else "")
+            + ")",
             highlight=False,
         )
     groups = Table(title="Patch groups")
@@ -633,6 +716,8 @@ def print_report(report: Report) -> None:
                 parts.append("regressed")
             if row.drift.not_in_last_wave:
                 parts.append("not in wave")
+            if row.drift.not_run_yet:
+                parts.append("stage not run yet")
             drift = ", ".join(parts) or "-"
         table.add_row(
             row.instance_id,
@@ -662,8 +747,9 @@ def print_report(report: Report) -> None:
 # ---------------------------------------------------------------------------------------------- S3
 
 
-def upload_report(report: Report, location: S3Location, settings: Settings) -> list[str]:
-    """Put the CSV and the JSON report into S3 (``PATCHFLOW_SSM_ENDPOINT_URL``/``_REGION`` apply).
+def upload_report(report: Report, location: S3Location, settings: Settings, *, plan: str | None) -> list[str]:
+    """Put the CSV and the JSON report into S3 (``PATCHFLOW_SSM_ENDPOINT_URL``/``_REGION`` apply), under the
+    keys of :meth:`S3Location.key` (``plan``: the plan the report is of, None for an inventory report).
 
     Returns:
         The ``s3://`` URIs written.
@@ -688,12 +774,13 @@ def upload_report(report: Report, location: S3Location, settings: Settings) -> l
         ("csv", report.to_csv(), "text/csv"),
         ("json", json.dumps(report.to_json(), indent=2) + "\n", "application/json"),
     )
+    nonce = secrets.token_hex(3)  # one for both files, so the pair shares its name
     try:
         s3 = boto3.session.Session(region_name=settings.ssm_region).client(
             "s3", endpoint_url=endpoint, config=config
         )
         for suffix, body, content_type in bodies:
-            key = location.key(report.generated_at, suffix)
+            key = location.key(report.generated_at, plan=plan, group=report.group, nonce=nonce, suffix=suffix)
             s3.put_object(Bucket=location.bucket, Key=key, Body=body.encode(), ContentType=content_type)
             written.append(f"s3://{location.bucket}/{key}")
     except ClientError as exc:

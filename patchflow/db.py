@@ -82,6 +82,15 @@ class Via(StrEnum):
     slack = "slack"
 
 
+class WaveKind(StrEnum):
+    """What started a wave (:attr:`patchflow.wavemodel.WaveStatus.kind`). Stored as a plain string."""
+
+    standard = "standard"
+    """From a plan: by hand, through the API or by a schedule."""
+    emergency = "emergency"
+    """``patchflow emergency``: a CVE fix outside the regular cadence (usually a subset of the baseline)."""
+
+
 # Named constraints: SQLite ALTERs run in Alembic batch mode, which can only drop constraints it can name.
 SQLModel.metadata.naming_convention = {
     "ix": "ix_%(column_0_label)s",
@@ -114,6 +123,13 @@ class WaveBase(SQLModel):
     finished_at: datetime | None = None
     """First time the wave was seen in a final state; never moved by a later snapshot."""
     reason: str = Field(default="", sa_type=sa.Text)
+    kind: str = Field(
+        default=WaveKind.standard.value,
+        sa_type=sa.String(16),
+        sa_column_kwargs={"server_default": WaveKind.standard.value},
+    )
+    """``standard`` or ``emergency`` (:class:`WaveKind`), from ``WaveStatus.kind``. Revision 0002 filled it in
+    for the waves recorded before: emergency by their ids (``…-emergency-<hex6>``), standard otherwise."""
 
 
 class Wave(WaveBase, table=True):
@@ -566,9 +582,10 @@ def record_wave_status(session: Session, *, status: WaveStatus, at: datetime | N
         "started_at": started_at,
         "finished_at": at if status.state in WAVE_FINAL_STATES else None,
         "reason": status.reason,
+        "kind": status.kind,
         "updated_at": at,
     }
-    wave_update = {k: _excluded(k) for k in ("state", "reason", "updated_at", "plan", "patch_set_id")}
+    wave_update = {k: _excluded(k) for k in ("state", "reason", "updated_at", "plan", "patch_set_id", "kind")}
     # The first final snapshot fixes finished_at; later ones (a retry, a re-read result) keep it.
     wave_update["finished_at"] = lambda stmt: sa.func.coalesce(waves.c.finished_at, stmt.excluded.finished_at)
     _insert(session, waves, [wave_row], keys=["id"], update=wave_update, where=newer(waves))
@@ -666,13 +683,17 @@ def list_waves(
     state: str | None = None,
     plan: str | None = None,
     since: datetime | None = None,
+    kind: str | None = None,
+    finished: bool | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> list[WavePublic]:
-    """Waves newest first, optionally only those in ``state``, of ``plan``, or started at/after ``since``.
+    """Waves newest first (by start), optionally only those in ``state``, of ``plan``, started at/after
+    ``since``, of ``kind`` (``standard`` or ``emergency``), or finished (``True``: in a final state,
+    ``WAVE_FINAL_STATES``; ``False``: still running, waiting or halted).
 
     Raises:
-        InputError: an unknown state, a naive ``since`` or a limit outside 1..1000.
+        InputError: an unknown state or kind, a naive ``since`` or a limit outside 1..1000.
     """
     if state is not None and state not in WAVE_STATES:
         raise InputError(
@@ -683,6 +704,11 @@ def list_waves(
     query = select(Wave)
     if state is not None:
         query = query.where(Wave.state == state)
+    if kind is not None:
+        query = query.where(Wave.kind == _choice(kind, WaveKind, "kind"))
+    if finished is not None:
+        final = col(Wave.state).in_(sorted(WAVE_FINAL_STATES))
+        query = query.where(final if finished else sa.not_(final))
     if plan is not None:
         query = query.where(Wave.plan == plan)
     if since is not None:

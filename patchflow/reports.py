@@ -18,6 +18,12 @@ that is not installed.
 (floored, never negative). ``None`` when nothing is missing or no missing target is dated (and
 ``undated_missing`` says how many were not). A group's and the fleet's age is the largest of their instances'.
 
+**The last wave** is the wave ``--wave ID`` names, else the plan's latest *finished* (``succeeded``,
+``failed``, ``cancelled``) *standard* wave in the history database. Emergency waves (``patchflow emergency``)
+are never the default: they install a CVE fix on part of the fleet, not what the plan converges to; nor are
+waves still running, waiting at a gate or halted, whose later stages have not run yet. The report's notes
+name the newest such wave it passed over.
+
 **Drift since the last wave** (only when a last wave is known), per instance, any of:
 
 * ``changed`` — a package the wave changed (its recorded ``versions_after``, key ``name.arch``) whose
@@ -30,17 +36,26 @@ that is not installed.
   removes packages, and a ``NoReboot`` wave leaves reboots pending, so both can hold right after a
   successful wave without anything having changed since.
 * ``not_in_last_wave`` — the instance was no target of any stage of the wave (new since, or never in a
-  stage's patch group).
+  stage's patch group), and no stage the wave has not run yet will target it (below).
 
 An instance is *drifted* when any of the three holds. Instances the wave targeted but did not patch
 (``not_attempted``, ``failed``) are not drift by themselves; their state is reported as ``last_wave_state``.
+
+**An unfinished last wave** (only when ``--wave`` names one): a stage that has not started (``not_started``,
+waiting at its gate) has no targets yet — the wave resolves them when the stage starts. An instance the wave
+has not targeted but that such a stage will target (its patch group or instance ids in the plan; *any*
+instance when the plan is not at hand: ``--inventory`` without ``--plan``, or a stage the plan no longer
+has) is **not drifted**: its drift carries ``not_run_yet`` instead, a reason that never counts as drift (CSV
+``Drift`` stays ``false``, ``DriftReasons`` says ``not_run_yet``; the table says "stage not run yet").
+Instances already in the wave are judged as above; pending and in-flight ones have left nothing to compare.
 
 JSON (``Report.to_json``, stable keys; ``report_version`` changes when a key's meaning does)::
 
     {"report_version": 1, "generated_at", "group": G | null,
      "judged_against": {"kind": "patch_set" | "last_wave" | "evaluation", "patch_set_id", "wave_id",
                         "evaluated_at"},
-     "last_wave": {"wave_id", "plan", "state", "patch_set_id", "started_at", "instances"} | null,
+     "last_wave": {"wave_id", "plan", "state", "patch_set_id", "started_at", "instances",
+                   "stages_not_run": [STAGE]} | null,
      "totals": AGGREGATE,
      "groups": [{"group": NAME | null, ...AGGREGATE}],
      "instances": [{"instance_id", "patch_group", "status", "compliance_level", "counts": {InstalledCount, …},
@@ -48,7 +63,7 @@ JSON (``Report.to_json``, stable keys; ``report_version`` changes when a key's m
                     "oldest_missing": {"name", "arch", "version", "released_at", "age_days"} | null,
                     "oldest_missing_age_days", "undated_missing", "last_wave_state",
                     "drift": {"drifted", "changed": [{"package", "expected", "installed"}], "regressed",
-                              "not_in_last_wave"} | null}],
+                              "not_in_last_wave", "not_run_yet"} | null}],
      "unscanned": [{"instance_id", "patch_group", "reason"}],
      "notes": [...]}
 
@@ -73,7 +88,9 @@ from typing import Any, Literal
 from patchflow.baselines import COMPLIANCE_ORDER
 from patchflow.catalog import Patch
 from patchflow.compliance import COUNT_FIELDS, FAILED, MISSING, InstanceCompliance
+from patchflow.plans import Targets
 from patchflow.timeutil import format_instant
+from patchflow.wavemodel import WAVE_FINAL_STATES
 
 REPORT_VERSION = 1
 SEVERITIES: tuple[str, ...] = COMPLIANCE_ORDER
@@ -105,7 +122,8 @@ CSV_COLUMNS: tuple[str, ...] = (
     "ReportTime",
 )
 """CSV header. ``OldestMissingPatch`` is ``name.arch=version``; ``Drift`` is ``true``/``false`` (empty without
-a last wave); ``DriftReasons`` joins ``changed:name.arch``, ``regressed`` and ``not_in_last_wave`` with ``;``."""
+a last wave); ``DriftReasons`` joins ``changed:name.arch``, ``regressed``, ``not_in_last_wave`` and
+``not_run_yet`` (never drift by itself) with ``;``."""
 
 ReleaseDates = Mapping[tuple[str, str, str], datetime | None]
 """(name, arch, version) → release date (None: the catalog gives none)."""
@@ -137,6 +155,22 @@ class WaveInstance:
 
 
 @dataclass(frozen=True)
+class StageNotRun:
+    """A stage of an unfinished wave that has not started: the wave resolves its targets when it starts."""
+
+    name: str
+    targets: Targets | None = None
+    """The stage's targets in the plan; None when the plan is not at hand (then it may target any instance)."""
+
+    def may_target(self, instance_id: str, patch_group: str | None) -> bool:
+        if self.targets is None:
+            return True
+        if self.targets.patch_group is not None:
+            return patch_group == self.targets.patch_group
+        return instance_id in self.targets.instance_ids
+
+
+@dataclass(frozen=True)
 class LastWave:
     """The wave a report measures drift against."""
 
@@ -147,6 +181,16 @@ class LastWave:
     started_at: datetime
     instances: Mapping[str, WaveInstance]
     """Every instance the wave targeted or operated on, by id."""
+    stages_not_run: tuple[StageNotRun, ...] = ()
+    """The stages that have not started yet, in plan order; ignored once the wave is finished."""
+
+    @property
+    def finished(self) -> bool:
+        return self.state in WAVE_FINAL_STATES
+
+    def not_run_yet(self, instance_id: str, patch_group: str | None) -> bool:
+        """Whether a stage of this unfinished wave that has not started yet may still target the instance."""
+        return not self.finished and any(s.may_target(instance_id, patch_group) for s in self.stages_not_run)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -156,6 +200,7 @@ class LastWave:
             "patch_set_id": self.patch_set_id,
             "started_at": format_instant(self.started_at),
             "instances": len(self.instances),
+            "stages_not_run": [] if self.finished else [s.name for s in self.stages_not_run],
         }
 
 
@@ -213,6 +258,8 @@ class Drift:
     changed: tuple[PackageDrift, ...] = ()
     regressed: bool = False
     not_in_last_wave: bool = False
+    not_run_yet: bool = False
+    """Not in the (unfinished) wave yet, but a stage that has not started may target it: never drift."""
 
     @property
     def drifted(self) -> bool:
@@ -224,6 +271,8 @@ class Drift:
             out.append("regressed")
         if self.not_in_last_wave:
             out.append("not_in_last_wave")
+        if self.not_run_yet:
+            out.append("not_run_yet")
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -232,6 +281,7 @@ class Drift:
             "changed": [c.to_json() for c in self.changed],
             "regressed": self.regressed,
             "not_in_last_wave": self.not_in_last_wave,
+            "not_run_yet": self.not_run_yet,
         }
 
 
@@ -396,6 +446,8 @@ def drift_of(result: InstanceCompliance, last_wave: LastWave) -> tuple[str | Non
     """The instance's state in ``last_wave`` and its drift since (see the module docstring)."""
     recorded = last_wave.instances.get(result.instance_id)
     if recorded is None:
+        if last_wave.not_run_yet(result.instance_id, result.patch_group):
+            return None, Drift(not_run_yet=True)
         return None, Drift(not_in_last_wave=True)
     installed = {
         f"{p.name}.{p.arch}": p.installed_version for p in result.patches if p.installed_version is not None

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -415,8 +416,16 @@ def test_parse_s3_uri() -> None:
     assert parse_s3_uri("s3://reports/a/b").prefix == "a/b/"
     assert parse_s3_uri("s3://reports//a/b//").prefix == "a/b/"
     location = parse_s3_uri("s3://reports/ops/")
-    assert location.key(datetime(2026, 11, 10, 3, 4, 5, tzinfo=UTC), "csv") == (
-        "ops/patchflow-compliance/2026-11-10/20261110T030405Z.csv"
+    at = datetime(2026, 11, 10, 3, 4, 5, tzinfo=UTC)
+    assert location.key(at, plan="web", group="prod", nonce="0a1b2c", suffix="csv") == (
+        "ops/patchflow-compliance/2026-11-10/20261110T030405Z-web-prod-0a1b2c.csv"
+    )
+    assert location.key(at, plan=None, group=None, nonce="0a1b2c", suffix="json") == (
+        "ops/patchflow-compliance/2026-11-10/20261110T030405Z-inventory-all-0a1b2c.json"
+    )
+    # Patch groups are free text: nothing in them makes another folder or an odd key.
+    assert location.key(at, plan="web", group="Prod DB/eu", nonce="0a1b2c", suffix="csv") == (
+        "ops/patchflow-compliance/2026-11-10/20261110T030405Z-web-Prod_DB_eu-0a1b2c.csv"
     )
     with pytest.raises(InputError):
         parse_s3_uri("s3:/reports/x")
@@ -523,6 +532,7 @@ def test_drift_since_the_last_wave_from_the_history_database(cli: Any, files: Fi
         ],
         "regressed": True,
         "not_in_last_wave": False,
+        "not_run_yet": False,
     }
     assert rows[rolled]["last_wave_state"] == "rolled_back"
     assert rows[rolled]["status"] == "NON_COMPLIANT"
@@ -588,9 +598,11 @@ def test_load_last_wave_keeps_what_the_last_operation_left(env: Path) -> None:
                     status=WaveStatus(
                         wave_id=wave,
                         plan_name="web",
-                        state="halted",
+                        state="failed",  # the default last wave is a finished one
                         patch_set_id="ps-" + "1" * 24,
-                        stages=[StageStatus(name="canary", state="halted", instances={"i-1": "rolled_back"})],
+                        stages=[
+                            StageStatus(name="canary", state="rolled_back", instances={"i-1": "rolled_back"})
+                        ],
                         audit=[AuditEntry(at=started, who="tester", action="start")],
                     ),
                     at=started,
@@ -618,6 +630,83 @@ def test_load_last_wave_keeps_what_the_last_operation_left(env: Path) -> None:
         load_last_wave(url, wave_id="wave-nope")
 
 
+def test_the_last_wave_is_the_latest_finished_standard_one(cli: Any, files: Files, env: Path) -> None:
+    """Newer than the plan's last finished standard wave: an emergency wave and a wave waiting at the db stage's
+    gate. The default skips both (and says so); --wave the unfinished one does not count the instances of its
+    stage not run yet as drift."""
+    url = f"sqlite:///{env / 'patchflow.db'}"
+    db.upgrade(url)
+    pinned = evaluate(
+        load_baseline(files.baseline), load_catalog(files.catalog), datetime(2026, 11, 1, tzinfo=UTC)
+    ).patch_set
+    web = {n.instance_id: "not_attempted" for n in files.online if n.group == "web"}
+    db_stage = {n.instance_id: "not_attempted" for n in files.online if n.group == "db"}
+    standard, running = "wave-reports-standard", "wave-reports-waiting"
+    emergency = "wave-reports-20261109T010000Z-emergency-0a1b2c"
+    engine = db.make_engine(url)
+    try:
+        with db.open_session(engine) as session:
+            db.save_patch_set(session, patch_set=pinned)
+            for wave_id, kind, state, hour, stages in [
+                (standard, "standard", "succeeded", 0, [StageStatus("web", "succeeded", web), StageStatus("db", "succeeded", db_stage)]),
+                (emergency, "emergency", "succeeded", 1, [StageStatus("web", "succeeded", dict(list(web.items())[:1]))]),
+                (running, "standard", "waiting_approval", 2, [StageStatus("web", "succeeded", web), StageStatus("db", "waiting_approval")]),
+            ]:  # fmt: skip
+                started = T0 + timedelta(hours=hour)
+                db.record_wave_status(
+                    session,
+                    status=WaveStatus(
+                        wave_id=wave_id,
+                        plan_name="reports",
+                        state=state,
+                        patch_set_id=pinned.id,
+                        stages=stages,
+                        audit=[AuditEntry(at=started, who="tester", action="start")],
+                        kind=kind,
+                    ),
+                    at=started,
+                )
+    finally:
+        engine.dispose()
+    batch = {n.instance_id for n in files.online if n.group == "batch"}
+
+    data = report_json(cli("compliance", "report", "--plan", files.plan, "--at", AT, "--format", "json"))
+    assert data["last_wave"]["wave_id"] == standard and data["judged_against"]["wave_id"] == standard
+    assert data["last_wave"]["stages_not_run"] == []
+    measured = f"drift is measured since the last finished standard wave, {standard}"
+    assert data["notes"] == [
+        f"wave {running} is waiting_approval, not finished: {measured}; pass --wave {running} to measure drift "
+        "since it instead",
+        f"emergency wave {emergency} (succeeded) patched part of the fleet only: {measured}; pass --wave "
+        f"{emergency} to measure drift since it instead",
+    ]
+    assert {row["instance_id"] for row in data["instances"] if row["drift"]["drifted"]} == batch
+
+    data = report_json(
+        cli("compliance", "report", "--plan", files.plan, "--wave", running, "--at", AT, "--format", "json")
+    )
+    assert (data["last_wave"]["wave_id"], data["last_wave"]["stages_not_run"]) == (running, ["db"])
+    assert data["notes"] == []
+    rows = {row["instance_id"]: row for row in data["instances"]}
+    assert {i for i, row in rows.items() if row["drift"]["not_run_yet"]} == set(db_stage)
+    assert all(not rows[i]["drift"]["drifted"] and rows[i]["last_wave_state"] is None for i in db_stage)
+    assert {i for i, row in rows.items() if row["drift"]["drifted"]} == batch  # in no stage of the plan
+    assert {g["group"]: g["drifted"] for g in data["groups"]} == {"batch": len(batch), "db": 0, "web": 0}
+    table = cli("compliance", "report", "--plan", files.plan, "--wave", running, "--at", AT)
+    header = (
+        f"drift since wave {running} (waiting_approval, started 2026-11-09T02:00:00Z; stages not run yet: db)"
+    )
+    assert header in table.out
+    assert "stage not run yet" in table.out
+
+    # Without the plan, the db stage's targets are unknown: nothing outside the wave counts as drift.
+    inventory = ("--inventory", files.inventory, "--wave", running, "--at", AT, "--format", "json")
+    data = report_json(cli("compliance", "report", *inventory))
+    outside = {n.instance_id for n in files.nodes} - set(web)
+    assert {row["instance_id"] for row in data["instances"] if row["drift"]["not_run_yet"]} == outside
+    assert data["totals"]["drifted"] == 0
+
+
 # ---------------------------------------------------------------------------------------------- S3
 
 
@@ -641,9 +730,13 @@ def test_upload_to_s3_writes_the_csv_and_the_json(cli: Any, files: Files, s3: An
         "--catalog", files.catalog, "--at", AT, "--format", "json", "--s3-uri", "s3://compliance-reports/ops/",
     )  # fmt: skip
     printed = report_json(result)
-    prefix = "ops/patchflow-compliance/2026-11-10/20261110T000000Z"
-    assert result.err == (
-        f"uploaded s3://compliance-reports/{prefix}.csv and s3://compliance-reports/{prefix}.json\n"
+    match = re.fullmatch(
+        r"uploaded s3://compliance-reports/(\S+)\.csv and s3://compliance-reports/(\S+)\.json\n", result.err
+    )
+    assert match is not None and match[1] == match[2], result.err
+    prefix = match[1]
+    assert re.fullmatch(
+        r"ops/patchflow-compliance/2026-11-10/20261110T000000Z-inventory-all-[0-9a-f]{6}", prefix
     )
     listed = s3.list_objects_v2(Bucket="compliance-reports", Prefix="ops/")
     assert sorted(o["Key"] for o in listed["Contents"]) == [f"{prefix}.csv", f"{prefix}.json"]
@@ -656,6 +749,42 @@ def test_upload_to_s3_writes_the_csv_and_the_json(cli: Any, files: Files, s3: An
     ]
     uploaded = json.loads(s3.get_object(Bucket="compliance-reports", Key=f"{prefix}.json")["Body"].read())
     assert uploaded == printed
+
+
+def test_uploads_of_the_same_second_never_overwrite_each_other(cli: Any, files: Files, s3: Any) -> None:
+    """Per patch group, twice for the same group, and for a plan: one report time, six pairs of objects."""
+    inventory = ("--inventory", files.inventory, "--baseline", files.baseline, "--catalog", files.catalog)
+    runs = [
+        (*inventory, "--group", "web"),
+        (*inventory, "--group", "db"),
+        (*inventory, "--group", "db"),
+        inventory,
+        ("--inventory", files.inventory, "--plan", files.plan),
+        ("--plan", files.plan, "--group", "batch"),
+    ]
+    uploaded: dict[str, dict[str, Any]] = {}
+    for args in runs:
+        result = cli(
+            "compliance", "report", *args, "--at", AT, "--format", "json", "--s3-uri", "s3://compliance-reports/",
+        )  # fmt: skip
+        printed = report_json(result)
+        json_key = result.err.split(" and s3://compliance-reports/")[1].strip()
+        uploaded[json_key] = printed
+    listed = s3.list_objects_v2(Bucket="compliance-reports")
+    keys = sorted(o["Key"] for o in listed["Contents"])
+    assert len(keys) == 12 and len(uploaded) == 6
+    names = Counter(re.sub(r"-[0-9a-f]{6}\.(csv|json)$", "", key).rsplit("/", 1)[1] for key in keys)
+    stamp = "20261110T000000Z"
+    assert names == {
+        f"{stamp}-inventory-web": 2,
+        f"{stamp}-inventory-db": 4,
+        f"{stamp}-inventory-all": 2,
+        f"{stamp}-reports-all": 2,
+        f"{stamp}-reports-batch": 2,
+    }
+    for key, printed in uploaded.items():  # each object holds its own report
+        body = json.loads(s3.get_object(Bucket="compliance-reports", Key=key)["Body"].read())
+        assert body == printed
 
 
 def test_a_missing_bucket_is_one_line_and_exit_3(cli: Any, files: Files, s3: Any) -> None:

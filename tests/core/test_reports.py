@@ -4,6 +4,7 @@ is computed again in the test, independently, from the generated data."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import random
 from collections import Counter
@@ -15,12 +16,14 @@ import pytest
 
 from patchflow.compliance import Instance, InstanceCompliance, judge
 from patchflow.evaluation import PinnedPatch
+from patchflow.plans import Targets
 from patchflow.reports import (
     CSV_COLUMNS,
     SEVERITIES,
     JudgedAgainst,
     LastWave,
     Report,
+    StageNotRun,
     Unscanned,
     WaveInstance,
     build_report,
@@ -489,3 +492,72 @@ def test_unscanned_instances_are_counted_per_group_but_never_judged() -> None:
     assert groups["web"].unscanned == 1 and groups["ops"].unscanned == 1 and groups["ops"].instances == 0
     assert report.totals.unscanned == 2 and report.totals.instances == 7
     assert [u["instance_id"] for u in report.to_json()["unscanned"]] == ["i-off", "i-rpm"]
+
+
+# ---------------------------------------------------------------------------------------------- unfinished waves
+
+
+def unfinished_wave(*stages: StageNotRun, state: str = "waiting_approval") -> LastWave:
+    """The web stage ran (its instances as in LAST_WAVE); the stages given have not started."""
+    web = {i: LAST_WAVE.instances[i] for i in ("i-same", "i-down", "i-up")}
+    return dataclasses.replace(LAST_WAVE, state=state, instances=web, stages_not_run=stages)
+
+
+def drift_summary(report: Report) -> dict[str, tuple[bool, bool, bool]]:
+    """instance → (drifted, not_in_last_wave, not_run_yet)."""
+    return {
+        row.instance_id: (row.drift.drifted, row.drift.not_in_last_wave, row.drift.not_run_yet)
+        for row in report.rows
+        if row.drift is not None
+    }
+
+
+def test_instances_of_stages_an_unfinished_wave_has_not_run_are_not_drift() -> None:
+    """A wave waiting at the db stage's gate: the db instances are no target yet, which is not drift."""
+    report = drift_report(unfinished_wave(StageNotRun("db", Targets(patch_group="db"))))
+    assert drift_summary(report) == {
+        "i-same": (False, False, False),
+        "i-down": (True, False, False),  # the web stage ran: its drift is judged as usual
+        "i-up": (True, False, False),
+        "i-gone": (False, False, True),
+        "i-skip": (False, False, True),
+        "i-boot": (False, False, True),
+        "i-new": (True, True, False),  # in no stage of the wave, run or not
+    }
+    assert report.totals.drifted == 3
+    assert {name: agg.drifted for name, agg in report.groups} == {"db": 0, "web": 2, None: 1}
+    lines = {line["InstanceId"]: line for line in csv.DictReader(io.StringIO(report.to_csv()))}
+    assert (lines["i-skip"]["Drift"], lines["i-skip"]["DriftReasons"], lines["i-skip"]["LastWaveState"]) == (
+        "false",
+        "not_run_yet",
+        "",
+    )
+    assert lines["i-new"]["DriftReasons"] == "not_in_last_wave"
+    data = report.to_json()
+    assert data["last_wave"]["stages_not_run"] == ["db"]
+    skip = next(row for row in data["instances"] if row["instance_id"] == "i-skip")
+    assert skip["drift"] == {
+        "drifted": False, "changed": [], "regressed": False, "not_in_last_wave": False, "not_run_yet": True,
+    }  # fmt: skip
+
+
+def test_stages_not_run_target_by_instance_id_or_anything_when_unknown() -> None:
+    by_id = drift_report(unfinished_wave(StageNotRun("canary", Targets(instance_ids=("i-gone", "i-new")))))
+    assert {i for i, (_, _, not_run) in drift_summary(by_id).items() if not_run} == {"i-gone", "i-new"}
+    assert {i for i, (_, outside, _) in drift_summary(by_id).items() if outside} == {"i-skip", "i-boot"}
+    # Without the plan the targets are unknown: any instance the wave has not targeted may be one.
+    unknown = drift_report(unfinished_wave(StageNotRun("db")))
+    assert {i for i, (_, _, not_run) in drift_summary(unknown).items() if not_run} == {
+        "i-gone", "i-skip", "i-boot", "i-new",
+    }  # fmt: skip
+    assert unknown.totals.drifted == 2
+
+
+def test_a_finished_wave_s_unstarted_stages_are_over() -> None:
+    """A wave that failed before its db stage will never patch db: those instances are outside it (drift)."""
+    report = drift_report(unfinished_wave(StageNotRun("db", Targets(patch_group="db")), state="failed"))
+    assert {i for i, (_, outside, _) in drift_summary(report).items() if outside} == {
+        "i-gone", "i-skip", "i-boot", "i-new",
+    }  # fmt: skip
+    assert not any(not_run for _, _, not_run in drift_summary(report).values())
+    assert report.to_json()["last_wave"]["stages_not_run"] == []

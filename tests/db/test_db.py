@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,7 @@ def status(
     canary: str = "running",
     instances: dict[str, str] | None = None,
     audit: list[AuditEntry] | None = None,
+    kind: str = "standard",
 ) -> WaveStatus:
     """A two-stage wave snapshot: canary (with instances) and prod (not started)."""
     return WaveStatus(
@@ -59,6 +61,7 @@ def status(
             StageStatus(name="prod"),
         ],
         audit=audit if audit is not None else [AuditEntry(at=started, who="alice", action="start")],
+        kind=kind,
     )
 
 
@@ -102,6 +105,50 @@ def test_migrations_upgrade_an_empty_database_and_match_the_models(empty_url: st
     command.downgrade(config, "base")
     assert db.current_revision(empty_url) is None
     assert db.upgrade(empty_url) == db.head_revision()
+
+
+def test_revision_0002_gives_waves_recorded_before_it_their_kind(empty_url: str) -> None:
+    """Emergency waves are recognised by their ids; the rest are standard. Down again with rows that
+    reference the waves (a batch-mode drop would have to recreate the referenced table)."""
+    db.upgrade(empty_url, revision="0001")
+    ids = {
+        "wave-web-20261110T020000Z-emergency-0a1b2c": "emergency",  # as `patchflow emergency` names them
+        "wave-web-20261110T020000Z-0a1b2c": "standard",
+        "wave-db-emergency-1-20261110T020000Z-0a1b2c": "standard",  # a plan named db-emergency-1
+    }
+    engine = db.make_engine(empty_url)
+    try:
+        with engine.begin() as connection:
+            for wave_id in ids:
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO waves (id, plan, state, patch_set_id, started_by, started_at, reason, "
+                        "updated_at) VALUES (:id, 'web', 'succeeded', 'ps-1', 'alice', :at, '', :at)"
+                    ),
+                    {"id": wave_id, "at": T0},
+                )
+                connection.execute(
+                    sa.text(
+                        "INSERT INTO stages (wave_id, name, position, state, errors, note, updated_at) "
+                        "VALUES (:id, 'canary', 0, 'succeeded', 0, '', :at)"
+                    ),
+                    {"id": wave_id, "at": T0},
+                )
+        assert db.upgrade(empty_url) == db.head_revision()
+        with db.open_session(engine) as session:
+            assert {w.id: w.kind for w in db.list_waves(session)} == ids
+            assert [w.id for w in db.list_waves(session, kind="emergency")] == [
+                "wave-web-20261110T020000Z-emergency-0a1b2c"
+            ]
+        config = db.alembic_config()
+        config.attributes["database_url"] = empty_url
+        command.downgrade(config, "0001")
+        with engine.connect() as connection:
+            columns = {c["name"] for c in sa.inspect(connection).get_columns("waves")}
+            assert "kind" not in columns and "state" in columns
+            assert connection.execute(sa.text("SELECT count(*) FROM stages")).scalar_one() == 3
+    finally:
+        engine.dispose()
 
 
 # ---------------------------------------------------------------------------------------------- waves
@@ -168,19 +215,24 @@ def test_unknown_wave_is_not_found(session: Session) -> None:
         db.get_wave(session, wave_id="nope")
 
 
+def record_started(session: Session, wave_id: str, started: datetime, **fields: Any) -> None:
+    """Record the snapshot of a wave taken when it started (``fields``: see :func:`status`)."""
+    db.record_wave_status(session, status=status(wave_id, started=started, **fields), at=started)
+
+
+def listed(session: Session) -> Callable[..., list[str]]:
+    """``ids(**filters)``: the ids ``list_waves`` returns."""
+    return lambda **filters: [w.id for w in db.list_waves(session, **filters)]
+
+
 def test_list_waves_filters_by_state_plan_and_start(session: Session) -> None:
     for wave_id, plan, state, day in [
         ("w1", "web", "running", 0),
         ("w2", "web", "succeeded", 1),
         ("w3", "db", "halted", 2),
     ]:
-        started = T0 + timedelta(days=day)
-        db.record_wave_status(
-            session, status=status(wave_id, plan=plan, state=state, started=started), at=started
-        )
-
-    def ids(**filters: Any) -> list[str]:
-        return [w.id for w in db.list_waves(session, **filters)]
+        record_started(session, wave_id, T0 + timedelta(days=day), plan=plan, state=state)
+    ids = listed(session)
 
     assert ids() == ["w3", "w2", "w1"]  # newest first
     assert ids(state="running") == ["w1"]
@@ -197,6 +249,29 @@ def test_list_waves_filters_by_state_plan_and_start(session: Session) -> None:
         db.list_waves(session, since=datetime(2026, 11, 10))
     with pytest.raises(InputError, match="limit"):
         db.list_waves(session, limit=0)
+
+
+def test_waves_record_their_kind_and_list_by_kind_and_finished(session: Session) -> None:
+    for wave_id, kind, state, hour in [
+        ("w-std-done", "standard", "succeeded", 0),
+        ("w-emergency", "emergency", "succeeded", 1),
+        ("w-std-failed", "standard", "failed", 2),
+        ("w-std-waiting", "standard", "waiting_approval", 3),
+        ("w-emergency-running", "emergency", "running", 4),
+    ]:
+        record_started(session, wave_id, T0 + timedelta(hours=hour), state=state, kind=kind)
+    ids = listed(session)
+
+    assert db.get_wave(session, wave_id="w-emergency").kind == "emergency"
+    assert db.get_wave(session, wave_id="w-std-done").kind == "standard"
+    assert ids(kind="emergency") == ["w-emergency-running", "w-emergency"]
+    assert ids(kind="standard") == ["w-std-waiting", "w-std-failed", "w-std-done"]
+    assert ids(finished=True) == ["w-std-failed", "w-emergency", "w-std-done"]
+    assert ids(finished=False) == ["w-emergency-running", "w-std-waiting"]
+    # What `compliance report` asks for: the plan's latest finished standard wave.
+    assert ids(plan="web", kind=db.WaveKind.standard, finished=True, limit=1) == ["w-std-failed"]
+    with pytest.raises(InputError, match="kind: unknown value 'urgent'; choose one of standard, emergency"):
+        db.list_waves(session, kind="urgent")
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -399,7 +474,8 @@ def test_unusable_databases_give_clear_errors(tmp_path: Path) -> None:
 
     empty = f"sqlite:///{tmp_path / 'empty.db'}"
     with pytest.raises(
-        db.DatabaseError, match="schema revision none, this patchflow needs 0001; run 'patchflow db upgrade'"
+        db.DatabaseError,
+        match=f"schema revision none, this patchflow needs {db.head_revision()}; run 'patchflow db upgrade'",
     ):
         db.require_current(empty)
     engine = db.make_engine(empty)
@@ -442,9 +518,10 @@ def test_cli_upgrades_and_manages_tokens(empty_url: str, tmp_path: Path) -> None
     assert proc.returncode == 1 and "run 'patchflow db upgrade'" in proc.stderr
     proc = run("db", "current", "--check")
     assert proc.returncode == 1 and "none (empty database" in proc.stdout
-    assert "upgraded from an empty database to revision 0001" in run("db", "upgrade").stdout
-    assert "already at revision 0001" in run("db", "upgrade").stdout
-    assert run("db", "current", "--check").stdout.rstrip().endswith("0001 (head)")
+    head = db.head_revision()
+    assert f"upgraded from an empty database to revision {head}" in run("db", "upgrade").stdout
+    assert f"already at revision {head}" in run("db", "upgrade").stdout
+    assert run("db", "current", "--check").stdout.rstrip().endswith(f"{head} (head)")
 
     proc = run("token", "create", "--name", "ci", "--role", "approver")
     assert proc.returncode == 0, proc.stderr
