@@ -165,8 +165,9 @@ def schedule_describe(
         out.print(f"  fires on the base day; the wave waits {result['wait_days']} days inside Temporal")
     for problem in result["problems"]:
         out.print(f"  [red]problem[/]: {problem}")
-    if result["running"]:
-        out.print(f"  running: {', '.join(result['running'])}")
+    for wrapper_id in result["running"]:
+        wave = result["running_waves"].get(wrapper_id) or "waiting to start its wave"
+        out.print(f"  running: {wrapper_id} → {wave}")
     for recent in result["recent"][-5:]:
         out.print(f"  fired {recent['scheduled_at']}: {recent['workflow_id']}")
     table = Table(title="next firings (stage windows: the earliest each stage may start)")

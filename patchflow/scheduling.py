@@ -251,6 +251,14 @@ async def describe_schedule(
             }
         )
     running = [getattr(a, "workflow_id", "") for a in info.running_actions]
+    running_waves: dict[str, str] = {}
+    for wrapper_id in running:
+        try:
+            running_waves[wrapper_id] = str(
+                await client.get_workflow_handle(wrapper_id).query(ScheduledWaveWorkflow.wave)
+            )
+        except RPCError:
+            running_waves[wrapper_id] = ""  # no worker answered: the wave id is unknown for now
     recent = [
         {
             "scheduled_at": a.scheduled_at.isoformat(),
@@ -275,6 +283,7 @@ async def describe_schedule(
         ),
         "overlap": description.schedule.policy.overlap.name,
         "running": running,
+        "running_waves": running_waves,
         "recent": recent,
         "server_next_fires": [t.isoformat() for t in server_fires],
         "firings": previews,

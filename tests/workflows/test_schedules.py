@@ -241,6 +241,7 @@ async def test_a_firing_starts_a_fresh_wave_and_a_second_one_is_skipped_while_it
             await asyncio.sleep(1.5)
             described = await describe_schedule(client, settings, schedule_id, count=1)
             assert described["running"] == [wrapper_id]
+            assert described["running_waves"] == {wrapper_id: first_wave}
             assert len(described["recent"]) == 1
 
             status = await wave_status(client, first_wave)
