@@ -132,6 +132,9 @@ class Plan:
     """Change freezes of this plan (the global freeze file adds to them); see :mod:`patchflow.freezes`."""
     freeze_override_approvers: tuple[str, ...] = ()
     """Who may approve an emergency wave that overrides a freeze (the global freeze file adds to them)."""
+    task_queue: str | None = None
+    """The Temporal task queue this plan's waves run on (its workers' ``PATCHFLOW_TASK_QUEUE``: one per AWS
+    account or region); None: the starting side's ``PATCHFLOW_TASK_QUEUE``."""
 
 
 _PLAN_KEYS = (
@@ -145,6 +148,7 @@ _PLAN_KEYS = (
     "slack_channel",
     "freezes",
     "freeze_override_approvers",
+    "task_queue",
 )
 _STAGE_KEYS = ("name", "targets", "window", "max_concurrency", "max_errors", "soak", "gate", "on_failure")
 
@@ -239,6 +243,18 @@ def parse_plan(doc: Document) -> Plan:
         bad(("freeze_override_approvers",), "expected a list of the people who may override a freeze")
         override_approvers = []
 
+    task_queue = data.get("task_queue")
+    if task_queue is not None and (
+        not isinstance(task_queue, str)
+        or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,199}", task_queue)
+    ):
+        bad(
+            ("task_queue",),
+            f"{task_queue!r} is not a task queue name; use the PATCHFLOW_TASK_QUEUE of the workers that should run "
+            "this plan (letters, digits, '_', '-', '.', ':', '/'; up to 200)",
+        )
+        task_queue = None
+
     stages: list[Stage] = []
     raw_stages = data.get("stages")
     if not isinstance(raw_stages, list) or not raw_stages:
@@ -271,6 +287,7 @@ def parse_plan(doc: Document) -> Plan:
         slack_channel=slack_channel,
         freezes=tuple(freezes),
         freeze_override_approvers=tuple(a.strip() for a in override_approvers),
+        task_queue=task_queue,
     )
 
 

@@ -115,7 +115,7 @@ async def create_schedule(client: Client, settings: Settings, request: ScheduleR
             plan_name=plan.name,
         ),
         id=f"scheduled-{schedule_id}",
-        task_queue=settings.task_queue,
+        task_queue=plan.task_queue or settings.task_queue,
     )
     memo = {
         MEMO_KEY: {

@@ -125,6 +125,8 @@ class WaveInput:
     """Emergency waves: who approved ignoring the freezes (then ``freezes`` is empty); audited at the start."""
     kind: str = "standard"
     """``standard`` (from a plan, by hand or by a schedule) or ``emergency`` (``patchflow emergency``)."""
+    task_queue: str = ""
+    """The plan's task queue ("" = the starter's ``PATCHFLOW_TASK_QUEUE``): where the wave is started."""
 
 
 @dataclass

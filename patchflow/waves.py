@@ -200,11 +200,15 @@ def wave_input(
         freezes=[] if freeze_override_by.strip() else plan_freezes(plan, settings, datetime.now(UTC)),
         freeze_override_by=freeze_override_by.strip(),
         kind=kind,
+        task_queue=plan.task_queue or "",
     )
 
 
 async def start_wave(client: Client, settings: Settings, inp: WaveInput) -> WorkflowHandle[Any, Any]:
-    return await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=settings.task_queue)
+    """Start the wave on the plan's task queue (its workers), else on PATCHFLOW_TASK_QUEUE."""
+    return await client.start_workflow(
+        WaveWorkflow.run, inp, id=inp.wave_id, task_queue=inp.task_queue or settings.task_queue
+    )
 
 
 async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:

@@ -114,3 +114,12 @@ def test_slack_channel(tmp_path: Path) -> None:
     assert load_plan(good).slack_channel == "C0123ABCD"
     bad = write_plan(tmp_path, "slack_channel: '#ops'\nstages:\n" + GOOD_STAGE)
     assert "is not a Slack channel id" in str(pytest.raises(PlanError, load_plan, bad).value)
+
+
+def test_task_queue(tmp_path: Path) -> None:
+    good = write_plan(tmp_path, "task_queue: patchflow-eu-central-1\nstages:\n" + GOOD_STAGE)
+    assert load_plan(good).task_queue == "patchflow-eu-central-1"
+    assert load_plan(write_plan(tmp_path, "stages:\n" + GOOD_STAGE)).task_queue is None
+    bad = write_plan(tmp_path, "task_queue: 'eu central'\nstages:\n" + GOOD_STAGE)
+    message = str(pytest.raises(PlanError, load_plan, bad).value)
+    assert "plan.yaml:5: task_queue:" in message and "PATCHFLOW_TASK_QUEUE" in message

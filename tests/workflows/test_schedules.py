@@ -473,3 +473,32 @@ async def test_one_schedule_per_plan_and_no_firing_while_a_wave_of_the_plan_runs
             await act(client, manual.wave_id, "cancel", who="alice")
         finally:
             await delete_schedule(client, schedule_id)
+
+
+async def test_a_plan_s_waves_and_firings_run_on_its_own_task_queue(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """One task queue per AWS account or region: the plan names it, whoever starts the wave."""
+    from patchflow.waves import pin_patch_set, start_wave, wave_input
+
+    client = dev_env.client
+    queue = f"eu-central-1-{uuid.uuid4().hex[:6]}"
+    plan_path = write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
+    plan_path.write_text(plan_path.read_text() + f"task_queue: {queue}\n")
+    plan = load_plan(plan_path)
+    # The starter's own queue has no worker at all: the wave only runs if it goes to the plan's queue.
+    starter = Settings(data_dir=tmp_path / "data", task_queue=f"nobody-{uuid.uuid4().hex[:6]}")
+    inp = wave_input(plan, starter, pin_patch_set(plan, starter))
+    async with build_worker(client, queue, settings=Settings(data_dir=tmp_path / "data", task_queue=queue)):
+        handle = await start_wave(client, starter, inp)
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+        assert result.status.state == "succeeded"
+        assert (await handle.describe()).task_queue == queue
+        schedule_id = await create_schedule(
+            client, starter, ScheduleRequest(plan=plan, schedule=parse_schedule(daily=True, at="04:00"))
+        )
+        try:
+            action = (await client.get_schedule_handle(schedule_id).describe()).schedule.action
+            assert getattr(action, "task_queue", None) == queue
+        finally:
+            await delete_schedule(client, schedule_id)
