@@ -223,6 +223,15 @@ class WaveActivities:
         """Phase 2: wait for the installs phase 1 started, heartbeating; a cancelled wave cancels them."""
         executor = self._executor(inp.executor)
         ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
+        if inp.cancel:
+            # The wave was cancelled while these installs were being sent: cancel them, do not wait for them.
+            await _cancel_operations(executor, list(ops.values()))
+            return PatchBatchResult(
+                outcomes=[
+                    InstanceOutcome(i, "failed", False, detail="cancelled by an operator")
+                    for i in inp.instance_ids
+                ]
+            )
 
         async def one(instance_id: str) -> InstanceOutcome:
             started = time.monotonic()

@@ -187,6 +187,9 @@ class PatchBatchInput:
     instance_ids: list[str]
     patches: list[Package]
     attempt: int = 0
+    cancel: bool = False
+    """wait_patch_batch: the wave was cancelled while these installs were being sent; cancel them at once
+    instead of waiting for them."""
 
 
 @dataclass

@@ -34,6 +34,7 @@ class StageRunWorkflow:
     def __init__(self) -> None:
         self._scheduler: StageScheduler | None = None
         self._stop = False
+        self._aborted = False
         self._in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
 
     @workflow.signal
@@ -46,6 +47,7 @@ class StageRunWorkflow:
         """Stop dispatching and cancel the in-flight instances (a cancelled wave): executors cancel their
         commands where they can (SSM CancelCommand, best effort)."""
         self._stop = True
+        self._aborted = True
         for task in self._in_flight:
             task.cancel()
 
@@ -146,15 +148,28 @@ class StageRunWorkflow:
         running = [o.instance_id for o in sent.outcomes if o.status == "started"]
         if not running:
             return sent
+        # An abort that arrived while the installs were being sent did not stop the send from completing (its
+        # result wins over a cancel it had not heard of yet): the wait then cancels what the send started.
         waited = await self._batch_activity(
-            "wait_patch_batch", inp, running, [], f"wait for {len(running)} install(s)"
+            "wait_patch_batch",
+            inp,
+            running,
+            [],
+            f"{'cancel' if self._aborted else 'wait for'} {len(running)} install(s)",
+            cancel=self._aborted,
         )
         finished = {o.instance_id: o for o in waited.outcomes}
         return PatchBatchResult(outcomes=[finished.get(o.instance_id, o) for o in sent.outcomes])
 
     @staticmethod
     async def _batch_activity(
-        name: str, inp: StageRunInput, instance_ids: list[str], patches: list[Package], what: str
+        name: str,
+        inp: StageRunInput,
+        instance_ids: list[str],
+        patches: list[Package],
+        what: str,
+        *,
+        cancel: bool = False,
     ) -> PatchBatchResult:
         """One batch activity; every kind heartbeats, and on abort the workflow waits until it has cancelled
         its commands before reporting back."""
@@ -167,6 +182,7 @@ class StageRunWorkflow:
                 instance_ids=instance_ids,
                 patches=patches,
                 attempt=inp.attempt,
+                cancel=cancel,
             ),
             result_type=PatchBatchResult,
             start_to_close_timeout=SEND_START_TO_CLOSE

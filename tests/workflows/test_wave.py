@@ -368,6 +368,44 @@ async def test_a_stage_without_targets_halts_instead_of_succeeding(
         assert (await handle.result()).status.state == "cancelled"
 
 
+class SlowSend:
+    """The real simulated executor, with a send phase that takes ``seconds``: long enough for a cancel to arrive
+    while the installs are being sent, short enough that the send completes before it learns of the cancel."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def start_install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
+        result = await self.inner.start_install(instance, patches, operation_id=operation_id)
+        await asyncio.sleep(self.seconds)
+        return result
+
+
+async def test_a_cancel_during_the_send_phase_does_not_wait_for_the_installs(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The abort reaches the stage run while its send activity runs; the send completes anyway. The installs it
+    started must then be cancelled at once, not waited for (60 s here)."""
+    fleet = make_fleet({"prod": 2}, duration=60.0)
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="2")])
+    async with running_worker(dev_env.client, lambda ref: SlowSend(build_executor(ref), 1.5)) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        while True:
+            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
+            if list(states.values()).count("in_flight") == 2:
+                break
+            await asyncio.sleep(0.05)
+        await act(dev_env.client, inp.wave_id, "cancel", who="alice", comment="wrong patch set")
+        result = await asyncio.wait_for(handle.result(), timeout=30)
+    assert result.status.state == "cancelled"
+    stage_status = result.status.stages[0]
+    assert set(stage_status.instances.values()) == {"failed"}
+    assert set(stage_status.details.values()) == {"cancelled by an operator"}
+
+
 async def test_cancel_cancels_in_flight_instances(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
