@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import secrets
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -289,32 +288,16 @@ def freeze_wait(inp: WaveInput, at: datetime) -> dict[str, str] | None:
 
 async def wait_for_wave(client: Any, wave_id: str, timeout: float) -> WaveStatus:
     """Until the wave finished, halted, waits at a gate, or waits for a change freeze to end."""
-    from patchflow.waves import is_settled, wave_status
+    from patchflow.cli_ops import _wait_settled
 
-    deadline = time.monotonic() + timeout
-    failures = 0
-    last = ""
-    while True:
-        try:
-            status = await wave_status(client, wave_id)
-        except PatchflowError as exc:
-            failures += 1
-            if failures >= 40:  # ~20 s without an answer: say so instead of waiting on
-                raise PatchflowError(f"stopped waiting for wave {wave_id}: {exc}") from None
-        else:
-            failures = 0
-            if is_settled(status) or any(s.state == STAGE_WAITING_WINDOW for s in status.stages):
-                return status
-            summary = ", ".join(f"{s.name} {s.state}" for s in status.stages)
-            if summary != last:
-                err.print(f"  {status.state}: {summary}")
-                last = summary
-        if time.monotonic() > deadline:
-            raise PatchflowError(
-                f"wave {wave_id} did not settle within {timeout:.0f}s; it keeps running: "
-                f"patchflow wave status {wave_id}"
-            )
-        await asyncio.sleep(0.5)
+    status: WaveStatus = await _wait_settled(
+        client,
+        wave_id,
+        timeout,
+        progress=True,
+        until=lambda s: any(stage.state == STAGE_WAITING_WINDOW for stage in s.stages),
+    )
+    return status
 
 
 # ---------------------------------------------------------------------------------------------- output

@@ -10,6 +10,7 @@ import signal
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
@@ -275,8 +276,13 @@ def wave_start(
 
 
 async def _wait_settled(
-    client: Any, wave_id: str, timeout: float | None = None, progress: bool = False
+    client: Any,
+    wave_id: str,
+    timeout: float | None = None,
+    progress: bool = False,
+    until: Callable[[Any], bool] | None = None,
 ) -> Any:
+    """Poll the wave until it settles (finished, halted, at a gate) or ``until(status)`` holds."""
     from patchflow.waves import is_settled, wave_status
 
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -291,14 +297,17 @@ async def _wait_settled(
                 raise PatchflowError(f"stopped waiting for wave {wave_id}: {exc}") from None
         else:
             failures = 0
-            if is_settled(status):
+            if is_settled(status) or (until is not None and until(status)):
                 return status
             summary = ", ".join(f"{s.name} {s.state}" for s in status.stages)
             if progress and summary != last:
                 err.print(f"  {status.state}: {summary}")
                 last = summary
         if deadline is not None and time.monotonic() > deadline:
-            raise PatchflowError(f"wave {wave_id} did not settle within {timeout:.0f}s")
+            raise PatchflowError(
+                f"wave {wave_id} did not settle within {timeout:.0f}s; it keeps running: "
+                f"patchflow wave status {wave_id}"
+            )
         await asyncio.sleep(0.5)
 
 
