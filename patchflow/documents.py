@@ -207,6 +207,12 @@ def suggest(name: str, choices: Iterable[str]) -> str:
     return f"; did you mean '{close[0]}'?" if close else ""
 
 
+def unknown_key(name: str, allowed: Sequence[str], *, context: str = "") -> str:
+    """The message for a key a mapping does not take: a ``did you mean`` hint and the keys it does take."""
+    where = f" for {context}" if context else ""
+    return f"unknown key{suggest(name, allowed)}; allowed{where}: {', '.join(allowed)}"
+
+
 def validation_problems(
     exc: ValidationError, doc: Document, *, prefix: Sequence[PathPart] = (), known_fields: Iterable[str] = ()
 ) -> list[Problem]:

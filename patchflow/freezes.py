@@ -38,7 +38,7 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
-from patchflow.documents import Document, PathPart, load_document, suggest
+from patchflow.documents import Document, PathPart, load_document, unknown_key
 from patchflow.errors import InputError, Problem
 from patchflow.windows import Window, WindowSpec, current_or_next, next_windows, resolve_wall_time
 
@@ -139,7 +139,7 @@ def _parse_entry(
         if key not in _ENTRY_KEYS:
             bad(
                 (*where, str(key)),
-                f"unknown key{suggest(str(key), _ENTRY_KEYS)}; allowed: {', '.join(_ENTRY_KEYS)}",
+                unknown_key(str(key), _ENTRY_KEYS),
             )
             ok = False
     name = raw.get("name")
@@ -274,11 +274,7 @@ def load_freeze_file(path: str | Path) -> FreezeCalendar:
         )
     for key in doc.data:
         if key not in allowed:
-            problems.append(
-                doc.problem(
-                    (str(key),), f"unknown key{suggest(str(key), allowed)}; allowed: {', '.join(allowed)}"
-                )
-            )
+            problems.append(doc.problem((str(key),), unknown_key(str(key), allowed)))
     rules = parse_freezes(
         doc.data.get("freezes"),
         doc=doc,

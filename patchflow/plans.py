@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from patchflow.documents import Document, PathPart, load_document, suggest
+from patchflow.documents import Document, PathPart, load_document, suggest, unknown_key
 from patchflow.errors import InputError, Problem
 from patchflow.freezes import FreezeRule, parse_freezes
 from patchflow.ratecontrol import Limit, parse_limit
@@ -168,7 +168,7 @@ def parse_plan(doc: Document) -> Plan:
         )
     for key in data:
         if key not in _PLAN_KEYS:
-            bad((str(key),), f"unknown key{suggest(str(key), _PLAN_KEYS)}; allowed: {', '.join(_PLAN_KEYS)}")
+            bad((str(key),), unknown_key(str(key), _PLAN_KEYS))
 
     name = data.get("name")
     if not isinstance(name, str) or not _NAME_RE.match(name):
@@ -203,7 +203,7 @@ def parse_plan(doc: Document) -> Plan:
             if key not in allowed:
                 bad(
                     ("executor", str(key)),
-                    f"unknown key{suggest(str(key), allowed)}; allowed for {kind}: {', '.join(allowed)}",
+                    unknown_key(str(key), allowed, context=str(kind)),
                 )
         if kind not in EXECUTOR_KINDS:
             bad(("executor", "kind"), f"{kind!r} is not an executor; use one of {', '.join(EXECUTOR_KINDS)}")
@@ -322,7 +322,7 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         if key not in _STAGE_KEYS:
             bad(
                 (*where, str(key)),
-                f"unknown key{suggest(str(key), _STAGE_KEYS)}; allowed: {', '.join(_STAGE_KEYS)}",
+                unknown_key(str(key), _STAGE_KEYS),
             )
             ok = False
     name = raw.get("name")

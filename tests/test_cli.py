@@ -15,9 +15,17 @@ from tests.conftest import BASELINES_DIR, EXAMPLES_DIR, REPO_ROOT
 AT = "2026-11-10T00:00:00Z"
 
 
-def run(*args: str, data_dir: Path, check: bool = False) -> subprocess.CompletedProcess[str]:
+def run(
+    *args: str, data_dir: Path, check: bool = False, env_overrides: dict[str, str | None] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``patchflow ARGS`` in a real process; ``env_overrides`` sets variables (None removes one)."""
     env = {**os.environ, "PATCHFLOW_DATA_DIR": str(data_dir)}
     env.pop("PATCHFLOW_DEBUG", None)
+    for name, value in (env_overrides or {}).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     proc = subprocess.run(
         [sys.executable, "-m", "patchflow", *args],
         capture_output=True,

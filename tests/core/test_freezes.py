@@ -14,11 +14,9 @@ are the 3rd, 10th, 17th and 24th, of December 2026 the 1st, 8th, 15th, 22nd and 
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 import tomllib
 from datetime import UTC, datetime, timedelta
@@ -44,6 +42,7 @@ from patchflow.plans import PlanError, load_plan
 from patchflow.waves import check_freeze_override, freeze_calendar, plan_freezes
 from patchflow.windows import WindowSpec
 from tests.conftest import REPO_ROOT
+from tests.test_cli import run as run_cli
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "freezes"
 HOLIDAYS_ICS = FIXTURES / "holidays.ics"
@@ -1010,21 +1009,12 @@ def test_nobody_may_override_when_no_approver_is_named(tmp_path: Path) -> None:
 
 
 def cli(*args: str, data_dir: Path, freeze_file: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PATCHFLOW_DATA_DIR": str(data_dir)}
-    env.pop("PATCHFLOW_DEBUG", None)
-    env.pop("PATCHFLOW_FREEZE_FILE", None)
-    if freeze_file is not None:
-        env["PATCHFLOW_FREEZE_FILE"] = str(freeze_file)
-    proc = subprocess.run(
-        [sys.executable, "-m", "patchflow", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=60,
+    """The CLI with this test's freeze file (none: PATCHFLOW_FREEZE_FILE unset)."""
+    return run_cli(
+        *args,
+        data_dir=data_dir,
+        env_overrides={"PATCHFLOW_FREEZE_FILE": str(freeze_file) if freeze_file is not None else None},
     )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 def test_dry_run_json_shows_freezes_and_skipped_windows(tmp_path: Path) -> None:
