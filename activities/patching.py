@@ -14,17 +14,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from patchflow.errors import PatchflowError
-from patchflow.executors.base import Executor, InstallResult, Package
-from patchflow.freezes import first_allowed_window, freeze_note
-from patchflow.metrics import DEFAULT_METRICS, Metrics
-from patchflow.wavemodel import (
+from patchflow.core.freezes import first_allowed_window, freeze_note
+from patchflow.core.wavemodel import (
     ExecutorRef,
     HealthInput,
     HealthReport,
@@ -39,52 +35,25 @@ from patchflow.wavemodel import (
     WindowInput,
     WindowResult,
 )
-from patchflow.windows import current_or_next
+from patchflow.core.windows import current_or_next
+from patchflow.errors import PatchflowError
+from patchflow.executors.base import Executor, InstallResult, Package
+from patchflow.metrics import DEFAULT_METRICS, Metrics
 
 ExecutorFactory = Callable[[ExecutorRef], Executor]
 
 
 def build_executor(ref: ExecutorRef) -> Executor:
-    """The production factory: one executor per configuration."""
-    if ref.kind == "simulated":
-        from patchflow.executors.simulated import SimulatedExecutor
-        from patchflow.fleet import load_fleet
+    """The production factory (:func:`patchflow.executors.factory.build_executor`), its executor API calls
+    counted by operation, a bad configuration turned into a non-retryable ``ApplicationError``."""
+    from patchflow.executors.factory import ExecutorConfigError
+    from patchflow.executors.factory import build_executor as build
+    from patchflow.metrics import instrument_boto3_client
 
-        if not ref.fleet_path or not ref.state_path:
-            raise ApplicationError("simulated executor needs fleet_path and state_path", non_retryable=True)
-        return SimulatedExecutor(load_fleet(ref.fleet_path), Path(ref.state_path), time_scale=ref.time_scale)
-    if ref.kind == "ssm":
-        from botocore.exceptions import BotoCoreError
-
-        from patchflow.executors.ssm import SsmExecutor, make_clients
-
-        try:
-            ssm, s3, ec2 = make_clients(region=ref.region, endpoint_url=ref.endpoint_url)
-        except BotoCoreError as exc:  # no region, a broken profile: configuration, not a transient fault
-            raise ApplicationError(
-                f"cannot create AWS clients for the ssm executor: {exc}; set executor.region in the plan, "
-                "PATCHFLOW_SSM_REGION or AWS_REGION, and check the credentials chain",
-                type="InputError",
-                non_retryable=True,
-            ) from exc
-        from patchflow.metrics import instrument_boto3_client
-
-        for client in (ssm, s3, ec2):  # executor API errors and throttles, by operation
-            instrument_boto3_client(client, executor="ssm")
-        return SsmExecutor(
-            ssm,
-            s3,
-            ec2_client=ec2,
-            bucket=ref.bucket or "",
-            prefix=ref.prefix,
-            reboot_option=ref.reboot_option,
-            health_command=ref.health_command,
-            cloudwatch_log_group=ref.cloudwatch_log_group,
-            max_requests_per_second=ref.max_requests_per_second,
-            poll_initial_seconds=ref.poll_initial_seconds,
-            poll_max_seconds=ref.poll_max_seconds,
-        )
-    raise ApplicationError(f"unknown executor kind {ref.kind!r}", type="InputError", non_retryable=True)
+    try:
+        return build(ref, instrument=lambda client: instrument_boto3_client(client, executor=ref.kind))
+    except ExecutorConfigError as exc:
+        raise ApplicationError(str(exc), type="InputError", non_retryable=True) from exc
 
 
 def install_operation_id(wave_id: str, stage: str, instance_id: str, attempt: int) -> str:
@@ -256,7 +225,7 @@ class WaveActivities:
         """Keep the instance's result (versions before/after) in the history database; never fails the install."""
         if self._database_url is None:
             return
-        from patchflow import db
+        from patchflow.store import db
 
         finished = datetime.now(UTC)
         await self._write_history(
@@ -281,8 +250,8 @@ class WaveActivities:
         """Snapshot the wave (stages, instance states, audit) into the history database, idempotently."""
         if self._database_url is None or self._client is None:
             return
-        from patchflow import db
-        from patchflow.waves import wave_status
+        from patchflow.control.waves import wave_status
+        from patchflow.store import db
 
         status = await wave_status(self._client, inp.wave_id)
         await self._write_history(
@@ -292,7 +261,7 @@ class WaveActivities:
     async def _write_history(self, what: str, write: Callable[[Any], None]) -> None:
         """Run one idempotent history write in a thread; a failure is logged, never raised (history must not
         stop patching)."""
-        from patchflow import db
+        from patchflow.store import db
 
         url = self._database_url or ""
 

@@ -13,10 +13,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings, get_settings
-from patchflow.errors import InputError, NotFoundError
-from patchflow.plans import load_plan
-from patchflow.schedules import parse_time, wave_start_after_wait
-from patchflow.wavemodel import (
+from patchflow.core.plans import load_plan
+from patchflow.core.schedules import parse_time, wave_start_after_wait
+from patchflow.core.wavemodel import (
     PrepareWaveInput,
     PrepareWaveResult,
     ScheduleCheckInput,
@@ -24,6 +23,7 @@ from patchflow.wavemodel import (
     WaveStartInput,
     WaveStartResult,
 )
+from patchflow.errors import InputError, NotFoundError
 
 
 class ScheduleActivities:
@@ -65,7 +65,7 @@ class ScheduleActivities:
     async def prepare_scheduled_wave(self, inp: PrepareWaveInput) -> PrepareWaveResult:
         """Load the plan (as it is now), evaluate its baseline, pin the patch set and build the wave input —
         unless a wave of the plan is running (started by hand or by another schedule): then no wave starts."""
-        from patchflow.waves import pin_patch_set, wave_input
+        from patchflow.control.waves import pin_patch_set, wave_input
 
         settings = self.settings
         try:
@@ -92,7 +92,7 @@ class ScheduleActivities:
         plan is confirmed by a query, since one plan's name can be a prefix of another's)."""
         if self._client is None:
             return None
-        from patchflow.wavemodel import WaveStatus
+        from patchflow.core.wavemodel import WaveStatus
         from workflows.wave import WaveWorkflow
 
         query = "WorkflowType = 'WaveWorkflow' AND ExecutionStatus = 'Running'"

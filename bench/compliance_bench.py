@@ -22,11 +22,11 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from patchflow.baselines import Baseline
-from patchflow.catalog import Patch
-from patchflow.compliance import Instance, engine_for, load_inventory
-from patchflow.evaluation import evaluate
-from patchflow.reports import JudgedAgainst, build_report, release_dates
+from patchflow.core.baselines import Baseline
+from patchflow.core.catalog import Patch
+from patchflow.core.compliance import Instance, engine_for, load_inventory
+from patchflow.core.evaluation import evaluate
+from patchflow.core.reports import JudgedAgainst, build_report, release_dates
 
 
 def build_catalog(rng: random.Random, size: int) -> tuple[list[Patch], list[str]]:

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
-from patchflow import versions
+from patchflow.core import versions
 
 ROOT = Path(__file__).resolve().parents[1]
 GENERATOR = ROOT / "tests" / "fixtures" / "versions" / "generate.py"

@@ -27,13 +27,13 @@ from temporalio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from patchflow.devserver import free_port, start_dev_server  # noqa: E402
+from patchflow.control.devserver import free_port, start_dev_server  # noqa: E402
+from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput  # noqa: E402
+from patchflow.core.windows import WindowSpec  # noqa: E402
 from patchflow.executors.base import Package  # noqa: E402
 from patchflow.executors.simulated import SimulatedExecutor  # noqa: E402
-from patchflow.fleet import load_fleet  # noqa: E402
-from patchflow.wavemodel import ExecutorRef, StageInput, WaveInput  # noqa: E402
-from patchflow.windows import WindowSpec  # noqa: E402
-from patchflow.worker import build_worker  # noqa: E402
+from patchflow.executors.simulated.fleet import load_fleet  # noqa: E402
+from patchflow.service.worker import build_worker  # noqa: E402
 from workflows.wave import WaveWorkflow  # noqa: E402
 
 PATCHES = [Package("openssl", "amd64", "3.0.2-0ubuntu1.16")]

@@ -5,7 +5,7 @@ Two kinds of metric live here, and they are fed differently:
 * **State metrics** describe what is true *now* — waves by state, stage progress, errors against the budget,
   approvals waiting and for how long, maintenance-window time left, compliance by patch group. They are
   snapshots: :meth:`Metrics.update_from_status` replaces everything known about one wave with what a
-  :class:`~patchflow.wavemodel.WaveStatus` says, so feeding the same status twice changes nothing, and a
+  :class:`~patchflow.core.wavemodel.WaveStatus` says, so feeding the same status twice changes nothing, and a
   process that restarts only needs the next refresh to be right again. A custom collector renders them at
   scrape time, which is also what lets the *ages* (approval waiting time, window time left) be exact at
   the moment Prometheus asks rather than at the moment of the last refresh.
@@ -59,10 +59,9 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-from patchflow.baselines import COMPLIANCE_ORDER
-from patchflow.errors import PatchflowError
-from patchflow.ratecontrol import FAILED, IN_FLIGHT, NOT_ATTEMPTED, PENDING, ROLLED_BACK, SUCCEEDED
-from patchflow.wavemodel import (
+from patchflow.core.baselines import COMPLIANCE_ORDER
+from patchflow.core.ratecontrol import FAILED, IN_FLIGHT, NOT_ATTEMPTED, PENDING, ROLLED_BACK, SUCCEEDED
+from patchflow.core.wavemodel import (
     STAGE_RUNNING,
     STAGE_STATES,
     STAGE_WAITING_APPROVAL,
@@ -71,12 +70,13 @@ from patchflow.wavemodel import (
     WAVE_STATES,
     WaveStatus,
 )
+from patchflow.errors import PatchflowError
 
 if TYPE_CHECKING:
     from temporalio.runtime import Runtime
 
-    from patchflow.compliance import InstanceCompliance
     from patchflow.config import Settings
+    from patchflow.core.compliance import InstanceCompliance
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from patchflow.baselines import Baseline
-from patchflow.catalog import Patch
+from patchflow.core.baselines import Baseline
+from patchflow.core.catalog import Patch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BASELINES_DIR = REPO_ROOT / "baselines"

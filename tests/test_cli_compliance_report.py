@@ -24,20 +24,20 @@ import alembic.config  # noqa: F401 - see below
 import pytest
 import yaml
 
-from patchflow import db
-from patchflow.baselines import load_baseline
-from patchflow.catalog import load_catalog
-from patchflow.cli_compliance import load_last_wave, parse_s3_uri
+from patchflow.cli.compliance import load_last_wave, parse_s3_uri
 from patchflow.config import Settings
+from patchflow.core.baselines import load_baseline
+from patchflow.core.catalog import load_catalog
+from patchflow.core.evaluation import evaluate
+from patchflow.core.patchsets import PatchSetStore
+from patchflow.core.reports import CSV_COLUMNS
+from patchflow.core.wavemodel import AuditEntry, StageStatus, WaveStatus
 from patchflow.errors import InputError, NotFoundError
-from patchflow.evaluation import evaluate
 from patchflow.executors.base import InstallResult, Package
 from patchflow.executors.simulated import SimulatedExecutor, default_state_path
-from patchflow.fleet import load_fleet
-from patchflow.patchsets import PatchSetStore
-from patchflow.reports import CSV_COLUMNS
+from patchflow.executors.simulated.fleet import load_fleet
+from patchflow.store import db
 from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
-from patchflow.wavemodel import AuditEntry, StageStatus, WaveStatus
 from tests.conftest import REPO_ROOT
 
 # alembic.config binds ``Config(stdout=sys.stdout)`` when it is first imported; imported here, at collection,

@@ -15,8 +15,8 @@ from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
-    from patchflow.freezes import FreezePeriod  # noqa: F401
-    from patchflow.wavemodel import (
+    from patchflow.core.freezes import FreezePeriod  # noqa: F401
+    from patchflow.core.wavemodel import (
         PrepareWaveInput,
         PrepareWaveResult,
         ScheduleCheckInput,

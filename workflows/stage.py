@@ -1,7 +1,7 @@
 """StageRunWorkflow: one stage inside one maintenance window, with SSM-style rate control.
 
 The parent wave starts one run per window. A run keeps at most ``max_concurrency`` instances in flight
-(dispatched in batches — see :func:`patchflow.ratecontrol.batch_size_for`), stops dispatching when failure
+(dispatched in batches — see :func:`patchflow.core.ratecontrol.batch_size_for`), stops dispatching when failure
 number ``max_errors + 1`` arrives, when the window's cutoff passes, or when an operator stops it, and always
 lets in-flight work finish. Long runs continue as new (carrying only compact per-instance states) so a
 10,000-instance stage stays far inside Temporal's history limits.
@@ -17,9 +17,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
-    from patchflow.executors.base import Package
-    from patchflow.ratecontrol import PENDING, StageScheduler
-    from patchflow.wavemodel import (
+    from patchflow.core.instances import Package
+    from patchflow.core.ratecontrol import PENDING, StageScheduler
+    from patchflow.core.wavemodel import (
         PatchBatchInput,
         PatchBatchResult,
         StageProgress,

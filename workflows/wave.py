@@ -19,8 +19,8 @@ from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
-    from patchflow.freezes import FreezePeriod  # noqa: F401
-    from patchflow.ratecontrol import (
+    from patchflow.core.freezes import FreezePeriod  # noqa: F401
+    from patchflow.core.ratecontrol import (
         FAILED,
         NOT_ATTEMPTED,
         PENDING,
@@ -31,7 +31,7 @@ with workflow.unsafe.imports_passed_through():
         resolve_concurrency,
         resolve_errors,
     )
-    from patchflow.wavemodel import (
+    from patchflow.core.wavemodel import (
         STAGE_CANCELLED,
         STAGE_FAILED,
         STAGE_HALTED,

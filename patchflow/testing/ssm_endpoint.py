@@ -74,9 +74,9 @@ import yaml
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from patchflow import versions
+from patchflow.core import versions
 from patchflow.executors.base import Package
-from patchflow.fleet import Fleet
+from patchflow.executors.simulated.fleet import Fleet
 
 __all__ = [
     "ACCOUNT_ID",
@@ -484,7 +484,7 @@ class SsmEndpoint:
         return instance_id
 
     def register_fleet(self, fleet: Fleet, *, time_scale: float = 1.0) -> list[str]:
-        """Register every instance of a simulated fleet file (``patchflow.fleet``) with its behaviour:
+        """Register every instance of a simulated fleet file (``patchflow.executors.simulated.fleet``) with its behaviour:
         ``fail`` → installs fail, ``offline`` → ConnectionLost, ``fail_health`` → other shell commands fail,
         ``duration_seconds`` × ``time_scale`` → how long installs run."""
         ids = []
@@ -1423,12 +1423,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     import argparse
     import sys
 
-    from patchflow.fleet import load_fleet
+    from patchflow.executors.simulated.fleet import load_fleet
 
     parser = argparse.ArgumentParser(
         prog="python -m patchflow.testing.ssm_endpoint", description=main.__doc__
     )
-    parser.add_argument("fleet", nargs="?", help="a fleet file whose instances to register (patchflow.fleet)")
+    parser.add_argument(
+        "fleet",
+        nargs="?",
+        help="a fleet file whose instances to register (patchflow.executors.simulated.fleet)",
+    )
     parser.add_argument(
         "--bucket", default="patchflow-demo", help="S3 bucket to create (default patchflow-demo)"
     )

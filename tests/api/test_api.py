@@ -28,11 +28,11 @@ from sqlmodel import Session
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow import db
-from patchflow.api import TokenVerifier, bind, create_app, make_server, openapi_document
 from patchflow.config import Settings
-from patchflow.devserver import free_port
+from patchflow.control.devserver import free_port
 from patchflow.metrics import Metrics
+from patchflow.service.api import TokenVerifier, bind, create_app, make_server, openapi_document
+from patchflow.store import db
 from tests.conftest import BASELINES_DIR, EXAMPLES_DIR, REPO_ROOT
 from tests.workflows.conftest import dev_env, running_worker  # noqa: F401 - dev_env is a fixture
 
@@ -577,14 +577,14 @@ async def test_baselines_validate_evaluate_and_compliance(stack: Stack, http: ht
 def test_openapi_is_committed_and_current() -> None:
     committed = json.loads((REPO_ROOT / "deploy" / "openapi.json").read_text())
     assert committed == json.loads(json.dumps(openapi_document())), (
-        "deploy/openapi.json is stale: python -m patchflow.api --openapi > deploy/openapi.json"
+        "deploy/openapi.json is stale: python -m patchflow.service.api --openapi > deploy/openapi.json"
     )
     assert "/metrics" not in committed["paths"] and "/slack/actions" not in committed["paths"]
 
 
 def test_openapi_flag_prints_the_document() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "patchflow.api", "--openapi"],
+        [sys.executable, "-m", "patchflow.service.api", "--openapi"],
         capture_output=True,
         text=True,
         cwd=REPO_ROOT,

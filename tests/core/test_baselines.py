@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from patchflow.baselines import Baseline, export_aws, load_baseline
+from patchflow.core.baselines import Baseline, export_aws, load_baseline
 from patchflow.errors import BaselineError, ExportError
 from tests.conftest import BASELINES_DIR
 

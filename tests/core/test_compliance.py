@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from patchflow.compliance import Instance, engine_for, load_inventory
+from patchflow.core.compliance import Instance, engine_for, load_inventory
+from patchflow.core.evaluation import PinnedPatch, evaluate
 from patchflow.errors import InventoryError
-from patchflow.evaluation import PinnedPatch, evaluate
 from tests.conftest import make_baseline, make_patch
 
 AT = datetime(2026, 11, 10, tzinfo=UTC)

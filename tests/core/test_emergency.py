@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from patchflow.catalog import Patch
-from patchflow.emergency import Selection, emergency_patch_set, exposure, select_fixes
+from patchflow.core.catalog import Patch
+from patchflow.core.emergency import Selection, emergency_patch_set, exposure, select_fixes
+from patchflow.core.patchsets import PatchSetStore
 from patchflow.errors import InputError
 from patchflow.executors.base import Package
-from patchflow.patchsets import PatchSetStore
 from tests.conftest import make_baseline, make_patch
 
 

@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from patchflow import versions
-from patchflow.catalog import Patch
+from patchflow.core import versions
+from patchflow.core.catalog import Patch
+from patchflow.core.evaluation import Evaluation, evaluate
 from patchflow.errors import CatalogError, InputError
-from patchflow.evaluation import Evaluation, evaluate
 from tests.conftest import make_baseline, make_patch, rule
 
 AT = datetime(2026, 11, 10, 12, 0, tzinfo=UTC)

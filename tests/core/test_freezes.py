@@ -1,4 +1,4 @@
-"""Change freezes (:mod:`patchflow.freezes`): located errors, expansion to UTC periods, the windows a stage
+"""Change freezes (:mod:`patchflow.core.freezes`): located errors, expansion to UTC periods, the windows a stage
 may use around them, the global freeze file and the dry run.
 
 Every expected instant is worked out by hand from the calendar and written out in UTC, with the local time it
@@ -25,8 +25,8 @@ from pathlib import Path
 import pytest
 
 from patchflow.config import Settings
-from patchflow.errors import InputError
-from patchflow.freezes import (
+from patchflow.control.waves import check_freeze_override, freeze_calendar, plan_freezes
+from patchflow.core.freezes import (
     HORIZON,
     FreezeError,
     FreezePeriod,
@@ -38,9 +38,9 @@ from patchflow.freezes import (
     periods_for_wave,
     preview,
 )
-from patchflow.plans import PlanError, load_plan
-from patchflow.waves import check_freeze_override, freeze_calendar, plan_freezes
-from patchflow.windows import WindowSpec
+from patchflow.core.plans import PlanError, load_plan
+from patchflow.core.windows import WindowSpec
+from patchflow.errors import InputError
 from tests.conftest import REPO_ROOT
 from tests.test_cli import run as run_cli
 
@@ -1128,8 +1128,8 @@ def test_a_local_start_inside_a_dst_gap_begins_when_the_gap_ends(tmp_path: Path)
 
 def test_override_approver_is_compared_without_surrounding_spaces(tmp_path: Path) -> None:
     from patchflow.config import Settings
-    from patchflow.plans import load_plan
-    from patchflow.waves import check_freeze_override
+    from patchflow.control.waves import check_freeze_override
+    from patchflow.core.plans import load_plan
 
     plan = load_plan(write_plan(tmp_path, "freeze_override_approvers: [cio]\n"))
     check_freeze_override(plan, Settings(data_dir=tmp_path), " cio ")

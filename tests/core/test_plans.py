@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from patchflow.plans import PlanError, load_plan, parse_duration
+from patchflow.core.plans import PlanError, load_plan, parse_duration
 from tests.conftest import EXAMPLES_DIR
 
 GOOD_STAGE = "  - name: dev\n    targets: {patch_group: dev}\n    window: now\n"

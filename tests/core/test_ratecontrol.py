@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from patchflow.ratecontrol import (
+from patchflow.core.ratecontrol import (
     Limit,
     StageScheduler,
     batch_size_for,

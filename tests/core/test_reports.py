@@ -1,4 +1,4 @@
-"""Compliance reports (patchflow.reports) on generated fleets: every count, severity bucket, age and drift flag
+"""Compliance reports (patchflow.core.reports) on generated fleets: every count, severity bucket, age and drift flag
 is computed again in the test, independently, from the generated data."""
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from patchflow.compliance import Instance, InstanceCompliance, judge
-from patchflow.evaluation import PinnedPatch
-from patchflow.plans import Targets
-from patchflow.reports import (
+from patchflow.core.compliance import Instance, InstanceCompliance, judge
+from patchflow.core.evaluation import PinnedPatch
+from patchflow.core.plans import Targets
+from patchflow.core.reports import (
     CSV_COLUMNS,
     SEVERITIES,
     JudgedAgainst,

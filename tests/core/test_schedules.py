@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from patchflow.schedules import (
+from patchflow.core.schedules import (
     CalendarPlan,
     ScheduleSpecError,
     WaveSchedule,

@@ -1,4 +1,4 @@
-"""Tests of :mod:`patchflow.versions` against dpkg/apt and rpm.
+"""Tests of :mod:`patchflow.core.versions` against dpkg/apt and rpm.
 
 Three independent judges are used, from strongest to most available:
 
@@ -25,7 +25,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from patchflow import versions
+from patchflow.core import versions
 from patchflow.errors import InvalidVersionError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "versions"

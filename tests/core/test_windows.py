@@ -16,8 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from patchflow.errors import InputError
-from patchflow.windows import (
+from patchflow.core.windows import (
     ScheduleError,
     Window,
     WindowSpec,
@@ -27,6 +26,7 @@ from patchflow.windows import (
     validate_spec,
     window_at,
 )
+from patchflow.errors import InputError
 
 BERLIN = ZoneInfo("Europe/Berlin")
 NEW_YORK = ZoneInfo("America/New_York")

@@ -18,10 +18,10 @@ import sqlalchemy as sa
 from alembic import command
 from sqlmodel import Session, SQLModel, func, select
 
-from patchflow import db
+from patchflow.core.evaluation import PatchSet, PinnedPatch
+from patchflow.core.wavemodel import AuditEntry, StageStatus, WaveStatus
 from patchflow.errors import InputError, NotFoundError
-from patchflow.evaluation import PatchSet, PinnedPatch
-from patchflow.wavemodel import AuditEntry, StageStatus, WaveStatus
+from patchflow.store import db
 from tests.conftest import REPO_ROOT
 from tests.db.conftest import TABLES
 

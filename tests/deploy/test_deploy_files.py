@@ -127,7 +127,7 @@ def unknown_settings(names: Iterable[str]) -> set[str]:
 
 @cache
 def api_app() -> Any:
-    from patchflow.api import create_app
+    from patchflow.service.api import create_app
 
     return create_app(Settings())
 

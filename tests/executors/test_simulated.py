@@ -22,12 +22,12 @@ from typing import Any, TypeVar
 
 import pytest
 
-from patchflow import versions
-from patchflow.catalog import load_catalog
+from patchflow.core import versions
+from patchflow.core.catalog import load_catalog
 from patchflow.errors import InputError, InvalidVersionError, NotFoundError
 from patchflow.executors.base import InstallResult, OperationNotStartedError, Package, PackageChange
 from patchflow.executors.simulated import SimulatedExecutor, default_state_path
-from patchflow.fleet import MAX_INSTANCES, Behaviour, Fleet, generated_id, load_fleet
+from patchflow.executors.simulated.fleet import MAX_INSTANCES, Behaviour, Fleet, generated_id, load_fleet
 from tests.conftest import EXAMPLES_DIR, REPO_ROOT
 
 T = TypeVar("T")
@@ -215,7 +215,7 @@ def test_generation_is_deterministic_and_order_independent(tmp_path: Path) -> No
 def test_generation_does_not_depend_on_hash_randomisation(tmp_path: Path) -> None:
     path = write_fleet(tmp_path, GEN.format(seed=5))
     script = (
-        "import sys; from patchflow.fleet import load_fleet; "
+        "import sys; from patchflow.executors.simulated.fleet import load_fleet; "
         "print(repr([(i.id, i.behaviour) for i in load_fleet(sys.argv[1]).instances]))"
     )
     outputs = {
@@ -654,7 +654,7 @@ import asyncio, sys
 from pathlib import Path
 from patchflow.executors.base import Package
 from patchflow.executors.simulated import SimulatedExecutor
-from patchflow.fleet import load_fleet
+from patchflow.executors.simulated.fleet import load_fleet
 
 fleet, state, operation, scale = load_fleet(sys.argv[1]), Path(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 executor = SimulatedExecutor(fleet, state, time_scale=scale)

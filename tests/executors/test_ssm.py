@@ -163,7 +163,7 @@ async def test_scan_reads_truncated_output_from_s3(
     many = [Package(f"lib{n:03d}", "amd64", f"1.{n}-1") for n in range(300)]
     ubuntu(endpoint, "i-0dev0000000000001", packages=many, available=[])
     endpoint.output_limit = 1000
-    monkeypatch.setattr("patchflow.executors.ssm.OUTPUT_LIMIT", 1000)
+    monkeypatch.setattr("patchflow.executors.ssm.executor.OUTPUT_LIMIT", 1000)
     assert await executor(endpoint).scan("i-0dev0000000000001") == many
 
 

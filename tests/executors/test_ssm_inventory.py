@@ -1,4 +1,4 @@
-"""Patch Manager scans → patchflow's catalog and inventory (patchflow.ssm_inventory, SsmExecutor.collect).
+"""Patch Manager scans → patchflow's catalog and inventory (patchflow.executors.ssm.inventory, SsmExecutor.collect).
 
 The end-to-end tests scan instances of the faithful endpoint, write the two files, load them back with the
 loaders every patchflow command uses and let patchflow's own baselines decide.
@@ -13,13 +13,13 @@ from typing import Any
 
 import pytest
 
-from patchflow.baselines import load_baseline
-from patchflow.catalog import Patch, load_catalog
-from patchflow.compliance import InstanceCompliance, engine_for, load_inventory
-from patchflow.evaluation import evaluate
+from patchflow.core.baselines import load_baseline
+from patchflow.core.catalog import Patch, load_catalog
+from patchflow.core.compliance import InstanceCompliance, engine_for, load_inventory
+from patchflow.core.evaluation import evaluate
 from patchflow.executors.base import Package
 from patchflow.executors.ssm import InstancePatch, SsmExecutor, parse_title
-from patchflow.ssm_inventory import (
+from patchflow.executors.ssm.inventory import (
     Collection,
     InstanceScan,
     build_collection,

@@ -26,9 +26,9 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from patchflow.compliance import InstanceCompliance
+from patchflow.core.compliance import InstanceCompliance
+from patchflow.core.wavemodel import StageStatus, WaveStatus
 from patchflow.metrics import Exporter, Metrics, start_http_exporter
-from patchflow.wavemodel import StageStatus, WaveStatus
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"

@@ -22,8 +22,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from patchflow import metrics as metrics_module
-from patchflow.compliance import InstanceCompliance
 from patchflow.config import Settings
+from patchflow.core.compliance import InstanceCompliance
+from patchflow.core.wavemodel import StageStatus, WaveStatus
 from patchflow.errors import PatchflowError
 from patchflow.metrics import (
     INSTANCE_STATES,
@@ -37,7 +38,6 @@ from patchflow.metrics import (
     serve_worker_metrics,
     start_http_exporter,
 )
-from patchflow.wavemodel import StageStatus, WaveStatus
 
 NOW = datetime(2026, 3, 10, 22, 0, tzinfo=UTC)
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from temporalio.client import Client
 
 from patchflow.config import Settings
-from patchflow.slack import SlackActions
+from patchflow.service.slack import SlackActions
 from patchflow.testing.slack_api import SlackApiStandIn
 from tests.workflows.conftest import dev_env, make_fleet  # noqa: F401 - fixtures shared with the wave tests
 

@@ -18,9 +18,10 @@ from slack_sdk.signature import SignatureVerifier
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow import db
 from patchflow.config import Settings
-from patchflow.slack import (
+from patchflow.control.waves import wave_status
+from patchflow.core.wavemodel import StageStatus, WaveStatus
+from patchflow.service.slack import (
     APPROVE_ACTION_ID,
     GATE_BLOCK_ID,
     GATE_REJECTED,
@@ -44,9 +45,8 @@ from patchflow.slack import (
     parse_gate_click,
     transitions,
 )
+from patchflow.store import db
 from patchflow.testing.slack_api import SlackApiStandIn, SlackCall
-from patchflow.wavemodel import StageStatus, WaveStatus
-from patchflow.waves import wave_status
 from tests.conftest import REPO_ROOT
 from tests.slack.conftest import CHANNEL, SIGNING_SECRET, serve_actions
 from tests.workflows.conftest import running_worker
@@ -645,8 +645,8 @@ async def test_the_api_refresh_loop_posts_to_the_plans_channel(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path, slack_api: SlackApiStandIn
 ) -> None:
     """The API's own refresh loop (not a test double) announces a waiting gate in the channel the plan names."""
-    from patchflow.api import ApiState, _refresh_metrics
     from patchflow.metrics import Metrics
+    from patchflow.service.api import ApiState, _refresh_metrics
 
     client = dev_env.client
     fleet = make_fleet({"dev": 1, "prod": 1})

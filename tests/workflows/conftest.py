@@ -17,8 +17,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.patching import ExecutorFactory, build_executor
-from patchflow.devserver import find_binary
-from patchflow.worker import build_worker
+from patchflow.control.devserver import find_binary
+from patchflow.service.worker import build_worker
 
 
 @pytest_asyncio.fixture(scope="session")

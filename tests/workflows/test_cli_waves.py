@@ -17,7 +17,7 @@ import pytest
 import yaml
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow.devserver import free_port, port_open
+from patchflow.control.devserver import free_port, port_open
 from tests.conftest import EXAMPLES_DIR, REPO_ROOT
 
 
@@ -136,7 +136,7 @@ def test_wave_lifecycle_through_the_cli(stack: dict[str, str], fast_plan: Path) 
         assert have["openssl"] == pinned["openssl"]  # every stage installed the one pinned set
 
     # The history database has the wave (recorded by the worker's activities) and the CLI's gate decision.
-    from patchflow import db
+    from patchflow.store import db
 
     with db.open_session(db.get_engine(f"sqlite:///{stack['PATCHFLOW_DATA_DIR']}/patchflow.db")) as session:
         assert db.get_wave(session, wave_id=wave_id).state == "succeeded"

@@ -17,10 +17,10 @@ from temporalio.client import WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer
 
+from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput
+from patchflow.core.windows import WindowSpec
 from patchflow.executors.simulated import SimulatedExecutor
-from patchflow.fleet import load_fleet
-from patchflow.wavemodel import ExecutorRef, StageInput, WaveInput
-from patchflow.windows import WindowSpec
+from patchflow.executors.simulated.fleet import load_fleet
 from tests.conftest import REPO_ROOT
 from tests.workflows.conftest import running_worker
 from tests.workflows.test_wave import PATCHES, settle
@@ -105,7 +105,7 @@ async def test_worker_killed_repeatedly_mid_wave(
 async def test_a_fresh_history_replays_deterministically(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
-    from patchflow.waves import act
+    from patchflow.control.waves import act
 
     fleet = make_fleet({"dev": 2, "prod": 3}, behaviours={"i-prod0000000000002": {"fail": True}})
     inp = WaveInput(

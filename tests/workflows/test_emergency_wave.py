@@ -16,13 +16,13 @@ import pytest
 import yaml
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow.cli_emergency import emergency_wave_input, freeze_wait, prepare
+from patchflow.cli.emergency import emergency_wave_input, freeze_wait, prepare
 from patchflow.config import Settings
-from patchflow.emergency import emergency_patch_set
+from patchflow.control.waves import act, wave_status
+from patchflow.core.emergency import emergency_patch_set
+from patchflow.core.patchsets import PatchSetStore
 from patchflow.executors.simulated import SimulatedExecutor, default_state_path
-from patchflow.fleet import load_fleet
-from patchflow.patchsets import PatchSetStore
-from patchflow.waves import act, wave_status
+from patchflow.executors.simulated.fleet import load_fleet
 from tests.conftest import REPO_ROOT
 from tests.test_cli import run
 from tests.workflows.conftest import running_worker

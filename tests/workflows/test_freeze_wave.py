@@ -18,14 +18,14 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.patching import WaveActivities, build_executor
-from patchflow.baselines import load_baseline
-from patchflow.catalog import load_catalog
 from patchflow.config import Settings
-from patchflow.evaluation import evaluate
-from patchflow.executors.base import Package
-from patchflow.freezes import FreezePeriod
-from patchflow.plans import load_plan
-from patchflow.wavemodel import (
+from patchflow.control.waves import wave_input
+from patchflow.core.baselines import load_baseline
+from patchflow.core.catalog import load_catalog
+from patchflow.core.evaluation import evaluate
+from patchflow.core.freezes import FreezePeriod
+from patchflow.core.plans import load_plan
+from patchflow.core.wavemodel import (
     ExecutorRef,
     StageInput,
     StageStatus,
@@ -35,8 +35,8 @@ from patchflow.wavemodel import (
     WindowInput,
     WindowResult,
 )
-from patchflow.waves import wave_input
-from patchflow.windows import WindowSpec
+from patchflow.core.windows import WindowSpec
+from patchflow.executors.base import Package
 from tests.workflows.conftest import instance_id, running_worker
 from workflows.wave import WaveWorkflow
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow import db
-from patchflow.wavemodel import ExecutorRef, StageInput, WaveInput
-from patchflow.waves import act
-from patchflow.windows import WindowSpec
-from patchflow.worker import build_worker
+from patchflow.control.waves import act
+from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput
+from patchflow.core.windows import WindowSpec
+from patchflow.service.worker import build_worker
+from patchflow.store import db
 from tests.workflows.conftest import instance_id
 from tests.workflows.test_wave import PATCHES, settle
 from workflows.wave import WaveWorkflow

@@ -21,9 +21,9 @@ from temporalio.worker import Replayer, Worker
 
 from activities.scheduling import ScheduleActivities
 from patchflow.config import Settings
-from patchflow.schedules import calendar_plan, parse_schedule
-from patchflow.wavemodel import ScheduleCheckInput, ScheduleCheckResult, ScheduledWaveInput
-from patchflow.worker import build_worker
+from patchflow.core.schedules import calendar_plan, parse_schedule
+from patchflow.core.wavemodel import ScheduleCheckInput, ScheduleCheckResult, ScheduledWaveInput
+from patchflow.service.worker import build_worker
 from tests.workflows.test_durability import HISTORIES
 from tests.workflows.test_schedules import write_plan
 from workflows.scheduled import ScheduledWaveWorkflow
@@ -120,7 +120,7 @@ async def test_a_firing_without_offset_starts_its_wave_at_once_with_a_fresh_patc
     assert result.wave_id.startswith("wave-sched-")
     child = await client.get_workflow_handle(result.wave_id).describe()
     assert child.start_time - begin < timedelta(minutes=1)
-    from patchflow.patchsets import PatchSetStore
+    from patchflow.core.patchsets import PatchSetStore
 
     pinned = PatchSetStore(settings.patch_set_dir).resolve(result.patch_set_id)
     assert pinned.patches, "the firing pinned the plan's evaluated patch set"
@@ -168,6 +168,6 @@ async def test_a_firing_whose_schedule_was_paused_during_the_wait_starts_no_wave
     assert (result.state, result.wave_id) == ("skipped", "")
     assert "paused during the wait" in result.reason
     assert end - begin >= timedelta(days=14)  # it did wait before checking
-    from patchflow.patchsets import PatchSetStore
+    from patchflow.core.patchsets import PatchSetStore
 
     assert PatchSetStore(settings.patch_set_dir).list_ids() == []  # nothing was evaluated or pinned

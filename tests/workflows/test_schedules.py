@@ -32,16 +32,7 @@ from temporalio.client import (
 from temporalio.testing import WorkflowEnvironment
 
 from patchflow.config import Settings
-from patchflow.errors import InputError, NotFoundError
-from patchflow.plans import load_plan
-from patchflow.schedules import (
-    WaveSchedule,
-    firings,
-    near_daylight_saving_change,
-    parse_schedule,
-    wall_clock_instant,
-)
-from patchflow.scheduling import (
+from patchflow.control.scheduling import (
     ScheduleRequest,
     create_schedule,
     delete_schedule,
@@ -51,9 +42,18 @@ from patchflow.scheduling import (
     trigger_schedule,
     unpause_schedule,
 )
-from patchflow.wavemodel import ScheduledWaveResult
-from patchflow.waves import act, wave_status
-from patchflow.worker import build_worker
+from patchflow.control.waves import act, wave_status
+from patchflow.core.plans import load_plan
+from patchflow.core.schedules import (
+    WaveSchedule,
+    firings,
+    near_daylight_saving_change,
+    parse_schedule,
+    wall_clock_instant,
+)
+from patchflow.core.wavemodel import ScheduledWaveResult
+from patchflow.errors import InputError, NotFoundError
+from patchflow.service.worker import build_worker
 from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
 from workflows.scheduled import ScheduledWaveWorkflow
 
@@ -274,7 +274,7 @@ async def test_a_firing_starts_a_fresh_wave_and_a_second_one_is_skipped_while_it
             assert second_wave_id != first_wave
             second_status = await wave_status(client, second_wave_id)
             assert second_status.patch_set_id != result.patch_set_id
-            from patchflow.patchsets import PatchSetStore
+            from patchflow.core.patchsets import PatchSetStore
 
             pinned = PatchSetStore(settings.patch_set_dir).resolve(second_status.patch_set_id)
             assert ("openssl", "3.0.2-0ubuntu1.99") in {(p.name, p.version) for p in pinned.patches}
@@ -409,7 +409,7 @@ async def test_the_schedule_check_after_a_wait_sees_pause_and_delete(
 ) -> None:
     """What a firing that waited out its offset asks before it starts a wave (the real activity, real server)."""
     from activities.scheduling import ScheduleActivities
-    from patchflow.wavemodel import ScheduleCheckInput
+    from patchflow.core.wavemodel import ScheduleCheckInput
 
     client = dev_env.client
     plan = load_plan(write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}), name=f"w{uuid.uuid4().hex[:6]}"))
@@ -429,7 +429,7 @@ async def test_the_schedule_check_after_a_wait_sees_pause_and_delete(
 async def test_one_schedule_per_plan_and_no_firing_while_a_wave_of_the_plan_runs(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
-    from patchflow.waves import pin_patch_set, start_wave, wave_input
+    from patchflow.control.waves import pin_patch_set, start_wave, wave_input
 
     client = dev_env.client
     plan_path = write_plan(
@@ -479,7 +479,7 @@ async def test_a_plan_s_waves_and_firings_run_on_its_own_task_queue(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
     """One task queue per AWS account or region: the plan names it, whoever starts the wave."""
-    from patchflow.waves import pin_patch_set, start_wave, wave_input
+    from patchflow.control.waves import pin_patch_set, start_wave, wave_input
 
     client = dev_env.client
     queue = f"eu-central-1-{uuid.uuid4().hex[:6]}"

@@ -12,14 +12,14 @@ import yaml
 from temporalio.testing import WorkflowEnvironment
 
 from patchflow.config import Settings
+from patchflow.control.waves import act, executor_ref, pin_patch_set, wave_input, wave_status
+from patchflow.core.plans import PlanError, load_plan
+from patchflow.core.wavemodel import StageInput, WaveInput
+from patchflow.core.windows import WindowSpec
 from patchflow.errors import InputError
 from patchflow.executors.base import Package
-from patchflow.fleet import load_fleet
-from patchflow.plans import PlanError, load_plan
+from patchflow.executors.simulated.fleet import load_fleet
 from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
-from patchflow.wavemodel import StageInput, WaveInput
-from patchflow.waves import act, executor_ref, pin_patch_set, wave_input, wave_status
-from patchflow.windows import WindowSpec
 from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
 from tests.workflows.conftest import running_worker
 from workflows.wave import WaveWorkflow

@@ -14,12 +14,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.patching import build_executor
 from patchflow.config import Settings
+from patchflow.control.waves import WaveActionRefused, act, status_json, wave_status
+from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput, WaveStatus
+from patchflow.core.windows import WindowSpec
 from patchflow.executors.base import Package
 from patchflow.executors.simulated import SimulatedExecutor
-from patchflow.fleet import load_fleet
-from patchflow.wavemodel import ExecutorRef, StageInput, WaveInput, WaveStatus
-from patchflow.waves import WaveActionRefused, act, status_json, wave_status
-from patchflow.windows import WindowSpec
+from patchflow.executors.simulated.fleet import load_fleet
 from tests.workflows.conftest import instance_id, running_worker
 from workflows.wave import WaveWorkflow
 

@@ -15,9 +15,9 @@ from typing import Any
 from temporalio.testing import WorkflowEnvironment
 
 from activities.patching import build_executor
+from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput
+from patchflow.core.windows import WindowSpec
 from patchflow.executors.base import Package
-from patchflow.wavemodel import ExecutorRef, StageInput, WaveInput
-from patchflow.windows import WindowSpec
 from tests.workflows.conftest import instance_id, running_worker
 from workflows.wave import WaveWorkflow
 

@@ -1,0 +1,94 @@
+"""What every command group shares, as public helpers: the output consoles, ``--format``, JSON output, running a
+coroutine, the Temporal client, the history database of a worker, and serving until SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import sys
+from enum import StrEnum
+from typing import Any
+
+from rich.console import Console
+
+from patchflow.config import Settings
+
+out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+class Fmt(StrEnum):
+    table = "table"
+    json = "json"
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def run_sync(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+async def temporal_client(settings: Settings) -> Any:
+    from patchflow.service.worker import connect
+
+    return await connect(settings.temporal_address)
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+
+def history_database(settings: Settings, *, migrate: bool = False) -> str:
+    """The history database for this worker, ready to use.
+
+    ``patchflow dev`` and ``demo`` (``migrate=True``) and the embedded default (a SQLite file under the data
+    directory) are migrated on the spot; a worker on a shared database (PostgreSQL) requires it to be at this
+    patchflow's schema already — migrations are an operator's step there (``patchflow db upgrade``).
+    """
+    from patchflow.store import db
+
+    url = settings.database_url_resolved
+    if migrate or url.startswith("sqlite"):
+        db.upgrade(url)
+    else:
+        db.require_current(url)
+    return url
+
+
+async def serve_until_stopped(worker: Any, *others: Any) -> None:
+    """Run the worker (and e.g. the API) until SIGINT/SIGTERM, then stop them gracefully.
+
+    A plain cancellation would cut the worker's in-flight RPCs and print their tracebacks; instead the API is
+    cancelled first and the worker shuts down as Temporal intends (in-flight activities finish or heartbeat-time
+    out and are retried elsewhere).
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    worker_task = asyncio.create_task(worker.run())
+    other_tasks = [asyncio.ensure_future(o) for o in others]
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({worker_task, stopper, *other_tasks}, return_when=asyncio.FIRST_COMPLETED)
+    for task in other_tasks:
+        task.cancel()
+    for task in other_tasks:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+    if not worker_task.done():
+        await worker.shutdown()
+    stopper.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopper
+    for task in (worker_task, *other_tasks):
+        if task in done and not task.cancelled() and task.exception() is not None:
+            raise task.exception()  # type: ignore[misc]
+    await worker_task
+
+
+def terminate_like_interrupt() -> None:
+    """SIGTERM (systemd, Kubernetes, plain ``kill``) stops cleanly, exactly like Ctrl-C."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

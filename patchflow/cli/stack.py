@@ -1,0 +1,282 @@
+"""The embedded stack and the long-running processes: ``patchflow worker``, ``dev``, ``demo`` and ``api``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+
+from patchflow.cli.common import (
+    err,
+    history_database,
+    out,
+    run_sync,
+    serve_until_stopped,
+    terminate_like_interrupt,
+)
+from patchflow.cli.fleet import simulated_executor
+from patchflow.cli.waves import print_status, stage_table
+from patchflow.config import Settings, get_settings
+from patchflow.core.plans import load_plan
+from patchflow.errors import PatchflowError
+
+
+def worker_command() -> None:
+    """Run a worker against PATCHFLOW_TEMPORAL_ADDRESS (production: run several, on one task queue)."""
+    from patchflow.service.worker import build_worker, connect
+
+    terminate_like_interrupt()
+    settings = get_settings()
+
+    from patchflow.metrics import serve_worker_metrics
+
+    serve_worker_metrics(settings)  # the SDK runtime must exist before the first client
+
+    async def go() -> None:
+        client = await connect(settings.temporal_address, attempts=10)
+        worker = build_worker(
+            client, settings.task_queue, database_url=history_database(settings), settings=settings
+        )
+        err.print(
+            f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
+        )
+        await serve_until_stopped(worker)
+
+    with contextlib.suppress(KeyboardInterrupt):
+        run_sync(go())
+
+
+EXAMPLE_FLEET = Path(__file__).resolve().parents[2] / "baselines" / "examples" / "fleet.yaml"
+FAKE_AWS_BUCKET = "patchflow-demo"
+
+
+@contextlib.contextmanager
+def _fake_aws(fleet_file: Path) -> Any:
+    """Start patchflow's local FAKE SSM endpoint (a test fixture and demo backend, nothing is patched) serving
+    ``fleet_file``, and point this process's SSM settings and AWS credentials at it."""
+    import os
+
+    from patchflow.executors.simulated.fleet import load_fleet
+    from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
+
+    endpoint = SsmEndpoint(timings=Timings(not_found_seconds=0.3, pending_seconds=0.2, run_seconds=1.0))
+    with endpoint:
+        endpoint.client("s3").create_bucket(Bucket=FAKE_AWS_BUCKET)
+        count = len(endpoint.register_fleet(load_fleet(fleet_file)))
+        exports = {
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "PATCHFLOW_SSM_ENDPOINT_URL": endpoint.url,
+            "PATCHFLOW_SSM_REGION": endpoint.region,
+            "PATCHFLOW_SSM_BUCKET": FAKE_AWS_BUCKET,
+        }
+        os.environ.update(exports)
+        err.print(
+            f"fake AWS (SSM/EC2/S3, a simulation: nothing is patched) at {endpoint.url} with {count} instance(s)"
+        )
+        err.print("  other terminals: export " + " ".join(f"{k}={v}" for k, v in exports.items()))
+        yield endpoint
+
+
+def dev_command(
+    ui_port: Annotated[int, typer.Option("--ui-port", help="Temporal Web UI port.")] = 8233,
+    fake_aws: Annotated[
+        bool, typer.Option("--fake-aws", help="Also serve a local fake SSM endpoint with the example fleet.")
+    ] = False,
+) -> None:
+    """The embedded single-machine stack: Temporal dev server (persisted under the data directory), a worker and the REST API."""
+    from patchflow.control.devserver import start_dev_server
+    from patchflow.service.worker import build_worker, connect
+
+    terminate_like_interrupt()
+    stack = contextlib.ExitStack()
+    if fake_aws:
+        stack.enter_context(_fake_aws(EXAMPLE_FLEET))
+    settings = get_settings()
+    stack.callback(err.print, "stopped")
+    try:
+        server = start_dev_server(settings.temporal_address, settings.data_dir, ui_port=ui_port)
+    except BaseException:
+        stack.close()
+        raise
+    stack.callback(server.stop)
+    err.print(
+        f"Temporal dev server on {settings.temporal_address} (UI http://127.0.0.1:{ui_port}), "
+        f"state in {settings.data_dir}; Ctrl-C stops everything"
+    )
+
+    from patchflow.metrics import serve_worker_metrics
+
+    serve_worker_metrics(settings)
+
+    async def go() -> None:
+        from patchflow.service.api import serve as serve_api
+
+        client = await connect(settings.temporal_address, attempts=20)
+        worker = build_worker(
+            client,
+            settings.task_queue,
+            database_url=history_database(settings, migrate=True),
+            settings=settings,
+        )
+        await serve_until_stopped(worker, serve_api(settings, announce=err.print, handle_signals=False))
+
+    with stack, contextlib.suppress(KeyboardInterrupt):
+        run_sync(go())
+
+
+DEMO_PLAN = Path(__file__).resolve().parents[2] / "baselines" / "examples" / "demo-plan.yaml"
+DEMO_SSM_PLAN = DEMO_PLAN.with_name("demo-plan-ssm.yaml")
+
+
+def demo_command(
+    approve: Annotated[
+        bool, typer.Option("--approve", help="Answer the Prod approval gate automatically.")
+    ] = False,
+    plan_file: Annotated[Path | None, typer.Option("--plan", help="The plan to run.")] = None,
+    timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 600,
+    fake_aws: Annotated[
+        bool,
+        typer.Option("--fake-aws", help="Drive the wave through the SSM executor against a local fake AWS."),
+    ] = False,
+) -> None:
+    """Run a complete wave Dev → Test → Prod on the example fleet, on the embedded stack."""
+    if fake_aws:
+        with _fake_aws(EXAMPLE_FLEET):
+            _demo(approve, plan_file or DEMO_SSM_PLAN, timeout)
+    else:
+        _demo(approve, plan_file or DEMO_PLAN, timeout)
+
+
+def _demo_api(settings: Settings, database_url: str) -> asyncio.Task[None] | None:
+    """Serve the REST API (with /metrics) while the demo runs, with a viewer token to look with."""
+    from patchflow.control.devserver import port_open
+    from patchflow.service.api import serve as serve_api
+    from patchflow.store import db
+
+    if port_open(settings.api_host, settings.api_port):
+        err.print(f"API port {settings.api_host}:{settings.api_port} is taken; the demo runs without the API")
+        return None
+    with db.open_session(db.get_engine(database_url)) as session:
+        _, token = db.create_token(session, name="demo-viewer", role="viewer")
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    err.print(f"watch it: curl -H 'Authorization: Bearer {token}' {base}/waves   (and {base}/metrics)")
+    return asyncio.create_task(serve_api(settings, announce=err.print, handle_signals=False))
+
+
+def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
+    from patchflow.control.devserver import port_open, split_address, start_dev_server
+    from patchflow.control.waves import act, pin_patch_set, start_wave, status_json, wave_input, wave_status
+    from patchflow.service.worker import build_worker, connect
+
+    terminate_like_interrupt()
+    settings = get_settings()
+    plan = load_plan(plan_file)
+    server = None
+    host, port = split_address(settings.temporal_address)
+    if not port_open(host, port):
+        err.print(f"starting the embedded Temporal dev server on {settings.temporal_address} …")
+        server = start_dev_server(settings.temporal_address, settings.data_dir, ui=False)
+    if plan.executor.kind == "simulated":
+        simulated_executor(plan.executor.fleet).reset()  # type: ignore[arg-type]
+
+    async def go() -> dict[str, Any]:
+        client = await connect(settings.temporal_address, attempts=20)
+        database_url = history_database(settings, migrate=True)
+        worker = build_worker(client, settings.task_queue, database_url=database_url, settings=settings)
+        worker_task = asyncio.create_task(worker.run())
+        api_task = _demo_api(settings, database_url)
+        try:
+            pinned = pin_patch_set(plan, settings)
+            inp = wave_input(plan, settings, pinned)
+            await start_wave(client, settings, inp)
+            err.print(f"wave {inp.wave_id}: patch set {pinned.id} ({len(pinned.patches)} package versions)")
+            deadline = time.monotonic() + timeout
+            approved: set[str] = set()
+            hinted = False
+            # Transient: the final summary below prints the table once, the live view only animates it.
+            with Live(console=out, refresh_per_second=4, transient=True) as live:
+                while True:
+                    status = status_json(await wave_status(client, inp.wave_id))
+                    live.update(stage_table(status))
+                    if status["state"] in ("succeeded", "failed", "cancelled", "halted"):
+                        return status
+                    if status["state"] == "waiting_approval":
+                        stage = next(s for s in status["stages"] if s["state"] == "waiting_approval")
+                        approver = next(s for s in plan.stages if s.name == stage["name"]).gate.approvers[0]
+                        if approve and stage["name"] not in approved:
+                            message = await act(
+                                client,
+                                inp.wave_id,
+                                "approve",
+                                who=approver,
+                                stage=stage["name"],
+                                comment="demo --approve",
+                            )
+                            approved.add(stage["name"])
+                            live.console.print(f"{message}")
+                        elif not approve and not hinted:
+                            hinted = True
+                            live.console.print(
+                                f"waiting for approval of {stage['name']}: run "
+                                f"'patchflow wave approve {inp.wave_id} --stage {stage['name']} --as {approver}'"
+                            )
+                    if time.monotonic() > deadline:
+                        raise PatchflowError(f"the demo wave did not finish within {timeout:.0f}s")
+                    await asyncio.sleep(0.25)
+        finally:
+            if api_task is not None:
+                api_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await api_task
+            worker_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker.shutdown()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await worker_task
+
+    try:
+        status = run_sync(go())
+    finally:
+        if server is not None:
+            server.stop()
+    print_status(status)
+    failures = [
+        f"{s['name']}: {i['id']} {i['state']}" + (f" ({i['detail']})" if i.get("detail") else "")
+        for s in status["stages"]
+        for i in s["instances"]
+        if i["state"] not in ("succeeded",)
+    ]
+    for line in failures:
+        out.print(f"  {line}")
+    out.print(f"wave {status['state']} at {datetime.now(UTC).isoformat(timespec='seconds')}")
+    if status["state"] != "succeeded":
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- ssm
+
+
+def api_command(
+    host: Annotated[
+        str | None, typer.Option("--host", help="Listen address (default PATCHFLOW_API_HOST: 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option("--port", min=0, max=65535, help="Port (default PATCHFLOW_API_PORT: 8000)."),
+    ] = None,
+) -> None:
+    """Serve the REST API and /metrics against PATCHFLOW_TEMPORAL_ADDRESS and the history database."""
+    from patchflow.service.api import run_api
+
+    settings = get_settings()
+    overrides = {k: v for k, v in {"api_host": host, "api_port": port}.items() if v is not None}
+    if overrides:
+        settings = settings.model_copy(update=overrides)
+    run_api(settings, announce=err.print)

@@ -1,0 +1,336 @@
+"""Starting and operating waves through the Temporal client (used by the CLI, later the API and schedules).
+
+A wave is started from a plan: the baseline is evaluated once (or a given patch set is taken), the set is
+pinned in the content-addressed store, and the workflow receives everything it needs in its input.
+"""
+
+from __future__ import annotations
+
+import getpass
+import secrets
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from patchflow.config import Settings
+from patchflow.core.baselines import load_baseline
+from patchflow.core.catalog import load_catalog
+from patchflow.core.evaluation import PatchSet, evaluate
+from patchflow.core.freezes import FreezeCalendar, FreezePeriod, load_freeze_file, periods_for_wave
+from patchflow.core.patchsets import PatchSetStore
+from patchflow.core.plans import Plan
+from patchflow.core.wavemodel import (
+    WAVE_FINAL_STATES,
+    ExecutorRef,
+    GateDecision,
+    OperatorAction,
+    StageInput,
+    StageProgress,
+    WaveInput,
+    WaveResult,
+    WaveStatus,
+)
+from patchflow.errors import InputError, NotFoundError, PatchflowError
+from patchflow.executors.base import Package
+from workflows.stage import StageRunWorkflow
+from workflows.wave import WaveWorkflow
+
+
+class WaveActionRefused(PatchflowError):
+    """An operator action was refused by the wave (not allowed, or not applicable now)."""
+
+    exit_code = 4
+
+
+def local_user() -> str:
+    try:
+        return getpass.getuser()
+    except Exception:  # noqa: BLE001 - no passwd entry in some containers
+        return "unknown"
+
+
+def executor_ref(plan: Plan, settings: Settings) -> ExecutorRef:
+    if plan.executor.kind == "simulated":
+        from patchflow.executors.simulated import default_state_path
+        from patchflow.executors.simulated.fleet import load_fleet
+
+        assert plan.executor.fleet is not None
+        fleet = load_fleet(plan.executor.fleet)
+        return ExecutorRef(
+            kind="simulated",
+            fleet_path=str(plan.executor.fleet),
+            state_path=str(default_state_path(settings.data_dir, fleet)),
+            time_scale=plan.executor.time_scale,
+        )
+    if plan.executor.kind == "ssm":
+        bucket = plan.executor.bucket or settings.ssm_bucket
+        if not bucket:
+            raise InputError(
+                f"plan {plan.name!r} uses the ssm executor but names no S3 bucket: set executor.bucket in "
+                f"{plan.source} or PATCHFLOW_SSM_BUCKET"
+            )
+        return ExecutorRef(
+            kind="ssm",
+            region=plan.executor.region or settings.ssm_region,
+            endpoint_url=plan.executor.endpoint_url or settings.ssm_endpoint_url,
+            bucket=bucket,
+            prefix=plan.executor.prefix or settings.ssm_prefix,
+            reboot_option=plan.executor.reboot_option,
+            health_command=plan.executor.health_command,
+            cloudwatch_log_group=plan.executor.cloudwatch_log_group,
+            max_requests_per_second=settings.ssm_max_requests_per_second,
+            poll_initial_seconds=settings.ssm_poll_initial_seconds,
+            poll_max_seconds=settings.ssm_poll_max_seconds,
+        )
+    raise InputError(f"executor {plan.executor.kind!r} is not supported yet")
+
+
+def pin_patch_set(
+    plan: Plan, settings: Settings, *, patch_set: str | None = None, at: datetime | None = None
+) -> PatchSet:
+    """Evaluate the plan's baseline once (or load the given set) and store the pinned result."""
+    store = PatchSetStore(settings.patch_set_dir)
+    if patch_set is not None:
+        pinned = store.resolve(patch_set)
+        baseline = load_baseline(plan.baseline)
+        if baseline.family != pinned.family:
+            raise InputError(
+                f"patch set {pinned.id} holds {pinned.family} packages; the plan's baseline is {baseline.family}"
+            )
+        store.save(pinned)
+        return pinned
+    baseline = load_baseline(plan.baseline)
+    catalog = load_catalog(plan.catalog)
+    result = evaluate(baseline, catalog, at or datetime.now(UTC), catalog_source=str(plan.catalog))
+    store.save(result.patch_set)
+    remember_patch_set(settings, result.patch_set)
+    return result.patch_set
+
+
+def remember_patch_set(settings: Settings, pinned: PatchSet) -> None:
+    """Keep the pinned set in the history database too (best effort: the file store is authoritative)."""
+    import logging
+
+    from patchflow.store import db
+
+    try:
+        url = settings.database_url_resolved
+        with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+            db.save_patch_set(session, patch_set=pinned)
+    except Exception as exc:  # noqa: BLE001 - never block a wave on the history database
+        logging.getLogger(__name__).debug("patch set %s not recorded: %s", pinned.id, exc)
+
+
+def freeze_calendar(settings: Settings) -> FreezeCalendar:
+    """The global freeze file named by PATCHFLOW_FREEZE_FILE (none: an empty calendar)."""
+    if settings.freeze_file is None:
+        return FreezeCalendar()
+    return load_freeze_file(settings.freeze_file)
+
+
+def plan_freezes(plan: Plan, settings: Settings, at: datetime) -> list[FreezePeriod]:
+    """The plan's and the global change freezes as the periods a wave starting at ``at`` carries."""
+    rules = [*plan.freezes, *freeze_calendar(settings).rules]
+    return periods_for_wave(rules, at) if rules else []
+
+
+def check_freeze_override(plan: Plan, settings: Settings, approver: str) -> None:
+    """Refuse a freeze override unless ``approver`` is one of the plan's or the freeze file's override
+    approvers."""
+    allowed = {*plan.freeze_override_approvers, *freeze_calendar(settings).override_approvers}
+    approver = approver.strip()
+    if not approver:
+        raise InputError(
+            "overriding a change freeze needs --approver NAME (one of the freeze override approvers)"
+        )
+    if approver not in allowed:
+        listed = (
+            ", ".join(sorted(allowed))
+            or "nobody: add freeze_override_approvers to the plan or override_approvers to the freeze file"
+        )
+        raise InputError(f"{approver!r} may not override a change freeze; allowed: {listed}")
+
+
+def wave_input(
+    plan: Plan,
+    settings: Settings,
+    pinned: PatchSet,
+    *,
+    wave_id: str | None = None,
+    who: str = "",
+    freeze_override_by: str = "",
+    kind: str = "standard",
+) -> WaveInput:
+    """Everything a wave needs, from the plan. ``freeze_override_by`` (checked by
+    :func:`check_freeze_override`) starts the wave without its change freezes."""
+    stages = [
+        StageInput(
+            name=s.name,
+            window=s.window,
+            max_concurrency=str(s.max_concurrency),
+            max_errors=str(s.max_errors),
+            soak_seconds=s.soak_seconds,
+            gate=s.gate.kind,
+            approvers=list(s.gate.approvers),
+            max_unhealthy=s.gate.max_unhealthy,
+            health_url=s.gate.url,
+            on_failure=s.on_failure,
+            patch_group=s.targets.patch_group,
+            instance_ids=list(s.targets.instance_ids),
+        )
+        for s in plan.stages
+    ]
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    return WaveInput(
+        wave_id=wave_id or f"wave-{plan.name}-{stamp}-{secrets.token_hex(3)}",
+        plan_name=plan.name,
+        patch_set_id=pinned.id,
+        patches=[Package(p.name, p.arch, p.version) for p in pinned.patches],
+        executor=executor_ref(plan, settings),
+        stages=stages,
+        undeliverable_counts_as_error=plan.undeliverable_counts_as_error,
+        heartbeat_timeout_seconds=settings.heartbeat_timeout_seconds,
+        started_by=who or local_user(),
+        record_history=True,
+        slack_channel=plan.slack_channel,
+        freezes=[] if freeze_override_by.strip() else plan_freezes(plan, settings, datetime.now(UTC)),
+        freeze_override_by=freeze_override_by.strip(),
+        kind=kind,
+        task_queue=plan.task_queue or "",
+    )
+
+
+async def start_wave(client: Client, settings: Settings, inp: WaveInput) -> WorkflowHandle[Any, Any]:
+    """Start the wave on the plan's task queue (its workers), else on PATCHFLOW_TASK_QUEUE."""
+    return await client.start_workflow(
+        WaveWorkflow.run, inp, id=inp.wave_id, task_queue=inp.task_queue or settings.task_queue
+    )
+
+
+async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:
+    handle = client.get_workflow_handle(wave_id, result_type=WaveResult)
+    try:
+        await handle.describe()
+    except RPCError as exc:
+        raise NotFoundError(
+            f"no wave {wave_id!r} ({exc.message}); list waves with 'patchflow wave list'"
+        ) from None
+    return handle
+
+
+async def wave_status(client: Client, wave_id: str) -> WaveStatus:
+    """The wave's status with the live per-instance progress of its running stage merged in."""
+    handle = await _handle(client, wave_id)
+    description = await handle.describe()
+    if description.status == WorkflowExecutionStatus.COMPLETED:
+        # A finished wave answers from its recorded result: no worker needed.
+        result: WaveResult = await handle.result()
+        return result.status
+    try:
+        status: WaveStatus = await handle.query(WaveWorkflow.status)
+    except RPCError as exc:
+        raise PatchflowError(f"wave {wave_id} did not answer ({exc.message}); is a worker running?") from None
+    for stage in status.stages:
+        if stage.active_run_id:
+            try:
+                progress: StageProgress = await client.get_workflow_handle(stage.active_run_id).query(
+                    StageRunWorkflow.progress
+                )
+            except RPCError:
+                continue
+            stage.instances.update(progress.states)
+            stage.errors = progress.errors
+    return status
+
+
+def status_json(status: WaveStatus) -> dict[str, Any]:
+    """The documented JSON contract of ``wave status --format json``."""
+    return {
+        "wave_id": status.wave_id,
+        "plan": status.plan_name,
+        "kind": status.kind,
+        "state": status.state,
+        "reason": status.reason,
+        "patch_set_id": status.patch_set_id,
+        "stages": [
+            {
+                "name": st.name,
+                "state": st.state,
+                "errors": st.errors,
+                "max_errors": st.max_errors,
+                "max_concurrency": st.max_concurrency,
+                "window_start": st.window_start.isoformat() if st.window_start else None,
+                "note": st.note,
+                "instances": [
+                    {"id": i, "state": s, **({"detail": st.details[i]} if i in st.details else {})}
+                    for i, s in st.instances.items()
+                ],
+            }
+            for st in status.stages
+        ],
+        "audit": [{**asdict(a), "at": a.at.isoformat()} for a in status.audit],
+    }
+
+
+async def act(
+    client: Client, wave_id: str, action: str, *, who: str, stage: str | None = None, comment: str = ""
+) -> str:
+    """Send an operator Update; a refusal raises :class:`WaveActionRefused` with the wave's reason."""
+    handle = await _handle(client, wave_id)
+    try:
+        if action in ("approve", "reject"):
+            if not stage:
+                raise InputError(f"{action} needs --stage NAME")
+            method = WaveWorkflow.approve if action == "approve" else WaveWorkflow.reject
+            return str(
+                await handle.execute_update(method, GateDecision(stage=stage, who=who, comment=comment))
+            )
+        methods = {
+            "halt": WaveWorkflow.halt,
+            "resume": WaveWorkflow.resume,
+            "cancel": WaveWorkflow.cancel,
+            "rollback": WaveWorkflow.rollback,
+        }
+        return str(await handle.execute_update(methods[action], OperatorAction(who=who, reason=comment)))
+    except WorkflowUpdateFailedError as exc:
+        cause = exc.cause
+        message = getattr(cause, "message", None) or str(cause or exc)
+        raise WaveActionRefused(f"{action} refused: {message}") from None
+    except RPCError as exc:
+        if "already completed" in exc.message:
+            raise WaveActionRefused(
+                f"{action} refused: wave {wave_id} has already ended; see 'patchflow wave status {wave_id}'"
+            ) from None
+        raise WaveActionRefused(f"{action} refused: {exc.message}") from None
+
+
+async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    async for wf in client.list_workflows("WorkflowType = 'WaveWorkflow'", limit=limit):
+        row: dict[str, Any] = {
+            "wave_id": wf.id,
+            "started": wf.start_time.isoformat() if wf.start_time else None,
+            "workflow_status": wf.status.name if wf.status else None,
+            "state": None,
+        }
+        try:
+            status: WaveStatus = await client.get_workflow_handle(wf.id).query(WaveWorkflow.status)
+            row["state"] = status.state
+            row["plan"] = status.plan_name
+        except RPCError:
+            pass
+        rows.append(row)
+    return rows
+
+
+def is_settled(status: WaveStatus) -> bool:
+    """Finished, halted, or stopped at a gate: where ``wave start --wait`` returns."""
+    return status.state in WAVE_FINAL_STATES or status.state in ("halted", "waiting_approval")
+
+
+def resolve_plan_path(path: str | Path) -> Path:
+    return Path(path).resolve()

@@ -1,0 +1,534 @@
+"""Patch compliance of instances, as ``DescribeInstancePatchStates`` / ``DescribeInstancePatches`` report it.
+
+For every installed package of an instance, against the latest approved version of that package
+(name + arch) — from a fresh evaluation or from a pinned patch set:
+
+============================ ===================================================================
+state                        when
+============================ ===================================================================
+``INSTALLED_REJECTED``       the installed version matches RejectedPatches and the action is BLOCK
+``INSTALLED_OTHER``          no approved version exists for the package, or it is rejected under
+                             ALLOW_AS_DEPENDENCY (``InstalledRejectedCount`` is then always 0)
+``MISSING``                  an approved version newer than the installed one exists
+``FAILED``                   as MISSING, and the last install run reported the package failed
+``INSTALLED``                the installed version is at least the approved one
+``INSTALLED_PENDING_REBOOT`` installed, and the last install run left it waiting for a reboot
+============================ ===================================================================
+
+An instance is ``NON_COMPLIANT`` when anything is MISSING, FAILED, INSTALLED_REJECTED or
+INSTALLED_PENDING_REBOOT. Approved patches for packages that are not installed do not apply (Linux nodes
+never report NOT_APPLICABLE rows).
+
+Compliance of large fleets is fast because fleets repeat themselves: a state is computed once per distinct
+(name, arch, version) and product, then looked up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patchflow.core import versions
+from patchflow.core.baselines import COMPLIANCE_ORDER
+from patchflow.core.documents import Document, load_document
+from patchflow.core.evaluation import PinnedPatch
+from patchflow.core.matching import PatchList
+from patchflow.errors import InputError, InvalidVersionError, InventoryError, Problem
+
+INSTALLED = "INSTALLED"
+INSTALLED_OTHER = "INSTALLED_OTHER"
+INSTALLED_PENDING_REBOOT = "INSTALLED_PENDING_REBOOT"
+INSTALLED_REJECTED = "INSTALLED_REJECTED"
+MISSING = "MISSING"
+FAILED = "FAILED"
+NON_COMPLIANT_STATES = frozenset({MISSING, FAILED, INSTALLED_REJECTED, INSTALLED_PENDING_REBOOT})
+
+COUNT_FIELDS = {
+    INSTALLED: "InstalledCount",
+    INSTALLED_OTHER: "InstalledOtherCount",
+    INSTALLED_PENDING_REBOOT: "InstalledPendingRebootCount",
+    INSTALLED_REJECTED: "InstalledRejectedCount",
+    MISSING: "MissingCount",
+    FAILED: "FailedCount",
+}
+
+PackageKey = tuple[str, str, str]
+"""(name, arch, version)"""
+
+
+@dataclass
+class Instance:
+    """One instance of an inventory."""
+
+    instance_id: str
+    installed: list[PackageKey]
+    product: str | None = None
+    family: str | None = None
+    patch_group: str | None = None
+    failed: list[tuple[str, str | None]] = field(default_factory=list)
+    """(name, arch or None for every arch) the last install run failed to install."""
+    pending_reboot: list[tuple[str, str | None]] = field(default_factory=list)
+    """(name, arch or None) installed by the last run and waiting for a reboot."""
+
+
+@dataclass(frozen=True)
+class PatchState:
+    name: str
+    arch: str
+    installed_version: str | None
+    target_version: str | None
+    state: str
+    severity: str | None
+    compliance_level: str | None
+    classification: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "installed_version": self.installed_version,
+            "target_version": self.target_version,
+            "state": self.state,
+            "severity": self.severity,
+            "compliance_level": self.compliance_level,
+        }
+
+
+@dataclass
+class InstanceCompliance:
+    instance_id: str
+    patch_group: str | None
+    status: str
+    counts: dict[str, int]
+    compliance_level: str | None
+    """The most severe ComplianceLevel among the instance's non-compliant patches (None if compliant)."""
+    patches: list[PatchState]
+
+    def to_json(self, *, include_patches: bool = True) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "instance_id": self.instance_id,
+            "patch_group": self.patch_group,
+            "status": self.status,
+            "compliance_level": self.compliance_level,
+            "counts": self.counts,
+        }
+        if include_patches:
+            out["patches"] = [p.to_json() for p in self.patches]
+        return out
+
+
+def _normalise_product(product: str | None) -> str | None:
+    return product.lower() if product else None
+
+
+def build_targets(
+    candidates: Iterable[PinnedPatch], family: str
+) -> dict[str | None, dict[tuple[str, str], PinnedPatch]]:
+    """Latest approved version per (name, arch): overall (key None) and per product (lower-cased).
+
+    A patch without a product applies to every product.
+    """
+    overall: dict[tuple[str, str], PinnedPatch] = {}
+    per_product: dict[str, dict[tuple[str, str], PinnedPatch]] = {}
+    generic: list[PinnedPatch] = []
+
+    def offer(table: dict[tuple[str, str], PinnedPatch], patch: PinnedPatch) -> None:
+        key = (patch.name, patch.arch)
+        current = table.get(key)
+        if current is None:
+            table[key] = patch
+            return
+        order = versions.compare(family, patch.version, current.version)
+        if order > 0 or (order == 0 and repr(patch) < repr(current)):  # ties: independent of input order
+            table[key] = patch
+
+    for patch in candidates:
+        offer(overall, patch)
+        product = _normalise_product(patch.product)
+        if product is None:
+            generic.append(patch)
+        else:
+            offer(per_product.setdefault(product, {}), patch)
+    for table in per_product.values():
+        for patch in generic:
+            offer(table, patch)
+    result: dict[str | None, dict[tuple[str, str], PinnedPatch]] = {None: overall}
+    result.update(per_product)
+    return result
+
+
+class ComplianceEngine:
+    """Computes instance compliance against fixed targets; reuse one engine for a whole fleet."""
+
+    def __init__(
+        self,
+        *,
+        family: str,
+        targets: dict[str | None, dict[tuple[str, str], PinnedPatch]],
+        rejected: PatchList,
+        rejected_action: str,
+    ):
+        self.family = family
+        self.targets = targets
+        self.rejected = rejected
+        self.block = rejected_action == "BLOCK"
+        # product -> (name, arch, version) -> state, and -> target
+        self._states: dict[str | None, dict[PackageKey, str]] = {}
+        self._target_of: dict[str | None, dict[PackageKey, PinnedPatch | None]] = {}
+        # "LEVEL|security" or "LEVEL|other": how a row counts when it is non-compliant
+        self._buckets: dict[str | None, dict[PackageKey, str]] = {}
+        self._rows: dict[str | None, dict[PackageKey, PatchState]] = {}
+        self.unknown_products: set[str] = set()
+
+    def _tables(
+        self, product: str | None
+    ) -> tuple[dict[PackageKey, str], dict[PackageKey, PinnedPatch | None], str | None]:
+        key = _normalise_product(product)
+        if key is not None and key not in self.targets:
+            self.unknown_products.add(product or "")
+            key = None
+        if key not in self._states:
+            self._states[key] = {}
+            self._target_of[key] = {}
+            self._buckets[key] = {}
+            self._rows[key] = {}
+        return self._states[key], self._target_of[key], key
+
+    def _classify(
+        self, pkg: PackageKey, table: dict[tuple[str, str], PinnedPatch]
+    ) -> tuple[str, PinnedPatch | None]:
+        name, arch, version = pkg
+        target = table.get((name, arch))
+        if self.rejected and self.rejected.match_package(name, arch, version) is not None:
+            return (INSTALLED_REJECTED if self.block else INSTALLED_OTHER), target
+        if target is None:
+            return INSTALLED_OTHER, None
+        if versions.compare(self.family, version, target.version) < 0:
+            return MISSING, target
+        return INSTALLED, target
+
+    def evaluate(self, instance: Instance, *, with_patches: bool = True) -> InstanceCompliance:
+        states, target_of, key = self._tables(instance.product)
+        buckets = self._buckets[key]
+        rows = self._rows[key]
+        installed = instance.installed
+        unknown = [p for p in installed if p not in states]
+        if unknown:
+            table = self.targets[key]
+            for pkg in unknown:
+                state, target = self._classify(pkg, table)
+                states[pkg] = state
+                target_of[pkg] = target
+                buckets[pkg] = self._bucket(target)
+                rows[pkg] = PatchState(
+                    pkg[0],
+                    pkg[1],
+                    pkg[2],
+                    target.version if target is not None else None,
+                    state,
+                    target.severity if target is not None else None,
+                    target.compliance_level if target is not None else None,
+                    target.classification if target is not None else None,
+                )
+        row_states = list(map(states.__getitem__, installed))
+        overrides: dict[int, str] = {}
+        extra_rows: list[PatchState] = []
+        if instance.failed or instance.pending_reboot:
+            failed = instance.failed
+            pending = instance.pending_reboot
+            seen_failed: set[tuple[str, str | None]] = set()
+            for index, (name, arch, _version) in enumerate(installed):
+                state = row_states[index]
+                if state == MISSING and any(n == name and a in (None, arch) for n, a in failed):
+                    overrides[index] = FAILED
+                    seen_failed.update((n, a) for n, a in failed if n == name and a in (None, arch))
+                elif state in (INSTALLED, INSTALLED_OTHER) and any(
+                    n == name and a in (None, arch) for n, a in pending
+                ):
+                    overrides[index] = INSTALLED_PENDING_REBOOT
+            # A failed package that is not installed at all (a failed first install) still counts.
+            installed_names = {(n, a) for n, a, _ in installed}
+            table = self.targets[key]
+            for failed_name, failed_arch in failed:
+                if (failed_name, failed_arch) in seen_failed:
+                    continue
+                for (t_name, t_arch), target in table.items():
+                    if (
+                        t_name == failed_name
+                        and failed_arch in (None, t_arch)
+                        and (t_name, t_arch) not in installed_names
+                    ):
+                        extra_rows.append(
+                            PatchState(
+                                t_name,
+                                t_arch,
+                                None,
+                                target.version,
+                                FAILED,
+                                target.severity,
+                                target.compliance_level,
+                            )
+                        )
+            for index, state in overrides.items():
+                row_states[index] = state
+        # Count (state, level bucket) pairs in C: a fleet-sized loop in Python would dominate the run time.
+        buckets = self._buckets[key]
+        pairs = Counter(zip(row_states, map(buckets.__getitem__, installed), strict=True))
+        for row in extra_rows:
+            pairs[(row.state, self._bucket(self.targets[key].get((row.name, row.arch))))] += 1
+        counter: Counter[str] = Counter()
+        critical = security = 0
+        levels: set[str] = set()
+        for (state, bucket), n in pairs.items():
+            counter[state] += n
+            if state in NON_COMPLIANT_STATES:
+                level, _, kind = bucket.partition("|")
+                levels.add(level)
+                if level == "CRITICAL":
+                    critical += n
+                elif kind == "security":
+                    security += n
+        counts = {field_name: counter.get(state, 0) for state, field_name in COUNT_FIELDS.items()}
+        counts["NotApplicableCount"] = 0
+        non_compliant = sum(counter.get(s, 0) for s in NON_COMPLIANT_STATES)
+
+        patches: list[PatchState] = []
+        if with_patches:
+            # Rows are immutable and shared between instances with the same package version.
+            rows = self._rows[key]
+            patches = list(map(rows.__getitem__, installed))
+            for index, state in overrides.items():
+                patches[index] = dataclasses.replace(patches[index], state=state)
+            patches.extend(extra_rows)
+        counts["CriticalNonCompliantCount"] = critical
+        counts["SecurityNonCompliantCount"] = security
+        counts["OtherNonCompliantCount"] = non_compliant - critical - security
+        worst = min(levels, key=COMPLIANCE_ORDER.index) if levels else None
+        return InstanceCompliance(
+            instance_id=instance.instance_id,
+            patch_group=instance.patch_group,
+            status="NON_COMPLIANT" if non_compliant else "COMPLIANT",
+            counts=counts,
+            compliance_level=worst,
+            patches=patches,
+        )
+
+    def _bucket(self, target: PinnedPatch | None) -> str:
+        if target is None:
+            return "UNSPECIFIED|other"
+        if target.classification is not None:
+            security = target.classification.lower() in {"security", "securityupdates"}
+        else:
+            security = target.security
+        return f"{target.compliance_level}|{'security' if security else 'other'}"
+
+
+def summarise(results: Sequence[InstanceCompliance]) -> dict[str, Any]:
+    """Fleet totals: instances by status and patches by state."""
+    by_status = Counter(r.status for r in results)
+    totals: Counter[str] = Counter()
+    for r in results:
+        totals.update(r.counts)
+    return {
+        "instances": len(results),
+        "compliant": by_status.get("COMPLIANT", 0),
+        "non_compliant": by_status.get("NON_COMPLIANT", 0),
+        "counts": dict(totals),
+    }
+
+
+# ---------------------------------------------------------------------------------------------- inventory
+
+
+def _package_ref(value: Any) -> tuple[str, str | None] | None:
+    if isinstance(value, str) and value:
+        return (value, None)
+    if isinstance(value, dict) and isinstance(value.get("name"), str) and value["name"]:
+        arch = value.get("arch")
+        return (value["name"], arch if isinstance(arch, str) and arch else None)
+    return None
+
+
+def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instance]:
+    """Validate an inventory document: a list of instances with their installed packages.
+
+    Args:
+        doc: the parsed file.
+        family: the version family of the baseline; every installed version is checked against it.
+    """
+    data = doc.data
+    prefix: tuple[str | int, ...] = ()
+    if isinstance(data, dict) and "instances" in data:
+        data = data["instances"]
+        prefix = ("instances",)
+    if not isinstance(data, list):
+        raise InventoryError(
+            "an inventory must be a JSON list of instances (or an object with an 'instances' list)",
+            source=doc.source,
+        )
+    problems: list[Problem] = []
+    instances: list[Instance] = []
+    seen_ids: set[str] = set()
+    checked_versions: set[str] = set()  # fleets repeat versions: validate each distinct one once
+
+    def bad(path: tuple[str | int, ...], message: str) -> None:
+        problems.append(doc.problem(path, message))
+
+    for i, item in enumerate(data):
+        where = (*prefix, i)
+        if len(problems) >= 50:
+            break
+        if not isinstance(item, dict):
+            bad(where, f"expected an instance object, got {type(item).__name__}")
+            continue
+        unknown = set(item) - {
+            "instance_id",
+            "platform",
+            "patch_group",
+            "installed",
+            "failed",
+            "pending_reboot",
+        }
+        for key in sorted(unknown):
+            bad(
+                (*where, key),
+                "unknown field; allowed: instance_id, platform, patch_group, installed, failed, pending_reboot",
+            )
+        iid = item.get("instance_id")
+        if not isinstance(iid, str) or not iid:
+            bad(
+                (*where, "instance_id"),
+                "required: the instance id as a non-empty string (e.g. i-0abc…, mi-…)",
+            )
+            continue
+        if iid in seen_ids:
+            bad((*where, "instance_id"), f"instance {iid} appears twice")
+        seen_ids.add(iid)
+        platform = item.get("platform")
+        product: str | None = None
+        inst_family: str | None = None
+        if isinstance(platform, str):
+            product = platform
+        elif isinstance(platform, dict):
+            product = platform.get("product") if isinstance(platform.get("product"), str) else None
+            fam = platform.get("family")
+            if fam is not None and fam not in ("deb", "rpm"):
+                bad((*where, "platform", "family"), f"{fam!r} is not a package family; use 'deb' or 'rpm'")
+            inst_family = fam if isinstance(fam, str) else None
+        elif platform is not None:
+            bad((*where, "platform"), "expected a product string or {family, product}")
+        if family is not None and inst_family is not None and inst_family != family:
+            bad(
+                (*where, "platform", "family"),
+                f"instance uses '{inst_family}' packages but the baseline is for '{family}'",
+            )
+        group = item.get("patch_group")
+        if group is not None and not isinstance(group, str):
+            bad((*where, "patch_group"), "expected a string or null")
+            group = None
+        installed_raw = item.get("installed", [])
+        if not isinstance(installed_raw, list):
+            bad((*where, "installed"), "expected a list of {name, arch, version}")
+            continue
+        installed: list[PackageKey] = []
+        for j, pkg in enumerate(installed_raw):
+            try:
+                name, arch, version = pkg["name"], pkg["arch"], pkg["version"]
+            except (TypeError, KeyError):
+                bad((*where, "installed", j), "expected {name, arch, version}")
+                continue
+            if not (
+                isinstance(name, str) and isinstance(arch, str) and isinstance(version, str) and name and arch
+            ):
+                bad((*where, "installed", j), "name, arch and version must be non-empty strings")
+                continue
+            if family is not None and version not in checked_versions:
+                try:
+                    versions.validate(family, version)
+                except InvalidVersionError as exc:
+                    bad((*where, "installed", j, "version"), exc.summary)
+                    continue
+                checked_versions.add(version)
+            installed.append((name, arch, version))
+        refs: dict[str, list[tuple[str, str | None]]] = {"failed": [], "pending_reboot": []}
+        for list_name, out in refs.items():
+            raw = item.get(list_name, [])
+            if not isinstance(raw, list):
+                bad((*where, list_name), "expected a list of package names or {name, arch}")
+                continue
+            for j, value in enumerate(raw):
+                ref = _package_ref(value)
+                if ref is None:
+                    bad((*where, list_name, j), "expected a package name or {name, arch}")
+                else:
+                    out.append(ref)
+        instances.append(
+            Instance(
+                instance_id=iid,
+                installed=installed,
+                product=product,
+                family=inst_family,
+                patch_group=group,
+                failed=refs["failed"],
+                pending_reboot=refs["pending_reboot"],
+            )
+        )
+    if problems:
+        raise InventoryError("invalid inventory", source=doc.source, problems=problems)
+    return instances
+
+
+def load_inventory(path: str | Path, *, family: str | None = None) -> list[Instance]:
+    """Load and validate an inventory file (see :func:`parse_inventory`)."""
+    return parse_inventory(load_document(path, kind="inventory", error=InventoryError), family=family)
+
+
+def judge(
+    instances: Iterable[Instance],
+    *,
+    family: str,
+    candidates: Iterable[PinnedPatch],
+    rejected_patches: Sequence[str],
+    rejected_action: str,
+    package_manager: str,
+) -> tuple[list[InstanceCompliance], list[str]]:
+    """Compliance of every instance, plus notes for the operator (products the catalog does not know).
+
+    The one entry point the CLI and the API share.
+    """
+    engine = engine_for(
+        family=family,
+        candidates=candidates,
+        rejected_patches=rejected_patches,
+        rejected_action=rejected_action,
+        package_manager=package_manager,
+    )
+    results = [engine.evaluate(instance) for instance in instances]
+    notes = [
+        f"no catalog patches for product {p!r}; its instances were judged against every product's patches"
+        for p in sorted(engine.unknown_products)
+    ]
+    return results, notes
+
+
+def engine_for(
+    *,
+    family: str,
+    candidates: Iterable[PinnedPatch],
+    rejected_patches: Sequence[str],
+    rejected_action: str,
+    package_manager: str,
+) -> ComplianceEngine:
+    """Build an engine from approved candidates and the baseline's rejected list."""
+    if family not in ("deb", "rpm"):
+        raise InputError(f"compliance needs a deb or rpm baseline, not {family!r}")
+    return ComplianceEngine(
+        family=family,
+        targets=build_targets(candidates, family),
+        rejected=PatchList(rejected_patches, package_manager),
+        rejected_action=rejected_action,
+    )

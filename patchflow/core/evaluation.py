@@ -1,0 +1,535 @@
+"""Baseline evaluation: which catalog patches a baseline approves at a given moment, and the pinned patch set.
+
+The order is SSM's (reference §1.4): GlobalFilters keep qualifying patches; approval rules approve (filters
+AND across keys, OR within values, ``*`` matches anything; delays counted in UTC from the release date;
+``ApproveUntilDate`` covers its whole UTC day; non-security candidates only where enabled); ApprovedPatches
+approve regardless of filters and rules; RejectedPatches win over everything; with ``BLOCK`` every patch that
+depends (transitively) on a rejected package is blocked too. Of the approved versions of a package (name +
+arch), the latest is pinned.
+
+patchflow extensions, stated in the reasons: apt rules may carry ``ApproveAfterDays``/``ApproveUntilDate``
+(they apply to patches with a release date; a patch without one is approved as SSM would, and the reason
+says so), and baseline ``Sources`` restrict the candidates of their products to those repositories, as
+SSM's alternative sources replace a node's repositories for the run.
+"""
+
+from __future__ import annotations
+
+import configparser
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from fnmatch import fnmatchcase
+from typing import Any, Literal
+
+from patchflow.core import versions
+from patchflow.core.baselines import COMPLIANCE_ORDER, Baseline, PatchFilter, PatchFilterGroup
+from patchflow.core.catalog import Patch
+from patchflow.core.matching import PatchList
+from patchflow.core.timeutil import format_instant
+from patchflow.errors import CatalogError, InputError, Problem
+
+DecisionKind = Literal["approved", "rejected", "not_approved"]
+
+_FIELD_OF_KEY = {
+    "PRODUCT": "product",
+    "CLASSIFICATION": "classification",
+    "SEVERITY": "severity",
+    "PRIORITY": "priority",
+    "SECTION": "section",
+}
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What the baseline decided for one catalog patch, and why."""
+
+    patch: Patch
+    decision: DecisionKind
+    reason: str
+    compliance_level: str | None = None
+    """The ComplianceLevel reported when this approved patch is missing (None unless approved)."""
+    in_patch_set: bool = False
+    """True for the latest approved version of its package: the one the patch set pins."""
+
+    def pinned(self) -> PinnedPatch:
+        """This patch as a patch-set entry (with the compliance level its approval gave it)."""
+        p = self.patch
+        return PinnedPatch(
+            name=p.name,
+            arch=p.arch,
+            version=p.version,
+            compliance_level=self.compliance_level or "UNSPECIFIED",
+            severity=p.severity,
+            classification=p.classification,
+            security=p.security,
+            product=p.product,
+            advisory_id=p.advisory_id,
+            cve_ids=tuple(p.cve_ids),
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.patch.name,
+            "arch": self.patch.arch,
+            "version": self.patch.version,
+            "product": self.patch.product,
+            "decision": self.decision,
+            "reason": self.reason,
+            "compliance_level": self.compliance_level,
+            "in_patch_set": self.in_patch_set,
+        }
+
+
+@dataclass(frozen=True)
+class PinnedPatch:
+    """One package version of a pinned patch set."""
+
+    name: str
+    arch: str
+    version: str
+    compliance_level: str = "UNSPECIFIED"
+    severity: str | None = None
+    classification: str | None = None
+    security: bool = False
+    product: str | None = None
+    advisory_id: str | None = None
+    cve_ids: tuple[str, ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "version": self.version,
+            "compliance_level": self.compliance_level,
+            "severity": self.severity,
+            "classification": self.classification,
+            "security": self.security,
+            "product": self.product,
+            "advisory_id": self.advisory_id,
+            "cve_ids": list(self.cve_ids),
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PinnedPatch:
+        return cls(
+            name=data["name"],
+            arch=data["arch"],
+            version=data["version"],
+            compliance_level=data.get("compliance_level") or "UNSPECIFIED",
+            severity=data.get("severity"),
+            classification=data.get("classification"),
+            security=bool(data.get("security", False)),
+            product=data.get("product"),
+            advisory_id=data.get("advisory_id"),
+            cve_ids=tuple(data.get("cve_ids") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class PatchSet:
+    """A frozen, content-addressed result of one evaluation: exactly what every stage of a wave installs."""
+
+    id: str
+    family: str
+    baseline: dict[str, Any]
+    """The baseline's canonical form (so compliance against the pinned set knows its rejected list)."""
+    evaluated_at: datetime
+    catalog_digest: str
+    patches: tuple[PinnedPatch, ...]
+
+    @staticmethod
+    def content_id(
+        baseline: dict[str, Any], catalog_digest: str, evaluated_at: datetime, patches: Sequence[PinnedPatch]
+    ) -> str:
+        """The content address: a hash of the baseline's meaning, the catalog, the time and the pinned set."""
+        identity = json.dumps(
+            {
+                "baseline": baseline,
+                "catalog": catalog_digest,
+                "evaluated_at": format_instant(evaluated_at),
+                "patches": [p.to_json() for p in patches],
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+        return "ps-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "family": self.family,
+            "baseline_name": self.baseline.get("Name"),
+            "operating_system": self.baseline.get("OperatingSystem"),
+            "evaluated_at": format_instant(self.evaluated_at),
+            "catalog_digest": self.catalog_digest,
+            "baseline": self.baseline,
+            "patches": [p.to_json() for p in self.patches],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], *, source: str | None = None) -> PatchSet:
+        """Read a stored set, refusing one whose content no longer matches its id (edited or forged)."""
+        try:
+            patch_set = cls(
+                id=str(data["id"]),
+                family=str(data["family"]),
+                baseline=dict(data["baseline"]),
+                evaluated_at=datetime.fromisoformat(str(data["evaluated_at"]).replace("Z", "+00:00")),
+                catalog_digest=str(data["catalog_digest"]),
+                patches=tuple(PinnedPatch.from_json(p) for p in data["patches"]),
+            )
+            for p in patch_set.patches:
+                versions.validate(patch_set.family, p.version)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InputError(
+                f"not a valid patchflow patch set ({type(exc).__name__}: {exc}); pass a file written by "
+                "'patchflow baseline evaluate --format json' or a stored patch set id",
+                source=source,
+            ) from None
+        expected = cls.content_id(
+            patch_set.baseline, patch_set.catalog_digest, patch_set.evaluated_at, patch_set.patches
+        )
+        if expected != patch_set.id:
+            raise InputError(
+                f"patch set {patch_set.id} was modified: its content hashes to {expected}. A pinned set never "
+                "changes; evaluate the baseline again to pin a new one",
+                source=source,
+            )
+        return patch_set
+
+
+@dataclass
+class Evaluation:
+    """The full result of evaluating a baseline against a catalog."""
+
+    patch_set: PatchSet
+    decisions: list[Decision]
+    notes: list[str] = field(default_factory=list)
+
+    def approved(self) -> list[PinnedPatch]:
+        """Every approved version (not only the pinned latest): what compliance judges installed versions by."""
+        return [d.pinned() for d in self.decisions if d.decision == "approved"]
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "patch_set": self.patch_set.to_json(),
+            "decisions": [d.to_json() for d in self.decisions],
+            "notes": self.notes,
+        }
+
+
+def _matches_value(patch_value: str | None, wanted: Sequence[str], *, moderate_is_medium: bool) -> bool:
+    for value in wanted:
+        if value == "*":
+            return True
+        if patch_value is None:
+            continue
+        lowered, have = value.lower(), patch_value.lower()
+        if ("*" in lowered and fnmatchcase(have, lowered)) or have == lowered:
+            return True
+        if moderate_is_medium and lowered == "medium" and have == "moderate":
+            return True
+    return False
+
+
+def _filter_mismatch(
+    group: PatchFilterGroup, patch: Patch, *, moderate_is_medium: bool
+) -> PatchFilter | None:
+    """The first filter of ``group`` the patch fails, or None when all match (AND across keys)."""
+    for flt in group.PatchFilters:
+        attr = _FIELD_OF_KEY.get(flt.Key)
+        value = getattr(patch, attr) if attr else None
+        if not _matches_value(value, flt.Values, moderate_is_medium=moderate_is_medium):
+            return flt
+    return None
+
+
+def _source_repositories(configuration: str, package_manager: str) -> set[str]:
+    """Repository identities a baseline source provides: yum section ids, or apt ``suite``/``url suite``."""
+    ids: set[str] = set()
+    if package_manager == "apt":
+        parts = configuration.split()
+        # deb [options] URL suite [components...]
+        parts = [p for p in parts if not p.startswith("[") and not p.endswith("]")]
+        if len(parts) >= 3:
+            ids.update({parts[2], f"{parts[1]} {parts[2]}"})
+        return ids
+    parser = configparser.ConfigParser(interpolation=None, strict=False)
+    try:
+        parser.read_string(configuration)
+    except configparser.Error:
+        return ids
+    ids.update(s for s in parser.sections() if s.lower() != "main")
+    return ids
+
+
+def catalog_digest(patches: Iterable[Patch]) -> str:
+    """Order-independent digest of a catalog's content."""
+    rows = sorted(json.dumps(p.model_dump(mode="json"), sort_keys=True) for p in patches)
+    return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+
+def _most_severe(levels: Iterable[str]) -> str:
+    ranked = sorted(levels, key=COMPLIANCE_ORDER.index)
+    return ranked[0] if ranked else "UNSPECIFIED"
+
+
+def evaluate(
+    baseline: Baseline, patches: Sequence[Patch], at: datetime, *, catalog_source: str | None = None
+) -> Evaluation:
+    """Decide every catalog patch and pin the resulting patch set.
+
+    Args:
+        baseline: a validated baseline for a Linux operating system.
+        patches: the catalog.
+        at: the evaluation time (aware); approval delays are measured up to this instant.
+        catalog_source: the catalog's file name, for error messages.
+
+    Raises:
+        InputError: the baseline's OS is not a Linux one, or the catalog holds patches of the other family.
+    """
+    if at.tzinfo is None:
+        raise ValueError("evaluation time must be timezone-aware")
+    at = at.astimezone(UTC)
+    family = baseline.family
+    if family is None:
+        raise InputError(
+            f"patchflow evaluates Linux baselines (deb/rpm); {baseline.OperatingSystem} baselines can be "
+            "validated and exported but not evaluated"
+        )
+    wrong = [i for i, p in enumerate(patches) if p.family != family]
+    if wrong:
+        raise CatalogError(
+            f"catalog does not fit a {baseline.OperatingSystem} baseline",
+            source=catalog_source,
+            problems=[
+                Problem(
+                    path=f"[{i}].family",
+                    message=f"patch {patches[i].name} is '{patches[i].family}' but {baseline.OperatingSystem} uses "
+                    f"'{family}' packages; evaluate each OS's catalog with its own baseline",
+                )
+                for i in wrong[:20]
+            ],
+        )
+
+    pm = baseline.package_manager
+    moderate_is_medium = baseline.OperatingSystem == "AMAZON_LINUX_2023"
+    approved_list = PatchList(baseline.ApprovedPatches, pm)
+    rejected_list = PatchList(baseline.RejectedPatches, pm)
+    sources: dict[str, set[str]] = defaultdict(set)
+    for source in baseline.Sources:
+        repos = _source_repositories(source.Configuration, pm) | {source.Name}
+        for product in source.Products:
+            sources[product.lower()].update(r.lower() for r in repos)
+
+    notes: list[str] = []
+    undated_approved = 0
+    decided: list[tuple[Patch, DecisionKind, str, str | None]] = []
+    rejected_names: set[str] = set()
+
+    for patch in patches:
+        # 0. Sources replace the default repositories of their products.
+        if sources and patch.product is not None:
+            allowed_repos = sources.get(patch.product.lower())
+            if allowed_repos is not None and (patch.repository or "").lower() not in allowed_repos:
+                decided.append(
+                    (
+                        patch,
+                        "not_approved",
+                        f"repository {patch.repository!r} is not among the baseline Sources for product "
+                        f"{patch.product} (Sources replace the default repositories)",
+                        None,
+                    )
+                )
+                continue
+
+        rejected_by = rejected_list.match_package(patch.name, patch.arch, patch.version)
+        if rejected_by is not None:
+            rejected_names.add(patch.name)
+            action = baseline.RejectedPatchesAction
+            decided.append(
+                (patch, "rejected", f"matches RejectedPatches entry '{rejected_by}' ({action})", None)
+            )
+            continue
+
+        # 1. Global filters, 2. approval rules.
+        rule_level: str | None = None
+        reason = ""
+        gf = _filter_mismatch(baseline.GlobalFilters, patch, moderate_is_medium=moderate_is_medium)
+        if gf is not None:
+            reason = f"excluded by GlobalFilters {gf.Key} {gf.Values}"
+        else:
+            reasons: list[str] = []
+            for number, rule in enumerate(baseline.ApprovalRules.PatchRules, start=1):
+                miss = _filter_mismatch(rule.PatchFilterGroup, patch, moderate_is_medium=moderate_is_medium)
+                if miss is not None:
+                    reasons.append(f"rule {number}: {miss.Key} is not one of {miss.Values}")
+                    continue
+                if not rule.EnableNonSecurity and not patch.security:
+                    reasons.append(f"rule {number}: not a security update and EnableNonSecurity is false")
+                    continue
+                if patch.release_date is None:
+                    if rule.ApproveAfterDays is not None or rule.ApproveUntilDate is not None:
+                        undated_approved += 1
+                        reason = f"approved by rule {number}; no release date, so the delay counts as 0 (as SSM does)"
+                    else:
+                        reason = f"approved by rule {number}"
+                    rule_level = rule.ComplianceLevel
+                    break
+                if patch.release_date > at:
+                    reasons.append(f"rule {number}: matches, but released after the evaluation time")
+                    continue
+                if rule.ApproveAfterDays is not None:
+                    approve_at = patch.release_date + timedelta(days=rule.ApproveAfterDays)
+                    if at < approve_at:
+                        reasons.append(
+                            f"rule {number}: matches, approved from {format_instant(approve_at)} "
+                            f"(ApproveAfterDays {rule.ApproveAfterDays})"
+                        )
+                        continue
+                    reason = f"approved by rule {number} (ApproveAfterDays {rule.ApproveAfterDays})"
+                elif rule.ApproveUntilDate is not None:
+                    until = date.fromisoformat(rule.ApproveUntilDate)
+                    if patch.release_date.date() > until:
+                        reasons.append(
+                            f"rule {number}: matches, but released {patch.release_date.date()} after "
+                            f"ApproveUntilDate {until}"
+                        )
+                        continue
+                    reason = f"approved by rule {number} (ApproveUntilDate {until})"
+                else:
+                    reason = f"approved by rule {number}"
+                rule_level = rule.ComplianceLevel
+                break
+            if rule_level is None:
+                reason = "; ".join(reasons) if reasons else "no approval rules"
+
+        # 3. The approved list overrides filters and rules.
+        approved_by = approved_list.match_patch(
+            patch.name,
+            patch.arch,
+            patch.version,
+            advisory_id=patch.advisory_id,
+            cve_ids=patch.cve_ids,
+            bugzilla_ids=patch.bugzilla_ids,
+        )
+        list_level: str | None = None
+        if approved_by is not None:
+            if patch.security or baseline.ApprovedPatchesEnableNonSecurity:
+                list_level = baseline.ApprovedPatchesComplianceLevel
+                reason = (
+                    f"{reason}; also in ApprovedPatches '{approved_by}'"
+                    if rule_level is not None
+                    else f"in ApprovedPatches '{approved_by}'"
+                )
+            elif rule_level is None:
+                reason = (
+                    f"in ApprovedPatches '{approved_by}' but not a security update and "
+                    "ApprovedPatchesEnableNonSecurity is false"
+                )
+        if rule_level is None and list_level is None:
+            decided.append((patch, "not_approved", reason, None))
+        else:
+            approved_level = _most_severe(lvl for lvl in (rule_level, list_level) if lvl is not None)
+            decided.append((patch, "approved", reason, approved_level))
+
+    # 4. BLOCK: anything depending (transitively) on a rejected package is rejected too.
+    if baseline.RejectedPatchesAction == "BLOCK":
+        blocked_names = set(rejected_names)
+        changed = True
+        blocked_reason: dict[int, str] = {}
+        while changed:
+            changed = False
+            for i, (patch, kind, _, _) in enumerate(decided):
+                if kind == "rejected" or i in blocked_reason:
+                    continue
+                for dep in patch.depends:
+                    if dep in blocked_names or rejected_list.match_name(dep) is not None:
+                        blocked_reason[i] = (
+                            f"blocked: depends on rejected package '{dep}' (RejectedPatchesAction BLOCK)"
+                        )
+                        blocked_names.add(patch.name)
+                        changed = True
+                        break
+        for i, why in blocked_reason.items():
+            decided[i] = (decided[i][0], "rejected", why, None)
+
+    # A package version listed twice (e.g. from two repositories) is rejected if any listing of it is.
+    rejected_versions = {
+        (p.name, p.arch, versions.sort_key(family, p.version))
+        for p, kind, _, _ in decided
+        if kind == "rejected"
+    }
+    if rejected_versions:
+        for i, (patch, kind, _, _) in enumerate(decided):
+            if (
+                kind == "approved"
+                and (patch.name, patch.arch, versions.sort_key(family, patch.version)) in rejected_versions
+            ):
+                decided[i] = (
+                    patch,
+                    "rejected",
+                    "the same package version is rejected in another catalog entry",
+                    None,
+                )
+
+    # 5. The latest approved version of each package is pinned.
+    best: dict[tuple[str, str], int] = {}
+    for i, (patch, kind, _, _) in enumerate(decided):
+        if kind != "approved":
+            continue
+        current = best.get(patch.key)
+        if current is None:
+            best[patch.key] = i
+            continue
+        other = decided[current][0]
+        order = versions.compare(family, patch.version, other.version)
+        # Equal versions can be written differently (1.0 vs 1.00) or listed twice with other metadata:
+        # break ties on content so the result never depends on catalog order.
+        if order > 0 or (order == 0 and patch.model_dump_json() < other.model_dump_json()):
+            best[patch.key] = i
+    pinned_index = set(best.values())
+
+    dependents: dict[str, list[str]] = defaultdict(list)
+    if baseline.RejectedPatchesAction == "ALLOW_AS_DEPENDENCY" and rejected_names:
+        for i in pinned_index:
+            for dep in decided[i][0].depends:
+                if dep in rejected_names:
+                    dependents[dep].append(decided[i][0].name)
+
+    decisions: list[Decision] = []
+    for i, (patch, kind, reason, level) in enumerate(decided):
+        if kind == "approved" and i not in pinned_index:
+            newer = decided[best[patch.key]][0].version
+            reason = f"{reason}; superseded in the patch set by {newer}"
+        if kind == "rejected" and patch.name in dependents:
+            users = ", ".join(sorted(set(dependents[patch.name])))
+            reason = f"{reason}; may still be installed as a dependency of {users}"
+        decisions.append(Decision(patch, kind, reason, level, i in pinned_index))
+
+    if undated_approved:
+        notes.append(
+            f"{undated_approved} approved patch(es) have no release date; their approval delay counted as 0, "
+            "as SSM does"
+        )
+    pinned = tuple(
+        sorted(
+            (d.pinned() for d in decisions if d.in_patch_set),
+            key=lambda p: (p.name, p.arch),
+        )
+    )
+    canonical_baseline = baseline.canonical()
+    digest = catalog_digest(patches)
+    patch_set = PatchSet(
+        id=PatchSet.content_id(canonical_baseline, digest, at, pinned),
+        family=family,
+        baseline=canonical_baseline,
+        evaluated_at=at,
+        catalog_digest=digest,
+        patches=pinned,
+    )
+    return Evaluation(patch_set=patch_set, decisions=decisions, notes=notes)

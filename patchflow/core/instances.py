@@ -1,0 +1,76 @@
+"""The plain data executors and the domain exchange: installed packages, instances, install results.
+
+Pure data (no I/O): the executor protocol in :mod:`patchflow.executors.base` speaks in these types, and the
+domain (the wave model, emergency fix selection) reads them without depending on any executor.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+InstallStatus = Literal["succeeded", "failed", "timed_out", "undeliverable"]
+
+#: Statuses that count against a stage's error budget (SSM: Failed and Execution Timed Out). Undeliverable
+#: targets are reported per instance but do not count unless a plan says so.
+ERROR_STATUSES: frozenset[str] = frozenset({"failed", "timed_out"})
+
+
+@dataclass(frozen=True)
+class Package:
+    """An installed package version."""
+
+    name: str
+    arch: str
+    version: str
+
+
+@dataclass(frozen=True)
+class PackageChange:
+    """One package an operation changed."""
+
+    name: str
+    arch: str
+    from_version: str
+    to_version: str
+
+
+@dataclass(frozen=True)
+class InstanceInfo:
+    """A managed instance as discovery reports it."""
+
+    instance_id: str
+    tags: dict[str, str] = field(default_factory=dict)
+    family: str | None = None
+    """``deb`` or ``rpm``."""
+    product: str | None = None
+    """SSM product name, e.g. ``Ubuntu22.04``."""
+    online: bool = True
+
+    @property
+    def patch_group(self) -> str | None:
+        """The ``Patch Group`` tag, else ``PatchGroup`` (SSM's two spellings; the first wins if both exist)."""
+        return self.tags.get("Patch Group", self.tags.get("PatchGroup"))
+
+
+@dataclass(frozen=True)
+class InstallResult:
+    """What an install or restore did on one instance."""
+
+    instance_id: str
+    status: InstallStatus
+    changed: tuple[PackageChange, ...] = ()
+    rebooted: bool = False
+    message: str = ""
+    duration_seconds: float = 0.0
+
+    @property
+    def counts_as_error(self) -> bool:
+        return self.status in ERROR_STATUSES
+
+
+@dataclass(frozen=True)
+class HealthResult:
+    instance_id: str
+    healthy: bool
+    message: str = ""

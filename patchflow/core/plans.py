@@ -1,0 +1,446 @@
+"""Rollout plans: which baseline, which executor and fleet, and the ordered stages of a wave.
+
+A plan is a YAML (or JSON) file; every error names ``file:line: field.path`` and says what is allowed.
+Paths inside a plan (baseline, catalog, fleet) are relative to the plan file. See the README section
+"Rollout plans" for the keys.
+
+Gates guard the promotion *into* a stage: ``auto`` (none), ``approval`` (one of the listed approvers must
+approve; anyone else is refused), or ``health`` (the instances patched by the earlier stages must pass the
+executor's health check — and, if given, an HTTP endpoint must answer 2xx — after their soak).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
+from patchflow.core.freezes import FreezeRule, parse_freezes
+from patchflow.core.ratecontrol import Limit, parse_limit
+from patchflow.core.windows import ScheduleError, WindowSpec, parse_window_spec
+from patchflow.errors import InputError, Problem
+
+
+class PlanError(InputError):
+    """A rollout plan file is malformed."""
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
+_DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+EXECUTOR_KINDS = ("simulated", "ssm")
+_SIMULATED_EXECUTOR_KEYS = ("kind", "fleet", "time_scale")
+_SSM_EXECUTOR_KEYS = (
+    "kind",
+    "region",
+    "endpoint_url",
+    "bucket",
+    "prefix",
+    "reboot_option",
+    "health_command",
+    "cloudwatch_log_group",
+)
+_BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
+#: Upper bound of soak times: longer waits are a typo, not a plan (and would overflow timers).
+MAX_DURATION_SECONDS = 90 * 24 * 3600
+
+
+def parse_duration(text: str) -> int:
+    """``"0s"``, ``"30m"``, ``"24h"``, ``"1d12h"`` → seconds.
+
+    Raises:
+        ValueError: with the accepted forms.
+    """
+    match = _DURATION_RE.match(text.strip()) if text.strip() else None
+    if match is None or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration; write e.g. 0s, 90s, 30m, 24h, 2d or 1d12h")
+    days, hours, minutes, seconds = (int(g) if g else 0 for g in match.groups())
+    total = ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    if total > MAX_DURATION_SECONDS:
+        raise ValueError(f"{text!r} is longer than the 90 days a wave may wait; use at most 90d")
+    return total
+
+
+@dataclass(frozen=True)
+class Targets:
+    """A stage's targets: a patch group (tag ``Patch Group``/``PatchGroup``) or explicit instance ids."""
+
+    patch_group: str | None = None
+    instance_ids: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Gate:
+    kind: str = "auto"
+    """``auto``, ``approval`` or ``health``."""
+    approvers: tuple[str, ...] = ()
+    max_unhealthy: int = 0
+    """health: instances allowed to fail the health check before the gate closes."""
+    url: str | None = None
+    """health: an HTTP(S) endpoint that must answer 2xx."""
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    targets: Targets
+    window: WindowSpec
+    max_concurrency: Limit
+    max_errors: Limit
+    soak_seconds: int = 0
+    gate: Gate = field(default_factory=Gate)
+    on_failure: str = "halt"
+    """``halt`` or ``rollback`` (restore the stage's patched instances, then halt)."""
+
+
+@dataclass(frozen=True)
+class ExecutorConfig:
+    kind: str
+    fleet: Path | None = None
+    time_scale: float = 1.0
+    """Simulated executor: multiplies every simulated duration (demos and tests run faster)."""
+    region: str | None = None
+    """SSM executor: AWS region (None: settings, then the boto3 chain)."""
+    endpoint_url: str | None = None
+    """SSM executor: another endpoint than AWS's (a local fake, a VPC endpoint)."""
+    bucket: str | None = None
+    """SSM executor: S3 bucket for override lists, operation records and command output."""
+    prefix: str | None = None
+    """SSM executor: key prefix inside the bucket."""
+    reboot_option: str = "RebootIfNeeded"
+    """SSM executor: ``RebootIfNeeded`` or ``NoReboot``."""
+    health_command: str | None = None
+    """SSM executor: shell command whose exit code 0 means healthy (None: always healthy)."""
+    cloudwatch_log_group: str | None = None
+    """SSM executor: also send command output to this CloudWatch Logs group."""
+
+
+@dataclass(frozen=True)
+class Plan:
+    name: str
+    source: Path
+    baseline: Path
+    catalog: Path
+    executor: ExecutorConfig
+    stages: tuple[Stage, ...]
+    undeliverable_counts_as_error: bool = False
+    """Count offline/undeliverable targets against the error budget (SSM never does)."""
+    slack_channel: str | None = None
+    """Slack channel id (``C…``) for this plan's wave messages and approval buttons."""
+    freezes: tuple[FreezeRule, ...] = ()
+    """Change freezes of this plan (the global freeze file adds to them); see :mod:`patchflow.core.freezes`."""
+    freeze_override_approvers: tuple[str, ...] = ()
+    """Who may approve an emergency wave that overrides a freeze (the global freeze file adds to them)."""
+    task_queue: str | None = None
+    """The Temporal task queue this plan's waves run on (its workers' ``PATCHFLOW_TASK_QUEUE``: one per AWS
+    account or region); None: the starting side's ``PATCHFLOW_TASK_QUEUE``."""
+
+
+_PLAN_KEYS = (
+    "name",
+    "description",
+    "baseline",
+    "catalog",
+    "executor",
+    "stages",
+    "undeliverable_counts_as_error",
+    "slack_channel",
+    "freezes",
+    "freeze_override_approvers",
+    "task_queue",
+)
+_STAGE_KEYS = ("name", "targets", "window", "max_concurrency", "max_errors", "soak", "gate", "on_failure")
+
+
+def parse_plan(doc: Document) -> Plan:
+    """Validate a parsed plan document; every problem in the file is reported at once."""
+    problems: list[Problem] = []
+    base_dir = Path(doc.source).resolve().parent
+
+    def bad(path: tuple[PathPart, ...], message: str) -> None:
+        problems.append(doc.problem(path, message))
+
+    data = doc.data
+    if not isinstance(data, dict):
+        raise PlanError(
+            "a plan must be a mapping with name, baseline, catalog, executor and stages", source=doc.source
+        )
+    for key in data:
+        if key not in _PLAN_KEYS:
+            bad((str(key),), unknown_key(str(key), _PLAN_KEYS))
+
+    name = data.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        bad(
+            ("name",),
+            "required: 1–64 characters of letters, digits, '_', '-' and '.', starting with a letter or digit",
+        )
+        name = "invalid"
+
+    def existing_file(key: str, value: Any, path: tuple[PathPart, ...]) -> Path:
+        if not isinstance(value, str) or not value:
+            bad(path, f"required: the path of the {key} file, relative to the plan")
+            return Path()
+        resolved = (base_dir / value).resolve()
+        if not resolved.is_file():
+            bad(
+                path, f"{value!r} does not exist (looked for {resolved}); paths are relative to the plan file"
+            )
+        return resolved
+
+    baseline = existing_file("baseline", data.get("baseline"), ("baseline",))
+    catalog = existing_file("catalog", data.get("catalog"), ("catalog",))
+
+    executor = ExecutorConfig(kind="invalid")
+    raw_exec = data.get("executor")
+    if not isinstance(raw_exec, dict):
+        bad(("executor",), "required: {kind: simulated, fleet: PATH}")
+    else:
+        kind = raw_exec.get("kind")
+        allowed = _SSM_EXECUTOR_KEYS if kind == "ssm" else _SIMULATED_EXECUTOR_KEYS
+        for key in raw_exec:
+            if key not in allowed:
+                bad(
+                    ("executor", str(key)),
+                    unknown_key(str(key), allowed, context=str(kind)),
+                )
+        if kind not in EXECUTOR_KINDS:
+            bad(("executor", "kind"), f"{kind!r} is not an executor; use one of {', '.join(EXECUTOR_KINDS)}")
+        fleet = (
+            existing_file("fleet", raw_exec.get("fleet"), ("executor", "fleet"))
+            if kind == "simulated"
+            else None
+        )
+        scale = raw_exec.get("time_scale", 1.0)
+        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 <= scale <= 1000:
+            bad(("executor", "time_scale"), f"{scale!r}: expected a number from 0 to 1000 (1 = real time)")
+            scale = 1.0
+        ssm = _ssm_options(raw_exec, bad) if kind == "ssm" else {}
+        executor = ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale), **ssm)
+
+    slack_channel = data.get("slack_channel")
+    if slack_channel is not None and (
+        not isinstance(slack_channel, str) or not re.fullmatch(r"[CG][A-Z0-9]{6,20}", slack_channel)
+    ):
+        bad(
+            ("slack_channel",),
+            f"{slack_channel!r} is not a Slack channel id; use the C… id from the channel's details",
+        )
+        slack_channel = None
+    undeliverable = data.get("undeliverable_counts_as_error", False)
+    if not isinstance(undeliverable, bool):
+        bad(("undeliverable_counts_as_error",), "expected true or false")
+        undeliverable = False
+
+    freezes = parse_freezes(
+        data.get("freezes"), doc=doc, path=("freezes",), base_dir=base_dir, problems=problems
+    )
+    override_approvers = data.get("freeze_override_approvers", [])
+    if not isinstance(override_approvers, list) or not all(
+        isinstance(a, str) and a.strip() for a in override_approvers
+    ):
+        bad(("freeze_override_approvers",), "expected a list of the people who may override a freeze")
+        override_approvers = []
+
+    task_queue = data.get("task_queue")
+    if task_queue is not None and (
+        not isinstance(task_queue, str)
+        or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,199}", task_queue)
+    ):
+        bad(
+            ("task_queue",),
+            f"{task_queue!r} is not a task queue name; use the PATCHFLOW_TASK_QUEUE of the workers that should run "
+            "this plan (letters, digits, '_', '-', '.', ':', '/'; up to 200)",
+        )
+        task_queue = None
+
+    stages: list[Stage] = []
+    raw_stages = data.get("stages")
+    if not isinstance(raw_stages, list) or not raw_stages:
+        bad(("stages",), "required: a non-empty list of stages (e.g. dev, test, prod)")
+        raw_stages = []
+    seen: set[str] = set()
+    for i, raw in enumerate(raw_stages):
+        where: tuple[PathPart, ...] = ("stages", i)
+        if not isinstance(raw, dict):
+            bad(where, "expected a stage mapping with name, targets, window, …")
+            continue
+        stage = _parse_stage(raw, where, bad)
+        if stage is None:
+            continue
+        if stage.name in seen:
+            bad((*where, "name"), f"stage name {stage.name!r} is used twice")
+        seen.add(stage.name)
+        stages.append(stage)
+
+    if problems:
+        raise PlanError("invalid rollout plan", source=doc.source, problems=problems)
+    return Plan(
+        name=str(name),
+        source=Path(doc.source).resolve(),
+        baseline=baseline,
+        catalog=catalog,
+        executor=executor,
+        stages=tuple(stages),
+        undeliverable_counts_as_error=undeliverable,
+        slack_channel=slack_channel,
+        freezes=tuple(freezes),
+        freeze_override_approvers=tuple(a.strip() for a in override_approvers),
+        task_queue=task_queue,
+    )
+
+
+def _ssm_options(raw: dict[str, Any], bad: Any) -> dict[str, Any]:
+    """The SSM executor's keys, validated (credentials never go in a plan: the boto3 chain supplies them)."""
+    out: dict[str, Any] = {}
+    for key in ("region", "endpoint_url", "bucket", "prefix", "health_command", "cloudwatch_log_group"):
+        value = raw.get(key)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.strip():
+            bad(("executor", key), "expected a non-empty string")
+            continue
+        out[key] = value.strip()
+    url = out.get("endpoint_url")
+    if url is not None and not re.match(r"^https?://[^/\s]+", url):
+        bad(("executor", "endpoint_url"), f"{url!r}: expected an http:// or https:// URL")
+    bucket = out.get("bucket")
+    if bucket is not None and not _BUCKET_RE.match(bucket):
+        bad(("executor", "bucket"), f"{bucket!r} is not an S3 bucket name (3–63 of a-z, 0-9, '.', '-')")
+    reboot = raw.get("reboot_option", "RebootIfNeeded")
+    if reboot not in ("RebootIfNeeded", "NoReboot"):
+        bad(("executor", "reboot_option"), f"{reboot!r}: use RebootIfNeeded or NoReboot")
+    else:
+        out["reboot_option"] = reboot
+    return out
+
+
+def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> Stage | None:
+    ok = True
+    for key in raw:
+        if key not in _STAGE_KEYS:
+            bad(
+                (*where, str(key)),
+                unknown_key(str(key), _STAGE_KEYS),
+            )
+            ok = False
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        bad((*where, "name"), "required: 1–64 characters of letters, digits, '_', '-' and '.'")
+        ok = False
+
+    targets = Targets()
+    raw_targets = raw.get("targets")
+    if isinstance(raw_targets, dict) and len(raw_targets) == 1 and "patch_group" in raw_targets:
+        group = raw_targets["patch_group"]
+        if not isinstance(group, str) or not 1 <= len(group) <= 256:
+            bad((*where, "targets", "patch_group"), "expected a patch group name (1–256 characters)")
+            ok = False
+        else:
+            targets = Targets(patch_group=group)
+    elif isinstance(raw_targets, dict) and len(raw_targets) == 1 and "instance_ids" in raw_targets:
+        ids = raw_targets["instance_ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(x, str) and x for x in ids):
+            bad((*where, "targets", "instance_ids"), "expected a non-empty list of instance ids")
+            ok = False
+        elif len(set(ids)) != len(ids):
+            bad((*where, "targets", "instance_ids"), "an instance id is listed twice")
+            ok = False
+        else:
+            targets = Targets(instance_ids=tuple(ids))
+    else:
+        bad((*where, "targets"), "required: exactly one of {patch_group: NAME} or {instance_ids: [ID, …]}")
+        ok = False
+
+    window: WindowSpec | None = None
+    try:
+        window = parse_window_spec(raw.get("window", "now"), path=f"stages[{where[-1]}].window")
+    except ScheduleError as exc:
+        for problem in exc.problems or [Problem(path="", message=exc.summary)]:
+            # problem.path is "stages[i].window.<field>": keep the field so the line number is exact.
+            sub = problem.path.rsplit(".window", 1)[-1].lstrip(".")
+            bad((*where, "window", *([sub] if sub else [])), problem.message or exc.summary)
+        ok = False
+
+    limits: dict[str, Limit] = {}
+    for key, default in (("max_concurrency", "1"), ("max_errors", "0")):
+        try:
+            limits[key] = parse_limit(raw.get(key, default), kind=key)
+        except ValueError as exc:
+            bad((*where, key), str(exc))
+            ok = False
+
+    soak = 0
+    raw_soak = raw.get("soak", "0s")
+    try:
+        soak = parse_duration(str(raw_soak)) if isinstance(raw_soak, str | int) else parse_duration("")
+    except ValueError as exc:
+        bad((*where, "soak"), str(exc))
+        ok = False
+
+    gate = _parse_gate(raw.get("gate", "auto"), (*where, "gate"), bad)
+    if gate is None:
+        ok = False
+
+    on_failure = raw.get("on_failure", "halt")
+    if on_failure not in ("halt", "rollback"):
+        bad((*where, "on_failure"), f"{on_failure!r}: use halt or rollback")
+        ok = False
+
+    if not ok or window is None or gate is None:
+        return None
+    return Stage(
+        name=str(name),
+        targets=targets,
+        window=window,
+        max_concurrency=limits["max_concurrency"],
+        max_errors=limits["max_errors"],
+        soak_seconds=soak,
+        gate=gate,
+        on_failure=str(on_failure),
+    )
+
+
+def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:
+    if raw == "auto":
+        return Gate()
+    if isinstance(raw, dict) and len(raw) == 1 and "approval" in raw:
+        body = raw["approval"]
+        approvers = body.get("approvers") if isinstance(body, dict) else None
+        if (
+            not isinstance(approvers, list)
+            or not approvers
+            or not all(isinstance(a, str) and a for a in approvers)
+        ):
+            bad(
+                (*where, "approval", "approvers"),
+                "required: a non-empty list of the people allowed to approve",
+            )
+            return None
+        return Gate(kind="approval", approvers=tuple(approvers))
+    if isinstance(raw, dict) and len(raw) == 1 and "health" in raw:
+        body = raw["health"] if raw["health"] is not None else {}
+        if not isinstance(body, dict):
+            bad((*where, "health"), "expected {max_unhealthy: N, url: URL} (both optional)")
+            return None
+        for key in body:
+            if key not in ("max_unhealthy", "url"):
+                bad((*where, "health", str(key)), f"unknown key{suggest(str(key), ('max_unhealthy', 'url'))}")
+                return None
+        max_unhealthy = body.get("max_unhealthy", 0)
+        if isinstance(max_unhealthy, bool) or not isinstance(max_unhealthy, int) or max_unhealthy < 0:
+            bad((*where, "health", "max_unhealthy"), "expected a whole number ≥ 0")
+            return None
+        url = body.get("url")
+        if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):
+            bad((*where, "health", "url"), "expected an http:// or https:// URL")
+            return None
+        return Gate(kind="health", max_unhealthy=max_unhealthy, url=url)
+    bad(where, "use auto, {approval: {approvers: [NAME, …]}} or {health: {max_unhealthy: N, url: URL}}")
+    return None
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Load and validate a plan file."""
+    return parse_plan(load_document(path, kind="plan", error=PlanError))

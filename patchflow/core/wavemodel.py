@@ -1,0 +1,411 @@
+"""The dataclasses that cross the Temporal boundary: workflow, activity, update and query payloads.
+
+House rule: one dataclass in, one out; new fields get defaults, at the end (old histories must still
+decode). Everything here is plain data — no behaviour that touches I/O — so workflows import it through
+``workflow.unsafe.imports_passed_through()``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from patchflow.core.freezes import FreezePeriod
+from patchflow.core.instances import Package
+from patchflow.core.windows import WindowSpec
+
+# Wave states (the CLI/API contract).
+WAVE_RUNNING = "running"
+WAVE_WAITING_APPROVAL = "waiting_approval"
+WAVE_HALTED = "halted"
+WAVE_SUCCEEDED = "succeeded"
+WAVE_FAILED = "failed"
+WAVE_CANCELLED = "cancelled"
+WAVE_FINAL_STATES = frozenset({WAVE_SUCCEEDED, WAVE_FAILED, WAVE_CANCELLED})
+
+# Stage states.
+STAGE_NOT_STARTED = "not_started"
+STAGE_WAITING_APPROVAL = "waiting_approval"
+STAGE_WAITING_WINDOW = "waiting_window"
+STAGE_RUNNING = "running"
+STAGE_SOAKING = "soaking"
+STAGE_HALTED = "halted"
+STAGE_SUCCEEDED = "succeeded"
+STAGE_FAILED = "failed"
+STAGE_ROLLED_BACK = "rolled_back"
+STAGE_CANCELLED = "cancelled"
+
+#: Every wave and stage state, in lifecycle order (metrics export each one; the database validates against them).
+WAVE_STATES: tuple[str, ...] = (
+    WAVE_RUNNING,
+    WAVE_WAITING_APPROVAL,
+    WAVE_HALTED,
+    WAVE_SUCCEEDED,
+    WAVE_FAILED,
+    WAVE_CANCELLED,
+)
+STAGE_STATES: tuple[str, ...] = (
+    STAGE_NOT_STARTED,
+    STAGE_WAITING_APPROVAL,
+    STAGE_WAITING_WINDOW,
+    STAGE_RUNNING,
+    STAGE_SOAKING,
+    STAGE_HALTED,
+    STAGE_SUCCEEDED,
+    STAGE_FAILED,
+    STAGE_ROLLED_BACK,
+    STAGE_CANCELLED,
+)
+
+
+@dataclass
+class ExecutorRef:
+    """Everything an activity needs to build the executor (workflows never build one)."""
+
+    kind: str
+    fleet_path: str | None = None
+    state_path: str | None = None
+    time_scale: float = 1.0
+    # SSM executor (resolved from the plan and settings when the wave starts, so every worker agrees):
+    region: str | None = None
+    endpoint_url: str | None = None
+    bucket: str | None = None
+    prefix: str = "patchflow"
+    reboot_option: str = "RebootIfNeeded"
+    health_command: str | None = None
+    cloudwatch_log_group: str | None = None
+    max_requests_per_second: float | None = None
+    """Client-side cap on AWS requests per worker (None: no cap)."""
+    poll_initial_seconds: float = 2.0
+    poll_max_seconds: float = 30.0
+
+
+@dataclass
+class StageInput:
+    """One stage of a wave, fully resolved by the starter (paths, limits as the plan wrote them)."""
+
+    name: str
+    window: WindowSpec
+    max_concurrency: str
+    """As the plan wrote it: ``"10"`` or ``"25%"`` (percentages resolve against the stage's target count)."""
+    max_errors: str
+    soak_seconds: int = 0
+    gate: str = "auto"
+    approvers: list[str] = field(default_factory=list)
+    max_unhealthy: int = 0
+    health_url: str | None = None
+    on_failure: str = "halt"
+    patch_group: str | None = None
+    instance_ids: list[str] = field(default_factory=list)
+    """Explicit targets (dispatched in the listed order); empty when ``patch_group`` is used."""
+
+
+@dataclass
+class WaveInput:
+    wave_id: str
+    plan_name: str
+    patch_set_id: str
+    patches: list[Package]
+    """The pinned patch set: every stage installs exactly these versions."""
+    executor: ExecutorRef
+    stages: list[StageInput]
+    undeliverable_counts_as_error: bool = False
+    heartbeat_timeout_seconds: int = 30
+    """How long a dead worker's patch batch goes unnoticed before another worker resumes it."""
+    started_by: str = ""
+    history_event_limit: int = 0
+    """Stage runs continue as new past this many history events; 0 = when Temporal suggests it (~4,000)."""
+    record_history: bool = False
+    """Record the wave's progress in the history database (``patchflow db``) through the record_wave activity."""
+    slack_channel: str | None = None
+    """The plan's Slack channel for wave messages (else the API's PATCHFLOW_SLACK_CHANNEL)."""
+    freezes: list[FreezePeriod] = field(default_factory=list)
+    """Change freezes (plan + global), expanded to UTC periods when the wave started: no window opens in one."""
+    freeze_override_by: str = ""
+    """Emergency waves: who approved ignoring the freezes (then ``freezes`` is empty); audited at the start."""
+    kind: str = "standard"
+    """``standard`` (from a plan, by hand or by a schedule) or ``emergency`` (``patchflow emergency``)."""
+    task_queue: str = ""
+    """The plan's task queue ("" = the starter's ``PATCHFLOW_TASK_QUEUE``): where the wave is started."""
+
+
+@dataclass
+class StageRunInput:
+    """One run of a stage inside one maintenance window (a child workflow; continues as new when long)."""
+
+    wave_id: str
+    stage: str
+    instance_ids: list[str]
+    """Still to dispatch, in dispatch order."""
+    patches: list[Package]
+    executor: ExecutorRef
+    max_concurrency: int
+    max_errors: int
+    batch_size: int
+    attempt: int = 0
+    """Bumped when an operator resumes a stage, so re-dispatched instances get fresh operation ids."""
+    errors_so_far: int = 0
+    cutoff: datetime | None = None
+    """No new instance starts at or after this instant (window end − Cutoff); None = no limit."""
+    undeliverable_counts_as_error: bool = False
+    heartbeat_timeout_seconds: int = 30
+    states: dict[str, str] = field(default_factory=dict)
+    """Carried across continue-as-new: final states of instances already done in this run."""
+    details: dict[str, str] = field(default_factory=dict)
+    history_event_limit: int = 0
+    """Continue as new past this many history events; 0 = when Temporal suggests it."""
+
+
+@dataclass
+class StageRunResult:
+    states: dict[str, str]
+    """Final state per attempted instance (succeeded / failed)."""
+    details: dict[str, str]
+    remaining: list[str]
+    """Not started: the window closed, an operator halted, or the error budget stopped dispatch."""
+    errors: int
+    budget_exceeded: bool
+    stopped: bool
+    """An operator asked the run to stop (halt or cancel)."""
+
+
+@dataclass
+class StageProgress:
+    """What a running stage run reports to ``wave status``."""
+
+    states: dict[str, str]
+    errors: int
+    max_errors: int
+    max_concurrency: int
+
+
+@dataclass
+class PatchBatchInput:
+    executor: ExecutorRef
+    wave_id: str
+    stage: str
+    instance_ids: list[str]
+    patches: list[Package]
+    attempt: int = 0
+    cancel: bool = False
+    """wait_patch_batch: the wave was cancelled while these installs were being sent; cancel them at once
+    instead of waiting for them."""
+
+
+@dataclass
+class InstanceOutcome:
+    instance_id: str
+    status: str
+    """Executor status: succeeded, failed, timed_out, undeliverable."""
+    counts_as_error: bool
+    detail: str = ""
+    changed: int = 0
+
+
+@dataclass
+class PatchBatchResult:
+    outcomes: list[InstanceOutcome]
+
+
+@dataclass
+class ResolveTargetsInput:
+    executor: ExecutorRef
+    patch_group: str | None = None
+    instance_ids: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ResolveTargetsResult:
+    instance_ids: list[str]
+    """Dispatch order: explicit ids as listed, a patch group sorted by instance id."""
+    missing: list[str] = field(default_factory=list)
+    """Explicit ids the executor does not know (reported, not silently dropped)."""
+    offline: list[str] = field(default_factory=list)
+
+
+@dataclass
+class RecordWaveInput:
+    """Ask an activity to snapshot the wave into the history database (the workflow never touches it)."""
+
+    wave_id: str
+    at: datetime
+    """The workflow's time of the snapshot: a retried activity carries the same instant, so it cannot move
+    the recorded wave backwards."""
+
+
+@dataclass
+class WindowInput:
+    spec: WindowSpec
+    after: datetime
+    freezes: list[FreezePeriod] = field(default_factory=list)
+    """No window may open inside these periods (see :mod:`patchflow.core.freezes`)."""
+
+
+@dataclass
+class WindowResult:
+    found: bool
+    start: datetime | None = None
+    end: datetime | None = None
+    cutoff: datetime | None = None
+    note: str = ""
+    """Why the window is later or shorter than the schedule alone says (a change freeze), for the operator."""
+
+
+@dataclass
+class RollbackInput:
+    executor: ExecutorRef
+    wave_id: str
+    stage: str
+    instance_ids: list[str]
+    attempt: int = 0
+
+
+@dataclass
+class RollbackResult:
+    rolled_back: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class HealthInput:
+    executor: ExecutorRef
+    instance_ids: list[str]
+    url: str | None = None
+
+
+@dataclass
+class HealthReport:
+    unhealthy: dict[str, str]
+    """instance id (or the URL) → why it failed the check."""
+    checked: int = 0
+
+
+@dataclass
+class GateDecision:
+    """An approve/reject Update."""
+
+    stage: str
+    who: str
+    comment: str = ""
+
+
+@dataclass
+class OperatorAction:
+    """A halt/resume/cancel/rollback Update."""
+
+    who: str
+    reason: str = ""
+
+
+@dataclass
+class AuditEntry:
+    at: datetime
+    who: str
+    action: str
+    stage: str = ""
+    comment: str = ""
+
+
+@dataclass
+class StageStatus:
+    name: str
+    state: str = STAGE_NOT_STARTED
+    instances: dict[str, str] = field(default_factory=dict)
+    details: dict[str, str] = field(default_factory=dict)
+    errors: int = 0
+    max_errors: int | None = None
+    max_concurrency: int | None = None
+    window_start: datetime | None = None
+    window_cutoff: datetime | None = None
+    active_run_id: str | None = None
+    """Workflow id of the running stage run, whose live progress ``wave status`` merges in."""
+    note: str = ""
+
+
+@dataclass
+class WaveStatus:
+    wave_id: str
+    plan_name: str
+    state: str
+    patch_set_id: str
+    stages: list[StageStatus]
+    reason: str = ""
+    audit: list[AuditEntry] = field(default_factory=list)
+    kind: str = "standard"
+    """``standard`` or ``emergency`` (from :attr:`WaveInput.kind`)."""
+
+
+@dataclass
+class WaveResult:
+    status: WaveStatus
+
+
+@dataclass
+class ScheduledWaveInput:
+    """What a Temporal Schedule starts on each firing: a plan to turn into a fresh wave (see
+    :mod:`patchflow.core.schedules`)."""
+
+    schedule_id: str
+    plan_path: str
+    """The plan file, as the workers see it: the baseline is evaluated afresh at every firing."""
+    wait_days: int = 0
+    """Calendar days to wait after the firing before the wave starts (offsets the calendar cannot express)."""
+    at: str = "02:00"
+    """The schedule's wall-clock start time (HH:MM) in ``timezone``: the wave starts then, ``wait_days`` later."""
+    timezone: str = "UTC"
+    started_by: str = ""
+    """Who created the schedule (the wave is started by ``schedule:<id>`` on their behalf)."""
+    plan_name: str = ""
+    check_schedule: bool | None = None
+    """Before starting a wave after a wait, check that the schedule still exists and is not paused (a firing
+    of a schedule paused or deleted during the wait is dropped). None: only when a schedule started this run."""
+
+
+@dataclass
+class ScheduleCheckInput:
+    schedule_id: str
+
+
+@dataclass
+class ScheduleCheckResult:
+    allowed: bool
+    reason: str = ""
+
+
+@dataclass
+class WaveStartInput:
+    """When a wave fired at ``fired_at`` starts after ``wait_days`` (wall clock resolved in an activity)."""
+
+    fired_at: datetime
+    wait_days: int
+    at: str
+    timezone: str
+
+
+@dataclass
+class WaveStartResult:
+    starts_at: datetime
+
+
+@dataclass
+class PrepareWaveInput:
+    """Evaluate the plan's baseline now, pin the patch set and build the wave's input."""
+
+    plan_path: str
+    wave_id: str
+    started_by: str
+
+
+@dataclass
+class PrepareWaveResult:
+    wave: WaveInput | None
+    """None: no wave starts (``skipped`` says why)."""
+    skipped: str = ""
+
+
+@dataclass
+class ScheduledWaveResult:
+    wave_id: str
+    state: str
+    patch_set_id: str
+    reason: str = ""

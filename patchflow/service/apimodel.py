@@ -1,0 +1,368 @@
+"""The JSON shapes of patchflow's REST API (:mod:`patchflow.service.api`): request bodies, responses and errors.
+
+Pydantic models, so FastAPI validates requests and writes ``deploy/openapi.json`` from them. Request models
+forbid unknown fields (a typo fails loudly, and no body can smuggle in an identity) and refuse text that no
+name, path or comment needs (control characters, lone surrogates) before it reaches Temporal or the
+database. Response models mirror the CLI's ``--format json`` output, which stays the one contract.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, get_args
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+
+from patchflow.core.wavemodel import WAVE_STATES
+from workflows.wave import MAX_COMMENT
+
+MAX_TEXT = 200
+"""Names, ids, paths: wave ids embed a plan name and a timestamp; the history database stores 200."""
+
+MAX_DOCUMENT = 4_000_000
+"""Characters of one uploaded document (the body as a whole is capped by ``PATCHFLOW_API_MAX_BODY_BYTES``)."""
+
+EARLIEST_AT = datetime(2000, 1, 1, tzinfo=UTC)
+LATEST_AT = datetime(2200, 1, 1, tzinfo=UTC)
+
+WaveStateName = Literal["running", "waiting_approval", "halted", "succeeded", "failed", "cancelled"]
+assert set(get_args(WaveStateName)) == set(WAVE_STATES), "WaveStateName must list every wave state"
+
+PLAN_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"  # the plan name rule of patchflow.core.plans
+PATCH_SET_ID_PATTERN = r"^ps-[0-9a-f]{24}$"
+_NO_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+
+
+class _Model(BaseModel):
+    # The docstrings under fields become their descriptions in deploy/openapi.json.
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+class ProblemOut(_Model):
+    """One located problem: a request field (``body.stage``) or a place in an uploaded document."""
+
+    path: str
+    message: str
+    line: int | None = None
+
+
+class ErrorDetail(_Model):
+    code: str
+    """Stable, machine-readable: unauthorized, forbidden, not_found, refused, invalid_request, invalid_input,
+    too_large, unavailable, internal …"""
+    message: str
+    """What went wrong and what to do, for a human."""
+    problems: list[ProblemOut] = []
+
+
+class ErrorResponse(_Model):
+    error: ErrorDetail
+
+
+# ---------------------------------------------------------------------------------------------- request types
+
+
+def _plain(value: str) -> str:
+    """Refuse what no name, path or comment needs and what breaks the stores behind the API: control
+    characters (PostgreSQL cannot store NUL; file APIs reject it) and lone surrogates (not encodable)."""
+    if _NO_CONTROL.search(value):
+        raise ValueError("control characters are not allowed")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("not valid Unicode text (lone surrogate)") from None
+    return value
+
+
+def _sane_instant(value: datetime) -> datetime:
+    """Keep evaluation times in a range where window and delay arithmetic cannot overflow."""
+    if not EARLIEST_AT <= value < LATEST_AT:
+        raise ValueError(f"must be between {EARLIEST_AT.year} and {LATEST_AT.year}")
+    return value.astimezone(UTC)
+
+
+PlainText = Annotated[str, AfterValidator(_plain)]
+Instant = Annotated[AwareDatetime, AfterValidator(_sane_instant)]
+
+
+class _Request(_Model):
+    # Unknown fields are errors: a typo must not pass silently, and no body can smuggle in an identity.
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class StartWave(_Request):
+    plan: PlainText = Field(min_length=1, max_length=4096, examples=["baselines/examples/demo-plan.yaml"])
+    """Path of the plan file on the server (inside ``PATCHFLOW_API_PLANS_DIR`` when that is set)."""
+    patch_set: str | None = Field(default=None, pattern=PATCH_SET_ID_PATTERN)
+    """Install this stored patch set instead of evaluating the baseline now."""
+
+
+class OperatorRequest(_Request):
+    comment: PlainText = Field(default="", max_length=MAX_COMMENT)
+    """Why (kept in the wave's audit log)."""
+
+
+class GateRequest(_Request):
+    stage: PlainText = Field(min_length=1, max_length=MAX_TEXT)
+    """The stage whose approval gate this answers."""
+    comment: PlainText = Field(default="", max_length=MAX_COMMENT)
+    """Why (kept in the wave's audit log and the gate decision)."""
+
+
+class PlanRequest(_Request):
+    plan: PlainText = Field(min_length=1, max_length=4096)
+    """Path of the plan file on the server (inside ``PATCHFLOW_API_PLANS_DIR`` when that is set)."""
+
+
+class DryRunRequest(PlanRequest):
+    at: Instant | None = None
+    """Evaluate the baseline and windows as of this instant (RFC 3339 with an offset); default now."""
+
+
+class BaselineRequest(_Request):
+    baseline: PlainText = Field(min_length=1, max_length=MAX_DOCUMENT)
+    """The baseline document (YAML or JSON text)."""
+
+
+class EvaluateRequest(BaselineRequest):
+    catalog: PlainText = Field(min_length=1, max_length=MAX_DOCUMENT)
+    """The patch catalog (JSON or YAML text)."""
+    at: Instant | None = None
+    """Evaluation time; default now."""
+
+
+class ComplianceRequest(EvaluateRequest):
+    inventory: PlainText = Field(min_length=1, max_length=MAX_DOCUMENT)
+    """The instance inventory (JSON or YAML text)."""
+
+
+# ---------------------------------------------------------------------------------------------- response types
+
+
+class HealthOut(_Model):
+    status: Literal["ok"] = "ok"
+
+
+class CheckOut(_Model):
+    ok: bool
+    message: str
+
+
+class ReadinessOut(_Model):
+    status: Literal["ready", "unready"]
+    checks: dict[str, CheckOut]
+
+
+class WaveSummary(_Model):
+    wave_id: str
+    plan: str | None = None
+    state: str | None = None
+    """Wave state; null when the wave could not be asked (no worker answered in time)."""
+    workflow_status: str | None = None
+    """Temporal's execution status (RUNNING, COMPLETED, TERMINATED …)."""
+    started: datetime | None = None
+    patch_set_id: str | None = None
+    reason: str = ""
+
+
+class WaveList(_Model):
+    waves: list[WaveSummary]
+
+
+class InstanceOut(_Model):
+    id: str
+    state: str
+    detail: str | None = None
+
+
+class StageOut(_Model):
+    name: str
+    state: str
+    errors: int
+    max_errors: int | None
+    max_concurrency: int | None
+    window_start: str | None
+    note: str
+    instances: list[InstanceOut]
+
+
+class AuditOut(_Model):
+    at: str
+    who: str
+    action: str
+    stage: str
+    comment: str
+
+
+class WaveDetail(_Model):
+    """The contract of ``patchflow wave status --format json``."""
+
+    wave_id: str
+    plan: str
+    kind: str = "standard"
+    """``standard`` (a plan's wave, by hand or by a schedule) or ``emergency`` (``patchflow emergency``)."""
+    state: str
+    reason: str
+    patch_set_id: str
+    stages: list[StageOut]
+    audit: list[AuditOut]
+
+
+class WaveStarted(_Model):
+    wave_id: str
+    plan: str
+    patch_set_id: str
+    patches: int
+    """Package versions in the pinned set."""
+
+
+class ActionResult(_Model):
+    wave_id: str
+    action: str
+    message: str
+    """What the wave answered, e.g. ``stage prod approved by ops-lead``."""
+
+
+class PlanValidation(_Model):
+    valid: bool
+    plan: str | None = None
+    stages: list[str] = []
+    problems: list[ProblemOut] = []
+    message: str = ""
+
+
+class UpgradeOut(_Model):
+    model_config = ConfigDict(populate_by_name=True, use_attribute_docstrings=True)
+
+    name: str
+    arch: str
+    from_: str = Field(alias="from")
+    to: str
+
+
+class TargetOut(_Model):
+    id: str
+    online: bool
+    upgrades: list[UpgradeOut]
+
+
+class WindowOut(_Model):
+    start: str | None
+    end: str | None
+    cutoff: str | None
+
+
+class DryRunStage(_Model):
+    name: str
+    targets: list[TargetOut]
+    missing: list[str]
+    windows: list[WindowOut]
+    max_concurrency: str
+    max_errors: str
+    gate: str
+    approvers: list[str]
+    on_failure: str
+    soak_seconds: int
+    problems: list[str]
+
+
+class DryRunOut(_Model):
+    """``patchflow plan --format json``: what a wave of this plan would do; nothing is changed."""
+
+    plan: str
+    patch_set_id: str
+    patch_set_size: int
+    evaluated_at: str
+    stages: list[DryRunStage]
+    problems: list[str]
+
+
+class BaselineValidation(_Model):
+    valid: bool
+    name: str | None = None
+    operating_system: str | None = None
+    rules: int = 0
+    problems: list[ProblemOut] = []
+    message: str = ""
+
+
+class DecisionOut(_Model):
+    name: str
+    arch: str
+    version: str
+    product: str | None
+    decision: str
+    reason: str
+    compliance_level: str | None
+    in_patch_set: bool
+
+
+class PinnedPatchOut(_Model):
+    name: str
+    arch: str
+    version: str
+    compliance_level: str
+    severity: str | None
+    classification: str | None
+    security: bool
+    product: str | None
+    advisory_id: str | None
+    cve_ids: list[str]
+
+
+class PatchSetOut(_Model):
+    id: str
+    family: str
+    baseline_name: str | None
+    operating_system: str | None
+    evaluated_at: str
+    catalog_digest: str
+    baseline: dict[str, Any]
+    patches: list[PinnedPatchOut]
+
+
+class EvaluationOut(_Model):
+    """``patchflow baseline evaluate --format json`` (the API does not store the set: a wave start pins it)."""
+
+    patch_set: PatchSetOut
+    decisions: list[DecisionOut]
+    notes: list[str]
+
+
+class PatchStateOut(_Model):
+    name: str
+    arch: str
+    installed_version: str | None
+    target_version: str | None
+    state: str
+    severity: str | None
+    compliance_level: str | None
+
+
+class InstanceComplianceOut(_Model):
+    instance_id: str
+    patch_group: str | None
+    status: str
+    compliance_level: str | None
+    counts: dict[str, int]
+    patches: list[PatchStateOut]
+
+
+class ComplianceSummary(_Model):
+    instances: int
+    compliant: int
+    non_compliant: int
+    counts: dict[str, int]
+
+
+class ComplianceOut(_Model):
+    """``patchflow baseline compliance --format json``."""
+
+    patch_set_id: str
+    instances: list[InstanceComplianceOut]
+    summary: ComplianceSummary
+    notes: list[str]

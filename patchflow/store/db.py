@@ -1,0 +1,1038 @@
+"""The history database: waves, stages, per-instance results, pinned patch sets, gate decisions, the audit
+log and API tokens (SQLModel on SQLite or PostgreSQL, schema managed by the Alembic migrations in
+``patchflow/store/migrations``).
+
+Who writes what:
+
+* **Activities** record what a wave did (:func:`record_wave_status`, :func:`record_instance_result`,
+  :func:`save_patch_set`). Temporal retries activities, so every one of these writes is idempotent: rows have
+  natural keys and are written with ``INSERT … ON CONFLICT`` (same statement on SQLite and PostgreSQL); a
+  retried call changes nothing, and a late, stale snapshot never overwrites a newer one. Workflows never
+  touch the database: what they know reaches it through an activity's input.
+* **The edges** (CLI, API, Slack) record gate decisions, operator actions and tokens.
+
+Layering follows the house style: ``<Thing>Base`` (shared fields) → ``<Thing>`` (``table=True``, lives only
+inside a session) → ``<Thing>Public`` (what functions return: detached, safe to serialise). Table objects
+never leave this module, so none can leak into a Temporal payload. Data-access functions take the session
+positionally and everything else by keyword, commit their own unit of work, and accept only timezone-aware
+datetimes (stored and returned in UTC).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import functools
+import hashlib
+import hmac
+import secrets
+import sys
+from collections.abc import Iterator, Sequence
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.dialects import postgresql as pg_dialect
+from sqlalchemy.dialects import sqlite as sqlite_dialect
+from sqlalchemy.engine import Engine, make_url
+from sqlmodel import JSON, Field, Session, SQLModel, col, select
+
+from patchflow.core.evaluation import PatchSet
+from patchflow.core.wavemodel import (
+    WAVE_FINAL_STATES,
+    WAVE_STATES,
+    WaveStatus,
+)
+from patchflow.errors import InputError, NotFoundError, PatchflowError
+
+if TYPE_CHECKING:
+    from alembic.config import Config as AlembicConfig
+
+
+class DatabaseError(PatchflowError):
+    """The database cannot be used: unreachable, or its schema is missing or older than this patchflow.
+
+    Belongs under ``PatchflowError`` in the tree of :mod:`patchflow.errors` (exit code 1).
+    """
+
+
+class Role(StrEnum):
+    """What an API token may do. Stored as a plain string, so adding a role needs no enum migration."""
+
+    viewer = "viewer"
+    operator = "operator"
+    approver = "approver"
+    admin = "admin"
+
+
+class Decision(StrEnum):
+    approve = "approve"
+    reject = "reject"
+
+
+class Via(StrEnum):
+    """Where a gate decision came from."""
+
+    cli = "cli"
+    api = "api"
+    slack = "slack"
+
+
+class WaveKind(StrEnum):
+    """What started a wave (:attr:`patchflow.core.wavemodel.WaveStatus.kind`). Stored as a plain string."""
+
+    standard = "standard"
+    """From a plan: by hand, through the API or by a schedule."""
+    emergency = "emergency"
+    """``patchflow emergency``: a CVE fix outside the regular cadence (usually a subset of the baseline)."""
+
+
+# Named constraints: SQLite ALTERs run in Alembic batch mode, which can only drop constraints it can name.
+SQLModel.metadata.naming_convention = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+metadata = SQLModel.metadata
+"""What Alembic compares the migrations against (``patchflow/store/migrations/env.py``)."""
+
+_ID = 200  # ids and names: wave ids embed the plan name and a timestamp
+_STATE = sa.String(32)  # states and roles are plain strings (a native PG ENUM would need hand-written ALTERs)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+# ---------------------------------------------------------------------------------------------- waves
+
+
+class WaveBase(SQLModel):
+    plan: str = Field(max_length=_ID, index=True)
+    state: str = Field(sa_type=_STATE, index=True)
+    patch_set_id: str = Field(max_length=_ID, index=True)
+    started_by: str = Field(default="", max_length=_ID)
+    started_at: datetime = Field(index=True)
+    """When the workflow recorded its ``start`` audit entry (workflow time)."""
+    finished_at: datetime | None = None
+    """First time the wave was seen in a final state; never moved by a later snapshot."""
+    reason: str = Field(default="", sa_type=sa.Text)
+    kind: str = Field(
+        default=WaveKind.standard.value,
+        sa_type=sa.String(16),
+        sa_column_kwargs={"server_default": WaveKind.standard.value},
+    )
+    """``standard`` or ``emergency`` (:class:`WaveKind`), from ``WaveStatus.kind``. Revision 0002 filled it in
+    for the waves recorded before: emergency by their ids (``…-emergency-<hex6>``), standard otherwise."""
+
+
+class Wave(WaveBase, table=True):
+    __tablename__: ClassVar[str] = "waves"
+
+    id: str = Field(primary_key=True, max_length=_ID)
+    updated_at: datetime
+    """Workflow time of the snapshot written last: an older snapshot (a late retry) never overwrites it."""
+
+
+class WavePublic(WaveBase):
+    id: str
+
+
+class StageBase(SQLModel):
+    name: str = Field(max_length=_ID)
+    position: int
+    """Index of the stage in the plan (stages run in this order)."""
+    state: str = Field(sa_type=_STATE)
+    errors: int = 0
+    max_errors: int | None = None
+    max_concurrency: int | None = None
+    window_start: datetime | None = None
+    window_cutoff: datetime | None = None
+    note: str = Field(default="", sa_type=sa.Text)
+
+
+class Stage(StageBase, table=True):
+    __tablename__: ClassVar[str] = "stages"
+    __table_args__ = (sa.PrimaryKeyConstraint("wave_id", "name"),)
+
+    wave_id: str = Field(max_length=_ID, foreign_key="waves.id")
+    updated_at: datetime
+
+
+class StageInstanceBase(SQLModel):
+    """One target of a stage and its current state, as ``wave status`` shows it."""
+
+    instance_id: str = Field(max_length=_ID)
+    position: int
+    """Dispatch order within the stage."""
+    state: str = Field(sa_type=_STATE)
+    """pending, in_flight, succeeded, failed, not_attempted, rolled_back."""
+    detail: str = Field(default="", sa_type=sa.Text)
+
+
+class StageInstance(StageInstanceBase, table=True):
+    __tablename__: ClassVar[str] = "stage_instances"
+    # Key columns in query order: a wave's instances are read by wave, then stage.
+    __table_args__ = (sa.PrimaryKeyConstraint("wave_id", "stage", "instance_id"),)
+
+    wave_id: str = Field(max_length=_ID, foreign_key="waves.id")
+    stage: str = Field(max_length=_ID)
+    updated_at: datetime
+
+
+class StageInstancePublic(StageInstanceBase):
+    pass
+
+
+class StagePublic(StageBase):
+    instances: list[StageInstancePublic] = []
+
+
+class WaveDetail(WavePublic):
+    """A wave with its stages in plan order and each stage's instances in dispatch order."""
+
+    stages: list[StagePublic] = []
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+class InstanceResultBase(SQLModel):
+    """One executor operation on one instance: an install (or a rollback's restore) of one attempt."""
+
+    wave_id: str = Field(max_length=_ID)
+    stage: str = Field(max_length=_ID)
+    instance_id: str = Field(max_length=_ID)
+    operation: str = Field(default="install", sa_type=sa.String(16))
+    """``install`` or ``restore`` (a rollback of that attempt's install)."""
+    attempt: int = 0
+    """Bumped when an operator resumes a stage; one row per attempt, a retried activity reuses its row."""
+    status: str = Field(sa_type=_STATE)
+    """Executor status (succeeded, failed, timed_out, undeliverable) or ``in_flight`` while running."""
+    detail: str = Field(default="", sa_type=sa.Text)
+    versions_before: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    """``name.arch`` → version before the operation (only the packages it changed)."""
+    versions_after: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
+    command_id: str | None = Field(default=None, max_length=_ID)
+    """The executor's command id (an SSM CommandId), when it has one."""
+    started_at: datetime
+    finished_at: datetime | None = None
+
+
+class InstanceResult(InstanceResultBase, table=True):
+    # No foreign key to ``waves``: patch batches run in their own activities, which may record a result
+    # before (or without) the snapshot activity that writes the wave row.
+    __tablename__: ClassVar[str] = "instance_results"
+    __table_args__ = (sa.PrimaryKeyConstraint("wave_id", "stage", "instance_id", "operation", "attempt"),)
+
+
+class InstanceResultPublic(InstanceResultBase):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------- patch sets
+
+
+class PatchSetRecord(SQLModel, table=True):
+    """A pinned patch set. Content-addressed, so saving the same set twice is a no-op by construction."""
+
+    __tablename__: ClassVar[str] = "patch_sets"
+
+    id: str = Field(primary_key=True, max_length=_ID)
+    family: str = Field(sa_type=sa.String(16))
+    content: dict[str, Any] = Field(sa_type=JSON)
+    """``PatchSet.to_json()``; read back through ``PatchSet.from_json``, which refuses edited content."""
+    created_at: datetime
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+
+
+class GateDecisionBase(SQLModel):
+    wave_id: str = Field(max_length=_ID)
+    stage: str = Field(max_length=_ID)
+    who: str = Field(max_length=_ID)
+    decision: str = Field(sa_type=sa.String(16))
+    """approve or reject."""
+    via: str = Field(sa_type=sa.String(16))
+    """cli, api or slack."""
+    comment: str = Field(default="", sa_type=sa.Text)
+    at: datetime
+
+
+class GateDecision(GateDecisionBase, table=True):
+    __tablename__: ClassVar[str] = "gate_decisions"
+    # The natural key of a decision: a retried write (same instant) finds its row instead of adding one.
+    __table_args__ = (sa.UniqueConstraint("wave_id", "stage", "who", "decision", "at"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+
+
+class GateDecisionPublic(GateDecisionBase):
+    id: int
+
+
+# ---------------------------------------------------------------------------------------------- audit log
+
+
+class AuditRecordBase(SQLModel):
+    at: datetime = Field(index=True)
+    actor: str = Field(max_length=_ID)
+    action: str = Field(max_length=64)
+    """A verb, dotted for non-wave actions: ``start``, ``approve``, ``halt``, ``token.create`` …"""
+    wave_id: str | None = Field(default=None, max_length=_ID, index=True)
+    stage: str | None = Field(default=None, max_length=_ID)
+    detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+
+
+class AuditRecord(AuditRecordBase, table=True):
+    """Append-only: no function here updates or deletes a row, and the migration adds triggers that make
+    the database refuse ``UPDATE`` and ``DELETE`` on the table as well."""
+
+    __tablename__: ClassVar[str] = "audit_log"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str | None = Field(default=None, max_length=255, unique=True)
+    """Idempotency key of a retried writer (``None``: the entry is written once by construction)."""
+
+
+class AuditRecordPublic(AuditRecordBase):
+    id: int
+
+
+# ---------------------------------------------------------------------------------------------- API tokens
+
+
+class TokenBase(SQLModel):
+    name: str = Field(min_length=1, max_length=_ID)
+    """What the token is for (``ci``, ``grafana``); not unique, so a rotated token can keep its name."""
+    role: str = Field(sa_type=sa.String(16))
+
+
+class ApiToken(TokenBase, table=True):
+    __tablename__: ClassVar[str] = "api_tokens"
+
+    id: str = Field(primary_key=True, max_length=32)
+    secret_hash: str = Field(max_length=255)
+    """``scrypt$n$r$p$salt$hash`` (base64): never the token itself."""
+    created_at: datetime
+    last_used_at: datetime | None = None
+    """Updated at most once a minute, so authenticating does not write on every request."""
+    revoked: bool = Field(default=False, sa_column_kwargs={"server_default": sa.text("false")})
+    revoked_at: datetime | None = None
+
+
+class TokenPublic(TokenBase):
+    id: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked: bool
+    revoked_at: datetime | None
+
+
+# ---------------------------------------------------------------------------------------------- engines
+
+
+def _normalise_url(url: str) -> sa.URL:
+    try:
+        parsed = make_url(url)
+    except sa_exc.ArgumentError:
+        raise InputError(
+            f"{url!r} is not a database URL; set PATCHFLOW_DATABASE_URL to e.g. "
+            "postgresql+psycopg://user@host:5432/patchflow or sqlite:////var/lib/patchflow/patchflow.db"
+        ) from None
+    backend = parsed.get_backend_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise InputError(
+            f"database URL {display_url(url)}: patchflow supports sqlite and postgresql, not {backend!r}"
+        )
+    if parsed.drivername in ("postgresql", "postgres"):
+        # SQLAlchemy's default PostgreSQL driver is psycopg2, which patchflow does not install.
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def display_url(url: str | sa.URL) -> str:
+    """The URL with its password masked, for messages and logs."""
+    try:
+        return (make_url(url) if isinstance(url, str) else url).render_as_string(hide_password=True)
+    except sa_exc.ArgumentError:
+        return "<invalid URL>"
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA foreign_keys=ON")  # off by default in SQLite
+    cursor.execute("PRAGMA journal_mode=WAL")  # API readers do not block the worker's writes
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for ``url`` (``postgresql://`` means psycopg 3; SQLite files get their directory).
+
+    Raises:
+        InputError: the URL is malformed or names an unsupported database.
+    """
+    parsed = _normalise_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:" and not parsed.database.startswith("file:"):
+            with contextlib.suppress(OSError):  # an unusable path is reported on connect, with the URL
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        # timeout: several processes (worker, API) share the file; wait for a lock instead of failing.
+        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+        event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+    return sa.create_engine(parsed, pool_pre_ping=True)
+
+
+@functools.lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    """The shared engine of ``url`` (one connection pool per process and database)."""
+    return make_engine(url)
+
+
+def open_session(engine: Engine) -> Session:
+    """A session whose returned objects stay readable after commit."""
+    return Session(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def translate_errors(url: str) -> Iterator[None]:
+    """Turn driver errors about reaching or reading the database into a :class:`DatabaseError` that says
+    which database and what to do; anything else (a bug) propagates unchanged."""
+    try:
+        yield
+    except (sa_exc.OperationalError, sa_exc.ProgrammingError, sa_exc.InterfaceError) as exc:
+        text = str(exc.orig if exc.orig is not None else exc).strip()
+        reason = text.splitlines()[0] if text else type(exc).__name__
+        if reason.startswith(("no such table", "no such column")) or type(exc.orig).__name__ in (
+            "UndefinedTable",
+            "UndefinedColumn",
+        ):
+            raise DatabaseError(
+                f"the database at {display_url(url)} has no patchflow schema or an older one ({reason}); "
+                "run 'patchflow db upgrade'"
+            ) from None
+        if isinstance(exc, sa_exc.ProgrammingError):
+            raise  # SQL patchflow got wrong: a bug, not the operator's problem
+        raise DatabaseError(
+            f"cannot use the database at {display_url(url)}: {reason}; check PATCHFLOW_DATABASE_URL and "
+            "that the server is running and reachable"
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------- migrations
+
+
+def alembic_config() -> AlembicConfig:
+    """Alembic's configuration, built in code: the migrations ship inside the package (no alembic.ini)."""
+    from alembic.config import Config
+
+    # stdout given explicitly: Alembic's default is the stream current when alembic.config was first imported,
+    # which may be a test's captured (and since closed) stream.
+    config = Config(stdout=sys.stdout)
+    config.set_main_option("script_location", "patchflow.store:migrations")
+    return config
+
+
+def head_revision() -> str:
+    """The newest migration this patchflow ships."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
+    assert head is not None, "patchflow ships at least one migration"
+    return head
+
+
+def current_revision(url: str) -> str | None:
+    """The revision the database is at; ``None`` for a database patchflow never upgraded."""
+    from alembic.runtime.migration import MigrationContext
+
+    engine = make_engine(url)
+    try:
+        with translate_errors(url), engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+def upgrade(url: str, *, revision: str = "head") -> str | None:
+    """Migrate the database to ``revision`` in one transaction (PostgreSQL rolls back a failed upgrade).
+
+    Returns:
+        The revision the database is at afterwards.
+    """
+    from alembic import command
+
+    config = alembic_config()
+    engine = make_engine(url)
+    try:
+        with translate_errors(url), engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, revision)
+        return current_revision(url)
+    finally:
+        engine.dispose()
+
+
+def require_current(url: str) -> None:
+    """Refuse to work on a database whose schema is not the one this patchflow expects."""
+    current, head = current_revision(url), head_revision()
+    if current != head:
+        raise DatabaseError(
+            f"the database at {display_url(url)} is at schema revision {current or 'none'}, this patchflow "
+            f"needs {head}; run 'patchflow db upgrade'"
+        )
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _utc(value: datetime, what: str) -> datetime:
+    if value.utcoffset() is None:
+        raise InputError(f"{what}: {value.isoformat()} has no timezone; pass an aware datetime (UTC)")
+    return value.astimezone(UTC)
+
+
+def _utc_opt(value: datetime | None, what: str) -> datetime | None:
+    return None if value is None else _utc(value, what)
+
+
+def _choice(value: str, allowed: type[StrEnum], what: str) -> str:
+    try:
+        return allowed(value).value
+    except ValueError:
+        choices = ", ".join(m.value for m in allowed)
+        raise InputError(f"{what}: unknown value {value!r}; choose one of {choices}") from None
+
+
+_CHUNK = 500  # rows per INSERT: below SQLite's and PostgreSQL's bound-parameter limits for every table here
+
+
+def _insert(
+    session: Session,
+    table: sa.Table,
+    rows: Sequence[dict[str, Any]],
+    *,
+    keys: Sequence[str],
+    update: dict[str, Any] | None = None,
+    where: Any = None,
+) -> None:
+    """``INSERT … ON CONFLICT (keys) DO NOTHING`` or ``DO UPDATE SET update WHERE where``.
+
+    ``update`` maps a column to an expression of ``excluded`` (the row that was refused), given as a
+    callable taking the statement, because ``excluded`` belongs to the statement. Both SQLite (≥ 3.24) and
+    PostgreSQL speak this dialect of upsert, which is what makes a retried write a no-op.
+    """
+    dialect = session.get_bind().dialect.name
+    insert: Any = pg_dialect.insert if dialect == "postgresql" else sqlite_dialect.insert
+    for start in range(0, len(rows), _CHUNK):
+        stmt = insert(table).values(list(rows[start : start + _CHUNK]))
+        if update is None:
+            stmt = stmt.on_conflict_do_nothing(index_elements=list(keys))
+        else:
+            stmt = stmt.on_conflict_do_update(
+                index_elements=list(keys),
+                set_={name: value(stmt) for name, value in update.items()},
+                where=where(stmt) if where is not None else None,
+            )
+        session.exec(stmt)
+
+
+def _excluded(name: str) -> Any:
+    return lambda stmt: stmt.excluded[name]
+
+
+def _table(model: type[SQLModel]) -> sa.Table:
+    return model.__table__  # type: ignore[attr-defined]
+
+
+# ---------------------------------------------------------------------------------------------- waves
+
+
+def record_wave_status(session: Session, *, status: WaveStatus, at: datetime | None = None) -> None:
+    """Upsert a wave, its stages, their instances and its audit entries from one ``WaveStatus`` snapshot.
+
+    Args:
+        status: the snapshot, as the workflow's ``status`` query or result returns it.
+        at: when the workflow took the snapshot (pass ``workflow.now()`` through the activity input, so a
+            retry carries the same instant). A snapshot older than the one stored is ignored row by row,
+            so activities finishing out of order cannot move a wave backwards. Default: now.
+    """
+    at = _utc(at or _now(), "at")
+    start = next((entry for entry in status.audit if entry.action == "start"), None)
+    started_at = _utc(start.at, "audit[start].at") if start else at
+    waves, stages, instances = _table(Wave), _table(Stage), _table(StageInstance)
+
+    def newer(table: sa.Table) -> Any:
+        return lambda stmt: table.c.updated_at <= stmt.excluded.updated_at
+
+    wave_row = {
+        "id": status.wave_id,
+        "plan": status.plan_name,
+        "state": status.state,
+        "patch_set_id": status.patch_set_id,
+        "started_by": start.who if start else "",
+        "started_at": started_at,
+        "finished_at": at if status.state in WAVE_FINAL_STATES else None,
+        "reason": status.reason,
+        "kind": status.kind,
+        "updated_at": at,
+    }
+    wave_update = {k: _excluded(k) for k in ("state", "reason", "updated_at", "plan", "patch_set_id", "kind")}
+    # The first final snapshot fixes finished_at; later ones (a retry, a re-read result) keep it.
+    wave_update["finished_at"] = lambda stmt: sa.func.coalesce(waves.c.finished_at, stmt.excluded.finished_at)
+    _insert(session, waves, [wave_row], keys=["id"], update=wave_update, where=newer(waves))
+
+    stage_rows, instance_rows = [], []
+    for position, st in enumerate(status.stages):
+        stage_rows.append(
+            {
+                "wave_id": status.wave_id,
+                "name": st.name,
+                "position": position,
+                "state": st.state,
+                "errors": st.errors,
+                "max_errors": st.max_errors,
+                "max_concurrency": st.max_concurrency,
+                "window_start": _utc_opt(st.window_start, f"stage {st.name} window_start"),
+                "window_cutoff": _utc_opt(st.window_cutoff, f"stage {st.name} window_cutoff"),
+                "note": st.note,
+                "updated_at": at,
+            }
+        )
+        for index, (instance_id, state) in enumerate(st.instances.items()):
+            instance_rows.append(
+                {
+                    "wave_id": status.wave_id,
+                    "stage": st.name,
+                    "instance_id": instance_id,
+                    "position": index,
+                    "state": state,
+                    "detail": st.details.get(instance_id, ""),
+                    "updated_at": at,
+                }
+            )
+    stage_columns = [k for k in (stage_rows[0] if stage_rows else {}) if k not in ("wave_id", "name")]
+    stage_update = {k: _excluded(k) for k in stage_columns}  # everything but the key
+    _insert(session, stages, stage_rows, keys=["wave_id", "name"], update=stage_update, where=newer(stages))
+    instance_update = {k: _excluded(k) for k in ("position", "state", "detail", "updated_at")}
+    _insert(
+        session,
+        instances,
+        instance_rows,
+        keys=["wave_id", "stage", "instance_id"],
+        update=instance_update,
+        where=newer(instances),
+    )
+
+    # The workflow's audit list only grows, so an entry's index is its identity across snapshots.
+    audit_rows = [
+        {
+            "at": _utc(entry.at, f"audit[{index}].at"),
+            "actor": entry.who,
+            "action": entry.action,
+            "wave_id": status.wave_id,
+            "stage": entry.stage or None,
+            "detail": {"comment": entry.comment} if entry.comment else {},
+            "key": f"wave/{status.wave_id}/audit/{index}",
+        }
+        for index, entry in enumerate(status.audit)
+    ]
+    _insert(session, _table(AuditRecord), audit_rows, keys=["key"])
+    session.commit()
+
+
+def get_wave(session: Session, *, wave_id: str) -> WaveDetail:
+    """A wave with its stages and instances.
+
+    Raises:
+        NotFoundError: no wave has this id.
+    """
+    wave = session.get(Wave, wave_id)
+    if wave is None:
+        raise NotFoundError(f"no wave {wave_id!r} in the history database")
+    stages = session.exec(select(Stage).where(Stage.wave_id == wave_id).order_by(col(Stage.position))).all()
+    instances = session.exec(
+        select(StageInstance)
+        .where(StageInstance.wave_id == wave_id)
+        .order_by(col(StageInstance.stage), col(StageInstance.position))
+    ).all()
+    by_stage: dict[str, list[StageInstancePublic]] = {}
+    for row in instances:
+        by_stage.setdefault(row.stage, []).append(StageInstancePublic.model_validate(row))
+    return WaveDetail.model_validate(
+        wave,
+        update={
+            "stages": [
+                StagePublic.model_validate(s, update={"instances": by_stage.get(s.name, [])}) for s in stages
+            ]
+        },
+    )
+
+
+def list_waves(
+    session: Session,
+    *,
+    state: str | None = None,
+    plan: str | None = None,
+    since: datetime | None = None,
+    kind: str | None = None,
+    finished: bool | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[WavePublic]:
+    """Waves newest first (by start), optionally only those in ``state``, of ``plan``, started at/after
+    ``since``, of ``kind`` (``standard`` or ``emergency``), or finished (``True``: in a final state,
+    ``WAVE_FINAL_STATES``; ``False``: still running, waiting or halted).
+
+    Raises:
+        InputError: an unknown state or kind, a naive ``since`` or a limit outside 1..1000.
+    """
+    if state is not None and state not in WAVE_STATES:
+        raise InputError(
+            f"state: unknown wave state {state!r}; choose one of {', '.join(sorted(WAVE_STATES))}"
+        )
+    if not 1 <= limit <= 1000:
+        raise InputError(f"limit: {limit} is outside 1..1000")
+    query = select(Wave)
+    if state is not None:
+        query = query.where(Wave.state == state)
+    if kind is not None:
+        query = query.where(Wave.kind == _choice(kind, WaveKind, "kind"))
+    if finished is not None:
+        final = col(Wave.state).in_(sorted(WAVE_FINAL_STATES))
+        query = query.where(final if finished else sa.not_(final))
+    if plan is not None:
+        query = query.where(Wave.plan == plan)
+    if since is not None:
+        query = query.where(col(Wave.started_at) >= _utc(since, "since"))
+    query = query.order_by(col(Wave.started_at).desc(), col(Wave.id)).offset(max(offset, 0)).limit(limit)
+    return [WavePublic.model_validate(w) for w in session.exec(query).all()]
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+def record_instance_result(
+    session: Session,
+    *,
+    wave_id: str,
+    stage: str,
+    instance_id: str,
+    attempt: int,
+    status: str,
+    started_at: datetime,
+    finished_at: datetime | None = None,
+    operation: str = "install",
+    detail: str = "",
+    versions_before: dict[str, str] | None = None,
+    versions_after: dict[str, str] | None = None,
+    command_id: str | None = None,
+) -> None:
+    """Record (or complete) one operation on one instance; keyed by wave, stage, instance, operation and
+    attempt.
+
+    A row may be written twice: once when the operation starts (``finished_at=None``) and once when it
+    ends. A finished row is only ever replaced by another finished one, so a retried activity that records
+    "in flight" again cannot undo a result; ``started_at`` keeps its first value.
+    """
+    if operation not in ("install", "restore"):
+        raise InputError(f"operation: unknown value {operation!r}; choose install or restore")
+    if attempt < 0:
+        raise InputError(f"attempt: {attempt} is negative")
+    table = _table(InstanceResult)
+    row = {
+        "wave_id": wave_id,
+        "stage": stage,
+        "instance_id": instance_id,
+        "operation": operation,
+        "attempt": attempt,
+        "status": status,
+        "detail": detail,
+        "versions_before": dict(versions_before or {}),
+        "versions_after": dict(versions_after or {}),
+        "command_id": command_id,
+        "started_at": _utc(started_at, "started_at"),
+        "finished_at": _utc_opt(finished_at, "finished_at"),
+    }
+    update = {
+        k: _excluded(k)
+        for k in ("status", "detail", "versions_before", "versions_after", "command_id", "finished_at")
+    }
+    update["command_id"] = lambda stmt: sa.func.coalesce(stmt.excluded.command_id, table.c.command_id)
+    _insert(
+        session,
+        table,
+        [row],
+        keys=["wave_id", "stage", "instance_id", "operation", "attempt"],
+        update=update,
+        where=lambda stmt: sa.or_(table.c.finished_at.is_(None), stmt.excluded.finished_at.is_not(None)),
+    )
+    session.commit()
+
+
+def list_instance_results(
+    session: Session, *, wave_id: str, stage: str | None = None, instance_id: str | None = None
+) -> list[InstanceResultPublic]:
+    """A wave's operations by stage, instance, attempt and operation."""
+    query = select(InstanceResult).where(InstanceResult.wave_id == wave_id)
+    if stage is not None:
+        query = query.where(InstanceResult.stage == stage)
+    if instance_id is not None:
+        query = query.where(InstanceResult.instance_id == instance_id)
+    query = query.order_by(
+        col(InstanceResult.stage),
+        col(InstanceResult.instance_id),
+        col(InstanceResult.attempt),
+        col(InstanceResult.operation),
+    )
+    return [InstanceResultPublic.model_validate(r) for r in session.exec(query).all()]
+
+
+# ---------------------------------------------------------------------------------------------- patch sets
+
+
+def save_patch_set(session: Session, *, patch_set: PatchSet, at: datetime | None = None) -> str:
+    """Store a pinned patch set once (its id is a hash of its content); returns the id."""
+    row = {
+        "id": patch_set.id,
+        "family": patch_set.family,
+        "content": patch_set.to_json(),
+        "created_at": _utc(at or _now(), "at"),
+    }
+    _insert(session, _table(PatchSetRecord), [row], keys=["id"])
+    session.commit()
+    return patch_set.id
+
+
+def get_patch_set(session: Session, *, patch_set_id: str) -> PatchSet:
+    """A stored patch set, verified against its id.
+
+    Raises:
+        NotFoundError: no such patch set.
+        InputError: the stored content no longer hashes to its id (edited in the database).
+    """
+    row = session.get(PatchSetRecord, patch_set_id)
+    if row is None:
+        raise NotFoundError(f"no patch set {patch_set_id!r} in the database")
+    return PatchSet.from_json(row.content, source=f"database patch set {patch_set_id}")
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+
+
+def record_decision(
+    session: Session,
+    *,
+    wave_id: str,
+    stage: str,
+    who: str,
+    decision: str,
+    via: str,
+    at: datetime,
+    comment: str = "",
+) -> None:
+    """Record an approval or rejection of a stage's gate (once per wave, stage, person, decision, instant).
+
+    Raises:
+        InputError: an unknown decision or channel, or an empty ``who``.
+    """
+    if not who.strip():
+        raise InputError("who: a gate decision names the person who made it")
+    row = {
+        "wave_id": wave_id,
+        "stage": stage,
+        "who": who,
+        "decision": _choice(decision, Decision, "decision"),
+        "via": _choice(via, Via, "via"),
+        "comment": comment,
+        "at": _utc(at, "at"),
+    }
+    _insert(session, _table(GateDecision), [row], keys=["wave_id", "stage", "who", "decision", "at"])
+    session.commit()
+
+
+def list_decisions(session: Session, *, wave_id: str) -> list[GateDecisionPublic]:
+    """A wave's gate decisions in the order they were made."""
+    query = (
+        select(GateDecision)
+        .where(GateDecision.wave_id == wave_id)
+        .order_by(col(GateDecision.at), col(GateDecision.id))
+    )
+    return [GateDecisionPublic.model_validate(d) for d in session.exec(query).all()]
+
+
+# ---------------------------------------------------------------------------------------------- audit log
+
+
+def append_audit(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    at: datetime | None = None,
+    wave_id: str | None = None,
+    stage: str | None = None,
+    detail: dict[str, Any] | None = None,
+    key: str | None = None,
+) -> None:
+    """Append one operator action to the audit log.
+
+    Args:
+        key: an idempotency key for writers that may run twice (activities); a second append with the same
+            key is dropped. ``None`` for writers that run once (a CLI command, an API request).
+    """
+    if not actor.strip() or not action.strip():
+        raise InputError("an audit entry names its actor and its action")
+    row = {
+        "at": _utc(at or _now(), "at"),
+        "actor": actor,
+        "action": action,
+        "wave_id": wave_id,
+        "stage": stage,
+        "detail": dict(detail or {}),
+        "key": key,
+    }
+    table = _table(AuditRecord)
+    if key is None:
+        session.exec(sa.insert(table).values(row))
+    else:
+        _insert(session, table, [row], keys=["key"])
+    session.commit()
+
+
+def list_audit(
+    session: Session,
+    *,
+    wave_id: str | None = None,
+    since: datetime | None = None,
+    limit: int = 1000,
+) -> list[AuditRecordPublic]:
+    """Audit entries oldest first (by time, then by the order they were appended)."""
+    query = select(AuditRecord)
+    if wave_id is not None:
+        query = query.where(AuditRecord.wave_id == wave_id)
+    if since is not None:
+        query = query.where(col(AuditRecord.at) >= _utc(since, "since"))
+    query = query.order_by(col(AuditRecord.at), col(AuditRecord.id)).limit(limit)
+    return [AuditRecordPublic.model_validate(a) for a in session.exec(query).all()]
+
+
+# ---------------------------------------------------------------------------------------------- API tokens
+
+TOKEN_PREFIX = "pft"
+# scrypt at the interactive-login cost (16 MiB, tens of ms). The secret has 256 random bits, so this guards a
+# leaked table, not weak passwords; the parameters travel in the stored hash and may change later.
+_SCRYPT_N, _SCRYPT_R, _SCRYPT_P = 2**14, 8, 1
+_LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).decode().rstrip("=")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _hash_secret(
+    secret: str, *, salt: bytes, n: int = _SCRYPT_N, r: int = _SCRYPT_R, p: int = _SCRYPT_P
+) -> str:
+    digest = hashlib.scrypt(secret.encode(), salt=salt, n=n, r=r, p=p, dklen=32)
+    return f"scrypt${n}${r}${p}${_b64(salt)}${_b64(digest)}"
+
+
+def _secret_matches(secret: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, _digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        candidate = _hash_secret(secret, salt=_unb64(salt), n=int(n), r=int(r), p=int(p))
+    except ValueError:
+        return False
+    return hmac.compare_digest(candidate.encode(), stored.encode())
+
+
+# Hashed when a token id is unknown, so a miss costs as much time as a wrong secret.
+_DUMMY_HASH = _hash_secret("patchflow-no-such-token", salt=b"\0" * 16)
+
+
+def create_token(session: Session, *, name: str, role: str, at: datetime | None = None) -> tuple[str, str]:
+    """Create an API token.
+
+    Returns:
+        ``(token_id, token)``: ``token`` (``pft_<id>_<secret>``) is what clients send as a bearer token. It
+        is not stored anywhere; show it once.
+
+    Raises:
+        InputError: an unknown role or an empty or over-long name.
+    """
+    name = name.strip()
+    if not name or len(name) > _ID:
+        raise InputError(f"name: give the token a name of 1 to {_ID} characters (what it is for)")
+    role = _choice(role, Role, "role")
+    token_id = secrets.token_hex(6)
+    secret = secrets.token_urlsafe(32)
+    session.add(
+        ApiToken(
+            id=token_id,
+            name=name,
+            role=role,
+            secret_hash=_hash_secret(secret, salt=secrets.token_bytes(16)),
+            created_at=_utc(at or _now(), "at"),
+        )
+    )
+    session.commit()
+    return token_id, f"{TOKEN_PREFIX}_{token_id}_{secret}"
+
+
+def verify_token(session: Session, *, token: str, at: datetime | None = None) -> Role | None:
+    """The role of a valid, unrevoked token; ``None`` for anything else (malformed, unknown, wrong secret,
+    revoked). Compares in constant time and records when the token was last used."""
+    prefix, _, rest = token.strip().partition("_")
+    token_id, _, secret = rest.partition("_")
+    row = session.get(ApiToken, token_id) if prefix == TOKEN_PREFIX and token_id and secret else None
+    if row is None:
+        _secret_matches(secret or "x", _DUMMY_HASH)
+        return None
+    if not _secret_matches(secret, row.secret_hash) or row.revoked:
+        return None
+    now = _utc(at or _now(), "at")
+    if row.last_used_at is None or now - row.last_used_at >= _LAST_USED_RESOLUTION:
+        row.last_used_at = now
+        session.add(row)
+        session.commit()
+    return Role(row.role)
+
+
+def list_tokens(session: Session, *, include_revoked: bool = True) -> list[TokenPublic]:
+    """Tokens oldest first, without their hashes."""
+    query = select(ApiToken)
+    if not include_revoked:
+        query = query.where(col(ApiToken.revoked).is_(False))
+    query = query.order_by(col(ApiToken.created_at), col(ApiToken.id))
+    return [TokenPublic.model_validate(t) for t in session.exec(query).all()]
+
+
+def revoke_token(session: Session, *, token_id: str, at: datetime | None = None) -> TokenPublic:
+    """Revoke a token for good (revoking it again changes nothing).
+
+    Raises:
+        NotFoundError: no token has this id.
+    """
+    row = session.get(ApiToken, token_id)
+    if row is None:
+        raise NotFoundError(f"no API token {token_id!r}; 'patchflow token list' shows the ids")
+    if not row.revoked:
+        row.revoked = True
+        row.revoked_at = _utc(at or _now(), "at")
+        session.add(row)
+        session.commit()
+    return TokenPublic.model_validate(row)
