@@ -1,9 +1,9 @@
 """The command line (``patchflow …``): one module per command group, registered on the app in
-:mod:`~patchflow.cli.main`; helpers the groups share are public functions of :mod:`~patchflow.cli.common`.
+:mod:`~patchflow.cli.root`; helpers the groups share are public functions of :mod:`~patchflow.cli.common`.
 
 May import anything; nothing imports it (an import-linter contract in ``pyproject.toml`` keeps it so).
 """
 
-from patchflow.cli.main import app, run
+from patchflow.cli.root import app, main, run
 
-__all__ = ["app", "run"]
+__all__ = ["app", "main", "run"]
