@@ -8,4 +8,7 @@ New revision, after changing the models in :mod:`patchflow.store.db`::
 
 then review the generated file (server defaults for new NOT NULL columns, hand-written data moves) and run
 the suite: ``tests/db`` checks that the models and the migrations agree on SQLite and PostgreSQL.
+
+May import: Alembic, SQLAlchemy and :mod:`patchflow.store.db` (the models autogenerate compares against).
+Revision files are history: never rename their ids or edit a released one.
 """
