@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from datetime import date
 from pathlib import Path
 from typing import Any, Literal
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from patchflow.core.documents import Document, PathPart, load_document, validation_problems
+from patchflow.core.documents import Document, PathPart, format_path, load_document, validation_problems
 from patchflow.errors import BaselineError, ExportError, Problem
 
 OperatingSystem = Literal[
@@ -235,22 +236,36 @@ def _check_list_entry(baseline: Baseline, entry: str, *, approved: bool) -> str 
     return None
 
 
+_Locate = Callable[[tuple[PathPart, ...], str], Problem]
+"""Makes a located Problem from a path inside the baseline and a message."""
+
+
 def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Problem]:
     """Semantic checks beyond field types: everything ``CreatePatchBaseline`` would refuse.
 
     Returns every problem found (empty when the baseline is valid).
     """
+    problem = _locator(doc)
+    return [
+        *_check_name_and_description(baseline, problem),
+        *_check_filter_group(baseline, baseline.GlobalFilters, ("GlobalFilters",), problem),
+        *_check_rules(baseline, problem),
+        *_check_patch_lists(baseline, problem),
+        *_check_sources(baseline, problem),
+    ]
 
+
+def _locator(doc: Document | None) -> _Locate:
     def problem(path: tuple[PathPart, ...], message: str) -> Problem:
         if doc is not None:
             return doc.problem(path, message)
-        from patchflow.core.documents import format_path
-
         return Problem(path=format_path(path), message=message)
 
+    return problem
+
+
+def _check_name_and_description(baseline: Baseline, problem: _Locate) -> list[Problem]:
     problems: list[Problem] = []
-    os_ = baseline.OperatingSystem
-    pm = baseline.package_manager
     if not _NAME_RE.match(baseline.Name):
         problems.append(
             problem(
@@ -260,84 +275,102 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
         )
     if baseline.Description is not None and not 1 <= len(baseline.Description) <= 1024:
         problems.append(problem(("Description",), "must be 1–1024 characters long"))
+    return problems
 
+
+def _check_filter_group(
+    baseline: Baseline, group: PatchFilterGroup, path: tuple[PathPart, ...], problem: _Locate
+) -> list[Problem]:
+    """Filter keys valid for the OS, each once, and values from the key's closed set (if it has one)."""
+    os_, pm = baseline.OperatingSystem, baseline.package_manager
     allowed_keys = FILTER_KEYS.get(os_, ())
-
-    def check_group(group: PatchFilterGroup, path: tuple[PathPart, ...]) -> None:
-        seen: set[str] = set()
-        for i, flt in enumerate(group.PatchFilters):
-            fpath = (*path, "PatchFilters", i)
-            key = flt.Key
-            if key not in allowed_keys:
-                hint = ""
-                if key.upper() in allowed_keys:
-                    hint = f" (keys are upper case: '{key.upper()}')"
+    problems: list[Problem] = []
+    seen: set[str] = set()
+    for i, flt in enumerate(group.PatchFilters):
+        fpath = (*path, "PatchFilters", i)
+        key = flt.Key
+        if key not in allowed_keys:
+            hint = f" (keys are upper case: '{key.upper()}')" if key.upper() in allowed_keys else ""
+            problems.append(
+                problem(
+                    (*fpath, "Key"),
+                    f"filter key {key!r} is not valid for {os_}{hint}; use one of {', '.join(allowed_keys)}",
+                )
+            )
+            continue
+        if key in seen:
+            problems.append(problem((*fpath, "Key"), f"filter key {key!r} appears twice in this group"))
+        seen.add(key)
+        closed = FILTER_VALUES.get((pm, key))
+        for j, value in enumerate(flt.Values):
+            if not 1 <= len(value) <= 64:
+                problems.append(problem((*fpath, "Values", j), "filter values must be 1–64 characters long"))
+            elif closed and value != "*" and value.lower() not in {c.lower() for c in closed}:
                 problems.append(
                     problem(
-                        (*fpath, "Key"),
-                        f"filter key {key!r} is not valid for {os_}{hint}; use one of {', '.join(allowed_keys)}",
+                        (*fpath, "Values", j),
+                        f"{value!r} is not a {key} value on {os_}; use '*' or one of {', '.join(closed)}",
                     )
                 )
-                continue
-            if key in seen:
-                problems.append(problem((*fpath, "Key"), f"filter key {key!r} appears twice in this group"))
-            seen.add(key)
-            closed = FILTER_VALUES.get((pm, key))
-            for j, value in enumerate(flt.Values):
-                if not 1 <= len(value) <= 64:
-                    problems.append(
-                        problem((*fpath, "Values", j), "filter values must be 1–64 characters long")
-                    )
-                elif closed and value != "*" and value.lower() not in {c.lower() for c in closed}:
-                    problems.append(
-                        problem(
-                            (*fpath, "Values", j),
-                            f"{value!r} is not a {key} value on {os_}; use '*' or one of {', '.join(closed)}",
-                        )
-                    )
+    return problems
 
-    check_group(baseline.GlobalFilters, ("GlobalFilters",))
+
+def _check_rules(baseline: Baseline, problem: _Locate) -> list[Problem]:
+    problems: list[Problem] = []
     for r, rule in enumerate(baseline.ApprovalRules.PatchRules):
         rpath: tuple[PathPart, ...] = ("ApprovalRules", "PatchRules", r)
-        check_group(rule.PatchFilterGroup, (*rpath, "PatchFilterGroup"))
-        has_days = rule.ApproveAfterDays is not None
-        has_date = rule.ApproveUntilDate is not None
-        if has_days and has_date:
-            problems.append(
-                problem(
-                    rpath,
-                    "set either ApproveAfterDays or ApproveUntilDate, not both (AWS allows one per rule)",
-                )
-            )
-        elif not has_days and not has_date and pm != "apt":
-            problems.append(
-                problem(
-                    rpath,
-                    f"a rule on {os_} needs ApproveAfterDays (0–360) or ApproveUntilDate (YYYY-MM-DD); "
-                    "use ApproveAfterDays: 0 to approve on release",
-                )
-            )
-        if has_days and rule.ApproveAfterDays is not None and not 0 <= rule.ApproveAfterDays <= 360:
-            problems.append(
-                problem(
-                    (*rpath, "ApproveAfterDays"), f"{rule.ApproveAfterDays} is out of range; use 0–360 days"
-                )
-            )
-        if rule.ApproveUntilDate is not None:
-            try:
-                if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", rule.ApproveUntilDate):
-                    raise ValueError
-                date.fromisoformat(rule.ApproveUntilDate)
-            except ValueError:
-                problems.append(
-                    problem(
-                        (*rpath, "ApproveUntilDate"),
-                        f"{rule.ApproveUntilDate!r} is not a date; use YYYY-MM-DD, e.g. 2026-11-30",
-                    )
-                )
-        if rule.EnableNonSecurity and pm == "windows":
+        problems += _check_filter_group(
+            baseline, rule.PatchFilterGroup, (*rpath, "PatchFilterGroup"), problem
+        )
+        problems += _check_rule_approval(baseline, rule, rpath, problem)
+        if rule.EnableNonSecurity and baseline.package_manager == "windows":
             problems.append(problem((*rpath, "EnableNonSecurity"), "EnableNonSecurity applies to Linux only"))
+    return problems
 
+
+def _check_rule_approval(
+    baseline: Baseline, rule: PatchRule, rpath: tuple[PathPart, ...], problem: _Locate
+) -> list[Problem]:
+    """One of ApproveAfterDays (0–360) and ApproveUntilDate (a date) per rule; apt rules may have neither."""
+    problems: list[Problem] = []
+    has_days = rule.ApproveAfterDays is not None
+    has_date = rule.ApproveUntilDate is not None
+    if has_days and has_date:
+        problems.append(
+            problem(
+                rpath, "set either ApproveAfterDays or ApproveUntilDate, not both (AWS allows one per rule)"
+            )
+        )
+    elif not has_days and not has_date and baseline.package_manager != "apt":
+        problems.append(
+            problem(
+                rpath,
+                f"a rule on {baseline.OperatingSystem} needs ApproveAfterDays (0–360) or ApproveUntilDate "
+                "(YYYY-MM-DD); use ApproveAfterDays: 0 to approve on release",
+            )
+        )
+    if rule.ApproveAfterDays is not None and not 0 <= rule.ApproveAfterDays <= 360:
+        problems.append(
+            problem((*rpath, "ApproveAfterDays"), f"{rule.ApproveAfterDays} is out of range; use 0–360 days")
+        )
+    if rule.ApproveUntilDate is not None:
+        try:
+            if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", rule.ApproveUntilDate):
+                raise ValueError
+            date.fromisoformat(rule.ApproveUntilDate)
+        except ValueError:
+            problems.append(
+                problem(
+                    (*rpath, "ApproveUntilDate"),
+                    f"{rule.ApproveUntilDate!r} is not a date; use YYYY-MM-DD, e.g. 2026-11-30",
+                )
+            )
+    return problems
+
+
+def _check_patch_lists(baseline: Baseline, problem: _Locate) -> list[Problem]:
+    """ApprovedPatches and RejectedPatches entries in the OS's formats."""
+    problems: list[Problem] = []
     for list_name, entries, approved in (
         ("ApprovedPatches", baseline.ApprovedPatches, True),
         ("RejectedPatches", baseline.RejectedPatches, False),
@@ -346,16 +379,26 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
             why = _check_list_entry(baseline, entry, approved=approved)
             if why:
                 problems.append(problem((list_name, i), why))
-    if baseline.ApprovedPatchesEnableNonSecurity and pm == "windows":
+    if baseline.ApprovedPatchesEnableNonSecurity and baseline.package_manager == "windows":
         problems.append(
             problem(
                 ("ApprovedPatchesEnableNonSecurity",),
                 "ApprovedPatchesEnableNonSecurity applies to Linux only",
             )
         )
+    return problems
 
+
+def _check_sources(baseline: Baseline, problem: _Locate) -> list[Problem]:
+    """Sources: Linux only, named, with a repository configuration in the package manager's format."""
+    pm = baseline.package_manager
+    problems: list[Problem] = []
     if baseline.Sources and pm in {"windows", "macos"}:
-        problems.append(problem(("Sources",), f"Sources (custom repositories) are Linux only, not {os_}"))
+        problems.append(
+            problem(
+                ("Sources",), f"Sources (custom repositories) are Linux only, not {baseline.OperatingSystem}"
+            )
+        )
     for s, source in enumerate(baseline.Sources):
         spath: tuple[PathPart, ...] = ("Sources", s)
         if not _SOURCE_NAME_RE.match(source.Name):

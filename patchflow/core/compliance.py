@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -176,27 +176,50 @@ class ComplianceEngine:
         self.targets = targets
         self.rejected = rejected
         self.block = rejected_action == "BLOCK"
-        # product -> (name, arch, version) -> state, and -> target
-        self._states: dict[str | None, dict[PackageKey, str]] = {}
-        self._target_of: dict[str | None, dict[PackageKey, PinnedPatch | None]] = {}
-        # "LEVEL|security" or "LEVEL|other": how a row counts when it is non-compliant
-        self._buckets: dict[str | None, dict[PackageKey, str]] = {}
-        self._rows: dict[str | None, dict[PackageKey, PatchState]] = {}
+        self._known: dict[str | None, _KnownRows] = {}
         self.unknown_products: set[str] = set()
 
-    def _tables(
-        self, product: str | None
-    ) -> tuple[dict[PackageKey, str], dict[PackageKey, PinnedPatch | None], str | None]:
+    def evaluate(self, instance: Instance, *, with_patches: bool = True) -> InstanceCompliance:
+        """The instance's state per installed package, its counts and status (see the module docstring)."""
+        targets, known = self._for_product(instance.product)
+        installed = instance.installed
+        known.learn(installed, targets, self._classify)
+        row_states = list(map(known.states.__getitem__, installed))
+        overrides, extra_rows = _last_run(instance, row_states, targets)
+        for index, state in overrides.items():
+            row_states[index] = state
+        # Count (state, level bucket) pairs in C: a fleet-sized loop in Python would dominate the run time.
+        pairs = Counter(zip(row_states, map(known.buckets.__getitem__, installed), strict=True))
+        for row in extra_rows:
+            pairs[(row.state, _bucket(targets.get((row.name, row.arch))))] += 1
+        counts, worst = _counts(pairs)
+        patches: list[PatchState] = []
+        if with_patches:
+            # Rows are immutable and shared between instances with the same package version.
+            patches = list(map(known.rows.__getitem__, installed))
+            for index, state in overrides.items():
+                patches[index] = dataclasses.replace(patches[index], state=state)
+            patches.extend(extra_rows)
+        return InstanceCompliance(
+            instance_id=instance.instance_id,
+            patch_group=instance.patch_group,
+            status="NON_COMPLIANT" if _non_compliant(counts) else "COMPLIANT",
+            counts=counts,
+            compliance_level=worst,
+            patches=patches,
+        )
+
+    def _for_product(self, product: str | None) -> tuple[dict[tuple[str, str], PinnedPatch], _KnownRows]:
+        """The targets an instance of ``product`` is judged against (every product's for an unknown one),
+        and the rows already computed for them."""
         key = _normalise_product(product)
         if key is not None and key not in self.targets:
             self.unknown_products.add(product or "")
             key = None
-        if key not in self._states:
-            self._states[key] = {}
-            self._target_of[key] = {}
-            self._buckets[key] = {}
-            self._rows[key] = {}
-        return self._states[key], self._target_of[key], key
+        known = self._known.get(key)
+        if known is None:
+            known = self._known[key] = _KnownRows()
+        return self.targets[key], known
 
     def _classify(
         self, pkg: PackageKey, table: dict[tuple[str, str], PinnedPatch]
@@ -211,120 +234,116 @@ class ComplianceEngine:
             return MISSING, target
         return INSTALLED, target
 
-    def evaluate(self, instance: Instance, *, with_patches: bool = True) -> InstanceCompliance:
-        states, target_of, key = self._tables(instance.product)
-        buckets = self._buckets[key]
-        rows = self._rows[key]
-        installed = instance.installed
-        unknown = [p for p in installed if p not in states]
-        if unknown:
-            table = self.targets[key]
-            for pkg in unknown:
-                state, target = self._classify(pkg, table)
-                states[pkg] = state
-                target_of[pkg] = target
-                buckets[pkg] = self._bucket(target)
-                rows[pkg] = PatchState(
-                    pkg[0],
-                    pkg[1],
-                    pkg[2],
-                    target.version if target is not None else None,
-                    state,
-                    target.severity if target is not None else None,
-                    target.compliance_level if target is not None else None,
-                    target.classification if target is not None else None,
+
+@dataclass
+class _KnownRows:
+    """What an engine has computed for one product's targets, per distinct installed (name, arch, version)."""
+
+    states: dict[PackageKey, str] = field(default_factory=dict)
+    buckets: dict[PackageKey, str] = field(default_factory=dict)
+    """How a row counts when it is non-compliant: ``LEVEL|security`` or ``LEVEL|other``."""
+    rows: dict[PackageKey, PatchState] = field(default_factory=dict)
+
+    def learn(
+        self,
+        installed: list[PackageKey],
+        targets: dict[tuple[str, str], PinnedPatch],
+        classify: Callable[[PackageKey, dict[tuple[str, str], PinnedPatch]], tuple[str, PinnedPatch | None]],
+    ) -> None:
+        """Compute the rows of the packages not seen before (fleets repeat themselves: most are known)."""
+        for pkg in [p for p in installed if p not in self.states]:
+            state, target = classify(pkg, targets)
+            self.states[pkg] = state
+            self.buckets[pkg] = _bucket(target)
+            self.rows[pkg] = PatchState(
+                pkg[0],
+                pkg[1],
+                pkg[2],
+                target.version if target is not None else None,
+                state,
+                target.severity if target is not None else None,
+                target.compliance_level if target is not None else None,
+                target.classification if target is not None else None,
+            )
+
+
+def _last_run(
+    instance: Instance, row_states: list[str], targets: dict[tuple[str, str], PinnedPatch]
+) -> tuple[dict[int, str], list[PatchState]]:
+    """What the last install run changes: MISSING rows it failed become FAILED, installed rows waiting for a
+    reboot INSTALLED_PENDING_REBOOT (row index → state), and a failed package that is not installed at all (a
+    failed first install) still counts, as an extra row."""
+    overrides: dict[int, str] = {}
+    extra_rows: list[PatchState] = []
+    failed, pending = instance.failed, instance.pending_reboot
+    if not failed and not pending:
+        return overrides, extra_rows
+    installed = instance.installed
+    seen_failed: set[tuple[str, str | None]] = set()
+    for index, (name, arch, _version) in enumerate(installed):
+        state = row_states[index]
+        if state == MISSING and any(n == name and a in (None, arch) for n, a in failed):
+            overrides[index] = FAILED
+            seen_failed.update((n, a) for n, a in failed if n == name and a in (None, arch))
+        elif state in (INSTALLED, INSTALLED_OTHER) and any(
+            n == name and a in (None, arch) for n, a in pending
+        ):
+            overrides[index] = INSTALLED_PENDING_REBOOT
+    installed_names = {(n, a) for n, a, _ in installed}
+    for failed_name, failed_arch in failed:
+        if (failed_name, failed_arch) in seen_failed:
+            continue
+        for (t_name, t_arch), target in targets.items():
+            if (
+                t_name == failed_name
+                and failed_arch in (None, t_arch)
+                and (t_name, t_arch) not in installed_names
+            ):
+                extra_rows.append(
+                    PatchState(
+                        t_name, t_arch, None, target.version, FAILED, target.severity, target.compliance_level
+                    )
                 )
-        row_states = list(map(states.__getitem__, installed))
-        overrides: dict[int, str] = {}
-        extra_rows: list[PatchState] = []
-        if instance.failed or instance.pending_reboot:
-            failed = instance.failed
-            pending = instance.pending_reboot
-            seen_failed: set[tuple[str, str | None]] = set()
-            for index, (name, arch, _version) in enumerate(installed):
-                state = row_states[index]
-                if state == MISSING and any(n == name and a in (None, arch) for n, a in failed):
-                    overrides[index] = FAILED
-                    seen_failed.update((n, a) for n, a in failed if n == name and a in (None, arch))
-                elif state in (INSTALLED, INSTALLED_OTHER) and any(
-                    n == name and a in (None, arch) for n, a in pending
-                ):
-                    overrides[index] = INSTALLED_PENDING_REBOOT
-            # A failed package that is not installed at all (a failed first install) still counts.
-            installed_names = {(n, a) for n, a, _ in installed}
-            table = self.targets[key]
-            for failed_name, failed_arch in failed:
-                if (failed_name, failed_arch) in seen_failed:
-                    continue
-                for (t_name, t_arch), target in table.items():
-                    if (
-                        t_name == failed_name
-                        and failed_arch in (None, t_arch)
-                        and (t_name, t_arch) not in installed_names
-                    ):
-                        extra_rows.append(
-                            PatchState(
-                                t_name,
-                                t_arch,
-                                None,
-                                target.version,
-                                FAILED,
-                                target.severity,
-                                target.compliance_level,
-                            )
-                        )
-            for index, state in overrides.items():
-                row_states[index] = state
-        # Count (state, level bucket) pairs in C: a fleet-sized loop in Python would dominate the run time.
-        buckets = self._buckets[key]
-        pairs = Counter(zip(row_states, map(buckets.__getitem__, installed), strict=True))
-        for row in extra_rows:
-            pairs[(row.state, self._bucket(self.targets[key].get((row.name, row.arch))))] += 1
-        counter: Counter[str] = Counter()
-        critical = security = 0
-        levels: set[str] = set()
-        for (state, bucket), n in pairs.items():
-            counter[state] += n
-            if state in NON_COMPLIANT_STATES:
-                level, _, kind = bucket.partition("|")
-                levels.add(level)
-                if level == "CRITICAL":
-                    critical += n
-                elif kind == "security":
-                    security += n
-        counts = {field_name: counter.get(state, 0) for state, field_name in COUNT_FIELDS.items()}
-        counts["NotApplicableCount"] = 0
-        non_compliant = sum(counter.get(s, 0) for s in NON_COMPLIANT_STATES)
+    return overrides, extra_rows
 
-        patches: list[PatchState] = []
-        if with_patches:
-            # Rows are immutable and shared between instances with the same package version.
-            rows = self._rows[key]
-            patches = list(map(rows.__getitem__, installed))
-            for index, state in overrides.items():
-                patches[index] = dataclasses.replace(patches[index], state=state)
-            patches.extend(extra_rows)
-        counts["CriticalNonCompliantCount"] = critical
-        counts["SecurityNonCompliantCount"] = security
-        counts["OtherNonCompliantCount"] = non_compliant - critical - security
-        worst = min(levels, key=COMPLIANCE_ORDER.index) if levels else None
-        return InstanceCompliance(
-            instance_id=instance.instance_id,
-            patch_group=instance.patch_group,
-            status="NON_COMPLIANT" if non_compliant else "COMPLIANT",
-            counts=counts,
-            compliance_level=worst,
-            patches=patches,
-        )
 
-    def _bucket(self, target: PinnedPatch | None) -> str:
-        if target is None:
-            return "UNSPECIFIED|other"
-        if target.classification is not None:
-            security = target.classification.lower() in {"security", "securityupdates"}
-        else:
-            security = target.security
-        return f"{target.compliance_level}|{'security' if security else 'other'}"
+def _counts(pairs: Counter[tuple[str, str]]) -> tuple[dict[str, int], str | None]:
+    """The ``DescribeInstancePatchStates`` counts of (state, level bucket) pairs, and the most severe
+    ComplianceLevel among the non-compliant ones (None when there are none)."""
+    counter: Counter[str] = Counter()
+    critical = security = 0
+    levels: set[str] = set()
+    for (state, bucket), n in pairs.items():
+        counter[state] += n
+        if state in NON_COMPLIANT_STATES:
+            level, _, kind = bucket.partition("|")
+            levels.add(level)
+            if level == "CRITICAL":
+                critical += n
+            elif kind == "security":
+                security += n
+    counts = {field_name: counter.get(state, 0) for state, field_name in COUNT_FIELDS.items()}
+    counts["NotApplicableCount"] = 0
+    non_compliant = sum(counter.get(s, 0) for s in NON_COMPLIANT_STATES)
+    counts["CriticalNonCompliantCount"] = critical
+    counts["SecurityNonCompliantCount"] = security
+    counts["OtherNonCompliantCount"] = non_compliant - critical - security
+    worst = min(levels, key=COMPLIANCE_ORDER.index) if levels else None
+    return counts, worst
+
+
+def _non_compliant(counts: dict[str, int]) -> int:
+    return sum(counts[COUNT_FIELDS[state]] for state in NON_COMPLIANT_STATES)
+
+
+def _bucket(target: PinnedPatch | None) -> str:
+    if target is None:
+        return "UNSPECIFIED|other"
+    if target.classification is not None:
+        security = target.classification.lower() in {"security", "securityupdates"}
+    else:
+        security = target.security
+    return f"{target.compliance_level}|{'security' if security else 'other'}"
 
 
 def summarise(results: Sequence[InstanceCompliance]) -> dict[str, Any]:
@@ -353,6 +372,9 @@ def _package_ref(value: Any) -> tuple[str, str | None] | None:
     return None
 
 
+_INSTANCE_FIELDS = ("instance_id", "platform", "patch_group", "installed", "failed", "pending_reboot")
+
+
 def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instance]:
     """Validate an inventory document: a list of instances with their installed packages.
 
@@ -370,45 +392,69 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
             "an inventory must be a JSON list of instances (or an object with an 'instances' list)",
             source=doc.source,
         )
-    problems: list[Problem] = []
+    reader = _InventoryReader(doc, family)
     instances: list[Instance] = []
-    seen_ids: set[str] = set()
-    checked_versions: set[str] = set()  # fleets repeat versions: validate each distinct one once
-
-    def bad(path: tuple[str | int, ...], message: str) -> None:
-        problems.append(doc.problem(path, message))
-
     for i, item in enumerate(data):
-        where = (*prefix, i)
-        if len(problems) >= 50:
+        if len(reader.problems) >= 50:
             break
+        instance = reader.instance((*prefix, i), item)
+        if instance is not None:
+            instances.append(instance)
+    if reader.problems:
+        raise InventoryError("invalid inventory", source=doc.source, problems=reader.problems)
+    return instances
+
+
+class _InventoryReader:
+    """Reads inventory entries one by one, collecting located problems."""
+
+    def __init__(self, doc: Document, family: str | None) -> None:
+        self.doc = doc
+        self.family = family
+        self.problems: list[Problem] = []
+        self.seen_ids: set[str] = set()
+        self.checked_versions: set[str] = set()  # fleets repeat versions: validate each distinct one once
+
+    def bad(self, path: tuple[str | int, ...], message: str) -> None:
+        self.problems.append(self.doc.problem(path, message))
+
+    def instance(self, where: tuple[str | int, ...], item: Any) -> Instance | None:
+        """One entry as an Instance, or None when it is unusable (its problems reported)."""
         if not isinstance(item, dict):
-            bad(where, f"expected an instance object, got {type(item).__name__}")
-            continue
-        unknown = set(item) - {
-            "instance_id",
-            "platform",
-            "patch_group",
-            "installed",
-            "failed",
-            "pending_reboot",
-        }
-        for key in sorted(unknown):
-            bad(
-                (*where, key),
-                "unknown field; allowed: instance_id, platform, patch_group, installed, failed, pending_reboot",
-            )
+            self.bad(where, f"expected an instance object, got {type(item).__name__}")
+            return None
+        for key in sorted(set(item) - set(_INSTANCE_FIELDS)):
+            self.bad((*where, key), f"unknown field; allowed: {', '.join(_INSTANCE_FIELDS)}")
         iid = item.get("instance_id")
         if not isinstance(iid, str) or not iid:
-            bad(
+            self.bad(
                 (*where, "instance_id"),
                 "required: the instance id as a non-empty string (e.g. i-0abc…, mi-…)",
             )
-            continue
-        if iid in seen_ids:
-            bad((*where, "instance_id"), f"instance {iid} appears twice")
-        seen_ids.add(iid)
-        platform = item.get("platform")
+            return None
+        if iid in self.seen_ids:
+            self.bad((*where, "instance_id"), f"instance {iid} appears twice")
+        self.seen_ids.add(iid)
+        product, inst_family = self.platform(where, item.get("platform"))
+        group = item.get("patch_group")
+        if group is not None and not isinstance(group, str):
+            self.bad((*where, "patch_group"), "expected a string or null")
+            group = None
+        installed = self.installed((*where, "installed"), item.get("installed", []))
+        if installed is None:
+            return None
+        return Instance(
+            instance_id=iid,
+            installed=installed,
+            product=product,
+            family=inst_family,
+            patch_group=group,
+            failed=self.package_refs((*where, "failed"), item.get("failed", [])),
+            pending_reboot=self.package_refs((*where, "pending_reboot"), item.get("pending_reboot", [])),
+        )
+
+    def platform(self, where: tuple[str | int, ...], platform: Any) -> tuple[str | None, str | None]:
+        """``platform`` (a product string or {family, product}) as (product, family)."""
         product: str | None = None
         inst_family: str | None = None
         if isinstance(platform, str):
@@ -417,69 +463,59 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
             product = platform.get("product") if isinstance(platform.get("product"), str) else None
             fam = platform.get("family")
             if fam is not None and fam not in ("deb", "rpm"):
-                bad((*where, "platform", "family"), f"{fam!r} is not a package family; use 'deb' or 'rpm'")
+                self.bad(
+                    (*where, "platform", "family"), f"{fam!r} is not a package family; use 'deb' or 'rpm'"
+                )
             inst_family = fam if isinstance(fam, str) else None
         elif platform is not None:
-            bad((*where, "platform"), "expected a product string or {family, product}")
-        if family is not None and inst_family is not None and inst_family != family:
-            bad(
+            self.bad((*where, "platform"), "expected a product string or {family, product}")
+        if self.family is not None and inst_family is not None and inst_family != self.family:
+            self.bad(
                 (*where, "platform", "family"),
-                f"instance uses '{inst_family}' packages but the baseline is for '{family}'",
+                f"instance uses '{inst_family}' packages but the baseline is for '{self.family}'",
             )
-        group = item.get("patch_group")
-        if group is not None and not isinstance(group, str):
-            bad((*where, "patch_group"), "expected a string or null")
-            group = None
-        installed_raw = item.get("installed", [])
-        if not isinstance(installed_raw, list):
-            bad((*where, "installed"), "expected a list of {name, arch, version}")
-            continue
+        return product, inst_family
+
+    def installed(self, where: tuple[str | int, ...], raw: Any) -> list[PackageKey] | None:
+        """The ``installed`` list, versions checked against the baseline's family; None if it is no list."""
+        if not isinstance(raw, list):
+            self.bad(where, "expected a list of {name, arch, version}")
+            return None
         installed: list[PackageKey] = []
-        for j, pkg in enumerate(installed_raw):
+        for j, pkg in enumerate(raw):
             try:
                 name, arch, version = pkg["name"], pkg["arch"], pkg["version"]
             except (TypeError, KeyError):
-                bad((*where, "installed", j), "expected {name, arch, version}")
+                self.bad((*where, j), "expected {name, arch, version}")
                 continue
             if not (
                 isinstance(name, str) and isinstance(arch, str) and isinstance(version, str) and name and arch
             ):
-                bad((*where, "installed", j), "name, arch and version must be non-empty strings")
+                self.bad((*where, j), "name, arch and version must be non-empty strings")
                 continue
-            if family is not None and version not in checked_versions:
+            if self.family is not None and version not in self.checked_versions:
                 try:
-                    versions.validate(family, version)
+                    versions.validate(self.family, version)
                 except InvalidVersionError as exc:
-                    bad((*where, "installed", j, "version"), exc.summary)
+                    self.bad((*where, j, "version"), exc.summary)
                     continue
-                checked_versions.add(version)
+                self.checked_versions.add(version)
             installed.append((name, arch, version))
-        refs: dict[str, list[tuple[str, str | None]]] = {"failed": [], "pending_reboot": []}
-        for list_name, out in refs.items():
-            raw = item.get(list_name, [])
-            if not isinstance(raw, list):
-                bad((*where, list_name), "expected a list of package names or {name, arch}")
-                continue
-            for j, value in enumerate(raw):
-                ref = _package_ref(value)
-                if ref is None:
-                    bad((*where, list_name, j), "expected a package name or {name, arch}")
-                else:
-                    out.append(ref)
-        instances.append(
-            Instance(
-                instance_id=iid,
-                installed=installed,
-                product=product,
-                family=inst_family,
-                patch_group=group,
-                failed=refs["failed"],
-                pending_reboot=refs["pending_reboot"],
-            )
-        )
-    if problems:
-        raise InventoryError("invalid inventory", source=doc.source, problems=problems)
-    return instances
+        return installed
+
+    def package_refs(self, where: tuple[str | int, ...], raw: Any) -> list[tuple[str, str | None]]:
+        """A ``failed`` or ``pending_reboot`` list: package names or {name, arch}."""
+        if not isinstance(raw, list):
+            self.bad(where, "expected a list of package names or {name, arch}")
+            return []
+        refs: list[tuple[str, str | None]] = []
+        for j, value in enumerate(raw):
+            ref = _package_ref(value)
+            if ref is None:
+                self.bad((*where, j), "expected a package name or {name, arch}")
+            else:
+                refs.append(ref)
+        return refs
 
 
 def load_inventory(path: str | Path, *, family: str | None = None) -> list[Instance]:

@@ -412,215 +412,287 @@ def select_fixes(
         InputError: nothing named, a malformed CVE id, a CVE or package the catalog does not have (every
             one is reported, with close matches), a non-Linux baseline, or a catalog of the other family.
     """
-    # What the baseline never lets be installed, exactly as 'baseline evaluate' decides it: RejectedPatches,
-    # BLOCK on dependants, a version rejected in any catalog entry. Its approval rules play no part here, and
-    # neither do its Sources (evaluate() would call an entry outside them not_approved before judging whether
-    # it is rejected). evaluate() also refuses non-Linux baselines and a catalog of the other family.
-    evaluation = evaluate(
-        baseline.model_copy(update={"Sources": []}), catalog, datetime.now(UTC), catalog_source=catalog_source
-    )
-    family = evaluation.patch_set.family
-    refused_at = {i: d.reason for i, d in enumerate(evaluation.decisions) if d.decision == "rejected"}
+    index = _Index.of(catalog, baseline, catalog_source)
     wanted = tuple(dict.fromkeys(normalise_cve(c) for c in cves))
     named_packages = tuple(dict.fromkeys(p.strip() for p in packages if p.strip()))
     if not wanted and not named_packages:
         raise InputError("name at least one --cve CVE-YYYY-NNNN (or --package NAME) to patch")
+    _require_in_catalog(index, wanted, named_packages, catalog_source)
+    choices = _Choices()
+    cve_floor = _lowest_fixing_versions(index, wanted)
+    choices.floors.extend(_cve_floors(index, cve_floor, wanted))
+    _fix_cves(index, choices, cve_floor)
+    _pin_named_packages(index, choices, named_packages)
+    _follow_dependencies(index, choices)
+    return _selection(index, choices, wanted, named_packages)
 
-    listed = [frozenset(cve.strip().upper() for cve in patch.cve_ids) for patch in catalog]
-    fixing: dict[str, list[int]] = defaultdict(list)
-    by_name: dict[str, list[int]] = defaultdict(list)
-    by_key: dict[tuple[str, str], list[int]] = defaultdict(list)
-    scopes_of: dict[tuple[str, str], set[Scope]] = defaultdict(set)
-    spelling: dict[str, str] = {}  # scope → the product as the catalog writes it (the smallest spelling)
-    for i, patch in enumerate(catalog):
-        for cve in listed[i]:
-            fixing[cve].append(i)
-        by_name[patch.name].append(i)
-        by_key[patch.key].append(i)
-        scope = _normalise_product(patch.product)
-        scopes_of[patch.key].add(scope)
-        if scope is not None and patch.product is not None:
-            spelling[scope] = min(spelling.get(scope, patch.product), patch.product)
+
+@dataclass
+class _Index:
+    """The catalog looked up by CVE, name, package (name + arch) and scope, with what the baseline refuses."""
+
+    catalog: Sequence[Patch]
+    family: str
+    refused_at: dict[int, str]
+    """Catalog index → why the baseline rejects that entry."""
+    listed: list[frozenset[str]] = field(default_factory=list)
+    """Per catalog entry, its CVE ids normalised."""
+    fixing: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    by_name: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+    by_key: dict[tuple[str, str], list[int]] = field(default_factory=lambda: defaultdict(list))
+    scopes_of: dict[tuple[str, str], set[Scope]] = field(default_factory=lambda: defaultdict(set))
+    spelling: dict[str, str] = field(default_factory=dict)
+    """Scope → the product as the catalog writes it (the smallest spelling)."""
+
+    @classmethod
+    def of(cls, catalog: Sequence[Patch], baseline: Baseline, catalog_source: str | None) -> _Index:
+        # What the baseline never lets be installed, exactly as 'baseline evaluate' decides it:
+        # RejectedPatches, BLOCK on dependants, a version rejected in any catalog entry. Its approval rules
+        # play no part here, and neither do its Sources (evaluate() would call an entry outside them
+        # not_approved before judging whether it is rejected). evaluate() also refuses non-Linux baselines
+        # and a catalog of the other family.
+        evaluation = evaluate(
+            baseline.model_copy(update={"Sources": []}),
+            catalog,
+            datetime.now(UTC),
+            catalog_source=catalog_source,
+        )
+        index = cls(
+            catalog=catalog,
+            family=evaluation.patch_set.family,
+            refused_at={i: d.reason for i, d in enumerate(evaluation.decisions) if d.decision == "rejected"},
+        )
+        index.listed = [frozenset(cve.strip().upper() for cve in patch.cve_ids) for patch in catalog]
+        for i, patch in enumerate(catalog):
+            for cve in index.listed[i]:
+                index.fixing[cve].append(i)
+            index.by_name[patch.name].append(i)
+            index.by_key[patch.key].append(i)
+            scope = _normalise_product(patch.product)
+            index.scopes_of[patch.key].add(scope)
+            if scope is not None and patch.product is not None:
+                index.spelling[scope] = min(index.spelling.get(scope, patch.product), patch.product)
+        return index
+
+    def product_of(self, scope: Scope) -> str | None:
+        return None if scope is None else self.spelling[scope]
+
+    def members(self, key: tuple[str, str], scope: Scope) -> list[int]:
+        """The entries of a scope: the package's entries of that product and its product-less ones."""
+        return [i for i in self.by_key[key] if _normalise_product(self.catalog[i].product) in (scope, None)]
+
+    def newest_first(self, indices: Iterable[int]) -> list[int]:
+        return _newest_first(self.catalog, indices, self.family)
+
+
+@dataclass
+class _Choices:
+    """What the steps of :func:`select_fixes` have chosen so far."""
+
+    chosen: dict[ScopeKey, int] = field(default_factory=dict)
+    """(name, arch, scope) → the catalog entry pinned for it."""
+    reasons: dict[ScopeKey, list[str]] = field(default_factory=lambda: defaultdict(list))
+    fixed_cves: dict[ScopeKey, list[str]] = field(default_factory=lambda: defaultdict(list))
+    refused: dict[tuple[str, str, str, str], Refused] = field(default_factory=dict)
+    floors: list[FixFloor] = field(default_factory=list)
+    gaps: list[Gap] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def _require_in_catalog(
+    index: _Index, wanted: tuple[str, ...], named_packages: tuple[str, ...], catalog_source: str | None
+) -> None:
+    """Refuse CVEs and packages the catalog does not have, every one at once, with close matches."""
     missing = [
-        f"the catalog has no patch for {cve}{_close(cve, fixing, cutoff=0.9)}"
+        f"the catalog has no patch for {cve}{_close(cve, index.fixing, cutoff=0.9)}"
         for cve in wanted
-        if cve not in fixing
+        if cve not in index.fixing
     ]
     missing += [
-        f"the catalog has no package {name!r}{_close(name, by_name)}"
+        f"the catalog has no package {name!r}{_close(name, index.by_name)}"
         for name in named_packages
-        if name not in by_name
+        if name not in index.by_name
     ]
     if missing:
         hint = (
             "; refresh the catalog (patchflow ssm collect) once the vendor has published the fix"
-            if any(c not in fixing for c in wanted)
+            if any(c not in index.fixing for c in wanted)
             else ""
         )
         raise InputError("; ".join(missing) + hint, source=catalog_source)
 
-    def product_of(scope: Scope) -> str | None:
-        return None if scope is None else spelling[scope]
 
-    def members(key: tuple[str, str], scope: Scope) -> list[int]:
-        """The entries of a scope: the package's entries of that product and its product-less ones."""
-        return [i for i in by_key[key] if _normalise_product(catalog[i].product) in (scope, None)]
-
-    floors: list[FixFloor] = []
-    # (name, arch, scope) → {cve: lowest fixing version}
+def _lowest_fixing_versions(index: _Index, wanted: tuple[str, ...]) -> dict[ScopeKey, dict[str, str]]:
+    """(name, arch, scope) → {named CVE: the oldest version of the scope listing it}."""
     cve_floor: dict[ScopeKey, dict[str, str]] = defaultdict(dict)
-    for key in sorted({catalog[i].key for cve in wanted for i in fixing[cve]}):
-        for scope in scopes_of[key]:
-            for i in members(key, scope):
-                for cve in (c for c in wanted if c in listed[i]):
-                    version = catalog[i].version
+    for key in sorted({index.catalog[i].key for cve in wanted for i in index.fixing[cve]}):
+        for scope in index.scopes_of[key]:
+            for i in index.members(key, scope):
+                for cve in (c for c in wanted if c in index.listed[i]):
+                    version = index.catalog[i].version
                     current = cve_floor[(*key, scope)].get(cve)
-                    order = 1 if current is None else versions.compare(family, version, current)
+                    order = 1 if current is None else versions.compare(index.family, version, current)
                     # an equal version written differently (1.0 / 1.00): the smaller text, whatever the order
                     if current is None or order < 0 or (order == 0 and version < current):
                         cve_floor[(*key, scope)][cve] = version
-    for skey in sorted(cve_floor, key=_scope_order):
-        for cve in (c for c in wanted if c in cve_floor[skey]):
-            floors.append(FixFloor(cve, skey[0], skey[1], cve_floor[skey][cve], product_of(skey[2])))
+    return cve_floor
 
-    chosen: dict[ScopeKey, int] = {}
-    reasons: dict[ScopeKey, list[str]] = defaultdict(list)
-    fixed_cves: dict[ScopeKey, list[str]] = defaultdict(list)
-    refused_out: dict[tuple[str, str, str, str], Refused] = {}
-    gaps: list[Gap] = []
-    notes: list[str] = []
 
-    def pick(candidates: list[int], floor: str | None) -> int | None:
-        """The newest non-refused candidate; the refused ones newer than it (at or above ``floor``) are
-        reported."""
-        for i in _newest_first(catalog, candidates, family):
-            if i not in refused_at:
-                return i
-            patch = catalog[i]
-            if floor is None or versions.compare(family, patch.version, floor) >= 0:
-                refused_out.setdefault(
-                    (patch.name, patch.arch, patch.version, patch.product or ""),
-                    Refused(patch.name, patch.arch, patch.version, refused_at[i], patch.product),
-                )
-        return None
+def _cve_floors(
+    index: _Index, cve_floor: dict[ScopeKey, dict[str, str]], wanted: tuple[str, ...]
+) -> list[FixFloor]:
+    return [
+        FixFloor(cve, skey[0], skey[1], cve_floor[skey][cve], index.product_of(skey[2]))
+        for skey in sorted(cve_floor, key=_scope_order)
+        for cve in wanted
+        if cve in cve_floor[skey]
+    ]
 
-    # 1. The fixes of the named CVEs, per product.
+
+def _pick(index: _Index, choices: _Choices, candidates: list[int], floor: str | None) -> int | None:
+    """The newest non-refused candidate; the refused ones newer than it (at or above ``floor``) are reported."""
+    for i in index.newest_first(candidates):
+        if i not in index.refused_at:
+            return i
+        patch = index.catalog[i]
+        if floor is None or versions.compare(index.family, patch.version, floor) >= 0:
+            choices.refused.setdefault(
+                (patch.name, patch.arch, patch.version, patch.product or ""),
+                Refused(patch.name, patch.arch, patch.version, index.refused_at[i], patch.product),
+            )
+    return None
+
+
+def _fix_cves(index: _Index, choices: _Choices, cve_floor: dict[ScopeKey, dict[str, str]]) -> None:
+    """Step 1: per package and product, the newest non-refused version, if it reaches the CVEs' floors."""
     for skey in sorted(cve_floor, key=_scope_order):
         key, scope = (skey[0], skey[1]), skey[2]
         per_cve = cve_floor[skey]
-        lowest = min(per_cve.values(), key=lambda v: versions.sort_key(family, v))
-        best = pick(members(key, scope), lowest)
+        lowest = min(per_cve.values(), key=lambda v: versions.sort_key(index.family, v))
+        best = _pick(index, choices, index.members(key, scope), lowest)
         for cve, floor in per_cve.items():
-            if best is not None and versions.compare(family, catalog[best].version, floor) >= 0:
-                fixed_cves[skey].append(cve)
+            if best is not None and versions.compare(index.family, index.catalog[best].version, floor) >= 0:
+                choices.fixed_cves[skey].append(cve)
                 continue
             why = sorted(
                 {
                     r.reason
-                    for r in refused_out.values()
+                    for r in choices.refused.values()
                     if (r.name, r.arch) == key
                     and _normalise_product(r.product) in (scope, None)
-                    and versions.compare(family, r.version, floor) >= 0
+                    and versions.compare(index.family, r.version, floor) >= 0
                 }
             )
-            gaps.append(
+            choices.gaps.append(
                 Gap(
                     cve,
                     key[0],
                     key[1],
-                    product_of(scope),
+                    index.product_of(scope),
                     f"every version from {floor} on is refused ({'; '.join(why)})",
                 )
             )
-        if fixed_cves[skey]:
+        if choices.fixed_cves[skey]:
             assert best is not None
-            chosen[skey] = best
-            first = ", ".join(f"{cve} (first fixed in {per_cve[cve]})" for cve in fixed_cves[skey])
-            reasons[skey].append(f"fixes {first}")
+            choices.chosen[skey] = best
+            first = ", ".join(f"{cve} (first fixed in {per_cve[cve]})" for cve in choices.fixed_cves[skey])
+            choices.reasons[skey].append(f"fixes {first}")
 
-    # 2. Packages named with --package: the newest version of each architecture and product.
+
+def _pin_named_packages(index: _Index, choices: _Choices, named_packages: tuple[str, ...]) -> None:
+    """Step 2: packages named with --package, the newest version of each architecture and product."""
     for name in named_packages:
-        for key in sorted({catalog[i].key for i in by_name[name]}):
-            for scope in sorted(scopes_of[key], key=lambda s: s or ""):
+        for key in sorted({index.catalog[i].key for i in index.by_name[name]}):
+            for scope in sorted(index.scopes_of[key], key=lambda s: s or ""):
                 skey = (*key, scope)
-                best = pick(members(key, scope), None)
+                best = _pick(index, choices, index.members(key, scope), None)
                 if best is None:
-                    newest = _newest_first(catalog, members(key, scope), family)[0]
-                    gaps.append(
+                    newest = index.newest_first(index.members(key, scope))[0]
+                    choices.gaps.append(
                         Gap(
                             PACKAGE_ISSUE_PREFIX + name,
                             key[0],
                             key[1],
-                            product_of(scope),
-                            f"every catalog version is refused ({refused_at[newest]})",
+                            index.product_of(scope),
+                            f"every catalog version is refused ({index.refused_at[newest]})",
                         )
                     )
                     continue
-                chosen.setdefault(skey, best)  # a CVE fix of the same package is this same newest version
-                reasons[skey].append("named with --package")
-                floors.append(
-                    FixFloor(
-                        PACKAGE_ISSUE_PREFIX + name,
-                        key[0],
-                        key[1],
-                        catalog[chosen[skey]].version,
-                        product_of(scope),
-                    )
+                choices.chosen.setdefault(
+                    skey, best
+                )  # a CVE fix of the same package is this same newest version
+                choices.reasons[skey].append("named with --package")
+                version = index.catalog[choices.chosen[skey]].version
+                choices.floors.append(
+                    FixFloor(PACKAGE_ISSUE_PREFIX + name, key[0], key[1], version, index.product_of(scope))
                 )
 
-    # 3. Dependencies, transitively, in the scope of their parent.
-    queue: deque[ScopeKey] = deque(sorted(chosen, key=_scope_order))
+
+def _follow_dependencies(index: _Index, choices: _Choices) -> None:
+    """Step 3: dependencies, transitively, in the scope of their parent."""
+    queue: deque[ScopeKey] = deque(sorted(choices.chosen, key=_scope_order))
     while queue:
         skey = queue.popleft()
-        scope = skey[2]
-        parent = catalog[chosen[skey]]
+        parent = index.catalog[choices.chosen[skey]]
         for dep in parent.depends:
-            arch_ok = (
-                None if parent.arch in ARCH_INDEPENDENT else {parent.arch, *ARCH_INDEPENDENT}
-            )  # an arch-independent package may need its dependency in any architecture
-            dep_keys: list[ScopeKey] = []
-            for key in sorted({catalog[i].key for i in by_name.get(dep, [])}):
-                if arch_ok is not None and key[1] not in arch_ok:
-                    continue
-                # the dependency's entries of the parent's product, else its product-less ones
-                dep_scope = scope if scope in scopes_of[key] else None
-                if dep_scope in scopes_of[key]:
-                    dep_keys.append((*key, dep_scope))
+            dep_keys = _dependency_scopes(index, parent, dep, skey[2])
             if not dep_keys:
-                note = f"{dep} (a dependency of {parent.name}) has no catalog entry: the installed version serves"
-                if note not in notes:
-                    notes.append(note)
+                choices.note(
+                    f"{dep} (a dependency of {parent.name}) has no catalog entry: the installed version serves"
+                )
                 continue
             for dep_key in dep_keys:
                 reason = f"dependency of {parent.name}"
-                if dep_key in chosen:
-                    if reason not in reasons[dep_key] and dep_key != skey:
-                        reasons[dep_key].append(reason)
+                if dep_key in choices.chosen:
+                    if reason not in choices.reasons[dep_key] and dep_key != skey:
+                        choices.reasons[dep_key].append(reason)
                     continue
-                best = pick(members((dep_key[0], dep_key[1]), dep_key[2]), None)
+                best = _pick(index, choices, index.members((dep_key[0], dep_key[1]), dep_key[2]), None)
                 if best is None:
-                    note = (
+                    choices.note(
                         f"{dep} {dep_key[1]} (a dependency of {parent.name}) is rejected by the baseline: not "
                         "pinned, so this wave never installs it"
                     )
-                    if note not in notes:
-                        notes.append(note)
                     continue
-                chosen[dep_key] = best
-                reasons[dep_key].append(reason)
+                choices.chosen[dep_key] = best
+                choices.reasons[dep_key].append(reason)
                 queue.append(dep_key)
 
-    # One Fix per catalog entry: a product-less entry may be the choice of several scopes.
+
+def _dependency_scopes(index: _Index, parent: Patch, dep: str, scope: Scope) -> list[ScopeKey]:
+    """The (name, arch, scope) of dependency ``dep`` that serve ``parent`` in ``scope``."""
+    # an arch-independent package may need its dependency in any architecture
+    arch_ok = None if parent.arch in ARCH_INDEPENDENT else {parent.arch, *ARCH_INDEPENDENT}
+    dep_keys: list[ScopeKey] = []
+    for key in sorted({index.catalog[i].key for i in index.by_name.get(dep, [])}):
+        if arch_ok is not None and key[1] not in arch_ok:
+            continue
+        # the dependency's entries of the parent's product, else its product-less ones
+        dep_scope = scope if scope in index.scopes_of[key] else None
+        if dep_scope in index.scopes_of[key]:
+            dep_keys.append((*key, dep_scope))
+    return dep_keys
+
+
+def _selection(
+    index: _Index, choices: _Choices, wanted: tuple[str, ...], named_packages: tuple[str, ...]
+) -> Selection:
+    """One Fix per catalog entry (a product-less entry may be the choice of several scopes), and the refused
+    versions no fix supersedes."""
     serving: dict[int, list[ScopeKey]] = defaultdict(list)
-    for skey in sorted(chosen, key=_scope_order):
-        serving[chosen[skey]].append(skey)
+    for skey in sorted(choices.chosen, key=_scope_order):
+        serving[choices.chosen[skey]].append(skey)
     fixes = sorted(
         (
             Fix(
-                patch=catalog[i],
-                reasons=tuple(dict.fromkeys(r for k in skeys for r in reasons[k])),
-                cve_ids=tuple(dict.fromkeys(c for k in skeys for c in fixed_cves.get(k, ()))),
-                products=tuple(product_of(k[2]) for k in skeys),
+                patch=index.catalog[i],
+                reasons=tuple(dict.fromkeys(r for k in skeys for r in choices.reasons[k])),
+                cve_ids=tuple(dict.fromkeys(c for k in skeys for c in choices.fixed_cves.get(k, ()))),
+                products=tuple(index.product_of(k[2]) for k in skeys),
             )
             for i, skeys in serving.items()
         ),
@@ -631,30 +703,31 @@ def select_fixes(
             f.patch.version,
         ),
     )
-    refused_list = tuple(
+    refused = tuple(
         r
-        for _, r in sorted(refused_out.items())
+        for _, r in sorted(choices.refused.items())
         if not any(
             f.patch.key == (r.name, r.arch)
             and _products_fit(f.patch.product, r.product)
-            and versions.compare(family, f.patch.version, r.version) >= 0
+            and versions.compare(index.family, f.patch.version, r.version) >= 0
             for f in fixes
         )
     )
+    floors, gaps = choices.floors, choices.gaps
     used = (
         {f.patch.key for f in fixes} | {(f.name, f.arch) for f in floors} | {(g.name, g.arch) for g in gaps}
     )
     return Selection(
-        family=family,
+        family=index.family,
         cves=wanted,
         packages=named_packages,
         fixes=tuple(fixes),
         floors=tuple(floors),
-        refused=refused_list,
+        refused=refused,
         gaps=tuple(gaps),
-        notes=tuple(notes),
-        scopes={key: frozenset(scopes_of[key]) for key in sorted(used)},
-        products=frozenset(spelling),
+        notes=tuple(choices.notes),
+        scopes={key: frozenset(index.scopes_of[key]) for key in sorted(used)},
+        products=frozenset(index.spelling),
     )
 
 

@@ -16,6 +16,7 @@ SSM's alternative sources replace a node's repositories for the run.
 from __future__ import annotations
 
 import configparser
+import dataclasses
 import hashlib
 import json
 from collections import defaultdict
@@ -26,7 +27,7 @@ from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from patchflow.core import versions
-from patchflow.core.baselines import COMPLIANCE_ORDER, Baseline, PatchFilter, PatchFilterGroup
+from patchflow.core.baselines import COMPLIANCE_ORDER, Baseline, PatchFilter, PatchFilterGroup, PatchRule
 from patchflow.core.catalog import Patch
 from patchflow.core.matching import PatchList
 from patchflow.core.timeutil import format_instant
@@ -281,7 +282,7 @@ def _most_severe(levels: Iterable[str]) -> str:
 def evaluate(
     baseline: Baseline, patches: Sequence[Patch], at: datetime, *, catalog_source: str | None = None
 ) -> Evaluation:
-    """Decide every catalog patch and pin the resulting patch set.
+    """Decide every catalog patch and pin the resulting patch set, in SSM's order (see the module docstring).
 
     Args:
         baseline: a validated baseline for a Linux operating system.
@@ -295,6 +296,58 @@ def evaluate(
     if at.tzinfo is None:
         raise ValueError("evaluation time must be timezone-aware")
     at = at.astimezone(UTC)
+    family = _family_of(baseline, patches, catalog_source)
+    lists = _Lists.of(baseline)
+    verdicts = [_decide(patch, baseline, lists, at) for patch in patches]
+    notes = _notes(verdicts)
+    if baseline.RejectedPatchesAction == "BLOCK":
+        _block_dependents(verdicts, lists.rejected)
+    _reject_versions_rejected_elsewhere(verdicts, family)
+    latest = _latest_approved(verdicts, family)
+    decisions = _explain(verdicts, latest, baseline)
+    return Evaluation(_pin(baseline, patches, decisions, at, family), decisions, notes)
+
+
+@dataclass
+class _Verdict:
+    """One patch's decision while the steps of :func:`evaluate` are still refining it."""
+
+    patch: Patch
+    kind: DecisionKind
+    reason: str
+    level: str | None = None
+    undated: bool = False
+    """Approved by a rule with a delay or date although the patch has no release date."""
+
+
+@dataclass(frozen=True)
+class _Lists:
+    """A baseline's compiled patch lists and Sources, built once per evaluation."""
+
+    approved: PatchList
+    rejected: PatchList
+    sources: dict[str, set[str]]
+    """Product (lower case) → the repositories (lower case) its Sources allow."""
+    moderate_is_medium: bool
+
+    @classmethod
+    def of(cls, baseline: Baseline) -> _Lists:
+        pm = baseline.package_manager
+        sources: dict[str, set[str]] = defaultdict(set)
+        for source in baseline.Sources:
+            repos = _source_repositories(source.Configuration, pm) | {source.Name}
+            for product in source.Products:
+                sources[product.lower()].update(r.lower() for r in repos)
+        return cls(
+            approved=PatchList(baseline.ApprovedPatches, pm),
+            rejected=PatchList(baseline.RejectedPatches, pm),
+            sources=dict(sources),
+            moderate_is_medium=baseline.OperatingSystem == "AMAZON_LINUX_2023",
+        )
+
+
+def _family_of(baseline: Baseline, patches: Sequence[Patch], catalog_source: str | None) -> str:
+    """The baseline's version family, refusing non-Linux baselines and a catalog of the other family."""
     family = baseline.family
     if family is None:
         raise InputError(
@@ -315,216 +368,236 @@ def evaluate(
                 for i in wrong[:20]
             ],
         )
+    return family
 
-    pm = baseline.package_manager
-    moderate_is_medium = baseline.OperatingSystem == "AMAZON_LINUX_2023"
-    approved_list = PatchList(baseline.ApprovedPatches, pm)
-    rejected_list = PatchList(baseline.RejectedPatches, pm)
-    sources: dict[str, set[str]] = defaultdict(set)
-    for source in baseline.Sources:
-        repos = _source_repositories(source.Configuration, pm) | {source.Name}
-        for product in source.Products:
-            sources[product.lower()].update(r.lower() for r in repos)
 
-    notes: list[str] = []
-    undated_approved = 0
-    decided: list[tuple[Patch, DecisionKind, str, str | None]] = []
-    rejected_names: set[str] = set()
+def _decide(patch: Patch, baseline: Baseline, lists: _Lists, at: datetime) -> _Verdict:
+    """One patch through SSM's order: Sources, RejectedPatches, GlobalFilters and rules, ApprovedPatches."""
+    outside = _outside_sources(patch, lists.sources)
+    if outside is not None:
+        return _Verdict(patch, "not_approved", outside)
+    rejected_by = lists.rejected.match_package(patch.name, patch.arch, patch.version)
+    if rejected_by is not None:
+        action = baseline.RejectedPatchesAction
+        return _Verdict(patch, "rejected", f"matches RejectedPatches entry '{rejected_by}' ({action})")
+    by_rules = _approve_by_rules(patch, baseline, lists.moderate_is_medium, at)
+    return _approve_by_list(patch, baseline, lists.approved, by_rules)
 
-    for patch in patches:
-        # 0. Sources replace the default repositories of their products.
-        if sources and patch.product is not None:
-            allowed_repos = sources.get(patch.product.lower())
-            if allowed_repos is not None and (patch.repository or "").lower() not in allowed_repos:
-                decided.append(
-                    (
-                        patch,
-                        "not_approved",
-                        f"repository {patch.repository!r} is not among the baseline Sources for product "
-                        f"{patch.product} (Sources replace the default repositories)",
-                        None,
-                    )
-                )
-                continue
 
-        rejected_by = rejected_list.match_package(patch.name, patch.arch, patch.version)
-        if rejected_by is not None:
-            rejected_names.add(patch.name)
-            action = baseline.RejectedPatchesAction
-            decided.append(
-                (patch, "rejected", f"matches RejectedPatches entry '{rejected_by}' ({action})", None)
+def _outside_sources(patch: Patch, sources: dict[str, set[str]]) -> str | None:
+    """Why the patch is not a candidate when Sources replace its product's repositories, or None."""
+    if not sources or patch.product is None:
+        return None
+    allowed_repos = sources.get(patch.product.lower())
+    if allowed_repos is None or (patch.repository or "").lower() in allowed_repos:
+        return None
+    return (
+        f"repository {patch.repository!r} is not among the baseline Sources for product "
+        f"{patch.product} (Sources replace the default repositories)"
+    )
+
+
+def _approve_by_rules(patch: Patch, baseline: Baseline, moderate_is_medium: bool, at: datetime) -> _Verdict:
+    """GlobalFilters, then the first approval rule that approves the patch (its level), else why none did."""
+    gf = _filter_mismatch(baseline.GlobalFilters, patch, moderate_is_medium=moderate_is_medium)
+    if gf is not None:
+        return _Verdict(patch, "not_approved", f"excluded by GlobalFilters {gf.Key} {gf.Values}")
+    reasons: list[str] = []
+    for number, rule in enumerate(baseline.ApprovalRules.PatchRules, start=1):
+        verdict = _apply_rule(number, rule, patch, moderate_is_medium, at)
+        if verdict.kind == "approved":
+            return verdict
+        reasons.append(verdict.reason)
+    return _Verdict(patch, "not_approved", "; ".join(reasons) if reasons else "no approval rules")
+
+
+def _apply_rule(
+    number: int, rule: PatchRule, patch: Patch, moderate_is_medium: bool, at: datetime
+) -> _Verdict:
+    """One approval rule: its filters, EnableNonSecurity, then its delay or date."""
+    miss = _filter_mismatch(rule.PatchFilterGroup, patch, moderate_is_medium=moderate_is_medium)
+    if miss is not None:
+        return _Verdict(patch, "not_approved", f"rule {number}: {miss.Key} is not one of {miss.Values}")
+    if not rule.EnableNonSecurity and not patch.security:
+        return _Verdict(
+            patch, "not_approved", f"rule {number}: not a security update and EnableNonSecurity is false"
+        )
+    approved = f"approved by rule {number}"
+    if patch.release_date is None:
+        if rule.ApproveAfterDays is not None or rule.ApproveUntilDate is not None:
+            reason = f"{approved}; no release date, so the delay counts as 0 (as SSM does)"
+            return _Verdict(patch, "approved", reason, rule.ComplianceLevel, undated=True)
+        return _Verdict(patch, "approved", approved, rule.ComplianceLevel)
+    if patch.release_date > at:
+        return _Verdict(
+            patch, "not_approved", f"rule {number}: matches, but released after the evaluation time"
+        )
+    if rule.ApproveAfterDays is not None:
+        approve_at = patch.release_date + timedelta(days=rule.ApproveAfterDays)
+        if at < approve_at:
+            return _Verdict(
+                patch,
+                "not_approved",
+                f"rule {number}: matches, approved from {format_instant(approve_at)} "
+                f"(ApproveAfterDays {rule.ApproveAfterDays})",
             )
-            continue
+        return _Verdict(
+            patch, "approved", f"{approved} (ApproveAfterDays {rule.ApproveAfterDays})", rule.ComplianceLevel
+        )
+    if rule.ApproveUntilDate is not None:
+        until = date.fromisoformat(rule.ApproveUntilDate)
+        if patch.release_date.date() > until:
+            return _Verdict(
+                patch,
+                "not_approved",
+                f"rule {number}: matches, but released {patch.release_date.date()} after ApproveUntilDate {until}",
+            )
+        return _Verdict(patch, "approved", f"{approved} (ApproveUntilDate {until})", rule.ComplianceLevel)
+    return _Verdict(patch, "approved", approved, rule.ComplianceLevel)
 
-        # 1. Global filters, 2. approval rules.
-        rule_level: str | None = None
-        reason = ""
-        gf = _filter_mismatch(baseline.GlobalFilters, patch, moderate_is_medium=moderate_is_medium)
-        if gf is not None:
-            reason = f"excluded by GlobalFilters {gf.Key} {gf.Values}"
-        else:
-            reasons: list[str] = []
-            for number, rule in enumerate(baseline.ApprovalRules.PatchRules, start=1):
-                miss = _filter_mismatch(rule.PatchFilterGroup, patch, moderate_is_medium=moderate_is_medium)
-                if miss is not None:
-                    reasons.append(f"rule {number}: {miss.Key} is not one of {miss.Values}")
-                    continue
-                if not rule.EnableNonSecurity and not patch.security:
-                    reasons.append(f"rule {number}: not a security update and EnableNonSecurity is false")
-                    continue
-                if patch.release_date is None:
-                    if rule.ApproveAfterDays is not None or rule.ApproveUntilDate is not None:
-                        undated_approved += 1
-                        reason = f"approved by rule {number}; no release date, so the delay counts as 0 (as SSM does)"
-                    else:
-                        reason = f"approved by rule {number}"
-                    rule_level = rule.ComplianceLevel
+
+def _approve_by_list(
+    patch: Patch, baseline: Baseline, approved_list: PatchList, by_rules: _Verdict
+) -> _Verdict:
+    """ApprovedPatches approve regardless of filters and rules; a patch approved both ways gets the more
+    severe of the two compliance levels."""
+    approved_by = approved_list.match_patch(
+        patch.name,
+        patch.arch,
+        patch.version,
+        advisory_id=patch.advisory_id,
+        cve_ids=patch.cve_ids,
+        bugzilla_ids=patch.bugzilla_ids,
+    )
+    if approved_by is None:
+        return by_rules
+    by_rule = by_rules.kind == "approved"
+    if not (patch.security or baseline.ApprovedPatchesEnableNonSecurity):
+        if by_rule:
+            return by_rules
+        reason = (
+            f"in ApprovedPatches '{approved_by}' but not a security update and "
+            "ApprovedPatchesEnableNonSecurity is false"
+        )
+        return _Verdict(patch, "not_approved", reason)
+    list_level = baseline.ApprovedPatchesComplianceLevel
+    if not by_rule:
+        return _Verdict(patch, "approved", f"in ApprovedPatches '{approved_by}'", _most_severe([list_level]))
+    assert by_rules.level is not None
+    return dataclasses.replace(
+        by_rules,
+        reason=f"{by_rules.reason}; also in ApprovedPatches '{approved_by}'",
+        level=_most_severe([by_rules.level, list_level]),
+    )
+
+
+def _block_dependents(verdicts: list[_Verdict], rejected_list: PatchList) -> None:
+    """BLOCK: anything depending (transitively) on a rejected package is rejected too."""
+    blocked_names = {v.patch.name for v in verdicts if v.kind == "rejected"}
+    blocked_reason: dict[int, str] = {}
+    changed = True
+    while changed:
+        changed = False
+        for i, verdict in enumerate(verdicts):
+            if verdict.kind == "rejected" or i in blocked_reason:
+                continue
+            for dep in verdict.patch.depends:
+                if dep in blocked_names or rejected_list.match_name(dep) is not None:
+                    blocked_reason[i] = (
+                        f"blocked: depends on rejected package '{dep}' (RejectedPatchesAction BLOCK)"
+                    )
+                    blocked_names.add(verdict.patch.name)
+                    changed = True
                     break
-                if patch.release_date > at:
-                    reasons.append(f"rule {number}: matches, but released after the evaluation time")
-                    continue
-                if rule.ApproveAfterDays is not None:
-                    approve_at = patch.release_date + timedelta(days=rule.ApproveAfterDays)
-                    if at < approve_at:
-                        reasons.append(
-                            f"rule {number}: matches, approved from {format_instant(approve_at)} "
-                            f"(ApproveAfterDays {rule.ApproveAfterDays})"
-                        )
-                        continue
-                    reason = f"approved by rule {number} (ApproveAfterDays {rule.ApproveAfterDays})"
-                elif rule.ApproveUntilDate is not None:
-                    until = date.fromisoformat(rule.ApproveUntilDate)
-                    if patch.release_date.date() > until:
-                        reasons.append(
-                            f"rule {number}: matches, but released {patch.release_date.date()} after "
-                            f"ApproveUntilDate {until}"
-                        )
-                        continue
-                    reason = f"approved by rule {number} (ApproveUntilDate {until})"
-                else:
-                    reason = f"approved by rule {number}"
-                rule_level = rule.ComplianceLevel
-                break
-            if rule_level is None:
-                reason = "; ".join(reasons) if reasons else "no approval rules"
+    for i, why in blocked_reason.items():
+        verdicts[i] = _Verdict(verdicts[i].patch, "rejected", why)
 
-        # 3. The approved list overrides filters and rules.
-        approved_by = approved_list.match_patch(
+
+def _reject_versions_rejected_elsewhere(verdicts: list[_Verdict], family: str) -> None:
+    """A package version listed twice (e.g. from two repositories) is rejected if any listing of it is."""
+    rejected_versions = {
+        (v.patch.name, v.patch.arch, versions.sort_key(family, v.patch.version))
+        for v in verdicts
+        if v.kind == "rejected"
+    }
+    if not rejected_versions:
+        return
+    for i, verdict in enumerate(verdicts):
+        patch = verdict.patch
+        if verdict.kind == "approved" and (
             patch.name,
             patch.arch,
-            patch.version,
-            advisory_id=patch.advisory_id,
-            cve_ids=patch.cve_ids,
-            bugzilla_ids=patch.bugzilla_ids,
-        )
-        list_level: str | None = None
-        if approved_by is not None:
-            if patch.security or baseline.ApprovedPatchesEnableNonSecurity:
-                list_level = baseline.ApprovedPatchesComplianceLevel
-                reason = (
-                    f"{reason}; also in ApprovedPatches '{approved_by}'"
-                    if rule_level is not None
-                    else f"in ApprovedPatches '{approved_by}'"
-                )
-            elif rule_level is None:
-                reason = (
-                    f"in ApprovedPatches '{approved_by}' but not a security update and "
-                    "ApprovedPatchesEnableNonSecurity is false"
-                )
-        if rule_level is None and list_level is None:
-            decided.append((patch, "not_approved", reason, None))
-        else:
-            approved_level = _most_severe(lvl for lvl in (rule_level, list_level) if lvl is not None)
-            decided.append((patch, "approved", reason, approved_level))
+            versions.sort_key(family, patch.version),
+        ) in (rejected_versions):
+            verdicts[i] = _Verdict(
+                patch, "rejected", "the same package version is rejected in another catalog entry"
+            )
 
-    # 4. BLOCK: anything depending (transitively) on a rejected package is rejected too.
-    if baseline.RejectedPatchesAction == "BLOCK":
-        blocked_names = set(rejected_names)
-        changed = True
-        blocked_reason: dict[int, str] = {}
-        while changed:
-            changed = False
-            for i, (patch, kind, _, _) in enumerate(decided):
-                if kind == "rejected" or i in blocked_reason:
-                    continue
-                for dep in patch.depends:
-                    if dep in blocked_names or rejected_list.match_name(dep) is not None:
-                        blocked_reason[i] = (
-                            f"blocked: depends on rejected package '{dep}' (RejectedPatchesAction BLOCK)"
-                        )
-                        blocked_names.add(patch.name)
-                        changed = True
-                        break
-        for i, why in blocked_reason.items():
-            decided[i] = (decided[i][0], "rejected", why, None)
 
-    # A package version listed twice (e.g. from two repositories) is rejected if any listing of it is.
-    rejected_versions = {
-        (p.name, p.arch, versions.sort_key(family, p.version))
-        for p, kind, _, _ in decided
-        if kind == "rejected"
-    }
-    if rejected_versions:
-        for i, (patch, kind, _, _) in enumerate(decided):
-            if (
-                kind == "approved"
-                and (patch.name, patch.arch, versions.sort_key(family, patch.version)) in rejected_versions
-            ):
-                decided[i] = (
-                    patch,
-                    "rejected",
-                    "the same package version is rejected in another catalog entry",
-                    None,
-                )
-
-    # 5. The latest approved version of each package is pinned.
+def _latest_approved(verdicts: list[_Verdict], family: str) -> dict[tuple[str, str], int]:
+    """(name, arch) → the index of its latest approved version: what the patch set pins."""
     best: dict[tuple[str, str], int] = {}
-    for i, (patch, kind, _, _) in enumerate(decided):
-        if kind != "approved":
+    for i, verdict in enumerate(verdicts):
+        if verdict.kind != "approved":
             continue
+        patch = verdict.patch
         current = best.get(patch.key)
         if current is None:
             best[patch.key] = i
             continue
-        other = decided[current][0]
+        other = verdicts[current].patch
         order = versions.compare(family, patch.version, other.version)
         # Equal versions can be written differently (1.0 vs 1.00) or listed twice with other metadata:
         # break ties on content so the result never depends on catalog order.
         if order > 0 or (order == 0 and patch.model_dump_json() < other.model_dump_json()):
             best[patch.key] = i
-    pinned_index = set(best.values())
+    return best
 
+
+def _explain(
+    verdicts: list[_Verdict], latest: dict[tuple[str, str], int], baseline: Baseline
+) -> list[Decision]:
+    """The final decisions, their reasons completed: which version supersedes an approved one, and which
+    pinned packages may still pull in a rejected one (ALLOW_AS_DEPENDENCY)."""
+    pinned_index = set(latest.values())
+    # Without BLOCK every rejected name is one RejectedPatches names (or a listing of such a version).
+    rejected_names = {v.patch.name for v in verdicts if v.kind == "rejected"}
     dependents: dict[str, list[str]] = defaultdict(list)
     if baseline.RejectedPatchesAction == "ALLOW_AS_DEPENDENCY" and rejected_names:
         for i in pinned_index:
-            for dep in decided[i][0].depends:
+            for dep in verdicts[i].patch.depends:
                 if dep in rejected_names:
-                    dependents[dep].append(decided[i][0].name)
-
+                    dependents[dep].append(verdicts[i].patch.name)
     decisions: list[Decision] = []
-    for i, (patch, kind, reason, level) in enumerate(decided):
+    for i, verdict in enumerate(verdicts):
+        patch, kind, reason = verdict.patch, verdict.kind, verdict.reason
         if kind == "approved" and i not in pinned_index:
-            newer = decided[best[patch.key]][0].version
-            reason = f"{reason}; superseded in the patch set by {newer}"
+            reason = f"{reason}; superseded in the patch set by {verdicts[latest[patch.key]].patch.version}"
         if kind == "rejected" and patch.name in dependents:
             users = ", ".join(sorted(set(dependents[patch.name])))
             reason = f"{reason}; may still be installed as a dependency of {users}"
-        decisions.append(Decision(patch, kind, reason, level, i in pinned_index))
+        decisions.append(Decision(patch, kind, reason, verdict.level, i in pinned_index))
+    return decisions
 
-    if undated_approved:
-        notes.append(
-            f"{undated_approved} approved patch(es) have no release date; their approval delay counted as 0, "
-            "as SSM does"
-        )
-    pinned = tuple(
-        sorted(
-            (d.pinned() for d in decisions if d.in_patch_set),
-            key=lambda p: (p.name, p.arch),
-        )
-    )
+
+def _notes(verdicts: list[_Verdict]) -> list[str]:
+    undated_approved = sum(1 for v in verdicts if v.undated)
+    if not undated_approved:
+        return []
+    return [
+        f"{undated_approved} approved patch(es) have no release date; their approval delay counted as 0, "
+        "as SSM does"
+    ]
+
+
+def _pin(
+    baseline: Baseline, patches: Sequence[Patch], decisions: list[Decision], at: datetime, family: str
+) -> PatchSet:
+    """The content-addressed patch set of the latest approved versions."""
+    pinned = tuple(sorted((d.pinned() for d in decisions if d.in_patch_set), key=lambda p: (p.name, p.arch)))
     canonical_baseline = baseline.canonical()
     digest = catalog_digest(patches)
-    patch_set = PatchSet(
+    return PatchSet(
         id=PatchSet.content_id(canonical_baseline, digest, at, pinned),
         family=family,
         baseline=canonical_baseline,
@@ -532,4 +605,3 @@ def evaluate(
         catalog_digest=digest,
         patches=pinned,
     )
-    return Evaluation(patch_set=patch_set, decisions=decisions, notes=notes)

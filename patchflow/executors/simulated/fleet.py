@@ -160,7 +160,7 @@ def _draw(seed: int, instance_id: str, what: str) -> float:
 
 
 class _Checker:
-    """Collects located problems while walking the raw document."""
+    """Collects located problems while walking the raw document, with the generic value checks."""
 
     def __init__(self, doc: Document) -> None:
         self.doc = doc
@@ -229,6 +229,27 @@ class _Checker:
             return False
         return value
 
+    def tags(self, path: tuple[PathPart, ...], value: Any) -> dict[str, str]:
+        if not isinstance(value, dict):
+            self.bad(path, f"expected a mapping of tag names to values, got {_kind(value)}")
+            return {}
+        tags: dict[str, str] = {}
+        for key, tag_value in value.items():
+            if not isinstance(key, str) or not key:
+                self.bad((*path, str(key)), f"tag names are non-empty strings, got {_kind(key)}")
+            elif not isinstance(tag_value, str):
+                self.bad(
+                    (*path, key),
+                    f'tag values are strings, got {_kind(tag_value)}: quote it ({key}: "{tag_value}")',
+                )
+            else:
+                tags[key] = tag_value
+        return tags
+
+
+class _FleetChecker(_Checker):
+    """The fleet file's own kinds of value: platform, installed packages, behaviour (durations, rates)."""
+
     def rate(self, path: tuple[PathPart, ...], value: Any) -> float:
         number = self.number(path, value, "a probability")
         if number is None:
@@ -260,23 +281,6 @@ class _Checker:
             self.bad(path, f"the range [min, max] has min > max ({value!r}): swap them")
             return (0.0, 0.0)
         return (low, high)
-
-    def tags(self, path: tuple[PathPart, ...], value: Any) -> dict[str, str]:
-        if not isinstance(value, dict):
-            self.bad(path, f"expected a mapping of tag names to values, got {_kind(value)}")
-            return {}
-        tags: dict[str, str] = {}
-        for key, tag_value in value.items():
-            if not isinstance(key, str) or not key:
-                self.bad((*path, str(key)), f"tag names are non-empty strings, got {_kind(key)}")
-            elif not isinstance(tag_value, str):
-                self.bad(
-                    (*path, key),
-                    f'tag values are strings, got {_kind(tag_value)}: quote it ({key}: "{tag_value}")',
-                )
-            else:
-                tags[key] = tag_value
-        return tags
 
     def platform(self, path: tuple[PathPart, ...], data: dict[str, Any]) -> tuple[str | None, str | None]:
         """``data["platform"]`` as (family, product); family None when missing or invalid."""
@@ -359,7 +363,7 @@ _GENERATE_HINTS = {
 class _FleetParser:
     """Expands and validates one fleet document; ids are checked for uniqueness across all entries."""
 
-    def __init__(self, seed: int, check: _Checker) -> None:
+    def __init__(self, seed: int, check: _FleetChecker) -> None:
         self.seed = seed
         self.check = check
         self.instances: list[FleetInstance] = []
@@ -478,7 +482,7 @@ def parse_fleet(doc: Document, *, digest: str, default_name: str = "fleet") -> F
     Raises:
         InputError: with one located problem per mistake (at most :data:`MAX_PROBLEMS`).
     """
-    check = _Checker(doc)
+    check = _FleetChecker(doc)
     data = check.mapping((), doc.data, _FLEET_KEYS)
     if data is None:
         raise InputError(
