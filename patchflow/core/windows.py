@@ -15,8 +15,9 @@ Schedules:
   than *n* days); day-of-week takes ``nL`` (last such weekday of the month, ``6L`` = last Friday), ``n#k``
   (*k*-th such weekday, 1-5; no window in a month without one) and ``L`` alone (the last day of the week,
   Saturday, as in Quartz, the cron dialect AWS's resembles). As in Quartz, ``L``, ``W`` and ``#`` stand alone
-  in their field (use one window per expression). The optional seventh, leading seconds field that AWS
-  tolerates is refused: windows start on whole minutes. Minutes that fire less than 5 minutes apart are
+  in their field (use one window per expression). AWS's optional seventh, leading seconds field is accepted
+  when it is ``0`` (``cron(0 30 23 ? * TUE#3 *)``, AWS's own example) and refused otherwise: windows start on
+  whole minutes. Minutes that fire less than 5 minutes apart are
   refused, like AWS ("schedules faster than every 5 minutes are not supported"); the gap from the last
   minute of an hour to the first of the next counts only when two consecutive hours are selected.
 * ``rate(N minutes|hours|days)`` — singular unit with 1, plural otherwise, at least 5 minutes. AWS anchors a
@@ -823,11 +824,7 @@ _YEAR = _Field("year", MIN_YEAR, MAX_YEAR)
 def _parse_cron(body: str) -> _Cron:
     parts = body.split()
     if len(parts) == 7:
-        rest = " ".join(parts[1:])
-        raise _Bad(
-            "7 fields: patchflow does not take AWS's optional leading seconds field (windows start on whole "
-            f"minutes); drop it: cron({rest})"
-        )
+        parts = _drop_seconds(parts)
     if len(parts) == 5:
         raise _Bad(
             "5 fields, but AWS cron has 6: minutes hours day-of-month month day-of-week year. A Unix crontab "
@@ -836,8 +833,8 @@ def _parse_cron(body: str) -> _Cron:
         )
     if len(parts) != 6:
         raise _Bad(
-            f"{len(parts)} fields, but AWS cron has exactly 6: minutes hours day-of-month month day-of-week "
-            f"year, e.g. {_EXAMPLE_CRON}"
+            f"{len(parts)} fields, but AWS cron has 6: minutes hours day-of-month month day-of-week year "
+            f"(optionally after a leading seconds field of 0), e.g. {_EXAMPLE_CRON}"
         )
     minutes_text, hours_text, dom_text, month_text, dow_text, year_text = (p.upper() for p in parts)
     dom_unset, dow_unset = dom_text == "?", dow_text == "?"
@@ -875,6 +872,24 @@ def _parse_cron(body: str) -> _Cron:
         months=tuple(sorted(results["months"])),
         years=tuple(sorted(results["years"])),
     )
+
+
+def _drop_seconds(parts: list[str]) -> list[str]:
+    """The six fields after AWS's optional leading seconds field, which patchflow accepts only as ``0``.
+
+    AWS documents the field ("Reference: Cron and rate expressions for Systems Manager": ``cron(0 30 23 ? *
+    TUE#3 *)`` is 23:30 on the third Tuesday) and lets maintenance windows start at any second
+    (``cron(24 30 09 ? * * *)`` at 09:30:24). patchflow windows start on whole minutes, so any other value is
+    refused with the six-field expression to write instead.
+    """
+    seconds, rest = parts[0], parts[1:]
+    if not (seconds.isdigit() and int(seconds) == 0):
+        raise _Bad(
+            f"seconds: {seconds!r}: the optional leading seconds field must be 0 — patchflow windows start on "
+            f"whole minutes (AWS would also start a window at a second such as 09:30:24); write "
+            f"cron(0 {' '.join(rest)}) or drop the field: cron({' '.join(rest)})"
+        )
+    return rest
 
 
 def _question_mark_fix(parts: list[str]) -> str:

@@ -85,6 +85,25 @@ def test_offset_runs_when_the_cron_date_passed_but_the_offset_date_is_ahead() ->
     assert starts(spec, utc(2026, 11, 11, 12), 1) == [utc(2026, 11, 13, 2)]
 
 
+def test_cron_takes_aws_optional_leading_seconds_field_when_it_is_zero() -> None:
+    """User Guide, "Reference: Cron and rate expressions for Systems Manager": six required fields plus an
+    optional leading ``Seconds`` field; its maintenance-window example ``cron(0 30 23 ? * TUE#3 *)`` is 23:30 on
+    the third Tuesday. With seconds 0 the 7-field form is the 6-field one; any other second is refused (see
+    the error table) because patchflow windows start on whole minutes."""
+    aws_example = WindowSpec("cron(0 30 23 ? * TUE#3 *)", duration_hours=4, cutoff_hours=1)
+    third_tuesdays = [nth_weekday(2026, m, calendar.TUESDAY, 3) for m in (1, 2, 3)]
+    assert starts(aws_example, utc(2026, 1, 1), 3) == [
+        datetime(d.year, d.month, d.day, 23, 30, tzinfo=UTC) for d in third_tuesdays if d is not None
+    ]
+    assert next_windows(aws_example, utc(2026, 1, 1), 5) == next_windows(
+        WindowSpec("cron(30 23 ? * TUE#3 *)", duration_hours=4, cutoff_hours=1), utc(2026, 1, 1), 5
+    )
+    from_plan = parse_window_spec({"schedule": "cron(00 30 23 ? * TUE#3 *)"})  # "00" is zero too
+    assert starts(from_plan, utc(2026, 1, 1), 1) == starts(aws_example, utc(2026, 1, 1), 1)
+    with_offset = WindowSpec("cron(0 30 23 ? * TUE#3 *)", offset_days=2)  # the guide's offset example
+    assert starts(with_offset, utc(2026, 1, 1), 1) == [utc(2026, 1, 22, 23, 30)]  # Thursday after 2026-01-20
+
+
 def test_offset_crosses_month_and_year_ends() -> None:
     december_patch_tuesday = WindowSpec("cron(0 2 ? 12 TUE#2 *)", offset_days=6)
     assert starts(december_patch_tuesday, utc(2026, 1, 1), 2) == [utc(2026, 12, 14, 2), utc(2027, 12, 20, 2)]
@@ -468,12 +487,14 @@ def test_window_at_during_the_repeated_hour() -> None:
         (WindowSpec("cron(58 1,2 ? * * *)"), "window.schedule", []),  # one start an hour: 60 minutes apart
         (WindowSpec("cron(0,58 1,2 ? * * *)"), "window.schedule", ["2 minutes apart"]),  # 01:58 → 02:00
         (
-            WindowSpec("cron(0 0 2 ? * TUE#2 *)"),
+            WindowSpec("cron(24 30 09 ? * * *)"),
             "window.schedule",
-            ["7 fields", "seconds", "cron(0 2 ? * TUE#2 *)"],
+            ["seconds: '24'", "must be 0", "whole minutes", "cron(0 30 09 ? * * *)", "cron(30 09 ? * * *)"],
         ),
+        (WindowSpec("cron(*/30 0 2 ? * TUE#2 *)"), "window.schedule", ["seconds: '*/30'", "must be 0"]),
+        (WindowSpec("cron(0 0 0 2 ? * TUE#2 *)"), "window.schedule", ["8 fields", "seconds field of 0"]),
         (WindowSpec("cron(0 2 * * 2)"), "window.schedule", ["5 fields", "1-7 (SUN = 1)"]),
-        (WindowSpec("cron(0 2 ? *)"), "window.schedule", ["4 fields", "exactly 6"]),
+        (WindowSpec("cron(0 2 ? *)"), "window.schedule", ["4 fields", "AWS cron has 6"]),
         (WindowSpec("cron(60 2 ? * * *)"), "window.schedule", ["minutes: 60 is out of range 0-59"]),
         (WindowSpec("cron(0 24 ? * * *)"), "window.schedule", ["hours: 24 is out of range 0-23"]),
         (WindowSpec("cron(0 2 32 * ? *)"), "window.schedule", ["day-of-month: 32 is out of range 1-31"]),
