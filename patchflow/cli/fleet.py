@@ -85,7 +85,11 @@ def window_preview(
     count: Annotated[int, typer.Option("--count", min=1, max=1000, help="How many windows.")] = 5,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
 ) -> None:
-    """The next windows of a schedule, like DescribeMaintenanceWindowSchedule."""
+    """The next windows of a schedule, like DescribeMaintenanceWindowSchedule.
+
+    The schedule counts as created at --after, as a stage that starts waiting then: like AWS, a period whose
+    cron date has passed is skipped even when its --offset-days date is still ahead.
+    """
     from patchflow.core.windows import WindowSpec, next_windows, validate_spec
 
     spec = WindowSpec(
@@ -100,7 +104,7 @@ def window_preview(
         start = parse_instant(after, allow_now=True)
     except ValueError as exc:
         raise InputError(f"--after: {exc}") from None
-    windows = [w.to_json() for w in next_windows(spec, start, count)]
+    windows = [w.to_json() for w in next_windows(spec, start, count, created=start)]
     if fmt is Fmt.json:
         emit_json({"windows": windows})
         return

@@ -15,8 +15,9 @@ Schedules:
   than *n* days); day-of-week takes ``nL`` (last such weekday of the month, ``6L`` = last Friday), ``n#k``
   (*k*-th such weekday, 1-5; no window in a month without one) and ``L`` alone (the last day of the week,
   Saturday, as in Quartz, the cron dialect AWS's resembles). As in Quartz, ``L``, ``W`` and ``#`` stand alone
-  in their field (use one window per expression). The optional seventh, leading seconds field that AWS
-  tolerates is refused: windows start on whole minutes. Minutes that fire less than 5 minutes apart are
+  in their field (use one window per expression). AWS's optional seventh, leading seconds field is accepted
+  when it is ``0`` (``cron(0 30 23 ? * TUE#3 *)``, AWS's own example) and refused otherwise: windows start on
+  whole minutes. Minutes that fire less than 5 minutes apart are
   refused, like AWS ("schedules faster than every 5 minutes are not supported"); the gap from the last
   minute of an hour to the first of the next counts only when two consecutive hours are selected.
 * ``rate(N minutes|hours|days)`` — singular unit with 1, plural otherwise, at least 5 minutes. AWS anchors a
@@ -35,10 +36,16 @@ a 6-hour window opening at 22:00 CEST the night clocks go back ends at 03:00 CET
 
 ``ScheduleOffset`` (``offset_days``, 1-6, cron only) moves every window that many calendar days after its
 cron date, at the same wall-clock time: ``cron(0 2 ? * TUE#2 *)`` with offset 3 opens at 02:00 on the Friday
-after Patch Tuesday. AWS has an edge case here: a window created after a cron date but before that date plus
-the offset skips that period. patchflow has no creation time and implements the natural rule instead — every
-firing is cron date + offset, so a Friday still ahead is scheduled even when its Tuesday has passed. The year
-field selects the cron date, not the shifted one.
+after Patch Tuesday. The year field selects the cron date, not the shifted one. AWS skips a period whose cron
+date has already passed when the window is created, even if the offset date is still ahead ("Reference: Cron
+and rate expressions for Systems Manager": "if you specify a cron expression that would have run a maintenance
+window yesterday and add a schedule offset of two days, the maintenance window won't run tomorrow"). patchflow
+follows it where a schedule *starts to apply*: :func:`current_or_next` treats the moment a stage starts waiting
+as the creation time (unless a window of the series is open then: the series is already running), and
+``next_windows(..., created=...)`` previews a window created at that instant. Without ``created``,
+:func:`next_windows` lists the established series (every cron date + offset). A consequence: a cron that fires
+more often than its offset (daily with ``offset_days: 2``) gives a stage that starts waiting between windows
+no window for ``offset_days`` days, as a newly created AWS window would.
 
 Windows may overlap (a cron every hour with ``duration_hours: 3``); AWS reports an execution that collides
 with a running one as ``SKIPPED_OVERLAPPING``. patchflow treats windows as time gates, and :func:`window_at`
@@ -220,11 +227,18 @@ def validate_spec(spec: WindowSpec, *, path: str = "window") -> None:
     _compile(spec, path)
 
 
-def next_windows(spec: WindowSpec, after: datetime, count: int) -> list[Window]:
+def next_windows(
+    spec: WindowSpec, after: datetime, count: int, *, created: datetime | None = None
+) -> list[Window]:
     """The first ``count`` windows whose start is at or after ``after``, in order.
 
     Fewer come back when the schedule runs out: ``at(...)`` yields at most one, a cron restricted to past
     years none; ``now`` yields exactly one, starting at ``after``; ``rate`` starts its series at ``after``.
+
+    Args:
+        created: AWS's creation time of the window. A window whose cron date (before ``ScheduleOffset``) is
+            earlier does not run even if its offset date is still ahead, as AWS skips that period. None: the
+            established series, every cron date + offset.
 
     Raises:
         ScheduleError: the spec is invalid.
@@ -233,7 +247,13 @@ def next_windows(spec: WindowSpec, after: datetime, count: int) -> list[Window]:
     if count < 0:
         raise ValueError(f"count must be 0 or more, got {count}")
     plan = _compile(spec, "window")
-    return [plan.window(start) for start in islice(plan.starts(_aware(after, "after")), count)]
+    after = _aware(after, "after")
+    if created is None:
+        starts = plan.starts(after)
+    else:
+        since = _aware(created, "created")
+        starts = (start for cron_date, start in plan.firings(after) if cron_date >= since)
+    return [plan.window(start) for start in islice(starts, count)]
 
 
 def window_at(spec: WindowSpec, moment: datetime) -> Window | None:
@@ -262,13 +282,17 @@ def current_or_next(spec: WindowSpec, moment: datetime) -> Window | None:
     The open window while new work may still start in it (``moment <= cutoff``), otherwise the next window
     to start; None when the schedule has no future window (an ``at(...)`` in the past, a cron whose years
     are over). For ``now`` and ``rate`` that is the window starting at ``moment``.
+
+    With no window open, ``moment`` is the creation time in AWS's sense: a period whose cron date has passed
+    is skipped even if its ``ScheduleOffset`` date is still ahead (see the module docstring). A window open
+    past its cutoff shows the series is running, so the next window of the series follows.
     """
     moment = _aware(moment, "moment")
     current = window_at(spec, moment)
     if current is not None and moment <= current.cutoff:
         return current
     # The open window (if any) started before `moment`: one starting exactly then would still be usable.
-    upcoming = next_windows(spec, moment, 1)
+    upcoming = next_windows(spec, moment, 1, created=None if current is not None else moment)
     return upcoming[0] if upcoming else None
 
 
@@ -403,18 +427,26 @@ class _Plan:
 
     def starts(self, after: datetime) -> Iterator[datetime]:
         """Window starts (aware UTC) at or after ``after``, strictly increasing."""
+        return (start for _, start in self.firings(after))
+
+    def firings(self, after: datetime) -> Iterator[tuple[datetime, datetime]]:
+        """(cron date, window start) of the windows starting at or after ``after``, starts strictly increasing.
+
+        The cron date is the instant the cron expression names, before ``ScheduleOffset``; without an offset
+        (and for every other kind of schedule) it is the start itself.
+        """
         if self.kind == "now":
-            yield after
+            yield after, after
         elif self.kind == "at":
             assert self.at is not None
             start = _resolve(self.at, self.zone)
             if start >= after:
-                yield start
+                yield start, start
         elif self.kind == "rate":
             assert self.interval is not None
             start = after
             while start < HORIZON_END:
-                yield start
+                yield start, start
                 start += self.interval
         else:
             assert self.cron is not None
@@ -432,7 +464,7 @@ class _Plan:
                 if start < after or (previous is not None and start <= previous):
                     continue
                 previous = start
-                yield start
+                yield (_resolve(wall, self.zone) if self.offset else start), start
 
 
 def _resolve(wall: datetime, zone: ZoneInfo) -> datetime:
@@ -823,11 +855,7 @@ _YEAR = _Field("year", MIN_YEAR, MAX_YEAR)
 def _parse_cron(body: str) -> _Cron:
     parts = body.split()
     if len(parts) == 7:
-        rest = " ".join(parts[1:])
-        raise _Bad(
-            "7 fields: patchflow does not take AWS's optional leading seconds field (windows start on whole "
-            f"minutes); drop it: cron({rest})"
-        )
+        parts = _drop_seconds(parts)
     if len(parts) == 5:
         raise _Bad(
             "5 fields, but AWS cron has 6: minutes hours day-of-month month day-of-week year. A Unix crontab "
@@ -836,8 +864,8 @@ def _parse_cron(body: str) -> _Cron:
         )
     if len(parts) != 6:
         raise _Bad(
-            f"{len(parts)} fields, but AWS cron has exactly 6: minutes hours day-of-month month day-of-week "
-            f"year, e.g. {_EXAMPLE_CRON}"
+            f"{len(parts)} fields, but AWS cron has 6: minutes hours day-of-month month day-of-week year "
+            f"(optionally after a leading seconds field of 0), e.g. {_EXAMPLE_CRON}"
         )
     minutes_text, hours_text, dom_text, month_text, dow_text, year_text = (p.upper() for p in parts)
     dom_unset, dow_unset = dom_text == "?", dow_text == "?"
@@ -875,6 +903,24 @@ def _parse_cron(body: str) -> _Cron:
         months=tuple(sorted(results["months"])),
         years=tuple(sorted(results["years"])),
     )
+
+
+def _drop_seconds(parts: list[str]) -> list[str]:
+    """The six fields after AWS's optional leading seconds field, which patchflow accepts only as ``0``.
+
+    AWS documents the field ("Reference: Cron and rate expressions for Systems Manager": ``cron(0 30 23 ? *
+    TUE#3 *)`` is 23:30 on the third Tuesday) and lets maintenance windows start at any second
+    (``cron(24 30 09 ? * * *)`` at 09:30:24). patchflow windows start on whole minutes, so any other value is
+    refused with the six-field expression to write instead.
+    """
+    seconds, rest = parts[0], parts[1:]
+    if not (seconds.isdigit() and int(seconds) == 0):
+        raise _Bad(
+            f"seconds: {seconds!r}: the optional leading seconds field must be 0 — patchflow windows start on "
+            f"whole minutes (AWS would also start a window at a second such as 09:30:24); write "
+            f"cron(0 {' '.join(rest)}) or drop the field: cron({' '.join(rest)})"
+        )
+    return rest
 
 
 def _question_mark_fix(parts: list[str]) -> str:

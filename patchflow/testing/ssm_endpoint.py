@@ -11,11 +11,19 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
   also exist in moto's EC2 with their tags; hybrid ``mi-`` nodes carry their tags here
   (``ListTagsForResource`` with ``ResourceType=ManagedInstance``). Each has a platform, installed packages
   and the updates its repositories offer.
-* **Commands** (``SendCommand``) honour ``InstanceIds`` exactly (and ``Targets`` ``InstanceIds`` / ``tag:K``).
-  Every invocation is invisible for :attr:`Timings.not_found_seconds` (``GetCommandInvocation`` answers
-  ``InvocationDoesNotExist``, ``ListCommandInvocations`` leaves it out: SSM's eventual consistency), then
-  ``Pending``, ``InProgress`` and finally terminal. Progress is computed from the clock on every request, so
-  nothing runs in the background; a command finishes on the instance whether or not anybody polls.
+* **Commands** (``SendCommand``) honour ``InstanceIds`` exactly (and ``Targets`` ``InstanceIds`` / ``tag:K`` /
+  ``resource-groups:Name``). Every invocation is invisible for :attr:`Timings.not_found_seconds`
+  (``GetCommandInvocation`` answers ``InvocationDoesNotExist``, ``ListCommandInvocations`` leaves it out: SSM's
+  eventual consistency), then ``Pending``, ``InProgress`` and finally terminal. Progress is computed from the
+  clock on every request, so nothing runs in the background; a command finishes on the instance whether or not
+  anybody polls. The command as a whole follows the User Guide's "Understanding command statuses": Success,
+  Delivery Timed Out, Execution Timed Out, Failed, Incomplete, Cancelled, Rate Exceeded (above
+  ``pending_invocation_limit``), Access Denied (a resource group registered ``accessible=False``) and No
+  Instances In Tag.
+* **Responses** are botocore's SSM shapes (``tests/executors/test_ssm_endpoint_shapes.py`` checks every
+  operation's raw JSON against the model) except where AWS documents otherwise: execution times as
+  ``2021-04-08T16:13:07.913Z``, ``ExecutionElapsedTime`` as ``PT0.203S``, ``OutputS3BucketName: ""`` without
+  a bucket. Members without a value are left out.
 * **Documents**: ``AWS-RunPatchBaseline`` ``Scan`` records patch compliance (``DescribeInstancePatches``,
   ``DescribeInstancePatchStates``); ``Install`` reads the ``InstallOverrideList`` YAML from (moto's) S3 and
   upgrades installed packages accordingly. An Install that ends ``Failed`` or ``Execution Timed Out`` leaves the
@@ -32,10 +40,13 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
   the first :attr:`SsmEndpoint.output_limit` characters, like AWS's 24,000).
 
 Semantics left out on purpose (documented so nobody relies on them): patch baselines are not evaluated here —
-``Install`` without an override list installs every available update, and compliance reports installed
-packages as ``INSTALLED`` (no ``INSTALLED_OTHER``/``INSTALLED_REJECTED``); ``MaxConcurrency``/``MaxErrors``
-are echoed but every invocation is dispatched at once; no reboot really happens (``RebootIfNeeded`` just
-clears ``INSTALLED_PENDING_REBOOT``); dependency resolution does not exist.
+every update an instance is offered counts as approved: ``Install`` without an override list installs all of
+them, compliance reports an installed version some update offered as ``INSTALLED`` and any other installed
+package as ``INSTALLED_OTHER`` (never ``INSTALLED_REJECTED``; ``CriticalNonCompliantCount`` is 0, as under a
+predefined baseline's UNSPECIFIED compliance level); a Scan without ``SnapshotId`` gets a snapshot id of its own
+per node, as AWS's does; ``MaxConcurrency``/``MaxErrors`` are echoed but every invocation is dispatched at once
+(``MaxErrors`` still decides the command's status); no reboot really happens (``RebootIfNeeded`` just clears
+``INSTALLED_PENDING_REBOOT``); dependency resolution does not exist.
 
 How it hooks into moto: the SSM response class is patched once per process (moto's documented way to fill
 gaps, libraries.md §1.2). A patched action looks at the request's ``Host`` port; requests to a port no
@@ -137,9 +148,28 @@ _FAILURES: Final[dict[str, tuple[str, str, int]]] = {
 }
 #: StatusDetails that count as command errors (SSM: only Failed and Execution Timed Out).
 _ERROR_DETAILS: Final = frozenset({"Failed", "Execution Timed Out"})
-_NOT_DELIVERED: Final = frozenset(
-    {"Undeliverable", "Invalid Platform", "Access Denied", "Delivery Timed Out"}
-)
+#: Invocations that never reached the node. The first three "contribute to whether the parent command status is
+#: Success or Failed" but never count as errors; Delivery Timed Out makes it Delivery Timed Out or Incomplete.
+_NEVER_SENT: Final = frozenset({"Undeliverable", "Invalid Platform", "Access Denied"})
+_NOT_DELIVERED: Final = _NEVER_SENT | {"Delivery Timed Out"}
+#: Patch states that make a node NON_COMPLIANT (User Guide, "Patch compliance state values").
+_NON_COMPLIANT: Final = frozenset({"MISSING", "FAILED", "INSTALLED_PENDING_REBOOT", "INSTALLED_REJECTED"})
+#: The command's coarse ``Status`` for each of its ``StatusDetails``. The model's ``CommandStatus`` enum
+#: (Pending, InProgress, Success, Cancelled, Failed, TimedOut, Cancelling) is not mapped by AWS's documentation;
+#: a detailed status that is not Success is never reported as Success here.
+_COMMAND_STATUS: Final = {
+    "Pending": "Pending",
+    "In Progress": "InProgress",
+    "Success": "Success",
+    "Delivery Timed Out": "TimedOut",
+    "Execution Timed Out": "TimedOut",
+    "Failed": "Failed",
+    "Incomplete": "Failed",
+    "Cancelled": "Cancelled",
+    "Rate Exceeded": "Failed",
+    "Access Denied": "Failed",
+    "No Instances In Tag": "Failed",
+}
 
 
 @dataclass(frozen=True)
@@ -212,6 +242,8 @@ class _Invocation:
     visible_at: float
     started_at: float
     done_at: float
+    snapshot_id: str = ""
+    """The SnapshotId the agent uses: the command's, or one of its own (AWS-RunPatchBaseline, Snapshot ID)."""
     final: tuple[str, str, int, str, str] | None = None
     """(Status, StatusDetails, ResponseCode, stdout, stderr) once terminal."""
     finished_at: float | None = None
@@ -236,6 +268,10 @@ class _Command:
     """The parsed InstallOverrideList (read from S3 at send time), or None."""
     override_problem: str = ""
     invocations: dict[str, _Invocation] = field(default_factory=dict)
+    cancelled: bool = False
+    """CancelCommand stopped the command as a whole (not just some of its instances)."""
+    refused: str = ""
+    """``Rate Exceeded`` or ``Access Denied``: the command was stopped before it ran anywhere."""
 
 
 # ----------------------------------------------------------------------------------------- moto hook-up
@@ -309,6 +345,8 @@ class SsmEndpoint:
         timings: phase durations of every invocation.
         throttle_rate: SSM requests per second above which requests are throttled; None = never.
         output_limit: characters of stdout ``GetCommandInvocation`` returns (AWS: 24,000).
+        pending_invocation_limit: the account's quota of pending invocations; a command that would exceed it
+            ends ``Rate Exceeded`` before running anywhere. None = no quota.
         clock: wall clock in seconds; injectable for tests.
     """
 
@@ -319,12 +357,15 @@ class SsmEndpoint:
         timings: Timings | None = None,
         throttle_rate: float | None = None,
         output_limit: int = 24_000,
+        pending_invocation_limit: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.region = region
         self.timings = timings or Timings()
         self.throttle_rate = throttle_rate
         self.output_limit = output_limit
+        self.pending_invocation_limit = pending_invocation_limit
+        self._resource_groups: dict[str, tuple[list[str], bool]] = {}
         self._clock = clock
         self._lock = threading.RLock()
         self._instances: dict[str, _Instance] = {}
@@ -510,6 +551,14 @@ class SsmEndpoint:
                 self.script(inst.id, "fail", applies_to="shell")
         return ids
 
+    def register_resource_group(
+        self, name: str, instance_ids: Iterable[str], *, accessible: bool = True
+    ) -> None:
+        """A resource group ``SendCommand`` may target (``Key=resource-groups:Name``). ``accessible=False``: the
+        caller may not use it, so a command targeting it ends ``Access Denied`` without running anywhere."""
+        with self._lock:
+            self._resource_groups[name] = (list(instance_ids), accessible)
+
     def set_online(self, instance_id: str, online: bool) -> None:
         with self._lock:
             self._instance(instance_id).online = online
@@ -663,7 +712,7 @@ class SsmEndpoint:
         max_errors = str(params.get("MaxErrors", "0"))
         if not _MAX_ERRORS_RE.match(max_errors):
             raise _ApiError("ValidationException", f"MaxErrors {max_errors!r} is not valid")
-        instance_ids = self._targets(params)
+        instance_ids, refused = self._targets(params)
         parameters = {k: [str(x) for x in v] for k, v in (params.get("Parameters") or {}).items()}
         override, problem = self._check_parameters(document, parameters)
         now = self._clock()
@@ -683,28 +732,40 @@ class SsmEndpoint:
             cloudwatch=params.get("CloudWatchOutputConfig"),
             override=override,
             override_problem=problem,
+            refused=refused,
         )
         kind = _kind(document, parameters)
         t = self.timings
+        if not refused and self.pending_invocation_limit is not None:
+            pending = sum(
+                1 for c in self._commands.values() for i in c.invocations.values() if i.final is None
+            )
+            if pending + len(instance_ids) > self.pending_invocation_limit:
+                command.refused = "Rate Exceeded"
         for instance_id in instance_ids:
             inst = self._instances[instance_id]
             outcome, seconds = self._next_outcome(inst, kind)
             if not inst.online:
                 outcome = "undeliverable"
             started = now + t.pending_seconds
-            command.invocations[instance_id] = _Invocation(
+            inv = _Invocation(
                 instance_id=instance_id,
                 kind=kind,
                 outcome=outcome,
                 visible_at=now + t.not_found_seconds,
                 started_at=started,
                 done_at=started + (t.run_seconds if seconds is None else seconds),
+                snapshot_id=parameters.get("SnapshotId", [""])[0] or str(uuid.uuid4()),
             )
+            if command.refused:  # "The system has canceled the command before running it on any managed node"
+                inv.final, inv.finished_at = ("Cancelled", "Cancelled", -1, "", ""), now
+            command.invocations[instance_id] = inv
         self._commands[command.command_id] = command
         return {"Command": self._command_view(command)}
 
-    def _targets(self, params: dict[str, Any]) -> list[str]:
-        """The instance ids a send addresses: exactly ``InstanceIds``, or what ``Targets`` select."""
+    def _targets(self, params: dict[str, Any]) -> tuple[list[str], str]:
+        """The instance ids a send addresses (exactly ``InstanceIds``, or what ``Targets`` select), and
+        ``Access Denied`` when a target is a resource group the caller may not use."""
         ids = list(params.get("InstanceIds") or [])
         targets = params.get("Targets") or []
         if bool(ids) == bool(targets):
@@ -727,17 +788,24 @@ class SsmEndpoint:
                     selected &= set(values)
                 elif key.startswith("tag:"):
                     selected &= {i for i in selected if self._tags(self._instances[i]).get(key[4:]) in values}
+                elif (
+                    key == "resource-groups:Name" and len(values) == 1 and values[0] in self._resource_groups
+                ):
+                    members, accessible = self._resource_groups[values[0]]
+                    if not accessible:
+                        return [], "Access Denied"
+                    selected &= set(members)
                 else:
                     raise _ApiError(
-                        "ValidationException", f"target key {key!r} is not supported by this endpoint"
+                        "ValidationException", f"target {key}={values} is not supported by this endpoint"
                     )
-            return sorted(selected)
+            return sorted(selected), ""
         unknown = [i for i in ids if i not in self._instances]
         if unknown:
             raise _ApiError(
                 "InvalidInstanceId", f"Instances {unknown} not in a valid state for account {ACCOUNT_ID}"
             )
-        return ids
+        return ids, ""
 
     def _check_parameters(
         self, document: str, parameters: dict[str, list[str]]
@@ -819,6 +887,11 @@ class SsmEndpoint:
         if command_id and command_id not in self._commands:
             raise _ApiError("InvalidCommandId", f"Command {command_id} does not exist")
         status_filter = {f["value"] for f in params.get("Filters") or [] if f["key"] == "Status"}
+        unknown_filters = {f["key"] for f in params.get("Filters") or []} - {"Status"}
+        if unknown_filters:
+            raise _ApiError(
+                "InvalidFilterKey", f"filter keys {sorted(unknown_filters)} are not supported here"
+            )
         now = self._clock()
         rows = []
         for command in sorted(self._commands.values(), key=lambda c: c.requested_at, reverse=True):
@@ -828,7 +901,7 @@ class SsmEndpoint:
                 if (instance_id and inv.instance_id != instance_id) or now < inv.visible_at:
                     continue
                 status, details, *_ = self._status(inv, now)
-                if status_filter and status.replace(" ", "") not in status_filter:
+                if status_filter and not status_filter & {status, details.replace(" ", "")}:
                     continue
                 row: dict[str, Any] = {
                     "CommandId": command.command_id,
@@ -847,6 +920,8 @@ class SsmEndpoint:
                         {k: v for k, v in self._plugin_view(command, inv, plugin, now).items() if k[0] != "_"}
                         for plugin in _plugins(command)
                     ]
+                if command.cloudwatch:
+                    row["CloudWatchOutputConfig"] = command.cloudwatch
                 rows.append(row)
         page, token = _page(rows, params, default=50)
         return {"CommandInvocations": page, **token}
@@ -872,9 +947,8 @@ class SsmEndpoint:
         if plugin not in plugins:
             raise _ApiError("InvalidPluginName", f"The plugin name {plugin} is not valid")
         view = self._plugin_view(command, inv, plugin, now)
-        started = datetime.fromtimestamp(inv.started_at, UTC)
-        ended = datetime.fromtimestamp(inv.finished_at, UTC) if inv.finished_at else None
-        return {
+        ran = _ran(inv, now)
+        answer: dict[str, Any] = {
             "CommandId": command.command_id,
             "InstanceId": instance_id,
             "Comment": command.comment,
@@ -882,9 +956,10 @@ class SsmEndpoint:
             "DocumentVersion": "$DEFAULT",
             "PluginName": plugin,
             "ResponseCode": view["ResponseCode"],
-            "ExecutionStartDateTime": started.isoformat() if now >= inv.started_at else "",
-            "ExecutionElapsedTime": _elapsed(inv, now),
-            "ExecutionEndDateTime": ended.isoformat() if ended else "",
+            # AWS's form (2021-04-08T16:13:07.913Z), empty until the plugin starts / finishes (API reference,
+            # GetCommandInvocation: "If the plugin hasn't started to run, the string is empty").
+            "ExecutionStartDateTime": _string_time(inv.started_at) if ran else "",
+            "ExecutionEndDateTime": _string_time(inv.finished_at) if ran and inv.finished_at else "",
             "Status": view["Status"],
             "StatusDetails": view["StatusDetails"],
             "StandardOutputContent": view["_stdout"][: self.output_limit],
@@ -893,6 +968,9 @@ class SsmEndpoint:
             "StandardErrorUrl": view["StandardErrorUrl"],
             "CloudWatchOutputConfig": command.cloudwatch or {"CloudWatchOutputEnabled": False},
         }
+        if ran:  # an ISO 8601 duration (PT0.203S); nothing for a plugin that never ran
+            answer["ExecutionElapsedTime"] = _duration((inv.finished_at or now) - inv.started_at)
+        return answer
 
     def _op_cancel_command(self, params: dict[str, Any]) -> dict[str, Any]:
         command = self._commands.get(params.get("CommandId", ""))
@@ -900,10 +978,15 @@ class SsmEndpoint:
             raise _ApiError("InvalidCommandId", "Command ID is not valid")
         only = set(params.get("InstanceIds") or [])
         now = self._clock()
+        stopped = 0
         for inv in command.invocations.values():
             if inv.final is None and (not only or inv.instance_id in only):
                 inv.final = ("Cancelled", "Cancelled", -1, "", "")
                 inv.finished_at = now
+                stopped += 1
+        # Cancelling every instance is cancelling the command; cancelling a finished command changes nothing.
+        if stopped and (not only or only >= set(command.invocations)):
+            command.cancelled = True
         return {}
 
     def _op_describe_instance_patches(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -958,7 +1041,9 @@ class SsmEndpoint:
         if inv.outcome in _FAILURES:
             status, details, code = _FAILURES[inv.outcome]
             if inv.kind == "install" and details in _ERROR_DETAILS and inst.family is not None:
-                self._fail_install(command, inst)  # the agent ran and failed: Patch Manager reports FAILED
+                self._fail_install(
+                    command, inv, inst
+                )  # the agent ran and failed: Patch Manager reports FAILED
             return (status, details, code, "", f"scripted outcome: {inv.outcome}")
         if inst.family is None:
             return (
@@ -969,10 +1054,12 @@ class SsmEndpoint:
                 f"platform {inst.platform_name} is not Linux deb/rpm",
             )
         if command.document_name == _PATCH_DOC:
-            return self._run_patch_baseline(command, inst)
+            return self._run_patch_baseline(command, inv, inst)
         return self._run_shell(command, inst)
 
-    def _run_patch_baseline(self, command: _Command, inst: _Instance) -> tuple[str, str, int, str, str]:
+    def _run_patch_baseline(
+        self, command: _Command, inv: _Invocation, inst: _Instance
+    ) -> tuple[str, str, int, str, str]:
         assert inst.family is not None
         operation = command.parameters["Operation"][0]
         reboot = command.parameters.get("RebootOption", ["RebootIfNeeded"])[0]
@@ -995,7 +1082,7 @@ class SsmEndpoint:
             elif installed_now or inst.pending_reboot:
                 inst.pending_reboot.clear()
                 lines.append("Rebooting the instance (RebootIfNeeded)")
-        counts = self._record_compliance(command, inst, now)
+        counts = self._record_compliance(command, inv, inst, now)
         if operation == "Install" and reboot == "NoReboot":
             assert inst.patch_state is not None
             inst.patch_state["LastNoRebootInstallOperationTime"] = now
@@ -1006,30 +1093,35 @@ class SsmEndpoint:
         )
         return ("Success", "Success", 0, "\n".join(lines) + "\n", "")
 
-    def _fail_install(self, command: _Command, inst: _Instance) -> None:
+    def _fail_install(self, command: _Command, inv: _Invocation, inst: _Instance) -> None:
         """A failed Install: what it would have upgraded becomes FAILED in the node's compliance."""
         if command.override_problem:
             return  # the document failed before looking at any package
         for key, have in inst.packages.items():
             if self._install_target(inst, key, have, command.override) is not None:
                 inst.failed.add(key)
-        self._record_compliance(command, inst, datetime.fromtimestamp(self._clock(), UTC))
+        self._record_compliance(command, inv, inst, datetime.fromtimestamp(self._clock(), UTC))
 
-    def _record_compliance(self, command: _Command, inst: _Instance, now: datetime) -> Counter[str]:
+    def _record_compliance(
+        self, command: _Command, inv: _Invocation, inst: _Instance, now: datetime
+    ) -> Counter[str]:
         """Rewrite the node's DescribeInstancePatches rows and patch state from its packages now."""
         operation = command.parameters["Operation"][0]
         reboot = command.parameters.get("RebootOption", ["RebootIfNeeded"])[0]
         override_url = command.parameters.get("InstallOverrideList", [""])[0]
         rows = self._compliance_rows(inst)
         counts = Counter(r["State"] for r in rows)
+        non_compliant = [r for r in rows if r["State"] in _NON_COMPLIANT]
+        security = sum(1 for r in non_compliant if r["Classification"] == "Security")
         inst.patch_rows = rows
+        tags = self._tags(inst)
         inst.patch_state = {
             "InstanceId": inst.instance_id,
-            "PatchGroup": self._tags(inst).get("Patch Group", self._tags(inst).get("PatchGroup", "")),
+            # Required by the model (1-256 characters), yet a node outside every patch group has no name: ""
+            # is sent, the only empty value left (tests/executors/test_ssm_endpoint_shapes.py).
+            "PatchGroup": tags.get("Patch Group", tags.get("PatchGroup", "")),
             "BaselineId": "pb-0000000000000000" + ("1" if inst.family == "deb" else "2"),
-            "SnapshotId": command.parameters.get("SnapshotId", [""])[0],
-            "InstallOverrideList": override_url,
-            "OwnerInformation": "",
+            "SnapshotId": inv.snapshot_id,
             "InstalledCount": counts["INSTALLED"],
             "InstalledOtherCount": counts["INSTALLED_OTHER"],
             "InstalledPendingRebootCount": counts["INSTALLED_PENDING_REBOOT"],
@@ -1042,12 +1134,14 @@ class SsmEndpoint:
             "OperationEndTime": now,
             "Operation": operation,
             "RebootOption": reboot,
+            # Critical = the baseline's ComplianceLevel CRITICAL; no baseline is evaluated here (predefined
+            # baselines all use UNSPECIFIED), so none. Security = a vendor advisory's Security classification.
             "CriticalNonCompliantCount": 0,
-            "SecurityNonCompliantCount": sum(
-                counts[s] for s in ("MISSING", "FAILED", "INSTALLED_PENDING_REBOOT")
-            ),
-            "OtherNonCompliantCount": 0,
+            "SecurityNonCompliantCount": security,
+            "OtherNonCompliantCount": len(non_compliant) - security,
         }
+        if override_url:
+            inst.patch_state["InstallOverrideList"] = override_url
         return counts
 
     def _install_target(
@@ -1086,31 +1180,34 @@ class SsmEndpoint:
             ]  # fmt: skip
             if offered:
                 best = max(offered, key=lambda a: versions.sort_key(inst.family or "deb", a.version))
-                rows.append(
-                    {
-                        "Title": _title(inst.family, kb_id, best.version),
-                        "KBId": kb_id,
-                        "Classification": best.classification,
-                        "Severity": best.severity,
-                        "State": "FAILED" if (name, arch) in inst.failed else "MISSING",
-                        "InstalledTime": datetime.fromtimestamp(0, UTC),
-                        "CVEIds": ",".join(best.cve_ids),
-                    }
-                )
+                row: dict[str, Any] = {
+                    "Title": _title(inst.family, kb_id, best.version),
+                    "KBId": kb_id,
+                    "Classification": best.classification,
+                    "Severity": best.severity,
+                    "State": "FAILED" if (name, arch) in inst.failed else "MISSING",
+                    "InstalledTime": datetime.fromtimestamp(0, UTC),  # AWS: 0 for what is not installed
+                }
+                if best.cve_ids:  # CVE ids are reported for MISSING and FAILED patches only
+                    row["CVEIds"] = ",".join(best.cve_ids)
+                rows.append(row)
                 continue
             meta = next(
                 (a for a in inst.available if (a.name, a.arch, _norm(a.version)) == (name, arch, version)),
                 None,
             )
+            if (name, arch) in inst.pending_reboot:
+                state = "INSTALLED_PENDING_REBOOT"
+            else:  # a version no update notice names was not approved by any baseline: INSTALLED_OTHER
+                state = "INSTALLED" if meta else "INSTALLED_OTHER"
             rows.append(
                 {
                     "Title": _title(inst.family, kb_id, version),
                     "KBId": kb_id,
+                    # Blank for INSTALLED_OTHER, as AWS reports it (User Guide, "Patch compliance state values").
                     "Classification": meta.classification if meta else "",
                     "Severity": meta.severity if meta else "",
-                    "State": "INSTALLED_PENDING_REBOOT"
-                    if (name, arch) in inst.pending_reboot
-                    else "INSTALLED",
+                    "State": state,
                     "InstalledTime": inst.installed_at.get((name, arch), inst.registered_at),
                 }
             )
@@ -1169,10 +1266,9 @@ class SsmEndpoint:
 
     def _command_view(self, command: _Command) -> dict[str, Any]:
         now = self._clock()
-        statuses = [self._status(inv, now) for inv in command.invocations.values()]
-        done = [s for s in statuses if s[0] not in ("Pending", "InProgress")]
-        errors = sum(1 for s in done if s[1] in _ERROR_DETAILS)
-        status, details = _command_status(statuses, errors, command.max_errors)
+        details = [self._status(inv, now)[1] for inv in command.invocations.values()]
+        done = [d for d in details if d not in ("Pending", "In Progress", "Delayed")]
+        status_details = _command_status(details, command.max_errors, command.cancelled, command.refused)
         return {
             "CommandId": command.command_id,
             "DocumentName": command.document_name,
@@ -1183,16 +1279,16 @@ class SsmEndpoint:
             "InstanceIds": list(command.instance_ids) if not command.targets else [],
             "Targets": command.targets,
             "RequestedDateTime": datetime.fromtimestamp(command.requested_at, UTC),
-            "Status": status,
-            "StatusDetails": details,
+            "Status": _COMMAND_STATUS[status_details],
+            "StatusDetails": status_details,
             "OutputS3BucketName": command.output_bucket,
             "OutputS3KeyPrefix": command.output_prefix,
             "MaxConcurrency": command.max_concurrency,
             "MaxErrors": command.max_errors,
             "TargetCount": len(command.invocations),
             "CompletedCount": len(done),
-            "ErrorCount": errors,
-            "DeliveryTimedOutCount": sum(1 for s in done if s[1] == "Delivery Timed Out"),
+            "ErrorCount": sum(1 for d in done if d in _ERROR_DETAILS),
+            "DeliveryTimedOutCount": done.count("Delivery Timed Out"),
             "TimeoutSeconds": command.timeout_seconds,
             "CloudWatchOutputConfig": command.cloudwatch or {"CloudWatchOutputEnabled": False},
         }
@@ -1214,7 +1310,6 @@ class SsmEndpoint:
             "Status": status,
             "StatusDetails": details,
             "ResponseCode": code,
-            "Output": stdout[:2500],  # AWS: ListCommandInvocations shows the first 2,500 characters
             "StandardOutputUrl": url,
             "StandardErrorUrl": err_url,
             "OutputS3BucketName": command.output_bucket,
@@ -1222,10 +1317,12 @@ class SsmEndpoint:
             "_stdout": stdout,
             "_stderr": stderr,
         }
-        if now >= inv.started_at:
+        if stdout:
+            view["Output"] = stdout[:2500]  # AWS: ListCommandInvocations shows the first 2,500 characters
+        if _ran(inv, now):
             view["ResponseStartDateTime"] = datetime.fromtimestamp(inv.started_at, UTC)
-        if inv.finished_at is not None:
-            view["ResponseFinishDateTime"] = datetime.fromtimestamp(inv.finished_at, UTC)
+            if inv.finished_at is not None:
+                view["ResponseFinishDateTime"] = datetime.fromtimestamp(inv.finished_at, UTC)
         return view
 
     def _tags(self, inst: _Instance) -> dict[str, str]:
@@ -1274,11 +1371,30 @@ def _family_of(platform: str) -> str | None:
     return None
 
 
-def _elapsed(inv: _Invocation, now: float) -> str:
-    """ISO 8601 duration since the invocation started (``PT1.250S``), empty while pending."""
-    if now < inv.started_at:
-        return ""
-    return f"PT{(inv.finished_at or now) - inv.started_at:.3f}S"
+def _ran(inv: _Invocation, now: float) -> bool:
+    """Whether the plugin started on the node: not before its start, not when it was never delivered, not when
+    it was cancelled while still pending."""
+    if now < inv.started_at or (inv.finished_at is not None and inv.finished_at < inv.started_at):
+        return False
+    return inv.final is None or inv.final[1] not in _NOT_DELIVERED
+
+
+def _string_time(moment: float) -> str:
+    """A ``StringDateTime`` as AWS writes it: UTC with milliseconds, ``2021-04-08T16:13:07.913Z``."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _duration(seconds: float) -> str:
+    """An ISO 8601 duration as AWS writes ``ExecutionElapsedTime`` (Java's ``Duration``): ``PT0.203S``,
+    ``PT1M5.5S``, ``PT0S``."""
+    millis = max(0, round(seconds * 1000))
+    hours, millis = divmod(millis, 3_600_000)
+    minutes, millis = divmod(millis, 60_000)
+    whole, millis = divmod(millis, 1000)
+    text = "PT" + (f"{hours}H" if hours else "") + (f"{minutes}M" if minutes else "")
+    if whole or millis or text == "PT":
+        text += str(whole) + (f".{millis:03d}".rstrip("0") if millis else "") + "S"
+    return text
 
 
 def _platform_of(family: str, product: str | None) -> tuple[str, str]:
@@ -1374,32 +1490,37 @@ def _limit(text: str, total: int) -> int:
     return total * int(text[:-1]) // 100 if text.endswith("%") else int(text)
 
 
-def _command_status(
-    statuses: list[tuple[str, str, int, str, str]], errors: int, max_errors: str
-) -> tuple[str, str]:
-    if not statuses:
-        return "Success", "No Instances In Tag"
-    if any(s[0] == "InProgress" for s in statuses):
-        return "InProgress", "In Progress"
-    if any(s[0] == "Pending" for s in statuses):
-        return "Pending", "Pending"
-    details = [s[1] for s in statuses]
-    if all(d == "Cancelled" for d in details):
-        return "Cancelled", "Cancelled"
-    if errors > _limit(max_errors, len(statuses)):
-        return "Failed", "Failed"
-    if all(d in _NOT_DELIVERED - {"Delivery Timed Out"} for d in details):
-        return "Failed", "Failed"
-    if all(d in ("Success", *_NOT_DELIVERED) for d in details):
-        return "Success", "Success"
-    return "Success", "Incomplete"
+def _command_status(details: list[str], max_errors: str, cancelled: bool, refused: str) -> str:
+    """The command's ``StatusDetails`` from its invocations' (User Guide, "Understanding command statuses",
+    "Detailed status for a command"; ``MaxErrors`` N tolerates N, as for rate control)."""
+    if refused:
+        return refused  # Rate Exceeded, Access Denied: stopped before running anywhere
+    if not details:
+        return "No Instances In Tag"
+    if any(d in ("Pending", "In Progress", "Delayed") for d in details):
+        return "Pending" if all(d == "Pending" for d in details) else "In Progress"
+    if cancelled:
+        return "Cancelled"
+    limit = _limit(max_errors, len(details))
+    failed, timed_out = details.count("Failed"), details.count("Execution Timed Out")
+    if failed + timed_out > limit:  # "The value of MaxErrors or more invocations shows a status of ..."
+        return "Execution Timed Out" if timed_out > limit and failed <= limit else "Failed"
+    if details.count("Delivery Timed Out") > limit:
+        return "Delivery Timed Out"
+    if all(d in _NEVER_SENT for d in details):  # "if all invocations [...] Undeliverable, [...] Failed"
+        return "Failed"
+    if all(d == "Success" or d in _NEVER_SENT for d in details):  # 4 Undeliverable + 1 Success = Success
+        return "Success"
+    return "Incomplete"
 
 
 def _command_matches(view: dict[str, Any], command: _Command, filters: dict[str, str]) -> bool:
     for key, value in filters.items():
         if key == "DocumentName" and command.document_name != value:
             return False
-        if key == "Status" and view["Status"] != value:
+        # The Status filter takes coarse and detailed values (NoInstancesInTag; LimitExceeded = Rate Exceeded).
+        detailed = view["StatusDetails"].replace(" ", "").replace("RateExceeded", "LimitExceeded")
+        if key == "Status" and value not in (view["Status"], detailed):
             return False
         if key == "ExecutionStage" and (value == "Executing") != (
             view["Status"] in ("Pending", "InProgress")

@@ -79,10 +79,73 @@ def test_patch_tuesday_plus_three_is_the_friday_after() -> None:
     assert all(s.weekday() == calendar.FRIDAY and (s.hour, s.minute) == (2, 0) for s in got)
 
 
-def test_offset_runs_when_the_cron_date_passed_but_the_offset_date_is_ahead() -> None:
-    # AWS would skip this period for a window *created* on Wednesday; patchflow schedules every date + offset.
-    spec = WindowSpec("cron(0 2 ? * TUE#2 *)", offset_days=3)
-    assert starts(spec, utc(2026, 11, 11, 12), 1) == [utc(2026, 11, 13, 2)]
+def test_a_period_whose_cron_date_passed_is_skipped_even_if_its_offset_date_is_ahead() -> None:
+    """User Guide, "Reference: Cron and rate expressions for Systems Manager" (Schedule offsets): "If you create
+    [...] a maintenance window with a cron expression that targets a day that has already passed in the current
+    period, but add a schedule offset date that falls in the future, the [...] maintenance window won't run in
+    the period. It will go into effect in the following period." A stage that starts waiting is that creation;
+    ``next_windows`` without ``created`` is the established series."""
+    spec = WindowSpec("cron(0 2 ? * TUE#2 *)", offset_days=3, duration_hours=4, cutoff_hours=1)
+    wednesday = utc(2026, 11, 11, 12)  # Patch Tuesday 2026-11-10 passed, its Friday (11-13) is ahead
+    december_friday = utc(2026, 12, 11, 2)  # 2026-12-08 + 3
+    got = current_or_next(spec, wednesday)
+    assert got is not None and got.start == december_friday
+    assert starts(spec, wednesday, 1) == [utc(2026, 11, 13, 2)]  # the series as it runs once established
+    created_wednesday = next_windows(spec, wednesday, 2, created=wednesday)
+    assert [w.start for w in created_wednesday] == [december_friday, utc(2027, 1, 15, 2)]
+    monday = utc(2026, 11, 9, 12)  # created before the cron date: this period runs
+    assert [w.start for w in next_windows(spec, monday, 1, created=monday)] == [utc(2026, 11, 13, 2)]
+    on_tuesday = current_or_next(spec, utc(2026, 11, 10, 2))  # the cron instant itself has not passed
+    assert on_tuesday is not None and on_tuesday.start == utc(2026, 11, 13, 2)
+
+
+def test_window_preview_skips_the_period_as_aws_would_and_says_so() -> None:
+    """``patchflow window preview`` previews a window created at ``--after`` (User Guide, "Reference: Cron and
+    rate expressions for Systems Manager", Schedule offsets), and its help says so."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from patchflow.cli import app
+
+    words = ["window", "preview", "cron(0 2 ? * TUE#2 *)", "--offset-days", "3", "--count", "1"]
+    wednesday = CliRunner().invoke(app, [*words, "--after", "2026-11-11T12:00:00Z", "--format", "json"])
+    assert wednesday.exit_code == 0, wednesday.output
+    assert json.loads(wednesday.output)["windows"][0]["start"] == "2026-12-11T02:00:00+00:00"
+    monday = CliRunner().invoke(app, [*words, "--after", "2026-11-09T12:00:00Z", "--format", "json"])
+    assert json.loads(monday.output)["windows"][0]["start"] == "2026-11-13T02:00:00+00:00"
+    shown = CliRunner().invoke(app, ["window", "preview", "--help"], env={"COLUMNS": "200"})
+    assert "cron date has passed is skipped" in " ".join(shown.output.split())
+
+
+def test_an_open_window_keeps_the_offset_series_running() -> None:
+    """The skipped period is about creation only: once a window of the series is open, the next one follows
+    (a stage carried over after the cutoff). Between windows, a cron firing more often than its offset makes
+    a newly waiting stage wait the offset out, as a window created then would on AWS."""
+    daily = WindowSpec("cron(0 2 * * ? *)", offset_days=2, duration_hours=4, cutoff_hours=1)
+    after_cutoff = current_or_next(daily, utc(2026, 3, 10, 5, 30))  # the 02:00 window is open until 06:00
+    assert after_cutoff is not None and after_cutoff.start == utc(2026, 3, 11, 2)
+    between = current_or_next(daily, utc(2026, 3, 10, 12))  # cron dates 03-09 and 03-10 passed
+    assert between is not None and between.start == utc(2026, 3, 13, 2)
+
+
+def test_cron_takes_aws_optional_leading_seconds_field_when_it_is_zero() -> None:
+    """User Guide, "Reference: Cron and rate expressions for Systems Manager": six required fields plus an
+    optional leading ``Seconds`` field; its maintenance-window example ``cron(0 30 23 ? * TUE#3 *)`` is 23:30 on
+    the third Tuesday. With seconds 0 the 7-field form is the 6-field one; any other second is refused (see
+    the error table) because patchflow windows start on whole minutes."""
+    aws_example = WindowSpec("cron(0 30 23 ? * TUE#3 *)", duration_hours=4, cutoff_hours=1)
+    third_tuesdays = [nth_weekday(2026, m, calendar.TUESDAY, 3) for m in (1, 2, 3)]
+    assert starts(aws_example, utc(2026, 1, 1), 3) == [
+        datetime(d.year, d.month, d.day, 23, 30, tzinfo=UTC) for d in third_tuesdays if d is not None
+    ]
+    assert next_windows(aws_example, utc(2026, 1, 1), 5) == next_windows(
+        WindowSpec("cron(30 23 ? * TUE#3 *)", duration_hours=4, cutoff_hours=1), utc(2026, 1, 1), 5
+    )
+    from_plan = parse_window_spec({"schedule": "cron(00 30 23 ? * TUE#3 *)"})  # "00" is zero too
+    assert starts(from_plan, utc(2026, 1, 1), 1) == starts(aws_example, utc(2026, 1, 1), 1)
+    with_offset = WindowSpec("cron(0 30 23 ? * TUE#3 *)", offset_days=2)  # the guide's offset example
+    assert starts(with_offset, utc(2026, 1, 1), 1) == [utc(2026, 1, 22, 23, 30)]  # Thursday after 2026-01-20
 
 
 def test_offset_crosses_month_and_year_ends() -> None:
@@ -468,12 +531,14 @@ def test_window_at_during_the_repeated_hour() -> None:
         (WindowSpec("cron(58 1,2 ? * * *)"), "window.schedule", []),  # one start an hour: 60 minutes apart
         (WindowSpec("cron(0,58 1,2 ? * * *)"), "window.schedule", ["2 minutes apart"]),  # 01:58 → 02:00
         (
-            WindowSpec("cron(0 0 2 ? * TUE#2 *)"),
+            WindowSpec("cron(24 30 09 ? * * *)"),
             "window.schedule",
-            ["7 fields", "seconds", "cron(0 2 ? * TUE#2 *)"],
+            ["seconds: '24'", "must be 0", "whole minutes", "cron(0 30 09 ? * * *)", "cron(30 09 ? * * *)"],
         ),
+        (WindowSpec("cron(*/30 0 2 ? * TUE#2 *)"), "window.schedule", ["seconds: '*/30'", "must be 0"]),
+        (WindowSpec("cron(0 0 0 2 ? * TUE#2 *)"), "window.schedule", ["8 fields", "seconds field of 0"]),
         (WindowSpec("cron(0 2 * * 2)"), "window.schedule", ["5 fields", "1-7 (SUN = 1)"]),
-        (WindowSpec("cron(0 2 ? *)"), "window.schedule", ["4 fields", "exactly 6"]),
+        (WindowSpec("cron(0 2 ? *)"), "window.schedule", ["4 fields", "AWS cron has 6"]),
         (WindowSpec("cron(60 2 ? * * *)"), "window.schedule", ["minutes: 60 is out of range 0-59"]),
         (WindowSpec("cron(0 24 ? * * *)"), "window.schedule", ["hours: 24 is out of range 0-23"]),
         (WindowSpec("cron(0 2 32 * ? *)"), "window.schedule", ["day-of-month: 32 is out of range 1-31"]),
@@ -800,16 +865,21 @@ def reference_resolve(wall: datetime, zone: ZoneInfo) -> datetime:
     return instant
 
 
-def reference_starts(cron: Cron, zone: ZoneInfo, offset: int, after: datetime, count: int) -> list[datetime]:
-    """Brute force: test every calendar day, keep matching times, resolve, sort, deduplicate."""
+def reference_starts(
+    cron: Cron, zone: ZoneInfo, offset: int, after: datetime, count: int, created: datetime | None = None
+) -> list[datetime]:
+    """Brute force: test every calendar day, keep matching times, resolve, sort, deduplicate; with ``created``,
+    leave out the times whose cron date (before the offset) resolves to an earlier instant."""
     found: list[datetime] = []
     day = after.astimezone(zone).date() - timedelta(days=offset + 2)
     while day <= REFERENCE_END and len(found) < count + 1:
         if day.year in cron.years and day.month in cron.months and cron.day_matches(day):
             for hour in cron.hours:
                 for minute in cron.minutes:
-                    wall = datetime(day.year, day.month, day.day, hour, minute) + timedelta(days=offset)
-                    instant = reference_resolve(wall, zone)
+                    cron_wall = datetime(day.year, day.month, day.day, hour, minute)
+                    if created is not None and reference_resolve(cron_wall, zone) < created:
+                        continue
+                    instant = reference_resolve(cron_wall + timedelta(days=offset), zone)
                     if instant >= after and instant not in found:
                         found.append(instant)
         day += timedelta(days=1)
@@ -843,6 +913,21 @@ def test_cron_matches_brute_force_reference(
     got = [s for s in starts(spec, after, count) if s < COMPARE_BEFORE]
     expected = [s for s in reference_starts(cron, ZoneInfo(zone), offset, after, count) if s < COMPARE_BEFORE]
     assert got == expected[:count]
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cron=crons(), zone=st.sampled_from(ZONES), offset=st.integers(1, 6), after=AFTER, count=st.integers(1, 4)
+)
+def test_created_windows_match_brute_force_reference(
+    cron: Cron, zone: str, offset: int, after: datetime, count: int
+) -> None:
+    """AWS's skipped period (User Guide, "Reference: Cron and rate expressions for Systems Manager", Schedule
+    offsets), against the brute force: a window created at ``after`` runs only cron dates from ``after`` on."""
+    spec = WindowSpec(cron.text, timezone=zone, offset_days=offset, duration_hours=1)
+    got = [w.start for w in next_windows(spec, after, count, created=after) if w.start < COMPARE_BEFORE]
+    expected = reference_starts(cron, ZoneInfo(zone), offset, after, count, created=after)
+    assert got == [s for s in expected if s < COMPARE_BEFORE][:count]
 
 
 @settings(max_examples=100, deadline=None)
