@@ -63,6 +63,9 @@ class InstallResult:
     rebooted: bool = False
     message: str = ""
     duration_seconds: float = 0.0
+    pending_reboot: bool = False
+    """Patches installed on the instance still wait for a reboot (SSM: ``INSTALLED_PENDING_REBOOT``, e.g. after
+    a ``NoReboot`` install); the instance is non-compliant until it reboots."""
 
     @property
     def counts_as_error(self) -> bool:

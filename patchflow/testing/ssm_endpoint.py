@@ -45,8 +45,9 @@ them, compliance reports an installed version some update offered as ``INSTALLED
 package as ``INSTALLED_OTHER`` (never ``INSTALLED_REJECTED``; ``CriticalNonCompliantCount`` is 0, as under a
 predefined baseline's UNSPECIFIED compliance level); a Scan without ``SnapshotId`` gets a snapshot id of its own
 per node, as AWS's does; ``MaxConcurrency``/``MaxErrors`` are echoed but every invocation is dispatched at once
-(``MaxErrors`` still decides the command's status); no reboot really happens (``RebootIfNeeded`` just clears
-``INSTALLED_PENDING_REBOOT``); dependency resolution does not exist.
+(``MaxErrors`` still decides the command's status); no reboot really happens (``RebootIfNeeded`` clears
+``INSTALLED_PENDING_REBOOT`` and counts one in :meth:`SsmEndpoint.reboots` when the Install installed something
+or found pending patches); dependency resolution does not exist.
 
 How it hooks into moto: the SSM response class is patched once per process (moto's documented way to fill
 gaps, libraries.md §1.2). A patched action looks at the request's ``Host`` port; requests to a port no
@@ -226,6 +227,8 @@ class _Instance:
     installed_at: dict[tuple[str, str], datetime] = field(default_factory=dict)
     scripts: list[_Script] = field(default_factory=list)
     pending_reboot: set[tuple[str, str]] = field(default_factory=set)
+    reboots: int = 0
+    """Reboots ``AWS-RunPatchBaseline`` Install made (RebootIfNeeded)."""
     failed: set[tuple[str, str]] = field(default_factory=set)
     """Packages the last failed Install could not upgrade: reported FAILED instead of MISSING until they change."""
     patch_rows: list[dict[str, Any]] | None = None
@@ -589,6 +592,12 @@ class SsmEndpoint:
             self._settle()
             inst = self._instance(instance_id)
             return {f"{n}.{a}": v for (n, a), v in sorted(inst.packages.items())}
+
+    def reboots(self, instance_id: str) -> int:
+        """How many times ``AWS-RunPatchBaseline`` Install rebooted the instance (after settling)."""
+        with self._lock:
+            self._settle()
+            return self._instance(instance_id).reboots
 
     def command_count(self, instance_id: str | None = None, document: str | None = None) -> int:
         """How many commands were sent (to one instance, of one document)."""
@@ -1080,7 +1089,10 @@ class SsmEndpoint:
             if reboot == "NoReboot":
                 inst.pending_reboot.update(installed_now)
             elif installed_now or inst.pending_reboot:
+                # User Guide, AWS-RunPatchBaseline, RebootOption: RebootIfNeeded reboots when the Install
+                # installed a patch or found patches INSTALLED_PENDING_REBOOT (an earlier NoReboot install).
                 inst.pending_reboot.clear()
+                inst.reboots += 1
                 lines.append("Rebooting the instance (RebootIfNeeded)")
         counts = self._record_compliance(command, inv, inst, now)
         if operation == "Install" and reboot == "NoReboot":

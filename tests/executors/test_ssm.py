@@ -219,6 +219,35 @@ async def test_install_end_to_end_changes_versions_through_the_override_list(end
     assert command["OutputS3BucketName"] == BUCKET and command["OutputS3KeyPrefix"] == "pf/command-output"
 
 
+async def test_reboot_if_needed_also_reboots_for_patches_pending_a_reboot(endpoint: SsmEndpoint) -> None:
+    """User Guide, AWS-RunPatchBaseline, ``RebootOption``: ``RebootIfNeeded`` reboots when "Patch Manager
+    installed one or more patches" or "detects one or more patches with a status of INSTALLED_PENDING_REBOOT
+    during the Install operation" — which "can mean that the option NoReboot was selected the last time";
+    ``NoReboot`` leaves installed patches ``InstalledPendingReboot``. Each install reports both as SSM saw them."""
+    node = ubuntu(endpoint, "i-0dev0000000000001")
+    op = "wave-r/dev/i-0dev0000000000001/install/{}".format
+
+    no_reboot = await executor(endpoint, reboot_option="NoReboot").install(
+        node, PINNED[:1], operation_id=op(0)
+    )
+    assert (no_reboot.status, len(no_reboot.changed), no_reboot.rebooted) == ("succeeded", 1, False)
+    assert no_reboot.pending_reboot and "reboot pending" in no_reboot.message
+    assert endpoint.reboots(node) == 0
+
+    nothing_new = await executor(endpoint).install(node, PINNED[:1], operation_id=op(1))  # openssl is current
+    assert (nothing_new.changed, nothing_new.rebooted, nothing_new.pending_reboot) == ((), True, False)
+    assert "0 package(s) upgraded, rebooted" in nothing_new.message
+    assert endpoint.reboots(node) == 1
+    rows = {r.kb_id: r.state for r in await executor(endpoint).patch_states(node)}
+    assert rows["openssl.amd64"] == "INSTALLED"
+
+    quiet = await executor(endpoint).install(node, PINNED[:1], operation_id=op(2))  # nothing pending now
+    assert (quiet.changed, quiet.rebooted, quiet.pending_reboot) == ((), False, False)
+    assert endpoint.reboots(node) == 1
+    recorded = await executor(endpoint).operation_result(op(1))  # a new worker reads the record
+    assert recorded is not None and (recorded.rebooted, recorded.pending_reboot) == (True, False)
+
+
 async def test_override_list_yaml_in_s3_is_exact(endpoint: SsmEndpoint) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
     endpoint.register_instance(

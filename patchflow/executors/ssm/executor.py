@@ -57,6 +57,12 @@ Out`` → timed_out (both count against ``max_errors``); ``Delivery Timed Out``,
 Platform``, ``Access Denied`` → undeliverable (reported, not counted unless the plan says so);
 ``Cancelled``/``Terminated`` → failed. An offline or unmanaged target is undeliverable at once, without a
 command (SSM would only time out delivery after ``TimeoutSeconds``).
+
+**Reboots** are reported as SSM decides them (User Guide, AWS-RunPatchBaseline, ``RebootOption``): with
+``RebootIfNeeded`` a successful install rebooted when it changed a package *or* the node already had patches
+``INSTALLED_PENDING_REBOOT`` (``DescribeInstancePatchStates`` just before the send) — and it did not if the
+Install's own patch state still counts pending patches. ``pending_reboot`` is that count after the Install
+(``NoReboot`` leaves what it installed pending).
 """
 
 from __future__ import annotations
@@ -554,12 +560,14 @@ class SsmExecutor:
             )
         return out, state
 
-    async def _fresh_patch_state(self, instance_id: str, since: float) -> dict[str, Any] | None:
+    async def _fresh_patch_state(
+        self, instance_id: str, since: float, *, operation: str | None = None
+    ) -> dict[str, Any] | None:
         """The instance's ``DescribeInstancePatchStates`` entry once its ``OperationEndTime`` is not older than
-        the scan we sent at ``since`` (minus clock skew): the command reports Success when the agent exits,
-        the compliance upload may land a little later, and reading rows before it would silently return the
-        previous scan's. After ``not_found_grace_seconds`` the rows are read anyway (an older agent may not
-        report patch states at all); None if there is no entry."""
+        the scan we sent at ``since`` (minus clock skew) and, with ``operation``, it reports that operation: the
+        command reports Success when the agent exits, the compliance upload may land a little later, and
+        reading rows before it would silently return the previous scan's. After ``not_found_grace_seconds`` the
+        rows are read anyway (an older agent may not report patch states at all); None if there is no entry."""
         deadline = time.monotonic() + self.not_found_grace_seconds
         delay = self.poll_initial_seconds
         while True:
@@ -568,7 +576,8 @@ class SsmExecutor:
             ]
             state: dict[str, Any] | None = states[0] if states else None
             ended = state.get("OperationEndTime") if state else None
-            if isinstance(ended, datetime) and ended.timestamp() >= since - 300:  # clock skew margin
+            fresh = isinstance(ended, datetime) and ended.timestamp() >= since - 300  # clock skew margin
+            if fresh and (operation is None or (state or {}).get("Operation") == operation):
                 return state
             if time.monotonic() >= deadline:
                 return state
@@ -736,6 +745,7 @@ class SsmExecutor:
                 return InstallResult(
                     instance_id, install_status(exc.status_details), message=f"{kind} not attempted: {exc}"
                 )
+            pending_before = await self._pending_reboot_count(instance_id) if kind == "install" else 0
             record = {
                 "version": 1,
                 "operation_id": operation_id,
@@ -747,6 +757,7 @@ class SsmExecutor:
                 "comment": command_comment(operation_id),
                 "reboot_option": self.reboot_option,
                 "before": [asdict(p) for p in before],
+                "pending_reboot_before": pending_before,
                 "created_at": time.time(),
                 "command_id": None,
                 "sent_at": None,
@@ -808,12 +819,13 @@ class SsmExecutor:
             before = [Package(**p) for p in record["before"]]
             changed = _changes(before, await self._query(instance_id, record["family"]))
         verb = "upgraded" if record["kind"] == "install" else "restored"
-        rebooted = (
-            record["kind"] == "install" and record["reboot_option"] == "RebootIfNeeded" and bool(changed)
-        )
+        rebooted = pending_reboot = False
+        if status == "succeeded" and record["kind"] == "install":
+            rebooted, pending_reboot = await self._reboot_outcome(record, changed)
         message = f"SSM {details} (command {record['command_id']})"
         if status == "succeeded":
             message += f": {len(changed)} package(s) {verb}" + (", rebooted" if rebooted else "")
+            message += ", reboot pending" if pending_reboot else ""
         else:
             stderr = invocation.get("StandardErrorContent", "").strip()
             message += f": {stderr[:300]}" if stderr else ""
@@ -824,10 +836,37 @@ class SsmExecutor:
             rebooted=rebooted,
             message=message,
             duration_seconds=max(0.0, time.time() - record["sent_at"]) if record.get("sent_at") else 0.0,
+            pending_reboot=pending_reboot,
         )
         record["result"] = asdict(result)
         await self._save(record)
         return result
+
+    async def _reboot_outcome(
+        self, record: dict[str, Any], changed: Sequence[PackageChange]
+    ) -> tuple[bool, bool]:
+        """(rebooted, pending reboot) of a successful install, from what SSM reports.
+
+        User Guide, AWS-RunPatchBaseline, ``RebootOption``: ``RebootIfNeeded`` reboots when the Install installed
+        anything or found patches ``INSTALLED_PENDING_REBOOT`` (left by an earlier ``NoReboot`` install: the
+        count recorded before the send). Afterwards the instance's patch state for this Install says whether
+        patches still wait for a reboot (``NoReboot``, or a reboot that did not happen).
+        """
+        state = await self._fresh_patch_state(
+            record["instance_id"], record.get("sent_at") or record["created_at"], operation="Install"
+        )
+        pending = bool(
+            state and state.get("Operation") == "Install" and state.get("InstalledPendingRebootCount")
+        )
+        wanted = bool(changed) or record.get("pending_reboot_before", 0) > 0
+        return record["reboot_option"] == "RebootIfNeeded" and wanted and not pending, pending
+
+    async def _pending_reboot_count(self, instance_id: str) -> int:
+        """``InstalledPendingRebootCount`` of the instance's last patch operation (0 when it never reported)."""
+        states = (await self._call(self.ssm.describe_instance_patch_states, InstanceIds=[instance_id]))[
+            "InstancePatchStates"
+        ]
+        return int(states[0].get("InstalledPendingRebootCount", 0)) if states else 0
 
     async def _find_command(self, record: dict[str, Any]) -> tuple[str, float] | None:
         """(command id, sent at) of the command an earlier attempt sent for this operation, if any (matched on
