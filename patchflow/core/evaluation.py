@@ -7,10 +7,13 @@ approve regardless of filters and rules; RejectedPatches win over everything; wi
 depends (transitively) on a rejected package is blocked too. Of the approved versions of a package (name +
 arch), the latest is pinned.
 
+Patches without a release date: a rule with ``ApproveAfterDays`` or ``ApproveUntilDate`` approves them only when
+it has ``EnableNonSecurity: true`` (User Guide, "How to specify an alternative patch source repository (Linux)");
+``ApprovedPatches`` approve them like any other patch.
+
 patchflow extensions, stated in the reasons: apt rules may carry ``ApproveAfterDays``/``ApproveUntilDate``
-(they apply to patches with a release date; a patch without one is approved as SSM would, and the reason
-says so), and baseline ``Sources`` restrict the candidates of their products to those repositories, as
-SSM's alternative sources replace a node's repositories for the run.
+(they apply to patches with a release date, as on yum), and baseline ``Sources`` restrict the candidates of
+their products to those repositories, as SSM's alternative sources replace a node's repositories for the run.
 """
 
 from __future__ import annotations
@@ -317,7 +320,7 @@ class _Verdict:
     reason: str
     level: str | None = None
     undated: bool = False
-    """Approved by a rule with a delay or date although the patch has no release date."""
+    """A rule with a delay or date decided this patch although it has no release date."""
 
 
 @dataclass(frozen=True)
@@ -402,13 +405,14 @@ def _approve_by_rules(patch: Patch, baseline: Baseline, moderate_is_medium: bool
     gf = _filter_mismatch(baseline.GlobalFilters, patch, moderate_is_medium=moderate_is_medium)
     if gf is not None:
         return _Verdict(patch, "not_approved", f"excluded by GlobalFilters {gf.Key} {gf.Values}")
-    reasons: list[str] = []
+    verdicts: list[_Verdict] = []
     for number, rule in enumerate(baseline.ApprovalRules.PatchRules, start=1):
         verdict = _apply_rule(number, rule, patch, moderate_is_medium, at)
         if verdict.kind == "approved":
             return verdict
-        reasons.append(verdict.reason)
-    return _Verdict(patch, "not_approved", "; ".join(reasons) if reasons else "no approval rules")
+        verdicts.append(verdict)
+    reason = "; ".join(v.reason for v in verdicts) if verdicts else "no approval rules"
+    return _Verdict(patch, "not_approved", reason, undated=any(v.undated for v in verdicts))
 
 
 def _apply_rule(
@@ -424,10 +428,7 @@ def _apply_rule(
         )
     approved = f"approved by rule {number}"
     if patch.release_date is None:
-        if rule.ApproveAfterDays is not None or rule.ApproveUntilDate is not None:
-            reason = f"{approved}; no release date, so the delay counts as 0 (as SSM does)"
-            return _Verdict(patch, "approved", reason, rule.ComplianceLevel, undated=True)
-        return _Verdict(patch, "approved", approved, rule.ComplianceLevel)
+        return _undated(number, rule, patch)
     if patch.release_date > at:
         return _Verdict(
             patch, "not_approved", f"rule {number}: matches, but released after the evaluation time"
@@ -454,6 +455,32 @@ def _apply_rule(
             )
         return _Verdict(patch, "approved", f"{approved} (ApproveUntilDate {until})", rule.ComplianceLevel)
     return _Verdict(patch, "approved", approved, rule.ComplianceLevel)
+
+
+def _undated(number: int, rule: PatchRule, patch: Patch) -> _Verdict:
+    """A patch without a release date: a rule with no delay or date approves it; a rule with
+    ``ApproveAfterDays`` or ``ApproveUntilDate`` approves it only when ``EnableNonSecurity`` is true.
+
+    AWS User Guide, "How to specify an alternative patch source repository (Linux)": a package whose release date
+    is missing is not included by an ApprovalAfterDays filter, except when the baseline includes non-security
+    updates. (The page "About predefined and custom patch baselines" instead falls back to the package build
+    time, then to a delay of 0; a catalog has no build time, and approving an unknown date at once would defeat
+    the delay, so patchflow follows the first page.)
+    """
+    if rule.ApproveAfterDays is None and rule.ApproveUntilDate is None:
+        return _Verdict(patch, "approved", f"approved by rule {number}", rule.ComplianceLevel)
+    condition = "ApproveAfterDays" if rule.ApproveAfterDays is not None else "ApproveUntilDate"
+    if rule.EnableNonSecurity:
+        reason = (
+            f"approved by rule {number}; no release date, which {condition} lets through because "
+            "EnableNonSecurity is true"
+        )
+        return _Verdict(patch, "approved", reason, rule.ComplianceLevel, undated=True)
+    reason = (
+        f"rule {number}: matches, but has no release date, and {condition} approves undated patches only "
+        "when EnableNonSecurity is true"
+    )
+    return _Verdict(patch, "not_approved", reason, undated=True)
 
 
 def _approve_by_list(
@@ -581,13 +608,21 @@ def _explain(
 
 
 def _notes(verdicts: list[_Verdict]) -> list[str]:
-    undated_approved = sum(1 for v in verdicts if v.undated)
-    if not undated_approved:
-        return []
-    return [
-        f"{undated_approved} approved patch(es) have no release date; their approval delay counted as 0, "
-        "as SSM does"
-    ]
+    """What the operator should know about patches without a release date."""
+    approved = sum(1 for v in verdicts if v.undated and v.kind == "approved")
+    refused = sum(1 for v in verdicts if v.undated and v.kind != "approved")
+    notes: list[str] = []
+    if approved:
+        notes.append(
+            f"{approved} patch(es) without a release date approved by rules with EnableNonSecurity, "
+            "which let undated patches through ApproveAfterDays/ApproveUntilDate"
+        )
+    if refused:
+        notes.append(
+            f"{refused} patch(es) without a release date not approved: a rule with ApproveAfterDays or "
+            "ApproveUntilDate approves undated patches only when EnableNonSecurity is true"
+        )
+    return notes
 
 
 def _pin(

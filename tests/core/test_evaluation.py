@@ -306,10 +306,80 @@ def test_deb_delay_extension_and_undated_patches() -> None:
     assert {d.patch.name: d.decision for d in result.decisions} == {
         "fresh": "not_approved",
         "aged": "approved",
-        "undated": "approved",
+        "undated": "not_approved",  # a delay needs a date (see the test below)
     }
-    assert "no release date" in reason_of(result, "undated") and "as SSM does" in reason_of(result, "undated")
-    assert any("no release date" in note for note in result.notes)
+    # Without a delay (SSM's only form on apt), an undated patch is approved like any other.
+    plain = evaluate(ubuntu(ApprovalRules={"PatchRules": [rule({"PRIORITY": ["*"]})]}), catalog[2:], AT)
+    assert plain.decisions[0].decision == "approved" and plain.notes == []
+
+
+UNDATED_RULES = [
+    pytest.param({"ApproveAfterDays": 0}, id="ApproveAfterDays"),
+    pytest.param({"ApproveUntilDate": "2026-11-30"}, id="ApproveUntilDate"),
+]
+
+
+@pytest.mark.parametrize("condition", UNDATED_RULES)
+def test_undated_patches_fail_delay_and_date_rules_unless_non_security_is_enabled(
+    condition: dict[str, Any],
+) -> None:
+    """AWS User Guide, "How to specify an alternative patch source repository (Linux)": "If you filter on
+    ApprovalAfterDays, but the package release date isn't in Unix Epoch format (or has no release date
+    specified), the package won't be included by the filter" — except when the baseline's rules include
+    non-security updates. ApproveUntilDate compares the release date too, so it is held to the same rule."""
+    undated = make_patch(name="undated", release_date=None)
+    dated = make_patch(name="dated")
+    strict = make_baseline(ApprovalRules={"PatchRules": [rule({}, ComplianceLevel="HIGH", **condition)]})
+    result = evaluate(strict, [undated, dated], AT)
+    assert decisions(result) == {("undated", "1.0-1"): "not_approved", ("dated", "1.0-1"): "approved"}
+    field = next(iter(condition))
+    assert reason_of(result, "undated") == (
+        f"rule 1: matches, but has no release date, and {field} approves undated patches only when "
+        "EnableNonSecurity is true"
+    )
+    assert result.patch_set.patches[0].name == "dated"
+    assert any("1 patch(es) without a release date not approved" in note for note in result.notes)
+
+    lenient = make_baseline(
+        ApprovalRules={"PatchRules": [rule({}, ComplianceLevel="HIGH", EnableNonSecurity=True, **condition)]}
+    )
+    approved = evaluate(lenient, [undated], AT)
+    assert approved.decisions[0].decision == "approved"
+    assert approved.decisions[0].compliance_level == "HIGH"
+    assert "no release date" in approved.decisions[0].reason and "EnableNonSecurity is true" in (
+        approved.decisions[0].reason
+    )
+    assert any("1 patch(es) without a release date approved" in note for note in approved.notes)
+
+
+def test_a_later_rule_without_the_condition_still_approves_an_undated_patch() -> None:
+    """Rules are tried in order: the first one that approves wins, so an undated patch refused by a delay rule
+    is approved by a later rule that lets it through (here one with EnableNonSecurity)."""
+    baseline = make_baseline(
+        ApprovalRules={
+            "PatchRules": [
+                rule({}, ApproveAfterDays=7, ComplianceLevel="CRITICAL"),
+                rule({}, ApproveAfterDays=7, ComplianceLevel="LOW", EnableNonSecurity=True),
+            ]
+        }
+    )
+    result = evaluate(baseline, [make_patch(release_date=None)], AT)
+    assert result.decisions[0].decision == "approved" and result.decisions[0].compliance_level == "LOW"
+    assert not any("not approved" in note for note in result.notes)
+
+
+def test_approved_patches_approve_undated_patches() -> None:
+    """The ApprovedPatches list approves "regardless of filters and rules" (User Guide, "How patches are
+    installed"): a missing release date does not matter there."""
+    baseline = make_baseline(
+        ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=7)]},
+        ApprovedPatches=["undated"],
+        ApprovedPatchesComplianceLevel="MEDIUM",
+    )
+    result = evaluate(baseline, [make_patch(name="undated", release_date=None)], AT)
+    assert result.decisions[0].decision == "approved"
+    assert result.decisions[0].reason == "in ApprovedPatches 'undated'"
+    assert [p.name for p in result.patch_set.patches] == ["undated"]
 
 
 def test_patches_released_after_the_evaluation_time_are_not_approved() -> None:
