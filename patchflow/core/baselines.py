@@ -63,6 +63,8 @@ YUM_OSES = frozenset(
     }
 )
 APT_OSES = frozenset({"UBUNTU", "DEBIAN", "RASPBIAN"})
+#: Where a SEVERITY filter value ``Medium`` also matches a patch rated ``Moderate``.
+MEDIUM_IS_MODERATE = frozenset({"AMAZON_LINUX_2023"})
 ZYPPER_OSES = frozenset({"SUSE"})
 
 #: Filter keys ``DescribePatchProperties`` documents per operating system.

@@ -44,7 +44,8 @@ class Patch(BaseModel):
     bugzilla_ids: list[str] = Field(default_factory=list)
     release_date: datetime | None = None
     """When the patch was released (for Amazon Linux: the update notice's *updated* date); ``None`` when
-    the repository gives none, which SSM treats as an approval delay of 0."""
+    the repository gives none: rules with an approval delay or date then approve it only with
+    ``EnableNonSecurity`` (see :mod:`patchflow.core.evaluation`)."""
     repository: str | None = None
     security: bool = False
     """True when the patch comes from a security source: a Debian/Ubuntu ``-security`` pocket, or on

@@ -7,10 +7,17 @@ approve regardless of filters and rules; RejectedPatches win over everything; wi
 depends (transitively) on a rejected package is blocked too. Of the approved versions of a package (name +
 arch), the latest is pinned.
 
+On apt systems a rule without ``EnableNonSecurity`` approves a package only if its *candidate* version (the
+highest on offer for its product and architecture) is in a security pocket, and then at that version (User
+Guide, "How patch baseline rules work on Linux-based systems").
+
+Patches without a release date: a rule with ``ApproveAfterDays`` or ``ApproveUntilDate`` approves them only when
+it has ``EnableNonSecurity: true`` (User Guide, "How to specify an alternative patch source repository (Linux)");
+``ApprovedPatches`` approve them like any other patch.
+
 patchflow extensions, stated in the reasons: apt rules may carry ``ApproveAfterDays``/``ApproveUntilDate``
-(they apply to patches with a release date; a patch without one is approved as SSM would, and the reason
-says so), and baseline ``Sources`` restrict the candidates of their products to those repositories, as
-SSM's alternative sources replace a node's repositories for the run.
+(they apply to patches with a release date, as on yum), and baseline ``Sources`` restrict the candidates of
+their products to those repositories, as SSM's alternative sources replace a node's repositories for the run.
 """
 
 from __future__ import annotations
@@ -27,7 +34,14 @@ from fnmatch import fnmatchcase
 from typing import Any, Literal
 
 from patchflow.core import versions
-from patchflow.core.baselines import COMPLIANCE_ORDER, Baseline, PatchFilter, PatchFilterGroup, PatchRule
+from patchflow.core.baselines import (
+    COMPLIANCE_ORDER,
+    MEDIUM_IS_MODERATE,
+    Baseline,
+    PatchFilter,
+    PatchFilterGroup,
+    PatchRule,
+)
 from patchflow.core.catalog import Patch
 from patchflow.core.matching import PatchList
 from patchflow.core.timeutil import format_instant
@@ -297,11 +311,11 @@ def evaluate(
         raise ValueError("evaluation time must be timezone-aware")
     at = at.astimezone(UTC)
     family = _family_of(baseline, patches, catalog_source)
-    lists = _Lists.of(baseline)
-    verdicts = [_decide(patch, baseline, lists, at) for patch in patches]
+    context = _Context.of(baseline, patches, at, family)
+    verdicts = [_decide(patch, context) for patch in patches]
     notes = _notes(verdicts)
     if baseline.RejectedPatchesAction == "BLOCK":
-        _block_dependents(verdicts, lists.rejected)
+        _block_dependents(verdicts, context.rejected)
     _reject_versions_rejected_elsewhere(verdicts, family)
     latest = _latest_approved(verdicts, family)
     decisions = _explain(verdicts, latest, baseline)
@@ -317,21 +331,25 @@ class _Verdict:
     reason: str
     level: str | None = None
     undated: bool = False
-    """Approved by a rule with a delay or date although the patch has no release date."""
+    """A rule with a delay or date decided this patch although it has no release date."""
 
 
 @dataclass(frozen=True)
-class _Lists:
-    """A baseline's compiled patch lists and Sources, built once per evaluation."""
+class _Context:
+    """What every step of one evaluation consults: the baseline, compiled once, and the evaluation time."""
 
+    baseline: Baseline
+    at: datetime
     approved: PatchList
     rejected: PatchList
     sources: dict[str, set[str]]
     """Product (lower case) → the repositories (lower case) its Sources allow."""
     moderate_is_medium: bool
+    candidates: _AptCandidates | None
+    """apt's candidate versions (Debian, Ubuntu, Raspberry Pi OS); None on yum and zypper."""
 
     @classmethod
-    def of(cls, baseline: Baseline) -> _Lists:
+    def of(cls, baseline: Baseline, patches: Sequence[Patch], at: datetime, family: str) -> _Context:
         pm = baseline.package_manager
         sources: dict[str, set[str]] = defaultdict(set)
         for source in baseline.Sources:
@@ -339,11 +357,62 @@ class _Lists:
             for product in source.Products:
                 sources[product.lower()].update(r.lower() for r in repos)
         return cls(
+            baseline=baseline,
+            at=at,
             approved=PatchList(baseline.ApprovedPatches, pm),
             rejected=PatchList(baseline.RejectedPatches, pm),
             sources=dict(sources),
-            moderate_is_medium=baseline.OperatingSystem == "AMAZON_LINUX_2023",
+            moderate_is_medium=baseline.OperatingSystem in MEDIUM_IS_MODERATE,
+            candidates=_AptCandidates.of(patches, sources, family) if pm == "apt" else None,
         )
+
+
+class _AptCandidates:
+    """apt's *candidate* version of each package: the version ``apt-get upgrade`` would install.
+
+    The candidate of a package (name + arch) on a product is the highest version the catalog offers among that
+    product's entries and the product-less ones (which serve every product); a product-less entry is judged
+    among the product-less entries. Entries outside the baseline's Sources are not offered. A rule's date
+    condition decides what is on offer at the evaluation time: entries released later are not, and under
+    patchflow's apt delays (an extension) an entry is on offer once its delay has passed — as if the
+    repositories were as old as the delay.
+    """
+
+    def __init__(self, groups: dict[tuple[str, str, str | None], list[Patch]], family: str) -> None:
+        self.groups = groups
+        """(name, arch, product in lower case or None) → its entries, newest first."""
+        self.family = family
+        self._cache: dict[tuple[int, tuple[str, str, str | None]], list[Patch]] = {}
+
+    @classmethod
+    def of(cls, patches: Sequence[Patch], sources: dict[str, set[str]], family: str) -> _AptCandidates:
+        offered = [p for p in patches if _outside_sources(p, sources) is None]
+        products: dict[tuple[str, str], set[str]] = defaultdict(set)
+        for patch in offered:
+            if patch.product is not None:
+                products[patch.key].add(patch.product.lower())
+        groups: dict[tuple[str, str, str | None], list[Patch]] = defaultdict(list)
+        for patch in offered:
+            scopes = [patch.product.lower()] if patch.product is not None else [*products[patch.key], None]
+            for scope in scopes:
+                groups[(*patch.key, scope)].append(patch)
+        for entries in groups.values():
+            entries.sort(key=lambda p: versions.sort_key(family, p.version), reverse=True)
+        return cls(dict(groups), family)
+
+    def at_candidate(self, number: int, rule: PatchRule, patch: Patch, at: datetime) -> list[Patch]:
+        """The entries of ``patch``'s package at its candidate version under rule ``number`` (one version, maybe
+        listed by several repositories, e.g. ``jammy-security`` and ``jammy-updates``)."""
+        key = (patch.name, patch.arch, patch.product.lower() if patch.product is not None else None)
+        cached = self._cache.get((number, key))
+        if cached is None:
+            offered = [
+                e for e in self.groups.get(key, []) if _by_date(number, rule, e, at).kind == "approved"
+            ]
+            top = versions.sort_key(self.family, offered[0].version) if offered else None
+            cached = [e for e in offered if versions.sort_key(self.family, e.version) == top]
+            self._cache[(number, key)] = cached
+        return cached
 
 
 def _family_of(baseline: Baseline, patches: Sequence[Patch], catalog_source: str | None) -> str:
@@ -371,17 +440,16 @@ def _family_of(baseline: Baseline, patches: Sequence[Patch], catalog_source: str
     return family
 
 
-def _decide(patch: Patch, baseline: Baseline, lists: _Lists, at: datetime) -> _Verdict:
+def _decide(patch: Patch, context: _Context) -> _Verdict:
     """One patch through SSM's order: Sources, RejectedPatches, GlobalFilters and rules, ApprovedPatches."""
-    outside = _outside_sources(patch, lists.sources)
+    outside = _outside_sources(patch, context.sources)
     if outside is not None:
         return _Verdict(patch, "not_approved", outside)
-    rejected_by = lists.rejected.match_package(patch.name, patch.arch, patch.version)
+    rejected_by = context.rejected.match_package(patch.name, patch.arch, patch.version)
     if rejected_by is not None:
-        action = baseline.RejectedPatchesAction
+        action = context.baseline.RejectedPatchesAction
         return _Verdict(patch, "rejected", f"matches RejectedPatches entry '{rejected_by}' ({action})")
-    by_rules = _approve_by_rules(patch, baseline, lists.moderate_is_medium, at)
-    return _approve_by_list(patch, baseline, lists.approved, by_rules)
+    return _approve_by_list(patch, context, _approve_by_rules(patch, context))
 
 
 def _outside_sources(patch: Patch, sources: dict[str, set[str]]) -> str | None:
@@ -397,37 +465,42 @@ def _outside_sources(patch: Patch, sources: dict[str, set[str]]) -> str | None:
     )
 
 
-def _approve_by_rules(patch: Patch, baseline: Baseline, moderate_is_medium: bool, at: datetime) -> _Verdict:
+def _approve_by_rules(patch: Patch, context: _Context) -> _Verdict:
     """GlobalFilters, then the first approval rule that approves the patch (its level), else why none did."""
-    gf = _filter_mismatch(baseline.GlobalFilters, patch, moderate_is_medium=moderate_is_medium)
+    baseline = context.baseline
+    gf = _filter_mismatch(baseline.GlobalFilters, patch, moderate_is_medium=context.moderate_is_medium)
     if gf is not None:
         return _Verdict(patch, "not_approved", f"excluded by GlobalFilters {gf.Key} {gf.Values}")
-    reasons: list[str] = []
+    verdicts: list[_Verdict] = []
     for number, rule in enumerate(baseline.ApprovalRules.PatchRules, start=1):
-        verdict = _apply_rule(number, rule, patch, moderate_is_medium, at)
+        verdict = _apply_rule(number, rule, patch, context)
         if verdict.kind == "approved":
             return verdict
-        reasons.append(verdict.reason)
-    return _Verdict(patch, "not_approved", "; ".join(reasons) if reasons else "no approval rules")
+        verdicts.append(verdict)
+    reason = "; ".join(v.reason for v in verdicts) if verdicts else "no approval rules"
+    return _Verdict(patch, "not_approved", reason, undated=any(v.undated for v in verdicts))
 
 
-def _apply_rule(
-    number: int, rule: PatchRule, patch: Patch, moderate_is_medium: bool, at: datetime
-) -> _Verdict:
-    """One approval rule: its filters, EnableNonSecurity, then its delay or date."""
-    miss = _filter_mismatch(rule.PatchFilterGroup, patch, moderate_is_medium=moderate_is_medium)
+def _apply_rule(number: int, rule: PatchRule, patch: Patch, context: _Context) -> _Verdict:
+    """One approval rule: its filters, EnableNonSecurity, its delay or date, then (apt) the candidate version."""
+    miss = _filter_mismatch(rule.PatchFilterGroup, patch, moderate_is_medium=context.moderate_is_medium)
     if miss is not None:
         return _Verdict(patch, "not_approved", f"rule {number}: {miss.Key} is not one of {miss.Values}")
     if not rule.EnableNonSecurity and not patch.security:
         return _Verdict(
             patch, "not_approved", f"rule {number}: not a security update and EnableNonSecurity is false"
         )
+    verdict = _by_date(number, rule, patch, context.at)
+    if verdict.kind == "approved" and not rule.EnableNonSecurity and context.candidates is not None:
+        return _security_candidate(number, rule, verdict, context.candidates, context.at)
+    return verdict
+
+
+def _by_date(number: int, rule: PatchRule, patch: Patch, at: datetime) -> _Verdict:
+    """The rule's date condition: released by the evaluation time, and its delay passed or its date not later."""
     approved = f"approved by rule {number}"
     if patch.release_date is None:
-        if rule.ApproveAfterDays is not None or rule.ApproveUntilDate is not None:
-            reason = f"{approved}; no release date, so the delay counts as 0 (as SSM does)"
-            return _Verdict(patch, "approved", reason, rule.ComplianceLevel, undated=True)
-        return _Verdict(patch, "approved", approved, rule.ComplianceLevel)
+        return _undated(number, rule, patch)
     if patch.release_date > at:
         return _Verdict(
             patch, "not_approved", f"rule {number}: matches, but released after the evaluation time"
@@ -456,12 +529,63 @@ def _apply_rule(
     return _Verdict(patch, "approved", approved, rule.ComplianceLevel)
 
 
-def _approve_by_list(
-    patch: Patch, baseline: Baseline, approved_list: PatchList, by_rules: _Verdict
+def _security_candidate(
+    number: int, rule: PatchRule, verdict: _Verdict, candidates: _AptCandidates, at: datetime
 ) -> _Verdict:
+    """apt, security updates only: the rule approves a package only if its candidate version is in a security
+    pocket, and then at that version (User Guide, "How patch baseline rules work on Linux-based systems",
+    Debian Server and Ubuntu Server: "For each package, the candidate version of the package (which is
+    typically the latest version) must be part of a security repo")."""
+    patch = verdict.patch
+    at_candidate = candidates.at_candidate(number, rule, patch, at)
+    candidate = at_candidate[0]  # the patch itself is on offer, so the candidate is it or newer
+    if versions.compare(candidates.family, patch.version, candidate.version) == 0:
+        return verdict
+    if any(e.security for e in at_candidate):
+        why = "a rule without EnableNonSecurity approves a package at its candidate version only"
+    else:
+        why = (
+            f"it comes from {candidate.repository or 'a repository'} and is not a security update, so a rule "
+            "without EnableNonSecurity approves no version of the package"
+        )
+    return _Verdict(
+        patch,
+        "not_approved",
+        f"rule {number}: the candidate version of {patch.name} is {candidate.version}; {why}",
+    )
+
+
+def _undated(number: int, rule: PatchRule, patch: Patch) -> _Verdict:
+    """A patch without a release date: a rule with no delay or date approves it; a rule with
+    ``ApproveAfterDays`` or ``ApproveUntilDate`` approves it only when ``EnableNonSecurity`` is true.
+
+    AWS User Guide, "How to specify an alternative patch source repository (Linux)": a package whose release date
+    is missing is not included by an ApprovalAfterDays filter, except when the baseline includes non-security
+    updates. (The page "About predefined and custom patch baselines" instead falls back to the package build
+    time, then to a delay of 0; a catalog has no build time, and approving an unknown date at once would defeat
+    the delay, so patchflow follows the first page.)
+    """
+    if rule.ApproveAfterDays is None and rule.ApproveUntilDate is None:
+        return _Verdict(patch, "approved", f"approved by rule {number}", rule.ComplianceLevel)
+    condition = "ApproveAfterDays" if rule.ApproveAfterDays is not None else "ApproveUntilDate"
+    if rule.EnableNonSecurity:
+        reason = (
+            f"approved by rule {number}; no release date, which {condition} lets through because "
+            "EnableNonSecurity is true"
+        )
+        return _Verdict(patch, "approved", reason, rule.ComplianceLevel, undated=True)
+    reason = (
+        f"rule {number}: matches, but has no release date, and {condition} approves undated patches only "
+        "when EnableNonSecurity is true"
+    )
+    return _Verdict(patch, "not_approved", reason, undated=True)
+
+
+def _approve_by_list(patch: Patch, context: _Context, by_rules: _Verdict) -> _Verdict:
     """ApprovedPatches approve regardless of filters and rules; a patch approved both ways gets the more
     severe of the two compliance levels."""
-    approved_by = approved_list.match_patch(
+    baseline = context.baseline
+    approved_by = context.approved.match_patch(
         patch.name,
         patch.arch,
         patch.version,
@@ -581,13 +705,21 @@ def _explain(
 
 
 def _notes(verdicts: list[_Verdict]) -> list[str]:
-    undated_approved = sum(1 for v in verdicts if v.undated)
-    if not undated_approved:
-        return []
-    return [
-        f"{undated_approved} approved patch(es) have no release date; their approval delay counted as 0, "
-        "as SSM does"
-    ]
+    """What the operator should know about patches without a release date."""
+    approved = sum(1 for v in verdicts if v.undated and v.kind == "approved")
+    refused = sum(1 for v in verdicts if v.undated and v.kind != "approved")
+    notes: list[str] = []
+    if approved:
+        notes.append(
+            f"{approved} patch(es) without a release date approved by rules with EnableNonSecurity, "
+            "which let undated patches through ApproveAfterDays/ApproveUntilDate"
+        )
+    if refused:
+        notes.append(
+            f"{refused} patch(es) without a release date not approved: a rule with ApproveAfterDays or "
+            "ApproveUntilDate approves undated patches only when EnableNonSecurity is true"
+        )
+    return notes
 
 
 def _pin(

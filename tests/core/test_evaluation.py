@@ -278,10 +278,109 @@ def test_latest_approved_version_uses_exact_distro_order() -> None:
         deb_patch(name="pkg", version="1:0.9-1"),  # the epoch wins
         deb_patch(name="pkg", version="2.0-1", priority="Optional"),  # newest, not approved
     ]
-    result = evaluate(ubuntu(), catalog, AT)
+    # EnableNonSecurity: every version is approved on its own (no candidate rule, see below)
+    every_version = rule({"PRIORITY": ["Required", "Important"]}, EnableNonSecurity=True)
+    result = evaluate(ubuntu(ApprovalRules={"PatchRules": [every_version]}), catalog, AT)
     assert pinned(result) == {"pkg": "1:0.9-1"}
     assert "superseded in the patch set by 1:0.9-1" in reason_of(result, "pkg", "1.0-1")
     assert [d.in_patch_set for d in result.decisions] == [False, False, True, False]
+
+
+def security(version: str, **fields: Any) -> Patch:
+    return deb_patch(name="foo", version=version, repository="jammy-security", security=True, **fields)
+
+
+def updates(version: str, **fields: Any) -> Patch:
+    return deb_patch(name="foo", version=version, repository="jammy-updates", security=False, **fields)
+
+
+def test_security_only_rule_approves_nothing_when_the_candidate_is_not_a_security_update() -> None:
+    """User Guide, "How patch baseline rules work on Linux-based systems" (Debian Server, Ubuntu Server): "If
+    nonsecurity updates are excluded ... For each package, the candidate version of the package (which is
+    typically the latest version) must be part of a security repo." foo 1.1 in the security pocket and foo 1.2
+    in -updates: apt's candidate is 1.2, not a security update, so the rule approves no version of foo.
+    """
+    result = evaluate(ubuntu(), [security("1.1-1"), updates("1.2-1")], AT)
+    assert decisions(result) == {("foo", "1.1-1"): "not_approved", ("foo", "1.2-1"): "not_approved"}
+    assert reason_of(result, "foo", "1.1-1") == (
+        "rule 1: the candidate version of foo is 1.2-1; it comes from jammy-updates and is not a security "
+        "update, so a rule without EnableNonSecurity approves no version of the package"
+    )
+    assert result.patch_set.patches == ()
+    # With EnableNonSecurity the rule judges each version: the newest is pinned.
+    lenient = ubuntu(ApprovalRules={"PatchRules": [rule({"PRIORITY": ["*"]}, EnableNonSecurity=True)]})
+    assert pinned(evaluate(lenient, [security("1.1-1"), updates("1.2-1")], AT)) == {"foo": "1.2-1"}
+
+
+def test_security_only_rule_approves_the_security_candidate_at_its_version_only() -> None:
+    """User Guide, "How patch baseline rules work on Linux-based systems" and "How patches are installed": the
+    candidate 1.2 is in the security pocket (and, as Ubuntu publishes it, also in -updates), so the rule
+    approves foo at the candidate's version; the older security version 1.1 is not approved by the rule."""
+    catalog = [security("1.1-1"), security("1.2-1"), updates("1.2-1")]
+    result = evaluate(ubuntu(), catalog, AT)
+    assert [d.decision for d in result.decisions] == ["not_approved", "approved", "not_approved"]
+    assert reason_of(result, "foo", "1.1-1") == (
+        "rule 1: the candidate version of foo is 1.2-1; a rule without EnableNonSecurity approves a package at "
+        "its candidate version only"
+    )
+    assert result.decisions[2].reason == "rule 1: not a security update and EnableNonSecurity is false"
+    assert [(p.version, p.security) for p in result.patch_set.patches] == [("1.2-1", True)]
+
+
+def test_the_candidate_is_per_product_and_architecture() -> None:
+    """User Guide, "How patch baseline rules work on Linux-based systems": the candidate is per package on the
+    node, so a newer non-security build for another product or architecture does not hide this one's
+    candidate; a product-less entry serves every product and is judged among the product-less entries."""
+    catalog = [
+        security("1.1-1"),
+        updates("1.2-1", product="Ubuntu20.04"),
+        updates("1.3-1", arch="arm64"),
+        deb_patch(name="bar", version="2.0-1", product=None, repository="jammy-security", security=True),
+        deb_patch(name="bar", version="2.1-1", repository="jammy-updates", security=False),
+    ]
+    baseline = ubuntu(ApprovalRules={"PatchRules": [rule({"PRIORITY": ["*"]})]})
+    result = evaluate(baseline, catalog, AT)
+    assert decisions(result) == {
+        ("foo", "1.1-1"): "approved",
+        ("foo", "1.2-1"): "not_approved",
+        ("foo", "1.3-1"): "not_approved",
+        ("bar", "2.0-1"): "approved",  # judged among product-less entries
+        ("bar", "2.1-1"): "not_approved",
+    }
+    assert pinned(result) == {"foo": "1.1-1", "bar": "2.0-1"}
+
+
+def test_the_candidate_is_what_is_on_offer_at_the_evaluation_time() -> None:
+    """Versions released after the evaluation time, outside the baseline's Sources, or (patchflow's apt delay
+    extension) still inside the rule's delay are not on offer, so they are not the candidate."""
+    catalog = [
+        security("1.1-1", release_date="2026-11-01T00:00:00Z"),
+        updates("1.2-1", release_date="2026-11-09T00:00:00Z"),  # inside the 3-day delay
+        updates("1.3-1", release_date="2026-12-01T00:00:00Z"),  # after AT
+    ]
+    delayed = ubuntu(ApprovalRules={"PatchRules": [rule({"PRIORITY": ["*"]}, ApproveAfterDays=3)]})
+    assert pinned(evaluate(delayed, catalog, AT)) == {"foo": "1.1-1"}
+    assert pinned(evaluate(delayed, catalog, datetime(2026, 11, 13, tzinfo=UTC))) == {}  # 1.2 is on offer now
+    sources = ubuntu(
+        Sources=[
+            {
+                "Name": "security-only",
+                "Products": ["Ubuntu22.04"],
+                "Configuration": "deb http://security.ubuntu.com/ubuntu jammy-security main",
+            }
+        ]
+    )
+    assert pinned(evaluate(sources, [security("1.1-1"), updates("1.2-1")], AT)) == {"foo": "1.1-1"}
+
+
+def test_yum_security_only_rules_judge_each_version() -> None:
+    """The candidate rule is the apt one (issue scope: Debian and Ubuntu); on yum/dnf every update notice is a
+    security source, and a rule judges each version by its own notice."""
+    catalog = [
+        make_patch(name="foo", version="1.1-1"),
+        make_patch(name="foo", version="1.2-1", security=False, classification="Bugfix"),
+    ]
+    assert pinned(evaluate(make_baseline(), catalog, AT)) == {"foo": "1.1-1"}
 
 
 def test_patch_set_keeps_name_and_arch_apart() -> None:
@@ -306,10 +405,80 @@ def test_deb_delay_extension_and_undated_patches() -> None:
     assert {d.patch.name: d.decision for d in result.decisions} == {
         "fresh": "not_approved",
         "aged": "approved",
-        "undated": "approved",
+        "undated": "not_approved",  # a delay needs a date (see the test below)
     }
-    assert "no release date" in reason_of(result, "undated") and "as SSM does" in reason_of(result, "undated")
-    assert any("no release date" in note for note in result.notes)
+    # Without a delay (SSM's only form on apt), an undated patch is approved like any other.
+    plain = evaluate(ubuntu(ApprovalRules={"PatchRules": [rule({"PRIORITY": ["*"]})]}), catalog[2:], AT)
+    assert plain.decisions[0].decision == "approved" and plain.notes == []
+
+
+UNDATED_RULES = [
+    pytest.param({"ApproveAfterDays": 0}, id="ApproveAfterDays"),
+    pytest.param({"ApproveUntilDate": "2026-11-30"}, id="ApproveUntilDate"),
+]
+
+
+@pytest.mark.parametrize("condition", UNDATED_RULES)
+def test_undated_patches_fail_delay_and_date_rules_unless_non_security_is_enabled(
+    condition: dict[str, Any],
+) -> None:
+    """AWS User Guide, "How to specify an alternative patch source repository (Linux)": "If you filter on
+    ApprovalAfterDays, but the package release date isn't in Unix Epoch format (or has no release date
+    specified), the package won't be included by the filter" — except when the baseline's rules include
+    non-security updates. ApproveUntilDate compares the release date too, so it is held to the same rule."""
+    undated = make_patch(name="undated", release_date=None)
+    dated = make_patch(name="dated")
+    strict = make_baseline(ApprovalRules={"PatchRules": [rule({}, ComplianceLevel="HIGH", **condition)]})
+    result = evaluate(strict, [undated, dated], AT)
+    assert decisions(result) == {("undated", "1.0-1"): "not_approved", ("dated", "1.0-1"): "approved"}
+    field = next(iter(condition))
+    assert reason_of(result, "undated") == (
+        f"rule 1: matches, but has no release date, and {field} approves undated patches only when "
+        "EnableNonSecurity is true"
+    )
+    assert result.patch_set.patches[0].name == "dated"
+    assert any("1 patch(es) without a release date not approved" in note for note in result.notes)
+
+    lenient = make_baseline(
+        ApprovalRules={"PatchRules": [rule({}, ComplianceLevel="HIGH", EnableNonSecurity=True, **condition)]}
+    )
+    approved = evaluate(lenient, [undated], AT)
+    assert approved.decisions[0].decision == "approved"
+    assert approved.decisions[0].compliance_level == "HIGH"
+    assert "no release date" in approved.decisions[0].reason and "EnableNonSecurity is true" in (
+        approved.decisions[0].reason
+    )
+    assert any("1 patch(es) without a release date approved" in note for note in approved.notes)
+
+
+def test_a_later_rule_without_the_condition_still_approves_an_undated_patch() -> None:
+    """Rules are tried in order: the first one that approves wins, so an undated patch refused by a delay rule
+    is approved by a later rule that lets it through (here one with EnableNonSecurity)."""
+    baseline = make_baseline(
+        ApprovalRules={
+            "PatchRules": [
+                rule({}, ApproveAfterDays=7, ComplianceLevel="CRITICAL"),
+                rule({}, ApproveAfterDays=7, ComplianceLevel="LOW", EnableNonSecurity=True),
+            ]
+        }
+    )
+    result = evaluate(baseline, [make_patch(release_date=None)], AT)
+    assert result.decisions[0].decision == "approved" and result.decisions[0].compliance_level == "LOW"
+    assert not any("not approved" in note for note in result.notes)
+
+
+def test_approved_patches_approve_undated_patches() -> None:
+    """The ApprovedPatches list approves "regardless of filters and rules" (User Guide, "How patches are
+    installed"): a missing release date does not matter there."""
+    baseline = make_baseline(
+        ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=7)]},
+        ApprovedPatches=["undated"],
+        ApprovedPatchesComplianceLevel="MEDIUM",
+    )
+    result = evaluate(baseline, [make_patch(name="undated", release_date=None)], AT)
+    assert result.decisions[0].decision == "approved"
+    assert result.decisions[0].reason == "in ApprovedPatches 'undated'"
+    assert [p.name for p in result.patch_set.patches] == ["undated"]
 
 
 def test_patches_released_after_the_evaluation_time_are_not_approved() -> None:
