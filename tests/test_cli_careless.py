@@ -103,3 +103,66 @@ def test_json_just_deeper_than_the_limit_is_refused_too(tmp_path: Path) -> None:
     proc = run("baseline", "validate", str(path), data_dir=tmp_path)
     assert proc.returncode == 2 and f"{path}:2: level 65 opens here" in proc.stderr, proc.stderr
     assert "(column 64)" in proc.stderr  # the object's { is level 1, so the 64th [ opens level 65
+
+
+# ---------------------------------------------------------------------------------------------- 3. freezes
+
+
+def write_plan(directory: Path, extra: str = "", **stage: str) -> Path:
+    """The shipped demo plan with absolute paths, ``extra`` top-level YAML, and the first stage's keys
+    replaced by ``stage`` (raw YAML values)."""
+    from tests.conftest import EXAMPLES_DIR
+
+    first = {
+        "window": "now",
+        "max_concurrency": "2",
+        "max_errors": "0",
+        **stage,
+    }
+    body = "".join(f"    {key}: {value}\n" for key, value in first.items())
+    path = directory / "plan.yaml"
+    path.write_text(
+        f"name: careless\nbaseline: {EXAMPLES_DIR.parent / 'ubuntu-staged.yaml'}\n"
+        f"catalog: {EXAMPLES_DIR / 'ubuntu-catalog.json'}\n"
+        f"executor: {{kind: simulated, fleet: {EXAMPLES_DIR / 'fleet.yaml'}, time_scale: 0.1}}\n"
+        f"{extra}"
+        "stages:\n  - name: dev\n    targets: {patch_group: dev}\n" + body
+    )
+    return path
+
+
+ICS = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//patchflow tests//careless//EN
+BEGIN:VEVENT
+UID:chatty@patchflow.test
+DTSTAMP:20260101T000000Z
+DTSTART:20260101T000000Z
+DURATION:PT30S
+RRULE:FREQ={freq}
+SUMMARY:Stand-up
+END:VEVENT
+END:VCALENDAR
+"""
+
+
+@pytest.mark.parametrize("freq", ["MINUTELY", "SECONDLY", "HOURLY"])
+def test_a_freeze_repeating_every_minute_is_refused_naming_the_event(tmp_path: Path, freq: str) -> None:
+    """RFC 5545 RRULE: FREQ=SECONDLY/MINUTELY/HOURLY expand to millions of occurrences over the 800 days a
+    wave looks ahead; ``patchflow plan`` used to run for minutes and gigabytes. Refused, bounded, named."""
+    (tmp_path / "chatty.ics").write_text(ICS.format(freq=freq).replace("\n", "\r\n"))
+    plan = write_plan(tmp_path, extra="freezes:\n  - name: meetings\n    ical: chatty.ics\n")
+    proc = run("plan", str(plan), data_dir=tmp_path / "data", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "chatty.ics" in proc.stderr and "event 'Stand-up'" in proc.stderr
+    assert f"RRULE:FREQ={freq}" in proc.stderr or "freeze occurrences" in proc.stderr
+
+
+def test_binary_ics_content_is_never_echoed_raw(tmp_path: Path) -> None:
+    (tmp_path / "bin.ics").write_bytes(
+        b"\x00\x01\x1b[31mBEGIN:VCALENDAR\n\x07\xff\xfe garbage\nEND:VCALENDAR\n"
+    )
+    plan = write_plan(tmp_path, extra="freezes:\n  - name: meetings\n    ical: bin.ics\n")
+    proc = run("plan", str(plan), data_dir=tmp_path / "data")
+    assert proc.returncode == 2 and "not a readable iCalendar file" in proc.stderr
+    assert not any(c in proc.stderr for c in "\x00\x01\x1b\x07"), repr(proc.stderr)
