@@ -166,3 +166,53 @@ def test_binary_ics_content_is_never_echoed_raw(tmp_path: Path) -> None:
     proc = run("plan", str(plan), data_dir=tmp_path / "data")
     assert proc.returncode == 2 and "not a readable iCalendar file" in proc.stderr
     assert not any(c in proc.stderr for c in "\x00\x01\x1b\x07"), repr(proc.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- 4. ranges
+
+
+def test_absurd_numbers_in_a_plan_are_refused_at_validation_all_at_once(tmp_path: Path) -> None:
+    """AWS ``SendCommand``: MaxConcurrency and MaxErrors are at most 7 characters (pattern
+    ``^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$``, resp. with 0). A 31-digit concurrency used to start a wave whose
+    every history write then overflowed; now ``patchflow plan`` refuses it with every other range problem."""
+    plan = write_plan(
+        tmp_path,
+        max_concurrency="1000000000000000000000000000000",
+        max_errors="10000000",
+        gate="{health: {max_unhealthy: 99999999999999999999}}",
+    )
+    proc = run("plan", str(plan), data_dir=tmp_path / "data")
+    assert proc.returncode == 2, proc.stderr
+    assert "(3 problems)" in proc.stderr
+    assert f"{plan}:9: stages[0].max_concurrency: 1000000000000000000000000000000 is more than 9,999,999" in (
+        proc.stderr
+    )
+    assert "AWS's MaxConcurrency takes at most 7 characters" in proc.stderr
+    assert f"{plan}:10: stages[0].max_errors: 10000000 is more than 9,999,999" in proc.stderr
+    assert "stages[0].gate.health.max_unhealthy: expected a whole number from 0 to 1,000,000" in proc.stderr
+    at_limit = write_plan(tmp_path, max_concurrency="9999999", max_errors="'100%'")
+    assert run("plan", str(at_limit), data_dir=tmp_path / "data").returncode == 0
+
+
+def test_absurd_numbers_in_a_fleet_are_refused(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "seed: 100000000000000000000000\ninstances:\n  - id: i-1\n    platform: {family: deb}\n"
+        "    behaviour: {duration_seconds: 1.0e+300}\n"
+    )
+    proc = run("fleet", "status", str(fleet), data_dir=tmp_path / "data")
+    assert proc.returncode == 2, proc.stderr
+    assert f"{fleet}:1: seed: 100000000000000000000000 is out of range: use 0 to 2**63 - 1" in proc.stderr
+    assert f"{fleet}:5: instances[0].behaviour.duration_seconds" in proc.stderr
+    assert "at most 86,400 seconds" in proc.stderr
+
+
+def test_approve_after_days_keeps_aws_range(tmp_path: Path) -> None:
+    """AWS ``PatchRule.ApproveAfterDays``: valid range 0–360."""
+    baseline = tmp_path / "b.yaml"
+    baseline.write_text(
+        "Name: big-days\nOperatingSystem: AMAZON_LINUX_2023\nApprovalRules:\n  PatchRules:\n"
+        "    - PatchFilterGroup: {PatchFilters: []}\n      ApproveAfterDays: 1000000000000000000000000\n"
+    )
+    proc = run("baseline", "validate", str(baseline), data_dir=tmp_path)
+    assert proc.returncode == 2 and "ApproveAfterDays" in proc.stderr and "use 0–360 days" in proc.stderr
