@@ -23,9 +23,9 @@ from patchflow.cli.common import (
 )
 from patchflow.config import Settings, get_settings
 from patchflow.control.dryrun import dry_run
-from patchflow.core.plans import load_plan
+from patchflow.core.plans import Plan, load_plan
 from patchflow.core.timeutil import parse_instant
-from patchflow.errors import InputError, PatchflowError
+from patchflow.errors import InputError, PatchflowError, Problem
 
 wave_app = typer.Typer(help="Start and operate staged rollouts (waves).", no_args_is_help=True)
 
@@ -109,6 +109,7 @@ def wave_start(
 
     settings = get_settings()
     plan = load_plan(plan_file)
+    refuse_broken_plan(plan, plan_file, settings)
     pinned = pin_patch_set(plan, settings, patch_set=patch_set)
     inp = wave_input(plan, settings, pinned)
 
@@ -134,6 +135,23 @@ def wave_start(
             print_status(status)
     if status is not None and status["state"] not in ("succeeded", "waiting_approval"):
         raise typer.Exit(1)
+
+
+def refuse_broken_plan(plan: Plan, plan_file: Path, settings: Settings) -> None:
+    """Run ``patchflow plan``'s checks and refuse (exit 2) before anything starts: a wave whose Prod window
+    never opens would patch Dev and Test and then fail."""
+    from patchflow.control.dryrun import check_plan
+
+    found = run_sync(check_plan(plan, settings, datetime.now(UTC)))
+    for note in found.notes:
+        err.print(f"note: {note}")
+    if found.problems:
+        raise InputError(
+            f"not starting a wave of plan {plan.name}: it would not get through its stages; fix the plan "
+            f"('patchflow plan {plan_file}' shows the details)",
+            source=str(plan_file),
+            problems=[Problem(path="", message=problem) for problem in found.problems],
+        )
 
 
 async def wait_settled(

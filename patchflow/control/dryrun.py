@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,9 +11,12 @@ from zoneinfo import ZoneInfo
 from patchflow.config import Settings
 from patchflow.control.waves import executor_ref, plan_freezes
 from patchflow.core import versions
-from patchflow.core.plans import Plan
+from patchflow.core.freezes import FreezePeriod, first_allowed_window, freeze_at, freeze_note
+from patchflow.core.freezes import preview as freeze_preview
+from patchflow.core.instances import InstanceInfo
+from patchflow.core.plans import Plan, Stage
 from patchflow.errors import InputError
-from patchflow.executors.base import Executor
+from patchflow.executors.base import Executor, Package
 from patchflow.executors.factory import ExecutorConfigError, build_executor
 
 
@@ -22,81 +26,25 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
     from patchflow.core.baselines import load_baseline
     from patchflow.core.catalog import load_catalog
     from patchflow.core.evaluation import evaluate
-    from patchflow.core.freezes import first_allowed_window, freeze_at, freeze_note
-    from patchflow.core.freezes import preview as freeze_preview
-    from patchflow.executors.base import Package
 
-    # A dry run evaluates but stores nothing and changes nothing.
     freezes = plan_freezes(plan, settings, at)
     baseline = load_baseline(plan.baseline)
     pinned = evaluate(baseline, load_catalog(plan.catalog), at, catalog_source=str(plan.catalog)).patch_set
-    family = pinned.family
     pins = {(p.name, p.arch): p.version for p in pinned.patches}
     executor = plan_executor(plan, settings)
     instances = {i.instance_id: i for i in await executor.discover()}
-    stages = []
-    all_problems: list[tuple[str, list[str]]] = []
+    stages: list[dict[str, Any]] = []
     for stage in plan.stages:
-        if stage.targets.instance_ids:
-            ids = [i for i in stage.targets.instance_ids if i in instances]
-            missing = [i for i in stage.targets.instance_ids if i not in instances]
-        else:
-            ids = sorted(i for i, info in instances.items() if info.patch_group == stage.targets.patch_group)
-            missing = []
-        targets = []
-        for instance_id in ids:
-            installed: list[Package] = await executor.scan(instance_id)
-            upgrades = [
-                {"name": p.name, "arch": p.arch, "from": p.version, "to": pins[(p.name, p.arch)]}
-                for p in installed
-                if (p.name, p.arch) in pins
-                and versions.compare(family, p.version, pins[(p.name, p.arch)]) < 0
-            ]
-            targets.append({"id": instance_id, "online": instances[instance_id].online, "upgrades": upgrades})
-        problems: list[str] = []
-        windows: list[dict[str, Any]]
-        if stage.window.schedule.strip().lower() == "now" and freeze_at(freezes, at) is None:
-            upcoming = first_allowed_window(stage.window, at, freezes)
-            cut = upcoming.cutoff if upcoming is not None else None
-            windows = [
-                {
-                    "start": "now",
-                    "end": None,
-                    "cutoff": cut.isoformat() if cut else None,
-                    "skipped": [],
-                    "note": freeze_note(upcoming) if upcoming is not None else "",
-                }
-            ]
-        else:
-            windows = [
-                {
-                    "start": w.start.astimezone(zone).isoformat(),
-                    "end": w.end.astimezone(zone).isoformat() if w.end else None,
-                    "cutoff": w.cutoff.astimezone(zone).isoformat() if w.cutoff else None,
-                    "skipped": [
-                        {"start": start.astimezone(zone).isoformat(), "freeze": name}
-                        for start, name in w.skipped
-                    ],
-                    "note": freeze_note(w),
-                }
-                for zone in [ZoneInfo(stage.window.timezone)]
-                for w in freeze_preview(stage.window, at, 3, freezes)
-            ]
-            if not windows:
-                problems.append(
-                    f"the window schedule {stage.window.schedule} never opens after {at.isoformat()}"
-                    + (" outside the change freezes" if freezes else "")
-                )
-        if not targets and not missing:
-            what = (
-                f"patch group {stage.targets.patch_group!r}"
-                if stage.targets.patch_group
-                else "its instance ids"
-            )
-            problems.append(f"no targets: {what} matched no instance (the wave would halt here)")
-        if missing:
-            problems.append(f"unknown instance ids: {', '.join(missing)}")
-        all_problems.append((stage.name, problems))
+        ids, missing = _stage_targets(stage, instances)
+        targets = [
+            {
+                "id": instance_id,
+                "online": instances[instance_id].online,
+                "upgrades": _upgrades(await executor.scan(instance_id), pins, pinned.family),
+            }
+            for instance_id in ids
+        ]
+        windows = _stage_windows(stage, at, freezes)
         stages.append(
             {
                 "name": stage.name,
@@ -109,7 +57,7 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
                 "approvers": list(stage.gate.approvers),
                 "on_failure": stage.on_failure,
                 "soak_seconds": stage.soak_seconds,
-                "problems": problems,
+                "problems": _stage_problems(stage, (ids, missing), windows, at, bool(freezes)),
             }
         )
     return {
@@ -123,8 +71,115 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
             for f in freezes
             if f.end > at
         ][:10],
-        "problems": [f"{name}: {p}" for name, found in all_problems for p in found],
+        "problems": [f"{s['name']}: {p}" for s in stages for p in s["problems"]],
     }
+
+
+@dataclass(frozen=True)
+class PlanCheck:
+    """What :func:`check_plan` found."""
+
+    problems: list[str]
+    """``STAGE: what`` — the problems :func:`dry_run` reports; a wave of the plan would halt or never finish."""
+    notes: list[str]
+    """What could not be checked (the executor could not list the fleet from here)."""
+
+
+async def check_plan(plan: Plan, settings: Settings, at: datetime) -> PlanCheck:
+    """The problems :func:`dry_run` reports, found without evaluating or scanning: what ``wave start`` checks
+    before it starts anything (a window that never opens, a stage without targets, unknown instance ids)."""
+    freezes = plan_freezes(plan, settings, at)
+    executor = plan_executor(plan, settings)
+    notes: list[str] = []
+    instances: dict[str, InstanceInfo] | None
+    try:
+        instances = {i.instance_id: i for i in await executor.discover()}
+    except Exception as exc:  # noqa: BLE001 - the workers may reach the fleet where this machine cannot
+        instances = None
+        notes.append(
+            f"targets not checked: the {plan.executor.kind} executor cannot list the fleet here ({exc})"
+        )
+    problems: list[str] = []
+    for stage in plan.stages:
+        windows = _stage_windows(stage, at, freezes)
+        targets = _stage_targets(stage, instances) if instances is not None else None
+        found = _stage_problems(stage, targets, windows, at, bool(freezes))
+        problems.extend(f"{stage.name}: {problem}" for problem in found)
+    return PlanCheck(problems, notes)
+
+
+def _stage_targets(stage: Stage, instances: dict[str, InstanceInfo]) -> tuple[list[str], list[str]]:
+    """(known target ids in dispatch order, listed ids the executor does not know)."""
+    if stage.targets.instance_ids:
+        ids = [i for i in stage.targets.instance_ids if i in instances]
+        return ids, [i for i in stage.targets.instance_ids if i not in instances]
+    return sorted(i for i, info in instances.items() if info.patch_group == stage.targets.patch_group), []
+
+
+def _upgrades(
+    installed: list[Package], pins: dict[tuple[str, str], str], family: str
+) -> list[dict[str, str]]:
+    return [
+        {"name": p.name, "arch": p.arch, "from": p.version, "to": pins[(p.name, p.arch)]}
+        for p in installed
+        if (p.name, p.arch) in pins and versions.compare(family, p.version, pins[(p.name, p.arch)]) < 0
+    ]
+
+
+def _stage_windows(stage: Stage, at: datetime, freezes: list[FreezePeriod]) -> list[dict[str, Any]]:
+    """The stage's next windows (at most 3) as the dry run shows them, change freezes applied."""
+    if stage.window.schedule.strip().lower() == "now" and freeze_at(freezes, at) is None:
+        upcoming = first_allowed_window(stage.window, at, freezes)
+        cut = upcoming.cutoff if upcoming is not None else None
+        return [
+            {
+                "start": "now",
+                "end": None,
+                "cutoff": cut.isoformat() if cut else None,
+                "skipped": [],
+                "note": freeze_note(upcoming) if upcoming is not None else "",
+            }
+        ]
+    zone = ZoneInfo(stage.window.timezone)
+    return [
+        {
+            "start": w.start.astimezone(zone).isoformat(),
+            "end": w.end.astimezone(zone).isoformat() if w.end else None,
+            "cutoff": w.cutoff.astimezone(zone).isoformat() if w.cutoff else None,
+            "skipped": [
+                {"start": start.astimezone(zone).isoformat(), "freeze": name} for start, name in w.skipped
+            ],
+            "note": freeze_note(w),
+        }
+        for w in freeze_preview(stage.window, at, 3, freezes)
+    ]
+
+
+def _stage_problems(
+    stage: Stage,
+    targets: tuple[list[str], list[str]] | None,
+    windows: list[dict[str, Any]],
+    at: datetime,
+    frozen: bool,
+) -> list[str]:
+    """What would stop a wave at this stage; ``targets`` (known, unknown ids) None when not known."""
+    problems: list[str] = []
+    if not windows:
+        problems.append(
+            f"the window schedule {stage.window.schedule} never opens after {at.isoformat()}"
+            + (" outside the change freezes" if frozen else "")
+        )
+    if targets is None:
+        return problems
+    ids, missing = targets
+    if not ids and not missing:
+        what = (
+            f"patch group {stage.targets.patch_group!r}" if stage.targets.patch_group else "its instance ids"
+        )
+        problems.append(f"no targets: {what} matched no instance (the wave would halt here)")
+    if missing:
+        problems.append(f"unknown instance ids: {', '.join(missing)}")
+    return problems
 
 
 def plan_executor(plan: Plan, settings: Settings) -> Executor:

@@ -1,0 +1,86 @@
+"""The wave commands under careless use (issue 16): real ``patchflow`` processes against the real Temporal dev
+server — a broken plan is refused before anything starts, a missing worker is said within seconds, waiting has
+a timeout, and SIGTERM stops the demo."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from temporalio.testing import WorkflowEnvironment
+
+from patchflow.control.devserver import free_port
+from tests.conftest import EXAMPLES_DIR, REPO_ROOT
+
+
+def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "patchflow", *args],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        timeout=timeout,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+def demo_plan(directory: Path, **changes: Any) -> Path:
+    """The shipped demo plan with absolute paths, ten times faster, with ``changes`` to the prod stage."""
+    plan = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
+    plan["baseline"] = str((EXAMPLES_DIR / plan["baseline"]).resolve())
+    plan["catalog"] = str(EXAMPLES_DIR / plan["catalog"])
+    plan["executor"]["fleet"] = str(EXAMPLES_DIR / plan["executor"]["fleet"])
+    plan["executor"]["time_scale"] = 0.1
+    for stage in plan["stages"]:
+        stage["soak"] = "0s"
+    plan["stages"][2].update(changes)
+    path = directory / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    return path
+
+
+@pytest.fixture
+def env(dev_env: WorkflowEnvironment, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment against the dev server, on a task queue of its own (no worker polls it)."""
+    return {
+        "PATCHFLOW_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
+        "PATCHFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
+        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+        "PATCHFLOW_WORKER_METRICS_PORT": str(free_port()),
+        "PATCHFLOW_TEMPORAL_METRICS_PORT": str(free_port()),
+    }
+
+
+async def _waves_on(dev_env: WorkflowEnvironment, task_queue: str) -> list[str]:
+    return [wf.id async for wf in dev_env.client.list_workflows(f"TaskQueue = '{task_queue}'", limit=10)]
+
+
+# ---------------------------------------------------------------------------------------------- 5. checks
+
+
+async def test_wave_start_refuses_a_plan_whose_window_never_opens(
+    dev_env: WorkflowEnvironment, env: dict[str, str], tmp_path: Path
+) -> None:
+    """``cron(0 2 30 2 ? *)`` (30 February) never opens: ``patchflow plan`` flags it, and ``wave start`` now
+    refuses with the same problem (exit 2) instead of patching Dev and Test and failing at Prod."""
+    plan = demo_plan(tmp_path, window={"schedule": "cron(0 2 30 2 ? *)", "duration_hours": 4})
+    dry = cli("plan", str(plan), env=env)
+    assert dry.returncode == 1 and "never opens" in dry.stdout
+    started = cli("wave", "start", str(plan), env=env)
+    assert started.returncode == 2, started.stderr
+    assert "not starting a wave of plan demo" in started.stderr
+    assert "prod: the window schedule cron(0 2 30 2 ? *) never opens" in started.stderr
+    assert await _waves_on(dev_env, env["PATCHFLOW_TASK_QUEUE"]) == []
+    assert not (tmp_path / "data" / "patch-sets").exists()  # nothing pinned either
+
+    no_targets = demo_plan(tmp_path, targets={"patch_group": "nobody"})
+    refused = cli("wave", "start", str(no_targets), env=env)
+    assert refused.returncode == 2 and "prod: no targets: patch group 'nobody'" in refused.stderr
