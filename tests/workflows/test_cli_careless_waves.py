@@ -59,6 +59,18 @@ def env(dev_env: WorkflowEnvironment, tmp_path: Path) -> dict[str, str]:
     }
 
 
+def kill_processes_mentioning(path: Path) -> None:
+    """SIGKILL this user's processes whose command line names ``path`` (a test's own temporary directory)."""
+    import signal
+
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(path).encode() in (proc / "cmdline").read_bytes():
+                os.kill(int(proc.name), signal.SIGKILL)
+        except OSError:
+            continue
+
+
 async def _waves_on(dev_env: WorkflowEnvironment, task_queue: str) -> list[str]:
     return [wf.id async for wf in dev_env.client.list_workflows(f"TaskQueue = '{task_queue}'", limit=10)]
 
@@ -84,3 +96,69 @@ async def test_wave_start_refuses_a_plan_whose_window_never_opens(
     no_targets = demo_plan(tmp_path, targets={"patch_group": "nobody"})
     refused = cli("wave", "start", str(no_targets), env=env)
     assert refused.returncode == 2 and "prod: no targets: patch group 'nobody'" in refused.stderr
+
+
+# ---------------------------------------------------------------------------------------------- 6. SIGTERM
+
+
+def test_demo_stops_cleanly_on_the_first_sigterm(tmp_path: Path) -> None:
+    """SIGTERM (systemd, Kubernetes, ``kill``) used to be ignored while the demo waited at the approval gate,
+    leaving it and its Temporal server running; now it stops like Ctrl-C: the worker and the API shut down,
+    the embedded server stops, the viewer token is revoked."""
+    import signal
+    import threading
+    import time
+
+    from patchflow.control.devserver import port_open
+    from patchflow.store import db
+
+    port, api_port = free_port(), free_port()
+    env = {
+        **os.environ,
+        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+        "PATCHFLOW_API_PORT": str(api_port),
+        "PATCHFLOW_WORKER_METRICS_PORT": "none",
+        "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
+    }
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "patchflow", "demo", "--plan", str(demo_plan(tmp_path))],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines: list[str] = []
+    readers = [
+        threading.Thread(target=lambda s=stream: lines.extend(s), daemon=True)  # type: ignore[misc]
+        for stream in (demo.stdout, demo.stderr)
+    ]
+    for reader in readers:
+        reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any("waiting for approval of prod" in line for line in lines):
+            assert demo.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.2)
+        demo.send_signal(signal.SIGTERM)
+        code = demo.wait(timeout=30)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+            demo.wait()
+            kill_processes_mentioning(tmp_path)  # the dev server it started, in a session of its own
+    for reader in readers:
+        reader.join(timeout=10)
+    for stream in (demo.stdout, demo.stderr):
+        stream.close()  # type: ignore[union-attr]
+    output = "".join(lines)
+    assert (
+        code == 130 and "interrupted: the demo stopped its worker, API and Temporal dev server" in output
+    ), output
+    assert "Traceback" not in output and "Started server process" not in output
+    assert not port_open("127.0.0.1", port) and not port_open("127.0.0.1", api_port)
+    url = f"sqlite:///{tmp_path / 'data' / 'patchflow.db'}"
+    with db.open_session(db.get_engine(url)) as session:
+        tokens = db.list_tokens(session)
+    assert [t.name for t in tokens] == ["demo-viewer"] and all(t.revoked for t in tokens)
