@@ -102,10 +102,30 @@ def wave_start(
     wait: Annotated[
         bool, typer.Option("--wait", help="Return once the wave finished, halted or waits at a gate.")
     ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            min=1,
+            metavar="SECONDS",
+            help="With --wait: stop waiting after this many seconds (exit 1; the wave goes on).",
+            show_default=False,
+        ),
+    ] = None,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
 ) -> None:
     """Pin the patch set and start a wave; prints the wave id."""
-    from patchflow.control.waves import pin_patch_set, start_wave, status_json, wave_input
+    from patchflow.control.waves import (
+        no_worker_message,
+        pin_patch_set,
+        start_wave,
+        status_json,
+        wave_input,
+        worker_polls,
+    )
+
+    if timeout is not None and not wait:
+        raise InputError("--timeout limits --wait: give both, or neither")
 
     settings = get_settings()
     plan = load_plan(plan_file)
@@ -118,9 +138,14 @@ def wave_start(
         await start_wave(client, settings, inp)
         # Say the id before waiting: whatever happens next, the operator can find the wave.
         err.print(f"started wave {inp.wave_id} (patch set {pinned.id})")
+        task_queue = inp.task_queue or settings.task_queue
         if not wait:
+            if not await worker_polls(client, task_queue):
+                err.print(
+                    f"note: it waits until a worker comes: {no_worker_message(task_queue, inp.wave_id)}"
+                )
             return None
-        return status_json(await wait_settled(client, inp.wave_id, progress=True))
+        return status_json(await wait_settled(client, inp.wave_id, timeout=timeout, progress=True))
 
     try:
         status = run_sync(go())
@@ -161,8 +186,9 @@ async def wait_settled(
     progress: bool = False,
     until: Callable[[Any], bool] | None = None,
 ) -> Any:
-    """Poll the wave until it settles (finished, halted, at a gate) or ``until(status)`` holds."""
-    from patchflow.control.waves import is_settled, wave_status
+    """Poll the wave until it settles (finished, halted, at a gate) or ``until(status)`` holds; without a
+    worker on the wave's task queue, say so at once instead of waiting for one."""
+    from patchflow.control.waves import NoWorkerError, is_settled, wave_status
 
     deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
@@ -170,6 +196,8 @@ async def wait_settled(
     while True:
         try:
             status = await wave_status(client, wave_id)
+        except NoWorkerError:
+            raise
         except PatchflowError as exc:
             failures += 1
             if failures >= 40:  # ~20 s without an answer: say so instead of waiting forever
@@ -257,10 +285,11 @@ def wave_list(fmt: Annotated[Fmt, typer.Option("--format", help="Output format."
     for column in ("wave", "plan", "state", "started"):
         table.add_column(column)
     for row in rows:
+        state = row["state"] or row["workflow_status"] or ""
         table.add_row(
             row["wave_id"],
             row.get("plan") or "",
-            row["state"] or row["workflow_status"] or "",
+            f"{state} ({row['note']})" if row.get("note") else state,
             row["started"] or "",
         )
     out.print(table)

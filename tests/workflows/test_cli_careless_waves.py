@@ -162,3 +162,58 @@ def test_demo_stops_cleanly_on_the_first_sigterm(tmp_path: Path) -> None:
     with db.open_session(db.get_engine(url)) as session:
         tokens = db.list_tokens(session)
     assert [t.name for t in tokens] == ["demo-viewer"] and all(t.revoked for t in tokens)
+
+
+# ---------------------------------------------------------------------------------------------- 7. no worker
+
+
+def test_without_a_worker_commands_say_so_within_seconds(env: dict[str, str], tmp_path: Path) -> None:
+    """Temporal up, no worker: ``wave start --wait`` used to hang silently, ``approve`` to take over a minute,
+    ``status``/``list`` half a minute. Temporal's ``DescribeTaskQueue`` (workflowservice) lists the pollers of a
+    task queue with their last access time; with none, each command says so at once (each call below is
+    bounded by a 20 s timeout that the old behaviour exceeded)."""
+    queue = env["PATCHFLOW_TASK_QUEUE"]
+    plan = demo_plan(tmp_path)
+    started = cli("wave", "start", str(plan), "--wait", "--timeout", "600", env=env, timeout=20)
+    assert started.returncode == 1, started.stderr
+    assert f"no worker polls task queue '{queue}'" in started.stderr
+    assert f"PATCHFLOW_TASK_QUEUE={queue} patchflow worker" in started.stderr
+    wave_id = started.stderr.split("started wave ", 1)[1].split()[0]
+
+    status = cli("wave", "status", wave_id, env=env, timeout=20)
+    assert status.returncode == 1 and f"no worker polls task queue '{queue}'" in status.stderr
+    approve = cli("wave", "approve", wave_id, "--stage", "prod", "--as", "ops-lead", env=env, timeout=20)
+    assert approve.returncode == 1 and f"no worker polls task queue '{queue}'" in approve.stderr
+    listed = cli("wave", "list", env=env, timeout=20)
+    assert listed.returncode == 0 and wave_id in listed.stdout
+    assert f"RUNNING (no worker polls task queue '{queue}')" in listed.stdout
+
+    no_wait = cli("wave", "start", str(plan), env=env, timeout=20)
+    assert no_wait.returncode == 0 and "note: it waits until a worker comes" in no_wait.stderr
+
+
+def test_wave_start_wait_has_a_timeout(env: dict[str, str], tmp_path: Path) -> None:
+    """With a worker, a wave whose first window is a day away does not settle: ``--timeout`` ends the wait
+    (exit 1) and says the wave goes on."""
+    plan = demo_plan(tmp_path)
+    data = yaml.safe_load(plan.read_text())
+    data["stages"][0]["window"] = {"schedule": "rate(1 day)", "duration_hours": 1}
+    plan.write_text(yaml.safe_dump(data))
+    log = (tmp_path / "worker.log").open("wb")
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "patchflow", "worker"],
+        env={**os.environ, **env},
+        cwd=REPO_ROOT,
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        refused = cli("wave", "start", str(plan), "--timeout", "2", env=env)
+        assert refused.returncode == 2 and "--timeout limits --wait" in refused.stderr
+        waited = cli("wave", "start", str(plan), "--wait", "--timeout", "2", env=env, timeout=60)
+        assert waited.returncode == 1, waited.stderr
+        assert "did not settle within 2s; it keeps running: patchflow wave status" in waited.stderr
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        log.close()
