@@ -179,6 +179,10 @@ def refuse_broken_plan(plan: Plan, plan_file: Path, settings: Settings) -> None:
         )
 
 
+#: How long ``--wait`` gives a worker that is just starting to poll the wave's task queue.
+NO_WORKER_GRACE_SECONDS = 10
+
+
 async def wait_settled(
     client: Any,
     wave_id: str,
@@ -186,24 +190,32 @@ async def wait_settled(
     progress: bool = False,
     until: Callable[[Any], bool] | None = None,
 ) -> Any:
-    """Poll the wave until it settles (finished, halted, at a gate) or ``until(status)`` holds; without a
-    worker on the wave's task queue, say so at once instead of waiting for one."""
+    """Poll the wave until it settles (finished, halted, at a gate) or ``until(status)`` holds; when no worker
+    polls the wave's task queue for :data:`NO_WORKER_GRACE_SECONDS`, say so instead of waiting for one."""
     from patchflow.control.waves import NoWorkerError, is_settled, wave_status
 
     deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
     last = ""
+    workerless_since: float | None = None
     while True:
         try:
             status = await wave_status(client, wave_id)
-        except NoWorkerError:
-            raise
+        except NoWorkerError as exc:
+            # A worker started a moment ago has not polled yet: give it a few seconds, then say so.
+            workerless_since = workerless_since or time.monotonic()
+            if time.monotonic() - workerless_since > NO_WORKER_GRACE_SECONDS:
+                raise
+            if progress and last != str(exc):
+                err.print("  waiting for a worker to poll the wave's task queue …")
+                last = str(exc)
         except PatchflowError as exc:
             failures += 1
             if failures >= 40:  # ~20 s without an answer: say so instead of waiting forever
                 raise PatchflowError(f"stopped waiting for wave {wave_id}: {exc}") from None
         else:
             failures = 0
+            workerless_since = None
             if is_settled(status) or (until is not None and until(status)):
                 return status
             summary = ", ".join(f"{s.name} {s.state}" for s in status.stages)
