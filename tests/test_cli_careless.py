@@ -216,3 +216,25 @@ def test_approve_after_days_keeps_aws_range(tmp_path: Path) -> None:
     )
     proc = run("baseline", "validate", str(baseline), data_dir=tmp_path)
     assert proc.returncode == 2 and "ApproveAfterDays" in proc.stderr and "use 0–360 days" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- 8. read-only
+
+
+@pytest.mark.parametrize("data_dir", ["/sys/patchflow-test-data", "/sys/kernel"])
+def test_a_data_directory_that_cannot_be_written_is_not_a_bug(tmp_path: Path, data_dir: str) -> None:
+    """``/sys`` refuses new files even to root: a data directory there (missing, or existing but unwritable)
+    used to end in "internal error: PermissionError" (exit 70); now exit 1 with the path and what to do."""
+    from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
+
+    for args in (
+        ("baseline", "evaluate", str(BASELINES_DIR / "ubuntu-staged.yaml"), "--catalog",
+         str(EXAMPLES_DIR / "ubuntu-catalog.json")),
+        ("fleet", "status", str(EXAMPLES_DIR / "fleet.yaml")),
+        ("plan", str(EXAMPLES_DIR / "demo-plan.yaml")),
+    ):  # fmt: skip
+        proc = run(*args, data_dir=Path(data_dir))
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert f"error: cannot write {data_dir}" in proc.stderr
+        assert f"PATCHFLOW_DATA_DIR ({data_dir}): make that directory writable" in proc.stderr
+        assert "internal error" not in proc.stderr
