@@ -32,6 +32,43 @@ def run_sync(coro: Any) -> Any:
     return asyncio.run(coro)
 
 
+def run_until_interrupted(coro: Any) -> Any:
+    """Run ``coro`` to the end; SIGTERM, like Ctrl-C, cancels it (its ``finally`` blocks run: workers shut
+    down, servers stop) and then raises ``KeyboardInterrupt``.
+
+    ``asyncio.run`` does this for SIGINT only. SIGTERM turned into a ``KeyboardInterrupt`` by
+    :func:`terminate_like_interrupt` would instead surface at an arbitrary point inside the event loop — in the
+    middle of the Temporal worker's machinery — and the process could hang instead of stopping.
+    """
+    terminated = False
+
+    async def main() -> Any:
+        nonlocal terminated
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop() -> None:
+            nonlocal terminated
+            terminated = True
+            task.cancel()
+
+        previous = signal.getsignal(signal.SIGTERM)
+        loop.add_signal_handler(signal.SIGTERM, stop)
+        try:
+            return await coro
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            signal.signal(signal.SIGTERM, previous)
+
+    try:
+        return asyncio.run(main())
+    except asyncio.CancelledError:
+        if terminated:
+            raise KeyboardInterrupt from None
+        raise
+
+
 async def temporal_client(settings: Settings) -> Any:
     from patchflow.service.worker import connect
 

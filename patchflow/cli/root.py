@@ -6,6 +6,7 @@ Errors a user can cause are printed as ``error: …`` with their location and a 
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import sys
@@ -411,14 +412,45 @@ def main(argv: list[str] | None = None) -> None:
         _die(130)
     except SystemExit:
         raise
+    except OSError as exc:
+        message = _unwritable(exc)
+        if message is None:
+            _internal_error(exc)
+        sys.stderr.write(f"error: {message}\n")
+        _die(1)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: no traceback for users
-        if os.environ.get("PATCHFLOW_DEBUG"):
-            traceback.print_exc()
-        sys.stderr.write(
-            f"patchflow: internal error: {type(exc).__name__}: {exc}\n"
-            "This is a bug; rerun with PATCHFLOW_DEBUG=1 for the traceback and report it.\n"
+        _internal_error(exc)
+
+
+def _internal_error(exc: BaseException) -> NoReturn:
+    if os.environ.get("PATCHFLOW_DEBUG"):
+        traceback.print_exception(exc)
+    sys.stderr.write(
+        f"patchflow: internal error: {type(exc).__name__}: {exc}\n"
+        "This is a bug; rerun with PATCHFLOW_DEBUG=1 for the traceback and report it.\n"
+    )
+    _die(70)
+
+
+_UNWRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT, errno.ENOTDIR}
+
+
+def _unwritable(exc: OSError) -> str | None:
+    """What to tell a user whose data directory (or another path patchflow writes) cannot be written: the path
+    and what to do; None for other OS errors (those are bugs)."""
+    if exc.errno not in _UNWRITABLE or not exc.filename:
+        return None
+    path = Path(os.fsdecode(exc.filename))
+    data_dir = get_settings().data_dir
+    what = f"cannot write {path}: {exc.strerror}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f"{what}; free some space there"
+    if path == data_dir or data_dir in path.parents or path in data_dir.parents:
+        return (
+            f"{what}; patchflow keeps its state in PATCHFLOW_DATA_DIR ({data_dir}): make that directory "
+            "writable for this user, or set PATCHFLOW_DATA_DIR to a writable directory"
         )
-        _die(70)
+    return f"{what}; check that this user may write there"
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -17,13 +18,14 @@ from patchflow.cli.common import (
     history_database,
     out,
     run_sync,
+    run_until_interrupted,
     serve_until_stopped,
     terminate_like_interrupt,
 )
 from patchflow.cli.fleet import simulated_executor
 from patchflow.cli.waves import print_status, stage_table
 from patchflow.config import Settings, get_settings
-from patchflow.core.plans import load_plan
+from patchflow.core.plans import Plan, load_plan
 from patchflow.errors import PatchflowError
 
 
@@ -154,25 +156,51 @@ def demo_command(
         _demo(approve, plan_file or DEMO_PLAN, timeout)
 
 
-def _demo_api(settings: Settings, database_url: str) -> asyncio.Task[None] | None:
-    """Serve the REST API (with /metrics) while the demo runs, with a viewer token to look with."""
+@contextlib.asynccontextmanager
+async def _demo_api(settings: Settings, database_url: str) -> AsyncIterator[None]:
+    """Serve the REST API (with /metrics) while the demo runs, with a viewer token to look with; the token is
+    revoked when the demo ends, so runs do not pile up live tokens."""
     from patchflow.control.devserver import port_open
     from patchflow.service.api import serve as serve_api
     from patchflow.store import db
 
     if port_open(settings.api_host, settings.api_port):
         err.print(f"API port {settings.api_host}:{settings.api_port} is taken; the demo runs without the API")
-        return None
-    with db.open_session(db.get_engine(database_url)) as session:
-        _, token = db.create_token(session, name="demo-viewer", role="viewer")
+        yield
+        return
+    engine = db.get_engine(database_url)
+    with db.open_session(engine) as session:
+        token_id, token = db.create_token(session, name="demo-viewer", role="viewer")
     base = f"http://{settings.api_host}:{settings.api_port}"
     err.print(f"watch it: curl -H 'Authorization: Bearer {token}' {base}/waves   (and {base}/metrics)")
-    return asyncio.create_task(serve_api(settings, announce=err.print, handle_signals=False))
+    _quiet_uvicorn()
+    task = asyncio.create_task(serve_api(settings, announce=err.print, handle_signals=False))
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        with db.open_session(engine) as session:
+            db.revoke_token(session, token_id=token_id)
+
+
+def _quiet_uvicorn() -> None:
+    """Keep uvicorn's INFO lines ("Started server process …") out of the demo's live table; warnings and
+    errors still show."""
+    import logging
+
+    class _WarningsOnly(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            return record.levelno >= logging.WARNING
+
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _WarningsOnly) for f in logger.filters):
+        logger.addFilter(_WarningsOnly())
 
 
 def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
     from patchflow.control.devserver import port_open, split_address, start_dev_server
-    from patchflow.control.waves import act, pin_patch_set, start_wave, status_json, wave_input, wave_status
     from patchflow.service.worker import build_worker, connect
 
     terminate_like_interrupt()
@@ -191,50 +219,10 @@ def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
         database_url = history_database(settings, migrate=True)
         worker = build_worker(client, settings.task_queue, database_url=database_url, settings=settings)
         worker_task = asyncio.create_task(worker.run())
-        api_task = _demo_api(settings, database_url)
         try:
-            pinned = pin_patch_set(plan, settings)
-            inp = wave_input(plan, settings, pinned)
-            await start_wave(client, settings, inp)
-            err.print(f"wave {inp.wave_id}: patch set {pinned.id} ({len(pinned.patches)} package versions)")
-            deadline = time.monotonic() + timeout
-            approved: set[str] = set()
-            hinted = False
-            # Transient: the final summary below prints the table once, the live view only animates it.
-            with Live(console=out, refresh_per_second=4, transient=True) as live:
-                while True:
-                    status = status_json(await wave_status(client, inp.wave_id))
-                    live.update(stage_table(status))
-                    if status["state"] in ("succeeded", "failed", "cancelled", "halted"):
-                        return status
-                    if status["state"] == "waiting_approval":
-                        stage = next(s for s in status["stages"] if s["state"] == "waiting_approval")
-                        approver = next(s for s in plan.stages if s.name == stage["name"]).gate.approvers[0]
-                        if approve and stage["name"] not in approved:
-                            message = await act(
-                                client,
-                                inp.wave_id,
-                                "approve",
-                                who=approver,
-                                stage=stage["name"],
-                                comment="demo --approve",
-                            )
-                            approved.add(stage["name"])
-                            live.console.print(f"{message}")
-                        elif not approve and not hinted:
-                            hinted = True
-                            live.console.print(
-                                f"waiting for approval of {stage['name']}: run "
-                                f"'patchflow wave approve {inp.wave_id} --stage {stage['name']} --as {approver}'"
-                            )
-                    if time.monotonic() > deadline:
-                        raise PatchflowError(f"the demo wave did not finish within {timeout:.0f}s")
-                    await asyncio.sleep(0.25)
+            async with _demo_api(settings, database_url):
+                return await _run_demo_wave(client, settings, plan, approve, timeout)
         finally:
-            if api_task is not None:
-                api_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await api_task
             worker_task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await worker.shutdown()
@@ -242,10 +230,75 @@ def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
                 await worker_task
 
     try:
-        status = run_sync(go())
+        status = run_until_interrupted(go())
+    except KeyboardInterrupt:
+        status = None
     finally:
         if server is not None:
             server.stop()
+    if status is None:
+        what = "its worker, API and Temporal dev server" if server is not None else "its worker and API"
+        err.print(f"interrupted: the demo stopped {what}")
+        raise typer.Exit(130)
+    _print_summary(status)
+
+
+async def _run_demo_wave(
+    client: Any, settings: Settings, plan: Plan, approve: bool, timeout: float
+) -> dict[str, Any]:
+    """Pin, start and follow the demo wave with a live table (approving the gate with ``--approve``)."""
+    from patchflow.control.waves import pin_patch_set, start_wave, status_json, wave_input, wave_status
+
+    pinned = pin_patch_set(plan, settings)
+    inp = wave_input(plan, settings, pinned)
+    await start_wave(client, settings, inp)
+    err.print(f"wave {inp.wave_id}: patch set {pinned.id} ({len(pinned.patches)} package versions)")
+    deadline = time.monotonic() + timeout
+    answered: set[str] = set()
+    # Transient: the final summary prints the table once, the live view only animates it.
+    with Live(console=out, refresh_per_second=4, transient=True) as live:
+        while True:
+            status = status_json(await wave_status(client, inp.wave_id))
+            live.update(stage_table(status))
+            if status["state"] in ("succeeded", "failed", "cancelled", "halted"):
+                return status
+            if status["state"] == "waiting_approval":
+                await _answer_gate(client, plan, inp.wave_id, status, approve, answered, live.console)
+            if time.monotonic() > deadline:
+                raise PatchflowError(f"the demo wave did not finish within {timeout:.0f}s")
+            await asyncio.sleep(0.25)
+
+
+async def _answer_gate(
+    client: Any,
+    plan: Plan,
+    wave_id: str,
+    status: dict[str, Any],
+    approve: bool,
+    answered: set[str],
+    console: Any,
+) -> None:
+    """Approve the waiting stage as its first approver (``--approve``), or say once how to."""
+    from patchflow.control.waves import act
+
+    stage = next(s for s in status["stages"] if s["state"] == "waiting_approval")
+    if stage["name"] in answered:
+        return
+    answered.add(stage["name"])
+    approver = next(s for s in plan.stages if s.name == stage["name"]).gate.approvers[0]
+    if approve:
+        message = await act(
+            client, wave_id, "approve", who=approver, stage=stage["name"], comment="demo --approve"
+        )
+        console.print(message)
+    else:
+        console.print(
+            f"waiting for approval of {stage['name']}: run "
+            f"'patchflow wave approve {wave_id} --stage {stage['name']} --as {approver}'"
+        )
+
+
+def _print_summary(status: dict[str, Any]) -> None:
     print_status(status)
     failures = [
         f"{s['name']}: {i['id']} {i['state']}" + (f" ({i['detail']})" if i.get("detail") else "")

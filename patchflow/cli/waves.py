@@ -23,9 +23,9 @@ from patchflow.cli.common import (
 )
 from patchflow.config import Settings, get_settings
 from patchflow.control.dryrun import dry_run
-from patchflow.core.plans import load_plan
+from patchflow.core.plans import Plan, load_plan
 from patchflow.core.timeutil import parse_instant
-from patchflow.errors import InputError, PatchflowError
+from patchflow.errors import InputError, PatchflowError, Problem
 
 wave_app = typer.Typer(help="Start and operate staged rollouts (waves).", no_args_is_help=True)
 
@@ -102,13 +102,34 @@ def wave_start(
     wait: Annotated[
         bool, typer.Option("--wait", help="Return once the wave finished, halted or waits at a gate.")
     ] = False,
+    timeout: Annotated[
+        float | None,
+        typer.Option(
+            "--timeout",
+            min=1,
+            metavar="SECONDS",
+            help="With --wait: stop waiting after this many seconds (exit 1; the wave goes on).",
+            show_default=False,
+        ),
+    ] = None,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
 ) -> None:
     """Pin the patch set and start a wave; prints the wave id."""
-    from patchflow.control.waves import pin_patch_set, start_wave, status_json, wave_input
+    from patchflow.control.waves import (
+        no_worker_message,
+        pin_patch_set,
+        start_wave,
+        status_json,
+        wave_input,
+        worker_polls,
+    )
+
+    if timeout is not None and not wait:
+        raise InputError("--timeout limits --wait: give both, or neither")
 
     settings = get_settings()
     plan = load_plan(plan_file)
+    refuse_broken_plan(plan, plan_file, settings)
     pinned = pin_patch_set(plan, settings, patch_set=patch_set)
     inp = wave_input(plan, settings, pinned)
 
@@ -117,9 +138,14 @@ def wave_start(
         await start_wave(client, settings, inp)
         # Say the id before waiting: whatever happens next, the operator can find the wave.
         err.print(f"started wave {inp.wave_id} (patch set {pinned.id})")
+        task_queue = inp.task_queue or settings.task_queue
         if not wait:
+            if not await worker_polls(client, task_queue):
+                err.print(
+                    f"note: it waits until a worker comes: {no_worker_message(task_queue, inp.wave_id)}"
+                )
             return None
-        return status_json(await wait_settled(client, inp.wave_id, progress=True))
+        return status_json(await wait_settled(client, inp.wave_id, timeout=timeout, progress=True))
 
     try:
         status = run_sync(go())
@@ -136,6 +162,27 @@ def wave_start(
         raise typer.Exit(1)
 
 
+def refuse_broken_plan(plan: Plan, plan_file: Path, settings: Settings) -> None:
+    """Run ``patchflow plan``'s checks and refuse (exit 2) before anything starts: a wave whose Prod window
+    never opens would patch Dev and Test and then fail."""
+    from patchflow.control.dryrun import check_plan
+
+    found = run_sync(check_plan(plan, settings, datetime.now(UTC)))
+    for note in found.notes:
+        err.print(f"note: {note}")
+    if found.problems:
+        raise InputError(
+            f"not starting a wave of plan {plan.name}: it would not get through its stages; fix the plan "
+            f"('patchflow plan {plan_file}' shows the details)",
+            source=str(plan_file),
+            problems=[Problem(path="", message=problem) for problem in found.problems],
+        )
+
+
+#: How long ``--wait`` gives a worker that is just starting to poll the wave's task queue.
+NO_WORKER_GRACE_SECONDS = 10
+
+
 async def wait_settled(
     client: Any,
     wave_id: str,
@@ -143,21 +190,32 @@ async def wait_settled(
     progress: bool = False,
     until: Callable[[Any], bool] | None = None,
 ) -> Any:
-    """Poll the wave until it settles (finished, halted, at a gate) or ``until(status)`` holds."""
-    from patchflow.control.waves import is_settled, wave_status
+    """Poll the wave until it settles (finished, halted, at a gate) or ``until(status)`` holds; when no worker
+    polls the wave's task queue for :data:`NO_WORKER_GRACE_SECONDS`, say so instead of waiting for one."""
+    from patchflow.control.waves import NoWorkerError, is_settled, wave_status
 
     deadline = None if timeout is None else time.monotonic() + timeout
     failures = 0
     last = ""
+    workerless_since: float | None = None
     while True:
         try:
             status = await wave_status(client, wave_id)
+        except NoWorkerError as exc:
+            # A worker started a moment ago has not polled yet: give it a few seconds, then say so.
+            workerless_since = workerless_since or time.monotonic()
+            if time.monotonic() - workerless_since > NO_WORKER_GRACE_SECONDS:
+                raise
+            if progress and last != str(exc):
+                err.print("  waiting for a worker to poll the wave's task queue …")
+                last = str(exc)
         except PatchflowError as exc:
             failures += 1
             if failures >= 40:  # ~20 s without an answer: say so instead of waiting forever
                 raise PatchflowError(f"stopped waiting for wave {wave_id}: {exc}") from None
         else:
             failures = 0
+            workerless_since = None
             if is_settled(status) or (until is not None and until(status)):
                 return status
             summary = ", ".join(f"{s.name} {s.state}" for s in status.stages)
@@ -239,10 +297,11 @@ def wave_list(fmt: Annotated[Fmt, typer.Option("--format", help="Output format."
     for column in ("wave", "plan", "state", "started"):
         table.add_column(column)
     for row in rows:
+        state = row["state"] or row["workflow_status"] or ""
         table.add_row(
             row["wave_id"],
             row.get("plan") or "",
-            row["state"] or row["workflow_status"] or "",
+            f"{state} ({row['note']})" if row.get("note") else state,
             row["started"] or "",
         )
     out.print(table)

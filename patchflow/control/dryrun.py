@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -10,26 +11,55 @@ from zoneinfo import ZoneInfo
 from patchflow.config import Settings
 from patchflow.control.waves import executor_ref, plan_freezes
 from patchflow.core import versions
-from patchflow.core.baselines import load_baseline
-from patchflow.core.catalog import load_catalog
-from patchflow.core.evaluation import PatchSet, evaluate
 from patchflow.core.freezes import FreezePeriod, first_allowed_window, freeze_at, freeze_note
 from patchflow.core.freezes import preview as freeze_preview
+from patchflow.core.instances import InstanceInfo
 from patchflow.core.plans import Plan, Stage
 from patchflow.errors import InputError
-from patchflow.executors.base import Executor, InstanceInfo
+from patchflow.executors.base import Executor, Package
 from patchflow.executors.factory import ExecutorConfigError, build_executor
 
 
 async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any]:
     """Per stage the resolved targets, their upgrades, the next windows (change freezes applied) and the problems
     a wave would meet — ``patchflow plan`` and ``POST /plans/dry-run``. Evaluates, but stores and changes nothing."""
+    from patchflow.core.baselines import load_baseline
+    from patchflow.core.catalog import load_catalog
+    from patchflow.core.evaluation import evaluate
+
     freezes = plan_freezes(plan, settings, at)
     baseline = load_baseline(plan.baseline)
     pinned = evaluate(baseline, load_catalog(plan.catalog), at, catalog_source=str(plan.catalog)).patch_set
+    pins = {(p.name, p.arch): p.version for p in pinned.patches}
     executor = plan_executor(plan, settings)
     instances = {i.instance_id: i for i in await executor.discover()}
-    stages = [await _dry_stage(stage, executor, instances, pinned, freezes, at) for stage in plan.stages]
+    stages: list[dict[str, Any]] = []
+    for stage in plan.stages:
+        ids, missing = _stage_targets(stage, instances)
+        targets = [
+            {
+                "id": instance_id,
+                "online": instances[instance_id].online,
+                "upgrades": _upgrades(await executor.scan(instance_id), pins, pinned.family),
+            }
+            for instance_id in ids
+        ]
+        windows = _stage_windows(stage, at, freezes)
+        stages.append(
+            {
+                "name": stage.name,
+                "targets": targets,
+                "missing": missing,
+                "windows": windows,
+                "max_concurrency": str(stage.max_concurrency),
+                "max_errors": str(stage.max_errors),
+                "gate": stage.gate.kind,
+                "approvers": list(stage.gate.approvers),
+                "on_failure": stage.on_failure,
+                "soak_seconds": stage.soak_seconds,
+                "problems": _stage_problems(stage, (ids, missing), windows, at, bool(freezes)),
+            }
+        )
     return {
         "plan": plan.name,
         "patch_set_id": pinned.id,
@@ -41,90 +71,77 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
             for f in freezes
             if f.end > at
         ][:10],
-        "problems": [f"{stage['name']}: {p}" for stage in stages for p in stage["problems"]],
+        "problems": [f"{s['name']}: {p}" for s in stages for p in s["problems"]],
     }
 
 
-async def _dry_stage(
-    stage: Stage,
-    executor: Executor,
-    instances: dict[str, InstanceInfo],
-    pinned: PatchSet,
-    freezes: list[FreezePeriod],
-    at: datetime,
-) -> dict[str, Any]:
-    """One stage: its targets and their upgrades, its next windows, and what would stop it."""
-    ids, missing = _resolve_targets(stage, instances)
-    pins = {(p.name, p.arch): p.version for p in pinned.patches}
-    targets = [
-        {
-            "id": instance_id,
-            "online": instances[instance_id].online,
-            "upgrades": await _upgrades(executor, instance_id, pins, pinned.family),
-        }
-        for instance_id in ids
-    ]
-    windows, problems = _next_windows(stage, at, freezes)
-    if not targets and not missing:
-        what = (
-            f"patch group {stage.targets.patch_group!r}" if stage.targets.patch_group else "its instance ids"
+@dataclass(frozen=True)
+class PlanCheck:
+    """What :func:`check_plan` found."""
+
+    problems: list[str]
+    """``STAGE: what`` — the problems :func:`dry_run` reports; a wave of the plan would halt or never finish."""
+    notes: list[str]
+    """What could not be checked (the executor could not list the fleet from here)."""
+
+
+async def check_plan(plan: Plan, settings: Settings, at: datetime) -> PlanCheck:
+    """The problems :func:`dry_run` reports, found without evaluating or scanning: what ``wave start`` checks
+    before it starts anything (a window that never opens, a stage without targets, unknown instance ids)."""
+    freezes = plan_freezes(plan, settings, at)
+    executor = plan_executor(plan, settings)
+    notes: list[str] = []
+    instances: dict[str, InstanceInfo] | None
+    try:
+        instances = {i.instance_id: i for i in await executor.discover()}
+    except Exception as exc:  # noqa: BLE001 - the workers may reach the fleet where this machine cannot
+        instances = None
+        notes.append(
+            f"targets not checked: the {plan.executor.kind} executor cannot list the fleet here ({exc})"
         )
-        problems.append(f"no targets: {what} matched no instance (the wave would halt here)")
-    if missing:
-        problems.append(f"unknown instance ids: {', '.join(missing)}")
-    return {
-        "name": stage.name,
-        "targets": targets,
-        "missing": missing,
-        "windows": windows,
-        "max_concurrency": str(stage.max_concurrency),
-        "max_errors": str(stage.max_errors),
-        "gate": stage.gate.kind,
-        "approvers": list(stage.gate.approvers),
-        "on_failure": stage.on_failure,
-        "soak_seconds": stage.soak_seconds,
-        "problems": problems,
-    }
+    problems: list[str] = []
+    for stage in plan.stages:
+        windows = _stage_windows(stage, at, freezes)
+        targets = _stage_targets(stage, instances) if instances is not None else None
+        found = _stage_problems(stage, targets, windows, at, bool(freezes))
+        problems.extend(f"{stage.name}: {problem}" for problem in found)
+    return PlanCheck(problems, notes)
 
 
-def _resolve_targets(stage: Stage, instances: dict[str, InstanceInfo]) -> tuple[list[str], list[str]]:
-    """The stage's instances the executor knows, and the instance ids it names that the executor does not."""
+def _stage_targets(stage: Stage, instances: dict[str, InstanceInfo]) -> tuple[list[str], list[str]]:
+    """(known target ids in dispatch order, listed ids the executor does not know)."""
     if stage.targets.instance_ids:
         ids = [i for i in stage.targets.instance_ids if i in instances]
-        missing = [i for i in stage.targets.instance_ids if i not in instances]
-        return ids, missing
+        return ids, [i for i in stage.targets.instance_ids if i not in instances]
     return sorted(i for i, info in instances.items() if info.patch_group == stage.targets.patch_group), []
 
 
-async def _upgrades(
-    executor: Executor, instance_id: str, pins: dict[tuple[str, str], str], family: str
+def _upgrades(
+    installed: list[Package], pins: dict[tuple[str, str], str], family: str
 ) -> list[dict[str, str]]:
-    """The installed packages the pinned versions would upgrade on the instance (from → to)."""
     return [
         {"name": p.name, "arch": p.arch, "from": p.version, "to": pins[(p.name, p.arch)]}
-        for p in await executor.scan(instance_id)
+        for p in installed
         if (p.name, p.arch) in pins and versions.compare(family, p.version, pins[(p.name, p.arch)]) < 0
     ]
 
 
-def _next_windows(
-    stage: Stage, at: datetime, freezes: list[FreezePeriod]
-) -> tuple[list[dict[str, Any]], list[str]]:
-    """The stage's next windows (``now`` if it may start now), change freezes applied, and a problem if none
-    ever opens."""
+def _stage_windows(stage: Stage, at: datetime, freezes: list[FreezePeriod]) -> list[dict[str, Any]]:
+    """The stage's next windows (at most 3) as the dry run shows them, change freezes applied."""
     if stage.window.schedule.strip().lower() == "now" and freeze_at(freezes, at) is None:
         upcoming = first_allowed_window(stage.window, at, freezes)
         cut = upcoming.cutoff if upcoming is not None else None
-        now: dict[str, Any] = {
-            "start": "now",
-            "end": None,
-            "cutoff": cut.isoformat() if cut else None,
-            "skipped": [],
-            "note": freeze_note(upcoming) if upcoming is not None else "",
-        }
-        return [now], []
+        return [
+            {
+                "start": "now",
+                "end": None,
+                "cutoff": cut.isoformat() if cut else None,
+                "skipped": [],
+                "note": freeze_note(upcoming) if upcoming is not None else "",
+            }
+        ]
     zone = ZoneInfo(stage.window.timezone)
-    windows = [
+    return [
         {
             "start": w.start.astimezone(zone).isoformat(),
             "end": w.end.astimezone(zone).isoformat() if w.end else None,
@@ -136,10 +153,33 @@ def _next_windows(
         }
         for w in freeze_preview(stage.window, at, 3, freezes)
     ]
-    if windows:
-        return windows, []
-    never = f"the window schedule {stage.window.schedule} never opens after {at.isoformat()}"
-    return [], [never + (" outside the change freezes" if freezes else "")]
+
+
+def _stage_problems(
+    stage: Stage,
+    targets: tuple[list[str], list[str]] | None,
+    windows: list[dict[str, Any]],
+    at: datetime,
+    frozen: bool,
+) -> list[str]:
+    """What would stop a wave at this stage; ``targets`` (known, unknown ids) None when not known."""
+    problems: list[str] = []
+    if not windows:
+        problems.append(
+            f"the window schedule {stage.window.schedule} never opens after {at.isoformat()}"
+            + (" outside the change freezes" if frozen else "")
+        )
+    if targets is None:
+        return problems
+    ids, missing = targets
+    if not ids and not missing:
+        what = (
+            f"patch group {stage.targets.patch_group!r}" if stage.targets.patch_group else "its instance ids"
+        )
+        problems.append(f"no targets: {what} matched no instance (the wave would halt here)")
+    if missing:
+        problems.append(f"unknown instance ids: {', '.join(missing)}")
+    return problems
 
 
 def plan_executor(plan: Plan, settings: Settings) -> Executor:

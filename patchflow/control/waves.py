@@ -9,10 +9,13 @@ from __future__ import annotations
 import getpass
 import secrets
 from dataclasses import asdict
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
@@ -44,6 +47,42 @@ class WaveActionRefused(PatchflowError):
     """An operator action was refused by the wave (not allowed, or not applicable now)."""
 
     exit_code = 4
+
+
+class NoWorkerError(PatchflowError):
+    """No worker polls the task queue a wave runs on: a query or an operator action would wait for one."""
+
+
+#: A worker long-polls its task queue (about a minute per poll), so one that polled this recently is alive.
+WORKER_SEEN_SECONDS = 90
+#: How long a running wave may take to answer a status query before the CLI says so.
+QUERY_TIMEOUT = timedelta(seconds=10)
+
+
+async def worker_polls(client: Client, task_queue: str) -> bool:
+    """Whether a worker polled ``task_queue`` for workflow tasks in the last :data:`WORKER_SEEN_SECONDS`
+    (Temporal's ``DescribeTaskQueue`` lists recent pollers with their last access time)."""
+    request = DescribeTaskQueueRequest(
+        namespace=client.namespace,
+        task_queue=TaskQueue(name=task_queue),
+        task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+    )
+    response = await client.workflow_service.describe_task_queue(request, timeout=QUERY_TIMEOUT)
+    seen = datetime.now(UTC) - timedelta(seconds=WORKER_SEEN_SECONDS)
+    return any(p.last_access_time.ToDatetime(tzinfo=UTC) >= seen for p in response.pollers)
+
+
+def no_worker_message(task_queue: str, wave_id: str) -> str:
+    return (
+        f"no worker polls task queue {task_queue!r}, so nothing runs wave {wave_id} or answers for it; start "
+        f"one: PATCHFLOW_TASK_QUEUE={task_queue} patchflow worker (or patchflow dev)"
+    )
+
+
+async def require_worker(client: Client, task_queue: str, wave_id: str) -> None:
+    """Raise :class:`NoWorkerError` at once when no worker polls ``task_queue``, instead of waiting for one."""
+    if not await worker_polls(client, task_queue):
+        raise NoWorkerError(no_worker_message(task_queue, wave_id))
 
 
 def local_user() -> str:
@@ -230,8 +269,9 @@ async def wave_status(client: Client, wave_id: str) -> WaveStatus:
         # A finished wave answers from its recorded result: no worker needed.
         result: WaveResult = await handle.result()
         return result.status
+    await require_worker(client, description.task_queue, wave_id)
     try:
-        status: WaveStatus = await handle.query(WaveWorkflow.status)
+        status: WaveStatus = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
     except RPCError as exc:
         raise PatchflowError(f"wave {wave_id} did not answer ({exc.message}); is a worker running?") from None
     for stage in status.stages:
@@ -281,6 +321,9 @@ async def act(
 ) -> str:
     """Send an operator Update; a refusal raises :class:`WaveActionRefused` with the wave's reason."""
     handle = await _handle(client, wave_id)
+    description = await handle.describe()
+    if description.status == WorkflowExecutionStatus.RUNNING:
+        await require_worker(client, description.task_queue, wave_id)
     try:
         if action in ("approve", "reject"):
             if not stage:
@@ -310,6 +353,7 @@ async def act(
 
 async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
+    served: dict[str, bool] = {}  # task queue → a worker polls it (running waves on others cannot answer)
     async for wf in client.list_workflows("WorkflowType = 'WaveWorkflow'", limit=limit):
         row: dict[str, Any] = {
             "wave_id": wf.id,
@@ -317,10 +361,21 @@ async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]
             "workflow_status": wf.status.name if wf.status else None,
             "state": None,
         }
+        running = wf.status == WorkflowExecutionStatus.RUNNING
+        if running and wf.task_queue not in served:
+            served[wf.task_queue] = await worker_polls(client, wf.task_queue)
         try:
-            status: WaveStatus = await client.get_workflow_handle(wf.id).query(WaveWorkflow.status)
-            row["state"] = status.state
-            row["plan"] = status.plan_name
+            status: WaveStatus | None = None
+            if wf.status == WorkflowExecutionStatus.COMPLETED:  # from its result: no worker needed
+                status = (await client.get_workflow_handle(wf.id, result_type=WaveResult).result()).status
+            elif running and served[wf.task_queue]:
+                handle = client.get_workflow_handle(wf.id)
+                status = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
+            elif running:
+                row["note"] = f"no worker polls task queue {wf.task_queue!r}"
+            if status is not None:
+                row["state"] = status.state
+                row["plan"] = status.plan_name
         except RPCError:
             pass
         rows.append(row)

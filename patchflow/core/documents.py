@@ -1,8 +1,14 @@
 """Loading YAML/JSON input files with located errors.
 
-Every input file (baseline, catalog, inventory, plan, fleet) goes through :func:`load_document`, so every
-error message can point at ``file:line: field.path``. Line numbers are found lazily — only when an error
-must be reported — because composing a YAML node tree is far slower than parsing a large JSON catalog.
+Every input file (baseline, catalog, inventory, plan, fleet, freeze file) and every document the REST API
+receives goes through :func:`parse_document`, so every error message can point at ``file:line: field.path``.
+Line numbers are found lazily — only when an error must be reported — because composing a YAML node tree is
+far slower than parsing a large JSON catalog.
+
+The loader refuses two shapes no patchflow document needs, because both let a few bytes cost unbounded
+memory or recursion: YAML aliases (``*name``: a "billion laughs" file of a few hundred bytes expands to
+gigabytes, and ``&a [*a]`` is a cycle) and nesting deeper than :data:`MAX_DEPTH` levels (``[[[[…]]]]``).
+Both are refused with their line, before anything walks the data.
 """
 
 from __future__ import annotations
@@ -21,13 +27,54 @@ from patchflow.errors import InputError, Problem
 
 PathPart = str | int
 
+MAX_DEPTH = 64
+"""Deepest nesting of mappings and lists a document may have. The deepest patchflow document (a baseline's
+``ApprovalRules.PatchRules[0].PatchFilterGroup.PatchFilters[0].Values``) nests 7 levels; deeper input is a
+mistake or an attack, and would exhaust Python's recursion in the parser or in whatever walks the data."""
+
+
+TOO_DEEP = f"nested more than {MAX_DEPTH} levels deep"
+DEEPEST_HINT = f"level {MAX_DEPTH + 1} opens here; no patchflow document nests more than a few levels"
+
+
+class _RefusedShape(yaml.MarkedYAMLError):
+    """Valid YAML that patchflow refuses (an alias, too deep): reported as itself, not as a syntax error."""
+
 
 class _StringDatesLoader(yaml.SafeLoader):
-    """SafeLoader that keeps ``2026-01-31`` as a string.
+    """SafeLoader that keeps ``2026-01-31`` as a string and refuses aliases and deep nesting.
 
     PyYAML turns unquoted dates into ``datetime.date``; AWS fields such as ``ApproveUntilDate`` are strings
-    and must round-trip unchanged.
+    and must round-trip unchanged. The composer is where aliases are resolved and where nesting recurses, so
+    both limits are checked there, for :func:`yaml.load` and :func:`yaml.compose` (the line map) alike.
     """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise _RefusedShape(
+                context="YAML aliases (*name) are not accepted",
+                problem=f"alias *{event.anchor}: write the values out (an alias lets a few bytes expand "
+                "without bound)",
+                problem_mark=event.start_mark,
+            )
+        if not self.check_event(yaml.CollectionStartEvent):
+            return super().compose_node(parent, index)
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _RefusedShape(
+                    context=TOO_DEEP,
+                    problem=DEEPEST_HINT,
+                    problem_mark=self.peek_event().start_mark,
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
 
 _StringDatesLoader.yaml_implicit_resolvers = {
@@ -60,13 +107,52 @@ _StringDatesLoader.add_constructor(
 )
 
 
+class _DuplicateKey(ValueError):
+    """A JSON object names a key twice (the JSON decoder has no position to give)."""
+
+
 def _no_duplicate_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in pairs:
         if key in out:
-            raise ValueError(f"duplicate key {key!r}")
+            raise _DuplicateKey(f"duplicate key {key!r}")
         out[key] = value
     return out
+
+
+def _too_deep(data: Any) -> bool:
+    """Whether parsed JSON nests more than :data:`MAX_DEPTH` levels (iterative: the data may be deep)."""
+    stack: list[tuple[Any, int]] = [(data, 1)] if isinstance(data, dict | list) else []
+    while stack:
+        node, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
+def _depth_mark(text: str) -> tuple[int, int]:
+    """(line, column), 1-based, of the bracket that opens level :data:`MAX_DEPTH` + 1 of a JSON text."""
+    depth, line, column, in_string, escaped = 0, 1, 0, False, False
+    for char in text:
+        column += 1
+        if char == "\n":
+            line, column = line + 1, 0
+        elif escaped:
+            escaped = False
+        elif in_string:
+            escaped = char == "\\"
+            in_string = char != '"'
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                break
+        elif char in "]}":
+            depth -= 1
+    return line, column
 
 
 def format_path(parts: Sequence[PathPart]) -> str:
@@ -163,23 +249,19 @@ def parse_document(
     if not text.strip():
         raise error(f"{kind} file is empty", source=source)
     if as_json:
-        try:
-            data = json.loads(text, object_pairs_hook=_no_duplicate_pairs)
-        except ValueError as exc:
-            if not isinstance(exc, json.JSONDecodeError):
-                raise error(
-                    f"not valid JSON: {exc}; each key may appear once per object", source=source
-                ) from None
-            raise error(
-                f"not valid JSON: {exc.msg}",
-                source=source,
-                problems=[Problem(path="", message=f"{exc.msg} (column {exc.colno})", line=exc.lineno)],
-            ) from None
+        data = _parse_json(text, source=source, error=error)
     else:
         try:
             data = yaml.load(text, Loader=_StringDatesLoader)  # noqa: S506 - a SafeLoader subclass
         except ValueError as exc:  # PyYAML's own limits, e.g. an integer of more than 4,300 digits
             raise error(f"not valid YAML: {exc}", source=source) from None
+        except _RefusedShape as exc:
+            mark = exc.problem_mark
+            assert mark is not None
+            located = Problem(
+                path="", message=f"{exc.problem} (column {mark.column + 1})", line=mark.line + 1
+            )
+            raise error(str(exc.context), source=source, problems=[located]) from None
         except yaml.YAMLError as exc:
             mark = getattr(exc, "problem_mark", None)
             what = getattr(exc, "problem", None) or str(exc)
@@ -195,6 +277,29 @@ def parse_document(
                 ],
             ) from None
     return Document(data=data, source=source, text=text)
+
+
+def _parse_json(text: str, *, source: str, error: type[InputError]) -> Any:
+    try:
+        data = json.loads(text, object_pairs_hook=_no_duplicate_pairs)
+    except _DuplicateKey as exc:
+        raise error(f"not valid JSON: {exc}; each key may appear once per object", source=source) from None
+    except json.JSONDecodeError as exc:
+        raise error(
+            f"not valid JSON: {exc.msg}",
+            source=source,
+            problems=[Problem(path="", message=f"{exc.msg} (column {exc.colno})", line=exc.lineno)],
+        ) from None
+    except ValueError as exc:  # Python's own limits, e.g. an integer of more than 4,300 digits
+        raise error(f"not valid JSON: {exc}", source=source) from None
+    except RecursionError:
+        data = None  # deeper than the decoder goes: certainly deeper than MAX_DEPTH
+    else:
+        if not _too_deep(data):
+            return data
+    line, column = _depth_mark(text)
+    located = Problem(path="", message=f"{DEEPEST_HINT} (column {column})", line=line)
+    raise error(TOO_DEEP, source=source, problems=[located])
 
 
 def suggest(name: str, choices: Iterable[str]) -> str:

@@ -12,6 +12,9 @@ A freeze calendar is a list of entries, in a plan (``freezes:``) or in the globa
 * ``ical: PATH`` — every event of an iCalendar file (relative to the file naming it): all-day and timed
   events, ``RRULE``/``RDATE``/``EXDATE`` recurrences and ``TZID`` zones, as ``recurring-ical-events``
   expands them. An event without an end lasts one day (all-day) or is an instant (ignored).
+  Expansion is bounded: an event repeating more than :data:`MAX_RECURRENCES` times from its start, or a file
+  contributing more than :data:`MAX_ICAL_PERIODS` occurrences to one wave (``FREQ=MINUTELY``), is refused
+  with the event named; files over :data:`MAX_ICAL_BYTES` are not read.
 
 Semantics, applied by :func:`first_allowed_window` (the ``next_window`` activity) and shown by the dry run:
 
@@ -31,6 +34,7 @@ change under it when someone edits the file later. Overlapping periods are merge
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
@@ -46,6 +50,14 @@ from patchflow.errors import InputError, Problem
 HORIZON = timedelta(days=800)
 #: Freezes that never leave room for a window: give up after this many skipped windows.
 MAX_SKIPPED_WINDOWS = 10_000
+#: Most occurrences of one recurring iCalendar event, counted from its DTSTART: expanding a calendar walks
+#: every one of them (an event repeating every minute has 1.15 million in :data:`HORIZON`).
+MAX_RECURRENCES = 50_000
+#: Most freeze occurrences an iCalendar file may contribute to one wave: they travel in the wave's input,
+#: which must stay small (a weekday freeze over :data:`HORIZON` has about 570).
+MAX_ICAL_PERIODS = 2_000
+#: Largest iCalendar file read (a year of a busy company calendar is well under 1 MiB).
+MAX_ICAL_BYTES = 8 * 1024 * 1024
 
 _ENTRY_KEYS = ("name", "timezone", "from", "to", "every_year", "ical")
 _MONTH_DAY_RE = re.compile(r"^(\d{2})-(\d{2})$")
@@ -320,6 +332,46 @@ def _month_day_in(year: int, month_day: tuple[int, int]) -> date | None:
         return None
 
 
+def _printable(text: str, limit: int = 200) -> str:
+    """A library's message about a broken file, safe to print: it may quote the file's raw (binary) bytes."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= limit else clean[: limit - 1] + "…"
+
+
+def _event_label(event: Any) -> str:
+    """How an operator finds the event in the file: its SUMMARY, else its UID."""
+    return repr(_printable(str(event.get("SUMMARY") or event.get("UID") or "(no SUMMARY or UID)"), 80))
+
+
+def _check_recurrences(path: Path, calendar: Any, end: datetime) -> None:
+    """Refuse an event whose RRULE repeats more than :data:`MAX_RECURRENCES` times between its DTSTART and
+    ``end`` before anything expands it: iCalendar expansion lists every occurrence from DTSTART on, so
+    ``FREQ=MINUTELY`` or ``FREQ=SECONDLY`` would take minutes and gigabytes. Counting walks the rule lazily and
+    stops at the limit."""
+    from dateutil.rrule import rrulestr
+
+    for event in calendar.walk("VEVENT"):
+        rules = event.get("RRULE")
+        if rules is None:
+            continue
+        begin = event.decoded("DTSTART")
+        # Counting needs no time zones: naive local times are exact enough for a bound.
+        first = begin.replace(tzinfo=None) if isinstance(begin, datetime) else datetime.combine(begin, time())
+        stop = end.astimezone(UTC).replace(tzinfo=None) + timedelta(days=1)
+        for rule in rules if isinstance(rules, list) else [rules]:
+            text = rule.to_ical().decode()
+            for count, occurrence in enumerate(rrulestr(text, dtstart=first, ignoretz=True), start=1):
+                if occurrence > stop:
+                    break
+                if count > MAX_RECURRENCES:
+                    raise FreezeError(
+                        f"{path}: event {_event_label(event)} (RRULE:{_printable(text)}) repeats more than "
+                        f"{MAX_RECURRENCES:,} times between its start ({first:%Y-%m-%d %H:%M}) and {end:%Y-%m-%d}; a change freeze "
+                        "repeats at most daily: use a longer event (DTEND) with FREQ=DAILY or WEEKLY, a COUNT or "
+                        "UNTIL, or a later DTSTART"
+                    )
+
+
 def _ical_events(
     path: Path, start: datetime, end: datetime, zone: ZoneInfo
 ) -> list[tuple[datetime, datetime, str | None]]:
@@ -327,10 +379,27 @@ def _ical_events(
     import recurring_ical_events
 
     try:
+        size = path.stat().st_size
+        if size > MAX_ICAL_BYTES:
+            raise FreezeError(
+                f"{path}: {size:,} bytes is more than the {MAX_ICAL_BYTES // 2**20} MiB an iCalendar freeze "
+                "file may have; export only the freeze calendar"
+            )
         calendar = icalendar.Calendar.from_ical(path.read_bytes())
+        _check_recurrences(path, calendar, end)
         events = recurring_ical_events.of(calendar).between(start, end)
+    except FreezeError:
+        raise
     except Exception as exc:  # noqa: BLE001 - the libraries raise many types for a bad file
-        raise FreezeError(f"{path}: not a readable iCalendar file ({exc})") from None
+        raise FreezeError(f"{path}: not a readable iCalendar file ({_printable(str(exc))})") from None
+    if len(events) > MAX_ICAL_PERIODS:
+        counts = Counter(_event_label(event) for event in events)
+        label, count = counts.most_common(1)[0]
+        raise FreezeError(
+            f"{path}: {len(events):,} freeze occurrences between {start:%Y-%m-%d} and {end:%Y-%m-%d}, more than "
+            f"the {MAX_ICAL_PERIODS:,} a wave can carry; event {label} alone occurs {count:,} times: make it "
+            "one longer event, or repeat it less often"
+        )
     out: list[tuple[datetime, datetime, str | None]] = []
     for event in events:
         begin = event.get("DTSTART")

@@ -44,6 +44,14 @@ _SSM_EXECUTOR_KEYS = (
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 #: Upper bound of soak times: longer waits are a typo, not a plan (and would overflow timers).
 MAX_DURATION_SECONDS = 90 * 24 * 3600
+#: Largest absolute ``max_concurrency``/``max_errors``: AWS ``SendCommand`` takes MaxConcurrency and MaxErrors
+#: of at most 7 characters (so 9,999,999 instances, or a percentage); larger numbers would overflow the
+#: history database's integer columns.
+MAX_LIMIT = 9_999_999
+#: Largest ``gate.health.max_unhealthy``: far more instances than any stage has (fleets hold at most 100,000).
+MAX_UNHEALTHY = 1_000_000
+#: Largest ``executor.time_scale``: 1 is real time, 0 makes every simulated operation instant.
+MAX_TIME_SCALE = 1000
 
 
 def parse_duration(text: str) -> int:
@@ -150,145 +158,175 @@ _PLAN_KEYS = (
     "freeze_override_approvers",
     "task_queue",
 )
+_AWS_NAMES = {"max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors"}
 _STAGE_KEYS = ("name", "targets", "window", "max_concurrency", "max_errors", "soak", "gate", "on_failure")
 
 
+class _Checker:
+    """Collects located problems while the steps of :func:`parse_plan` walk the document."""
+
+    def __init__(self, doc: Document) -> None:
+        self.doc = doc
+        self.base_dir = Path(doc.source).resolve().parent
+        self.problems: list[Problem] = []
+
+    def bad(self, path: tuple[PathPart, ...], message: str) -> None:
+        self.problems.append(self.doc.problem(path, message))
+
+    def unknown_keys(
+        self, raw: dict[Any, Any], allowed: tuple[str, ...], where: tuple[PathPart, ...]
+    ) -> bool:
+        """Report every key of ``raw`` not in ``allowed``; True when there were none."""
+        unknown = [str(key) for key in raw if key not in allowed]
+        for key in unknown:
+            self.bad((*where, key), unknown_key(key, allowed))
+        return not unknown
+
+    def existing_file(self, key: str, value: Any, path: tuple[PathPart, ...]) -> Path:
+        """A file named relative to the plan; reported (and ``Path()``) when it is missing."""
+        if not isinstance(value, str) or not value:
+            self.bad(path, f"required: the path of the {key} file, relative to the plan")
+            return Path()
+        resolved = (self.base_dir / value).resolve()
+        if not resolved.is_file():
+            self.bad(
+                path, f"{value!r} does not exist (looked for {resolved}); paths are relative to the plan file"
+            )
+        return resolved
+
+
 def parse_plan(doc: Document) -> Plan:
-    """Validate a parsed plan document; every problem in the file is reported at once."""
-    problems: list[Problem] = []
-    base_dir = Path(doc.source).resolve().parent
+    """Validate a parsed plan document; every problem in the file is reported at once.
 
-    def bad(path: tuple[PathPart, ...], message: str) -> None:
-        problems.append(doc.problem(path, message))
-
+    Steps: the top-level keys, the name, the baseline and catalog files, the executor, the plan-wide
+    options, the freezes, the stages; then either every problem or the plan.
+    """
     data = doc.data
     if not isinstance(data, dict):
         raise PlanError(
             "a plan must be a mapping with name, baseline, catalog, executor and stages", source=doc.source
         )
-    for key in data:
-        if key not in _PLAN_KEYS:
-            bad((str(key),), unknown_key(str(key), _PLAN_KEYS))
+    check = _Checker(doc)
+    check.unknown_keys(data, _PLAN_KEYS, ())
+    name = _plan_name(data.get("name"), check)
+    baseline = check.existing_file("baseline", data.get("baseline"), ("baseline",))
+    catalog = check.existing_file("catalog", data.get("catalog"), ("catalog",))
+    executor = _parse_executor(data.get("executor"), check)
+    options = _plan_options(data, check)
+    freezes = parse_freezes(
+        data.get("freezes"), doc=doc, path=("freezes",), base_dir=check.base_dir, problems=check.problems
+    )
+    stages = _parse_stages(data.get("stages"), check)
+    if check.problems:
+        raise PlanError("invalid rollout plan", source=doc.source, problems=check.problems)
+    return Plan(
+        name=name,
+        source=Path(doc.source).resolve(),
+        baseline=baseline,
+        catalog=catalog,
+        executor=executor,
+        stages=tuple(stages),
+        freezes=tuple(freezes),
+        **options,
+    )
 
-    name = data.get("name")
+
+def _plan_name(name: Any, check: _Checker) -> str:
     if not isinstance(name, str) or not _NAME_RE.match(name):
-        bad(
+        check.bad(
             ("name",),
             "required: 1–64 characters of letters, digits, '_', '-' and '.', starting with a letter or digit",
         )
-        name = "invalid"
+        return "invalid"
+    return name
 
-    def existing_file(key: str, value: Any, path: tuple[PathPart, ...]) -> Path:
-        if not isinstance(value, str) or not value:
-            bad(path, f"required: the path of the {key} file, relative to the plan")
-            return Path()
-        resolved = (base_dir / value).resolve()
-        if not resolved.is_file():
-            bad(
-                path, f"{value!r} does not exist (looked for {resolved}); paths are relative to the plan file"
-            )
-        return resolved
 
-    baseline = existing_file("baseline", data.get("baseline"), ("baseline",))
-    catalog = existing_file("catalog", data.get("catalog"), ("catalog",))
-
-    executor = ExecutorConfig(kind="invalid")
-    raw_exec = data.get("executor")
-    if not isinstance(raw_exec, dict):
-        bad(("executor",), "required: {kind: simulated, fleet: PATH}")
-    else:
-        kind = raw_exec.get("kind")
-        allowed = _SSM_EXECUTOR_KEYS if kind == "ssm" else _SIMULATED_EXECUTOR_KEYS
-        for key in raw_exec:
-            if key not in allowed:
-                bad(
-                    ("executor", str(key)),
-                    unknown_key(str(key), allowed, context=str(kind)),
-                )
-        if kind not in EXECUTOR_KINDS:
-            bad(("executor", "kind"), f"{kind!r} is not an executor; use one of {', '.join(EXECUTOR_KINDS)}")
-        fleet = (
-            existing_file("fleet", raw_exec.get("fleet"), ("executor", "fleet"))
-            if kind == "simulated"
-            else None
+def _parse_executor(raw: Any, check: _Checker) -> ExecutorConfig:
+    if not isinstance(raw, dict):
+        check.bad(("executor",), "required: {kind: simulated, fleet: PATH}")
+        return ExecutorConfig(kind="invalid")
+    kind = raw.get("kind")
+    allowed = _SSM_EXECUTOR_KEYS if kind == "ssm" else _SIMULATED_EXECUTOR_KEYS
+    for key in raw:
+        if key not in allowed:
+            check.bad(("executor", str(key)), unknown_key(str(key), allowed, context=str(kind)))
+    if kind not in EXECUTOR_KINDS:
+        check.bad(
+            ("executor", "kind"), f"{kind!r} is not an executor; use one of {', '.join(EXECUTOR_KINDS)}"
         )
-        scale = raw_exec.get("time_scale", 1.0)
-        if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 <= scale <= 1000:
-            bad(("executor", "time_scale"), f"{scale!r}: expected a number from 0 to 1000 (1 = real time)")
-            scale = 1.0
-        ssm = _ssm_options(raw_exec, bad) if kind == "ssm" else {}
-        executor = ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale), **ssm)
+    fleet = (
+        check.existing_file("fleet", raw.get("fleet"), ("executor", "fleet")) if kind == "simulated" else None
+    )
+    scale = raw.get("time_scale", 1.0)
+    if isinstance(scale, bool) or not isinstance(scale, int | float) or not 0 <= scale <= MAX_TIME_SCALE:
+        check.bad(
+            ("executor", "time_scale"),
+            f"{scale!r}: expected a number from 0 to {MAX_TIME_SCALE} (1 = real time)",
+        )
+        scale = 1.0
+    ssm = _ssm_options(raw, check.bad) if kind == "ssm" else {}
+    return ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale), **ssm)
 
+
+def _plan_options(data: dict[str, Any], check: _Checker) -> dict[str, Any]:
+    """The optional plan-wide settings, as :class:`Plan` fields (invalid ones reported and left at default)."""
     slack_channel = data.get("slack_channel")
     if slack_channel is not None and (
         not isinstance(slack_channel, str) or not re.fullmatch(r"[CG][A-Z0-9]{6,20}", slack_channel)
     ):
-        bad(
+        check.bad(
             ("slack_channel",),
             f"{slack_channel!r} is not a Slack channel id; use the C… id from the channel's details",
         )
         slack_channel = None
     undeliverable = data.get("undeliverable_counts_as_error", False)
     if not isinstance(undeliverable, bool):
-        bad(("undeliverable_counts_as_error",), "expected true or false")
+        check.bad(("undeliverable_counts_as_error",), "expected true or false")
         undeliverable = False
-
-    freezes = parse_freezes(
-        data.get("freezes"), doc=doc, path=("freezes",), base_dir=base_dir, problems=problems
-    )
     override_approvers = data.get("freeze_override_approvers", [])
     if not isinstance(override_approvers, list) or not all(
         isinstance(a, str) and a.strip() for a in override_approvers
     ):
-        bad(("freeze_override_approvers",), "expected a list of the people who may override a freeze")
+        check.bad(("freeze_override_approvers",), "expected a list of the people who may override a freeze")
         override_approvers = []
-
     task_queue = data.get("task_queue")
     if task_queue is not None and (
         not isinstance(task_queue, str)
         or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]{0,199}", task_queue)
     ):
-        bad(
+        check.bad(
             ("task_queue",),
             f"{task_queue!r} is not a task queue name; use the PATCHFLOW_TASK_QUEUE of the workers that should run "
             "this plan (letters, digits, '_', '-', '.', ':', '/'; up to 200)",
         )
         task_queue = None
+    return {
+        "undeliverable_counts_as_error": undeliverable,
+        "slack_channel": slack_channel,
+        "freeze_override_approvers": tuple(a.strip() for a in override_approvers),
+        "task_queue": task_queue,
+    }
 
-    stages: list[Stage] = []
-    raw_stages = data.get("stages")
+
+def _parse_stages(raw_stages: Any, check: _Checker) -> list[Stage]:
     if not isinstance(raw_stages, list) or not raw_stages:
-        bad(("stages",), "required: a non-empty list of stages (e.g. dev, test, prod)")
-        raw_stages = []
+        check.bad(("stages",), "required: a non-empty list of stages (e.g. dev, test, prod)")
+        return []
+    stages: list[Stage] = []
     seen: set[str] = set()
     for i, raw in enumerate(raw_stages):
         where: tuple[PathPart, ...] = ("stages", i)
         if not isinstance(raw, dict):
-            bad(where, "expected a stage mapping with name, targets, window, …")
+            check.bad(where, "expected a stage mapping with name, targets, window, …")
             continue
-        stage = _parse_stage(raw, where, bad)
+        stage = _parse_stage(raw, where, check.bad)
         if stage is None:
             continue
         if stage.name in seen:
-            bad((*where, "name"), f"stage name {stage.name!r} is used twice")
+            check.bad((*where, "name"), f"stage name {stage.name!r} is used twice")
         seen.add(stage.name)
         stages.append(stage)
-
-    if problems:
-        raise PlanError("invalid rollout plan", source=doc.source, problems=problems)
-    return Plan(
-        name=str(name),
-        source=Path(doc.source).resolve(),
-        baseline=baseline,
-        catalog=catalog,
-        executor=executor,
-        stages=tuple(stages),
-        undeliverable_counts_as_error=undeliverable,
-        slack_channel=slack_channel,
-        freezes=tuple(freezes),
-        freeze_override_approvers=tuple(a.strip() for a in override_approvers),
-        task_queue=task_queue,
-    )
+    return stages
 
 
 def _ssm_options(raw: dict[str, Any], bad: Any) -> dict[str, Any]:
@@ -370,6 +408,14 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         except ValueError as exc:
             bad((*where, key), str(exc))
             ok = False
+            continue
+        if not limits[key].percent and limits[key].value > MAX_LIMIT:
+            bad(
+                (*where, key),
+                f"{limits[key].value} is more than {MAX_LIMIT:,} (AWS's {_AWS_NAMES[key]} takes at most 7 "
+                "characters); use a percentage such as '100%' for all targets",
+            )
+            ok = False
 
     soak = 0
     raw_soak = raw.get("soak", "0s")
@@ -429,8 +475,12 @@ def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:
                 bad((*where, "health", str(key)), f"unknown key{suggest(str(key), ('max_unhealthy', 'url'))}")
                 return None
         max_unhealthy = body.get("max_unhealthy", 0)
-        if isinstance(max_unhealthy, bool) or not isinstance(max_unhealthy, int) or max_unhealthy < 0:
-            bad((*where, "health", "max_unhealthy"), "expected a whole number ≥ 0")
+        if (
+            isinstance(max_unhealthy, bool)
+            or not isinstance(max_unhealthy, int)
+            or not 0 <= max_unhealthy <= MAX_UNHEALTHY
+        ):
+            bad((*where, "health", "max_unhealthy"), f"expected a whole number from 0 to {MAX_UNHEALTHY:,}")
             return None
         url = body.get("url")
         if url is not None and (not isinstance(url, str) or not url.startswith(("http://", "https://"))):

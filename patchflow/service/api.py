@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import uvicorn
-import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -118,10 +117,6 @@ LIST_BATCH = 20
 
 MAX_LIST_SCAN = 1000
 """Most workflows a filtered list looks at before it returns what it found."""
-
-MAX_YAML_DEPTH = 64
-"""Nesting of uploaded YAML/JSON documents: real baselines nest 6 deep; a 100,000-deep list would exhaust
-the parser's recursion and is refused up front."""
 
 MAX_TOKEN = 512
 """Longest bearer token worth hashing (patchflow's are ~60 characters)."""
@@ -876,41 +871,11 @@ async def dry_run_plan(
 # ---------------------------------------------------------------------------------------------- baselines
 
 
-def _check_yaml_shape(text: str, kind: str, error: type[InputError]) -> None:
-    """Refuse YAML aliases and deep nesting before parsing: both make a small upload cost unbounded memory or
-    recursion (a "billion laughs" document; ``[[[[…]]]]``). Syntax errors are left to the parser, which
-    reports them with their line."""
-    depth = 0
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise error(
-                    "YAML aliases (*name) are not accepted in uploaded documents; write the values out",
-                    source=f"request body: {kind}",
-                )
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_YAML_DEPTH:
-                    raise error(
-                        f"nested more than {MAX_YAML_DEPTH} levels deep; no {kind} needs that",
-                        source=f"request body: {kind}",
-                    )
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-    except yaml.YAMLError:
-        return
-
-
 def _document(text: str, kind: str, error: type[InputError]) -> Document:
+    """Parse an uploaded document with the loader local files use (aliases and deep nesting refused)."""
     from patchflow.core.documents import parse_document
 
-    _check_yaml_shape(text, kind, error)
-    try:
-        return parse_document(text, source=f"request body: {kind}", kind=kind, error=error)
-    except InputError:
-        raise
-    except ValueError as exc:  # PyYAML's own limits, e.g. an integer of more than 4,300 digits
-        raise error(f"not valid YAML: {exc}", source=f"request body: {kind}") from None
+    return parse_document(text, source=f"request body: {kind}", kind=kind, error=error)
 
 
 def _baseline(text: str) -> Baseline:

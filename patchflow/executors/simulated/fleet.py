@@ -3,7 +3,7 @@
 A fleet file (YAML or JSON) lists instances one by one (``instances``) and/or many at once (``generate``)::
 
     name: demo                    # optional; default: the file name without its extension
-    seed: 42                      # optional, default 0: every random draw is derived from it
+    seed: 42                      # optional, default 0 (0 to 2**63 - 1): every random draw is derived from it
     instances:
       - id: i-0dev0000000000001
         tags: {"Patch Group": dev, Name: web-1}
@@ -32,6 +32,8 @@ Rules a reader cannot guess from the example:
   position of an entry — and adding an instance or a field never re-rolls the others. A range is also
   allowed on an explicit instance.
 * Explicit instances set flags (``fail: true``); generated ones set rates (``fail_rate: 0.02``).
+* **Ranges**: ``count`` 1 to :data:`MAX_INSTANCES` (for the whole fleet), ``duration_seconds`` 0 to
+  :data:`MAX_DURATION_SECONDS`, rates 0 to 1, ``seed`` 0 to :data:`MAX_SEED`.
 * :attr:`Fleet.digest` is the SHA-256 of the file's bytes: the simulated executor keys its persisted state
   on it, so editing the file starts a fresh simulated fleet instead of mixing old state with new behaviour.
 
@@ -72,6 +74,10 @@ MAX_INSTANCES = 100_000
 fast instead of filling memory and the state database."""
 DEFAULT_DURATION_SECONDS = 1.0
 """Simulated install time when a behaviour does not say."""
+MAX_DURATION_SECONDS = 86_400.0
+"""Longest simulated install (``duration_seconds``, each end of a range): a day; longer is a typo."""
+MAX_SEED = 2**63 - 1
+"""Largest ``seed`` (a signed 64-bit number, as the state database stores it)."""
 MAX_PROBLEMS = 50
 """Stop collecting problems after this many: a broken generator would otherwise report thousands."""
 
@@ -276,6 +282,12 @@ class _FleetChecker(_Checker):
             low = high = single
         if low < 0 or high < 0:
             self.bad(path, f"durations cannot be negative, got {value!r}")
+            return (0.0, 0.0)
+        if high > MAX_DURATION_SECONDS:
+            self.bad(
+                path,
+                f"{value!r}: a simulated install takes at most {MAX_DURATION_SECONDS:,.0f} seconds (a day)",
+            )
             return (0.0, 0.0)
         if low > high:
             self.bad(path, f"the range [min, max] has min > max ({value!r}): swap them")
@@ -494,6 +506,9 @@ def parse_fleet(doc: Document, *, digest: str, default_name: str = "fleet") -> F
     seed = data.get("seed", 0)
     if isinstance(seed, bool) or not isinstance(seed, int):
         check.bad(("seed",), f"expected a whole number, got {_kind(seed)}")
+        seed = 0
+    elif not 0 <= seed <= MAX_SEED:
+        check.bad(("seed",), f"{seed} is out of range: use 0 to 2**63 - 1")
         seed = 0
     parser = _FleetParser(seed, check)
     for key, parse in (("instances", parser.explicit), ("generate", parser.generated)):

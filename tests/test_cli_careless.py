@@ -1,0 +1,240 @@
+"""The command line under careless input (issue 16): bounded memory, no hangs, exit codes that mean what they
+say. Each test runs the real ``patchflow`` process; memory-hungry inputs run under an address-space limit
+(``RLIMIT_AS``) and a timeout, so a regression fails the test instead of the machine."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+#: Address space a command may use: several times what validating any shipped file needs.
+MEMORY_LIMIT_BYTES = 1536 * 1024 * 1024
+
+
+def _limit_memory() -> None:
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT_BYTES, MEMORY_LIMIT_BYTES))
+
+
+def run(
+    *args: str, data_dir: Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``patchflow ARGS`` in a real process under the memory limit and a timeout."""
+    full_env = {**os.environ, "PATCHFLOW_DATA_DIR": str(data_dir), **(env or {})}
+    full_env.pop("PATCHFLOW_DEBUG", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "patchflow", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO_ROOT,
+        timeout=timeout,
+        preexec_fn=_limit_memory,
+    )
+    assert "Traceback" not in proc.stderr, proc.stderr
+    return proc
+
+
+# ---------------------------------------------------------------------------------------------- 1. aliases
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("Name: &a [*a]\n", 1),  # a cycle: the line map used to walk it forever
+        ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n", 2),
+        (  # "billion laughs": a few hundred bytes that expand to 9^8 nodes
+            "a: &a [x, x, x, x, x, x, x, x, x]\n"
+            + "".join(
+                f"{chr(98 + i)}: &{chr(98 + i)} [{', '.join([f'*{chr(97 + i)}'] * 9)}]\n" for i in range(8)
+            ),
+            2,
+        ),
+    ],
+)
+def test_yaml_aliases_are_refused_with_their_line_in_bounded_memory(
+    tmp_path: Path, text: str, line: int
+) -> None:
+    """Every file-reading command refuses aliases (as the REST API does) instead of expanding them."""
+    path = tmp_path / "a.yaml"
+    path.write_text(text)
+    for args in (("baseline", "validate", str(path)), ("plan", str(path)), ("fleet", "status", str(path))):
+        proc = run(*args, data_dir=tmp_path)
+        assert proc.returncode == 2, (args, proc.stderr)
+        assert "YAML aliases (*name) are not accepted" in proc.stderr
+        assert f"{path}:{line}: alias *" in proc.stderr and "write the values out" in proc.stderr
+
+
+def test_anchors_without_aliases_still_load(tmp_path: Path) -> None:
+    path = tmp_path / "b.yaml"
+    path.write_text(
+        "Name: &n anchored-name\nOperatingSystem: UBUNTU\nApprovalRules:\n  PatchRules:\n"
+        "    - PatchFilterGroup: {PatchFilters: [{Key: PRIORITY, Values: [Required]}]}\n"
+        "      ApproveAfterDays: 0\n"
+    )
+    proc = run("baseline", "validate", str(path), data_dir=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- 2. nesting
+
+
+@pytest.mark.parametrize("suffix", [".json", ".yaml"])
+def test_deep_nesting_is_bad_input_not_a_bug(tmp_path: Path, suffix: str) -> None:
+    """``[[[[…]]]]`` 100,000 deep used to end in RecursionError (exit 70); it is bad input, located."""
+    path = tmp_path / f"d{suffix}"
+    path.write_text("\n" + "[" * 100_000 + "]" * 100_000 + "\n")
+    proc = run("baseline", "validate", str(path), data_dir=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert "nested more than 64 levels deep" in proc.stderr
+    assert f"{path}:2: level 65 opens here" in proc.stderr and "(column 65)" in proc.stderr
+
+
+def test_json_just_deeper_than_the_limit_is_refused_too(tmp_path: Path) -> None:
+    """Deep enough to exceed the limit but not the JSON decoder: still refused, at the right bracket."""
+    path = tmp_path / "d.json"
+    path.write_text('{"Name": "x", "a": "[[[\\"", "b":\n' + "[" * 70 + "]" * 70 + "}")
+    proc = run("baseline", "validate", str(path), data_dir=tmp_path)
+    assert proc.returncode == 2 and f"{path}:2: level 65 opens here" in proc.stderr, proc.stderr
+    assert "(column 64)" in proc.stderr  # the object's { is level 1, so the 64th [ opens level 65
+
+
+# ---------------------------------------------------------------------------------------------- 3. freezes
+
+
+def write_plan(directory: Path, extra: str = "", **stage: str) -> Path:
+    """The shipped demo plan with absolute paths, ``extra`` top-level YAML, and the first stage's keys
+    replaced by ``stage`` (raw YAML values)."""
+    from tests.conftest import EXAMPLES_DIR
+
+    first = {
+        "window": "now",
+        "max_concurrency": "2",
+        "max_errors": "0",
+        **stage,
+    }
+    body = "".join(f"    {key}: {value}\n" for key, value in first.items())
+    path = directory / "plan.yaml"
+    path.write_text(
+        f"name: careless\nbaseline: {EXAMPLES_DIR.parent / 'ubuntu-staged.yaml'}\n"
+        f"catalog: {EXAMPLES_DIR / 'ubuntu-catalog.json'}\n"
+        f"executor: {{kind: simulated, fleet: {EXAMPLES_DIR / 'fleet.yaml'}, time_scale: 0.1}}\n"
+        f"{extra}"
+        "stages:\n  - name: dev\n    targets: {patch_group: dev}\n" + body
+    )
+    return path
+
+
+ICS = """BEGIN:VCALENDAR
+VERSION:2.0
+PRODID:-//patchflow tests//careless//EN
+BEGIN:VEVENT
+UID:chatty@patchflow.test
+DTSTAMP:20260101T000000Z
+DTSTART:20260101T000000Z
+DURATION:PT30S
+RRULE:FREQ={freq}
+SUMMARY:Stand-up
+END:VEVENT
+END:VCALENDAR
+"""
+
+
+@pytest.mark.parametrize("freq", ["MINUTELY", "SECONDLY", "HOURLY"])
+def test_a_freeze_repeating_every_minute_is_refused_naming_the_event(tmp_path: Path, freq: str) -> None:
+    """RFC 5545 RRULE: FREQ=SECONDLY/MINUTELY/HOURLY expand to millions of occurrences over the 800 days a
+    wave looks ahead; ``patchflow plan`` used to run for minutes and gigabytes. Refused, bounded, named."""
+    (tmp_path / "chatty.ics").write_text(ICS.format(freq=freq).replace("\n", "\r\n"))
+    plan = write_plan(tmp_path, extra="freezes:\n  - name: meetings\n    ical: chatty.ics\n")
+    proc = run("plan", str(plan), data_dir=tmp_path / "data", timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    assert "chatty.ics" in proc.stderr and "event 'Stand-up'" in proc.stderr
+    assert f"RRULE:FREQ={freq}" in proc.stderr or "freeze occurrences" in proc.stderr
+
+
+def test_binary_ics_content_is_never_echoed_raw(tmp_path: Path) -> None:
+    (tmp_path / "bin.ics").write_bytes(
+        b"\x00\x01\x1b[31mBEGIN:VCALENDAR\n\x07\xff\xfe garbage\nEND:VCALENDAR\n"
+    )
+    plan = write_plan(tmp_path, extra="freezes:\n  - name: meetings\n    ical: bin.ics\n")
+    proc = run("plan", str(plan), data_dir=tmp_path / "data")
+    assert proc.returncode == 2 and "not a readable iCalendar file" in proc.stderr
+    assert not any(c in proc.stderr for c in "\x00\x01\x1b\x07"), repr(proc.stderr)
+
+
+# ---------------------------------------------------------------------------------------------- 4. ranges
+
+
+def test_absurd_numbers_in_a_plan_are_refused_at_validation_all_at_once(tmp_path: Path) -> None:
+    """AWS ``SendCommand``: MaxConcurrency and MaxErrors are at most 7 characters (pattern
+    ``^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$``, resp. with 0). A 31-digit concurrency used to start a wave whose
+    every history write then overflowed; now ``patchflow plan`` refuses it with every other range problem."""
+    plan = write_plan(
+        tmp_path,
+        max_concurrency="1000000000000000000000000000000",
+        max_errors="10000000",
+        gate="{health: {max_unhealthy: 99999999999999999999}}",
+    )
+    proc = run("plan", str(plan), data_dir=tmp_path / "data")
+    assert proc.returncode == 2, proc.stderr
+    assert "(3 problems)" in proc.stderr
+    assert f"{plan}:9: stages[0].max_concurrency: 1000000000000000000000000000000 is more than 9,999,999" in (
+        proc.stderr
+    )
+    assert "AWS's MaxConcurrency takes at most 7 characters" in proc.stderr
+    assert f"{plan}:10: stages[0].max_errors: 10000000 is more than 9,999,999" in proc.stderr
+    assert "stages[0].gate.health.max_unhealthy: expected a whole number from 0 to 1,000,000" in proc.stderr
+    at_limit = write_plan(tmp_path, max_concurrency="9999999", max_errors="'100%'")
+    assert run("plan", str(at_limit), data_dir=tmp_path / "data").returncode == 0
+
+
+def test_absurd_numbers_in_a_fleet_are_refused(tmp_path: Path) -> None:
+    fleet = tmp_path / "fleet.yaml"
+    fleet.write_text(
+        "seed: 100000000000000000000000\ninstances:\n  - id: i-1\n    platform: {family: deb}\n"
+        "    behaviour: {duration_seconds: 1.0e+300}\n"
+    )
+    proc = run("fleet", "status", str(fleet), data_dir=tmp_path / "data")
+    assert proc.returncode == 2, proc.stderr
+    assert f"{fleet}:1: seed: 100000000000000000000000 is out of range: use 0 to 2**63 - 1" in proc.stderr
+    assert f"{fleet}:5: instances[0].behaviour.duration_seconds" in proc.stderr
+    assert "at most 86,400 seconds" in proc.stderr
+
+
+def test_approve_after_days_keeps_aws_range(tmp_path: Path) -> None:
+    """AWS ``PatchRule.ApproveAfterDays``: valid range 0–360."""
+    baseline = tmp_path / "b.yaml"
+    baseline.write_text(
+        "Name: big-days\nOperatingSystem: AMAZON_LINUX_2023\nApprovalRules:\n  PatchRules:\n"
+        "    - PatchFilterGroup: {PatchFilters: []}\n      ApproveAfterDays: 1000000000000000000000000\n"
+    )
+    proc = run("baseline", "validate", str(baseline), data_dir=tmp_path)
+    assert proc.returncode == 2 and "ApproveAfterDays" in proc.stderr and "use 0–360 days" in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- 8. read-only
+
+
+@pytest.mark.parametrize("data_dir", ["/sys/patchflow-test-data", "/sys/kernel"])
+def test_a_data_directory_that_cannot_be_written_is_not_a_bug(tmp_path: Path, data_dir: str) -> None:
+    """``/sys`` refuses new files even to root: a data directory there (missing, or existing but unwritable)
+    used to end in "internal error: PermissionError" (exit 70); now exit 1 with the path and what to do."""
+    from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
+
+    for args in (
+        ("baseline", "evaluate", str(BASELINES_DIR / "ubuntu-staged.yaml"), "--catalog",
+         str(EXAMPLES_DIR / "ubuntu-catalog.json")),
+        ("fleet", "status", str(EXAMPLES_DIR / "fleet.yaml")),
+        ("plan", str(EXAMPLES_DIR / "demo-plan.yaml")),
+    ):  # fmt: skip
+        proc = run(*args, data_dir=Path(data_dir))
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert f"error: cannot write {data_dir}" in proc.stderr
+        assert f"PATCHFLOW_DATA_DIR ({data_dir}): make that directory writable" in proc.stderr
+        assert "internal error" not in proc.stderr
