@@ -49,8 +49,8 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
-from temporalio.client import Client, WorkflowExecution
-from temporalio.service import RPCError
+from temporalio.client import Client, WorkflowExecution, WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.core.evaluation import PatchSet
 from patchflow.core.patchsets import PatchSetStore
@@ -99,6 +99,8 @@ AUDIT_SCAN = 20_000
 """Most audit entries one audit page reads (newest window first); the page says when it stopped short."""
 POLL_SECONDS = 3
 """How often an open page refreshes its live regions."""
+FINISHED_CACHE = 16
+"""Finished waves whose status is kept (a 10,000-instance status is a few MB in memory)."""
 LIST_LIMIT = 50
 """Waves on the list page (the REST API's default)."""
 
@@ -247,6 +249,8 @@ class UiState:
         self.login_forms = LoginForms()
         self._inputs: OrderedDict[str, WaveInput] = OrderedDict()
         self._patch_sets: OrderedDict[str, PatchSet | None] = OrderedDict()
+        self.finished: OrderedDict[tuple[str, str], WaveStatus] = OrderedDict()
+        """Statuses of finished waves by (wave id, run id): a completed workflow's result never changes."""
 
     async def wave_input(self, client: Client, wave_id: str) -> WaveInput | None:
         """The input the wave started with (stages, gates, approvers, freezes): read once, it never changes."""
@@ -810,8 +814,7 @@ async def wave_page(
     if not wave_id or len(wave_id) > MAX_TEXT:
         raise UiError(404, "no such wave")
     client = await ui.api.temporal.get()
-    status = await _wave_status(client, wave_id, ui.api.settings.task_queue)
-    description = await client.get_workflow_handle(wave_id).describe()
+    status, description = await _wave_status(ui, client, wave_id)
     inp = await ui.wave_input(client, wave_id)
     stage_names = [s.name for s in status.stages]
     stage_filter = _choice(stage, stage_names, "stage")
@@ -865,17 +868,41 @@ async def wave_page(
     )
 
 
-async def _wave_status(client: Client, wave_id: str, task_queue: str) -> WaveStatus:
+async def _wave_status(
+    ui: UiState, client: Client, wave_id: str
+) -> tuple[WaveStatus, WorkflowExecutionDescription]:
+    """The wave's status and its workflow's description (start and close times).
+
+    A finished wave's status is its recorded result, which never changes: it is kept (per run) so paging
+    through a large finished wave does not decode its result again for every page.
+    """
     from patchflow.control.waves import wave_status
 
     try:
-        return await asyncio.wait_for(wave_status(client, wave_id), STATUS_TIMEOUT_SECONDS)
+        description = await client.get_workflow_handle(wave_id).describe()
+    except RPCError as exc:
+        if exc.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+            raise NotFoundError(f"no wave {wave_id!r}; the waves page lists them") from None
+        raise
+    if description.workflow_type != "WaveWorkflow":
+        raise NotFoundError(f"no wave {wave_id!r}; the waves page lists them")
+    key = (wave_id, description.run_id)
+    cached = ui.finished.get(key)
+    if cached is not None:
+        return cached, description
+    try:
+        status = await asyncio.wait_for(wave_status(client, wave_id), STATUS_TIMEOUT_SECONDS)
     except TimeoutError:
         raise UiError(
             503,
             f"wave {wave_id} did not answer within {STATUS_TIMEOUT_SECONDS:.0f}s; is a worker polling task "
-            f"queue {task_queue!r}?",
+            f"queue {ui.api.settings.task_queue!r}?",
         ) from None
+    if description.status == WorkflowExecutionStatus.COMPLETED:
+        ui.finished[key] = status
+        while len(ui.finished) > FINISHED_CACHE:
+            ui.finished.popitem(last=False)
+    return status, description
 
 
 # ---------------------------------------------------------------------------------------------- actions
@@ -901,7 +928,7 @@ async def confirm_page(request: Request, wave_id: str, action: str) -> HTMLRespo
     if not viewer.may(action):
         raise await _refuse(ui, viewer, action, wave_id)
     client = await ui.api.temporal.get()
-    status = await _wave_status(client, wave_id, ui.api.settings.task_queue)
+    status, _ = await _wave_status(ui, client, wave_id)
     return _page(
         request,
         "confirm.html",
