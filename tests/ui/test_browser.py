@@ -8,8 +8,9 @@ page with axe-core (WCAG 2.1 A and AA rules: labels, contrast, landmarks, names 
 from __future__ import annotations
 
 import asyncio
+import base64
 import os
-import time
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -57,9 +58,16 @@ class Console:
     def text(self, css: str) -> str:
         return str(self.driver.find_element(By.CSS_SELECTOR, css).text)
 
-    def shot(self, name: str) -> Path:
+    def shot(self, name: str, *, height: int = 4000) -> Path:
+        """The whole page, not only the window (Chrome DevTools Protocol, Page.captureScreenshot with
+        captureBeyondViewport), at most ``height`` CSS pixels of it."""
         path = self.folder / f"{name}.png"
-        self.driver.save_screenshot(str(path))
+        size = self.driver.execute_cdp_cmd("Page.getLayoutMetrics", {})["cssContentSize"]
+        clip = {"x": 0, "y": 0, "width": size["width"], "height": min(size["height"], height), "scale": 1}
+        shot = self.driver.execute_cdp_cmd(
+            "Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True, "clip": clip}
+        )
+        path.write_bytes(base64.b64decode(shot["data"]))
         return path
 
     def check_accessible(self, name: str) -> None:
@@ -136,6 +144,9 @@ def test_approver_approves_prod_and_another_approver_is_refused(console: Console
     console.sign_out()
 
     console.sign_in("ops-lead")
+    console.open(f"/ui/waves/{wave_id}")
+    assert "not among them" not in console.text("#gate-title + p")
+    console.shot("wave-waiting-approval", height=1450)
     console.open("/ui/approvals")
     mine = console.text("[data-testid=mine]")
     assert wave_id in mine and "promote into prod" in mine
@@ -291,10 +302,11 @@ async def _delete_schedule(stack: UiStack, schedule_id: str) -> None:
     await delete_schedule(client, schedule_id)
 
 
-def test_screenshots_exist() -> None:
-    """Guard for the artefacts the README links to (a rename in the tests would orphan them)."""
-    docs = Path(__file__).resolve().parents[2] / "docs" / "console"
-    if not docs.exists():
-        pytest.skip("no committed screenshots yet")
-    assert sorted(p.name for p in docs.glob("*.png")), docs
-    time.sleep(0)
+def test_readme_screenshots_are_committed() -> None:
+    """Every console screenshot the README shows is in docs/console (copied from these tests' artefacts)."""
+    root = Path(__file__).resolve().parents[2]
+    shown = re.findall(r"\]\((docs/console/[^)]+\.png)\)", (root / "README.md").read_text())
+    assert len(shown) >= 4
+    for image in shown:
+        assert (root / image).is_file(), image
+        assert (root / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", image

@@ -2,7 +2,8 @@
 //
 // Every page works without this script. With it:
 //  * regions marked data-live are refreshed every data-poll-seconds by fetching the same URL and swapping
-//    the regions of the same id (short polling, no held connection);
+//    the regions of the same id (short polling, no held connection), except a region holding the focus or a
+//    form someone has typed into;
 //  * when the wave's state changes (body data-state), the whole page reloads so the right buttons show,
 //    unless a form on the page has been edited (a half-written approval comment is never thrown away);
 //  * pages marked data-final (a finished wave) stop polling;
@@ -26,8 +27,10 @@
   }
 
   function watchEdits() {
-    document.querySelectorAll("form").forEach(function (form) {
-      form.addEventListener("input", function () { form.setAttribute("data-edited", ""); });
+    // Delegated, so forms inside refreshed regions are watched too.
+    document.addEventListener("input", function (event) {
+      var form = event.target.form || (event.target.closest && event.target.closest("form"));
+      if (form) { form.setAttribute("data-edited", ""); }
     });
   }
 
@@ -51,7 +54,8 @@
           if (before !== after && !formsEdited()) { location.reload(); return; }
           document.querySelectorAll("[data-live]").forEach(function (region) {
             var next = fresh.getElementById(region.id);
-            if (next && !region.contains(document.activeElement)) { region.replaceWith(document.importNode(next, true)); }
+            var busyHere = region.contains(document.activeElement) || region.querySelector("form[data-edited]");
+            if (next && !busyHere) { region.replaceWith(document.importNode(next, true)); }
           });
           if (fresh.body.hasAttribute("data-final") && !formsEdited()) { location.reload(); }
         })
