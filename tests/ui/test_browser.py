@@ -11,6 +11,7 @@ import asyncio
 import base64
 import os
 import re
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,13 @@ def test_approver_approves_prod_and_another_approver_is_refused(console: Console
     gate.find_element(By.TAG_NAME, "textarea").send_keys(
         "dev and test are clean; the one test failure is known"
     )
+    # Focus elsewhere, then let the page refresh its live regions: a half-written comment is never lost.
+    console.driver.execute_script("document.activeElement.blur()")
+    poll_seconds = console.driver.execute_script("return document.body.dataset.pollSeconds")
+    time.sleep(int(poll_seconds) * 2 + 0.5)
+    gate = console.driver.find_element(By.CSS_SELECTOR, f"[data-gate='{wave_id}/prod']")
+    typed = gate.find_element(By.TAG_NAME, "textarea").get_attribute("value")
+    assert typed == "dev and test are clean; the one test failure is known"
     gate.find_element(By.CSS_SELECTOR, "button[value=approve]").click()
     done = console.until(lambda d: d.find_element(By.CSS_SELECTOR, "[data-testid=flash-ok]"))
     assert "stage prod approved by ops-lead" in done.text
