@@ -40,9 +40,9 @@ from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import APIRouter, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.routing import APIRoute
@@ -99,6 +99,8 @@ AUDIT_SCAN = 20_000
 """Most audit entries one audit page reads (newest window first); the page says when it stopped short."""
 POLL_SECONDS = 3
 """How often an open page refreshes its live regions."""
+POLL_HEADER = "x-patchflow-poll"
+"""Sent by ``console.js`` with its background refreshes (which do not count as activity)."""
 FINISHED_CACHE = 16
 """Finished waves whose status is kept (a 10,000-instance status is a few MB in memory)."""
 LIST_LIMIT = 50
@@ -186,8 +188,13 @@ class SessionStore:
             self._sessions.popitem(last=False)
         return cookie, session
 
-    def get(self, cookie: str | None) -> UiSession | None:
-        """The live session behind ``cookie`` (its idle clock restarts); None when unknown or expired."""
+    def get(self, cookie: str | None, *, touch: bool = True) -> UiSession | None:
+        """The live session behind ``cookie``; None when unknown or expired.
+
+        Args:
+            touch: the request is the person's (their idle clock restarts); False for the page's own
+                background refreshes, so a tab left open does not keep a session alive.
+        """
         if not cookie or len(cookie) > 128:
             return None
         key = self._key(cookie)
@@ -198,8 +205,9 @@ class SessionStore:
         if now - session.seen > self.idle_seconds or now - session.created > self.max_seconds:
             del self._sessions[key]
             return None
-        session.seen = now
-        self._sessions.move_to_end(key)
+        if touch:
+            session.seen = now
+            self._sessions.move_to_end(key)
         return session
 
     def drop(self, cookie: str | None) -> None:
@@ -353,7 +361,7 @@ def _ui(request: Request) -> UiState:
 async def _viewer(request: Request) -> tuple[Viewer, UiSession]:
     ui = _ui(request)
     cookie = request.cookies.get(SESSION_COOKIE)
-    session = ui.sessions.get(cookie)
+    session = ui.sessions.get(cookie, touch=POLL_HEADER not in request.headers)
     if session is None:
         raise _SignIn()
     principal = await ui.api.tokens.verify(session.token)
@@ -503,10 +511,10 @@ def _login_page(request: Request, *, status: int = 200, error: str = "", next_ur
 
 
 @router.get("/login")
-async def login_form(request: Request, next: str = "") -> HTMLResponse:
+async def login_form(request: Request, next_url: Annotated[str, Query(alias="next")] = "") -> HTMLResponse:
     """The sign-in page. A link ending in ``#token=…`` (``patchflow demo`` prints one) signs in with
     JavaScript; the token in the fragment never reaches a server log."""
-    return _login_page(request, next_url=_safe_next(next))
+    return _login_page(request, next_url=_safe_next(next_url))
 
 
 @router.post("/login")

@@ -102,10 +102,28 @@ def test_sessions_expire_and_end_with_their_token(ui_stack: UiStack) -> None:
     now[0] += 61
     assert store.get(cookie) is None, "idle for more than 60 s"
     cookie, _ = store.create("pft_x_y")
+    now[0] += 40
+    assert store.get(cookie, touch=False) is not None  # a background refresh …
+    now[0] += 40
+    assert store.get(cookie) is None, "… does not restart the idle clock"
+    cookie, _ = store.create("pft_x_y")
     for _ in range(7):  # 350 s in 50 s steps
         now[0] += 50
         alive = store.get(cookie)
     assert alive is None, "busy, but older than 300 s"
+
+    # Over HTTP: the page's background refreshes (X-Patchflow-Poll) keep nobody signed in.
+    sessions = ui_stack.app.state.patchflow_ui.sessions
+    clock, real_clock = [0.0], sessions.clock
+    sessions.clock = lambda: clock[0]
+    try:
+        with sign_in(ui_stack, "vic") as client:
+            clock[0] = sessions.idle_seconds - 1
+            assert client.get("/ui/waves", headers={"X-Patchflow-Poll": "1"}).status_code == 200
+            clock[0] = sessions.idle_seconds + 1
+            assert client.get("/ui/waves").status_code == 303
+    finally:
+        sessions.clock = real_clock
 
     with db.open_session(db.get_engine(ui_stack.settings.database_url_resolved)) as session:
         token_id, token = db.create_token(session, name="temp", role="viewer")

@@ -6,7 +6,9 @@
 //    form someone has typed into;
 //  * when the wave's state changes (body data-state), the whole page reloads so the right buttons show,
 //    unless a form on the page has been edited (a half-written approval comment is never thrown away);
-//  * pages marked data-final (a finished wave) stop polling;
+//  * pages marked data-final (a finished wave) stop polling; refreshes carry X-Patchflow-Poll, which the
+//    server does not count as activity (an open tab does not keep a session alive), and a refresh that finds
+//    the session over reloads the page into the sign-in form;
 //  * the sign-in page fills the token from a "#token=…" link (the fragment never reaches the server) and
 //    removes it from the address bar.
 (function () {
@@ -44,6 +46,9 @@
       busy = true;
       fetch(location.href, { credentials: "same-origin", headers: { "X-Patchflow-Poll": "1" } })
         .then(function (response) {
+          if (response.redirected && /\/ui\/login/.test(response.url) && !formsEdited()) {
+            location.reload();  // the session ended: show the sign-in page, which brings the person back here
+          }
           if (!response.ok || response.redirected) { throw new Error("stop"); }
           return response.text();
         })
