@@ -424,7 +424,8 @@ def _page(
     **context: Any,
 ) -> HTMLResponse:
     flashes = []
-    if session is not None:
+    # A background refresh never takes the messages: one racing a form's redirect would swallow its outcome.
+    if session is not None and POLL_HEADER not in request.headers:
         flashes, session.flashes = session.flashes, []
     response = templates.TemplateResponse(
         request, name, {"viewer": viewer, "flashes": flashes, **context}, status_code=status

@@ -151,11 +151,21 @@ def test_forms_need_the_session_csrf_token(ui_stack: UiStack) -> None:
         assert refused.status_code == 403 and "did not come from this console" in refused.text
         assert ui_stack.wave(wave_id)["state"] not in ("cancelled",)
         page = client.get(f"/ui/waves/{wave_id}/confirm/cancel")
+        refused = client.post(
+            f"/ui/waves/{wave_id}/act/cancel", data={"csrf": csrf_of(page), "confirmed": "no"}
+        )
+        assert (
+            refused.headers["location"] == f"/ui/waves/{wave_id}/confirm/cancel"
+        )  # not confirmed: asks again
         done = client.post(
             f"/ui/waves/{wave_id}/act/cancel",
             data={"csrf": csrf_of(page), "confirmed": "yes", "comment": "test"},
         )
         assert done.status_code == 303
+        # The outcome waits for the page the redirect leads to: a background refresh does not take it.
+        polled = client.get(done.headers["location"], headers={"X-Patchflow-Poll": "1"})
+        assert "cancel requested" not in polled.text
+        assert "cancel requested" in client.get(done.headers["location"]).text
     ui_stack.wait_for(wave_id, lambda d: d["state"] == "cancelled")
 
 
@@ -234,3 +244,18 @@ def test_compliance_by_group_and_severity(ui_stack: UiStack, viewer: httpx.Clien
         by_group[result["patch_group"] or "none"] = by_group.get(result["patch_group"] or "none", 0) + 1
     for group, count in by_group.items():
         assert re.search(rf"<th scope=\"row\">{group}</th><td>{count}</td>", page.text), (group, page.text)
+
+
+async def test_cookies_are_secure_over_tls(ui_stack: UiStack) -> None:
+    """Over https (here an ASGI request whose scope says so, as uvicorn sets it behind TLS or a trusted
+    proxy's X-Forwarded-Proto) both cookies carry Secure."""
+    transport = httpx.ASGITransport(app=ui_stack.app)
+    async with httpx.AsyncClient(transport=transport, base_url="https://console.test") as client:
+        form = await client.get("/ui/login")
+        assert "secure" in form.headers["set-cookie"].lower()
+        signed = await client.post("/ui/login", data={"token": ui_stack.tokens["vic"], "csrf": csrf_of(form)})
+        assert signed.status_code == 303, signed.text
+        session_cookie = next(
+            v for k, v in signed.headers.multi_items() if k == "set-cookie" and v.startswith(SESSION_COOKIE)
+        )
+        assert "; secure" in session_cookie.lower() and "httponly" in session_cookie.lower()
