@@ -112,6 +112,9 @@ def dev_command(
         f"Temporal dev server on {settings.temporal_address} (UI http://127.0.0.1:{ui_port}), "
         f"state in {settings.data_dir}; Ctrl-C stops everything"
     )
+    err.print(
+        f"web console: http://{settings.api_host}:{settings.api_port}/ui (sign in with 'patchflow token create')"
+    )
 
     from patchflow.metrics import serve_worker_metrics
 
@@ -173,6 +176,9 @@ async def _demo_api(settings: Settings, database_url: str) -> AsyncIterator[None
         token_id, token = db.create_token(session, name="demo-viewer", role="viewer")
     base = f"http://{settings.api_host}:{settings.api_port}"
     err.print(f"watch it: curl -H 'Authorization: Bearer {token}' {base}/waves   (and {base}/metrics)")
+    err.print(
+        f"or in a browser: {base}/ui/login#token={token}   (the web console, as demo-viewer)", soft_wrap=True
+    )
     _quiet_uvicorn()
     task = asyncio.create_task(serve_api(settings, announce=err.print, handle_signals=False))
     try:

@@ -1115,6 +1115,9 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics = DEFAULT_M
         # Slack's callback is not part of the REST contract (Slack signs it; no bearer token), so it stays
         # out of deploy/openapi.json and out of the fuzzing that reads it.
         app.include_router(slack, include_in_schema=False)
+    # The web console (/ui) builds on this module's tokens, roles and wave listing: imported by name, not
+    # statically, so the two modules do not import each other.
+    importlib.import_module("patchflow.service.ui").mount_ui(app, state)
     return app
 
 
