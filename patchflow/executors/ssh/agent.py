@@ -605,9 +605,9 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
     after = _packages()
     audit = _audit()
     if rc == 0 and not audit:
-        return _result(
-            journal, after, "succeeded", f"installed {len(wanted)} package(s)" if wanted else "removed"
-        )
+        verb = "installed" if journal["kind"] == "install" else "restored"
+        removed = f", removed {len(remove)}" if remove else ""
+        return _result(journal, after, "succeeded", f"{verb} {len(wanted)} package(s){removed}")
     message = f"apt-get install failed (exit {rc}): {_tail(out, 1500)}"
     if audit:
         message += " | dpkg --audit: " + _tail(audit, 500)
