@@ -38,6 +38,10 @@ from patchflow.testing.lab.rootfs import (
     require_tools,
 )
 
+_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
+"""Daemons this process started (repository server, host supervisors): kept so they are not garbage-collected
+while running, and reaped by :meth:`Lab.down`."""
+
 DEFAULT_GROUPS: dict[str, int] = {"dev": 1, "test": 1, "prod": 2}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
 
@@ -56,14 +60,16 @@ class LabHost:
 class Lab:
     """A lab under ``data_dir/lab``."""
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, *, cache_dir: Path | None = None) -> None:
         self.dir = Path(data_dir) / "lab"
         self.repo = LabRepo(self.dir / "repo")
+        self._cache = cache_dir
 
     # ------------------------------------------------------------------------------------------ paths
     @property
     def cache(self) -> Path:
-        return self.dir / "cache"
+        """Built roots (shared by labs that name the same cache: tests reuse the data directory's)."""
+        return self._cache or self.dir / "cache"
 
     @property
     def state_file(self) -> Path:
@@ -198,6 +204,7 @@ class Lab:
             start_new_session=True,
         )
         log.close()
+        _CHILDREN[proc.pid] = proc
         deadline = time.monotonic() + 15
         while not port_file.is_file():
             if proc.poll() is not None or time.monotonic() > deadline:
@@ -263,6 +270,7 @@ class Lab:
             start_new_session=True,
         )
         log.close()
+        _CHILDREN[proc.pid] = proc
         return proc.pid
 
     def _wait_listening(self, hosts: list[LabHost], timeout: float) -> None:
@@ -398,6 +406,14 @@ class Lab:
                 _signal(int(hstate["pid"]), signal.SIGKILL)
         if state.get("httpd_pid"):
             _signal(int(state["httpd_pid"]), signal.SIGTERM)
+        for pid in [*state.get("supervisors", {}).values(), state.get("httpd_pid")]:
+            child = _CHILDREN.pop(pid, None) if pid else None
+            if child is not None:
+                try:
+                    child.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
         for host in state.get("hosts", []):
             root = self.host_dir(host["id"]) / "root"
             for _ in range(50):
