@@ -104,7 +104,7 @@ def parse_inventory(doc: Document) -> SshInventory:
         if not isinstance(gvars, dict):
             bad((*where, "vars"), "expected a mapping of variables")
             gvars = {}
-        merged = {**inherited, **gvars}
+        merged = {**inherited, **_normalized(gvars)}
         hosts = group.get("hosts") or {}
         if not isinstance(hosts, dict):
             bad((*where, "hosts"), "expected a mapping of host names to their variables (or nothing)")
@@ -115,7 +115,7 @@ def parse_inventory(doc: Document) -> SshInventory:
                 bad(hwhere, "expected the host's variables as a mapping (or nothing)")
                 continue
             entry = found.setdefault(str(host_name), ({}, [], hwhere))
-            entry[0].update({**merged, **(hvars or {})})
+            entry[0].update({**merged, **_normalized(hvars or {})})
             if name not in ("all", "ungrouped") and name not in entry[1]:
                 entry[1].append(name)
         children = group.get("children") or {}
@@ -137,6 +137,16 @@ def parse_inventory(doc: Document) -> SshInventory:
     if problems:
         raise SshInventoryError("invalid SSH inventory", source=doc.source, problems=problems)
     return SshInventory(source=doc.source, hosts=hosts)
+
+
+def _normalized(variables: dict[str, Any]) -> dict[str, Any]:
+    """Short names (``address``, ``port``, …) become Ansible's, so a closer level's short name overrides a farther
+    level's Ansible name."""
+    out = dict(variables)
+    for ansible_name, short in _VAR_ALIASES.values():
+        if short in out:
+            out[ansible_name] = out.pop(short)
+    return out
 
 
 def _var(hvars: dict[str, Any], key: str) -> Any:
