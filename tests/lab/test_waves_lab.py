@@ -9,8 +9,10 @@ The promise under test is patchflow's: "what Dev tested is exactly what Prod get
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,13 +21,15 @@ import pytest
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from activities.patching import build_executor
 from patchflow.control.waves import act, wave_status
 from patchflow.core.baselines import load_baseline
 from patchflow.core.catalog import load_catalog
 from patchflow.core.evaluation import evaluate
 from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput, WaveStatus
 from patchflow.core.windows import WindowSpec
-from patchflow.executors.base import Package
+from patchflow.executors.base import Executor, Package
+from patchflow.executors.ssh import SshExecutor
 from patchflow.testing.lab.fleet import Lab
 from tests.conftest import BASELINES_DIR
 from tests.lab.conftest import Hosts
@@ -60,6 +64,24 @@ def wave(inventory: Path, patches: list[Package], stages: list[StageInput]) -> W
     )
 
 
+@contextlib.asynccontextmanager
+async def lab_worker(client: Client) -> AsyncIterator[str]:
+    """A worker with the production executor factory; its SSH connections are closed afterwards."""
+    built: list[Executor] = []
+
+    def factory(ref: ExecutorRef) -> Executor:
+        built.append(build_executor(ref))
+        return built[-1]
+
+    try:
+        async with running_worker(client, factory) as task_queue:
+            yield task_queue
+    finally:
+        for executor in built:
+            if isinstance(executor, SshExecutor):
+                await executor.close()
+
+
 async def settle(client: Client, wave_id: str, states: set[str], timeout: float = 180) -> WaveStatus:
     deadline = asyncio.get_running_loop().time() + timeout
     while True:
@@ -92,7 +114,7 @@ async def test_pinning_holds_when_newer_versions_are_published_mid_wave(
         [stage("dev"), stage("test"), stage("prod", gate="approval", approvers=["ops-lead"])],
     )
     boots = {h["id"]: h["boot_id"] for h in lab.status()}
-    async with running_worker(dev_env.client) as tq:
+    async with lab_worker(dev_env.client) as tq:
         handle = await dev_env.client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
         await settle(dev_env.client, inp.wave_id, {"waiting_approval"})
         for host in hosts["dev"] + hosts["test"]:
@@ -132,7 +154,7 @@ async def test_failing_postinst_spends_the_budget_and_rollback_restores_previous
     inp = wave(
         lab.inventory_path, patches, [stage("rb", max_concurrency="1", max_errors="0", on_failure="rollback")]
     )
-    async with running_worker(dev_env.client) as tq:
+    async with lab_worker(dev_env.client) as tq:
         await dev_env.client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
         status = await settle(dev_env.client, inp.wave_id, {"halted"})
     instances = status.stages[0].instances
