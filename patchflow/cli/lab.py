@@ -5,14 +5,17 @@ See :mod:`patchflow.testing.lab`. Needs root and Debian's ``mmdebstrap`` and ``d
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.table import Table
 
-from patchflow.cli.common import Fmt, emit_json, out
+from patchflow.cli.common import Fmt, emit_json, err, out
 from patchflow.config import get_settings
 from patchflow.errors import InputError
 
@@ -83,6 +86,10 @@ def lab_status(fmt: Annotated[Fmt, typer.Option("--format", help="Output format.
     if fmt is Fmt.json:
         emit_json({"hosts": hosts})
         return
+    print_hosts(hosts)
+
+
+def print_hosts(hosts: list[dict[str, Any]]) -> None:
     table = Table(title="lab hosts")
     for column in ("host", "address", "groups", "state", "boot id", "reboot", "packages"):
         table.add_column(column, overflow="fold")
@@ -146,3 +153,61 @@ def lab_down() -> None:
     was_up = lab.is_up()
     lab.down()
     out.print("lab is down" if was_up else "no lab was up")
+
+
+DEBIAN_BASELINE = Path(__file__).resolve().parents[2] / "baselines" / "debian-default.yaml"
+DEMO_GROUPS = {"dev": 1, "test": 2, "prod": 3}
+
+
+@contextlib.contextmanager
+def demo_lab() -> Iterator[Path]:
+    """The lab for ``patchflow demo --lab``: started if it is not up (and then stopped afterwards), with a plan
+    rolling the Debian default baseline out Dev → Test → Prod over SSH; yields the plan file."""
+    lab = _lab()
+    started = False
+    if not lab.is_up():
+        err.print("starting the lab (the first run builds a Debian root with mmdebstrap: about a minute) …")
+        lab.up(DEMO_GROUPS)
+        started = True
+    try:
+        demo = lab.dir / "demo"
+        demo.mkdir(parents=True, exist_ok=True)
+        (demo / "catalog.json").write_text(json.dumps(lab.catalog(), indent=1))
+        groups = {g for h in lab.hosts() for g in h.groups}
+        stages: list[dict[str, Any]] = [
+            {"name": "dev", "max_concurrency": 2, "max_errors": 0, "soak": "2s", "gate": "auto"},
+            {"name": "test", "max_concurrency": "50%", "max_errors": 1, "soak": "2s", "gate": {"health": {}}},
+            {
+                "name": "prod",
+                "max_concurrency": "50%",
+                "max_errors": 0,
+                "gate": {"approval": {"approvers": ["ops-lead"]}},
+                "on_failure": "rollback",
+            },
+        ]
+        plan = {
+            "name": "lab-demo",
+            "baseline": str(DEBIAN_BASELINE),
+            "catalog": str(demo / "catalog.json"),
+            "executor": {
+                "kind": "ssh",
+                "inventory": str(lab.inventory_path),
+                "reboot_option": "RebootIfNeeded",
+            },
+            "stages": [
+                {**s, "targets": {"patch_group": s["name"]}, "window": "now"}
+                for s in stages
+                if s["name"] in groups
+            ],
+        }
+        path = demo / "plan.yaml"
+        path.write_text(
+            "# Written by `patchflow demo --lab`: the Debian default baseline on the lab fleet over SSH.\n"
+            + yaml.safe_dump(plan, sort_keys=False)
+        )
+        yield path
+    finally:
+        with contextlib.suppress(Exception):  # the table is a courtesy; stopping the lab is not
+            print_hosts(lab.status())
+        if started:
+            lab.down()
