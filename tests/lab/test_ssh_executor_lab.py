@@ -8,6 +8,7 @@ executor contract in :mod:`patchflow.executors.base` (undeliverable targets are 
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -46,8 +47,18 @@ async def test_installs_exactly_the_pinned_versions_once_per_operation(
 ) -> None:
     host = lab_hosts.take("spare")
     op = f"w-pin/dev/{host}/install/0"
-    first = await executor.install(host, APP, operation_id=op)
+    assert await executor.start_install(host, APP, operation_id=op) is None  # under way, detached on the host
+    # A retried activity on another worker (a new executor object) while the transaction runs: it waits for
+    # the same transaction instead of starting a second one.
+    other_worker = SshExecutor(load_inventory(executor.inventory.source))
+    try:
+        first, again = await asyncio.gather(
+            executor.finish_install(host, operation_id=op), other_worker.install(host, APP, operation_id=op)
+        )
+    finally:
+        await other_worker.close()
     assert first.status == "succeeded", first.message
+    assert again == first
     assert {(c.name, c.from_version, c.to_version) for c in first.changed} == {
         ("app", "1.0-1", "1.1-1"),
         ("libfoo", "1.0-1", "1.1-1"),
@@ -56,13 +67,8 @@ async def test_installs_exactly_the_pinned_versions_once_per_operation(
     assert installed["app"] == "1.1-1" and installed["libfoo"] == "1.1-1"
     assert installed["tool"] == "3.0-1"  # not in the set: untouched although lab-updates has 3.1~rc1-1
 
-    # A retried activity (a new executor object, as on another worker) gets the recorded result; dpkg ran once.
-    other_worker = SshExecutor(load_inventory(executor.inventory.source))
-    try:
-        again = await other_worker.install(host, APP, operation_id=op)
-    finally:
-        await other_worker.close()
-    assert again == first
+    # Once finished, a retry gets the recorded result; dpkg ran once.
+    assert await executor.install(host, APP, operation_id=op) == first
     assert dpkg_log_count(lab, host, "upgrade app:all") == 1
     journal = lab.run(host, "cat /var/lib/patchflow/operations/*.json").stdout
     record = json.loads(journal)

@@ -90,7 +90,7 @@ def ensure_base(cache: Path, *, mirror: str | None = None, log: Path | None = No
         return target
     require_tools("mmdebstrap", "unshare", "chroot")
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = cache / f"{target.name}.building"
+    tmp = cache / f"{target.name}.building-{os.getpid()}"  # concurrent builders never share a directory
     if tmp.exists():
         shutil.rmtree(tmp)
     cmd = [
@@ -111,8 +111,18 @@ def ensure_base(cache: Path, *, mirror: str | None = None, log: Path | None = No
             + ": check that Debian's mirror is reachable (PATCHFLOW_LAB_MIRROR)"
         )
     _adjust_base(tmp)
-    tmp.rename(target)
+    _publish(tmp, target)
     return target
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Move a finished build into place; if another process finished first, keep theirs."""
+    try:
+        tmp.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _adjust_base(root: Path) -> None:
@@ -168,7 +178,7 @@ def ensure_layer(cache: Path, base: Path, repo_root: Path, initial: Sequence[Lab
     target = cache / f"layer-{digest.hexdigest()[:12]}"
     if target.is_dir():
         return target
-    tmp = cache / f"{target.name}.building"
+    tmp = cache / f"{target.name}.building-{os.getpid()}"
     if tmp.exists():
         subprocess.run(["umount", str(tmp / "root")], check=False, capture_output=True)
         shutil.rmtree(tmp)
@@ -186,6 +196,6 @@ def ensure_layer(cache: Path, base: Path, repo_root: Path, initial: Sequence[Lab
         shutil.rmtree(staging)
         if proc.returncode != 0:
             raise LabSetupError(f"installing the lab's initial packages failed: {proc.stdout[-2000:]}")
-    (tmp / "upper").rename(target)
-    shutil.rmtree(tmp)
+    _publish(tmp / "upper", target)
+    shutil.rmtree(tmp, ignore_errors=True)
     return target
