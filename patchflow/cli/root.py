@@ -23,6 +23,7 @@ from patchflow.cli import compliance as cli_compliance
 from patchflow.cli import db as cli_db
 from patchflow.cli import emergency as cli_emergency
 from patchflow.cli import fleet as cli_fleet
+from patchflow.cli import lab as cli_lab
 from patchflow.cli import schedule as cli_schedule
 from patchflow.cli import stack as cli_stack
 from patchflow.cli import waves as cli_waves
@@ -64,6 +65,7 @@ app.command("worker")(cli_stack.worker_command)
 app.command("dev")(cli_stack.dev_command)
 app.command("demo")(cli_stack.demo_command)
 app.command("api")(cli_stack.api_command)
+app.add_typer(cli_lab.lab_app, name="lab")
 
 # Piped output (CI logs, files) gets wide tables instead of 80 folded columns.
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)

@@ -150,9 +150,20 @@ def demo_command(
         bool,
         typer.Option("--fake-aws", help="Drive the wave through the SSM executor against a local fake AWS."),
     ] = False,
+    lab: Annotated[
+        bool,
+        typer.Option(
+            "--lab", help="Patch the lab fleet: real Debian hosts over SSH (`patchflow lab`; needs root)."
+        ),
+    ] = False,
 ) -> None:
     """Run a complete wave Dev → Test → Prod on the example fleet, on the embedded stack."""
-    if fake_aws:
+    if lab:
+        from patchflow.cli.lab import demo_lab
+
+        with demo_lab() as lab_plan:
+            _demo(approve, plan_file or lab_plan, timeout)
+    elif fake_aws:
         with _fake_aws(EXAMPLE_FLEET):
             _demo(approve, plan_file or DEMO_SSM_PLAN, timeout)
     else:

@@ -125,6 +125,14 @@ def executor_ref(plan: Plan, settings: Settings) -> ExecutorRef:
             poll_initial_seconds=settings.ssm_poll_initial_seconds,
             poll_max_seconds=settings.ssm_poll_max_seconds,
         )
+    if plan.executor.kind == "ssh":
+        return ExecutorRef(
+            kind="ssh",
+            inventory_path=str(plan.executor.inventory),
+            reboot_option=plan.executor.reboot_option,
+            health_command=plan.executor.health_command,
+            max_connections=plan.executor.max_connections,
+        )
     raise InputError(f"executor {plan.executor.kind!r} is not supported yet")
 
 

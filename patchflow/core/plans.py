@@ -29,7 +29,7 @@ class PlanError(InputError):
 
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _DURATION_RE = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
-EXECUTOR_KINDS = ("simulated", "ssm")
+EXECUTOR_KINDS = ("simulated", "ssm", "ssh")
 _SIMULATED_EXECUTOR_KEYS = ("kind", "fleet", "time_scale")
 _SSM_EXECUTOR_KEYS = (
     "kind",
@@ -41,6 +41,7 @@ _SSM_EXECUTOR_KEYS = (
     "health_command",
     "cloudwatch_log_group",
 )
+_SSH_EXECUTOR_KEYS = ("kind", "inventory", "reboot_option", "health_command", "max_connections")
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")
 #: Upper bound of soak times: longer waits are a typo, not a plan (and would overflow timers).
 MAX_DURATION_SECONDS = 90 * 24 * 3600
@@ -122,6 +123,10 @@ class ExecutorConfig:
     """SSM executor: shell command whose exit code 0 means healthy (None: always healthy)."""
     cloudwatch_log_group: str | None = None
     """SSM executor: also send command output to this CloudWatch Logs group."""
+    inventory: Path | None = None
+    """SSH executor: the Ansible-style inventory file (see :mod:`patchflow.executors.ssh.inventory`)."""
+    max_connections: int = 10
+    """SSH executor: hosts talked to at once (and SSH connections kept open) per worker."""
 
 
 @dataclass(frozen=True)
@@ -246,7 +251,7 @@ def _parse_executor(raw: Any, check: _Checker) -> ExecutorConfig:
         check.bad(("executor",), "required: {kind: simulated, fleet: PATH}")
         return ExecutorConfig(kind="invalid")
     kind = raw.get("kind")
-    allowed = _SSM_EXECUTOR_KEYS if kind == "ssm" else _SIMULATED_EXECUTOR_KEYS
+    allowed = {"ssm": _SSM_EXECUTOR_KEYS, "ssh": _SSH_EXECUTOR_KEYS}.get(str(kind), _SIMULATED_EXECUTOR_KEYS)
     for key in raw:
         if key not in allowed:
             check.bad(("executor", str(key)), unknown_key(str(key), allowed, context=str(kind)))
@@ -265,6 +270,9 @@ def _parse_executor(raw: Any, check: _Checker) -> ExecutorConfig:
         )
         scale = 1.0
     ssm = _ssm_options(raw, check.bad) if kind == "ssm" else {}
+    if kind == "ssh":
+        ssm = _ssh_options(raw, check.bad)
+        ssm["inventory"] = check.existing_file("inventory", raw.get("inventory"), ("executor", "inventory"))
     return ExecutorConfig(kind=str(kind), fleet=fleet, time_scale=float(scale), **ssm)
 
 
@@ -351,6 +359,28 @@ def _ssm_options(raw: dict[str, Any], bad: Any) -> dict[str, Any]:
         bad(("executor", "reboot_option"), f"{reboot!r}: use RebootIfNeeded or NoReboot")
     else:
         out["reboot_option"] = reboot
+    return out
+
+
+def _ssh_options(raw: dict[str, Any], bad: Any) -> dict[str, Any]:
+    """The SSH executor's keys besides the inventory, validated."""
+    out: dict[str, Any] = {}
+    command = raw.get("health_command")
+    if command is not None:
+        if not isinstance(command, str) or not command.strip():
+            bad(("executor", "health_command"), "expected a shell command (exit 0 = healthy)")
+        else:
+            out["health_command"] = command.strip()
+    reboot = raw.get("reboot_option", "RebootIfNeeded")
+    if reboot not in ("RebootIfNeeded", "NoReboot"):
+        bad(("executor", "reboot_option"), f"{reboot!r}: use RebootIfNeeded or NoReboot")
+    else:
+        out["reboot_option"] = reboot
+    limit = raw.get("max_connections", 10)
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1000:
+        bad(("executor", "max_connections"), f"{limit!r}: expected a whole number from 1 to 1000")
+    else:
+        out["max_connections"] = limit
     return out
 
 

@@ -78,6 +78,9 @@ class ExecutorRef:
     """Client-side cap on AWS requests per worker (None: no cap)."""
     poll_initial_seconds: float = 2.0
     poll_max_seconds: float = 30.0
+    # SSH executor (reboot_option and health_command above apply too):
+    inventory_path: str | None = None
+    max_connections: int = 10
 
 
 @dataclass

@@ -61,4 +61,15 @@ def build_executor(ref: ExecutorRef, *, instrument: Callable[[Any], None] | None
             poll_initial_seconds=ref.poll_initial_seconds,
             poll_max_seconds=ref.poll_max_seconds,
         )
+    if ref.kind == "ssh":
+        from patchflow.executors.ssh import SshExecutor, load_inventory
+
+        if not ref.inventory_path:
+            raise ExecutorConfigError("ssh executor needs inventory_path (executor.inventory in the plan)")
+        return SshExecutor(
+            load_inventory(ref.inventory_path),
+            reboot_option=ref.reboot_option,
+            health_command=ref.health_command,
+            max_connections=ref.max_connections,
+        )
     raise ExecutorConfigError(f"unknown executor kind {ref.kind!r}")

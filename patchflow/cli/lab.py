@@ -1,0 +1,213 @@
+"""``patchflow lab …``: a fleet of real Debian machines on this box (loopback only), for demos and tests.
+
+See :mod:`patchflow.testing.lab`. Needs root and Debian's ``mmdebstrap`` and ``dpkg-deb``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.table import Table
+
+from patchflow.cli.common import Fmt, emit_json, err, out
+from patchflow.config import get_settings
+from patchflow.errors import InputError
+
+lab_app = typer.Typer(
+    help="A lab fleet of real Debian hosts (own sshd on a 127.0.0.0/8 address each) and its apt repository.",
+    no_args_is_help=True,
+)
+
+
+def _lab():  # type: ignore[no-untyped-def]
+    from patchflow.testing.lab.fleet import Lab
+
+    return Lab(get_settings().data_dir)
+
+
+def _groups(values: list[str]) -> dict[str, int]:
+    groups: dict[str, int] = {}
+    for value in values:
+        name, sep, count = value.partition("=")
+        if not sep or not name.strip() or not count.isdigit():
+            raise InputError(f"--group {value!r}: expected NAME=COUNT, e.g. --group prod=3")
+        groups[name.strip()] = int(count)
+    return groups
+
+
+@lab_app.command("up")
+def lab_up(
+    group: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--group",
+            help="NAME=COUNT hosts in a patch group (repeatable; default dev=1 test=1 prod=2).",
+            show_default=False,
+        ),
+    ] = None,
+    base_address: Annotated[
+        str,
+        typer.Option("--base-address", help="First host address (127.0.0.0/8 only); the next hosts follow."),
+    ] = "127.0.0.10",
+    port: Annotated[int, typer.Option("--port", help="sshd port on every host address.")] = 2200,
+    reboot_delay: Annotated[
+        float, typer.Option("--reboot-delay", help="Seconds a rebooting host stays down.")
+    ] = 1.0,
+    mirror: Annotated[
+        str | None,
+        typer.Option("--mirror", help="Debian mirror for the first build (default: this machine's)."),
+    ] = None,
+) -> None:
+    """Start the lab: build (once, cached) the Debian root, start the repository and every host."""
+    lab = _lab()
+    state = lab.up(
+        _groups(group) if group else None,
+        base_address=base_address,
+        port=port,
+        reboot_delay_seconds=reboot_delay,
+        mirror=mirror,
+    )
+    for host in state["hosts"]:
+        out.print(f"{host['id']}  {host['address']}:{host['port']}  {','.join(host['groups'])}")
+    out.print(f"repository: http://127.0.0.1:{state['http_port']}/ (suites lab, lab-updates, lab-security)")
+    out.print(f"inventory: {lab.inventory_path}")
+
+
+@lab_app.command("status")
+def lab_status(fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table) -> None:
+    """Per host: address, groups, state, boot id, reboot pending and the installed lab packages."""
+    hosts = _lab().status()
+    if fmt is Fmt.json:
+        emit_json({"hosts": hosts})
+        return
+    print_hosts(hosts)
+
+
+def print_hosts(hosts: list[dict[str, Any]]) -> None:
+    table = Table(title="lab hosts")
+    for column in ("host", "address", "groups", "state", "boot id", "reboot", "packages"):
+        table.add_column(column, overflow="fold")
+    for h in hosts:
+        table.add_row(
+            h["id"],
+            f"{h['address']}:{h['port']}",
+            ",".join(h["groups"]),
+            h["state"],
+            (h["boot_id"] or "")[:8],
+            "pending" if h["reboot_pending"] else "",
+            " ".join(f"{n}={v}" for n, v in h["packages"].items()),
+        )
+    out.print(table)
+
+
+@lab_app.command("publish")
+def lab_publish(
+    name: Annotated[str, typer.Argument(help="Package name.", show_default=False)],
+    version: Annotated[
+        str, typer.Argument(help="Debian version, e.g. 1.2-1 or 1:2.0~rc1-1.", show_default=False)
+    ],
+    security: Annotated[
+        bool, typer.Option("--security", help="Publish to lab-security (default lab-updates).")
+    ] = False,
+    depends: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--depends", help="A dependency, e.g. 'libfoo (>= 1.2-1)' (repeatable).", show_default=False
+        ),
+    ] = None,
+    postinst_fails: Annotated[bool, typer.Option("--postinst-fails", help="Its postinst exits 1.")] = False,
+    reboot: Annotated[bool, typer.Option("--reboot", help="Its postinst requests a reboot.")] = False,
+) -> None:
+    """Add a package version to the lab repository and re-index it (hosts see it at their next apt update)."""
+    pkg = _lab().publish(
+        name, version, security=security, depends=depends or [], postinst_fails=postinst_fails, reboot=reboot
+    )
+    out.print(f"published {pkg.name} {pkg.version} to {pkg.suite}")
+
+
+@lab_app.command("catalog")
+def lab_catalog(
+    output: Annotated[
+        Path | None, typer.Option("-o", "--output", help="Write the catalog here (default: stdout).")
+    ] = None,
+) -> None:
+    """patchflow's catalog of the lab repository (for `baseline evaluate --catalog`)."""
+    text = json.dumps(_lab().catalog(), indent=1) + "\n"
+    if output is None:
+        out.file.write(text)
+        return
+    output.write_text(text)
+    out.print(f"wrote {output}")
+
+
+@lab_app.command("down")
+def lab_down() -> None:
+    """Stop every host and the repository server; remove the hosts (the built root stays cached)."""
+    lab = _lab()
+    was_up = lab.is_up()
+    lab.down()
+    out.print("lab is down" if was_up else "no lab was up")
+
+
+DEBIAN_BASELINE = Path(__file__).resolve().parents[2] / "baselines" / "debian-default.yaml"
+DEMO_GROUPS = {"dev": 1, "test": 2, "prod": 3}
+
+
+@contextlib.contextmanager
+def demo_lab() -> Iterator[Path]:
+    """The lab for ``patchflow demo --lab``: started if it is not up (and then stopped afterwards), with a plan
+    rolling the Debian default baseline out Dev → Test → Prod over SSH; yields the plan file."""
+    lab = _lab()
+    started = False
+    if not lab.is_up():
+        err.print("starting the lab (the first run builds a Debian root with mmdebstrap: about a minute) …")
+        lab.up(DEMO_GROUPS)
+        started = True
+    try:
+        demo = lab.dir / "demo"
+        demo.mkdir(parents=True, exist_ok=True)
+        (demo / "catalog.json").write_text(json.dumps(lab.catalog(), indent=1))
+        groups = {g for h in lab.hosts() for g in h.groups}
+        stages: list[dict[str, Any]] = [
+            {"name": "dev", "max_concurrency": 2, "max_errors": 0, "soak": "2s", "gate": "auto"},
+            {"name": "test", "max_concurrency": "50%", "max_errors": 1, "soak": "2s", "gate": {"health": {}}},
+            {
+                "name": "prod",
+                "max_concurrency": "50%",
+                "max_errors": 0,
+                "gate": {"approval": {"approvers": ["ops-lead"]}},
+                "on_failure": "rollback",
+            },
+        ]
+        plan = {
+            "name": "lab-demo",
+            "baseline": str(DEBIAN_BASELINE),
+            "catalog": str(demo / "catalog.json"),
+            "executor": {
+                "kind": "ssh",
+                "inventory": str(lab.inventory_path),
+                "reboot_option": "RebootIfNeeded",
+            },
+            "stages": [
+                {**s, "targets": {"patch_group": s["name"]}, "window": "now"}
+                for s in stages
+                if s["name"] in groups
+            ],
+        }
+        path = demo / "plan.yaml"
+        path.write_text(
+            "# Written by `patchflow demo --lab`: the Debian default baseline on the lab fleet over SSH.\n"
+            + yaml.safe_dump(plan, sort_keys=False)
+        )
+        yield path
+    finally:
+        with contextlib.suppress(Exception):  # the table is a courtesy; stopping the lab is not
+            print_hosts(lab.status())
+        if started:
+            lab.down()

@@ -1,0 +1,662 @@
+"""The on-host half of the SSH executor: a standard-library Python 3 program patchflow sends over SSH.
+
+It is never installed: each call runs ``[sudo -n] python3 -c BOOTSTRAP`` and sends this file's source plus
+one request as JSON on stdin; the answer is one JSON object on stdout. Operations:
+
+* ``facts`` — boot id, package family and product, installed packages, reboot required, ``dpkg --audit``.
+* ``start`` — begin an install/restore under an operation id (idempotent): write the **operation journal**
+  ``/var/lib/patchflow/operations/<sha256(id)>.json`` (state ``started``, the package list *before*), then
+  run the transaction in a detached process (``setsid``), so a dropped connection or a dead worker never
+  stops a package transaction half-way. A second ``start`` with the same id returns the journal.
+* ``wait`` — block up to N seconds while the journal says ``started``; a transaction whose process died
+  (killed, or the host rebooted under it) is recorded as failed (``interrupted``).
+* ``get``, ``mark`` (compare-and-set the state, e.g. ``transacted`` → ``done``), ``reboot`` (``transacted`` →
+  ``rebooting``, then run the reboot command detached), ``cancel`` (kill the transaction's process group).
+
+The transaction (Debian, apt/dpkg): ``apt-get update``; decide the exact ``name=version`` requests (an
+install only raises installed packages that are below the pinned version; a restore sets each given
+version, an empty version removes the package); **simulate** with ``apt-get -s``, pinning any other package
+of the set that the resolver touches to its pinned version; if the resolver would still install, upgrade,
+downgrade or remove anything not in the pinned set, fail and change nothing. Otherwise run ``apt-get
+install`` with exactly those requests, record the package list *after*, ``dpkg --audit`` and whether a reboot
+is required (``/var/run/reboot-required``). A failed install is reverted to the versions before it (so the
+host is never left half-configured) unless the request says otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+try:
+    import json
+except ImportError:  # Debian's python3-minimal has no json module: a small stand-in below
+    json = None  # type: ignore[assignment]
+
+JOURNAL_DIR = "/var/lib/patchflow/operations"
+TAIL = 3000
+APT_ENV = {
+    "DEBIAN_FRONTEND": "noninteractive",
+    "LANG": "C",
+    "LC_ALL": "C",
+    "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+}
+APT_OPTS = [
+    "-q",
+    "-o",
+    "Dpkg::Use-Pty=0",
+    "-o",
+    "DPkg::Lock::Timeout=300",
+    "-o",
+    "Dpkg::Options::=--force-confdef",
+    "-o",
+    "Dpkg::Options::=--force-confold",
+    "--no-install-recommends",
+]
+_INST = re.compile(r"^Inst (\S+?)(?::\S+)? (?:\[(\S+)\] )?\((\S+) ")
+_REMV = re.compile(r"^(?:Remv|Purg) (\S+?)(?::\S+)?(?: \[(\S+)\])?")
+
+
+# ------------------------------------------------------------------------------------------ JSON
+_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+_ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def dumps(obj: Any) -> str:
+    """JSON text of ``obj`` (dicts, lists, str, int, float, bool, None) without the json module."""
+    if json is not None:
+        return json.dumps(obj)
+    if obj is None:
+        return "null"
+    if obj is True:
+        return "true"
+    if obj is False:
+        return "false"
+    if isinstance(obj, (int, float)):
+        return repr(obj)
+    if isinstance(obj, str):
+        out = []
+        for ch in obj:
+            code = ord(ch)
+            if ch in ('"', "\\"):
+                out.append("\\" + ch)
+            elif code < 0x20 or code > 0x7E:
+                if code > 0xFFFF:
+                    code -= 0x10000
+                    out.append("\\u%04x\\u%04x" % (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF)))  # noqa: UP031
+                else:
+                    out.append("\\u%04x" % code)  # noqa: UP031
+            else:
+                out.append(ch)
+        return '"' + "".join(out) + '"'
+    if isinstance(obj, dict):
+        return "{" + ", ".join(dumps(str(k)) + ": " + dumps(v) for k, v in obj.items()) + "}"
+    if isinstance(obj, (list, tuple)):
+        return "[" + ", ".join(dumps(v) for v in obj) + "]"
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def loads(text: str) -> Any:
+    """Parse JSON text without the json module."""
+    if json is not None:
+        return json.loads(text)
+    value, end = _value(text, _skip(text, 0))
+    if _skip(text, end) != len(text):
+        raise ValueError("extra data after JSON value")
+    return value
+
+
+def _skip(s: str, i: int) -> int:
+    while i < len(s) and s[i] in " \t\r\n":
+        i += 1
+    return i
+
+
+def _value(s: str, i: int) -> tuple[Any, int]:
+    ch = s[i]
+    if ch == "{":
+        obj: dict[str, Any] = {}
+        i = _skip(s, i + 1)
+        if s[i] == "}":
+            return obj, i + 1
+        while True:
+            key, i = _string(s, _skip(s, i))
+            i = _skip(s, i)
+            if s[i] != ":":
+                raise ValueError(f"expected ':' at {i}")
+            obj[key], i = _value(s, _skip(s, i + 1))
+            i = _skip(s, i)
+            if s[i] == "}":
+                return obj, i + 1
+            if s[i] != ",":
+                raise ValueError(f"expected ',' at {i}")
+            i = _skip(s, i + 1)
+    if ch == "[":
+        arr: list[Any] = []
+        i = _skip(s, i + 1)
+        if s[i] == "]":
+            return arr, i + 1
+        while True:
+            item, i = _value(s, _skip(s, i))
+            arr.append(item)
+            i = _skip(s, i)
+            if s[i] == "]":
+                return arr, i + 1
+            if s[i] != ",":
+                raise ValueError(f"expected ',' at {i}")
+            i += 1
+    if ch == '"':
+        return _string(s, i)
+    for word, val in (("true", True), ("false", False), ("null", None)):
+        if s.startswith(word, i):
+            return val, i + len(word)
+    m = _NUMBER.match(s, i)
+    if not m:
+        raise ValueError(f"unexpected {ch!r} at {i}")
+    num = m.group(0)
+    return (float(num) if m.group(1) or m.group(2) else int(num)), m.end()
+
+
+def _string(s: str, i: int) -> tuple[str, int]:
+    if s[i] != '"':
+        raise ValueError(f"expected a string at {i}")
+    out: list[str] = []
+    i += 1
+    while True:
+        ch = s[i]
+        if ch == '"':
+            return "".join(out), i + 1
+        if ch == "\\":
+            esc = s[i + 1]
+            if esc == "u":
+                code = int(s[i + 2 : i + 6], 16)
+                i += 6
+                if 0xD800 <= code < 0xDC00 and s.startswith("\\u", i):
+                    low = int(s[i + 2 : i + 6], 16)
+                    code = 0x10000 + ((code - 0xD800) << 10) + (low - 0xDC00)
+                    i += 6
+                out.append(chr(code))
+                continue
+            out.append(_ESCAPES[esc])
+            i += 2
+            continue
+        out.append(ch)
+        i += 1
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _run(cmd: list[str], timeout: float | None = None) -> tuple[int, str]:
+    proc = subprocess.run(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+        env=APT_ENV,
+        timeout=timeout,
+        check=False,
+    )
+    return proc.returncode, proc.stdout.decode("utf-8", "replace")
+
+
+def _boot_id() -> str:
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _family() -> str:
+    if os.path.exists("/usr/bin/dpkg-query"):
+        return "deb"
+    if os.path.exists("/usr/bin/rpm"):
+        return "rpm"
+    return ""
+
+
+def _product() -> str:
+    fields: dict[str, str] = {}
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                key, _, value = line.strip().partition("=")
+                fields[key] = value.strip('"')
+    except OSError:
+        return ""
+    name = {
+        "debian": "Debian",
+        "ubuntu": "Ubuntu",
+        "rhel": "RedhatEnterpriseLinux",
+        "amzn": "AmazonLinux",
+    }.get(fields.get("ID", ""), fields.get("ID", "").capitalize())
+    return name + fields.get("VERSION_ID", "")
+
+
+def _packages() -> list[list[str]]:
+    """Installed packages as [name, arch, version] (dpkg: only those dpkg considers installed or half-done)."""
+    if _family() == "rpm":
+        rc, out = _run(
+            ["rpm", "-qa", "--qf", "%{NAME} %{ARCH} %|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\n"]
+        )
+        return [line.split(" ", 2) for line in out.splitlines() if line.count(" ") == 2]
+    rc, out = _run(["dpkg-query", "-W", "-f", "${Package} ${Architecture} ${Version} ${db:Status-Abbrev}\\n"])
+    pkgs = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[3][1:2] not in ("n", "c"):  # not "not-installed"/"config-files"
+            pkgs.append(parts[:3])
+    return pkgs
+
+
+def _reboot_required() -> bool:
+    if _family() == "rpm":
+        rc, _ = _run(["needs-restarting", "-r"]) if _which("needs-restarting") else (0, "")
+        return rc == 1
+    return os.path.exists("/var/run/reboot-required")
+
+
+def _which(tool: str) -> bool:
+    return any(os.access(os.path.join(d, tool), os.X_OK) for d in APT_ENV["PATH"].split(":"))
+
+
+def _audit() -> str:
+    if _family() != "deb":
+        return ""
+    rc, out = _run(["dpkg", "--audit"])
+    return out.strip()
+
+
+def _compare(a: str, op: str, b: str) -> bool:
+    return subprocess.run(["dpkg", "--compare-versions", a, op, b], check=False).returncode == 0
+
+
+def _tail(text: str, n: int = TAIL) -> str:
+    text = text.strip()
+    return text if len(text) <= n else "…" + text[-n:]
+
+
+# ------------------------------------------------------------------------------------------ journal
+def _path(operation_id: str) -> str:
+    return os.path.join(JOURNAL_DIR, hashlib.sha256(operation_id.encode()).hexdigest()[:40] + ".json")
+
+
+def _load(operation_id: str) -> dict[str, Any] | None:
+    try:
+        with open(_path(operation_id), encoding="utf-8") as f:
+            data: dict[str, Any] = loads(f.read())
+            return data
+    except (OSError, ValueError):
+        return None
+
+
+def _save(journal: dict[str, Any]) -> None:
+    os.makedirs(JOURNAL_DIR, mode=0o700, exist_ok=True)
+    path = _path(journal["operation_id"])
+    tmp = path + ".tmp"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(dumps(journal))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class _Lock:
+    """An exclusive lock over the journal directory (every state transition takes it)."""
+
+    def __enter__(self) -> _Lock:
+        os.makedirs(JOURNAL_DIR, mode=0o700, exist_ok=True)
+        self.fd = os.open(os.path.join(JOURNAL_DIR, ".lock"), os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(self.fd, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        os.close(self.fd)
+
+
+def _update(operation_id: str, expect: str | None, **changes: Any) -> dict[str, Any] | None:
+    """Compare-and-set: apply ``changes`` if the journal's state is ``expect`` (None: any)."""
+    with _Lock():
+        journal = _load(operation_id)
+        if journal is None or (expect is not None and journal.get("state") != expect):
+            return journal
+        journal.update(changes)
+        journal["updated_at"] = time.time()
+        _save(journal)
+        return journal
+
+
+def _alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+# ------------------------------------------------------------------------------------------ operations
+def op_facts(req: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "boot_id": _boot_id(),
+        "family": _family(),
+        "product": _product(),
+        "packages": _packages() if req.get("packages", True) else [],
+        "reboot_required": _reboot_required(),
+        "audit": _audit(),
+        "now": time.time(),
+    }
+
+
+def op_start(req: dict[str, Any]) -> dict[str, Any]:
+    operation_id = req["operation_id"]
+    with _Lock():
+        journal = _load(operation_id)
+        if journal is not None:
+            return {"journal": journal, "new": False}
+        journal = {
+            "operation_id": operation_id,
+            "kind": req["kind"],
+            "packages": req["packages"],
+            "revert_on_failure": req.get("revert_on_failure", True),
+            "state": "started",
+            "pid": None,
+            "boot_id": _boot_id(),
+            "started_at": time.time(),
+            "before": _packages(),
+        }
+        _save(journal)
+    pid = os.fork()
+    if pid == 0:  # the transaction: detached from the SSH session
+        try:
+            os.setsid()
+            devnull = os.open(os.devnull, os.O_RDWR)
+            log = os.open(_path(operation_id)[:-5] + ".log", os.O_CREAT | os.O_WRONLY | os.O_APPEND, 0o600)
+            os.dup2(devnull, 0)
+            os.dup2(log, 1)
+            os.dup2(log, 2)
+            _update(operation_id, "started", pid=os.getpid())
+            _transact(operation_id)
+        finally:
+            os._exit(0)
+    return {"journal": journal, "new": True}
+
+
+def op_wait(req: dict[str, Any]) -> dict[str, Any]:
+    operation_id = req["operation_id"]
+    deadline = time.time() + float(req.get("seconds", 10))
+    while True:
+        journal = _load(operation_id)
+        if journal is None or journal.get("state") != "started":
+            return {"journal": journal, "now": time.time()}
+        lost = journal.get("boot_id") != _boot_id() or (
+            not _alive(journal.get("pid"))
+            and (journal.get("pid") or time.time() - journal["started_at"] > 30)
+        )
+        if lost:
+            # Re-read under the lock: the transaction may have finished between the read and the check.
+            after = _packages()
+            result = _result(
+                journal,
+                after,
+                "failed",
+                "the package transaction was interrupted (its process died or the host rebooted under it); "
+                + ("dpkg --audit: " + _tail(_audit(), 500) if _audit() else "dpkg --audit is clean"),
+            )
+            journal = _update(operation_id, "started", state="transacted", after=after, result=result)
+            return {"journal": journal, "now": time.time()}
+        if time.time() >= deadline:
+            return {"journal": journal, "now": time.time()}
+        time.sleep(0.1)
+
+
+def op_get(req: dict[str, Any]) -> dict[str, Any]:
+    return {"journal": _load(req["operation_id"]), "now": time.time()}
+
+
+def op_mark(req: dict[str, Any]) -> dict[str, Any]:
+    return {"journal": _update(req["operation_id"], req["expect"], **req["set"])}
+
+
+def op_reboot(req: dict[str, Any]) -> dict[str, Any]:
+    journal = _update(
+        req["operation_id"], "transacted", state="rebooting", reboot_boot_id=_boot_id(), reboot_at=time.time()
+    )
+    if (
+        journal is not None
+        and journal.get("state") == "rebooting"
+        and journal.get("reboot_boot_id") == _boot_id()
+    ):
+        # Detached and delayed, so this answer reaches patchflow before the host goes down.
+        subprocess.Popen(
+            ["/bin/sh", "-c", "sleep 1; " + req["command"]],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            env=APT_ENV,
+        )
+    return {"journal": journal}
+
+
+def op_cancel(req: dict[str, Any]) -> dict[str, Any]:
+    journal = _load(req["operation_id"])
+    if journal is not None and journal.get("state") == "started" and _alive(journal.get("pid")):
+        with contextlib.suppress(OSError):
+            os.killpg(journal["pid"], signal.SIGTERM)
+        time.sleep(float(req.get("grace", 2)))
+        with contextlib.suppress(OSError):
+            os.killpg(journal["pid"], signal.SIGKILL)
+        after = _packages()
+        result = _result(journal, after, req.get("status", "failed"), req.get("message", "cancelled"))
+        journal = _update(req["operation_id"], "started", state="transacted", after=after, result=result)
+    return {"journal": journal}
+
+
+# ------------------------------------------------------------------------------------------ transaction
+def _result(
+    journal: dict[str, Any], after: list[list[str]], status: str, message: str, **extra: Any
+) -> dict[str, Any]:
+    before = {(n, a): v for n, a, v in journal["before"]}
+    now = {(n, a): v for n, a, v in after}
+    changed = [
+        [n, a, before.get((n, a), ""), now.get((n, a), "")]
+        for (n, a) in sorted(set(before) | set(now))
+        if before.get((n, a)) != now.get((n, a))
+    ]
+    out = {
+        "status": status,
+        "message": message,
+        "changed": changed,
+        "reboot_required": _reboot_required(),
+        "audit": _audit(),
+    }
+    out.update(extra)
+    return out
+
+
+def _requests(journal: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """(name → exact version to request, names to remove) for this operation on this host."""
+    installed: dict[str, str] = {}
+    for n, _a, v in _packages():
+        installed[n] = v
+    wanted: dict[str, str] = {}
+    remove: list[str] = []
+    for name, _arch, version in journal["packages"]:
+        current = installed.get(name)
+        if journal["kind"] == "install":
+            if current is not None and _compare(current, "lt", version):
+                wanted[name] = version
+        elif version == "":
+            if current is not None:
+                remove.append(name)
+        elif current != version:
+            wanted[name] = version
+    return wanted, remove
+
+
+def _simulate(
+    wanted: dict[str, str], remove: list[str], pinned: dict[str, str], downgrades: bool
+) -> tuple[int, str, list[str]]:
+    """Simulate; pin set members the resolver pulls in; return (rc, output, changes outside the set)."""
+    for _ in range(10):
+        args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
+        cmd = (
+            ["apt-get", "-s", "-y", *APT_OPTS]
+            + (["--allow-downgrades"] if downgrades else [])
+            + ["install", *args]
+        )
+        rc, out = _run(cmd, timeout=600)
+        if rc != 0:
+            return rc, out, []
+        outside: list[str] = []
+        repin = False
+        for line in out.splitlines():
+            m = _INST.match(line)
+            if m:
+                name, old, new = m.group(1), m.group(2), m.group(3)
+                if wanted.get(name) == new:
+                    continue
+                if name in pinned and name not in wanted:
+                    if pinned[name] == new:
+                        continue
+                    wanted[name] = pinned[name]  # a dependency from the set: at its pinned version
+                    repin = True
+                    continue
+                outside.append(f"{name} {old + ' -> ' if old else ''}{new}")
+                continue
+            m = _REMV.match(line)
+            if m and m.group(1) not in remove:
+                outside.append(f"{m.group(1)} {m.group(2) or ''} -> removed".replace("  ", " "))
+        if not repin:
+            return 0, out, outside
+    return 0, out, outside
+
+
+def _apt_install(wanted: dict[str, str], remove: list[str], downgrades: bool) -> tuple[int, str]:
+    args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
+    cmd = ["apt-get", "-y", *APT_OPTS] + (["--allow-downgrades"] if downgrades else []) + ["install", *args]
+    return _run(cmd, timeout=None)
+
+
+def _transact(operation_id: str) -> None:
+    journal = _load(operation_id)
+    assert journal is not None
+    try:
+        result = _transact_deb(journal) if _family() == "deb" else None
+        if result is None:
+            result = _result(journal, _packages(), "failed", "unsupported package family on this host")
+    except Exception as exc:  # noqa: BLE001 - every failure must reach the journal
+        result = _result(journal, _packages(), "failed", f"the agent failed: {exc!r}")
+    _update(operation_id, "started", state="transacted", after=_packages(), result=result)
+
+
+def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
+    rc, out = _run(["apt-get", "update", *APT_OPTS[:5]], timeout=600)
+    if rc != 0:
+        return _result(journal, _packages(), "failed", "apt-get update failed: " + _tail(out, 1500))
+    audit = _audit()
+    if audit:
+        return _result(
+            journal,
+            _packages(),
+            "failed",
+            "the package database is broken before the transaction (dpkg --audit): " + _tail(audit, 1500),
+        )
+    wanted, remove = _requests(journal)
+    if not wanted and not remove:
+        return _result(journal, _packages(), "succeeded", "nothing to do: every package is at its version")
+    pinned = {n: v for n, _a, v in journal["packages"] if v}
+    downgrades = journal["kind"] == "restore"
+    rc, out, outside = _simulate(wanted, remove, pinned, downgrades)
+    if rc != 0:
+        return _result(
+            journal,
+            _packages(),
+            "failed",
+            "the resolver refused the pinned versions; nothing was changed: " + _tail(out, 1500),
+        )
+    if outside:
+        return _result(
+            journal,
+            _packages(),
+            "failed",
+            "the resolver would also change packages outside the pinned set: "
+            + ", ".join(outside)
+            + "; nothing was changed",
+            outside=outside,
+        )
+    rc, out = _apt_install(wanted, remove, downgrades)
+    after = _packages()
+    audit = _audit()
+    if rc == 0 and not audit:
+        verb = "installed" if journal["kind"] == "install" else "restored"
+        removed = f", removed {len(remove)}" if remove else ""
+        return _result(journal, after, "succeeded", f"{verb} {len(wanted)} package(s){removed}")
+    message = f"apt-get install failed (exit {rc}): {_tail(out, 1500)}"
+    if audit:
+        message += " | dpkg --audit: " + _tail(audit, 500)
+    if journal["kind"] == "install" and journal.get("revert_on_failure", True):
+        message += " | " + _revert(journal, after)
+    return _result(journal, _packages(), "failed", message, output_tail=_tail(out))
+
+
+def _revert(journal: dict[str, Any], after: list[list[str]]) -> str:
+    """Put every package the failed transaction touched back to its version before it."""
+    before = {n: v for n, _a, v in journal["before"]}
+    now = {n: v for n, _a, v in after}
+    wanted = {n: v for n, v in before.items() if n in now and now[n] != v}
+    remove = [n for n in now if n not in before]
+    if not wanted and not remove:
+        return "nothing to revert"
+    rc, out = _apt_install(wanted, remove, True)
+    audit = _audit()
+    if rc == 0 and not audit:
+        return "reverted to the versions before the transaction (dpkg --audit is clean)"
+    return f"reverting failed (exit {rc}): " + _tail(out + "\n" + audit, 800)
+
+
+OPERATIONS = {
+    "facts": op_facts,
+    "start": op_start,
+    "wait": op_wait,
+    "get": op_get,
+    "mark": op_mark,
+    "reboot": op_reboot,
+    "cancel": op_cancel,
+}
+
+
+def main(text: str) -> None:
+    call = loads(text)
+    answer = OPERATIONS[call["op"]](call["request"])
+    sys.stdout.write("\n" + dumps(answer) + "\n")
+    sys.stdout.flush()
+
+
+BOOTSTRAP = (
+    "import sys;d=sys.stdin.read();n=d.index(chr(10));k=int(d[:n]);g={'__name__':'patchflow_agent'};"
+    "exec(compile(d[n+1:n+1+k],'patchflow_agent','exec'),g);g['main'](d[n+1+k:])"
+)
+"""What ``python3 -c`` runs on the host. Its stdin is ``<length of the agent source>\\n<agent source><call JSON>``
+(no json module needed: Debian's python3-minimal lacks it)."""
+
+
+def payload(agent_source: str, op: str, request: dict[str, Any]) -> str:
+    """The stdin of one agent call."""
+    return f"{len(agent_source)}\n{agent_source}" + dumps({"op": op, "request": request})

@@ -1,0 +1,545 @@
+"""The SSH executor: patch fleets without SSM, agentless like Ansible (asyncssh).
+
+* **Connections** — key authentication, host keys verified against the inventory's ``known_hosts`` (an
+  unknown or changed key makes the host ``undeliverable``; nothing is ever accepted blindly), a pool of at most
+  ``max_connections`` open connections (idle ones are closed least recently used first), ``sudo -n`` for
+  any user but root.
+* **On the host** — every call runs the stdlib-only agent (:mod:`.agent`) with ``python3 -c``; nothing is
+  installed. Installs and restores are transactions the agent runs *detached* on the host under an
+  **operation journal** (``/var/lib/patchflow/operations/<sha256(operation id)>.json``, written before and
+  after the package transaction): a retried activity — on any worker, after any crash — finds the journal
+  and waits for, or returns, what already happened; it never installs twice.
+* **Exactly the pinned versions** — apt ``name=version`` for the set's packages that are installed below
+  their pinned version, other members of the set the resolver pulls in pinned too; simulated first
+  (``apt-get -s``): if the resolver would install, upgrade, downgrade or remove anything outside the pinned
+  set, the instance fails with that list and nothing is changed.
+* **Outcomes** — unreachable, host key or authentication failure, no password-less sudo, no python3 →
+  ``undeliverable`` (with the reason); resolver or maintainer-script failure → ``failed`` with the tail of the
+  output (the failed transaction is reverted to the versions before it, ``dpkg --audit`` clean); longer than
+  ``command_timeout_seconds`` → the transaction is killed and the instance ``timed_out``.
+* **Reboots** — ``RebootIfNeeded``: when the host says a reboot is required (``/var/run/reboot-required``),
+  run ``reboot_command`` and wait (up to ``reboot_timeout_seconds``) for the host to come back with a *new
+  boot id*; ``NoReboot``: the result says ``pending_reboot``. (SSM's ``RebootIfNeeded`` reboots after any
+  install; this executor asks the host.)
+* **Rollback** (:meth:`restore`) — ``apt-get install --allow-downgrades name=version`` of the recorded
+  versions (an empty version removes a package the install added), with the same simulation check.
+* **Health** — the host's ``health_command`` (inventory) or the plan's, run as the SSH user: exit 0 is
+  healthy. Without one: reachable and ``dpkg --audit`` clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import shlex
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Final
+
+import asyncssh
+
+from patchflow.errors import NotFoundError
+from patchflow.executors.base import (
+    HealthResult,
+    InstallResult,
+    InstallStatus,
+    InstanceInfo,
+    OperationNotStartedError,
+    Package,
+    PackageChange,
+)
+from patchflow.executors.ssh import agent
+from patchflow.executors.ssh.inventory import SshHost, SshInventory
+
+__all__ = ["REBOOT_OPTIONS", "HostUnreachable", "SshExecutor"]
+
+REBOOT_OPTIONS: Final = ("RebootIfNeeded", "NoReboot")
+AGENT_SOURCE: Final = Path(agent.__file__).read_text(encoding="utf-8")
+_STATUSES: Final = ("succeeded", "failed", "timed_out", "undeliverable")
+
+
+class HostUnreachable(Exception):
+    """The host cannot be driven: unreachable, host key or auth failure, no sudo, no python3."""
+
+
+class AgentError(Exception):
+    """The agent answered with an error (a bug or a broken host, not a package failure)."""
+
+
+class _Pool:
+    """At most ``limit`` hosts are talked to at once and at most ``limit`` connections stay open."""
+
+    def __init__(self, limit: int, connect_timeout: float) -> None:
+        self.limit = limit
+        self.connect_timeout = connect_timeout
+        self._conns: OrderedDict[str, asyncssh.SSHClientConnection] = OrderedDict()
+        self._in_use: dict[str, int] = {}
+        self._sem: asyncio.Semaphore | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._connecting: dict[str, asyncio.Lock] = {}
+
+    def _bind(self) -> asyncio.Semaphore:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:  # connections belong to one event loop
+            self._conns.clear()
+            self._in_use.clear()
+            self._connecting.clear()
+            self._sem = asyncio.Semaphore(self.limit)
+            self._loop = loop
+        assert self._sem is not None
+        return self._sem
+
+    async def run(
+        self, host: SshHost, command: str, stdin: str | None, timeout: float
+    ) -> asyncssh.SSHCompletedProcess:
+        async with self._bind():
+            self._in_use[host.name] = self._in_use.get(host.name, 0) + 1
+            try:
+                for attempt in (1, 2):
+                    conn = await self._connection(host)
+                    try:
+                        return await asyncio.wait_for(conn.run(command, input=stdin, check=False), timeout)
+                    except (
+                        asyncssh.ConnectionLost,
+                        asyncssh.DisconnectError,
+                        asyncssh.ChannelOpenError,
+                        OSError,
+                    ):
+                        self.drop(host.name)
+                        if attempt == 2:
+                            raise
+                raise AssertionError("unreachable")
+            finally:
+                self._in_use[host.name] -= 1
+
+    async def _connection(self, host: SshHost) -> asyncssh.SSHClientConnection:
+        conn = self._conns.get(host.name)
+        if conn is not None and not conn.is_closed():
+            self._conns.move_to_end(host.name)
+            return conn
+        lock = self._connecting.setdefault(host.name, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(host.name)
+            if conn is not None and not conn.is_closed():
+                return conn
+            conn = await asyncssh.connect(
+                host.address,
+                port=host.port,
+                username=host.user,
+                client_keys=[str(host.key_file)] if host.key_file else (),
+                known_hosts=str(host.known_hosts) if host.known_hosts else (),
+                agent_path=None,
+                connect_timeout=self.connect_timeout,
+                keepalive_interval=15,
+                login_timeout=self.connect_timeout,
+            )
+            self._conns[host.name] = conn
+            self._evict()
+            return conn
+
+    def _evict(self) -> None:
+        while len(self._conns) > self.limit:
+            for name in list(self._conns):
+                if not self._in_use.get(name):
+                    self._conns.pop(name).close()
+                    break
+            else:
+                return
+
+    def drop(self, name: str) -> None:
+        conn = self._conns.pop(name, None)
+        if conn is not None:
+            conn.close()
+
+    async def close(self) -> None:
+        conns = list(self._conns.values())
+        self._conns.clear()
+        for conn in conns:
+            conn.close()
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.wait_closed()
+
+
+class SshExecutor:
+    """Drive the hosts of an :class:`~patchflow.executors.ssh.inventory.SshInventory` over SSH.
+
+    Args:
+        inventory: the hosts.
+        reboot_option: ``RebootIfNeeded`` or ``NoReboot``.
+        health_command: the plan's health check (a host's ``health_command`` variable wins).
+        max_connections: hosts talked to at once, and connections kept open.
+        connect_timeout_seconds: TCP connect plus SSH login.
+        command_timeout_seconds: a package transaction running longer is killed (``timed_out``).
+        reboot_timeout_seconds: how long a rebooted host may take to come back with a new boot id.
+        poll_seconds: the longest single wait on the host before patchflow asks again.
+    """
+
+    def __init__(
+        self,
+        inventory: SshInventory,
+        *,
+        reboot_option: str = "RebootIfNeeded",
+        health_command: str | None = None,
+        max_connections: int = 10,
+        connect_timeout_seconds: float = 10.0,
+        command_timeout_seconds: float = 3600.0,
+        reboot_timeout_seconds: float = 600.0,
+        poll_seconds: float = 10.0,
+    ) -> None:
+        if reboot_option not in REBOOT_OPTIONS:
+            raise ValueError(f"reboot_option {reboot_option!r}: use RebootIfNeeded or NoReboot")
+        self.inventory = inventory
+        self.reboot_option = reboot_option
+        self.health_command = health_command
+        self.command_timeout_seconds = command_timeout_seconds
+        self.reboot_timeout_seconds = reboot_timeout_seconds
+        self.poll_seconds = poll_seconds
+        self._pool = _Pool(max_connections, connect_timeout_seconds)
+        self._operations: dict[str, str] = {}
+
+    async def close(self) -> None:
+        await self._pool.close()
+
+    # --------------------------------------------------------------------------------- discovery
+    async def discover(self) -> list[InstanceInfo]:
+        async def one(host: SshHost) -> InstanceInfo:
+            try:
+                facts = await self._agent(host, "facts", {"packages": False}, timeout=30)
+            except (HostUnreachable, AgentError):
+                return InstanceInfo(host.name, dict(host.tags), family=host.family, online=False)
+            return InstanceInfo(
+                host.name,
+                dict(host.tags),
+                family=host.family or facts.get("family") or None,
+                product=facts.get("product") or None,
+                online=True,
+            )
+
+        return list(await asyncio.gather(*(one(h) for h in self.inventory.hosts.values())))
+
+    async def scan(self, instance_id: str) -> list[Package]:
+        facts = await self._agent(self._host(instance_id), "facts", {}, timeout=60)
+        return [Package(n, a, v) for n, a, v in facts["packages"]]
+
+    async def facts(self, instance_id: str) -> dict[str, Any]:
+        """Boot id, family, product, packages, reboot required and ``dpkg --audit`` of a host."""
+        return await self._agent(self._host(instance_id), "facts", {}, timeout=60)
+
+    # --------------------------------------------------------------------------------- installs
+    async def install(
+        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+    ) -> InstallResult:
+        started = await self.start_install(instance_id, patches, operation_id=operation_id)
+        if started is not None:
+            return started
+        return await self.finish_install(instance_id, operation_id=operation_id)
+
+    async def start_install(
+        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+    ) -> InstallResult | None:
+        return await self._start(instance_id, "install", patches, operation_id)
+
+    async def finish_install(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        return await self._finish(instance_id, operation_id, kind="install")
+
+    async def restore(
+        self, instance_id: str, packages: Sequence[Package], *, operation_id: str
+    ) -> InstallResult:
+        started = await self._start(instance_id, "restore", packages, operation_id)
+        if started is not None:
+            return started
+        return await self._finish(instance_id, operation_id, kind="restore")
+
+    async def operation_result(self, operation_id: str) -> InstallResult | None:
+        instance_id = self._operations.get(operation_id) or self._instance_of(operation_id)
+        if instance_id is None:
+            return None
+        try:
+            answer = await self._agent(self._host(instance_id), "get", {"operation_id": operation_id})
+        except (HostUnreachable, AgentError):
+            return None
+        journal = answer.get("journal")
+        if journal is None or journal.get("state") != "done":
+            return None
+        return _final_result(instance_id, journal)
+
+    async def cancel(self, operation_id: str) -> bool:
+        instance_id = self._operations.get(operation_id) or self._instance_of(operation_id)
+        if instance_id is None:
+            return False
+        try:
+            answer = await self._agent(
+                self._host(instance_id),
+                "cancel",
+                {"operation_id": operation_id, "status": "failed", "message": "cancelled by an operator"},
+            )
+        except (HostUnreachable, AgentError):
+            return False
+        return answer.get("journal") is not None
+
+    async def health_check(self, instance_id: str) -> HealthResult:
+        host = self._host(instance_id)
+        command = host.health_command or self.health_command
+        try:
+            if command is None:
+                facts = await self._agent(host, "facts", {"packages": False}, timeout=60)
+                if facts.get("audit"):
+                    return HealthResult(instance_id, False, "dpkg --audit: " + facts["audit"][-300:])
+                return HealthResult(instance_id, True, "reachable; dpkg --audit clean (no health_command)")
+            result = await self._pool.run(host, command, None, timeout=120)
+        except (HostUnreachable, AgentError) as exc:
+            return HealthResult(instance_id, False, str(exc))
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            return HealthResult(instance_id, False, _reason(exc))
+        if result.exit_status == 0:
+            return HealthResult(instance_id, True, "")
+        return HealthResult(
+            instance_id, False, f"health command exited {result.exit_status}: {_text(result.stderr)[-300:]}"
+        )
+
+    # ----------------------------------------------------------------------------------- internals
+    def _host(self, instance_id: str) -> SshHost:
+        host = self.inventory.hosts.get(instance_id)
+        if host is None:
+            raise NotFoundError(f"{instance_id!r} is not in the SSH inventory {self.inventory.source}")
+        return host
+
+    def _instance_of(self, operation_id: str) -> str | None:
+        """patchflow's operation ids are ``wave/stage/instance/install/attempt[/restore]``."""
+        parts = operation_id.split("/")
+        for i in range(len(parts) - 1, 0, -1):
+            if parts[i] == "install" and parts[i - 1] in self.inventory.hosts:
+                return parts[i - 1]
+        return None
+
+    async def _start(
+        self, instance_id: str, kind: str, packages: Sequence[Package], operation_id: str
+    ) -> InstallResult | None:
+        host = self._host(instance_id)
+        self._operations[operation_id] = instance_id
+        request = {
+            "operation_id": operation_id,
+            "kind": kind,
+            "packages": [[p.name, p.arch, p.version] for p in packages],
+        }
+        started = time.monotonic()
+        try:
+            answer = await self._agent(host, "start", request, timeout=120)
+        except HostUnreachable as exc:
+            return InstallResult(
+                instance_id, "undeliverable", message=str(exc), duration_seconds=_since(started)
+            )
+        except AgentError as exc:
+            return InstallResult(instance_id, "failed", message=str(exc), duration_seconds=_since(started))
+        journal = answer["journal"]
+        if journal.get("kind") != kind or journal.get("packages") != request["packages"]:
+            raise ValueError(
+                f"operation id {operation_id!r} was already used on {instance_id} for another "
+                f"{journal.get('kind')} (different packages)"
+            )
+        if journal.get("state") == "done":
+            return _final_result(instance_id, journal)
+        return None
+
+    async def _finish(self, instance_id: str, operation_id: str, *, kind: str) -> InstallResult:
+        host = self._host(instance_id)
+        self._operations[operation_id] = instance_id
+        unreachable_since: float | None = None
+        while True:
+            try:
+                answer = await self._agent(
+                    host,
+                    "wait",
+                    {"operation_id": operation_id, "seconds": self.poll_seconds},
+                    timeout=self.poll_seconds + 60,
+                )
+            except HostUnreachable as exc:
+                # A transaction runs detached on the host: a blip is waited out; a long outage is reported.
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                if now - unreachable_since > self.reboot_timeout_seconds:
+                    return InstallResult(
+                        instance_id, "undeliverable", message=f"lost contact while waiting: {exc}"
+                    )
+                await asyncio.sleep(1.0)
+                continue
+            unreachable_since = None
+            journal = answer.get("journal")
+            if journal is None:
+                raise OperationNotStartedError(operation_id, f"no journal on {instance_id}")
+            if journal.get("kind") != kind:
+                raise ValueError(f"operation id {operation_id!r} on {instance_id} is a {journal.get('kind')}")
+            state = journal.get("state")
+            if state == "done":
+                return _final_result(instance_id, journal)
+            if state == "started":
+                if answer["now"] - journal["started_at"] > self.command_timeout_seconds:
+                    await self._agent(
+                        host,
+                        "cancel",
+                        {
+                            "operation_id": operation_id,
+                            "status": "timed_out",
+                            "message": f"the package transaction ran longer than {self.command_timeout_seconds:.0f}s "
+                            "and was killed",
+                        },
+                        timeout=60,
+                    )
+                continue
+            if state == "transacted":
+                result = journal["result"]
+                if result.get("reboot_required") and result["status"] == "succeeded" and kind == "install":
+                    if self.reboot_option == "RebootIfNeeded":
+                        await self._agent(
+                            host,
+                            "reboot",
+                            {"operation_id": operation_id, "command": host.reboot_command},
+                            timeout=60,
+                        )
+                        continue
+                    return await self._done(host, journal, "transacted", pending_reboot=True)
+                return await self._done(host, journal, "transacted")
+            if state == "rebooting":
+                return await self._after_reboot(host, journal)
+            raise AgentError(f"operation {operation_id!r} on {instance_id} is in an unknown state {state!r}")
+
+    async def _after_reboot(self, host: SshHost, journal: dict[str, Any]) -> InstallResult:
+        """Wait for the host to come back with a new boot id, then close the operation."""
+        deadline = time.monotonic() + self.reboot_timeout_seconds
+        while time.monotonic() < deadline:
+            try:
+                facts = await self._agent(host, "facts", {"packages": False}, timeout=30)
+            except (HostUnreachable, AgentError):
+                self._pool.drop(host.name)
+                await asyncio.sleep(0.5)
+                continue
+            if facts["boot_id"] and facts["boot_id"] != journal.get("reboot_boot_id"):
+                return await self._done(host, journal, "rebooting", rebooted=True, boot_id=facts["boot_id"])
+            await asyncio.sleep(0.5)
+        result = journal["result"]
+        return InstallResult(
+            host.name,
+            "failed",
+            changed=_changes(result),
+            message=f"{result.get('message', '')}; the host did not come back with a new boot id within "
+            f"{self.reboot_timeout_seconds:.0f}s of its reboot",
+        )
+
+    async def _done(
+        self,
+        host: SshHost,
+        journal: dict[str, Any],
+        expect: str,
+        *,
+        pending_reboot: bool = False,
+        rebooted: bool = False,
+        boot_id: str | None = None,
+    ) -> InstallResult:
+        result = journal["result"]
+        message = result.get("message", "")
+        if pending_reboot:
+            message += "; pending_reboot: the host requires a reboot (RebootOption NoReboot)"
+        if rebooted:
+            message += f"; rebooted (new boot id {boot_id})"
+        final = {
+            "status": result["status"],
+            "message": message,
+            "rebooted": rebooted,
+            "pending_reboot": pending_reboot,
+            "finished_at": time.time(),
+        }
+        answer = await self._agent(
+            host,
+            "mark",
+            {
+                "operation_id": journal["operation_id"],
+                "expect": expect,
+                "set": {"state": "done", "final": final},
+            },
+            timeout=60,
+        )
+        marked = answer.get("journal") or journal
+        if marked.get("state") != "done":  # someone else moved it on: read it again next round
+            marked = {**journal, "state": "done", "final": final}
+        return _final_result(host.name, marked)
+
+    async def _agent(
+        self, host: SshHost, op: str, request: dict[str, Any], *, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        command = ("sudo -n " if host.sudo else "") + "python3 -c " + shlex.quote(agent.BOOTSTRAP)
+        payload = agent.payload(AGENT_SOURCE, op, request)
+        try:
+            result = await self._pool.run(host, command, payload, timeout)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise HostUnreachable(
+                f"host key of {host.name} ({host.address}:{host.port}) not verified against {host.known_hosts}: "
+                f"{exc.reason}"
+            ) from exc
+        except asyncssh.PermissionDenied as exc:
+            raise HostUnreachable(
+                f"authentication failed for {host.user}@{host.address}:{host.port}: {exc.reason}"
+            ) from exc
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise HostUnreachable(
+                f"{host.name} ({host.address}:{host.port}) unreachable: {_reason(exc)}"
+            ) from exc
+        stdout, stderr = _text(result.stdout), _text(result.stderr)
+        if result.exit_status != 0:
+            if host.sudo and "sudo" in stderr:
+                raise HostUnreachable(
+                    f"sudo -n failed for {host.user} on {host.name}: {stderr.strip()[-300:]}; give the user "
+                    "password-less sudo (patchflow runs python3 as root through sudo -n)"
+                )
+            if result.exit_status == 127:
+                raise HostUnreachable(f"python3 is required on {host.name}: {stderr.strip()[-300:]}")
+            raise AgentError(
+                f"the agent failed on {host.name} (exit {result.exit_status}): {stderr.strip()[-800:]}"
+            )
+        for line in reversed(stdout.strip().splitlines()):
+            if line.startswith("{"):
+                answer: dict[str, Any] = json.loads(line)
+                return answer
+        raise AgentError(f"the agent on {host.name} gave no answer: {stdout[-300:]} {stderr[-300:]}")
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(getattr(exc, "reason", "") or exc) or type(exc).__name__
+
+
+def _since(start: float) -> float:
+    return time.monotonic() - start
+
+
+def _changes(result: dict[str, Any]) -> tuple[PackageChange, ...]:
+    return tuple(PackageChange(n, a, f, t) for n, a, f, t in result.get("changed", []))
+
+
+def _final_result(instance_id: str, journal: dict[str, Any]) -> InstallResult:
+    result = journal["result"]
+    final = journal.get("final") or {}
+    status = final.get("status", result["status"])
+    if status not in _STATUSES:
+        status = "failed"
+    typed: InstallStatus = status
+    return InstallResult(
+        instance_id=instance_id,
+        status=typed,
+        changed=_changes(result),
+        rebooted=bool(final.get("rebooted")),
+        message=final.get("message", result.get("message", "")),
+        duration_seconds=max(
+            0.0, float(final.get("finished_at", journal.get("updated_at", 0))) - journal["started_at"]
+        ),
+    )

@@ -1,0 +1,203 @@
+"""The SSH executor on real Debian hosts of the lab: exact pins, the operation journal on the host, the
+resolver check, failing maintainer scripts, reboots, rollback, sudo and refused host keys.
+
+Reboot semantics follow the SSM document "AWS-RunPatchBaseline" parameter ``RebootOption``
+(``RebootIfNeeded`` / ``NoReboot``: "patches installed … pending reboot"); outcome mapping follows the
+executor contract in :mod:`patchflow.executors.base` (undeliverable targets are reported, not counted).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+import yaml
+
+from patchflow.executors.base import Package
+from patchflow.executors.ssh import SshExecutor, load_inventory
+from patchflow.testing.lab.fleet import Lab
+from tests.lab.conftest import Hosts
+
+pytestmark = pytest.mark.lab
+
+APP = [Package("app", "all", "1.1-1"), Package("libfoo", "all", "1.1-1")]
+
+
+@pytest_asyncio.fixture
+async def executor(inventory: Path) -> AsyncIterator[SshExecutor]:
+    ex = SshExecutor(load_inventory(inventory), poll_seconds=2, reboot_timeout_seconds=60)
+    try:
+        yield ex
+    finally:
+        await ex.close()
+
+
+def dpkg_log_count(lab: Lab, host: str, what: str) -> int:
+    """How many times dpkg did ``what`` (e.g. ``upgrade app:all``) on the host."""
+    out = lab.run(host, "cat /var/log/dpkg.log").stdout
+    return sum(1 for line in out.splitlines() if f" {what} " in line)
+
+
+async def test_installs_exactly_the_pinned_versions_once_per_operation(
+    lab: Lab, lab_hosts: Hosts, executor: SshExecutor
+) -> None:
+    host = lab_hosts.take("spare")
+    op = f"w-pin/dev/{host}/install/0"
+    assert await executor.start_install(host, APP, operation_id=op) is None  # under way, detached on the host
+    # A retried activity on another worker (a new executor object) while the transaction runs: it waits for
+    # the same transaction instead of starting a second one.
+    other_worker = SshExecutor(load_inventory(executor.inventory.source))
+    try:
+        first, again = await asyncio.gather(
+            executor.finish_install(host, operation_id=op), other_worker.install(host, APP, operation_id=op)
+        )
+    finally:
+        await other_worker.close()
+    assert first.status == "succeeded", first.message
+    assert again == first
+    assert {(c.name, c.from_version, c.to_version) for c in first.changed} == {
+        ("app", "1.0-1", "1.1-1"),
+        ("libfoo", "1.0-1", "1.1-1"),
+    }
+    installed = lab.installed(host)
+    assert installed["app"] == "1.1-1" and installed["libfoo"] == "1.1-1"
+    assert installed["tool"] == "3.0-1"  # not in the set: untouched although lab-updates has 3.1~rc1-1
+
+    # Once finished, a retry gets the recorded result; dpkg ran once.
+    assert await executor.install(host, APP, operation_id=op) == first
+    assert dpkg_log_count(lab, host, "upgrade app:all") == 1
+    journal = lab.run(host, "cat /var/lib/patchflow/operations/*.json").stdout
+    record = json.loads(journal)
+    assert record["operation_id"] == op and record["state"] == "done"
+    assert ["app", "all", "1.0-1"] in record["before"] and ["app", "all", "1.1-1"] in record["after"]
+    assert await executor.operation_result(op) == first
+
+    # Rollback to the recorded versions (apt --allow-downgrades), dpkg --audit clean.
+    restored = await executor.restore(
+        host, [Package(c.name, c.arch, c.from_version) for c in first.changed], operation_id=op + "/restore"
+    )
+    assert restored.status == "succeeded", restored.message
+    assert lab.installed(host)["app"] == "1.0-1" and lab.installed(host)["libfoo"] == "1.0-1"
+    assert lab.run(host, "dpkg --audit").stdout.strip() == ""
+
+    # The same operation id for another package list is a caller bug.
+    with pytest.raises(ValueError, match="already used"):
+        await executor.install(host, [Package("tool", "all", "3.1~rc1-1")], operation_id=op)
+
+
+async def test_a_pin_needing_a_dependency_outside_the_set_fails_and_changes_nothing(
+    lab: Lab, lab_hosts: Hosts, executor: SshExecutor
+) -> None:
+    host = lab_hosts.take("spare")
+    before = lab.installed(host)
+    result = await executor.install(
+        host, [Package("app", "all", "1.1-1")], operation_id=f"w-dep/x/{host}/install/0"
+    )
+    assert result.status == "failed"
+    assert "outside the pinned set" in result.message and "libfoo 1.0-1 ->" in result.message
+    assert "nothing was changed" in result.message
+    assert result.changed == ()
+    assert lab.installed(host) == before
+
+
+async def test_a_failing_postinst_fails_the_instance_and_is_reverted(
+    lab: Lab, lab_hosts: Hosts, executor: SshExecutor
+) -> None:
+    host = lab_hosts.take("spare")
+    result = await executor.install(
+        host,
+        [Package("flaky", "all", "1.1-1"), Package("editor-lab", "all", "9.1-1")],
+        operation_id=f"w-flaky/x/{host}/install/0",
+    )
+    assert result.status == "failed" and result.counts_as_error
+    assert "postinst fails on purpose" in result.message  # the tail of apt's output
+    assert "reverted to the versions before the transaction" in result.message
+    installed = lab.installed(host)
+    assert installed["flaky"] == "1.0-1" and installed["editor-lab"] == "9.0-1"
+    assert lab.run(host, "dpkg --audit").stdout.strip() == ""
+
+
+async def test_reboot_if_needed_reboots_into_a_new_boot_id(
+    lab: Lab, lab_hosts: Hosts, executor: SshExecutor
+) -> None:
+    host = lab_hosts.take("spare")
+    boot_before = next(h["boot_id"] for h in lab.status() if h["id"] == host)
+    lab.run(host, "nohup sleep 600 >/dev/null 2>&1 &")
+    result = await executor.install(
+        host, [Package("linux-image-lab", "all", "6.1.0-2")], operation_id=f"w-kernel/x/{host}/install/0"
+    )
+    assert result.status == "succeeded", result.message
+    assert result.rebooted and "rebooted" in result.message
+    status = next(h for h in lab.status() if h["id"] == host)
+    assert status["boot_id"] != boot_before
+    assert (await executor.facts(host))["boot_id"] == status["boot_id"]
+    assert "sleep 600" not in lab.run(host, "ps -eo args").stdout  # the reboot stopped every process
+    assert status["reboot_pending"] is False
+    assert status["packages"]["linux-image-lab"] == "6.1.0-2"
+
+
+async def test_no_reboot_reports_pending_reboot(lab: Lab, lab_hosts: Hosts, inventory: Path) -> None:
+    host = lab_hosts.take("spare")
+    boot_before = next(h["boot_id"] for h in lab.status() if h["id"] == host)
+    executor = SshExecutor(load_inventory(inventory), reboot_option="NoReboot", poll_seconds=2)
+    try:
+        result = await executor.install(
+            host, [Package("linux-image-lab", "all", "6.1.0-2")], operation_id=f"w-norb/x/{host}/install/0"
+        )
+    finally:
+        await executor.close()
+    assert result.status == "succeeded" and not result.rebooted
+    assert "pending_reboot" in result.message
+    status = next(h for h in lab.status() if h["id"] == host)
+    assert status["reboot_pending"] is True and status["boot_id"] == boot_before
+
+
+async def test_sudo_for_a_non_root_user_and_undeliverable_hosts(
+    lab: Lab, lab_hosts: Hosts, inventory: Path, tmp_path: Path
+) -> None:
+    host = lab_hosts.take("spare")
+    inv = yaml.safe_load(inventory.read_text())
+    entry = next(
+        hosts[host] for group in inv["all"]["children"].values() if host in (hosts := group["hosts"])
+    )
+    known_hosts = Path(inv["all"]["vars"]["known_hosts"])
+    wrong_keys = tmp_path / "wrong_known_hosts"
+    other = next(line for line in known_hosts.read_text().splitlines() if entry["ansible_host"] not in line)
+    wrong_keys.write_text(
+        f"[{entry['ansible_host']}]:{entry['ansible_port']} " + other.split(" ", 1)[1] + "\n"
+    )
+    custom = {
+        "all": {
+            "vars": dict(inv["all"]["vars"]),
+            "hosts": {
+                "as-deploy": {**entry, "ansible_user": "deploy"},
+                "wrong-key": {**entry, "known_hosts": str(wrong_keys)},
+                "nobody-home": {**entry, "ansible_host": "127.0.77.250"},
+            },
+        }
+    }
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(custom))
+    executor = SshExecutor(load_inventory(path), poll_seconds=2, connect_timeout_seconds=5)
+    try:
+        ok = await executor.install(
+            "as-deploy",
+            [Package("tzdata-lab", "all", "2025b-1")],
+            operation_id="w-sudo/x/as-deploy/install/0",
+        )
+        wrong = await executor.install("wrong-key", APP, operation_id="w-sudo/x/wrong-key/install/0")
+        down = await executor.install("nobody-home", APP, operation_id="w-sudo/x/nobody-home/install/0")
+        found = {i.instance_id: i.online for i in await executor.discover()}
+    finally:
+        await executor.close()
+    assert ok.status == "succeeded", ok.message
+    assert lab.installed(host)["tzdata-lab"] == "2025b-1"  # installed as root through sudo -n
+    assert wrong.status == "undeliverable" and "host key" in wrong.message
+    assert down.status == "undeliverable" and "unreachable" in down.message
+    assert not wrong.counts_as_error and not down.counts_as_error
+    assert lab.installed(host)["app"] == "1.0-1"  # the refused host key protected the host
+    assert found == {"as-deploy": True, "wrong-key": False, "nobody-home": False}
