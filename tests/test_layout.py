@@ -57,3 +57,7 @@ def test_the_length_check_finds_a_long_function(tmp_path: Path) -> None:
     assert (
         len(found) == 1 and "f (" in found[0] and found[0].endswith(f"({MAX_CORE_FUNCTION_LINES + 2} lines)")
     )
+
+
+def test_no_function_in_the_core_is_too_long_to_read() -> None:
+    assert _long_functions(REPO_ROOT / "patchflow" / "core", MAX_CORE_FUNCTION_LINES) == []
