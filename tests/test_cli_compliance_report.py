@@ -28,6 +28,7 @@ from patchflow.cli.compliance import load_last_wave, parse_s3_uri
 from patchflow.config import Settings
 from patchflow.core.baselines import load_baseline
 from patchflow.core.catalog import load_catalog
+from patchflow.core.documents import dump_yaml
 from patchflow.core.evaluation import evaluate
 from patchflow.core.patchsets import PatchSetStore
 from patchflow.core.reports import CSV_COLUMNS
@@ -147,7 +148,7 @@ def generate(directory: Path, seed: int = 11) -> Files:
         inventory=directory / "inventory.json",
         nodes=nodes,
     )
-    files.baseline.write_text(yaml.safe_dump(BASELINE, sort_keys=False))
+    files.baseline.write_text(dump_yaml(BASELINE, sort_keys=False))
     files.catalog.write_text(json.dumps(catalog, indent=1))
     fleet = {
         "name": "reportfleet",
@@ -162,7 +163,7 @@ def generate(directory: Path, seed: int = 11) -> Files:
             for node in nodes
         ],
     }
-    files.fleet.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    files.fleet.write_text(dump_yaml(fleet, sort_keys=False))
     inventory = [
         {
             "instance_id": node.instance_id,
@@ -190,7 +191,7 @@ def generate(directory: Path, seed: int = 11) -> Files:
         "executor": {"kind": "simulated", "fleet": "fleet.yaml", "time_scale": 0},
         "stages": stages,
     }
-    files.plan.write_text(yaml.safe_dump(plan, sort_keys=False))
+    files.plan.write_text(dump_yaml(plan, sort_keys=False))
     return files
 
 
@@ -878,7 +879,7 @@ def test_plan_with_the_ssm_executor_scans_over_http(
             "region": "us-east-1",
             "bucket": "scan-output",
         }
-        files.plan.write_text(yaml.safe_dump(plan))
+        files.plan.write_text(dump_yaml(plan))
         result = cli(
             "compliance", "report", "--plan", files.plan, "--at", AT, "--format", "json", "--progress",
             "--concurrency", "3",

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.table import Table
 
 from patchflow.cli.common import Fmt, emit_json, err, out
 from patchflow.config import get_settings
+from patchflow.core.documents import dump_yaml
 from patchflow.errors import InputError
 
 lab_app = typer.Typer(
@@ -203,7 +203,7 @@ def demo_lab() -> Iterator[Path]:
         path = demo / "plan.yaml"
         path.write_text(
             "# Written by `patchflow demo --lab`: the Debian default baseline on the lab fleet over SSH.\n"
-            + yaml.safe_dump(plan, sort_keys=False)
+            + dump_yaml(plan, sort_keys=False)
         )
         yield path
     finally:

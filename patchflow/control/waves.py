@@ -6,8 +6,10 @@ pinned in the content-addressed store, and the workflow receives everything it n
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import secrets
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -79,10 +81,19 @@ def no_worker_message(task_queue: str, wave_id: str) -> str:
     )
 
 
+#: How long a command looks for a worker's poll before it says none polls: a worker that has just started (the
+#: demo's, a restarted one) shows among the task queue's pollers only once its first poll reached the server.
+WORKER_GRACE_SECONDS = 5.0
+
+
 async def require_worker(client: Client, task_queue: str, wave_id: str) -> None:
-    """Raise :class:`NoWorkerError` at once when no worker polls ``task_queue``, instead of waiting for one."""
-    if not await worker_polls(client, task_queue):
-        raise NoWorkerError(no_worker_message(task_queue, wave_id))
+    """Raise :class:`NoWorkerError` within :data:`WORKER_GRACE_SECONDS` when no worker polls ``task_queue``,
+    instead of waiting for one without a word."""
+    deadline = time.monotonic() + WORKER_GRACE_SECONDS
+    while not await worker_polls(client, task_queue):
+        if time.monotonic() >= deadline:
+            raise NoWorkerError(no_worker_message(task_queue, wave_id))
+        await asyncio.sleep(0.5)
 
 
 def local_user() -> str:

@@ -20,10 +20,16 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, ValidationError
 
-from patchflow.core.documents import Document, PathPart, format_path, load_document, validation_problems
+from patchflow.core.documents import (
+    Document,
+    PathPart,
+    dump_yaml,
+    format_path,
+    load_document,
+    validation_problems,
+)
 from patchflow.errors import BaselineError, ExportError, Problem
 
 OperatingSystem = Literal[
@@ -491,4 +497,4 @@ def dump_baseline(body: dict[str, Any], fmt: Literal["json", "yaml"]) -> str:
     """Serialise a baseline body for writing to a file."""
     if fmt == "json":
         return json.dumps(body, indent=2) + "\n"
-    return yaml.safe_dump(body, sort_keys=False, allow_unicode=True)
+    return dump_yaml(body, sort_keys=False, allow_unicode=True)

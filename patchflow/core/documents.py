@@ -155,6 +155,18 @@ def _depth_mark(text: str) -> tuple[int, int]:
     return line, column
 
 
+class _NoAliasDumper(yaml.SafeDumper):
+    """Writes shared values out in full: patchflow refuses aliases when it reads YAML, so it never writes them."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def dump_yaml(data: Any, **options: Any) -> str:
+    """``yaml.safe_dump`` without anchors and aliases, so every YAML file patchflow writes it can read back."""
+    return yaml.dump(data, Dumper=_NoAliasDumper, **options)
+
+
 def format_path(parts: Sequence[PathPart]) -> str:
     """Render ``("ApprovalRules", "PatchRules", 0, "ApproveAfterDays")`` as ``ApprovalRules.PatchRules[0].ApproveAfterDays``."""
     out = ""

@@ -30,6 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from patchflow.config import Settings
 from patchflow.control.devserver import free_port
+from patchflow.core.documents import dump_yaml
 from patchflow.metrics import Metrics
 from patchflow.service.api import TokenVerifier, bind, create_app, make_server, openapi_document
 from patchflow.store import db
@@ -70,7 +71,7 @@ def write_plan(plans: Path, name: str, *, time_scale: float) -> str:
     plan["executor"]["time_scale"] = time_scale
     for stage in plan["stages"]:
         stage["soak"] = "0s"
-    (plans / name).write_text(yaml.safe_dump(plan))
+    (plans / name).write_text(dump_yaml(plan))
     return name
 
 
@@ -490,10 +491,10 @@ async def test_plans_validate_and_dry_run(stack: Stack, http: httpx.AsyncClient)
 
     # A fleet of its own: the waves of the other tests have already upgraded the example fleet.
     fleet = yaml.safe_load((EXAMPLES_DIR / "fleet.yaml").read_text())
-    (plans / "fleet.yaml").write_text(yaml.safe_dump({**fleet, "name": "dry-run"}))
+    (plans / "fleet.yaml").write_text(dump_yaml({**fleet, "name": "dry-run"}))
     plan = yaml.safe_load((plans / "demo.yaml").read_text())
     (plans / "dry.yaml").write_text(
-        yaml.safe_dump({**plan, "executor": {"kind": "simulated", "fleet": "fleet.yaml"}})
+        dump_yaml({**plan, "executor": {"kind": "simulated", "fleet": "fleet.yaml"}})
     )
     dry = await http.post("/plans/dry-run", json={"plan": "dry.yaml", "at": AT}, headers=operator)
     assert dry.status_code == 200, dry.text

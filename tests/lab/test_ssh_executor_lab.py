@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from patchflow.core.documents import dump_yaml
 from patchflow.executors.base import Package
 from patchflow.executors.ssh import SshExecutor, load_inventory
 from patchflow.testing.lab.fleet import Lab
@@ -181,7 +182,7 @@ async def test_sudo_for_a_non_root_user_and_undeliverable_hosts(
         }
     }
     path = tmp_path / "inventory.yml"
-    path.write_text(yaml.safe_dump(custom))
+    path.write_text(dump_yaml(custom))
     executor = SshExecutor(load_inventory(path), poll_seconds=2, connect_timeout_seconds=5)
     try:
         ok = await executor.install(

@@ -27,6 +27,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from patchflow.core.compliance import InstanceCompliance
+from patchflow.core.documents import dump_yaml
 from patchflow.core.wavemodel import StageStatus, WaveStatus
 from patchflow.metrics import Exporter, Metrics, start_http_exporter
 
@@ -323,14 +324,14 @@ def test_every_promql_expression_parses(tmp_path: Path) -> None:
         ]
     }
     path = tmp_path / "dashboard-rules.yml"
-    path.write_text(yaml.safe_dump(rules))
+    path.write_text(dump_yaml(rules))
     result = run(binary("promtool"), "check", "rules", str(path))
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
 
     # ... and the check bites: a broken expression fails.
     rules["groups"][0]["rules"] = [{"record": "dashboard:broken", "expr": "sum by (le (rate(x[5m]))"}]
-    path.write_text(yaml.safe_dump(rules))
+    path.write_text(dump_yaml(rules))
     assert run(binary("promtool"), "check", "rules", str(path)).returncode != 0
 
 
@@ -384,7 +385,7 @@ def test_real_prometheus_scrapes_patchflow_and_answers_every_query(
             for job in ("patchflow-api", "patchflow-worker")
         ],
     }
-    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
+    (tmp_path / "prometheus.yml").write_text(dump_yaml(config))
     log = (tmp_path / "prometheus.log").open("w")
     process = subprocess.Popen(
         [

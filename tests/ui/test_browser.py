@@ -23,6 +23,7 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
+from patchflow.core.documents import dump_yaml
 from tests.ui.conftest import ARTIFACTS, UiStack
 
 WAIT = 60
@@ -283,7 +284,7 @@ def _paused_schedule(stack: UiStack) -> str:
     plan_doc = yaml.safe_load(source.read_text())
     plan_doc["name"] = f"ui{os.urandom(3).hex()}"
     path = stack.settings.api_plans_dir / f"{plan_doc['name']}.yaml"
-    path.write_text(yaml.safe_dump(plan_doc))
+    path.write_text(dump_yaml(plan_doc))
     request = ScheduleRequest(
         plan=load_plan(path),
         schedule=parse_schedule(weekly="tue", at="03:00", timezone="Europe/Berlin"),

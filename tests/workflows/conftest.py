@@ -11,13 +11,13 @@ from typing import Any
 
 import pytest
 import pytest_asyncio
-import yaml
 from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.patching import ExecutorFactory, build_executor
 from patchflow.control.devserver import find_binary
+from patchflow.core.documents import dump_yaml
 from patchflow.service.worker import build_worker
 
 
@@ -85,7 +85,7 @@ def make_fleet(tmp_path: Path) -> Callable[..., Path]:
                     }
                 )
         path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump({"name": name, "seed": 1, "instances": instances}, sort_keys=False))
+        path.write_text(dump_yaml({"name": name, "seed": 1, "instances": instances}, sort_keys=False))
         return path
 
     return build

@@ -16,6 +16,7 @@ import yaml
 from temporalio.testing import WorkflowEnvironment
 
 from patchflow.control.devserver import free_port
+from patchflow.core.documents import dump_yaml
 from tests.conftest import EXAMPLES_DIR, REPO_ROOT
 
 
@@ -43,7 +44,7 @@ def demo_plan(directory: Path, **changes: Any) -> Path:
         stage["soak"] = "0s"
     plan["stages"][2].update(changes)
     path = directory / "plan.yaml"
-    path.write_text(yaml.safe_dump(plan))
+    path.write_text(dump_yaml(plan))
     return path
 
 
@@ -198,7 +199,7 @@ def test_wave_start_wait_has_a_timeout(env: dict[str, str], tmp_path: Path) -> N
     plan = demo_plan(tmp_path)
     data = yaml.safe_load(plan.read_text())
     data["stages"][0]["window"] = {"schedule": "rate(1 day)", "duration_hours": 1}
-    plan.write_text(yaml.safe_dump(data))
+    plan.write_text(dump_yaml(data))
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
         [sys.executable, "-m", "patchflow", "worker"],

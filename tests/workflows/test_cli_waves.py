@@ -18,6 +18,7 @@ import yaml
 from temporalio.testing import WorkflowEnvironment
 
 from patchflow.control.devserver import free_port, port_open
+from patchflow.core.documents import dump_yaml
 from tests.conftest import EXAMPLES_DIR, REPO_ROOT
 
 
@@ -45,7 +46,7 @@ def fast_plan(tmp_path: Path) -> Path:
     for stage in plan["stages"]:
         stage["soak"] = "0s"
     path = tmp_path / "plan.yaml"
-    path.write_text(yaml.safe_dump(plan))
+    path.write_text(dump_yaml(plan))
     return path
 
 

@@ -19,6 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 from patchflow.cli.emergency import emergency_wave_input, freeze_wait, prepare
 from patchflow.config import Settings
 from patchflow.control.waves import act, wave_status
+from patchflow.core.documents import dump_yaml
 from patchflow.core.emergency import emergency_patch_set
 from patchflow.core.patchsets import PatchSetStore
 from patchflow.executors.simulated import SimulatedExecutor, default_state_path
@@ -66,7 +67,7 @@ def make_plan(tmp_path: Path) -> Callable[..., Path]:
         ],
     }
     fleet_path = tmp_path / "fleet.yaml"
-    fleet_path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    fleet_path.write_text(dump_yaml(fleet, sort_keys=False))
 
     def build(**extra: Any) -> Path:
         later = {"schedule": "at(2099-01-01T03:00:00)", "duration_hours": 2}
@@ -99,7 +100,7 @@ def make_plan(tmp_path: Path) -> Callable[..., Path]:
             **extra,
         }
         path = tmp_path / "plan.yaml"
-        path.write_text(yaml.safe_dump(plan, sort_keys=False))
+        path.write_text(dump_yaml(plan, sort_keys=False))
         return path
 
     return build
@@ -414,7 +415,7 @@ def mixed_plan(tmp_path: Path) -> Path:
         ],
     }
     fleet_path = tmp_path / "mixed-fleet.yaml"
-    fleet_path.write_text(yaml.safe_dump(fleet, sort_keys=False))
+    fleet_path.write_text(dump_yaml(fleet, sort_keys=False))
     later = {"schedule": "at(2099-01-01T03:00:00)", "duration_hours": 2}
     plan = {
         "name": "mixedtest",
@@ -433,7 +434,7 @@ def mixed_plan(tmp_path: Path) -> Path:
         ],
     }
     path = tmp_path / "mixed-plan.yaml"
-    path.write_text(yaml.safe_dump(plan, sort_keys=False))
+    path.write_text(dump_yaml(plan, sort_keys=False))
     return path
 
 

@@ -18,7 +18,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-import yaml
 from temporalio.client import (
     Client,
     Schedule,
@@ -43,6 +42,7 @@ from patchflow.control.scheduling import (
     unpause_schedule,
 )
 from patchflow.control.waves import act, wave_status
+from patchflow.core.documents import dump_yaml
 from patchflow.core.plans import load_plan
 from patchflow.core.schedules import (
     WaveSchedule,
@@ -81,7 +81,7 @@ def write_plan(tmp_path: Path, fleet: Path, *, prod_gate: Any = "auto", name: st
         ],
     }
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(plan))
+    path.write_text(dump_yaml(plan))
     return path
 
 

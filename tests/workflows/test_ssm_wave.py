@@ -13,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from patchflow.config import Settings
 from patchflow.control.waves import act, executor_ref, pin_patch_set, wave_input, wave_status
+from patchflow.core.documents import dump_yaml
 from patchflow.core.plans import PlanError, load_plan
 from patchflow.core.wavemodel import StageInput, WaveInput
 from patchflow.core.windows import WindowSpec
@@ -148,7 +149,7 @@ async def test_the_demo_plan_runs_on_the_ssm_endpoint(
     data["executor"] = {"kind": "ssm", "region": endpoint.region, "endpoint_url": endpoint.url}
     for stage in data["stages"]:
         stage["soak"] = "0s"
-    (tmp_path / "plan.yaml").write_text(yaml.safe_dump(data))
+    (tmp_path / "plan.yaml").write_text(dump_yaml(data))
     plan = load_plan(tmp_path / "plan.yaml")
     config = settings(tmp_path, ssm_bucket=BUCKET)
     pinned = pin_patch_set(plan, config)

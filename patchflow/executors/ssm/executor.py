@@ -79,10 +79,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
 
-import yaml
 from botocore.exceptions import ClientError
 
 from patchflow.core import versions
+from patchflow.core.documents import dump_yaml
 from patchflow.errors import InputError
 from patchflow.executors.base import (
     HealthResult,
@@ -271,7 +271,7 @@ def override_list_yaml(family: str, patches: Sequence[Package]) -> str:
     entries = [
         {"id": f"{p.name}.{p.arch}", "title": patch_title(family, p)} for p in _pinned(family, patches)
     ]
-    return yaml.safe_dump({"patches": entries}, sort_keys=False, default_flow_style=False)
+    return dump_yaml({"patches": entries}, sort_keys=False, default_flow_style=False)
 
 
 def snapshot_id(operation_id: str) -> str:

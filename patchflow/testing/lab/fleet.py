@@ -26,8 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from patchflow.core.documents import dump_yaml
 from patchflow.errors import InputError, NotFoundError
 from patchflow.testing.lab.repo import LabPackage, LabRepo, sources_list
 from patchflow.testing.lab.rootfs import (
@@ -313,7 +312,7 @@ class Lab:
         }
         self.inventory_path.write_text(
             "# Written by `patchflow lab up`: the lab hosts for patchflow's ssh executor.\n"
-            + yaml.safe_dump(inventory, sort_keys=False)
+            + dump_yaml(inventory, sort_keys=False)
         )
 
     # -------------------------------------------------------------------------------------- status
