@@ -1,7 +1,8 @@
 """Baseline evaluation: which catalog patches a baseline approves at a given moment, and the pinned patch set.
 
-The order is SSM's (reference §1.4): GlobalFilters keep qualifying patches; approval rules approve (filters
-AND across keys, OR within values, ``*`` matches anything; delays counted in UTC from the release date;
+The order is SSM's (reference §1.4): GlobalFilters keep qualifying patches; approval rules approve (tried in
+file order, the first that approves sets the ComplianceLevel — AWS does not say which applies when several match;
+filters AND across keys, OR within values, ``*`` matches anything; delays counted in UTC from the release date;
 ``ApproveUntilDate`` covers its whole UTC day; non-security candidates only where enabled); ApprovedPatches
 approve regardless of filters and rules; RejectedPatches win over everything; with ``BLOCK`` every patch that
 depends (transitively) on a rejected package is blocked too. Of the approved versions of a package (name +
@@ -475,7 +476,9 @@ def _decide(patch: Patch, context: _Context) -> _Verdict:
     outside = _outside_sources(patch, context.sources)
     if outside is not None:
         return _Verdict(patch, "not_approved", outside)
-    rejected_by = context.rejected.match_package(patch.name, patch.arch, patch.version)
+    rejected_by = context.rejected.match_rejected(
+        patch.name, patch.arch, patch.version, advisory_id=patch.advisory_id
+    )
     if rejected_by is not None:
         action = context.baseline.RejectedPatchesAction
         return _Verdict(patch, "rejected", f"matches RejectedPatches entry '{rejected_by}' ({action})")
