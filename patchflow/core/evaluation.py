@@ -6,7 +6,9 @@ filters AND across keys, OR within values, ``*`` matches anything; delays counte
 ``ApproveUntilDate`` covers its whole UTC day; non-security candidates only where enabled); ApprovedPatches
 approve regardless of filters and rules; RejectedPatches win over everything; with ``BLOCK`` every patch that
 depends (transitively) on a rejected package is blocked too. Of the approved versions of a package (name +
-arch), the latest is pinned.
+arch), the latest is pinned. An approved version that BLOCK keeps out is never pinned, but the patch set lists it
+under ``blocked``, so compliance reports older installed versions MISSING against it, as SSM does (API reference,
+``RejectedPatchesAction``).
 
 On apt systems a rule without ``EnableNonSecurity`` approves a package only if its *candidate* version (the
 highest on offer for its product and architecture) is in a security pocket, and then at that version (User
