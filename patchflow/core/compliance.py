@@ -444,54 +444,17 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
     return instances
 
 
-class _InventoryReader:
-    """Reads inventory entries one by one, collecting located problems."""
+class _FieldReader:
+    """Reads the fields of one inventory entry, collecting located problems."""
 
     def __init__(self, doc: Document, family: str | None) -> None:
         self.doc = doc
         self.family = family
         self.problems: list[Problem] = []
-        self.seen_ids: set[str] = set()
         self.checked_versions: set[str] = set()  # fleets repeat versions: validate each distinct one once
 
     def bad(self, path: tuple[str | int, ...], message: str) -> None:
         self.problems.append(self.doc.problem(path, message))
-
-    def instance(self, where: tuple[str | int, ...], item: Any) -> Instance | None:
-        """One entry as an Instance, or None when it is unusable (its problems reported)."""
-        if not isinstance(item, dict):
-            self.bad(where, f"expected an instance object, got {type(item).__name__}")
-            return None
-        for key in sorted(set(item) - set(_INSTANCE_FIELDS)):
-            self.bad((*where, key), f"unknown field; allowed: {', '.join(_INSTANCE_FIELDS)}")
-        iid = item.get("instance_id")
-        if not isinstance(iid, str) or not iid:
-            self.bad(
-                (*where, "instance_id"),
-                "required: the instance id as a non-empty string (e.g. i-0abc…, mi-…)",
-            )
-            return None
-        if iid in self.seen_ids:
-            self.bad((*where, "instance_id"), f"instance {iid} appears twice")
-        self.seen_ids.add(iid)
-        product, inst_family = self.platform(where, item.get("platform"))
-        group = item.get("patch_group")
-        if group is not None and not isinstance(group, str):
-            self.bad((*where, "patch_group"), "expected a string or null")
-            group = None
-        installed = self.installed((*where, "installed"), item.get("installed", []))
-        if installed is None:
-            return None
-        return Instance(
-            instance_id=iid,
-            installed=installed,
-            product=product,
-            family=inst_family,
-            patch_group=group,
-            failed=self.package_refs((*where, "failed"), item.get("failed", [])),
-            pending_reboot=self.package_refs((*where, "pending_reboot"), item.get("pending_reboot", [])),
-            operation=self.operation((*where, "operation"), item.get("operation")),
-        )
 
     def platform(self, where: tuple[str | int, ...], platform: Any) -> tuple[str | None, str | None]:
         """``platform`` (a product string or {family, product}) as (product, family)."""
@@ -568,6 +531,50 @@ class _InventoryReader:
             else:
                 refs.append(ref)
         return refs
+
+
+class _InventoryReader(_FieldReader):
+    """Reads inventory entries one by one; instance ids are unique across the file."""
+
+    def __init__(self, doc: Document, family: str | None) -> None:
+        super().__init__(doc, family)
+        self.seen_ids: set[str] = set()
+
+    def instance(self, where: tuple[str | int, ...], item: Any) -> Instance | None:
+        """One entry as an Instance, or None when it is unusable (its problems reported)."""
+        if not isinstance(item, dict):
+            self.bad(where, f"expected an instance object, got {type(item).__name__}")
+            return None
+        for key in sorted(set(item) - set(_INSTANCE_FIELDS)):
+            self.bad((*where, key), f"unknown field; allowed: {', '.join(_INSTANCE_FIELDS)}")
+        iid = item.get("instance_id")
+        if not isinstance(iid, str) or not iid:
+            self.bad(
+                (*where, "instance_id"),
+                "required: the instance id as a non-empty string (e.g. i-0abc…, mi-…)",
+            )
+            return None
+        if iid in self.seen_ids:
+            self.bad((*where, "instance_id"), f"instance {iid} appears twice")
+        self.seen_ids.add(iid)
+        product, inst_family = self.platform(where, item.get("platform"))
+        group = item.get("patch_group")
+        if group is not None and not isinstance(group, str):
+            self.bad((*where, "patch_group"), "expected a string or null")
+            group = None
+        installed = self.installed((*where, "installed"), item.get("installed", []))
+        if installed is None:
+            return None
+        return Instance(
+            instance_id=iid,
+            installed=installed,
+            product=product,
+            family=inst_family,
+            patch_group=group,
+            failed=self.package_refs((*where, "failed"), item.get("failed", [])),
+            pending_reboot=self.package_refs((*where, "pending_reboot"), item.get("pending_reboot", [])),
+            operation=self.operation((*where, "operation"), item.get("operation")),
+        )
 
 
 def load_inventory(path: str | Path, *, family: str | None = None) -> list[Instance]:
