@@ -69,8 +69,12 @@ YUM_OSES = frozenset(
     }
 )
 APT_OSES = frozenset({"UBUNTU", "DEBIAN", "RASPBIAN"})
-#: Where a SEVERITY filter value ``Medium`` also matches a patch rated ``Moderate``.
-MEDIUM_IS_MODERATE = frozenset({"AMAZON_LINUX_2023"})
+#: Where a SEVERITY filter value ``Medium`` also matches a patch rated ``Moderate`` (User Guide, "How patches are
+#: installed": "For Amazon Linux 2022 and Amazon Linux 2023, a patch severity level of Medium is equivalent to a
+#: severity of Moderate").
+MEDIUM_IS_MODERATE = frozenset({"AMAZON_LINUX_2022", "AMAZON_LINUX_2023"})
+#: Fields AWS applies to Windows Server managed nodes only (API reference, CreatePatchBaseline).
+WINDOWS_ONLY_FIELDS = ("AvailableSecurityUpdatesComplianceStatus",)
 ZYPPER_OSES = frozenset({"SUSE"})
 
 #: Filter keys ``DescribePatchProperties`` documents per operating system.
@@ -224,7 +228,9 @@ def _check_list_entry(baseline: Baseline, entry: str, *, approved: bool) -> str 
     if pm in {"yum", "zypper"}:
         kind = _classify_rpm_entry(entry)
         if kind != "package":
-            if approved:
+            # SLES takes patch (advisory) names in both lists (User Guide, "Package name formats for approved
+            # and rejected patch lists"); yum/dnf rejected lists take package names only.
+            if approved or (pm == "zypper" and kind == "advisory"):
                 return None
             return (
                 f"{entry!r} looks like a {'Bugzilla ID' if kind == 'bugzilla' else kind.upper() + ' ID'}; "
@@ -260,6 +266,7 @@ def check_baseline(baseline: Baseline, doc: Document | None = None) -> list[Prob
         *_check_rules(baseline, problem),
         *_check_patch_lists(baseline, problem),
         *_check_sources(baseline, problem),
+        *_check_windows_only_fields(baseline, problem),
     ]
 
 
@@ -395,6 +402,21 @@ def _check_patch_lists(baseline: Baseline, problem: _Locate) -> list[Problem]:
             )
         )
     return problems
+
+
+def _check_windows_only_fields(baseline: Baseline, problem: _Locate) -> list[Problem]:
+    """Windows-only fields on another OS: AWS documents them for Windows Server managed nodes only."""
+    if baseline.OperatingSystem == "WINDOWS":
+        return []
+    return [
+        problem(
+            (name,),
+            f"{name} applies to Windows Server baselines only, not {baseline.OperatingSystem}; remove it (on Linux, "
+            "unapproved security updates are simply not installed and do not count against compliance)",
+        )
+        for name in WINDOWS_ONLY_FIELDS
+        if getattr(baseline, name) is not None
+    ]
 
 
 def _check_sources(baseline: Baseline, problem: _Locate) -> list[Problem]:

@@ -9,8 +9,10 @@ state                        when
 ``INSTALLED_REJECTED``       the installed version matches RejectedPatches and the action is BLOCK
 ``INSTALLED_OTHER``          no approved version exists for the package, or it is rejected under
                              ALLOW_AS_DEPENDENCY (``InstalledRejectedCount`` is then always 0)
-``MISSING``                  an approved version newer than the installed one exists
-``FAILED``                   as MISSING, and the last install run reported the package failed
+``MISSING``                  an approved version newer than the installed one exists, or (BLOCK) the newest
+                             approved update is kept out by a rejected dependency (the row's reason names it)
+``FAILED``                   as MISSING, and the last install run reported the package failed; or kept out by
+                             a rejected dependency and the instance's last operation was an ``Install``
 ``INSTALLED``                the installed version is at least the approved one
 ``INSTALLED_PENDING_REBOOT`` installed, and the last install run left it waiting for a reboot
 ============================ ===================================================================
@@ -73,6 +75,9 @@ class Instance:
     """(name, arch or None for every arch) the last install run failed to install."""
     pending_reboot: list[tuple[str, str | None]] = field(default_factory=list)
     """(name, arch or None) installed by the last run and waiting for a reboot."""
+    operation: str | None = None
+    """The last patching operation, ``Scan`` or ``Install`` (``DescribeInstancePatchStates``' ``Operation``);
+    None when unknown, judged as a Scan."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,11 @@ class PatchState:
     severity: str | None
     compliance_level: str | None
     classification: str | None = None
+    reason: str | None = None
+    """Why the row has its state, where the state alone does not say (an update kept out by BLOCK)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": self.name,
             "arch": self.arch,
             "installed_version": self.installed_version,
@@ -96,6 +103,9 @@ class PatchState:
             "severity": self.severity,
             "compliance_level": self.compliance_level,
         }
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
 
 
 @dataclass
@@ -185,7 +195,7 @@ class ComplianceEngine:
         installed = instance.installed
         known.learn(installed, targets, self._classify)
         row_states = list(map(known.states.__getitem__, installed))
-        overrides, extra_rows = _last_run(instance, row_states, targets)
+        overrides, extra_rows = _last_run(instance, row_states, targets, known.blocked)
         for index, state in overrides.items():
             row_states[index] = state
         # Count (state, level bucket) pairs in C: a fleet-sized loop in Python would dominate the run time.
@@ -232,7 +242,8 @@ class ComplianceEngine:
             return INSTALLED_OTHER, None
         if versions.compare(self.family, version, target.version) < 0:
             return MISSING, target
-        return INSTALLED, target
+        # At or above an update the baseline blocks: a version it does not approve.
+        return (INSTALLED_OTHER if target.blocked_by is not None else INSTALLED), target
 
 
 @dataclass
@@ -243,6 +254,8 @@ class _KnownRows:
     buckets: dict[PackageKey, str] = field(default_factory=dict)
     """How a row counts when it is non-compliant: ``LEVEL|security`` or ``LEVEL|other``."""
     rows: dict[PackageKey, PatchState] = field(default_factory=dict)
+    blocked: set[PackageKey] = field(default_factory=set)
+    """MISSING only because the update they need is kept out by a rejected dependency (BLOCK)."""
 
     def learn(
         self,
@@ -253,6 +266,13 @@ class _KnownRows:
         """Compute the rows of the packages not seen before (fleets repeat themselves: most are known)."""
         for pkg in [p for p in installed if p not in self.states]:
             state, target = classify(pkg, targets)
+            reason = None
+            if state == MISSING and target is not None and target.blocked_by is not None:
+                self.blocked.add(pkg)
+                reason = (
+                    f"the update to {target.version} depends on {target.blocked_by}, which the baseline rejects "
+                    "(RejectedPatchesAction BLOCK): it cannot be installed"
+                )
             self.states[pkg] = state
             self.buckets[pkg] = _bucket(target)
             self.rows[pkg] = PatchState(
@@ -264,21 +284,31 @@ class _KnownRows:
                 target.severity if target is not None else None,
                 target.compliance_level if target is not None else None,
                 target.classification if target is not None else None,
+                reason,
             )
 
 
 def _last_run(
-    instance: Instance, row_states: list[str], targets: dict[tuple[str, str], PinnedPatch]
+    instance: Instance,
+    row_states: list[str],
+    targets: dict[tuple[str, str], PinnedPatch],
+    blocked: set[PackageKey],
 ) -> tuple[dict[int, str], list[PatchState]]:
     """What the last install run changes: MISSING rows it failed become FAILED, installed rows waiting for a
     reboot INSTALLED_PENDING_REBOOT (row index → state), and a failed package that is not installed at all (a
-    failed first install) still counts, as an extra row."""
+    failed first install) still counts, as an extra row. After an ``Install`` operation, a package whose update
+    a rejected dependency keeps out is FAILED (API reference, ``RejectedPatchesAction``: "MISSING for SCAN
+    operations and ... FAILED for INSTALL operations")."""
     overrides: dict[int, str] = {}
     extra_rows: list[PatchState] = []
+    installed = instance.installed
+    if instance.operation == "Install" and blocked:
+        for index, pkg in enumerate(installed):
+            if row_states[index] == MISSING and pkg in blocked:
+                overrides[index] = FAILED
     failed, pending = instance.failed, instance.pending_reboot
     if not failed and not pending:
         return overrides, extra_rows
-    installed = instance.installed
     seen_failed: set[tuple[str, str | None]] = set()
     for index, (name, arch, _version) in enumerate(installed):
         state = row_states[index]
@@ -372,7 +402,16 @@ def _package_ref(value: Any) -> tuple[str, str | None] | None:
     return None
 
 
-_INSTANCE_FIELDS = ("instance_id", "platform", "patch_group", "installed", "failed", "pending_reboot")
+_INSTANCE_FIELDS = (
+    "instance_id",
+    "platform",
+    "patch_group",
+    "installed",
+    "failed",
+    "pending_reboot",
+    "operation",
+)
+_OPERATIONS = ("Scan", "Install")
 
 
 def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instance]:
@@ -405,53 +444,17 @@ def parse_inventory(doc: Document, *, family: str | None = None) -> list[Instanc
     return instances
 
 
-class _InventoryReader:
-    """Reads inventory entries one by one, collecting located problems."""
+class _FieldReader:
+    """Reads the fields of one inventory entry, collecting located problems."""
 
     def __init__(self, doc: Document, family: str | None) -> None:
         self.doc = doc
         self.family = family
         self.problems: list[Problem] = []
-        self.seen_ids: set[str] = set()
         self.checked_versions: set[str] = set()  # fleets repeat versions: validate each distinct one once
 
     def bad(self, path: tuple[str | int, ...], message: str) -> None:
         self.problems.append(self.doc.problem(path, message))
-
-    def instance(self, where: tuple[str | int, ...], item: Any) -> Instance | None:
-        """One entry as an Instance, or None when it is unusable (its problems reported)."""
-        if not isinstance(item, dict):
-            self.bad(where, f"expected an instance object, got {type(item).__name__}")
-            return None
-        for key in sorted(set(item) - set(_INSTANCE_FIELDS)):
-            self.bad((*where, key), f"unknown field; allowed: {', '.join(_INSTANCE_FIELDS)}")
-        iid = item.get("instance_id")
-        if not isinstance(iid, str) or not iid:
-            self.bad(
-                (*where, "instance_id"),
-                "required: the instance id as a non-empty string (e.g. i-0abc…, mi-…)",
-            )
-            return None
-        if iid in self.seen_ids:
-            self.bad((*where, "instance_id"), f"instance {iid} appears twice")
-        self.seen_ids.add(iid)
-        product, inst_family = self.platform(where, item.get("platform"))
-        group = item.get("patch_group")
-        if group is not None and not isinstance(group, str):
-            self.bad((*where, "patch_group"), "expected a string or null")
-            group = None
-        installed = self.installed((*where, "installed"), item.get("installed", []))
-        if installed is None:
-            return None
-        return Instance(
-            instance_id=iid,
-            installed=installed,
-            product=product,
-            family=inst_family,
-            patch_group=group,
-            failed=self.package_refs((*where, "failed"), item.get("failed", [])),
-            pending_reboot=self.package_refs((*where, "pending_reboot"), item.get("pending_reboot", [])),
-        )
 
     def platform(self, where: tuple[str | int, ...], platform: Any) -> tuple[str | None, str | None]:
         """``platform`` (a product string or {family, product}) as (product, family)."""
@@ -503,6 +506,18 @@ class _InventoryReader:
             installed.append((name, arch, version))
         return installed
 
+    def operation(self, where: tuple[str | int, ...], raw: Any) -> str | None:
+        """The last patching operation, ``Scan`` or ``Install`` (any case), or None."""
+        if raw is None:
+            return None
+        for name in _OPERATIONS:
+            if isinstance(raw, str) and raw.lower() == name.lower():
+                return name
+        self.bad(
+            where, f"{raw!r} is not a patching operation; use Scan or Install (the last operation's type)"
+        )
+        return None
+
     def package_refs(self, where: tuple[str | int, ...], raw: Any) -> list[tuple[str, str | None]]:
         """A ``failed`` or ``pending_reboot`` list: package names or {name, arch}."""
         if not isinstance(raw, list):
@@ -516,6 +531,50 @@ class _InventoryReader:
             else:
                 refs.append(ref)
         return refs
+
+
+class _InventoryReader(_FieldReader):
+    """Reads inventory entries one by one; instance ids are unique across the file."""
+
+    def __init__(self, doc: Document, family: str | None) -> None:
+        super().__init__(doc, family)
+        self.seen_ids: set[str] = set()
+
+    def instance(self, where: tuple[str | int, ...], item: Any) -> Instance | None:
+        """One entry as an Instance, or None when it is unusable (its problems reported)."""
+        if not isinstance(item, dict):
+            self.bad(where, f"expected an instance object, got {type(item).__name__}")
+            return None
+        for key in sorted(set(item) - set(_INSTANCE_FIELDS)):
+            self.bad((*where, key), f"unknown field; allowed: {', '.join(_INSTANCE_FIELDS)}")
+        iid = item.get("instance_id")
+        if not isinstance(iid, str) or not iid:
+            self.bad(
+                (*where, "instance_id"),
+                "required: the instance id as a non-empty string (e.g. i-0abc…, mi-…)",
+            )
+            return None
+        if iid in self.seen_ids:
+            self.bad((*where, "instance_id"), f"instance {iid} appears twice")
+        self.seen_ids.add(iid)
+        product, inst_family = self.platform(where, item.get("platform"))
+        group = item.get("patch_group")
+        if group is not None and not isinstance(group, str):
+            self.bad((*where, "patch_group"), "expected a string or null")
+            group = None
+        installed = self.installed((*where, "installed"), item.get("installed", []))
+        if installed is None:
+            return None
+        return Instance(
+            instance_id=iid,
+            installed=installed,
+            product=product,
+            family=inst_family,
+            patch_group=group,
+            failed=self.package_refs((*where, "failed"), item.get("failed", [])),
+            pending_reboot=self.package_refs((*where, "pending_reboot"), item.get("pending_reboot", [])),
+            operation=self.operation((*where, "operation"), item.get("operation")),
+        )
 
 
 def load_inventory(path: str | Path, *, family: str | None = None) -> list[Instance]:

@@ -1,11 +1,14 @@
 """Baseline evaluation: which catalog patches a baseline approves at a given moment, and the pinned patch set.
 
-The order is SSM's (reference §1.4): GlobalFilters keep qualifying patches; approval rules approve (filters
-AND across keys, OR within values, ``*`` matches anything; delays counted in UTC from the release date;
+The order is SSM's (reference §1.4): GlobalFilters keep qualifying patches; approval rules approve (tried in
+file order, the first that approves sets the ComplianceLevel — AWS does not say which applies when several match;
+filters AND across keys, OR within values, ``*`` matches anything; delays counted in UTC from the release date;
 ``ApproveUntilDate`` covers its whole UTC day; non-security candidates only where enabled); ApprovedPatches
 approve regardless of filters and rules; RejectedPatches win over everything; with ``BLOCK`` every patch that
 depends (transitively) on a rejected package is blocked too. Of the approved versions of a package (name +
-arch), the latest is pinned.
+arch), the latest is pinned. An approved version that BLOCK keeps out is never pinned, but the patch set lists it
+under ``blocked``, so compliance reports older installed versions MISSING against it, as SSM does (API reference,
+``RejectedPatchesAction``).
 
 On apt systems a rule without ``EnableNonSecurity`` approves a package only if its *candidate* version (the
 highest on offer for its product and architecture) is in a security pocket, and then at that version (User
@@ -113,9 +116,12 @@ class PinnedPatch:
     product: str | None = None
     advisory_id: str | None = None
     cve_ids: tuple[str, ...] = ()
+    blocked_by: str | None = None
+    """Set on a compliance target only (never on a pinned version): under ``RejectedPatchesAction: BLOCK`` this
+    approved update is kept out because it depends on this rejected (or itself blocked) package."""
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        out = {
             "name": self.name,
             "arch": self.arch,
             "version": self.version,
@@ -127,6 +133,9 @@ class PinnedPatch:
             "advisory_id": self.advisory_id,
             "cve_ids": list(self.cve_ids),
         }
+        if self.blocked_by is not None:  # absent otherwise, so the content ids of pinned sets do not change
+            out["blocked_by"] = self.blocked_by
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> PinnedPatch:
@@ -141,6 +150,7 @@ class PinnedPatch:
             product=data.get("product"),
             advisory_id=data.get("advisory_id"),
             cve_ids=tuple(data.get("cve_ids") or ()),
+            blocked_by=data.get("blocked_by"),
         )
 
 
@@ -155,23 +165,35 @@ class PatchSet:
     evaluated_at: datetime
     catalog_digest: str
     patches: tuple[PinnedPatch, ...]
+    blocked: tuple[PinnedPatch, ...] = ()
+    """Under ``BLOCK``: the approved updates kept out by a rejected dependency (each with ``blocked_by``). Never
+    installed; compliance judges an older installed version against them (MISSING, see
+    :meth:`compliance_targets`)."""
 
     @staticmethod
     def content_id(
-        baseline: dict[str, Any], catalog_digest: str, evaluated_at: datetime, patches: Sequence[PinnedPatch]
+        baseline: dict[str, Any],
+        catalog_digest: str,
+        evaluated_at: datetime,
+        patches: Sequence[PinnedPatch],
+        blocked: Sequence[PinnedPatch] = (),
     ) -> str:
         """The content address: a hash of the baseline's meaning, the catalog, the time and the pinned set."""
-        identity = json.dumps(
-            {
-                "baseline": baseline,
-                "catalog": catalog_digest,
-                "evaluated_at": format_instant(evaluated_at),
-                "patches": [p.to_json() for p in patches],
-            },
-            sort_keys=True,
-            separators=(",", ":"),
-        )
+        content: dict[str, Any] = {
+            "baseline": baseline,
+            "catalog": catalog_digest,
+            "evaluated_at": format_instant(evaluated_at),
+            "patches": [p.to_json() for p in patches],
+        }
+        if blocked:  # only when present: sets without blocked updates keep the ids they always had
+            content["blocked"] = [p.to_json() for p in blocked]
+        identity = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return "ps-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+    def compliance_targets(self) -> tuple[PinnedPatch, ...]:
+        """What compliance against this set judges installed versions by: the pinned versions and the blocked
+        updates."""
+        return (*self.patches, *self.blocked)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -183,6 +205,7 @@ class PatchSet:
             "catalog_digest": self.catalog_digest,
             "baseline": self.baseline,
             "patches": [p.to_json() for p in self.patches],
+            "blocked": [p.to_json() for p in self.blocked],
         }
 
     @classmethod
@@ -196,6 +219,7 @@ class PatchSet:
                 evaluated_at=datetime.fromisoformat(str(data["evaluated_at"]).replace("Z", "+00:00")),
                 catalog_digest=str(data["catalog_digest"]),
                 patches=tuple(PinnedPatch.from_json(p) for p in data["patches"]),
+                blocked=tuple(PinnedPatch.from_json(p) for p in data.get("blocked") or ()),
             )
             for p in patch_set.patches:
                 versions.validate(patch_set.family, p.version)
@@ -206,7 +230,11 @@ class PatchSet:
                 source=source,
             ) from None
         expected = cls.content_id(
-            patch_set.baseline, patch_set.catalog_digest, patch_set.evaluated_at, patch_set.patches
+            patch_set.baseline,
+            patch_set.catalog_digest,
+            patch_set.evaluated_at,
+            patch_set.patches,
+            patch_set.blocked,
         )
         if expected != patch_set.id:
             raise InputError(
@@ -226,8 +254,9 @@ class Evaluation:
     notes: list[str] = field(default_factory=list)
 
     def approved(self) -> list[PinnedPatch]:
-        """Every approved version (not only the pinned latest): what compliance judges installed versions by."""
-        return [d.pinned() for d in self.decisions if d.decision == "approved"]
+        """What compliance judges installed versions by: every approved version (not only the pinned latest),
+        and under ``BLOCK`` the approved updates a rejected dependency keeps out (marked ``blocked_by``)."""
+        return [*(d.pinned() for d in self.decisions if d.decision == "approved"), *self.patch_set.blocked]
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -319,7 +348,8 @@ def evaluate(
     _reject_versions_rejected_elsewhere(verdicts, family)
     latest = _latest_approved(verdicts, family)
     decisions = _explain(verdicts, latest, baseline)
-    return Evaluation(_pin(baseline, patches, decisions, at, family), decisions, notes)
+    blocked = _blocked_updates(verdicts, family)
+    return Evaluation(_pin(baseline, patches, decisions, blocked, at, family), decisions, notes)
 
 
 @dataclass
@@ -332,6 +362,9 @@ class _Verdict:
     level: str | None = None
     undated: bool = False
     """A rule with a delay or date decided this patch although it has no release date."""
+    blocked_by: str | None = None
+    """BLOCK: the rejected (or blocked) dependency that rejected this patch; ``level`` then keeps the level of
+    the approval it lost, if it had one."""
 
 
 @dataclass(frozen=True)
@@ -445,7 +478,9 @@ def _decide(patch: Patch, context: _Context) -> _Verdict:
     outside = _outside_sources(patch, context.sources)
     if outside is not None:
         return _Verdict(patch, "not_approved", outside)
-    rejected_by = context.rejected.match_package(patch.name, patch.arch, patch.version)
+    rejected_by = context.rejected.match_rejected(
+        patch.name, patch.arch, patch.version, advisory_id=patch.advisory_id
+    )
     if rejected_by is not None:
         action = context.baseline.RejectedPatchesAction
         return _Verdict(patch, "rejected", f"matches RejectedPatches entry '{rejected_by}' ({action})")
@@ -616,25 +651,36 @@ def _approve_by_list(patch: Patch, context: _Context, by_rules: _Verdict) -> _Ve
 
 
 def _block_dependents(verdicts: list[_Verdict], rejected_list: PatchList) -> None:
-    """BLOCK: anything depending (transitively) on a rejected package is rejected too."""
-    blocked_names = {v.patch.name for v in verdicts if v.kind == "rejected"}
-    blocked_reason: dict[int, str] = {}
+    """BLOCK: anything depending (transitively) on a rejected package is rejected too.
+
+    The blocked set is a fixpoint, and each blocked patch names the first of its dependencies that is rejected
+    itself (else the first blocked one), so neither depends on the catalog's order.
+    """
+    rejected_names = {v.patch.name for v in verdicts if v.kind == "rejected"}
+
+    def rejected(dep: str) -> bool:
+        return dep in rejected_names or rejected_list.match_name(dep) is not None
+
+    blocked_names = set(rejected_names)
+    blocked: set[int] = set()
     changed = True
     while changed:
         changed = False
         for i, verdict in enumerate(verdicts):
-            if verdict.kind == "rejected" or i in blocked_reason:
+            if verdict.kind == "rejected" or i in blocked:
                 continue
-            for dep in verdict.patch.depends:
-                if dep in blocked_names or rejected_list.match_name(dep) is not None:
-                    blocked_reason[i] = (
-                        f"blocked: depends on rejected package '{dep}' (RejectedPatchesAction BLOCK)"
-                    )
-                    blocked_names.add(verdict.patch.name)
-                    changed = True
-                    break
-    for i, why in blocked_reason.items():
-        verdicts[i] = _Verdict(verdicts[i].patch, "rejected", why)
+            if any(dep in blocked_names or rejected(dep) for dep in verdict.patch.depends):
+                blocked.add(i)
+                blocked_names.add(verdict.patch.name)
+                changed = True
+    for i in blocked:
+        depends = verdicts[i].patch.depends
+        dep = next((d for d in depends if rejected(d)), None) or next(
+            d for d in depends if d in blocked_names
+        )
+        why = f"blocked: depends on rejected package '{dep}' (RejectedPatchesAction BLOCK)"
+        lost = verdicts[i].level if verdicts[i].kind == "approved" else None
+        verdicts[i] = _Verdict(verdicts[i].patch, "rejected", why, lost, blocked_by=dep)
 
 
 def _reject_versions_rejected_elsewhere(verdicts: list[_Verdict], family: str) -> None:
@@ -700,8 +746,36 @@ def _explain(
         if kind == "rejected" and patch.name in dependents:
             users = ", ".join(sorted(set(dependents[patch.name])))
             reason = f"{reason}; may still be installed as a dependency of {users}"
-        decisions.append(Decision(patch, kind, reason, verdict.level, i in pinned_index))
+        level = verdict.level if kind == "approved" else None
+        decisions.append(Decision(patch, kind, reason, level, i in pinned_index))
     return decisions
+
+
+def _blocked_updates(verdicts: list[_Verdict], family: str) -> tuple[PinnedPatch, ...]:
+    """BLOCK: the approved versions a rejected dependency keeps out, the newest per package (name + arch) and
+    product — what compliance reports an older installed version MISSING against (API reference,
+    ``RejectedPatchesAction``: "the package being updated is reported as MISSING for SCAN operations and as
+    FAILED for INSTALL operations")."""
+    newest: dict[tuple[str, str, str | None], _Verdict] = {}
+    for verdict in verdicts:
+        if verdict.blocked_by is None or verdict.level is None:
+            continue
+        patch = verdict.patch
+        key = (*patch.key, patch.product.lower() if patch.product is not None else None)
+        current = newest.get(key)
+        order = 1 if current is None else versions.compare(family, patch.version, current.patch.version)
+        if (
+            current is None
+            or order > 0
+            or (order == 0 and patch.model_dump_json() < current.patch.model_dump_json())
+        ):
+            newest[key] = verdict
+    return tuple(
+        dataclasses.replace(
+            Decision(v.patch, "approved", v.reason, v.level, False).pinned(), blocked_by=v.blocked_by
+        )
+        for _, v in sorted(newest.items(), key=lambda item: (item[0][0], item[0][1], item[0][2] or ""))
+    )
 
 
 def _notes(verdicts: list[_Verdict]) -> list[str]:
@@ -723,17 +797,23 @@ def _notes(verdicts: list[_Verdict]) -> list[str]:
 
 
 def _pin(
-    baseline: Baseline, patches: Sequence[Patch], decisions: list[Decision], at: datetime, family: str
+    baseline: Baseline,
+    patches: Sequence[Patch],
+    decisions: list[Decision],
+    blocked: tuple[PinnedPatch, ...],
+    at: datetime,
+    family: str,
 ) -> PatchSet:
-    """The content-addressed patch set of the latest approved versions."""
+    """The content-addressed patch set of the latest approved versions (and the blocked updates)."""
     pinned = tuple(sorted((d.pinned() for d in decisions if d.in_patch_set), key=lambda p: (p.name, p.arch)))
     canonical_baseline = baseline.canonical()
     digest = catalog_digest(patches)
     return PatchSet(
-        id=PatchSet.content_id(canonical_baseline, digest, at, pinned),
+        id=PatchSet.content_id(canonical_baseline, digest, at, pinned, blocked),
         family=family,
         baseline=canonical_baseline,
         evaluated_at=at,
         catalog_digest=digest,
         patches=pinned,
+        blocked=blocked,
     )

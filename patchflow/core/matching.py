@@ -9,7 +9,8 @@ lists":
   ``name-version-release.arch``, ``version``, ``version-release``, ``epoch:version-release``,
   ``name-epoch:version-release``, ``name-epoch:version-release.arch``, ``epoch:name-version-release.arch``,
   ``name.arch:epoch:version-release`` — each with at most one ``*`` wildcard.
-* zypper (SUSE) — as yum, plus ``…arch.rpm`` file names and SUSE advisory names.
+* zypper (SUSE) — as yum, plus ``…arch.rpm`` file names and SUSE patch (advisory) names such as
+  ``SUSE-SLE-Module-Basesystem-15-SP5-2026-1234``, with at most one ``*``, in *both* lists.
 * apt (Debian, Ubuntu, Raspberry Pi OS) — bare package names, matching every version and architecture.
 """
 
@@ -63,6 +64,8 @@ class ListEntry:
     kind: str
     """``bugzilla``, ``cve``, ``advisory`` (approved lists on yum/zypper only) or ``package``."""
     regex: re.Pattern[str]
+    id_regex: re.Pattern[str]
+    """The entry as a case-insensitive glob, for matching advisory ids on zypper."""
 
 
 class PatchList:
@@ -80,7 +83,8 @@ class PatchList:
                     kind = "cve"
             flags = re.IGNORECASE if (package_manager == "apt" or kind != "package") else 0
             regex = re.compile(_glob(text).pattern, flags)
-            self.entries.append(ListEntry(text=text, kind=kind, regex=regex))
+            id_regex = re.compile(_glob(text).pattern, re.IGNORECASE)
+            self.entries.append(ListEntry(text=text, kind=kind, regex=regex, id_regex=id_regex))
         self._package_entries = [e for e in self.entries if e.kind == "package"]
 
     def __bool__(self) -> bool:
@@ -101,6 +105,17 @@ class PatchList:
                 if entry.regex.match(form):
                     return entry.text
         return None
+
+    def match_rejected(
+        self, name: str, arch: str, version: str, *, advisory_id: str | None = None
+    ) -> str | None:
+        """The first entry rejecting a catalog patch: by package name, or on zypper also by its advisory (SUSE
+        patch) name — the rejected list takes those there (User Guide, "Package name formats for approved and
+        rejected patch lists", SLES)."""
+        hit = self.match_package(name, arch, version)
+        if hit is not None or self.package_manager != "zypper" or not advisory_id:
+            return hit
+        return next((e.text for e in self._package_entries if e.id_regex.match(advisory_id)), None)
 
     def match_name(self, name: str) -> str | None:
         """The first entry that names a package by bare name alone (used for dependency blocking)."""
@@ -130,6 +145,12 @@ class PatchList:
             elif entry.kind == "cve":
                 if any(entry.text.upper() == c.upper() for c in cve_ids):
                     return entry.text
-            elif advisory_id and entry.text.upper() == advisory_id.upper():
+            elif advisory_id and self._names_advisory(entry, advisory_id):
                 return entry.text
         return None
+
+    def _names_advisory(self, entry: ListEntry, advisory_id: str) -> bool:
+        """yum/dnf advisory ids are matched whole; SUSE patch names may carry a ``*`` (SLES list formats)."""
+        if self.package_manager == "zypper":
+            return entry.id_regex.match(advisory_id) is not None
+        return entry.text.upper() == advisory_id.upper()

@@ -232,3 +232,40 @@ def test_export_of_predefined_baseline_is_accepted_by_the_loader(tmp_path: Path)
     path = write(tmp_path, json.dumps(body), "roundtrip.json")
     assert load_baseline(path).canonical() == Baseline.model_validate(body).canonical()
     assert body["ApprovalRules"]["PatchRules"][0]["ApproveAfterDays"] == 7
+
+
+def test_sles_rejected_list_accepts_patch_names_but_yum_does_not(tmp_path: Path) -> None:
+    """User Guide, "Package name formats for approved and rejected patch lists": on SLES both lists take patch
+    names (``SUSE-SLE-Example-Package-12-2018-123``); on yum/dnf systems the rejected list takes package names
+    only."""
+    suse = write(
+        tmp_path,
+        "Name: sles\nOperatingSystem: SUSE\nRejectedPatches: [SUSE-SLE-Example-Package-12-2018-123, "
+        "SUSE-SLE-Example-Package-12-2018-*, example-pkg-2018.11.4-46.17.1.x86_64.rpm]\n",
+    )
+    assert load_baseline(suse).RejectedPatches[0] == "SUSE-SLE-Example-Package-12-2018-123"
+    al2 = write(
+        tmp_path, "Name: al2\nOperatingSystem: AMAZON_LINUX_2\nRejectedPatches: [ALAS-2018-123]\n", "al2.yaml"
+    )
+    assert ":3: RejectedPatches[0]" in errors_of(al2) and "IDs are allowed in ApprovedPatches" in errors_of(
+        al2
+    )
+
+
+@pytest.mark.parametrize("system", ["AMAZON_LINUX_2023", "UBUNTU", "SUSE", "MACOS"])
+def test_windows_only_fields_are_refused_elsewhere_with_their_line(tmp_path: Path, system: str) -> None:
+    """API reference, ``CreatePatchBaseline`` ``AvailableSecurityUpdatesComplianceStatus``: "Supported for
+    Windows Server managed nodes only." Set on another OS it is refused, located, with the fix."""
+    path = write(
+        tmp_path,
+        f"Name: not-windows\nOperatingSystem: {system}\nAvailableSecurityUpdatesComplianceStatus: NON_COMPLIANT\n",
+    )
+    message = errors_of(path)
+    assert f"{path}:3: AvailableSecurityUpdatesComplianceStatus" in message
+    assert f"applies to Windows Server baselines only, not {system}; remove it" in message
+    windows = write(
+        tmp_path,
+        "Name: windows\nOperatingSystem: WINDOWS\nAvailableSecurityUpdatesComplianceStatus: NON_COMPLIANT\n",
+        "windows.yaml",
+    )
+    assert load_baseline(windows).AvailableSecurityUpdatesComplianceStatus == "NON_COMPLIANT"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -188,3 +189,122 @@ def test_many_instances_share_cached_states() -> None:
     results = [eng.evaluate(Instance(f"i-{n}", list(installed)), with_patches=False) for n in range(200)]
     assert {r.counts["MissingCount"] for r in results} == {25}
     assert {r.counts["InstalledCount"] for r in results} == {25}
+
+
+def blocked_app() -> tuple[Any, list[Any]]:
+    """app 2.0 needs libx, which the baseline rejects with BLOCK; app 1.5 does not; app 1.0 is installed."""
+    baseline = make_baseline(
+        RejectedPatches=["libx"],
+        RejectedPatchesAction="BLOCK",
+        ApprovalRules={
+            "PatchRules": [{"PatchFilterGroup": {}, "ApproveAfterDays": 0, "ComplianceLevel": "HIGH"}]
+        },
+    )
+    catalog = [
+        make_patch(name="app", version="1.5-1"),
+        make_patch(name="app", version="2.0-1", depends=["libx"]),
+        make_patch(name="libx", version="1.0-1"),
+    ]
+    return baseline, catalog
+
+
+def test_block_reports_a_package_whose_update_needs_a_rejected_dependency_missing() -> None:
+    """API reference, ``RejectedPatchesAction`` (BLOCK): "If an update attempts to install a dependency package
+    that is now rejected by the baseline, when previous versions of the package were not rejected, the package
+    being updated is reported as MISSING for SCAN operations and as FAILED for INSTALL operations."
+
+    The update itself is never pinned (nothing installs it); compliance judges the installed version against
+    it, and the row's reason names the rejected dependency.
+    """
+    baseline, catalog = blocked_app()
+    result = evaluate(baseline, catalog, AT)
+    assert [p.version for p in result.patch_set.patches if p.name == "app"] == ["1.5-1"]
+    assert [(p.name, p.version, p.blocked_by) for p in result.patch_set.blocked] == [("app", "2.0-1", "libx")]
+    eng = engine(result.approved(), ["libx"], "BLOCK")
+    scanned = eng.evaluate(Instance("i-1", [("app", "x86_64", "1.0-1")]))
+    (row,) = scanned.patches
+    assert (row.state, row.target_version, row.compliance_level) == ("MISSING", "2.0-1", "HIGH")
+    assert row.reason is not None and "depends on libx" in row.reason and "BLOCK" in row.reason
+    assert row.to_json()["reason"] == row.reason
+    assert scanned.status == "NON_COMPLIANT" and scanned.compliance_level == "HIGH"
+    # Even at the version the patch set installs, the package still misses the update SSM would try.
+    at_pinned = eng.evaluate(Instance("i-2", [("app", "x86_64", "1.5-1")]))
+    assert states(at_pinned) == {"app": "MISSING"}
+    # A version at or above the blocked update (installed outside patchflow) is not an approved one.
+    assert states(eng.evaluate(Instance("i-3", [("app", "x86_64", "2.0-1")]))) == {"app": "INSTALLED_OTHER"}
+
+
+def test_block_reports_the_package_failed_after_an_install_operation() -> None:
+    """API reference, ``RejectedPatchesAction`` (BLOCK): "... as FAILED for INSTALL operations". An instance
+    whose last operation (``DescribeInstancePatchStates`` ``Operation``) was an Install reports it FAILED."""
+    baseline, catalog = blocked_app()
+    eng = engine(evaluate(baseline, catalog, AT).approved(), ["libx"], "BLOCK")
+    installed = [("app", "x86_64", "1.0-1"), ("other", "x86_64", "1.0-1")]
+    installed_run = eng.evaluate(Instance("i-1", list(installed), operation="Install"))
+    assert states(installed_run) == {"app": "FAILED", "other": "INSTALLED_OTHER"}
+    assert installed_run.counts["FailedCount"] == 1 and installed_run.counts["MissingCount"] == 0
+    assert installed_run.patches[0].reason is not None  # the reason carries over
+    assert states(eng.evaluate(Instance("i-2", list(installed), operation="Scan"))) == {
+        "app": "MISSING",
+        "other": "INSTALLED_OTHER",
+    }
+
+
+def test_block_judged_against_a_pinned_set_uses_its_blocked_updates(tmp_path: Path) -> None:
+    """The pinned set carries the blocked updates, so compliance against the set (a wave's, or a stored one)
+    reports the same MISSING row as a fresh evaluation (API reference, ``RejectedPatchesAction``)."""
+    from patchflow.core.evaluation import PatchSet
+
+    baseline, catalog = blocked_app()
+    pinned = evaluate(baseline, catalog, AT).patch_set
+    stored = PatchSet.from_json(json.loads(json.dumps(pinned.to_json())))
+    assert stored == pinned
+    eng = engine(list(stored.compliance_targets()), ["libx"], "BLOCK")
+    assert states(eng.evaluate(Instance("i-1", [("app", "x86_64", "1.0-1")]))) == {"app": "MISSING"}
+
+
+def test_allow_as_dependency_and_unapproved_updates_are_not_blocked_targets() -> None:
+    """Only BLOCK keeps dependents out, and only an update the baseline approved is one SSM would try."""
+    baseline, catalog = blocked_app()
+    allow = evaluate(
+        baseline.model_copy(update={"RejectedPatchesAction": "ALLOW_AS_DEPENDENCY"}), catalog, AT
+    )
+    assert allow.patch_set.blocked == ()
+    not_yet = evaluate(
+        baseline,
+        [
+            *catalog[:1],
+            make_patch(name="app", version="2.0-1", depends=["libx"], release_date="2026-12-01T00:00:00Z"),
+        ],
+        AT,
+    )
+    assert not_yet.patch_set.blocked == ()
+    # A set without blocked updates keeps the content id it always had (no "blocked" in its identity).
+    plain = evaluate(make_baseline(), [make_patch()], AT).patch_set
+    identity = {
+        "baseline": plain.baseline,
+        "catalog": plain.catalog_digest,
+        "evaluated_at": "2026-11-10T00:00:00Z",
+        "patches": [p.to_json() for p in plain.patches],
+    }
+    digest = hashlib.sha256(json.dumps(identity, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    assert plain.id == "ps-" + digest[:24] and "blocked_by" not in plain.patches[0].to_json()
+
+
+def test_inventory_operation_field(tmp_path: Path) -> None:
+    """``operation`` is the last patching operation, as ``DescribeInstancePatchStates`` reports it (Scan or
+    Install); anything else is a located error."""
+    path = tmp_path / "inventory.json"
+    path.write_text(
+        json.dumps(
+            [
+                {"instance_id": "i-1", "operation": "install", "installed": []},
+                {"instance_id": "i-2", "operation": "Deploy", "installed": []},
+            ]
+        )
+    )
+    with pytest.raises(InventoryError) as info:
+        load_inventory(path, family="rpm")
+    assert "[1].operation: 'Deploy' is not a patching operation; use Scan or Install" in str(info.value)
+    path.write_text(json.dumps([{"instance_id": "i-1", "operation": "install", "installed": []}]))
+    assert load_inventory(path, family="rpm")[0].operation == "Install"

@@ -512,16 +512,76 @@ def test_sources_replace_the_default_repositories() -> None:
     assert "Sources" in reason_of(result, "b")
 
 
-def test_amazon_linux_2023_medium_matches_moderate() -> None:
-    baseline = make_baseline(
-        ApprovalRules={"PatchRules": [rule({"SEVERITY": ["Medium"]}, ApproveAfterDays=0)]}
-    )
+@pytest.mark.parametrize("system", ["AMAZON_LINUX_2022", "AMAZON_LINUX_2023"])
+def test_amazon_linux_2022_and_2023_medium_matches_moderate(system: str) -> None:
+    """User Guide, "How patches are installed" (Amazon Linux 2022 and Amazon Linux 2023): "a patch severity
+    level of Medium is equivalent to a severity of Moderate that might be defined in some external
+    repositories". Other Amazon Linux releases keep the two apart."""
+    medium = {"ApprovalRules": {"PatchRules": [rule({"SEVERITY": ["Medium"]}, ApproveAfterDays=0)]}}
+    baseline = make_baseline(OperatingSystem=system, **medium)
     assert evaluate(baseline, [make_patch(severity="Moderate")], AT).decisions[0].decision == "approved"
-    al2 = make_baseline(
-        OperatingSystem="AMAZON_LINUX_2",
-        ApprovalRules={"PatchRules": [rule({"SEVERITY": ["Medium"]}, ApproveAfterDays=0)]},
-    )
+    al2 = make_baseline(OperatingSystem="AMAZON_LINUX_2", **medium)
     assert evaluate(al2, [make_patch(severity="Moderate")], AT).decisions[0].decision == "not_approved"
+
+
+def test_when_several_rules_approve_a_patch_the_first_sets_its_compliance_level() -> None:
+    """AWS does not say which ``ComplianceLevel`` applies when several rules match a patch (API reference,
+    ``PatchRule``). patchflow's choice, documented in the README: rules are tried in file order and the first
+    that approves the patch sets its level — even when a later rule would give a more severe one. Only a
+    patch also in ``ApprovedPatches`` takes the more severe of the rule's and the list's level."""
+    baseline = make_baseline(
+        ApprovalRules={
+            "PatchRules": [
+                rule({"CLASSIFICATION": ["Security"]}, ApproveAfterDays=0, ComplianceLevel="LOW"),
+                rule({"SEVERITY": ["Critical"]}, ApproveAfterDays=0, ComplianceLevel="CRITICAL"),
+            ]
+        }
+    )
+    result = evaluate(baseline, [make_patch(severity="Critical")], AT)
+    assert (result.decisions[0].compliance_level, result.decisions[0].reason) == (
+        "LOW",
+        "approved by rule 1 (ApproveAfterDays 0)",
+    )
+    listed = baseline.model_copy(
+        update={"ApprovedPatches": ["pkg"], "ApprovedPatchesComplianceLevel": "HIGH"}
+    )
+    assert evaluate(listed, [make_patch(severity="Critical")], AT).decisions[0].compliance_level == "HIGH"
+
+
+def test_sles_rejected_list_takes_patch_names_like_the_approved_list() -> None:
+    """User Guide, "Package name formats for approved and rejected patch lists" (SLES): "For both approved and
+    rejected patch lists" full patch names such as ``SUSE-SLE-Example-Package-12-2018-123`` and names with a
+    single wildcard (``SUSE-SLE-Example-Package-12-2018-*``). They match the catalog entry's advisory id."""
+    suse = make_baseline(
+        OperatingSystem="SUSE",
+        ApprovalRules={"PatchRules": [rule({}, ApproveAfterDays=0)]},
+        RejectedPatches=["SUSE-SLE-Module-Basesystem-15-SP5-2026-1234", "SUSE-SLE-Module-Web-15-SP5-2026-*"],
+        RejectedPatchesAction="BLOCK",
+    )
+    catalog = [
+        make_patch(
+            name="libxml2", product="Suse15.5", advisory_id="SUSE-SLE-Module-Basesystem-15-SP5-2026-1234"
+        ),
+        make_patch(name="nginx", product="Suse15.5", advisory_id="suse-sle-module-web-15-sp5-2026-77"),
+        make_patch(name="curl", product="Suse15.5", advisory_id="SUSE-SLE-Module-Basesystem-15-SP5-2026-999"),
+        make_patch(name="app", product="Suse15.5", depends=["libxml2"]),
+    ]
+    result = evaluate(suse, catalog, AT)
+    assert {d.patch.name: d.decision for d in result.decisions} == {
+        "libxml2": "rejected",
+        "nginx": "rejected",  # the wildcard entry, case-insensitively as SUSE ids are
+        "curl": "approved",
+        "app": "rejected",  # BLOCK follows the rejected package
+    }
+    assert reason_of(result, "libxml2") == (
+        "matches RejectedPatches entry 'SUSE-SLE-Module-Basesystem-15-SP5-2026-1234' (BLOCK)"
+    )
+    approved = make_baseline(
+        OperatingSystem="SUSE",
+        ApprovalRules={"PatchRules": []},
+        ApprovedPatches=["SUSE-SLE-Module-Web-15-SP5-2026-*"],
+    )
+    assert [d.decision for d in evaluate(approved, catalog[:2], AT).decisions] == ["not_approved", "approved"]
 
 
 def test_patch_set_id_is_content_addressed() -> None:
