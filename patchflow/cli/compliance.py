@@ -151,7 +151,7 @@ def _pinned_target(pinned: PatchSet, judged: JudgedAgainst) -> Target:
     return Target(
         judged=judged,
         family=pinned.family,
-        candidates=list(pinned.patches),
+        candidates=list(pinned.compliance_targets()),
         rejected=list(pinned.baseline.get("RejectedPatches", [])),
         rejected_action=str(pinned.baseline.get("RejectedPatchesAction", "ALLOW_AS_DEPENDENCY")),
         package_manager=package_manager,

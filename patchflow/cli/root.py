@@ -219,7 +219,7 @@ def baseline_compliance(
             raise InputError(
                 f"patch set {pinned.id} holds {pinned.family} packages but the baseline is for {family}"
             )
-        candidates = list(pinned.patches)
+        candidates = list(pinned.compliance_targets())
         set_id = pinned.id
         # The set was pinned with its own baseline: its rejected list is the one that applies.
         rejected = list(pinned.baseline.get("RejectedPatches", []))

@@ -28,8 +28,9 @@ priority       apt only: ``Severity`` when it is a Debian priority (``Required``
                UBUNTU/DEBIAN baselines filter on with ``PRIORITY``
 section        apt only: ``Classification`` — what ``SECTION`` filters match
 cve_ids        ``CVEIds`` (SSM fills it for MISSING/FAILED rows only)
-release_date   always null: compliance rows carry no release date, and null is what SSM itself does without one
-               (an approval delay of 0; the evaluation notes how many approvals relied on it)
+release_date   always null: compliance rows carry no release date. An undated patch passes an ApproveAfterDays or
+               ApproveUntilDate rule only when the rule has EnableNonSecurity (User Guide, "Using alternative
+               patch source repositories"); the evaluation says so per patch
 security       rpm: the row has a ``Classification`` (it comes from an ``updateinfo.xml`` notice, patchflow's
                definition of a yum/dnf security source); deb: the row lists CVEs or says "security"
 ============== ================================================================================================
