@@ -1190,7 +1190,8 @@ async def audit_page(
         filters=filters,
         outcomes=AUDIT_OUTCOMES,
         periods=list(AUDIT_PERIODS),
-        actions=sorted({*PERMISSIONS, "start", "approve", "reject"} - {"read", "validate", "evaluate"}),
+        # The actions the period holds (token.create, approve …): whatever writers add later is offered too.
+        actions=sorted({e.action for e in entries} | ({action.strip()} if action.strip() else set())),
         page_link=lambda n: f"{PREFIX}/audit?" + urllib.parse.urlencode({**query, "page": n}),
     )
 

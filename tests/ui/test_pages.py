@@ -14,7 +14,6 @@ import pytest
 
 from patchflow.service.ui import SESSION_COOKIE, SessionStore
 from patchflow.store import db
-from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
 from tests.ui.conftest import UiStack
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -229,18 +228,12 @@ def test_wave_page_paginates_and_searches(ui_stack: UiStack, viewer: httpx.Clien
 
 
 def test_compliance_by_group_and_severity(ui_stack: UiStack, viewer: httpx.Client) -> None:
-    body = {
-        "baseline": (BASELINES_DIR / "ubuntu-staged.yaml").read_text(),
-        "catalog": (EXAMPLES_DIR / "ubuntu-catalog.json").read_text(),
-        "inventory": (EXAMPLES_DIR / "ubuntu-inventory.json").read_text(),
-        "at": "2026-11-10T00:00:00Z",
-    }
-    judged = httpx.post(f"{ui_stack.url}/compliance", json=body, headers=ui_stack.auth("olga"), timeout=30)
-    assert judged.status_code == 200, judged.text
+    """The figures POST /compliance produced, per patch group (the chart and the table)."""
+    judged = ui_stack.judge_compliance()
     page = viewer.get("/ui/compliance")
     assert page.status_code == 200 and 'data-testid="compliance-chart"' in page.text
     by_group: dict[str, int] = {}
-    for result in judged.json()["instances"]:
+    for result in judged["instances"]:
         by_group[result["patch_group"] or "none"] = by_group.get(result["patch_group"] or "none", 0) + 1
     for group, count in by_group.items():
         assert re.search(rf"<th scope=\"row\">{group}</th><td>{count}</td>", page.text), (group, page.text)
