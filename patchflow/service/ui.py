@@ -809,7 +809,7 @@ def _patch_coverage(status: WaveStatus) -> list[tuple[str, str]]:
         elif succeeded:
             text = f"{succeeded}/{progress.total}"
         else:
-            text = "not yet" if progress.state not in WAVE_FINAL_STATES | {"failed"} else "no"
+            text = "no" if status.state in WAVE_FINAL_STATES or progress.state == "failed" else "not yet"
         out.append((progress.name, text))
     return out
 
