@@ -81,6 +81,15 @@ class UiStack:
         detail: dict[str, Any] = response.json()
         return detail
 
+    def reset_fleet(self) -> None:
+        """Put the simulated example fleet back to its initial versions (waves of earlier tests patched it),
+        as ``patchflow demo`` does before its wave."""
+        from patchflow.executors.simulated import SimulatedExecutor, default_state_path
+        from patchflow.executors.simulated.fleet import load_fleet
+
+        fleet = load_fleet(EXAMPLES_DIR / "fleet.yaml")
+        SimulatedExecutor(fleet, default_state_path(self.settings.data_dir, fleet)).reset()
+
     def judge_compliance(self) -> dict[str, Any]:
         """POST /compliance with the shipped Ubuntu example inventory (as an operator): the console's
         compliance page shows what this produced."""
