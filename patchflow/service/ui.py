@@ -30,13 +30,12 @@ import asyncio
 import contextlib
 import hashlib
 import hmac
-import logging
 import math
 import secrets
 import time
 import urllib.parse
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -49,6 +48,7 @@ from fastapi.routing import APIRoute
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from pydantic import ValidationError
+from sqlmodel import Session
 from temporalio.client import Client, WorkflowExecution, WorkflowExecutionDescription, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -74,8 +74,6 @@ from patchflow.service.api import (
 )
 from patchflow.service.apimodel import MAX_TEXT, GateRequest, OperatorRequest
 from patchflow.store import db
-
-log = logging.getLogger(__name__)
 
 PREFIX = "/ui"
 HERE = Path(__file__).resolve().parent
@@ -256,7 +254,7 @@ class UiState:
         self.sessions = SessionStore()
         self.login_forms = LoginForms()
         self._inputs: OrderedDict[str, WaveInput] = OrderedDict()
-        self._patch_sets: OrderedDict[str, PatchSet | None] = OrderedDict()
+        self._patch_sets: OrderedDict[str, PatchSet] = OrderedDict()
         self.finished: OrderedDict[tuple[str, str], WaveStatus] = OrderedDict()
         """Statuses of finished waves by (wave id, run id): a completed workflow's result never changes."""
 
@@ -284,7 +282,7 @@ class UiState:
             found = PatchSetStore(self.api.settings.patch_set_dir).load(patch_set_id)
         except (PatchflowError, OSError):
             try:
-                with self._session() as s:
+                with self.history() as s:
                     found = db.get_patch_set(s, patch_set_id=patch_set_id)
             except PatchflowError:
                 found = None
@@ -294,28 +292,12 @@ class UiState:
                 self._patch_sets.popitem(last=False)
         return found
 
-    def _session(self) -> Any:
+    @contextlib.contextmanager
+    def history(self) -> Iterator[Session]:
+        """A session on the history database, its errors translated (``DatabaseError``)."""
         url = self.api.database_url
-        return _DbSession(url)
-
-
-class _DbSession:
-    """``with _DbSession(url) as session``: a history-database session with the database's errors translated."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self._translate: Any = None
-        self._session: Any = None
-
-    def __enter__(self) -> Any:
-        self._translate = db.translate_errors(self.url)
-        self._translate.__enter__()
-        self._session = db.open_session(db.get_engine(self.url))
-        return self._session.__enter__()
-
-    def __exit__(self, *exc: Any) -> bool:
-        self._session.__exit__(*exc)
-        return bool(self._translate.__exit__(*exc))
+        with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+            yield session
 
 
 # ---------------------------------------------------------------------------------------------- viewer
@@ -765,7 +747,7 @@ def _page_of_results(
     """The rows of one page with what the history database recorded for each (blocking)."""
     views = []
     try:
-        with ui._session() as s:
+        with ui.history() as s:
             recorded = {
                 (stage, instance_id): db.list_instance_results(
                     s, wave_id=wave_id, stage=stage, instance_id=instance_id
@@ -809,7 +791,7 @@ def _patch_coverage(status: WaveStatus) -> list[tuple[str, str]]:
         elif succeeded:
             text = f"{succeeded}/{progress.total}"
         else:
-            text = "not yet" if progress.state not in WAVE_FINAL_STATES | {"failed"} else "no"
+            text = "no" if status.state in WAVE_FINAL_STATES or progress.state == "failed" else "not yet"
         out.append((progress.name, text))
     return out
 
@@ -836,7 +818,7 @@ async def wave_page(
 
     def read() -> tuple[list[InstanceRowView], list[Any], PatchSet | None]:
         try:
-            with ui._session() as s:
+            with ui.history() as s:
                 decisions = db.list_decisions(s, wave_id=wave_id)
         except PatchflowError:
             decisions = []
@@ -1154,7 +1136,7 @@ async def audit_page(
     since = datetime.now(UTC) - span if isinstance(span, timedelta) else None
 
     def read() -> list[Any]:
-        with ui._session() as s:
+        with ui.history() as s:
             return db.list_audit(s, wave_id=wave_id, since=since, limit=AUDIT_SCAN)
 
     entries = await asyncio.to_thread(read)
@@ -1190,7 +1172,8 @@ async def audit_page(
         filters=filters,
         outcomes=AUDIT_OUTCOMES,
         periods=list(AUDIT_PERIODS),
-        actions=sorted({*PERMISSIONS, "start", "approve", "reject"} - {"read", "validate", "evaluate"}),
+        # The actions the period holds (token.create, approve …): whatever writers add later is offered too.
+        actions=sorted({e.action for e in entries} | ({action.strip()} if action.strip() else set())),
         page_link=lambda n: f"{PREFIX}/audit?" + urllib.parse.urlencode({**query, "page": n}),
     )
 

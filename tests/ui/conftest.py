@@ -34,6 +34,7 @@ from patchflow.service.api import bind, create_app, make_server
 from patchflow.service.worker import build_worker
 from patchflow.store import db
 from tests.api.test_api import ROLES, write_plan
+from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
 from tests.workflows.conftest import dev_env  # noqa: F401 - a fixture
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -79,6 +80,29 @@ class UiStack:
         assert response.status_code == 200, response.text
         detail: dict[str, Any] = response.json()
         return detail
+
+    def reset_fleet(self) -> None:
+        """Put the simulated example fleet back to its initial versions (waves of earlier tests patched it),
+        as ``patchflow demo`` does before its wave."""
+        from patchflow.executors.simulated import SimulatedExecutor, default_state_path
+        from patchflow.executors.simulated.fleet import load_fleet
+
+        fleet = load_fleet(EXAMPLES_DIR / "fleet.yaml")
+        SimulatedExecutor(fleet, default_state_path(self.settings.data_dir, fleet)).reset()
+
+    def judge_compliance(self) -> dict[str, Any]:
+        """POST /compliance with the shipped Ubuntu example inventory (as an operator): the console's
+        compliance page shows what this produced."""
+        body = {
+            "baseline": (BASELINES_DIR / "ubuntu-staged.yaml").read_text(),
+            "catalog": (EXAMPLES_DIR / "ubuntu-catalog.json").read_text(),
+            "inventory": (EXAMPLES_DIR / "ubuntu-inventory.json").read_text(),
+            "at": "2026-11-10T00:00:00Z",
+        }
+        response = httpx.post(f"{self.url}/compliance", json=body, headers=self.auth("olga"), timeout=30)
+        assert response.status_code == 200, response.text
+        judged: dict[str, Any] = response.json()
+        return judged
 
     def wait_for(self, wave_id: str, predicate: Any, timeout: float = 60) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

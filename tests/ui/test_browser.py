@@ -212,7 +212,7 @@ def test_failure_detail_keyboard_only_and_other_pages(console: Console, ui_stack
     wave_id = ui_stack.start_wave("demo.yaml")
     ui_stack.wait_for(wave_id, lambda d: d["state"] == "waiting_approval")
     schedule_id = _paused_schedule(ui_stack)
-    _judge_compliance(ui_stack)
+    ui_stack.judge_compliance()
     console.sign_in("vic")
     console.check_accessible("login-landing")
     console.open(f"/ui/waves/{wave_id}")
@@ -256,21 +256,6 @@ def test_failure_detail_keyboard_only_and_other_pages(console: Console, ui_stack
     console.sign_out()
     console.check_accessible("login")
     asyncio.run(_delete_schedule(ui_stack, schedule_id))
-
-
-def _judge_compliance(stack: UiStack) -> None:
-    import httpx
-
-    from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
-
-    body = {
-        "baseline": (BASELINES_DIR / "ubuntu-staged.yaml").read_text(),
-        "catalog": (EXAMPLES_DIR / "ubuntu-catalog.json").read_text(),
-        "inventory": (EXAMPLES_DIR / "ubuntu-inventory.json").read_text(),
-        "at": "2026-11-10T00:00:00Z",
-    }
-    judged = httpx.post(f"{stack.url}/compliance", json=body, headers=stack.auth("olga"), timeout=30)
-    assert judged.status_code == 200, judged.text
 
 
 def _paused_schedule(stack: UiStack) -> str:

@@ -14,7 +14,6 @@ import pytest
 
 from patchflow.service.ui import SESSION_COOKIE, SessionStore
 from patchflow.store import db
-from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
 from tests.ui.conftest import UiStack
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -173,6 +172,7 @@ def test_viewer_reads_everything_without_javascript_and_sees_no_buttons(
     ui_stack: UiStack, viewer: httpx.Client
 ) -> None:
     """Every page renders on the server: the data is in the HTML, the script only refreshes it."""
+    ui_stack.reset_fleet()  # so this wave changes versions (its page shows them before → after)
     wave_id = ui_stack.start_wave("demo.yaml")
     ui_stack.wait_for(wave_id, lambda d: d["state"] == "waiting_approval")
     listed = viewer.get("/ui/waves", params={"state": "waiting_approval"})
@@ -187,6 +187,12 @@ def test_viewer_reads_everything_without_javascript_and_sees_no_buttons(
     assert "/confirm/" not in text and "Operator actions" not in text  # … and no action buttons
     assert "i-0test000000000004" in text and "Failure" in text  # the failed test instance and its detail
     assert "openssl" in text and "3.0.2-0ubuntu1.16" in text  # the pinned set
+    dev = viewer.get(f"/ui/waves/{wave_id}", params={"stage": "dev"}).text
+    # Versions before → after, as the worker recorded them in the history database (fleet.yaml: the 2024 image).
+    assert re.search(
+        r'openssl\.amd64</span> <span class="mono">3\.0\.2-0ubuntu1\.10</span> → <span class="mono">3\.0\.2-0ubuntu1\.16<',
+        dev,
+    ), dev
     failed = viewer.get(f"/ui/waves/{wave_id}", params={"state": "failed"})
     assert failed.text.count('data-instance="') == 1
 
@@ -229,18 +235,12 @@ def test_wave_page_paginates_and_searches(ui_stack: UiStack, viewer: httpx.Clien
 
 
 def test_compliance_by_group_and_severity(ui_stack: UiStack, viewer: httpx.Client) -> None:
-    body = {
-        "baseline": (BASELINES_DIR / "ubuntu-staged.yaml").read_text(),
-        "catalog": (EXAMPLES_DIR / "ubuntu-catalog.json").read_text(),
-        "inventory": (EXAMPLES_DIR / "ubuntu-inventory.json").read_text(),
-        "at": "2026-11-10T00:00:00Z",
-    }
-    judged = httpx.post(f"{ui_stack.url}/compliance", json=body, headers=ui_stack.auth("olga"), timeout=30)
-    assert judged.status_code == 200, judged.text
+    """The figures POST /compliance produced, per patch group (the chart and the table)."""
+    judged = ui_stack.judge_compliance()
     page = viewer.get("/ui/compliance")
     assert page.status_code == 200 and 'data-testid="compliance-chart"' in page.text
     by_group: dict[str, int] = {}
-    for result in judged.json()["instances"]:
+    for result in judged["instances"]:
         by_group[result["patch_group"] or "none"] = by_group.get(result["patch_group"] or "none", 0) + 1
     for group, count in by_group.items():
         assert re.search(rf"<th scope=\"row\">{group}</th><td>{count}</td>", page.text), (group, page.text)
