@@ -9,6 +9,7 @@ import json
 import signal
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -17,6 +18,16 @@ from patchflow.config import Settings
 
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "baselines"
+"""The baselines and examples shipped with patchflow: package data of an installed patchflow, and in a source
+checkout a link to the repository's ``baselines/``."""
+
+
+def shipped_file(*parts: str) -> Path:
+    """A file shipped with patchflow, e.g. ``shipped_file("examples", "demo-plan.yaml")``."""
+    return SHIPPED.joinpath(*parts)
 
 
 class Fmt(StrEnum):

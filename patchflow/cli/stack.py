@@ -20,6 +20,7 @@ from patchflow.cli.common import (
     run_sync,
     run_until_interrupted,
     serve_until_stopped,
+    shipped_file,
     terminate_like_interrupt,
 )
 from patchflow.cli.fleet import simulated_executor
@@ -54,7 +55,7 @@ def worker_command() -> None:
         run_sync(go())
 
 
-EXAMPLE_FLEET = Path(__file__).resolve().parents[2] / "baselines" / "examples" / "fleet.yaml"
+EXAMPLE_FLEET = shipped_file("examples", "fleet.yaml")
 FAKE_AWS_BUCKET = "patchflow-demo"
 
 
@@ -133,7 +134,7 @@ def dev_command(
         run_sync(go())
 
 
-DEMO_PLAN = Path(__file__).resolve().parents[2] / "baselines" / "examples" / "demo-plan.yaml"
+DEMO_PLAN = shipped_file("examples", "demo-plan.yaml")
 DEMO_SSM_PLAN = DEMO_PLAN.with_name("demo-plan-ssm.yaml")
 
 
