@@ -238,3 +238,76 @@ def test_a_data_directory_that_cannot_be_written_is_not_a_bug(tmp_path: Path, da
         assert f"error: cannot write {data_dir}" in proc.stderr
         assert f"PATCHFLOW_DATA_DIR ({data_dir}): make that directory writable" in proc.stderr
         assert "internal error" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- also
+
+
+def test_export_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    baseline = tmp_path / "apt.yaml"
+    baseline.write_text(
+        "Name: apt-delay\nOperatingSystem: UBUNTU\nApprovalRules:\n  PatchRules:\n"
+        "    - PatchFilterGroup: {PatchFilters: []}\n      ApproveAfterDays: 3\n"
+    )
+    proc = run("baseline", "export", str(baseline), "--aws", data_dir=tmp_path)
+    assert proc.returncode == 2 and "<input>" not in proc.stderr
+    assert f"{baseline}:6: ApprovalRules.PatchRules[0].ApproveAfterDays: AWS does not support" in proc.stderr
+
+
+def test_a_freeze_until_the_year_3000_is_shown_and_flagged_never_as_none(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, extra="freezes: [{name: forever, from: 2026-01-01, to: 3000-01-01}]\n")
+    proc = run("plan", str(plan), "--at", "2026-11-10T00:00:00Z", data_dir=tmp_path / "data")
+    assert "None" not in proc.stdout, proc.stdout
+    assert "window: from 3000-01-02T00:00:00+00:00 (as soon as the gate passes)" in proc.stdout
+    assert "its first window opens on 3000-01-02, more than 800 days away" in proc.stdout
+    assert proc.returncode == 1
+
+
+def test_a_baseline_reports_field_and_rule_problems_in_one_pass(tmp_path: Path) -> None:
+    """Fix five, three more appear — no more: type errors and the CreatePatchBaseline checks of the rest come
+    together, located in the original file even when a broken rule had to be set aside."""
+    baseline = tmp_path / "many.yaml"
+    baseline.write_text(
+        "OperatingSystem: AMAZON_LINUX_2023\nApprovalRules:\n  PatchRules:\n"
+        "    - PatchFilterGroup: {PatchFilters: [{Key: SEVERITY, Values: [Critical]}]}\n"
+        '      ApproveAfterDays: "3"\n'
+        "    - ApproveAfterDays: 5\n"
+        "    - PatchFilterGroup: {PatchFilters: [{Key: CLASSIFICATION, Values: [Nope]}]}\n"
+        "      ApproveAfterDays: 400\n"
+        'RejectedPatches: ["bad name!"]\n'
+    )
+    proc = run("baseline", "validate", str(baseline), data_dir=tmp_path)
+    assert proc.returncode == 2
+    for expected in (
+        ":1: Name: required field is missing",
+        ":5: ApprovalRules.PatchRules[0].ApproveAfterDays: expected a whole number, got '3'",
+        ":6: ApprovalRules.PatchRules[1].PatchFilterGroup: required field is missing",
+        ":7: ApprovalRules.PatchRules[2].PatchFilterGroup.PatchFilters[0].Values[0]: 'Nope' is not a "
+        "CLASSIFICATION value",
+        ":8: ApprovalRules.PatchRules[2].ApproveAfterDays: 400 is out of range",
+        ":9: RejectedPatches[0]: 'bad name!' contains whitespace",
+    ):
+        assert f"{baseline}{expected}" in proc.stderr, proc.stderr
+    assert "(6 problems)" in proc.stderr
+
+
+def test_catalogs_refuse_loose_booleans_unknown_keys_and_duplicates(tmp_path: Path) -> None:
+    """A duplicate entry used to be accepted and change the content-addressed patch set id."""
+    from tests.conftest import BASELINES_DIR
+
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(
+        '{"patches": [\n'
+        ' {"name": "a", "arch": "amd64", "version": "1.0-1", "family": "deb", "security": "yes"},\n'
+        ' {"name": "b", "arch": "amd64", "version": "1.0-1", "family": "deb"},\n'
+        ' {"name": "b", "arch": "amd64", "version": "1.0-1", "family": "deb"}\n'
+        '], "generated": "2026-11-10"}\n'
+    )
+    proc = run(
+        "baseline", "evaluate", str(BASELINES_DIR / "ubuntu-default.yaml"), "--catalog", str(catalog),
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "(3 problems)" in proc.stderr
+    assert f"{catalog}:5: generated: unknown key; allowed: patches" in proc.stderr
+    assert f"{catalog}:2: patches[0].security: expected true or false, got 'yes'" in proc.stderr
+    assert f"{catalog}:4: patches[2]: the same patch as entry patches[1] (line 3)" in proc.stderr

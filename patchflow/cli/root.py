@@ -28,13 +28,14 @@ from patchflow.cli import stack as cli_stack
 from patchflow.cli import waves as cli_waves
 from patchflow.config import get_settings
 from patchflow.core import versions
-from patchflow.core.baselines import Baseline, dump_baseline, export_aws, load_baseline
+from patchflow.core.baselines import Baseline, dump_baseline, export_aws, load_baseline, parse_baseline
 from patchflow.core.catalog import load_catalog
 from patchflow.core.compliance import Instance, judge, load_inventory, summarise
+from patchflow.core.documents import load_document, locate
 from patchflow.core.evaluation import Evaluation, PatchSet, PinnedPatch, evaluate
 from patchflow.core.patchsets import PatchSetStore
 from patchflow.core.timeutil import format_instant, parse_instant
-from patchflow.errors import InputError, PatchflowError
+from patchflow.errors import BaselineError, ExportError, InputError, PatchflowError
 
 app = typer.Typer(
     name="patchflow",
@@ -310,7 +311,12 @@ def baseline_export(
     """Write a baseline back in AWS's format."""
     if not aws:
         raise InputError("choose an export target: --aws (the CreatePatchBaseline request format)")
-    text = dump_baseline(export_aws(load_baseline(baseline_file)), fmt.value)
+    doc = load_document(baseline_file, kind="baseline", error=BaselineError)
+    try:
+        body = export_aws(parse_baseline(doc))
+    except ExportError as exc:
+        raise ExportError(exc.summary, source=doc.source, problems=locate(exc.problems, doc)) from None
+    text = dump_baseline(body, fmt.value)
     if output is None:
         sys.stdout.write(text)
     else:

@@ -68,6 +68,10 @@ def plan_command(
             if window["start"] == "now":
                 cut = f" until {window['cutoff']} ({window['note']})" if window["cutoff"] else ""
                 out.print(f"  window: now (starts as soon as the gate passes){cut}")
+            elif window["end"] is None:  # a `now` window a freeze delays: open-ended once it starts
+                cut = f", no new starts after {window['cutoff']}" if window["cutoff"] else ""
+                note = f" [yellow]{window['note']}[/]" if window["note"] else ""
+                out.print(f"  window: from {window['start']} (as soon as the gate passes){cut}{note}")
             else:
                 note = f" [yellow]{window['note']}[/]" if window["note"] and not window["skipped"] else ""
                 out.print(
