@@ -311,3 +311,41 @@ def test_catalogs_refuse_loose_booleans_unknown_keys_and_duplicates(tmp_path: Pa
     assert f"{catalog}:5: generated: unknown key; allowed: patches" in proc.stderr
     assert f"{catalog}:2: patches[0].security: expected true or false, got 'yes'" in proc.stderr
     assert f"{catalog}:4: patches[2]: the same patch as entry patches[1] (line 3)" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_reader_that_stops_reading_is_not_an_error(tmp_path: Path, fmt: str) -> None:
+    """``patchflow … | head``: the pipe closes before patchflow has written everything; exit 0, nothing on
+    stderr (click and rich used to exit 1)."""
+    from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
+
+    env = {**os.environ, "PATCHFLOW_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "patchflow", "baseline", "evaluate", str(BASELINES_DIR / "ubuntu-staged.yaml"),
+         "--catalog", str(EXAMPLES_DIR / "ubuntu-catalog.json"), "--no-store", "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0 and stderr == b"", stderr
+
+
+def test_exit_codes_mean_what_they_say(tmp_path: Path) -> None:
+    """``--as ''`` is bad input (2), a refused freeze override a refused action (4) like a refused approval;
+    neither needs Temporal (the address below has no server)."""
+    from tests.conftest import EXAMPLES_DIR
+
+    env = {"PATCHFLOW_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    empty = run("wave", "approve", "wave-x", "--stage", "prod", "--as", "", data_dir=tmp_path, env=env)
+    assert empty.returncode == 2 and "--as needs a name" in empty.stderr
+    plan = str(EXAMPLES_DIR / "demo-plan.yaml")
+    emergency = ("emergency", "--cve", "CVE-2026-1001", "--targets", "all", "--plan", plan)
+    nobody = run(*emergency, "--as", " ", data_dir=tmp_path, env=env)
+    assert nobody.returncode == 2 and "--as needs a name" in nobody.stderr
+    refused = run(*emergency, "--override-freeze", "--approver", "mallory", data_dir=tmp_path, env=env)
+    assert refused.returncode == 4 and "'mallory' may not override a change freeze" in refused.stderr

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from enum import StrEnum
@@ -16,8 +17,19 @@ from rich.console import Console
 
 from patchflow.config import Settings
 
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+class PatchflowConsole(Console):
+    """A rich console for which a reader that stopped reading (``patchflow … | head``) is not an error."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+out = PatchflowConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+err = PatchflowConsole(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 
 SHIPPED = Path(__file__).resolve().parents[1] / "baselines"

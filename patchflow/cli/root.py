@@ -6,6 +6,7 @@ Errors a user can cause are printed as ``error: …`` with their location and a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from patchflow.cli import compliance as cli_compliance
@@ -26,6 +26,7 @@ from patchflow.cli import fleet as cli_fleet
 from patchflow.cli import schedule as cli_schedule
 from patchflow.cli import stack as cli_stack
 from patchflow.cli import waves as cli_waves
+from patchflow.cli.common import PatchflowConsole
 from patchflow.config import get_settings
 from patchflow.core import versions
 from patchflow.core.baselines import Baseline, dump_baseline, export_aws, load_baseline, parse_baseline
@@ -67,7 +68,7 @@ app.command("demo")(cli_stack.demo_command)
 app.command("api")(cli_stack.api_command)
 
 # Piped output (CI logs, files) gets wide tables instead of 80 folded columns.
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+out = PatchflowConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
 class OutputFormat(StrEnum):
@@ -384,8 +385,7 @@ def _print_error(exc: PatchflowError) -> None:
 
 
 def _die(code: int) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     raise SystemExit(code)
 
 
@@ -401,9 +401,20 @@ def run() -> NoReturn:
         main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a reader that went away (`| head`) is not an error
+            stream.flush()
+
+
+def _reader_went_away() -> bool:
+    """Whether stdout's reader closed the pipe (``patchflow … | head``): click then wraps stdout to keep it
+    quiet and exits 1; for a command line that is a normal way to stop reading, so patchflow exits 0."""
+    return type(sys.stdout).__name__.endswith("PacifyFlushWrapper")  # click's, or typer's copy of click
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -416,7 +427,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         _die(130)
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 1 and _reader_went_away():
+            raise SystemExit(0) from None
         raise
     except OSError as exc:
         message = _unwritable(exc)

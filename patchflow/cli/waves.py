@@ -315,7 +315,9 @@ def _action(action: str, wave_id: str, who: str | None, stage: str | None, comme
     from patchflow.control.waves import act, local_user
 
     settings = get_settings()
-    actor = local_user() if who is None else who
+    if who is not None and not who.strip():
+        raise InputError("--as needs a name (who acts); leave --as out to act as the local user")
+    actor = local_user() if who is None else who.strip()
 
     async def go() -> str:
         return await act(

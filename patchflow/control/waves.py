@@ -178,8 +178,8 @@ def plan_freezes(plan: Plan, settings: Settings, at: datetime) -> list[FreezePer
 
 
 def check_freeze_override(plan: Plan, settings: Settings, approver: str) -> None:
-    """Refuse a freeze override unless ``approver`` is one of the plan's or the freeze file's override
-    approvers."""
+    """Refuse a freeze override (:class:`WaveActionRefused`, exit 4) unless ``approver`` is one of the plan's or
+    the freeze file's override approvers; no approver at all is bad input (exit 2)."""
     allowed = {*plan.freeze_override_approvers, *freeze_calendar(settings).override_approvers}
     approver = approver.strip()
     if not approver:
@@ -191,7 +191,7 @@ def check_freeze_override(plan: Plan, settings: Settings, approver: str) -> None
             ", ".join(sorted(allowed))
             or "nobody: add freeze_override_approvers to the plan or override_approvers to the freeze file"
         )
-        raise InputError(f"{approver!r} may not override a change freeze; allowed: {listed}")
+        raise WaveActionRefused(f"{approver!r} may not override a change freeze; allowed: {listed}")
 
 
 def wave_input(

@@ -254,7 +254,7 @@ async def test_change_freeze_holds_an_emergency_unless_an_approver_overrides_it(
 
         # An approver who is not listed is refused before anything starts.
         code, _, stderr = await cli(*base, "--override-freeze", "--approver", "mallory", env=env)
-        assert code == 2
+        assert code == 4  # a refused action, like a refused approval
         assert "'mallory' may not override a change freeze; allowed: cto" in stderr
 
         # A listed approver: the wave runs now, and the override is audited.
