@@ -349,3 +349,20 @@ def test_exit_codes_mean_what_they_say(tmp_path: Path) -> None:
     assert nobody.returncode == 2 and "--as needs a name" in nobody.stderr
     refused = run(*emergency, "--override-freeze", "--approver", "mallory", data_dir=tmp_path, env=env)
     assert refused.returncode == 4 and "'mallory' may not override a change freeze" in refused.stderr
+
+
+def test_schedules_refuse_daily_dst_edges_and_ids_with_spaces_before_connecting(tmp_path: Path) -> None:
+    """Temporal's scheduler skips a wall time a spring-forward gap removes and fires some twice around a
+    fall-back (measured in tests/workflows/test_schedules.py): daily schedules are refused there like weekly
+    ones. Both refusals come before any connection (no server listens at the address below)."""
+    from tests.conftest import EXAMPLES_DIR
+
+    env = {"PATCHFLOW_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    plan = str(EXAMPLES_DIR / "demo-plan.yaml")
+    daily = run(
+        "schedule", "create", plan, "--daily", "--at", "02:30", "--timezone", "Europe/Berlin",
+        data_dir=tmp_path, env=env,
+    )  # fmt: skip
+    assert daily.returncode == 2 and "is at a daylight-saving change on" in daily.stderr, daily.stderr
+    spaced = run("schedule", "create", plan, "--daily", "--id", "my schedule", data_dir=tmp_path, env=env)
+    assert spaced.returncode == 2 and "--id 'my schedule': use letters, digits" in spaced.stderr

@@ -259,7 +259,14 @@ async def _run_demo_wave(
     # Transient: the final summary prints the table once, the live view only animates it.
     with Live(console=out, refresh_per_second=4, transient=True) as live:
         while True:
-            status = status_json(await wave_status(client, inp.wave_id))
+            try:
+                status = status_json(await wave_status(client, inp.wave_id))
+            except PatchflowError:
+                # The demo's own worker is starting or busy: ask again, until the deadline.
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
             live.update(stage_table(status))
             if status["state"] in ("succeeded", "failed", "cancelled", "halted"):
                 return status

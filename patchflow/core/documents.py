@@ -60,7 +60,8 @@ class _StringDatesLoader(yaml.SafeLoader):
             raise _RefusedShape(
                 context="YAML aliases (*name) are not accepted",
                 problem=f"alias *{event.anchor}: write the values out (an alias lets a few bytes expand "
-                "without bound)",
+                "without bound; PyYAML writes aliases for repeated objects unless its Dumper's ignore_aliases "
+                "returns True)",
                 problem_mark=event.start_mark,
             )
         if not self.check_event(yaml.CollectionStartEvent):

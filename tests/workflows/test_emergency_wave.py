@@ -80,7 +80,7 @@ def make_plan(tmp_path: Path) -> Callable[..., Path]:
                 {
                     "name": "dev",
                     "targets": {"patch_group": "dev"},
-                    "window": later,
+                    "window": dict(later),  # a copy: a shared dict would be dumped as a YAML alias
                     "max_concurrency": 1,
                     "max_errors": 0,
                     "soak": "1h",
@@ -88,7 +88,7 @@ def make_plan(tmp_path: Path) -> Callable[..., Path]:
                 {
                     "name": "prod",
                     "targets": {"patch_group": "prod"},
-                    "window": later,
+                    "window": dict(later),  # a copy: a shared dict would be dumped as a YAML alias
                     "max_concurrency": "50%",
                     "max_errors": 1,
                     "soak": "2h",
@@ -425,7 +425,7 @@ def mixed_plan(tmp_path: Path) -> Path:
             {
                 "name": group,
                 "targets": {"patch_group": group},
-                "window": later,
+                "window": dict(later),  # a copy: a shared dict would be dumped as a YAML alias
                 "max_concurrency": 1,
                 "max_errors": 0,
             }
