@@ -366,3 +366,30 @@ def test_schedules_refuse_daily_dst_edges_and_ids_with_spaces_before_connecting(
     assert daily.returncode == 2 and "is at a daylight-saving change on" in daily.stderr, daily.stderr
     spaced = run("schedule", "create", plan, "--daily", "--id", "my schedule", data_dir=tmp_path, env=env)
     assert spaced.returncode == 2 and "--id 'my schedule': use letters, digits" in spaced.stderr
+
+
+def _command_paths(command: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+def test_help_shows_readable_types_and_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command's --help: TEXT, INTEGER, PATH, table|json, nothing for a flag — never Python annotations."""
+    import typer
+
+    from patchflow import __version__
+    from patchflow.cli.root import app, main
+
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("wave", "start") in paths and len(paths) > 40
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        for python_type in ("<bool>", "<str>", "<int>", "<path>", "<list[", "<float>", "range>"):
+            assert python_type not in text, (path, text)
+    version = run("--version", data_dir=tmp_path)
+    assert version.returncode == 0 and version.stdout == f"patchflow {__version__}\n"

@@ -47,6 +47,59 @@ class Fmt(StrEnum):
     json = "json"
 
 
+_LABELS = {
+    "str": "TEXT",
+    "int": "INTEGER",
+    "int range": "INTEGER",
+    "float": "NUMBER",
+    "float range": "NUMBER",
+    "path": "PATH",
+    "Path": "PATH",
+    "file": "FILE",
+    "directory": "DIRECTORY",
+    "datetime": "TIME",
+}
+
+
+def readable_help(command: Any) -> None:
+    """Give every parameter of ``command`` and its subcommands a readable type in ``--help``: ``TEXT``,
+    ``INTEGER``, ``PATH``, ``table|json``, nothing for a flag — typer labels them with Python annotations
+    (``<str>``, ``<list[str]>``, ``<bool>``). Parameters typer does not label that way are left alone."""
+    for param in getattr(command, "params", []):
+        _readable_type(param)
+    get_help_option = getattr(command, "get_help_option", None)
+    if get_help_option is not None:
+
+        def help_option(ctx: Any, get_help_option: Any = get_help_option) -> Any:
+            option = get_help_option(ctx)
+            if option is not None:
+                _readable_type(option)
+            return option
+
+        command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        readable_help(sub)
+
+
+def _readable_type(param: Any) -> None:
+    original = getattr(type(param), "display_type", None)
+    if original is not None:
+
+        def display_type(ctx: Any, param: Any = param, original: Any = original) -> str | None:
+            label = str(original(param, ctx))
+            if not (label.startswith("<") and label.endswith(">")):
+                return label
+            label = label[1:-1]
+            repeated = label.startswith("list[") and label.endswith("]")
+            if repeated:
+                label = label[5:-1]
+            if label == "bool" and getattr(param, "is_flag", False):
+                return None
+            return _LABELS.get(label, label if "|" in label else label.upper())
+
+        param.display_type = display_type
+
+
 def emit_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
 

@@ -26,7 +26,7 @@ from patchflow.cli import fleet as cli_fleet
 from patchflow.cli import schedule as cli_schedule
 from patchflow.cli import stack as cli_stack
 from patchflow.cli import waves as cli_waves
-from patchflow.cli.common import PatchflowConsole
+from patchflow.cli.common import PatchflowConsole, readable_help
 from patchflow.config import get_settings
 from patchflow.core import versions
 from patchflow.core.baselines import Baseline, dump_baseline, export_aws, load_baseline, parse_baseline
@@ -50,6 +50,37 @@ baseline_app = typer.Typer(
 )
 patch_set_app = typer.Typer(help="Pinned, content-addressed patch sets.", no_args_is_help=True)
 versions_app = typer.Typer(help="Exact deb and rpm version order.", no_args_is_help=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"patchflow {_version()}\n")
+        raise typer.Exit()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("patchflow")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        from patchflow import __version__
+
+        return __version__
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print patchflow's version and exit.", is_eager=True, callback=_show_version
+        ),
+    ] = False,
+) -> None:
+    """Staged, pinned, durable OS patch rollouts above AWS Systems Manager Patch Manager."""
+
+
 app.add_typer(baseline_app, name="baseline")
 app.add_typer(patch_set_app, name="patch-set")
 app.add_typer(versions_app, name="version")
@@ -106,7 +137,10 @@ def _store() -> PatchSetStore:
 
 @baseline_app.command("validate")
 def baseline_validate(
-    files: Annotated[list[Path], typer.Argument(help="Baseline files (YAML or JSON).", show_default=False)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(metavar="FILE...", help="Baseline files (YAML or JSON).", show_default=False),
+    ],
 ) -> None:
     """Check baseline files against the CreatePatchBaseline constraints; report every problem."""
     failures: list[PatchflowError] = []
@@ -368,9 +402,12 @@ def patch_set_show(
 
 @versions_app.command("compare")
 def version_compare(
-    family: Annotated[VersionFamily, typer.Argument(help="Version family.", show_default=False)],
-    a: Annotated[str, typer.Argument(help="First version.", show_default=False)],
-    b: Annotated[str, typer.Argument(help="Second version.", show_default=False)],
+    family: Annotated[
+        VersionFamily,
+        typer.Argument(metavar="FAMILY", help="Version family: deb or rpm.", show_default=False),
+    ],
+    a: Annotated[str, typer.Argument(metavar="A", help="First version.", show_default=False)],
+    b: Annotated[str, typer.Argument(metavar="B", help="Second version.", show_default=False)],
 ) -> None:
     """Compare two versions exactly as dpkg or rpm would: prints '<', '=' or '>'."""
     result = versions.compare(family.value, a, b)
@@ -419,8 +456,10 @@ def _reader_went_away() -> bool:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the app, turning every error into a message and an exit code."""
+    command = typer.main.get_command(app)
+    readable_help(command)
     try:
-        app(args=argv, prog_name="patchflow", standalone_mode=True)
+        command.main(args=argv, prog_name="patchflow", standalone_mode=True)
     except PatchflowError as exc:
         _print_error(exc)
         _die(exc.exit_code)
