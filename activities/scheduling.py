@@ -88,31 +88,16 @@ class ScheduleActivities:
             raise ApplicationError(str(exc), type="InputError", non_retryable=True) from None
 
     async def _running_wave_of(self, plan_name: str) -> str | None:
-        """The id of a running wave of the plan, if any (waves are named ``wave-<plan>-…``; each candidate's
-        plan is confirmed by a query, since one plan's name can be a prefix of another's)."""
+        """The id of a running wave of the plan, if any (:func:`patchflow.control.waves.running_wave_of`)."""
         if self._client is None:
             return None
-        from patchflow.core.wavemodel import WaveStatus
-        from workflows.wave import WaveWorkflow
+        from patchflow.control.waves import running_wave_of
 
-        query = "WorkflowType = 'WaveWorkflow' AND ExecutionStatus = 'Running'"
         try:
-            executions = [e async for e in self._client.list_workflows(query)]
+            return await running_wave_of(self._client, plan_name)
         except RPCError as exc:
             if exc.status == RPCStatusCode.UNIMPLEMENTED:
                 # A server without visibility (Temporal's time-skipping test server) cannot tell; real ones can.
                 activity.logger.warning("cannot list running waves (%s); starting the wave", exc.message)
                 return None
             raise
-        for execution in executions:
-            if not execution.id.startswith(f"wave-{plan_name}-"):
-                continue
-            try:
-                status: WaveStatus = await self._client.get_workflow_handle(execution.id).query(
-                    WaveWorkflow.status
-                )
-            except RPCError:
-                return execution.id  # cannot tell: do not risk a second wave on the same fleet
-            if status.plan_name == plan_name:
-                return execution.id
-        return None

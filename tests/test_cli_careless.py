@@ -238,3 +238,158 @@ def test_a_data_directory_that_cannot_be_written_is_not_a_bug(tmp_path: Path, da
         assert f"error: cannot write {data_dir}" in proc.stderr
         assert f"PATCHFLOW_DATA_DIR ({data_dir}): make that directory writable" in proc.stderr
         assert "internal error" not in proc.stderr
+
+
+# ---------------------------------------------------------------------------------------------- also
+
+
+def test_export_errors_name_the_file_and_line(tmp_path: Path) -> None:
+    baseline = tmp_path / "apt.yaml"
+    baseline.write_text(
+        "Name: apt-delay\nOperatingSystem: UBUNTU\nApprovalRules:\n  PatchRules:\n"
+        "    - PatchFilterGroup: {PatchFilters: []}\n      ApproveAfterDays: 3\n"
+    )
+    proc = run("baseline", "export", str(baseline), "--aws", data_dir=tmp_path)
+    assert proc.returncode == 2 and "<input>" not in proc.stderr
+    assert f"{baseline}:6: ApprovalRules.PatchRules[0].ApproveAfterDays: AWS does not support" in proc.stderr
+
+
+def test_a_freeze_until_the_year_3000_is_shown_and_flagged_never_as_none(tmp_path: Path) -> None:
+    plan = write_plan(tmp_path, extra="freezes: [{name: forever, from: 2026-01-01, to: 3000-01-01}]\n")
+    proc = run("plan", str(plan), "--at", "2026-11-10T00:00:00Z", data_dir=tmp_path / "data")
+    assert "None" not in proc.stdout, proc.stdout
+    assert "window: from 3000-01-02T00:00:00+00:00 (as soon as the gate passes)" in proc.stdout
+    assert "its first window opens on 3000-01-02, more than 800 days away" in proc.stdout
+    assert proc.returncode == 1
+
+
+def test_a_baseline_reports_field_and_rule_problems_in_one_pass(tmp_path: Path) -> None:
+    """Fix five, three more appear — no more: type errors and the CreatePatchBaseline checks of the rest come
+    together, located in the original file even when a broken rule had to be set aside."""
+    baseline = tmp_path / "many.yaml"
+    baseline.write_text(
+        "OperatingSystem: AMAZON_LINUX_2023\nApprovalRules:\n  PatchRules:\n"
+        "    - PatchFilterGroup: {PatchFilters: [{Key: SEVERITY, Values: [Critical]}]}\n"
+        '      ApproveAfterDays: "3"\n'
+        "    - ApproveAfterDays: 5\n"
+        "    - PatchFilterGroup: {PatchFilters: [{Key: CLASSIFICATION, Values: [Nope]}]}\n"
+        "      ApproveAfterDays: 400\n"
+        'RejectedPatches: ["bad name!"]\n'
+    )
+    proc = run("baseline", "validate", str(baseline), data_dir=tmp_path)
+    assert proc.returncode == 2
+    for expected in (
+        ":1: Name: required field is missing",
+        ":5: ApprovalRules.PatchRules[0].ApproveAfterDays: expected a whole number, got '3'",
+        ":6: ApprovalRules.PatchRules[1].PatchFilterGroup: required field is missing",
+        ":7: ApprovalRules.PatchRules[2].PatchFilterGroup.PatchFilters[0].Values[0]: 'Nope' is not a "
+        "CLASSIFICATION value",
+        ":8: ApprovalRules.PatchRules[2].ApproveAfterDays: 400 is out of range",
+        ":9: RejectedPatches[0]: 'bad name!' contains whitespace",
+    ):
+        assert f"{baseline}{expected}" in proc.stderr, proc.stderr
+    assert "(6 problems)" in proc.stderr
+
+
+def test_catalogs_refuse_loose_booleans_unknown_keys_and_duplicates(tmp_path: Path) -> None:
+    """A duplicate entry used to be accepted and change the content-addressed patch set id."""
+    from tests.conftest import BASELINES_DIR
+
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(
+        '{"patches": [\n'
+        ' {"name": "a", "arch": "amd64", "version": "1.0-1", "family": "deb", "security": "yes"},\n'
+        ' {"name": "b", "arch": "amd64", "version": "1.0-1", "family": "deb"},\n'
+        ' {"name": "b", "arch": "amd64", "version": "1.0-1", "family": "deb"}\n'
+        '], "generated": "2026-11-10"}\n'
+    )
+    proc = run(
+        "baseline", "evaluate", str(BASELINES_DIR / "ubuntu-default.yaml"), "--catalog", str(catalog),
+        data_dir=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 2 and "(3 problems)" in proc.stderr
+    assert f"{catalog}:5: generated: unknown key; allowed: patches" in proc.stderr
+    assert f"{catalog}:2: patches[0].security: expected true or false, got 'yes'" in proc.stderr
+    assert f"{catalog}:4: patches[2]: the same patch as entry patches[1] (line 3)" in proc.stderr
+
+
+@pytest.mark.parametrize("fmt", ["table", "json"])
+def test_a_reader_that_stops_reading_is_not_an_error(tmp_path: Path, fmt: str) -> None:
+    """``patchflow … | head``: the pipe closes before patchflow has written everything; exit 0, nothing on
+    stderr (click and rich used to exit 1)."""
+    from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
+
+    env = {**os.environ, "PATCHFLOW_DATA_DIR": str(tmp_path)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "patchflow", "baseline", "evaluate", str(BASELINES_DIR / "ubuntu-staged.yaml"),
+         "--catalog", str(EXAMPLES_DIR / "ubuntu-catalog.json"), "--no-store", "--format", fmt],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader is gone before the first line
+    stderr = proc.stderr.read()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) == 0 and stderr == b"", stderr
+
+
+def test_exit_codes_mean_what_they_say(tmp_path: Path) -> None:
+    """``--as ''`` is bad input (2), a refused freeze override a refused action (4) like a refused approval;
+    neither needs Temporal (the address below has no server)."""
+    from tests.conftest import EXAMPLES_DIR
+
+    env = {"PATCHFLOW_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    empty = run("wave", "approve", "wave-x", "--stage", "prod", "--as", "", data_dir=tmp_path, env=env)
+    assert empty.returncode == 2 and "--as needs a name" in empty.stderr
+    plan = str(EXAMPLES_DIR / "demo-plan.yaml")
+    emergency = ("emergency", "--cve", "CVE-2026-1001", "--targets", "all", "--plan", plan)
+    nobody = run(*emergency, "--as", " ", data_dir=tmp_path, env=env)
+    assert nobody.returncode == 2 and "--as needs a name" in nobody.stderr
+    refused = run(*emergency, "--override-freeze", "--approver", "mallory", data_dir=tmp_path, env=env)
+    assert refused.returncode == 4 and "'mallory' may not override a change freeze" in refused.stderr
+
+
+def test_schedules_refuse_daily_dst_edges_and_ids_with_spaces_before_connecting(tmp_path: Path) -> None:
+    """Temporal's scheduler skips a wall time a spring-forward gap removes and fires some twice around a
+    fall-back (measured in tests/workflows/test_schedules.py): daily schedules are refused there like weekly
+    ones. Both refusals come before any connection (no server listens at the address below)."""
+    from tests.conftest import EXAMPLES_DIR
+
+    env = {"PATCHFLOW_TEMPORAL_ADDRESS": "127.0.0.1:1"}
+    plan = str(EXAMPLES_DIR / "demo-plan.yaml")
+    daily = run(
+        "schedule", "create", plan, "--daily", "--at", "02:30", "--timezone", "Europe/Berlin",
+        data_dir=tmp_path, env=env,
+    )  # fmt: skip
+    assert daily.returncode == 2 and "is at a daylight-saving change on" in daily.stderr, daily.stderr
+    spaced = run("schedule", "create", plan, "--daily", "--id", "my schedule", data_dir=tmp_path, env=env)
+    assert spaced.returncode == 2 and "--id 'my schedule': use letters, digits" in spaced.stderr
+
+
+def _command_paths(command: object, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = [prefix]
+    for name, sub in getattr(command, "commands", {}).items():
+        paths += _command_paths(sub, (*prefix, name))
+    return paths
+
+
+def test_help_shows_readable_types_and_version(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command's --help: TEXT, INTEGER, PATH, table|json, nothing for a flag — never Python annotations."""
+    import typer
+
+    from patchflow import __version__
+    from patchflow.cli.root import app, main
+
+    paths = _command_paths(typer.main.get_command(app))
+    assert ("wave", "start") in paths and len(paths) > 40
+    for path in paths:
+        with pytest.raises(SystemExit) as done:
+            main([*path, "--help"])
+        assert done.value.code == 0
+        text = capsys.readouterr().out
+        for python_type in ("<bool>", "<str>", "<int>", "<path>", "<list[", "<float>", "range>"):
+            assert python_type not in text, (path, text)
+    version = run("--version", data_dir=tmp_path)
+    assert version.returncode == 0 and version.stdout == f"patchflow {__version__}\n"

@@ -6,22 +6,98 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
 from patchflow.config import Settings
 
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+class PatchflowConsole(Console):
+    """A rich console for which a reader that stopped reading (``patchflow … | head``) is not an error."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+out = PatchflowConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+err = PatchflowConsole(stderr=True, width=None if sys.stderr.isatty() else 200)
+
+
+SHIPPED = Path(__file__).resolve().parents[1] / "baselines"
+"""The baselines and examples shipped with patchflow: package data of an installed patchflow, and in a source
+checkout a link to the repository's ``baselines/``."""
+
+
+def shipped_file(*parts: str) -> Path:
+    """A file shipped with patchflow, e.g. ``shipped_file("examples", "demo-plan.yaml")``."""
+    return SHIPPED.joinpath(*parts)
 
 
 class Fmt(StrEnum):
     table = "table"
     json = "json"
+
+
+_LABELS = {
+    "str": "TEXT",
+    "int": "INTEGER",
+    "int range": "INTEGER",
+    "float": "NUMBER",
+    "float range": "NUMBER",
+    "path": "PATH",
+    "Path": "PATH",
+    "file": "FILE",
+    "directory": "DIRECTORY",
+    "datetime": "TIME",
+}
+
+
+def readable_help(command: Any) -> None:
+    """Give every parameter of ``command`` and its subcommands a readable type in ``--help``: ``TEXT``,
+    ``INTEGER``, ``PATH``, ``table|json``, nothing for a flag — typer labels them with Python annotations
+    (``<str>``, ``<list[str]>``, ``<bool>``). Parameters typer does not label that way are left alone."""
+    for param in getattr(command, "params", []):
+        _readable_type(param)
+    get_help_option = getattr(command, "get_help_option", None)
+    if get_help_option is not None:
+
+        def help_option(ctx: Any, get_help_option: Any = get_help_option) -> Any:
+            option = get_help_option(ctx)
+            if option is not None:
+                _readable_type(option)
+            return option
+
+        command.get_help_option = help_option
+    for sub in getattr(command, "commands", {}).values():
+        readable_help(sub)
+
+
+def _readable_type(param: Any) -> None:
+    original = getattr(type(param), "display_type", None)
+    if original is not None:
+
+        def display_type(ctx: Any, param: Any = param, original: Any = original) -> str | None:
+            label = str(original(param, ctx))
+            if not (label.startswith("<") and label.endswith(">")):
+                return label
+            label = label[1:-1]
+            repeated = label.startswith("list[") and label.endswith("]")
+            if repeated:
+                label = label[5:-1]
+            if label == "bool" and getattr(param, "is_flag", False):
+                return None
+            return _LABELS.get(label, label if "|" in label else label.upper())
+
+        param.display_type = display_type
 
 
 def emit_json(data: Any) -> None:

@@ -38,6 +38,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from patchflow.cli.common import err, out
 from patchflow.config import Settings, get_settings
 from patchflow.core.baselines import Baseline, load_baseline
 from patchflow.core.catalog import Patch, load_catalog
@@ -67,9 +68,6 @@ if TYPE_CHECKING:
     from patchflow.store.db import WavePublic
 
 compliance_app = typer.Typer(help="Fleet patch compliance reports.", no_args_is_help=True)
-
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 200)
 
 #: S3 bucket names as AWS allows them (3–63 lower-case letters, digits, dots and hyphens).
 _BUCKET_RE = re.compile(r"^[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]$")

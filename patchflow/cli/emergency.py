@@ -452,6 +452,8 @@ def emergency(
     from patchflow.core.patchsets import PatchSetStore
 
     settings = get_settings()
+    if who is not None and not who.strip():
+        raise InputError("--as needs a name (who starts the wave); leave --as out to act as the local user")
     if approver is not None and not override_freeze:
         raise InputError("--approver approves a freeze override: give it together with --override-freeze")
     prep = prepare(settings, plan_file=plan_file, targets=targets, cves=cve or [], packages=package or [])

@@ -73,7 +73,8 @@ def fleet_reset(
 @window_app.command("preview")
 def window_preview(
     schedule: Annotated[
-        str, typer.Argument(help="cron(...), rate(...), at(...) or now.", show_default=False)
+        str,
+        typer.Argument(metavar="SCHEDULE", help="cron(...), rate(...), at(...) or now.", show_default=False),
     ],
     timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the schedule.")] = "UTC",
     offset_days: Annotated[int, typer.Option("--offset-days", help="ScheduleOffset (cron only, 1–6).")] = 0,

@@ -6,6 +6,7 @@ Errors a user can cause are printed as ``error: …`` with their location and a 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from patchflow.cli import compliance as cli_compliance
@@ -27,15 +27,17 @@ from patchflow.cli import lab as cli_lab
 from patchflow.cli import schedule as cli_schedule
 from patchflow.cli import stack as cli_stack
 from patchflow.cli import waves as cli_waves
+from patchflow.cli.common import PatchflowConsole, readable_help
 from patchflow.config import get_settings
 from patchflow.core import versions
-from patchflow.core.baselines import Baseline, dump_baseline, export_aws, load_baseline
+from patchflow.core.baselines import Baseline, dump_baseline, export_aws, load_baseline, parse_baseline
 from patchflow.core.catalog import load_catalog
 from patchflow.core.compliance import Instance, judge, load_inventory, summarise
+from patchflow.core.documents import load_document, locate
 from patchflow.core.evaluation import Evaluation, PatchSet, PinnedPatch, evaluate
 from patchflow.core.patchsets import PatchSetStore
 from patchflow.core.timeutil import format_instant, parse_instant
-from patchflow.errors import InputError, PatchflowError
+from patchflow.errors import BaselineError, ExportError, InputError, PatchflowError
 
 app = typer.Typer(
     name="patchflow",
@@ -49,6 +51,37 @@ baseline_app = typer.Typer(
 )
 patch_set_app = typer.Typer(help="Pinned, content-addressed patch sets.", no_args_is_help=True)
 versions_app = typer.Typer(help="Exact deb and rpm version order.", no_args_is_help=True)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"patchflow {_version()}\n")
+        raise typer.Exit()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("patchflow")
+    except PackageNotFoundError:  # a source checkout that was never installed
+        from patchflow import __version__
+
+        return __version__
+
+
+@app.callback()
+def _root(
+    _version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print patchflow's version and exit.", is_eager=True, callback=_show_version
+        ),
+    ] = False,
+) -> None:
+    """Staged, pinned, durable OS patch rollouts above AWS Systems Manager Patch Manager."""
+
+
 app.add_typer(baseline_app, name="baseline")
 app.add_typer(patch_set_app, name="patch-set")
 app.add_typer(versions_app, name="version")
@@ -68,7 +101,7 @@ app.command("api")(cli_stack.api_command)
 app.add_typer(cli_lab.lab_app, name="lab")
 
 # Piped output (CI logs, files) gets wide tables instead of 80 folded columns.
-out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
+out = PatchflowConsole(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
 class OutputFormat(StrEnum):
@@ -106,7 +139,10 @@ def _store() -> PatchSetStore:
 
 @baseline_app.command("validate")
 def baseline_validate(
-    files: Annotated[list[Path], typer.Argument(help="Baseline files (YAML or JSON).", show_default=False)],
+    files: Annotated[
+        list[Path],
+        typer.Argument(metavar="FILE...", help="Baseline files (YAML or JSON).", show_default=False),
+    ],
 ) -> None:
     """Check baseline files against the CreatePatchBaseline constraints; report every problem."""
     failures: list[PatchflowError] = []
@@ -312,7 +348,12 @@ def baseline_export(
     """Write a baseline back in AWS's format."""
     if not aws:
         raise InputError("choose an export target: --aws (the CreatePatchBaseline request format)")
-    text = dump_baseline(export_aws(load_baseline(baseline_file)), fmt.value)
+    doc = load_document(baseline_file, kind="baseline", error=BaselineError)
+    try:
+        body = export_aws(parse_baseline(doc))
+    except ExportError as exc:
+        raise ExportError(exc.summary, source=doc.source, problems=locate(exc.problems, doc)) from None
+    text = dump_baseline(body, fmt.value)
     if output is None:
         sys.stdout.write(text)
     else:
@@ -363,9 +404,12 @@ def patch_set_show(
 
 @versions_app.command("compare")
 def version_compare(
-    family: Annotated[VersionFamily, typer.Argument(help="Version family.", show_default=False)],
-    a: Annotated[str, typer.Argument(help="First version.", show_default=False)],
-    b: Annotated[str, typer.Argument(help="Second version.", show_default=False)],
+    family: Annotated[
+        VersionFamily,
+        typer.Argument(metavar="FAMILY", help="Version family: deb or rpm.", show_default=False),
+    ],
+    a: Annotated[str, typer.Argument(metavar="A", help="First version.", show_default=False)],
+    b: Annotated[str, typer.Argument(metavar="B", help="Second version.", show_default=False)],
 ) -> None:
     """Compare two versions exactly as dpkg or rpm would: prints '<', '=' or '>'."""
     result = versions.compare(family.value, a, b)
@@ -380,8 +424,7 @@ def _print_error(exc: PatchflowError) -> None:
 
 
 def _die(code: int) -> NoReturn:
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     raise SystemExit(code)
 
 
@@ -397,22 +440,37 @@ def run() -> NoReturn:
         main()
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    sys.stdout.flush()
-    sys.stderr.flush()
+    _flush()
     os._exit(code)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError):  # a reader that went away (`| head`) is not an error
+            stream.flush()
+
+
+def _reader_went_away() -> bool:
+    """Whether stdout's reader closed the pipe (``patchflow … | head``): click then wraps stdout to keep it
+    quiet and exits 1; for a command line that is a normal way to stop reading, so patchflow exits 0."""
+    return type(sys.stdout).__name__.endswith("PacifyFlushWrapper")  # click's, or typer's copy of click
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the app, turning every error into a message and an exit code."""
+    command = typer.main.get_command(app)
+    readable_help(command)
     try:
-        app(args=argv, prog_name="patchflow", standalone_mode=True)
+        command.main(args=argv, prog_name="patchflow", standalone_mode=True)
     except PatchflowError as exc:
         _print_error(exc)
         _die(exc.exit_code)
     except KeyboardInterrupt:
         sys.stderr.write("interrupted\n")
         _die(130)
-    except SystemExit:
+    except SystemExit as exc:
+        if exc.code == 1 and _reader_went_away():
+            raise SystemExit(0) from None
         raise
     except OSError as exc:
         message = _unwritable(exc)

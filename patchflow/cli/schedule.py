@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -21,7 +23,7 @@ from patchflow.control.scheduling import (
     unpause_schedule,
 )
 from patchflow.core.plans import load_plan, parse_duration
-from patchflow.core.schedules import calendar_plan, parse_schedule
+from patchflow.core.schedules import calendar_plan, check_daylight_saving, check_schedule_id, parse_schedule
 from patchflow.errors import InputError
 
 schedule_app = typer.Typer(
@@ -72,6 +74,10 @@ def schedule_create(
     schedule = parse_schedule(
         monthly=monthly, weekly=weekly, daily=daily, offset_days=offset_days, at=at, timezone=timezone
     )
+    # Checked here too, before anything connects: bad input is said without Temporal.
+    check_daylight_saving(schedule, datetime.now(UTC))
+    if schedule_id is not None:
+        check_schedule_id(schedule_id)
     try:
         catchup_window = timedelta(seconds=parse_duration(catchup))
     except ValueError as exc:
@@ -207,7 +213,9 @@ def schedule_trigger(schedule_id: IdArg) -> None:
     """Fire now (skipped while the plan's previous scheduled wave still runs)."""
     settings = get_settings()
     run_sync(_then(settings, trigger_schedule, schedule_id))
-    out.print(f"schedule {schedule_id} triggered; follow it with 'patchflow schedule describe {schedule_id}'")
+    out.print(
+        f"schedule {schedule_id} triggered; follow it with 'patchflow schedule describe {shlex.quote(schedule_id)}'"
+    )
 
 
 @schedule_app.command("delete")

@@ -20,6 +20,7 @@ from patchflow.cli.common import (
     run_sync,
     run_until_interrupted,
     serve_until_stopped,
+    shipped_file,
     terminate_like_interrupt,
 )
 from patchflow.cli.fleet import simulated_executor
@@ -54,7 +55,7 @@ def worker_command() -> None:
         run_sync(go())
 
 
-EXAMPLE_FLEET = Path(__file__).resolve().parents[2] / "baselines" / "examples" / "fleet.yaml"
+EXAMPLE_FLEET = shipped_file("examples", "fleet.yaml")
 FAKE_AWS_BUCKET = "patchflow-demo"
 
 
@@ -136,7 +137,7 @@ def dev_command(
         run_sync(go())
 
 
-DEMO_PLAN = Path(__file__).resolve().parents[2] / "baselines" / "examples" / "demo-plan.yaml"
+DEMO_PLAN = shipped_file("examples", "demo-plan.yaml")
 DEMO_SSM_PLAN = DEMO_PLAN.with_name("demo-plan-ssm.yaml")
 
 
@@ -275,7 +276,14 @@ async def _run_demo_wave(
     # Transient: the final summary prints the table once, the live view only animates it.
     with Live(console=out, refresh_per_second=4, transient=True) as live:
         while True:
-            status = status_json(await wave_status(client, inp.wave_id))
+            try:
+                status = status_json(await wave_status(client, inp.wave_id))
+            except PatchflowError:
+                # The demo's own worker is starting or busy: ask again, until the deadline.
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.5)
+                continue
             live.update(stage_table(status))
             if status["state"] in ("succeeded", "failed", "cancelled", "halted"):
                 return status

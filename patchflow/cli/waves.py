@@ -68,6 +68,10 @@ def plan_command(
             if window["start"] == "now":
                 cut = f" until {window['cutoff']} ({window['note']})" if window["cutoff"] else ""
                 out.print(f"  window: now (starts as soon as the gate passes){cut}")
+            elif window["end"] is None:  # a `now` window a freeze delays: open-ended once it starts
+                cut = f", no new starts after {window['cutoff']}" if window["cutoff"] else ""
+                note = f" [yellow]{window['note']}[/]" if window["note"] else ""
+                out.print(f"  window: from {window['start']} (as soon as the gate passes){cut}{note}")
             else:
                 note = f" [yellow]{window['note']}[/]" if window["note"] and not window["skipped"] else ""
                 out.print(
@@ -112,12 +116,21 @@ def wave_start(
             show_default=False,
         ),
     ] = None,
+    allow_concurrent: Annotated[
+        bool,
+        typer.Option(
+            "--allow-concurrent",
+            help="Start even while another wave of the plan runs (both then patch the same fleet).",
+        ),
+    ] = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
 ) -> None:
     """Pin the patch set and start a wave; prints the wave id."""
     from patchflow.control.waves import (
+        WaveActionRefused,
         no_worker_message,
         pin_patch_set,
+        running_wave_of,
         start_wave,
         status_json,
         wave_input,
@@ -130,12 +143,20 @@ def wave_start(
     settings = get_settings()
     plan = load_plan(plan_file)
     refuse_broken_plan(plan, plan_file, settings)
-    pinned = pin_patch_set(plan, settings, patch_set=patch_set)
-    inp = wave_input(plan, settings, pinned)
+    started: dict[str, str] = {}
 
     async def go() -> dict[str, Any] | None:
         client = await temporal_client(settings)
+        running = None if allow_concurrent else await running_wave_of(client, plan.name)
+        if running is not None:
+            raise WaveActionRefused(
+                f"wave {running} of plan {plan.name} is still running on its fleet; follow it with 'patchflow "
+                f"wave status {running}' (or cancel it), or start a second wave anyway with --allow-concurrent"
+            )
+        pinned = pin_patch_set(plan, settings, patch_set=patch_set)
+        inp = wave_input(plan, settings, pinned)
         await start_wave(client, settings, inp)
+        started.update(wave_id=inp.wave_id, patch_set_id=pinned.id)
         # Say the id before waiting: whatever happens next, the operator can find the wave.
         err.print(f"started wave {inp.wave_id} (patch set {pinned.id})")
         task_queue = inp.task_queue or settings.task_queue
@@ -150,12 +171,14 @@ def wave_start(
     try:
         status = run_sync(go())
     except KeyboardInterrupt:
-        err.print(f"interrupted; wave {inp.wave_id} keeps running: patchflow wave status {inp.wave_id}")
+        if started:
+            wave_id = started["wave_id"]
+            err.print(f"interrupted; wave {wave_id} keeps running: patchflow wave status {wave_id}")
         raise typer.Exit(130) from None
     if fmt is Fmt.json:
-        emit_json(status if status is not None else {"wave_id": inp.wave_id, "patch_set_id": pinned.id})
+        emit_json(status if status is not None else started)
     else:
-        out.print(inp.wave_id)
+        out.print(started["wave_id"])
         if status is not None:
             print_status(status)
     if status is not None and status["state"] not in ("succeeded", "waiting_approval"):
@@ -311,7 +334,9 @@ def _action(action: str, wave_id: str, who: str | None, stage: str | None, comme
     from patchflow.control.waves import act, local_user
 
     settings = get_settings()
-    actor = local_user() if who is None else who
+    if who is not None and not who.strip():
+        raise InputError("--as needs a name (who acts); leave --as out to act as the local user")
+    actor = local_user() if who is None else who.strip()
 
     async def go() -> str:
         return await act(

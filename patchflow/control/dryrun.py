@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 from patchflow.config import Settings
 from patchflow.control.waves import executor_ref, plan_freezes
 from patchflow.core import versions
-from patchflow.core.freezes import FreezePeriod, first_allowed_window, freeze_at, freeze_note
+from patchflow.core.freezes import HORIZON, FreezePeriod, first_allowed_window, freeze_at, freeze_note
 from patchflow.core.freezes import preview as freeze_preview
 from patchflow.core.instances import InstanceInfo
 from patchflow.core.plans import Plan, Stage
@@ -168,6 +168,11 @@ def _stage_problems(
         problems.append(
             f"the window schedule {stage.window.schedule} never opens after {at.isoformat()}"
             + (" outside the change freezes" if frozen else "")
+        )
+    elif windows[0]["start"] != "now" and datetime.fromisoformat(windows[0]["start"]) > at + HORIZON:
+        problems.append(
+            f"its first window opens on {windows[0]['start'][:10]}, more than {HORIZON.days} days away"
+            + (f" ({windows[0]['note']})" if windows[0]["note"] else "")
         )
     if targets is None:
         return problems

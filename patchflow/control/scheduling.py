@@ -14,6 +14,7 @@ for patching (see ``../shared/reference/temporal.md`` §1.4):
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -37,7 +38,13 @@ from temporalio.service import RPCError, RPCStatusCode
 from patchflow.config import Settings
 from patchflow.core.freezes import first_allowed_window
 from patchflow.core.plans import Plan, load_plan
-from patchflow.core.schedules import WaveSchedule, calendar_plan, check_daylight_saving, firings
+from patchflow.core.schedules import (
+    WaveSchedule,
+    calendar_plan,
+    check_daylight_saving,
+    check_schedule_id,
+    firings,
+)
 from patchflow.core.wavemodel import ScheduledWaveInput
 from patchflow.errors import InputError, NotFoundError, PatchflowError
 from workflows.scheduled import ScheduledWaveWorkflow
@@ -94,13 +101,13 @@ async def create_schedule(client: Client, settings: Settings, request: ScheduleR
         )
     plan, schedule = request.plan, request.schedule
     check_daylight_saving(schedule, datetime.now(UTC))
-    schedule_id = request.schedule_id or schedule_id_for(plan)
+    schedule_id = check_schedule_id(request.schedule_id) if request.schedule_id else schedule_id_for(plan)
     # One schedule per plan: two would start two waves of one plan on the same fleet.
     for row in await list_schedules(client):
         if row["plan"] == plan.name and row["id"] != schedule_id:
             raise InputError(
                 f"plan {plan.name!r} already has schedule {row['id']!r}; a plan gets one schedule (two would run "
-                f"two waves on the same fleet): change it with 'patchflow schedule delete {row['id']}' first"
+                f"two waves on the same fleet): change it with 'patchflow schedule delete {shlex.quote(row['id'])}' first"
             )
     cal = calendar_plan(schedule)
     action = ScheduleActionStartWorkflow(
@@ -146,7 +153,7 @@ async def create_schedule(client: Client, settings: Settings, request: ScheduleR
     except ScheduleAlreadyRunningError:
         raise InputError(
             f"schedule {schedule_id!r} already exists; change it by deleting it first "
-            f"('patchflow schedule delete {schedule_id}') or give another --id"
+            f"('patchflow schedule delete {shlex.quote(schedule_id)}') or give another --id"
         ) from None
     return schedule_id
 

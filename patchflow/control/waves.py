@@ -57,8 +57,9 @@ class NoWorkerError(PatchflowError):
 
 #: A worker long-polls its task queue (about a minute per poll), so one that polled this recently is alive.
 WORKER_SEEN_SECONDS = 90
-#: How long a running wave may take to answer a status query before the CLI says so.
-QUERY_TIMEOUT = timedelta(seconds=10)
+#: How long a running wave may take to answer a status query before the CLI says so (a worker that stopped
+#: less than :data:`WORKER_SEEN_SECONDS` ago still looks alive; a busy one answers well within this).
+QUERY_TIMEOUT = timedelta(seconds=30)
 
 
 async def worker_polls(client: Client, task_queue: str) -> bool:
@@ -197,8 +198,8 @@ def plan_freezes(plan: Plan, settings: Settings, at: datetime) -> list[FreezePer
 
 
 def check_freeze_override(plan: Plan, settings: Settings, approver: str) -> None:
-    """Refuse a freeze override unless ``approver`` is one of the plan's or the freeze file's override
-    approvers."""
+    """Refuse a freeze override (:class:`WaveActionRefused`, exit 4) unless ``approver`` is one of the plan's or
+    the freeze file's override approvers; no approver at all is bad input (exit 2)."""
     allowed = {*plan.freeze_override_approvers, *freeze_calendar(settings).override_approvers}
     approver = approver.strip()
     if not approver:
@@ -210,7 +211,7 @@ def check_freeze_override(plan: Plan, settings: Settings, approver: str) -> None
             ", ".join(sorted(allowed))
             or "nobody: add freeze_override_approvers to the plan or override_approvers to the freeze file"
         )
-        raise InputError(f"{approver!r} may not override a change freeze; allowed: {listed}")
+        raise WaveActionRefused(f"{approver!r} may not override a change freeze; allowed: {listed}")
 
 
 def wave_input(
@@ -399,6 +400,32 @@ async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]
             pass
         rows.append(row)
     return rows
+
+
+async def running_wave_of(client: Client, plan_name: str) -> str | None:
+    """The id of a running wave of the plan, if any: the one fleet a plan drives takes one wave at a time.
+
+    Waves are named ``wave-<plan>-…``; each candidate's plan is confirmed by a query, since one plan's name can
+    be a prefix of another's. A candidate that cannot answer (no worker, an error) counts as running: a
+    second wave on the same fleet is the risk to avoid.
+
+    Raises:
+        RPCError: the server cannot list workflows (e.g. without visibility, as the time-skipping test server).
+    """
+    query = "WorkflowType = 'WaveWorkflow' AND ExecutionStatus = 'Running'"
+    async for execution in client.list_workflows(query):
+        if not execution.id.startswith(f"wave-{plan_name}-"):
+            continue
+        if not await worker_polls(client, execution.task_queue):
+            return execution.id
+        try:
+            handle = client.get_workflow_handle(execution.id)
+            status: WaveStatus = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
+        except RPCError:
+            return execution.id
+        if status.plan_name == plan_name:
+            return execution.id
+    return None
 
 
 def is_settled(status: WaveStatus) -> bool:

@@ -28,6 +28,7 @@ from patchflow.core.documents import (
     dump_yaml,
     format_path,
     load_document,
+    parse_path,
     validation_problems,
 )
 from patchflow.errors import BaselineError, ExportError, Problem
@@ -472,15 +473,105 @@ def parse_baseline(doc: Document) -> Baseline:
     try:
         baseline = Baseline.model_validate(doc.data)
     except ValidationError as exc:
+        # Report every problem at once: the field errors, and what the semantic checks find in the rest.
+        problems = validation_problems(exc, doc, known_fields=_ALL_FIELDS)
         raise BaselineError(
             "invalid baseline",
             source=doc.source,
-            problems=validation_problems(exc, doc, known_fields=_ALL_FIELDS),
+            problems=problems + _Pruned(doc).rest_problems(exc, problems),
         ) from None
     problems = check_baseline(baseline, doc)
     if problems:
         raise BaselineError("invalid baseline", source=doc.source, problems=problems)
     return baseline
+
+
+def _child(node: Any, part: PathPart) -> Any:
+    """``node[part]`` for a mapping key or a list index it has, else None."""
+    if isinstance(node, dict):
+        return node.get(part)
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return None
+
+
+class _Pruned:
+    """A copy of a baseline document without the parts pydantic refused, so that the semantic checks can look
+    at everything else: a refused field is removed, a missing required one takes its list item or mapping
+    with it, a missing or refused ``Name`` gets a placeholder."""
+
+    def __init__(self, doc: Document) -> None:
+        from copy import deepcopy
+
+        self.doc = doc
+        self.data: Any = deepcopy(doc.data)
+        self.removed: list[tuple[PathPart, ...]] = []
+        """Original paths of what was removed."""
+        self.gone: dict[tuple[PathPart, ...], list[int]] = {}
+        """Original path of a list → original indices of its removed items."""
+
+    def rest_problems(self, exc: ValidationError, reported: list[Problem]) -> list[Problem]:
+        """The semantic problems of what is left, located in the original document, minus those that could be
+        artefacts of the removal (about a removed part or its containers) or were reported already."""
+        error = exc
+        for _ in range(10):
+            for err in error.errors(include_url=False):
+                loc = tuple(part for part in err["loc"] if not (isinstance(part, str) and "[" in part))
+                if not self._remove(loc, missing=err["type"] == "missing"):
+                    return []
+            try:
+                partial = Baseline.model_validate(self.data)
+                break
+            except ValidationError as again:
+                error = again
+        else:
+            return []
+        known = {(p.path, p.message) for p in reported}
+        out: list[Problem] = []
+        for problem in check_baseline(partial):
+            path = self._original(parse_path(problem.path))
+            if any(path[: len(r)] == r or r[: len(path)] == path for r in self.removed):
+                continue
+            located = self.doc.problem(path, problem.message)
+            if (located.path, located.message) not in known:
+                out.append(located)
+        return out
+
+    def _remove(self, loc: tuple[PathPart, ...], *, missing: bool) -> bool:
+        if loc[:1] == ("Name",):
+            self.data["Name"] = "placeholder-name"
+            self.removed.append(("Name",))
+            return True
+        target = loc[:-1] if missing else loc  # a missing field: remove what should have held it
+        if not target:
+            return False
+        parent: Any = self.data
+        for part in target[:-1]:
+            parent = _child(parent, part)
+            if parent is None:
+                return True  # removed with an enclosing part already
+        last = target[-1]
+        original = self._original(target)
+        if isinstance(parent, dict) and isinstance(last, str) and last in parent:
+            del parent[last]
+        elif isinstance(parent, list) and isinstance(last, int) and 0 <= last < len(parent):
+            del parent[last]
+            self.gone.setdefault(original[:-1], []).append(int(original[-1]))
+        else:
+            return True
+        self.removed.append(original)
+        return True
+
+    def _original(self, path: tuple[PathPart, ...]) -> tuple[PathPart, ...]:
+        """``path`` in the pruned data → the same place in the original document."""
+        out: list[PathPart] = []
+        for part in path:
+            if isinstance(part, int):
+                for removed in sorted(self.gone.get(tuple(out), [])):
+                    if part >= removed:
+                        part += 1
+            out.append(part)
+        return tuple(out)
 
 
 def load_baseline(path: str | Path) -> Baseline:

@@ -10,10 +10,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, ValidationError, field_validator
 
 from patchflow.core import versions
-from patchflow.core.documents import Document, load_document, validation_problems
+from patchflow.core.documents import Document, format_path, load_document, unknown_key, validation_problems
 from patchflow.core.timeutil import parse_instant
 from patchflow.errors import CatalogError, InvalidVersionError, Problem
 
@@ -47,7 +47,7 @@ class Patch(BaseModel):
     the repository gives none: rules with an approval delay or date then approve it only with
     ``EnableNonSecurity`` (see :mod:`patchflow.core.evaluation`)."""
     repository: str | None = None
-    security: bool = False
+    security: StrictBool = False
     """True when the patch comes from a security source: a Debian/Ubuntu ``-security`` pocket, or on
     yum/dnf systems any update notice in ``updateinfo.xml``."""
     depends: list[str] = Field(default_factory=list)
@@ -83,7 +83,11 @@ def parse_catalog(doc: Document) -> list[Patch]:
     """Validate a parsed catalog document; every problem in the file is reported at once."""
     data = doc.data
     prefix: tuple[str | int, ...] = ()
+    problems: list[Problem] = []
     if isinstance(data, dict) and "patches" in data:
+        problems += [
+            doc.problem((str(k),), unknown_key(str(k), ("patches",))) for k in data if k != "patches"
+        ]
         data = data["patches"]
         prefix = ("patches",)
     if not isinstance(data, list):
@@ -91,7 +95,7 @@ def parse_catalog(doc: Document) -> list[Patch]:
             "a catalog must be a JSON list of patches (or an object with a 'patches' list)", source=doc.source
         )
     patches: list[Patch] = []
-    problems: list[Problem] = []
+    first: dict[tuple[str | None, ...], int] = {}
     for index, item in enumerate(data):
         where = (*prefix, index)
         if not isinstance(item, dict):
@@ -107,6 +111,21 @@ def parse_catalog(doc: Document) -> list[Patch]:
         except InvalidVersionError as exc:
             problems.append(doc.problem((*where, "version"), exc.summary))
             continue
+        # The same patch twice is a mistake, and would change the content-addressed patch set id.
+        identity = (patch.family, patch.product, patch.name, patch.arch, patch.version)
+        if identity in first:
+            earlier = (*prefix, first[identity])
+            problems.append(
+                doc.problem(
+                    where,
+                    f"the same patch as entry {format_path(earlier)} (line {doc.line_of(earlier)}): "
+                    f"{patch.name} {patch.arch} {patch.version}"
+                    + (f" for {patch.product}" if patch.product else "")
+                    + "; list each package version once per product",
+                )
+            )
+            continue
+        first[identity] = index
         patches.append(patch)
         if len(problems) >= 50:
             break

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,8 @@ class _StringDatesLoader(yaml.SafeLoader):
             raise _RefusedShape(
                 context="YAML aliases (*name) are not accepted",
                 problem=f"alias *{event.anchor}: write the values out (an alias lets a few bytes expand "
-                "without bound)",
+                "without bound; PyYAML writes aliases for repeated objects unless its Dumper's ignore_aliases "
+                "returns True)",
                 problem_mark=event.start_mark,
             )
         if not self.check_event(yaml.CollectionStartEvent):
@@ -176,6 +178,19 @@ def format_path(parts: Sequence[PathPart]) -> str:
         else:
             out += f".{part}" if out else str(part)
     return out
+
+
+def parse_path(text: str) -> tuple[PathPart, ...]:
+    """The inverse of :func:`format_path`: ``ApprovalRules.PatchRules[0].ApproveAfterDays`` → its parts."""
+    parts: list[PathPart] = []
+    for name, index in re.findall(r"([^.\[\]]+)|\[(\d+)\]", text):
+        parts.append(int(index) if index else name)
+    return tuple(parts)
+
+
+def locate(problems: Sequence[Problem], doc: Document) -> list[Problem]:
+    """``problems`` found on data parsed from ``doc`` (paths, no lines), with the lines of their paths."""
+    return [doc.problem(parse_path(p.path), p.message) if p.line is None else p for p in problems]
 
 
 @dataclass

@@ -15,10 +15,9 @@ Daylight saving: Temporal's scheduler (measured on the dev server; ``tests/workf
 checking it) does not fire a wall time that a spring-forward gap skips, and around a fall-back it fires some wall
 times twice (in Europe/Berlin on 31 October 2027, ``01:30`` fires at 23:30 and 00:30 UTC) and others only at
 their second occurrence. A monthly wave that silently does not happen, or happens twice, is worse than an error,
-so :func:`check_daylight_saving` refuses monthly and weekly schedules whose wall time falls into the hour a
-daylight-saving change skips or repeats, or the hour before it, on a firing day in the coming years ("choose 04:00 or UTC"). Daily schedules are
-allowed; on those two days a year the server's firings may differ from the preview, which skips gap days and
-otherwise takes a wall time's first occurrence.
+so :func:`check_daylight_saving` refuses schedules — monthly, weekly and daily alike — whose wall time falls into
+the hour a daylight-saving change skips or repeats, or the hour before it, on a firing day in the coming years
+("choose 04:00 or UTC").
 
 Temporal calendar specs match a time only if *every* field matches, day-of-month **and** day-of-week, so "days
 8–14 and Tuesday" is exactly the second Tuesday, and "days 18–24 and Friday" is Patch Tuesday + 10 days. That
@@ -48,6 +47,20 @@ KINDS = ("monthly", "weekly", "daily")
 
 class ScheduleSpecError(InputError):
     """A recurring-wave schedule given on the command line is not understood."""
+
+
+_SCHEDULE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,199}")
+
+
+def check_schedule_id(schedule_id: str) -> str:
+    """A schedule id an operator can type in a shell without quoting: letters, digits, ``.``, ``_``, ``:``,
+    ``-`` (at most 200, starting with a letter or digit)."""
+    if not _SCHEDULE_ID_RE.fullmatch(schedule_id):
+        raise ScheduleSpecError(
+            f"--id {schedule_id!r}: use letters, digits, '.', '_', ':' and '-' (up to 200, starting with a letter "
+            "or digit), e.g. patchflow-monthly-prod"
+        )
+    return schedule_id
 
 
 @dataclass(frozen=True)
@@ -344,16 +357,25 @@ def daylight_saving_days(schedule: WaveSchedule, after: datetime, *, years: int 
     while day < end:
         for base in base_days(schedule, day):
             fire_day = base + timedelta(days=schedule.offset_days - plan.wait_days)
-            if near_daylight_saving_change(fire_day, schedule.at, zone):
+            if _offset_changes_around(fire_day, zone) and near_daylight_saving_change(
+                fire_day, schedule.at, zone
+            ):
                 found.add(fire_day)
         day += timedelta(days=32)
     return sorted(found)
 
 
+def _offset_changes_around(day: date, zone: ZoneInfo) -> bool:
+    """A cheap first look (daily schedules have 1,800 firing days in five years): whether ``zone``'s UTC offset
+    differs between the day before and the day after ``day``."""
+    before = datetime.combine(day - timedelta(days=1), time(12), tzinfo=zone).utcoffset()
+    after = datetime.combine(day + timedelta(days=1), time(12), tzinfo=zone).utcoffset()
+    return before != after
+
+
 def check_daylight_saving(schedule: WaveSchedule, now: datetime) -> None:
-    """Refuse a monthly or weekly schedule that Temporal would skip or fire twice on a daylight-saving day."""
-    if schedule.kind == "daily":
-        return
+    """Refuse a schedule that Temporal would skip or fire twice on a daylight-saving day (daily ones too: a
+    daily wave that silently does not happen, or happens twice, is as wrong as a monthly one)."""
     days = daylight_saving_days(schedule, now)
     if days:
         raise ScheduleSpecError(

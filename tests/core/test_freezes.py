@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from patchflow.config import Settings
-from patchflow.control.waves import check_freeze_override, freeze_calendar, plan_freezes
+from patchflow.control.waves import WaveActionRefused, check_freeze_override, freeze_calendar, plan_freezes
 from patchflow.core.freezes import (
     HORIZON,
     FreezeError,
@@ -985,7 +985,7 @@ def test_freeze_override_approvers_come_from_the_plan_and_the_freeze_file(tmp_pa
     settings = Settings(data_dir=tmp_path / "data", freeze_file=path)
     check_freeze_override(plan, settings, "cio")
     check_freeze_override(plan, settings, "sre-lead")
-    with pytest.raises(InputError) as info:
+    with pytest.raises(WaveActionRefused) as info:
         check_freeze_override(plan, settings, "intern")
     assert "'intern' may not override" in str(info.value)
     assert "cio" in str(info.value) and "sre-lead" in str(info.value)
@@ -994,13 +994,13 @@ def test_freeze_override_approvers_come_from_the_plan_and_the_freeze_file(tmp_pa
     # Without the freeze file only the plan's approver remains.
     without = Settings(data_dir=tmp_path / "data", freeze_file=None)
     check_freeze_override(plan, without, "cio")
-    with pytest.raises(InputError):
+    with pytest.raises(WaveActionRefused):
         check_freeze_override(plan, without, "sre-lead")
 
 
 def test_nobody_may_override_when_no_approver_is_named(tmp_path: Path) -> None:
     plan = load_plan(write_plan(tmp_path, ""))
-    with pytest.raises(InputError, match="nobody"):
+    with pytest.raises(WaveActionRefused, match="nobody"):
         check_freeze_override(plan, Settings(data_dir=tmp_path / "data", freeze_file=None), "cio")
 
 

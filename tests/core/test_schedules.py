@@ -192,9 +192,13 @@ def test_a_wall_time_in_the_spring_forward_gap_does_not_fire_like_temporal() -> 
         parse_schedule(monthly="fourth Sunday", at="04:00", timezone="Europe/Berlin"),
         datetime(2027, 2, 1, tzinfo=UTC),
     )
-    # Daily schedules lose one day a year; they are allowed and the preview skips that day.
+    # Daily schedules would lose that day (and fire twice in the autumn): refused like the others (issue 16).
     daily = parse_schedule(daily=True, at="02:30", timezone="Europe/Berlin")
-    check_daylight_saving(daily, datetime(2027, 3, 1, tzinfo=UTC))
+    with pytest.raises(ScheduleSpecError, match="2027-03-28.*silently"):
+        check_daylight_saving(daily, datetime(2027, 3, 1, tzinfo=UTC))
+    check_daylight_saving(
+        parse_schedule(daily=True, at="04:00", timezone="Europe/Berlin"), datetime(2027, 3, 1, tzinfo=UTC)
+    )
     days = [f.starts_at.astimezone(BERLIN).day for f in firings(daily, datetime(2027, 3, 27, tzinfo=UTC), 2)]
     assert days == [27, 29]
 

@@ -189,8 +189,15 @@ def test_without_a_worker_commands_say_so_within_seconds(env: dict[str, str], tm
     assert listed.returncode == 0 and wave_id in listed.stdout
     assert f"RUNNING (no worker polls task queue '{queue}')" in listed.stdout
 
-    no_wait = cli("wave", "start", str(plan), env=env, timeout=20)
-    assert no_wait.returncode == 0 and "note: it waits until a worker comes" in no_wait.stderr
+    # One plan drives one fleet: a second wave is refused while the first runs (it cannot even answer here).
+    second = cli("wave", "start", str(plan), env=env, timeout=20)
+    assert second.returncode == 4, second.stderr
+    assert (
+        f"wave {wave_id} of plan demo is still running" in second.stderr
+        and "--allow-concurrent" in second.stderr
+    )
+    anyway = cli("wave", "start", str(plan), "--allow-concurrent", env=env, timeout=20)
+    assert anyway.returncode == 0 and "note: it waits until a worker comes" in anyway.stderr
 
 
 def test_wave_start_wait_has_a_timeout(env: dict[str, str], tmp_path: Path) -> None:

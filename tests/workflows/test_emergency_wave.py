@@ -81,7 +81,7 @@ def make_plan(tmp_path: Path) -> Callable[..., Path]:
                 {
                     "name": "dev",
                     "targets": {"patch_group": "dev"},
-                    "window": later,
+                    "window": dict(later),  # a copy: a shared dict would be dumped as a YAML alias
                     "max_concurrency": 1,
                     "max_errors": 0,
                     "soak": "1h",
@@ -89,7 +89,7 @@ def make_plan(tmp_path: Path) -> Callable[..., Path]:
                 {
                     "name": "prod",
                     "targets": {"patch_group": "prod"},
-                    "window": later,
+                    "window": dict(later),  # a copy: a shared dict would be dumped as a YAML alias
                     "max_concurrency": "50%",
                     "max_errors": 1,
                     "soak": "2h",
@@ -255,7 +255,7 @@ async def test_change_freeze_holds_an_emergency_unless_an_approver_overrides_it(
 
         # An approver who is not listed is refused before anything starts.
         code, _, stderr = await cli(*base, "--override-freeze", "--approver", "mallory", env=env)
-        assert code == 2
+        assert code == 4  # a refused action, like a refused approval
         assert "'mallory' may not override a change freeze; allowed: cto" in stderr
 
         # A listed approver: the wave runs now, and the override is audited.
@@ -426,7 +426,7 @@ def mixed_plan(tmp_path: Path) -> Path:
             {
                 "name": group,
                 "targets": {"patch_group": group},
-                "window": later,
+                "window": dict(later),  # a copy: a shared dict would be dumped as a YAML alias
                 "max_concurrency": 1,
                 "max_errors": 0,
             }
