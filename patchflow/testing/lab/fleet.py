@@ -113,6 +113,7 @@ class Lab:
         reboot_delay_seconds: float = 1.0,
         mirror: str | None = None,
         timeout_seconds: float = 60.0,
+        extra_packages: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """Build (or reuse) the roots, start the repository server and every host; write the inventory.
 
@@ -127,7 +128,7 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.repo.manifest_path.is_file():
             self.repo.create()
-        base = ensure_base(self.cache, mirror=mirror, log=self.dir / "build.log")
+        base = ensure_base(self.cache, mirror=mirror, log=self.dir / "build.log", extra=extra_packages)
         layer = ensure_layer(self.cache, base, self.repo.root, self.repo.initial())
         self._client_key()
         httpd_pid, http_port = self._start_httpd(http_port)
