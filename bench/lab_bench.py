@@ -83,21 +83,19 @@ async def patchflow_round(
         load_inventory(lab.inventory_path), reboot_option="NoReboot", max_connections=concurrency
     )
     per_host: list[float] = []
+    window = asyncio.Semaphore(concurrency)  # a stage's max_concurrency: at most this many hosts in flight
 
     async def one(host: str) -> None:
-        start = time.perf_counter()
-        result = await executor.install(host, PINS, operation_id=f"bench-{tag}/bench/{host}/install/0")
-        per_host.append(time.perf_counter() - start)
+        async with window:
+            start = time.perf_counter()
+            result = await executor.install(host, PINS, operation_id=f"bench-{tag}/bench/{host}/install/0")
+            per_host.append(time.perf_counter() - start)
         if result.status != "succeeded":
             raise SystemExit(f"patchflow failed on {host}: {result.message}")
 
     start = time.perf_counter()
     try:
-        if concurrency == 1:
-            for host in hosts:
-                await one(host)
-        else:
-            await asyncio.gather(*(one(h) for h in hosts))
+        await asyncio.gather(*(one(h) for h in hosts))
     finally:
         await executor.close()
     return time.perf_counter() - start, per_host
