@@ -44,6 +44,8 @@ while running, and reaped by :meth:`Lab.down`."""
 
 DEFAULT_GROUPS: dict[str, int] = {"dev": 1, "test": 1, "prod": 2}
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+_FIRST_HOST = ipaddress.ip_address("127.0.0.2")  # 127.0.0.1 is the repository's (and everyone's)
+_LAST_HOST = ipaddress.ip_address("127.255.255.254")
 
 
 @dataclass
@@ -168,7 +170,7 @@ class Lab:
         for group, count in groups.items():
             for _ in range(count):
                 address = first + n
-                if address not in LOOPBACK or address == ipaddress.ip_address("127.0.0.1"):
+                if not _FIRST_HOST <= address <= _LAST_HOST:
                     raise InputError(
                         f"host address {address} is outside 127.0.0.2–127.255.255.254: the lab only uses loopback "
                         "addresses; choose another --base-address"
@@ -394,19 +396,19 @@ class Lab:
         if not self.state_file.is_file():
             return
         state = json.loads(self.state_file.read_text())
-        for pid in state.get("supervisors", {}).values():
-            _signal(pid, signal.SIGTERM)
+        for host_id, pid in state.get("supervisors", {}).items():
+            _signal(pid, signal.SIGTERM, str(self.host_dir(host_id)))
         deadline = time.monotonic() + 15
         for host_id, pid in state.get("supervisors", {}).items():
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             hstate = _read_json(self.host_dir(host_id) / "state.json")
             if _alive(pid):
-                _signal(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL, str(self.host_dir(host_id)))
             if "pid" in hstate:
-                _signal(int(hstate["pid"]), signal.SIGKILL)
+                _signal(int(hstate["pid"]), signal.SIGKILL, str(self.host_dir(host_id)))
         if state.get("httpd_pid"):
-            _signal(int(state["httpd_pid"]), signal.SIGTERM)
+            _signal(int(state["httpd_pid"]), signal.SIGTERM, str(self.repo.root))
         for pid in [*state.get("supervisors", {}).values(), state.get("httpd_pid")]:
             child = _CHILDREN.pop(pid, None) if pid else None
             if child is not None:
@@ -519,6 +521,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(pid: int, sig: int, marker: str) -> None:
+    """Signal a lab process — only if its command line names ``marker`` (a stale lab.json after a machine
+    reboot must never make ``lab down`` kill an unrelated process that reuses a recorded pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return
+    if marker not in cmdline:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
