@@ -43,9 +43,8 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 while running, and reaped by :meth:`Lab.down`."""
 
 DEFAULT_GROUPS: dict[str, int] = {"dev": 1, "test": 1, "prod": 2}
-LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-_FIRST_HOST = ipaddress.ip_address("127.0.0.2")  # 127.0.0.1 is the repository's (and everyone's)
-_LAST_HOST = ipaddress.ip_address("127.255.255.254")
+_FIRST_HOST = ipaddress.IPv4Address("127.0.0.2")  # 127.0.0.1 is the repository's (and everyone's)
+_LAST_HOST = ipaddress.IPv4Address("127.255.255.254")
 
 
 @dataclass
@@ -157,9 +156,9 @@ class Lab:
 
     def _plan_hosts(self, groups: dict[str, int], base_address: str, port: int) -> list[LabHost]:
         try:
-            first = ipaddress.ip_address(base_address)
+            first = ipaddress.IPv4Address(base_address)
         except ValueError as exc:
-            raise InputError(f"--base-address {base_address!r} is not an IP address") from exc
+            raise InputError(f"--base-address {base_address!r} is not an IPv4 address in 127.0.0.0/8") from exc
         total = sum(groups.values())
         if total < 1 or any(n < 0 for n in groups.values()):
             raise InputError("the lab needs at least one host: e.g. --group dev=1 --group prod=2")
