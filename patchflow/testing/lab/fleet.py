@@ -158,7 +158,9 @@ class Lab:
         try:
             first = ipaddress.IPv4Address(base_address)
         except ValueError as exc:
-            raise InputError(f"--base-address {base_address!r} is not an IPv4 address in 127.0.0.0/8") from exc
+            raise InputError(
+                f"--base-address {base_address!r} is not an IPv4 address in 127.0.0.0/8"
+            ) from exc
         total = sum(groups.values())
         if total < 1 or any(n < 0 for n in groups.values()):
             raise InputError("the lab needs at least one host: e.g. --group dev=1 --group prod=2")
