@@ -19,7 +19,7 @@ import pytest
 from patchflow.config import Settings
 from patchflow.testing.lab.fleet import Lab
 
-LAB_GROUPS = {"dev": 1, "test": 1, "prod": 2, "control": 1, "rb": 2, "spare": 7}
+LAB_GROUPS = {"dev": 1, "test": 1, "prod": 2, "control": 1, "rb": 2, "kill": 4, "spare": 8}
 BASE_ADDRESS = "127.0.77.10"
 
 

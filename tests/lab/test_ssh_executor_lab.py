@@ -202,3 +202,26 @@ async def test_sudo_for_a_non_root_user_and_undeliverable_hosts(
     assert not wrong.counts_as_error and not down.counts_as_error
     assert lab.installed(host)["app"] == "1.0-1"  # the refused host key protected the host
     assert found == {"as-deploy": True, "wrong-key": False, "nobody-home": False}
+
+
+async def test_a_transaction_past_the_command_timeout_is_killed_and_timed_out(
+    lab: Lab, lab_hosts: Hosts, inventory: Path
+) -> None:
+    """SSM counts "Execution Timed Out" against MaxErrors (user guide, "send-commands-multiple"); so does this."""
+    host = lab_hosts.take("spare")
+    # Another package manager holds dpkg's lock, so apt-get install waits (DPkg::Lock::Timeout) past the limit.
+    locker = lab.run(
+        host,
+        "nohup python3 -c \"import fcntl,time; f=open('/var/lib/dpkg/lock-frontend','w'); "
+        'fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(120)" >/dev/null 2>&1 & echo $!',
+    ).stdout.strip()
+    executor = SshExecutor(load_inventory(inventory), command_timeout_seconds=4, poll_seconds=1)
+    try:
+        result = await executor.install(host, APP, operation_id=f"w-slow/x/{host}/install/0")
+    finally:
+        await executor.close()
+        lab.run(host, f"kill {int(locker)}")
+    assert result.status == "timed_out" and result.counts_as_error
+    assert "ran longer than 4s and was killed" in result.message
+    assert "apt-get" not in lab.run(host, "ps -eo args").stdout  # the transaction's processes are gone
+    assert lab.installed(host)["app"] == "1.0-1" and lab.installed(host)["libfoo"] == "1.0-1"

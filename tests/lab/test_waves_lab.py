@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
+import subprocess
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -34,10 +36,12 @@ from patchflow.testing.lab.fleet import Lab
 from tests.conftest import BASELINES_DIR
 from tests.lab.conftest import Hosts
 from tests.workflows.conftest import dev_env, running_worker
+from tests.workflows.test_durability import start_worker
 from workflows.wave import WaveWorkflow
 
 pytestmark = pytest.mark.lab
 __all__ = ["dev_env"]  # the session's Temporal dev server fixture, shared with the workflow tests
+APP_SET = [Package("app", "all", "1.1-1"), Package("libfoo", "all", "1.1-1")]
 
 
 def stage(name: str, **fields: Any) -> StageInput:
@@ -165,3 +169,47 @@ async def test_failing_postinst_spends_the_budget_and_rollback_restores_previous
     assert lab.installed(second)["flaky"] == "1.0-1"
     for host in (first, second):
         assert lab.run(host, "dpkg --audit").stdout.strip() == ""
+
+
+async def test_worker_killed_repeatedly_every_host_transaction_happens_once(
+    dev_env: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts, tmp_path: Path
+) -> None:
+    hosts = [lab_hosts.take("kill") for _ in range(4)]
+    patches = [
+        *APP_SET,
+        Package("linux-image-lab", "all", "6.1.0-2"),
+    ]  # the kernel reboots: hosts take a while
+    inp = wave(lab.inventory_path, patches, [stage("kill", max_concurrency="2")])
+    inp.heartbeat_timeout_seconds = 5  # a dead worker's batch is resumed elsewhere after this
+    address = dev_env.client.service_client.config.target_host
+    task_queue = f"tq-{uuid.uuid4()}"
+    log = tmp_path / "worker.log"
+    worker = start_worker(address, task_queue, tmp_path, log)
+    handle = await dev_env.client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue)
+    kills = 0
+    try:
+        for delay in (3.0, 4.0, 4.0):
+            await asyncio.sleep(delay)
+            if (await handle.query(WaveWorkflow.status)).state == "succeeded":
+                break
+            worker.send_signal(signal.SIGKILL)
+            worker.wait(timeout=10)
+            kills += 1
+            worker = start_worker(address, task_queue, tmp_path, log)
+        result = await asyncio.wait_for(handle.result(), timeout=240)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait(timeout=10)
+    assert kills >= 2, "the wave finished before the worker could be killed twice"
+    assert result.status.state == "succeeded", result.status
+    assert set(result.status.stages[0].instances.values()) == {"succeeded"}
+    for host in hosts:
+        log_lines = lab.run(host, "cat /var/log/dpkg.log").stdout.splitlines()
+        for name in ("app", "libfoo", "linux-image-lab"):
+            assert sum(f" upgrade {name}:all " in line for line in log_lines) == 1, (host, name)
+        installed = lab.installed(host)
+        assert {p.name: installed[p.name] for p in patches} == {p.name: p.version for p in patches}

@@ -418,7 +418,9 @@ def op_wait(req: dict[str, Any]) -> dict[str, Any]:
                 "the package transaction was interrupted (its process died or the host rebooted under it); "
                 + ("dpkg --audit: " + _tail(_audit(), 500) if _audit() else "dpkg --audit is clean"),
             )
-            journal = _update(operation_id, "started", state="transacted", after=after, result=result)
+            journal = _update(
+                operation_id, "started", state="transacted", after=result.pop("after"), result=result
+            )
             return {"journal": journal, "now": time.time()}
         if time.time() >= deadline:
             return {"journal": journal, "now": time.time()}
@@ -464,14 +466,23 @@ def op_cancel(req: dict[str, Any]) -> dict[str, Any]:
             os.killpg(journal["pid"], signal.SIGKILL)
         after = _packages()
         result = _result(journal, after, req.get("status", "failed"), req.get("message", "cancelled"))
-        journal = _update(req["operation_id"], "started", state="transacted", after=after, result=result)
+        journal = _update(
+            req["operation_id"], "started", state="transacted", after=result.pop("after"), result=result
+        )
     return {"journal": journal}
 
 
 # ------------------------------------------------------------------------------------------ transaction
 def _result(
-    journal: dict[str, Any], after: list[list[str]], status: str, message: str, **extra: Any
+    journal: dict[str, Any],
+    after: list[list[str]],
+    status: str,
+    message: str,
+    *,
+    audit: str | None = None,
+    **extra: Any,
 ) -> dict[str, Any]:
+    """The transaction's result; ``after`` is the package list now (kept in the result for the journal)."""
     before = {(n, a): v for n, a, v in journal["before"]}
     now = {(n, a): v for n, a, v in after}
     changed = [
@@ -484,7 +495,8 @@ def _result(
         "message": message,
         "changed": changed,
         "reboot_required": _reboot_required(),
-        "audit": _audit(),
+        "audit": _audit() if audit is None else audit,
+        "after": after,
     }
     out.update(extra)
     return out
@@ -493,7 +505,7 @@ def _result(
 def _requests(journal: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     """(name → exact version to request, names to remove) for this operation on this host."""
     installed: dict[str, str] = {}
-    for n, _a, v in _packages():
+    for n, _a, v in journal["before"]:  # listed when the operation started, under the journal lock
         installed[n] = v
     wanted: dict[str, str] = {}
     remove: list[str] = []
@@ -563,7 +575,7 @@ def _transact(operation_id: str) -> None:
             result = _result(journal, _packages(), "failed", "unsupported package family on this host")
     except Exception as exc:  # noqa: BLE001 - every failure must reach the journal
         result = _result(journal, _packages(), "failed", f"the agent failed: {exc!r}")
-    _update(operation_id, "started", state="transacted", after=_packages(), result=result)
+    _update(operation_id, "started", state="transacted", after=result.pop("after"), result=result)
 
 
 def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
@@ -607,7 +619,7 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
     if rc == 0 and not audit:
         verb = "installed" if journal["kind"] == "install" else "restored"
         removed = f", removed {len(remove)}" if remove else ""
-        return _result(journal, after, "succeeded", f"{verb} {len(wanted)} package(s){removed}")
+        return _result(journal, after, "succeeded", f"{verb} {len(wanted)} package(s){removed}", audit=audit)
     message = f"apt-get install failed (exit {rc}): {_tail(out, 1500)}"
     if audit:
         message += " | dpkg --audit: " + _tail(audit, 500)

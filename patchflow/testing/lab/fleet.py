@@ -42,7 +42,8 @@ _CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
 while running, and reaped by :meth:`Lab.down`."""
 
 DEFAULT_GROUPS: dict[str, int] = {"dev": 1, "test": 1, "prod": 2}
-LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
+_FIRST_HOST = ipaddress.IPv4Address("127.0.0.2")  # 127.0.0.1 is the repository's (and everyone's)
+_LAST_HOST = ipaddress.IPv4Address("127.255.255.254")
 
 
 @dataclass
@@ -112,6 +113,7 @@ class Lab:
         reboot_delay_seconds: float = 1.0,
         mirror: str | None = None,
         timeout_seconds: float = 60.0,
+        extra_packages: tuple[str, ...] = (),
     ) -> dict[str, Any]:
         """Build (or reuse) the roots, start the repository server and every host; write the inventory.
 
@@ -126,7 +128,7 @@ class Lab:
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.repo.manifest_path.is_file():
             self.repo.create()
-        base = ensure_base(self.cache, mirror=mirror, log=self.dir / "build.log")
+        base = ensure_base(self.cache, mirror=mirror, log=self.dir / "build.log", extra=extra_packages)
         layer = ensure_layer(self.cache, base, self.repo.root, self.repo.initial())
         self._client_key()
         httpd_pid, http_port = self._start_httpd(http_port)
@@ -153,9 +155,11 @@ class Lab:
 
     def _plan_hosts(self, groups: dict[str, int], base_address: str, port: int) -> list[LabHost]:
         try:
-            first = ipaddress.ip_address(base_address)
+            first = ipaddress.IPv4Address(base_address)
         except ValueError as exc:
-            raise InputError(f"--base-address {base_address!r} is not an IP address") from exc
+            raise InputError(
+                f"--base-address {base_address!r} is not an IPv4 address in 127.0.0.0/8"
+            ) from exc
         total = sum(groups.values())
         if total < 1 or any(n < 0 for n in groups.values()):
             raise InputError("the lab needs at least one host: e.g. --group dev=1 --group prod=2")
@@ -166,7 +170,7 @@ class Lab:
         for group, count in groups.items():
             for _ in range(count):
                 address = first + n
-                if address not in LOOPBACK or address == ipaddress.ip_address("127.0.0.1"):
+                if not _FIRST_HOST <= address <= _LAST_HOST:
                     raise InputError(
                         f"host address {address} is outside 127.0.0.2–127.255.255.254: the lab only uses loopback "
                         "addresses; choose another --base-address"
@@ -392,19 +396,19 @@ class Lab:
         if not self.state_file.is_file():
             return
         state = json.loads(self.state_file.read_text())
-        for pid in state.get("supervisors", {}).values():
-            _signal(pid, signal.SIGTERM)
+        for host_id, pid in state.get("supervisors", {}).items():
+            _signal(pid, signal.SIGTERM, str(self.host_dir(host_id)))
         deadline = time.monotonic() + 15
         for host_id, pid in state.get("supervisors", {}).items():
             while _alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
             hstate = _read_json(self.host_dir(host_id) / "state.json")
             if _alive(pid):
-                _signal(pid, signal.SIGKILL)
+                _signal(pid, signal.SIGKILL, str(self.host_dir(host_id)))
             if "pid" in hstate:
-                _signal(int(hstate["pid"]), signal.SIGKILL)
+                _signal(int(hstate["pid"]), signal.SIGKILL, str(self.host_dir(host_id)))
         if state.get("httpd_pid"):
-            _signal(int(state["httpd_pid"]), signal.SIGTERM)
+            _signal(int(state["httpd_pid"]), signal.SIGTERM, str(self.repo.root))
         for pid in [*state.get("supervisors", {}).values(), state.get("httpd_pid")]:
             child = _CHILDREN.pop(pid, None) if pid else None
             if child is not None:
@@ -517,6 +521,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _signal(pid: int, sig: int) -> None:
+def _signal(pid: int, sig: int, marker: str) -> None:
+    """Signal a lab process — only if its command line names ``marker`` (a stale lab.json after a machine
+    reboot must never make ``lab down`` kill an unrelated process that reuses a recorded pid)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return
+    if marker not in cmdline:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)

@@ -79,13 +79,21 @@ def default_mirror() -> str:
     return "http://deb.debian.org/debian"
 
 
-def base_key() -> str:
-    return hashlib.sha256(f"{SUITE}|{','.join(INCLUDE)}|{LAYOUT_VERSION}".encode()).hexdigest()[:12]
+def base_key(extra: Sequence[str] = ()) -> str:
+    include = ",".join([*INCLUDE, *sorted(extra)])
+    return hashlib.sha256(f"{SUITE}|{include}|{LAYOUT_VERSION}".encode()).hexdigest()[:12]
 
 
-def ensure_base(cache: Path, *, mirror: str | None = None, log: Path | None = None) -> Path:
-    """The cached Debian base root, built first if missing."""
-    target = cache / f"rootfs-{SUITE}-{base_key()}"
+def ensure_base(
+    cache: Path, *, mirror: str | None = None, log: Path | None = None, extra: Sequence[str] = ()
+) -> Path:
+    """The cached Debian base root, built first if missing.
+
+    Args:
+        extra: more Debian packages in the root (e.g. ``python3-apt`` for Ansible's apt module); another set
+            is another cached root.
+    """
+    target = cache / f"rootfs-{SUITE}-{base_key(extra)}"
     if target.is_dir():
         return target
     require_tools("mmdebstrap", "unshare", "chroot")
@@ -97,7 +105,7 @@ def ensure_base(cache: Path, *, mirror: str | None = None, log: Path | None = No
         "mmdebstrap",
         "--variant=apt",
         "--mode=root",
-        f"--include={','.join(INCLUDE)}",
+        f"--include={','.join([*INCLUDE, *sorted(extra)])}",
         SUITE,
         str(tmp),
         mirror or default_mirror(),
