@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from temporalio import workflow
@@ -75,6 +76,20 @@ with workflow.unsafe.imports_passed_through():
 
 class _Cancelled(Exception):
     """Internal: the operator cancelled the wave while it was waiting."""
+
+
+@dataclass
+class _Targets:
+    """A stage's dispatch bookkeeping across its runs (workflow-internal; never crosses a boundary)."""
+
+    remaining: list[str]
+    """Still to attempt, in dispatch order."""
+    concurrency: int
+    budget: int
+    errors: int = 0
+    """Failures counted against ``budget`` in the current attempt."""
+    runs: int = 0
+    """Stage runs started so far for this stage (numbers the runs' workflow ids)."""
 
 
 MAX_COMMENT = 1000
@@ -276,55 +291,83 @@ class WaveWorkflow:
         return WaveResult(status=self._status)
 
     async def _run_stage(self, index: int, stage: StageInput) -> bool:
-        """Run one stage; False when the wave must stop (rejected, failed or cancelled)."""
-        assert self._input is not None and self._status is not None
-        inp = self._input
+        """Run one stage; False when the wave must stop (rejected, failed or cancelled).
+
+        The steps, in order: the gate guards promotion into the stage; the targets are resolved when it starts
+        (fleets change between stages); runs inside maintenance windows until every target was attempted;
+        the soak before the next stage may be promoted.
+        """
+        assert self._status is not None
         st = self._status.stages[index]
+        if not await self._pass_gate(index, stage, st):
+            return False
+        targets = await self._resolve_stage_targets(stage, st)
+        if targets is None:
+            return False
+        if not await self._run_in_windows(stage, st, targets):
+            return False
+        self._finish_stage(st, targets.budget)
+        return await self._soak(index, stage, st)
 
-        # 1. The gate guards promotion into this stage.
+    # ------------------------------------------------------------------------------------------ stage steps
+
+    async def _pass_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        """Step 1: the gate; False when it stays closed (rejected, or halted at the health gate and not
+        resumed)."""
         if stage.gate == "approval":
-            await self._transition(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
-            await self._wait(lambda: index in self._gate_decision)
-            approved, decision = self._gate_decision[index]
-            if not approved:
-                st.state = STAGE_NOT_STARTED
-                st.note = f"promotion rejected by {decision.who}" + (
-                    f": {decision.comment}" if decision.comment else ""
-                )
-                self._status.state = WAVE_FAILED
-                self._status.reason = f"stage {stage.name} rejected by {decision.who}"
-                return False
-            st.note = f"approved by {decision.who}"
-        elif stage.gate == "health":
-            await self._transition(WAVE_RUNNING, st, STAGE_NOT_STARTED)
-            patched = [
-                i
-                for s in self._status.stages[:index]
-                for i, state in s.instances.items()
-                if state == SUCCEEDED
-            ]
-            report = await workflow.execute_activity(
-                "health_check",
-                HealthInput(executor=inp.executor, instance_ids=patched, url=stage.health_url),
-                result_type=HealthReport,
-                start_to_close_timeout=QUICK_TIMEOUT,
-                retry_policy=QUICK_RETRY,
-            )
-            if len(report.unhealthy) > stage.max_unhealthy:
-                worst = ", ".join(f"{k}: {v}" for k, v in list(report.unhealthy.items())[:5])
-                st.note = (
-                    f"health gate closed: {len(report.unhealthy)} unhealthy > {stage.max_unhealthy} ({worst})"
-                )
-                if await self._halted(st, st.note, allow_rollback=False) != "resume":
-                    return False
-                st.note = "health gate overridden by an operator"
+            return await self._approval_gate(index, stage, st)
+        if stage.gate == "health":
+            return await self._health_gate(index, stage, st)
+        return True
 
-        # 2. Targets, resolved when the stage starts (fleets change between stages).
+    async def _approval_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        assert self._status is not None
+        await self._transition(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
+        await self._wait(lambda: index in self._gate_decision)
+        approved, decision = self._gate_decision[index]
+        if not approved:
+            st.state = STAGE_NOT_STARTED
+            st.note = f"promotion rejected by {decision.who}" + (
+                f": {decision.comment}" if decision.comment else ""
+            )
+            self._status.state = WAVE_FAILED
+            self._status.reason = f"stage {stage.name} rejected by {decision.who}"
+            return False
+        st.note = f"approved by {decision.who}"
+        return True
+
+    async def _health_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        """What earlier stages patched must be healthy (up to ``max_unhealthy`` exceptions)."""
+        assert self._input is not None and self._status is not None
+        await self._transition(WAVE_RUNNING, st, STAGE_NOT_STARTED)
+        patched = [
+            i for s in self._status.stages[:index] for i, state in s.instances.items() if state == SUCCEEDED
+        ]
+        report = await workflow.execute_activity(
+            "health_check",
+            HealthInput(executor=self._input.executor, instance_ids=patched, url=stage.health_url),
+            result_type=HealthReport,
+            start_to_close_timeout=QUICK_TIMEOUT,
+            retry_policy=QUICK_RETRY,
+        )
+        if len(report.unhealthy) <= stage.max_unhealthy:
+            return True
+        worst = ", ".join(f"{k}: {v}" for k, v in list(report.unhealthy.items())[:5])
+        st.note = f"health gate closed: {len(report.unhealthy)} unhealthy > {stage.max_unhealthy} ({worst})"
+        if await self._halted(st, st.note, allow_rollback=False) != "resume":
+            return False
+        st.note = "health gate overridden by an operator"
+        return True
+
+    async def _resolve_stage_targets(self, stage: StageInput, st: StageStatus) -> _Targets | None:
+        """Step 2: the stage's targets and its limits resolved against their count; None when the wave must
+        stop (no targets, and no operator resumed past it)."""
+        assert self._input is not None
         await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
         targets = await workflow.execute_activity(
             "resolve_targets",
             ResolveTargetsInput(
-                executor=inp.executor, patch_group=stage.patch_group, instance_ids=stage.instance_ids
+                executor=self._input.executor, patch_group=stage.patch_group, instance_ids=stage.instance_ids
             ),
             result_type=ResolveTargetsResult,
             start_to_close_timeout=QUICK_TIMEOUT,
@@ -349,34 +392,17 @@ class WaveWorkflow:
             what = f"patch group {stage.patch_group!r}" if stage.patch_group else "none of its instance ids"
             st.note = f"no targets: {what} matched no managed instance"
             if await self._halted(st, f"stage {stage.name}: {st.note}", allow_rollback=False) != "resume":
-                return False
+                return None
             st.note = "no targets; an operator resumed past it"
+        return _Targets(remaining=list(ids), concurrency=concurrency, budget=budget)
 
-        # 3. Runs inside maintenance windows until every target was attempted.
-        remaining = list(ids)
-        errors = 0
-        run = 0
-        while remaining:
-            window = await workflow.execute_activity(
-                "next_window",
-                WindowInput(spec=stage.window, after=workflow.now(), freezes=inp.freezes),
-                result_type=WindowResult,
-                start_to_close_timeout=QUICK_TIMEOUT,
-                retry_policy=QUICK_RETRY,
-            )
-            if not window.found:
-                for instance_id in remaining:
-                    st.instances[instance_id] = NOT_ATTEMPTED
-                st.state = STAGE_FAILED
-                self._status.state = WAVE_FAILED
-                self._status.reason = (
-                    f"stage {stage.name}: its maintenance window schedule has no future window"
-                    + (f" ({window.note})" if window.note else "")
-                )
+    async def _run_in_windows(self, stage: StageInput, st: StageStatus, targets: _Targets) -> bool:
+        """Step 3: one stage run per maintenance window until every target was attempted; False when the wave
+        must stop (no future window, or halted and not resumed)."""
+        while targets.remaining:
+            window = await self._next_window(stage, st, targets)
+            if window is None:
                 return False
-            st.window_start, st.window_cutoff = window.start, window.cutoff
-            if window.note:
-                st.note = window.note
             if window.start is not None and window.start > workflow.now():
                 await self._transition(WAVE_RUNNING, st, STAGE_WAITING_WINDOW)
                 opened = await self._sleep_until(window.start)
@@ -385,77 +411,124 @@ class WaveWorkflow:
                         return False
                     continue
             await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
-            run_id = f"{inp.wave_id}/{stage.name}/run-{self._attempt}-{run}"
-            run += 1
-            handle = await workflow.start_child_workflow(
-                StageRunWorkflow.run,
-                StageRunInput(
-                    wave_id=inp.wave_id,
-                    stage=stage.name,
-                    instance_ids=remaining,
-                    patches=inp.patches,
-                    executor=inp.executor,
-                    max_concurrency=concurrency,
-                    max_errors=budget,
-                    batch_size=batch_size_for(concurrency),
-                    attempt=self._attempt,
-                    errors_so_far=errors,
-                    cutoff=window.cutoff,
-                    undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
-                    heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
-                    history_event_limit=inp.history_event_limit,
-                ),
-                id=run_id,
+            result = await self._run_window(stage, st, targets, window)
+            if not await self._after_run(stage, st, targets, result):
+                return False
+        return True
+
+    async def _next_window(
+        self, stage: StageInput, st: StageStatus, targets: _Targets
+    ) -> WindowResult | None:
+        """The window open now or the next one outside the freezes; None (the wave failed) when there is none."""
+        assert self._input is not None and self._status is not None
+        window = await workflow.execute_activity(
+            "next_window",
+            WindowInput(spec=stage.window, after=workflow.now(), freezes=self._input.freezes),
+            result_type=WindowResult,
+            start_to_close_timeout=QUICK_TIMEOUT,
+            retry_policy=QUICK_RETRY,
+        )
+        if not window.found:
+            for instance_id in targets.remaining:
+                st.instances[instance_id] = NOT_ATTEMPTED
+            st.state = STAGE_FAILED
+            self._status.state = WAVE_FAILED
+            self._status.reason = (
+                f"stage {stage.name}: its maintenance window schedule has no future window"
+                + (f" ({window.note})" if window.note else "")
             )
-            self._active_run = handle
-            st.active_run_id = run_id
-            if self._halt_requested or self._cancel_requested:
-                await self._stop_active_run(abort=self._cancel_requested)
-            result: StageRunResult = await handle
-            self._active_run = None
-            st.active_run_id = None
-            st.instances.update(result.states)
-            st.details.update(result.details)
-            errors = result.errors
-            st.errors = errors
-            remaining = result.remaining
+            return None
+        st.window_start, st.window_cutoff = window.start, window.cutoff
+        if window.note:
+            st.note = window.note
+        return window
 
-            if self._cancel_requested:
-                raise _Cancelled
-            if result.budget_exceeded:
-                for instance_id in remaining:
-                    st.instances[instance_id] = NOT_ATTEMPTED
-                reason = f"stage {stage.name}: {errors} failure(s) exceeded max_errors {budget}"
-                if stage.on_failure == "rollback":
-                    await self._rollback_stage(st)
-                choice = await self._halted(st, reason)
-                if choice != "resume":
-                    return False
-                remaining, errors = self._resume_targets(st), 0
-            elif result.stopped:
-                choice = await self._halted(st, "halted by an operator")
-                if choice != "resume":
-                    return False
-                remaining = self._resume_targets(st)
-            elif remaining:
-                st.note = f"{len(remaining)} instance(s) carried over to the next maintenance window"
+    async def _run_window(
+        self, stage: StageInput, st: StageStatus, targets: _Targets, window: WindowResult
+    ) -> StageRunResult:
+        """One stage run (a child workflow) inside the open window; its results merged into the stage."""
+        assert self._input is not None
+        inp = self._input
+        run_id = f"{inp.wave_id}/{stage.name}/run-{self._attempt}-{targets.runs}"
+        targets.runs += 1
+        handle = await workflow.start_child_workflow(
+            StageRunWorkflow.run,
+            StageRunInput(
+                wave_id=inp.wave_id,
+                stage=stage.name,
+                instance_ids=targets.remaining,
+                patches=inp.patches,
+                executor=inp.executor,
+                max_concurrency=targets.concurrency,
+                max_errors=targets.budget,
+                batch_size=batch_size_for(targets.concurrency),
+                attempt=self._attempt,
+                errors_so_far=targets.errors,
+                cutoff=window.cutoff,
+                undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
+                heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
+                history_event_limit=inp.history_event_limit,
+            ),
+            id=run_id,
+        )
+        self._active_run = handle
+        st.active_run_id = run_id
+        if self._halt_requested or self._cancel_requested:
+            await self._stop_active_run(abort=self._cancel_requested)
+        result: StageRunResult = await handle
+        self._active_run = None
+        st.active_run_id = None
+        st.instances.update(result.states)
+        st.details.update(result.details)
+        targets.errors = result.errors
+        st.errors = result.errors
+        targets.remaining = result.remaining
+        return result
 
+    async def _after_run(
+        self, stage: StageInput, st: StageStatus, targets: _Targets, result: StageRunResult
+    ) -> bool:
+        """What a finished stage run leads to: the wave ends (cancel), halts (budget exceeded, an operator's
+        halt: restoring the stage first when the plan says ``rollback``), or carries on; False when the wave
+        must stop."""
+        if self._cancel_requested:
+            raise _Cancelled
+        if result.budget_exceeded:
+            for instance_id in targets.remaining:
+                st.instances[instance_id] = NOT_ATTEMPTED
+            reason = f"stage {stage.name}: {targets.errors} failure(s) exceeded max_errors {targets.budget}"
+            if stage.on_failure == "rollback":
+                await self._rollback_stage(st)
+            if await self._halted(st, reason) != "resume":
+                return False
+            targets.remaining, targets.errors = self._resume_targets(st), 0
+        elif result.stopped:
+            if await self._halted(st, "halted by an operator") != "resume":
+                return False
+            targets.remaining = self._resume_targets(st)
+        elif targets.remaining:
+            st.note = f"{len(targets.remaining)} instance(s) carried over to the next maintenance window"
+        return True
+
+    @staticmethod
+    def _finish_stage(st: StageStatus, budget: int) -> None:
+        """Every target was attempted: the stage succeeded, within its error budget."""
         failed = sum(1 for s in st.instances.values() if s == FAILED)
         st.state = STAGE_SUCCEEDED
         if failed:
             st.note = f"{failed} instance(s) failed; finished within the error budget ({budget} per attempt)"
 
-        # 4. Soak before the next stage may be promoted.
-        if stage.soak_seconds and index + 1 < len(inp.stages):
-            await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
-            deadline = workflow.now() + timedelta(seconds=stage.soak_seconds)
-            while not await self._sleep_until(deadline):
-                if (
-                    await self._halted(st, "halted by an operator during soak", allow_rollback=False)
-                    != "resume"
-                ):
-                    return False
-            st.state = STAGE_SUCCEEDED
+    async def _soak(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        """Step 4: soak before the next stage may be promoted (not after the last stage)."""
+        assert self._input is not None
+        if not stage.soak_seconds or index + 1 >= len(self._input.stages):
+            return True
+        await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
+        deadline = workflow.now() + timedelta(seconds=stage.soak_seconds)
+        while not await self._sleep_until(deadline):
+            if await self._halted(st, "halted by an operator during soak", allow_rollback=False) != "resume":
+                return False
+        st.state = STAGE_SUCCEEDED
         return True
 
     # ------------------------------------------------------------------------------------------ helpers
