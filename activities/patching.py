@@ -158,7 +158,7 @@ class WaveActivities:
                 outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
             ops = [install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids]
-            await _cancel_operations(executor, ops)
+            await _cancelled(executor, ops)
             raise
         return PatchBatchResult(outcomes=list(outcomes))
 
@@ -183,8 +183,14 @@ class WaveActivities:
                 return InstanceOutcome(instance_id, STARTED, False)
             return _outcome(instance_id, result)
 
-        async with _heartbeating():
-            outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        try:
+            async with _heartbeating():
+                outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        except asyncio.CancelledError:
+            # Commands sent so far keep running: the wave's abort path (wait_patch_batch with ``cancel``)
+            # cancels them, a retry after a worker shutdown finds them instead of sending again.
+            await _cancelled(executor, [])
+            raise
         return PatchBatchResult(outcomes=list(outcomes))
 
     @activity.defn(name="wait_patch_batch")
@@ -217,7 +223,7 @@ class WaveActivities:
             async with _heartbeating():
                 outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
-            await _cancel_operations(executor, list(ops.values()))
+            await _cancelled(executor, list(ops.values()))
             raise
         return PatchBatchResult(outcomes=list(outcomes))
 
@@ -300,8 +306,12 @@ class WaveActivities:
             else:
                 failed[instance_id] = result.message or result.status
 
-        async with _heartbeating():
-            await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        try:
+            async with _heartbeating():
+                await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        except asyncio.CancelledError:
+            await _cancelled(executor, [])
+            raise
         order = {i: n for n, i in enumerate(inp.instance_ids)}
         return RollbackResult(rolled_back=sorted(rolled, key=order.__getitem__), failed=failed)
 
@@ -332,10 +342,35 @@ def _outcome(instance_id: str, result: InstallResult) -> InstanceOutcome:
     )
 
 
+async def _cancelled(executor: Executor, operation_ids: list[str]) -> None:
+    """An activity working on a fleet was cancelled: cancel the executor's commands only if the wave asked.
+
+    Temporal cancels a running activity for several reasons (``activity.cancellation_details()``, sdk-python
+    ``ActivityCancellationDetails``): the workflow requested it (``cancel_requested``: the wave was cancelled —
+    cancel the commands), the worker is shutting down (``worker_shutdown``: a rolling deploy — the commands keep
+    running and the retry on another worker waits for them, so this attempt fails *retryably* instead of
+    reporting a cancellation nobody asked for), or the server already gave up on this attempt (heartbeat or
+    start-to-close timeout, ``not_found``, a pause or reset — its retry waits for the same commands). Only the
+    first may touch the fleet: anything else would turn a deploy or a slow heartbeat into failed installs.
+
+    Returns when the caller should re-raise its ``CancelledError``; raises a retryable ``ApplicationError`` on
+    worker shutdown.
+    """
+    details = activity.cancellation_details()
+    if details is not None and details.cancel_requested:
+        await _cancel_operations(executor, operation_ids)
+        return
+    if details is not None and details.worker_shutdown:
+        raise ApplicationError(
+            "the worker is shutting down: the fleet's work keeps running and another worker takes it over",
+            type="WorkerShutdown",
+        )
+
+
 async def _cancel_operations(executor: Executor, operation_ids: list[str]) -> None:
     """A cancelled wave: ask the executor to cancel what is still running (best effort, like SSM)."""
     cancel = getattr(executor, "cancel", None)
-    if cancel is not None:
+    if cancel is not None and operation_ids:
         await asyncio.shield(asyncio.gather(*(cancel(op) for op in operation_ids), return_exceptions=True))
 
 

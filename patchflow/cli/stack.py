@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,7 +41,11 @@ def worker_command() -> None:
     async def go() -> None:
         client = await connect(settings.temporal_address, attempts=10)
         worker = build_worker(
-            client, settings.task_queue, database_url=history_database(settings), settings=settings
+            client,
+            settings.task_queue,
+            database_url=history_database(settings),
+            settings=settings,
+            graceful_shutdown=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         )
         err.print(
             f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
