@@ -105,16 +105,35 @@ def _check_actor(who: str, comment: str) -> None:
         )
 
 
+#: Patch ids (``workflow.patched``) of behaviour changes that running waves must not see on replay.
+ATOMIC_DECISIONS = "operator-decisions-atomic"
+
+
 @workflow.defn
 class WaveWorkflow:
-    def __init__(self) -> None:
-        self._input: WaveInput | None = None
-        self._status: WaveStatus | None = None
+    @workflow.init
+    def __init__(self, inp: WaveInput) -> None:
+        # @workflow.init: the state exists before the first Update is validated — also an Update delivered with
+        # the workflow's first task (update-with-start, or the first task a new worker replays after a restart).
+        self._input: WaveInput = inp
+        self._status: WaveStatus = WaveStatus(
+            wave_id=inp.wave_id,
+            plan_name=inp.plan_name,
+            state=WAVE_RUNNING,
+            patch_set_id=inp.patch_set_id,
+            stages=[StageStatus(name=s.name) for s in inp.stages],
+            kind=inp.kind,
+        )
         self._current = -1
         self._gate_decision: dict[int, tuple[bool, GateDecision]] = {}
+        self._gate_decided_at: dict[int, datetime] = {}
         self._halt_requested = False
         self._cancel_requested = False
         self._operator_decision: str | None = None
+        """An accepted resume/rollback the halted wave has not taken yet (at most one at a time)."""
+        self._awaiting_decision = False
+        """The wave is halted and takes an operator decision (not while it is leaving the halt)."""
+        self._rolling_back = False
         self._active_run: workflow.ChildWorkflowHandle | None = None
         self._attempt = 0
         self._rollback_allowed = False
@@ -123,14 +142,14 @@ class WaveWorkflow:
 
     @workflow.query
     def status(self) -> WaveStatus:
-        if self._status is None:
-            raise ApplicationError("the wave has not initialised yet; retry in a moment")
         return self._status
 
     # ------------------------------------------------------------------------------------------ updates
+    # Validators refuse what does not apply (a refused Update leaves no trace in the history); a validator and
+    # the synchronous start of its handler run without interruption, so the first accepted decision is the
+    # decision — handlers check again before they change anything, and fail rather than overwrite.
 
     def _stage_index(self, name: str) -> int:
-        assert self._input is not None
         for index, stage in enumerate(self._input.stages):
             if stage.name == name:
                 return index
@@ -139,16 +158,14 @@ class WaveWorkflow:
             f"this wave has no stage {name!r}; its stages are {names}", type="InvalidRequest"
         )
 
-    def _validate_gate(self, decision: GateDecision) -> None:
+    def _validate_gate(self, decision: GateDecision) -> int:
+        """The gate the decision is for; refuses a decision that does not apply (or comes second)."""
         _check_actor(decision.who, decision.comment)
-        if self._input is None or self._status is None:
-            raise ApplicationError(
-                "the wave has not initialised yet; retry in a moment", type="InvalidRequest"
-            )
         index = self._stage_index(decision.stage)
         stage = self._input.stages[index]
         if stage.gate != "approval":
             raise ApplicationError(f"stage {stage.name!r} has no approval gate", type="InvalidRequest")
+        self._refuse_second_decision(index)
         if index != self._current or self._status.stages[index].state != STAGE_WAITING_APPROVAL:
             state = self._status.stages[index].state
             raise ApplicationError(
@@ -159,12 +176,33 @@ class WaveWorkflow:
                 f"{decision.who!r} may not approve stage {stage.name!r}; allowed: {', '.join(stage.approvers)}",
                 type="NotAllowed",
             )
+        return index
+
+    def _refuse_second_decision(self, index: int) -> None:
+        """A gate takes exactly one decision: the first accepted one (issue 12: approve and reject racing)."""
+        if index not in self._gate_decision:
+            return
+        approved, first = self._gate_decision[index]
+        at = self._gate_decided_at[index]
+        raise ApplicationError(
+            f"stage {first.stage!r} was already {'approved' if approved else 'rejected'} by {first.who} at "
+            f"{at:%Y-%m-%d %H:%M:%S} UTC; a gate takes one decision",
+            type="AlreadyDecided",
+        )
+
+    def _decide_gate(self, decision: GateDecision, approved: bool) -> str:
+        index = self._validate_gate(
+            decision
+        )  # again: nothing may have changed, but never overwrite a decision
+        self._gate_decision[index] = (approved, decision)
+        self._gate_decided_at[index] = workflow.now()
+        verb = "approve" if approved else "reject"
+        self._audit(decision.who, verb, decision.stage, decision.comment)
+        return f"stage {decision.stage} {verb}d by {decision.who}"
 
     @workflow.update
     async def approve(self, decision: GateDecision) -> str:
-        self._gate_decision[self._stage_index(decision.stage)] = (True, decision)
-        self._audit(decision.who, "approve", decision.stage, decision.comment)
-        return f"stage {decision.stage} approved by {decision.who}"
+        return self._decide_gate(decision, True)
 
     @approve.validator
     def _validate_approve(self, decision: GateDecision) -> None:
@@ -172,19 +210,13 @@ class WaveWorkflow:
 
     @workflow.update
     async def reject(self, decision: GateDecision) -> str:
-        self._gate_decision[self._stage_index(decision.stage)] = (False, decision)
-        self._audit(decision.who, "reject", decision.stage, decision.comment)
-        return f"stage {decision.stage} rejected by {decision.who}"
+        return self._decide_gate(decision, False)
 
     @reject.validator
     def _validate_reject(self, decision: GateDecision) -> None:
         self._validate_gate(decision)
 
     def _require_state(self, action: str, allowed: set[str]) -> None:
-        if self._status is None:
-            raise ApplicationError(
-                "the wave has not initialised yet; retry in a moment", type="InvalidRequest"
-            )
         if self._status.state not in allowed:
             raise ApplicationError(
                 f"cannot {action} a wave that is {self._status.state}", type="InvalidRequest"
@@ -200,7 +232,7 @@ class WaveWorkflow:
     @halt.validator
     def _validate_halt(self, action: OperatorAction) -> None:
         _check_actor(action.who, action.reason)
-        if self._status is not None and self._status.state == WAVE_WAITING_APPROVAL:
+        if self._status.state == WAVE_WAITING_APPROVAL:
             raise ApplicationError(
                 "the wave is waiting at an approval gate and patches nothing meanwhile; "
                 "answer the gate with reject, or cancel the wave",
@@ -210,28 +242,46 @@ class WaveWorkflow:
         if self._halt_requested:
             raise ApplicationError("a halt is already pending", type="InvalidRequest")
 
+    def _validate_decision(self, action: OperatorAction, verb: str) -> None:
+        """Resume and rollback are the halted wave's operator decisions: one at a time, none while a rollback
+        runs or after the wave took a resume (issue 18: a resume sent during a rollback was answered and lost)."""
+        _check_actor(action.who, action.reason)
+        self._require_state(verb, {WAVE_HALTED})
+        if self._rolling_back:
+            raise ApplicationError(
+                f"a rollback of stage {self._current_name()!r} is running; {verb} once it has finished",
+                type="InvalidRequest",
+            )
+        if self._operator_decision is not None:
+            raise ApplicationError(
+                f"a {self._operator_decision} was already accepted and is being carried out",
+                type="InvalidRequest",
+            )
+        if not self._awaiting_decision:
+            raise ApplicationError("the wave is already resuming", type="InvalidRequest")
+
+    def _decide(self, action: OperatorAction, decision: str) -> None:
+        self._validate_decision(action, "roll back" if decision == "rollback" else decision)
+        self._operator_decision = decision
+        self._audit(action.who, decision, self._current_name(), action.reason)
+
     @workflow.update
     async def resume(self, action: OperatorAction) -> str:
-        self._operator_decision = "resume"
-        self._audit(action.who, "resume", self._current_name(), action.reason)
+        self._decide(action, "resume")
         return "resumed"
 
     @resume.validator
     def _validate_resume(self, action: OperatorAction) -> None:
-        _check_actor(action.who, action.reason)
-        self._require_state("resume", {WAVE_HALTED})
+        self._validate_decision(action, "resume")
 
     @workflow.update
     async def rollback(self, action: OperatorAction) -> str:
-        self._operator_decision = "rollback"
-        self._audit(action.who, "rollback", self._current_name(), action.reason)
+        self._decide(action, "rollback")
         return "rollback requested"
 
     @rollback.validator
     def _validate_rollback(self, action: OperatorAction) -> None:
-        _check_actor(action.who, action.reason)
-        self._require_state("roll back", {WAVE_HALTED})
-        assert self._status is not None
+        self._validate_decision(action, "roll back")
         if not self._rollback_allowed:
             raise ApplicationError(
                 "nothing to roll back at this point (the wave halted at a gate or during a soak)",
@@ -253,7 +303,7 @@ class WaveWorkflow:
     @cancel.validator
     def _validate_cancel(self, action: OperatorAction) -> None:
         _check_actor(action.who, action.reason)
-        if self._status is not None and self._status.state in WAVE_FINAL_STATES:
+        if self._status.state in WAVE_FINAL_STATES:
             raise ApplicationError(f"the wave already ended ({self._status.state})", type="InvalidRequest")
         if self._cancel_requested:
             raise ApplicationError("a cancel is already pending", type="InvalidRequest")
@@ -262,15 +312,6 @@ class WaveWorkflow:
 
     @workflow.run
     async def run(self, inp: WaveInput) -> WaveResult:
-        self._input = inp
-        self._status = WaveStatus(
-            wave_id=inp.wave_id,
-            plan_name=inp.plan_name,
-            state=WAVE_RUNNING,
-            patch_set_id=inp.patch_set_id,
-            stages=[StageStatus(name=s.name) for s in inp.stages],
-            kind=inp.kind,
-        )
         self._audit(inp.started_by or "patchflow", "start", "", f"patch set {inp.patch_set_id}")
         if inp.freeze_override_by:
             self._audit(
@@ -297,7 +338,6 @@ class WaveWorkflow:
         (fleets change between stages); runs inside maintenance windows until every target was attempted;
         the soak before the next stage may be promoted.
         """
-        assert self._status is not None
         st = self._status.stages[index]
         if not await self._pass_gate(index, stage, st):
             return False
@@ -321,7 +361,6 @@ class WaveWorkflow:
         return True
 
     async def _approval_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
-        assert self._status is not None
         await self._transition(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
         await self._wait(lambda: index in self._gate_decision)
         approved, decision = self._gate_decision[index]
@@ -338,7 +377,6 @@ class WaveWorkflow:
 
     async def _health_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
         """What earlier stages patched must be healthy (up to ``max_unhealthy`` exceptions)."""
-        assert self._input is not None and self._status is not None
         await self._transition(WAVE_RUNNING, st, STAGE_NOT_STARTED)
         patched = [
             i for s in self._status.stages[:index] for i, state in s.instances.items() if state == SUCCEEDED
@@ -362,7 +400,6 @@ class WaveWorkflow:
     async def _resolve_stage_targets(self, stage: StageInput, st: StageStatus) -> _Targets | None:
         """Step 2: the stage's targets and its limits resolved against their count; None when the wave must
         stop (no targets, and no operator resumed past it)."""
-        assert self._input is not None
         await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
         targets = await workflow.execute_activity(
             "resolve_targets",
@@ -420,7 +457,6 @@ class WaveWorkflow:
         self, stage: StageInput, st: StageStatus, targets: _Targets
     ) -> WindowResult | None:
         """The window open now or the next one outside the freezes; None (the wave failed) when there is none."""
-        assert self._input is not None and self._status is not None
         window = await workflow.execute_activity(
             "next_window",
             WindowInput(spec=stage.window, after=workflow.now(), freezes=self._input.freezes),
@@ -447,7 +483,6 @@ class WaveWorkflow:
         self, stage: StageInput, st: StageStatus, targets: _Targets, window: WindowResult
     ) -> StageRunResult:
         """One stage run (a child workflow) inside the open window; its results merged into the stage."""
-        assert self._input is not None
         inp = self._input
         run_id = f"{inp.wave_id}/{stage.name}/run-{self._attempt}-{targets.runs}"
         targets.runs += 1
@@ -520,7 +555,6 @@ class WaveWorkflow:
 
     async def _soak(self, index: int, stage: StageInput, st: StageStatus) -> bool:
         """Step 4: soak before the next stage may be promoted (not after the last stage)."""
-        assert self._input is not None
         if not stage.soak_seconds or index + 1 >= len(self._input.stages):
             return True
         await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
@@ -556,26 +590,41 @@ class WaveWorkflow:
         return again
 
     async def _halted(self, st: StageStatus, reason: str, *, allow_rollback: bool = True) -> str:
-        """Halt the wave and wait for an operator: returns ``resume`` (or ends the wave on cancel)."""
-        assert self._status is not None
+        """Halt the wave and wait for an operator: returns ``resume`` (or ends the wave on cancel).
+
+        A decision accepted while the halt is being recorded counts; a rollback is carried out while the wave
+        stays halted, and no other decision is taken meanwhile.
+        """
+        atomic = workflow.patched(ATOMIC_DECISIONS)  # waves halted before this change replay as they ran
+        if atomic:
+            self._operator_decision = None
+            self._awaiting_decision = True
         await self._transition(WAVE_HALTED, st, STAGE_HALTED)
         self._status.reason = reason
         self._halt_requested = False
         self._rollback_allowed = allow_rollback
-        while True:
-            self._operator_decision = None
-            await self._wait(lambda: self._operator_decision is not None)
-            decision = self._operator_decision
-            if decision == "rollback":
-                await self._rollback_stage(st)
-                st.state = STAGE_HALTED
-                continue
-            self._status.reason = ""
-            self._rollback_allowed = False
-            return decision or "resume"
+        self._awaiting_decision = True
+        try:
+            while True:
+                if not atomic:
+                    self._operator_decision = None
+                await self._wait(lambda: self._operator_decision is not None)
+                decision, self._operator_decision = self._operator_decision, None
+                if decision == "rollback":
+                    self._rolling_back = True
+                    try:
+                        await self._rollback_stage(st)
+                    finally:
+                        self._rolling_back = False
+                    st.state = STAGE_HALTED
+                    continue
+                self._status.reason = ""
+                self._rollback_allowed = False
+                return decision or "resume"
+        finally:
+            self._awaiting_decision = False
 
     async def _rollback_stage(self, st: StageStatus) -> None:
-        assert self._input is not None
         patched = [i for i, s in st.instances.items() if s == SUCCEEDED]
         if not patched:
             return
@@ -623,13 +672,11 @@ class WaveWorkflow:
         return not self._halt_requested
 
     def _set(self, wave_state: str, st: StageStatus, stage_state: str) -> None:
-        assert self._status is not None
         self._status.state = wave_state
         st.state = stage_state
 
     async def _transition(self, wave_state: str, st: StageStatus, stage_state: str) -> None:
         """Change state, and snapshot the wave into the history database when the state really changed."""
-        assert self._status is not None
         changed = (self._status.state, st.state) != (wave_state, stage_state)
         self._set(wave_state, st, stage_state)
         if changed:
@@ -637,7 +684,7 @@ class WaveWorkflow:
 
     async def _record_history(self) -> None:
         """Ask the record_wave activity for a snapshot (waves started before this feature never call it)."""
-        if self._input is None or not self._input.record_history or not workflow.patched("record-history"):
+        if not self._input.record_history or not workflow.patched("record-history"):
             return
         await workflow.execute_activity(
             "record_wave",
@@ -647,7 +694,6 @@ class WaveWorkflow:
         )
 
     def _finish_cancelled(self) -> None:
-        assert self._status is not None
         self._status.state = WAVE_CANCELLED
         self._status.reason = "cancelled by an operator"
         for st in self._status.stages:
@@ -658,12 +704,11 @@ class WaveWorkflow:
                 st.state = STAGE_CANCELLED
 
     def _current_name(self) -> str:
-        if self._input is None or self._current < 0:
+        if self._current < 0:
             return ""
         return self._input.stages[self._current].name
 
     def _audit(self, who: str, action: str, stage: str, comment: str) -> None:
-        if self._status is not None:
-            self._status.audit.append(
-                AuditEntry(at=workflow.now(), who=who, action=action, stage=stage, comment=comment)
-            )
+        self._status.audit.append(
+            AuditEntry(at=workflow.now(), who=who, action=action, stage=stage, comment=comment)
+        )

@@ -302,10 +302,25 @@ async def act(
         raise WaveActionRefused(f"{action} refused: {message}") from None
     except RPCError as exc:
         if "already completed" in exc.message:
+            decided = await _gate_decided(client, wave_id, stage) if action in ("approve", "reject") else ""
             raise WaveActionRefused(
-                f"{action} refused: wave {wave_id} has already ended; see 'patchflow wave status {wave_id}'"
+                f"{action} refused: {decided}wave {wave_id} has already ended; "
+                f"see 'patchflow wave status {wave_id}'"
             ) from None
         raise WaveActionRefused(f"{action} refused: {exc.message}") from None
+
+
+async def _gate_decided(client: Client, wave_id: str, stage: str | None) -> str:
+    """Who decided the stage's gate of an ended wave, and when (a gate takes one decision): '' if nobody did."""
+    try:
+        status = await wave_status(client, wave_id)
+    except PatchflowError:
+        return ""
+    for entry in status.audit:
+        if entry.stage == stage and entry.action in ("approve", "reject"):
+            verb = "approved" if entry.action == "approve" else "rejected"
+            return f"stage {stage!r} was already {verb} by {entry.who} at {entry.at:%Y-%m-%d %H:%M:%S} UTC; "
+    return ""
 
 
 async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]:

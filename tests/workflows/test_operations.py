@@ -5,30 +5,34 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from temporalio.activity import ActivityCancellationDetails
 from temporalio.api.enums.v1 import EventType, PendingActivityState
-from temporalio.client import Client
+from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.common import WorkflowIDConflictPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.patching import WaveActivities
-from patchflow.control.waves import executor_ref, wave_status
+from activities.patching import WaveActivities, build_executor
+from patchflow.control.waves import WaveActionRefused, act, executor_ref, wave_status
 from patchflow.core.plans import load_plan
-from patchflow.core.wavemodel import ExecutorRef, PatchBatchInput, StageInput, WaveInput
+from patchflow.core.wavemodel import ExecutorRef, OperatorAction, PatchBatchInput, StageInput, WaveInput
 from patchflow.core.windows import WindowSpec
 from patchflow.executors.base import Package
 from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
 from tests.conftest import REPO_ROOT
+from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.test_ssm_wave import BUCKET, NEW, OLD, settings, write_plan
+from tests.workflows.test_wave import settle, stage, start, wave_input
 from workflows.wave import WaveWorkflow
 
 
@@ -106,9 +110,9 @@ async def test_a_rolling_restart_of_the_workers_mid_install_cancels_and_repeats_
     README "Worker Shutdown")."""
     installed = [Package("openssl", "amd64", OLD)]
     ids = [f"i-0prod00000000000{n}" for n in range(1, 5)]
-    for instance_id in ids:
-        endpoint.register_instance(instance_id, tags={"Patch Group": "prod"}, packages=installed)
-        endpoint.script(instance_id, "slow", seconds=25)
+    for iid in ids:
+        endpoint.register_instance(iid, tags={"Patch Group": "prod"}, packages=installed)
+        endpoint.script(iid, "slow", seconds=25)
     plan = load_plan(
         write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
     )
@@ -184,9 +188,9 @@ async def test_a_rolling_restart_of_the_workers_mid_install_cancels_and_repeats_
     assert status.stages[0].instances == dict.fromkeys(ids, "succeeded")
     assert status.stages[0].errors == 0
     assert endpoint.requests["CancelCommand"] == 0
-    for instance_id in ids:
-        assert endpoint.command_count(instance_id, "AWS-RunPatchBaseline") == 1  # never sent twice
-        assert endpoint.packages(instance_id)["openssl.amd64"] == NEW
+    for iid in ids:
+        assert endpoint.command_count(iid, "AWS-RunPatchBaseline") == 1  # never sent twice
+        assert endpoint.packages(iid)["openssl.amd64"] == NEW
     history = await client.get_workflow_handle(run_id).fetch_history()
     finished_on = {
         e.activity_task_started_event_attributes.identity.split("@")[0]
@@ -246,3 +250,146 @@ async def test_only_a_cancel_the_wave_asked_for_cancels_the_fleets_commands(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert fleet.cancelled == (["w/prod/i-1/install/0", "w/prod/i-2/install/0"] if cancels_commands else [])
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+
+
+class SlowRestore:
+    """The real simulated executor, with restores (rollbacks) that take ``seconds``."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def restore(self, instance: str, packages: Any, *, operation_id: str) -> Any:
+        await asyncio.sleep(self.seconds)
+        return await self.inner.restore(instance, packages, operation_id=operation_id)
+
+
+async def outcomes(*calls: Awaitable[str]) -> tuple[list[str], list[str]]:
+    """Run operator actions at the same moment: (answers of the accepted ones, reasons of the refused ones)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, WaveActionRefused):
+            raise r
+    return [r for r in results if isinstance(r, str)], [
+        str(r) for r in results if isinstance(r, WaveActionRefused)
+    ]
+
+
+async def test_a_gate_takes_exactly_one_decision_among_concurrent_updates(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 12: approve and reject sent at the same moment were both accepted (the last one won). Per gate, eight
+    approvers act at once (Temporal admits 10 Updates in flight per execution: dynamic config
+    ``history.maxInFlightUpdates``); exactly one decision is accepted, every other is refused naming who decided
+    and when — also after the gate has moved on."""
+    gates = [f"g{n}" for n in range(1, 7)]
+    approvers = [f"op{n}" for n in range(8)]
+    fleet = make_fleet({"dev": 1, **dict.fromkeys(gates, 1)})
+    stages = [stage("dev")] + [stage(g, gate="approval", approvers=approvers) for g in gates]
+    inp = wave_input(fleet, tmp_path, stages)
+    client = dev_env.client
+    winners: dict[str, str] = {}
+    async with running_worker(client) as tq:
+        handle = await start(client, tq, inp)
+        for round_no, gate in enumerate(gates):
+            status = await settle(client, inp.wave_id, {"waiting_approval"})
+            assert status.stages[round_no + 1].state == "waiting_approval"
+            last = gate == gates[-1]  # the last gate also sees rejections racing the approvals
+            calls = [
+                act(client, inp.wave_id, "reject" if last and n % 2 else "approve", who=who, stage=gate)
+                for n, who in enumerate(approvers)
+            ]
+            accepted, refused = await outcomes(*calls)
+            assert len(accepted) == 1, (gate, accepted)
+            winner = accepted[0].rsplit(" by ", 1)[1]
+            winners[gate] = accepted[0]
+            assert len(refused) == len(approvers) - 1
+            for reason in refused:
+                assert re.search(
+                    rf"stage '{gate}' was already (approved|rejected) by {winner} at \d{{4}}-\d\d-\d\d "
+                    r"\d\d:\d\d:\d\d UTC; a gate takes one decision",
+                    reason,
+                ), reason
+            if not last:  # a late decision, after the gate has moved on, hears the same
+                with pytest.raises(WaveActionRefused, match=f"already approved by {winner}"):
+                    await act(client, inp.wave_id, "reject", who=approvers[0], stage=gate)
+        result = await handle.result()
+    decisions = [(a.stage, a.action, a.who) for a in result.status.audit if a.action in ("approve", "reject")]
+    assert [d[0] for d in decisions] == gates  # one audited decision per gate
+    for gate, answer in winners.items():
+        if "approved" in answer:
+            note = next(s.note for s in result.status.stages if s.name == gate)
+            assert note == f"approved by {answer.rsplit(' by ', 1)[1]}"
+    assert result.status.state == ("failed" if "rejected" in winners[gates[-1]] else "succeeded")
+
+
+async def test_resume_and_rollback_are_one_decision_at_a_time(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: a resume sent while an operator's rollback ran was answered "resumed" and then dropped (the wave
+    stayed halted), and two decisions sent together were both accepted. Now a decision is refused while a
+    rollback runs, exactly one of two concurrent decisions is accepted, and the accepted one is carried out."""
+    fleet = make_fleet({"prod": 4}, behaviours={instance_id("prod", 3): {"fail": True}})
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1", max_errors="0")])
+    client = dev_env.client
+    async with running_worker(client, lambda ref: SlowRestore(build_executor(ref), 3.0)) as tq:
+        handle = await start(client, tq, inp)
+        await settle(client, inp.wave_id, {"halted"})
+        assert await act(client, inp.wave_id, "rollback", who="alice") == "rollback requested"
+        with pytest.raises(WaveActionRefused, match="a rollback of stage 'prod' is running"):
+            await act(client, inp.wave_id, "resume", who="bob")
+        for _ in range(200):
+            status = await wave_status(client, inp.wave_id)
+            if status.stages[0].instances[instance_id("prod", 1)] == "rolled_back":
+                break
+            await asyncio.sleep(0.1)
+        assert status.state == "halted"
+        accepted, refused = await outcomes(
+            act(client, inp.wave_id, "resume", who="bob"), act(client, inp.wave_id, "resume", who="carol")
+        )
+        assert accepted == ["resumed"] and len(refused) == 1, (accepted, refused)
+        assert re.search(
+            r"resume refused: (a resume was already accepted|the wave is already resuming)", refused[0]
+        )
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.status.state == "succeeded"
+    assert [a.action for a in result.status.audit] == ["start", "rollback", "resume"]
+    states = result.status.stages[0].instances
+    assert {states[instance_id("prod", n)] for n in (1, 2, 4)} == {
+        "succeeded"
+    }  # re-dispatched after the rollback
+
+
+async def test_an_update_in_the_first_workflow_task_sees_the_initialised_wave(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An Update delivered with the workflow's first task (update-with-start here; the same happens when a new
+    worker replays a wave after a restart) is validated before ``run`` has executed a line: the state comes
+    from ``@workflow.init`` (sdk-python README "Workflow Init"), not from ``run``. Before, the halt was refused
+    with "the wave has not initialised yet"."""
+    inp = wave_input(make_fleet({"prod": 2}), tmp_path, [stage("prod")])
+    client = dev_env.client
+    async with running_worker(client) as tq:
+        start_op = WithStartWorkflowOperation(
+            WaveWorkflow.run,
+            inp,
+            id=inp.wave_id,
+            task_queue=tq,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
+        answer = await client.execute_update_with_start_workflow(
+            WaveWorkflow.halt,
+            OperatorAction(who="alice", reason="hold it"),
+            start_workflow_operation=start_op,
+        )
+        assert answer.startswith("halt requested")
+        status = await settle(client, inp.wave_id, {"halted"})
+        assert [a.action for a in status.audit] == ["halt", "start"]
+        await act(client, inp.wave_id, "cancel", who="alice")
+        result = await (await start_op.workflow_handle()).result()
+    assert result.status.state == "cancelled"
