@@ -107,6 +107,7 @@ def _check_actor(who: str, comment: str) -> None:
 
 #: Patch ids (``workflow.patched``) of behaviour changes that running waves must not see on replay.
 ATOMIC_DECISIONS = "operator-decisions-atomic"
+STOP_BEFORE_RUN = "halt-or-cancel-before-the-stage-run"
 
 
 @workflow.defn
@@ -448,6 +449,14 @@ class WaveWorkflow:
                         return False
                     continue
             await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
+            if (self._halt_requested or self._cancel_requested) and workflow.patched(STOP_BEFORE_RUN):
+                # An operator acted while the targets or the window were resolved: start no run at all (a run
+                # signalled right after its start may already have dispatched its first instances).
+                if self._cancel_requested:
+                    raise _Cancelled
+                if await self._halted(st, "halted by an operator before the stage run started") != "resume":
+                    return False
+                continue
             result = await self._run_window(stage, st, targets, window)
             if not await self._after_run(stage, st, targets, result):
                 return False

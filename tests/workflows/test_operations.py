@@ -32,7 +32,7 @@ from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
 from tests.conftest import REPO_ROOT
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.test_ssm_wave import BUCKET, NEW, OLD, settings, write_plan
-from tests.workflows.test_wave import settle, stage, start, wave_input
+from tests.workflows.test_wave import fleet_of, settle, stage, start, wave_input
 from workflows.wave import WaveWorkflow
 
 
@@ -393,3 +393,46 @@ async def test_an_update_in_the_first_workflow_task_sees_the_initialised_wave(
         await act(client, inp.wave_id, "cancel", who="alice")
         result = await (await start_op.workflow_handle()).result()
     assert result.status.state == "cancelled"
+
+
+# ---------------------------------------------------------------------------------------------- halts
+
+
+class SlowDiscovery:
+    """The real simulated executor, whose target resolution (``discover``) takes ``seconds``."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def discover(self) -> Any:
+        await asyncio.sleep(self.seconds)
+        return await self.inner.discover()
+
+
+async def test_a_halt_accepted_before_the_stage_run_starts_patches_nothing(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: a halt accepted while the stage's targets were resolved was passed to the stage run only after
+    it had started — and dispatched its first instance. The flags are checked before the run starts."""
+    inp = wave_input(make_fleet({"prod": 3}), tmp_path, [stage("prod", max_concurrency="1")])
+    client = dev_env.client
+    async with running_worker(client, lambda ref: SlowDiscovery(build_executor(ref), 2.0)) as tq:
+        handle = await start(client, tq, inp)
+        for _ in range(100):
+            status = await wave_status(client, inp.wave_id)
+            if status.stages[0].state == "running":
+                break
+            await asyncio.sleep(0.05)
+        assert not status.stages[0].instances  # still resolving the targets
+        await act(client, inp.wave_id, "halt", who="alice")
+        halted = await settle(client, inp.wave_id, {"halted"})
+        assert set(halted.stages[0].instances.values()) == {"pending"}
+        assert all(i["install_count"] == 0 for i in fleet_of(inp).status()["instances"])
+        await act(client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    assert all(i["install_count"] == 1 for i in fleet_of(inp).status()["instances"])
+
