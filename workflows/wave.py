@@ -107,6 +107,7 @@ def _check_actor(who: str, comment: str) -> None:
 
 #: Patch ids (``workflow.patched``) of behaviour changes that running waves must not see on replay.
 ATOMIC_DECISIONS = "operator-decisions-atomic"
+RESUME_SOAK = "resume-returns-to-soaking"
 STOP_BEFORE_RUN = "halt-or-cancel-before-the-stage-run"
 
 
@@ -571,6 +572,8 @@ class WaveWorkflow:
         while not await self._sleep_until(deadline):
             if await self._halted(st, "halted by an operator during soak", allow_rollback=False) != "resume":
                 return False
+            if workflow.patched(RESUME_SOAK):  # resumed: the soak goes on, and the state says so
+                await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
         st.state = STAGE_SUCCEEDED
         return True
 

@@ -436,3 +436,32 @@ async def test_a_halt_accepted_before_the_stage_run_starts_patches_nothing(
     assert result.status.state == "succeeded"
     assert all(i["install_count"] == 1 for i in fleet_of(inp).status()["instances"])
 
+
+async def test_resuming_a_halt_during_the_soak_returns_the_wave_to_soaking(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: after a resume during the soak the wave went on soaking but said "halted" (and took another
+    resume, refused a new halt). Now it says soaking again, and can be halted again."""
+    inp = wave_input(
+        make_fleet({"dev": 1, "prod": 1}), tmp_path, [stage("dev", soak_seconds=6), stage("prod")]
+    )
+    client = dev_env.client
+    async with running_worker(client) as tq:
+        handle = await start(client, tq, inp)
+        for _ in range(200):
+            if (await wave_status(client, inp.wave_id)).stages[0].state == "soaking":
+                break
+            await asyncio.sleep(0.05)
+        await act(client, inp.wave_id, "halt", who="alice")
+        await settle(client, inp.wave_id, {"halted"})
+        await act(client, inp.wave_id, "resume", who="alice")
+        status = await settle(client, inp.wave_id, {"running"})
+        assert (status.state, status.stages[0].state, status.reason) == ("running", "soaking", "")
+        with pytest.raises(WaveActionRefused, match="cannot resume a wave that is running"):
+            await act(client, inp.wave_id, "resume", who="alice")
+        await act(client, inp.wave_id, "halt", who="bob")  # a halt applies again
+        await settle(client, inp.wave_id, {"halted"})
+        await act(client, inp.wave_id, "resume", who="bob")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    assert [a.action for a in result.status.audit] == ["start", "halt", "resume", "halt", "resume"]
