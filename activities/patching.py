@@ -200,11 +200,15 @@ class WaveActivities:
         ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
         if inp.cancel:
             # The wave was cancelled while these installs were being sent: cancel them, do not wait for them.
+            # An install that had succeeded all the same reports it (the instance is patched).
             await _cancel_operations(executor, list(ops.values()))
+            finished = await asyncio.gather(*(executor.operation_result(op) for op in ops.values()))
             return PatchBatchResult(
                 outcomes=[
-                    InstanceOutcome(i, "failed", False, detail="cancelled by an operator")
-                    for i in inp.instance_ids
+                    _outcome(i, result)
+                    if result is not None and result.status == "succeeded"
+                    else InstanceOutcome(i, "failed", False, detail="cancelled by an operator")
+                    for i, result in zip(inp.instance_ids, finished, strict=True)
                 ]
             )
 
@@ -388,7 +392,11 @@ def _http_problem(url: str) -> str | None:
 
 @contextlib.asynccontextmanager
 async def _heartbeating(every: float = 2.0):  # type: ignore[no-untyped-def]
-    """Heartbeat in the background while a long batch runs, so a dead worker is noticed quickly."""
+    """Heartbeat in the background while a long batch runs, so a dead worker is noticed quickly (at least three
+    beats per heartbeat timeout: a short timeout must not expire between two beats)."""
+    timeout = activity.info().heartbeat_timeout
+    if timeout:
+        every = min(every, timeout.total_seconds() / 3)
 
     async def beat() -> None:
         while True:

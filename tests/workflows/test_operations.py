@@ -465,3 +465,69 @@ async def test_resuming_a_halt_during_the_soak_returns_the_wave_to_soaking(
         result = await handle.result()
     assert result.status.state == "succeeded"
     assert [a.action for a in result.status.audit] == ["start", "halt", "resume", "halt", "resume"]
+
+
+# ---------------------------------------------------------------------------------------------- cancels
+
+
+class SlowSendAfterEach:
+    """Wraps the real executor: every install is sent for real, then its send activity lingers ``seconds`` — long
+    enough for the activity to hear of a cancel (heartbeats deliver it) before it completes."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def start_install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
+        result = await self.inner.start_install(instance, patches, operation_id=operation_id)
+        await asyncio.sleep(self.seconds)
+        return result
+
+
+async def test_a_cancel_during_the_send_cancels_the_commands_already_sent(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    """Issue 18: a cancel that reached a send activity half-way cancelled the activity, and the SSM commands it
+    had already sent ran on, unrecorded, while the instances were reported "cancelled by an operator". The send
+    is now let finish, and the abort path cancels what it sent (SSM ``CancelCommand``)."""
+    installed = [Package("openssl", "amd64", OLD)]
+    ids = [f"i-0prod00000000000{n}" for n in (1, 2)]
+    for iid in ids:
+        endpoint.register_instance(iid, tags={"Patch Group": "prod"}, packages=installed)
+        endpoint.script(iid, "slow", seconds=60)
+    plan = load_plan(
+        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
+    )
+    inp = WaveInput(
+        wave_id=f"wave-send-cancel-{uuid.uuid4().hex[:8]}",
+        plan_name=plan.name,
+        patch_set_id="ps-000000000000000000000000",
+        patches=[Package("openssl", "amd64", NEW)],
+        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
+        stages=[
+            StageInput(
+                name="prod", window=WindowSpec("now"), max_concurrency="2", max_errors="0", patch_group="prod"
+            )
+        ],
+        heartbeat_timeout_seconds=2,  # heartbeats (and so the cancel) reach the send within ~2 s
+    )
+    client = dev_env.client
+    async with running_worker(client, lambda ref: SlowSendAfterEach(build_executor(ref), 8.0)) as tq:
+        handle = await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
+        for _ in range(300):  # both commands sent; the send activity is still running
+            if endpoint.command_count(None, "AWS-RunPatchBaseline") == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert endpoint.command_count(None, "AWS-RunPatchBaseline") == 2
+        await act(client, inp.wave_id, "cancel", who="alice", comment="wrong patch set")
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.status.state == "cancelled"
+    stage_status = result.status.stages[0]
+    assert stage_status.instances == dict.fromkeys(ids, "failed")
+    assert set(stage_status.details.values()) == {"cancelled by an operator"}
+    assert endpoint.requests["CancelCommand"] >= 2  # what was sent was cancelled
+    for iid in ids:
+        assert endpoint.command_count(iid, "AWS-RunPatchBaseline") == 1
+        assert endpoint.packages(iid)["openssl.amd64"] == OLD
