@@ -11,6 +11,7 @@ from datetime import datetime
 
 from temporalio import workflow
 from temporalio.common import RawValue, SearchAttributeKey
+from temporalio.exceptions import CancelledError, ChildWorkflowError
 from temporalio.workflow import ParentClosePolicy
 
 with workflow.unsafe.imports_passed_through():
@@ -34,6 +35,8 @@ with workflow.unsafe.imports_passed_through():
 #: Set by the server on workflows a schedule starts: the firing's nominal time, and the schedule's id.
 SCHEDULED_START = SearchAttributeKey.for_datetime("TemporalScheduledStartTime")
 SCHEDULED_BY = SearchAttributeKey.for_keyword("TemporalScheduledById")
+#: Patch id (``workflow.patched``): a firing whose wave was cancelled through Temporal ends "cancelled".
+WAVE_CANCELLED = "firing-reports-a-cancelled-wave"
 
 
 @workflow.defn
@@ -106,7 +109,19 @@ class ScheduledWaveWorkflow:
         )
         self._wave_id = wave_input.wave_id  # only once the wave exists: the query never names a missing one
         self._state = "running"
-        result: WaveResult = await handle
+        try:
+            result: WaveResult = await handle
+        except ChildWorkflowError as err:
+            # The wave was cancelled through Temporal: this firing reports it instead of failing.
+            if not (isinstance(err.cause, CancelledError) and workflow.patched(WAVE_CANCELLED)):
+                raise
+            self._state = "cancelled"
+            return ScheduledWaveResult(
+                wave_id=wave_input.wave_id,
+                state="cancelled",
+                patch_set_id=wave_input.patch_set_id,
+                reason="the wave was cancelled through Temporal",
+            )
         self._state = result.status.state
         return ScheduledWaveResult(
             wave_id=wave_input.wave_id,

@@ -104,7 +104,13 @@ class StageRunWorkflow:
                     in_flight[task] = batch
             if not in_flight:
                 break
-            done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The run itself was cancelled through Temporal: an abort, whose in-flight installs are cancelled
+                # and recorded; the run then ends normally and its wave halts on it.
+                self.abort()
+                continue
             # Process completions in dispatch order: deterministic, and the order failures are counted in.
             for task in [t for t in in_flight if t in done]:
                 batch = in_flight.pop(task)

@@ -10,6 +10,7 @@ halt, resume, cancel, rollback — each refused by a validator when it does not 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -319,8 +320,8 @@ class WaveWorkflow:
             self._audit(
                 inp.freeze_override_by, "override_freeze", "", f"{inp.kind} wave runs through change freezes"
             )
-        await self._record_history()
         try:
+            await self._record_history()
             for index, stage in enumerate(inp.stages):
                 self._current = index
                 if not await self._run_stage(index, stage):
@@ -329,9 +330,29 @@ class WaveWorkflow:
                 self._status.state = WAVE_SUCCEEDED
         except _Cancelled:
             self._finish_cancelled()
+        except asyncio.CancelledError:
+            # Cancelled through Temporal (``temporal workflow cancel``, the UI): end like an operator's cancel,
+            # then end cancelled in Temporal too. Shielded, so the cleanup runs to its end.
+            await asyncio.shield(asyncio.ensure_future(self._cancelled_through_temporal()))
+            raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._record_history()  # the final state, its instances and the whole audit log
         return WaveResult(status=self._status)
+
+    async def _cancelled_through_temporal(self) -> None:
+        """Abort the running stage run and take its results, then finalise the status and the history."""
+        self._cancel_requested = True
+        self._audit(
+            "temporal", "cancel", self._current_name(), "workflow cancellation requested through Temporal"
+        )
+        handle = self._active_run
+        if handle is not None:
+            await self._stop_active_run(abort=True)
+            self._take_run_result(self._status.stages[self._current], await handle)
+        self._finish_cancelled()
+        self._status.reason = "cancelled through Temporal (a workflow cancellation request)"
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._record_history()
 
     async def _run_stage(self, index: int, stage: StageInput) -> bool:
         """Run one stage; False when the wave must stop (rejected, failed or cancelled).
@@ -520,15 +541,20 @@ class WaveWorkflow:
         st.active_run_id = run_id
         if self._halt_requested or self._cancel_requested:
             await self._stop_active_run(abort=self._cancel_requested)
-        result: StageRunResult = await handle
+        # Shielded: a cancel of the wave through Temporal must not cancel the run from here (that would cancel
+        # its installs without recording them); the wave's cleanup aborts it and takes its result instead.
+        result: StageRunResult = await asyncio.shield(handle)
+        self._take_run_result(st, result)
+        targets.errors = result.errors
+        targets.remaining = result.remaining
+        return result
+
+    def _take_run_result(self, st: StageStatus, result: StageRunResult) -> None:
         self._active_run = None
         st.active_run_id = None
         st.instances.update(result.states)
         st.details.update(result.details)
-        targets.errors = result.errors
         st.errors = result.errors
-        targets.remaining = result.remaining
-        return result
 
     async def _after_run(
         self, stage: StageInput, st: StageStatus, targets: _Targets, result: StageRunResult

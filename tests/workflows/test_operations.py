@@ -17,9 +17,14 @@ from typing import Any
 import pytest
 from temporalio.activity import ActivityCancellationDetails
 from temporalio.api.enums.v1 import EventType, PendingActivityState
-from temporalio.client import Client, WithStartWorkflowOperation
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
 from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.patching import WaveActivities, build_executor
@@ -28,6 +33,8 @@ from patchflow.core.plans import load_plan
 from patchflow.core.wavemodel import ExecutorRef, OperatorAction, PatchBatchInput, StageInput, WaveInput
 from patchflow.core.windows import WindowSpec
 from patchflow.executors.base import Package
+from patchflow.service.worker import build_worker
+from patchflow.store import db
 from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
 from tests.conftest import REPO_ROOT
 from tests.workflows.conftest import instance_id, running_worker
@@ -531,3 +538,72 @@ async def test_a_cancel_during_the_send_cancels_the_commands_already_sent(
     for iid in ids:
         assert endpoint.command_count(iid, "AWS-RunPatchBaseline") == 1
         assert endpoint.packages(iid)["openssl.amd64"] == OLD
+
+
+async def test_a_cancel_through_temporal_ends_the_wave_cancelled_and_recorded(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: after ``temporal workflow cancel`` (or the UI's cancel) the wave and its stage run were cancelled
+    in Temporal while ``wave status`` said "running" forever and the history database never heard of the end.
+    Now the wave aborts its stage run (in-flight installs cancelled and recorded), finalises its status and
+    history, and then ends Cancelled in Temporal (sdk-python README "Workflow cancellation": a workflow may
+    catch ``asyncio.CancelledError``, clean up, and re-raise)."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    db.upgrade(url)
+    inp = wave_input(
+        make_fleet({"prod": 3}, duration=60.0),
+        tmp_path,
+        [stage("prod", max_concurrency="2")],
+        record_history=True,
+    )
+    client = dev_env.client
+    task_queue = f"tq-{uuid.uuid4()}"
+    async with build_worker(client, task_queue, database_url=url):
+        handle = await start(client, task_queue, inp)
+        for _ in range(200):
+            status = await wave_status(client, inp.wave_id)
+            if list(status.stages[0].instances.values()).count("in_flight") == 2:
+                break
+            await asyncio.sleep(0.05)
+        run_id = status.stages[0].active_run_id
+        assert run_id is not None
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=30)
+        assert isinstance(failure.value.cause, CancelledError)
+        status = await wave_status(client, inp.wave_id)
+        run = await client.get_workflow_handle(run_id).describe()
+    assert status.state == "cancelled" and "cancelled through Temporal" in status.reason
+    prod = status.stages[0]
+    assert prod.state == "cancelled" and prod.active_run_id is None
+    assert sorted(prod.instances.values()) == ["failed", "failed", "not_attempted"]
+    assert {prod.details[i] for i, s in prod.instances.items() if s == "failed"} == {
+        "cancelled by an operator"
+    }
+    assert ("cancel", "temporal") in {(a.action, a.who) for a in status.audit}
+    assert run.status == WorkflowExecutionStatus.COMPLETED  # aborted by its wave, not left cancelled
+    with db.open_session(db.get_engine(url)) as session:
+        recorded = db.get_wave(session, wave_id=inp.wave_id)
+        assert recorded.state == "cancelled" and recorded.finished_at is not None
+
+
+async def test_a_stage_run_cancelled_through_temporal_halts_its_wave(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Cancelling only the stage run (its own workflow in the Temporal UI) aborts it like a cancel — in-flight
+    installs cancelled and recorded — and the wave halts on it instead of failing."""
+    inp = wave_input(make_fleet({"prod": 3}, duration=60.0), tmp_path, [stage("prod", max_concurrency="2")])
+    client = dev_env.client
+    async with running_worker(client) as tq:
+        handle = await start(client, tq, inp)
+        for _ in range(200):
+            status = await wave_status(client, inp.wave_id)
+            if list(status.stages[0].instances.values()).count("in_flight") == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert status.stages[0].active_run_id is not None
+        await client.get_workflow_handle(status.stages[0].active_run_id).cancel()
+        halted = await settle(client, inp.wave_id, {"halted"}, timeout=30)
+        assert sorted(halted.stages[0].instances.values()) == ["failed", "failed", "pending"]
+        await act(client, inp.wave_id, "cancel", who="alice")
+        assert (await handle.result()).status.state == "cancelled"
