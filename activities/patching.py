@@ -14,12 +14,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from patchflow.core.freezes import first_allowed_window, freeze_note
+from patchflow.core.ratecontrol import FAILED, ROLLED_BACK, SUCCEEDED
 from patchflow.core.wavemodel import (
     ExecutorRef,
     HealthInput,
@@ -32,6 +33,8 @@ from patchflow.core.wavemodel import (
     ResolveTargetsResult,
     RollbackInput,
     RollbackResult,
+    StageAttempt,
+    WaveStatus,
     WindowInput,
     WindowResult,
 )
@@ -54,6 +57,13 @@ def build_executor(ref: ExecutorRef) -> Executor:
         return build(ref, instrument=lambda client: instrument_boto3_client(client, executor=ref.kind))
     except ExecutorConfigError as exc:
         raise ApplicationError(str(exc), type="InputError", non_retryable=True) from exc
+
+
+T = TypeVar("T")
+
+#: Bound of each history database wait of a worker (connect, pool checkout, statement, lock): patching never
+#: waits on the history database, and a write it does not take is retried by the wave's outbox.
+HISTORY_DB_TIMEOUT_SECONDS = 10.0
 
 
 def install_operation_id(wave_id: str, stage: str, instance_id: str, attempt: int) -> str:
@@ -220,7 +230,8 @@ class WaveActivities:
                 self._metrics.observe_patch(inp.executor.kind, "error", time.monotonic() - started)
                 return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
             self._metrics.observe_patch(inp.executor.kind, result.status, time.monotonic() - started)
-            await self._record_result(inp, instance_id, result)
+            if inp.record_results:  # stage runs of waves started before the history outbox
+                await self._record_result(inp, instance_id, result)
             return _outcome(instance_id, result)
 
         try:
@@ -257,33 +268,124 @@ class WaveActivities:
 
     @activity.defn(name="record_wave")
     async def record_wave(self, inp: RecordWaveInput) -> None:
-        """Snapshot the wave (stages, instance states, audit) into the history database, idempotently."""
+        """Snapshot the wave (stages, instance states, audit) into the history database, idempotently; from the
+        wave's outbox also the instance results of the listed stage attempts.
+
+        From the outbox a write the database does not take fails the activity, which Temporal retries until it
+        does (history catches up; nothing else waits for it). Snapshots of waves started before the outbox are
+        written best effort, as they were.
+        """
         if self._database_url is None or self._client is None:
             return
         from patchflow.control.waves import wave_status
         from patchflow.store import db
 
         status = await wave_status(self._client, inp.wave_id)
-        await self._write_history(
-            f"wave {inp.wave_id}", lambda session: db.record_wave_status(session, status=status, at=inp.at)
-        )
+        if not inp.outbox:
+            await self._write_history(
+                f"wave {inp.wave_id}",
+                lambda session: db.record_wave_status(session, status=status, at=inp.at),
+            )
+            return
+        async with _heartbeating():
+            rows = await self._result_rows(inp, status)
 
-    async def _write_history(self, what: str, write: Callable[[Any], None]) -> None:
-        """Run one idempotent history write in a thread; a failure is logged, never raised (history must not
-        stop patching)."""
+            def write(session: Any) -> None:
+                for row in rows:
+                    db.record_instance_result(session, **row)
+                db.record_wave_status(session, status=status, at=inp.at)
+
+            await self._in_database(f"wave {inp.wave_id}", write)
+
+    async def _result_rows(self, inp: RecordWaveInput, status: WaveStatus) -> list[dict[str, Any]]:
+        """History rows of the instances the listed stage attempts finished and the database lacks, from the
+        executor's operation records (versions before and after).
+
+        The records carry no finishing time: ``inp.at`` (when the wave asked, right after the stage run ended)
+        stands for it, and the start is that minus the install's duration.
+        """
+        if not inp.results or inp.executor is None:
+            return []
+        from patchflow.store import db
+
+        recorded: set[tuple[str, str, int]] = await self._in_database(
+            f"wave {inp.wave_id} results",
+            lambda session: {
+                (r.stage, r.instance_id, r.attempt)
+                for r in db.list_instance_results(session, wave_id=inp.wave_id)
+                if r.operation == "install" and r.finished_at is not None
+            },
+        )
+        stages = {st.name: st for st in status.stages}
+        wanted = [
+            (due, instance_id)
+            for due in inp.results
+            if due.stage in stages
+            for instance_id, state in stages[due.stage].instances.items()
+            if state in (SUCCEEDED, FAILED, ROLLED_BACK)
+            and (due.stage, instance_id, due.attempt) not in recorded
+        ]
+        executor = self._executor(inp.executor)
+        limit = asyncio.Semaphore(16)
+
+        async def read(due: StageAttempt, instance_id: str) -> InstallResult | None:
+            async with limit:
+                op = install_operation_id(inp.wave_id, due.stage, instance_id, due.attempt)
+                return await executor.operation_result(op)
+
+        found = await asyncio.gather(*(read(due, i) for due, i in wanted))
+        finished = inp.at if inp.at.tzinfo else inp.at.replace(tzinfo=UTC)
+        return [
+            {
+                "wave_id": inp.wave_id,
+                "stage": due.stage,
+                "instance_id": instance_id,
+                "attempt": due.attempt,
+                "status": result.status,
+                "detail": result.message,
+                "started_at": finished - timedelta(seconds=result.duration_seconds),
+                "finished_at": finished,
+                "versions_before": {f"{c.name}.{c.arch}": c.from_version for c in result.changed},
+                "versions_after": {f"{c.name}.{c.arch}": c.to_version for c in result.changed},
+            }
+            for (due, instance_id), result in zip(wanted, found, strict=True)
+            if result
+            is not None  # never ran here (undeliverable, cancelled before the send) or still running
+        ]
+
+    async def _in_database(self, what: str, work: Callable[[Any], T]) -> T:
+        """Run ``work(session)`` (then commit) in a thread, every wait bounded (connect, pool checkout, each
+        statement: :data:`HISTORY_DB_TIMEOUT_SECONDS`; the whole call a few times that, even against a server that
+        accepts connections and never answers). Raises a retryable ``ApplicationError`` when the database does
+        not take it; the worker's ``patchflow_history_database_up`` says how the last call went."""
         from patchflow.store import db
 
         url = self._database_url or ""
 
-        def run() -> None:
-            with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
-                write(session)
+        def run() -> T:
+            engine = db.get_engine(url, timeout_seconds=HISTORY_DB_TIMEOUT_SECONDS)
+            with db.translate_errors(url), db.open_session(engine) as session:
+                value = work(session)
                 session.commit()
+                return value
 
         try:
-            await asyncio.to_thread(run)
-        except Exception as exc:  # noqa: BLE001 - history must never break patching
-            activity.logger.warning("could not record %s in the history database: %s", what, exc)
+            value = await asyncio.wait_for(asyncio.to_thread(run), HISTORY_DB_TIMEOUT_SECONDS * 3)
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the write is retried later
+            self._metrics.history_database(reachable=False)
+            reason = str(exc) or f"no answer within {HISTORY_DB_TIMEOUT_SECONDS * 3:.0f} s"
+            raise ApplicationError(
+                f"the history database did not take {what}: {reason}", type="HistoryDatabaseUnavailable"
+            ) from None
+        self._metrics.history_database(reachable=True)
+        return value
+
+    async def _write_history(self, what: str, write: Callable[[Any], None]) -> None:
+        """Best effort, for waves started before the history outbox: a failure is logged, never raised."""
+        try:
+            await self._in_database(what, write)
+        except ApplicationError as exc:
+            activity.logger.warning("could not record %s in the history database: %s", what, exc.message)
 
     @activity.defn(name="rollback_instances")
     async def rollback_instances(self, inp: RollbackInput) -> RollbackResult:

@@ -137,6 +137,7 @@ class StageRunWorkflow:
                     states=finished,
                     details=dict(scheduler.details),
                     history_event_limit=inp.history_event_limit,
+                    history_outbox=inp.history_outbox,
                 )
             )
 
@@ -205,6 +206,7 @@ class StageRunWorkflow:
                 patches=patches,
                 attempt=inp.attempt,
                 cancel=cancel,
+                record_results=not inp.history_outbox,
             ),
             result_type=PatchBatchResult,
             start_to_close_timeout=SEND_START_TO_CLOSE

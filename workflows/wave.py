@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
@@ -61,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         ResolveTargetsResult,
         RollbackInput,
         RollbackResult,
+        StageAttempt,
         StageInput,
         StageRunInput,
         StageRunResult,
@@ -71,7 +72,15 @@ with workflow.unsafe.imports_passed_through():
         WindowInput,
         WindowResult,
     )
-    from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE, QUICK_RETRY, QUICK_TIMEOUT
+    from workflows.policies import (
+        HISTORY_HEARTBEAT,
+        HISTORY_RETRY,
+        HISTORY_START_TO_CLOSE,
+        PATCH_RETRY,
+        PATCH_START_TO_CLOSE,
+        QUICK_RETRY,
+        QUICK_TIMEOUT,
+    )
     from workflows.stage import StageRunWorkflow
 
 
@@ -109,6 +118,7 @@ def _check_actor(who: str, comment: str) -> None:
 #: Patch ids (``workflow.patched``) of behaviour changes that running waves must not see on replay.
 ATOMIC_DECISIONS = "operator-decisions-atomic"
 RESUME_SOAK = "resume-returns-to-soaking"
+HISTORY_OUTBOX = "history-outbox"
 STOP_BEFORE_RUN = "halt-or-cancel-before-the-stage-run"
 
 
@@ -140,6 +150,10 @@ class WaveWorkflow:
         self._active_run: workflow.ChildWorkflowHandle | None = None
         self._attempt = 0
         self._rollback_allowed = False
+        self._snapshot_due = False
+        self._results_due: list[StageAttempt] = []
+        self._drainer: asyncio.Task[None] | None = None
+        """The history outbox's drain (see :meth:`_drain_outbox`)."""
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -337,6 +351,7 @@ class WaveWorkflow:
             raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._record_history()  # the final state, its instances and the whole audit log
+        await self._history_caught_up()
         return WaveResult(status=self._status)
 
     async def _cancelled_through_temporal(self) -> None:
@@ -353,6 +368,7 @@ class WaveWorkflow:
         self._status.reason = "cancelled through Temporal (a workflow cancellation request)"
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._record_history()
+        await self._history_caught_up()
 
     async def _run_stage(self, index: int, stage: StageInput) -> bool:
         """Run one stage; False when the wave must stop (rejected, failed or cancelled).
@@ -534,6 +550,7 @@ class WaveWorkflow:
                 undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
                 heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
                 history_event_limit=inp.history_event_limit,
+                history_outbox=self._history_outbox(),
             ),
             id=run_id,
         )
@@ -555,6 +572,7 @@ class WaveWorkflow:
         st.instances.update(result.states)
         st.details.update(result.details)
         st.errors = result.errors
+        self._results_recorded_later(st)
 
     async def _after_run(
         self, stage: StageInput, st: StageStatus, targets: _Targets, result: StageRunResult
@@ -721,8 +739,14 @@ class WaveWorkflow:
             await self._record_history()
 
     async def _record_history(self) -> None:
-        """Ask the record_wave activity for a snapshot (waves started before this feature never call it)."""
+        """Have the wave's snapshot recorded in the history database (waves started before that feature never
+        do). Through the history outbox it never waits for the database; waves started before the outbox
+        await each snapshot, as they did."""
         if not self._input.record_history or not workflow.patched("record-history"):
+            return
+        if self._history_outbox():
+            self._snapshot_due = True
+            self._drain_history()
             return
         await workflow.execute_activity(
             "record_wave",
@@ -730,6 +754,57 @@ class WaveWorkflow:
             start_to_close_timeout=QUICK_TIMEOUT,
             retry_policy=QUICK_RETRY,
         )
+
+    def _history_outbox(self) -> bool:
+        """Whether this wave records through the outbox (every wave started since; replay keeps older ones)."""
+        return (
+            self._input.record_history
+            and workflow.patched("record-history")
+            and workflow.patched(HISTORY_OUTBOX)
+        )
+
+    def _results_recorded_later(self, st: StageStatus) -> None:
+        """Queue the stage attempt's instance results for the outbox (read from the executor's records)."""
+        if not self._history_outbox():
+            return
+        due = StageAttempt(st.name, self._attempt)
+        if due not in self._results_due:
+            self._results_due.append(due)
+        self._snapshot_due = True
+        self._drain_history()
+
+    def _drain_history(self) -> None:
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain_outbox())
+
+    async def _drain_outbox(self) -> None:
+        """The history outbox: one record_wave at a time with everything due, retried until the database
+        takes it. Patching goes on meanwhile; only the wave's end waits for it (:meth:`_history_caught_up`)."""
+        while self._snapshot_due or self._results_due:
+            results, self._results_due = self._results_due, []
+            self._snapshot_due = False
+            try:
+                await workflow.execute_activity(
+                    "record_wave",
+                    RecordWaveInput(
+                        wave_id=self._input.wave_id,
+                        at=workflow.now(),
+                        outbox=True,
+                        executor=self._input.executor,
+                        results=results,
+                    ),
+                    start_to_close_timeout=HISTORY_START_TO_CLOSE,
+                    heartbeat_timeout=HISTORY_HEARTBEAT,
+                    retry_policy=HISTORY_RETRY,
+                    summary="record the wave in the history database",
+                )
+            except ActivityError as exc:  # non-retryable only (bad input): keep the wave going, say so
+                workflow.logger.warning("wave %s: history not recorded: %s", self._input.wave_id, exc.cause)
+
+    async def _history_caught_up(self) -> None:
+        """Wait until the outbox has recorded everything (the database may be down: history catches up)."""
+        while self._drainer is not None and not self._drainer.done():
+            await self._drainer
 
     def _finish_cancelled(self) -> None:
         self._status.state = WAVE_CANCELLED

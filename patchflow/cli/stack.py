@@ -43,7 +43,7 @@ def worker_command() -> None:
         worker = build_worker(
             client,
             settings.task_queue,
-            database_url=history_database(settings),
+            database_url=await _worker_history_database(settings),
             settings=settings,
             graceful_shutdown=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         )
@@ -54,6 +54,32 @@ def worker_command() -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         run_sync(go())
+
+
+async def _worker_history_database(settings: Settings, timeout: float = 30.0) -> str:
+    """The worker's history database URL — also when the database is down or hangs: the worker starts anyway
+    and says so (log, stderr, ``patchflow_history_database_up 0``); waves record their history through their
+    outbox once it answers. A malformed URL still stops the worker (that is configuration, not an outage)."""
+    import logging
+
+    from patchflow.metrics import DEFAULT_METRICS
+    from patchflow.store.db import DatabaseError, display_url
+
+    url = settings.database_url_resolved
+    try:
+        url = await asyncio.wait_for(asyncio.to_thread(history_database, settings), timeout)
+    except (DatabaseError, TimeoutError) as exc:
+        DEFAULT_METRICS.history_database(reachable=False, write=False)
+        reason = str(exc) or f"no answer within {timeout:.0f} s"
+        message = (
+            f"the history database at {display_url(url)} is unavailable ({reason}); the worker starts without "
+            "it and waves record their history when it answers again"
+        )
+        logging.getLogger("patchflow.worker").warning(message)
+        err.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+        return url
+    DEFAULT_METRICS.history_database(reachable=True, write=False)
+    return url
 
 
 EXAMPLE_FLEET = Path(__file__).resolve().parents[2] / "baselines" / "examples" / "fleet.yaml"

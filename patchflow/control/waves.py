@@ -119,7 +119,8 @@ def remember_patch_set(settings: Settings, pinned: PatchSet) -> None:
 
     try:
         url = settings.database_url_resolved
-        with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+        engine = db.get_engine(url, timeout_seconds=10)  # a hanging database must not hold a wave's start
+        with db.translate_errors(url), db.open_session(engine) as session:
             db.save_patch_set(session, patch_set=pinned)
     except Exception as exc:  # noqa: BLE001 - never block a wave on the history database
         logging.getLogger(__name__).debug("patch set %s not recorded: %s", pinned.id, exc)

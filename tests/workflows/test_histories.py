@@ -35,7 +35,8 @@ from patchflow.control.waves import act, wave_status
 from patchflow.core.freezes import FreezePeriod
 from patchflow.core.wavemodel import ScheduleCheckInput, ScheduleCheckResult, ScheduledWaveInput
 from patchflow.core.windows import WindowSpec
-from patchflow.service.worker import WORKFLOWS
+from patchflow.service.worker import WORKFLOWS, build_worker
+from patchflow.store import db
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.test_durability import HISTORIES
 from tests.workflows.test_freeze_wave import TimedInstalls
@@ -220,6 +221,29 @@ async def test_halt_during_soak_and_resume(
         result = await handle.result()
     assert result.status.state == "succeeded"
     await keep(dev_env.client, "soak-halt-resume", inp.wave_id)
+
+
+async def test_a_wave_recording_its_history(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """record_history: snapshots and instance results in the history database, through a halt and a resume."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    db.upgrade(url)
+    fleet = make_fleet({"dev": 2, "prod": 3}, behaviours={instance_id("prod", 2): {"fail": True}})
+    inp = wave_input(
+        fleet,
+        tmp_path,
+        [stage("dev", soak_seconds=1), stage("prod", max_concurrency="1", max_errors="0")],
+        record_history=True,
+    )
+    task_queue = f"tq-{uuid.uuid4()}"
+    async with build_worker(dev_env.client, task_queue, database_url=url):
+        handle = await start(dev_env.client, task_queue, inp)
+        await settle(dev_env.client, inp.wave_id, {"halted"})
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    await keep(dev_env.client, "recorded-history", inp.wave_id)
 
 
 # ---------------------------------------------------------------------------------------------- time-skipping
