@@ -14,12 +14,13 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from patchflow.core.freezes import first_allowed_window, freeze_note
+from patchflow.core.ratecontrol import FAILED, ROLLED_BACK, SUCCEEDED
 from patchflow.core.wavemodel import (
     ExecutorRef,
     HealthInput,
@@ -32,6 +33,8 @@ from patchflow.core.wavemodel import (
     ResolveTargetsResult,
     RollbackInput,
     RollbackResult,
+    StageAttempt,
+    WaveStatus,
     WindowInput,
     WindowResult,
 )
@@ -54,6 +57,13 @@ def build_executor(ref: ExecutorRef) -> Executor:
         return build(ref, instrument=lambda client: instrument_boto3_client(client, executor=ref.kind))
     except ExecutorConfigError as exc:
         raise ApplicationError(str(exc), type="InputError", non_retryable=True) from exc
+
+
+T = TypeVar("T")
+
+#: Bound of each history database wait of a worker (connect, pool checkout, statement, lock): patching never
+#: waits on the history database, and a write it does not take is retried by the wave's outbox.
+HISTORY_DB_TIMEOUT_SECONDS = 10.0
 
 
 def install_operation_id(wave_id: str, stage: str, instance_id: str, attempt: int) -> str:
@@ -158,7 +168,7 @@ class WaveActivities:
                 outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
             ops = [install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids]
-            await _cancel_operations(executor, ops)
+            await _cancelled(executor, ops)
             raise
         return PatchBatchResult(outcomes=list(outcomes))
 
@@ -183,8 +193,14 @@ class WaveActivities:
                 return InstanceOutcome(instance_id, STARTED, False)
             return _outcome(instance_id, result)
 
-        async with _heartbeating():
-            outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        try:
+            async with _heartbeating():
+                outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        except asyncio.CancelledError:
+            # Commands sent so far keep running: the wave's abort path (wait_patch_batch with ``cancel``)
+            # cancels them, a retry after a worker shutdown finds them instead of sending again.
+            await _cancelled(executor, [])
+            raise
         return PatchBatchResult(outcomes=list(outcomes))
 
     @activity.defn(name="wait_patch_batch")
@@ -194,11 +210,15 @@ class WaveActivities:
         ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
         if inp.cancel:
             # The wave was cancelled while these installs were being sent: cancel them, do not wait for them.
+            # An install that had succeeded all the same reports it (the instance is patched).
             await _cancel_operations(executor, list(ops.values()))
+            finished = await asyncio.gather(*(executor.operation_result(op) for op in ops.values()))
             return PatchBatchResult(
                 outcomes=[
-                    InstanceOutcome(i, "failed", False, detail="cancelled by an operator")
-                    for i in inp.instance_ids
+                    _outcome(i, result)
+                    if result is not None and result.status == "succeeded"
+                    else InstanceOutcome(i, "failed", False, detail="cancelled by an operator")
+                    for i, result in zip(inp.instance_ids, finished, strict=True)
                 ]
             )
 
@@ -210,14 +230,15 @@ class WaveActivities:
                 self._metrics.observe_patch(inp.executor.kind, "error", time.monotonic() - started)
                 return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
             self._metrics.observe_patch(inp.executor.kind, result.status, time.monotonic() - started)
-            await self._record_result(inp, instance_id, result)
+            if inp.record_results:  # stage runs of waves started before the history outbox
+                await self._record_result(inp, instance_id, result)
             return _outcome(instance_id, result)
 
         try:
             async with _heartbeating():
                 outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
-            await _cancel_operations(executor, list(ops.values()))
+            await _cancelled(executor, list(ops.values()))
             raise
         return PatchBatchResult(outcomes=list(outcomes))
 
@@ -247,33 +268,124 @@ class WaveActivities:
 
     @activity.defn(name="record_wave")
     async def record_wave(self, inp: RecordWaveInput) -> None:
-        """Snapshot the wave (stages, instance states, audit) into the history database, idempotently."""
+        """Snapshot the wave (stages, instance states, audit) into the history database, idempotently; from the
+        wave's outbox also the instance results of the listed stage attempts.
+
+        From the outbox a write the database does not take fails the activity, which Temporal retries until it
+        does (history catches up; nothing else waits for it). Snapshots of waves started before the outbox are
+        written best effort, as they were.
+        """
         if self._database_url is None or self._client is None:
             return
         from patchflow.control.waves import wave_status
         from patchflow.store import db
 
         status = await wave_status(self._client, inp.wave_id)
-        await self._write_history(
-            f"wave {inp.wave_id}", lambda session: db.record_wave_status(session, status=status, at=inp.at)
-        )
+        if not inp.outbox:
+            await self._write_history(
+                f"wave {inp.wave_id}",
+                lambda session: db.record_wave_status(session, status=status, at=inp.at),
+            )
+            return
+        async with _heartbeating():
+            rows = await self._result_rows(inp, status)
 
-    async def _write_history(self, what: str, write: Callable[[Any], None]) -> None:
-        """Run one idempotent history write in a thread; a failure is logged, never raised (history must not
-        stop patching)."""
+            def write(session: Any) -> None:
+                for row in rows:
+                    db.record_instance_result(session, **row)
+                db.record_wave_status(session, status=status, at=inp.at)
+
+            await self._in_database(f"wave {inp.wave_id}", write)
+
+    async def _result_rows(self, inp: RecordWaveInput, status: WaveStatus) -> list[dict[str, Any]]:
+        """History rows of the instances the listed stage attempts finished and the database lacks, from the
+        executor's operation records (versions before and after).
+
+        The records carry no finishing time: ``inp.at`` (when the wave asked, right after the stage run ended)
+        stands for it, and the start is that minus the install's duration.
+        """
+        if not inp.results or inp.executor is None:
+            return []
+        from patchflow.store import db
+
+        recorded: set[tuple[str, str, int]] = await self._in_database(
+            f"wave {inp.wave_id} results",
+            lambda session: {
+                (r.stage, r.instance_id, r.attempt)
+                for r in db.list_instance_results(session, wave_id=inp.wave_id)
+                if r.operation == "install" and r.finished_at is not None
+            },
+        )
+        stages = {st.name: st for st in status.stages}
+        wanted = [
+            (due, instance_id)
+            for due in inp.results
+            if due.stage in stages
+            for instance_id, state in stages[due.stage].instances.items()
+            if state in (SUCCEEDED, FAILED, ROLLED_BACK)
+            and (due.stage, instance_id, due.attempt) not in recorded
+        ]
+        executor = self._executor(inp.executor)
+        limit = asyncio.Semaphore(16)
+
+        async def read(due: StageAttempt, instance_id: str) -> InstallResult | None:
+            async with limit:
+                op = install_operation_id(inp.wave_id, due.stage, instance_id, due.attempt)
+                return await executor.operation_result(op)
+
+        found = await asyncio.gather(*(read(due, i) for due, i in wanted))
+        finished = inp.at if inp.at.tzinfo else inp.at.replace(tzinfo=UTC)
+        return [
+            {
+                "wave_id": inp.wave_id,
+                "stage": due.stage,
+                "instance_id": instance_id,
+                "attempt": due.attempt,
+                "status": result.status,
+                "detail": result.message,
+                "started_at": finished - timedelta(seconds=result.duration_seconds),
+                "finished_at": finished,
+                "versions_before": {f"{c.name}.{c.arch}": c.from_version for c in result.changed},
+                "versions_after": {f"{c.name}.{c.arch}": c.to_version for c in result.changed},
+            }
+            for (due, instance_id), result in zip(wanted, found, strict=True)
+            if result
+            is not None  # never ran here (undeliverable, cancelled before the send) or still running
+        ]
+
+    async def _in_database(self, what: str, work: Callable[[Any], T]) -> T:
+        """Run ``work(session)`` (then commit) in a thread, every wait bounded (connect, pool checkout, each
+        statement: :data:`HISTORY_DB_TIMEOUT_SECONDS`; the whole call a few times that, even against a server that
+        accepts connections and never answers). Raises a retryable ``ApplicationError`` when the database does
+        not take it; the worker's ``patchflow_history_database_up`` says how the last call went."""
         from patchflow.store import db
 
         url = self._database_url or ""
 
-        def run() -> None:
-            with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
-                write(session)
+        def run() -> T:
+            engine = db.get_engine(url, timeout_seconds=HISTORY_DB_TIMEOUT_SECONDS)
+            with db.translate_errors(url), db.open_session(engine) as session:
+                value = work(session)
                 session.commit()
+                return value
 
         try:
-            await asyncio.to_thread(run)
-        except Exception as exc:  # noqa: BLE001 - history must never break patching
-            activity.logger.warning("could not record %s in the history database: %s", what, exc)
+            value = await asyncio.wait_for(asyncio.to_thread(run), HISTORY_DB_TIMEOUT_SECONDS * 3)
+        except Exception as exc:  # noqa: BLE001 - whatever the driver raises, the write is retried later
+            self._metrics.history_database(reachable=False)
+            reason = str(exc) or f"no answer within {HISTORY_DB_TIMEOUT_SECONDS * 3:.0f} s"
+            raise ApplicationError(
+                f"the history database did not take {what}: {reason}", type="HistoryDatabaseUnavailable"
+            ) from None
+        self._metrics.history_database(reachable=True)
+        return value
+
+    async def _write_history(self, what: str, write: Callable[[Any], None]) -> None:
+        """Best effort, for waves started before the history outbox: a failure is logged, never raised."""
+        try:
+            await self._in_database(what, write)
+        except ApplicationError as exc:
+            activity.logger.warning("could not record %s in the history database: %s", what, exc.message)
 
     @activity.defn(name="rollback_instances")
     async def rollback_instances(self, inp: RollbackInput) -> RollbackResult:
@@ -300,8 +412,12 @@ class WaveActivities:
             else:
                 failed[instance_id] = result.message or result.status
 
-        async with _heartbeating():
-            await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        try:
+            async with _heartbeating():
+                await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        except asyncio.CancelledError:
+            await _cancelled(executor, [])
+            raise
         order = {i: n for n, i in enumerate(inp.instance_ids)}
         return RollbackResult(rolled_back=sorted(rolled, key=order.__getitem__), failed=failed)
 
@@ -332,10 +448,35 @@ def _outcome(instance_id: str, result: InstallResult) -> InstanceOutcome:
     )
 
 
+async def _cancelled(executor: Executor, operation_ids: list[str]) -> None:
+    """An activity working on a fleet was cancelled: cancel the executor's commands only if the wave asked.
+
+    Temporal cancels a running activity for several reasons (``activity.cancellation_details()``, sdk-python
+    ``ActivityCancellationDetails``): the workflow requested it (``cancel_requested``: the wave was cancelled —
+    cancel the commands), the worker is shutting down (``worker_shutdown``: a rolling deploy — the commands keep
+    running and the retry on another worker waits for them, so this attempt fails *retryably* instead of
+    reporting a cancellation nobody asked for), or the server already gave up on this attempt (heartbeat or
+    start-to-close timeout, ``not_found``, a pause or reset — its retry waits for the same commands). Only the
+    first may touch the fleet: anything else would turn a deploy or a slow heartbeat into failed installs.
+
+    Returns when the caller should re-raise its ``CancelledError``; raises a retryable ``ApplicationError`` on
+    worker shutdown.
+    """
+    details = activity.cancellation_details()
+    if details is not None and details.cancel_requested:
+        await _cancel_operations(executor, operation_ids)
+        return
+    if details is not None and details.worker_shutdown:
+        raise ApplicationError(
+            "the worker is shutting down: the fleet's work keeps running and another worker takes it over",
+            type="WorkerShutdown",
+        )
+
+
 async def _cancel_operations(executor: Executor, operation_ids: list[str]) -> None:
     """A cancelled wave: ask the executor to cancel what is still running (best effort, like SSM)."""
     cancel = getattr(executor, "cancel", None)
-    if cancel is not None:
+    if cancel is not None and operation_ids:
         await asyncio.shield(asyncio.gather(*(cancel(op) for op in operation_ids), return_exceptions=True))
 
 
@@ -353,7 +494,11 @@ def _http_problem(url: str) -> str | None:
 
 @contextlib.asynccontextmanager
 async def _heartbeating(every: float = 2.0):  # type: ignore[no-untyped-def]
-    """Heartbeat in the background while a long batch runs, so a dead worker is noticed quickly."""
+    """Heartbeat in the background while a long batch runs, so a dead worker is noticed quickly (at least three
+    beats per heartbeat timeout: a short timeout must not expire between two beats)."""
+    timeout = activity.info().heartbeat_timeout
+    if timeout:
+        every = min(every, timeout.total_seconds() / 3)
 
     async def beat() -> None:
         while True:

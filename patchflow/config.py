@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     """Temporal task queue the workers poll."""
     heartbeat_timeout_seconds: int = Field(default=30, ge=2)
     """How soon a patch batch of a dead worker is taken over by another worker."""
+    worker_shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    """``patchflow worker`` on SIGTERM/Ctrl-C: how long running activities get to finish before they are handed
+    to another worker. Installs keep running on the fleet either way (only a cancelled wave cancels them); keep
+    it below the orchestrator's kill deadline (Kubernetes ``terminationGracePeriodSeconds``)."""
     ssm_region: str | None = None
     """SSM executor: AWS region when the plan names none (else the boto3 chain: AWS_REGION, profile)."""
     ssm_endpoint_url: str | None = None

@@ -48,6 +48,7 @@ from prometheus_client import (
     CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
+    Gauge,
     Histogram,
     generate_latest,
     start_http_server,
@@ -361,6 +362,17 @@ class Metrics:
             ["executor", "operation"],
             registry=registry,
         )
+        self.history_database_up = Gauge(
+            "patchflow_history_database_up",
+            "1 when this process's last use of the history database succeeded, 0 when it failed (writes are "
+            "retried: history catches up when the database returns).",
+            registry=registry,
+        )
+        self.history_write_failures = Counter(
+            "patchflow_history_write_failures",
+            "History database writes that failed (the wave's outbox retries them until they succeed).",
+            registry=registry,
+        )
         registry.register(_StateCollector(self))
 
     # ------------------------------------------------------------------------------------------ waves
@@ -459,6 +471,13 @@ class Metrics:
     def record_throttle(self, executor: str, operation: str) -> None:
         """A backend API attempt was refused for rate (the client may still retry and succeed)."""
         self.executor_throttles.labels(executor=executor, operation=operation).inc()
+
+    def history_database(self, *, reachable: bool, write: bool = True) -> None:
+        """The history database took (or refused, or did not answer) this process's last write — or, with
+        ``write=False``, its start-up check."""
+        self.history_database_up.set(1 if reachable else 0)
+        if write and not reachable:
+            self.history_write_failures.inc()
 
     # -------------------------------------------------------------------------------------- internals
 

@@ -29,6 +29,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE, SEND_START_TO_CLOSE
 
 
+#: Patch id (``workflow.patched``): an abort lets running sends finish, then cancels what they sent.
+SPARE_SENDS = "abort-spares-running-sends"
+
+
 @workflow.defn
 class StageRunWorkflow:
     def __init__(self) -> None:
@@ -36,6 +40,8 @@ class StageRunWorkflow:
         self._stop = False
         self._aborted = False
         self._in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
+        self._sending: dict[str, bool] = {}
+        """Batches (by their first instance) whose send activity runs: an abort lets it finish."""
 
     @workflow.signal
     def stop(self) -> None:
@@ -45,11 +51,17 @@ class StageRunWorkflow:
     @workflow.signal
     def abort(self) -> None:
         """Stop dispatching and cancel the in-flight instances (a cancelled wave): executors cancel their
-        commands where they can (SSM CancelCommand, best effort)."""
+        commands where they can (SSM CancelCommand, best effort).
+
+        A batch still being sent is not interrupted: a send cancelled half-way would leave the commands it had
+        sent running and unrecorded. It completes, and its wait then cancels exactly what it sent.
+        """
         self._stop = True
         self._aborted = True
-        for task in self._in_flight:
-            task.cancel()
+        spare_sends = workflow.patched(SPARE_SENDS)  # runs aborted before this change replay as they ran
+        for task, batch in self._in_flight.items():
+            if not (spare_sends and batch[0] in self._sending):
+                task.cancel()
 
     @workflow.query
     def progress(self) -> StageProgress:
@@ -92,7 +104,13 @@ class StageRunWorkflow:
                     in_flight[task] = batch
             if not in_flight:
                 break
-            done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                # The run itself was cancelled through Temporal: an abort, whose in-flight installs are cancelled
+                # and recorded; the run then ends normally and its wave halts on it.
+                self.abort()
+                continue
             # Process completions in dispatch order: deterministic, and the order failures are counted in.
             for task in [t for t in in_flight if t in done]:
                 batch = in_flight.pop(task)
@@ -119,6 +137,7 @@ class StageRunWorkflow:
                     states=finished,
                     details=dict(scheduler.details),
                     history_event_limit=inp.history_event_limit,
+                    history_outbox=inp.history_outbox,
                 )
             )
 
@@ -142,9 +161,13 @@ class StageRunWorkflow:
 
     async def _send_then_wait(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
         """Send (a short activity, at most once per operation id), then wait (a long, heartbeating one)."""
-        sent = await self._batch_activity(
-            "send_patch_batch", inp, batch, inp.patches, f"send {len(batch)} install(s)"
-        )
+        self._sending[batch[0]] = True
+        try:
+            sent = await self._batch_activity(
+                "send_patch_batch", inp, batch, inp.patches, f"send {len(batch)} install(s)"
+            )
+        finally:
+            del self._sending[batch[0]]
         running = [o.instance_id for o in sent.outcomes if o.status == "started"]
         if not running:
             return sent
@@ -183,6 +206,7 @@ class StageRunWorkflow:
                 patches=patches,
                 attempt=inp.attempt,
                 cancel=cancel,
+                record_results=not inp.history_outbox,
             ),
             result_type=PatchBatchResult,
             start_to_close_timeout=SEND_START_TO_CLOSE

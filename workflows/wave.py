@@ -10,12 +10,14 @@ halt, resume, cancel, rollback — each refused by a validator when it does not 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
@@ -59,6 +61,7 @@ with workflow.unsafe.imports_passed_through():
         ResolveTargetsResult,
         RollbackInput,
         RollbackResult,
+        StageAttempt,
         StageInput,
         StageRunInput,
         StageRunResult,
@@ -69,12 +72,34 @@ with workflow.unsafe.imports_passed_through():
         WindowInput,
         WindowResult,
     )
-    from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE, QUICK_RETRY, QUICK_TIMEOUT
+    from workflows.policies import (
+        HISTORY_HEARTBEAT,
+        HISTORY_RETRY,
+        HISTORY_START_TO_CLOSE,
+        PATCH_RETRY,
+        PATCH_START_TO_CLOSE,
+        QUICK_RETRY,
+        QUICK_TIMEOUT,
+    )
     from workflows.stage import StageRunWorkflow
 
 
 class _Cancelled(Exception):
     """Internal: the operator cancelled the wave while it was waiting."""
+
+
+@dataclass
+class _Targets:
+    """A stage's dispatch bookkeeping across its runs (workflow-internal; never crosses a boundary)."""
+
+    remaining: list[str]
+    """Still to attempt, in dispatch order."""
+    concurrency: int
+    budget: int
+    errors: int = 0
+    """Failures counted against ``budget`` in the current attempt."""
+    runs: int = 0
+    """Stage runs started so far for this stage (numbers the runs' workflow ids)."""
 
 
 MAX_COMMENT = 1000
@@ -90,32 +115,58 @@ def _check_actor(who: str, comment: str) -> None:
         )
 
 
+#: Patch ids (``workflow.patched``) of behaviour changes that running waves must not see on replay.
+ATOMIC_DECISIONS = "operator-decisions-atomic"
+RESUME_SOAK = "resume-returns-to-soaking"
+HISTORY_OUTBOX = "history-outbox"
+STOP_BEFORE_RUN = "halt-or-cancel-before-the-stage-run"
+
+
 @workflow.defn
 class WaveWorkflow:
-    def __init__(self) -> None:
-        self._input: WaveInput | None = None
-        self._status: WaveStatus | None = None
+    @workflow.init
+    def __init__(self, inp: WaveInput) -> None:
+        # @workflow.init: the state exists before the first Update is validated — also an Update delivered with
+        # the workflow's first task (update-with-start, or the first task a new worker replays after a restart).
+        self._input: WaveInput = inp
+        self._status: WaveStatus = WaveStatus(
+            wave_id=inp.wave_id,
+            plan_name=inp.plan_name,
+            state=WAVE_RUNNING,
+            patch_set_id=inp.patch_set_id,
+            stages=[StageStatus(name=s.name) for s in inp.stages],
+            kind=inp.kind,
+        )
         self._current = -1
         self._gate_decision: dict[int, tuple[bool, GateDecision]] = {}
+        self._gate_decided_at: dict[int, datetime] = {}
         self._halt_requested = False
         self._cancel_requested = False
         self._operator_decision: str | None = None
+        """An accepted resume/rollback the halted wave has not taken yet (at most one at a time)."""
+        self._awaiting_decision = False
+        """The wave is halted and takes an operator decision (not while it is leaving the halt)."""
+        self._rolling_back = False
         self._active_run: workflow.ChildWorkflowHandle | None = None
         self._attempt = 0
         self._rollback_allowed = False
+        self._snapshot_due = False
+        self._results_due: list[StageAttempt] = []
+        self._drainer: asyncio.Task[None] | None = None
+        """The history outbox's drain (see :meth:`_drain_outbox`)."""
 
     # ------------------------------------------------------------------------------------------ queries
 
     @workflow.query
     def status(self) -> WaveStatus:
-        if self._status is None:
-            raise ApplicationError("the wave has not initialised yet; retry in a moment")
         return self._status
 
     # ------------------------------------------------------------------------------------------ updates
+    # Validators refuse what does not apply (a refused Update leaves no trace in the history); a validator and
+    # the synchronous start of its handler run without interruption, so the first accepted decision is the
+    # decision — handlers check again before they change anything, and fail rather than overwrite.
 
     def _stage_index(self, name: str) -> int:
-        assert self._input is not None
         for index, stage in enumerate(self._input.stages):
             if stage.name == name:
                 return index
@@ -124,16 +175,14 @@ class WaveWorkflow:
             f"this wave has no stage {name!r}; its stages are {names}", type="InvalidRequest"
         )
 
-    def _validate_gate(self, decision: GateDecision) -> None:
+    def _validate_gate(self, decision: GateDecision) -> int:
+        """The gate the decision is for; refuses a decision that does not apply (or comes second)."""
         _check_actor(decision.who, decision.comment)
-        if self._input is None or self._status is None:
-            raise ApplicationError(
-                "the wave has not initialised yet; retry in a moment", type="InvalidRequest"
-            )
         index = self._stage_index(decision.stage)
         stage = self._input.stages[index]
         if stage.gate != "approval":
             raise ApplicationError(f"stage {stage.name!r} has no approval gate", type="InvalidRequest")
+        self._refuse_second_decision(index)
         if index != self._current or self._status.stages[index].state != STAGE_WAITING_APPROVAL:
             state = self._status.stages[index].state
             raise ApplicationError(
@@ -144,12 +193,33 @@ class WaveWorkflow:
                 f"{decision.who!r} may not approve stage {stage.name!r}; allowed: {', '.join(stage.approvers)}",
                 type="NotAllowed",
             )
+        return index
+
+    def _refuse_second_decision(self, index: int) -> None:
+        """A gate takes exactly one decision: the first accepted one (issue 12: approve and reject racing)."""
+        if index not in self._gate_decision:
+            return
+        approved, first = self._gate_decision[index]
+        at = self._gate_decided_at[index]
+        raise ApplicationError(
+            f"stage {first.stage!r} was already {'approved' if approved else 'rejected'} by {first.who} at "
+            f"{at:%Y-%m-%d %H:%M:%S} UTC; a gate takes one decision",
+            type="AlreadyDecided",
+        )
+
+    def _decide_gate(self, decision: GateDecision, approved: bool) -> str:
+        index = self._validate_gate(
+            decision
+        )  # again: nothing may have changed, but never overwrite a decision
+        self._gate_decision[index] = (approved, decision)
+        self._gate_decided_at[index] = workflow.now()
+        verb = "approve" if approved else "reject"
+        self._audit(decision.who, verb, decision.stage, decision.comment)
+        return f"stage {decision.stage} {verb}d by {decision.who}"
 
     @workflow.update
     async def approve(self, decision: GateDecision) -> str:
-        self._gate_decision[self._stage_index(decision.stage)] = (True, decision)
-        self._audit(decision.who, "approve", decision.stage, decision.comment)
-        return f"stage {decision.stage} approved by {decision.who}"
+        return self._decide_gate(decision, True)
 
     @approve.validator
     def _validate_approve(self, decision: GateDecision) -> None:
@@ -157,19 +227,13 @@ class WaveWorkflow:
 
     @workflow.update
     async def reject(self, decision: GateDecision) -> str:
-        self._gate_decision[self._stage_index(decision.stage)] = (False, decision)
-        self._audit(decision.who, "reject", decision.stage, decision.comment)
-        return f"stage {decision.stage} rejected by {decision.who}"
+        return self._decide_gate(decision, False)
 
     @reject.validator
     def _validate_reject(self, decision: GateDecision) -> None:
         self._validate_gate(decision)
 
     def _require_state(self, action: str, allowed: set[str]) -> None:
-        if self._status is None:
-            raise ApplicationError(
-                "the wave has not initialised yet; retry in a moment", type="InvalidRequest"
-            )
         if self._status.state not in allowed:
             raise ApplicationError(
                 f"cannot {action} a wave that is {self._status.state}", type="InvalidRequest"
@@ -185,7 +249,7 @@ class WaveWorkflow:
     @halt.validator
     def _validate_halt(self, action: OperatorAction) -> None:
         _check_actor(action.who, action.reason)
-        if self._status is not None and self._status.state == WAVE_WAITING_APPROVAL:
+        if self._status.state == WAVE_WAITING_APPROVAL:
             raise ApplicationError(
                 "the wave is waiting at an approval gate and patches nothing meanwhile; "
                 "answer the gate with reject, or cancel the wave",
@@ -195,28 +259,46 @@ class WaveWorkflow:
         if self._halt_requested:
             raise ApplicationError("a halt is already pending", type="InvalidRequest")
 
+    def _validate_decision(self, action: OperatorAction, verb: str) -> None:
+        """Resume and rollback are the halted wave's operator decisions: one at a time, none while a rollback
+        runs or after the wave took a resume (issue 18: a resume sent during a rollback was answered and lost)."""
+        _check_actor(action.who, action.reason)
+        self._require_state(verb, {WAVE_HALTED})
+        if self._rolling_back:
+            raise ApplicationError(
+                f"a rollback of stage {self._current_name()!r} is running; {verb} once it has finished",
+                type="InvalidRequest",
+            )
+        if self._operator_decision is not None:
+            raise ApplicationError(
+                f"a {self._operator_decision} was already accepted and is being carried out",
+                type="InvalidRequest",
+            )
+        if not self._awaiting_decision:
+            raise ApplicationError("the wave is already resuming", type="InvalidRequest")
+
+    def _decide(self, action: OperatorAction, decision: str) -> None:
+        self._validate_decision(action, "roll back" if decision == "rollback" else decision)
+        self._operator_decision = decision
+        self._audit(action.who, decision, self._current_name(), action.reason)
+
     @workflow.update
     async def resume(self, action: OperatorAction) -> str:
-        self._operator_decision = "resume"
-        self._audit(action.who, "resume", self._current_name(), action.reason)
+        self._decide(action, "resume")
         return "resumed"
 
     @resume.validator
     def _validate_resume(self, action: OperatorAction) -> None:
-        _check_actor(action.who, action.reason)
-        self._require_state("resume", {WAVE_HALTED})
+        self._validate_decision(action, "resume")
 
     @workflow.update
     async def rollback(self, action: OperatorAction) -> str:
-        self._operator_decision = "rollback"
-        self._audit(action.who, "rollback", self._current_name(), action.reason)
+        self._decide(action, "rollback")
         return "rollback requested"
 
     @rollback.validator
     def _validate_rollback(self, action: OperatorAction) -> None:
-        _check_actor(action.who, action.reason)
-        self._require_state("roll back", {WAVE_HALTED})
-        assert self._status is not None
+        self._validate_decision(action, "roll back")
         if not self._rollback_allowed:
             raise ApplicationError(
                 "nothing to roll back at this point (the wave halted at a gate or during a soak)",
@@ -238,7 +320,7 @@ class WaveWorkflow:
     @cancel.validator
     def _validate_cancel(self, action: OperatorAction) -> None:
         _check_actor(action.who, action.reason)
-        if self._status is not None and self._status.state in WAVE_FINAL_STATES:
+        if self._status.state in WAVE_FINAL_STATES:
             raise ApplicationError(f"the wave already ended ({self._status.state})", type="InvalidRequest")
         if self._cancel_requested:
             raise ApplicationError("a cancel is already pending", type="InvalidRequest")
@@ -247,22 +329,13 @@ class WaveWorkflow:
 
     @workflow.run
     async def run(self, inp: WaveInput) -> WaveResult:
-        self._input = inp
-        self._status = WaveStatus(
-            wave_id=inp.wave_id,
-            plan_name=inp.plan_name,
-            state=WAVE_RUNNING,
-            patch_set_id=inp.patch_set_id,
-            stages=[StageStatus(name=s.name) for s in inp.stages],
-            kind=inp.kind,
-        )
         self._audit(inp.started_by or "patchflow", "start", "", f"patch set {inp.patch_set_id}")
         if inp.freeze_override_by:
             self._audit(
                 inp.freeze_override_by, "override_freeze", "", f"{inp.kind} wave runs through change freezes"
             )
-        await self._record_history()
         try:
+            await self._record_history()
             for index, stage in enumerate(inp.stages):
                 self._current = index
                 if not await self._run_stage(index, stage):
@@ -271,60 +344,106 @@ class WaveWorkflow:
                 self._status.state = WAVE_SUCCEEDED
         except _Cancelled:
             self._finish_cancelled()
+        except asyncio.CancelledError:
+            # Cancelled through Temporal (``temporal workflow cancel``, the UI): end like an operator's cancel,
+            # then end cancelled in Temporal too. Shielded, so the cleanup runs to its end.
+            await asyncio.shield(asyncio.ensure_future(self._cancelled_through_temporal()))
+            raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         await self._record_history()  # the final state, its instances and the whole audit log
+        await self._history_caught_up()
         return WaveResult(status=self._status)
 
+    async def _cancelled_through_temporal(self) -> None:
+        """Abort the running stage run and take its results, then finalise the status and the history."""
+        self._cancel_requested = True
+        self._audit(
+            "temporal", "cancel", self._current_name(), "workflow cancellation requested through Temporal"
+        )
+        handle = self._active_run
+        if handle is not None:
+            await self._stop_active_run(abort=True)
+            self._take_run_result(self._status.stages[self._current], await handle)
+        self._finish_cancelled()
+        self._status.reason = "cancelled through Temporal (a workflow cancellation request)"
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        await self._record_history()
+        await self._history_caught_up()
+
     async def _run_stage(self, index: int, stage: StageInput) -> bool:
-        """Run one stage; False when the wave must stop (rejected, failed or cancelled)."""
-        assert self._input is not None and self._status is not None
-        inp = self._input
+        """Run one stage; False when the wave must stop (rejected, failed or cancelled).
+
+        The steps, in order: the gate guards promotion into the stage; the targets are resolved when it starts
+        (fleets change between stages); runs inside maintenance windows until every target was attempted;
+        the soak before the next stage may be promoted.
+        """
         st = self._status.stages[index]
+        if not await self._pass_gate(index, stage, st):
+            return False
+        targets = await self._resolve_stage_targets(stage, st)
+        if targets is None:
+            return False
+        if not await self._run_in_windows(stage, st, targets):
+            return False
+        self._finish_stage(st, targets.budget)
+        return await self._soak(index, stage, st)
 
-        # 1. The gate guards promotion into this stage.
+    # ------------------------------------------------------------------------------------------ stage steps
+
+    async def _pass_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        """Step 1: the gate; False when it stays closed (rejected, or halted at the health gate and not
+        resumed)."""
         if stage.gate == "approval":
-            await self._transition(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
-            await self._wait(lambda: index in self._gate_decision)
-            approved, decision = self._gate_decision[index]
-            if not approved:
-                st.state = STAGE_NOT_STARTED
-                st.note = f"promotion rejected by {decision.who}" + (
-                    f": {decision.comment}" if decision.comment else ""
-                )
-                self._status.state = WAVE_FAILED
-                self._status.reason = f"stage {stage.name} rejected by {decision.who}"
-                return False
-            st.note = f"approved by {decision.who}"
-        elif stage.gate == "health":
-            await self._transition(WAVE_RUNNING, st, STAGE_NOT_STARTED)
-            patched = [
-                i
-                for s in self._status.stages[:index]
-                for i, state in s.instances.items()
-                if state == SUCCEEDED
-            ]
-            report = await workflow.execute_activity(
-                "health_check",
-                HealthInput(executor=inp.executor, instance_ids=patched, url=stage.health_url),
-                result_type=HealthReport,
-                start_to_close_timeout=QUICK_TIMEOUT,
-                retry_policy=QUICK_RETRY,
-            )
-            if len(report.unhealthy) > stage.max_unhealthy:
-                worst = ", ".join(f"{k}: {v}" for k, v in list(report.unhealthy.items())[:5])
-                st.note = (
-                    f"health gate closed: {len(report.unhealthy)} unhealthy > {stage.max_unhealthy} ({worst})"
-                )
-                if await self._halted(st, st.note, allow_rollback=False) != "resume":
-                    return False
-                st.note = "health gate overridden by an operator"
+            return await self._approval_gate(index, stage, st)
+        if stage.gate == "health":
+            return await self._health_gate(index, stage, st)
+        return True
 
-        # 2. Targets, resolved when the stage starts (fleets change between stages).
+    async def _approval_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        await self._transition(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
+        await self._wait(lambda: index in self._gate_decision)
+        approved, decision = self._gate_decision[index]
+        if not approved:
+            st.state = STAGE_NOT_STARTED
+            st.note = f"promotion rejected by {decision.who}" + (
+                f": {decision.comment}" if decision.comment else ""
+            )
+            self._status.state = WAVE_FAILED
+            self._status.reason = f"stage {stage.name} rejected by {decision.who}"
+            return False
+        st.note = f"approved by {decision.who}"
+        return True
+
+    async def _health_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        """What earlier stages patched must be healthy (up to ``max_unhealthy`` exceptions)."""
+        await self._transition(WAVE_RUNNING, st, STAGE_NOT_STARTED)
+        patched = [
+            i for s in self._status.stages[:index] for i, state in s.instances.items() if state == SUCCEEDED
+        ]
+        report = await workflow.execute_activity(
+            "health_check",
+            HealthInput(executor=self._input.executor, instance_ids=patched, url=stage.health_url),
+            result_type=HealthReport,
+            start_to_close_timeout=QUICK_TIMEOUT,
+            retry_policy=QUICK_RETRY,
+        )
+        if len(report.unhealthy) <= stage.max_unhealthy:
+            return True
+        worst = ", ".join(f"{k}: {v}" for k, v in list(report.unhealthy.items())[:5])
+        st.note = f"health gate closed: {len(report.unhealthy)} unhealthy > {stage.max_unhealthy} ({worst})"
+        if await self._halted(st, st.note, allow_rollback=False) != "resume":
+            return False
+        st.note = "health gate overridden by an operator"
+        return True
+
+    async def _resolve_stage_targets(self, stage: StageInput, st: StageStatus) -> _Targets | None:
+        """Step 2: the stage's targets and its limits resolved against their count; None when the wave must
+        stop (no targets, and no operator resumed past it)."""
         await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
         targets = await workflow.execute_activity(
             "resolve_targets",
             ResolveTargetsInput(
-                executor=inp.executor, patch_group=stage.patch_group, instance_ids=stage.instance_ids
+                executor=self._input.executor, patch_group=stage.patch_group, instance_ids=stage.instance_ids
             ),
             result_type=ResolveTargetsResult,
             start_to_close_timeout=QUICK_TIMEOUT,
@@ -349,34 +468,17 @@ class WaveWorkflow:
             what = f"patch group {stage.patch_group!r}" if stage.patch_group else "none of its instance ids"
             st.note = f"no targets: {what} matched no managed instance"
             if await self._halted(st, f"stage {stage.name}: {st.note}", allow_rollback=False) != "resume":
-                return False
+                return None
             st.note = "no targets; an operator resumed past it"
+        return _Targets(remaining=list(ids), concurrency=concurrency, budget=budget)
 
-        # 3. Runs inside maintenance windows until every target was attempted.
-        remaining = list(ids)
-        errors = 0
-        run = 0
-        while remaining:
-            window = await workflow.execute_activity(
-                "next_window",
-                WindowInput(spec=stage.window, after=workflow.now(), freezes=inp.freezes),
-                result_type=WindowResult,
-                start_to_close_timeout=QUICK_TIMEOUT,
-                retry_policy=QUICK_RETRY,
-            )
-            if not window.found:
-                for instance_id in remaining:
-                    st.instances[instance_id] = NOT_ATTEMPTED
-                st.state = STAGE_FAILED
-                self._status.state = WAVE_FAILED
-                self._status.reason = (
-                    f"stage {stage.name}: its maintenance window schedule has no future window"
-                    + (f" ({window.note})" if window.note else "")
-                )
+    async def _run_in_windows(self, stage: StageInput, st: StageStatus, targets: _Targets) -> bool:
+        """Step 3: one stage run per maintenance window until every target was attempted; False when the wave
+        must stop (no future window, or halted and not resumed)."""
+        while targets.remaining:
+            window = await self._next_window(stage, st, targets)
+            if window is None:
                 return False
-            st.window_start, st.window_cutoff = window.start, window.cutoff
-            if window.note:
-                st.note = window.note
             if window.start is not None and window.start > workflow.now():
                 await self._transition(WAVE_RUNNING, st, STAGE_WAITING_WINDOW)
                 opened = await self._sleep_until(window.start)
@@ -385,77 +487,138 @@ class WaveWorkflow:
                         return False
                     continue
             await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
-            run_id = f"{inp.wave_id}/{stage.name}/run-{self._attempt}-{run}"
-            run += 1
-            handle = await workflow.start_child_workflow(
-                StageRunWorkflow.run,
-                StageRunInput(
-                    wave_id=inp.wave_id,
-                    stage=stage.name,
-                    instance_ids=remaining,
-                    patches=inp.patches,
-                    executor=inp.executor,
-                    max_concurrency=concurrency,
-                    max_errors=budget,
-                    batch_size=batch_size_for(concurrency),
-                    attempt=self._attempt,
-                    errors_so_far=errors,
-                    cutoff=window.cutoff,
-                    undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
-                    heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
-                    history_event_limit=inp.history_event_limit,
-                ),
-                id=run_id,
+            if (self._halt_requested or self._cancel_requested) and workflow.patched(STOP_BEFORE_RUN):
+                # An operator acted while the targets or the window were resolved: start no run at all (a run
+                # signalled right after its start may already have dispatched its first instances).
+                if self._cancel_requested:
+                    raise _Cancelled
+                if await self._halted(st, "halted by an operator before the stage run started") != "resume":
+                    return False
+                continue
+            result = await self._run_window(stage, st, targets, window)
+            if not await self._after_run(stage, st, targets, result):
+                return False
+        return True
+
+    async def _next_window(
+        self, stage: StageInput, st: StageStatus, targets: _Targets
+    ) -> WindowResult | None:
+        """The window open now or the next one outside the freezes; None (the wave failed) when there is none."""
+        window = await workflow.execute_activity(
+            "next_window",
+            WindowInput(spec=stage.window, after=workflow.now(), freezes=self._input.freezes),
+            result_type=WindowResult,
+            start_to_close_timeout=QUICK_TIMEOUT,
+            retry_policy=QUICK_RETRY,
+        )
+        if not window.found:
+            for instance_id in targets.remaining:
+                st.instances[instance_id] = NOT_ATTEMPTED
+            st.state = STAGE_FAILED
+            self._status.state = WAVE_FAILED
+            self._status.reason = (
+                f"stage {stage.name}: its maintenance window schedule has no future window"
+                + (f" ({window.note})" if window.note else "")
             )
-            self._active_run = handle
-            st.active_run_id = run_id
-            if self._halt_requested or self._cancel_requested:
-                await self._stop_active_run(abort=self._cancel_requested)
-            result: StageRunResult = await handle
-            self._active_run = None
-            st.active_run_id = None
-            st.instances.update(result.states)
-            st.details.update(result.details)
-            errors = result.errors
-            st.errors = errors
-            remaining = result.remaining
+            return None
+        st.window_start, st.window_cutoff = window.start, window.cutoff
+        if window.note:
+            st.note = window.note
+        return window
 
-            if self._cancel_requested:
-                raise _Cancelled
-            if result.budget_exceeded:
-                for instance_id in remaining:
-                    st.instances[instance_id] = NOT_ATTEMPTED
-                reason = f"stage {stage.name}: {errors} failure(s) exceeded max_errors {budget}"
-                if stage.on_failure == "rollback":
-                    await self._rollback_stage(st)
-                choice = await self._halted(st, reason)
-                if choice != "resume":
-                    return False
-                remaining, errors = self._resume_targets(st), 0
-            elif result.stopped:
-                choice = await self._halted(st, "halted by an operator")
-                if choice != "resume":
-                    return False
-                remaining = self._resume_targets(st)
-            elif remaining:
-                st.note = f"{len(remaining)} instance(s) carried over to the next maintenance window"
+    async def _run_window(
+        self, stage: StageInput, st: StageStatus, targets: _Targets, window: WindowResult
+    ) -> StageRunResult:
+        """One stage run (a child workflow) inside the open window; its results merged into the stage."""
+        inp = self._input
+        run_id = f"{inp.wave_id}/{stage.name}/run-{self._attempt}-{targets.runs}"
+        targets.runs += 1
+        handle = await workflow.start_child_workflow(
+            StageRunWorkflow.run,
+            StageRunInput(
+                wave_id=inp.wave_id,
+                stage=stage.name,
+                instance_ids=targets.remaining,
+                patches=inp.patches,
+                executor=inp.executor,
+                max_concurrency=targets.concurrency,
+                max_errors=targets.budget,
+                batch_size=batch_size_for(targets.concurrency),
+                attempt=self._attempt,
+                errors_so_far=targets.errors,
+                cutoff=window.cutoff,
+                undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
+                heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
+                history_event_limit=inp.history_event_limit,
+                history_outbox=self._history_outbox(),
+            ),
+            id=run_id,
+        )
+        self._active_run = handle
+        st.active_run_id = run_id
+        if self._halt_requested or self._cancel_requested:
+            await self._stop_active_run(abort=self._cancel_requested)
+        # Shielded: a cancel of the wave through Temporal must not cancel the run from here (that would cancel
+        # its installs without recording them); the wave's cleanup aborts it and takes its result instead.
+        result: StageRunResult = await asyncio.shield(handle)
+        self._take_run_result(st, result)
+        targets.errors = result.errors
+        targets.remaining = result.remaining
+        return result
 
+    def _take_run_result(self, st: StageStatus, result: StageRunResult) -> None:
+        self._active_run = None
+        st.active_run_id = None
+        st.instances.update(result.states)
+        st.details.update(result.details)
+        st.errors = result.errors
+        self._results_recorded_later(st)
+
+    async def _after_run(
+        self, stage: StageInput, st: StageStatus, targets: _Targets, result: StageRunResult
+    ) -> bool:
+        """What a finished stage run leads to: the wave ends (cancel), halts (budget exceeded, an operator's
+        halt: restoring the stage first when the plan says ``rollback``), or carries on; False when the wave
+        must stop."""
+        if self._cancel_requested:
+            raise _Cancelled
+        if result.budget_exceeded:
+            for instance_id in targets.remaining:
+                st.instances[instance_id] = NOT_ATTEMPTED
+            reason = f"stage {stage.name}: {targets.errors} failure(s) exceeded max_errors {targets.budget}"
+            if stage.on_failure == "rollback":
+                await self._rollback_stage(st)
+            if await self._halted(st, reason) != "resume":
+                return False
+            targets.remaining, targets.errors = self._resume_targets(st), 0
+        elif result.stopped:
+            if await self._halted(st, "halted by an operator") != "resume":
+                return False
+            targets.remaining = self._resume_targets(st)
+        elif targets.remaining:
+            st.note = f"{len(targets.remaining)} instance(s) carried over to the next maintenance window"
+        return True
+
+    @staticmethod
+    def _finish_stage(st: StageStatus, budget: int) -> None:
+        """Every target was attempted: the stage succeeded, within its error budget."""
         failed = sum(1 for s in st.instances.values() if s == FAILED)
         st.state = STAGE_SUCCEEDED
         if failed:
             st.note = f"{failed} instance(s) failed; finished within the error budget ({budget} per attempt)"
 
-        # 4. Soak before the next stage may be promoted.
-        if stage.soak_seconds and index + 1 < len(inp.stages):
-            await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
-            deadline = workflow.now() + timedelta(seconds=stage.soak_seconds)
-            while not await self._sleep_until(deadline):
-                if (
-                    await self._halted(st, "halted by an operator during soak", allow_rollback=False)
-                    != "resume"
-                ):
-                    return False
-            st.state = STAGE_SUCCEEDED
+    async def _soak(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        """Step 4: soak before the next stage may be promoted (not after the last stage)."""
+        if not stage.soak_seconds or index + 1 >= len(self._input.stages):
+            return True
+        await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
+        deadline = workflow.now() + timedelta(seconds=stage.soak_seconds)
+        while not await self._sleep_until(deadline):
+            if await self._halted(st, "halted by an operator during soak", allow_rollback=False) != "resume":
+                return False
+            if workflow.patched(RESUME_SOAK):  # resumed: the soak goes on, and the state says so
+                await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
+        st.state = STAGE_SUCCEEDED
         return True
 
     # ------------------------------------------------------------------------------------------ helpers
@@ -483,26 +646,41 @@ class WaveWorkflow:
         return again
 
     async def _halted(self, st: StageStatus, reason: str, *, allow_rollback: bool = True) -> str:
-        """Halt the wave and wait for an operator: returns ``resume`` (or ends the wave on cancel)."""
-        assert self._status is not None
+        """Halt the wave and wait for an operator: returns ``resume`` (or ends the wave on cancel).
+
+        A decision accepted while the halt is being recorded counts; a rollback is carried out while the wave
+        stays halted, and no other decision is taken meanwhile.
+        """
+        atomic = workflow.patched(ATOMIC_DECISIONS)  # waves halted before this change replay as they ran
+        if atomic:
+            self._operator_decision = None
+            self._awaiting_decision = True
         await self._transition(WAVE_HALTED, st, STAGE_HALTED)
         self._status.reason = reason
         self._halt_requested = False
         self._rollback_allowed = allow_rollback
-        while True:
-            self._operator_decision = None
-            await self._wait(lambda: self._operator_decision is not None)
-            decision = self._operator_decision
-            if decision == "rollback":
-                await self._rollback_stage(st)
-                st.state = STAGE_HALTED
-                continue
-            self._status.reason = ""
-            self._rollback_allowed = False
-            return decision or "resume"
+        self._awaiting_decision = True
+        try:
+            while True:
+                if not atomic:
+                    self._operator_decision = None
+                await self._wait(lambda: self._operator_decision is not None)
+                decision, self._operator_decision = self._operator_decision, None
+                if decision == "rollback":
+                    self._rolling_back = True
+                    try:
+                        await self._rollback_stage(st)
+                    finally:
+                        self._rolling_back = False
+                    st.state = STAGE_HALTED
+                    continue
+                self._status.reason = ""
+                self._rollback_allowed = False
+                return decision or "resume"
+        finally:
+            self._awaiting_decision = False
 
     async def _rollback_stage(self, st: StageStatus) -> None:
-        assert self._input is not None
         patched = [i for i, s in st.instances.items() if s == SUCCEEDED]
         if not patched:
             return
@@ -550,21 +728,25 @@ class WaveWorkflow:
         return not self._halt_requested
 
     def _set(self, wave_state: str, st: StageStatus, stage_state: str) -> None:
-        assert self._status is not None
         self._status.state = wave_state
         st.state = stage_state
 
     async def _transition(self, wave_state: str, st: StageStatus, stage_state: str) -> None:
         """Change state, and snapshot the wave into the history database when the state really changed."""
-        assert self._status is not None
         changed = (self._status.state, st.state) != (wave_state, stage_state)
         self._set(wave_state, st, stage_state)
         if changed:
             await self._record_history()
 
     async def _record_history(self) -> None:
-        """Ask the record_wave activity for a snapshot (waves started before this feature never call it)."""
-        if self._input is None or not self._input.record_history or not workflow.patched("record-history"):
+        """Have the wave's snapshot recorded in the history database (waves started before that feature never
+        do). Through the history outbox it never waits for the database; waves started before the outbox
+        await each snapshot, as they did."""
+        if not self._input.record_history or not workflow.patched("record-history"):
+            return
+        if self._history_outbox():
+            self._snapshot_due = True
+            self._drain_history()
             return
         await workflow.execute_activity(
             "record_wave",
@@ -573,8 +755,58 @@ class WaveWorkflow:
             retry_policy=QUICK_RETRY,
         )
 
+    def _history_outbox(self) -> bool:
+        """Whether this wave records through the outbox (every wave started since; replay keeps older ones)."""
+        return (
+            self._input.record_history
+            and workflow.patched("record-history")
+            and workflow.patched(HISTORY_OUTBOX)
+        )
+
+    def _results_recorded_later(self, st: StageStatus) -> None:
+        """Queue the stage attempt's instance results for the outbox (read from the executor's records)."""
+        if not self._history_outbox():
+            return
+        due = StageAttempt(st.name, self._attempt)
+        if due not in self._results_due:
+            self._results_due.append(due)
+        self._snapshot_due = True
+        self._drain_history()
+
+    def _drain_history(self) -> None:
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.ensure_future(self._drain_outbox())
+
+    async def _drain_outbox(self) -> None:
+        """The history outbox: one record_wave at a time with everything due, retried until the database
+        takes it. Patching goes on meanwhile; only the wave's end waits for it (:meth:`_history_caught_up`)."""
+        while self._snapshot_due or self._results_due:
+            results, self._results_due = self._results_due, []
+            self._snapshot_due = False
+            try:
+                await workflow.execute_activity(
+                    "record_wave",
+                    RecordWaveInput(
+                        wave_id=self._input.wave_id,
+                        at=workflow.now(),
+                        outbox=True,
+                        executor=self._input.executor,
+                        results=results,
+                    ),
+                    start_to_close_timeout=HISTORY_START_TO_CLOSE,
+                    heartbeat_timeout=HISTORY_HEARTBEAT,
+                    retry_policy=HISTORY_RETRY,
+                    summary="record the wave in the history database",
+                )
+            except ActivityError as exc:  # non-retryable only (bad input): keep the wave going, say so
+                workflow.logger.warning("wave %s: history not recorded: %s", self._input.wave_id, exc.cause)
+
+    async def _history_caught_up(self) -> None:
+        """Wait until the outbox has recorded everything (the database may be down: history catches up)."""
+        while self._drainer is not None and not self._drainer.done():
+            await self._drainer
+
     def _finish_cancelled(self) -> None:
-        assert self._status is not None
         self._status.state = WAVE_CANCELLED
         self._status.reason = "cancelled by an operator"
         for st in self._status.stages:
@@ -585,12 +817,11 @@ class WaveWorkflow:
                 st.state = STAGE_CANCELLED
 
     def _current_name(self) -> str:
-        if self._input is None or self._current < 0:
+        if self._current < 0:
             return ""
         return self._input.stages[self._current].name
 
     def _audit(self, who: str, action: str, stage: str, comment: str) -> None:
-        if self._status is not None:
-            self._status.audit.append(
-                AuditEntry(at=workflow.now(), who=who, action=action, stage=stage, comment=comment)
-            )
+        self._status.audit.append(
+            AuditEntry(at=workflow.now(), who=who, action=action, stage=stage, comment=comment)
+        )

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,7 +44,11 @@ def worker_command() -> None:
     async def go() -> None:
         client = await connect(settings.temporal_address, attempts=10)
         worker = build_worker(
-            client, settings.task_queue, database_url=history_database(settings), settings=settings
+            client,
+            settings.task_queue,
+            database_url=await _worker_history_database(settings),
+            settings=settings,
+            graceful_shutdown=timedelta(seconds=settings.worker_shutdown_grace_seconds),
         )
         err.print(
             f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
@@ -53,6 +57,32 @@ def worker_command() -> None:
 
     with contextlib.suppress(KeyboardInterrupt):
         run_sync(go())
+
+
+async def _worker_history_database(settings: Settings, timeout: float = 30.0) -> str:
+    """The worker's history database URL — also when the database is down or hangs: the worker starts anyway
+    and says so (log, stderr, ``patchflow_history_database_up 0``); waves record their history through their
+    outbox once it answers. A malformed URL still stops the worker (that is configuration, not an outage)."""
+    import logging
+
+    from patchflow.metrics import DEFAULT_METRICS
+    from patchflow.store.db import DatabaseError, display_url
+
+    url = settings.database_url_resolved
+    try:
+        url = await asyncio.wait_for(asyncio.to_thread(history_database, settings), timeout)
+    except (DatabaseError, TimeoutError) as exc:
+        DEFAULT_METRICS.history_database(reachable=False, write=False)
+        reason = str(exc) or f"no answer within {timeout:.0f} s"
+        message = (
+            f"the history database at {display_url(url)} is unavailable ({reason}); the worker starts without "
+            "it and waves record their history when it answers again"
+        )
+        logging.getLogger("patchflow.worker").warning(message)
+        err.print(f"[yellow]warning:[/yellow] {message}", markup=True, highlight=False)
+        return url
+    DEFAULT_METRICS.history_database(reachable=True, write=False)
+    return url
 
 
 EXAMPLE_FLEET = shipped_file("examples", "fleet.yaml")

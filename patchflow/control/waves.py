@@ -178,7 +178,8 @@ def remember_patch_set(settings: Settings, pinned: PatchSet) -> None:
 
     try:
         url = settings.database_url_resolved
-        with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+        engine = db.get_engine(url, timeout_seconds=10)  # a hanging database must not hold a wave's start
+        with db.translate_errors(url), db.open_session(engine) as session:
             db.save_patch_set(session, patch_set=pinned)
     except Exception as exc:  # noqa: BLE001 - never block a wave on the history database
         logging.getLogger(__name__).debug("patch set %s not recorded: %s", pinned.id, exc)
@@ -365,10 +366,25 @@ async def act(
         raise WaveActionRefused(f"{action} refused: {message}") from None
     except RPCError as exc:
         if "already completed" in exc.message:
+            decided = await _gate_decided(client, wave_id, stage) if action in ("approve", "reject") else ""
             raise WaveActionRefused(
-                f"{action} refused: wave {wave_id} has already ended; see 'patchflow wave status {wave_id}'"
+                f"{action} refused: {decided}wave {wave_id} has already ended; "
+                f"see 'patchflow wave status {wave_id}'"
             ) from None
         raise WaveActionRefused(f"{action} refused: {exc.message}") from None
+
+
+async def _gate_decided(client: Client, wave_id: str, stage: str | None) -> str:
+    """Who decided the stage's gate of an ended wave, and when (a gate takes one decision): '' if nobody did."""
+    try:
+        status = await wave_status(client, wave_id)
+    except PatchflowError:
+        return ""
+    for entry in status.audit:
+        if entry.stage == stage and entry.action in ("approve", "reject"):
+            verb = "approved" if entry.action == "approve" else "rejected"
+            return f"stage {stage!r} was already {verb} by {entry.who} at {entry.at:%Y-%m-%d %H:%M:%S} UTC; "
+    return ""
 
 
 async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]:

@@ -157,6 +157,9 @@ class StageRunInput:
     details: dict[str, str] = field(default_factory=dict)
     history_event_limit: int = 0
     """Continue as new past this many history events; 0 = when Temporal suggests it."""
+    history_outbox: bool = False
+    """The wave records the run's instance results itself (``record_wave`` with ``results``): the batch
+    activities never write the history database. False for runs of waves started before the outbox."""
 
 
 @dataclass
@@ -193,6 +196,9 @@ class PatchBatchInput:
     cancel: bool = False
     """wait_patch_batch: the wave was cancelled while these installs were being sent; cancel them at once
     instead of waiting for them."""
+    record_results: bool = True
+    """wait_patch_batch writes each result to the history database itself (stage runs of waves started before
+    the history outbox); False when the wave records them (:attr:`StageRunInput.history_outbox`)."""
 
 
 @dataclass
@@ -227,6 +233,14 @@ class ResolveTargetsResult:
 
 
 @dataclass
+class StageAttempt:
+    """One attempt of one stage (an operator resume starts the next one)."""
+
+    stage: str
+    attempt: int
+
+
+@dataclass
 class RecordWaveInput:
     """Ask an activity to snapshot the wave into the history database (the workflow never touches it)."""
 
@@ -234,6 +248,13 @@ class RecordWaveInput:
     at: datetime
     """The workflow's time of the snapshot: a retried activity carries the same instant, so it cannot move
     the recorded wave backwards."""
+    outbox: bool = False
+    """Sent by the wave's history outbox: a failed write fails the activity, which is retried until the
+    database takes it (history is never lost). False (waves started before the outbox): failures are logged."""
+    executor: ExecutorRef | None = None
+    """Where ``results`` are read from (the executor's operation records)."""
+    results: list[StageAttempt] = field(default_factory=list)
+    """Stage attempts whose instance results (status, versions before and after) to record as well."""
 
 
 @dataclass

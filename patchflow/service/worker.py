@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
+from datetime import timedelta
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -46,10 +47,14 @@ def build_worker(
     factory: ExecutorFactory = build_executor,
     database_url: str | None = None,
     settings: Settings | None = None,
+    graceful_shutdown: timedelta = timedelta(),
 ) -> Worker:
     """A worker serving every patchflow workflow and activity on ``task_queue``.
 
     With ``database_url``, activities record results and wave snapshots in the history database.
+    ``graceful_shutdown``: how long running activities may finish after ``shutdown()`` before they are cancelled
+    and retried on another worker (``patchflow worker`` passes ``PATCHFLOW_WORKER_SHUTDOWN_GRACE_SECONDS``; the
+    fleet's installs are never cancelled by a shutdown, see :func:`activities.patching._cancelled`).
     """
     acts = WaveActivities(factory, database_url=database_url, client=client)
     scheduling = ScheduleActivities(settings, client)
@@ -72,4 +77,5 @@ def build_worker(
         ],
         # Every activity is async (executors await I/O), so no thread pool is needed.
         max_concurrent_activities=200,
+        graceful_shutdown_timeout=graceful_shutdown,
     )

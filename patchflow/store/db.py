@@ -373,8 +373,13 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, timeout_seconds: float | None = None) -> Engine:
     """A new engine for ``url`` (``postgresql://`` means psycopg 3; SQLite files get their directory).
+
+    ``timeout_seconds`` bounds every wait of the engine's users (the worker's history writes, which must never
+    stall patching): connecting, checking a connection out of the pool, each statement and lock wait
+    (PostgreSQL ``connect_timeout``, ``statement_timeout``, ``lock_timeout``, ``tcp_user_timeout``; SQLite's
+    busy timeout). None: the defaults below (waits for locks, no statement limit).
 
     Raises:
         InputError: the URL is malformed or names an unsupported database.
@@ -385,16 +390,28 @@ def make_engine(url: str) -> Engine:
             with contextlib.suppress(OSError):  # an unusable path is reported on connect, with the URL
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # timeout: several processes (worker, API) share the file; wait for a lock instead of failing.
-        engine = sa.create_engine(parsed, connect_args={"timeout": 30})
+        engine = sa.create_engine(parsed, connect_args={"timeout": timeout_seconds or 30})
         event.listen(engine, "connect", _sqlite_on_connect)
         return engine
-    return sa.create_engine(parsed, pool_pre_ping=True)
+    if timeout_seconds is None:
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    millis = int(timeout_seconds * 1000)
+    return sa.create_engine(
+        parsed,
+        pool_pre_ping=True,
+        pool_timeout=timeout_seconds,
+        connect_args={
+            "connect_timeout": max(1, int(timeout_seconds)),
+            "tcp_user_timeout": millis,
+            "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
+        },
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def get_engine(url: str) -> Engine:
-    """The shared engine of ``url`` (one connection pool per process and database)."""
-    return make_engine(url)
+def get_engine(url: str, *, timeout_seconds: float | None = None) -> Engine:
+    """The shared engine of ``url`` (one connection pool per process, database and timeout)."""
+    return make_engine(url, timeout_seconds=timeout_seconds)
 
 
 def open_session(engine: Engine) -> Session:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,8 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         dev_server_existing_path=find_binary("temporal"),
         ip="127.0.0.1",
         dev_server_extra_args=["--headless", "--log-level", "error"],
+        # The 5 s default is too short on a loaded CI machine (several suites start servers at once).
+        dev_server_startup_timeout=timedelta(seconds=60),
     )
     try:
         yield env
@@ -37,7 +40,8 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
 @pytest_asyncio.fixture(scope="session")
 async def skip_env() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=find_binary("temporal-test-server")
+        test_server_existing_path=find_binary("temporal-test-server"),
+        test_server_startup_timeout=timedelta(seconds=60),
     )
     try:
         yield env

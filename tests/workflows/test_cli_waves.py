@@ -100,6 +100,10 @@ def test_wave_lifecycle_through_the_cli(stack: dict[str, str], fast_plan: Path) 
         "wave", "approve", wave_id, "--stage", "prod", "--as", "ops-lead", "-m", "CAB-1234", env=stack
     )
     assert approved.returncode == 0, approved.stderr
+    # A gate takes one decision: a later one is refused (exit 4) with who decided and when.
+    second = cli("wave", "reject", wave_id, "--stage", "prod", "--as", "sre-oncall", env=stack)
+    assert second.returncode == 4, second.stderr
+    assert "stage 'prod' was already approved by ops-lead at " in second.stderr
     deadline = time.monotonic() + 60
     while True:
         report = json.loads(cli("wave", "status", wave_id, "--format", "json", env=stack).stdout)
@@ -108,6 +112,8 @@ def test_wave_lifecycle_through_the_cli(stack: dict[str, str], fast_plan: Path) 
         time.sleep(0.5)
     assert report["state"] == "succeeded"
     assert report["patch_set_id"] == status["patch_set_id"]
+    late = cli("wave", "reject", wave_id, "--stage", "prod", "--as", "sre-oncall", env=stack)
+    assert late.returncode == 4 and "stage 'prod' was already approved by ops-lead at " in late.stderr
     for stage in report["stages"]:
         assert set(stage) >= {"name", "state", "instances"}
         for instance in stage["instances"]:

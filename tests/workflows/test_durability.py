@@ -149,12 +149,19 @@ async def test_a_fresh_history_replays_deterministically(
 
 
 async def test_recorded_histories_replay() -> None:
-    """Guards workflow changes: a change that breaks running waves fails here (use workflow.patched())."""
-    files = sorted(HISTORIES.glob("*.json"))
+    """Guards workflow changes: a change that breaks running waves fails here (use workflow.patched()).
+
+    Every history ever released stays here (``*.json`` and ``<path>-<release>/*.json``, recorded by
+    ``test_histories.py``), including ``scheduled-wave-wait-v0.json``, the firing recorded before the
+    scheduled workflow's prepare activity changed its result type."""
+    files = sorted(HISTORIES.rglob("*.json"))
     assert files, "no recorded histories; record them with PATCHFLOW_RECORD_HISTORIES=1"
     replayer = Replayer(workflows=[WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow])
     for path in files:
         workflow_id = json.loads(path.read_text())["events"][0][
             "workflowExecutionStartedEventAttributes"
         ].get("workflowId", path.stem)
-        await replayer.replay_workflow(WorkflowHistory.from_json(workflow_id, path.read_text()))
+        try:
+            await replayer.replay_workflow(WorkflowHistory.from_json(workflow_id, path.read_text()))
+        except Exception as exc:
+            raise AssertionError(f"{path.relative_to(HISTORIES)} no longer replays: {exc}") from exc

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -11,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from patchflow.control.waves import act
 from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput
 from patchflow.core.windows import WindowSpec
+from patchflow.errors import NotFoundError
 from patchflow.service.worker import build_worker
 from patchflow.store import db
 from tests.workflows.conftest import instance_id
@@ -47,8 +50,14 @@ async def test_a_wave_is_recorded_with_results_and_audit(
             WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
         )
         await settle(dev_env.client, inp.wave_id, {"waiting_approval"})
-        with db.open_session(db.get_engine(url)) as session:
-            assert db.get_wave(session, wave_id=inp.wave_id).state == "waiting_approval"
+        # The wave's outbox records the snapshot without holding the wave up: it arrives a moment later.
+        for _ in range(100):
+            with db.open_session(db.get_engine(url)) as session, contextlib.suppress(NotFoundError):
+                if db.get_wave(session, wave_id=inp.wave_id).state == "waiting_approval":
+                    break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError("the snapshot at the gate never reached the history database")
         await act(dev_env.client, inp.wave_id, "approve", who="alice", stage="prod", comment="CAB-7")
         await handle.result()
 

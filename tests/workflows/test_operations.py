@@ -1,0 +1,609 @@
+"""Waves that survive operations (issue 18): rolling deploys of the workers, concurrent operator actions,
+Temporal-level cancels — each on the real dev server, with real worker processes where a deploy is the point."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.activity import ActivityCancellationDetails
+from temporalio.api.enums.v1 import EventType, PendingActivityState
+from temporalio.client import (
+    Client,
+    WithStartWorkflowOperation,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+)
+from temporalio.common import WorkflowIDConflictPolicy
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
+
+from activities.patching import WaveActivities, build_executor
+from patchflow.control.waves import WaveActionRefused, act, executor_ref, wave_status
+from patchflow.core.plans import load_plan
+from patchflow.core.wavemodel import ExecutorRef, OperatorAction, PatchBatchInput, StageInput, WaveInput
+from patchflow.core.windows import WindowSpec
+from patchflow.executors.base import Package
+from patchflow.service.worker import build_worker
+from patchflow.store import db
+from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
+from tests.conftest import REPO_ROOT
+from tests.workflows.conftest import instance_id, running_worker
+from tests.workflows.test_ssm_wave import BUCKET, NEW, OLD, settings, write_plan
+from tests.workflows.test_wave import fleet_of, settle, stage, start, wave_input
+from workflows.wave import WaveWorkflow
+
+
+@pytest.fixture
+def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[SsmEndpoint]:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with SsmEndpoint(timings=Timings(not_found_seconds=0.1, pending_seconds=0.05, run_seconds=0.1)) as ep:
+        ep.client("s3").create_bucket(Bucket=BUCKET)
+        yield ep
+
+
+class WorkerProcess:
+    """``patchflow worker`` in its own process, as a deployment runs it; stopped with SIGTERM like a rolling
+    deploy stops a pod."""
+
+    def __init__(
+        self, address: str, task_queue: str, data_dir: Path, log: Path, grace_seconds: float
+    ) -> None:
+        env = {
+            **os.environ,
+            "PATCHFLOW_TEMPORAL_ADDRESS": address,
+            "PATCHFLOW_TASK_QUEUE": task_queue,
+            "PATCHFLOW_DATA_DIR": str(data_dir),
+            "PATCHFLOW_WORKER_METRICS_PORT": "none",
+            "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
+            "PATCHFLOW_WORKER_SHUTDOWN_GRACE_SECONDS": str(grace_seconds),
+        }
+        self.log = log
+        with log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "patchflow", "worker"], cwd=REPO_ROOT, env=env, stdout=out, stderr=out
+            )
+
+    async def polling(self, timeout: float = 30) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while "worker polling" not in self.log.read_text(errors="replace"):
+            assert self.process.poll() is None, self.log.read_text(errors="replace")
+            assert asyncio.get_running_loop().time() < deadline, "the worker did not start"
+            await asyncio.sleep(0.1)
+
+    async def stop(self) -> int:
+        """SIGTERM, then wait for the process to exit by itself (its graceful shutdown)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        for _ in range(300):
+            if self.process.poll() is not None:
+                return self.process.returncode
+            await asyncio.sleep(0.1)
+        self.process.kill()
+        self.process.wait(timeout=10)
+        raise AssertionError("the worker did not stop within 30 s of SIGTERM")
+
+
+async def pending_waits(client: Client, run_id: str) -> list[Any]:
+    """The stage run's pending ``wait_patch_batch`` activities (attempt, state, last worker)."""
+    description = await client.get_workflow_handle(run_id).describe()
+    return [
+        a
+        for a in description.raw_description.pending_activities
+        if a.activity_type.name == "wait_patch_batch"
+    ]
+
+
+async def test_a_rolling_restart_of_the_workers_mid_install_cancels_and_repeats_nothing(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    """Workers are replaced one after the other (start the new one, SIGTERM the old one) while SSM commands
+    run — nothing cancelled, nothing failed, nothing installed twice.
+
+    Step 1 stops a worker without a grace period: its wait activities are cancelled by the shutdown
+    (``activity.cancellation_details().worker_shutdown``), which must leave the commands alone, and the retry on
+    the new worker waits for the very same commands. Step 2 stops a worker with a grace period longer than the
+    installs: it finishes the waits it holds before it exits (sdk-python ``Worker(graceful_shutdown_timeout=)``,
+    README "Worker Shutdown")."""
+    installed = [Package("openssl", "amd64", OLD)]
+    ids = [f"i-0prod00000000000{n}" for n in range(1, 5)]
+    for iid in ids:
+        endpoint.register_instance(iid, tags={"Patch Group": "prod"}, packages=installed)
+        endpoint.script(iid, "slow", seconds=25)
+    plan = load_plan(
+        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
+    )
+    inp = WaveInput(
+        wave_id=f"wave-rolling-{uuid.uuid4().hex[:8]}",
+        plan_name=plan.name,
+        patch_set_id="ps-000000000000000000000000",
+        patches=[Package("openssl", "amd64", NEW)],
+        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
+        stages=[
+            StageInput(
+                name="prod", window=WindowSpec("now"), max_concurrency="4", max_errors="0", patch_group="prod"
+            )
+        ],
+        heartbeat_timeout_seconds=5,
+    )
+    client = dev_env.client
+    address = client.service_client.config.target_host
+    task_queue = f"tq-{uuid.uuid4()}"
+    logs = tmp_path / "workers"
+    logs.mkdir()
+    workers: list[WorkerProcess] = []
+
+    async def new_worker(grace_seconds: float) -> WorkerProcess:
+        worker = WorkerProcess(
+            address, task_queue, tmp_path / "data", logs / f"{len(workers)}.log", grace_seconds
+        )
+        workers.append(worker)
+        await worker.polling()
+        return worker
+
+    try:
+        first = await new_worker(0)
+        await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue)
+        for _ in range(300):  # every command sent: the installs run on the instances now
+            if endpoint.command_count(None, "AWS-RunPatchBaseline") == 4:
+                break
+            await asyncio.sleep(0.1)
+        assert endpoint.command_count(None, "AWS-RunPatchBaseline") == 4
+        run_id = (await wave_status(client, inp.wave_id)).stages[0].active_run_id
+        assert run_id is not None
+
+        # Step 1: no grace — the shutdown cancels the waits; another worker takes them over.
+        second = await new_worker(30)
+        assert await first.stop() == 0, first.log.read_text(errors="replace")
+        for _ in range(300):
+            waits = await pending_waits(client, run_id)
+            if waits and all(
+                w.attempt >= 2
+                and w.last_worker_identity.startswith(f"{second.process.pid}@")
+                and w.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+                for w in waits
+            ):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise AssertionError(f"the waits were not taken over: {await pending_waits(client, run_id)}")
+
+        # Step 2: a grace longer than the installs — the stopping worker finishes the waits it holds.
+        await new_worker(0)
+        assert await second.stop() == 0, second.log.read_text(errors="replace")
+        status = await wave_status(client, inp.wave_id)
+        for _ in range(600):
+            if status.state != "running":
+                break
+            await asyncio.sleep(0.1)
+            status = await wave_status(client, inp.wave_id)
+    finally:
+        for worker in workers:
+            await worker.stop()
+
+    assert status.state == "succeeded", status
+    assert status.stages[0].instances == dict.fromkeys(ids, "succeeded")
+    assert status.stages[0].errors == 0
+    assert endpoint.requests["CancelCommand"] == 0
+    for iid in ids:
+        assert endpoint.command_count(iid, "AWS-RunPatchBaseline") == 1  # never sent twice
+        assert endpoint.packages(iid)["openssl.amd64"] == NEW
+    history = await client.get_workflow_handle(run_id).fetch_history()
+    finished_on = {
+        e.activity_task_started_event_attributes.identity.split("@")[0]
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+        and e.activity_task_started_event_attributes.attempt >= 2
+    }
+    assert finished_on == {str(second.process.pid)}  # completed by the worker that was stopping meanwhile
+
+
+class WaitingFleet:
+    """An executor whose installs never finish by themselves; records what it was asked to cancel."""
+
+    def __init__(self) -> None:
+        self.cancelled: list[str] = []
+        self.waiting = asyncio.Event()
+
+    async def finish_install(self, instance_id: str, *, operation_id: str) -> Any:
+        self.waiting.set()
+        await asyncio.Event().wait()
+
+    async def cancel(self, operation_id: str) -> bool:
+        self.cancelled.append(operation_id)
+        return True
+
+
+@pytest.mark.parametrize(
+    ("why", "cancels_commands"),
+    [
+        (ActivityCancellationDetails(cancel_requested=True), True),
+        (ActivityCancellationDetails(worker_shutdown=True), False),
+        (ActivityCancellationDetails(not_found=True), False),
+        (ActivityCancellationDetails(timed_out=True), False),
+        (ActivityCancellationDetails(paused=True), False),
+    ],
+)
+async def test_only_a_cancel_the_wave_asked_for_cancels_the_fleets_commands(
+    why: ActivityCancellationDetails, cancels_commands: bool
+) -> None:
+    """sdk-python ``activity.cancellation_details()``: a cancel the workflow requested, a worker shutdown, a
+    heartbeat/start-to-close timeout (``not_found``/``timed_out``: the server already retries elsewhere) and a
+    pause all reach the activity as ``CancelledError``; only the first may cancel the installs."""
+    fleet = WaitingFleet()
+    acts = WaveActivities(lambda ref: fleet)  # type: ignore[arg-type,return-value]
+    env = ActivityEnvironment()
+    inp = PatchBatchInput(
+        executor=ExecutorRef(kind="fake"), wave_id="w", stage="prod", instance_ids=["i-1", "i-2"], patches=[]
+    )
+    task = asyncio.ensure_future(env.run(acts.wait_patch_batch, inp))
+    await fleet.waiting.wait()
+    env.cancel(why)
+    if why.worker_shutdown:
+        with pytest.raises(ApplicationError, match="worker is shutting down") as raised:
+            await task
+        assert raised.value.type == "WorkerShutdown" and not raised.value.non_retryable
+    else:
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert fleet.cancelled == (["w/prod/i-1/install/0", "w/prod/i-2/install/0"] if cancels_commands else [])
+
+
+# ---------------------------------------------------------------------------------------------- decisions
+
+
+class SlowRestore:
+    """The real simulated executor, with restores (rollbacks) that take ``seconds``."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def restore(self, instance: str, packages: Any, *, operation_id: str) -> Any:
+        await asyncio.sleep(self.seconds)
+        return await self.inner.restore(instance, packages, operation_id=operation_id)
+
+
+async def outcomes(*calls: Awaitable[str]) -> tuple[list[str], list[str]]:
+    """Run operator actions at the same moment: (answers of the accepted ones, reasons of the refused ones)."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException) and not isinstance(r, WaveActionRefused):
+            raise r
+    return [r for r in results if isinstance(r, str)], [
+        str(r) for r in results if isinstance(r, WaveActionRefused)
+    ]
+
+
+async def test_a_gate_takes_exactly_one_decision_among_concurrent_updates(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 12: approve and reject sent at the same moment were both accepted (the last one won). Per gate, eight
+    approvers act at once (Temporal admits 10 Updates in flight per execution: dynamic config
+    ``history.maxInFlightUpdates``); exactly one decision is accepted, every other is refused naming who decided
+    and when — also after the gate has moved on."""
+    gates = [f"g{n}" for n in range(1, 7)]
+    approvers = [f"op{n}" for n in range(8)]
+    fleet = make_fleet({"dev": 1, **dict.fromkeys(gates, 1)})
+    stages = [stage("dev")] + [stage(g, gate="approval", approvers=approvers) for g in gates]
+    inp = wave_input(fleet, tmp_path, stages)
+    client = dev_env.client
+    winners: dict[str, str] = {}
+    async with running_worker(client) as tq:
+        handle = await start(client, tq, inp)
+        for round_no, gate in enumerate(gates):
+            status = await settle(client, inp.wave_id, {"waiting_approval"})
+            assert status.stages[round_no + 1].state == "waiting_approval"
+            last = gate == gates[-1]  # the last gate also sees rejections racing the approvals
+            calls = [
+                act(client, inp.wave_id, "reject" if last and n % 2 else "approve", who=who, stage=gate)
+                for n, who in enumerate(approvers)
+            ]
+            accepted, refused = await outcomes(*calls)
+            assert len(accepted) == 1, (gate, accepted)
+            winner = accepted[0].rsplit(" by ", 1)[1]
+            winners[gate] = accepted[0]
+            assert len(refused) == len(approvers) - 1
+            for reason in refused:
+                assert re.search(
+                    rf"stage '{gate}' was already (approved|rejected) by {winner} at \d{{4}}-\d\d-\d\d "
+                    r"\d\d:\d\d:\d\d UTC; a gate takes one decision",
+                    reason,
+                ), reason
+            if not last:  # a late decision, after the gate has moved on, hears the same
+                with pytest.raises(WaveActionRefused, match=f"already approved by {winner}"):
+                    await act(client, inp.wave_id, "reject", who=approvers[0], stage=gate)
+        result = await handle.result()
+    decisions = [(a.stage, a.action, a.who) for a in result.status.audit if a.action in ("approve", "reject")]
+    assert [d[0] for d in decisions] == gates  # one audited decision per gate
+    for gate, answer in winners.items():
+        if "approved" in answer:
+            note = next(s.note for s in result.status.stages if s.name == gate)
+            assert note == f"approved by {answer.rsplit(' by ', 1)[1]}"
+    assert result.status.state == ("failed" if "rejected" in winners[gates[-1]] else "succeeded")
+
+
+async def test_resume_and_rollback_are_one_decision_at_a_time(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: a resume sent while an operator's rollback ran was answered "resumed" and then dropped (the wave
+    stayed halted), and two decisions sent together were both accepted. Now a decision is refused while a
+    rollback runs, exactly one of two concurrent decisions is accepted, and the accepted one is carried out."""
+    fleet = make_fleet({"prod": 4}, behaviours={instance_id("prod", 3): {"fail": True}})
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1", max_errors="0")])
+    client = dev_env.client
+    async with running_worker(client, lambda ref: SlowRestore(build_executor(ref), 3.0)) as tq:
+        handle = await start(client, tq, inp)
+        await settle(client, inp.wave_id, {"halted"})
+        assert await act(client, inp.wave_id, "rollback", who="alice") == "rollback requested"
+        with pytest.raises(WaveActionRefused, match="a rollback of stage 'prod' is running"):
+            await act(client, inp.wave_id, "resume", who="bob")
+        for _ in range(200):
+            status = await wave_status(client, inp.wave_id)
+            if status.stages[0].instances[instance_id("prod", 1)] == "rolled_back":
+                break
+            await asyncio.sleep(0.1)
+        assert status.state == "halted"
+        accepted, refused = await outcomes(
+            act(client, inp.wave_id, "resume", who="bob"), act(client, inp.wave_id, "resume", who="carol")
+        )
+        assert accepted == ["resumed"] and len(refused) == 1, (accepted, refused)
+        assert re.search(
+            r"resume refused: (a resume was already accepted|the wave is already resuming)", refused[0]
+        )
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.status.state == "succeeded"
+    assert [a.action for a in result.status.audit] == ["start", "rollback", "resume"]
+    states = result.status.stages[0].instances
+    assert {states[instance_id("prod", n)] for n in (1, 2, 4)} == {
+        "succeeded"
+    }  # re-dispatched after the rollback
+
+
+async def test_an_update_in_the_first_workflow_task_sees_the_initialised_wave(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """An Update delivered with the workflow's first task (update-with-start here; the same happens when a new
+    worker replays a wave after a restart) is validated before ``run`` has executed a line: the state comes
+    from ``@workflow.init`` (sdk-python README "Workflow Init"), not from ``run``. Before, the halt was refused
+    with "the wave has not initialised yet"."""
+    inp = wave_input(make_fleet({"prod": 2}), tmp_path, [stage("prod")])
+    client = dev_env.client
+    async with running_worker(client) as tq:
+        start_op = WithStartWorkflowOperation(
+            WaveWorkflow.run,
+            inp,
+            id=inp.wave_id,
+            task_queue=tq,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+        )
+        answer = await client.execute_update_with_start_workflow(
+            WaveWorkflow.halt,
+            OperatorAction(who="alice", reason="hold it"),
+            start_workflow_operation=start_op,
+        )
+        assert answer.startswith("halt requested")
+        status = await settle(client, inp.wave_id, {"halted"})
+        assert [a.action for a in status.audit] == ["halt", "start"]
+        await act(client, inp.wave_id, "cancel", who="alice")
+        result = await (await start_op.workflow_handle()).result()
+    assert result.status.state == "cancelled"
+
+
+# ---------------------------------------------------------------------------------------------- halts
+
+
+class SlowDiscovery:
+    """The real simulated executor, whose target resolution (``discover``) takes ``seconds``."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def discover(self) -> Any:
+        await asyncio.sleep(self.seconds)
+        return await self.inner.discover()
+
+
+async def test_a_halt_accepted_before_the_stage_run_starts_patches_nothing(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: a halt accepted while the stage's targets were resolved was passed to the stage run only after
+    it had started — and dispatched its first instance. The flags are checked before the run starts."""
+    inp = wave_input(make_fleet({"prod": 3}), tmp_path, [stage("prod", max_concurrency="1")])
+    client = dev_env.client
+    async with running_worker(client, lambda ref: SlowDiscovery(build_executor(ref), 2.0)) as tq:
+        handle = await start(client, tq, inp)
+        for _ in range(100):
+            status = await wave_status(client, inp.wave_id)
+            if status.stages[0].state == "running":
+                break
+            await asyncio.sleep(0.05)
+        assert not status.stages[0].instances  # still resolving the targets
+        await act(client, inp.wave_id, "halt", who="alice")
+        halted = await settle(client, inp.wave_id, {"halted"})
+        assert set(halted.stages[0].instances.values()) == {"pending"}
+        assert all(i["install_count"] == 0 for i in fleet_of(inp).status()["instances"])
+        await act(client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    assert all(i["install_count"] == 1 for i in fleet_of(inp).status()["instances"])
+
+
+async def test_resuming_a_halt_during_the_soak_returns_the_wave_to_soaking(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: after a resume during the soak the wave went on soaking but said "halted" (and took another
+    resume, refused a new halt). Now it says soaking again, and can be halted again."""
+    inp = wave_input(
+        make_fleet({"dev": 1, "prod": 1}), tmp_path, [stage("dev", soak_seconds=6), stage("prod")]
+    )
+    client = dev_env.client
+    async with running_worker(client) as tq:
+        handle = await start(client, tq, inp)
+        for _ in range(200):
+            if (await wave_status(client, inp.wave_id)).stages[0].state == "soaking":
+                break
+            await asyncio.sleep(0.05)
+        await act(client, inp.wave_id, "halt", who="alice")
+        await settle(client, inp.wave_id, {"halted"})
+        await act(client, inp.wave_id, "resume", who="alice")
+        status = await settle(client, inp.wave_id, {"running"})
+        assert (status.state, status.stages[0].state, status.reason) == ("running", "soaking", "")
+        with pytest.raises(WaveActionRefused, match="cannot resume a wave that is running"):
+            await act(client, inp.wave_id, "resume", who="alice")
+        await act(client, inp.wave_id, "halt", who="bob")  # a halt applies again
+        await settle(client, inp.wave_id, {"halted"})
+        await act(client, inp.wave_id, "resume", who="bob")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    assert [a.action for a in result.status.audit] == ["start", "halt", "resume", "halt", "resume"]
+
+
+# ---------------------------------------------------------------------------------------------- cancels
+
+
+class SlowSendAfterEach:
+    """Wraps the real executor: every install is sent for real, then its send activity lingers ``seconds`` — long
+    enough for the activity to hear of a cancel (heartbeats deliver it) before it completes."""
+
+    def __init__(self, inner: Any, seconds: float) -> None:
+        self.inner, self.seconds = inner, seconds
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def start_install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
+        result = await self.inner.start_install(instance, patches, operation_id=operation_id)
+        await asyncio.sleep(self.seconds)
+        return result
+
+
+async def test_a_cancel_during_the_send_cancels_the_commands_already_sent(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    """Issue 18: a cancel that reached a send activity half-way cancelled the activity, and the SSM commands it
+    had already sent ran on, unrecorded, while the instances were reported "cancelled by an operator". The send
+    is now let finish, and the abort path cancels what it sent (SSM ``CancelCommand``)."""
+    installed = [Package("openssl", "amd64", OLD)]
+    ids = [f"i-0prod00000000000{n}" for n in (1, 2)]
+    for iid in ids:
+        endpoint.register_instance(iid, tags={"Patch Group": "prod"}, packages=installed)
+        endpoint.script(iid, "slow", seconds=60)
+    plan = load_plan(
+        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
+    )
+    inp = WaveInput(
+        wave_id=f"wave-send-cancel-{uuid.uuid4().hex[:8]}",
+        plan_name=plan.name,
+        patch_set_id="ps-000000000000000000000000",
+        patches=[Package("openssl", "amd64", NEW)],
+        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
+        stages=[
+            StageInput(
+                name="prod", window=WindowSpec("now"), max_concurrency="2", max_errors="0", patch_group="prod"
+            )
+        ],
+        heartbeat_timeout_seconds=2,  # heartbeats (and so the cancel) reach the send within ~2 s
+    )
+    client = dev_env.client
+    async with running_worker(client, lambda ref: SlowSendAfterEach(build_executor(ref), 8.0)) as tq:
+        handle = await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
+        for _ in range(300):  # both commands sent; the send activity is still running
+            if endpoint.command_count(None, "AWS-RunPatchBaseline") == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert endpoint.command_count(None, "AWS-RunPatchBaseline") == 2
+        await act(client, inp.wave_id, "cancel", who="alice", comment="wrong patch set")
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.status.state == "cancelled"
+    stage_status = result.status.stages[0]
+    assert stage_status.instances == dict.fromkeys(ids, "failed")
+    assert set(stage_status.details.values()) == {"cancelled by an operator"}
+    assert endpoint.requests["CancelCommand"] >= 2  # what was sent was cancelled
+    for iid in ids:
+        assert endpoint.command_count(iid, "AWS-RunPatchBaseline") == 1
+        assert endpoint.packages(iid)["openssl.amd64"] == OLD
+
+
+async def test_a_cancel_through_temporal_ends_the_wave_cancelled_and_recorded(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: after ``temporal workflow cancel`` (or the UI's cancel) the wave and its stage run were cancelled
+    in Temporal while ``wave status`` said "running" forever and the history database never heard of the end.
+    Now the wave aborts its stage run (in-flight installs cancelled and recorded), finalises its status and
+    history, and then ends Cancelled in Temporal (sdk-python README "Workflow cancellation": a workflow may
+    catch ``asyncio.CancelledError``, clean up, and re-raise)."""
+    url = f"sqlite:///{tmp_path / 'history.db'}"
+    db.upgrade(url)
+    inp = wave_input(
+        make_fleet({"prod": 3}, duration=60.0),
+        tmp_path,
+        [stage("prod", max_concurrency="2")],
+        record_history=True,
+    )
+    client = dev_env.client
+    task_queue = f"tq-{uuid.uuid4()}"
+    async with build_worker(client, task_queue, database_url=url):
+        handle = await start(client, task_queue, inp)
+        for _ in range(200):
+            status = await wave_status(client, inp.wave_id)
+            if list(status.stages[0].instances.values()).count("in_flight") == 2:
+                break
+            await asyncio.sleep(0.05)
+        run_id = status.stages[0].active_run_id
+        assert run_id is not None
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as failure:
+            await asyncio.wait_for(handle.result(), timeout=30)
+        assert isinstance(failure.value.cause, CancelledError)
+        status = await wave_status(client, inp.wave_id)
+        run = await client.get_workflow_handle(run_id).describe()
+    assert status.state == "cancelled" and "cancelled through Temporal" in status.reason
+    prod = status.stages[0]
+    assert prod.state == "cancelled" and prod.active_run_id is None
+    assert sorted(prod.instances.values()) == ["failed", "failed", "not_attempted"]
+    assert {prod.details[i] for i, s in prod.instances.items() if s == "failed"} == {
+        "cancelled by an operator"
+    }
+    assert ("cancel", "temporal") in {(a.action, a.who) for a in status.audit}
+    assert run.status == WorkflowExecutionStatus.COMPLETED  # aborted by its wave, not left cancelled
+    with db.open_session(db.get_engine(url)) as session:
+        recorded = db.get_wave(session, wave_id=inp.wave_id)
+        assert recorded.state == "cancelled" and recorded.finished_at is not None
+
+
+async def test_a_stage_run_cancelled_through_temporal_halts_its_wave(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Cancelling only the stage run (its own workflow in the Temporal UI) aborts it like a cancel — in-flight
+    installs cancelled and recorded — and the wave halts on it instead of failing."""
+    inp = wave_input(make_fleet({"prod": 3}, duration=60.0), tmp_path, [stage("prod", max_concurrency="2")])
+    client = dev_env.client
+    async with running_worker(client) as tq:
+        handle = await start(client, tq, inp)
+        for _ in range(200):
+            status = await wave_status(client, inp.wave_id)
+            if list(status.stages[0].instances.values()).count("in_flight") == 2:
+                break
+            await asyncio.sleep(0.05)
+        assert status.stages[0].active_run_id is not None
+        await client.get_workflow_handle(status.stages[0].active_run_id).cancel()
+        halted = await settle(client, inp.wave_id, {"halted"}, timeout=30)
+        assert sorted(halted.stages[0].instances.values()) == ["failed", "failed", "pending"]
+        await act(client, inp.wave_id, "cancel", who="alice")
+        assert (await handle.result()).status.state == "cancelled"
