@@ -1,4 +1,5 @@
-"""CLI commands of the history database (``patchflow db …``) and of API tokens (``patchflow token …``).
+"""CLI commands of the history database (``patchflow db …``), its audit log (``patchflow audit …``) and of
+API tokens (``patchflow token …``).
 
 Registered on the main app by :mod:`patchflow.cli`. :mod:`patchflow.store.db` (SQLAlchemy, Alembic) is imported
 inside the commands, so other commands do not pay for it at start-up.
@@ -24,13 +25,15 @@ if TYPE_CHECKING:
 
 db_app = typer.Typer(help="The history database: schema migrations.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens: bearer tokens with a role, hashed at rest.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: append-only and hash-chained.", no_args_is_help=True)
 
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``db`` and ``token`` to the main app."""
+    """Add ``db``, ``audit`` and ``token`` to the main app."""
     app.add_typer(db_app, name="db")
+    app.add_typer(audit_app, name="audit")
     app.add_typer(token_app, name="token")
 
 
@@ -90,6 +93,54 @@ def current_command(
         note = f"(head is {head}; run 'patchflow db upgrade')"
     sys.stdout.write(f"{db.display_url(url)}: {current or 'none'} {note}\n")
     if check and current != head:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+
+@audit_app.command("verify")
+def audit_verify_command(
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            help="A head hash printed by an earlier verification: it must still be in the intact chain.",
+        ),
+    ] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+) -> None:
+    """Walk the audit log's hash chain and report the first broken link (exit 1), else the head to note."""
+    from patchflow.store import db
+
+    url = _url()
+    with db.translate_errors(url), _session(url) as session:
+        result = db.verify_audit_chain(session, expected_head=head)
+    if fmt is Fmt.json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "rows": result.rows,
+                    "head": result.head,
+                    "broken_at": result.broken_at,
+                    "problem": result.problem,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    elif result.ok:
+        sys.stdout.write(
+            f"audit log intact: {result.rows} row(s), head {result.head or '(empty)'}; note the head to "
+            "check later with --head\n"
+        )
+    else:
+        where = f" at row {result.broken_at}" if result.broken_at is not None else ""
+        sys.stderr.write(
+            f"error: audit log broken{where}: {result.problem} ({result.rows} row(s) before it intact)\n"
+        )
+    if not result.ok:
         raise typer.Exit(1)
 
 

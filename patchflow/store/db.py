@@ -25,9 +25,11 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -292,18 +294,29 @@ class AuditRecordBase(SQLModel):
 
 
 class AuditRecord(AuditRecordBase, table=True):
-    """Append-only: no function here updates or deletes a row, and the migration adds triggers that make
-    the database refuse ``UPDATE`` and ``DELETE`` on the table as well."""
+    """Append-only and chained.
+
+    No function here updates or deletes a row, and the migrations add triggers that make the database refuse
+    ``UPDATE``, ``DELETE``, ``TRUNCATE`` (PostgreSQL) and ``INSERT OR REPLACE`` over an existing row (SQLite)
+    as well. Each row also stores a hash of its content and of the previous row's hash
+    (:func:`audit_row_hash`), so an edit by someone who can bypass the triggers — a database owner — breaks
+    the chain where it happened (:func:`verify_audit_chain`, ``patchflow audit verify``).
+    """
 
     __tablename__: ClassVar[str] = "audit_log"
 
     id: int | None = Field(default=None, primary_key=True)
     key: str | None = Field(default=None, max_length=255, unique=True)
     """Idempotency key of a retried writer (``None``: the entry is written once by construction)."""
+    prev_hash: str | None = Field(default=None, max_length=64)
+    """``row_hash`` of the row before this one in id order (:data:`AUDIT_GENESIS` for the first)."""
+    row_hash: str | None = Field(default=None, max_length=64)
+    """:func:`audit_row_hash` of this row; ``None`` only for a row written around patchflow (a break)."""
 
 
 class AuditRecordPublic(AuditRecordBase):
     id: int
+    row_hash: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- API tokens
@@ -645,7 +658,8 @@ def record_wave_status(session: Session, *, status: WaveStatus, at: datetime | N
         }
         for index, entry in enumerate(status.audit)
     ]
-    _insert(session, _table(AuditRecord), audit_rows, keys=["key"])
+    session.commit()  # the wave's rows first: the chain's lock is held only while appending to it
+    _append_chained(session, audit_rows)
     session.commit()
 
 
@@ -883,7 +897,7 @@ def append_audit(
     detail: dict[str, Any] | None = None,
     key: str | None = None,
 ) -> None:
-    """Append one operator action to the audit log.
+    """Append one operator action to the audit log, linked to the chain.
 
     Args:
         key: an idempotency key for writers that may run twice (activities); a second append with the same
@@ -900,12 +914,163 @@ def append_audit(
         "detail": dict(detail or {}),
         "key": key,
     }
-    table = _table(AuditRecord)
-    if key is None:
-        session.exec(sa.insert(table).values(row))
-    else:
-        _insert(session, table, [row], keys=["key"])
+    _append_chained(session, [row])
     session.commit()
+
+
+AUDIT_GENESIS = "0" * 64
+"""``prev_hash`` of the first row of the audit chain."""
+
+_AUDIT_LOCK = 0x70666175646974  # "pfaudit": PostgreSQL advisory lock serialising appends to the chain
+
+
+def audit_row_hash(row: Any, prev_hash: str) -> str:
+    """SHA-256 of the previous row's hash and this row's content (id, instant, actor, action, wave, stage,
+    detail, key) as canonical JSON. The format is part of every stored row: never change it.
+
+    Args:
+        row: a mapping or an object with those fields (``at`` timezone-aware).
+    """
+
+    def get(name: str) -> Any:
+        return row[name] if isinstance(row, dict) else getattr(row, name)
+
+    content = {
+        "id": get("id"),
+        "at": _utc(get("at"), "at").isoformat(timespec="microseconds"),
+        "actor": get("actor"),
+        "action": get("action"),
+        "wave_id": get("wave_id"),
+        "stage": get("stage"),
+        "detail": get("detail"),
+        "key": get("key"),
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+def _lock_audit_chain(session: Session) -> None:
+    """Serialise appends until this transaction ends, so two writers never link to the same predecessor:
+    a transaction-level advisory lock on PostgreSQL, SQLite's write lock (``BEGIN IMMEDIATE``) taken before
+    the chain's head is read."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
+        return
+    raw = connection.connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:  # a write already in this transaction holds the lock
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _append_chained(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Append ``rows`` in order, each linked to the one before; rows whose key is already in the log (a
+    retried writer) are skipped. Returns how many were appended. The caller commits (which frees the lock).
+    """
+    if not rows:
+        return 0
+    _lock_audit_chain(session)
+    table = _table(AuditRecord)
+    connection = session.connection()
+    keys = [row["key"] for row in rows if row.get("key") is not None]
+    existing: set[str] = set()
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        existing.update(connection.execute(sa.select(table.c.key).where(table.c.key.in_(chunk))).scalars())
+    fresh = [row for row in rows if row.get("key") is None or row["key"] not in existing]
+    if not fresh:
+        return 0
+    head = connection.execute(
+        sa.select(table.c.id, table.c.row_hash).order_by(table.c.id.desc()).limit(1)
+    ).first()
+    last_id, prev_hash = (head[0], head[1] or "") if head is not None else (0, AUDIT_GENESIS)
+    chained = []
+    for row in fresh:  # ids follow the chain: max + 1 under the lock
+        last_id += 1
+        linked = {**row, "id": last_id, "prev_hash": prev_hash}
+        linked["row_hash"] = prev_hash = audit_row_hash(linked, prev_hash)
+        chained.append(linked)
+    for start in range(0, len(chained), _CHUNK):
+        connection.execute(sa.insert(table).values(chained[start : start + _CHUNK]))
+    if connection.dialect.name == "postgresql":  # an INSERT without an id (by hand) continues above ours
+        sequence = sa.func.pg_get_serial_sequence("audit_log", "id")
+        connection.execute(sa.select(sa.func.setval(sequence, last_id)))
+    return len(chained)
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """What :func:`verify_audit_chain` found."""
+
+    rows: int
+    """Rows checked and found linked (all of them when the chain is intact)."""
+    head: str | None
+    """``row_hash`` of the last intact row (``None``: an empty log, or the first row is broken)."""
+    broken_at: int | None = None
+    """Id of the first row whose link is broken; ``None`` when the chain is intact."""
+    problem: str = ""
+    """What is wrong at ``broken_at`` (or with ``expected_head``), and what it means."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def verify_audit_chain(
+    session: Session, *, expected_head: str | None = None, batch: int = 1000
+) -> AuditVerification:
+    """Walk the audit log in id order and report the first broken link.
+
+    A row is broken when its ``prev_hash`` is not the previous row's ``row_hash`` (a row before it was
+    removed, inserted or rewritten) or its ``row_hash`` does not match its content (the row was edited).
+    Whoever can rewrite every later hash can hide an edit from this walk alone; ``expected_head`` (a
+    ``row_hash`` recorded earlier, e.g. from a previous verification's output) closes that gap: it must still
+    be a row of the intact chain.
+    """
+    table = _table(AuditRecord)
+    prev_hash, prev_id, checked, head_seen = AUDIT_GENESIS, None, 0, expected_head is None
+    last_id = -(2**31)  # below any id (PostgreSQL: INTEGER)
+    while True:
+        rows = (
+            session.connection()
+            .execute(sa.select(table).where(table.c.id > last_id).order_by(table.c.id).limit(batch))
+            .all()
+        )
+        if not rows:
+            break
+        for row in rows:
+            problem = _audit_link_problem(row, prev_hash, prev_id)
+            if problem:
+                return AuditVerification(checked, prev_hash if checked else None, row.id, problem)
+            checked, prev_hash, prev_id = checked + 1, row.row_hash, row.id
+            head_seen = head_seen or row.row_hash == expected_head
+        last_id = rows[-1].id
+    head = prev_hash if checked else None
+    if not head_seen:
+        return AuditVerification(
+            checked,
+            head,
+            None,
+            f"the head {expected_head} recorded earlier is no longer in the chain: rows were removed from "
+            "its end or the chain was rewritten from an earlier row",
+        )
+    return AuditVerification(checked, head)
+
+
+def _audit_link_problem(row: Any, prev_hash: str, prev_id: int | None) -> str:
+    after = f"row {prev_id}" if prev_id is not None else "the start of the log"
+    if row.row_hash is None or row.prev_hash is None:
+        return (
+            f"row {row.id} carries no hash: it was inserted around patchflow (or by a patchflow older than "
+            "schema revision 0003)"
+        )
+    if row.prev_hash != prev_hash:
+        return (
+            f"row {row.id} does not link to {after}: a row between them was removed or inserted, or "
+            f"{after} was rewritten"
+        )
+    if audit_row_hash(row, row.prev_hash) != row.row_hash:
+        return f"row {row.id}'s content does not match its hash: the row was edited after it was written"
+    return ""
 
 
 def list_audit(
