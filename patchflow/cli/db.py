@@ -17,11 +17,13 @@ from rich.console import Console
 from rich.table import Table
 
 from patchflow.cli.common import Fmt
-from patchflow.config import get_settings
+from patchflow.config import Settings, get_settings
 from patchflow.core.timeutil import format_instant
 
 if TYPE_CHECKING:
     from sqlmodel import Session
+
+    from patchflow.errors import PatchflowError
 
 db_app = typer.Typer(help="The history database: schema migrations.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens: bearer tokens with a role, hashed at rest.", no_args_is_help=True)
@@ -47,6 +49,45 @@ def _actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no passwd entry (some containers)
         return "cli:unknown"
+
+
+def audit_refusal(
+    settings: Settings,
+    exc: PatchflowError,
+    *,
+    action: str,
+    wave_id: str | None = None,
+    stage: str | None = None,
+    claimed: str | None = None,
+) -> None:
+    """Record a CLI action the wave refused (exit 4) or that named no such wave (exit 3) as a refused attempt,
+    by the OS user (``--as`` is a claim, kept in the detail). Best effort: the error is what the user sees;
+    a database that cannot take the record costs a note on stderr, never the exit code."""
+    from patchflow.control.waves import WaveActionRefused
+    from patchflow.errors import NotFoundError
+    from patchflow.store import db
+
+    if not isinstance(exc, WaveActionRefused | NotFoundError):
+        return
+    url = settings.database_url_resolved
+    try:
+        with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+            recorded = db.append_refusal(
+                session,
+                actor=_actor(),
+                action=action,
+                reason=(str(exc).splitlines() or [type(exc).__name__])[0],
+                wave_id=wave_id,
+                stage=stage,
+                detail={"via": "cli", **({"as": claimed} if claimed else {})},
+            )
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        sys.stderr.write(f"note: the refusal was not recorded in the audit log ({error})\n")
+        return
+    if not recorded:
+        sys.stderr.write(
+            "note: the refusal was not recorded in the audit log (too many refusals this minute)\n"
+        )
 
 
 def _session(url: str) -> Session:

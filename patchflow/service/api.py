@@ -24,7 +24,8 @@ Errors
 Audit
     Every call that could change a wave (start, halt, resume, cancel, rollback, approve, reject) is appended
     to the audit log with the token's name as actor and its outcome (``ok``, ``refused``, ``not_found``,
-    ``invalid``, ``forbidden``), so refused and unauthorised attempts leave a trace too.
+    ``invalid``, ``forbidden``); every refused one — and every 403, whatever the route — is recorded as a
+    refused attempt with its reason (:func:`patchflow.store.db.append_refusal`, rate-limited).
 """
 
 from __future__ import annotations
@@ -151,6 +152,9 @@ the stage (checked by the workflow)."""
 
 MUTATING = frozenset({"start", "halt", "resume", "cancel", "rollback", "approve", "reject"})
 """Actions that land in the audit log, whatever their outcome."""
+
+REFUSED_OUTCOMES = frozenset({"forbidden", "refused", "not_found", "invalid"})
+"""Audit outcomes that are refused attempts (403, 409, 404, 422): recorded by ``db.append_refusal``."""
 
 
 @dataclass(frozen=True)
@@ -443,8 +447,10 @@ class ApiState:
         wave_id: str | None = None,
         stage: str | None = None,
         detail: dict[str, Any] | None = None,
+        reason: str = "",
     ) -> None:
-        """Append one API call to the audit log (blocking: call through ``asyncio.to_thread``).
+        """Append one API call to the audit log (blocking: call through ``asyncio.to_thread``); a refused one
+        (:data:`REFUSED_OUTCOMES`) is recorded as a refused attempt with its ``reason``, rate-limited.
 
         Never raises: the wave has already acted (or refused) by now, and failing the request would make the
         client retry an action that happened. The wave keeps its own audit trail as well.
@@ -455,7 +461,22 @@ class ApiState:
                 db.translate_errors(self.database_url),
                 db.open_session(db.get_engine(self.database_url)) as s,
             ):
-                db.append_audit(s, actor=who.name, action=action, wave_id=wave_id, stage=stage, detail=entry)
+                if outcome not in REFUSED_OUTCOMES:  # ok, or an error of patchflow's own (Temporal down)
+                    db.append_audit(
+                        s, actor=who.name, action=action, wave_id=wave_id, stage=stage, detail=entry
+                    )
+                elif not db.append_refusal(
+                    s,
+                    actor=who.name,
+                    action=action,
+                    reason=reason or outcome,
+                    wave_id=wave_id,
+                    stage=stage,
+                    detail=entry,
+                ):
+                    log.warning(
+                        "refused %s by %s not audited: too many refusals this minute", action, who.name
+                    )
         except Exception:  # noqa: BLE001 - see the docstring
             log.exception("could not write the audit entry %s %s by %s", action, wave_id or "", who.name)
 
@@ -505,15 +526,13 @@ def allowed(action: str) -> Callable[..., Awaitable[Principal]]:
     ) -> Principal:
         if who.role in roles:
             return who
-        if action in MUTATING:
-            wave_id = request.path_params.get("wave_id")
-            await asyncio.to_thread(state.audit, who, action, outcome="forbidden", wave_id=wave_id)
         needed = " or ".join(sorted(r.value for r in roles))
-        raise ApiError(
-            403,
-            "forbidden",
-            f"token {who.name!r} has role {who.role.value}; {action} needs {needed}",
+        message = f"token {who.name!r} has role {who.role.value}; {action} needs {needed}"
+        wave_id = request.path_params.get("wave_id")
+        await asyncio.to_thread(
+            state.audit, who, action, outcome="forbidden", wave_id=wave_id, reason=message
         )
+        raise ApiError(403, "forbidden", message)
 
     return dependency
 
@@ -681,10 +700,14 @@ async def start_wave(
         client = await state.temporal.get()
         await waves.start_wave(client, settings, inp)
     except (PatchflowError, RPCError) as exc:
-        await asyncio.to_thread(state.audit, who, "start", outcome=_outcome(exc), detail=detail)
+        await asyncio.to_thread(
+            state.audit, who, "start", outcome=_outcome(exc), detail=detail, reason=_first_line(exc)
+        )
         raise
     except WorkflowAlreadyStartedError:  # a generated id collided: astronomically unlikely, but say so
-        raise ApiError(409, "refused", "a wave with the generated id already exists; retry") from None
+        message = "a wave with the generated id already exists; retry"
+        await asyncio.to_thread(state.audit, who, "start", outcome="refused", detail=detail, reason=message)
+        raise ApiError(409, "refused", message) from None
     await asyncio.to_thread(
         state.audit,
         who,
@@ -697,6 +720,11 @@ async def start_wave(
     return WaveStarted(
         wave_id=inp.wave_id, plan=inp.plan_name, patch_set_id=pinned.id, patches=len(inp.patches)
     )
+
+
+def _first_line(exc: Exception) -> str:
+    """An error's first line: enough for the audit log, never a whole document's problems."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _outcome(exc: Exception) -> str:
@@ -730,7 +758,8 @@ async def _act(
             outcome=_outcome(exc),
             wave_id=wave_id,
             stage=stage,
-            detail={**detail, "reason": str(exc)},
+            detail=detail,
+            reason=str(exc),
         )
         raise
     await asyncio.to_thread(

@@ -291,6 +291,9 @@ class AuditRecordBase(SQLModel):
     wave_id: str | None = Field(default=None, max_length=_ID, index=True)
     stage: str | None = Field(default=None, max_length=_ID)
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    refused: bool = Field(default=False, sa_column_kwargs={"server_default": sa.text("false")})
+    """A refused attempt (forged or stale Slack request, a click or call by someone who may not act, an action
+    the wave refused): ``detail.reason`` says why. Rate-limited by :func:`append_refusal`."""
 
 
 class AuditRecord(AuditRecordBase, table=True):
@@ -913,9 +916,60 @@ def append_audit(
         "stage": stage,
         "detail": dict(detail or {}),
         "key": key,
+        "refused": False,
     }
     _append_chained(session, [row])
     session.commit()
+
+
+REFUSALS_PER_MINUTE = 60
+"""At most this many refused attempts are recorded per minute, across every process sharing the database:
+a flood of forged requests grows the log by at most ~86,000 small rows a day instead of filling the disk."""
+
+
+def append_refusal(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    reason: str,
+    at: datetime | None = None,
+    wave_id: str | None = None,
+    stage: str | None = None,
+    detail: dict[str, Any] | None = None,
+    per_minute: int = REFUSALS_PER_MINUTE,
+) -> bool:
+    """Record a refused attempt (who, what, why refused) — unless ``per_minute`` refusals were recorded in
+    the minute before ``at``: then nothing is written (the caller logs it) and False is returned.
+
+    The count and the append happen under the chain's lock, so concurrent writers cannot overshoot it.
+    """
+    if not actor.strip() or not action.strip():
+        raise InputError("an audit entry names its actor and its action")
+    at = _utc(at or _now(), "at")
+    row = {
+        "at": at,
+        "actor": actor[:_ID],
+        "action": action[:64],
+        "wave_id": wave_id[:_ID] if wave_id else None,
+        "stage": stage[:_ID] if stage else None,
+        "detail": {**(detail or {}), "reason": reason[:2000]},
+        "key": None,
+        "refused": True,
+    }
+    _lock_audit_chain(session)
+    table = _table(AuditRecord)
+    recent = session.connection().execute(
+        sa.select(sa.func.count())
+        .select_from(table)
+        .where(table.c.refused.is_(True), table.c.at > at - timedelta(minutes=1))
+    )
+    if recent.scalar_one() >= per_minute:
+        session.rollback()  # frees the lock
+        return False
+    _append_chained(session, [row])
+    session.commit()
+    return True
 
 
 AUDIT_GENESIS = "0" * 64
@@ -926,14 +980,14 @@ _AUDIT_LOCK = 0x70666175646974  # "pfaudit": PostgreSQL advisory lock serialisin
 
 def audit_row_hash(row: Any, prev_hash: str) -> str:
     """SHA-256 of the previous row's hash and this row's content (id, instant, actor, action, wave, stage,
-    detail, key) as canonical JSON. The format is part of every stored row: never change it.
+    detail, key, refused) as canonical JSON. The format is part of every stored row: never change it.
 
     Args:
         row: a mapping or an object with those fields (``at`` timezone-aware).
     """
 
     def get(name: str) -> Any:
-        return row[name] if isinstance(row, dict) else getattr(row, name)
+        return row.get(name) if isinstance(row, dict) else getattr(row, name)
 
     content = {
         "id": get("id"),
@@ -944,6 +998,7 @@ def audit_row_hash(row: Any, prev_hash: str) -> str:
         "stage": get("stage"),
         "detail": get("detail"),
         "key": get("key"),
+        "refused": bool(get("refused")),
     }
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()

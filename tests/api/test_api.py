@@ -295,6 +295,14 @@ async def test_operator_actions_are_applied_refused_and_audited(
             r for r in db.list_audit(session, wave_id=wave_id) if r.action == "halt" and r.actor == "olga"
         )
     assert halt.detail["comment"] == "hold on" and halt.detail["token_id"]
+    with stack.session() as session:
+        rows = db.list_audit(session, wave_id=wave_id)
+    assert [(r.actor, r.action) for r in rows if r.refused] == [
+        ("vic", "halt"),
+        ("ops-lead", "halt"),
+        ("olga", "rollback"),
+    ]
+    assert "refused" in rows[-1].detail["reason"] and rows[-1].refused
 
     listed = await http.get("/waves", params={"state": "cancelled"}, headers=stack.auth("vic"))
     assert [w["wave_id"] for w in listed.json()["waves"]] == [wave_id]
@@ -355,6 +363,13 @@ async def test_authentication_boundary(stack: Stack, http: httpx.AsyncClient) ->
         assert_error(await http.post(path, json=body, headers=stack.auth("vic")), 403, "forbidden")
     # health needs no token
     assert (await http.get("/healthz")).json() == {"status": "ok"}
+    # every 403 left a refused attempt with the reason, whatever the route
+    with stack.session() as session:
+        refused = [
+            (r.action, r.detail["reason"]) for r in db.list_audit(session) if r.refused and r.actor == "vic"
+        ]
+    assert [action for action, _ in refused[-4:]] == ["start", "validate", "validate", "approve"]
+    assert all("has role viewer" in reason for _, reason in refused[-4:])
 
 
 async def test_token_cache_trusts_a_verified_token_for_its_ttl(stack: Stack) -> None:
@@ -370,6 +385,72 @@ async def test_token_cache_trusts_a_verified_token_for_its_ttl(stack: Stack) -> 
     assert await verifier.verify(token) == principal  # cached: no scrypt, no database
     now[0] = 30.5
     assert await verifier.verify(token) is None  # expired: checked again, and revoked
+
+
+async def test_a_flood_of_refused_calls_is_audited_up_to_the_limit(tmp_path: Path) -> None:
+    """A token hammering an action it may not take: each call is refused, but the audit log grows by at most
+    ``REFUSALS_PER_MINUTE`` rows a minute (its own database: the module's refusals would count too)."""
+    url = f"sqlite:///{tmp_path / 'flood.db'}"
+    db.upgrade(url)
+    with db.open_session(db.get_engine(url)) as session:
+        token = db.create_token(session, name="bot", role="viewer")[1]
+    settings = Settings(data_dir=tmp_path, database_url=url, temporal_address=f"127.0.0.1:{free_port()}")
+    app = create_app(settings, metrics=Metrics(CollectorRegistry()))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        for _ in range(db.REFUSALS_PER_MINUTE + 15):
+            response = await client.post("/waves/w/halt", headers={"Authorization": f"Bearer {token}"})
+            assert_error(response, 403, "forbidden")
+    with db.open_session(db.get_engine(url)) as session:
+        rows = db.list_audit(session, limit=1000)
+        assert len(rows) == db.REFUSALS_PER_MINUTE and all(r.refused and r.actor == "bot" for r in rows)
+        assert db.verify_audit_chain(session).ok
+
+
+def test_a_cli_action_the_wave_refuses_is_audited(stack: Stack, tmp_path: Path) -> None:
+    """``patchflow wave approve --as mallory`` (exit 4): recorded as the OS user, ``--as`` kept as a claim."""
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        started = http.post("/waves", json={"plan": "demo.yaml"}, headers=stack.auth("olga"))
+        wave_id = started.json()["wave_id"]
+        deadline = time.monotonic() + 45
+        while http.get(f"/waves/{wave_id}", headers=stack.auth("vic")).json()["state"] != "waiting_approval":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "patchflow",
+                "wave",
+                "approve",
+                wave_id,
+                "--stage",
+                "prod",
+                "--as",
+                "mallory",
+            ],
+            env={**os.environ, **cli_env(stack, tmp_path)},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        http.post(f"/waves/{wave_id}/cancel", headers=stack.auth("olga"))
+    assert proc.returncode == 4, proc.stderr
+    with stack.session() as session:
+        [row] = [r for r in db.list_audit(session, wave_id=wave_id) if r.refused]
+    assert row.actor.startswith("cli:") and (row.action, row.stage) == ("approve", "prod")
+    assert row.detail["via"] == "cli" and row.detail["as"] == "mallory"
+    assert "'mallory' may not approve stage 'prod'" in row.detail["reason"]
+
+
+def cli_env(stack: Stack, data_dir: Path) -> dict[str, str]:
+    """What a ``patchflow`` subprocess needs to reach this stack's Temporal, task queue and database."""
+    return {
+        "PATCHFLOW_DATA_DIR": str(data_dir),
+        "PATCHFLOW_DATABASE_URL": stack.settings.database_url_resolved,
+        "PATCHFLOW_TEMPORAL_ADDRESS": stack.settings.temporal_address,
+        "PATCHFLOW_TASK_QUEUE": stack.settings.task_queue,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- health

@@ -257,3 +257,81 @@ def test_cli_audit_verify_reports_the_first_broken_row(url: str, engine: Engine,
     assert proc.stderr.startswith("error: audit log broken at row 2: row 2's content does not match its hash")
     proc = cli("audit", "verify", "--format", "json", url=url, data_dir=tmp_path)
     assert proc.returncode == 1 and '"broken_at": 2' in proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------- refusals
+
+
+def test_refused_attempts_are_recorded_flagged_and_rate_limited(session: Session, engine: Engine) -> None:
+    for i in range(3):
+        assert db.append_refusal(
+            session,
+            actor="mallory",
+            action="approve",
+            reason=f"'mallory' may not approve stage 'prod' ({i})",
+            at=T0 + timedelta(seconds=i),
+            wave_id="w1",
+            stage="prod",
+            detail={"via": "api"},
+            per_minute=3,
+        )
+    # a fourth in the same minute is not written; ordinary entries are never limited
+    assert not db.append_refusal(
+        session, actor="mallory", action="approve", reason="x", at=T0 + timedelta(seconds=30), per_minute=3
+    )
+    db.append_audit(session, actor="alice", action="halt", at=T0 + timedelta(seconds=31))
+    # a minute after the first, there is room again
+    assert db.append_refusal(
+        session, actor="mallory", action="approve", reason="y", at=T0 + timedelta(seconds=61), per_minute=3
+    )
+
+    rows = db.list_audit(session)
+    assert [(r.actor, r.refused) for r in rows] == [("mallory", True)] * 3 + [
+        ("alice", False),
+        ("mallory", True),
+    ]
+    assert rows[0].detail == {"via": "api", "reason": "'mallory' may not approve stage 'prod' (0)"}
+    assert (rows[0].wave_id, rows[0].stage) == ("w1", "prod")
+    assert db.verify_audit_chain(session).ok
+
+    # the flag is part of the hash: turning a refusal into an accepted action is detected
+    with as_database_owner(engine) as owner:
+        owner.execute(sa.text("UPDATE audit_log SET refused = false WHERE id = 2"))
+    assert db.verify_audit_chain(session).broken_at == 2
+
+
+def test_concurrent_refusals_never_exceed_the_limit(url: str) -> None:
+    """The count and the append share the chain's lock: a flood from several writers stops exactly at it."""
+    errors: list[BaseException] = []
+
+    def flood(n: int) -> None:
+        engine = db.make_engine(url)
+        try:
+            with db.open_session(engine) as session:
+                for i in range(5):
+                    db.append_refusal(
+                        session,
+                        actor=f"bot{n}",
+                        action="slack.request",
+                        reason=f"forged {i}",
+                        at=T0,
+                        per_minute=6,
+                    )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=flood, args=(n,)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    engine = db.make_engine(url)
+    try:
+        with db.open_session(engine) as session:
+            assert len(db.list_audit(session)) == 6
+            assert db.verify_audit_chain(session).ok
+    finally:
+        engine.dispose()

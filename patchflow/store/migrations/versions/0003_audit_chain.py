@@ -1,7 +1,9 @@
-"""the audit log cannot be rewritten: a hash chain over its rows, no REPLACE (SQLite), no TRUNCATE (PostgreSQL).
+"""the audit log cannot be rewritten: a hash chain over its rows, no REPLACE (SQLite), no TRUNCATE (PostgreSQL);
+refused attempts are marked.
 
 Hand-written. Two columns link every row to the one before it (``prev_hash``, ``row_hash``: see
-:func:`patchflow.store.db.audit_row_hash`); the rows already there are chained in id order. Revision 0001's
+:func:`patchflow.store.db.audit_row_hash`); the rows already there are chained in id order. ``refused`` marks a
+refused attempt (:func:`patchflow.store.db.append_refusal` counts them for its rate limit). Revision 0001's
 triggers refuse ``UPDATE`` and ``DELETE``; this one adds what they missed:
 
 * SQLite: ``INSERT OR REPLACE`` deletes the row it collides with without firing DELETE triggers, so a
@@ -40,6 +42,9 @@ def upgrade() -> None:
     op.add_column(
         "audit_log", sa.Column("row_hash", sqlmodel.sql.sqltypes.AutoString(length=64), nullable=True)
     )
+    op.add_column(
+        "audit_log", sa.Column("refused", sa.Boolean(), server_default=sa.text("false"), nullable=False)
+    )
     # Chaining the rows already there updates them: lift 0001's UPDATE guard for this transaction only.
     _drop_update_guard(postgres)
     _chain_existing_rows()
@@ -63,6 +68,7 @@ def downgrade() -> None:
         op.execute("DROP TRIGGER audit_log_no_truncate ON audit_log")
     else:
         op.execute("DROP TRIGGER audit_log_no_replace")
+    op.drop_column("audit_log", "refused")
     op.drop_column("audit_log", "row_hash")
     op.drop_column("audit_log", "prev_hash")
 
@@ -78,6 +84,7 @@ def _chain_existing_rows() -> None:
         sa.column("stage", sa.String),
         sa.column("detail", sa.JSON),
         sa.column("key", sa.String),
+        sa.column("refused", sa.Boolean),
         sa.column("prev_hash", sa.String),
         sa.column("row_hash", sa.String),
     )
