@@ -164,6 +164,9 @@ def _demo_api(settings: Settings, database_url: str) -> asyncio.Task[None] | Non
         err.print(f"API port {settings.api_host}:{settings.api_port} is taken; the demo runs without the API")
         return None
     with db.open_session(db.get_engine(database_url)) as session:
+        for earlier in db.list_tokens(session, include_revoked=False):
+            if earlier.name == "demo-viewer":  # one active token per name: the last demo's goes
+                db.revoke_token(session, token_id=earlier.id)
         _, token = db.create_token(session, name="demo-viewer", role="viewer")
     base = f"http://{settings.api_host}:{settings.api_port}"
     err.print(f"watch it: curl -H 'Authorization: Bearer {token}' {base}/waves   (and {base}/metrics)")

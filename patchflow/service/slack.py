@@ -59,6 +59,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateS
 from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings
+from patchflow.core.approvers import SLACK_GROUP_PREFIX, SLACK_USER_PREFIX
 from patchflow.core.wavemodel import (
     STAGE_CANCELLED,
     STAGE_FAILED,
@@ -86,8 +87,6 @@ REJECT_ACTION_ID = "patchflow_gate_reject"
 GATE_BLOCK_ID = "patchflow_gate"
 """``block_id`` of the buttons' actions block: removed from the message once the gate is answered."""
 OUTCOME_BLOCK_ID = "patchflow_outcome"
-SLACK_USER_PREFIX = "slack:"
-SLACK_GROUP_PREFIX = "slack-group:"
 UNVERIFIED_ACTOR = "slack:unverified"
 """Audit actor of a request refused before its sender could be verified (its payload names nobody trusted)."""
 REFUSED_OUTCOMES = frozenset({"unauthorised", "refused", "not_found"})

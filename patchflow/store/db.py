@@ -43,6 +43,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import JSON, Field, Session, SQLModel, col, select
 
+from patchflow.core.approvers import token_name_problem
 from patchflow.core.evaluation import PatchSet
 from patchflow.core.wavemodel import (
     WAVE_FINAL_STATES,
@@ -327,7 +328,8 @@ class AuditRecordPublic(AuditRecordBase):
 
 class TokenBase(SQLModel):
     name: str = Field(min_length=1, max_length=_ID)
-    """What the token is for (``ci``, ``grafana``); not unique, so a rotated token can keep its name."""
+    """What the token is for (``ci``, ``grafana``, ``alice``): the identity gates and the audit log see. A plain
+    name, unique among active tokens (a rotated token keeps its name once the old one is revoked)."""
     role: str = Field(sa_type=sa.String(16))
 
 
@@ -976,6 +978,7 @@ AUDIT_GENESIS = "0" * 64
 """``prev_hash`` of the first row of the audit chain."""
 
 _AUDIT_LOCK = 0x70666175646974  # "pfaudit": PostgreSQL advisory lock serialising appends to the chain
+_TOKEN_LOCK = 0x7066746F6B656E  # "pftoken": serialises token creation (one active token per name)
 
 
 def audit_row_hash(row: Any, prev_hash: str) -> str:
@@ -1005,12 +1008,17 @@ def audit_row_hash(row: Any, prev_hash: str) -> str:
 
 
 def _lock_audit_chain(session: Session) -> None:
-    """Serialise appends until this transaction ends, so two writers never link to the same predecessor:
-    a transaction-level advisory lock on PostgreSQL, SQLite's write lock (``BEGIN IMMEDIATE``) taken before
-    the chain's head is read."""
+    """Serialise appends until this transaction ends, so two writers never link to the same predecessor."""
+    _serialise(session, _AUDIT_LOCK)
+
+
+def _serialise(session: Session, key: int) -> None:
+    """Hold a lock until this transaction ends, for a read-then-write that must not interleave with another
+    process's: a transaction-level advisory lock ``key`` on PostgreSQL, SQLite's write lock (``BEGIN
+    IMMEDIATE``, the whole database) taken before the read."""
     connection = session.connection()
     if connection.dialect.name == "postgresql":
-        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _AUDIT_LOCK})
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
         return
     raw = connection.connection.dbapi_connection
     if raw is not None and not raw.in_transaction:  # a write already in this transaction holds the lock
@@ -1192,12 +1200,28 @@ def create_token(session: Session, *, name: str, role: str, at: datetime | None 
         is not stored anywhere; show it once.
 
     Raises:
-        InputError: an unknown role or an empty or over-long name.
+        InputError: an unknown role; a name that is empty, over-long, not a plain name
+            (:func:`patchflow.core.approvers.token_name_problem`: never ``slack:…``), or already the name of
+            an active token (revoke that one first: a name is an identity).
     """
     name = name.strip()
     if not name or len(name) > _ID:
         raise InputError(f"name: give the token a name of 1 to {_ID} characters (what it is for)")
+    problem = token_name_problem(name)
+    if problem:
+        raise InputError(f"name: {problem}")
     role = _choice(role, Role, "role")
+    _serialise(session, _TOKEN_LOCK)  # the check below and the insert, atomically
+    taken = session.exec(
+        select(ApiToken).where(ApiToken.name == name, col(ApiToken.revoked).is_(False))
+    ).first()
+    if taken is not None:
+        session.rollback()
+        raise InputError(
+            f"name: the active token {taken.id} is already named {name!r}, and a name is an identity that "
+            f"gates and the audit log see; revoke it first ('patchflow token revoke {taken.id}') or choose "
+            "another name"
+        )
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     session.add(
@@ -1215,7 +1239,7 @@ def create_token(session: Session, *, name: str, role: str, at: datetime | None 
 
 def verify_token(session: Session, *, token: str, at: datetime | None = None) -> Role | None:
     """The role of a valid, unrevoked token; ``None`` for anything else (malformed, unknown, wrong secret,
-    revoked). Compares in constant time and records when the token was last used."""
+    revoked, or named like a Slack identity — possible only for a token created before names were checked). Compares in constant time and records when the token was last used."""
     prefix, _, rest = token.strip().partition("_")
     token_id, _, secret = rest.partition("_")
     row = session.get(ApiToken, token_id) if prefix == TOKEN_PREFIX and token_id and secret else None
@@ -1223,6 +1247,8 @@ def verify_token(session: Session, *, token: str, at: datetime | None = None) ->
         _secret_matches(secret or "x", _DUMMY_HASH)
         return None
     if not _secret_matches(secret, row.secret_hash) or row.revoked:
+        return None
+    if token_name_problem(row.name):  # created before names were checked: it could pose as someone else
         return None
     now = _utc(at or _now(), "at")
     if row.last_used_at is None or now - row.last_used_at >= _LAST_USED_RESOLUTION:

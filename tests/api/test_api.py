@@ -569,6 +569,15 @@ async def test_plans_validate_and_dry_run(stack: Stack, http: httpx.AsyncClient)
     assert {"stages", "executor.kind", "baseline"} <= {p["path"] for p in invalid["problems"]}
     assert all(p["line"] for p in invalid["problems"] if p["path"] in ("stages", "executor.kind"))
 
+    # An approver entry patchflow could never match (a Slack id in lower case) is a located problem.
+    plan = yaml.safe_load((plans / "demo.yaml").read_text())
+    plan["stages"][2]["gate"] = {"approval": {"approvers": ["ops-lead", "slack:u0alice"]}}
+    (plans / "typo.yaml").write_text(yaml.safe_dump(plan))
+    typo = (await http.post("/plans/validate", json={"plan": "typo.yaml"}, headers=operator)).json()
+    [problem] = typo["problems"]
+    assert problem["path"] == "stages[2].gate.approval.approvers[1]" and problem["line"]
+    assert "no Slack user: write slack: and the member ID" in problem["message"]
+
     # A fleet of its own: the waves of the other tests have already upgraded the example fleet.
     fleet = yaml.safe_load((EXAMPLES_DIR / "fleet.yaml").read_text())
     (plans / "fleet.yaml").write_text(yaml.safe_dump({**fleet, "name": "dry-run"}))
