@@ -45,11 +45,9 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import uvicorn
-import yaml
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi import Path as PathParam
 from fastapi.exceptions import RequestValidationError
@@ -96,13 +94,12 @@ from patchflow.service.apimodel import (
     WaveStateName,
     WaveSummary,
 )
+from patchflow.service.intake import PlanAccessRefused, PlansDirectory, parse_upload
 from patchflow.store import db
 
 if TYPE_CHECKING:
     from patchflow.core.baselines import Baseline
-    from patchflow.core.documents import Document
     from patchflow.core.evaluation import Evaluation, PatchSet
-    from patchflow.core.plans import Plan
     from patchflow.core.wavemodel import WaveInput
 
 log = logging.getLogger(__name__)
@@ -119,10 +116,6 @@ LIST_BATCH = 20
 
 MAX_LIST_SCAN = 1000
 """Most workflows a filtered list looks at before it returns what it found."""
-
-MAX_YAML_DEPTH = 64
-"""Nesting of uploaded YAML/JSON documents: real baselines nest 6 deep; a 100,000-deep list would exhaust
-the parser's recursion and is refused up front."""
 
 MAX_TOKEN = 512
 """Longest bearer token worth hashing (patchflow's are ~60 characters)."""
@@ -394,6 +387,8 @@ class ApiState:
         self.database_url = settings.database_url_resolved
         self.temporal = TemporalConnector(settings.temporal_address)
         self.tokens = TokenVerifier(self.database_url, ttl_seconds=settings.api_token_cache_seconds)
+        self.plans = PlansDirectory(settings.api_plans_dir_resolved)
+        """The only place plans named in requests are read from (:mod:`patchflow.service.intake`)."""
         self.notifier: Any = None
         """Posts wave transitions to Slack when a bot token and channel are configured (one replica only)."""
         if settings.slack_bot_token:  # the channel comes from each plan, else PATCHFLOW_SLACK_CHANNEL
@@ -402,41 +397,6 @@ class ApiState:
             self.notifier = WaveNotifier(
                 web_client=make_web_client(settings), channel=settings.slack_channel or ""
             )
-
-    def plan_path(self, raw: str) -> Path:
-        """Where a requested plan lives; inside ``api_plans_dir`` when one is configured.
-
-        Raises:
-            InputError: the path leaves the plans directory.
-        """
-        plans_dir = self.settings.api_plans_dir
-        if plans_dir is None:
-            return Path(raw)
-        base = plans_dir.resolve()
-        candidate = (base / raw).resolve()
-        if not candidate.is_relative_to(base):
-            raise InputError(
-                f"plan: {raw!r} is outside the plans directory {base} (PATCHFLOW_API_PLANS_DIR); "
-                "name a plan file inside it"
-            )
-        return candidate
-
-    def load_plan(self, raw: str) -> Plan:
-        """The plan at ``raw`` (see :meth:`plan_path`), validated.
-
-        Raises:
-            PlanError: the file is missing or invalid (also for the few parser failures that
-                :mod:`patchflow.core.documents` lets through as a bare ValueError, such as a 5,000-digit integer).
-        """
-        from patchflow.core.plans import PlanError, load_plan
-
-        path = self.plan_path(raw)
-        try:
-            return load_plan(path)
-        except InputError:
-            raise
-        except ValueError as exc:
-            raise PlanError(f"not valid YAML: {exc}", source=str(path)) from None
 
     def audit(
         self,
@@ -691,7 +651,7 @@ async def start_wave(
     detail = {"plan": body.plan, "patch_set": body.patch_set}
 
     def prepare() -> tuple[PatchSet, WaveInput]:
-        plan = state.load_plan(body.plan)
+        plan = state.plans.load(body.plan)
         pinned = waves.pin_patch_set(plan, settings, patch_set=body.patch_set)
         return pinned, waves.wave_input(plan, settings, pinned, who=who.name)
 
@@ -875,9 +835,12 @@ async def reject_gate(
 def validate_plan(
     state: StateDep, _: Annotated[Principal, Depends(allowed("validate"))], body: PlanRequest
 ) -> PlanValidation:
-    """Every problem of the plan (``file:line: field.path``); ``valid`` is false when there is one."""
+    """Every problem of the plan (``file:line: field.path``); ``valid`` is false when there is one. A path the
+    API will not read (outside the plans directory, not a regular file, over 1 MiB) is a 422 instead."""
     try:
-        plan = state.load_plan(body.plan)
+        plan = state.plans.load(body.plan)
+    except PlanAccessRefused:
+        raise
     except InputError as exc:
         problems = _input_problems(exc) or [ProblemOut(path="", message=exc.summary)]
         return PlanValidation(valid=False, problems=problems, message=str(exc))
@@ -897,7 +860,7 @@ async def dry_run_plan(
     """Per stage the resolved targets, windows and upgrades (``patchflow plan``); changes nothing."""
     from patchflow.control.dryrun import dry_run
 
-    plan = await asyncio.to_thread(state.load_plan, body.plan)
+    plan = await asyncio.to_thread(state.plans.load, body.plan)
     result = await dry_run(plan, state.settings, body.at or datetime.now(UTC))
     return DryRunOut.model_validate(result)
 
@@ -905,48 +868,11 @@ async def dry_run_plan(
 # ---------------------------------------------------------------------------------------------- baselines
 
 
-def _check_yaml_shape(text: str, kind: str, error: type[InputError]) -> None:
-    """Refuse YAML aliases and deep nesting before parsing: both make a small upload cost unbounded memory or
-    recursion (a "billion laughs" document; ``[[[[…]]]]``). Syntax errors are left to the parser, which
-    reports them with their line."""
-    depth = 0
-    try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if isinstance(event, yaml.AliasEvent):
-                raise error(
-                    "YAML aliases (*name) are not accepted in uploaded documents; write the values out",
-                    source=f"request body: {kind}",
-                )
-            if isinstance(event, yaml.CollectionStartEvent):
-                depth += 1
-                if depth > MAX_YAML_DEPTH:
-                    raise error(
-                        f"nested more than {MAX_YAML_DEPTH} levels deep; no {kind} needs that",
-                        source=f"request body: {kind}",
-                    )
-            elif isinstance(event, yaml.CollectionEndEvent):
-                depth -= 1
-    except yaml.YAMLError:
-        return
-
-
-def _document(text: str, kind: str, error: type[InputError]) -> Document:
-    from patchflow.core.documents import parse_document
-
-    _check_yaml_shape(text, kind, error)
-    try:
-        return parse_document(text, source=f"request body: {kind}", kind=kind, error=error)
-    except InputError:
-        raise
-    except ValueError as exc:  # PyYAML's own limits, e.g. an integer of more than 4,300 digits
-        raise error(f"not valid YAML: {exc}", source=f"request body: {kind}") from None
-
-
 def _baseline(text: str) -> Baseline:
     from patchflow.core.baselines import parse_baseline
     from patchflow.errors import BaselineError
 
-    return parse_baseline(_document(text, "baseline", BaselineError))
+    return parse_baseline(parse_upload(text, "baseline", BaselineError))
 
 
 def _evaluate(body: EvaluateRequest) -> tuple[Baseline, Evaluation]:
@@ -955,7 +881,7 @@ def _evaluate(body: EvaluateRequest) -> tuple[Baseline, Evaluation]:
     from patchflow.errors import CatalogError
 
     baseline = _baseline(body.baseline)
-    catalog = parse_catalog(_document(body.catalog, "catalog", CatalogError))
+    catalog = parse_catalog(parse_upload(body.catalog, "catalog", CatalogError))
     return baseline, evaluate(baseline, catalog, body.at or datetime.now(UTC), catalog_source="request body")
 
 
@@ -1017,7 +943,7 @@ def compliance(
     family = baseline.family
     if family is None:  # evaluate() refuses non-Linux baselines first; kept for the type checker
         raise InputError(f"compliance needs a Linux baseline; {baseline.OperatingSystem} is not supported")
-    instances = parse_inventory(_document(body.inventory, "inventory", InventoryError), family=family)
+    instances = parse_inventory(parse_upload(body.inventory, "inventory", InventoryError), family=family)
     results, notes = judge(
         instances,
         family=family,

@@ -95,8 +95,9 @@ class _Request(_Model):
 
 
 class StartWave(_Request):
-    plan: PlainText = Field(min_length=1, max_length=4096, examples=["baselines/examples/demo-plan.yaml"])
-    """Path of the plan file on the server (inside ``PATCHFLOW_API_PLANS_DIR`` when that is set)."""
+    plan: PlainText = Field(min_length=1, max_length=4096, examples=["demo-plan.yaml"])
+    """Path of the plan file inside the server's plans directory (``PATCHFLOW_API_PLANS_DIR``, by default
+    ``$PATCHFLOW_DATA_DIR/plans``), relative to it or absolute."""
     patch_set: str | None = Field(default=None, pattern=PATCH_SET_ID_PATTERN)
     """Install this stored patch set instead of evaluating the baseline now."""
 
@@ -115,7 +116,8 @@ class GateRequest(_Request):
 
 class PlanRequest(_Request):
     plan: PlainText = Field(min_length=1, max_length=4096)
-    """Path of the plan file on the server (inside ``PATCHFLOW_API_PLANS_DIR`` when that is set)."""
+    """Path of the plan file inside the server's plans directory (``PATCHFLOW_API_PLANS_DIR``, by default
+    ``$PATCHFLOW_DATA_DIR/plans``), relative to it or absolute."""
 
 
 class DryRunRequest(PlanRequest):

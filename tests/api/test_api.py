@@ -62,11 +62,13 @@ class Stack:
 
 
 def write_plan(plans: Path, name: str, *, time_scale: float) -> str:
-    """The shipped demo plan with absolute paths, no soaks and a faster clock; returns its file name."""
+    """The shipped demo plan, with the files it names copied next to it (the API reads nothing outside its
+    plans directory), no soaks and a faster clock; returns its file name."""
     plan = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
-    plan["baseline"] = str((EXAMPLES_DIR / plan["baseline"]).resolve())
-    plan["catalog"] = str(EXAMPLES_DIR / plan["catalog"])
-    plan["executor"]["fleet"] = str(EXAMPLES_DIR / plan["executor"]["fleet"])
+    for where, key in ((plan, "baseline"), (plan, "catalog"), (plan["executor"], "fleet")):
+        source = (EXAMPLES_DIR / where[key]).resolve()
+        (plans / source.name).write_text(source.read_text())
+        where[key] = source.name
     plan["executor"]["time_scale"] = time_scale
     for stage in plan["stages"]:
         stage["soak"] = "0s"
@@ -580,10 +582,10 @@ async def test_plans_validate_and_dry_run(stack: Stack, http: httpx.AsyncClient)
 
     # A fleet of its own: the waves of the other tests have already upgraded the example fleet.
     fleet = yaml.safe_load((EXAMPLES_DIR / "fleet.yaml").read_text())
-    (plans / "fleet.yaml").write_text(yaml.safe_dump({**fleet, "name": "dry-run"}))
+    (plans / "dry-fleet.yaml").write_text(yaml.safe_dump({**fleet, "name": "dry-run"}))
     plan = yaml.safe_load((plans / "demo.yaml").read_text())
     (plans / "dry.yaml").write_text(
-        yaml.safe_dump({**plan, "executor": {"kind": "simulated", "fleet": "fleet.yaml"}})
+        yaml.safe_dump({**plan, "executor": {"kind": "simulated", "fleet": "dry-fleet.yaml"}})
     )
     dry = await http.post("/plans/dry-run", json={"plan": "dry.yaml", "at": AT}, headers=operator)
     assert dry.status_code == 200, dry.text
