@@ -81,8 +81,9 @@ class Settings(BaseSettings):
     """The directory plans named in API requests are read from (unset: ``<data_dir>/plans``). Paths resolve
     inside it, symlinks included, and so must every file a plan names: a plan path is a way into the
     server's file system, and an operator token must not be a way to read any file the server can."""
-    api_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
-    """Largest request body the API reads (uploaded baselines, catalogs and inventories); larger ones get 413."""
+    api_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest request body the API reads (uploaded baselines, catalogs and inventories; a 20,000-patch catalog
+    is about 5 MB of JSON); larger ones get 413."""
 
     slack_signing_secret: SecretStr | None = None
     """Signing secret of the Slack app (Basic Information → App Credentials). No default, as for every secret:

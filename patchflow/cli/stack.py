@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.live import Live
+from temporalio.service import RPCError
 
 from patchflow.cli.common import (
     err,
@@ -39,17 +42,59 @@ def worker_command() -> None:
     serve_worker_metrics(settings)  # the SDK runtime must exist before the first client
 
     async def go() -> None:
-        client = await connect(settings.temporal_address, attempts=10)
-        worker = build_worker(
-            client, settings.task_queue, database_url=history_database(settings), settings=settings
-        )
-        err.print(
-            f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
-        )
-        await serve_until_stopped(worker)
+        database_url = history_database(settings)
+
+        async def start() -> Any:
+            client = await connect(settings.temporal_address)
+            return build_worker(client, settings.task_queue, database_url=database_url, settings=settings)
+
+        await serve_through_outages(settings, start)
 
     with contextlib.suppress(KeyboardInterrupt):
         run_sync(go())
+
+
+OUTAGE_BACKOFF_SECONDS = (1.0, 30.0)
+"""First and longest wait between attempts to reach Temporal (doubling in between)."""
+
+
+async def serve_through_outages(settings: Settings, start: Callable[[], Awaitable[Any]]) -> None:
+    """Run the worker ``start`` builds until SIGINT/SIGTERM, through Temporal outages.
+
+    A Temporal frontend that cannot be reached — at start-up, or later, when the worker fails on it — is an
+    outage, not a bug: the worker says so, waits (1 s doubling to 30 s; back to 1 s once it ran a minute) and
+    tries again, for as long as it takes. Ctrl-C or SIGTERM stop it at any point.
+    """
+    first, longest = OUTAGE_BACKOFF_SECONDS
+    delay = first
+    while True:
+        began = time.monotonic()
+        try:
+            worker = await start()
+            err.print(
+                f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
+            )
+            await serve_until_stopped(worker)
+            return
+        except (PatchflowError, RuntimeError, RPCError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            _stop_on_signals_again()
+        if time.monotonic() - began > 60:
+            delay = first
+        err.print(
+            f"Temporal at {settings.temporal_address} is not available; retrying in {delay:.0f}s ({reason})",
+            soft_wrap=True,
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, longest)
+
+
+def _stop_on_signals_again() -> None:
+    """After a failed run, SIGINT/SIGTERM interrupt the wait again (the run's own handlers are gone with it)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    terminate_like_interrupt()
 
 
 EXAMPLE_FLEET = Path(__file__).resolve().parents[2] / "baselines" / "examples" / "fleet.yaml"

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings
 from patchflow.core.baselines import load_baseline
@@ -38,6 +38,14 @@ from patchflow.errors import InputError, NotFoundError, PatchflowError
 from patchflow.executors.base import Package
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
+
+
+class TemporalUnavailable(PatchflowError):
+    """The Temporal frontend cannot be reached, or did not answer: the request may work later (HTTP 503)."""
+
+
+_NO_SUCH_WORKFLOW = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
+"""What Temporal answers for an id that names no workflow (or could not); anything else is an outage."""
 
 
 class WaveActionRefused(PatchflowError):
@@ -216,6 +224,10 @@ async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:
     try:
         await handle.describe()
     except RPCError as exc:
+        if exc.status not in _NO_SUCH_WORKFLOW:
+            raise TemporalUnavailable(
+                f"Temporal did not answer about wave {wave_id} ({exc.message})"
+            ) from None
         raise NotFoundError(
             f"no wave {wave_id!r} ({exc.message}); list waves with 'patchflow wave list'"
         ) from None
@@ -305,6 +317,8 @@ async def act(
             raise WaveActionRefused(
                 f"{action} refused: wave {wave_id} has already ended; see 'patchflow wave status {wave_id}'"
             ) from None
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            raise TemporalUnavailable(f"{action} not sent: Temporal did not answer ({exc.message})") from None
         raise WaveActionRefused(f"{action} refused: {exc.message}") from None
 
 

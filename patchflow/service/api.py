@@ -237,11 +237,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, WaveActionRefused):
             return _error(409, "refused", str(exc))
         # TemporalUnavailable, DatabaseError, a wave that did not answer: the request may work later.
-        return _error(503, "unavailable", str(exc))
+        return _error(503, "unavailable", str(exc), headers=RETRY_LATER)
 
     @app.exception_handler(RPCError)
     async def temporal_error(_: Request, exc: RPCError) -> JSONResponse:
-        return _error(503, "unavailable", f"Temporal did not answer: {exc.message}")
+        return _error(503, "unavailable", f"Temporal did not answer: {exc.message}", headers=RETRY_LATER)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -250,6 +250,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 TOO_LARGE = "request body too large; PATCHFLOW_API_MAX_BODY_BYTES sets the limit"
+
+RETRY_AFTER_SECONDS = 5
+RETRY_LATER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+"""Sent with every 503: Temporal or the database is away, and a client (or ``patchflow`` through the API)
+should try again after this many seconds rather than at once."""
 
 
 class BodyLimit:
@@ -292,7 +297,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "No token, or a malformed, unknown or revoked one."},
     403: {"model": ErrorResponse, "description": "The token's role may not do this."},
     422: {"model": ErrorResponse, "description": "Invalid request, with the path of every bad field."},
-    503: {"model": ErrorResponse, "description": "Temporal or the database is unavailable."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Temporal or the database is unavailable; retry after the Retry-After header's seconds.",
+    },
 }
 WAVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
@@ -626,6 +634,7 @@ async def get_wave(state: StateDep, _: Reader, wave_id: WaveId) -> WaveDetail:
             "unavailable",
             f"wave {wave_id} did not answer within {STATUS_TIMEOUT_SECONDS:.0f}s; is a worker polling task "
             f"queue {state.settings.task_queue!r}?",
+            headers=RETRY_LATER,
         ) from None
     return WaveDetail.model_validate(status_json(status))
 
@@ -697,7 +706,7 @@ def _outcome(exc: Exception) -> str:
         return "not_found"
     if isinstance(exc, InputError):
         return "invalid"
-    return "error"
+    return "unavailable"  # Temporal or the database: nothing was refused, nothing happened
 
 
 async def _act(

@@ -20,8 +20,9 @@ from workflows.wave import MAX_COMMENT
 MAX_TEXT = 200
 """Names, ids, paths: wave ids embed a plan name and a timestamp; the history database stores 200."""
 
-MAX_DOCUMENT = 4_000_000
-"""Characters of one uploaded document (the body as a whole is capped by ``PATCHFLOW_API_MAX_BODY_BYTES``)."""
+MAX_DOCUMENT = 16_000_000
+"""Characters of one uploaded document — a 20,000-patch catalog is about 5 MB of JSON (the body as a whole is
+capped by ``PATCHFLOW_API_MAX_BODY_BYTES``)."""
 
 EARLIEST_AT = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_AT = datetime(2200, 1, 1, tzinfo=UTC)

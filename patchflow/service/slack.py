@@ -878,6 +878,8 @@ def parse_gate_click(body: bytes) -> GateClick | None:
         payload = json.loads(values[0])
     except ValueError:
         raise _bad("payload is not JSON") from None
+    except RecursionError:  # signed, yet nested deeper than the parser recurses: no Slack payload is
+        raise _bad("payload is nested too deeply to be a Slack interaction") from None
     if not isinstance(payload, dict):
         raise _bad("payload is not a JSON object")
     if payload.get("type") != "block_actions":
@@ -895,7 +897,7 @@ def parse_gate_click(body: bytes) -> GateClick | None:
     action = ours[0]
     try:
         value = json.loads(_text_field(action, "value", "the button's value"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _bad("payload: the button's value is not patchflow's") from None
     if not isinstance(value, dict):
         raise _bad("payload: the button's value is not patchflow's")

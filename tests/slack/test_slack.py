@@ -300,6 +300,15 @@ async def test_malformed_signed_payloads_are_400(settings: Settings) -> None:
             }
         ): "not a Slack user id",
     }
+    # Signed but nested 50,000 levels deep (about 300 KB, under the body limit): the parser's recursion
+    # would give out long before; a 400, never a 500.
+    deep = "[" * 50_000 + "]" * 50_000
+    bodies[
+        form({"type": "block_actions", "actions": [], "message": {"blocks": "x"}}).replace(
+            b"%22x%22", urllib.parse.quote(deep).encode()
+        )
+    ] = "nested too deeply"
+    bodies[urllib.parse.urlencode({"payload": deep}).encode()] = "nested too deeply"
     async with serve_actions(settings, no_client) as (url, _actions):
         for body, words in bodies.items():
             response, _ = await post(url, body)
