@@ -203,7 +203,7 @@ STATE_METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("patchflow_approvals_pending", "Stages waiting for an approval to be promoted into.", ()),
     (
         "patchflow_approval_waiting_since_timestamp_seconds",
-        "Since when a stage waits for approval (Unix time, as first seen by this process).",
+        "Since when a stage waits for approval (Unix time, as the wave recorded it).",
         ("wave_id", "stage"),
     ),
     (
@@ -305,9 +305,11 @@ class WaveTracker:
             self._track_finished(status.wave_id, finished=finished)
 
     def _track_waiting(self, status: WaveStatus, *, finished: bool, now: datetime) -> None:
+        """Since when each stage waits: the wave's own record; for waves started before the status carried
+        it, the first time this process saw the stage waiting."""
         previous = self._waiting_since.pop(status.wave_id, {})
         waiting = {
-            stage.name: previous.get(stage.name, now)
+            stage.name: stage.waiting_since or previous.get(stage.name, now)
             for stage in status.stages
             if stage.state == STAGE_WAITING_APPROVAL and not finished
         }
@@ -538,8 +540,10 @@ class Metrics:
     def update_from_status(self, status: WaveStatus) -> None:
         """Replace everything known about one wave with ``status`` (idempotent: same status, same metrics).
 
-        A stage's approval wait starts when this process first sees it ``waiting_approval``: the status
-        carries no timestamp for it, and the first sighting is at most one refresh interval late.
+        A stage's approval wait starts when the wave says its gate started waiting
+        (:attr:`~patchflow.core.wavemodel.StageStatus.waiting_since`), so the age is true from the first
+        scrape, also in an API that restarted; only waves started before the status carried it fall back to
+        the first time this process saw the stage waiting.
         """
         self.waves.update(status)
 

@@ -276,6 +276,7 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                 "max_errors": st.max_errors,
                 "max_concurrency": st.max_concurrency,
                 "window_start": st.window_start.isoformat() if st.window_start else None,
+                "waiting_since": st.waiting_since.isoformat() if st.waiting_since else None,
                 "note": st.note,
                 "instances": [
                     {"id": i, "state": s, **({"detail": st.details[i]} if i in st.details else {})}

@@ -398,7 +398,11 @@ class ApiState:
         self.plans = PlansDirectory(settings.api_plans_dir_resolved)
         """The only place plans named in requests are read from (:mod:`patchflow.service.intake`)."""
         self.notifier: Any = None
-        """Posts wave transitions to Slack when a bot token and channel are configured (one replica only)."""
+        """Posts wave transitions to Slack when a bot token is configured — in one replica only: the one
+        holding :attr:`notifier_lease`."""
+        self.notifier_lease = db.LeaderLease(self.database_url, "slack-notifier")
+        self.notifier_leads = False
+        """Whether this replica held the lease at the last refresh (``/readyz`` says so)."""
         if settings.slack_bot_token:  # the channel comes from each plan, else PATCHFLOW_SLACK_CHANNEL
             from patchflow.service.slack import WaveNotifier, make_web_client
 
@@ -1010,6 +1014,9 @@ async def readyz(state: StateDep) -> JSONResponse:
         )
 
     checks["database"] = await asyncio.to_thread(database)
+    if state.notifier is not None:  # informational: a standby replica is as ready as the leader
+        role = "posts wave messages (holds the notifier lease)" if state.notifier_leads else "stands by"
+        checks["slack_notifier"] = CheckOut(ok=True, message=role)
     ready = all(c.ok for c in checks.values())
     body = ReadinessOut(status="ready" if ready else "unready", checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
@@ -1061,10 +1068,23 @@ async def _refresh_metrics(state: ApiState) -> Iterable[WaveStatus]:
         return []  # /readyz says so; a traceback every refresh would say nothing more
     rows = await recent_waves(client, state.settings.task_queue, limit=50)
     statuses = [status for _, status in rows if status is not None]
-    if state.notifier is not None:
+    if state.notifier is not None and await _leads_notifications(state):
         for status in statuses:  # Slack failures are logged by the notifier, never raised
             await state.notifier.observe(status, client=client)
     return statuses
+
+
+async def _leads_notifications(state: ApiState) -> bool:
+    """Whether this replica posts to Slack now: only the holder of the notifier lease does, so several
+    replicas post each message once. A replica that takes over starts afresh — it announces what is live
+    (a waiting gate, a running or halted stage), so nothing is missed at a hand-over, at the price of
+    repeating those messages once."""
+    leads = await asyncio.to_thread(state.notifier_lease.held)
+    if leads != state.notifier_leads:
+        log.info("Slack notifications: this replica %s", "leads" if leads else "stands by")
+        state.notifier.reset()
+        state.notifier_leads = leads
+    return leads
 
 
 def create_app(settings: Settings | None = None, *, metrics: Metrics = DEFAULT_METRICS) -> FastAPI:
@@ -1096,6 +1116,7 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics = DEFAULT_M
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+            state.notifier_lease.release()  # another replica takes over at its next refresh
 
     app = FastAPI(
         title="patchflow",

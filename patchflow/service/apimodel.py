@@ -189,6 +189,8 @@ class StageOut(_Model):
     max_errors: int | None
     max_concurrency: int | None
     window_start: str | None
+    waiting_since: str | None = None
+    """When the stage's approval gate started waiting (RFC 3339, UTC); null if it never waited."""
     note: str
     instances: list[InstanceOut]
 

@@ -812,6 +812,11 @@ class WaveNotifier:
         """Drop a wave (once its final state was observed); observing it again announces what is live."""
         self._seen.pop(wave_id, None)
 
+    def reset(self) -> None:
+        """Forget every wave: the next snapshots announce what is live (a replica taking over, or handing
+        over, the notifications)."""
+        self._seen.clear()
+
 
 # ============================================================================================ actions
 

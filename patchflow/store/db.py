@@ -1282,3 +1282,93 @@ def revoke_token(session: Session, *, token_id: str, at: datetime | None = None)
         session.add(row)
         session.commit()
     return TokenPublic.model_validate(row)
+
+
+# ---------------------------------------------------------------------------------------------- leader lease
+
+
+class LeaderLease:
+    """One holder among the processes that share a database, for a duty that must run once however many
+    replicas run (the API's Slack notifier: two replicas would post every message twice).
+
+    PostgreSQL: a session-level advisory lock, held by a connection kept open for nothing else; it goes with
+    the connection, so when the holder dies (or loses the database) another replica takes over at its next
+    :meth:`held`. SQLite, which one machine shares: an exclusive ``flock`` on a file beside the database,
+    released by the kernel when the holding process dies.
+
+    Args:
+        url: the history database.
+        name: the duty; one lease per name.
+    """
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self._engine: Engine | None = None
+        self._connection: sa.Connection | None = None
+        self._file: Any = None
+
+    def held(self) -> bool:
+        """Hold the lease if nobody else does; True while this process holds it. Blocking (a round trip or a
+        system call): call it from a thread in async code. Never raises: an unusable database holds nothing."""
+        try:
+            if _normalise_url(self.url).get_backend_name() == "postgresql":
+                return self._held_postgres()
+            return self._held_file()
+        except Exception:  # noqa: BLE001 - see the docstring; the next call tries again
+            self.release()
+            return False
+
+    def _held_postgres(self) -> bool:
+        if self._connection is not None:
+            self._connection.execute(sa.text("SELECT 1"))  # still ours while the connection lives
+            return True
+        if self._engine is None:
+            self._engine = sa.create_engine(
+                _normalise_url(self.url), poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 5}
+            )
+        connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        # Advisory locks are per database server: key on the duty, the database and the schema patchflow's
+        # tables live in, however each replica spells its URL.
+        where = connection.execute(
+            sa.text("SELECT current_database() || '/' || current_schema()")
+        ).scalar_one()
+        digest = hashlib.sha256(f"patchflow:{self.name}:{where}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        if connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar_one():
+            self._connection = connection
+            return True
+        connection.close()
+        return False
+
+    def _held_file(self) -> bool:
+        import fcntl
+
+        if self._file is not None:
+            return True
+        database = _normalise_url(self.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return True  # a database no other process can open
+        lock_file = Path(f"{database}.{self.name}.lock")
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_file.open("a+b")  # held open while leading
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        """Let another process take the lease (also what dying does)."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -200,11 +201,20 @@ async def test_full_flow_start_approve_succeed(stack: Stack, http: httpx.AsyncCl
     other = await http.get("/waves", params={"plan": "nodemo"}, headers=stack.auth("vic"))
     assert other.json()["waves"] == []
 
-    # The gate waits: the approvals metric says so.
+    # The gate waits: the approvals metric says so, since when the wave itself says it started waiting.
+    since = datetime.fromisoformat(stages["prod"]["waiting_since"])
+    assert stages["dev"]["waiting_since"] is None and since <= datetime.now(UTC)
     deadline = time.monotonic() + 10
-    while not stack.metrics.registry.get_sample_value("patchflow_approvals_pending"):
+    labels = {"wave_id": wave_id, "stage": "prod"}
+    while not stack.metrics.registry.get_sample_value(
+        "patchflow_approval_waiting_since_timestamp_seconds", labels
+    ):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+    assert (
+        stack.metrics.registry.get_sample_value("patchflow_approval_waiting_since_timestamp_seconds", labels)
+        == since.timestamp()
+    )
 
     gate = {"stage": "prod", "comment": "change 42"}
     # an approver who is not on the prod gate: the workflow's validator refuses, with its reason
