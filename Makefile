@@ -41,6 +41,7 @@ bench: $(VENV)/.installed
 	$(BIN)/python bench/compliance_bench.py
 	$(BIN)/python bench/wave_bench.py
 	$(BIN)/python bench/ui_bench.py
+	$(BIN)/python bench/api_bench.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -82,11 +82,12 @@ class Settings(BaseSettings):
     """Serve ``GET /metrics`` without a bearer token (for a Prometheus on a trusted network that cannot send
     one). Off by default: the metrics name waves, plans and patch groups."""
     api_plans_dir: Path | None = None
-    """When set, plans named in API requests are resolved against this directory and must stay inside it (a
-    plan names baseline, catalog and fleet files, so an operator token could otherwise make the server read
-    any YAML file it can). Unset: any path the server can read, as on the single-machine stack."""
-    api_max_body_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
-    """Largest request body the API reads (uploaded baselines, catalogs and inventories); larger ones get 413."""
+    """The directory plans named in API requests are read from (unset: ``<data_dir>/plans``). Paths resolve
+    inside it, symlinks included, and so must every file a plan names: a plan path is a way into the
+    server's file system, and an operator token must not be a way to read any file the server can."""
+    api_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    """Largest request body the API reads (uploaded baselines, catalogs and inventories; a 20,000-patch catalog
+    is about 5 MB of JSON); larger ones get 413."""
 
     slack_signing_secret: SecretStr | None = None
     """Signing secret of the Slack app (Basic Information → App Credentials). No default, as for every secret:
@@ -116,6 +117,11 @@ class Settings(BaseSettings):
         if isinstance(value, str) and value.strip().lower() in ("", "none", "off", "disabled"):
             return None
         return value
+
+    @property
+    def api_plans_dir_resolved(self) -> Path:
+        """``api_plans_dir``, else ``<data_dir>/plans``."""
+        return self.api_plans_dir or self.data_dir / "plans"
 
     @property
     def patch_set_dir(self) -> Path:

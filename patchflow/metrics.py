@@ -22,7 +22,7 @@ Rules that keep the metrics cheap and correct:
 
 * **No instance ids in labels.** A fleet of 10,000 instances would be 10,000 series per metric; labels are
   bounded sets (states, executor kinds, operations, patch groups, severities) plus wave and stage names,
-  and finished waves are forgotten after :attr:`Metrics.keep_finished_waves` newer ones finished.
+  and finished waves are forgotten after :attr:`WaveTracker.keep_finished_waves` newer ones finished.
 * **Never from workflow code.** A workflow replays; a prometheus-client call there would count again on
   every replay. Workflows emit through ``workflow.metric_meter()`` (served on the Temporal SDK port).
 * **No multiprocess mode.** Run the API as one process per container and scale with replicas:
@@ -204,7 +204,7 @@ STATE_METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     ("patchflow_approvals_pending", "Stages waiting for an approval to be promoted into.", ()),
     (
         "patchflow_approval_waiting_since_timestamp_seconds",
-        "Since when a stage waits for approval (Unix time, as first seen by this process).",
+        "Since when a stage waits for approval (Unix time, as the wave recorded it).",
         ("wave_id", "stage"),
     ),
     (
@@ -236,11 +236,165 @@ STATE_METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 """The state metrics (all gauges): name, help, labels. Rendered at scrape time by :class:`_StateCollector`."""
 
 
-class _StateCollector(Collector):
-    """Renders the state metrics of a :class:`Metrics` at scrape time (see the module docstring)."""
+_MAX_FORGOTTEN = 10_000
+"""How many evicted wave ids to remember (a few hundred KB at most)."""
 
-    def __init__(self, owner: Metrics) -> None:
-        self._owner = owner
+
+def _known_plus(known: tuple[str, ...], *seen: str) -> tuple[str, ...]:
+    """The known values in their documented order, then any unexpected ones (a newer worker's new state)."""
+    extra = sorted({s for s in seen if s not in known})
+    return (*known, *extra)
+
+
+# ---------------------------------------------------------------------------------------------- state: waves
+
+
+def _wave_snapshot(status: WaveStatus) -> _WaveSnapshot:
+    """What the metrics keep of a status: states and counts, never the per-instance map."""
+    return _WaveSnapshot(
+        wave_id=status.wave_id,
+        plan=status.plan_name,
+        state=status.state,
+        stages=tuple(
+            _StageSnapshot(
+                name=stage.name,
+                state=stage.state,
+                instances=dict(Tally(stage.instances.values())),
+                errors=stage.errors,
+                max_errors=stage.max_errors,
+                window_cutoff=stage.window_cutoff,
+            )
+            for stage in status.stages
+        ),
+    )
+
+
+class WaveTracker:
+    """The waves the state metrics describe: the latest snapshot of each, since when each of its stages
+    waits for approval, and which finished waves are still exported.
+
+    Replaced by the refresher (an asyncio task) and read by the exporter's thread, hence the lock.
+
+    Args:
+        clock: the current time, for the first sighting of a waiting approval.
+        keep_finished_waves: how many finished waves keep their series (oldest forgotten first).
+    """
+
+    def __init__(self, *, clock: Callable[[], datetime], keep_finished_waves: int) -> None:
+        self._clock = clock
+        self.keep_finished_waves = keep_finished_waves
+        self._lock = threading.Lock()
+        self._waves: dict[str, _WaveSnapshot] = {}
+        self._waiting_since: dict[str, dict[str, datetime]] = {}
+        """wave id → stage → when this process first saw the stage waiting for approval."""
+        self._finished: OrderedDict[str, None] = OrderedDict()
+        """Finished waves still exported, oldest first."""
+        self._forgotten: OrderedDict[str, None] = OrderedDict()
+        """Finished waves already evicted, so a refresher that lists them again does not bring them back."""
+
+    def update(self, status: WaveStatus) -> None:
+        """Replace everything known about one wave with ``status`` (see :meth:`Metrics.update_from_status`)."""
+        now = self._clock()
+        snapshot = _wave_snapshot(status)
+        finished = status.state in WAVE_FINAL_STATES
+        with self._lock:
+            if finished and status.wave_id in self._forgotten:
+                return
+            self._forgotten.pop(status.wave_id, None)
+            self._waves[status.wave_id] = snapshot
+            self._track_waiting(status, finished=finished, now=now)
+            self._track_finished(status.wave_id, finished=finished)
+
+    def _track_waiting(self, status: WaveStatus, *, finished: bool, now: datetime) -> None:
+        """Since when each stage waits: the wave's own record; for waves started before the status carried
+        it, the first time this process saw the stage waiting."""
+        previous = self._waiting_since.pop(status.wave_id, {})
+        waiting = {
+            stage.name: stage.waiting_since or previous.get(stage.name, now)
+            for stage in status.stages
+            if stage.state == STAGE_WAITING_APPROVAL and not finished
+        }
+        if waiting:
+            self._waiting_since[status.wave_id] = waiting
+
+    def _track_finished(self, wave_id: str, *, finished: bool) -> None:
+        if not finished:
+            self._finished.pop(wave_id, None)
+            return
+        self._finished.setdefault(wave_id, None)
+        while len(self._finished) > self.keep_finished_waves:
+            oldest, _ = self._finished.popitem(last=False)
+            self._drop(oldest)
+
+    def forget(self, wave_id: str) -> None:
+        """Stop exporting a wave; it comes back only if a later status shows it unfinished."""
+        with self._lock:
+            self._drop(wave_id)
+
+    def _drop(self, wave_id: str) -> None:
+        self._waves.pop(wave_id, None)
+        self._waiting_since.pop(wave_id, None)
+        self._finished.pop(wave_id, None)
+        self._forgotten[wave_id] = None
+        while len(self._forgotten) > _MAX_FORGOTTEN:
+            self._forgotten.popitem(last=False)
+
+    def snapshot(self) -> tuple[list[_WaveSnapshot], dict[tuple[str, str], datetime]]:
+        """The waves by id, and (wave id, stage) → since when it waits for approval."""
+        with self._lock:
+            waves = sorted(self._waves.values(), key=lambda w: w.wave_id)
+            waiting = {
+                (wave_id, stage): since
+                for wave_id, stages in self._waiting_since.items()
+                for stage, since in stages.items()
+            }
+            return waves, waiting
+
+
+# ---------------------------------------------------------------------------------------------- state: compliance
+
+
+class ComplianceTally:
+    """Instances by patch group and compliance status, and the non-compliant ones by severity."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._groups: dict[str, _GroupCompliance] = {}
+
+    def update(self, results: Iterable[InstanceCompliance]) -> None:
+        """Replace the counts of every patch group present in ``results`` (see
+        :meth:`Metrics.update_compliance`)."""
+        fresh: dict[str, _GroupCompliance] = {}
+        for result in results:
+            counts = fresh.setdefault(result.patch_group or NO_PATCH_GROUP, _GroupCompliance())
+            counts.by_status[result.status] += 1
+            if result.status == NON_COMPLIANT:
+                counts.by_severity[result.compliance_level or "UNSPECIFIED"] += 1
+        with self._lock:
+            self._groups.update(fresh)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._groups.clear()
+
+    def snapshot(self) -> dict[str, _GroupCompliance]:
+        with self._lock:
+            return dict(self._groups)
+
+
+# ---------------------------------------------------------------------------------------------- rendering
+
+
+class _StateCollector(Collector):
+    """Renders the state metrics at scrape time (see the module docstring): one family per
+    :data:`STATE_METRICS` entry, filled by one function per kind of state."""
+
+    def __init__(
+        self, waves: WaveTracker, compliance: ComplianceTally, clock: Callable[[], datetime]
+    ) -> None:
+        self._waves = waves
+        self._compliance = compliance
+        self._clock = clock
 
     @staticmethod
     def _empty() -> dict[str, GaugeMetricFamily]:
@@ -253,96 +407,73 @@ class _StateCollector(Collector):
         return list(self._empty().values())
 
     def collect(self) -> Iterable[Metric]:
-        f = self._empty()
-        waves, waiting, compliance = self._owner._snapshot()
-        now = self._owner._clock().timestamp()
+        families = self._empty()
+        waves, waiting = self._waves.snapshot()
+        now = self._clock().timestamp()
+        _render_waves(families, waves, now)
+        _render_approvals(families, waiting, now)
+        _render_compliance(families, self._compliance.snapshot())
+        return list(families.values())
 
-        tally = Tally(w.state for w in waves)
-        for state in _known_plus(WAVE_STATES, *tally):
-            f["patchflow_waves"].add_metric([state], tally.get(state, 0))
-        for wave in waves:
-            for state in _known_plus(WAVE_STATES, wave.state):
-                f["patchflow_wave_state"].add_metric(
-                    [wave.wave_id, wave.plan, state], int(state == wave.state)
-                )
-            for stage in wave.stages:
-                labels = [wave.wave_id, stage.name]
-                for state in _known_plus(STAGE_STATES, stage.state):
-                    f["patchflow_stage_state"].add_metric([*labels, state], int(state == stage.state))
-                for state in _known_plus(INSTANCE_STATES, *stage.instances):
-                    f["patchflow_stage_instances"].add_metric([*labels, state], stage.instances.get(state, 0))
-                f["patchflow_stage_errors"].add_metric(labels, stage.errors)
-                if stage.max_errors is not None:
-                    f["patchflow_stage_max_errors"].add_metric(labels, stage.max_errors)
-                if stage.window_cutoff is not None and stage.state in WINDOWED_STAGE_STATES:
-                    cutoff = _timestamp(stage.window_cutoff)
-                    f["patchflow_stage_window_cutoff_timestamp_seconds"].add_metric(labels, cutoff)
-                    f["patchflow_stage_window_remaining_seconds"].add_metric(labels, max(0.0, cutoff - now))
 
-        f["patchflow_approvals_pending"].add_metric([], len(waiting))
-        for (wave_id, stage_name), since in sorted(waiting.items()):
-            f["patchflow_approval_waiting_since_timestamp_seconds"].add_metric(
-                [wave_id, stage_name], _timestamp(since)
+def _render_waves(f: dict[str, GaugeMetricFamily], waves: list[_WaveSnapshot], now: float) -> None:
+    """Waves by state, each wave's state, and per stage its state, instances, error budget and window."""
+    tally = Tally(w.state for w in waves)
+    for state in _known_plus(WAVE_STATES, *tally):
+        f["patchflow_waves"].add_metric([state], tally.get(state, 0))
+    for wave in waves:
+        for state in _known_plus(WAVE_STATES, wave.state):
+            f["patchflow_wave_state"].add_metric([wave.wave_id, wave.plan, state], int(state == wave.state))
+        for stage in wave.stages:
+            _render_stage(f, [wave.wave_id, stage.name], stage, now)
+
+
+def _render_stage(
+    f: dict[str, GaugeMetricFamily], labels: list[str], stage: _StageSnapshot, now: float
+) -> None:
+    for state in _known_plus(STAGE_STATES, stage.state):
+        f["patchflow_stage_state"].add_metric([*labels, state], int(state == stage.state))
+    for state in _known_plus(INSTANCE_STATES, *stage.instances):
+        f["patchflow_stage_instances"].add_metric([*labels, state], stage.instances.get(state, 0))
+    f["patchflow_stage_errors"].add_metric(labels, stage.errors)
+    if stage.max_errors is not None:
+        f["patchflow_stage_max_errors"].add_metric(labels, stage.max_errors)
+    if stage.window_cutoff is not None and stage.state in WINDOWED_STAGE_STATES:
+        cutoff = _timestamp(stage.window_cutoff)
+        f["patchflow_stage_window_cutoff_timestamp_seconds"].add_metric(labels, cutoff)
+        f["patchflow_stage_window_remaining_seconds"].add_metric(labels, max(0.0, cutoff - now))
+
+
+def _render_approvals(
+    f: dict[str, GaugeMetricFamily], waiting: dict[tuple[str, str], datetime], now: float
+) -> None:
+    """Approvals pending, since when each waits, and the age of the oldest (exact at scrape time)."""
+    f["patchflow_approvals_pending"].add_metric([], len(waiting))
+    for (wave_id, stage_name), since in sorted(waiting.items()):
+        f["patchflow_approval_waiting_since_timestamp_seconds"].add_metric(
+            [wave_id, stage_name], _timestamp(since)
+        )
+    oldest = min((_timestamp(since) for since in waiting.values()), default=now)
+    f["patchflow_approval_oldest_age_seconds"].add_metric([], max(0.0, now - oldest))
+
+
+def _render_compliance(f: dict[str, GaugeMetricFamily], compliance: dict[str, _GroupCompliance]) -> None:
+    for group, counts in sorted(compliance.items()):
+        for status in (COMPLIANT, NON_COMPLIANT):
+            f["patchflow_compliance_instances"].add_metric([group, status], counts.by_status.get(status, 0))
+        for severity in _known_plus(COMPLIANCE_ORDER, *counts.by_severity):
+            f["patchflow_compliance_noncompliant_instances"].add_metric(
+                [group, severity], counts.by_severity.get(severity, 0)
             )
-        oldest = min((_timestamp(since) for since in waiting.values()), default=now)
-        f["patchflow_approval_oldest_age_seconds"].add_metric([], max(0.0, now - oldest))
-
-        for group, counts in sorted(compliance.items()):
-            for status in (COMPLIANT, NON_COMPLIANT):
-                f["patchflow_compliance_instances"].add_metric(
-                    [group, status], counts.by_status.get(status, 0)
-                )
-            for severity in _known_plus(COMPLIANCE_ORDER, *counts.by_severity):
-                f["patchflow_compliance_noncompliant_instances"].add_metric(
-                    [group, severity], counts.by_severity.get(severity, 0)
-                )
-        return list(f.values())
 
 
-_MAX_FORGOTTEN = 10_000
-"""How many evicted wave ids to remember (a few hundred KB at most)."""
+# ---------------------------------------------------------------------------------------------- events
 
 
-def _known_plus(known: tuple[str, ...], *seen: str) -> tuple[str, ...]:
-    """The known values in their documented order, then any unexpected ones (a newer worker's new state)."""
-    extra = sorted({s for s in seen if s not in known})
-    return (*known, *extra)
+class PatchEvents:
+    """The event metrics: patch durations, executor API errors and throttles (counted in this process)."""
 
-
-class Metrics:
-    """Every patchflow metric, registered on one injectable :class:`~prometheus_client.CollectorRegistry`.
-
-    Production uses :data:`DEFAULT_METRICS`; tests build ``Metrics(CollectorRegistry(), clock=...)`` and
-    assert with ``registry.get_sample_value(...)``.
-
-    Args:
-        registry: where every metric is registered (one ``Metrics`` per registry).
-        clock: the current time, for approval ages and window time left (tests pass a fixed one).
-        keep_finished_waves: how many finished (succeeded/failed/cancelled) waves keep their per-wave series;
-            older ones are forgotten, so wave ids cannot grow the series count without bound.
-    """
-
-    def __init__(
-        self,
-        registry: CollectorRegistry,
-        *,
-        clock: Callable[[], datetime] = _utcnow,
-        keep_finished_waves: int = 20,
-    ) -> None:
-        self.registry = registry
-        self._clock = clock
-        self.keep_finished_waves = keep_finished_waves
-        # State snapshots are replaced by the refresher (an asyncio task) and read by the exporter's thread.
-        self._lock = threading.Lock()
-        self._waves: dict[str, _WaveSnapshot] = {}
-        self._waiting_since: dict[str, dict[str, datetime]] = {}
-        """wave id → stage → when this process first saw the stage waiting for approval."""
-        self._finished: OrderedDict[str, None] = OrderedDict()
-        """Finished waves still exported, oldest first."""
-        self._forgotten: OrderedDict[str, None] = OrderedDict()
-        """Finished waves already evicted, so a refresher that lists them again does not bring them back."""
-        self._compliance: dict[str, _GroupCompliance] = {}
-
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.patch_duration = Histogram(
             "patchflow_patch_duration_seconds",
             "Time to patch one instance, by executor kind and outcome.",
@@ -373,67 +504,69 @@ class Metrics:
             "History database writes that failed (the wave's outbox retries them until they succeed).",
             registry=registry,
         )
-        registry.register(_StateCollector(self))
+
+    def observe_patch(self, executor: str, outcome: str, seconds: float) -> None:
+        label = outcome if outcome in PATCH_OUTCOMES else "other"
+        self.patch_duration.labels(executor=executor, outcome=label).observe(max(0.0, seconds))
+
+    def record_api_error(self, executor: str, operation: str) -> None:
+        self.executor_api_errors.labels(executor=executor, operation=operation).inc()
+
+    def record_throttle(self, executor: str, operation: str) -> None:
+        self.executor_throttles.labels(executor=executor, operation=operation).inc()
+
+    def history_database(self, *, reachable: bool, write: bool) -> None:
+        self.history_database_up.set(1 if reachable else 0)
+        if write and not reachable:
+            self.history_write_failures.inc()
+
+
+# ---------------------------------------------------------------------------------------------- the whole
+
+
+class Metrics:
+    """Every patchflow metric, registered on one injectable :class:`~prometheus_client.CollectorRegistry`:
+    the wave and compliance state (:class:`WaveTracker`, :class:`ComplianceTally`, rendered at scrape time)
+    and the event metrics (:class:`PatchEvents`).
+
+    Production uses :data:`DEFAULT_METRICS`; tests build ``Metrics(CollectorRegistry(), clock=...)`` and
+    assert with ``registry.get_sample_value(...)``.
+
+    Args:
+        registry: where every metric is registered (one ``Metrics`` per registry).
+        clock: the current time, for approval ages and window time left (tests pass a fixed one).
+        keep_finished_waves: how many finished (succeeded/failed/cancelled) waves keep their per-wave series;
+            older ones are forgotten, so wave ids cannot grow the series count without bound.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        clock: Callable[[], datetime] = _utcnow,
+        keep_finished_waves: int = 20,
+    ) -> None:
+        self.registry = registry
+        self.waves = WaveTracker(clock=clock, keep_finished_waves=keep_finished_waves)
+        self.compliance = ComplianceTally()
+        self.events = PatchEvents(registry)
+        registry.register(_StateCollector(self.waves, self.compliance, clock))
 
     # ------------------------------------------------------------------------------------------ waves
 
     def update_from_status(self, status: WaveStatus) -> None:
         """Replace everything known about one wave with ``status`` (idempotent: same status, same metrics).
 
-        A stage's approval wait starts when this process first sees it ``waiting_approval``: the status
-        carries no timestamp for it, and the first sighting is at most one refresh interval late.
+        A stage's approval wait starts when the wave says its gate started waiting
+        (:attr:`~patchflow.core.wavemodel.StageStatus.waiting_since`), so the age is true from the first
+        scrape, also in an API that restarted; only waves started before the status carried it fall back to
+        the first time this process saw the stage waiting.
         """
-        now = self._clock()
-        snapshot = _WaveSnapshot(
-            wave_id=status.wave_id,
-            plan=status.plan_name,
-            state=status.state,
-            stages=tuple(
-                _StageSnapshot(
-                    name=stage.name,
-                    state=stage.state,
-                    instances=dict(Tally(stage.instances.values())),
-                    errors=stage.errors,
-                    max_errors=stage.max_errors,
-                    window_cutoff=stage.window_cutoff,
-                )
-                for stage in status.stages
-            ),
-        )
-        finished = status.state in WAVE_FINAL_STATES
-        with self._lock:
-            if finished and status.wave_id in self._forgotten:
-                return
-            self._forgotten.pop(status.wave_id, None)
-            self._waves[status.wave_id] = snapshot
-            previous = self._waiting_since.pop(status.wave_id, {})
-            waiting = {
-                stage.name: previous.get(stage.name, now)
-                for stage in status.stages
-                if stage.state == STAGE_WAITING_APPROVAL and not finished
-            }
-            if waiting:
-                self._waiting_since[status.wave_id] = waiting
-            if finished:
-                self._finished.setdefault(status.wave_id, None)
-                while len(self._finished) > self.keep_finished_waves:
-                    oldest, _ = self._finished.popitem(last=False)
-                    self._drop(oldest)
-            else:
-                self._finished.pop(status.wave_id, None)
+        self.waves.update(status)
 
     def forget(self, wave_id: str) -> None:
         """Stop exporting a wave; it comes back only if a later status shows it unfinished."""
-        with self._lock:
-            self._drop(wave_id)
-
-    def _drop(self, wave_id: str) -> None:
-        self._waves.pop(wave_id, None)
-        self._waiting_since.pop(wave_id, None)
-        self._finished.pop(wave_id, None)
-        self._forgotten[wave_id] = None
-        while len(self._forgotten) > _MAX_FORGOTTEN:
-            self._forgotten.popitem(last=False)
+        self.waves.forget(wave_id)
 
     # ------------------------------------------------------------------------------------- compliance
 
@@ -443,55 +576,30 @@ class Metrics:
         Groups absent from ``results`` keep their previous counts, so evaluating one patch group (one
         baseline) does not erase the others. Instances without a patch group count under ``none``.
         """
-        fresh: dict[str, _GroupCompliance] = {}
-        for result in results:
-            counts = fresh.setdefault(result.patch_group or NO_PATCH_GROUP, _GroupCompliance())
-            counts.by_status[result.status] += 1
-            if result.status == NON_COMPLIANT:
-                counts.by_severity[result.compliance_level or "UNSPECIFIED"] += 1
-        with self._lock:
-            self._compliance.update(fresh)
+        self.compliance.update(results)
 
     def clear_compliance(self) -> None:
         """Forget every patch group's compliance (before a full re-evaluation that may drop groups)."""
-        with self._lock:
-            self._compliance.clear()
+        self.compliance.clear()
 
     # ------------------------------------------------------------------------------------------ events
 
     def observe_patch(self, executor: str, outcome: str, seconds: float) -> None:
         """One instance's install took ``seconds`` and ended in ``outcome`` (an executor status or ``error``)."""
-        label = outcome if outcome in PATCH_OUTCOMES else "other"
-        self.patch_duration.labels(executor=executor, outcome=label).observe(max(0.0, seconds))
+        self.events.observe_patch(executor, outcome, seconds)
 
     def record_api_error(self, executor: str, operation: str) -> None:
         """A backend API call failed for good (after the client's retries)."""
-        self.executor_api_errors.labels(executor=executor, operation=operation).inc()
+        self.events.record_api_error(executor, operation)
 
     def record_throttle(self, executor: str, operation: str) -> None:
         """A backend API attempt was refused for rate (the client may still retry and succeed)."""
-        self.executor_throttles.labels(executor=executor, operation=operation).inc()
+        self.events.record_throttle(executor, operation)
 
     def history_database(self, *, reachable: bool, write: bool = True) -> None:
         """The history database took (or refused, or did not answer) this process's last write — or, with
         ``write=False``, its start-up check."""
-        self.history_database_up.set(1 if reachable else 0)
-        if write and not reachable:
-            self.history_write_failures.inc()
-
-    # -------------------------------------------------------------------------------------- internals
-
-    def _snapshot(
-        self,
-    ) -> tuple[list[_WaveSnapshot], dict[tuple[str, str], datetime], dict[str, _GroupCompliance]]:
-        with self._lock:
-            waves = sorted(self._waves.values(), key=lambda w: w.wave_id)
-            waiting = {
-                (wave_id, stage): since
-                for wave_id, stages in self._waiting_since.items()
-                for stage, since in stages.items()
-            }
-            return waves, waiting, dict(self._compliance)
+        self.events.history_database(reachable=reachable, write=write)
 
 
 def _default_registry() -> CollectorRegistry:

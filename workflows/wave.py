@@ -728,6 +728,8 @@ class WaveWorkflow:
         return not self._halt_requested
 
     def _set(self, wave_state: str, st: StageStatus, stage_state: str) -> None:
+        if stage_state == STAGE_WAITING_APPROVAL and st.state != stage_state:
+            st.waiting_since = workflow.now()  # status only (no command): replays unchanged
         self._status.state = wave_state
         st.state = stage_state
 

@@ -1,4 +1,5 @@
-"""CLI commands of the history database (``patchflow db …``) and of API tokens (``patchflow token …``).
+"""CLI commands of the history database (``patchflow db …``), its audit log (``patchflow audit …``) and of
+API tokens (``patchflow token …``).
 
 Registered on the main app by :mod:`patchflow.cli`. :mod:`patchflow.store.db` (SQLAlchemy, Alembic) is imported
 inside the commands, so other commands do not pay for it at start-up.
@@ -16,21 +17,25 @@ from rich.console import Console
 from rich.table import Table
 
 from patchflow.cli.common import Fmt
-from patchflow.config import get_settings
+from patchflow.config import Settings, get_settings
 from patchflow.core.timeutil import format_instant
 
 if TYPE_CHECKING:
     from sqlmodel import Session
 
+    from patchflow.errors import PatchflowError
+
 db_app = typer.Typer(help="The history database: schema migrations.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens: bearer tokens with a role, hashed at rest.", no_args_is_help=True)
+audit_app = typer.Typer(help="The audit log: append-only and hash-chained.", no_args_is_help=True)
 
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
 def register(app: typer.Typer) -> None:
-    """Add ``db`` and ``token`` to the main app."""
+    """Add ``db``, ``audit`` and ``token`` to the main app."""
     app.add_typer(db_app, name="db")
+    app.add_typer(audit_app, name="audit")
     app.add_typer(token_app, name="token")
 
 
@@ -44,6 +49,45 @@ def _actor() -> str:
         return f"cli:{getpass.getuser()}"
     except (KeyError, OSError):  # no passwd entry (some containers)
         return "cli:unknown"
+
+
+def audit_refusal(
+    settings: Settings,
+    exc: PatchflowError,
+    *,
+    action: str,
+    wave_id: str | None = None,
+    stage: str | None = None,
+    claimed: str | None = None,
+) -> None:
+    """Record a CLI action the wave refused (exit 4) or that named no such wave (exit 3) as a refused attempt,
+    by the OS user (``--as`` is a claim, kept in the detail). Best effort: the error is what the user sees;
+    a database that cannot take the record costs a note on stderr, never the exit code."""
+    from patchflow.control.waves import WaveActionRefused
+    from patchflow.errors import NotFoundError
+    from patchflow.store import db
+
+    if not isinstance(exc, WaveActionRefused | NotFoundError):
+        return
+    url = settings.database_url_resolved
+    try:
+        with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+            recorded = db.append_refusal(
+                session,
+                actor=_actor(),
+                action=action,
+                reason=(str(exc).splitlines() or [type(exc).__name__])[0],
+                wave_id=wave_id,
+                stage=stage,
+                detail={"via": "cli", **({"as": claimed} if claimed else {})},
+            )
+    except Exception as error:  # noqa: BLE001 - see the docstring
+        sys.stderr.write(f"note: the refusal was not recorded in the audit log ({error})\n")
+        return
+    if not recorded:
+        sys.stderr.write(
+            "note: the refusal was not recorded in the audit log (too many refusals this minute)\n"
+        )
 
 
 def _session(url: str) -> Session:
@@ -90,6 +134,54 @@ def current_command(
         note = f"(head is {head}; run 'patchflow db upgrade')"
     sys.stdout.write(f"{db.display_url(url)}: {current or 'none'} {note}\n")
     if check and current != head:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------- audit
+
+
+@audit_app.command("verify")
+def audit_verify_command(
+    head: Annotated[
+        str | None,
+        typer.Option(
+            "--head",
+            help="A head hash printed by an earlier verification: it must still be in the intact chain.",
+        ),
+    ] = None,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+) -> None:
+    """Walk the audit log's hash chain and report the first broken link (exit 1), else the head to note."""
+    from patchflow.store import db
+
+    url = _url()
+    with db.translate_errors(url), _session(url) as session:
+        result = db.verify_audit_chain(session, expected_head=head)
+    if fmt is Fmt.json:
+        sys.stdout.write(
+            json.dumps(
+                {
+                    "ok": result.ok,
+                    "rows": result.rows,
+                    "head": result.head,
+                    "broken_at": result.broken_at,
+                    "problem": result.problem,
+                },
+                indent=2,
+            )
+            + "\n"
+        )
+    elif result.ok:
+        sys.stdout.write(
+            f"audit log intact: {result.rows} row(s), head {result.head or '(empty)'}; note the head to "
+            "check later with --head\n"
+        )
+    else:
+        where = f" at row {result.broken_at}" if result.broken_at is not None else ""
+        sys.stderr.write(
+            f"error: audit log broken{where}: {result.problem} ({result.rows} row(s) before it intact)\n"
+        )
+    if not result.ok:
         raise typer.Exit(1)
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 from rich.live import Live
+from temporalio.service import RPCError
 
 from patchflow.cli.common import (
     err,
@@ -42,18 +44,19 @@ def worker_command() -> None:
     serve_worker_metrics(settings)  # the SDK runtime must exist before the first client
 
     async def go() -> None:
-        client = await connect(settings.temporal_address, attempts=10)
-        worker = build_worker(
-            client,
-            settings.task_queue,
-            database_url=await _worker_history_database(settings),
-            settings=settings,
-            graceful_shutdown=timedelta(seconds=settings.worker_shutdown_grace_seconds),
-        )
-        err.print(
-            f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
-        )
-        await serve_until_stopped(worker)
+        database_url = await _worker_history_database(settings)
+
+        async def start() -> Any:
+            client = await connect(settings.temporal_address)
+            return build_worker(
+                client,
+                settings.task_queue,
+                database_url=database_url,
+                settings=settings,
+                graceful_shutdown=timedelta(seconds=settings.worker_shutdown_grace_seconds),
+            )
+
+        await serve_through_outages(settings, start)
 
     with contextlib.suppress(KeyboardInterrupt):
         run_sync(go())
@@ -83,6 +86,49 @@ async def _worker_history_database(settings: Settings, timeout: float = 30.0) ->
         return url
     DEFAULT_METRICS.history_database(reachable=True, write=False)
     return url
+
+
+OUTAGE_BACKOFF_SECONDS = (1.0, 30.0)
+"""First and longest wait between attempts to reach Temporal (doubling in between)."""
+
+
+async def serve_through_outages(settings: Settings, start: Callable[[], Awaitable[Any]]) -> None:
+    """Run the worker ``start`` builds until SIGINT/SIGTERM, through Temporal outages.
+
+    A Temporal frontend that cannot be reached — at start-up, or later, when the worker fails on it — is an
+    outage, not a bug: the worker says so, waits (1 s doubling to 30 s; back to 1 s once it ran a minute) and
+    tries again, for as long as it takes. Ctrl-C or SIGTERM stop it at any point.
+    """
+    first, longest = OUTAGE_BACKOFF_SECONDS
+    delay = first
+    while True:
+        began = time.monotonic()
+        try:
+            worker = await start()
+            err.print(
+                f"worker polling task queue {settings.task_queue!r} at {settings.temporal_address}; Ctrl-C stops"
+            )
+            await serve_until_stopped(worker)
+            return
+        except (PatchflowError, RuntimeError, RPCError) as exc:
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0]
+            _stop_on_signals_again()
+        if time.monotonic() - began > 60:
+            delay = first
+        err.print(
+            f"Temporal at {settings.temporal_address} is not available; retrying in {delay:.0f}s ({reason})",
+            soft_wrap=True,
+        )
+        await asyncio.sleep(delay)
+        delay = min(delay * 2, longest)
+
+
+def _stop_on_signals_again() -> None:
+    """After a failed run, SIGINT/SIGTERM interrupt the wait again (the run's own handlers are gone with it)."""
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.remove_signal_handler(sig)
+    terminate_like_interrupt()
 
 
 EXAMPLE_FLEET = shipped_file("examples", "fleet.yaml")
@@ -215,6 +261,9 @@ async def _demo_api(settings: Settings, database_url: str) -> AsyncIterator[None
         return
     engine = db.get_engine(database_url)
     with db.open_session(engine) as session:
+        for earlier in db.list_tokens(session, include_revoked=False):
+            if earlier.name == "demo-viewer":  # one active token per name: an interrupted demo's goes
+                db.revoke_token(session, token_id=earlier.id)
         token_id, token = db.create_token(session, name="demo-viewer", role="viewer")
     base = f"http://{settings.api_host}:{settings.api_port}"
     err.print(f"watch it: curl -H 'Authorization: Bearer {token}' {base}/waves   (and {base}/metrics)")

@@ -21,6 +21,7 @@ from patchflow.cli.common import (
     run_sync,
     temporal_client,
 )
+from patchflow.cli.db import audit_refusal
 from patchflow.config import Settings, get_settings
 from patchflow.control.dryrun import dry_run
 from patchflow.core.plans import Plan, load_plan
@@ -343,7 +344,11 @@ def _action(action: str, wave_id: str, who: str | None, stage: str | None, comme
             await temporal_client(settings), wave_id, action, who=actor, stage=stage, comment=comment
         )
 
-    out.print(run_sync(go()))
+    try:
+        out.print(run_sync(go()))
+    except PatchflowError as exc:
+        audit_refusal(settings, exc, action=action, wave_id=wave_id, stage=stage, claimed=actor)
+        raise
     if action in ("approve", "reject") and stage:
         _remember_decision(settings, wave_id, stage, actor, action, comment)
 

@@ -19,7 +19,7 @@ from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings
 from patchflow.core.baselines import load_baseline
@@ -43,6 +43,14 @@ from patchflow.errors import InputError, NotFoundError, PatchflowError
 from patchflow.executors.base import Package
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
+
+
+class TemporalUnavailable(PatchflowError):
+    """The Temporal frontend cannot be reached, or did not answer: the request may work later (HTTP 503)."""
+
+
+_NO_SUCH_WORKFLOW = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
+"""What Temporal answers for an id that names no workflow (or could not); anything else is an outage."""
 
 
 class WaveActionRefused(PatchflowError):
@@ -276,6 +284,10 @@ async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:
     try:
         await handle.describe()
     except RPCError as exc:
+        if exc.status not in _NO_SUCH_WORKFLOW:
+            raise TemporalUnavailable(
+                f"Temporal did not answer about wave {wave_id} ({exc.message})"
+            ) from None
         raise NotFoundError(
             f"no wave {wave_id!r} ({exc.message}); list waves with 'patchflow wave list'"
         ) from None
@@ -325,6 +337,7 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                 "max_errors": st.max_errors,
                 "max_concurrency": st.max_concurrency,
                 "window_start": st.window_start.isoformat() if st.window_start else None,
+                "waiting_since": st.waiting_since.isoformat() if st.waiting_since else None,
                 "note": st.note,
                 "instances": [
                     {"id": i, "state": s, **({"detail": st.details[i]} if i in st.details else {})}
@@ -371,6 +384,8 @@ async def act(
                 f"{action} refused: {decided}wave {wave_id} has already ended; "
                 f"see 'patchflow wave status {wave_id}'"
             ) from None
+        if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
+            raise TemporalUnavailable(f"{action} not sent: Temporal did not answer ({exc.message})") from None
         raise WaveActionRefused(f"{action} refused: {exc.message}") from None
 
 

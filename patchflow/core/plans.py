@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from patchflow.core.approvers import approver_problem
 from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
 from patchflow.core.freezes import FreezeRule, parse_freezes
 from patchflow.core.ratecontrol import Limit, parse_limit
@@ -494,6 +495,8 @@ def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:
                 "required: a non-empty list of the people allowed to approve",
             )
             return None
+        if not _approvers_valid(approvers, (*where, "approval", "approvers"), bad):
+            return None
         return Gate(kind="approval", approvers=tuple(approvers))
     if isinstance(raw, dict) and len(raw) == 1 and "health" in raw:
         body = raw["health"] if raw["health"] is not None else {}
@@ -519,6 +522,15 @@ def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:
         return Gate(kind="health", max_unhealthy=max_unhealthy, url=url)
     bad(where, "use auto, {approval: {approvers: [NAME, …]}} or {health: {max_unhealthy: N, url: URL}}")
     return None
+
+
+def _approvers_valid(approvers: list[str], where: tuple[PathPart, ...], bad: Any) -> bool:
+    """Each entry is ``slack:U…``, ``slack-group:S…`` or a plain name (:mod:`patchflow.core.approvers`)."""
+    problems = [(i, approver_problem(a)) for i, a in enumerate(approvers)]
+    for i, problem in problems:
+        if problem:
+            bad((*where, i), problem)
+    return not any(problem for _, problem in problems)
 
 
 def load_plan(path: str | Path) -> Plan:

@@ -344,6 +344,9 @@ class StageStatus:
     active_run_id: str | None = None
     """Workflow id of the running stage run, whose live progress ``wave status`` merges in."""
     note: str = ""
+    waiting_since: datetime | None = None
+    """When the stage's approval gate started waiting (workflow time); set on entering ``waiting_approval``,
+    kept afterwards. None for stages that never waited (and for waves started before the field existed)."""
 
 
 @dataclass

@@ -24,7 +24,8 @@ Errors
 Audit
     Every call that could change a wave (start, halt, resume, cancel, rollback, approve, reject) is appended
     to the audit log with the token's name as actor and its outcome (``ok``, ``refused``, ``not_found``,
-    ``invalid``, ``forbidden``), so refused and unauthorised attempts leave a trace too.
+    ``invalid``, ``forbidden``); every refused one — and every 403, whatever the route — is recorded as a
+    refused attempt with its reason (:func:`patchflow.store.db.append_refusal`, rate-limited).
 """
 
 from __future__ import annotations
@@ -44,7 +45,6 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import uvicorn
@@ -94,13 +94,12 @@ from patchflow.service.apimodel import (
     WaveStateName,
     WaveSummary,
 )
+from patchflow.service.intake import PlanAccessRefused, PlansDirectory, parse_upload
 from patchflow.store import db
 
 if TYPE_CHECKING:
     from patchflow.core.baselines import Baseline
-    from patchflow.core.documents import Document
     from patchflow.core.evaluation import Evaluation, PatchSet
-    from patchflow.core.plans import Plan
     from patchflow.core.wavemodel import WaveInput
 
 log = logging.getLogger(__name__)
@@ -146,6 +145,9 @@ the stage (checked by the workflow)."""
 
 MUTATING = frozenset({"start", "halt", "resume", "cancel", "rollback", "approve", "reject"})
 """Actions that land in the audit log, whatever their outcome."""
+
+REFUSED_OUTCOMES = frozenset({"forbidden", "refused", "not_found", "invalid"})
+"""Audit outcomes that are refused attempts (403, 409, 404, 422): recorded by ``db.append_refusal``."""
 
 
 @dataclass(frozen=True)
@@ -235,11 +237,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, WaveActionRefused):
             return _error(409, "refused", str(exc))
         # TemporalUnavailable, DatabaseError, a wave that did not answer: the request may work later.
-        return _error(503, "unavailable", str(exc))
+        return _error(503, "unavailable", str(exc), headers=RETRY_LATER)
 
     @app.exception_handler(RPCError)
     async def temporal_error(_: Request, exc: RPCError) -> JSONResponse:
-        return _error(503, "unavailable", f"Temporal did not answer: {exc.message}")
+        return _error(503, "unavailable", f"Temporal did not answer: {exc.message}", headers=RETRY_LATER)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -248,6 +250,11 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 TOO_LARGE = "request body too large; PATCHFLOW_API_MAX_BODY_BYTES sets the limit"
+
+RETRY_AFTER_SECONDS = 5
+RETRY_LATER = {"Retry-After": str(RETRY_AFTER_SECONDS)}
+"""Sent with every 503: Temporal or the database is away, and a client (or ``patchflow`` through the API)
+should try again after this many seconds rather than at once."""
 
 
 class BodyLimit:
@@ -290,7 +297,10 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "No token, or a malformed, unknown or revoked one."},
     403: {"model": ErrorResponse, "description": "The token's role may not do this."},
     422: {"model": ErrorResponse, "description": "Invalid request, with the path of every bad field."},
-    503: {"model": ErrorResponse, "description": "Temporal or the database is unavailable."},
+    503: {
+        "model": ErrorResponse,
+        "description": "Temporal or the database is unavailable; retry after the Retry-After header's seconds.",
+    },
 }
 WAVE_RESPONSES: dict[int | str, dict[str, Any]] = {
     **ERROR_RESPONSES,
@@ -385,49 +395,20 @@ class ApiState:
         self.database_url = settings.database_url_resolved
         self.temporal = TemporalConnector(settings.temporal_address)
         self.tokens = TokenVerifier(self.database_url, ttl_seconds=settings.api_token_cache_seconds)
+        self.plans = PlansDirectory(settings.api_plans_dir_resolved)
+        """The only place plans named in requests are read from (:mod:`patchflow.service.intake`)."""
         self.notifier: Any = None
-        """Posts wave transitions to Slack when a bot token and channel are configured (one replica only)."""
+        """Posts wave transitions to Slack when a bot token is configured — in one replica only: the one
+        holding :attr:`notifier_lease`."""
+        self.notifier_lease = db.LeaderLease(self.database_url, "slack-notifier")
+        self.notifier_leads = False
+        """Whether this replica held the lease at the last refresh (``/readyz`` says so)."""
         if settings.slack_bot_token:  # the channel comes from each plan, else PATCHFLOW_SLACK_CHANNEL
             from patchflow.service.slack import WaveNotifier, make_web_client
 
             self.notifier = WaveNotifier(
                 web_client=make_web_client(settings), channel=settings.slack_channel or ""
             )
-
-    def plan_path(self, raw: str) -> Path:
-        """Where a requested plan lives; inside ``api_plans_dir`` when one is configured.
-
-        Raises:
-            InputError: the path leaves the plans directory.
-        """
-        plans_dir = self.settings.api_plans_dir
-        if plans_dir is None:
-            return Path(raw)
-        base = plans_dir.resolve()
-        candidate = (base / raw).resolve()
-        if not candidate.is_relative_to(base):
-            raise InputError(
-                f"plan: {raw!r} is outside the plans directory {base} (PATCHFLOW_API_PLANS_DIR); "
-                "name a plan file inside it"
-            )
-        return candidate
-
-    def load_plan(self, raw: str) -> Plan:
-        """The plan at ``raw`` (see :meth:`plan_path`), validated.
-
-        Raises:
-            PlanError: the file is missing or invalid (also for the few parser failures that
-                :mod:`patchflow.core.documents` lets through as a bare ValueError, such as a 5,000-digit integer).
-        """
-        from patchflow.core.plans import PlanError, load_plan
-
-        path = self.plan_path(raw)
-        try:
-            return load_plan(path)
-        except InputError:
-            raise
-        except ValueError as exc:
-            raise PlanError(f"not valid YAML: {exc}", source=str(path)) from None
 
     def audit(
         self,
@@ -438,8 +419,10 @@ class ApiState:
         wave_id: str | None = None,
         stage: str | None = None,
         detail: dict[str, Any] | None = None,
+        reason: str = "",
     ) -> None:
-        """Append one API call to the audit log (blocking: call through ``asyncio.to_thread``).
+        """Append one API call to the audit log (blocking: call through ``asyncio.to_thread``); a refused one
+        (:data:`REFUSED_OUTCOMES`) is recorded as a refused attempt with its ``reason``, rate-limited.
 
         Never raises: the wave has already acted (or refused) by now, and failing the request would make the
         client retry an action that happened. The wave keeps its own audit trail as well.
@@ -450,7 +433,22 @@ class ApiState:
                 db.translate_errors(self.database_url),
                 db.open_session(db.get_engine(self.database_url)) as s,
             ):
-                db.append_audit(s, actor=who.name, action=action, wave_id=wave_id, stage=stage, detail=entry)
+                if outcome not in REFUSED_OUTCOMES:  # ok, or an error of patchflow's own (Temporal down)
+                    db.append_audit(
+                        s, actor=who.name, action=action, wave_id=wave_id, stage=stage, detail=entry
+                    )
+                elif not db.append_refusal(
+                    s,
+                    actor=who.name,
+                    action=action,
+                    reason=reason or outcome,
+                    wave_id=wave_id,
+                    stage=stage,
+                    detail=entry,
+                ):
+                    log.warning(
+                        "refused %s by %s not audited: too many refusals this minute", action, who.name
+                    )
         except Exception:  # noqa: BLE001 - see the docstring
             log.exception("could not write the audit entry %s %s by %s", action, wave_id or "", who.name)
 
@@ -500,15 +498,13 @@ def allowed(action: str) -> Callable[..., Awaitable[Principal]]:
     ) -> Principal:
         if who.role in roles:
             return who
-        if action in MUTATING:
-            wave_id = request.path_params.get("wave_id")
-            await asyncio.to_thread(state.audit, who, action, outcome="forbidden", wave_id=wave_id)
         needed = " or ".join(sorted(r.value for r in roles))
-        raise ApiError(
-            403,
-            "forbidden",
-            f"token {who.name!r} has role {who.role.value}; {action} needs {needed}",
+        message = f"token {who.name!r} has role {who.role.value}; {action} needs {needed}"
+        wave_id = request.path_params.get("wave_id")
+        await asyncio.to_thread(
+            state.audit, who, action, outcome="forbidden", wave_id=wave_id, reason=message
         )
+        raise ApiError(403, "forbidden", message)
 
     return dependency
 
@@ -642,6 +638,7 @@ async def get_wave(state: StateDep, _: Reader, wave_id: WaveId) -> WaveDetail:
             "unavailable",
             f"wave {wave_id} did not answer within {STATUS_TIMEOUT_SECONDS:.0f}s; is a worker polling task "
             f"queue {state.settings.task_queue!r}?",
+            headers=RETRY_LATER,
         ) from None
     return WaveDetail.model_validate(status_json(status))
 
@@ -667,7 +664,7 @@ async def start_wave(
     detail = {"plan": body.plan, "patch_set": body.patch_set}
 
     def prepare() -> tuple[PatchSet, WaveInput]:
-        plan = state.load_plan(body.plan)
+        plan = state.plans.load(body.plan)
         pinned = waves.pin_patch_set(plan, settings, patch_set=body.patch_set)
         return pinned, waves.wave_input(plan, settings, pinned, who=who.name)
 
@@ -676,10 +673,14 @@ async def start_wave(
         client = await state.temporal.get()
         await waves.start_wave(client, settings, inp)
     except (PatchflowError, RPCError) as exc:
-        await asyncio.to_thread(state.audit, who, "start", outcome=_outcome(exc), detail=detail)
+        await asyncio.to_thread(
+            state.audit, who, "start", outcome=_outcome(exc), detail=detail, reason=_first_line(exc)
+        )
         raise
     except WorkflowAlreadyStartedError:  # a generated id collided: astronomically unlikely, but say so
-        raise ApiError(409, "refused", "a wave with the generated id already exists; retry") from None
+        message = "a wave with the generated id already exists; retry"
+        await asyncio.to_thread(state.audit, who, "start", outcome="refused", detail=detail, reason=message)
+        raise ApiError(409, "refused", message) from None
     await asyncio.to_thread(
         state.audit,
         who,
@@ -694,6 +695,11 @@ async def start_wave(
     )
 
 
+def _first_line(exc: Exception) -> str:
+    """An error's first line: enough for the audit log, never a whole document's problems."""
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
+
+
 def _outcome(exc: Exception) -> str:
     """How a refused or failed call is recorded in the audit log."""
     from patchflow.control.waves import WaveActionRefused
@@ -704,7 +710,7 @@ def _outcome(exc: Exception) -> str:
         return "not_found"
     if isinstance(exc, InputError):
         return "invalid"
-    return "error"
+    return "unavailable"  # Temporal or the database: nothing was refused, nothing happened
 
 
 async def _act(
@@ -725,7 +731,8 @@ async def _act(
             outcome=_outcome(exc),
             wave_id=wave_id,
             stage=stage,
-            detail={**detail, "reason": str(exc)},
+            detail=detail,
+            reason=str(exc),
         )
         raise
     await asyncio.to_thread(
@@ -841,9 +848,12 @@ async def reject_gate(
 def validate_plan(
     state: StateDep, _: Annotated[Principal, Depends(allowed("validate"))], body: PlanRequest
 ) -> PlanValidation:
-    """Every problem of the plan (``file:line: field.path``); ``valid`` is false when there is one."""
+    """Every problem of the plan (``file:line: field.path``); ``valid`` is false when there is one. A path the
+    API will not read (outside the plans directory, not a regular file, over 1 MiB) is a 422 instead."""
     try:
-        plan = state.load_plan(body.plan)
+        plan = state.plans.load(body.plan)
+    except PlanAccessRefused:
+        raise
     except InputError as exc:
         problems = _input_problems(exc) or [ProblemOut(path="", message=exc.summary)]
         return PlanValidation(valid=False, problems=problems, message=str(exc))
@@ -863,7 +873,7 @@ async def dry_run_plan(
     """Per stage the resolved targets, windows and upgrades (``patchflow plan``); changes nothing."""
     from patchflow.control.dryrun import dry_run
 
-    plan = await asyncio.to_thread(state.load_plan, body.plan)
+    plan = await asyncio.to_thread(state.plans.load, body.plan)
     result = await dry_run(plan, state.settings, body.at or datetime.now(UTC))
     return DryRunOut.model_validate(result)
 
@@ -871,18 +881,11 @@ async def dry_run_plan(
 # ---------------------------------------------------------------------------------------------- baselines
 
 
-def _document(text: str, kind: str, error: type[InputError]) -> Document:
-    """Parse an uploaded document with the loader local files use (aliases and deep nesting refused)."""
-    from patchflow.core.documents import parse_document
-
-    return parse_document(text, source=f"request body: {kind}", kind=kind, error=error)
-
-
 def _baseline(text: str) -> Baseline:
     from patchflow.core.baselines import parse_baseline
     from patchflow.errors import BaselineError
 
-    return parse_baseline(_document(text, "baseline", BaselineError))
+    return parse_baseline(parse_upload(text, "baseline", BaselineError))
 
 
 def _evaluate(body: EvaluateRequest) -> tuple[Baseline, Evaluation]:
@@ -891,7 +894,7 @@ def _evaluate(body: EvaluateRequest) -> tuple[Baseline, Evaluation]:
     from patchflow.errors import CatalogError
 
     baseline = _baseline(body.baseline)
-    catalog = parse_catalog(_document(body.catalog, "catalog", CatalogError))
+    catalog = parse_catalog(parse_upload(body.catalog, "catalog", CatalogError))
     return baseline, evaluate(baseline, catalog, body.at or datetime.now(UTC), catalog_source="request body")
 
 
@@ -953,7 +956,7 @@ def compliance(
     family = baseline.family
     if family is None:  # evaluate() refuses non-Linux baselines first; kept for the type checker
         raise InputError(f"compliance needs a Linux baseline; {baseline.OperatingSystem} is not supported")
-    instances = parse_inventory(_document(body.inventory, "inventory", InventoryError), family=family)
+    instances = parse_inventory(parse_upload(body.inventory, "inventory", InventoryError), family=family)
     results, notes = judge(
         instances,
         family=family,
@@ -1011,6 +1014,9 @@ async def readyz(state: StateDep) -> JSONResponse:
         )
 
     checks["database"] = await asyncio.to_thread(database)
+    if state.notifier is not None:  # informational: a standby replica is as ready as the leader
+        role = "posts wave messages (holds the notifier lease)" if state.notifier_leads else "stands by"
+        checks["slack_notifier"] = CheckOut(ok=True, message=role)
     ready = all(c.ok for c in checks.values())
     body = ReadinessOut(status="ready" if ready else "unready", checks=checks)
     return JSONResponse(body.model_dump(mode="json"), status_code=200 if ready else 503)
@@ -1062,10 +1068,23 @@ async def _refresh_metrics(state: ApiState) -> Iterable[WaveStatus]:
         return []  # /readyz says so; a traceback every refresh would say nothing more
     rows = await recent_waves(client, state.settings.task_queue, limit=50)
     statuses = [status for _, status in rows if status is not None]
-    if state.notifier is not None:
+    if state.notifier is not None and await _leads_notifications(state):
         for status in statuses:  # Slack failures are logged by the notifier, never raised
             await state.notifier.observe(status, client=client)
     return statuses
+
+
+async def _leads_notifications(state: ApiState) -> bool:
+    """Whether this replica posts to Slack now: only the holder of the notifier lease does, so several
+    replicas post each message once. A replica that takes over starts afresh — it announces what is live
+    (a waiting gate, a running or halted stage), so nothing is missed at a hand-over, at the price of
+    repeating those messages once."""
+    leads = await asyncio.to_thread(state.notifier_lease.held)
+    if leads != state.notifier_leads:
+        log.info("Slack notifications: this replica %s", "leads" if leads else "stands by")
+        state.notifier.reset()
+        state.notifier_leads = leads
+    return leads
 
 
 def create_app(settings: Settings | None = None, *, metrics: Metrics = DEFAULT_METRICS) -> FastAPI:
@@ -1097,6 +1116,7 @@ def create_app(settings: Settings | None = None, *, metrics: Metrics = DEFAULT_M
             refresher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await refresher
+            state.notifier_lease.release()  # another replica takes over at its next refresh
 
     app = FastAPI(
         title="patchflow",

@@ -20,8 +20,9 @@ from workflows.wave import MAX_COMMENT
 MAX_TEXT = 200
 """Names, ids, paths: wave ids embed a plan name and a timestamp; the history database stores 200."""
 
-MAX_DOCUMENT = 4_000_000
-"""Characters of one uploaded document (the body as a whole is capped by ``PATCHFLOW_API_MAX_BODY_BYTES``)."""
+MAX_DOCUMENT = 16_000_000
+"""Characters of one uploaded document — a 20,000-patch catalog is about 5 MB of JSON (the body as a whole is
+capped by ``PATCHFLOW_API_MAX_BODY_BYTES``)."""
 
 EARLIEST_AT = datetime(2000, 1, 1, tzinfo=UTC)
 LATEST_AT = datetime(2200, 1, 1, tzinfo=UTC)
@@ -95,8 +96,9 @@ class _Request(_Model):
 
 
 class StartWave(_Request):
-    plan: PlainText = Field(min_length=1, max_length=4096, examples=["baselines/examples/demo-plan.yaml"])
-    """Path of the plan file on the server (inside ``PATCHFLOW_API_PLANS_DIR`` when that is set)."""
+    plan: PlainText = Field(min_length=1, max_length=4096, examples=["demo-plan.yaml"])
+    """Path of the plan file inside the server's plans directory (``PATCHFLOW_API_PLANS_DIR``, by default
+    ``$PATCHFLOW_DATA_DIR/plans``), relative to it or absolute."""
     patch_set: str | None = Field(default=None, pattern=PATCH_SET_ID_PATTERN)
     """Install this stored patch set instead of evaluating the baseline now."""
 
@@ -115,7 +117,8 @@ class GateRequest(_Request):
 
 class PlanRequest(_Request):
     plan: PlainText = Field(min_length=1, max_length=4096)
-    """Path of the plan file on the server (inside ``PATCHFLOW_API_PLANS_DIR`` when that is set)."""
+    """Path of the plan file inside the server's plans directory (``PATCHFLOW_API_PLANS_DIR``, by default
+    ``$PATCHFLOW_DATA_DIR/plans``), relative to it or absolute."""
 
 
 class DryRunRequest(PlanRequest):
@@ -186,6 +189,8 @@ class StageOut(_Model):
     max_errors: int | None
     max_concurrency: int | None
     window_start: str | None
+    waiting_since: str | None = None
+    """When the stage's approval gate started waiting (RFC 3339, UTC); null if it never waited."""
     note: str
     instances: list[InstanceOut]
 

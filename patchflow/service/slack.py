@@ -16,10 +16,12 @@ authority) and ``via Slack by <user name>`` as the comment.
 1. The signature is checked on the raw body before anything is parsed. A request is accepted only while
    ``|now − X-Slack-Request-Timestamp| < slack_replay_window_seconds`` (≤ 300): exactly 300 s old — or 300 s
    in the future — is refused, whatever the clock's resolution. A (timestamp, signature) pair seen before
-   within the window is refused as a replay. All of these answer 401 and change nothing.
+   within the window is refused as a replay. All of these answer 401, change nothing and leave a refused
+   attempt in the audit log (actor ``slack:unverified``; rate-limited, see ``db.append_refusal``).
 2. The wave's input (its stages and approvers) is read from the first event of its history; an unknown wave
    or stage, a stage without an approval gate, and a user who is not an approver get an ephemeral message
-   saying why (``chat.postEphemeral``) — nothing is sent to the wave.
+   saying why (``chat.postEphemeral``) — nothing is sent to the wave, and the audit log records the refused
+   attempt as ``slack:<user id>``.
 3. The decision goes to the workflow as an Update started with ``wait_for_stage=ACCEPTED`` and an Update id
    derived from the click (team, user, action, ``action_ts``): a Slack retry of the same click re-attaches to
    the same Update instead of deciding twice. The validator's refusals come back as ephemeral messages.
@@ -57,6 +59,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError, WorkflowUpdateS
 from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings
+from patchflow.core.approvers import SLACK_GROUP_PREFIX, SLACK_USER_PREFIX
 from patchflow.core.wavemodel import (
     STAGE_CANCELLED,
     STAGE_FAILED,
@@ -84,8 +87,10 @@ REJECT_ACTION_ID = "patchflow_gate_reject"
 GATE_BLOCK_ID = "patchflow_gate"
 """``block_id`` of the buttons' actions block: removed from the message once the gate is answered."""
 OUTCOME_BLOCK_ID = "patchflow_outcome"
-SLACK_USER_PREFIX = "slack:"
-SLACK_GROUP_PREFIX = "slack-group:"
+UNVERIFIED_ACTOR = "slack:unverified"
+"""Audit actor of a request refused before its sender could be verified (its payload names nobody trusted)."""
+REFUSED_OUTCOMES = frozenset({"unauthorised", "refused", "not_found"})
+"""Click outcomes that are refused attempts (recorded in the audit log); ``error`` is patchflow's failure."""
 
 SIGNATURE_HEADER = "x-slack-signature"
 TIMESTAMP_HEADER = "x-slack-request-timestamp"
@@ -807,6 +812,11 @@ class WaveNotifier:
         """Drop a wave (once its final state was observed); observing it again announces what is live."""
         self._seen.pop(wave_id, None)
 
+    def reset(self) -> None:
+        """Forget every wave: the next snapshots announce what is live (a replica taking over, or handing
+        over, the notifications)."""
+        self._seen.clear()
+
 
 # ============================================================================================ actions
 
@@ -873,6 +883,8 @@ def parse_gate_click(body: bytes) -> GateClick | None:
         payload = json.loads(values[0])
     except ValueError:
         raise _bad("payload is not JSON") from None
+    except RecursionError:  # signed, yet nested deeper than the parser recurses: no Slack payload is
+        raise _bad("payload is nested too deeply to be a Slack interaction") from None
     if not isinstance(payload, dict):
         raise _bad("payload is not a JSON object")
     if payload.get("type") != "block_actions":
@@ -890,7 +902,7 @@ def parse_gate_click(body: bytes) -> GateClick | None:
     action = ours[0]
     try:
         value = json.loads(_text_field(action, "value", "the button's value"))
-    except ValueError:
+    except (ValueError, RecursionError):
         raise _bad("payload: the button's value is not patchflow's") from None
     if not isinstance(value, dict):
         raise _bad("payload: the button's value is not patchflow's")
@@ -1063,11 +1075,12 @@ class SlackActions:
             )
             # 401, not 503: nothing can be verified, and a fuzzer (or a monitor) must not read it as a crash.
             logger.warning("Slack: a request to /slack/actions, but %s is not set", missing)
-            return _error(
-                401,
+            message = (
                 f"Slack is not configured on this server, so no request can be verified: set {missing} "
-                "(see deploy/slack/README.md)",
+                "(see deploy/slack/README.md)"
             )
+            await self._audit_unverified(request, message, 401)
+            return _error(401, message)
         declared = request.headers.get("content-length")
         if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
             return _error(413, f"body larger than {MAX_BODY_BYTES} bytes")
@@ -1083,6 +1096,7 @@ class SlackActions:
             click = parse_gate_click(body)
         except SlackRequestRejected as exc:
             logger.info("Slack: refused a request to /slack/actions: %s", exc)
+            await self._audit_unverified(request, str(exc), exc.status_code)
             return _error(exc.status_code, str(exc))
         if click is None:
             return JSONResponse(Reply(True, "ignored", "not a patchflow gate button").as_json())
@@ -1125,6 +1139,19 @@ class SlackActions:
             )
         if not answer.done():
             answer.set_result(reply)
+        if reply.outcome in REFUSED_OUTCOMES:
+            await self._audit_refusal(
+                actor=f"{SLACK_USER_PREFIX}{click.user_id}",
+                action=click.verb,
+                reason=reply.message,
+                wave_id=click.wave_id,
+                stage=click.stage,
+                detail={
+                    "slack_user_name": click.user_name,
+                    "update_id": click.update_id,
+                    "outcome": reply.outcome,
+                },
+            )
         logger.info(
             "Slack: %s of %s/%s by %s (%s): %s — %s",
             click.verb,
@@ -1189,6 +1216,55 @@ class SlackActions:
                 return Reply(False, "refused", f"wave {click.wave_id} has already ended; nothing changed")
             raise
         return Reply(True, "applied", str(result), who=match.entry)
+
+    # ------------------------------------------------------------------------------------------ refusals
+
+    async def _audit_unverified(self, request: Request, reason: str, status_code: int) -> None:
+        """A request refused before anyone could be identified (forged, stale, replayed, malformed, or Slack
+        not configured): its payload is not trusted, so the actor is ``slack:unverified``."""
+        await self._audit_refusal(
+            actor=UNVERIFIED_ACTOR,
+            action="slack.request",
+            reason=reason,
+            detail={"remote": request.client.host if request.client else None, "status": status_code},
+        )
+
+    async def _audit_refusal(
+        self,
+        *,
+        actor: str,
+        action: str,
+        reason: str,
+        wave_id: str | None = None,
+        stage: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a refused attempt in the audit log (rate-limited; best effort: never fails the request)."""
+        if self._history_url is None:
+            return
+        url = self._history_url
+
+        def write() -> bool:
+            from patchflow.store import db
+
+            with db.translate_errors(url), db.open_session(db.get_engine(url)) as session:
+                return db.append_refusal(
+                    session,
+                    actor=actor,
+                    action=action,
+                    reason=reason,
+                    wave_id=wave_id,
+                    stage=stage,
+                    detail={"via": "slack", **(detail or {})},
+                )
+
+        try:
+            if not await asyncio.to_thread(write):
+                logger.warning(
+                    "Slack: refused %s by %s not audited: too many refusals this minute", action, actor
+                )
+        except Exception as exc:  # noqa: BLE001 - the refusal stands; its record is best effort
+            logger.warning("Slack: refused %s by %s not audited: %s", action, actor, exc)
 
     # ------------------------------------------------------------------------------------------ follow-up
 

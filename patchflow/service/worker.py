@@ -12,16 +12,12 @@ from temporalio.worker import Worker
 from activities.patching import ExecutorFactory, WaveActivities, build_executor
 from activities.scheduling import ScheduleActivities
 from patchflow.config import Settings
-from patchflow.errors import PatchflowError
+from patchflow.control.waves import TemporalUnavailable
 from workflows.scheduled import ScheduledWaveWorkflow
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
 
 WORKFLOWS: Sequence[type] = (WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow)
-
-
-class TemporalUnavailable(PatchflowError):
-    """The Temporal frontend cannot be reached."""
 
 
 async def connect(address: str, *, attempts: int = 1) -> Client:

@@ -25,9 +25,11 @@ import contextlib
 import functools
 import hashlib
 import hmac
+import json
 import secrets
 import sys
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -41,6 +43,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import JSON, Field, Session, SQLModel, col, select
 
+from patchflow.core.approvers import token_name_problem
 from patchflow.core.evaluation import PatchSet
 from patchflow.core.wavemodel import (
     WAVE_FINAL_STATES,
@@ -289,21 +292,35 @@ class AuditRecordBase(SQLModel):
     wave_id: str | None = Field(default=None, max_length=_ID, index=True)
     stage: str | None = Field(default=None, max_length=_ID)
     detail: dict[str, Any] = Field(default_factory=dict, sa_type=JSON)
+    refused: bool = Field(default=False, sa_column_kwargs={"server_default": sa.text("false")})
+    """A refused attempt (forged or stale Slack request, a click or call by someone who may not act, an action
+    the wave refused): ``detail.reason`` says why. Rate-limited by :func:`append_refusal`."""
 
 
 class AuditRecord(AuditRecordBase, table=True):
-    """Append-only: no function here updates or deletes a row, and the migration adds triggers that make
-    the database refuse ``UPDATE`` and ``DELETE`` on the table as well."""
+    """Append-only and chained.
+
+    No function here updates or deletes a row, and the migrations add triggers that make the database refuse
+    ``UPDATE``, ``DELETE``, ``TRUNCATE`` (PostgreSQL) and ``INSERT OR REPLACE`` over an existing row (SQLite)
+    as well. Each row also stores a hash of its content and of the previous row's hash
+    (:func:`audit_row_hash`), so an edit by someone who can bypass the triggers — a database owner — breaks
+    the chain where it happened (:func:`verify_audit_chain`, ``patchflow audit verify``).
+    """
 
     __tablename__: ClassVar[str] = "audit_log"
 
     id: int | None = Field(default=None, primary_key=True)
     key: str | None = Field(default=None, max_length=255, unique=True)
     """Idempotency key of a retried writer (``None``: the entry is written once by construction)."""
+    prev_hash: str | None = Field(default=None, max_length=64)
+    """``row_hash`` of the row before this one in id order (:data:`AUDIT_GENESIS` for the first)."""
+    row_hash: str | None = Field(default=None, max_length=64)
+    """:func:`audit_row_hash` of this row; ``None`` only for a row written around patchflow (a break)."""
 
 
 class AuditRecordPublic(AuditRecordBase):
     id: int
+    row_hash: str | None = None
 
 
 # ---------------------------------------------------------------------------------------------- API tokens
@@ -311,7 +328,8 @@ class AuditRecordPublic(AuditRecordBase):
 
 class TokenBase(SQLModel):
     name: str = Field(min_length=1, max_length=_ID)
-    """What the token is for (``ci``, ``grafana``); not unique, so a rotated token can keep its name."""
+    """What the token is for (``ci``, ``grafana``, ``alice``): the identity gates and the audit log see. A plain
+    name, unique among active tokens (a rotated token keeps its name once the old one is revoked)."""
     role: str = Field(sa_type=sa.String(16))
 
 
@@ -662,7 +680,8 @@ def record_wave_status(session: Session, *, status: WaveStatus, at: datetime | N
         }
         for index, entry in enumerate(status.audit)
     ]
-    _insert(session, _table(AuditRecord), audit_rows, keys=["key"])
+    session.commit()  # the wave's rows first: the chain's lock is held only while appending to it
+    _append_chained(session, audit_rows)
     session.commit()
 
 
@@ -900,7 +919,7 @@ def append_audit(
     detail: dict[str, Any] | None = None,
     key: str | None = None,
 ) -> None:
-    """Append one operator action to the audit log.
+    """Append one operator action to the audit log, linked to the chain.
 
     Args:
         key: an idempotency key for writers that may run twice (activities); a second append with the same
@@ -916,13 +935,222 @@ def append_audit(
         "stage": stage,
         "detail": dict(detail or {}),
         "key": key,
+        "refused": False,
     }
-    table = _table(AuditRecord)
-    if key is None:
-        session.exec(sa.insert(table).values(row))
-    else:
-        _insert(session, table, [row], keys=["key"])
+    _append_chained(session, [row])
     session.commit()
+
+
+REFUSALS_PER_MINUTE = 60
+"""At most this many refused attempts are recorded per minute, across every process sharing the database:
+a flood of forged requests grows the log by at most ~86,000 small rows a day instead of filling the disk."""
+
+
+def append_refusal(
+    session: Session,
+    *,
+    actor: str,
+    action: str,
+    reason: str,
+    at: datetime | None = None,
+    wave_id: str | None = None,
+    stage: str | None = None,
+    detail: dict[str, Any] | None = None,
+    per_minute: int = REFUSALS_PER_MINUTE,
+) -> bool:
+    """Record a refused attempt (who, what, why refused) — unless ``per_minute`` refusals were recorded in
+    the minute before ``at``: then nothing is written (the caller logs it) and False is returned.
+
+    The count and the append happen under the chain's lock, so concurrent writers cannot overshoot it.
+    """
+    if not actor.strip() or not action.strip():
+        raise InputError("an audit entry names its actor and its action")
+    at = _utc(at or _now(), "at")
+    row = {
+        "at": at,
+        "actor": actor[:_ID],
+        "action": action[:64],
+        "wave_id": wave_id[:_ID] if wave_id else None,
+        "stage": stage[:_ID] if stage else None,
+        "detail": {**(detail or {}), "reason": reason[:2000]},
+        "key": None,
+        "refused": True,
+    }
+    _lock_audit_chain(session)
+    table = _table(AuditRecord)
+    recent = session.connection().execute(
+        sa.select(sa.func.count())
+        .select_from(table)
+        .where(table.c.refused.is_(True), table.c.at > at - timedelta(minutes=1))
+    )
+    if recent.scalar_one() >= per_minute:
+        session.rollback()  # frees the lock
+        return False
+    _append_chained(session, [row])
+    session.commit()
+    return True
+
+
+AUDIT_GENESIS = "0" * 64
+"""``prev_hash`` of the first row of the audit chain."""
+
+_AUDIT_LOCK = 0x70666175646974  # "pfaudit": PostgreSQL advisory lock serialising appends to the chain
+_TOKEN_LOCK = 0x7066746F6B656E  # "pftoken": serialises token creation (one active token per name)
+
+
+def audit_row_hash(row: Any, prev_hash: str) -> str:
+    """SHA-256 of the previous row's hash and this row's content (id, instant, actor, action, wave, stage,
+    detail, key, refused) as canonical JSON. The format is part of every stored row: never change it.
+
+    Args:
+        row: a mapping or an object with those fields (``at`` timezone-aware).
+    """
+
+    def get(name: str) -> Any:
+        return row.get(name) if isinstance(row, dict) else getattr(row, name)
+
+    content = {
+        "id": get("id"),
+        "at": _utc(get("at"), "at").isoformat(timespec="microseconds"),
+        "actor": get("actor"),
+        "action": get("action"),
+        "wave_id": get("wave_id"),
+        "stage": get("stage"),
+        "detail": get("detail"),
+        "key": get("key"),
+        "refused": bool(get("refused")),
+    }
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+
+
+def _lock_audit_chain(session: Session) -> None:
+    """Serialise appends until this transaction ends, so two writers never link to the same predecessor."""
+    _serialise(session, _AUDIT_LOCK)
+
+
+def _serialise(session: Session, key: int) -> None:
+    """Hold a lock until this transaction ends, for a read-then-write that must not interleave with another
+    process's: a transaction-level advisory lock ``key`` on PostgreSQL, SQLite's write lock (``BEGIN
+    IMMEDIATE``, the whole database) taken before the read."""
+    connection = session.connection()
+    if connection.dialect.name == "postgresql":
+        connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+        return
+    raw = connection.connection.dbapi_connection
+    if raw is not None and not raw.in_transaction:  # a write already in this transaction holds the lock
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _append_chained(session: Session, rows: Sequence[dict[str, Any]]) -> int:
+    """Append ``rows`` in order, each linked to the one before; rows whose key is already in the log (a
+    retried writer) are skipped. Returns how many were appended. The caller commits (which frees the lock).
+    """
+    if not rows:
+        return 0
+    _lock_audit_chain(session)
+    table = _table(AuditRecord)
+    connection = session.connection()
+    keys = [row["key"] for row in rows if row.get("key") is not None]
+    existing: set[str] = set()
+    for start in range(0, len(keys), _CHUNK):
+        chunk = keys[start : start + _CHUNK]
+        existing.update(connection.execute(sa.select(table.c.key).where(table.c.key.in_(chunk))).scalars())
+    fresh = [row for row in rows if row.get("key") is None or row["key"] not in existing]
+    if not fresh:
+        return 0
+    head = connection.execute(
+        sa.select(table.c.id, table.c.row_hash).order_by(table.c.id.desc()).limit(1)
+    ).first()
+    last_id, prev_hash = (head[0], head[1] or "") if head is not None else (0, AUDIT_GENESIS)
+    chained = []
+    for row in fresh:  # ids follow the chain: max + 1 under the lock
+        last_id += 1
+        linked = {**row, "id": last_id, "prev_hash": prev_hash}
+        linked["row_hash"] = prev_hash = audit_row_hash(linked, prev_hash)
+        chained.append(linked)
+    for start in range(0, len(chained), _CHUNK):
+        connection.execute(sa.insert(table).values(chained[start : start + _CHUNK]))
+    if connection.dialect.name == "postgresql":  # an INSERT without an id (by hand) continues above ours
+        sequence = sa.func.pg_get_serial_sequence("audit_log", "id")
+        connection.execute(sa.select(sa.func.setval(sequence, last_id)))
+    return len(chained)
+
+
+@dataclass(frozen=True)
+class AuditVerification:
+    """What :func:`verify_audit_chain` found."""
+
+    rows: int
+    """Rows checked and found linked (all of them when the chain is intact)."""
+    head: str | None
+    """``row_hash`` of the last intact row (``None``: an empty log, or the first row is broken)."""
+    broken_at: int | None = None
+    """Id of the first row whose link is broken; ``None`` when the chain is intact."""
+    problem: str = ""
+    """What is wrong at ``broken_at`` (or with ``expected_head``), and what it means."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+
+def verify_audit_chain(
+    session: Session, *, expected_head: str | None = None, batch: int = 1000
+) -> AuditVerification:
+    """Walk the audit log in id order and report the first broken link.
+
+    A row is broken when its ``prev_hash`` is not the previous row's ``row_hash`` (a row before it was
+    removed, inserted or rewritten) or its ``row_hash`` does not match its content (the row was edited).
+    Whoever can rewrite every later hash can hide an edit from this walk alone; ``expected_head`` (a
+    ``row_hash`` recorded earlier, e.g. from a previous verification's output) closes that gap: it must still
+    be a row of the intact chain.
+    """
+    table = _table(AuditRecord)
+    prev_hash, prev_id, checked, head_seen = AUDIT_GENESIS, None, 0, expected_head is None
+    last_id = -(2**31)  # below any id (PostgreSQL: INTEGER)
+    while True:
+        rows = (
+            session.connection()
+            .execute(sa.select(table).where(table.c.id > last_id).order_by(table.c.id).limit(batch))
+            .all()
+        )
+        if not rows:
+            break
+        for row in rows:
+            problem = _audit_link_problem(row, prev_hash, prev_id)
+            if problem:
+                return AuditVerification(checked, prev_hash if checked else None, row.id, problem)
+            checked, prev_hash, prev_id = checked + 1, row.row_hash, row.id
+            head_seen = head_seen or row.row_hash == expected_head
+        last_id = rows[-1].id
+    head = prev_hash if checked else None
+    if not head_seen:
+        return AuditVerification(
+            checked,
+            head,
+            None,
+            f"the head {expected_head} recorded earlier is no longer in the chain: rows were removed from "
+            "its end or the chain was rewritten from an earlier row",
+        )
+    return AuditVerification(checked, head)
+
+
+def _audit_link_problem(row: Any, prev_hash: str, prev_id: int | None) -> str:
+    after = f"row {prev_id}" if prev_id is not None else "the start of the log"
+    if row.row_hash is None or row.prev_hash is None:
+        return (
+            f"row {row.id} carries no hash: it was inserted around patchflow (or by a patchflow older than "
+            "schema revision 0003)"
+        )
+    if row.prev_hash != prev_hash:
+        return (
+            f"row {row.id} does not link to {after}: a row between them was removed or inserted, or "
+            f"{after} was rewritten"
+        )
+    if audit_row_hash(row, row.prev_hash) != row.row_hash:
+        return f"row {row.id}'s content does not match its hash: the row was edited after it was written"
+    return ""
 
 
 def list_audit(
@@ -989,12 +1217,28 @@ def create_token(session: Session, *, name: str, role: str, at: datetime | None 
         is not stored anywhere; show it once.
 
     Raises:
-        InputError: an unknown role or an empty or over-long name.
+        InputError: an unknown role; a name that is empty, over-long, not a plain name
+            (:func:`patchflow.core.approvers.token_name_problem`: never ``slack:…``), or already the name of
+            an active token (revoke that one first: a name is an identity).
     """
     name = name.strip()
     if not name or len(name) > _ID:
         raise InputError(f"name: give the token a name of 1 to {_ID} characters (what it is for)")
+    problem = token_name_problem(name)
+    if problem:
+        raise InputError(f"name: {problem}")
     role = _choice(role, Role, "role")
+    _serialise(session, _TOKEN_LOCK)  # the check below and the insert, atomically
+    taken = session.exec(
+        select(ApiToken).where(ApiToken.name == name, col(ApiToken.revoked).is_(False))
+    ).first()
+    if taken is not None:
+        session.rollback()
+        raise InputError(
+            f"name: the active token {taken.id} is already named {name!r}, and a name is an identity that "
+            f"gates and the audit log see; revoke it first ('patchflow token revoke {taken.id}') or choose "
+            "another name"
+        )
     token_id = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
     session.add(
@@ -1012,7 +1256,7 @@ def create_token(session: Session, *, name: str, role: str, at: datetime | None 
 
 def verify_token(session: Session, *, token: str, at: datetime | None = None) -> Role | None:
     """The role of a valid, unrevoked token; ``None`` for anything else (malformed, unknown, wrong secret,
-    revoked). Compares in constant time and records when the token was last used."""
+    revoked, or named like a Slack identity — possible only for a token created before names were checked). Compares in constant time and records when the token was last used."""
     prefix, _, rest = token.strip().partition("_")
     token_id, _, secret = rest.partition("_")
     row = session.get(ApiToken, token_id) if prefix == TOKEN_PREFIX and token_id and secret else None
@@ -1020,6 +1264,8 @@ def verify_token(session: Session, *, token: str, at: datetime | None = None) ->
         _secret_matches(secret or "x", _DUMMY_HASH)
         return None
     if not _secret_matches(secret, row.secret_hash) or row.revoked:
+        return None
+    if token_name_problem(row.name):  # created before names were checked: it could pose as someone else
         return None
     now = _utc(at or _now(), "at")
     if row.last_used_at is None or now - row.last_used_at >= _LAST_USED_RESOLUTION:
@@ -1053,3 +1299,93 @@ def revoke_token(session: Session, *, token_id: str, at: datetime | None = None)
         session.add(row)
         session.commit()
     return TokenPublic.model_validate(row)
+
+
+# ---------------------------------------------------------------------------------------------- leader lease
+
+
+class LeaderLease:
+    """One holder among the processes that share a database, for a duty that must run once however many
+    replicas run (the API's Slack notifier: two replicas would post every message twice).
+
+    PostgreSQL: a session-level advisory lock, held by a connection kept open for nothing else; it goes with
+    the connection, so when the holder dies (or loses the database) another replica takes over at its next
+    :meth:`held`. SQLite, which one machine shares: an exclusive ``flock`` on a file beside the database,
+    released by the kernel when the holding process dies.
+
+    Args:
+        url: the history database.
+        name: the duty; one lease per name.
+    """
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self._engine: Engine | None = None
+        self._connection: sa.Connection | None = None
+        self._file: Any = None
+
+    def held(self) -> bool:
+        """Hold the lease if nobody else does; True while this process holds it. Blocking (a round trip or a
+        system call): call it from a thread in async code. Never raises: an unusable database holds nothing."""
+        try:
+            if _normalise_url(self.url).get_backend_name() == "postgresql":
+                return self._held_postgres()
+            return self._held_file()
+        except Exception:  # noqa: BLE001 - see the docstring; the next call tries again
+            self.release()
+            return False
+
+    def _held_postgres(self) -> bool:
+        if self._connection is not None:
+            self._connection.execute(sa.text("SELECT 1"))  # still ours while the connection lives
+            return True
+        if self._engine is None:
+            self._engine = sa.create_engine(
+                _normalise_url(self.url), poolclass=sa.pool.NullPool, connect_args={"connect_timeout": 5}
+            )
+        connection = self._engine.connect().execution_options(isolation_level="AUTOCOMMIT")
+        # Advisory locks are per database server: key on the duty, the database and the schema patchflow's
+        # tables live in, however each replica spells its URL.
+        where = connection.execute(
+            sa.text("SELECT current_database() || '/' || current_schema()")
+        ).scalar_one()
+        digest = hashlib.sha256(f"patchflow:{self.name}:{where}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)
+        if connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), {"key": key}).scalar_one():
+            self._connection = connection
+            return True
+        connection.close()
+        return False
+
+    def _held_file(self) -> bool:
+        import fcntl
+
+        if self._file is not None:
+            return True
+        database = _normalise_url(self.url).database
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return True  # a database no other process can open
+        lock_file = Path(f"{database}.{self.name}.lock")
+        lock_file.parent.mkdir(parents=True, exist_ok=True)
+        handle = lock_file.open("a+b")  # held open while leading
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            return False
+        self._file = handle
+        return True
+
+    def release(self) -> None:
+        """Let another process take the lease (also what dying does)."""
+        if self._connection is not None:
+            with contextlib.suppress(Exception):
+                self._connection.close()
+            self._connection = None
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+        if self._file is not None:
+            self._file.close()  # closing the descriptor drops the flock
+            self._file = None

@@ -17,6 +17,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -63,11 +64,13 @@ class Stack:
 
 
 def write_plan(plans: Path, name: str, *, time_scale: float) -> str:
-    """The shipped demo plan with absolute paths, no soaks and a faster clock; returns its file name."""
+    """The shipped demo plan, with the files it names copied next to it (the API reads nothing outside its
+    plans directory), no soaks and a faster clock; returns its file name."""
     plan = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
-    plan["baseline"] = str((EXAMPLES_DIR / plan["baseline"]).resolve())
-    plan["catalog"] = str(EXAMPLES_DIR / plan["catalog"])
-    plan["executor"]["fleet"] = str(EXAMPLES_DIR / plan["executor"]["fleet"])
+    for where, key in ((plan, "baseline"), (plan, "catalog"), (plan["executor"], "fleet")):
+        source = (EXAMPLES_DIR / where[key]).resolve()
+        (plans / source.name).write_text(source.read_text())
+        where[key] = source.name
     plan["executor"]["time_scale"] = time_scale
     for stage in plan["stages"]:
         stage["soak"] = "0s"
@@ -199,11 +202,20 @@ async def test_full_flow_start_approve_succeed(stack: Stack, http: httpx.AsyncCl
     other = await http.get("/waves", params={"plan": "nodemo"}, headers=stack.auth("vic"))
     assert other.json()["waves"] == []
 
-    # The gate waits: the approvals metric says so.
+    # The gate waits: the approvals metric says so, since when the wave itself says it started waiting.
+    since = datetime.fromisoformat(stages["prod"]["waiting_since"])
+    assert stages["dev"]["waiting_since"] is None and since <= datetime.now(UTC)
     deadline = time.monotonic() + 10
-    while not stack.metrics.registry.get_sample_value("patchflow_approvals_pending"):
+    labels = {"wave_id": wave_id, "stage": "prod"}
+    while not stack.metrics.registry.get_sample_value(
+        "patchflow_approval_waiting_since_timestamp_seconds", labels
+    ):
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
+    assert (
+        stack.metrics.registry.get_sample_value("patchflow_approval_waiting_since_timestamp_seconds", labels)
+        == since.timestamp()
+    )
 
     gate = {"stage": "prod", "comment": "change 42"}
     # an approver who is not on the prod gate: the workflow's validator refuses, with its reason
@@ -296,6 +308,14 @@ async def test_operator_actions_are_applied_refused_and_audited(
             r for r in db.list_audit(session, wave_id=wave_id) if r.action == "halt" and r.actor == "olga"
         )
     assert halt.detail["comment"] == "hold on" and halt.detail["token_id"]
+    with stack.session() as session:
+        rows = db.list_audit(session, wave_id=wave_id)
+    assert [(r.actor, r.action) for r in rows if r.refused] == [
+        ("vic", "halt"),
+        ("ops-lead", "halt"),
+        ("olga", "rollback"),
+    ]
+    assert "refused" in rows[-1].detail["reason"] and rows[-1].refused
 
     listed = await http.get("/waves", params={"state": "cancelled"}, headers=stack.auth("vic"))
     assert [w["wave_id"] for w in listed.json()["waves"]] == [wave_id]
@@ -356,6 +376,13 @@ async def test_authentication_boundary(stack: Stack, http: httpx.AsyncClient) ->
         assert_error(await http.post(path, json=body, headers=stack.auth("vic")), 403, "forbidden")
     # health needs no token
     assert (await http.get("/healthz")).json() == {"status": "ok"}
+    # every 403 left a refused attempt with the reason, whatever the route
+    with stack.session() as session:
+        refused = [
+            (r.action, r.detail["reason"]) for r in db.list_audit(session) if r.refused and r.actor == "vic"
+        ]
+    assert [action for action, _ in refused[-4:]] == ["start", "validate", "validate", "approve"]
+    assert all("has role viewer" in reason for _, reason in refused[-4:])
 
 
 async def test_token_cache_trusts_a_verified_token_for_its_ttl(stack: Stack) -> None:
@@ -371,6 +398,72 @@ async def test_token_cache_trusts_a_verified_token_for_its_ttl(stack: Stack) -> 
     assert await verifier.verify(token) == principal  # cached: no scrypt, no database
     now[0] = 30.5
     assert await verifier.verify(token) is None  # expired: checked again, and revoked
+
+
+async def test_a_flood_of_refused_calls_is_audited_up_to_the_limit(tmp_path: Path) -> None:
+    """A token hammering an action it may not take: each call is refused, but the audit log grows by at most
+    ``REFUSALS_PER_MINUTE`` rows a minute (its own database: the module's refusals would count too)."""
+    url = f"sqlite:///{tmp_path / 'flood.db'}"
+    db.upgrade(url)
+    with db.open_session(db.get_engine(url)) as session:
+        token = db.create_token(session, name="bot", role="viewer")[1]
+    settings = Settings(data_dir=tmp_path, database_url=url, temporal_address=f"127.0.0.1:{free_port()}")
+    app = create_app(settings, metrics=Metrics(CollectorRegistry()))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
+        for _ in range(db.REFUSALS_PER_MINUTE + 15):
+            response = await client.post("/waves/w/halt", headers={"Authorization": f"Bearer {token}"})
+            assert_error(response, 403, "forbidden")
+    with db.open_session(db.get_engine(url)) as session:
+        rows = db.list_audit(session, limit=1000)
+        assert len(rows) == db.REFUSALS_PER_MINUTE and all(r.refused and r.actor == "bot" for r in rows)
+        assert db.verify_audit_chain(session).ok
+
+
+def test_a_cli_action_the_wave_refuses_is_audited(stack: Stack, tmp_path: Path) -> None:
+    """``patchflow wave approve --as mallory`` (exit 4): recorded as the OS user, ``--as`` kept as a claim."""
+    with httpx.Client(base_url=stack.url, timeout=30) as http:
+        started = http.post("/waves", json={"plan": "demo.yaml"}, headers=stack.auth("olga"))
+        wave_id = started.json()["wave_id"]
+        deadline = time.monotonic() + 45
+        while http.get(f"/waves/{wave_id}", headers=stack.auth("vic")).json()["state"] != "waiting_approval":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "patchflow",
+                "wave",
+                "approve",
+                wave_id,
+                "--stage",
+                "prod",
+                "--as",
+                "mallory",
+            ],
+            env={**os.environ, **cli_env(stack, tmp_path)},
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        http.post(f"/waves/{wave_id}/cancel", headers=stack.auth("olga"))
+    assert proc.returncode == 4, proc.stderr
+    with stack.session() as session:
+        [row] = [r for r in db.list_audit(session, wave_id=wave_id) if r.refused]
+    assert row.actor.startswith("cli:") and (row.action, row.stage) == ("approve", "prod")
+    assert row.detail["via"] == "cli" and row.detail["as"] == "mallory"
+    assert "'mallory' may not approve stage 'prod'" in row.detail["reason"]
+
+
+def cli_env(stack: Stack, data_dir: Path) -> dict[str, str]:
+    """What a ``patchflow`` subprocess needs to reach this stack's Temporal, task queue and database."""
+    return {
+        "PATCHFLOW_DATA_DIR": str(data_dir),
+        "PATCHFLOW_DATABASE_URL": stack.settings.database_url_resolved,
+        "PATCHFLOW_TEMPORAL_ADDRESS": stack.settings.temporal_address,
+        "PATCHFLOW_TASK_QUEUE": stack.settings.task_queue,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- health
@@ -489,12 +582,21 @@ async def test_plans_validate_and_dry_run(stack: Stack, http: httpx.AsyncClient)
     assert {"stages", "executor.kind", "baseline"} <= {p["path"] for p in invalid["problems"]}
     assert all(p["line"] for p in invalid["problems"] if p["path"] in ("stages", "executor.kind"))
 
+    # An approver entry patchflow could never match (a Slack id in lower case) is a located problem.
+    plan = yaml.safe_load((plans / "demo.yaml").read_text())
+    plan["stages"][2]["gate"] = {"approval": {"approvers": ["ops-lead", "slack:u0alice"]}}
+    (plans / "typo.yaml").write_text(yaml.safe_dump(plan))
+    typo = (await http.post("/plans/validate", json={"plan": "typo.yaml"}, headers=operator)).json()
+    [problem] = typo["problems"]
+    assert problem["path"] == "stages[2].gate.approval.approvers[1]" and problem["line"]
+    assert "no Slack user: write slack: and the member ID" in problem["message"]
+
     # A fleet of its own: the waves of the other tests have already upgraded the example fleet.
     fleet = yaml.safe_load((EXAMPLES_DIR / "fleet.yaml").read_text())
-    (plans / "fleet.yaml").write_text(dump_yaml({**fleet, "name": "dry-run"}))
+    (plans / "dry-fleet.yaml").write_text(dump_yaml({**fleet, "name": "dry-run"}))
     plan = yaml.safe_load((plans / "demo.yaml").read_text())
     (plans / "dry.yaml").write_text(
-        dump_yaml({**plan, "executor": {"kind": "simulated", "fleet": "fleet.yaml"}})
+        dump_yaml({**plan, "executor": {"kind": "simulated", "fleet": "dry-fleet.yaml"}})
     )
     dry = await http.post("/plans/dry-run", json={"plan": "dry.yaml", "at": AT}, headers=operator)
     assert dry.status_code == 200, dry.text

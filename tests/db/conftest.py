@@ -130,8 +130,10 @@ def url(backend: str, databases: Databases, _migrated_postgres: str | None) -> s
         return fresh
     engine = db.make_engine(_migrated_postgres)
     try:
-        with engine.begin() as connection:  # TRUNCATE fires no row trigger: the audit guard allows it
+        with engine.begin() as connection:  # the audit log refuses TRUNCATE: lifted for this transaction
+            connection.execute(sa.text("ALTER TABLE audit_log DISABLE TRIGGER audit_log_no_truncate"))
             connection.execute(sa.text(f"TRUNCATE {', '.join(TABLES)} RESTART IDENTITY"))
+            connection.execute(sa.text("ALTER TABLE audit_log ENABLE TRIGGER audit_log_no_truncate"))
     finally:
         engine.dispose()
     return _migrated_postgres

@@ -226,7 +226,7 @@ def test_window_cutoff_without_timezone_is_utc(metrics: Metrics, registry: Colle
     )
 
 
-def test_approval_age_starts_when_first_seen_and_survives_refreshes(
+def test_approval_age_of_an_older_wave_starts_when_first_seen_and_survives_refreshes(
     metrics: Metrics, registry: CollectorRegistry, clock: Clock
 ) -> None:
     metrics.update_from_status(waiting_wave("w-2"))
@@ -256,6 +256,22 @@ def test_approval_age_starts_when_first_seen_and_survives_refreshes(
     assert registry.get_sample_value("patchflow_approvals_pending") == 1
     assert registry.get_sample_value("patchflow_approval_waiting_since_timestamp_seconds", labels) is None
     assert registry.get_sample_value("patchflow_approval_oldest_age_seconds") == 0
+
+
+def test_approval_age_is_the_waves_own_from_the_first_scrape(
+    metrics: Metrics, registry: CollectorRegistry, clock: Clock
+) -> None:
+    """The status says when the gate started waiting: an API that first sees the wave (a restart, a new
+    replica) two hours into the wait reports two hours, not zero."""
+    wave = waiting_wave("w-2")
+    wave.stages[1].waiting_since = NOW - timedelta(hours=2)
+    metrics.update_from_status(wave)
+    labels = {"wave_id": "w-2", "stage": "Prod"}
+    assert (
+        registry.get_sample_value("patchflow_approval_waiting_since_timestamp_seconds", labels)
+        == (NOW - timedelta(hours=2)).timestamp()
+    )
+    assert registry.get_sample_value("patchflow_approval_oldest_age_seconds") == 2 * 3600
 
 
 def test_feeding_the_same_status_twice_changes_nothing(

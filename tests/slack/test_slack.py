@@ -300,6 +300,15 @@ async def test_malformed_signed_payloads_are_400(settings: Settings) -> None:
             }
         ): "not a Slack user id",
     }
+    # Signed but nested 50,000 levels deep (about 300 KB, under the body limit): the parser's recursion
+    # would give out long before; a 400, never a 500.
+    deep = "[" * 50_000 + "]" * 50_000
+    bodies[
+        form({"type": "block_actions", "actions": [], "message": {"blocks": "x"}}).replace(
+            b"%22x%22", urllib.parse.quote(deep).encode()
+        )
+    ] = "nested too deeply"
+    bodies[urllib.parse.urlencode({"payload": deep}).encode()] = "nested too deeply"
     async with serve_actions(settings, no_client) as (url, _actions):
         for body, words in bodies.items():
             response, _ = await post(url, body)
@@ -311,10 +320,53 @@ async def test_malformed_signed_payloads_are_400(settings: Settings) -> None:
 
 async def test_unconfigured_endpoint_trusts_nothing(tmp_path: Path) -> None:
     bare = Settings(data_dir=tmp_path / "data")
+    db.upgrade(bare.database_url_resolved)
     async with serve_actions(bare, no_client) as (url, _actions):
         body = other_action()
         response, _ = await post(url, body)
     assert response.status_code == 401 and "PATCHFLOW_SLACK_SIGNING_SECRET" in response.text
+    [row] = refusals(bare)
+    assert row.actor == "slack:unverified" and "not configured" in row.detail["reason"]
+
+
+def refusals(settings: Settings) -> list[db.AuditRecordPublic]:
+    with db.open_session(db.get_engine(settings.database_url_resolved)) as session:
+        return [r for r in db.list_audit(session, limit=1000) if r.refused]
+
+
+async def test_refused_requests_leave_rate_limited_audit_rows(settings: Settings) -> None:
+    """Forged, stale, replayed and malformed requests each leave a refused attempt (who could not be verified,
+    why refused); a flood of forged requests stops adding rows at the limit."""
+    db.upgrade(settings.database_url_resolved)
+    async with serve_actions(settings, no_client) as (url, _actions):
+        forged = other_action(1)
+        await post(url, forged, signed(forged, time.time(), secret="not-the-secret"))
+        stale = other_action(2)
+        await post(url, stale, signed(stale, time.time() - 301))
+        replayed = other_action(3)
+        headers = signed(replayed, time.time())
+        assert (await post(url, replayed, headers))[0].status_code == 200
+        assert (await post(url, replayed, headers))[0].status_code == 401
+        assert (await post(url, b"payload=%7Bnot-json"))[0].status_code == 400
+        rows = refusals(settings)
+        assert [(r.actor, r.action, r.detail["via"], r.detail["status"]) for r in rows] == [
+            ("slack:unverified", "slack.request", "slack", 401),
+            ("slack:unverified", "slack.request", "slack", 401),
+            ("slack:unverified", "slack.request", "slack", 401),
+            ("slack:unverified", "slack.request", "slack", 400),
+        ]
+        reasons = [r.detail["reason"] for r in rows]
+        for words, reason in zip(("signature mismatch", "old", "replayed", "not JSON"), reasons, strict=True):
+            assert words in reason
+        assert all(r.detail["remote"] == "127.0.0.1" for r in rows)
+
+        for nonce in range(db.REFUSALS_PER_MINUTE + 5):
+            body = other_action(100 + nonce)
+            response, _ = await post(url, body, signed(body, time.time(), secret="flood"))
+            assert response.status_code == 401
+    assert len(refusals(settings)) == db.REFUSALS_PER_MINUTE
+    with db.open_session(db.get_engine(settings.database_url_resolved)) as session:
+        assert db.verify_audit_chain(session).ok
 
 
 def test_replay_memory_is_bounded_and_forgets_what_the_window_refuses() -> None:
@@ -557,10 +609,22 @@ async def test_gate_approved_from_slack(
         ("slack:U0ALICE", "approve", "slack"),
         ("slack-group:S0OPS", "approve", "slack"),
     ]
-    assert [(a.actor, a.detail["slack_user"]) for a in audit] == [
+    assert [(a.actor, a.detail["slack_user"]) for a in audit if not a.refused] == [
         ("slack:U0ALICE", "U0ALICE"),
         ("slack-group:S0OPS", "U0BOB"),
     ]
+    # Every click that changed nothing left a refused attempt, by the Slack user who clicked, with the reason.
+    assert [(a.actor, a.action, a.stage, a.detail["outcome"]) for a in audit if a.refused] == [
+        ("slack:U0ALICE", "approve", "prd", "not_found"),
+        ("slack:U0MALLORY", "approve", "prod", "unauthorised"),
+        ("slack:U0BOB", "approve", "prod", "unauthorised"),
+        ("slack:U0MALLORY", "approve", "dr", "unauthorised"),
+        ("slack:U0ALICE", "approve", "prod", "refused"),
+    ]
+    assert (
+        "slack:U0MALLORY is not listed"
+        in next(a for a in audit if a.refused and a.actor == "slack:U0MALLORY").detail["reason"]
+    )
 
 
 async def test_slow_temporal_still_answers_in_time_and_a_rejection_updates_the_message(
