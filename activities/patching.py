@@ -197,7 +197,7 @@ class WaveActivities:
             await _cancel_operations(executor, list(ops.values()))
             return PatchBatchResult(
                 outcomes=[
-                    InstanceOutcome(i, "failed", False, detail="cancelled by an operator")
+                    InstanceOutcome(i, "cancelled", False, detail="cancelled by an operator")
                     for i in inp.instance_ids
                 ]
             )

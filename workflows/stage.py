@@ -201,7 +201,7 @@ class StageRunWorkflow:
         if task.cancelled() or _was_cancelled(task.exception()):
             for instance_id in batch:
                 scheduler.record(
-                    instance_id, "failed", counts_as_error=False, detail="cancelled by an operator"
+                    instance_id, "cancelled", counts_as_error=False, detail="cancelled by an operator"
                 )
             return
         exc = task.exception()

@@ -199,7 +199,7 @@ def print_status(status: dict[str, Any]) -> None:
     out.print(stage_table(status))
 
 
-_COUNT_COLUMNS = ("pending", "in_flight", "succeeded", "failed", "not_attempted", "rolled_back")
+_COUNT_COLUMNS = ("pending", "in_flight", "succeeded", "failed", "not_attempted", "rolled_back", "cancelled")
 
 
 def stage_table(status: dict[str, Any]) -> Table:

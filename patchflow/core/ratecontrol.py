@@ -6,8 +6,10 @@
   failure, ``3`` at the fourth, 10 % of 50 at the sixth). Percentages round **down**: 10 % of 15 tolerates 1.
   Work already in flight when the budget is exceeded finishes (and may fail too, so the final failure count
   can exceed the budget, as in SSM); instances never started are reported ``not_attempted``.
-* Only statuses that count as errors (``failed``, ``timed_out``) consume the budget; ``undeliverable``
-  targets are reported but do not (SSM's Delivery Timed Out / Undeliverable), unless a plan says so.
+* Only statuses that count as errors (``failed``, ``timed_out``) consume the budget, as SSM's
+  ``Command.ErrorCount`` counts "Failed or Execution Timed Out"; ``undeliverable`` targets are reported but do
+  not (SSM's Delivery Timed Out / Undeliverable), unless a plan says so, and ``cancelled`` ones (SSM Cancelled,
+  Terminated; an operator's cancel) are reported as ``cancelled`` and never count.
 
 :class:`StageScheduler` is a pure, deterministic state machine so the workflow can drive it and replay it.
 """
@@ -89,6 +91,13 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 NOT_ATTEMPTED = "not_attempted"
 ROLLED_BACK = "rolled_back"
+CANCELLED = "cancelled"
+"""Started, then cancelled before it finished (an operator, a cutoff, or the executor reported it cancelled)."""
+
+
+#: Executor statuses that are instance states of their own; every other one (failed, timed_out, undeliverable)
+#: is ``failed``, with the status kept as the detail.
+_FINAL_STATES = {"succeeded": SUCCEEDED, "failed": FAILED, "cancelled": CANCELLED}
 
 
 @dataclass
@@ -133,10 +142,10 @@ class StageScheduler:
         return batches
 
     def record(self, instance_id: str, status: str, *, counts_as_error: bool, detail: str = "") -> None:
-        """Record one instance's outcome (``status`` is the executor's: succeeded/failed/…)."""
+        """Record one instance's outcome (``status`` is the executor's: succeeded/failed/cancelled/…)."""
         self.in_flight.pop(instance_id, None)
-        self.states[instance_id] = SUCCEEDED if status == "succeeded" else FAILED
-        if detail or status not in ("succeeded", "failed"):
+        self.states[instance_id] = _FINAL_STATES.get(status, FAILED)
+        if detail or status not in _FINAL_STATES:
             self.details[instance_id] = detail or status
         if counts_as_error:
             self.errors += 1

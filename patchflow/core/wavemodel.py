@@ -159,7 +159,7 @@ class StageRunInput:
 @dataclass
 class StageRunResult:
     states: dict[str, str]
-    """Final state per attempted instance (succeeded / failed)."""
+    """Final state per attempted instance (succeeded / failed / cancelled)."""
     details: dict[str, str]
     remaining: list[str]
     """Not started: the window closed, an operator halted, or the error budget stopped dispatch."""
@@ -196,7 +196,7 @@ class PatchBatchInput:
 class InstanceOutcome:
     instance_id: str
     status: str
-    """Executor status: succeeded, failed, timed_out, undeliverable."""
+    """Executor status: succeeded, failed, timed_out, undeliverable, cancelled."""
     counts_as_error: bool
     detail: str = ""
     changed: int = 0

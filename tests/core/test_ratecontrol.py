@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from patchflow.core.ratecontrol import (
+    CANCELLED,
     Limit,
     StageScheduler,
     batch_size_for,
@@ -74,6 +75,19 @@ def test_undeliverable_does_not_count_unless_told() -> None:
     s.take()
     s.record("a", "undeliverable", counts_as_error=False)
     assert not s.budget_exceeded and s.states["a"] == "failed" and s.details["a"] == "undeliverable"
+
+
+def test_a_cancelled_invocation_is_reported_and_never_counted() -> None:
+    """botocore's model, ``Command.ErrorCount`` ("Failed or Execution Timed Out"): with max_errors 0, a cancelled
+    instance neither stops dispatch nor consumes the budget; it is reported ``cancelled``."""
+    s = StageScheduler(pending=deque(["a", "b", "c"]), max_concurrency=1, max_errors=0)
+    assert s.take() == [["a"]]
+    s.record("a", "cancelled", counts_as_error=False, detail="SSM Cancelled (command c-1)")
+    assert (s.errors, s.budget_exceeded) == (0, False)
+    assert s.states["a"] == CANCELLED and s.details["a"] == "SSM Cancelled (command c-1)"
+    assert s.take() == [["b"]]
+    s.record("b", "failed", counts_as_error=True)
+    assert s.budget_exceeded and s.take() == [] and s.states["b"] == "failed"
 
 
 @given(st.integers(1, 2000), st.integers(0, 200))

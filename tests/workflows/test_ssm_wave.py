@@ -218,3 +218,55 @@ async def test_cancelling_a_wave_cancels_its_in_flight_ssm_commands(
     states = result.status.stages[0].instances
     assert states[ids[2]] == "not_attempted"
     assert all(endpoint.packages(i)["openssl.amd64"] == OLD for i in ids)
+
+
+async def test_an_invocation_cancelled_in_ssm_is_reported_and_does_not_halt_the_stage(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    """botocore's SSM service model, ``Command.ErrorCount``: "The number of targets for which the status is Failed
+    or Execution Timed Out". Someone cancels one install in SSM (CancelCommand, as from the console): with
+    ``max_errors: 0`` the stage still goes on to the next instance; the cancelled one is reported, not counted."""
+    installed = [Package("openssl", "amd64", OLD)]
+    ids = [f"i-0prod00000000000{n}" for n in (1, 2)]
+    for instance_id in ids:
+        endpoint.register_instance(instance_id, tags={"Patch Group": "prod"}, packages=installed)
+    endpoint.script(ids[0], "slow", seconds=60, times=1)
+    plan = load_plan(
+        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
+    )
+    inp = WaveInput(
+        wave_id=f"wave-ssm-ext-cancel-{uuid.uuid4().hex[:8]}",
+        plan_name=plan.name,
+        patch_set_id="ps-000000000000000000000000",
+        patches=[Package("openssl", "amd64", NEW)],
+        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
+        stages=[
+            StageInput(
+                name="prod", window=WindowSpec("now"), max_concurrency="1", max_errors="0", patch_group="prod"
+            )
+        ],
+        heartbeat_timeout_seconds=5,
+    )
+    ssm = endpoint.client("ssm")
+    async with running_worker(dev_env.client) as task_queue:
+        handle = await dev_env.client.start_workflow(
+            WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
+        )
+        for _ in range(300):  # the first install is running
+            if endpoint.command_count(ids[0], "AWS-RunPatchBaseline") == 1:
+                break
+            await asyncio.sleep(0.1)
+        (command,) = (
+            c
+            for c in ssm.list_commands(InstanceId=ids[0])["Commands"]
+            if c["DocumentName"] == "AWS-RunPatchBaseline"
+        )
+        ssm.cancel_command(CommandId=command["CommandId"], InstanceIds=[ids[0]])
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+
+    assert result.status.state == "succeeded", result.status
+    stage = result.status.stages[0]
+    assert stage.instances == {ids[0]: "cancelled", ids[1]: "succeeded"}
+    assert stage.errors == 0 and "SSM Cancelled" in stage.details[ids[0]]
+    assert endpoint.packages(ids[0])["openssl.amd64"] == OLD
+    assert endpoint.packages(ids[1])["openssl.amd64"] == NEW
