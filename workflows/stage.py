@@ -70,6 +70,8 @@ class StageRunWorkflow:
             errors=inp.errors_so_far,
             states=dict(inp.states),
             details=dict(inp.details),
+            ramp=inp.ramp,
+            dispatched=inp.dispatched_so_far,
         )
         for instance_id in inp.instance_ids:
             scheduler.states[instance_id] = PENDING
@@ -119,6 +121,8 @@ class StageRunWorkflow:
                     states=finished,
                     details=dict(scheduler.details),
                     history_event_limit=inp.history_event_limit,
+                    ramp=inp.ramp,
+                    dispatched_so_far=scheduler.dispatched,
                 )
             )
 

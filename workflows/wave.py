@@ -404,6 +404,7 @@ class WaveWorkflow:
                     undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
                     heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
                     history_event_limit=inp.history_event_limit,
+                    ramp=stage.ramp,
                 ),
                 id=run_id,
             )

@@ -59,6 +59,7 @@ def plan_command(
         out.print(
             f"\n[bold]{stage['name']}[/]: {len(stage['targets'])} target(s), max_concurrency {stage['max_concurrency']}, "
             f"max_errors {stage['max_errors']}, gate {stage['gate']}, on_failure {stage['on_failure']}, soak {stage['soak_seconds']}s"
+            + (f", ramp {stage['ramp']}" if stage["ramp"] != "none" else "")
         )
         for window in stage["windows"]:
             for skipped in window["skipped"]:

@@ -83,6 +83,7 @@ async def _dry_stage(
         "approvers": list(stage.gate.approvers),
         "on_failure": stage.on_failure,
         "soak_seconds": stage.soak_seconds,
+        "ramp": stage.ramp,
         "problems": problems,
     }
 

@@ -181,6 +181,7 @@ def wave_input(
             on_failure=s.on_failure,
             patch_group=s.targets.patch_group,
             instance_ids=list(s.targets.instance_ids),
+            ramp=s.ramp,
         )
         for s in plan.stages
     ]

@@ -18,7 +18,7 @@ from typing import Any
 
 from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
 from patchflow.core.freezes import FreezeRule, parse_freezes
-from patchflow.core.ratecontrol import Limit, parse_limit
+from patchflow.core.ratecontrol import RAMP_NONE, RAMPS, Limit, parse_limit
 from patchflow.core.windows import ScheduleError, WindowSpec, parse_window_spec
 from patchflow.errors import InputError, Problem
 
@@ -92,6 +92,8 @@ class Stage:
     gate: Gate = field(default_factory=Gate)
     on_failure: str = "halt"
     """``halt`` or ``rollback`` (restore the stage's patched instances, then halt)."""
+    ramp: str = RAMP_NONE
+    """``none`` (``max_concurrency`` from the start) or ``exponential`` (SSM's ramp: 1, 2, 4, … up to it)."""
 
 
 @dataclass(frozen=True)
@@ -150,7 +152,25 @@ _PLAN_KEYS = (
     "freeze_override_approvers",
     "task_queue",
 )
-_STAGE_KEYS = ("name", "targets", "window", "max_concurrency", "max_errors", "soak", "gate", "on_failure")
+#: A stage's options that take one of a few words: key → (allowed values, the default first; how to choose).
+_STAGE_CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
+    "ramp": (
+        RAMPS,
+        "none starts max_concurrency instances at once; exponential starts one, then two more, then doubles "
+        "up to max_concurrency (SSM's ramp)",
+    ),
+}
+_STAGE_KEYS = (
+    "name",
+    "targets",
+    "window",
+    "max_concurrency",
+    "max_errors",
+    "soak",
+    "gate",
+    "on_failure",
+    *_STAGE_CHOICES,
+)
 
 
 def parse_plan(doc: Document) -> Plan:
@@ -388,7 +408,8 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         bad((*where, "on_failure"), f"{on_failure!r}: use halt or rollback")
         ok = False
 
-    if not ok or window is None or gate is None:
+    choices = _parse_stage_choices(raw, where, bad)
+    if not ok or window is None or gate is None or choices is None:
         return None
     return Stage(
         name=str(name),
@@ -399,7 +420,20 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         soak_seconds=soak,
         gate=gate,
         on_failure=str(on_failure),
+        ramp=choices["ramp"],
     )
+
+
+def _parse_stage_choices(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> dict[str, str] | None:
+    """The stage's one-word options (``ramp``), their defaults filled in; None after a located problem."""
+    out: dict[str, str] = {}
+    for key, (allowed, hint) in _STAGE_CHOICES.items():
+        value = raw.get(key, allowed[0])
+        if value not in allowed:
+            bad((*where, key), f"{value!r} is not a {key}; use {' or '.join(allowed)} ({hint})")
+        else:
+            out[key] = str(value)
+    return out if len(out) == len(_STAGE_CHOICES) else None
 
 
 def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:

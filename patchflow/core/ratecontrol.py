@@ -10,6 +10,11 @@
   ``Command.ErrorCount`` counts "Failed or Execution Timed Out"; ``undeliverable`` targets are reported but do
   not (SSM's Delivery Timed Out / Undeliverable), unless a plan says so, and ``cancelled`` ones (SSM Cancelled,
   Terminated; an operator's cancel) are reported as ``cancelled`` and never count.
+* ``ramp: exponential`` (off by default) ramps up as SSM's Run Command does (User Guide, "Run commands at
+  scale"): one instance first, two more once it finished, then four, eight, … until a step reaches
+  ``max_concurrency``, after which the sliding window applies. Each step waits until the previous one finished
+  (SSM waits for the invocation's acknowledgement; a patch's result is the safer signal). See
+  :func:`ramp_allowance`.
 
 :class:`StageScheduler` is a pure, deterministic state machine so the workflow can drive it and replay it.
 """
@@ -74,6 +79,33 @@ def resolve_errors(limit: Limit, targets: int) -> int:
     return limit.value
 
 
+RAMP_NONE = "none"
+RAMP_EXPONENTIAL = "exponential"
+RAMPS: tuple[str, ...] = (RAMP_NONE, RAMP_EXPONENTIAL)
+
+
+def ramp_allowance(dispatched: int, in_flight: int, max_concurrency: int) -> int | None:
+    """How many more instances the exponential ramp lets start now; None once it reached ``max_concurrency``.
+
+    The ramp releases steps of 1, 2, 4, … instances: step *k* holds dispatch numbers ``2**k - 1`` up to
+    ``2**(k+1) - 2``. A step starts only when nothing is in flight (every earlier step finished); the first step
+    of ``max_concurrency`` or more instances ends the ramp, and the plain sliding window takes over.
+
+    Args:
+        dispatched: instances dispatched so far in this run.
+        in_flight: instances dispatched and not finished.
+        max_concurrency: the stage's resolved concurrency (≥ 1).
+    """
+    start, size = 0, 1
+    while size < max_concurrency and dispatched >= start + size:
+        start, size = start + size, size * 2
+    if dispatched == start and in_flight:
+        return 0  # the next step waits until the previous one finished
+    if size >= max_concurrency:
+        return None
+    return start + size - dispatched
+
+
 def batch_size_for(concurrency: int) -> int:
     """How many instances one dispatch (one activity / one SSM command) carries.
 
@@ -109,6 +141,9 @@ class StageScheduler:
         max_concurrency: instances allowed in flight at once.
         max_errors: failures tolerated; the next one stops dispatch.
         errors: failures counted so far (carried across windows and continue-as-new).
+        ramp: ``none``, or ``exponential`` to start with one instance and double (see :func:`ramp_allowance`).
+        dispatched: instances dispatched so far in this stage run (carried across continue-as-new: the ramp's
+            position; a new window's run ramps up again, as a new SSM command would).
     """
 
     pending: deque[str]
@@ -120,6 +155,8 @@ class StageScheduler:
     """Insertion-ordered set of dispatched ids (dicts keep order; sets would break determinism)."""
     states: dict[str, str] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
+    ramp: str = RAMP_NONE
+    dispatched: int = 0
 
     @property
     def budget_exceeded(self) -> bool:
@@ -131,6 +168,9 @@ class StageScheduler:
         if self.budget_exceeded:
             return batches
         free = self.max_concurrency - len(self.in_flight)
+        if self.ramp == RAMP_EXPONENTIAL:
+            allowed = ramp_allowance(self.dispatched, len(self.in_flight), self.max_concurrency)
+            free = free if allowed is None else min(free, allowed)
         while free > 0 and self.pending:
             size = min(self.batch_size, free, len(self.pending))
             batch = [self.pending.popleft() for _ in range(size)]
@@ -139,6 +179,7 @@ class StageScheduler:
                 self.states[instance_id] = IN_FLIGHT
             batches.append(batch)
             free -= size
+            self.dispatched += size
         return batches
 
     def record(self, instance_id: str, status: str, *, counts_as_error: bool, detail: str = "") -> None:

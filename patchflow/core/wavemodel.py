@@ -98,6 +98,9 @@ class StageInput:
     patch_group: str | None = None
     instance_ids: list[str] = field(default_factory=list)
     """Explicit targets (dispatched in the listed order); empty when ``patch_group`` is used."""
+    ramp: str = "none"
+    """``none`` or ``exponential`` (1, 2, 4, … instances up to max_concurrency; see
+    :func:`patchflow.core.ratecontrol.ramp_allowance`)."""
 
 
 @dataclass
@@ -154,6 +157,10 @@ class StageRunInput:
     details: dict[str, str] = field(default_factory=dict)
     history_event_limit: int = 0
     """Continue as new past this many history events; 0 = when Temporal suggests it."""
+    ramp: str = "none"
+    """``none`` or ``exponential``: the scheduler's ramp (each window's run ramps up from one instance)."""
+    dispatched_so_far: int = 0
+    """Carried across continue-as-new: instances this run dispatched before (the ramp's position)."""
 
 
 @dataclass

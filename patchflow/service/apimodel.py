@@ -268,6 +268,8 @@ class DryRunStage(_Model):
     on_failure: str
     soak_seconds: int
     problems: list[str]
+    ramp: str = "none"
+    """``none`` or ``exponential`` (SSM's ramp: 1, 2, 4, … instances up to max_concurrency)."""
 
 
 class DryRunOut(_Model):
