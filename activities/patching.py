@@ -126,7 +126,12 @@ class WaveActivities:
                 found=False, note="no window opens outside the change freezes within the freeze horizon"
             )
         return WindowResult(
-            found=True, start=allowed.start, end=allowed.end, cutoff=allowed.cutoff, note=freeze_note(allowed)
+            found=True,
+            start=allowed.start,
+            end=allowed.end,
+            cutoff=allowed.cutoff,
+            note=freeze_note(allowed),
+            freeze_start=min((p.start for p in inp.freezes if p.start > allowed.start), default=None),
         )
 
     @activity.defn(name="patch_batch")
@@ -197,7 +202,9 @@ class WaveActivities:
             await _cancel_operations(executor, list(ops.values()))
             return PatchBatchResult(
                 outcomes=[
-                    InstanceOutcome(i, "cancelled", False, detail="cancelled by an operator")
+                    InstanceOutcome(
+                        i, "cancelled", False, detail=inp.cancel_reason or "cancelled by an operator"
+                    )
                     for i in inp.instance_ids
                 ]
             )

@@ -2,8 +2,9 @@
 
 The parent wave starts one run per window. A run keeps at most ``max_concurrency`` instances in flight
 (dispatched in batches — see :func:`patchflow.core.ratecontrol.batch_size_for`), stops dispatching when failure
-number ``max_errors + 1`` arrives, when the window's cutoff passes, or when an operator stops it, and always
-lets in-flight work finish. Long runs continue as new (carrying only compact per-instance states) so a
+number ``max_errors + 1`` arrives, when the window's cutoff passes, or when an operator stops it, and lets
+in-flight work finish — unless the stage's ``cutoff_behavior`` is ``cancel``: then a timer at the cutoff cancels
+the in-flight instances through the executor (SSM: CancelCommand). Long runs continue as new (carrying only compact per-instance states) so a
 10,000-instance stage stays far inside Temporal's history limits.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
@@ -35,6 +37,8 @@ class StageRunWorkflow:
         self._scheduler: StageScheduler | None = None
         self._stop = False
         self._aborted = False
+        self._cancel_reason = ""
+        self._cut_off = False
         self._in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
 
     @workflow.signal
@@ -47,7 +51,12 @@ class StageRunWorkflow:
         """Stop dispatching and cancel the in-flight instances (a cancelled wave): executors cancel their
         commands where they can (SSM CancelCommand, best effort)."""
         self._stop = True
+        self._cancel_in_flight("cancelled by an operator")
+
+    def _cancel_in_flight(self, reason: str) -> None:
+        """Cancel every in-flight batch; ``reason`` becomes the cancelled instances' detail."""
         self._aborted = True
+        self._cancel_reason = reason
         for task in self._in_flight:
             task.cancel()
 
@@ -78,9 +87,22 @@ class StageRunWorkflow:
         self._scheduler = scheduler
         in_flight = self._in_flight
         continue_as_new = False
+        cutoff_timer: asyncio.Task[None] | None = None
 
         while True:
             past_cutoff = inp.cutoff is not None and workflow.now() >= inp.cutoff
+            if (
+                inp.cutoff is not None
+                and past_cutoff
+                and inp.cancel_at_cutoff
+                and in_flight
+                and not self._cut_off
+            ):
+                self._cut_off = True
+                self._cancel_in_flight(
+                    f"cancelled at the window's cutoff ({inp.cutoff.isoformat(timespec='minutes')}; "
+                    "cutoff_behavior: cancel)"
+                )
             info = workflow.info()
             if not continue_as_new and (
                 info.is_continue_as_new_suggested()
@@ -94,11 +116,20 @@ class StageRunWorkflow:
                     in_flight[task] = batch
             if not in_flight:
                 break
-            done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+            waiting: list[asyncio.Task[Any]] = list(in_flight)
+            if inp.cancel_at_cutoff and inp.cutoff is not None and not past_cutoff:
+                if cutoff_timer is None:  # one timer per run, started when there is work to cancel
+                    cutoff_timer = asyncio.ensure_future(
+                        workflow.sleep(inp.cutoff - workflow.now(), summary="until the window's cutoff")
+                    )
+                waiting.append(cutoff_timer)
+            done, _ = await workflow.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             # Process completions in dispatch order: deterministic, and the order failures are counted in.
             for task in [t for t in in_flight if t in done]:
                 batch = in_flight.pop(task)
-                self._record(inp, scheduler, batch, task)
+                self._record(inp, scheduler, batch, task, self._cancel_reason)
+        if cutoff_timer is not None and not cutoff_timer.done():
+            cutoff_timer.cancel()
 
         if continue_as_new and scheduler.pending and not scheduler.budget_exceeded and not self._stop:
             await workflow.wait_condition(workflow.all_handlers_finished)
@@ -123,6 +154,7 @@ class StageRunWorkflow:
                     history_event_limit=inp.history_event_limit,
                     ramp=inp.ramp,
                     dispatched_so_far=scheduler.dispatched,
+                    cancel_at_cutoff=inp.cancel_at_cutoff,
                 )
             )
 
@@ -135,6 +167,10 @@ class StageRunWorkflow:
             errors=scheduler.errors,
             budget_exceeded=scheduler.budget_exceeded,
             stopped=self._stop,
+            cut_off=inp.cancel_at_cutoff
+            and inp.cutoff is not None
+            and workflow.now() >= inp.cutoff
+            and (self._cut_off or bool(remaining)),
         )
 
     async def _patch(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
@@ -161,6 +197,7 @@ class StageRunWorkflow:
             [],
             f"{'cancel' if self._aborted else 'wait for'} {len(running)} install(s)",
             cancel=self._aborted,
+            cancel_reason=self._cancel_reason,
         )
         finished = {o.instance_id: o for o in waited.outcomes}
         return PatchBatchResult(outcomes=[finished.get(o.instance_id, o) for o in sent.outcomes])
@@ -174,6 +211,7 @@ class StageRunWorkflow:
         what: str,
         *,
         cancel: bool = False,
+        cancel_reason: str = "",
     ) -> PatchBatchResult:
         """One batch activity; every kind heartbeats, and on abort the workflow waits until it has cancelled
         its commands before reporting back."""
@@ -187,6 +225,7 @@ class StageRunWorkflow:
                 patches=patches,
                 attempt=inp.attempt,
                 cancel=cancel,
+                cancel_reason=cancel_reason if cancel else "",
             ),
             result_type=PatchBatchResult,
             start_to_close_timeout=SEND_START_TO_CLOSE
@@ -200,12 +239,19 @@ class StageRunWorkflow:
 
     @staticmethod
     def _record(
-        inp: StageRunInput, scheduler: StageScheduler, batch: list[str], task: asyncio.Task[PatchBatchResult]
+        inp: StageRunInput,
+        scheduler: StageScheduler,
+        batch: list[str],
+        task: asyncio.Task[PatchBatchResult],
+        cancel_reason: str,
     ) -> None:
         if task.cancelled() or _was_cancelled(task.exception()):
             for instance_id in batch:
                 scheduler.record(
-                    instance_id, "cancelled", counts_as_error=False, detail="cancelled by an operator"
+                    instance_id,
+                    "cancelled",
+                    counts_as_error=False,
+                    detail=cancel_reason or "cancelled by an operator",
                 )
             return
         exc = task.exception()

@@ -84,6 +84,7 @@ async def _dry_stage(
         "on_failure": stage.on_failure,
         "soak_seconds": stage.soak_seconds,
         "ramp": stage.ramp,
+        "cutoff_behavior": stage.cutoff_behavior,
         "problems": problems,
     }
 

@@ -182,6 +182,7 @@ def wave_input(
             patch_group=s.targets.patch_group,
             instance_ids=list(s.targets.instance_ids),
             ramp=s.ramp,
+            cutoff_behavior=s.cutoff_behavior,
         )
         for s in plan.stages
     ]

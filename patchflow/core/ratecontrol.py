@@ -15,6 +15,12 @@
   ``max_concurrency``, after which the sliding window applies. Each step waits until the previous one finished
   (SSM waits for the invocation's acknowledgement; a patch's result is the safer signal). See
   :func:`ramp_allowance`.
+* ``cutoff_behavior`` decides what a maintenance window's cutoff (end − Cutoff) does to a stage run:
+  ``carry_over`` (the default) starts nothing after it, lets in-flight work finish and carries the rest to the
+  next window; ``continue`` (AWS's ``CONTINUE_TASK``) goes on dispatching, with the same rate control, until
+  every target is done; ``cancel`` (AWS's ``CANCEL_TASK``) cancels the in-flight work at the cutoff through the
+  executor (SSM: CancelCommand) and leaves the rest ``not_attempted``. No instance starts in a change freeze,
+  whatever the behaviour (see :func:`dispatch_deadline`).
 
 :class:`StageScheduler` is a pure, deterministic state machine so the workflow can drive it and replay it.
 """
@@ -25,6 +31,7 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 
 _CONCURRENCY_RE = re.compile(r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$")
 _ERRORS_RE = re.compile(r"^([1-9][0-9]*|0|[1-9][0-9]%|[0-9]%|100%)$")
@@ -104,6 +111,26 @@ def ramp_allowance(dispatched: int, in_flight: int, max_concurrency: int) -> int
     if size >= max_concurrency:
         return None
     return start + size - dispatched
+
+
+CARRY_OVER = "carry_over"
+CONTINUE = "continue"
+CANCEL = "cancel"
+CUTOFF_BEHAVIORS: tuple[str, ...] = (CARRY_OVER, CONTINUE, CANCEL)
+
+
+def dispatch_deadline(
+    behavior: str, cutoff: datetime | None, freeze_start: datetime | None
+) -> datetime | None:
+    """The instant from which a stage run starts no new instance (None: no limit).
+
+    Args:
+        behavior: the stage's ``cutoff_behavior``.
+        cutoff: the window's end − Cutoff, already moved forward to a change freeze that cuts the window.
+        freeze_start: where the first change freeze after the window opens begins (None: none ahead).
+            ``continue`` runs past the window's cutoff and end (AWS's ``CONTINUE_TASK``), never into a freeze.
+    """
+    return freeze_start if behavior == CONTINUE else cutoff
 
 
 def batch_size_for(concurrency: int) -> int:

@@ -101,6 +101,8 @@ class StageInput:
     ramp: str = "none"
     """``none`` or ``exponential`` (1, 2, 4, … instances up to max_concurrency; see
     :func:`patchflow.core.ratecontrol.ramp_allowance`)."""
+    cutoff_behavior: str = "carry_over"
+    """``carry_over``, ``continue`` or ``cancel``: what the window's cutoff does (:mod:`patchflow.core.ratecontrol`)."""
 
 
 @dataclass
@@ -161,6 +163,8 @@ class StageRunInput:
     """``none`` or ``exponential``: the scheduler's ramp (each window's run ramps up from one instance)."""
     dispatched_so_far: int = 0
     """Carried across continue-as-new: instances this run dispatched before (the ramp's position)."""
+    cancel_at_cutoff: bool = False
+    """``cutoff_behavior: cancel``: at ``cutoff``, cancel the in-flight instances too (SSM: CancelCommand)."""
 
 
 @dataclass
@@ -174,6 +178,8 @@ class StageRunResult:
     budget_exceeded: bool
     stopped: bool
     """An operator asked the run to stop (halt or cancel)."""
+    cut_off: bool = False
+    """``cancel_at_cutoff``: the cutoff passed with work left (in-flight instances cancelled, or never started)."""
 
 
 @dataclass
@@ -197,6 +203,8 @@ class PatchBatchInput:
     cancel: bool = False
     """wait_patch_batch: the wave was cancelled while these installs were being sent; cancel them at once
     instead of waiting for them."""
+    cancel_reason: str = ""
+    """Why ``cancel`` (the instances' detail); empty: an operator's cancel."""
 
 
 @dataclass
@@ -256,6 +264,9 @@ class WindowResult:
     cutoff: datetime | None = None
     note: str = ""
     """Why the window is later or shorter than the schedule alone says (a change freeze), for the operator."""
+    freeze_start: datetime | None = None
+    """The first change freeze after the window opens begins here (None: none ahead). No instance starts in it,
+    whatever the stage's ``cutoff_behavior`` (when it cuts the window, ``end`` and ``cutoff`` are at most this)."""
 
 
 @dataclass

@@ -64,6 +64,10 @@ def test_scheduled_window_and_explicit_ids(tmp_path: Path) -> None:
             "stages:\n" + GOOD_STAGE + "    ramp: linear\n",
             ":9: stages[0].ramp: 'linear' is not a ramp; use none or exponential",
         ),
+        (
+            "stages:\n" + GOOD_STAGE + "    cutoff_behavior: CANCEL_TASK\n",
+            ":9: stages[0].cutoff_behavior: 'CANCEL_TASK' is not a cutoff_behavior; use carry_over, continue or cancel",
+        ),
         ("stages:\n" + GOOD_STAGE + GOOD_STAGE, "stage name 'dev' is used twice"),
         ("stages:\n  - name: x\n    targets: {patch_group: a, instance_ids: [b]}\n", "exactly one of"),
         (
@@ -99,6 +103,17 @@ def test_ramp_is_off_unless_a_stage_asks_for_ssms(tmp_path: Path) -> None:
     )
     assert [s.ramp for s in plan.stages] == ["none", "exponential"]
     assert plan.stages[0].max_concurrency == Limit(1)
+
+
+def test_cutoff_behavior_defaults_to_carry_over(tmp_path: Path) -> None:
+    """botocore's model, RegisterTaskWithMaintenanceWindow ``CutoffBehavior``: AWS's default is CONTINUE_TASK;
+    patchflow's is carry_over (the README's windows table says why)."""
+    body = "".join(
+        GOOD_STAGE.replace("dev", name) + (f"    cutoff_behavior: {name}\n" if name != "x" else "")
+        for name in ("x", "carry_over", "continue", "cancel")
+    )
+    plan = load_plan(write_plan(tmp_path, "stages:\n" + body))
+    assert [s.cutoff_behavior for s in plan.stages] == ["carry_over", "carry_over", "continue", "cancel"]
 
 
 def test_missing_files_and_executor(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import deque
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -10,10 +11,12 @@ from hypothesis import strategies as st
 
 from patchflow.core.ratecontrol import (
     CANCELLED,
+    CUTOFF_BEHAVIORS,
     RAMPS,
     Limit,
     StageScheduler,
     batch_size_for,
+    dispatch_deadline,
     parse_limit,
     ramp_allowance,
     resolve_concurrency,
@@ -154,6 +157,27 @@ def test_the_ramp_resumes_where_it_was_after_continue_as_new() -> None:
     assert [ramp_allowance(d, 0, 8) for d in (0, 1, 2, 3, 5, 7, 8)] == [1, 2, 1, 4, 2, None, None]
     assert ramp_allowance(7, 1, 8) == 0  # the step of 8 = max_concurrency waits for the step before it
     assert RAMPS == ("none", "exponential")
+
+
+def test_cutoff_behaviors_are_awss_two_and_patchflows_carry_over() -> None:
+    """botocore's SSM service model, RegisterTaskWithMaintenanceWindow ``CutoffBehavior``: CONTINUE_TASK ("any tasks
+    that are running continue. The default value.") and CANCEL_TASK (Run Command: CancelCommand at the cutoff).
+    patchflow adds carry_over, its default: no start after the cutoff, the rest in the next window."""
+    import botocore.session
+
+    request = (
+        botocore.session.get_session()
+        .get_service_model("ssm")
+        .shape_for("RegisterTaskWithMaintenanceWindowRequest")
+    )
+    assert request.members["CutoffBehavior"].enum == ["CONTINUE_TASK", "CANCEL_TASK"]
+    assert "The default value." in request.members["CutoffBehavior"].documentation
+    assert CUTOFF_BEHAVIORS == ("carry_over", "continue", "cancel")
+    cutoff, freeze = datetime(2026, 12, 1, 5, tzinfo=UTC), datetime(2026, 12, 1, 9, tzinfo=UTC)
+    assert dispatch_deadline("carry_over", cutoff, freeze) == cutoff
+    assert dispatch_deadline("cancel", cutoff, freeze) == cutoff
+    assert dispatch_deadline("continue", cutoff, freeze) == freeze  # past the window, never into a freeze
+    assert dispatch_deadline("continue", cutoff, None) is None
 
 
 @given(st.integers(1, 2000), st.integers(0, 200), st.sampled_from(RAMPS))

@@ -9,16 +9,19 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
 
-from temporalio.testing import WorkflowEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
-from activities.patching import build_executor
-from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput
+from activities.patching import WaveActivities, build_executor
+from patchflow.core.freezes import FreezePeriod
+from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput, WindowInput
 from patchflow.core.windows import WindowSpec
 from patchflow.executors.base import Package
 from tests.workflows.conftest import instance_id, running_worker
+from tests.workflows.test_freeze_wave import factory_for  # installs that take (skipped) server time
 from workflows.wave import WaveWorkflow
 
 PATCHES = [Package("openssl", "amd64", "3.0.2-0ubuntu1.16")]
@@ -96,10 +99,11 @@ async def test_an_exponential_ramp_starts_one_then_two_then_the_full_window(
 
     assert result.status.state == "succeeded", result.status
     (executor,) = tracking
-    order = [s.instance for s in executor.starts]
-    assert order == [instance_id("prod", n) for n in range(1, 10)]
     first, second_step, window = executor.starts[0], executor.starts[1:3], executor.starts[3:]
-    assert first.running == 0
+    # Dispatch order is the target order; installs dispatched together may reach the executor in any order.
+    assert first.instance == instance_id("prod", 1) and first.running == 0
+    assert {s.instance for s in second_step} == {instance_id("prod", n) for n in (2, 3)}
+    assert len(window) == 6
     assert all(s.finished == {first.instance} for s in second_step)  # after the first, before each other
     step_two = {s.instance for s in second_step}
     assert all(step_two <= s.finished for s in window)  # the window opens once the whole step finished
@@ -123,3 +127,61 @@ async def test_without_a_ramp_the_whole_window_starts_at_once(
         result = await dev_env.client.execute_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
     assert result.status.state == "succeeded"
     assert all(not s.finished for s in tracking[0].starts)
+
+
+# ------------------------------------------------------------------------------------------ cutoff behaviour
+
+CUTOFF_BEHAVIOR = """botocore's SSM service model, RegisterTaskWithMaintenanceWindow ``CutoffBehavior``: "CONTINUE_TASK:
+When the cutoff time is reached, any tasks that are running continue. The default value." and "CANCEL_TASK: ...
+For Run Command tasks: When the cutoff time is reached, the system sends a CancelCommand operation that attempts
+to cancel the command associated with the task." """
+
+
+async def test_continue_dispatches_past_the_cutoff_and_the_window_end_but_not_into_a_freeze(
+    skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """``cutoff_behavior: continue`` is AWS's default CONTINUE_TASK (quoted in CUTOFF_BEHAVIOR): a stage that
+    started in its window goes on with its rate control past the cutoff and the window's end, as a Run Command
+    started inside a window does. A change freeze still stops new starts: they carry over. Window 14:00–15:00
+    (cutoff 15:00), installs of 35 minutes one at a time, a freeze from 15:30: instances 1–3 start at 14:00,
+    14:35 and 15:10 (past the end), instance 4 (due 15:45, in the freeze) in the next day's window."""
+    started: dict[str, datetime] = {}
+    fleet = make_fleet({"prod": 4})
+
+    # Other tests moved the server's clock on: skip to the next midnight, so day one's window is ahead.
+    now = (await skip_env.get_current_time()).astimezone(UTC)
+    day_one = now.date() + timedelta(days=1)
+    await skip_env.sleep(datetime.combine(day_one, time(0), tzinfo=UTC) - now)
+    freeze_from = datetime.combine(day_one, time(15, 30), tzinfo=UTC)
+    window = WindowSpec(schedule="cron(0 14 * * ? *)", timezone="UTC", duration_hours=1, cutoff_hours=0)
+    inp = wave(fleet, tmp_path, window=window, cutoff_behavior="continue")
+    inp.heartbeat_timeout_seconds = 4 * 3600  # installs consume skipped server time, heartbeats real time
+    inp.freezes = [FreezePeriod("night", freeze_from, freeze_from + timedelta(hours=20))]
+    async with running_worker(skip_env.client, factory_for(skip_env, started, minutes=35)) as tq:
+        result = await skip_env.client.execute_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
+
+    assert result.status.state == "succeeded", result.status
+    assert set(result.status.stages[0].instances.values()) == {"succeeded"}
+    first, second, third, fourth = (started[instance_id("prod", n)] for n in (1, 2, 3, 4))
+    assert (first.date(), first.hour, first.minute) == (day_one, 14, 0)
+    assert second.date() == day_one and second.hour == 14 and 30 <= second.minute <= 40
+    assert third.date() == day_one and third.hour == 15 and third.minute < 30  # past the cutoff and the end
+    assert fourth.date() == day_one + timedelta(days=1) and fourth.hour == 14  # not into the freeze
+
+
+async def test_next_window_says_where_a_freeze_cuts_the_window() -> None:
+    """A stage with ``continue`` runs past its window, never into a change freeze: the window says where the
+    next freeze begins, whether it cuts the window (cutoff and end move there) or comes later."""
+    daily = WindowSpec(schedule="cron(0 2 * * ? *)", duration_hours=4, cutoff_hours=1)
+    after = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    cut = FreezePeriod("launch", datetime(2026, 12, 1, 4, tzinfo=UTC), datetime(2026, 12, 3, tzinfo=UTC))
+    env = ActivityEnvironment()
+    result = await env.run(WaveActivities().next_window, WindowInput(spec=daily, after=after, freezes=[cut]))
+    assert (result.cutoff, result.freeze_start) == (cut.start, cut.start)
+    result = await env.run(WaveActivities().next_window, WindowInput(spec=daily, after=after))
+    assert result.freeze_start is None and result.cutoff == datetime(2026, 12, 1, 5, tzinfo=UTC)
+    later = FreezePeriod("later", datetime(2026, 12, 9, tzinfo=UTC), datetime(2026, 12, 10, tzinfo=UTC))
+    result = await env.run(
+        WaveActivities().next_window, WindowInput(spec=daily, after=after, freezes=[later])
+    )
+    assert result.freeze_start == later.start and result.end == datetime(2026, 12, 1, 6, tzinfo=UTC)
