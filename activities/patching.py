@@ -136,7 +136,12 @@ class WaveActivities:
                 found=False, note="no window opens outside the change freezes within the freeze horizon"
             )
         return WindowResult(
-            found=True, start=allowed.start, end=allowed.end, cutoff=allowed.cutoff, note=freeze_note(allowed)
+            found=True,
+            start=allowed.start,
+            end=allowed.end,
+            cutoff=allowed.cutoff,
+            note=freeze_note(allowed),
+            freeze_start=min((p.start for p in inp.freezes if p.start > allowed.start), default=None),
         )
 
     @activity.defn(name="patch_batch")
@@ -217,7 +222,9 @@ class WaveActivities:
                 outcomes=[
                     _outcome(i, result)
                     if result is not None and result.status == "succeeded"
-                    else InstanceOutcome(i, "failed", False, detail="cancelled by an operator")
+                    else InstanceOutcome(
+                        i, "cancelled", False, detail=inp.cancel_reason or "cancelled by an operator"
+                    )
                     for i, result in zip(inp.instance_ids, finished, strict=True)
                 ]
             )

@@ -61,7 +61,15 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
 from patchflow.core.baselines import COMPLIANCE_ORDER
-from patchflow.core.ratecontrol import FAILED, IN_FLIGHT, NOT_ATTEMPTED, PENDING, ROLLED_BACK, SUCCEEDED
+from patchflow.core.ratecontrol import (
+    CANCELLED,
+    FAILED,
+    IN_FLIGHT,
+    NOT_ATTEMPTED,
+    PENDING,
+    ROLLED_BACK,
+    SUCCEEDED,
+)
 from patchflow.core.wavemodel import (
     STAGE_RUNNING,
     STAGE_STATES,
@@ -83,7 +91,15 @@ log = logging.getLogger(__name__)
 
 # Every known value is exported (0 when nothing is in it), so a dashboard shows a stable set of series and an
 # alert on "== 1" or "> 0" never depends on a series appearing for the first time.
-INSTANCE_STATES: tuple[str, ...] = (PENDING, IN_FLIGHT, SUCCEEDED, FAILED, NOT_ATTEMPTED, ROLLED_BACK)
+INSTANCE_STATES: tuple[str, ...] = (
+    PENDING,
+    IN_FLIGHT,
+    SUCCEEDED,
+    FAILED,
+    NOT_ATTEMPTED,
+    ROLLED_BACK,
+    CANCELLED,
+)
 WINDOWED_STAGE_STATES = frozenset({STAGE_RUNNING, STAGE_WAITING_WINDOW})
 """Stage states in which "time left in the window" means something (a soaking stage is past its window)."""
 
@@ -188,7 +204,7 @@ STATE_METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "patchflow_stage_instances",
         "Instances of a stage by instance state (pending, in_flight, succeeded, failed, not_attempted, "
-        "rolled_back).",
+        "rolled_back, cancelled).",
         ("wave_id", "stage", "state"),
     ),
     (

@@ -2,8 +2,9 @@
 
 The parent wave starts one run per window. A run keeps at most ``max_concurrency`` instances in flight
 (dispatched in batches — see :func:`patchflow.core.ratecontrol.batch_size_for`), stops dispatching when failure
-number ``max_errors + 1`` arrives, when the window's cutoff passes, or when an operator stops it, and always
-lets in-flight work finish. Long runs continue as new (carrying only compact per-instance states) so a
+number ``max_errors + 1`` arrives, when the window's cutoff passes, or when an operator stops it, and lets
+in-flight work finish — unless the stage's ``cutoff_behavior`` is ``cancel``: then a timer at the cutoff cancels
+the in-flight instances through the executor (SSM: CancelCommand). Long runs continue as new (carrying only compact per-instance states) so a
 10,000-instance stage stays far inside Temporal's history limits.
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
@@ -39,6 +41,8 @@ class StageRunWorkflow:
         self._scheduler: StageScheduler | None = None
         self._stop = False
         self._aborted = False
+        self._cancel_reason = ""
+        self._cut_off = False
         self._in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
         self._sending: dict[str, bool] = {}
         """Batches (by their first instance) whose send activity runs: an abort lets it finish."""
@@ -57,7 +61,13 @@ class StageRunWorkflow:
         sent running and unrecorded. It completes, and its wait then cancels exactly what it sent.
         """
         self._stop = True
+        self._cancel_in_flight("cancelled by an operator")
+
+    def _cancel_in_flight(self, reason: str) -> None:
+        """Cancel every in-flight batch but those still being sent; ``reason`` becomes the cancelled instances'
+        detail."""
         self._aborted = True
+        self._cancel_reason = reason
         spare_sends = workflow.patched(SPARE_SENDS)  # runs aborted before this change replay as they ran
         for task, batch in self._in_flight.items():
             if not (spare_sends and batch[0] in self._sending):
@@ -82,15 +92,25 @@ class StageRunWorkflow:
             errors=inp.errors_so_far,
             states=dict(inp.states),
             details=dict(inp.details),
+            ramp=inp.ramp,
+            dispatched=inp.dispatched_so_far,
         )
         for instance_id in inp.instance_ids:
             scheduler.states[instance_id] = PENDING
         self._scheduler = scheduler
         in_flight = self._in_flight
         continue_as_new = False
+        cutoff_timer: asyncio.Task[None] | None = None
 
         while True:
             past_cutoff = inp.cutoff is not None and workflow.now() >= inp.cutoff
+            if past_cutoff and inp.cancel_at_cutoff and in_flight and not self._cut_off:
+                self._cut_off = True
+                assert inp.cutoff is not None
+                self._cancel_in_flight(
+                    f"cancelled at the window's cutoff ({inp.cutoff.isoformat(timespec='minutes')}; "
+                    "cutoff_behavior: cancel)"
+                )
             info = workflow.info()
             if not continue_as_new and (
                 info.is_continue_as_new_suggested()
@@ -104,8 +124,15 @@ class StageRunWorkflow:
                     in_flight[task] = batch
             if not in_flight:
                 break
+            waiting: list[asyncio.Task[Any]] = list(in_flight)
+            if inp.cancel_at_cutoff and inp.cutoff is not None and not past_cutoff:
+                if cutoff_timer is None:  # one timer per run, started when there is work to cancel
+                    cutoff_timer = asyncio.ensure_future(
+                        workflow.sleep(inp.cutoff - workflow.now(), summary="until the window's cutoff")
+                    )
+                waiting.append(cutoff_timer)
             try:
-                done, _ = await workflow.wait(list(in_flight), return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await workflow.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
             except asyncio.CancelledError:
                 # The run itself was cancelled through Temporal: an abort, whose in-flight installs are cancelled
                 # and recorded; the run then ends normally and its wave halts on it.
@@ -114,7 +141,9 @@ class StageRunWorkflow:
             # Process completions in dispatch order: deterministic, and the order failures are counted in.
             for task in [t for t in in_flight if t in done]:
                 batch = in_flight.pop(task)
-                self._record(inp, scheduler, batch, task)
+                self._record(inp, scheduler, batch, task, self._cancel_reason)
+        if cutoff_timer is not None and not cutoff_timer.done():
+            cutoff_timer.cancel()
 
         if continue_as_new and scheduler.pending and not scheduler.budget_exceeded and not self._stop:
             await workflow.wait_condition(workflow.all_handlers_finished)
@@ -138,6 +167,9 @@ class StageRunWorkflow:
                     details=dict(scheduler.details),
                     history_event_limit=inp.history_event_limit,
                     history_outbox=inp.history_outbox,
+                    ramp=inp.ramp,
+                    dispatched_so_far=scheduler.dispatched,
+                    cancel_at_cutoff=inp.cancel_at_cutoff,
                 )
             )
 
@@ -150,6 +182,10 @@ class StageRunWorkflow:
             errors=scheduler.errors,
             budget_exceeded=scheduler.budget_exceeded,
             stopped=self._stop,
+            cut_off=inp.cancel_at_cutoff
+            and inp.cutoff is not None
+            and workflow.now() >= inp.cutoff
+            and (self._cut_off or bool(remaining)),
         )
 
     async def _patch(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
@@ -180,6 +216,7 @@ class StageRunWorkflow:
             [],
             f"{'cancel' if self._aborted else 'wait for'} {len(running)} install(s)",
             cancel=self._aborted,
+            cancel_reason=self._cancel_reason,
         )
         finished = {o.instance_id: o for o in waited.outcomes}
         return PatchBatchResult(outcomes=[finished.get(o.instance_id, o) for o in sent.outcomes])
@@ -193,6 +230,7 @@ class StageRunWorkflow:
         what: str,
         *,
         cancel: bool = False,
+        cancel_reason: str = "",
     ) -> PatchBatchResult:
         """One batch activity; every kind heartbeats, and on abort the workflow waits until it has cancelled
         its commands before reporting back."""
@@ -207,6 +245,7 @@ class StageRunWorkflow:
                 attempt=inp.attempt,
                 cancel=cancel,
                 record_results=not inp.history_outbox,
+                cancel_reason=cancel_reason if cancel else "",
             ),
             result_type=PatchBatchResult,
             start_to_close_timeout=SEND_START_TO_CLOSE
@@ -220,12 +259,19 @@ class StageRunWorkflow:
 
     @staticmethod
     def _record(
-        inp: StageRunInput, scheduler: StageScheduler, batch: list[str], task: asyncio.Task[PatchBatchResult]
+        inp: StageRunInput,
+        scheduler: StageScheduler,
+        batch: list[str],
+        task: asyncio.Task[PatchBatchResult],
+        cancel_reason: str,
     ) -> None:
         if task.cancelled() or _was_cancelled(task.exception()):
             for instance_id in batch:
                 scheduler.record(
-                    instance_id, "failed", counts_as_error=False, detail="cancelled by an operator"
+                    instance_id,
+                    "cancelled",
+                    counts_as_error=False,
+                    detail=cancel_reason or "cancelled by an operator",
                 )
             return
         exc = task.exception()

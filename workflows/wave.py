@@ -23,12 +23,15 @@ with workflow.unsafe.imports_passed_through():
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
     from patchflow.core.freezes import FreezePeriod  # noqa: F401
     from patchflow.core.ratecontrol import (
+        CANCEL,
+        CANCELLED,
         FAILED,
         NOT_ATTEMPTED,
         PENDING,
         ROLLED_BACK,
         SUCCEEDED,
         batch_size_for,
+        dispatch_deadline,
         parse_limit,
         resolve_concurrency,
         resolve_errors,
@@ -521,7 +524,9 @@ class WaveWorkflow:
                 + (f" ({window.note})" if window.note else "")
             )
             return None
-        st.window_start, st.window_cutoff = window.start, window.cutoff
+        # The stage's cutoff_behavior decides where this window stops new starts (continue: only a freeze).
+        st.window_start = window.start
+        st.window_cutoff = dispatch_deadline(stage.cutoff_behavior, window.cutoff, window.freeze_start)
         if window.note:
             st.note = window.note
         return window
@@ -546,11 +551,13 @@ class WaveWorkflow:
                 batch_size=batch_size_for(targets.concurrency),
                 attempt=self._attempt,
                 errors_so_far=targets.errors,
-                cutoff=window.cutoff,
+                cutoff=dispatch_deadline(stage.cutoff_behavior, window.cutoff, window.freeze_start),
                 undeliverable_counts_as_error=inp.undeliverable_counts_as_error,
                 heartbeat_timeout_seconds=inp.heartbeat_timeout_seconds,
                 history_event_limit=inp.history_event_limit,
                 history_outbox=self._history_outbox(),
+                ramp=stage.ramp,
+                cancel_at_cutoff=stage.cutoff_behavior == CANCEL,
             ),
             id=run_id,
         )
@@ -593,6 +600,20 @@ class WaveWorkflow:
             targets.remaining, targets.errors = self._resume_targets(st), 0
         elif result.stopped:
             if await self._halted(st, "halted by an operator") != "resume":
+                return False
+            targets.remaining = self._resume_targets(st)
+        elif result.cut_off:
+            # cutoff_behavior cancel (AWS's CANCEL_TASK): what did not finish is cancelled or not attempted, and
+            # nothing promotes a half-patched stage: an operator resumes (next window) or cancels.
+            for instance_id in targets.remaining:
+                st.instances[instance_id] = NOT_ATTEMPTED
+            cancelled = sum(1 for s in result.states.values() if s == CANCELLED)
+            reason = (
+                f"stage {stage.name}: the window's cutoff cancelled {cancelled} in-flight instance(s) and left "
+                f"{len(targets.remaining)} not attempted (cutoff_behavior: cancel); resume to go on in the next "
+                "window"
+            )
+            if await self._halted(st, reason) != "resume":
                 return False
             targets.remaining = self._resume_targets(st)
         elif targets.remaining:
@@ -640,7 +661,7 @@ class WaveWorkflow:
     def _resume_targets(self, st: StageStatus) -> list[str]:
         """Instances a resume dispatches again, with fresh operation ids and a fresh error budget."""
         self._attempt += 1
-        again = [i for i, s in st.instances.items() if s in (PENDING, NOT_ATTEMPTED, ROLLED_BACK)]
+        again = [i for i, s in st.instances.items() if s in (PENDING, NOT_ATTEMPTED, ROLLED_BACK, CANCELLED)]
         for instance_id in again:
             st.instances[instance_id] = PENDING
         return again

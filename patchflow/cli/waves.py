@@ -60,6 +60,12 @@ def plan_command(
         out.print(
             f"\n[bold]{stage['name']}[/]: {len(stage['targets'])} target(s), max_concurrency {stage['max_concurrency']}, "
             f"max_errors {stage['max_errors']}, gate {stage['gate']}, on_failure {stage['on_failure']}, soak {stage['soak_seconds']}s"
+            + (f", ramp {stage['ramp']}" if stage["ramp"] != "none" else "")
+            + (
+                f", cutoff_behavior {stage['cutoff_behavior']}"
+                if stage["cutoff_behavior"] != "carry_over"
+                else ""
+            )
         )
         for window in stage["windows"]:
             for skipped in window["skipped"]:
@@ -75,9 +81,12 @@ def plan_command(
                 out.print(f"  window: from {window['start']} (as soon as the gate passes){cut}{note}")
             else:
                 note = f" [yellow]{window['note']}[/]" if window["note"] and not window["skipped"] else ""
-                out.print(
-                    f"  window {window['start']} → {window['end']} (no new starts after {window['cutoff']}){note}"
-                )
+                cutoff = {
+                    "carry_over": f"no new starts after {window['cutoff']}",
+                    "continue": f"cutoff {window['cutoff']}: the stage goes on past it, never into a change freeze",
+                    "cancel": f"at {window['cutoff']} in-flight instances are cancelled",
+                }.get(stage["cutoff_behavior"], f"cutoff {window['cutoff']}")
+                out.print(f"  window {window['start']} → {window['end']} ({cutoff}){note}")
         for problem in stage["problems"]:
             out.print(f"  [red]problem[/]: {problem}")
         table = Table(show_header=True)
@@ -281,7 +290,7 @@ def print_status(status: dict[str, Any]) -> None:
     out.print(stage_table(status))
 
 
-_COUNT_COLUMNS = ("pending", "in_flight", "succeeded", "failed", "not_attempted", "rolled_back")
+_COUNT_COLUMNS = ("pending", "in_flight", "succeeded", "failed", "not_attempted", "rolled_back", "cancelled")
 
 
 def stage_table(status: dict[str, Any]) -> Table:

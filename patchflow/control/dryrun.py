@@ -57,6 +57,8 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
                 "approvers": list(stage.gate.approvers),
                 "on_failure": stage.on_failure,
                 "soak_seconds": stage.soak_seconds,
+                "ramp": stage.ramp,
+                "cutoff_behavior": stage.cutoff_behavior,
                 "problems": _stage_problems(stage, (ids, missing), windows, at, bool(freezes)),
             }
         )

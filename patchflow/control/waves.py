@@ -249,6 +249,8 @@ def wave_input(
             on_failure=s.on_failure,
             patch_group=s.targets.patch_group,
             instance_ids=list(s.targets.instance_ids),
+            ramp=s.ramp,
+            cutoff_behavior=s.cutoff_behavior,
         )
         for s in plan.stages
     ]

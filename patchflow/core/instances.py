@@ -9,10 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-InstallStatus = Literal["succeeded", "failed", "timed_out", "undeliverable"]
+InstallStatus = Literal["succeeded", "failed", "timed_out", "undeliverable", "cancelled"]
 
-#: Statuses that count against a stage's error budget (SSM: Failed and Execution Timed Out). Undeliverable
-#: targets are reported per instance but do not count unless a plan says so.
+#: Statuses that count against a stage's error budget: SSM's ``Command.ErrorCount`` is "the number of targets
+#: for which the status is Failed or Execution Timed Out" (botocore's SSM service model). Undeliverable targets
+#: are reported per instance but do not count unless a plan says so; ``cancelled`` ones (SSM ``Cancelled``, and
+#: ``Terminated`` — cancelled by the system) are reported and never count.
 ERROR_STATUSES: frozenset[str] = frozenset({"failed", "timed_out"})
 
 

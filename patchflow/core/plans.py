@@ -19,7 +19,7 @@ from typing import Any
 from patchflow.core.approvers import approver_problem
 from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
 from patchflow.core.freezes import FreezeRule, parse_freezes
-from patchflow.core.ratecontrol import Limit, parse_limit
+from patchflow.core.ratecontrol import CARRY_OVER, CUTOFF_BEHAVIORS, RAMP_NONE, RAMPS, Limit, parse_limit
 from patchflow.core.windows import ScheduleError, WindowSpec, parse_window_spec
 from patchflow.errors import InputError, Problem
 
@@ -102,6 +102,11 @@ class Stage:
     gate: Gate = field(default_factory=Gate)
     on_failure: str = "halt"
     """``halt`` or ``rollback`` (restore the stage's patched instances, then halt)."""
+    ramp: str = RAMP_NONE
+    """``none`` (``max_concurrency`` from the start) or ``exponential`` (SSM's ramp: 1, 2, 4, … up to it)."""
+    cutoff_behavior: str = CARRY_OVER
+    """What the window's cutoff does: ``carry_over``, ``continue`` or ``cancel`` (see
+    :mod:`patchflow.core.ratecontrol`)."""
 
 
 @dataclass(frozen=True)
@@ -165,7 +170,31 @@ _PLAN_KEYS = (
     "task_queue",
 )
 _AWS_NAMES = {"max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors"}
-_STAGE_KEYS = ("name", "targets", "window", "max_concurrency", "max_errors", "soak", "gate", "on_failure")
+#: A stage's options that take one of a few words: key → (allowed values, the default first; how to choose).
+_STAGE_CHOICES: dict[str, tuple[tuple[str, ...], str]] = {
+    "ramp": (
+        RAMPS,
+        "none starts max_concurrency instances at once; exponential starts one, then two more, then doubles "
+        "up to max_concurrency (SSM's ramp)",
+    ),
+    "cutoff_behavior": (
+        CUTOFF_BEHAVIORS,
+        "at the window's cutoff, carry_over starts nothing more and carries the rest to the next window; "
+        "continue goes on until every target is done (AWS's CONTINUE_TASK); cancel cancels what is running "
+        "and halts the wave (AWS's CANCEL_TASK)",
+    ),
+}
+_STAGE_KEYS = (
+    "name",
+    "targets",
+    "window",
+    "max_concurrency",
+    "max_errors",
+    "soak",
+    "gate",
+    "on_failure",
+    *_STAGE_CHOICES,
+)
 
 
 class _Checker:
@@ -465,7 +494,8 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         bad((*where, "on_failure"), f"{on_failure!r}: use halt or rollback")
         ok = False
 
-    if not ok or window is None or gate is None:
+    choices = _parse_stage_choices(raw, where, bad)
+    if not ok or window is None or gate is None or choices is None:
         return None
     return Stage(
         name=str(name),
@@ -476,7 +506,23 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         soak_seconds=soak,
         gate=gate,
         on_failure=str(on_failure),
+        ramp=choices["ramp"],
+        cutoff_behavior=choices["cutoff_behavior"],
     )
+
+
+def _parse_stage_choices(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> dict[str, str] | None:
+    """The stage's one-word options (``ramp``, ``cutoff_behavior``), their defaults filled in; None after a
+    located problem."""
+    out: dict[str, str] = {}
+    for key, (allowed, hint) in _STAGE_CHOICES.items():
+        value = raw.get(key, allowed[0])
+        if value not in allowed:
+            choices = f"{', '.join(allowed[:-1])} or {allowed[-1]}"
+            bad((*where, key), f"{value!r} is not a {key}; use {choices} ({hint})")
+        else:
+            out[key] = str(value)
+    return out if len(out) == len(_STAGE_CHOICES) else None
 
 
 def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:

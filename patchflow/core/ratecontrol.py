@@ -6,8 +6,21 @@
   failure, ``3`` at the fourth, 10 % of 50 at the sixth). Percentages round **down**: 10 % of 15 tolerates 1.
   Work already in flight when the budget is exceeded finishes (and may fail too, so the final failure count
   can exceed the budget, as in SSM); instances never started are reported ``not_attempted``.
-* Only statuses that count as errors (``failed``, ``timed_out``) consume the budget; ``undeliverable``
-  targets are reported but do not (SSM's Delivery Timed Out / Undeliverable), unless a plan says so.
+* Only statuses that count as errors (``failed``, ``timed_out``) consume the budget, as SSM's
+  ``Command.ErrorCount`` counts "Failed or Execution Timed Out"; ``undeliverable`` targets are reported but do
+  not (SSM's Delivery Timed Out / Undeliverable), unless a plan says so, and ``cancelled`` ones (SSM Cancelled,
+  Terminated; an operator's cancel) are reported as ``cancelled`` and never count.
+* ``ramp: exponential`` (off by default) ramps up as SSM's Run Command does (User Guide, "Run commands at
+  scale"): one instance first, two more once it finished, then four, eight, … until a step reaches
+  ``max_concurrency``, after which the sliding window applies. Each step waits until the previous one finished
+  (SSM waits for the invocation's acknowledgement; a patch's result is the safer signal). See
+  :func:`ramp_allowance`.
+* ``cutoff_behavior`` decides what a maintenance window's cutoff (end − Cutoff) does to a stage run:
+  ``carry_over`` (the default) starts nothing after it, lets in-flight work finish and carries the rest to the
+  next window; ``continue`` (AWS's ``CONTINUE_TASK``) goes on dispatching, with the same rate control, until
+  every target is done; ``cancel`` (AWS's ``CANCEL_TASK``) cancels the in-flight work at the cutoff through the
+  executor (SSM: CancelCommand) and leaves the rest ``not_attempted``. No instance starts in a change freeze,
+  whatever the behaviour (see :func:`dispatch_deadline`).
 
 :class:`StageScheduler` is a pure, deterministic state machine so the workflow can drive it and replay it.
 """
@@ -18,6 +31,7 @@ import math
 import re
 from collections import deque
 from dataclasses import dataclass, field
+from datetime import datetime
 
 _CONCURRENCY_RE = re.compile(r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$")
 _ERRORS_RE = re.compile(r"^([1-9][0-9]*|0|[1-9][0-9]%|[0-9]%|100%)$")
@@ -72,6 +86,53 @@ def resolve_errors(limit: Limit, targets: int) -> int:
     return limit.value
 
 
+RAMP_NONE = "none"
+RAMP_EXPONENTIAL = "exponential"
+RAMPS: tuple[str, ...] = (RAMP_NONE, RAMP_EXPONENTIAL)
+
+
+def ramp_allowance(dispatched: int, in_flight: int, max_concurrency: int) -> int | None:
+    """How many more instances the exponential ramp lets start now; None once it reached ``max_concurrency``.
+
+    The ramp releases steps of 1, 2, 4, … instances: step *k* holds dispatch numbers ``2**k - 1`` up to
+    ``2**(k+1) - 2``. A step starts only when nothing is in flight (every earlier step finished); the first step
+    of ``max_concurrency`` or more instances ends the ramp, and the plain sliding window takes over.
+
+    Args:
+        dispatched: instances dispatched so far in this run.
+        in_flight: instances dispatched and not finished.
+        max_concurrency: the stage's resolved concurrency (≥ 1).
+    """
+    start, size = 0, 1
+    while size < max_concurrency and dispatched >= start + size:
+        start, size = start + size, size * 2
+    if dispatched == start and in_flight:
+        return 0  # the next step waits until the previous one finished
+    if size >= max_concurrency:
+        return None
+    return start + size - dispatched
+
+
+CARRY_OVER = "carry_over"
+CONTINUE = "continue"
+CANCEL = "cancel"
+CUTOFF_BEHAVIORS: tuple[str, ...] = (CARRY_OVER, CONTINUE, CANCEL)
+
+
+def dispatch_deadline(
+    behavior: str, cutoff: datetime | None, freeze_start: datetime | None
+) -> datetime | None:
+    """The instant from which a stage run starts no new instance (None: no limit).
+
+    Args:
+        behavior: the stage's ``cutoff_behavior``.
+        cutoff: the window's end − Cutoff, already moved forward to a change freeze that cuts the window.
+        freeze_start: where the first change freeze after the window opens begins (None: none ahead).
+            ``continue`` runs past the window's cutoff and end (AWS's ``CONTINUE_TASK``), never into a freeze.
+    """
+    return freeze_start if behavior == CONTINUE else cutoff
+
+
 def batch_size_for(concurrency: int) -> int:
     """How many instances one dispatch (one activity / one SSM command) carries.
 
@@ -89,6 +150,13 @@ SUCCEEDED = "succeeded"
 FAILED = "failed"
 NOT_ATTEMPTED = "not_attempted"
 ROLLED_BACK = "rolled_back"
+CANCELLED = "cancelled"
+"""Started, then cancelled before it finished (an operator, a cutoff, or the executor reported it cancelled)."""
+
+
+#: Executor statuses that are instance states of their own; every other one (failed, timed_out, undeliverable)
+#: is ``failed``, with the status kept as the detail.
+_FINAL_STATES = {"succeeded": SUCCEEDED, "failed": FAILED, "cancelled": CANCELLED}
 
 
 @dataclass
@@ -100,6 +168,9 @@ class StageScheduler:
         max_concurrency: instances allowed in flight at once.
         max_errors: failures tolerated; the next one stops dispatch.
         errors: failures counted so far (carried across windows and continue-as-new).
+        ramp: ``none``, or ``exponential`` to start with one instance and double (see :func:`ramp_allowance`).
+        dispatched: instances dispatched so far in this stage run (carried across continue-as-new: the ramp's
+            position; a new window's run ramps up again, as a new SSM command would).
     """
 
     pending: deque[str]
@@ -111,6 +182,8 @@ class StageScheduler:
     """Insertion-ordered set of dispatched ids (dicts keep order; sets would break determinism)."""
     states: dict[str, str] = field(default_factory=dict)
     details: dict[str, str] = field(default_factory=dict)
+    ramp: str = RAMP_NONE
+    dispatched: int = 0
 
     @property
     def budget_exceeded(self) -> bool:
@@ -122,6 +195,9 @@ class StageScheduler:
         if self.budget_exceeded:
             return batches
         free = self.max_concurrency - len(self.in_flight)
+        if self.ramp == RAMP_EXPONENTIAL:
+            allowed = ramp_allowance(self.dispatched, len(self.in_flight), self.max_concurrency)
+            free = free if allowed is None else min(free, allowed)
         while free > 0 and self.pending:
             size = min(self.batch_size, free, len(self.pending))
             batch = [self.pending.popleft() for _ in range(size)]
@@ -130,13 +206,14 @@ class StageScheduler:
                 self.states[instance_id] = IN_FLIGHT
             batches.append(batch)
             free -= size
+            self.dispatched += size
         return batches
 
     def record(self, instance_id: str, status: str, *, counts_as_error: bool, detail: str = "") -> None:
-        """Record one instance's outcome (``status`` is the executor's: succeeded/failed/…)."""
+        """Record one instance's outcome (``status`` is the executor's: succeeded/failed/cancelled/…)."""
         self.in_flight.pop(instance_id, None)
-        self.states[instance_id] = SUCCEEDED if status == "succeeded" else FAILED
-        if detail or status not in ("succeeded", "failed"):
+        self.states[instance_id] = _FINAL_STATES.get(status, FAILED)
+        if detail or status not in _FINAL_STATES:
             self.details[instance_id] = detail or status
         if counts_as_error:
             self.errors += 1

@@ -101,6 +101,11 @@ class StageInput:
     patch_group: str | None = None
     instance_ids: list[str] = field(default_factory=list)
     """Explicit targets (dispatched in the listed order); empty when ``patch_group`` is used."""
+    ramp: str = "none"
+    """``none`` or ``exponential`` (1, 2, 4, … instances up to max_concurrency; see
+    :func:`patchflow.core.ratecontrol.ramp_allowance`)."""
+    cutoff_behavior: str = "carry_over"
+    """``carry_over``, ``continue`` or ``cancel``: what the window's cutoff does (:mod:`patchflow.core.ratecontrol`)."""
 
 
 @dataclass
@@ -160,12 +165,18 @@ class StageRunInput:
     history_outbox: bool = False
     """The wave records the run's instance results itself (``record_wave`` with ``results``): the batch
     activities never write the history database. False for runs of waves started before the outbox."""
+    ramp: str = "none"
+    """``none`` or ``exponential``: the scheduler's ramp (each window's run ramps up from one instance)."""
+    dispatched_so_far: int = 0
+    """Carried across continue-as-new: instances this run dispatched before (the ramp's position)."""
+    cancel_at_cutoff: bool = False
+    """``cutoff_behavior: cancel``: at ``cutoff``, cancel the in-flight instances too (SSM: CancelCommand)."""
 
 
 @dataclass
 class StageRunResult:
     states: dict[str, str]
-    """Final state per attempted instance (succeeded / failed)."""
+    """Final state per attempted instance (succeeded / failed / cancelled)."""
     details: dict[str, str]
     remaining: list[str]
     """Not started: the window closed, an operator halted, or the error budget stopped dispatch."""
@@ -173,6 +184,8 @@ class StageRunResult:
     budget_exceeded: bool
     stopped: bool
     """An operator asked the run to stop (halt or cancel)."""
+    cut_off: bool = False
+    """``cancel_at_cutoff``: the cutoff passed with work left (in-flight instances cancelled, or never started)."""
 
 
 @dataclass
@@ -199,13 +212,15 @@ class PatchBatchInput:
     record_results: bool = True
     """wait_patch_batch writes each result to the history database itself (stage runs of waves started before
     the history outbox); False when the wave records them (:attr:`StageRunInput.history_outbox`)."""
+    cancel_reason: str = ""
+    """Why ``cancel`` (the instances' detail); empty: an operator's cancel."""
 
 
 @dataclass
 class InstanceOutcome:
     instance_id: str
     status: str
-    """Executor status: succeeded, failed, timed_out, undeliverable."""
+    """Executor status: succeeded, failed, timed_out, undeliverable, cancelled."""
     counts_as_error: bool
     detail: str = ""
     changed: int = 0
@@ -273,6 +288,9 @@ class WindowResult:
     cutoff: datetime | None = None
     note: str = ""
     """Why the window is later or shorter than the schedule alone says (a change freeze), for the operator."""
+    freeze_start: datetime | None = None
+    """The first change freeze after the window opens begins here (None: none ahead). No instance starts in it,
+    whatever the stage's ``cutoff_behavior`` (when it cuts the window, ``end`` and ``cutoff`` are at most this)."""
 
 
 @dataclass

@@ -273,6 +273,10 @@ class DryRunStage(_Model):
     on_failure: str
     soak_seconds: int
     problems: list[str]
+    ramp: str = "none"
+    """``none`` or ``exponential`` (SSM's ramp: 1, 2, 4, … instances up to max_concurrency)."""
+    cutoff_behavior: str = "carry_over"
+    """What each window's cutoff does: ``carry_over``, ``continue`` or ``cancel``."""
 
 
 class DryRunOut(_Model):

@@ -175,7 +175,7 @@ class StageInstanceBase(SQLModel):
     position: int
     """Dispatch order within the stage."""
     state: str = Field(sa_type=_STATE)
-    """pending, in_flight, succeeded, failed, not_attempted, rolled_back."""
+    """pending, in_flight, succeeded, failed, not_attempted, rolled_back, cancelled."""
     detail: str = Field(default="", sa_type=sa.Text)
 
 
@@ -217,7 +217,7 @@ class InstanceResultBase(SQLModel):
     attempt: int = 0
     """Bumped when an operator resumes a stage; one row per attempt, a retried activity reuses its row."""
     status: str = Field(sa_type=_STATE)
-    """Executor status (succeeded, failed, timed_out, undeliverable) or ``in_flight`` while running."""
+    """Executor status (succeeded, failed, timed_out, undeliverable, cancelled) or ``in_flight`` while running."""
     detail: str = Field(default="", sa_type=sa.Text)
     versions_before: dict[str, str] = Field(default_factory=dict, sa_type=JSON)
     """``name.arch`` → version before the operation (only the packages it changed)."""

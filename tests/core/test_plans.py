@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from patchflow.core.plans import PlanError, load_plan, parse_duration
+from patchflow.core.ratecontrol import Limit
 from tests.conftest import EXAMPLES_DIR
 
 GOOD_STAGE = "  - name: dev\n    targets: {patch_group: dev}\n    window: now\n"
@@ -59,6 +60,14 @@ def test_scheduled_window_and_explicit_ids(tmp_path: Path) -> None:
         ("stages:\n" + GOOD_STAGE + "    gate: {approval: {}}\n", "people allowed to approve"),
         ("stages:\n" + GOOD_STAGE + "    gate: manual\n", "use auto, {approval"),
         ("stages:\n" + GOOD_STAGE + "    on_failure: panic\n", "use halt or rollback"),
+        (
+            "stages:\n" + GOOD_STAGE + "    ramp: linear\n",
+            ":9: stages[0].ramp: 'linear' is not a ramp; use none or exponential",
+        ),
+        (
+            "stages:\n" + GOOD_STAGE + "    cutoff_behavior: CANCEL_TASK\n",
+            ":9: stages[0].cutoff_behavior: 'CANCEL_TASK' is not a cutoff_behavior; use carry_over, continue or cancel",
+        ),
         ("stages:\n" + GOOD_STAGE + GOOD_STAGE, "stage name 'dev' is used twice"),
         ("stages:\n  - name: x\n    targets: {patch_group: a, instance_ids: [b]}\n", "exactly one of"),
         (
@@ -77,6 +86,34 @@ def test_plan_errors_are_located(tmp_path: Path, body: str, expected: str) -> No
         load_plan(write_plan(tmp_path, body))
     assert expected in str(info.value)
     assert str(tmp_path / "plan.yaml") in str(info.value)
+
+
+def test_ramp_is_off_unless_a_stage_asks_for_ssms(tmp_path: Path) -> None:
+    """User Guide, "Run commands at scale" describes SSM's exponential ramp; patchflow makes it a stage option.
+    botocore's SSM model (``Command.MaxConcurrency``) says "The default value is 50."; patchflow's is 1 (the
+    README's rate-control table says why)."""
+    import botocore.session
+
+    command = botocore.session.get_session().get_service_model("ssm").shape_for("Command")
+    assert "The default value is 50." in command.members["MaxConcurrency"].documentation
+    plan = load_plan(
+        write_plan(
+            tmp_path, "stages:\n" + GOOD_STAGE + GOOD_STAGE.replace("dev", "prod") + "    ramp: exponential\n"
+        )
+    )
+    assert [s.ramp for s in plan.stages] == ["none", "exponential"]
+    assert plan.stages[0].max_concurrency == Limit(1)
+
+
+def test_cutoff_behavior_defaults_to_carry_over(tmp_path: Path) -> None:
+    """botocore's model, RegisterTaskWithMaintenanceWindow ``CutoffBehavior``: AWS's default is CONTINUE_TASK;
+    patchflow's is carry_over (the README's windows table says why)."""
+    body = "".join(
+        GOOD_STAGE.replace("dev", name) + (f"    cutoff_behavior: {name}\n" if name != "x" else "")
+        for name in ("x", "carry_over", "continue", "cancel")
+    )
+    plan = load_plan(write_plan(tmp_path, "stages:\n" + body))
+    assert [s.cutoff_behavior for s in plan.stages] == ["carry_over", "carry_over", "continue", "cancel"]
 
 
 def test_missing_files_and_executor(tmp_path: Path) -> None:

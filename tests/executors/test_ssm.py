@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from patchflow.errors import NotFoundError, PatchflowError
-from patchflow.executors.base import OperationNotStartedError, Package
+from patchflow.executors.base import ERROR_STATUSES, InstallResult, OperationNotStartedError, Package
 from patchflow.executors.ssm import (
     SsmExecutor,
     command_comment,
@@ -543,7 +543,21 @@ async def test_every_status_maps_and_only_failures_count(endpoint: SsmEndpoint) 
         assert f"SSM {details} (command " in result.message, result.message
         assert result.changed == ()
         assert endpoint.packages(ids[outcome])["openssl.amd64"] == OPENSSL_OLD
-    assert install_status("Cancelled") == "failed" and install_status("Terminated") == "failed"
+
+
+def test_error_statuses_are_those_of_ssms_command_error_count() -> None:
+    """botocore's SSM service model, shape ``Command``, member ``ErrorCount``: "The number of targets for which the
+    status is Failed or Execution Timed Out" — Cancelled and Terminated are terminal (``CompletedCount``) but no
+    error."""
+    import botocore.session
+
+    command = botocore.session.get_session().get_service_model("ssm").shape_for("Command")
+    assert "Failed or Execution Timed Out." in command.members["ErrorCount"].documentation
+    assert "Cancelled, Terminated" in command.members["CompletedCount"].documentation
+    assert {install_status("Failed"), install_status("Execution Timed Out")} == ERROR_STATUSES
+    for details in ("Cancelled", "Canceled", "Terminated"):
+        result = InstallResult("i-1", install_status(details))
+        assert (result.status, result.counts_as_error) == ("cancelled", False), details
 
 
 async def test_offline_unmanaged_and_unsupported_targets_are_undeliverable_without_a_command(
@@ -670,7 +684,7 @@ async def test_cancel_stops_the_command_of_an_operation(endpoint: SsmEndpoint) -
     await asyncio.sleep(0.2)  # the command id is recorded right after the send
     assert await executor(endpoint).cancel(op)
     result = await asyncio.wait_for(task, 3)
-    assert result.status == "failed" and "Cancelled" in result.message
+    assert result.status == "cancelled" and not result.counts_as_error and "Cancelled" in result.message
     assert endpoint.packages("i-0dev0000000000001")["openssl.amd64"] == OPENSSL_OLD
     assert not await ex.cancel(op)  # finished: nothing left to cancel
 

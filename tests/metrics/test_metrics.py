@@ -174,8 +174,8 @@ def test_stage_progress_errors_budget_and_state(metrics: Metrics, registry: Coll
             "patchflow_stage_instances", {"wave_id": "w-1", "stage": stage, "state": state}
         )
 
-    assert [instances("Test", s) for s in INSTANCE_STATES] == [2, 1, 1, 1, 1, 0]
-    assert [instances("Dev", s) for s in INSTANCE_STATES] == [0, 0, 1, 1, 0, 1]
+    assert [instances("Test", s) for s in INSTANCE_STATES] == [2, 1, 1, 1, 1, 0, 0]
+    assert [instances("Dev", s) for s in INSTANCE_STATES] == [0, 0, 1, 1, 0, 1, 0]
     assert [instances("Prod", s) for s in INSTANCE_STATES] == [0] * len(INSTANCE_STATES)
 
     labels = {"wave_id": "w-1", "stage": "Test"}

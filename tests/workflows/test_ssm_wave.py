@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,9 @@ from temporalio.testing import WorkflowEnvironment
 from patchflow.config import Settings
 from patchflow.control.waves import act, executor_ref, pin_patch_set, wave_input, wave_status
 from patchflow.core.documents import dump_yaml
+from patchflow.core.freezes import FreezePeriod
 from patchflow.core.plans import PlanError, load_plan
-from patchflow.core.wavemodel import StageInput, WaveInput
+from patchflow.core.wavemodel import StageInput, WaveInput, WaveStatus
 from patchflow.core.windows import WindowSpec
 from patchflow.errors import InputError
 from patchflow.executors.base import Package
@@ -57,6 +59,46 @@ def settings(tmp_path: Path, **fields: object) -> Settings:
         ssm_max_requests_per_second=100,
         **fields,  # type: ignore[arg-type]
     )
+
+
+def prod_wave(
+    endpoint: SsmEndpoint,
+    tmp_path: Path,
+    *,
+    cutoff_behavior: str = "carry_over",
+    freezes: list[FreezePeriod] | None = None,
+) -> WaveInput:
+    """One stage ``prod`` (patch group prod, window now, one at a time, no error tolerated) on the endpoint."""
+    plan = load_plan(
+        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
+    )
+    stage = StageInput(
+        name="prod",
+        window=WindowSpec("now"),
+        max_concurrency="1",
+        max_errors="0",
+        patch_group="prod",
+        cutoff_behavior=cutoff_behavior,
+    )
+    return WaveInput(
+        wave_id=f"wave-ssm-prod-{uuid.uuid4().hex[:8]}",
+        plan_name=plan.name,
+        patch_set_id="ps-000000000000000000000000",
+        patches=[Package("openssl", "amd64", NEW)],
+        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
+        stages=[stage],
+        heartbeat_timeout_seconds=5,
+        freezes=freezes or [],
+    )
+
+
+async def until_not_running(env: WorkflowEnvironment, wave_id: str) -> WaveStatus:
+    for _ in range(600):
+        status = await wave_status(env.client, wave_id)
+        if status.state != "running":
+            return status
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"wave {wave_id} is still running: {status}")
 
 
 def test_plan_executor_options_resolve_into_the_executor_ref(tmp_path: Path) -> None:
@@ -219,3 +261,82 @@ async def test_cancelling_a_wave_cancels_its_in_flight_ssm_commands(
     states = result.status.stages[0].instances
     assert states[ids[2]] == "not_attempted"
     assert all(endpoint.packages(i)["openssl.amd64"] == OLD for i in ids)
+
+
+async def test_an_invocation_cancelled_in_ssm_is_reported_and_does_not_halt_the_stage(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    """botocore's SSM service model, ``Command.ErrorCount``: "The number of targets for which the status is Failed
+    or Execution Timed Out". Someone cancels one install in SSM (CancelCommand, as from the console): with
+    ``max_errors: 0`` the stage still goes on to the next instance; the cancelled one is reported, not counted."""
+    installed = [Package("openssl", "amd64", OLD)]
+    ids = [f"i-0prod00000000000{n}" for n in (1, 2)]
+    for instance_id in ids:
+        endpoint.register_instance(instance_id, tags={"Patch Group": "prod"}, packages=installed)
+    endpoint.script(ids[0], "slow", seconds=60, times=1)
+    inp = prod_wave(endpoint, tmp_path)
+    ssm = endpoint.client("ssm")
+    async with running_worker(dev_env.client) as task_queue:
+        handle = await dev_env.client.start_workflow(
+            WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
+        )
+        for _ in range(300):  # the first install is running
+            if endpoint.command_count(ids[0], "AWS-RunPatchBaseline") == 1:
+                break
+            await asyncio.sleep(0.1)
+        (command,) = (
+            c
+            for c in ssm.list_commands(InstanceId=ids[0])["Commands"]
+            if c["DocumentName"] == "AWS-RunPatchBaseline"
+        )
+        ssm.cancel_command(CommandId=command["CommandId"], InstanceIds=[ids[0]])
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+
+    assert result.status.state == "succeeded", result.status
+    stage = result.status.stages[0]
+    assert stage.instances == {ids[0]: "cancelled", ids[1]: "succeeded"}
+    assert stage.errors == 0 and "SSM Cancelled" in stage.details[ids[0]]
+    assert endpoint.packages(ids[0])["openssl.amd64"] == OLD
+    assert endpoint.packages(ids[1])["openssl.amd64"] == NEW
+
+
+async def test_cutoff_behavior_cancel_cancels_in_flight_commands_at_the_cutoff_and_halts(
+    dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
+) -> None:
+    """botocore's SSM service model, RegisterTaskWithMaintenanceWindow ``CutoffBehavior`` ``CANCEL_TASK``: "For Run
+    Command tasks: When the cutoff time is reached, the system sends a CancelCommand operation that attempts to
+    cancel the command associated with the task." The window here is ``now`` cut short by a change freeze a few
+    seconds ahead (its cutoff); the first install runs for a minute. At the cutoff its command is cancelled (reported,
+    not counted), the rest is not attempted and the wave halts; a resume patches them all after the freeze."""
+    installed = [Package("openssl", "amd64", OLD)]
+    ids = [f"i-0prod00000000000{n}" for n in (1, 2, 3)]
+    for instance_id in ids:
+        endpoint.register_instance(instance_id, tags={"Patch Group": "prod"}, packages=installed)
+    endpoint.script(ids[0], "slow", seconds=120, times=1)
+    freeze_from = datetime.now(UTC) + timedelta(seconds=15)
+    inp = prod_wave(
+        endpoint,
+        tmp_path,
+        cutoff_behavior="cancel",
+        freezes=[FreezePeriod("short", freeze_from, freeze_from + timedelta(seconds=5))],
+    )
+    async with running_worker(dev_env.client) as task_queue:
+        handle = await dev_env.client.start_workflow(
+            WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
+        )
+        status = await until_not_running(dev_env, inp.wave_id)
+        assert status.state == "halted", status
+        assert "cutoff_behavior: cancel" in status.reason
+        stage = status.stages[0]
+        assert stage.instances == {ids[0]: "cancelled", ids[1]: "not_attempted", ids[2]: "not_attempted"}
+        assert "cancelled at the window's cutoff" in stage.details[ids[0]] and stage.errors == 0
+        assert endpoint.requests["CancelCommand"] >= 1
+        assert endpoint.packages(ids[0])["openssl.amd64"] == OLD
+
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+
+    assert result.status.state == "succeeded", result.status
+    assert set(result.status.stages[0].instances.values()) == {"succeeded"}
+    assert endpoint.command_count(ids[0], "AWS-RunPatchBaseline") == 2  # the cancelled one, then the resume's
+    assert all(endpoint.packages(i)["openssl.amd64"] == NEW for i in ids)

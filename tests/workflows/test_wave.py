@@ -402,7 +402,7 @@ async def test_a_cancel_during_the_send_phase_does_not_wait_for_the_installs(
         result = await asyncio.wait_for(handle.result(), timeout=30)
     assert result.status.state == "cancelled"
     stage_status = result.status.stages[0]
-    assert set(stage_status.instances.values()) == {"failed"}
+    assert set(stage_status.instances.values()) == {"cancelled"}
     assert set(stage_status.details.values()) == {"cancelled by an operator"}
 
 
@@ -429,5 +429,5 @@ async def test_cancel_cancels_in_flight_instances(
         for i, s in stage_status.instances.items()
         if stage_status.details.get(i) == "cancelled by an operator"
     ]
-    assert len(cancelled) == 2 and all(stage_status.instances[i] == "failed" for i in cancelled)
+    assert len(cancelled) == 2 and all(stage_status.instances[i] == "cancelled" for i in cancelled)
     assert sorted(stage_status.instances.values()).count("not_attempted") == 2

@@ -55,7 +55,8 @@ up; :meth:`SsmExecutor.cancel` cancels an operation's command explicitly.
 **Status mapping** (``StatusDetails``): ``Success`` → succeeded; ``Failed`` → failed; ``Execution Timed
 Out`` → timed_out (both count against ``max_errors``); ``Delivery Timed Out``, ``Undeliverable``, ``Invalid
 Platform``, ``Access Denied`` → undeliverable (reported, not counted unless the plan says so);
-``Cancelled``/``Terminated`` → failed. An offline or unmanaged target is undeliverable at once, without a
+``Cancelled``/``Terminated`` → cancelled (reported, never counted: ``Command.ErrorCount`` counts only "Failed or
+Execution Timed Out"). An offline or unmanaged target is undeliverable at once, without a
 command (SSM would only time out delivery after ``TimeoutSeconds``).
 
 **Reboots** are reported as SSM decides them (User Guide, AWS-RunPatchBaseline, ``RebootOption``): with
@@ -126,9 +127,9 @@ SNAPSHOT_NAMESPACE: Final = uuid.UUID("5b0c7a3e-8f1d-4d52-9f0e-2a6c1b7d9e41")
 """Namespace of patchflow's deterministic SnapshotIds (uuid5); never change it."""
 
 _UNDELIVERED: Final = frozenset({"Delivery Timed Out", "Undeliverable", "Invalid Platform", "Access Denied"})
-_TERMINAL: Final = frozenset(
-    {"Success", "Failed", "Execution Timed Out", "Cancelled", "Canceled", "Terminated", *_UNDELIVERED}
-)
+_CANCELLED: Final = frozenset({"Cancelled", "Canceled", "Terminated"})
+"""Ended without a result of its own (``Terminated``: cancelled by the system after MaxErrors); never an error."""
+_TERMINAL: Final = frozenset({"Success", "Failed", "Execution Timed Out", *_CANCELLED, *_UNDELIVERED})
 _THROTTLED: Final = frozenset(
     {"ThrottlingException", "Throttling", "TooManyRequestsException", "RequestLimitExceeded"}
 )
@@ -340,6 +341,8 @@ def install_status(status_details: str) -> InstallStatus:
         return "timed_out"
     if status_details in _UNDELIVERED:
         return "undeliverable"
+    if status_details in _CANCELLED:
+        return "cancelled"
     return "failed"
 
 
