@@ -476,20 +476,13 @@ class SimulatedExecutor:
     def _cancel(self, operation_id: str) -> bool:
         self._ensure_ready()
         with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT instance_id FROM operations WHERE operation_id = ?", (operation_id,)
-            ).fetchone()
-            if row is None:
+            row = self._settled(conn, operation_id, "status, instance_id, kind, started_at")
+            if row is None or row[0] == "done":
                 return False
-            self._settle(conn, row[0])
-            status, kind, started_at = conn.execute(
-                "SELECT status, kind, started_at FROM operations WHERE operation_id = ?", (operation_id,)
-            ).fetchone()
-            if status == "done":
-                return False
+            _, instance_id, kind, started_at = row
             now = self._clock()
             result = InstallResult(
-                row[0],
+                instance_id,
                 "cancelled",
                 message=f"simulated {kind} cancelled before it finished: nothing was changed",
                 duration_seconds=max(0.0, now - started_at),
@@ -503,16 +496,22 @@ class SimulatedExecutor:
     def _operation_result(self, operation_id: str) -> InstallResult | None:
         self._ensure_ready()
         with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT instance_id FROM operations WHERE operation_id = ?", (operation_id,)
+            row = self._settled(conn, operation_id, "status, result")
+        return _load_result(row[1]) if row is not None and row[0] == "done" else None
+
+    def _settled(self, conn: sqlite3.Connection, operation_id: str, columns: str) -> tuple[Any, ...] | None:
+        """The operation's ``columns`` after settling its instance (an overdue operation finishes first)."""
+        row = conn.execute(
+            "SELECT instance_id FROM operations WHERE operation_id = ?", (operation_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        self._settle(conn, row[0])
+        return tuple(
+            conn.execute(
+                f"SELECT {columns} FROM operations WHERE operation_id = ?", (operation_id,)
             ).fetchone()
-            if row is None:
-                return None
-            self._settle(conn, row[0])
-            status, result = conn.execute(
-                "SELECT status, result FROM operations WHERE operation_id = ?", (operation_id,)
-            ).fetchone()
-        return _load_result(result) if status == "done" else None
+        )
 
     def _scan(self, instance: FleetInstance) -> list[Package]:
         self._ensure_ready()
