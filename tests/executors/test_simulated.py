@@ -742,6 +742,32 @@ def test_cancelled_attempt_is_completed_once_by_a_new_executor(
     assert counts(make_executor(), "i-deb") == (1, 0)
 
 
+def test_cancel_stops_a_running_install_like_ssms_cancel_command(
+    make_executor: Callable[..., SimulatedExecutor],
+) -> None:
+    """Like SSM's CancelCommand (botocore's model: Cancelled is terminal and, per ``Command.ErrorCount``, no error):
+    a cancelled install changes nothing, is not counted, and every later call reads the ``cancelled`` result."""
+
+    async def scenario() -> tuple[bool, InstallResult, bool]:
+        executor = make_executor(time_scale=1.0)
+        assert await executor.start_install("i-deb", OPENSSL_FIX, operation_id="op") is None
+        waiting = asyncio.create_task(
+            make_executor(time_scale=1.0).finish_install("i-deb", operation_id="op")
+        )
+        cancelled = await executor.cancel("op")
+        await asyncio.sleep(1.1)  # past the install's time: it must not complete after all
+        return cancelled, await waiting, await executor.cancel("op")
+
+    cancelled, result, again = run(scenario())
+    assert cancelled and not again
+    assert (result.status, result.counts_as_error, result.changed) == ("cancelled", False, ())
+    executor = make_executor()
+    assert installed(executor, "i-deb")["openssl"] != "3.0.2-0ubuntu1.15"
+    assert counts(executor, "i-deb") == (0, 0)
+    assert run(executor.operation_result("op")) == result
+    assert not run(executor.cancel("unknown"))
+
+
 def test_an_abandoned_operation_still_finishes_on_the_instance(
     make_executor: Callable[..., SimulatedExecutor], tmp_path: Path
 ) -> None:

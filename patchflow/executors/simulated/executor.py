@@ -31,6 +31,8 @@ packages is a caller bug and raises ``ValueError`` instead of silently returning
 Counting: ``install_count`` counts install operations that *ran* on the instance, whatever their outcome (a
 ``fail: true`` instance ran the install and it failed; an up-to-date instance ran it and changed nothing).
 Offline instances are ``undeliverable`` immediately and nothing is recorded, as SSM never reaches them.
+:meth:`SimulatedExecutor.cancel` ends a running operation ``cancelled`` before it applies anything (SSM's
+CancelCommand, for a cancelled wave or a ``cutoff_behavior: cancel`` stage); it is not counted.
 """
 
 from __future__ import annotations
@@ -242,6 +244,12 @@ class SimulatedExecutor:
         are never recorded, so they give None.
         """
         return await asyncio.to_thread(self._operation_result, operation_id)
+
+    async def cancel(self, operation_id: str) -> bool:
+        """Cancel a running install or restore, like SSM's CancelCommand: it ends ``cancelled`` with nothing
+        changed (and is not counted in ``install_count``). True if it was still running; an operation whose
+        time is already up finished first, as it would have on the instance."""
+        return await asyncio.to_thread(self._cancel, operation_id)
 
     async def health_check(self, instance_id: str) -> HealthResult:
         """Unhealthy exactly when the fleet file says ``fail_health`` for this instance."""
@@ -465,19 +473,45 @@ class SimulatedExecutor:
         )
         return result
 
+    def _cancel(self, operation_id: str) -> bool:
+        self._ensure_ready()
+        with self._transaction() as conn:
+            row = self._settled(conn, operation_id, "status, instance_id, kind, started_at")
+            if row is None or row[0] == "done":
+                return False
+            _, instance_id, kind, started_at = row
+            now = self._clock()
+            result = InstallResult(
+                instance_id,
+                "cancelled",
+                message=f"simulated {kind} cancelled before it finished: nothing was changed",
+                duration_seconds=max(0.0, now - started_at),
+            )
+            conn.execute(
+                "UPDATE operations SET status = 'done', finished_at = ?, result = ? WHERE operation_id = ?",
+                (now, _dump_result(result), operation_id),
+            )
+        return True
+
     def _operation_result(self, operation_id: str) -> InstallResult | None:
         self._ensure_ready()
         with self._transaction() as conn:
-            row = conn.execute(
-                "SELECT instance_id FROM operations WHERE operation_id = ?", (operation_id,)
+            row = self._settled(conn, operation_id, "status, result")
+        return _load_result(row[1]) if row is not None and row[0] == "done" else None
+
+    def _settled(self, conn: sqlite3.Connection, operation_id: str, columns: str) -> tuple[Any, ...] | None:
+        """The operation's ``columns`` after settling its instance (an overdue operation finishes first)."""
+        row = conn.execute(
+            "SELECT instance_id FROM operations WHERE operation_id = ?", (operation_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        self._settle(conn, row[0])
+        return tuple(
+            conn.execute(
+                f"SELECT {columns} FROM operations WHERE operation_id = ?", (operation_id,)
             ).fetchone()
-            if row is None:
-                return None
-            self._settle(conn, row[0])
-            status, result = conn.execute(
-                "SELECT status, result FROM operations WHERE operation_id = ?", (operation_id,)
-            ).fetchone()
-        return _load_result(result) if status == "done" else None
+        )
 
     def _scan(self, instance: FleetInstance) -> list[Package]:
         self._ensure_ready()
