@@ -436,14 +436,17 @@ def op_mark(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_reboot(req: dict[str, Any]) -> dict[str, Any]:
-    journal = _update(
-        req["operation_id"], "transacted", state="rebooting", reboot_boot_id=_boot_id(), reboot_at=time.time()
-    )
-    if (
-        journal is not None
-        and journal.get("state") == "rebooting"
-        and journal.get("reboot_boot_id") == _boot_id()
-    ):
+    """``transacted`` → ``rebooting``, and only the caller that made that move runs the reboot command."""
+    with _Lock():
+        journal = _load(req["operation_id"])
+        moved = journal is not None and journal.get("state") == "transacted"
+        if moved:
+            assert journal is not None
+            journal.update(
+                state="rebooting", reboot_boot_id=_boot_id(), reboot_at=time.time(), updated_at=time.time()
+            )
+            _save(journal)
+    if moved:
         # Detached and delayed, so this answer reaches patchflow before the host goes down.
         subprocess.Popen(
             ["/bin/sh", "-c", "sleep 1; " + req["command"]],
