@@ -148,9 +148,14 @@ def lab_catalog(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write the catalog here (default: stdout).")
     ] = None,
+    family: Annotated[
+        str, typer.Option("--family", help="deb: the apt repository; rpm: the same versions as RPMs.")
+    ] = "deb",
 ) -> None:
     """patchflow's catalog of the lab repository (for `baseline evaluate --catalog`)."""
-    text = json.dumps(_lab().catalog(), indent=1) + "\n"
+    if family not in ("deb", "rpm"):
+        raise InputError(f"--family {family!r}: use deb (the apt repository) or rpm (the yum repository)")
+    text = json.dumps(_lab().catalog(family), indent=1) + "\n"
     if output is None:
         out.file.write(text)
         return

@@ -415,10 +415,10 @@ class Lab:
             self.repo.create()
         return self.repo.publish(name, version, **kwargs)
 
-    def catalog(self) -> list[dict[str, Any]]:
+    def catalog(self, family: str = "deb") -> list[dict[str, Any]]:
         if not self.repo.manifest_path.is_file():
             self.repo.create()
-        return self.repo.catalog()
+        return self.repo.catalog(family)
 
     # ----------------------------------------------------------------------------------------- run
     def run(self, host_id: str, command: str, *, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:

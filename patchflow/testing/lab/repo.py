@@ -307,24 +307,26 @@ class LabRepo:
             "modifyrepo_c",
         )
 
-    def catalog(self) -> list[dict[str, Any]]:
-        """patchflow's catalog (README "Catalog format") of every version in the repository."""
+    def catalog(self, family: str = "deb") -> list[dict[str, Any]]:
+        """patchflow's catalog (README "Catalog format") of every version in the repository: its apt
+        packages (``deb``, arch ``all``) or its RPMs (``rpm``, arch ``noarch``; the security versions are
+        those with an update notice in ``updateinfo.xml``)."""
         out: list[dict[str, Any]] = []
         for p in self.packages():
             out.append(
                 {
                     "name": p.name,
-                    "arch": "all",
+                    "arch": "all" if family == "deb" else "noarch",
                     "version": p.version,
-                    "family": "deb",
+                    "family": family,
                     "product": PRODUCT,
                     "classification": "Security" if p.security else "Bugfix",
                     "severity": p.severity if p.security else None,
-                    "priority": p.priority.capitalize(),
-                    "section": p.section,
+                    "priority": p.priority.capitalize() if family == "deb" else None,
+                    "section": p.section if family == "deb" else None,
                     "cve_ids": list(p.cve_ids),
                     "release_date": p.released,
-                    "repository": p.suite,
+                    "repository": p.suite if family == "deb" else "lab",
                     "security": p.security,
                     "depends": [d.split(" ", 1)[0] for d in p.depends],
                 }
