@@ -51,6 +51,14 @@ def lab_up(
             show_default=False,
         ),
     ] = None,
+    rpm_group: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rpm-group",
+            help="NAME=COUNT hosts whose lab packages are in an RPM database, patched with dnf (repeatable).",
+            show_default=False,
+        ),
+    ] = None,
     base_address: Annotated[
         str,
         typer.Option("--base-address", help="First host address (127.0.0.0/8 only); the next hosts follow."),
@@ -67,14 +75,17 @@ def lab_up(
     """Start the lab: build (once, cached) the Debian root, start the repository and every host."""
     lab = _lab()
     state = lab.up(
-        _groups(group) if group else None,
+        _groups(group) if group else ({} if rpm_group else None),
+        rpm_groups=_groups(rpm_group) if rpm_group else None,
         base_address=base_address,
         port=port,
         reboot_delay_seconds=reboot_delay,
         mirror=mirror,
     )
     for host in state["hosts"]:
-        out.print(f"{host['id']}  {host['address']}:{host['port']}  {','.join(host['groups'])}")
+        out.print(
+            f"{host['id']}  {host['address']}:{host['port']}  {','.join(host['groups'])}  {host.get('family', 'deb')}"
+        )
     out.print(f"repository: http://127.0.0.1:{state['http_port']}/ (suites lab, lab-updates, lab-security)")
     out.print(f"inventory: {lab.inventory_path}")
 
@@ -91,11 +102,12 @@ def lab_status(fmt: Annotated[Fmt, typer.Option("--format", help="Output format.
 
 def print_hosts(hosts: list[dict[str, Any]]) -> None:
     table = Table(title="lab hosts")
-    for column in ("host", "address", "groups", "state", "boot id", "reboot", "packages"):
+    for column in ("host", "family", "address", "groups", "state", "boot id", "reboot", "packages"):
         table.add_column(column, overflow="fold")
     for h in hosts:
         table.add_row(
             h["id"],
+            h["family"],
             f"{h['address']}:{h['port']}",
             ",".join(h["groups"]),
             h["state"],
@@ -136,9 +148,14 @@ def lab_catalog(
     output: Annotated[
         Path | None, typer.Option("-o", "--output", help="Write the catalog here (default: stdout).")
     ] = None,
+    family: Annotated[
+        str, typer.Option("--family", help="deb: the apt repository; rpm: the same versions as RPMs.")
+    ] = "deb",
 ) -> None:
     """patchflow's catalog of the lab repository (for `baseline evaluate --catalog`)."""
-    text = json.dumps(_lab().catalog(), indent=1) + "\n"
+    if family not in ("deb", "rpm"):
+        raise InputError(f"--family {family!r}: use deb (the apt repository) or rpm (the yum repository)")
+    text = json.dumps(_lab().catalog(family), indent=1) + "\n"
     if output is None:
         out.file.write(text)
         return

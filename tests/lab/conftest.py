@@ -2,7 +2,7 @@
 :mod:`patchflow.testing.lab`), its Debian root built once and cached under the data directory.
 
 Hosts are handed out by role so tests never share one: the wave tests use ``dev``/``test``/``prod``/``control``
-and ``rb``; executor tests take a ``spare`` host each. The lab needs root, ``mmdebstrap`` and ``dpkg-deb``
+and ``rb``; executor tests take a ``spare`` host each. The lab needs root, ``mmdebstrap``, ``dpkg-deb``, ``rpmbuild`` and ``createrepo_c``
 (``.ci/run`` installs them); without them the lab tests skip locally and fail in CI.
 """
 
@@ -20,6 +20,8 @@ from patchflow.config import Settings
 from patchflow.testing.lab.fleet import Lab
 
 LAB_GROUPS = {"dev": 1, "test": 1, "prod": 2, "control": 1, "rb": 2, "kill": 4, "spare": 8}
+RPM_GROUPS = {"rpm": 1}
+"""Hosts whose lab packages live in an RPM database, patched with dnf."""
 BASE_ADDRESS = "127.0.77.10"
 
 
@@ -41,7 +43,13 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         pytest.skip(reason)
     cache = Settings().data_dir / "lab" / "cache"
     lab = Lab(tmp_path_factory.mktemp("lab-data"), cache_dir=cache)
-    lab.up(LAB_GROUPS, base_address=BASE_ADDRESS, port=_free_port(BASE_ADDRESS), reboot_delay_seconds=0.5)
+    lab.up(
+        LAB_GROUPS,
+        rpm_groups=RPM_GROUPS,
+        base_address=BASE_ADDRESS,
+        port=_free_port(BASE_ADDRESS),
+        reboot_delay_seconds=0.5,
+    )
     try:
         yield lab
     finally:

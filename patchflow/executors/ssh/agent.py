@@ -214,7 +214,13 @@ def _boot_id() -> str:
         return ""
 
 
+FAMILY: str | None = None
+"""The package family the inventory names for this host (None: detect)."""
+
+
 def _family() -> str:
+    if FAMILY:
+        return FAMILY
     if os.path.exists("/usr/bin/dpkg-query"):
         return "deb"
     if os.path.exists("/usr/bin/rpm"):
@@ -257,8 +263,8 @@ def _packages() -> list[list[str]]:
 
 
 def _reboot_required() -> bool:
-    if _family() == "rpm":
-        rc, _ = _run(["needs-restarting", "-r"]) if _which("needs-restarting") else (0, "")
+    if _family() == "rpm" and _which("needs-restarting"):
+        rc, _ = _run(["needs-restarting", "-r"])
         return rc == 1
     return os.path.exists("/var/run/reboot-required")
 
@@ -272,6 +278,13 @@ def _audit() -> str:
         return ""
     rc, out = _run(["dpkg", "--audit"])
     return out.strip()
+
+
+def _rpm_less(a: str, b: str) -> bool:
+    """rpm's own order (``rpm.vercmp`` through rpm's embedded Lua): is EVR ``a`` older than ``b``?"""
+    expr = "%{lua: print(rpm.vercmp('" + a.replace("'", "") + "', '" + b.replace("'", "") + "'))}"
+    rc, out = _run(["rpm", "--eval", expr])
+    return out.strip() == "-1"
 
 
 def _compare(a: str, op: str, b: str) -> bool:
@@ -436,14 +449,17 @@ def op_mark(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_reboot(req: dict[str, Any]) -> dict[str, Any]:
-    journal = _update(
-        req["operation_id"], "transacted", state="rebooting", reboot_boot_id=_boot_id(), reboot_at=time.time()
-    )
-    if (
-        journal is not None
-        and journal.get("state") == "rebooting"
-        and journal.get("reboot_boot_id") == _boot_id()
-    ):
+    """``transacted`` → ``rebooting``, and only the caller that made that move runs the reboot command."""
+    with _Lock():
+        journal = _load(req["operation_id"])
+        moved = journal is not None and journal.get("state") == "transacted"
+        if moved:
+            assert journal is not None
+            journal.update(
+                state="rebooting", reboot_boot_id=_boot_id(), reboot_at=time.time(), updated_at=time.time()
+            )
+            _save(journal)
+    if moved:
         # Detached and delayed, so this answer reaches patchflow before the host goes down.
         subprocess.Popen(
             ["/bin/sh", "-c", "sleep 1; " + req["command"]],
@@ -512,7 +528,8 @@ def _requests(journal: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     for name, _arch, version in journal["packages"]:
         current = installed.get(name)
         if journal["kind"] == "install":
-            if current is not None and _compare(current, "lt", version):
+            older = _rpm_less(current, version) if current is not None and _family() == "rpm" else None
+            if current is not None and (older if older is not None else _compare(current, "lt", version)):
                 wanted[name] = version
         elif version == "":
             if current is not None:
@@ -570,7 +587,10 @@ def _transact(operation_id: str) -> None:
     journal = _load(operation_id)
     assert journal is not None
     try:
-        result = _transact_deb(journal) if _family() == "deb" else None
+        family = _family()
+        result = (
+            _transact_deb(journal) if family == "deb" else _transact_rpm(journal) if family == "rpm" else None
+        )
         if result is None:
             result = _result(journal, _packages(), "failed", "unsupported package family on this host")
     except Exception as exc:  # noqa: BLE001 - every failure must reach the journal
@@ -628,6 +648,100 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
     return _result(journal, _packages(), "failed", message, output_tail=_tail(out))
 
 
+DNF = ["dnf", "-y", "--setopt=install_weak_deps=False", "--setopt=keepcache=False"]
+_DNF_SECTIONS = (
+    "Installing",
+    "Upgrading",
+    "Downgrading",
+    "Reinstalling",
+    "Removing",
+    "Installing dependencies",
+    "Installing weak dependencies",
+    "Removing dependent packages",
+    "Removing unused dependencies",
+)
+
+
+def _evr(version: str) -> str:
+    return version[2:] if version.startswith("0:") else version
+
+
+def _dnf_plan(out: str) -> list[tuple[str, str, str]]:
+    """(section, name, version) rows of dnf's transaction table."""
+    rows = []
+    section = ""
+    for line in out.splitlines():
+        if line.rstrip().endswith(":") and line.rstrip(":").strip() in _DNF_SECTIONS:
+            section = line.rstrip(":").strip()
+            continue
+        if not line.strip() or line.startswith("Transaction Summary"):
+            section = "" if line.startswith("Transaction") else section
+            continue
+        parts = line.split()
+        if section and line.startswith(" ") and len(parts) >= 4 and parts[0] != "replacing":
+            rows.append((section, parts[0], parts[2]))
+    return rows
+
+
+def _transact_rpm(journal: dict[str, Any]) -> dict[str, Any]:
+    rc, out = _run(["dnf", "-q", "-y", "makecache", "--refresh"], timeout=600)
+    if rc != 0:
+        return _result(journal, _packages(), "failed", "dnf makecache failed: " + _tail(out, 1500))
+    wanted, remove = _requests(journal)
+    if not wanted and not remove:
+        return _result(
+            journal, _packages(), "succeeded", "nothing to do: every package is at its version", audit=""
+        )
+    pinned = {n: _evr(v) for n, _a, v in journal["packages"] if v}
+    outside: list[str] = []
+    for _ in range(10):
+        specs = [f"{n}-{v}" for n, v in sorted(wanted.items())]
+        rc, out = _run(
+            ["dnf", "--assumeno", "--setopt=install_weak_deps=False", "install", *specs], timeout=600
+        )
+        if "Error:" in out or (rc != 0 and "Operation aborted" not in out):
+            return _result(
+                journal,
+                _packages(),
+                "failed",
+                "the resolver refused the pinned versions; nothing was changed: " + _tail(out, 1500),
+                audit="",
+            )
+        outside, repin = [], False
+        for section, name, version in _dnf_plan(out):
+            if section.startswith("Removing"):
+                outside.append(f"{name} -> removed")
+            elif _evr(wanted.get(name, "")) == _evr(version):
+                continue
+            elif name in pinned and name not in wanted:
+                if pinned[name] == _evr(version):
+                    continue
+                wanted[name] = pinned[name]
+                repin = True
+            else:
+                outside.append(f"{name} -> {version}")
+        if not repin:
+            break
+    if outside:
+        return _result(
+            journal,
+            _packages(),
+            "failed",
+            "the resolver would also change packages outside the pinned set: "
+            + ", ".join(outside)
+            + "; nothing was changed",
+            audit="",
+            outside=outside,
+        )
+    specs = [f"{n}-{v}" for n, v in sorted(wanted.items())]
+    rc, out = _run([*DNF, "install", *specs])
+    after = _packages()
+    if rc == 0:
+        verb = "installed" if journal["kind"] == "install" else "restored"
+        return _result(journal, after, "succeeded", f"{verb} {len(wanted)} package(s) with dnf", audit="")
+    return _result(journal, after, "failed", f"dnf install failed (exit {rc}): {_tail(out, 1500)}", audit="")
+
+
 def _revert(journal: dict[str, Any], after: list[list[str]]) -> str:
     """Put every package the failed transaction touched back to its version before it."""
     before = {n: v for n, _a, v in journal["before"]}
@@ -655,7 +769,9 @@ OPERATIONS = {
 
 
 def main(text: str) -> None:
+    global FAMILY
     call = loads(text)
+    FAMILY = call["request"].get("family") or None
     answer = OPERATIONS[call["op"]](call["request"])
     sys.stdout.write("\n" + dumps(answer) + "\n")
     sys.stdout.flush()

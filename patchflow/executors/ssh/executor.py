@@ -471,7 +471,7 @@ class SshExecutor:
         self, host: SshHost, op: str, request: dict[str, Any], *, timeout: float = 60.0
     ) -> dict[str, Any]:
         command = ("sudo -n " if host.sudo else "") + "python3 -c " + shlex.quote(agent.BOOTSTRAP)
-        payload = agent.payload(AGENT_SOURCE, op, request)
+        payload = agent.payload(AGENT_SOURCE, op, {**request, "family": host.family})
         try:
             result = await self._pool.run(host, command, payload, timeout)
         except asyncssh.HostKeyNotVerifiable as exc:

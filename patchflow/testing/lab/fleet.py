@@ -28,7 +28,7 @@ from typing import Any
 
 from patchflow.core.documents import dump_yaml
 from patchflow.errors import InputError, NotFoundError
-from patchflow.testing.lab.repo import LabPackage, LabRepo, sources_list
+from patchflow.testing.lab.repo import LabPackage, LabRepo, sources_list, yum_repo
 from patchflow.testing.lab.rootfs import (
     LabSetupError,
     ensure_base,
@@ -52,9 +52,17 @@ class LabHost:
     address: str
     port: int
     groups: list[str] = field(default_factory=list)
+    family: str = "deb"
+    """``deb`` (apt/dpkg) or ``rpm`` (dnf/rpm with an RPM database holding the lab's packages)."""
 
     def to_json(self) -> dict[str, Any]:
-        return {"id": self.id, "address": self.address, "port": self.port, "groups": self.groups}
+        return {
+            "id": self.id,
+            "address": self.address,
+            "port": self.port,
+            "groups": self.groups,
+            "family": self.family,
+        }
 
 
 class Lab:
@@ -97,7 +105,10 @@ class Lab:
         return data
 
     def hosts(self) -> list[LabHost]:
-        return [LabHost(h["id"], h["address"], h["port"], list(h["groups"])) for h in self.state()["hosts"]]
+        return [
+            LabHost(h["id"], h["address"], h["port"], list(h["groups"]), h.get("family", "deb"))
+            for h in self.state()["hosts"]
+        ]
 
     def is_up(self) -> bool:
         return self.state_file.is_file()
@@ -114,6 +125,7 @@ class Lab:
         mirror: str | None = None,
         timeout_seconds: float = 60.0,
         extra_packages: tuple[str, ...] = (),
+        rpm_groups: dict[str, int] | None = None,
     ) -> dict[str, Any]:
         """Build (or reuse) the roots, start the repository server and every host; write the inventory.
 
@@ -124,12 +136,28 @@ class Lab:
         require_tools("mmdebstrap", "dpkg-deb", "unshare", "chroot", "ssh-keygen", "mount", "nsenter")
         if self.is_up():
             raise LabSetupError(f"a lab is already up under {self.dir}: run `patchflow lab down` first")
-        hosts = self._plan_hosts(groups or DEFAULT_GROUPS, base_address, port)
+        hosts = self._plan_hosts(
+            {**(groups if groups is not None else DEFAULT_GROUPS), **(rpm_groups or {})},
+            base_address,
+            port,
+            rpm=set(rpm_groups or {}),
+        )
         self.dir.mkdir(parents=True, exist_ok=True)
         if not self.repo.manifest_path.is_file():
             self.repo.create()
         base = ensure_base(self.cache, mirror=mirror, log=self.dir / "build.log", extra=extra_packages)
         layer = ensure_layer(self.cache, base, self.repo.root, self.repo.initial())
+        lower = {"deb": [layer, base]}
+        if any(h.family == "rpm" for h in hosts):
+            require_tools("rpmbuild", "createrepo_c", "modifyrepo_c", "rpm")
+            self.repo.create_yum()
+            rpm_base = ensure_base(
+                self.cache, mirror=mirror, log=self.dir / "build.log", extra=(*extra_packages, "dnf", "rpm")
+            )
+            rpm_layer = ensure_layer(
+                self.cache, rpm_base, self.repo.root, self.repo.initial(), rpms=self.repo.initial_rpms()
+            )
+            lower["rpm"] = [rpm_layer, rpm_base]
         self._client_key()
         httpd_pid, http_port = self._start_httpd(http_port)
         state: dict[str, Any] = {
@@ -142,7 +170,7 @@ class Lab:
         known: list[str] = []
         try:
             for host in hosts:
-                known.append(self._create_host(host, [layer, base], http_port, reboot_delay_seconds))
+                known.append(self._create_host(host, lower[host.family], http_port, reboot_delay_seconds))
                 state["supervisors"][host.id] = self._start_supervisor(host)
                 self.state_file.write_text(json.dumps(state, indent=1))
             self.known_hosts_path.write_text("".join(known))
@@ -153,7 +181,14 @@ class Lab:
         self._write_inventory(hosts)
         return state
 
-    def _plan_hosts(self, groups: dict[str, int], base_address: str, port: int) -> list[LabHost]:
+    def _plan_hosts(
+        self,
+        groups: dict[str, int],
+        base_address: str,
+        port: int,
+        *,
+        rpm: set[str] = frozenset(),  # type: ignore[assignment]
+    ) -> list[LabHost]:
         try:
             first = ipaddress.IPv4Address(base_address)
         except ValueError as exc:
@@ -176,7 +211,9 @@ class Lab:
                         "addresses; choose another --base-address"
                     )
                 n += 1
-                hosts.append(LabHost(f"lab-{n:02d}", str(address), port, [group]))
+                hosts.append(
+                    LabHost(f"lab-{n:02d}", str(address), port, [group], "rpm" if group in rpm else "deb")
+                )
         return hosts
 
     def _client_key(self) -> None:
@@ -247,6 +284,9 @@ class Lab:
         uid, gid = put.owner("home/deploy")
         put.file("home/deploy/.ssh/authorized_keys", authorized, 0o600, uid=uid, gid=gid, dir_mode=0o700)
         put.file("etc/apt/sources.list.d/lab.list", sources_list(http_port), 0o644)
+        if host.family == "rpm":
+            put.file("etc/yum.repos.d/lab.repo", yum_repo(http_port), 0o644)
+            put.file("etc/dnf/vars/releasever", "lab\n", 0o644)
         put.file("etc/hostname", host.id + "\n", 0o644)
         put.file("etc/hosts", f"127.0.0.1 localhost\n{host.address} {host.id}\n", 0o644)
         (hdir / "host.json").write_text(
@@ -303,6 +343,7 @@ class Lab:
                     "ansible_host": host.address,
                     "ansible_port": host.port,
                     "tags": {"Patch Group": group},
+                    **({"family": "rpm"} if host.family == "rpm" else {}),
                 }
         inventory = {
             "all": {
@@ -328,11 +369,11 @@ class Lab:
             hdir = self.host_dir(host.id)
             state = _read_json(hdir / "state.json")
             root = hdir / "root"
-            installed = _dpkg_status(root / "var/lib/dpkg/status") if is_mounted(root) else {}
+            installed = self._installed(host, root) if is_mounted(root) else {}
             out.append(
                 {
                     "id": host.id,
-                    "family": "deb",
+                    "family": host.family,
                     "address": host.address,
                     "port": host.port,
                     "groups": host.groups,
@@ -347,8 +388,25 @@ class Lab:
 
     def installed(self, host_id: str) -> dict[str, str]:
         """Every package installed on the host (name → version, with dpkg's status ``installed``)."""
-        self._host(host_id)
-        return _dpkg_status(self.host_dir(host_id) / "root" / "var/lib/dpkg/status")
+        return self._installed(self._host(host_id), self.host_dir(host_id) / "root")
+
+    @staticmethod
+    def _installed(host: LabHost, root: Path) -> dict[str, str]:
+        if host.family == "rpm":  # the lab's packages are in the host's RPM database
+            proc = subprocess.run(
+                [
+                    "rpm",
+                    f"--root={root}",
+                    "-qa",
+                    "--qf",
+                    "%{NAME} %|EPOCH?{%{EPOCH}:}:{}|%{VERSION}-%{RELEASE}\\n",
+                ],
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            return dict(line.split(" ", 1) for line in proc.stdout.splitlines() if " " in line)
+        return _dpkg_status(root / "var/lib/dpkg/status")
 
     # ------------------------------------------------------------------------------------- publish
     def publish(self, name: str, version: str, **kwargs: Any) -> LabPackage:
@@ -356,10 +414,10 @@ class Lab:
             self.repo.create()
         return self.repo.publish(name, version, **kwargs)
 
-    def catalog(self) -> list[dict[str, Any]]:
+    def catalog(self, family: str = "deb") -> list[dict[str, Any]]:
         if not self.repo.manifest_path.is_file():
             self.repo.create()
-        return self.repo.catalog()
+        return self.repo.catalog(family)
 
     # ----------------------------------------------------------------------------------------- run
     def run(self, host_id: str, command: str, *, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:

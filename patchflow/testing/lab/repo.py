@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -233,6 +234,9 @@ class LabRepo:
             _build_deb(pkg, self.root / pkg.filename, Path(tmp))
         self._write_manifest([*existing, pkg])
         self.index()
+        if self.has_yum:
+            _build_rpm(pkg, self.yum_dir / "Packages", self.root / "rpmbuild")
+            self._index_yum()
         return pkg
 
     def index(self) -> None:
@@ -262,24 +266,67 @@ class LabRepo:
                 lines.append(f" {hashlib.sha256(data).hexdigest()} {len(data)} {rel}")
             (self.root / "dists" / suite / "Release").write_text("\n".join(lines) + "\n")
 
-    def catalog(self) -> list[dict[str, Any]]:
-        """patchflow's catalog (README "Catalog format") of every version in the repository."""
+    # ------------------------------------------------------------------------------------------ yum
+    @property
+    def yum_dir(self) -> Path:
+        return self.root / "yum"
+
+    @property
+    def has_yum(self) -> bool:
+        return (self.yum_dir / "repodata").is_dir()
+
+    def create_yum(self) -> None:
+        """Build every version as a ``noarch`` RPM too (``rpmbuild``), in a yum repository (``createrepo_c``)
+        with an ``updateinfo.xml`` that marks the ``lab-security`` versions as security updates."""
+        if self.has_yum:
+            return
+        out = self.yum_dir / "Packages"
+        out.mkdir(parents=True, exist_ok=True)
+        work = self.root / "rpmbuild"
+        pkgs = [LabPackage("lab-filesystem", "1.0-1", initial=True), *self.packages()]
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            list(pool.map(lambda p: _build_rpm(p, out, work / p.name / p.version.replace(":", "_")), pkgs))
+        self._index_yum()
+
+    def initial_rpms(self) -> list[Path]:
+        names = [rpm_filename(LabPackage("lab-filesystem", "1.0-1"))] + [
+            rpm_filename(p) for p in self.initial()
+        ]
+        return [self.yum_dir / "Packages" / n for n in names]
+
+    def _index_yum(self) -> None:
+        _check(["createrepo_c", "-q", "--update", str(self.yum_dir)], "createrepo_c")
+        (self.root / "updateinfo.xml").write_text(_updateinfo(self.packages()))
+        _check(
+            [
+                "modifyrepo_c",
+                "--mdtype=updateinfo",
+                str(self.root / "updateinfo.xml"),
+                str(self.yum_dir / "repodata"),
+            ],
+            "modifyrepo_c",
+        )
+
+    def catalog(self, family: str = "deb") -> list[dict[str, Any]]:
+        """patchflow's catalog (README "Catalog format") of every version in the repository: its apt
+        packages (``deb``, arch ``all``) or its RPMs (``rpm``, arch ``noarch``; the security versions are
+        those with an update notice in ``updateinfo.xml``)."""
         out: list[dict[str, Any]] = []
         for p in self.packages():
             out.append(
                 {
                     "name": p.name,
-                    "arch": "all",
+                    "arch": "all" if family == "deb" else "noarch",
                     "version": p.version,
-                    "family": "deb",
+                    "family": family,
                     "product": PRODUCT,
                     "classification": "Security" if p.security else "Bugfix",
                     "severity": p.severity if p.security else None,
-                    "priority": p.priority.capitalize(),
-                    "section": p.section,
+                    "priority": p.priority.capitalize() if family == "deb" else None,
+                    "section": p.section if family == "deb" else None,
                     "cve_ids": list(p.cve_ids),
                     "release_date": p.released,
-                    "repository": p.suite,
+                    "repository": p.suite if family == "deb" else "lab",
                     "security": p.security,
                     "depends": [d.split(" ", 1)[0] for d in p.depends],
                 }
@@ -293,6 +340,108 @@ class LabRepo:
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps({"packages": [p.to_json() for p in pkgs]}, indent=1))
         tmp.replace(self.manifest_path)
+
+
+def yum_repo(port: int) -> str:
+    """The dnf repository file of a lab RPM host."""
+    return f"[lab]\nname=patchflow lab\nbaseurl=http://127.0.0.1:{port}/yum/\ngpgcheck=0\nenabled=1\nmetadata_expire=0\n"
+
+
+def rpm_evr(version: str) -> tuple[str, str, str]:
+    """A lab (Debian-style) version as RPM epoch, version, release: ``1:1.5-1`` → (``1``, ``1.5``, ``1``)."""
+    epoch, _, rest = version.rpartition(":")
+    upstream, _, release = rest.rpartition("-")
+    return epoch or "0", upstream or rest, release or "1"
+
+
+def rpm_filename(pkg: LabPackage) -> str:
+    _, ver, rel = rpm_evr(pkg.version)
+    return f"{pkg.name}-{ver}-{rel}.noarch.rpm"
+
+
+def _rpm_requires(dep: str) -> str:
+    name, _, rest = dep.partition(" (")
+    if not rest:
+        return name
+    op, _, version = rest.rstrip(")").partition(" ")
+    op = {"<<": "<", ">>": ">"}.get(op, op)
+    epoch, ver, rel = rpm_evr(version)
+    return f"{name} {op} {epoch + ':' if epoch != '0' else ''}{ver}-{rel}"
+
+
+def _spec(pkg: LabPackage) -> str:
+    epoch, ver, rel = rpm_evr(pkg.version)
+    lines = [
+        f"Name: {pkg.name}",
+        f"Version: {ver}",
+        f"Release: {rel}",
+        *([f"Epoch: {epoch}"] if epoch != "0" else []),
+        f"Summary: patchflow lab package {pkg.name}",
+        "License: MIT",
+        "BuildArch: noarch",
+        *([f"Requires: {_rpm_requires(d)}" for d in pkg.depends]),
+        *(["Provides: /bin/sh"] if pkg.name == "lab-filesystem" else []),
+        "%description",
+        "Generated by patchflow's lab for tests and demos.",
+        "%install",
+        f"mkdir -p %{{buildroot}}/usr/share/lab/{pkg.name}",
+        f"echo {pkg.version} > %{{buildroot}}/usr/share/lab/{pkg.name}/version",
+    ]
+    script = _postinst(pkg)
+    if script is not None:
+        lines += ["%post", *script.splitlines()[1:]]
+    lines += ["%files", f"/usr/share/lab/{pkg.name}/version"]
+    return "\n".join(lines) + "\n"
+
+
+def _build_rpm(pkg: LabPackage, out: Path, work: Path) -> None:
+    work.mkdir(parents=True, exist_ok=True)
+    spec = work / f"{pkg.name}.spec"
+    spec.write_text(_spec(pkg).replace('"$1" = configure', '"$1" -ge 1'))
+    _check(
+        [
+            "rpmbuild",
+            "--quiet",
+            "--define",
+            f"_topdir {work}",
+            "--define",
+            "_build_id_links none",
+            "-bb",
+            str(spec),
+        ],
+        f"rpmbuild of {pkg.name} {pkg.version}",
+    )
+    built = work / "RPMS" / "noarch" / rpm_filename(pkg)
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(built), out / built.name)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _check(cmd: list[str], what: str) -> None:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{what} failed: {(proc.stderr or proc.stdout).strip()[-1500:]}")
+
+
+def _updateinfo(pkgs: list[LabPackage]) -> str:
+    updates = []
+    for n, p in enumerate(q for q in pkgs if q.security):
+        epoch, ver, rel = rpm_evr(p.version)
+        day = p.released.replace("T", " ").rstrip("Z")
+        refs = "".join(
+            f'<reference href="https://www.cve.org/CVERecord?id={c}" id="{c}" type="cve" title="{c}"/>'
+            for c in p.cve_ids
+        )
+        updates.append(
+            f'<update from="lab@patchflow.invalid" status="stable" type="security" version="1">'
+            f"<id>LAB-{n + 1:04d}</id><title>{p.name} {p.version}</title>"
+            f'<issued date="{day}"/><updated date="{day}"/><severity>{p.severity or "Important"}</severity>'
+            f"<description>{p.name} {p.version}</description><references>{refs}</references>"
+            f'<pkglist><collection short="lab"><name>lab</name>'
+            f'<package name="{p.name}" version="{ver}" release="{rel}" epoch="{epoch}" arch="noarch">'
+            f"<filename>{rpm_filename(p)}</filename></package></collection></pkglist></update>"
+        )
+    return '<?xml version="1.0" encoding="UTF-8"?>\n<updates>' + "".join(updates) + "</updates>\n"
 
 
 def sources_list(port: int) -> str:
@@ -372,4 +521,14 @@ def _packages_entry(pkg: LabPackage, deb: Path) -> str:
     return "\n".join(head + tail) + "\n"
 
 
-__all__ = ["PRODUCT", "SUITES", "LabPackage", "LabRepo", "default_packages", "sources_list"]
+__all__ = [
+    "PRODUCT",
+    "SUITES",
+    "LabPackage",
+    "LabRepo",
+    "default_packages",
+    "rpm_evr",
+    "rpm_filename",
+    "sources_list",
+    "yum_repo",
+]

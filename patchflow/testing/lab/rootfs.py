@@ -178,11 +178,17 @@ def is_mounted(path: Path) -> bool:
         return any(line.split()[1] == target for line in mounts)
 
 
-def ensure_layer(cache: Path, base: Path, repo_root: Path, initial: Sequence[LabPackage]) -> Path:
-    """The layer (an overlay upper directory) with the lab's initial packages installed over ``base``."""
+def ensure_layer(
+    cache: Path, base: Path, repo_root: Path, initial: Sequence[LabPackage], *, rpms: Sequence[Path] = ()
+) -> Path:
+    """The layer (an overlay upper directory) with the lab's initial packages installed over ``base``: the
+    Debian packages with dpkg, or — for RPM hosts — the given RPM files with rpm (into the root's RPM
+    database, which then holds only the lab's packages)."""
     digest = hashlib.sha256(base.name.encode())
     for pkg in initial:
         digest.update(f"{pkg.name}={pkg.version};".encode())
+    for rpm in rpms:
+        digest.update(rpm.name.encode())
     target = cache / f"layer-{digest.hexdigest()[:12]}"
     if target.is_dir():
         return target
@@ -193,17 +199,20 @@ def ensure_layer(cache: Path, base: Path, repo_root: Path, initial: Sequence[Lab
     with overlay([base], tmp / "upper", tmp / "work", tmp / "root") as root:
         staging = root / "tmp" / "lab-initial"
         staging.mkdir(parents=True)
-        for pkg in initial:
-            shutil.copy(repo_root / pkg.filename, staging)
+        for path in rpms or [repo_root / pkg.filename for pkg in initial]:
+            shutil.copy(path, staging)
+        install = "rpm -i /tmp/lab-initial/*.rpm" if rpms else "dpkg -i /tmp/lab-initial/*.deb"
         proc = subprocess.run(
-            ["chroot", str(root), "sh", "-c", "dpkg -i /tmp/lab-initial/*.deb"],
+            ["chroot", str(root), "sh", "-c", install],
             capture_output=True,
             text=True,
             check=False,
         )
         shutil.rmtree(staging)
         if proc.returncode != 0:
-            raise LabSetupError(f"installing the lab's initial packages failed: {proc.stdout[-2000:]}")
+            raise LabSetupError(
+                f"installing the lab's initial packages failed: {(proc.stdout + proc.stderr)[-2000:]}"
+            )
     _publish(tmp / "upper", target)
     shutil.rmtree(tmp, ignore_errors=True)
     return target
