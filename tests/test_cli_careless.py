@@ -393,3 +393,21 @@ def test_help_shows_readable_types_and_version(tmp_path: Path, capsys: pytest.Ca
             assert python_type not in text, (path, text)
     version = run("--version", data_dir=tmp_path)
     assert version.returncode == 0 and version.stdout == f"patchflow {__version__}\n"
+
+
+def test_fleet_status_takes_a_fleet_by_name(tmp_path: Path) -> None:
+    import json
+
+    fleet = tmp_path / "somewhere" / "tiny.yaml"
+    fleet.parent.mkdir()
+    fleet.write_text("name: tiny\ninstances:\n  - id: i-1\n    platform: {family: deb}\n")
+    data = tmp_path / "data"
+    by_path = run("fleet", "status", str(fleet), "--format", "json", data_dir=data)
+    assert by_path.returncode == 0, by_path.stderr
+    by_name = run("fleet", "status", "tiny", "--format", "json", data_dir=data)
+    assert by_name.returncode == 0, by_name.stderr
+    assert json.loads(by_name.stdout)["state_path"] == json.loads(by_path.stdout)["state_path"]
+    shipped = run("fleet", "status", "demo", "--format", "json", data_dir=data)
+    assert shipped.returncode == 0 and len(json.loads(shipped.stdout)["instances"]) == 29
+    unknown = run("fleet", "status", "nope", data_dir=data)
+    assert unknown.returncode == 2 and "known fleets: demo, tiny" in unknown.stderr
