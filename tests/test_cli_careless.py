@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.test_cli import run as cli_run
 
 #: Address space a command may use: several times what validating any shipped file needs.
 MEMORY_LIMIT_BYTES = 1536 * 1024 * 1024
@@ -26,19 +27,9 @@ def run(
     *args: str, data_dir: Path, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``patchflow ARGS`` in a real process under the memory limit and a timeout."""
-    full_env = {**os.environ, "PATCHFLOW_DATA_DIR": str(data_dir), **(env or {})}
-    full_env.pop("PATCHFLOW_DEBUG", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "patchflow", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=REPO_ROOT,
-        timeout=timeout,
-        preexec_fn=_limit_memory,
+    return cli_run(
+        *args, data_dir=data_dir, env_overrides=dict(env or {}), timeout=timeout, preexec_fn=_limit_memory
     )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 # ---------------------------------------------------------------------------------------------- 1. aliases

@@ -19,19 +19,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from patchflow.control.devserver import free_port
 from tests.conftest import EXAMPLES_DIR, REPO_ROOT
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "patchflow", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-        timeout=timeout,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+from tests.workflows.test_cli_waves import cli
 
 
 def demo_plan(directory: Path, **changes: Any) -> Path:
