@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,15 @@ AT = "2026-11-10T00:00:00Z"
 
 
 def run(
-    *args: str, data_dir: Path, check: bool = False, env_overrides: dict[str, str | None] | None = None
+    *args: str,
+    data_dir: Path,
+    check: bool = False,
+    env_overrides: dict[str, str | None] | None = None,
+    timeout: float = 60,
+    preexec_fn: Callable[[], None] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """``patchflow ARGS`` in a real process; ``env_overrides`` sets variables (None removes one)."""
+    """``patchflow ARGS`` in a real process; ``env_overrides`` sets variables (None removes one);
+    ``preexec_fn`` runs in the child before patchflow (e.g. to limit its memory)."""
     env = {**os.environ, "PATCHFLOW_DATA_DIR": str(data_dir)}
     env.pop("PATCHFLOW_DEBUG", None)
     for name, value in (env_overrides or {}).items():
@@ -32,7 +39,8 @@ def run(
         text=True,
         env=env,
         cwd=REPO_ROOT,
-        timeout=60,
+        timeout=timeout,
+        preexec_fn=preexec_fn,
     )
     assert "Traceback" not in proc.stderr, proc.stderr
     if check:

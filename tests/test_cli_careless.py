@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO_ROOT
+from tests.test_cli import run as cli_run
 
 #: Address space a command may use: several times what validating any shipped file needs.
 MEMORY_LIMIT_BYTES = 1536 * 1024 * 1024
@@ -26,19 +27,9 @@ def run(
     *args: str, data_dir: Path, timeout: float = 60, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``patchflow ARGS`` in a real process under the memory limit and a timeout."""
-    full_env = {**os.environ, "PATCHFLOW_DATA_DIR": str(data_dir), **(env or {})}
-    full_env.pop("PATCHFLOW_DEBUG", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "patchflow", *args],
-        capture_output=True,
-        text=True,
-        env=full_env,
-        cwd=REPO_ROOT,
-        timeout=timeout,
-        preexec_fn=_limit_memory,
+    return cli_run(
+        *args, data_dir=data_dir, env_overrides=dict(env or {}), timeout=timeout, preexec_fn=_limit_memory
     )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
 
 
 # ---------------------------------------------------------------------------------------------- 1. aliases
@@ -393,3 +384,21 @@ def test_help_shows_readable_types_and_version(tmp_path: Path, capsys: pytest.Ca
             assert python_type not in text, (path, text)
     version = run("--version", data_dir=tmp_path)
     assert version.returncode == 0 and version.stdout == f"patchflow {__version__}\n"
+
+
+def test_fleet_status_takes_a_fleet_by_name(tmp_path: Path) -> None:
+    import json
+
+    fleet = tmp_path / "somewhere" / "tiny.yaml"
+    fleet.parent.mkdir()
+    fleet.write_text("name: tiny\ninstances:\n  - id: i-1\n    platform: {family: deb}\n")
+    data = tmp_path / "data"
+    by_path = run("fleet", "status", str(fleet), "--format", "json", data_dir=data)
+    assert by_path.returncode == 0, by_path.stderr
+    by_name = run("fleet", "status", "tiny", "--format", "json", data_dir=data)
+    assert by_name.returncode == 0, by_name.stderr
+    assert json.loads(by_name.stdout)["state_path"] == json.loads(by_path.stdout)["state_path"]
+    shipped = run("fleet", "status", "demo", "--format", "json", data_dir=data)
+    assert shipped.returncode == 0 and len(json.loads(shipped.stdout)["instances"]) == 29
+    unknown = run("fleet", "status", "nope", data_dir=data)
+    assert unknown.returncode == 2 and "known fleets: demo, tiny" in unknown.stderr

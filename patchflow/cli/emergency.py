@@ -45,7 +45,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from patchflow.cli.common import Fmt, emit_json, err, out, run_sync, temporal_client
-from patchflow.cli.waves import print_status
+from patchflow.cli.waves import approval_hint, print_status
 from patchflow.config import Settings, get_settings
 from patchflow.core.baselines import Baseline, load_baseline
 from patchflow.core.catalog import Patch, load_catalog
@@ -390,9 +390,7 @@ def _approve_hint(prep: Prepared, status: WaveStatus) -> str | None:
         return None
     stage = next((s for s in prep.stages if s.name == waiting.name), None)
     approvers = list(stage.gate.approvers) if stage is not None else []
-    who = f" --as {approvers[0]}" if approvers else ""
-    listed = f" (approvers: {', '.join(approvers)})" if approvers else ""
-    return f"approve with: patchflow wave approve {status.wave_id} --stage {waiting.name}{who}{listed}"
+    return approval_hint(status.wave_id, waiting.name, approvers)
 
 
 # ---------------------------------------------------------------------------------------------- commands

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import yaml
 from rich.table import Table
 
 from patchflow.cli.common import (
@@ -15,6 +18,7 @@ from patchflow.cli.common import (
     err,
     out,
     run_sync,
+    shipped_file,
 )
 from patchflow.config import get_settings
 from patchflow.core.timeutil import parse_instant
@@ -28,13 +32,61 @@ def simulated_executor(fleet_file: Path) -> Any:
     from patchflow.executors.simulated import SimulatedExecutor, default_state_path
     from patchflow.executors.simulated.fleet import load_fleet
 
-    fleet = load_fleet(fleet_file)
+    fleet = load_fleet(resolve_fleet(str(fleet_file)))
     return SimulatedExecutor(fleet, default_state_path(get_settings().data_dir, fleet))
+
+
+def resolve_fleet(fleet: str) -> Path:
+    """A fleet file by path, or by the fleet's name: the file of the simulated fleet of that name whose state
+    is in the data directory (most recently used first), else a shipped example fleet of that name."""
+    if Path(fleet).exists() or "/" in fleet or fleet.endswith((".yaml", ".yml", ".json")):
+        return Path(fleet)  # a path (a missing one is reported by the loader, with the path)
+    known: dict[str, Path] = {}
+    states = sorted(
+        (get_settings().data_dir / "simulated").glob("*.sqlite"),
+        key=lambda p: p.stat().st_mtime,
+        reverse=True,
+    )
+    for state in states:
+        name, source = _fleet_of_state(state)
+        if name and source and Path(source).is_file():
+            known.setdefault(name, Path(source))
+    for example in sorted(shipped_file("examples").glob("*.yaml")):
+        with contextlib.suppress(yaml.YAMLError, OSError):
+            data = yaml.safe_load(example.read_text(encoding="utf-8"))
+            if isinstance(data, dict) and ("instances" in data or "generate" in data):
+                known.setdefault(str(data.get("name") or example.stem), example)
+    if fleet in known:
+        return known[fleet]
+    names = ", ".join(sorted(known)) or "none yet"
+    raise InputError(
+        f"no fleet file {fleet!r} and no simulated fleet of that name (known fleets: {names}); give the fleet "
+        "file's path"
+    )
+
+
+def _fleet_of_state(state: Path) -> tuple[str | None, str | None]:
+    """(fleet name, fleet file) recorded in a simulated fleet's state database."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{state}?mode=ro", uri=True)) as conn:
+            meta = dict(
+                conn.execute("SELECT key, value FROM meta WHERE key IN ('fleet_name', 'fleet_source')")
+            )
+    except sqlite3.Error:
+        return None, None
+    return meta.get("fleet_name"), meta.get("fleet_source")
 
 
 @fleet_app.command("status")
 def fleet_status(
-    fleet_file: Annotated[Path, typer.Argument(metavar="FLEET", help="Fleet file.", show_default=False)],
+    fleet_file: Annotated[
+        Path,
+        typer.Argument(
+            metavar="FLEET",
+            help="Fleet file, or the name of a simulated fleet (e.g. demo).",
+            show_default=False,
+        ),
+    ],
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
 ) -> None:
     """The simulated fleet's current state: per instance its packages and install count."""
@@ -59,7 +111,10 @@ def fleet_status(
 
 @fleet_app.command("reset")
 def fleet_reset(
-    fleet_file: Annotated[Path, typer.Argument(metavar="FLEET", help="Fleet file.", show_default=False)],
+    fleet_file: Annotated[
+        Path,
+        typer.Argument(metavar="FLEET", help="Fleet file, or a simulated fleet's name.", show_default=False),
+    ],
 ) -> None:
     """Put the simulated fleet back to the state its file describes."""
     executor = simulated_executor(fleet_file)

@@ -26,7 +26,7 @@ from patchflow.cli.common import (
     terminate_like_interrupt,
 )
 from patchflow.cli.fleet import simulated_executor
-from patchflow.cli.waves import print_status, stage_table
+from patchflow.cli.waves import approval_hint, print_status, stage_table
 from patchflow.config import Settings, get_settings
 from patchflow.core.plans import Plan, load_plan
 from patchflow.errors import PatchflowError
@@ -396,10 +396,8 @@ async def _answer_gate(
         )
         console.print(message)
     else:
-        console.print(
-            f"waiting for approval of {stage['name']}: run "
-            f"'patchflow wave approve {wave_id} --stage {stage['name']} --as {approver}'"
-        )
+        approvers = list(next(s for s in plan.stages if s.name == stage["name"]).gate.approvers)
+        console.print(approval_hint(wave_id, stage["name"], approvers))
 
 
 def _print_summary(status: dict[str, Any]) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shlex
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -269,16 +270,36 @@ def wave_status_cmd(
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
 ) -> None:
     """A wave's state, per stage and per instance."""
-    from patchflow.control.waves import status_json, wave_status
+    from patchflow.control.waves import gate_approvers, status_json, wave_status
 
-    async def go() -> dict[str, Any]:
-        return status_json(await wave_status(await temporal_client(get_settings()), wave_id))
+    async def go() -> tuple[dict[str, Any], list[str]]:
+        client = await temporal_client(get_settings())
+        status = status_json(await wave_status(client, wave_id))
+        waiting = _waiting_stage(status)
+        approvers = await gate_approvers(client, wave_id, waiting) if waiting and fmt is Fmt.table else []
+        return status, approvers
 
-    status = run_sync(go())
+    status, approvers = run_sync(go())
     if fmt is Fmt.json:
         emit_json(status)
-    else:
-        print_status(status)
+        return
+    print_status(status)
+    waiting = _waiting_stage(status)
+    if waiting:
+        out.print(approval_hint(status["wave_id"], waiting, approvers))
+
+
+def _waiting_stage(status: dict[str, Any]) -> str | None:
+    return next((s["name"] for s in status["stages"] if s["state"] == "waiting_approval"), None)
+
+
+def approval_hint(wave_id: str, stage: str, approvers: list[str]) -> str:
+    """What to run to answer a gate: who may approve and the command (shell-quoted)."""
+    who = " or ".join(approvers) if approvers else "one of its approvers"
+    command = f"patchflow wave approve {shlex.quote(wave_id)} --stage {shlex.quote(stage)}"
+    if approvers:
+        command += f" --as {shlex.quote(approvers[0])}"
+    return f"waiting for approval of {stage} by {who}: {command}"
 
 
 def print_status(status: dict[str, Any]) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import re
 import secrets
 import time
 from dataclasses import asdict
@@ -322,6 +323,20 @@ async def wave_status(client: Client, wave_id: str) -> WaveStatus:
     return status
 
 
+async def gate_approvers(client: Client, wave_id: str, stage: str) -> list[str]:
+    """Who may approve ``stage`` of the wave: from the wave's input (the first event of its history), so the
+    plan file need not be at hand; empty when it cannot be read."""
+    handle = client.get_workflow_handle(wave_id)
+    try:
+        async for event in handle.fetch_history_events():
+            payloads = event.workflow_execution_started_event_attributes.input.payloads
+            (inp,) = await client.data_converter.decode(payloads, [WaveInput])
+            return next((list(s.approvers) for s in inp.stages if s.name == stage), [])
+    except (RPCError, ValueError, TypeError):
+        pass
+    return []
+
+
 def status_json(status: WaveStatus) -> dict[str, Any]:
     """The documented JSON contract of ``wave status --format json``."""
     return {
@@ -438,16 +453,17 @@ async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]
 async def running_wave_of(client: Client, plan_name: str) -> str | None:
     """The id of a running wave of the plan, if any: the one fleet a plan drives takes one wave at a time.
 
-    Waves are named ``wave-<plan>-…``; each candidate's plan is confirmed by a query, since one plan's name can
-    be a prefix of another's. A candidate that cannot answer (no worker, an error) counts as running: a
-    second wave on the same fleet is the risk to avoid.
+    Waves are named ``wave-<plan>-<YYYYMMDDTHHMMSSZ>-…`` (by hand, by a schedule, in an emergency); each
+    candidate's plan is confirmed by a query where a worker can answer. A candidate that cannot answer (no
+    worker, an error) counts as running: a second wave on the same fleet is the risk to avoid.
 
     Raises:
         RPCError: the server cannot list workflows (e.g. without visibility, as the time-skipping test server).
     """
     query = "WorkflowType = 'WaveWorkflow' AND ExecutionStatus = 'Running'"
+    named = re.compile(rf"wave-{re.escape(plan_name)}-\d{{8}}T\d{{6}}Z-.+")
     async for execution in client.list_workflows(query):
-        if not execution.id.startswith(f"wave-{plan_name}-"):
+        if not named.fullmatch(execution.id):
             continue
         if not await worker_polls(client, execution.task_queue):
             return execution.id

@@ -4,10 +4,12 @@ a timeout, and SIGTERM stops the demo."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +20,16 @@ from temporalio.testing import WorkflowEnvironment
 from patchflow.control.devserver import free_port
 from patchflow.core.documents import dump_yaml
 from tests.conftest import EXAMPLES_DIR, REPO_ROOT
-
-
-def cli(*args: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "patchflow", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-        timeout=timeout,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+from tests.workflows.test_cli_waves import cli
 
 
 def demo_plan(directory: Path, **changes: Any) -> Path:
-    """The shipped demo plan with absolute paths, ten times faster, with ``changes`` to the prod stage."""
+    """The shipped demo plan under a fresh name, with absolute paths, ten times faster, with ``changes`` to the
+    prod stage."""
     plan = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
+    # A name of its own: waves these tests leave behind on the shared dev server never look like another
+    # test's plan (one wave per plan at a time).
+    plan["name"] = f"careless-{uuid.uuid4().hex[:8]}"
     plan["baseline"] = str((EXAMPLES_DIR / plan["baseline"]).resolve())
     plan["catalog"] = str(EXAMPLES_DIR / plan["catalog"])
     plan["executor"]["fleet"] = str(EXAMPLES_DIR / plan["executor"]["fleet"])
@@ -46,6 +40,10 @@ def demo_plan(directory: Path, **changes: Any) -> Path:
     path = directory / "plan.yaml"
     path.write_text(dump_yaml(plan))
     return path
+
+
+def plan_name(path: Path) -> str:
+    return str(yaml.safe_load(path.read_text())["name"])
 
 
 @pytest.fixture
@@ -89,7 +87,7 @@ async def test_wave_start_refuses_a_plan_whose_window_never_opens(
     assert dry.returncode == 1 and "never opens" in dry.stdout
     started = cli("wave", "start", str(plan), env=env)
     assert started.returncode == 2, started.stderr
-    assert "not starting a wave of plan demo" in started.stderr
+    assert f"not starting a wave of plan {plan_name(plan)}" in started.stderr
     assert "prod: the window schedule cron(0 2 30 2 ? *) never opens" in started.stderr
     assert await _waves_on(dev_env, env["PATCHFLOW_TASK_QUEUE"]) == []
     assert not (tmp_path / "data" / "patch-sets").exists()  # nothing pinned either
@@ -193,22 +191,18 @@ def test_without_a_worker_commands_say_so_within_seconds(env: dict[str, str], tm
     second = cli("wave", "start", str(plan), env=env, timeout=20)
     assert second.returncode == 4, second.stderr
     assert (
-        f"wave {wave_id} of plan demo is still running" in second.stderr
+        f"wave {wave_id} of plan {plan_name(plan)} is still running" in second.stderr
         and "--allow-concurrent" in second.stderr
     )
     anyway = cli("wave", "start", str(plan), "--allow-concurrent", env=env, timeout=20)
     assert anyway.returncode == 0 and "note: it waits until a worker comes" in anyway.stderr
 
 
-def test_wave_start_wait_has_a_timeout(env: dict[str, str], tmp_path: Path) -> None:
-    """With a worker, a wave whose first window is a day away does not settle: ``--timeout`` ends the wait
-    (exit 1) and says the wave goes on."""
-    plan = demo_plan(tmp_path)
-    data = yaml.safe_load(plan.read_text())
-    data["stages"][0]["window"] = {"schedule": "rate(1 day)", "duration_hours": 1}
-    plan.write_text(dump_yaml(data))
+@pytest.fixture
+def worker(env: dict[str, str], tmp_path: Path) -> Iterator[None]:
+    """A ``patchflow worker`` process on the environment's task queue."""
     log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-m", "patchflow", "worker"],
         env={**os.environ, **env},
         cwd=REPO_ROOT,
@@ -216,12 +210,40 @@ def test_wave_start_wait_has_a_timeout(env: dict[str, str], tmp_path: Path) -> N
         stderr=log,
     )
     try:
-        refused = cli("wave", "start", str(plan), "--timeout", "2", env=env)
-        assert refused.returncode == 2 and "--timeout limits --wait" in refused.stderr
-        waited = cli("wave", "start", str(plan), "--wait", "--timeout", "2", env=env, timeout=60)
-        assert waited.returncode == 1, waited.stderr
-        assert "did not settle within 2s; it keeps running: patchflow wave status" in waited.stderr
+        yield
     finally:
-        worker.terminate()
-        worker.wait(timeout=30)
+        process.terminate()
+        process.wait(timeout=30)
         log.close()
+
+
+def test_wave_start_wait_has_a_timeout(env: dict[str, str], worker: None, tmp_path: Path) -> None:
+    """With a worker, a wave whose first window is a day away does not settle: ``--timeout`` ends the wait
+    (exit 1) and says the wave goes on."""
+    plan = demo_plan(tmp_path)
+    data = yaml.safe_load(plan.read_text())
+    data["stages"][0]["window"] = {"schedule": "rate(1 day)", "duration_hours": 1}
+    plan.write_text(dump_yaml(data))
+    refused = cli("wave", "start", str(plan), "--timeout", "2", env=env)
+    assert refused.returncode == 2 and "--timeout limits --wait" in refused.stderr
+    waited = cli("wave", "start", str(plan), "--wait", "--timeout", "2", env=env, timeout=60)
+    assert waited.returncode == 1, waited.stderr
+    assert "did not settle within 2s; it keeps running: patchflow wave status" in waited.stderr
+
+
+def test_wave_status_at_a_gate_says_who_approves_and_how(
+    env: dict[str, str], worker: None, tmp_path: Path
+) -> None:
+    plan = demo_plan(tmp_path)
+    data = yaml.safe_load(plan.read_text())
+    data["stages"][0]["gate"] = {"approval": {"approvers": ["ops lead", "sre-oncall"]}}
+    plan.write_text(dump_yaml(data))
+    started = cli("wave", "start", str(plan), "--wait", "--format", "json", env=env, timeout=90)
+    assert started.returncode == 0, started.stderr
+    wave_id = json.loads(started.stdout)["wave_id"]
+    status = cli("wave", "status", wave_id, env=env)
+    assert status.returncode == 0, status.stderr
+    assert (
+        f"waiting for approval of dev by ops lead or sre-oncall: patchflow wave approve {wave_id} --stage dev "
+        "--as 'ops lead'" in " ".join(status.stdout.split())
+    )

@@ -591,6 +591,8 @@ class SimulatedExecutor:
                 ("schema_version", str(SCHEMA_VERSION)),
                 ("fleet_digest", self.fleet.digest),
                 ("fleet_name", self.fleet.name),
+                # Lets `patchflow fleet status NAME` find the fleet file by the fleet's name.
+                ("fleet_source", str(Path(self.fleet.source).resolve()) if self.fleet.source else ""),
             ],
         )
         conn.executemany(
