@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -84,6 +85,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.stage import StageRunWorkflow
 
 
+T = TypeVar("T")
+
+
 class _Cancelled(Exception):
     """Internal: the operator cancelled the wave while it was waiting."""
 
@@ -105,6 +109,12 @@ class _Targets:
 MAX_COMMENT = 1000
 
 
+def _why(exc: ActivityError) -> str:
+    """The reason an activity failed for good, as an operator reads it."""
+    cause = exc.cause
+    return getattr(cause, "message", None) or str(cause or exc)
+
+
 def _check_actor(who: str, comment: str) -> None:
     """Every operator action names who acted; comments are bounded (they live in the wave's audit log)."""
     if not who.strip():
@@ -119,6 +129,7 @@ def _check_actor(who: str, comment: str) -> None:
 ATOMIC_DECISIONS = "operator-decisions-atomic"
 RESUME_SOAK = "resume-returns-to-soaking"
 HISTORY_OUTBOX = "history-outbox"
+HALT_ON_FAILURE = "halt-when-a-look-up-fails"
 STOP_BEFORE_RUN = "halt-or-cancel-before-the-stage-run"
 
 
@@ -420,12 +431,16 @@ class WaveWorkflow:
         patched = [
             i for s in self._status.stages[:index] for i, state in s.instances.items() if state == SUCCEEDED
         ]
-        report = await workflow.execute_activity(
-            "health_check",
-            HealthInput(executor=self._input.executor, instance_ids=patched, url=stage.health_url),
-            result_type=HealthReport,
-            start_to_close_timeout=QUICK_TIMEOUT,
-            retry_policy=QUICK_RETRY,
+        report = await self._or_halt(
+            st,
+            "the health check",
+            lambda: workflow.execute_activity(
+                "health_check",
+                HealthInput(executor=self._input.executor, instance_ids=patched, url=stage.health_url),
+                result_type=HealthReport,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            ),
         )
         if len(report.unhealthy) <= stage.max_unhealthy:
             return True
@@ -440,14 +455,20 @@ class WaveWorkflow:
         """Step 2: the stage's targets and its limits resolved against their count; None when the wave must
         stop (no targets, and no operator resumed past it)."""
         await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
-        targets = await workflow.execute_activity(
-            "resolve_targets",
-            ResolveTargetsInput(
-                executor=self._input.executor, patch_group=stage.patch_group, instance_ids=stage.instance_ids
+        targets = await self._or_halt(
+            st,
+            "resolving its targets",
+            lambda: workflow.execute_activity(
+                "resolve_targets",
+                ResolveTargetsInput(
+                    executor=self._input.executor,
+                    patch_group=stage.patch_group,
+                    instance_ids=stage.instance_ids,
+                ),
+                result_type=ResolveTargetsResult,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
             ),
-            result_type=ResolveTargetsResult,
-            start_to_close_timeout=QUICK_TIMEOUT,
-            retry_policy=QUICK_RETRY,
         )
         ids = targets.instance_ids
         st.instances = dict.fromkeys(ids, PENDING)
@@ -504,12 +525,16 @@ class WaveWorkflow:
         self, stage: StageInput, st: StageStatus, targets: _Targets
     ) -> WindowResult | None:
         """The window open now or the next one outside the freezes; None (the wave failed) when there is none."""
-        window = await workflow.execute_activity(
-            "next_window",
-            WindowInput(spec=stage.window, after=workflow.now(), freezes=self._input.freezes),
-            result_type=WindowResult,
-            start_to_close_timeout=QUICK_TIMEOUT,
-            retry_policy=QUICK_RETRY,
+        window = await self._or_halt(
+            st,
+            "finding its next maintenance window",
+            lambda: workflow.execute_activity(
+                "next_window",
+                WindowInput(spec=stage.window, after=workflow.now(), freezes=self._input.freezes),
+                result_type=WindowResult,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            ),
         )
         if not window.found:
             for instance_id in targets.remaining:
@@ -685,20 +710,27 @@ class WaveWorkflow:
         if not patched:
             return
         st.state = STAGE_ROLLED_BACK
-        result = await workflow.execute_activity(
-            "rollback_instances",
-            RollbackInput(
-                executor=self._input.executor,
-                wave_id=self._input.wave_id,
-                stage=st.name,
-                instance_ids=patched,
-                attempt=self._attempt,
-            ),
-            result_type=RollbackResult,
-            start_to_close_timeout=PATCH_START_TO_CLOSE,
-            heartbeat_timeout=timedelta(seconds=self._input.heartbeat_timeout_seconds),
-            retry_policy=PATCH_RETRY,
-        )
+        try:
+            result = await workflow.execute_activity(
+                "rollback_instances",
+                RollbackInput(
+                    executor=self._input.executor,
+                    wave_id=self._input.wave_id,
+                    stage=st.name,
+                    instance_ids=patched,
+                    attempt=self._attempt,
+                ),
+                result_type=RollbackResult,
+                start_to_close_timeout=PATCH_START_TO_CLOSE,
+                heartbeat_timeout=timedelta(seconds=self._input.heartbeat_timeout_seconds),
+                retry_policy=PATCH_RETRY,
+            )
+        except ActivityError as exc:
+            if not workflow.patched(HALT_ON_FAILURE):
+                raise
+            # The wave halts (or stays halted) with the reason; the operator can roll back again or resume.
+            st.note = f"rollback failed: {_why(exc)}; the instances keep their new versions"
+            return
         for instance_id in result.rolled_back:
             st.instances[instance_id] = ROLLED_BACK
         for instance_id, why in result.failed.items():
@@ -706,6 +738,20 @@ class WaveWorkflow:
         st.note = f"rolled back {len(result.rolled_back)} instance(s)" + (
             f", {len(result.failed)} rollback failure(s)" if result.failed else ""
         )
+
+    async def _or_halt(self, st: StageStatus, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a look-up activity; when it fails for good (its retries used up, or a non-retryable error) the
+        wave halts with the reason instead of failing, and a resume tries again (a cancel ends the wave)."""
+        while True:
+            try:
+                return await call()
+            except ActivityError as exc:
+                if not workflow.patched(HALT_ON_FAILURE):  # waves that failed on it before replay as they ran
+                    raise
+                reason = f"stage {st.name}: {what} failed: {_why(exc)}"
+                wave_state, stage_state = self._status.state, st.state
+                await self._halted(st, reason, allow_rollback=False)
+                await self._transition(wave_state, st, stage_state)  # resumed: where it was, trying again
 
     async def _wait(self, condition: Callable[[], bool]) -> None:
         """Wait for ``condition`` or a cancel."""

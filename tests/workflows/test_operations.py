@@ -32,6 +32,7 @@ from patchflow.control.waves import WaveActionRefused, act, executor_ref, wave_s
 from patchflow.core.plans import load_plan
 from patchflow.core.wavemodel import ExecutorRef, OperatorAction, PatchBatchInput, StageInput, WaveInput
 from patchflow.core.windows import WindowSpec
+from patchflow.errors import InventoryError
 from patchflow.executors.base import Package
 from patchflow.service.worker import build_worker
 from patchflow.store import db
@@ -607,3 +608,66 @@ async def test_a_stage_run_cancelled_through_temporal_halts_its_wave(
         assert sorted(halted.stages[0].instances.values()) == ["failed", "failed", "pending"]
         await act(client, inp.wave_id, "cancel", who="alice")
         assert (await handle.result()).status.state == "cancelled"
+
+
+# ---------------------------------------------------------------------------------------------- look-ups
+
+
+class FlakyFleet:
+    """The real simulated executor whose ``operation`` (discover / health_check / restore) fails until ``fixed``
+    — with an error Temporal does not retry, so the activity fails for good at once, as a transient outage
+    does once its retries are used up."""
+
+    def __init__(self, inner: Any, operation: str) -> None:
+        self.inner, self.operation, self.fixed = inner, operation, False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name != self.operation:
+            return attr
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            if not self.fixed:
+                raise InventoryError(f"{name}: the fleet's API is unreachable")
+            return await attr(*args, **kwargs)
+
+        return failing
+
+
+@pytest.mark.parametrize("operation", ["discover", "health_check", "restore"])
+async def test_a_look_up_that_fails_for_good_halts_the_wave_with_the_reason(
+    operation: str, dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: a failed resolve_targets, health_check, next_window or rollback batch failed the whole wave.
+    Now the wave halts and says why; a resume tries again."""
+    behaviours = {instance_id("prod", 2): {"fail": True}} if operation == "restore" else {}
+    fleet = make_fleet({"dev": 1, "prod": 2}, behaviours=behaviours)
+    stages = [
+        stage("dev"),
+        stage("prod", gate="health" if operation == "health_check" else "auto", max_concurrency="1",
+              on_failure="rollback" if operation == "restore" else "halt"),
+    ]  # fmt: skip
+    inp = wave_input(fleet, tmp_path, stages)
+    flaky: list[FlakyFleet] = []
+
+    def factory(ref: ExecutorRef) -> Any:
+        flaky.append(FlakyFleet(build_executor(ref), operation))
+        return flaky[-1]
+
+    client = dev_env.client
+    async with running_worker(client, factory) as tq:
+        handle = await start(client, tq, inp)
+        status = await settle(client, inp.wave_id, {"halted"})
+        if operation == "restore":  # the budget halt, whose automatic rollback failed
+            note = next(s.note for s in status.stages if s.name == "prod")
+            assert "rollback failed: restore: the fleet's API is unreachable" in note
+        else:
+            what = "resolving its targets" if operation == "discover" else "the health check"
+            assert status.reason.startswith(f"stage dev: {what} failed:" if operation == "discover" else
+                                            f"stage prod: {what} failed:"), status.reason  # fmt: skip
+            assert "the fleet's API is unreachable" in status.reason
+        for fleet_client in flaky:
+            fleet_client.fixed = True
+        await act(client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
