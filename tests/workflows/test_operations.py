@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -28,9 +29,18 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.patching import WaveActivities, build_executor
+from activities.scheduling import ScheduleActivities
+from patchflow.config import Settings
 from patchflow.control.waves import WaveActionRefused, act, executor_ref, wave_status
 from patchflow.core.plans import load_plan
-from patchflow.core.wavemodel import ExecutorRef, OperatorAction, PatchBatchInput, StageInput, WaveInput
+from patchflow.core.wavemodel import (
+    ExecutorRef,
+    OperatorAction,
+    PatchBatchInput,
+    PrepareWaveInput,
+    StageInput,
+    WaveInput,
+)
 from patchflow.core.windows import WindowSpec
 from patchflow.errors import InventoryError
 from patchflow.executors.base import Package
@@ -671,3 +681,35 @@ async def test_a_look_up_that_fails_for_good_halts_the_wave_with_the_reason(
         await act(client, inp.wave_id, "resume", who="alice")
         result = await handle.result()
     assert result.status.state == "succeeded"
+
+
+async def test_preparing_a_scheduled_wave_blocks_no_event_loop(
+    make_fleet: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: prepare_scheduled_wave read files, evaluated the catalog and wrote the patch set on the
+    worker's event loop, starving every other activity's heartbeats meanwhile (sdk-python README "Activities":
+    async activities must not block; use a thread or a sync activity). The blocking steps run in threads."""
+    from activities import scheduling
+    from patchflow.control import waves
+    from tests.workflows.test_schedules import write_plan as write_scheduled_plan
+
+    loop_thread = threading.get_ident()
+    ran_on: dict[str, int] = {}
+
+    def recording(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            ran_on[name] = threading.get_ident()
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(scheduling, "load_plan", recording("load_plan", scheduling.load_plan))
+    monkeypatch.setattr(waves, "pin_patch_set", recording("pin_patch_set", waves.pin_patch_set))
+    plan = write_scheduled_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
+    acts = ScheduleActivities(Settings(data_dir=tmp_path / "data"), client=None)
+    result = await ActivityEnvironment().run(
+        acts.prepare_scheduled_wave, PrepareWaveInput(plan_path=str(plan), wave_id="wave-x", started_by="s")
+    )
+    assert result.wave is not None and result.wave.patches
+    assert set(ran_on) == {"load_plan", "pin_patch_set"}
+    assert loop_thread not in ran_on.values()
