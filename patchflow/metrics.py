@@ -373,6 +373,11 @@ class Metrics:
             "History database writes that failed (the wave's outbox retries them until they succeed).",
             registry=registry,
         )
+        self.gate_reminders = Counter(
+            "patchflow_gate_reminders",
+            "Approval gates that waited past their reminder time without a decision (plan: remind_after).",
+            registry=registry,
+        )
         registry.register(_StateCollector(self))
 
     # ------------------------------------------------------------------------------------------ waves

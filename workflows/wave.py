@@ -54,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         WAVE_WAITING_APPROVAL,
         AuditEntry,
         GateDecision,
+        GateReminder,
         HealthInput,
         HealthReport,
         OperatorAction,
@@ -109,6 +110,14 @@ class _Targets:
 MAX_COMMENT = 1000
 
 
+def _duration(seconds: int) -> str:
+    """``3d``, ``36h``, ``90m``, ``45s``: the largest whole unit."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
 def _why(exc: ActivityError) -> str:
     """The reason an activity failed for good, as an operator reads it."""
     cause = exc.cause
@@ -151,6 +160,7 @@ class WaveWorkflow:
         self._current = -1
         self._gate_decision: dict[int, tuple[bool, GateDecision]] = {}
         self._gate_decided_at: dict[int, datetime] = {}
+        self._gate_expired: dict[int, bool] = {}
         self._halt_requested = False
         self._cancel_requested = False
         self._operator_decision: str | None = None
@@ -212,6 +222,12 @@ class WaveWorkflow:
             return
         approved, first = self._gate_decision[index]
         at = self._gate_decided_at[index]
+        if index in self._gate_expired:
+            raise ApplicationError(
+                f"the approval gate of stage {first.stage!r} expired at {at:%Y-%m-%d %H:%M:%S} UTC without a "
+                "decision; a gate takes one decision",
+                type="AlreadyDecided",
+            )
         raise ApplicationError(
             f"stage {first.stage!r} was already {'approved' if approved else 'rejected'} by {first.who} at "
             f"{at:%Y-%m-%d %H:%M:%S} UTC; a gate takes one decision",
@@ -412,8 +428,17 @@ class WaveWorkflow:
 
     async def _approval_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
         await self._transition(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
-        await self._wait(lambda: index in self._gate_decision)
+        if stage.expire_after_seconds or stage.remind_after_seconds:
+            await self._wait_for_decision(index, stage, st)
+        else:  # as every wave started before gates could expire: no timer
+            await self._wait(lambda: index in self._gate_decision)
         approved, decision = self._gate_decision[index]
+        if index in self._gate_expired:
+            st.state = STAGE_NOT_STARTED
+            st.note = decision.comment
+            self._status.state = WAVE_FAILED
+            self._status.reason = f"stage {stage.name}: the approval gate expired ({decision.comment})"
+            return False
         if not approved:
             st.state = STAGE_NOT_STARTED
             st.note = f"promotion rejected by {decision.who}" + (
@@ -424,6 +449,58 @@ class WaveWorkflow:
             return False
         st.note = f"approved by {decision.who}"
         return True
+
+    async def _wait_for_decision(self, index: int, stage: StageInput, st: StageStatus) -> None:
+        """Wait for the gate's decision, reminding the approvers once and expiring the gate (a decision by
+        ``patchflow``: rejected) when the plan says so."""
+        began = workflow.now()
+        expires = (
+            began + timedelta(seconds=stage.expire_after_seconds) if stage.expire_after_seconds else None
+        )
+        remind = stage.remind_after_seconds or stage.expire_after_seconds // 2
+        decided = lambda: index in self._gate_decision  # noqa: E731 - one condition, three waits
+        if remind and not await self._wait_until(decided, began + timedelta(seconds=remind)):
+            await self._remind(stage, st, began, expires)
+        if expires is None:
+            await self._wait(decided)
+        elif not await self._wait_until(decided, expires):
+            waited = _duration(stage.expire_after_seconds)
+            comment = f"no decision within {waited}; the gate expired"
+            self._gate_decision[index] = (
+                False,
+                GateDecision(stage=stage.name, who="patchflow", comment=comment),
+            )
+            self._gate_decided_at[index] = workflow.now()
+            self._gate_expired[index] = True
+            self._audit("patchflow", "expire", stage.name, comment)
+
+    async def _remind(
+        self, stage: StageInput, st: StageStatus, began: datetime, expires: datetime | None
+    ) -> None:
+        """One reminder: in the audit log and the stage's note (``wave status``, the history database), and
+        through the remind_gate activity (the worker's log and metrics). A failed reminder stops nothing."""
+        waited = int((workflow.now() - began).total_seconds())
+        until = f"; the gate expires at {expires:%Y-%m-%d %H:%M} UTC" if expires else ""
+        comment = f"waiting {_duration(waited)} for a decision by {', '.join(stage.approvers)}{until}"
+        self._audit("patchflow", "remind", stage.name, comment)
+        st.note = comment
+        await self._record_history()
+        try:
+            await workflow.execute_activity(
+                "remind_gate",
+                GateReminder(
+                    wave_id=self._input.wave_id,
+                    plan_name=self._input.plan_name,
+                    stage=stage.name,
+                    approvers=list(stage.approvers),
+                    waited_seconds=waited,
+                    expires_at=expires,
+                ),
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("wave %s: reminder not sent: %s", self._input.wave_id, _why(exc))
 
     async def _health_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
         """What earlier stages patched must be healthy (up to ``max_unhealthy`` exceptions)."""
@@ -752,6 +829,20 @@ class WaveWorkflow:
                 wave_state, stage_state = self._status.state, st.state
                 await self._halted(st, reason, allow_rollback=False)
                 await self._transition(wave_state, st, stage_state)  # resumed: where it was, trying again
+
+    async def _wait_until(self, condition: Callable[[], bool], moment: datetime) -> bool:
+        """Wait for ``condition`` until ``moment`` (a durable timer); whether it holds (raises on cancel)."""
+        delta = moment - workflow.now()
+        if delta.total_seconds() > 0:
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: bool(condition()) or self._cancel_requested,
+                    timeout=delta,
+                    timeout_summary="until the approval gate reminds or expires",
+                )
+        if self._cancel_requested:
+            raise _Cancelled
+        return bool(condition())
 
     async def _wait(self, condition: Callable[[], bool]) -> None:
         """Wait for ``condition`` or a cancel."""

@@ -182,6 +182,8 @@ def wave_input(
             on_failure=s.on_failure,
             patch_group=s.targets.patch_group,
             instance_ids=list(s.targets.instance_ids),
+            expire_after_seconds=s.gate.expire_after,
+            remind_after_seconds=s.gate.remind_after,
         )
         for s in plan.stages
     ]

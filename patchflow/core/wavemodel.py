@@ -98,6 +98,12 @@ class StageInput:
     patch_group: str | None = None
     instance_ids: list[str] = field(default_factory=list)
     """Explicit targets (dispatched in the listed order); empty when ``patch_group`` is used."""
+    expire_after_seconds: int = 0
+    """Approval gate: no decision within this long and the gate expires — the wave ends failed, as if
+    rejected. 0 = the gate waits for a decision as long as it takes."""
+    remind_after_seconds: int = 0
+    """Approval gate: remind the approvers once after this long without a decision (audit entry, worker log,
+    ``patchflow_gate_reminders``). 0 = half of ``expire_after_seconds`` (no reminder when that is 0 too)."""
 
 
 @dataclass
@@ -227,6 +233,18 @@ class ResolveTargetsResult:
     missing: list[str] = field(default_factory=list)
     """Explicit ids the executor does not know (reported, not silently dropped)."""
     offline: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GateReminder:
+    """An approval gate has waited ``waited_seconds`` for a decision (the ``remind_gate`` activity)."""
+
+    wave_id: str
+    plan_name: str
+    stage: str
+    approvers: list[str]
+    waited_seconds: int
+    expires_at: datetime | None = None
 
 
 @dataclass

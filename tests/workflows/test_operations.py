@@ -12,7 +12,9 @@ import sys
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -713,3 +715,85 @@ async def test_preparing_a_scheduled_wave_blocks_no_event_loop(
     assert result.wave is not None and result.wave.patches
     assert set(ran_on) == {"load_plan", "pin_patch_set"}
     assert loop_thread not in ran_on.values()
+
+
+# ---------------------------------------------------------------------------------------------- gate expiry
+
+
+async def test_an_approval_gate_reminds_once_and_expires(
+    skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: approval gates waited forever. With ``expire_after`` (2 days here; Temporal's time-skipping test
+    server skips them) the approvers are reminded once (``remind_after``: 1 day) and the gate then expires: the
+    wave ends failed, as if rejected."""
+    inp = wave_input(
+        make_fleet({"dev": 1, "prod": 1}),
+        tmp_path,
+        [
+            stage("dev"),
+            stage(
+                "prod",
+                gate="approval",
+                approvers=["alice", "bob"],
+                expire_after_seconds=2 * 86400,
+                remind_after_seconds=86400,
+            ),
+        ],
+    )
+    client = skip_env.client
+    began = await skip_env.get_current_time()
+    async with running_worker(client) as tq:
+        handle = await start(client, tq, inp)
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    ended = await skip_env.get_current_time()
+    assert result.status.state == "failed"
+    assert (
+        result.status.reason
+        == "stage prod: the approval gate expired (no decision within 2d; the gate expired)"
+    )
+    prod = result.status.stages[1]
+    assert prod.state == "not_started" and not prod.instances
+    audit = [(a.action, a.who, a.stage) for a in result.status.audit]
+    assert audit[-2:] == [("remind", "patchflow", "prod"), ("expire", "patchflow", "prod")]
+    assert "waiting 1d for a decision by alice, bob; the gate expires at " in result.status.audit[-2].comment
+    assert ended - began >= timedelta(days=2)
+    history = await handle.fetch_history()
+    reminders = [
+        e
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "remind_gate"
+    ]
+    assert len(reminders) == 1
+
+
+def test_plans_set_the_gate_expiry_and_refuse_a_reminder_after_it(
+    tmp_path: Path, make_fleet: Callable[..., Path]
+) -> None:
+    """The plan's ``gate: {approval: {approvers, expire_after, remind_after}}`` reaches the wave's input; a
+    reminder that would come after the expiry, or an unknown key, is refused with its location."""
+    from patchflow.control.waves import wave_input as plan_wave_input
+    from patchflow.core.plans import PlanError
+    from tests.workflows.test_schedules import write_plan as write_scheduled_plan
+
+    fleet = make_fleet({"dev": 1, "prod": 1})
+    path = write_scheduled_plan(
+        tmp_path, fleet, prod_gate={"approval": {"approvers": ["alice"], "expire_after": "3d"}}
+    )
+    plan = load_plan(path)
+    pinned = SimpleNamespace(id="ps-000000000000000000000000", patches=())  # all wave_input reads of a set
+    inp = plan_wave_input(plan, Settings(data_dir=tmp_path / "data"), pinned, wave_id="w")  # type: ignore[arg-type]
+    prod = inp.stages[1]
+    assert (prod.expire_after_seconds, prod.remind_after_seconds) == (3 * 86400, 0)
+    bad = write_scheduled_plan(
+        tmp_path,
+        fleet,
+        prod_gate={
+            "approval": {"approvers": ["a"], "expire_after": "1d", "remind_after": "2d", "expires": "x"}
+        },
+    )
+    with pytest.raises(PlanError) as refused:
+        load_plan(bad)
+    message = str(refused.value)
+    assert "stages[1].gate.approval.remind_after" in message and "shorter than expire_after" in message
+    assert "stages[1].gate.approval.expires" in message and "unknown key" in message
