@@ -23,6 +23,7 @@ from patchflow.core.freezes import first_allowed_window, freeze_note
 from patchflow.core.ratecontrol import FAILED, ROLLED_BACK, SUCCEEDED
 from patchflow.core.wavemodel import (
     ExecutorRef,
+    GateReminder,
     HealthInput,
     HealthReport,
     InstanceOutcome,
@@ -427,6 +428,22 @@ class WaveActivities:
             raise
         order = {i: n for n, i in enumerate(inp.instance_ids)}
         return RollbackResult(rolled_back=sorted(rolled, key=order.__getitem__), failed=failed)
+
+    @activity.defn(name="remind_gate")
+    async def remind_gate(self, inp: GateReminder) -> None:
+        """An approval gate has waited long for its decision: say so in the worker's log (alerting reads it)
+        and count it (``patchflow_gate_reminders``); the wave's audit log carries the reminder too."""
+        until = f"; it expires at {inp.expires_at:%Y-%m-%d %H:%M} UTC" if inp.expires_at else ""
+        activity.logger.warning(
+            "wave %s (%s): stage %s has waited %s s for approval by %s%s",
+            inp.wave_id,
+            inp.plan_name,
+            inp.stage,
+            inp.waited_seconds,
+            ", ".join(inp.approvers),
+            until,
+        )
+        self._metrics.gate_reminders.inc()
 
     @activity.defn(name="health_check")
     async def health_check(self, inp: HealthInput) -> HealthReport:

@@ -5,6 +5,7 @@ They read the plan, baseline and catalog files on the worker (I/O), so they live
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from temporalio import activity
@@ -13,7 +14,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings, get_settings
-from patchflow.core.plans import load_plan
+from patchflow.core.plans import Plan, load_plan
 from patchflow.core.schedules import parse_time, wave_start_after_wait
 from patchflow.core.wavemodel import (
     PrepareWaveInput,
@@ -64,12 +65,13 @@ class ScheduleActivities:
     @activity.defn(name="prepare_scheduled_wave")
     async def prepare_scheduled_wave(self, inp: PrepareWaveInput) -> PrepareWaveResult:
         """Load the plan (as it is now), evaluate its baseline, pin the patch set and build the wave input —
-        unless a wave of the plan is running (started by hand or by another schedule): then no wave starts."""
-        from patchflow.control.waves import pin_patch_set, wave_input
+        unless a wave of the plan is running (started by hand or by another schedule): then no wave starts.
 
-        settings = self.settings
+        Reading files, evaluating a catalog and writing the patch set (and the history database) block: they
+        run in a thread, so the worker's event loop keeps heartbeating every other activity meanwhile.
+        """
         try:
-            plan = load_plan(inp.plan_path)
+            plan = await asyncio.to_thread(load_plan, inp.plan_path)
         except (InputError, NotFoundError) as exc:
             # A broken plan does not get better by retrying: fail this firing, loudly.
             raise ApplicationError(str(exc), type="InputError", non_retryable=True) from None
@@ -80,12 +82,19 @@ class ScheduleActivities:
                 skipped=f"wave {running} of plan {plan.name} is still running; this firing starts none",
             )
         try:
-            pinned = pin_patch_set(plan, settings, at=datetime.now(UTC))
-            return PrepareWaveResult(
-                wave=wave_input(plan, settings, pinned, wave_id=inp.wave_id, who=inp.started_by)
-            )
+            return await asyncio.to_thread(self._pinned_wave, plan, inp)
         except (InputError, NotFoundError) as exc:
             raise ApplicationError(str(exc), type="InputError", non_retryable=True) from None
+
+    def _pinned_wave(self, plan: Plan, inp: PrepareWaveInput) -> PrepareWaveResult:
+        """Evaluate, pin and build the wave input (blocking: call it in a thread)."""
+        from patchflow.control.waves import pin_patch_set, wave_input
+
+        settings = self.settings
+        pinned = pin_patch_set(plan, settings, at=datetime.now(UTC))
+        return PrepareWaveResult(
+            wave=wave_input(plan, settings, pinned, wave_id=inp.wave_id, who=inp.started_by)
+        )
 
     async def _running_wave_of(self, plan_name: str) -> str | None:
         """The id of a running wave of the plan, if any (:func:`patchflow.control.waves.running_wave_of`)."""

@@ -520,6 +520,11 @@ class PatchEvents:
             "History database writes that failed (the wave's outbox retries them until they succeed).",
             registry=registry,
         )
+        self.gate_reminders = Counter(
+            "patchflow_gate_reminders",
+            "Approval gates that waited past their reminder time without a decision (plan: remind_after).",
+            registry=registry,
+        )
 
     def observe_patch(self, executor: str, outcome: str, seconds: float) -> None:
         label = outcome if outcome in PATCH_OUTCOMES else "other"
@@ -567,6 +572,7 @@ class Metrics:
         self.compliance = ComplianceTally()
         self.events = PatchEvents(registry)
         registry.register(_StateCollector(self.waves, self.compliance, clock))
+        self.gate_reminders = self.events.gate_reminders
 
     # ------------------------------------------------------------------------------------------ waves
 

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
@@ -56,6 +57,7 @@ with workflow.unsafe.imports_passed_through():
         WAVE_WAITING_APPROVAL,
         AuditEntry,
         GateDecision,
+        GateReminder,
         HealthInput,
         HealthReport,
         OperatorAction,
@@ -87,6 +89,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.stage import StageRunWorkflow
 
 
+T = TypeVar("T")
+
+
 class _Cancelled(Exception):
     """Internal: the operator cancelled the wave while it was waiting."""
 
@@ -108,6 +113,20 @@ class _Targets:
 MAX_COMMENT = 1000
 
 
+def _duration(seconds: int) -> str:
+    """``3d``, ``36h``, ``90m``, ``45s``: the largest whole unit."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def _why(exc: ActivityError) -> str:
+    """The reason an activity failed for good, as an operator reads it."""
+    cause = exc.cause
+    return getattr(cause, "message", None) or str(cause or exc)
+
+
 def _check_actor(who: str, comment: str) -> None:
     """Every operator action names who acted; comments are bounded (they live in the wave's audit log)."""
     if not who.strip():
@@ -122,6 +141,7 @@ def _check_actor(who: str, comment: str) -> None:
 ATOMIC_DECISIONS = "operator-decisions-atomic"
 RESUME_SOAK = "resume-returns-to-soaking"
 HISTORY_OUTBOX = "history-outbox"
+HALT_ON_FAILURE = "halt-when-a-look-up-fails"
 STOP_BEFORE_RUN = "halt-or-cancel-before-the-stage-run"
 
 
@@ -143,6 +163,7 @@ class WaveWorkflow:
         self._current = -1
         self._gate_decision: dict[int, tuple[bool, GateDecision]] = {}
         self._gate_decided_at: dict[int, datetime] = {}
+        self._gate_expired: dict[int, bool] = {}
         self._halt_requested = False
         self._cancel_requested = False
         self._operator_decision: str | None = None
@@ -204,6 +225,12 @@ class WaveWorkflow:
             return
         approved, first = self._gate_decision[index]
         at = self._gate_decided_at[index]
+        if index in self._gate_expired:
+            raise ApplicationError(
+                f"the approval gate of stage {first.stage!r} expired at {at:%Y-%m-%d %H:%M:%S} UTC without a "
+                "decision; a gate takes one decision",
+                type="AlreadyDecided",
+            )
         raise ApplicationError(
             f"stage {first.stage!r} was already {'approved' if approved else 'rejected'} by {first.who} at "
             f"{at:%Y-%m-%d %H:%M:%S} UTC; a gate takes one decision",
@@ -404,8 +431,17 @@ class WaveWorkflow:
 
     async def _approval_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
         await self._transition(WAVE_WAITING_APPROVAL, st, STAGE_WAITING_APPROVAL)
-        await self._wait(lambda: index in self._gate_decision)
+        if stage.expire_after_seconds or stage.remind_after_seconds:
+            await self._wait_for_decision(index, stage, st)
+        else:  # as every wave started before gates could expire: no timer
+            await self._wait(lambda: index in self._gate_decision)
         approved, decision = self._gate_decision[index]
+        if index in self._gate_expired:
+            st.state = STAGE_NOT_STARTED
+            st.note = decision.comment
+            self._status.state = WAVE_FAILED
+            self._status.reason = f"stage {stage.name}: the approval gate expired ({decision.comment})"
+            return False
         if not approved:
             st.state = STAGE_NOT_STARTED
             st.note = f"promotion rejected by {decision.who}" + (
@@ -417,18 +453,74 @@ class WaveWorkflow:
         st.note = f"approved by {decision.who}"
         return True
 
+    async def _wait_for_decision(self, index: int, stage: StageInput, st: StageStatus) -> None:
+        """Wait for the gate's decision, reminding the approvers once and expiring the gate (a decision by
+        ``patchflow``: rejected) when the plan says so."""
+        began = workflow.now()
+        expires = (
+            began + timedelta(seconds=stage.expire_after_seconds) if stage.expire_after_seconds else None
+        )
+        remind = stage.remind_after_seconds or stage.expire_after_seconds // 2
+        decided = lambda: index in self._gate_decision  # noqa: E731 - one condition, three waits
+        if remind and not await self._wait_until(decided, began + timedelta(seconds=remind)):
+            await self._remind(stage, st, began, expires)
+        if expires is None:
+            await self._wait(decided)
+        elif not await self._wait_until(decided, expires):
+            waited = _duration(stage.expire_after_seconds)
+            comment = f"no decision within {waited}; the gate expired"
+            self._gate_decision[index] = (
+                False,
+                GateDecision(stage=stage.name, who="patchflow", comment=comment),
+            )
+            self._gate_decided_at[index] = workflow.now()
+            self._gate_expired[index] = True
+            self._audit("patchflow", "expire", stage.name, comment)
+
+    async def _remind(
+        self, stage: StageInput, st: StageStatus, began: datetime, expires: datetime | None
+    ) -> None:
+        """One reminder: in the audit log and the stage's note (``wave status``, the history database), and
+        through the remind_gate activity (the worker's log and metrics). A failed reminder stops nothing."""
+        waited = int((workflow.now() - began).total_seconds())
+        until = f"; the gate expires at {expires:%Y-%m-%d %H:%M} UTC" if expires else ""
+        comment = f"waiting {_duration(waited)} for a decision by {', '.join(stage.approvers)}{until}"
+        self._audit("patchflow", "remind", stage.name, comment)
+        st.note = comment
+        await self._record_history()
+        try:
+            await workflow.execute_activity(
+                "remind_gate",
+                GateReminder(
+                    wave_id=self._input.wave_id,
+                    plan_name=self._input.plan_name,
+                    stage=stage.name,
+                    approvers=list(stage.approvers),
+                    waited_seconds=waited,
+                    expires_at=expires,
+                ),
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            workflow.logger.warning("wave %s: reminder not sent: %s", self._input.wave_id, _why(exc))
+
     async def _health_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
         """What earlier stages patched must be healthy (up to ``max_unhealthy`` exceptions)."""
         await self._transition(WAVE_RUNNING, st, STAGE_NOT_STARTED)
         patched = [
             i for s in self._status.stages[:index] for i, state in s.instances.items() if state == SUCCEEDED
         ]
-        report = await workflow.execute_activity(
-            "health_check",
-            HealthInput(executor=self._input.executor, instance_ids=patched, url=stage.health_url),
-            result_type=HealthReport,
-            start_to_close_timeout=QUICK_TIMEOUT,
-            retry_policy=QUICK_RETRY,
+        report = await self._or_halt(
+            st,
+            "the health check",
+            lambda: workflow.execute_activity(
+                "health_check",
+                HealthInput(executor=self._input.executor, instance_ids=patched, url=stage.health_url),
+                result_type=HealthReport,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            ),
         )
         if len(report.unhealthy) <= stage.max_unhealthy:
             return True
@@ -443,14 +535,20 @@ class WaveWorkflow:
         """Step 2: the stage's targets and its limits resolved against their count; None when the wave must
         stop (no targets, and no operator resumed past it)."""
         await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
-        targets = await workflow.execute_activity(
-            "resolve_targets",
-            ResolveTargetsInput(
-                executor=self._input.executor, patch_group=stage.patch_group, instance_ids=stage.instance_ids
+        targets = await self._or_halt(
+            st,
+            "resolving its targets",
+            lambda: workflow.execute_activity(
+                "resolve_targets",
+                ResolveTargetsInput(
+                    executor=self._input.executor,
+                    patch_group=stage.patch_group,
+                    instance_ids=stage.instance_ids,
+                ),
+                result_type=ResolveTargetsResult,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
             ),
-            result_type=ResolveTargetsResult,
-            start_to_close_timeout=QUICK_TIMEOUT,
-            retry_policy=QUICK_RETRY,
         )
         ids = targets.instance_ids
         st.instances = dict.fromkeys(ids, PENDING)
@@ -507,12 +605,16 @@ class WaveWorkflow:
         self, stage: StageInput, st: StageStatus, targets: _Targets
     ) -> WindowResult | None:
         """The window open now or the next one outside the freezes; None (the wave failed) when there is none."""
-        window = await workflow.execute_activity(
-            "next_window",
-            WindowInput(spec=stage.window, after=workflow.now(), freezes=self._input.freezes),
-            result_type=WindowResult,
-            start_to_close_timeout=QUICK_TIMEOUT,
-            retry_policy=QUICK_RETRY,
+        window = await self._or_halt(
+            st,
+            "finding its next maintenance window",
+            lambda: workflow.execute_activity(
+                "next_window",
+                WindowInput(spec=stage.window, after=workflow.now(), freezes=self._input.freezes),
+                result_type=WindowResult,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            ),
         )
         if not window.found:
             for instance_id in targets.remaining:
@@ -706,20 +808,27 @@ class WaveWorkflow:
         if not patched:
             return
         st.state = STAGE_ROLLED_BACK
-        result = await workflow.execute_activity(
-            "rollback_instances",
-            RollbackInput(
-                executor=self._input.executor,
-                wave_id=self._input.wave_id,
-                stage=st.name,
-                instance_ids=patched,
-                attempt=self._attempt,
-            ),
-            result_type=RollbackResult,
-            start_to_close_timeout=PATCH_START_TO_CLOSE,
-            heartbeat_timeout=timedelta(seconds=self._input.heartbeat_timeout_seconds),
-            retry_policy=PATCH_RETRY,
-        )
+        try:
+            result = await workflow.execute_activity(
+                "rollback_instances",
+                RollbackInput(
+                    executor=self._input.executor,
+                    wave_id=self._input.wave_id,
+                    stage=st.name,
+                    instance_ids=patched,
+                    attempt=self._attempt,
+                ),
+                result_type=RollbackResult,
+                start_to_close_timeout=PATCH_START_TO_CLOSE,
+                heartbeat_timeout=timedelta(seconds=self._input.heartbeat_timeout_seconds),
+                retry_policy=PATCH_RETRY,
+            )
+        except ActivityError as exc:
+            if not workflow.patched(HALT_ON_FAILURE):
+                raise
+            # The wave halts (or stays halted) with the reason; the operator can roll back again or resume.
+            st.note = f"rollback failed: {_why(exc)}; the instances keep their new versions"
+            return
         for instance_id in result.rolled_back:
             st.instances[instance_id] = ROLLED_BACK
         for instance_id, why in result.failed.items():
@@ -727,6 +836,34 @@ class WaveWorkflow:
         st.note = f"rolled back {len(result.rolled_back)} instance(s)" + (
             f", {len(result.failed)} rollback failure(s)" if result.failed else ""
         )
+
+    async def _or_halt(self, st: StageStatus, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """Run a look-up activity; when it fails for good (its retries used up, or a non-retryable error) the
+        wave halts with the reason instead of failing, and a resume tries again (a cancel ends the wave)."""
+        while True:
+            try:
+                return await call()
+            except ActivityError as exc:
+                if not workflow.patched(HALT_ON_FAILURE):  # waves that failed on it before replay as they ran
+                    raise
+                reason = f"stage {st.name}: {what} failed: {_why(exc)}"
+                wave_state, stage_state = self._status.state, st.state
+                await self._halted(st, reason, allow_rollback=False)
+                await self._transition(wave_state, st, stage_state)  # resumed: where it was, trying again
+
+    async def _wait_until(self, condition: Callable[[], bool], moment: datetime) -> bool:
+        """Wait for ``condition`` until ``moment`` (a durable timer); whether it holds (raises on cancel)."""
+        delta = moment - workflow.now()
+        if delta.total_seconds() > 0:
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(
+                    lambda: bool(condition()) or self._cancel_requested,
+                    timeout=delta,
+                    timeout_summary="until the approval gate reminds or expires",
+                )
+        if self._cancel_requested:
+            raise _Cancelled
+        return bool(condition())
 
     async def _wait(self, condition: Callable[[], bool]) -> None:
         """Wait for ``condition`` or a cancel."""

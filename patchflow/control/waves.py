@@ -252,6 +252,8 @@ def wave_input(
             instance_ids=list(s.targets.instance_ids),
             ramp=s.ramp,
             cutoff_behavior=s.cutoff_behavior,
+            expire_after_seconds=s.gate.expire_after,
+            remind_after_seconds=s.gate.remind_after,
         )
         for s in plan.stages
     ]

@@ -87,6 +87,11 @@ class Gate:
     approvers: tuple[str, ...] = ()
     max_unhealthy: int = 0
     """health: instances allowed to fail the health check before the gate closes."""
+    expire_after: int = 0
+    """approval: seconds without a decision after which the gate expires (the wave ends failed); 0 = never."""
+    remind_after: int = 0
+    """approval: seconds without a decision after which the approvers are reminded once; 0 = half of
+    ``expire_after`` (none when the gate never expires)."""
     url: str | None = None
     """health: an HTTP(S) endpoint that must answer 2xx."""
 
@@ -525,6 +530,38 @@ def _parse_stage_choices(raw: dict[str, Any], where: tuple[PathPart, ...], bad: 
     return out if len(out) == len(_STAGE_CHOICES) else None
 
 
+_APPROVAL_KEYS = ("approvers", "expire_after", "remind_after")
+
+
+def _approval_timing(
+    body: dict[str, Any], approvers: tuple[str, ...], where: tuple[PathPart, ...], bad: Any
+) -> Gate | None:
+    """An approval gate's optional ``expire_after`` and ``remind_after`` durations (``72h``, ``3d``)."""
+    ok = True
+    for key in body:
+        if key not in _APPROVAL_KEYS:
+            bad((*where, "approval", str(key)), unknown_key(str(key), _APPROVAL_KEYS))
+            ok = False
+    seconds: dict[str, int] = {}
+    for key in ("expire_after", "remind_after"):
+        value = body.get(key, "0s")
+        try:
+            seconds[key] = parse_duration(value) if isinstance(value, str) else parse_duration("")
+        except ValueError as exc:
+            bad((*where, "approval", key), str(exc))
+            ok = False
+    expire, remind = seconds.get("expire_after", 0), seconds.get("remind_after", 0)
+    if len(seconds) == 2 and expire and remind >= expire:
+        bad(
+            (*where, "approval", "remind_after"),
+            "must be shorter than expire_after (remind before it expires)",
+        )
+        ok = False
+    return (
+        Gate(kind="approval", approvers=approvers, expire_after=expire, remind_after=remind) if ok else None
+    )
+
+
 def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:
     if raw == "auto":
         return Gate()
@@ -543,7 +580,7 @@ def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:
             return None
         if not _approvers_valid(approvers, (*where, "approval", "approvers"), bad):
             return None
-        return Gate(kind="approval", approvers=tuple(approvers))
+        return _approval_timing(body, tuple(approvers), where, bad)
     if isinstance(raw, dict) and len(raw) == 1 and "health" in raw:
         body = raw["health"] if raw["health"] is not None else {}
         if not isinstance(body, dict):

@@ -106,6 +106,12 @@ class StageInput:
     :func:`patchflow.core.ratecontrol.ramp_allowance`)."""
     cutoff_behavior: str = "carry_over"
     """``carry_over``, ``continue`` or ``cancel``: what the window's cutoff does (:mod:`patchflow.core.ratecontrol`)."""
+    expire_after_seconds: int = 0
+    """Approval gate: no decision within this long and the gate expires — the wave ends failed, as if
+    rejected. 0 = the gate waits for a decision as long as it takes."""
+    remind_after_seconds: int = 0
+    """Approval gate: remind the approvers once after this long without a decision (audit entry, worker log,
+    ``patchflow_gate_reminders``). 0 = half of ``expire_after_seconds`` (no reminder when that is 0 too)."""
 
 
 @dataclass
@@ -245,6 +251,18 @@ class ResolveTargetsResult:
     missing: list[str] = field(default_factory=list)
     """Explicit ids the executor does not know (reported, not silently dropped)."""
     offline: list[str] = field(default_factory=list)
+
+
+@dataclass
+class GateReminder:
+    """An approval gate has waited ``waited_seconds`` for a decision (the ``remind_gate`` activity)."""
+
+    wave_id: str
+    plan_name: str
+    stage: str
+    approvers: list[str]
+    waited_seconds: int
+    expires_at: datetime | None = None
 
 
 @dataclass

@@ -66,6 +66,7 @@ def build_worker(
             acts.wait_patch_batch,
             acts.rollback_instances,
             acts.health_check,
+            acts.remind_gate,
             acts.record_wave,
             scheduling.scheduled_wave_start,
             scheduling.scheduled_wave_allowed,

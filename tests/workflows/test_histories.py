@@ -22,9 +22,10 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
 from temporalio import activity
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Replayer, Worker
 
@@ -40,13 +41,14 @@ from patchflow.store import db
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.test_durability import HISTORIES
 from tests.workflows.test_freeze_wave import TimedInstalls
+from tests.workflows.test_operations import FlakyFleet, SlowDiscovery, SlowSendAfterEach
 from tests.workflows.test_schedules import write_plan
 from tests.workflows.test_wave import instance_states, settle, stage, start, wave_input
 from workflows.scheduled import ScheduledWaveWorkflow
 from workflows.wave import WaveWorkflow
 
 #: The workflow code the histories are recorded with: bump it whenever workflows/ changes.
-RELEASE = "r1"
+RELEASE = "r2"
 
 
 async def histories_of(client: Client, workflow_id: str, run_id: str | None = None) -> list[WorkflowHistory]:
@@ -246,7 +248,92 @@ async def test_a_wave_recording_its_history(
     await keep(dev_env.client, "recorded-history", inp.wave_id)
 
 
+async def test_a_halt_before_the_stage_run_starts(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    inp = wave_input(make_fleet({"prod": 2}), tmp_path, [stage("prod")])
+    async with running_worker(dev_env.client, lambda ref: SlowDiscovery(build_executor(ref), 1.5)) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        for _ in range(100):
+            if (await wave_status(dev_env.client, inp.wave_id)).stages[0].state == "running":
+                break
+            await asyncio.sleep(0.05)
+        await act(dev_env.client, inp.wave_id, "halt", who="alice")
+        await settle(dev_env.client, inp.wave_id, {"halted"})
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    await keep(dev_env.client, "halt-before-run", inp.wave_id)
+
+
+async def test_a_cancel_during_the_send(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    inp = wave_input(make_fleet({"prod": 2}, duration=60.0), tmp_path, [stage("prod", max_concurrency="2")])
+    inp.heartbeat_timeout_seconds = 2
+    async with running_worker(dev_env.client, lambda ref: SlowSendAfterEach(build_executor(ref), 4.0)) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        for _ in range(200):
+            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
+            if list(states.values()).count("in_flight") == 2:
+                break
+            await asyncio.sleep(0.05)
+        await act(dev_env.client, inp.wave_id, "cancel", who="alice")
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    assert result.status.state == "cancelled"
+    await keep(dev_env.client, "cancel-during-send", inp.wave_id)
+
+
+async def test_a_cancel_through_temporal(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    inp = wave_input(make_fleet({"prod": 3}, duration=60.0), tmp_path, [stage("prod", max_concurrency="2")])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        for _ in range(200):
+            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
+            if list(states.values()).count("in_flight") == 2:
+                break
+            await asyncio.sleep(0.05)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await asyncio.wait_for(handle.result(), timeout=30)
+    await keep(dev_env.client, "temporal-cancel", inp.wave_id)
+
+
+async def test_a_failed_look_up_halts(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    flaky: list[FlakyFleet] = []
+
+    def factory(ref: Any) -> Any:
+        flaky.append(FlakyFleet(build_executor(ref), "discover"))
+        return flaky[-1]
+
+    inp = wave_input(make_fleet({"prod": 1}), tmp_path, [stage("prod")])
+    async with running_worker(dev_env.client, factory) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        await settle(dev_env.client, inp.wave_id, {"halted"})
+        for fleet in flaky:
+            fleet.fixed = True
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    await keep(dev_env.client, "lookup-failed-halt", inp.wave_id)
+
+
 # ---------------------------------------------------------------------------------------------- time-skipping
+
+
+async def test_an_expiring_gate(
+    skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    gated = stage("prod", gate="approval", approvers=["alice"], expire_after_seconds=7200)
+    inp = wave_input(make_fleet({"dev": 1, "prod": 1}), tmp_path, [stage("dev"), gated])
+    async with running_worker(skip_env.client) as tq:
+        result = await skip_env.client.execute_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
+    assert result.status.state == "failed"
+    await keep(skip_env.client, "gate-expired", inp.wave_id)
 
 
 async def test_windows_and_a_freeze(
@@ -321,3 +408,31 @@ async def test_scheduled_firing_through_the_schedule_check(
     assert result.state == "succeeded"
     histories = await keep(skip_env.client, "scheduled-check", handle.id)
     assert run_count(histories, "WaveWorkflow") == 1
+
+
+async def test_a_scheduled_firing_whose_wave_is_cancelled_through_temporal(
+    skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The firing reports a wave cancelled through Temporal as ``cancelled`` instead of failing."""
+    plan_path = write_plan(
+        tmp_path, make_fleet({"dev": 1, "prod": 1}), prod_gate={"approval": {"approvers": ["alice"]}}
+    )
+    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
+    client = skip_env.client
+    async with build_worker(client, settings.task_queue, settings=settings):
+        handle = await client.start_workflow(
+            ScheduledWaveWorkflow.run,
+            ScheduledWaveInput(schedule_id="patchflow-sched", plan_path=str(plan_path), plan_name="sched"),
+            id=f"scheduled-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.task_queue,
+        )
+        wave_id = ""
+        for _ in range(200):
+            wave_id = await handle.query(ScheduledWaveWorkflow.wave)
+            if wave_id and (await wave_status(client, wave_id)).state == "waiting_approval":
+                break
+            await asyncio.sleep(0.05)
+        await client.get_workflow_handle(wave_id).cancel()
+        result = await asyncio.wait_for(handle.result(), timeout=30)
+    assert (result.state, result.wave_id) == ("cancelled", wave_id)
+    await keep(client, "scheduled-wave-cancelled", handle.id)

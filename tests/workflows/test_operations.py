@@ -9,9 +9,12 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -28,10 +31,20 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.patching import WaveActivities, build_executor
+from activities.scheduling import ScheduleActivities
+from patchflow.config import Settings
 from patchflow.control.waves import WaveActionRefused, act, executor_ref, wave_status
 from patchflow.core.plans import load_plan
-from patchflow.core.wavemodel import ExecutorRef, OperatorAction, PatchBatchInput, StageInput, WaveInput
+from patchflow.core.wavemodel import (
+    ExecutorRef,
+    OperatorAction,
+    PatchBatchInput,
+    PrepareWaveInput,
+    StageInput,
+    WaveInput,
+)
 from patchflow.core.windows import WindowSpec
+from patchflow.errors import InventoryError
 from patchflow.executors.base import Package
 from patchflow.service.worker import build_worker
 from patchflow.store import db
@@ -607,3 +620,180 @@ async def test_a_stage_run_cancelled_through_temporal_halts_its_wave(
         assert sorted(halted.stages[0].instances.values()) == ["failed", "failed", "pending"]
         await act(client, inp.wave_id, "cancel", who="alice")
         assert (await handle.result()).status.state == "cancelled"
+
+
+# ---------------------------------------------------------------------------------------------- look-ups
+
+
+class FlakyFleet:
+    """The real simulated executor whose ``operation`` (discover / health_check / restore) fails until ``fixed``
+    — with an error Temporal does not retry, so the activity fails for good at once, as a transient outage
+    does once its retries are used up."""
+
+    def __init__(self, inner: Any, operation: str) -> None:
+        self.inner, self.operation, self.fixed = inner, operation, False
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.inner, name)
+        if name != self.operation:
+            return attr
+
+        async def failing(*args: Any, **kwargs: Any) -> Any:
+            if not self.fixed:
+                raise InventoryError(f"{name}: the fleet's API is unreachable")
+            return await attr(*args, **kwargs)
+
+        return failing
+
+
+@pytest.mark.parametrize("operation", ["discover", "health_check", "restore"])
+async def test_a_look_up_that_fails_for_good_halts_the_wave_with_the_reason(
+    operation: str, dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: a failed resolve_targets, health_check, next_window or rollback batch failed the whole wave.
+    Now the wave halts and says why; a resume tries again."""
+    behaviours = {instance_id("prod", 2): {"fail": True}} if operation == "restore" else {}
+    fleet = make_fleet({"dev": 1, "prod": 2}, behaviours=behaviours)
+    stages = [
+        stage("dev"),
+        stage("prod", gate="health" if operation == "health_check" else "auto", max_concurrency="1",
+              on_failure="rollback" if operation == "restore" else "halt"),
+    ]  # fmt: skip
+    inp = wave_input(fleet, tmp_path, stages)
+    flaky: list[FlakyFleet] = []
+
+    def factory(ref: ExecutorRef) -> Any:
+        flaky.append(FlakyFleet(build_executor(ref), operation))
+        return flaky[-1]
+
+    client = dev_env.client
+    async with running_worker(client, factory) as tq:
+        handle = await start(client, tq, inp)
+        status = await settle(client, inp.wave_id, {"halted"})
+        if operation == "restore":  # the budget halt, whose automatic rollback failed
+            note = next(s.note for s in status.stages if s.name == "prod")
+            assert "rollback failed: restore: the fleet's API is unreachable" in note
+        else:
+            what = "resolving its targets" if operation == "discover" else "the health check"
+            assert status.reason.startswith(f"stage dev: {what} failed:" if operation == "discover" else
+                                            f"stage prod: {what} failed:"), status.reason  # fmt: skip
+            assert "the fleet's API is unreachable" in status.reason
+        for fleet_client in flaky:
+            fleet_client.fixed = True
+        await act(client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+
+
+async def test_preparing_a_scheduled_wave_blocks_no_event_loop(
+    make_fleet: Callable[..., Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 18: prepare_scheduled_wave read files, evaluated the catalog and wrote the patch set on the
+    worker's event loop, starving every other activity's heartbeats meanwhile (sdk-python README "Activities":
+    async activities must not block; use a thread or a sync activity). The blocking steps run in threads."""
+    from activities import scheduling
+    from patchflow.control import waves
+    from tests.workflows.test_schedules import write_plan as write_scheduled_plan
+
+    loop_thread = threading.get_ident()
+    ran_on: dict[str, int] = {}
+
+    def recording(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            ran_on[name] = threading.get_ident()
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(scheduling, "load_plan", recording("load_plan", scheduling.load_plan))
+    monkeypatch.setattr(waves, "pin_patch_set", recording("pin_patch_set", waves.pin_patch_set))
+    plan = write_scheduled_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
+    acts = ScheduleActivities(Settings(data_dir=tmp_path / "data"), client=None)
+    result = await ActivityEnvironment().run(
+        acts.prepare_scheduled_wave, PrepareWaveInput(plan_path=str(plan), wave_id="wave-x", started_by="s")
+    )
+    assert result.wave is not None and result.wave.patches
+    assert set(ran_on) == {"load_plan", "pin_patch_set"}
+    assert loop_thread not in ran_on.values()
+
+
+# ---------------------------------------------------------------------------------------------- gate expiry
+
+
+async def test_an_approval_gate_reminds_once_and_expires(
+    skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Issue 18: approval gates waited forever. With ``expire_after`` (2 days here; Temporal's time-skipping test
+    server skips them) the approvers are reminded once (``remind_after``: 1 day) and the gate then expires: the
+    wave ends failed, as if rejected."""
+    inp = wave_input(
+        make_fleet({"dev": 1, "prod": 1}),
+        tmp_path,
+        [
+            stage("dev"),
+            stage(
+                "prod",
+                gate="approval",
+                approvers=["alice", "bob"],
+                expire_after_seconds=2 * 86400,
+                remind_after_seconds=86400,
+            ),
+        ],
+    )
+    client = skip_env.client
+    began = await skip_env.get_current_time()
+    async with running_worker(client) as tq:
+        handle = await start(client, tq, inp)
+        result = await asyncio.wait_for(handle.result(), timeout=60)
+    ended = await skip_env.get_current_time()
+    assert result.status.state == "failed"
+    assert (
+        result.status.reason
+        == "stage prod: the approval gate expired (no decision within 2d; the gate expired)"
+    )
+    prod = result.status.stages[1]
+    assert prod.state == "not_started" and not prod.instances
+    audit = [(a.action, a.who, a.stage) for a in result.status.audit]
+    assert audit[-2:] == [("remind", "patchflow", "prod"), ("expire", "patchflow", "prod")]
+    assert "waiting 1d for a decision by alice, bob; the gate expires at " in result.status.audit[-2].comment
+    assert ended - began >= timedelta(days=2)
+    history = await handle.fetch_history()
+    reminders = [
+        e
+        for e in history.events
+        if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        and e.activity_task_scheduled_event_attributes.activity_type.name == "remind_gate"
+    ]
+    assert len(reminders) == 1
+
+
+def test_plans_set_the_gate_expiry_and_refuse_a_reminder_after_it(
+    tmp_path: Path, make_fleet: Callable[..., Path]
+) -> None:
+    """The plan's ``gate: {approval: {approvers, expire_after, remind_after}}`` reaches the wave's input; a
+    reminder that would come after the expiry, or an unknown key, is refused with its location."""
+    from patchflow.control.waves import wave_input as plan_wave_input
+    from patchflow.core.plans import PlanError
+    from tests.workflows.test_schedules import write_plan as write_scheduled_plan
+
+    fleet = make_fleet({"dev": 1, "prod": 1})
+    path = write_scheduled_plan(
+        tmp_path, fleet, prod_gate={"approval": {"approvers": ["alice"], "expire_after": "3d"}}
+    )
+    plan = load_plan(path)
+    pinned = SimpleNamespace(id="ps-000000000000000000000000", patches=())  # all wave_input reads of a set
+    inp = plan_wave_input(plan, Settings(data_dir=tmp_path / "data"), pinned, wave_id="w")  # type: ignore[arg-type]
+    prod = inp.stages[1]
+    assert (prod.expire_after_seconds, prod.remind_after_seconds) == (3 * 86400, 0)
+    bad = write_scheduled_plan(
+        tmp_path,
+        fleet,
+        prod_gate={
+            "approval": {"approvers": ["a"], "expire_after": "1d", "remind_after": "2d", "expires": "x"}
+        },
+    )
+    with pytest.raises(PlanError) as refused:
+        load_plan(bad)
+    message = str(refused.value)
+    assert "stages[1].gate.approval.remind_after" in message and "shorter than expire_after" in message
+    assert "stages[1].gate.approval.expires" in message and "unknown key" in message
