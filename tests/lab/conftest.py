@@ -11,12 +11,16 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+import pytest_asyncio
+from temporalio.testing import WorkflowEnvironment
 
 from patchflow.config import Settings
+from patchflow.control.devserver import free_port, start_dev_server
+from patchflow.service.worker import connect
 from patchflow.testing.lab.fleet import Lab
 
 LAB_GROUPS = {"dev": 1, "test": 1, "prod": 2, "control": 1, "rb": 2, "kill": 4, "spare": 8}
@@ -29,6 +33,20 @@ def _free_port(address: str) -> int:
     with socket.socket() as sock:
         sock.bind((address, 0))
         return int(sock.getsockname()[1])
+
+
+@pytest_asyncio.fixture(scope="session")
+async def lab_temporal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[WorkflowEnvironment]:
+    """A Temporal dev server for the lab's waves, started like ``patchflow dev`` does (it waits up to 30 s for
+    the server: next to a running lab on a busy machine the SDK's 5-second start-up limit is too tight)."""
+    server = start_dev_server(
+        f"127.0.0.1:{free_port()}", tmp_path_factory.mktemp("lab-temporal"), ui=False, timeout=60
+    )
+    try:
+        client = await connect(server.address, attempts=30)
+        yield WorkflowEnvironment.from_client(client)
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")

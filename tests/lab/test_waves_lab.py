@@ -35,12 +35,11 @@ from patchflow.executors.ssh import SshExecutor
 from patchflow.testing.lab.fleet import Lab
 from tests.conftest import BASELINES_DIR
 from tests.lab.conftest import Hosts
-from tests.workflows.conftest import dev_env, running_worker
+from tests.workflows.conftest import running_worker
 from tests.workflows.test_durability import start_worker
 from workflows.wave import WaveWorkflow
 
 pytestmark = pytest.mark.lab
-__all__ = ["dev_env"]  # the session's Temporal dev server fixture, shared with the workflow tests
 APP_SET = [Package("app", "all", "1.1-1"), Package("libfoo", "all", "1.1-1")]
 
 
@@ -98,7 +97,7 @@ async def settle(client: Client, wave_id: str, states: set[str], timeout: float 
 
 
 async def test_pinning_holds_when_newer_versions_are_published_mid_wave(
-    dev_env: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts, inventory: Path, tmp_path: Path
+    lab_temporal: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts, inventory: Path, tmp_path: Path
 ) -> None:
     hosts = {g: [h.id for h in lab.hosts() if g in h.groups] for g in ("dev", "test", "prod", "control")}
     for group in hosts.values():
@@ -118,9 +117,11 @@ async def test_pinning_holds_when_newer_versions_are_published_mid_wave(
         [stage("dev"), stage("test"), stage("prod", gate="approval", approvers=["ops-lead"])],
     )
     boots = {h["id"]: h["boot_id"] for h in lab.status()}
-    async with lab_worker(dev_env.client) as tq:
-        handle = await dev_env.client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
-        await settle(dev_env.client, inp.wave_id, {"waiting_approval"})
+    async with lab_worker(lab_temporal.client) as tq:
+        handle = await lab_temporal.client.start_workflow(
+            WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq
+        )
+        await settle(lab_temporal.client, inp.wave_id, {"waiting_approval"})
         for host in hosts["dev"] + hosts["test"]:
             installed = lab.installed(host)
             assert {n: installed[n] for n in pinned} == pinned
@@ -134,7 +135,7 @@ async def test_pinning_holds_when_newer_versions_are_published_mid_wave(
         assert upgrade.returncode == 0, upgrade.stdout + upgrade.stderr
         assert lab.installed(control)["app"] == "1.3-1" and lab.installed(control)["libfoo"] == "1.3-1"
 
-        await act(dev_env.client, inp.wave_id, "approve", who="ops-lead", stage="prod")
+        await act(lab_temporal.client, inp.wave_id, "approve", who="ops-lead", stage="prod")
         result = await asyncio.wait_for(handle.result(), 240)
     assert result.status.state == "succeeded", result.status
     for host in hosts["prod"]:
@@ -149,7 +150,7 @@ async def test_pinning_holds_when_newer_versions_are_published_mid_wave(
 
 
 async def test_failing_postinst_spends_the_budget_and_rollback_restores_previous_versions(
-    dev_env: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts
+    lab_temporal: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts
 ) -> None:
     first, second = lab_hosts.take("rb"), lab_hosts.take("rb")
     assert first < second  # dispatch order is by instance id
@@ -158,9 +159,9 @@ async def test_failing_postinst_spends_the_budget_and_rollback_restores_previous
     inp = wave(
         lab.inventory_path, patches, [stage("rb", max_concurrency="1", max_errors="0", on_failure="rollback")]
     )
-    async with lab_worker(dev_env.client) as tq:
-        await dev_env.client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
-        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+    async with lab_worker(lab_temporal.client) as tq:
+        await lab_temporal.client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
+        status = await settle(lab_temporal.client, inp.wave_id, {"halted"})
     instances = status.stages[0].instances
     assert instances[first] == "rolled_back" and instances[second] == "failed"
     assert "exceeded max_errors 0" in status.reason
@@ -172,7 +173,7 @@ async def test_failing_postinst_spends_the_budget_and_rollback_restores_previous
 
 
 async def test_worker_killed_repeatedly_every_host_transaction_happens_once(
-    dev_env: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts, tmp_path: Path
+    lab_temporal: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts, tmp_path: Path
 ) -> None:
     hosts = [lab_hosts.take("kill") for _ in range(4)]
     patches = [
@@ -181,11 +182,13 @@ async def test_worker_killed_repeatedly_every_host_transaction_happens_once(
     ]  # the kernel reboots: hosts take a while
     inp = wave(lab.inventory_path, patches, [stage("kill", max_concurrency="2")])
     inp.heartbeat_timeout_seconds = 5  # a dead worker's batch is resumed elsewhere after this
-    address = dev_env.client.service_client.config.target_host
+    address = lab_temporal.client.service_client.config.target_host
     task_queue = f"tq-{uuid.uuid4()}"
     log = tmp_path / "worker.log"
     worker = start_worker(address, task_queue, tmp_path, log)
-    handle = await dev_env.client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue)
+    handle = await lab_temporal.client.start_workflow(
+        WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
+    )
     kills = 0
     try:
         for delay in (3.0, 4.0, 4.0):
