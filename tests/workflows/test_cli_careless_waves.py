@@ -218,11 +218,11 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[None]:
 
 
 def test_wave_start_wait_has_a_timeout(env: dict[str, str], worker: None, tmp_path: Path) -> None:
-    """With a worker, a wave whose first window is a day away does not settle: ``--timeout`` ends the wait
+    """With a worker, a wave whose first window opens on New Year's Day does not settle: ``--timeout`` ends the wait
     (exit 1) and says the wave goes on."""
     plan = demo_plan(tmp_path)
     data = yaml.safe_load(plan.read_text())
-    data["stages"][0]["window"] = {"schedule": "rate(1 day)", "duration_hours": 1}
+    data["stages"][0]["window"] = {"schedule": "cron(0 3 1 1 ? *)", "duration_hours": 1}  # New Year
     plan.write_text(dump_yaml(data))
     refused = cli("wave", "start", str(plan), "--timeout", "2", env=env)
     assert refused.returncode == 2 and "--timeout limits --wait" in refused.stderr
