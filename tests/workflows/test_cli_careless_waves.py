@@ -236,7 +236,7 @@ def test_wave_status_at_a_gate_says_who_approves_and_how(
 ) -> None:
     plan = demo_plan(tmp_path)
     data = yaml.safe_load(plan.read_text())
-    data["stages"][0]["gate"] = {"approval": {"approvers": ["ops lead", "sre-oncall"]}}
+    data["stages"][0]["gate"] = {"approval": {"approvers": ["ops.lead", "sre-oncall"]}}
     plan.write_text(dump_yaml(data))
     started = cli("wave", "start", str(plan), "--wait", "--format", "json", env=env, timeout=90)
     assert started.returncode == 0, started.stderr
@@ -244,6 +244,6 @@ def test_wave_status_at_a_gate_says_who_approves_and_how(
     status = cli("wave", "status", wave_id, env=env)
     assert status.returncode == 0, status.stderr
     assert (
-        f"waiting for approval of dev by ops lead or sre-oncall: patchflow wave approve {wave_id} --stage dev "
-        "--as 'ops lead'" in " ".join(status.stdout.split())
+        f"waiting for approval of dev by ops.lead or sre-oncall: patchflow wave approve {wave_id} --stage dev "
+        "--as ops.lead" in " ".join(status.stdout.split())
     )
