@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -55,6 +55,39 @@ def as_database_owner(engine: Engine) -> Iterator[sa.Connection]:
     if postgres:
         with engine.begin() as connection:
             connection.execute(sa.text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+
+
+def in_threads(url: str, writers: int, work: Callable[[Session, int], None]) -> None:
+    """Run ``work(session, n)`` in ``writers`` threads at once, each with its own engine (as API replicas,
+    workers and CLI processes are), and fail with any writer's exception."""
+    errors: list[BaseException] = []
+
+    def run(n: int) -> None:
+        engine = db.make_engine(url)
+        try:
+            with db.open_session(engine) as session:
+                work(session, n)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+        finally:
+            engine.dispose()
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+
+
+@contextlib.contextmanager
+def fresh_session(url: str) -> Iterator[Session]:
+    engine = db.make_engine(url)
+    try:
+        with db.open_session(engine) as session:
+            yield session
+    finally:
+        engine.dispose()
 
 
 def test_appends_form_one_chain_and_verify_reports_its_head(session: Session) -> None:
@@ -177,33 +210,16 @@ def test_a_rewritten_chain_is_caught_by_a_head_recorded_earlier(session: Session
 
 
 def test_concurrent_writers_keep_one_linear_chain(url: str) -> None:
-    """Writers in several threads, each with its own connection (as API replicas, workers and the CLI are),
-    never link two rows to the same predecessor."""
-    errors: list[BaseException] = []
+    """Writers in several threads, each with its own connection, never link two rows to the same
+    predecessor."""
 
-    def writer(n: int) -> None:
-        engine = db.make_engine(url)
-        try:
-            with db.open_session(engine) as session:
-                for i in range(10):
-                    db.append_audit(session, actor=f"w{n}", action="halt", detail={"i": i})
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            engine.dispose()
+    def write(session: Session, n: int) -> None:
+        for i in range(10):
+            db.append_audit(session, actor=f"w{n}", action="halt", detail={"i": i})
 
-    threads = [threading.Thread(target=writer, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    engine = db.make_engine(url)
-    try:
-        with db.open_session(engine) as session:
-            result = db.verify_audit_chain(session)
-    finally:
-        engine.dispose()
+    in_threads(url, 4, write)
+    with fresh_session(url) as session:
+        result = db.verify_audit_chain(session)
     assert (result.ok, result.rows) == (True, 40), result.problem
 
 
@@ -302,36 +318,14 @@ def test_refused_attempts_are_recorded_flagged_and_rate_limited(session: Session
 
 def test_concurrent_refusals_never_exceed_the_limit(url: str) -> None:
     """The count and the append share the chain's lock: a flood from several writers stops exactly at it."""
-    errors: list[BaseException] = []
 
-    def flood(n: int) -> None:
-        engine = db.make_engine(url)
-        try:
-            with db.open_session(engine) as session:
-                for i in range(5):
-                    db.append_refusal(
-                        session,
-                        actor=f"bot{n}",
-                        action="slack.request",
-                        reason=f"forged {i}",
-                        at=T0,
-                        per_minute=6,
-                    )
-        except BaseException as exc:  # noqa: BLE001 - reported below
-            errors.append(exc)
-        finally:
-            engine.dispose()
+    def flood(session: Session, n: int) -> None:
+        for i in range(5):
+            db.append_refusal(
+                session, actor=f"bot{n}", action="slack.request", reason=f"forged {i}", at=T0, per_minute=6
+            )
 
-    threads = [threading.Thread(target=flood, args=(n,)) for n in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert not errors, errors
-    engine = db.make_engine(url)
-    try:
-        with db.open_session(engine) as session:
-            assert len(db.list_audit(session)) == 6
-            assert db.verify_audit_chain(session).ok
-    finally:
-        engine.dispose()
+    in_threads(url, 4, flood)
+    with fresh_session(url) as session:
+        assert len(db.list_audit(session)) == 6
+        assert db.verify_audit_chain(session).ok

@@ -744,4 +744,5 @@ async def test_the_api_refresh_loop_posts_to_the_plans_channel(
             assert time.monotonic() < deadline, [c.args for c in slack_api.calls()]
             await asyncio.sleep(0.2)
         await client.get_workflow_handle(inp.wave_id).cancel()
+        state.notifier_lease.release()  # what the app's lifespan does on shutdown
     assert {c.args["channel"] for c in slack_api.calls("chat.postMessage")} == {"C0PLANCHAN"}
