@@ -16,7 +16,7 @@ from patchflow.executors.ssh import SshInventoryError, load_inventory
 
 @pytest.fixture
 def keys(tmp_path: Path) -> Path:
-    (tmp_path / "known_hosts").write_text("[10.0.0.5]:22 ssh-ed25519 AAAA\n")
+    (tmp_path / "known_hosts").write_text("[127.0.10.5]:22 ssh-ed25519 AAAA\n")
     (tmp_path / "id_ed25519").write_text("key\n")
     return tmp_path
 
@@ -37,13 +37,13 @@ all:
     ansible_ssh_private_key_file: id_ed25519
     known_hosts: known_hosts
   hosts:
-    bastion: {ansible_host: 10.0.0.1, ansible_user: root}
+    bastion: {ansible_host: 127.0.10.1, ansible_user: root}
   children:
     prod:
       vars: {health_command: "systemctl is-active nginx", ansible_port: 2222}
       hosts:
-        web-01: {ansible_host: 10.0.0.5, tags: {Patch Group: prod, Team: web}}
-        web-02: {address: 10.0.0.6, port: 22, patch_group: prod}
+        web-01: {ansible_host: 127.0.10.5, tags: {Patch Group: prod, Team: web}}
+        web-02: {address: 127.0.10.6, port: 22, patch_group: prod}
       children:
         prod-db:
           hosts:
@@ -53,11 +53,11 @@ all:
     inv = load_inventory(path)
     assert set(inv.hosts) == {"bastion", "web-01", "web-02", "db-01"}
     web1, web2, db, bastion = (inv.hosts[n] for n in ("web-01", "web-02", "db-01", "bastion"))
-    assert (web1.address, web1.port, web1.user, web1.sudo) == ("10.0.0.5", 2222, "deploy", True)
+    assert (web1.address, web1.port, web1.user, web1.sudo) == ("127.0.10.5", 2222, "deploy", True)
     assert web1.tags == {"Patch Group": "prod", "Team": "web"} and web1.groups == ("prod",)
     assert web1.health_command == "systemctl is-active nginx"
     assert web1.key_file == keys / "id_ed25519" and web1.known_hosts == keys / "known_hosts"
-    assert (web2.address, web2.port, web2.tags) == ("10.0.0.6", 22, {"Patch Group": "prod"})
+    assert (web2.address, web2.port, web2.tags) == ("127.0.10.6", 22, {"Patch Group": "prod"})
     assert db.address == "db-01" and db.groups == ("prod-db",) and db.port == 2222  # vars flow to children
     assert (bastion.user, bastion.sudo, bastion.groups) == ("root", False, ())
 
@@ -69,8 +69,8 @@ def test_every_mistake_is_reported_with_its_line(keys: Path) -> None:
   vars:
     known_hosts: known_hosts
   hosts:
-    a: {ansible_host: 10.0.0.1, ansible_port: 70000}
-    b: {ansible_host: 10.0.0.2, ansible_ssh_private_key_file: missing_key}
+    a: {ansible_host: 127.0.10.1, ansible_port: 70000}
+    b: {ansible_host: 127.0.10.2, ansible_ssh_private_key_file: missing_key}
   childs:
     x: {}
 """,
@@ -86,7 +86,7 @@ def test_every_mistake_is_reported_with_its_line(keys: Path) -> None:
 
 
 def test_known_hosts_is_required_never_accept_any(keys: Path) -> None:
-    path = write(keys, "all:\n  hosts:\n    web-01: {ansible_host: 10.0.0.5}\n")
+    path = write(keys, "all:\n  hosts:\n    web-01: {ansible_host: 127.0.10.5}\n")
     with pytest.raises(SshInventoryError, match="no known_hosts file.*never accepts an unknown one"):
         load_inventory(path)
 

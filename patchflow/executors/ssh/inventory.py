@@ -11,8 +11,8 @@
         prod:
           vars: {health_command: "systemctl is-active nginx"}
           hosts:
-            web-01: {ansible_host: 10.0.0.5, tags: {Patch Group: prod}}
-            web-02: {ansible_host: 10.0.0.6, ansible_port: 2222, patch_group: prod}
+            web-01: {ansible_host: 127.0.10.5, tags: {Patch Group: prod}}
+            web-02: {ansible_host: 127.0.10.6, ansible_port: 2222, patch_group: prod}
 
 Variables are inherited ``all`` → group → child group → host (the closest wins); a host listed in several
 groups gets all of them. Recognised variables (Ansible's name first): ``ansible_host``/``address``,
