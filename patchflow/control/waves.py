@@ -492,7 +492,7 @@ async def running_wave_of(client: Client, plan_name: str) -> str | None:
             status: WaveStatus = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
         except RPCError:
             return execution.id
-        if status.plan_name == plan_name:
+        if status.plan_name == plan_name and status.state not in WAVE_FINAL_STATES:  # not one just closing
             return execution.id
     return None
 
