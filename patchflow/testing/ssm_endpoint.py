@@ -92,6 +92,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from patchflow.core import versions
+from patchflow.errors import PatchflowError
 from patchflow.executors.base import Package
 from patchflow.executors.simulated.fleet import Fleet
 
@@ -1852,16 +1853,23 @@ def _command_matches(view: dict[str, Any], command: _Command, filters: dict[str,
     return True
 
 
+SSH_INVENTORY_ENV: Final = "PATCHFLOW_FAKE_SSM_SSH_INVENTORY"
+"""An SSH inventory whose apt hosts ``main`` registers as SSH-backed managed instances (``--ssh-inventory``)."""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m patchflow.testing.ssm_endpoint [FLEET.yaml]``: a local fake AWS for demos.
+    """``python -m patchflow.testing.ssm_endpoint [FLEET.yaml] [--ssh-inventory FILE]``: a local fake AWS.
 
     Serves until interrupted; prints the URL and the settings that point patchflow at it. A DEMO backend:
-    nothing is patched, state lives in memory and is gone when it stops.
+    the fleet file's instances are simulated (nothing is patched); the hosts of an SSH inventory (the lab's,
+    ``patchflow lab up``) are real, and commands sent to them run on them. State lives in memory.
     """
     import argparse
+    import os
     import sys
 
     from patchflow.executors.simulated.fleet import load_fleet
+    from patchflow.executors.ssh import load_inventory
 
     parser = argparse.ArgumentParser(
         prog="python -m patchflow.testing.ssm_endpoint", description=main.__doc__
@@ -1875,15 +1883,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--bucket", default="patchflow-demo", help="S3 bucket to create (default patchflow-demo)"
     )
     parser.add_argument("--run-seconds", type=float, default=1.0, help="how long a command runs")
+    parser.add_argument(
+        "--ssh-inventory",
+        default=os.environ.get(SSH_INVENTORY_ENV) or None,
+        help="register this SSH inventory's apt hosts as managed instances that really run commands "
+        f"(default ${SSH_INVENTORY_ENV})",
+    )
     args = parser.parse_args(argv)
     endpoint = SsmEndpoint(
         timings=Timings(not_found_seconds=0.5, pending_seconds=0.3, run_seconds=args.run_seconds)
     )
     with endpoint:
         endpoint.client("s3").create_bucket(Bucket=args.bucket)
-        count = len(endpoint.register_fleet(load_fleet(args.fleet))) if args.fleet else 0
+        try:
+            count = len(endpoint.register_fleet(load_fleet(args.fleet))) if args.fleet else 0
+            inventory = load_inventory(args.ssh_inventory) if args.ssh_inventory else None
+            real = endpoint.register_ssh_inventory(inventory) if inventory else {}
+        except (PatchflowError, ValueError) as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            raise SystemExit(2) from None
+        for host, instance_id in real.items():
+            sys.stdout.write(f"  {instance_id}  {host} (real, over SSH)\n")
         sys.stdout.write(
-            f"fake SSM/EC2/S3 endpoint (demo backend, nothing is patched) at {endpoint.url}, {count} instance(s)\n"
+            f"fake SSM/EC2/S3 endpoint at {endpoint.url}: {count} simulated instance(s) (nothing is patched), "
+            f"{len(real)} real host(s)\n"
             f"  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\n"
             f"  export PATCHFLOW_SSM_ENDPOINT_URL={endpoint.url} PATCHFLOW_SSM_REGION={endpoint.region} "
             f"PATCHFLOW_SSM_BUCKET={args.bucket}\n"
