@@ -377,6 +377,8 @@ class SsmEndpoint:
         pending_invocation_limit: the account's quota of pending invocations; a command that would exceed it
             ends ``Rate Exceeded`` before running anywhere. None = no quota.
         clock: wall clock in seconds; injectable for tests.
+        ssh_probe_seconds: how long an SSH-backed instance's reachability (its ``PingStatus``) is trusted
+            before its sshd is probed again.
     """
 
     def __init__(
@@ -388,6 +390,7 @@ class SsmEndpoint:
         output_limit: int = 24_000,
         pending_invocation_limit: int | None = None,
         clock: Callable[[], float] = time.time,
+        ssh_probe_seconds: float = 1.0,
     ) -> None:
         self.region = region
         self.timings = timings or Timings()
@@ -402,6 +405,7 @@ class SsmEndpoint:
         self._admitted: deque[float] = deque()
         self._server: Any = None
         self._ssh: SshAgent | None = None
+        self.ssh_probe_seconds = ssh_probe_seconds
         self._clients: dict[str, Any] = {}
         self._port: int | None = None
         self.requests: Counter[str] = Counter()
@@ -613,7 +617,7 @@ class SsmEndpoint:
             )
         with self._lock:
             if self._ssh is None:
-                self._ssh = SshAgent()
+                self._ssh = SshAgent(probe_ttl_seconds=self.ssh_probe_seconds)
             agent = self._ssh
         try:
             facts = agent.add(host)
