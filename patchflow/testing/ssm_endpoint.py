@@ -1,4 +1,4 @@
-"""A faithful AWS Systems Manager endpoint for TESTS AND DEMOS. It patches nothing real.
+"""A faithful AWS Systems Manager endpoint for TESTS AND DEMOS. It patches nothing but the real hosts it is given.
 
 moto serves EC2, S3 and SSM's parameter and baseline APIs well, but not the Run Command lifecycle nor Patch
 Manager (``../shared/reference/libraries.md`` §1): every command is instantly ``Success``, ``SendCommand``
@@ -14,9 +14,9 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
 * **Commands** (``SendCommand``) honour ``InstanceIds`` exactly (and ``Targets`` ``InstanceIds`` / ``tag:K`` /
   ``resource-groups:Name``). Every invocation is invisible for :attr:`Timings.not_found_seconds`
   (``GetCommandInvocation`` answers ``InvocationDoesNotExist``, ``ListCommandInvocations`` leaves it out: SSM's
-  eventual consistency), then ``Pending``, ``InProgress`` and finally terminal. Progress is computed from the
-  clock on every request, so nothing runs in the background; a command finishes on the instance whether or not
-  anybody polls. The command as a whole follows the User Guide's "Understanding command statuses": Success,
+  eventual consistency), then ``Pending``, ``InProgress`` and finally terminal. On a simulated instance progress
+  is computed from the clock on every request, so nothing runs in the background (on a real host the run
+  does); a command finishes on the instance whether or not anybody polls. The command as a whole follows the User Guide's "Understanding command statuses": Success,
   Delivery Timed Out, Execution Timed Out, Failed, Incomplete, Cancelled, Rate Exceeded (above
   ``pending_invocation_limit``), Access Denied (a resource group registered ``accessible=False``) and No
   Instances In Tag.
@@ -31,6 +31,14 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
   what it upgraded ``INSTALLED_PENDING_REBOOT``. ``AWS-RunShellScript`` understands the few commands patchflow
   sends (a ``dpkg-query``/``rpm -qa`` package listing, ``apt-get install --allow-downgrades name=version``,
   ``dnf``/``yum downgrade NEVRA``, ``exit N``); other lines succeed and do nothing.
+* **Real hosts** (:meth:`SsmEndpoint.register_ssh_host`, :meth:`SsmEndpoint.register_ssh_inventory`,
+  ``--ssh-inventory``): a managed instance backed by a machine reached over SSH — the lab's Debian hosts — on
+  which commands really run, in the background (:mod:`patchflow.testing.ssm_agent`): ``AWS-RunShellScript``
+  runs the script (``ResponseCode`` its exit status, ``Execution Timed Out``/137 past ``executionTimeout``),
+  ``AWS-RunPatchBaseline`` ``Install`` installs exactly the override list's versions with apt and reboots
+  the host as ``RebootIfNeeded`` says, ``Scan`` reads the host's dpkg database and apt indexes (approved: the
+  security pockets' versions, as AWS's default Debian baseline). ``PingStatus`` follows the host's sshd
+  (``ConnectionLost`` while it reboots); an invocation is ``Pending`` until the host answers.
 * **Scripted outcomes** per instance (:meth:`SsmEndpoint.script`): ``fail``, ``timeout`` (Execution Timed
   Out), ``undeliverable``, ``delivery_timeout``, ``invalid_platform``, ``access_denied``, ``slow``.
 * **Throttling**: above :attr:`SsmEndpoint.throttle_rate` SSM requests per second (a sliding one-second
@@ -39,7 +47,8 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
   ``OutputS3BucketName``/``OutputS3KeyPrefix`` when that bucket exists (``GetCommandInvocation`` returns only
   the first :attr:`SsmEndpoint.output_limit` characters, like AWS's 24,000).
 
-Semantics left out on purpose (documented so nobody relies on them): patch baselines are not evaluated here —
+Semantics left out on purpose (documented so nobody relies on them) for simulated instances (SSH-backed ones
+do what their package manager does): patch baselines are not evaluated here —
 every update an instance is offered counts as approved: ``Install`` without an override list installs all of
 them, compliance reports an installed version some update offered as ``INSTALLED`` and any other installed
 package as ``INSTALLED_OTHER`` (never ``INSTALLED_REJECTED``; ``CriticalNonCompliantCount`` is 0, as under a
@@ -964,12 +973,8 @@ class SsmEndpoint:
         if inv.kind == "install" and reboot == "NoReboot" and result.status == "Success":
             assert inst.patch_state is not None
             inst.patch_state["LastNoRebootInstallOperationTime"] = now
-        summary = (
-            f"Installed count: {counts['INSTALLED']}, Installed Other count: {counts['INSTALLED_OTHER']}, "
-            f"Installed Pending Reboot count: {counts['INSTALLED_PENDING_REBOOT']}, Failed count: "
-            f"{counts['FAILED']}, Missing count: {counts['MISSING']}\n"
-        )
-        return (result.status, result.details, result.code, result.stdout + summary, result.stderr)
+        stdout = result.stdout + _summary(counts) + "\n"
+        return (result.status, result.details, result.code, stdout, result.stderr)
 
     def _refresh_ssh_packages(self, inst: _Instance, packages: HostPackages) -> None:
         """The instance's packages, approvals and pending state from the host's package database now.
@@ -1342,11 +1347,7 @@ class SsmEndpoint:
         if operation == "Install" and reboot == "NoReboot":
             assert inst.patch_state is not None
             inst.patch_state["LastNoRebootInstallOperationTime"] = now
-        lines.append(
-            f"Installed count: {counts['INSTALLED']}, Installed Other count: {counts['INSTALLED_OTHER']}, "
-            f"Installed Pending Reboot count: {counts['INSTALLED_PENDING_REBOOT']}, Failed count: "
-            f"{counts['FAILED']}, Missing count: {counts['MISSING']}"
-        )
+        lines.append(_summary(counts))
         return ("Success", "Success", 0, "\n".join(lines) + "\n", "")
 
     def _fail_install(self, command: _Command, inv: _Invocation, inst: _Instance) -> None:
@@ -1679,6 +1680,15 @@ def ssh_instance_id(host_name: str) -> str:
     if len(plain) > 17:
         plain = hashlib.sha256(host_name.encode()).hexdigest()[:17]
     return "mi-" + plain.rjust(17, "0")
+
+
+def _summary(counts: Counter[str]) -> str:
+    """The summary line AWS-RunPatchBaseline prints (seen in the field, aws/amazon-ssm-agent#549)."""
+    return (
+        f"Installed count: {counts['INSTALLED']}, Installed Other count: {counts['INSTALLED_OTHER']}, "
+        f"Installed Pending Reboot count: {counts['INSTALLED_PENDING_REBOOT']}, Failed count: "
+        f"{counts['FAILED']}, Missing count: {counts['MISSING']}"
+    )
 
 
 def _due_at(inv: _Invocation, now: float) -> float | None:
