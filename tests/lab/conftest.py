@@ -24,7 +24,7 @@ from patchflow.control.devserver import free_port, start_dev_server
 from patchflow.service.worker import connect
 from patchflow.testing.lab.fleet import Lab
 
-LAB_GROUPS = {"dev": 1, "test": 1, "prod": 2, "control": 1, "rb": 2, "kill": 4, "spare": 8, "ssm": 6}
+LAB_GROUPS = {"dev": 1, "test": 1, "prod": 2, "control": 1, "rb": 2, "kill": 4, "spare": 8, "ssm": 7}
 RPM_GROUPS = {"rpm": 1}
 """Hosts whose lab packages live in an RPM database, patched with dnf."""
 BASE_ADDRESS = "127.0.77.10"

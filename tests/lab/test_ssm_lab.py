@@ -22,19 +22,22 @@ from typing import Any
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
+from patchflow.control.devserver import free_port
 from patchflow.control.waves import act
 from patchflow.core.baselines import load_baseline
 from patchflow.core.catalog import load_catalog
+from patchflow.core.documents import dump_yaml
 from patchflow.core.evaluation import evaluate
 from patchflow.core.versions import compare
 from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput
 from patchflow.executors.base import Package
 from patchflow.executors.ssh import load_inventory
 from patchflow.testing.lab.fleet import Lab
-from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
+from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings, ssh_instance_id
 from tests.conftest import BASELINES_DIR
 from tests.lab.conftest import Hosts
 from tests.lab.test_waves_lab import lab_worker, settle, stage
+from tests.workflows.test_cli_waves import cli
 from workflows.wave import WaveWorkflow
 
 pytestmark = pytest.mark.lab
@@ -340,3 +343,52 @@ def test_shell_scripts_and_scans_run_on_the_host(lab: Lab, lab_hosts: Hosts, end
         len(missing),
     )
     assert state["InstalledCount"] + state["InstalledOtherCount"] + state["MissingCount"] == len(installed)
+
+
+def test_demo_lab_fake_aws_patches_lab_hosts_through_ssm(lab: Lab, lab_hosts: Hosts, tmp_path: Path) -> None:
+    """``patchflow demo --lab --fake-aws``: the demo's fake endpoint serves the running lab's hosts as managed
+    instances, and the wave reaches them through the SSM executor (here with a plan of one stage on one host,
+    so other tests' hosts stay as they are)."""
+    host = lab_hosts.take("ssm")
+    instance_id = ssh_instance_id(host)
+    boot_id = {h["id"]: h for h in lab.status()}[host]["boot_id"]
+    catalog = tmp_path / "catalog.json"
+    catalog.write_text(json.dumps(lab.catalog()))
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        dump_yaml(
+            {
+                "name": "lab-ssm-demo",
+                "baseline": str(BASELINES_DIR / "debian-default.yaml"),
+                "catalog": str(catalog),
+                "executor": {"kind": "ssm", "bucket": "patchflow-demo", "reboot_option": "NoReboot"},
+                "stages": [
+                    {
+                        "name": "one",
+                        "targets": {"instance_ids": [instance_id]},
+                        "window": "now",
+                        "max_concurrency": 1,
+                        "max_errors": 0,
+                    }
+                ],
+            }
+        )
+    )
+    env = {
+        "PATCHFLOW_DATA_DIR": str(lab.dir.parent),  # where the session's lab is up
+        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{free_port()}",
+        "PATCHFLOW_API_PORT": str(free_port()),
+    }
+    proc = cli("demo", "--lab", "--fake-aws", "--approve", "--plan", str(plan), env=env, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "managed instances backed by real hosts over SSH" in proc.stderr
+    assert f"{instance_id} = {host}" in proc.stderr and "wave succeeded" in proc.stdout
+    installed = lab.installed(host)
+    assert (installed["app"], installed["libfoo"], installed["linux-image-lab"]) == (
+        "1.1-1",
+        "1.1-1",
+        "6.1.0-2",
+    )
+    after = {h["id"]: h for h in lab.status()}[host]
+    assert after["boot_id"] == boot_id and after["reboot_pending"]  # NoReboot: installed, not rebooted
+    assert lab.is_up()  # a lab that was up stays up
