@@ -953,7 +953,8 @@ class SsmEndpoint:
         except Exception as exc:  # noqa: BLE001 - the agent's bug must end the invocation, not the endpoint
             result = RunResult("Failed", "Failed", 1, "", f"the fake SSM agent failed: {exc!r}")
         inv.finished_at = result.finished_at
-        if result.details == "Delivery Timed Out" or command.document_name != _PATCH_DOC:
+        failed_scan = inv.kind == "scan" and result.status != "Success"  # nothing new to report
+        if result.details == "Delivery Timed Out" or command.document_name != _PATCH_DOC or failed_scan:
             return (result.status, result.details, result.code, result.stdout, result.stderr)
         now = datetime.fromtimestamp(self._clock(), UTC)
         if result.packages is not None:

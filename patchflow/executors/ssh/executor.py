@@ -25,6 +25,11 @@
   versions (an empty version removes a package the install added), with the same simulation check.
 * **Health** — the host's ``health_command`` (inventory) or the plan's, run as the SSH user: exit 0 is
   healthy. Without one: reachable and ``dpkg --audit`` clean.
+* **Building blocks** for other drivers of the same hosts (the fake SSM endpoint's agent,
+  :mod:`patchflow.testing.ssm_agent`): :meth:`SshExecutor.run` (a shell command as root),
+  :meth:`SshExecutor.reboot` (reboot now, wait for a new boot id), :meth:`SshExecutor.package_inventory`
+  (dpkg's packages and what the apt sources offer), and ``revert_failed_installs=False`` (leave a failed
+  transaction as the package manager left it).
 """
 
 from __future__ import annotations
