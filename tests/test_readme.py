@@ -11,11 +11,17 @@ import typer.main
 
 from patchflow.cli import app
 from patchflow.config import Settings
+from patchflow.testing.ssm_endpoint import SSH_INVENTORY_ENV
 from tests.conftest import REPO_ROOT
 
 README = (REPO_ROOT / "README.md").read_text()
 #: Read outside Settings: by the test suite, the history recorder and the CLI's error handler.
-NOT_SETTINGS = {"PATCHFLOW_TEST_POSTGRES_URL", "PATCHFLOW_DEBUG", "PATCHFLOW_RECORD_HISTORIES"}
+NOT_SETTINGS = {
+    "PATCHFLOW_TEST_POSTGRES_URL",
+    "PATCHFLOW_DEBUG",
+    "PATCHFLOW_RECORD_HISTORIES",
+    SSH_INVENTORY_ENV,  # read by the fake SSM endpoint's command line, a test backend
+}
 
 
 def table_rows() -> list[str]:

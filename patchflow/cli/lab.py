@@ -172,14 +172,24 @@ def lab_down() -> None:
     out.print("lab is down" if was_up else "no lab was up")
 
 
+def lab_inventory() -> Path:
+    """The SSH inventory ``patchflow lab up`` wrote."""
+    return _lab().inventory_path  # type: ignore[no-any-return]
+
+
 DEBIAN_BASELINE = Path(__file__).resolve().parents[2] / "baselines" / "debian-default.yaml"
 DEMO_GROUPS = {"dev": 1, "test": 2, "prod": 3}
 
 
 @contextlib.contextmanager
-def demo_lab() -> Iterator[Path]:
+def demo_lab(executor: dict[str, Any] | None = None) -> Iterator[Path]:
     """The lab for ``patchflow demo --lab``: started if it is not up (and then stopped afterwards), with a plan
-    rolling the Debian default baseline out Dev → Test → Prod over SSH; yields the plan file."""
+    rolling the Debian default baseline out Dev → Test → Prod; yields the plan file.
+
+    Args:
+        executor: the plan's ``executor`` block (default: over SSH, with the lab's inventory, which is at
+            :func:`lab_inventory` for a fake SSM endpoint to serve).
+    """
     lab = _lab()
     started = False
     if not lab.is_up():
@@ -202,15 +212,16 @@ def demo_lab() -> Iterator[Path]:
                 "on_failure": "rollback",
             },
         ]
+        executor = executor or {
+            "kind": "ssh",
+            "inventory": str(lab.inventory_path),
+            "reboot_option": "RebootIfNeeded",
+        }
         plan = {
             "name": "lab-demo",
             "baseline": str(DEBIAN_BASELINE),
             "catalog": str(demo / "catalog.json"),
-            "executor": {
-                "kind": "ssh",
-                "inventory": str(lab.inventory_path),
-                "reboot_option": "RebootIfNeeded",
-            },
+            "executor": executor,
             "stages": [
                 {**s, "targets": {"patch_group": s["name"]}, "window": "now"}
                 for s in stages
@@ -218,8 +229,9 @@ def demo_lab() -> Iterator[Path]:
             ],
         }
         path = demo / "plan.yaml"
+        how = "over SSH" if executor["kind"] == "ssh" else "through SSM (the fake endpoint)"
         path.write_text(
-            "# Written by `patchflow demo --lab`: the Debian default baseline on the lab fleet over SSH.\n"
+            f"# Written by `patchflow demo --lab`: the Debian default baseline on the lab fleet {how}.\n"
             + dump_yaml(plan, sort_keys=False)
         )
         yield path

@@ -29,7 +29,7 @@ from patchflow.cli.fleet import simulated_executor
 from patchflow.cli.waves import approval_hint, print_status, stage_table
 from patchflow.config import Settings, get_settings
 from patchflow.core.plans import Plan, load_plan
-from patchflow.errors import PatchflowError
+from patchflow.errors import InputError, PatchflowError
 
 
 def worker_command() -> None:
@@ -136,18 +136,19 @@ FAKE_AWS_BUCKET = "patchflow-demo"
 
 
 @contextlib.contextmanager
-def _fake_aws(fleet_file: Path) -> Any:
-    """Start patchflow's local FAKE SSM endpoint (a test fixture and demo backend, nothing is patched) serving
-    ``fleet_file``, and point this process's SSM settings and AWS credentials at it."""
+def _fake_aws(fleet_file: Path | None = None, *, ssh_inventory: Path | None = None) -> Any:
+    """Start patchflow's local FAKE SSM endpoint (a test fixture and demo backend) serving the simulated
+    instances of ``fleet_file`` (nothing is patched) or the real hosts of ``ssh_inventory`` (the lab: commands
+    run on them), and point this process's SSM settings and AWS credentials at it."""
     import os
 
     from patchflow.executors.simulated.fleet import load_fleet
+    from patchflow.executors.ssh import load_inventory
     from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
 
     endpoint = SsmEndpoint(timings=Timings(not_found_seconds=0.3, pending_seconds=0.2, run_seconds=1.0))
     with endpoint:
         endpoint.client("s3").create_bucket(Bucket=FAKE_AWS_BUCKET)
-        count = len(endpoint.register_fleet(load_fleet(fleet_file)))
         exports = {
             "AWS_ACCESS_KEY_ID": "testing",
             "AWS_SECRET_ACCESS_KEY": "testing",
@@ -155,10 +156,22 @@ def _fake_aws(fleet_file: Path) -> Any:
             "PATCHFLOW_SSM_REGION": endpoint.region,
             "PATCHFLOW_SSM_BUCKET": FAKE_AWS_BUCKET,
         }
+        what = f"no instances) at {endpoint.url}"
+        if fleet_file is not None:
+            count = len(endpoint.register_fleet(load_fleet(fleet_file)))
+            what = f"a simulation: nothing is patched) at {endpoint.url} with {count} instance(s)"
+        if ssh_inventory is not None:
+            try:
+                real = endpoint.register_ssh_inventory(load_inventory(ssh_inventory))
+            except ValueError as exc:
+                raise InputError(f"{ssh_inventory}: {exc}") from exc
+            what = f"managed instances backed by real hosts over SSH) at {endpoint.url}: " + ", ".join(
+                f"{instance_id} = {host}" for host, instance_id in real.items()
+            )
+            # Real commands take seconds, not the simulation's fractions: poll them often enough to follow.
+            exports |= {"PATCHFLOW_SSM_POLL_INITIAL_SECONDS": "0.5", "PATCHFLOW_SSM_POLL_MAX_SECONDS": "2"}
         os.environ.update(exports)
-        err.print(
-            f"fake AWS (SSM/EC2/S3, a simulation: nothing is patched) at {endpoint.url} with {count} instance(s)"
-        )
+        err.print(f"fake AWS (SSM/EC2/S3, {what}", soft_wrap=True)
         err.print("  other terminals: export " + " ".join(f"{k}={v}" for k, v in exports.items()))
         yield endpoint
 
@@ -225,17 +238,29 @@ def demo_command(
     timeout: Annotated[float, typer.Option("--timeout", help="Give up after this many seconds.")] = 600,
     fake_aws: Annotated[
         bool,
-        typer.Option("--fake-aws", help="Drive the wave through the SSM executor against a local fake AWS."),
+        typer.Option(
+            "--fake-aws",
+            help="Drive the wave through the SSM executor against a local fake AWS (with --lab: the fake "
+            "endpoint serves the lab's real hosts as managed instances).",
+        ),
     ] = False,
     lab: Annotated[
         bool,
         typer.Option(
-            "--lab", help="Patch the lab fleet: real Debian hosts over SSH (`patchflow lab`; needs root)."
+            "--lab",
+            help="Patch the lab fleet: real Debian hosts, over SSH or with --fake-aws through SSM "
+            "(`patchflow lab`; needs root).",
         ),
     ] = False,
 ) -> None:
     """Run a complete wave Dev → Test → Prod on the example fleet, on the embedded stack."""
-    if lab:
+    if lab and fake_aws:
+        from patchflow.cli.lab import demo_lab, lab_inventory
+
+        executor = {"kind": "ssm", "bucket": FAKE_AWS_BUCKET, "reboot_option": "RebootIfNeeded"}
+        with demo_lab(executor) as lab_plan, _fake_aws(ssh_inventory=lab_inventory()):
+            _demo(approve, plan_file or lab_plan, timeout)
+    elif lab:
         from patchflow.cli.lab import demo_lab
 
         with demo_lab() as lab_plan:

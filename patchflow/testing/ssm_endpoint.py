@@ -1,4 +1,4 @@
-"""A faithful AWS Systems Manager endpoint for TESTS AND DEMOS. It patches nothing real.
+"""A faithful AWS Systems Manager endpoint for TESTS AND DEMOS. It patches nothing but the real hosts it is given.
 
 moto serves EC2, S3 and SSM's parameter and baseline APIs well, but not the Run Command lifecycle nor Patch
 Manager (``../shared/reference/libraries.md`` §1): every command is instantly ``Success``, ``SendCommand``
@@ -14,9 +14,9 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
 * **Commands** (``SendCommand``) honour ``InstanceIds`` exactly (and ``Targets`` ``InstanceIds`` / ``tag:K`` /
   ``resource-groups:Name``). Every invocation is invisible for :attr:`Timings.not_found_seconds`
   (``GetCommandInvocation`` answers ``InvocationDoesNotExist``, ``ListCommandInvocations`` leaves it out: SSM's
-  eventual consistency), then ``Pending``, ``InProgress`` and finally terminal. Progress is computed from the
-  clock on every request, so nothing runs in the background; a command finishes on the instance whether or not
-  anybody polls. The command as a whole follows the User Guide's "Understanding command statuses": Success,
+  eventual consistency), then ``Pending``, ``InProgress`` and finally terminal. On a simulated instance progress
+  is computed from the clock on every request, so nothing runs in the background (on a real host the run
+  does); a command finishes on the instance whether or not anybody polls. The command as a whole follows the User Guide's "Understanding command statuses": Success,
   Delivery Timed Out, Execution Timed Out, Failed, Incomplete, Cancelled, Rate Exceeded (above
   ``pending_invocation_limit``), Access Denied (a resource group registered ``accessible=False``) and No
   Instances In Tag.
@@ -31,6 +31,14 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
   what it upgraded ``INSTALLED_PENDING_REBOOT``. ``AWS-RunShellScript`` understands the few commands patchflow
   sends (a ``dpkg-query``/``rpm -qa`` package listing, ``apt-get install --allow-downgrades name=version``,
   ``dnf``/``yum downgrade NEVRA``, ``exit N``); other lines succeed and do nothing.
+* **Real hosts** (:meth:`SsmEndpoint.register_ssh_host`, :meth:`SsmEndpoint.register_ssh_inventory`,
+  ``--ssh-inventory``): a managed instance backed by a machine reached over SSH — the lab's Debian hosts — on
+  which commands really run, in the background (:mod:`patchflow.testing.ssm_agent`): ``AWS-RunShellScript``
+  runs the script (``ResponseCode`` its exit status, ``Execution Timed Out``/137 past ``executionTimeout``),
+  ``AWS-RunPatchBaseline`` ``Install`` installs exactly the override list's versions with apt and reboots
+  the host as ``RebootIfNeeded`` says, ``Scan`` reads the host's dpkg database and apt indexes (approved: the
+  security pockets' versions, as AWS's default Debian baseline). ``PingStatus`` follows the host's sshd
+  (``ConnectionLost`` while it reboots); an invocation is ``Pending`` until the host answers.
 * **Scripted outcomes** per instance (:meth:`SsmEndpoint.script`): ``fail``, ``timeout`` (Execution Timed
   Out), ``undeliverable``, ``delivery_timeout``, ``invalid_platform``, ``access_denied``, ``slow``.
 * **Throttling**: above :attr:`SsmEndpoint.throttle_rate` SSM requests per second (a sliding one-second
@@ -39,7 +47,8 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
   ``OutputS3BucketName``/``OutputS3KeyPrefix`` when that bucket exists (``GetCommandInvocation`` returns only
   the first :attr:`SsmEndpoint.output_limit` characters, like AWS's 24,000).
 
-Semantics left out on purpose (documented so nobody relies on them): patch baselines are not evaluated here —
+Semantics left out on purpose (documented so nobody relies on them) for simulated instances (SSH-backed ones
+do what their package manager does): patch baselines are not evaluated here —
 every update an instance is offered counts as approved: ``Install`` without an override list installs all of
 them, compliance reports an installed version some update offered as ``INSTALLED`` and any other installed
 package as ``INSTALLED_OTHER`` (never ``INSTALLED_REJECTED``; ``CriticalNonCompliantCount`` is 0, as under a
@@ -66,9 +75,13 @@ Use it as a context manager::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fnmatch
+import functools
+import hashlib
 import json
+import math
 import re
 import secrets
 import shlex
@@ -77,9 +90,10 @@ import time
 import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import boto3
 import yaml
@@ -87,8 +101,13 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from patchflow.core import versions
+from patchflow.errors import PatchflowError
 from patchflow.executors.base import Package
 from patchflow.executors.simulated.fleet import Fleet
+
+if TYPE_CHECKING:  # imported when the first SSH-backed instance is registered
+    from patchflow.executors.ssh import SshHost, SshInventory
+    from patchflow.testing.ssm_agent import HostPackages, RunResult, SshAgent
 
 __all__ = [
     "ACCOUNT_ID",
@@ -97,6 +116,7 @@ __all__ = [
     "ScriptTarget",
     "SsmEndpoint",
     "Timings",
+    "ssh_instance_id",
 ]
 
 ACCOUNT_ID: Final = "123456789012"
@@ -183,6 +203,13 @@ class AvailablePatch:
     classification: str = "Security"
     severity: str = "Important"
     cve_ids: tuple[str, ...] = ()
+    security: bool | None = None
+    """A security update (``SecurityNonCompliantCount``); None: when ``classification`` is ``Security``. Apt
+    rows carry the Debian section as their classification, so SSH-backed hosts say it here."""
+
+    @property
+    def is_security(self) -> bool:
+        return self.classification == "Security" if self.security is None else self.security
 
 
 @dataclass
@@ -229,8 +256,14 @@ class _Instance:
     pending_reboot: set[tuple[str, str]] = field(default_factory=set)
     reboots: int = 0
     """Reboots ``AWS-RunPatchBaseline`` Install made (RebootIfNeeded)."""
-    failed: set[tuple[str, str]] = field(default_factory=set)
-    """Packages the last failed Install could not upgrade: reported FAILED instead of MISSING until they change."""
+    failed: dict[tuple[str, str], str] = field(default_factory=dict)
+    """Package → the version a failed Install could not install: reported FAILED until it changes."""
+    ssh_host: SshHost | None = None
+    """The real host behind an SSH-backed instance (:meth:`SsmEndpoint.register_ssh_host`); None: simulated."""
+    pending_boot_id: str | None = None
+    """SSH-backed: the boot id under which ``pending_reboot`` was left; a reboot since clears it."""
+    last_ping: datetime | None = None
+    """SSH-backed: when its sshd last answered."""
     patch_rows: list[dict[str, Any]] | None = None
     """Compliance from the last Scan/Install (None before the first one)."""
     patch_state: dict[str, Any] | None = None
@@ -250,6 +283,8 @@ class _Invocation:
     final: tuple[str, str, int, str, str] | None = None
     """(Status, StatusDetails, ResponseCode, stdout, stderr) once terminal."""
     finished_at: float | None = None
+    job: Future[RunResult] | None = None
+    """SSH-backed: the run on the real host (its start sets ``started_at``; ``done_at`` is unknown until then)."""
 
 
 @dataclass
@@ -351,6 +386,8 @@ class SsmEndpoint:
         pending_invocation_limit: the account's quota of pending invocations; a command that would exceed it
             ends ``Rate Exceeded`` before running anywhere. None = no quota.
         clock: wall clock in seconds; injectable for tests.
+        ssh_probe_seconds: how long an SSH-backed instance's reachability (its ``PingStatus``) is trusted
+            before its sshd is probed again.
     """
 
     def __init__(
@@ -362,6 +399,7 @@ class SsmEndpoint:
         output_limit: int = 24_000,
         pending_invocation_limit: int | None = None,
         clock: Callable[[], float] = time.time,
+        ssh_probe_seconds: float = 1.0,
     ) -> None:
         self.region = region
         self.timings = timings or Timings()
@@ -375,6 +413,8 @@ class SsmEndpoint:
         self._commands: dict[str, _Command] = {}
         self._admitted: deque[float] = deque()
         self._server: Any = None
+        self._ssh: SshAgent | None = None
+        self.ssh_probe_seconds = ssh_probe_seconds
         self._clients: dict[str, Any] = {}
         self._port: int | None = None
         self.requests: Counter[str] = Counter()
@@ -419,6 +459,9 @@ class SsmEndpoint:
         return self
 
     def stop(self) -> None:
+        if self._ssh is not None:
+            self._ssh.close()
+            self._ssh = None
         if self._server is None:
             return
         with _REGISTRY_LOCK:
@@ -554,6 +597,70 @@ class SsmEndpoint:
                 self.script(inst.id, "fail", applies_to="shell")
         return ids
 
+    def register_ssh_host(
+        self, host: SshHost, *, instance_id: str | None = None, tags: dict[str, str] | None = None
+    ) -> str:
+        """Back a managed instance with a real host reached over SSH (a lab host); returns its id.
+
+        Commands sent to it run on the host (:mod:`patchflow.testing.ssm_agent`): ``AWS-RunShellScript`` runs
+        the script, ``AWS-RunPatchBaseline`` scans the host's dpkg database and installs exactly the
+        ``InstallOverrideList``'s versions with apt. ``PingStatus`` is ``Online`` while the host's sshd accepts
+        connections (``ConnectionLost`` while it reboots or is down). Scripted outcomes still apply.
+
+        Args:
+            host: the SSH target (an entry of an SSH inventory, :mod:`patchflow.executors.ssh.inventory`).
+            instance_id: default ``mi-`` + the host name (zero-padded to 17 characters): a hybrid node, as an
+                on-premises server registered with an activation is.
+            tags: default the host's inventory tags (``Patch Group`` …).
+
+        Raises:
+            ValueError: the host cannot be reached now, is not an apt/dpkg host, or the id is taken.
+        """
+        from patchflow.executors.ssh.executor import AgentError, HostUnreachable
+        from patchflow.testing.ssm_agent import SshAgent
+
+        if host.family not in (None, "deb"):
+            raise ValueError(
+                f"{host.name}: the fake SSM endpoint runs Patch Manager on apt/dpkg hosts only (family "
+                f"{host.family!r}); leave rpm hosts out of the inventory it registers"
+            )
+        with self._lock:
+            if self._ssh is None:
+                self._ssh = SshAgent(probe_ttl_seconds=self.ssh_probe_seconds)
+            agent = self._ssh
+        try:
+            facts = agent.add(host)
+        except (HostUnreachable, AgentError, TimeoutError) as exc:
+            raise ValueError(f"cannot register {host.name} ({host.address}:{host.port}): {exc}") from exc
+        if facts.get("family") != "deb":
+            raise ValueError(
+                f"{host.name} has no dpkg: the fake SSM endpoint runs Patch Manager on apt hosts only"
+            )
+        instance_id = instance_id or ssh_instance_id(host.name)
+        self.register_instance(
+            instance_id,
+            tags=dict(host.tags if tags is None else tags),
+            platform=facts.get("os_name") or "Debian GNU/Linux",
+            platform_version=facts.get("os_version") or "",
+            packages=[Package(n, a, v) for n, a, v in facts.get("packages", [])],
+            hybrid=instance_id.startswith("mi-"),
+        )
+        with self._lock:
+            self._instances[instance_id].ssh_host = host
+        return instance_id
+
+    def register_ssh_inventory(
+        self, inventory: SshInventory, *, hosts: Iterable[str] | None = None
+    ) -> dict[str, str]:
+        """Register hosts of an SSH inventory (default every apt host in it); returns host name → instance id."""
+        names = list(hosts) if hosts is not None else [
+            name for name, host in inventory.hosts.items() if host.family in (None, "deb")
+        ]  # fmt: skip
+        unknown = [n for n in names if n not in inventory.hosts]
+        if unknown:
+            raise ValueError(f"hosts {unknown} are not in the SSH inventory {inventory.source}")
+        return {name: self.register_ssh_host(inventory.hosts[name]) for name in names}
+
     def register_resource_group(
         self, name: str, instance_ids: Iterable[str], *, accessible: bool = True
     ) -> None:
@@ -659,6 +766,8 @@ class SsmEndpoint:
             )
         rows = []
         for inst in sorted(self._instances.values(), key=lambda i: i.instance_id):
+            if "InstanceIds" in filters and inst.instance_id not in filters["InstanceIds"]:
+                continue  # (and no reachability probe of an SSH-backed host nobody asked about)
             row = self._information(inst)
             if any(
                 (key == "InstanceIds" and inst.instance_id not in values)
@@ -672,21 +781,32 @@ class SsmEndpoint:
         page, token = _page(rows, params, default=50)
         return {"InstanceInformationList": page, **token}
 
+    def _online(self, inst: _Instance) -> bool:
+        """Simulated: as registered (:meth:`set_online`); SSH-backed: also while its sshd answers."""
+        if not inst.online or inst.ssh_host is None:
+            return inst.online
+        assert self._ssh is not None
+        up = self._ssh.online(inst.ssh_host.name)
+        if up:
+            inst.last_ping = datetime.fromtimestamp(self._clock(), UTC)
+        return up
+
     def _information(self, inst: _Instance) -> dict[str, Any]:
+        online = self._online(inst)
         row: dict[str, Any] = {
             "InstanceId": inst.instance_id,
-            "PingStatus": "Online" if inst.online else "ConnectionLost",
+            "PingStatus": "Online" if online else "ConnectionLost",
             "LastPingDateTime": datetime.fromtimestamp(self._clock(), UTC)
-            if inst.online
-            else inst.registered_at,
+            if online
+            else inst.last_ping or inst.registered_at,
             "AgentVersion": "3.3.1142.0",
             "IsLatestVersion": True,
             "PlatformType": _platform_type(inst.platform_name),
             "PlatformName": inst.platform_name,
             "PlatformVersion": inst.platform_version,
             "ResourceType": "ManagedInstance" if inst.hybrid else "EC2Instance",
-            "ComputerName": f"{inst.instance_id}.internal",
-            "IPAddress": "10.0.0.1",
+            "ComputerName": inst.ssh_host.name if inst.ssh_host else f"{inst.instance_id}.internal",
+            "IPAddress": inst.ssh_host.address if inst.ssh_host else "10.0.0.1",
         }
         if inst.hybrid:
             row["RegistrationDate"] = inst.registered_at
@@ -768,9 +888,129 @@ class SsmEndpoint:
             )
             if command.refused:  # "The system has canceled the command before running it on any managed node"
                 inv.final, inv.finished_at = ("Cancelled", "Cancelled", -1, "", ""), now
+            elif inst.ssh_host is not None and outcome in ("success", "slow"):
+                self._start_ssh_job(command, inv, inst)
             command.invocations[instance_id] = inv
         self._commands[command.command_id] = command
         return {"Command": self._command_view(command)}
+
+    # ------------------------------------------------------------------------------- SSH-backed
+
+    def _start_ssh_job(self, command: _Command, inv: _Invocation, inst: _Instance) -> None:
+        """Run the invocation on the instance's real host in the background (it is Pending until it starts)."""
+        assert self._ssh is not None and inst.ssh_host is not None
+        inv.started_at = inv.done_at = math.inf
+        pending = inst.pending_boot_id if inst.pending_reboot else None
+        inv.job = self._ssh.submit(self._ssh_job(command, inv, inst.ssh_host.name, pending))
+
+    async def _ssh_job(
+        self, command: _Command, inv: _Invocation, host: str, pending_boot_id: str | None
+    ) -> RunResult:
+        """What the SSM Agent on the node does with one invocation (see :mod:`patchflow.testing.ssm_agent`)."""
+        from patchflow.testing.ssm_agent import PATCH_TIMEOUT_SECONDS, RunResult
+
+        assert self._ssh is not None
+        agent, params = self._ssh, command.parameters
+        shell = command.document_name == _SHELL_DOC
+        execution_timeout = (
+            int(params.get("executionTimeout", ["3600"])[0]) if shell else PATCH_TIMEOUT_SECONDS
+        )
+        await asyncio.sleep(self.timings.pending_seconds)
+        # User Guide, "Understanding command statuses": not received within Timeout (seconds) + the execution
+        # timeout → Delivery Timed Out.
+        if not await agent.deliver(host, command.requested_at + command.timeout_seconds + execution_timeout):
+            return RunResult("TimedOut", "Delivery Timed Out", -1)
+        with self._lock:
+            inv.started_at = self._clock()
+        if shell:
+            return await agent.shell(
+                host,
+                params["commands"],
+                working_directory=params.get("workingDirectory", [""])[0],
+                timeout_seconds=execution_timeout,
+            )
+        if inv.kind == "scan":
+            return await agent.scan(host)
+        if command.override_problem:
+            return RunResult("Failed", "Failed", 1, "", command.override_problem)
+        return await agent.install(
+            host,
+            operation_id=f"ssm/{command.command_id}/{inv.instance_id}",
+            choose=functools.partial(_ssh_install_set, command.override),
+            reboot_option=params.get("RebootOption", ["RebootIfNeeded"])[0],
+            pending_boot_id=pending_boot_id,
+        )
+
+    def _finish_ssh(
+        self, command: _Command, inv: _Invocation, inst: _Instance
+    ) -> tuple[str, str, int, str, str]:
+        """Apply what an SSH-backed invocation found and changed; its (Status, StatusDetails, code, out, err)."""
+        from patchflow.testing.ssm_agent import RunResult
+
+        assert inv.job is not None
+        try:
+            result = inv.job.result()
+        except Exception as exc:  # noqa: BLE001 - the agent's bug must end the invocation, not the endpoint
+            result = RunResult("Failed", "Failed", 1, "", f"the fake SSM agent failed: {exc!r}")
+        inv.finished_at = result.finished_at
+        failed_scan = inv.kind == "scan" and result.status != "Success"  # nothing new to report
+        if result.details == "Delivery Timed Out" or command.document_name != _PATCH_DOC or failed_scan:
+            return (result.status, result.details, result.code, result.stdout, result.stderr)
+        now = datetime.fromtimestamp(self._clock(), UTC)
+        if result.packages is not None:
+            self._refresh_ssh_packages(inst, result.packages)
+        reboot = command.parameters.get("RebootOption", ["RebootIfNeeded"])[0]
+        if inv.kind == "install":
+            for key in result.changed:
+                inst.installed_at[key] = now
+            inst.failed.update(result.failed)
+            if result.rebooted:
+                inst.pending_reboot.clear()
+                inst.reboots += 1
+            elif reboot == "NoReboot" and result.changed and result.packages is not None:
+                inst.pending_reboot.update(k for k in result.changed if k in inst.packages)
+                inst.pending_boot_id = result.packages.boot_id
+        counts = self._record_compliance(command, inv, inst, now)
+        if inv.kind == "install" and reboot == "NoReboot" and result.status == "Success":
+            assert inst.patch_state is not None
+            inst.patch_state["LastNoRebootInstallOperationTime"] = now
+        stdout = result.stdout + _summary(counts) + "\n"
+        return (result.status, result.details, result.code, stdout, result.stderr)
+
+    def _refresh_ssh_packages(self, inst: _Instance, packages: HostPackages) -> None:
+        """The instance's packages, approvals and pending state from the host's package database now.
+
+        Approved (``inst.available``): the versions a security pocket offers — what AWS's default Debian
+        baseline approves ("patch candidate versions are limited to patches included in … debian-security",
+        User Guide, "Patch compliance state values"). Apt rows carry the Debian section and priority as
+        ``Classification`` and ``Severity``, which is how :mod:`patchflow.executors.ssm.inventory` reads them.
+        """
+        if inst.pending_boot_id is not None and packages.boot_id != inst.pending_boot_id:
+            inst.pending_reboot.clear()  # rebooted since the NoReboot install
+            inst.pending_boot_id = None
+        for key, version in packages.installed.items():
+            if inst.packages.get(key) != version:
+                inst.installed_at[key] = datetime.fromtimestamp(self._clock(), UTC)
+        inst.packages = dict(packages.installed)
+        inst.pending_reboot &= set(inst.packages)
+        inst.available = [
+            AvailablePatch(
+                o.name,
+                o.arch,
+                _norm(o.version),
+                classification=o.section,
+                severity=o.priority.capitalize(),
+                security=True,
+            )
+            for o in packages.offered
+            if o.security
+        ]
+        inst.failed = {  # FAILED until the package is cleanly installed at (at least) that version
+            key: version
+            for key, version in inst.failed.items()
+            if key in inst.packages
+            and (key in packages.broken or versions.compare("deb", inst.packages[key], version) < 0)
+        }
 
     def _targets(self, params: dict[str, Any]) -> tuple[list[str], str]:
         """The instance ids a send addresses (exactly ``InstanceIds``, or what ``Targets`` select), and
@@ -824,6 +1064,9 @@ class SsmEndpoint:
             allowed = {"commands", "workingDirectory", "executionTimeout"}
             if not parameters.get("commands"):
                 raise _ApiError("InvalidParameters", "Parameter 'commands' is required")
+            timeout = parameters.get("executionTimeout", ["3600"])[0]
+            if not (timeout.isdigit() and 1 <= int(timeout) <= 172_800):  # the document's allowedPattern
+                raise _ApiError("InvalidParameters", "executionTimeout must be 1 to 172800 seconds")
         else:
             allowed = {"Operation", "SnapshotId", "InstallOverrideList", "BaselineOverride", "RebootOption",
                        "AssociationId"}  # fmt: skip
@@ -993,6 +1236,10 @@ class SsmEndpoint:
                 inv.final = ("Cancelled", "Cancelled", -1, "", "")
                 inv.finished_at = now
                 stopped += 1
+                if inv.job is not None and self._ssh is not None:  # best effort, as the User Guide says
+                    inv.job.cancel()
+                    if inv.kind == "install":
+                        self._ssh.cancel(f"ssm/{command.command_id}/{inv.instance_id}")
         # Cancelling every instance is cancelling the command; cancelling a finished command changes nothing.
         if stopped and (not only or only >= set(command.invocations)):
             command.cancelled = True
@@ -1034,14 +1281,17 @@ class SsmEndpoint:
         """Finish every invocation whose time is up, oldest first, applying its effect exactly once."""
         now = self._clock()
         due = [
-            (inv.done_at, command, inv)
+            (at, command, inv)
             for command in self._commands.values()
             for inv in command.invocations.values()
-            if inv.final is None and inv.done_at <= now
+            if inv.final is None and (at := _due_at(inv, now)) is not None
         ]
         for _, command, inv in sorted(due, key=lambda d: d[0]):
-            inv.final = self._run(command, inv)
-            inv.finished_at = inv.done_at
+            if inv.job is not None:
+                inv.final = self._finish_ssh(command, inv, self._instances[inv.instance_id])
+            else:
+                inv.final = self._run(command, inv)
+                inv.finished_at = inv.done_at
             self._write_output(command, inv)
 
     def _run(self, command: _Command, inv: _Invocation) -> tuple[str, str, int, str, str]:
@@ -1083,7 +1333,7 @@ class SsmEndpoint:
                 if target is not None:
                     inst.packages[key] = target
                     inst.installed_at[key] = now
-                    inst.failed.discard(key)
+                    inst.failed.pop(key, None)
                     installed_now.append(key)
                     lines.append(f"Installed {key[0]}.{key[1]} {have} -> {target}")
             if reboot == "NoReboot":
@@ -1098,11 +1348,7 @@ class SsmEndpoint:
         if operation == "Install" and reboot == "NoReboot":
             assert inst.patch_state is not None
             inst.patch_state["LastNoRebootInstallOperationTime"] = now
-        lines.append(
-            f"Installed count: {counts['INSTALLED']}, Installed Other count: {counts['INSTALLED_OTHER']}, "
-            f"Installed Pending Reboot count: {counts['INSTALLED_PENDING_REBOOT']}, Failed count: "
-            f"{counts['FAILED']}, Missing count: {counts['MISSING']}"
-        )
+        lines.append(_summary(counts))
         return ("Success", "Success", 0, "\n".join(lines) + "\n", "")
 
     def _fail_install(self, command: _Command, inv: _Invocation, inst: _Instance) -> None:
@@ -1110,8 +1356,9 @@ class SsmEndpoint:
         if command.override_problem:
             return  # the document failed before looking at any package
         for key, have in inst.packages.items():
-            if self._install_target(inst, key, have, command.override) is not None:
-                inst.failed.add(key)
+            target = self._install_target(inst, key, have, command.override)
+            if target is not None:
+                inst.failed[key] = target
         self._record_compliance(command, inv, inst, datetime.fromtimestamp(self._clock(), UTC))
 
     def _record_compliance(
@@ -1121,10 +1368,11 @@ class SsmEndpoint:
         operation = command.parameters["Operation"][0]
         reboot = command.parameters.get("RebootOption", ["RebootIfNeeded"])[0]
         override_url = command.parameters.get("InstallOverrideList", [""])[0]
-        rows = self._compliance_rows(inst)
+        rated = self._compliance_rows(inst)
+        rows = [row for row, _ in rated]
         counts = Counter(r["State"] for r in rows)
         non_compliant = [r for r in rows if r["State"] in _NON_COMPLIANT]
-        security = sum(1 for r in non_compliant if r["Classification"] == "Security")
+        security = sum(1 for row, is_security in rated if is_security and row["State"] in _NON_COMPLIANT)
         inst.patch_rows = rows
         tags = self._tags(inst)
         inst.patch_state = {
@@ -1161,48 +1409,45 @@ class SsmEndpoint:
     ) -> str | None:
         """The version an Install brings ``key`` to, or None (no newer version selected)."""
         assert inst.family is not None
-        family = inst.family
         offered = [a.version for a in inst.available if (a.name, a.arch) == key]
-        candidates: list[str] = []
-        if override is None:
-            candidates = offered  # no baseline here: everything available is approved
-        else:
-            kb_id = f"{key[0]}.{key[1]}"
-            for entry in override:
-                if not fnmatch.fnmatchcase(kb_id, str(entry["id"])):
-                    continue
-                title = entry.get("title")
-                if title is None:
-                    candidates.extend(offered)
-                elif not any(c in str(title) for c in "*?["):
-                    candidates.append(_version_from_title(family, kb_id, str(title)))
-                else:
-                    candidates.extend(v for v in offered if _title_matches(family, kb_id, v, str(title)))
-        newer = [v for v in candidates if versions.compare(family, v, have) > 0]
-        return versions.latest(family, newer) if newer else None
+        # No baseline here: everything available is approved, and an override list picks among it.
+        return _install_target(inst.family, key, have, offered, offered, override)
 
-    def _compliance_rows(self, inst: _Instance) -> list[dict[str, Any]]:
+    def _compliance_rows(self, inst: _Instance) -> list[tuple[dict[str, Any], bool]]:
+        """Every installed package's ``DescribeInstancePatches`` row, each with whether it is a security patch."""
         assert inst.family is not None
-        rows = []
+        rows: list[tuple[dict[str, Any], bool]] = []
         for (name, arch), version in sorted(inst.packages.items()):
             kb_id = f"{name}.{arch}"
             offered = [
                 a for a in inst.available if (a.name, a.arch) == (name, arch)
                 and versions.compare(inst.family, a.version, version) > 0
             ]  # fmt: skip
-            if offered:
-                best = max(offered, key=lambda a: versions.sort_key(inst.family or "deb", a.version))
+            failed = inst.failed.get((name, arch))
+            if failed is not None or offered:
+                # FAILED: the version a failed Install could not install; MISSING: the newest approved one.
+                wanted = failed or max(
+                    (a.version for a in offered), key=lambda v: versions.sort_key(inst.family or "deb", v)
+                )
+                best = next(
+                    (
+                        a
+                        for a in inst.available
+                        if (a.name, a.arch, _norm(a.version)) == (name, arch, _norm(wanted))
+                    ),
+                    None,
+                )
                 row: dict[str, Any] = {
-                    "Title": _title(inst.family, kb_id, best.version),
+                    "Title": _title(inst.family, kb_id, wanted),
                     "KBId": kb_id,
-                    "Classification": best.classification,
-                    "Severity": best.severity,
-                    "State": "FAILED" if (name, arch) in inst.failed else "MISSING",
+                    "Classification": best.classification if best else "",
+                    "Severity": best.severity if best else "",
+                    "State": "FAILED" if failed is not None else "MISSING",
                     "InstalledTime": datetime.fromtimestamp(0, UTC),  # AWS: 0 for what is not installed
                 }
-                if best.cve_ids:  # CVE ids are reported for MISSING and FAILED patches only
+                if best and best.cve_ids:  # CVE ids are reported for MISSING and FAILED patches only
                     row["CVEIds"] = ",".join(best.cve_ids)
-                rows.append(row)
+                rows.append((row, bool(best and best.is_security)))
                 continue
             meta = next(
                 (a for a in inst.available if (a.name, a.arch, _norm(a.version)) == (name, arch, version)),
@@ -1212,17 +1457,16 @@ class SsmEndpoint:
                 state = "INSTALLED_PENDING_REBOOT"
             else:  # a version no update notice names was not approved by any baseline: INSTALLED_OTHER
                 state = "INSTALLED" if meta else "INSTALLED_OTHER"
-            rows.append(
-                {
-                    "Title": _title(inst.family, kb_id, version),
-                    "KBId": kb_id,
-                    # Blank for INSTALLED_OTHER, as AWS reports it (User Guide, "Patch compliance state values").
-                    "Classification": meta.classification if meta else "",
-                    "Severity": meta.severity if meta else "",
-                    "State": state,
-                    "InstalledTime": inst.installed_at.get((name, arch), inst.registered_at),
-                }
-            )
+            row = {
+                "Title": _title(inst.family, kb_id, version),
+                "KBId": kb_id,
+                # Blank for INSTALLED_OTHER, as AWS reports it (User Guide, "Patch compliance state values").
+                "Classification": meta.classification if meta else "",
+                "Severity": meta.severity if meta else "",
+                "State": state,
+                "InstalledTime": inst.installed_at.get((name, arch), inst.registered_at),
+            }
+            rows.append((row, bool(meta and meta.is_security)))
         return rows
 
     def _run_shell(self, command: _Command, inst: _Instance) -> tuple[str, str, int, str, str]:
@@ -1252,7 +1496,7 @@ class SsmEndpoint:
                             inst.packages[key] = wanted[2]
                             inst.installed_at[key] = now
                             inst.pending_reboot.discard(key)
-                            inst.failed.discard(key)
+                            inst.failed.pop(key, None)
             elif words[0] == "exit" and len(words) > 1 and words[1] != "0":
                 return ("Failed", "Failed", int(words[1]), "\n".join(out), f"exit {words[1]}")
         return ("Success", "Success", 0, "\n".join(out) + ("\n" if out else ""), "")
@@ -1381,6 +1625,83 @@ def _family_of(platform: str) -> str | None:
     if lowered.startswith(_RPM_PLATFORMS):
         return "rpm"
     return None
+
+
+def _install_target(
+    family: str,
+    key: tuple[str, str],
+    have: str,
+    approved: Sequence[str],
+    offered: Sequence[str],
+    override: list[dict[str, Any]] | None,
+) -> str | None:
+    """The version an Install brings the installed package ``key`` (now at ``have``) to, or None.
+
+    Without an override list: the latest ``approved`` version. With one: what its entries select for this
+    package — an exact title that version, a title pattern or no title the matching ``offered`` versions
+    (User Guide, AWS-RunPatchBaseline, ``InstallOverrideList``: the list replaces the baseline's install set).
+    Only a version newer than ``have`` is installed.
+    """
+    candidates: list[str] = []
+    if override is None:
+        candidates = list(approved)
+    else:
+        kb_id = f"{key[0]}.{key[1]}"
+        for entry in override:
+            if not fnmatch.fnmatchcase(kb_id, str(entry["id"])):
+                continue
+            title = entry.get("title")
+            if title is None:
+                candidates.extend(offered)
+            elif not any(c in str(title) for c in "*?["):
+                candidates.append(_version_from_title(family, kb_id, str(title)))
+            else:
+                candidates.extend(v for v in offered if _title_matches(family, kb_id, v, str(title)))
+    newer = [v for v in candidates if versions.compare(family, v, have) > 0]
+    return versions.latest(family, newer) if newer else None
+
+
+def _ssh_install_set(override: list[dict[str, Any]] | None, packages: HostPackages) -> list[Package]:
+    """The versions an Install on an SSH-backed host installs: the override list's (chosen among every version
+    the host's sources offer), or without one the security pockets' (the default baseline's approvals)."""
+    chosen = []
+    for key, have in sorted(packages.installed.items()):
+        offered = [_norm(o.version) for o in packages.offered if (o.name, o.arch) == key]
+        approved = [_norm(o.version) for o in packages.offered if (o.name, o.arch) == key and o.security]
+        target = _install_target("deb", key, have, approved, offered, override)
+        if target is not None:
+            chosen.append(Package(key[0], key[1], target))
+    return chosen
+
+
+def ssh_instance_id(host_name: str) -> str:
+    """The managed-instance id an SSH host is registered under: ``mi-`` + its name's letters and digits,
+    zero-padded to 17 (``lab-01`` → ``mi-000000000000lab01``); a longer name is hashed."""
+    plain = re.sub(r"[^0-9a-z]", "", host_name.lower())
+    if len(plain) > 17:
+        plain = hashlib.sha256(host_name.encode()).hexdigest()[:17]
+    return "mi-" + plain.rjust(17, "0")
+
+
+def _summary(counts: Counter[str]) -> str:
+    """The summary line AWS-RunPatchBaseline prints (seen in the field, aws/amazon-ssm-agent#549)."""
+    return (
+        f"Installed count: {counts['INSTALLED']}, Installed Other count: {counts['INSTALLED_OTHER']}, "
+        f"Installed Pending Reboot count: {counts['INSTALLED_PENDING_REBOOT']}, Failed count: "
+        f"{counts['FAILED']}, Missing count: {counts['MISSING']}"
+    )
+
+
+def _due_at(inv: _Invocation, now: float) -> float | None:
+    """When an unfinished invocation ended (None: it has not): its planned end, or when its real run ended."""
+    if inv.job is None:
+        return inv.done_at if inv.done_at <= now else None
+    if not inv.job.done():
+        return None
+    try:
+        return inv.job.result().finished_at
+    except Exception:  # noqa: BLE001 - reported by _finish_ssh
+        return now
 
 
 def _ran(inv: _Invocation, now: float) -> bool:
@@ -1547,16 +1868,23 @@ def _command_matches(view: dict[str, Any], command: _Command, filters: dict[str,
     return True
 
 
+SSH_INVENTORY_ENV: Final = "PATCHFLOW_FAKE_SSM_SSH_INVENTORY"
+"""An SSH inventory whose apt hosts ``main`` registers as SSH-backed managed instances (``--ssh-inventory``)."""
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m patchflow.testing.ssm_endpoint [FLEET.yaml]``: a local fake AWS for demos.
+    """``python -m patchflow.testing.ssm_endpoint [FLEET.yaml] [--ssh-inventory FILE]``: a local fake AWS.
 
     Serves until interrupted; prints the URL and the settings that point patchflow at it. A DEMO backend:
-    nothing is patched, state lives in memory and is gone when it stops.
+    the fleet file's instances are simulated (nothing is patched); the hosts of an SSH inventory (the lab's,
+    ``patchflow lab up``) are real, and commands sent to them run on them. State lives in memory.
     """
     import argparse
+    import os
     import sys
 
     from patchflow.executors.simulated.fleet import load_fleet
+    from patchflow.executors.ssh import load_inventory
 
     parser = argparse.ArgumentParser(
         prog="python -m patchflow.testing.ssm_endpoint", description=main.__doc__
@@ -1570,15 +1898,30 @@ def main(argv: Sequence[str] | None = None) -> None:
         "--bucket", default="patchflow-demo", help="S3 bucket to create (default patchflow-demo)"
     )
     parser.add_argument("--run-seconds", type=float, default=1.0, help="how long a command runs")
+    parser.add_argument(
+        "--ssh-inventory",
+        default=os.environ.get(SSH_INVENTORY_ENV) or None,
+        help="register this SSH inventory's apt hosts as managed instances that really run commands "
+        f"(default ${SSH_INVENTORY_ENV})",
+    )
     args = parser.parse_args(argv)
     endpoint = SsmEndpoint(
         timings=Timings(not_found_seconds=0.5, pending_seconds=0.3, run_seconds=args.run_seconds)
     )
     with endpoint:
         endpoint.client("s3").create_bucket(Bucket=args.bucket)
-        count = len(endpoint.register_fleet(load_fleet(args.fleet))) if args.fleet else 0
+        try:
+            count = len(endpoint.register_fleet(load_fleet(args.fleet))) if args.fleet else 0
+            inventory = load_inventory(args.ssh_inventory) if args.ssh_inventory else None
+            real = endpoint.register_ssh_inventory(inventory) if inventory else {}
+        except (PatchflowError, ValueError) as exc:
+            sys.stderr.write(f"error: {exc}\n")
+            raise SystemExit(2) from None
+        for host, instance_id in real.items():
+            sys.stdout.write(f"  {instance_id}  {host} (real, over SSH)\n")
         sys.stdout.write(
-            f"fake SSM/EC2/S3 endpoint (demo backend, nothing is patched) at {endpoint.url}, {count} instance(s)\n"
+            f"fake SSM/EC2/S3 endpoint at {endpoint.url}: {count} simulated instance(s) (nothing is patched), "
+            f"{len(real)} real host(s)\n"
             f"  export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing\n"
             f"  export PATCHFLOW_SSM_ENDPOINT_URL={endpoint.url} PATCHFLOW_SSM_REGION={endpoint.region} "
             f"PATCHFLOW_SSM_BUCKET={args.bucket}\n"

@@ -84,3 +84,24 @@ def test_ssh_plan_mistakes_are_located(tmp_path: Path) -> None:
     assert "executor.inventory: 'nope.yml' does not exist" in message
     assert "executor.max_connections: 0: expected a whole number from 1 to 1000" in message
     assert "executor.bucket: unknown key" in message
+
+
+@pytest.mark.skipif(not Path("/usr/bin/apt-get").exists(), reason="needs an apt/dpkg machine")
+def test_the_package_inventory_reads_dpkg_and_the_apt_indexes_of_this_machine() -> None:
+    """The ``inventory`` operation (what the fake SSM endpoint's Scan reads on a host), run here without
+    ``apt-get update``: dpkg's packages with their states, and what the downloaded indexes offer for them
+    (read through ``apt-helper cat-file``, whatever compression apt keeps them in)."""
+    answer = agent.op_inventory({"refresh": False})
+    assert "error" not in answer, answer
+    dpkg = subprocess.run(
+        ["dpkg-query", "-W", "-f", "${Package} ${Version} ${db:Status-Abbrev}\\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split("\n")
+    expected = {line.split()[0]: line.split()[1] for line in dpkg if line.split()[2:3] == ["ii"]}
+    assert {n: v for n, _a, v, state in answer["installed"] if state == "ii"} == expected
+    names = {n for n, *_ in answer["installed"]}
+    assert all(row[0] in names and len(row) == 7 for row in answer["offered"])
+    if any(Path("/var/lib/apt/lists").glob("*_Packages*")):  # indexes were downloaded on this machine
+        assert answer["offered"]

@@ -228,7 +228,7 @@ def _family() -> str:
     return ""
 
 
-def _product() -> str:
+def _os_release() -> dict[str, str]:
     fields: dict[str, str] = {}
     try:
         with open("/etc/os-release") as f:
@@ -236,6 +236,13 @@ def _product() -> str:
                 key, _, value = line.strip().partition("=")
                 fields[key] = value.strip('"')
     except OSError:
+        pass
+    return fields
+
+
+def _product() -> str:
+    fields = _os_release()
+    if not fields:
         return ""
     name = {
         "debian": "Debian",
@@ -369,11 +376,69 @@ def op_facts(req: dict[str, Any]) -> dict[str, Any]:
         "boot_id": _boot_id(),
         "family": _family(),
         "product": _product(),
+        "os_name": _os_release().get("NAME", ""),
+        "os_version": _os_release().get("VERSION_ID", ""),
         "packages": _packages() if req.get("packages", True) else [],
         "reboot_required": _reboot_required(),
         "audit": _audit(),
         "now": time.time(),
     }
+
+
+def op_inventory(req: dict[str, Any]) -> dict[str, Any]:
+    """The package database and what the repositories offer for it (Debian): every package dpkg knows with
+    its state (``ii`` = installed cleanly; ``iF``, ``iU`` … = half-done), and every version the configured apt
+    sources offer for an installed package, with the suite and codename of its source and the version's
+    section and priority. ``refresh`` (default) runs ``apt-get update`` first. The indexes are the ones apt
+    itself lists (``apt-get indextargets``), read through ``apt-helper cat-file`` (any compression apt keeps)."""
+    if _family() != "deb":
+        return {"error": "the package inventory is implemented for apt/dpkg hosts only"}
+    if req.get("refresh", True):
+        rc, out = _run(["apt-get", "update", *APT_OPTS[:5]], timeout=600)
+        if rc != 0:
+            return {"error": "apt-get update failed: " + _tail(out, 1500)}
+    rc, out = _run(["dpkg-query", "-W", "-f", "${Package} ${Architecture} ${Version} ${db:Status-Abbrev}\\n"])
+    installed = []
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) >= 4 and parts[3][1:2] not in ("n", "c"):
+            installed.append([parts[0], parts[1], parts[2], parts[3][:2]])
+    names = {p[0] for p in installed}
+    rc, out = _run(
+        [
+            "apt-get",
+            "indextargets",
+            "--format",
+            "$(FILENAME)\t$(SUITE)\t$(CODENAME)",
+            "Identifier: Packages",
+        ]
+    )
+    offered = []
+    for line in out.splitlines():
+        filename, _, rest = line.partition("\t")
+        suite, _, codename = rest.partition("\t")
+        if not filename or not os.path.exists(filename):
+            continue  # listed by the sources but not downloaded (yet)
+        rc, text = _run(["/usr/lib/apt/apt-helper", "cat-file", filename], timeout=600)
+        for stanza in text.split("\n\n"):
+            fields = {}
+            for entry in stanza.splitlines():
+                if entry and entry[0] not in " \t" and ":" in entry:
+                    key, _, value = entry.partition(":")
+                    fields[key] = value.strip()
+            if fields.get("Package") in names and fields.get("Version"):
+                offered.append(
+                    [
+                        fields["Package"],
+                        fields.get("Architecture", ""),
+                        fields["Version"],
+                        suite,
+                        codename,
+                        fields.get("Section", ""),
+                        fields.get("Priority", ""),
+                    ]
+                )
+    return {"boot_id": _boot_id(), "installed": installed, "offered": offered, "now": time.time()}
 
 
 def op_start(req: dict[str, Any]) -> dict[str, Any]:
@@ -759,6 +824,7 @@ def _revert(journal: dict[str, Any], after: list[list[str]]) -> str:
 
 OPERATIONS = {
     "facts": op_facts,
+    "inventory": op_inventory,
     "start": op_start,
     "wait": op_wait,
     "get": op_get,

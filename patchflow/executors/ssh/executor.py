@@ -25,6 +25,11 @@
   versions (an empty version removes a package the install added), with the same simulation check.
 * **Health** — the host's ``health_command`` (inventory) or the plan's, run as the SSH user: exit 0 is
   healthy. Without one: reachable and ``dpkg --audit`` clean.
+* **Building blocks** for other drivers of the same hosts (the fake SSM endpoint's agent,
+  :mod:`patchflow.testing.ssm_agent`): :meth:`SshExecutor.run` (a shell command as root),
+  :meth:`SshExecutor.reboot` (reboot now, wait for a new boot id), :meth:`SshExecutor.package_inventory`
+  (dpkg's packages and what the apt sources offer), and ``revert_failed_installs=False`` (leave a failed
+  transaction as the package manager left it).
 """
 
 from __future__ import annotations
@@ -54,7 +59,7 @@ from patchflow.executors.base import (
 from patchflow.executors.ssh import agent
 from patchflow.executors.ssh.inventory import SshHost, SshInventory
 
-__all__ = ["REBOOT_OPTIONS", "HostUnreachable", "SshExecutor"]
+__all__ = ["REBOOT_OPTIONS", "AgentError", "HostUnreachable", "SshExecutor"]
 
 REBOOT_OPTIONS: Final = ("RebootIfNeeded", "NoReboot")
 AGENT_SOURCE: Final = Path(agent.__file__).read_text(encoding="utf-8")
@@ -176,6 +181,9 @@ class SshExecutor:
         command_timeout_seconds: a package transaction running longer is killed (``timed_out``).
         reboot_timeout_seconds: how long a rebooted host may take to come back with a new boot id.
         poll_seconds: the longest single wait on the host before patchflow asks again.
+        revert_failed_installs: put the packages a failed install changed back to their versions before it
+            (patchflow's own behaviour). False leaves the host as the package manager left it, as
+            ``AWS-RunPatchBaseline`` does (the fake SSM endpoint's lab hosts).
     """
 
     def __init__(
@@ -189,6 +197,7 @@ class SshExecutor:
         command_timeout_seconds: float = 3600.0,
         reboot_timeout_seconds: float = 600.0,
         poll_seconds: float = 10.0,
+        revert_failed_installs: bool = True,
     ) -> None:
         if reboot_option not in REBOOT_OPTIONS:
             raise ValueError(f"reboot_option {reboot_option!r}: use RebootIfNeeded or NoReboot")
@@ -198,6 +207,7 @@ class SshExecutor:
         self.command_timeout_seconds = command_timeout_seconds
         self.reboot_timeout_seconds = reboot_timeout_seconds
         self.poll_seconds = poll_seconds
+        self.revert_failed_installs = revert_failed_installs
         self._pool = _Pool(max_connections, connect_timeout_seconds)
         self._operations: dict[str, str] = {}
 
@@ -228,6 +238,64 @@ class SshExecutor:
     async def facts(self, instance_id: str) -> dict[str, Any]:
         """Boot id, family, product, packages, reboot required and ``dpkg --audit`` of a host."""
         return await self._agent(self._host(instance_id), "facts", {}, timeout=60)
+
+    async def package_inventory(self, instance_id: str, *, refresh: bool = True) -> dict[str, Any]:
+        """A Debian host's package database and what its apt sources offer (agent ``inventory``): ``installed``
+        rows ``[name, arch, version, dpkg state]``, ``offered`` rows ``[name, arch, version, suite, codename,
+        section, priority]`` for installed names, and ``boot_id``. ``refresh`` runs ``apt-get update`` first.
+
+        Raises:
+            HostUnreachable: the host cannot be driven.
+            AgentError: the host is not an apt host, or ``apt-get update`` failed (the message says which).
+        """
+        answer = await self._agent(self._host(instance_id), "inventory", {"refresh": refresh}, timeout=900)
+        if answer.get("error"):
+            raise AgentError(f"{instance_id}: {answer['error']}")
+        return answer
+
+    async def run(
+        self, instance_id: str, command: str, *, stdin: str | None = None, timeout: float = 3600.0
+    ) -> tuple[int, str, str]:
+        """Run a shell command on the host as root (through ``sudo -n`` unless the SSH user is root); returns
+        ``(exit status, stdout, stderr)``. The command itself must stop in time (``timeout`` only stops
+        waiting for it).
+
+        Raises:
+            HostUnreachable: the host cannot be reached or logged in to, or the command outlived ``timeout``.
+        """
+        host = self._host(instance_id)
+        line = ("sudo -n " if host.sudo else "") + "sh -c " + shlex.quote(command)
+        try:
+            result = await self._pool.run(host, line, stdin, timeout)
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            raise HostUnreachable(f"{host.name} ({host.address}:{host.port}): {_reason(exc)}") from exc
+        status = result.exit_status if result.exit_status is not None else -1
+        return status, _text(result.stdout), _text(result.stderr)
+
+    async def reboot(self, instance_id: str) -> str:
+        """Reboot the host now (its ``reboot_command``, detached so this call returns first) and wait for it
+        to come back with a new boot id; returns that boot id.
+
+        Raises:
+            HostUnreachable: the host did not come back within ``reboot_timeout_seconds``.
+        """
+        host = self._host(instance_id)
+        before = (await self._agent(host, "facts", {"packages": False}, timeout=60))["boot_id"]
+        detached = f"nohup setsid sh -c {shlex.quote('sleep 1; ' + host.reboot_command)} >/dev/null 2>&1 &"
+        await self.run(instance_id, detached, timeout=60)
+        deadline = time.monotonic() + self.reboot_timeout_seconds
+        while time.monotonic() < deadline:
+            await asyncio.sleep(0.5)
+            try:
+                facts = await self._agent(host, "facts", {"packages": False}, timeout=30)
+            except (HostUnreachable, AgentError):
+                self._pool.drop(host.name)
+                continue
+            if facts["boot_id"] and facts["boot_id"] != before:
+                return str(facts["boot_id"])
+        raise HostUnreachable(
+            f"{host.name} did not come back with a new boot id within {self.reboot_timeout_seconds:.0f}s of its reboot"
+        )
 
     # --------------------------------------------------------------------------------- installs
     async def install(
@@ -325,6 +393,7 @@ class SshExecutor:
             "operation_id": operation_id,
             "kind": kind,
             "packages": [[p.name, p.arch, p.version] for p in packages],
+            "revert_on_failure": self.revert_failed_installs,
         }
         started = time.monotonic()
         try:

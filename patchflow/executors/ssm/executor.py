@@ -355,6 +355,20 @@ def _changes(before: Sequence[Package], after: Sequence[Package]) -> tuple[Packa
     )
 
 
+FAILURE_TAIL_CHARS: Final = 800
+"""How much of a failed invocation's output its instance's message keeps: the end, where the package manager
+says what went wrong (a maintainer script's exit status, the package it could not configure)."""
+
+
+def _output_tail(invocation: dict[str, Any]) -> str:
+    """``: …<the last FAILURE_TAIL_CHARS of stderr, else of stdout>`` of a failed invocation ("" if it wrote
+    nothing): the plugin's own account of the failure, as GetCommandInvocation returns it."""
+    text = (invocation.get("StandardErrorContent") or invocation.get("StandardOutputContent") or "").strip()
+    if len(text) > FAILURE_TAIL_CHARS:
+        text = "…" + text[-FAILURE_TAIL_CHARS:]
+    return f": {text}" if text else ""
+
+
 def _error_code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
@@ -830,8 +844,7 @@ class SsmExecutor:
             message += f": {len(changed)} package(s) {verb}" + (", rebooted" if rebooted else "")
             message += ", reboot pending" if pending_reboot else ""
         else:
-            stderr = invocation.get("StandardErrorContent", "").strip()
-            message += f": {stderr[:300]}" if stderr else ""
+            message += _output_tail(invocation)
         result = InstallResult(
             instance_id,
             status,
