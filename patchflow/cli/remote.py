@@ -39,6 +39,9 @@ REQUEST_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=10.0)
 WAIT_POLL_SECONDS = 0.5
 """How often ``wave start --wait`` asks for the wave's state."""
 
+LIST_LIMIT = 200
+"""Most waves one ``GET /waves`` returns (the API's maximum): the newest, where a running wave is found."""
+
 WAIT_MAX_FAILURES = 40
 """Consecutive failed polls (~20 s) after which ``--wait`` stops waiting, as in local mode."""
 
@@ -242,14 +245,10 @@ def refuse_direct_temporal(settings: Settings) -> None:
     """
     if remote_api(settings) is None:
         return
-    import click
-
-    context = click.get_current_context(silent=True)
-    command = f"'{context.command_path}'" if context is not None else "this command"
     raise InputError(
-        f"{command} talks to Temporal directly, which the patchflow API does not offer; with PATCHFLOW_API_URL "
-        "and PATCHFLOW_TOKEN set the CLI acts through the API only. Run it without them, where a Temporal "
-        "client certificate is configured (PATCHFLOW_TEMPORAL_TLS_*)"
+        "this command talks to Temporal directly (schedules and emergency waves have no API route), and with "
+        "PATCHFLOW_API_URL and PATCHFLOW_TOKEN set the CLI acts through the patchflow API only. Run it without "
+        "them, where a Temporal client certificate is configured (PATCHFLOW_TEMPORAL_TLS_*)"
     )
 
 
@@ -270,7 +269,8 @@ def refuse_as(who: str | None) -> None:
 
 
 def _wave_path(wave_id: str, *rest: str) -> str:
-    if not wave_id or wave_id.strip(".") == "":
+    """``/waves/<id>/…`` with the id one quoted path segment: an id can never reach another route."""
+    if not wave_id.strip(".") or "/" in wave_id:
         raise InputError(f"{wave_id!r} is no wave id; list waves with 'patchflow wave list'")
     return "/".join(("/waves", quote(wave_id, safe=""), *rest))
 
@@ -286,12 +286,9 @@ def wave_status(api: RemoteApi, wave_id: str) -> dict[str, Any]:
     return status
 
 
-def list_waves(api: RemoteApi, *, plan: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
-    """``GET /waves`` as the rows of ``wave list --format json``."""
-    params: dict[str, Any] = {"limit": limit}
-    if plan is not None:
-        params["plan"] = plan
-    answer = api.call("GET", "/waves", params=params)
+def list_waves(api: RemoteApi, *, limit: int = 50) -> list[dict[str, Any]]:
+    """``GET /waves`` (the API's task queue, newest first) as the rows of ``wave list --format json``."""
+    answer = api.call("GET", "/waves", params={"limit": limit})
     rows: list[dict[str, Any]] = []
     for wave in answer.get("waves", []):
         row: dict[str, Any] = {
@@ -330,7 +327,8 @@ def running_wave_of(api: RemoteApi, plan_name: str) -> str | None:
     """A running wave of the plan, as local mode finds it: a ``wave-<plan>-<time>-…`` workflow still running,
     whether or not it can say its state (one that cannot is assumed to patch the fleet)."""
     named = re.compile(rf"wave-{re.escape(plan_name)}-\d{{8}}T\d{{6}}Z-.+")
-    for row in list_waves(api, plan=plan_name, limit=200):
+    # Unfiltered: the API's plan filter drops waves that cannot say their plan, which are the ones to fear.
+    for row in list_waves(api, limit=LIST_LIMIT):
         if row["workflow_status"] == "RUNNING" and named.fullmatch(row["wave_id"]):
             return str(row["wave_id"])
     return None
