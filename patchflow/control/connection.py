@@ -101,7 +101,7 @@ def _pem(path: Path | None, field: str) -> bytes | None:
             f"{variable}: {path} is larger than {MAX_PEM_BYTES} bytes: not a PEM file"
         )
     if not any(marker in data for marker in PEM_MARKERS[field]):
-        kind = "a private key" if field == "temporal_tls_key" else "a certificate"
+        kind = "private key" if field == "temporal_tls_key" else "certificate"
         raise TemporalSettingsError(f"{variable}: {path} holds no PEM {kind} ('-----BEGIN …' block)")
     return data
 
