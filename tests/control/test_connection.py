@@ -421,3 +421,36 @@ async def test_a_wave_runs_with_worker_and_cli_behind_mutual_tls(
         without.stderr.startswith("error: cannot reach Temporal")
         and "without a client certificate" in without.stderr
     )
+
+
+async def test_the_deploy_scripts_certificates_work_and_only_for_their_holders(
+    dev_env: WorkflowEnvironment,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    """What deploy/tls/make-temporal-certs.sh makes, used as deploy/ uses it: the frontend serves the
+    ``temporal`` certificate and trusts the CA; the workers' certificate gets in (its address named in the
+    certificate: 127.0.0.1), a certificate of a new CA made by another run does not."""
+    script = REPO_ROOT / "deploy" / "tls" / "make-temporal-certs.sh"
+    ours, theirs = tmp_path / "tls", tmp_path / "other-tls"
+    for out in (ours, theirs):
+        made = await asyncio.to_thread(
+            subprocess.run, [str(script), str(out)], capture_output=True, timeout=60
+        )
+        assert made.returncode == 0, made.stderr
+    pki = Pki(
+        ca=ours / "temporal" / "ca.crt",
+        server=(ours / "temporal" / "tls.crt", ours / "temporal" / "tls.key"),
+        client=(ours / "patchflow-worker" / "tls.crt", ours / "patchflow-worker" / "tls.key"),
+        intruder=(theirs / "patchflow-worker" / "tls.crt", theirs / "patchflow-worker" / "tls.key"),
+        other_ca=theirs / "ca" / "ca.crt",
+    )
+    with MutualTlsFrontend(dev_env.client.service_client.config.target_host, pki) as tls:
+        client = await connect(tls_settings(tls, pki, temporal_tls_server_name=None))
+        async for _ in client.list_workflows(limit=1):
+            break
+        assert tls.accepted == ["patchflow-worker"]
+        with pytest.raises(TemporalUnavailable):
+            await connect(
+                tls_settings(tls, pki, temporal_tls_cert=pki.intruder[0], temporal_tls_key=pki.intruder[1])
+            )
+        assert tls.refusals_after(0) == ["CERTIFICATE_VERIFY_FAILED"]
