@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import ssl
 import subprocess
-import sys
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -43,6 +41,7 @@ from patchflow.service.api import create_app
 from patchflow.service.worker import build_worker
 from tests.api.test_api import write_plan
 from tests.conftest import REPO_ROOT
+from tests.test_cli import run as run_cli
 from tests.workflows.conftest import dev_env  # noqa: F401 - a fixture
 
 # ---------------------------------------------------------------------------------------------- certificates
@@ -373,32 +372,20 @@ async def test_a_wave_runs_with_worker_and_cli_behind_mutual_tls(
     plans = tmp_path / "plans"
     plans.mkdir()
     plan = plans / write_plan(plans, "demo.yaml", time_scale=0.05)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PATCHFLOW_")}
-    env.update(
-        PATCHFLOW_DATA_DIR=str(tls_worker.data_dir),
-        PATCHFLOW_TEMPORAL_ADDRESS=tls_worker.temporal_address,
-        PATCHFLOW_TASK_QUEUE=tls_worker.task_queue,
-        PATCHFLOW_TEMPORAL_TLS_CA=str(pki.ca),
-        PATCHFLOW_TEMPORAL_TLS_CERT=str(pki.client[0]),
-        PATCHFLOW_TEMPORAL_TLS_KEY=str(pki.client[1]),
-        PATCHFLOW_TEMPORAL_TLS_SERVER_NAME="temporal",
-    )
+    env: dict[str, str | None] = {
+        "PATCHFLOW_TEMPORAL_ADDRESS": tls_worker.temporal_address,
+        "PATCHFLOW_TASK_QUEUE": tls_worker.task_queue,
+        "PATCHFLOW_TEMPORAL_TLS_CA": str(pki.ca),
+        "PATCHFLOW_TEMPORAL_TLS_CERT": str(pki.client[0]),
+        "PATCHFLOW_TEMPORAL_TLS_KEY": str(pki.client[1]),
+        "PATCHFLOW_TEMPORAL_TLS_SERVER_NAME": "temporal",
+    }
 
     async def patchflow(*args: str, **overrides: str | None) -> subprocess.CompletedProcess[str]:
-        run_env = {**env, **{k: v for k, v in overrides.items() if v is not None}}
-        for name in [k for k, v in overrides.items() if v is None]:
-            run_env.pop(name, None)
-        proc = await asyncio.to_thread(
-            subprocess.run,
-            [sys.executable, "-m", "patchflow", *args],
-            env=run_env,
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
+        """``patchflow ARGS`` in a process of its own (``None`` overrides remove a variable)."""
+        return await asyncio.to_thread(
+            run_cli, *args, data_dir=tls_worker.data_dir, env_overrides={**env, **overrides}, timeout=120
         )
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
 
     started = await patchflow("wave", "start", str(plan), "--wait", "--timeout", "60", "--format", "json")
     assert started.returncode == 0, started.stderr
