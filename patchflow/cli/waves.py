@@ -122,7 +122,10 @@ def wave_start(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="Rollout plan.", show_default=False)],
     patch_set: Annotated[
         str | None,
-        typer.Option("--patch-set", help="Install this pinned set (id or file) instead of evaluating."),
+        typer.Option(
+            "--patch-set",
+            help="Install this pinned set (id, or in local mode a file) instead of evaluating.",
+        ),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Return once the wave finished, halted or waits at a gate.")
