@@ -227,16 +227,16 @@ def test_refusals_map_to_exit_codes_with_the_apis_reason(patchflow: Cli, stack: 
     assert patchflow("wave", "cancel", wave_id, as_token="olga").code == 0
 
 
-def test_start_checks_the_plan_and_refuses_a_second_wave(patchflow: Cli) -> None:
-    """Remote ``wave start`` does local mode's checks through the API: a running wave of the plan refuses a
-    second one (exit 4), ``plan`` dry-runs on the server."""
+def test_start_refuses_a_second_wave_and_plan_dry_runs_on_the_server(patchflow: Cli) -> None:
+    """Remote ``wave start`` gets local mode's checks from the API: a running wave of the plan refuses a
+    second one (409: exit 4, with the CLI's option named), ``plan`` dry-runs on the server."""
     first = patchflow("wave", "start", "slow.yaml", "--allow-concurrent", "--format", "json", as_token="olga")
     assert first.code == 0, first.err
     wave_id = first.json()["wave_id"]
     assert set(first.json()) == {"wave_id", "patch_set_id"}
     second = patchflow("wave", "start", "slow.yaml", as_token="olga")
     assert second.code == 4, second.err
-    assert "of plan demo is still running on its fleet" in second.err
+    assert "of plan demo is still running on its fleet" in second.err and "--allow-concurrent" in second.err
     assert patchflow("wave", "cancel", wave_id, "-m", "test over", as_token="olga").code == 0
 
     dry = patchflow("plan", "demo.yaml", "--format", "json", as_token="olga")

@@ -245,7 +245,7 @@ class WaveWorkflow:
         self._gate_decided_at[index] = workflow.now()
         verb = "approve" if approved else "reject"
         self._audit(decision.who, verb, decision.stage, decision.comment)
-        return f"stage {decision.stage} {verb}d by {decision.who}"
+        return f"stage {decision.stage} {'approved' if approved else 'rejected'} by {decision.who}"
 
     @workflow.update
     async def approve(self, decision: GateDecision) -> str:

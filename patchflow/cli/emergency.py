@@ -396,6 +396,20 @@ def _approve_hint(prep: Prepared, status: WaveStatus) -> str | None:
 # ---------------------------------------------------------------------------------------------- commands
 
 
+async def refuse_second_wave(client: Any, plan_name: str) -> None:
+    """One wave at a time on a plan's fleet, emergencies included (as ``wave start``): two waves would install on
+    the same hosts at once. The operator halts or cancels the running wave, or says ``--allow-concurrent``."""
+    from patchflow.control.waves import WaveActionRefused, running_wave_of
+
+    running = await running_wave_of(client, plan_name)
+    if running is not None:
+        raise WaveActionRefused(
+            f"wave {running} of plan {plan_name} is still running on its fleet; cancel it ('patchflow wave "
+            f"cancel {running}') and run the emergency again, or start the emergency wave anyway with "
+            "--allow-concurrent"
+        )
+
+
 @emergency_app.callback(invoke_without_command=True)
 def emergency(
     ctx: typer.Context,
@@ -427,6 +441,13 @@ def emergency(
     who: Annotated[
         str | None, typer.Option("--as", help="Who starts the wave (default: the local user).")
     ] = None,
+    allow_concurrent: Annotated[
+        bool,
+        typer.Option(
+            "--allow-concurrent",
+            help="Start even while another wave of the plan runs (both then patch the same fleet).",
+        ),
+    ] = False,
     fmt: FmtOpt = Fmt.table,
     wait: Annotated[
         bool,
@@ -492,6 +513,9 @@ def emergency(
             return report
         if refusal is not None:
             raise InputError(refusal)
+        client = await temporal_client(settings)
+        if not allow_concurrent:
+            await refuse_second_wave(client, prep.plan.name)
         pinned = emergency_patch_set(targeted, prep.baseline, prep.catalog)
         PatchSetStore(settings.patch_set_dir).save(pinned)
         remember_patch_set(settings, pinned)
@@ -506,7 +530,6 @@ def emergency(
             )
         elif override_by:
             err.print(f"change freezes overridden, approved by {override_by} (audited as override_freeze)")
-        client = await temporal_client(settings)
         await start_wave(client, settings, inp)
         report["wave_id"] = inp.wave_id
         err.print(

@@ -17,7 +17,6 @@ problem), 404 → 3, 401/403/409 → 4 (refused, with the API's reason), 503 and
 from __future__ import annotations
 
 import ipaddress
-import re
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -38,9 +37,6 @@ REQUEST_TIMEOUT = httpx.Timeout(connect=10.0, read=120.0, write=30.0, pool=10.0)
 
 WAIT_POLL_SECONDS = 0.5
 """How often ``wave start --wait`` asks for the wave's state."""
-
-LIST_LIMIT = 200
-"""Most waves one ``GET /waves`` returns (the API's maximum): the newest, where a running wave is found."""
 
 WAIT_MAX_FAILURES = 40
 """Consecutive failed polls (~20 s) after which ``--wait`` stops waiting, as in local mode."""
@@ -323,43 +319,22 @@ def dry_run(api: RemoteApi, plan: str, at: datetime | None = None) -> dict[str, 
     return result
 
 
-def running_wave_of(api: RemoteApi, plan_name: str) -> str | None:
-    """A running wave of the plan, as local mode finds it: a ``wave-<plan>-<time>-…`` workflow still running,
-    whether or not it can say its state (one that cannot is assumed to patch the fleet)."""
-    named = re.compile(rf"wave-{re.escape(plan_name)}-\d{{8}}T\d{{6}}Z-.+")
-    # Unfiltered: the API's plan filter drops waves that cannot say their plan, which are the ones to fear.
-    for row in list_waves(api, limit=LIST_LIMIT):
-        if row["workflow_status"] == "RUNNING" and named.fullmatch(row["wave_id"]):
-            return str(row["wave_id"])
-    return None
-
-
 def start_wave(api: RemoteApi, plan: str, *, patch_set: str | None, allow_concurrent: bool) -> dict[str, str]:
-    """``wave start`` through the API, with local mode's checks first: the plan's dry run must find no problem
-    (exit 2), and no other wave of the plan may run (exit 4) unless ``allow_concurrent``.
+    """``POST /waves`` as the token's name. The API runs local mode's checks itself: a plan that would not get
+    through its stages is refused (422: exit 2, every problem), and so is a second wave of a plan while one
+    runs (409: exit 4) unless ``allow_concurrent``.
 
-    Returns ``{"wave_id", "patch_set_id"}``.
+    Returns ``{"wave_id", "patch_set_id"}``, as local mode prints them.
     """
-    checked = dry_run(api, plan)
-    if checked.get("problems"):
-        raise InputError(
-            f"not starting a wave of plan {checked.get('plan', plan)}: it would not get through its stages; fix "
-            f"the plan ('patchflow plan {plan}' shows the details)",
-            source=plan,
-            problems=[Problem(path="", message=str(problem)) for problem in checked["problems"]],
-        )
-    if not allow_concurrent:
-        running = running_wave_of(api, str(checked["plan"]))
-        if running is not None:
-            raise ApiRefused(
-                f"wave {running} of plan {checked['plan']} is still running on its fleet; follow it with "
-                f"'patchflow wave status {running}' (or cancel it), or start a second wave anyway with "
-                "--allow-concurrent"
-            )
-    body: dict[str, Any] = {"plan": plan}
+    body: dict[str, Any] = {"plan": plan, "allow_concurrent": allow_concurrent}
     if patch_set is not None:
         body["patch_set"] = patch_set
-    started = api.call("POST", "/waves", body=body)
+    try:
+        started = api.call("POST", "/waves", body=body)
+    except ApiRefused as exc:
+        if "allow_concurrent" not in str(exc):
+            raise
+        raise ApiRefused(f"{exc} (here: patchflow wave start --allow-concurrent)") from None
     return {"wave_id": str(started["wave_id"]), "patch_set_id": str(started["patch_set_id"])}
 
 

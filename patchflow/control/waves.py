@@ -396,17 +396,27 @@ async def act(
     except WorkflowUpdateFailedError as exc:
         cause = exc.cause
         message = getattr(cause, "message", None) or str(cause or exc)
+        if _WAVE_CLOSED in message:  # the wave ended while the Update waited to be admitted
+            raise await _wave_ended(client, wave_id, action, stage) from None
         raise WaveActionRefused(f"{action} refused: {message}") from None
     except RPCError as exc:
-        if "already completed" in exc.message:
-            decided = await _gate_decided(client, wave_id, stage) if action in ("approve", "reject") else ""
-            raise WaveActionRefused(
-                f"{action} refused: {decided}wave {wave_id} has already ended; "
-                f"see 'patchflow wave status {wave_id}'"
-            ) from None
+        if "already completed" in exc.message or _WAVE_CLOSED in exc.message:
+            raise await _wave_ended(client, wave_id, action, stage) from None
         if exc.status in (RPCStatusCode.UNAVAILABLE, RPCStatusCode.DEADLINE_EXCEEDED):
             raise TemporalUnavailable(f"{action} not sent: Temporal did not answer ({exc.message})") from None
         raise WaveActionRefused(f"{action} refused: {exc.message}") from None
+
+
+_WAVE_CLOSED = "aborted by closing workflow"
+"""Temporal's words for an Update that was still waiting when its workflow closed (e.g. a rejection ended it)."""
+
+
+async def _wave_ended(client: Client, wave_id: str, action: str, stage: str | None) -> WaveActionRefused:
+    """The refusal of an action on a wave that has ended, naming the gate's decision where there was one."""
+    decided = await _gate_decided(client, wave_id, stage) if action in ("approve", "reject") else ""
+    return WaveActionRefused(
+        f"{action} refused: {decided}wave {wave_id} has already ended; see 'patchflow wave status {wave_id}'"
+    )
 
 
 async def _gate_decided(client: Client, wave_id: str, stage: str | None) -> str:
@@ -418,7 +428,10 @@ async def _gate_decided(client: Client, wave_id: str, stage: str | None) -> str:
     for entry in status.audit:
         if entry.stage == stage and entry.action in ("approve", "reject"):
             verb = "approved" if entry.action == "approve" else "rejected"
-            return f"stage {stage!r} was already {verb} by {entry.who} at {entry.at:%Y-%m-%d %H:%M:%S} UTC; "
+            return (
+                f"stage {stage!r} was already {verb} by {entry.who} at {entry.at:%Y-%m-%d %H:%M:%S} UTC; "
+                "a gate takes one decision; "
+            )
     return ""
 
 
@@ -475,7 +488,7 @@ async def running_wave_of(client: Client, plan_name: str) -> str | None:
             status: WaveStatus = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
         except RPCError:
             return execution.id
-        if status.plan_name == plan_name:
+        if status.plan_name == plan_name and status.state not in WAVE_FINAL_STATES:  # not one just closing
             return execution.id
     return None
 

@@ -58,12 +58,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client, WorkflowExecution
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from uvicorn.config import LOGGING_CONFIG
 
 from patchflow.config import Settings, get_settings
 from patchflow.core.wavemodel import WAVE_FINAL_STATES, WaveStatus
-from patchflow.errors import InputError, NotFoundError, PatchflowError
+from patchflow.errors import InputError, NotFoundError, PatchflowError, Problem
 from patchflow.metrics import DEFAULT_METRICS, Metrics, refresh_loop, render
 from patchflow.service.apimodel import (
     MAX_TEXT,
@@ -100,6 +100,7 @@ from patchflow.store import db
 if TYPE_CHECKING:
     from patchflow.core.baselines import Baseline
     from patchflow.core.evaluation import Evaluation, PatchSet
+    from patchflow.core.plans import Plan
     from patchflow.core.wavemodel import WaveInput
 
 log = logging.getLogger(__name__)
@@ -664,14 +665,17 @@ async def start_wave(
     settings = state.settings
     detail = {"plan": body.plan, "patch_set": body.patch_set}
 
-    def prepare() -> tuple[PatchSet, WaveInput]:
-        plan = state.plans.load(body.plan)
+    def prepare(plan: Plan) -> tuple[PatchSet, WaveInput]:
         pinned = waves.pin_patch_set(plan, settings, patch_set=body.patch_set)
         return pinned, waves.wave_input(plan, settings, pinned, who=who.name)
 
     try:
-        pinned, inp = await asyncio.to_thread(prepare)
+        plan = await asyncio.to_thread(state.plans.load, body.plan)
+        await _refuse_unstartable(plan, settings)
         client = await state.temporal.get()
+        if not body.allow_concurrent:
+            await _refuse_second_wave(client, plan.name)
+        pinned, inp = await asyncio.to_thread(prepare, plan)
         await waves.start_wave(client, settings, inp)
     except (PatchflowError, RPCError) as exc:
         await asyncio.to_thread(
@@ -694,6 +698,38 @@ async def start_wave(
     return WaveStarted(
         wave_id=inp.wave_id, plan=inp.plan_name, patch_set_id=pinned.id, patches=len(inp.patches)
     )
+
+
+async def _refuse_unstartable(plan: Plan, settings: Settings) -> None:
+    """``wave start``'s checks (:func:`patchflow.control.dryrun.check_plan`): refuse (422) a wave that would not
+    get through its stages — a window that never opens, a stage without targets — before anything starts."""
+    from patchflow.control.dryrun import check_plan
+
+    found = await check_plan(plan, settings, datetime.now(UTC))
+    if found.problems:
+        raise InputError(
+            f"not starting a wave of plan {plan.name}: it would not get through its stages; fix the plan "
+            "(POST /plans/validate shows the details)",
+            problems=[Problem(path="", message=problem) for problem in found.problems],
+        )
+
+
+async def _refuse_second_wave(client: Client, plan_name: str) -> None:
+    """One wave at a time on a plan's fleet (as ``wave start``): refuse (409) while another runs, unless the
+    request says ``allow_concurrent``. A server that cannot list workflows cannot be asked: nothing is refused."""
+    from patchflow.control.waves import WaveActionRefused, running_wave_of
+
+    try:
+        running = await running_wave_of(client, plan_name)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.UNIMPLEMENTED:
+            raise
+        return
+    if running is not None:
+        raise WaveActionRefused(
+            f"wave {running} of plan {plan_name} is still running on its fleet; follow it (GET /waves/{running}) "
+            'or cancel it, or start a second wave anyway with "allow_concurrent": true'
+        )
 
 
 def _first_line(exc: Exception) -> str:

@@ -101,6 +101,8 @@ class StartWave(_Request):
     ``$PATCHFLOW_DATA_DIR/plans``), relative to it or absolute."""
     patch_set: str | None = Field(default=None, pattern=PATCH_SET_ID_PATTERN)
     """Install this stored patch set instead of evaluating the baseline now."""
+    allow_concurrent: bool = False
+    """Start even while another wave of the plan runs (both then patch the same fleet); refused (409) otherwise."""
 
 
 class OperatorRequest(_Request):

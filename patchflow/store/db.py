@@ -21,13 +21,14 @@ datetimes (stored and returned in UTC).
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
-import functools
 import hashlib
 import hmac
 import json
 import secrets
 import sys
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -426,10 +427,29 @@ def make_engine(url: str, *, timeout_seconds: float | None = None) -> Engine:
     )
 
 
-@functools.lru_cache(maxsize=8)
+_ENGINES: collections.OrderedDict[tuple[str, float | None], Engine] = collections.OrderedDict()
+_ENGINES_LOCK = threading.Lock()
+_ENGINES_KEPT = 8
+
+
 def get_engine(url: str, *, timeout_seconds: float | None = None) -> Engine:
-    """The shared engine of ``url`` (one connection pool per process, database and timeout)."""
-    return make_engine(url, timeout_seconds=timeout_seconds)
+    """The shared engine of ``url`` (one connection pool per process, database and timeout).
+
+    At most eight engines are kept; the least recently used one beyond that is disposed of (its pooled
+    connections closed), never just dropped with connections still open.
+    """
+    key = (url, timeout_seconds)
+    with _ENGINES_LOCK:
+        engine = _ENGINES.get(key)
+        if engine is not None:
+            _ENGINES.move_to_end(key)
+            return engine
+        engine = make_engine(url, timeout_seconds=timeout_seconds)
+        _ENGINES[key] = engine
+        evicted = [_ENGINES.popitem(last=False)[1] for _ in range(len(_ENGINES) - _ENGINES_KEPT)]
+    for old in evicted:
+        old.dispose()
+    return engine
 
 
 def open_session(engine: Engine) -> Session:

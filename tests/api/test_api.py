@@ -321,6 +321,48 @@ async def test_operator_actions_are_applied_refused_and_audited(
     assert [w["wave_id"] for w in listed.json()["waves"]] == [wave_id]
 
 
+async def test_start_refuses_a_second_wave_of_a_plan_and_a_plan_that_cannot_finish(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """``POST /waves`` runs ``wave start``'s checks: one wave at a time on a plan's fleet (409 naming the running
+    wave, unless ``allow_concurrent``), and a plan whose stage window never opens is refused (422) before
+    anything starts."""
+    plans = stack.settings.api_plans_dir_resolved
+    plan = yaml.safe_load((plans / "slow.yaml").read_text())
+    plan["name"] = "one-at-a-time"
+    (plans / "one-at-a-time.yaml").write_text(dump_yaml(plan))
+    first = await http.post("/waves", json={"plan": "one-at-a-time.yaml"}, headers=stack.auth("olga"))
+    assert first.status_code == 201, first.text
+    first_id = first.json()["wave_id"]
+    try:
+        second = await http.post("/waves", json={"plan": "one-at-a-time.yaml"}, headers=stack.auth("olga"))
+        message = assert_error(second, 409, "refused")["message"]
+        assert first_id in message and "allow_concurrent" in message
+        anyway = await http.post(
+            "/waves",
+            json={"plan": "one-at-a-time.yaml", "allow_concurrent": True},
+            headers=stack.auth("olga"),
+        )
+        assert anyway.status_code == 201, anyway.text
+        await http.post(f"/waves/{anyway.json()['wave_id']}/cancel", json={}, headers=stack.auth("olga"))
+    finally:
+        await http.post(f"/waves/{first_id}/cancel", json={}, headers=stack.auth("olga"))
+
+    plan["name"] = "never-opens"
+    plan["stages"][-1]["window"] = {"schedule": "cron(0 2 30 2 ? *)", "duration_hours": 4}  # 30 February
+    (plans / "never-opens.yaml").write_text(dump_yaml(plan))
+    refused = await http.post("/waves", json={"plan": "never-opens.yaml"}, headers=stack.auth("olga"))
+    error = assert_error(refused, 422, "invalid_input")
+    assert "would not get through its stages" in error["message"]
+    last = plan["stages"][-1]["name"]
+    assert [
+        p["message"].startswith(f"{last}: the window schedule cron(0 2 30 2 ? *) never opens")
+        for p in error["problems"]
+    ] == [True]
+    listed = await http.get("/waves", params={"plan": "never-opens"}, headers=stack.auth("vic"))
+    assert listed.json()["waves"] == []  # nothing started
+
+
 async def test_unknown_waves_and_plans(stack: Stack, http: httpx.AsyncClient) -> None:
     assert_error(await http.get("/waves/wave-nope", headers=stack.auth("vic")), 404, "not_found")
     missing = await http.post("/waves/wave-nope/cancel", headers=stack.auth("olga"))

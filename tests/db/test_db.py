@@ -583,3 +583,18 @@ def test_cli_reports_bad_database_urls(url: str, code: int, message: str, tmp_pa
     proc = cli("db", "upgrade", url=url, data_dir=tmp_path)
     assert (proc.returncode, proc.stdout) == (code, "")
     assert message in proc.stderr and proc.stderr.startswith("error: ")
+
+
+def test_the_shared_engines_dispose_of_what_they_no_longer_keep(tmp_path: Path) -> None:
+    """The process keeps a few shared engines; one pushed out is disposed of (its pooled connections closed),
+    never dropped with connections still open (psycopg warns when a connection is garbage-collected open)."""
+    urls = [f"sqlite:///{tmp_path}/db{n}.sqlite" for n in range(10)]
+    first = db.get_engine(urls[0])
+    with first.connect() as conn:
+        conn.execute(sa.text("select 1"))
+    assert first.pool.checkedin() == 1  # type: ignore[attr-defined]
+    assert db.get_engine(urls[0]) is first  # shared while kept
+    for url in urls[1:]:
+        db.get_engine(url)
+    assert first.pool.checkedin() == 0  # type: ignore[attr-defined]
+    assert db.get_engine(urls[0]) is not first  # a new engine once pushed out

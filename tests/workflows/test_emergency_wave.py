@@ -251,6 +251,12 @@ async def test_change_freeze_holds_an_emergency_unless_an_approver_overrides_it(
         assert held["wave"]["stages"][0]["window_start"] == freeze_end.isoformat()
         assert exposed_ids(held["still_exposed"]) == {DEV[0]}
         assert fleet_versions(plan, data)[DEV[0]] == OLD
+
+        # One wave at a time on the plan's fleet, emergencies too: a second is refused (exit 4), naming the first.
+        code, _, stderr = await cli(*base, "--no-wait", env=env)
+        assert code == 4, stderr
+        assert f"wave {held['wave_id']} of plan emergtest is still running" in " ".join(stderr.split())
+        assert "--allow-concurrent" in stderr
         await act(dev_env.client, held["wave_id"], "cancel", who="test", comment="cleanup")
 
         # An approver who is not listed is refused before anything starts.

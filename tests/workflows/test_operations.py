@@ -345,7 +345,12 @@ async def test_a_gate_takes_exactly_one_decision_among_concurrent_updates(
         if "approved" in answer:
             note = next(s.note for s in result.status.stages if s.name == gate)
             assert note == f"approved by {answer.rsplit(' by ', 1)[1]}"
-    assert result.status.state == ("failed" if "rejected" in winners[gates[-1]] else "succeeded")
+    assert result.status.state == ("failed" if "rejected" in winners[gates[-1]] else "succeeded"), (
+        winners[gates[-1]],
+        refused,
+        [(s.name, s.state, s.note) for s in result.status.stages],
+        decisions,
+    )
 
 
 async def test_resume_and_rollback_are_one_decision_at_a_time(
