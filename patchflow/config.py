@@ -26,6 +26,19 @@ class Settings(BaseSettings):
     """Where patchflow keeps its state: pinned patch sets, the embedded server's database, SQLite."""
     temporal_address: str = "127.0.0.1:7233"
     """host:port of the Temporal frontend; the embedded dev server listens here."""
+    temporal_tls_ca: Path | None = None
+    """PEM bundle of the CA that signed the Temporal frontend's certificate. Setting any
+    ``PATCHFLOW_TEMPORAL_TLS_*`` makes every Temporal client of this process (API, Slack handler, worker, CLI in
+    local mode) speak TLS; unset, the system's roots verify the frontend."""
+    temporal_tls_cert: Path | None = None
+    """PEM client certificate this component presents to a frontend that requires client authentication
+    (mutual TLS, as ``deploy/`` configures it: only the API and the workers hold one). Needs
+    ``PATCHFLOW_TEMPORAL_TLS_KEY``."""
+    temporal_tls_key: Path | None = None
+    """PEM private key of ``PATCHFLOW_TEMPORAL_TLS_CERT``."""
+    temporal_tls_server_name: str | None = None
+    """Name the frontend's certificate is verified against (and sent as SNI) when it is not the host of
+    ``PATCHFLOW_TEMPORAL_ADDRESS`` (e.g. an IP address, or a load balancer's name)."""
     task_queue: str = "patchflow"
     """Temporal task queue the workers poll."""
     heartbeat_timeout_seconds: int = Field(default=30, ge=2)
@@ -88,6 +101,17 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     """Largest request body the API reads (uploaded baselines, catalogs and inventories; a 20,000-patch catalog
     is about 5 MB of JSON); larger ones get 413."""
+
+    api_url: str | None = None
+    """The CLI: base URL of a patchflow REST API (``https://patchflow.example.com``). With ``PATCHFLOW_TOKEN``,
+    the wave commands act through the API as the token's name instead of talking to Temporal (the
+    recommended production set-up: operators hold tokens, not Temporal client certificates)."""
+    token: SecretStr | None = None
+    """The CLI: the API token (``patchflow token create``) sent as ``Authorization: Bearer`` to
+    ``PATCHFLOW_API_URL``; no default."""
+    api_insecure_http: bool = False
+    """The CLI: allow a plain ``http://`` ``PATCHFLOW_API_URL`` to a host other than this machine (loopback).
+    Off: the token would cross the network in clear, so such a URL is refused."""
 
     slack_signing_secret: SecretStr | None = None
     """Signing secret of the Slack app (Basic Information → App Credentials). No default, as for every secret:

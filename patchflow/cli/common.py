@@ -146,9 +146,14 @@ def run_until_interrupted(coro: Any) -> Any:
 
 
 async def temporal_client(settings: Settings) -> Any:
-    from patchflow.service.worker import connect
+    """The Temporal client of a CLI command (local mode). With ``PATCHFLOW_API_URL`` and ``PATCHFLOW_TOKEN``
+    set the CLI acts through the REST API only: a command the API does not offer is refused, never run
+    against Temporal behind the operator's back (see :mod:`patchflow.cli.remote`)."""
+    from patchflow.cli.remote import refuse_direct_temporal
+    from patchflow.control.connection import connect
 
-    return await connect(settings.temporal_address)
+    refuse_direct_temporal(settings)
+    return await connect(settings)
 
 
 # ---------------------------------------------------------------------------------------------- plan

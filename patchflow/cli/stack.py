@@ -28,13 +28,15 @@ from patchflow.cli.common import (
 from patchflow.cli.fleet import simulated_executor
 from patchflow.cli.waves import approval_hint, print_status, stage_table
 from patchflow.config import Settings, get_settings
+from patchflow.control.connection import TemporalSettingsError
 from patchflow.core.plans import Plan, load_plan
 from patchflow.errors import InputError, PatchflowError
 
 
 def worker_command() -> None:
     """Run a worker against PATCHFLOW_TEMPORAL_ADDRESS (production: run several, on one task queue)."""
-    from patchflow.service.worker import build_worker, connect
+    from patchflow.control.connection import connect
+    from patchflow.service.worker import build_worker
 
     terminate_like_interrupt()
     settings = get_settings()
@@ -47,7 +49,7 @@ def worker_command() -> None:
         database_url = await _worker_history_database(settings)
 
         async def start() -> Any:
-            client = await connect(settings.temporal_address)
+            client = await connect(settings)
             return build_worker(
                 client,
                 settings.task_queue,
@@ -97,7 +99,8 @@ async def serve_through_outages(settings: Settings, start: Callable[[], Awaitabl
 
     A Temporal frontend that cannot be reached — at start-up, or later, when the worker fails on it — is an
     outage, not a bug: the worker says so, waits (1 s doubling to 30 s; back to 1 s once it ran a minute) and
-    tries again, for as long as it takes. Ctrl-C or SIGTERM stop it at any point.
+    tries again, for as long as it takes. Ctrl-C or SIGTERM stop it at any point. TLS settings that cannot
+    work (:class:`~patchflow.control.connection.TemporalSettingsError`) stop it at once.
     """
     first, longest = OUTAGE_BACKOFF_SECONDS
     delay = first
@@ -110,6 +113,8 @@ async def serve_through_outages(settings: Settings, start: Callable[[], Awaitabl
             )
             await serve_until_stopped(worker)
             return
+        except TemporalSettingsError:
+            raise  # configuration, not an outage: waiting will not fix a missing certificate file
         except (PatchflowError, RuntimeError, RPCError) as exc:
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             _stop_on_signals_again()
@@ -183,8 +188,9 @@ def dev_command(
     ] = False,
 ) -> None:
     """The embedded single-machine stack: Temporal dev server (persisted under the data directory), a worker and the REST API."""
+    from patchflow.control.connection import connect
     from patchflow.control.devserver import start_dev_server
-    from patchflow.service.worker import build_worker, connect
+    from patchflow.service.worker import build_worker
 
     terminate_like_interrupt()
     stack = contextlib.ExitStack()
@@ -213,7 +219,7 @@ def dev_command(
     async def go() -> None:
         from patchflow.service.api import serve as serve_api
 
-        client = await connect(settings.temporal_address, attempts=20)
+        client = await connect(settings, attempts=20)
         worker = build_worker(
             client,
             settings.task_queue,
@@ -322,8 +328,9 @@ def _quiet_uvicorn() -> None:
 
 
 def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
+    from patchflow.control.connection import connect
     from patchflow.control.devserver import port_open, split_address, start_dev_server
-    from patchflow.service.worker import build_worker, connect
+    from patchflow.service.worker import build_worker
 
     terminate_like_interrupt()
     settings = get_settings()
@@ -337,7 +344,7 @@ def _demo(approve: bool, plan_file: Path, timeout: float) -> None:
         simulated_executor(plan.executor.fleet).reset()  # type: ignore[arg-type]
 
     async def go() -> dict[str, Any]:
-        client = await connect(settings.temporal_address, attempts=20)
+        client = await connect(settings, attempts=20)
         database_url = history_database(settings, migrate=True)
         worker = build_worker(client, settings.task_queue, database_url=database_url, settings=settings)
         worker_task = asyncio.create_task(worker.run())

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from patchflow.cli import remote
 from patchflow.cli.common import (
     Fmt,
     emit_json,
@@ -23,6 +24,7 @@ from patchflow.cli.common import (
     temporal_client,
 )
 from patchflow.cli.db import audit_refusal
+from patchflow.cli.remote import refuse_as, remote_api
 from patchflow.config import Settings, get_settings
 from patchflow.control.dryrun import dry_run
 from patchflow.core.plans import Plan, load_plan
@@ -46,7 +48,11 @@ def plan_command(
         moment = parse_instant(at, allow_now=True)
     except ValueError as exc:
         raise InputError(f"--at: {exc}") from None
-    result = run_sync(dry_run(load_plan(plan_file), get_settings(), moment))
+    api = remote_api(get_settings())
+    if api is not None:  # PLAN names a file of the API's plans directory
+        result = remote.dry_run(api, str(plan_file), None if at == "now" else moment)
+    else:
+        result = run_sync(dry_run(load_plan(plan_file), get_settings(), moment))
     if fmt is Fmt.json:
         emit_json(result)
         if result["problems"]:
@@ -55,7 +61,7 @@ def plan_command(
     out.print(
         f"plan [bold]{result['plan']}[/]: patch set {result['patch_set_id']} ({result['patch_set_size']} package versions)"
     )
-    for freeze in result["freezes"]:
+    for freeze in result.get("freezes", []):  # the API's dry run does not list freezes
         out.print(f"change freeze [yellow]{freeze['name']}[/]: {freeze['start']} → {freeze['end']}")
     for stage in result["stages"]:
         out.print(
@@ -69,19 +75,23 @@ def plan_command(
             )
         )
         for window in stage["windows"]:
-            for skipped in window["skipped"]:
+            for skipped in window.get("skipped", []):
                 out.print(
                     f"  [yellow]skipped[/] window {skipped['start']}: inside change freeze {skipped['freeze']}"
                 )
             if window["start"] == "now":
-                cut = f" until {window['cutoff']} ({window['note']})" if window["cutoff"] else ""
+                cut = f" until {window['cutoff']} ({window.get('note', '')})" if window["cutoff"] else ""
                 out.print(f"  window: now (starts as soon as the gate passes){cut}")
             elif window["end"] is None:  # a `now` window a freeze delays: open-ended once it starts
                 cut = f", no new starts after {window['cutoff']}" if window["cutoff"] else ""
-                note = f" [yellow]{window['note']}[/]" if window["note"] else ""
+                note = f" [yellow]{window['note']}[/]" if window.get("note") else ""
                 out.print(f"  window: from {window['start']} (as soon as the gate passes){cut}{note}")
             else:
-                note = f" [yellow]{window['note']}[/]" if window["note"] and not window["skipped"] else ""
+                note = (
+                    f" [yellow]{window['note']}[/]"
+                    if window.get("note") and not window.get("skipped")
+                    else ""
+                )
                 cutoff = {
                     "carry_over": f"no new starts after {window['cutoff']}",
                     "continue": f"cutoff {window['cutoff']}: the stage goes on past it, never into a change freeze",
@@ -112,7 +122,10 @@ def wave_start(
     plan_file: Annotated[Path, typer.Argument(metavar="PLAN", help="Rollout plan.", show_default=False)],
     patch_set: Annotated[
         str | None,
-        typer.Option("--patch-set", help="Install this pinned set (id or file) instead of evaluating."),
+        typer.Option(
+            "--patch-set",
+            help="Install this pinned set (id, or in local mode a file) instead of evaluating.",
+        ),
     ] = None,
     wait: Annotated[
         bool, typer.Option("--wait", help="Return once the wave finished, halted or waits at a gate.")
@@ -137,6 +150,55 @@ def wave_start(
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
 ) -> None:
     """Pin the patch set and start a wave; prints the wave id."""
+    if timeout is not None and not wait:
+        raise InputError("--timeout limits --wait: give both, or neither")
+
+    settings = get_settings()
+    api = remote_api(settings)
+    if api is not None:  # PLAN names a file of the API's plans directory
+        started, status = _start_remote(api, str(plan_file), patch_set, allow_concurrent, wait, timeout)
+    else:
+        started, status = _start_local(settings, plan_file, patch_set, allow_concurrent, wait, timeout)
+    if fmt is Fmt.json:
+        emit_json(status if status is not None else started)
+    else:
+        out.print(started["wave_id"])
+        if status is not None:
+            print_status(status)
+    if status is not None and status["state"] not in ("succeeded", "waiting_approval"):
+        raise typer.Exit(1)
+
+
+def _start_remote(
+    api: remote.RemoteApi,
+    plan: str,
+    patch_set: str | None,
+    allow_concurrent: bool,
+    wait: bool,
+    timeout: float | None,
+) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """``wave start`` through the API: (``{wave_id, patch_set_id}``, the settled status under ``--wait``)."""
+    started = remote.start_wave(api, plan, patch_set=patch_set, allow_concurrent=allow_concurrent)
+    wave_id = started["wave_id"]
+    err.print(f"started wave {wave_id} (patch set {started['patch_set_id']})")
+    if not wait:
+        return started, None
+    try:
+        return started, remote.wait_settled(api, wave_id, timeout=timeout, progress=err.print)
+    except KeyboardInterrupt:
+        err.print(f"interrupted; wave {wave_id} keeps running: patchflow wave status {wave_id}")
+        raise typer.Exit(130) from None
+
+
+def _start_local(
+    settings: Settings,
+    plan_file: Path,
+    patch_set: str | None,
+    allow_concurrent: bool,
+    wait: bool,
+    timeout: float | None,
+) -> tuple[dict[str, str], dict[str, Any] | None]:
+    """``wave start`` against Temporal: (``{wave_id, patch_set_id}``, the settled status under ``--wait``)."""
     from patchflow.control.waves import (
         WaveActionRefused,
         no_worker_message,
@@ -148,10 +210,6 @@ def wave_start(
         worker_polls,
     )
 
-    if timeout is not None and not wait:
-        raise InputError("--timeout limits --wait: give both, or neither")
-
-    settings = get_settings()
     plan = load_plan(plan_file)
     refuse_broken_plan(plan, plan_file, settings)
     started: dict[str, str] = {}
@@ -186,14 +244,7 @@ def wave_start(
             wave_id = started["wave_id"]
             err.print(f"interrupted; wave {wave_id} keeps running: patchflow wave status {wave_id}")
         raise typer.Exit(130) from None
-    if fmt is Fmt.json:
-        emit_json(status if status is not None else started)
-    else:
-        out.print(started["wave_id"])
-        if status is not None:
-            print_status(status)
-    if status is not None and status["state"] not in ("succeeded", "waiting_approval"):
-        raise typer.Exit(1)
+    return started, status
 
 
 def refuse_broken_plan(plan: Plan, plan_file: Path, settings: Settings) -> None:
@@ -279,7 +330,9 @@ def wave_status_cmd(
         approvers = await gate_approvers(client, wave_id, waiting) if waiting and fmt is Fmt.table else []
         return status, approvers
 
-    status, approvers = run_sync(go())
+    api = remote_api(get_settings())
+    # Through the API the gate's approvers are not known here: the hint names none (and never --as).
+    status, approvers = (remote.wave_status(api, wave_id), []) if api is not None else run_sync(go())
     if fmt is Fmt.json:
         emit_json(status)
         return
@@ -343,7 +396,8 @@ def wave_list(fmt: Annotated[Fmt, typer.Option("--format", help="Output format."
     async def go() -> list[dict[str, Any]]:
         return await list_waves(await temporal_client(get_settings()))
 
-    rows = run_sync(go())
+    api = remote_api(get_settings())
+    rows = remote.list_waves(api) if api is not None else run_sync(go())
     if fmt is Fmt.json:
         emit_json(rows)
         return
@@ -365,6 +419,11 @@ def _action(action: str, wave_id: str, who: str | None, stage: str | None, comme
     from patchflow.control.waves import act, local_user
 
     settings = get_settings()
+    api = remote_api(settings)
+    if api is not None:  # the token's name acts; the API audits the call and records the decision
+        refuse_as(who)
+        out.print(remote.act(api, wave_id, action, stage=stage, comment=comment))
+        return
     if who is not None and not who.strip():
         raise InputError("--as needs a name (who acts); leave --as out to act as the local user")
     actor = local_user() if who is None else who.strip()
@@ -406,7 +465,12 @@ def _remember_decision(
         err.print(f"note: the decision was applied but not recorded in the history database ({exc})")
 
 
-AsOpt = Annotated[str | None, typer.Option("--as", help="Who acts (default: the local user).")]
+AsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--as", help="Who acts (default: the local user). Refused through the API: the token's name acts."
+    ),
+]
 CommentOpt = Annotated[str, typer.Option("--comment", "-m", help="Why (kept in the wave's audit log).")]
 IdArg = Annotated[str, typer.Argument(metavar="ID", help="Wave id.", show_default=False)]
 

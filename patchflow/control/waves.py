@@ -23,6 +23,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, W
 from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings
+from patchflow.control.connection import TemporalUnavailable
 from patchflow.core.baselines import load_baseline
 from patchflow.core.catalog import load_catalog
 from patchflow.core.evaluation import PatchSet, evaluate
@@ -44,11 +45,6 @@ from patchflow.errors import InputError, NotFoundError, PatchflowError
 from patchflow.executors.base import Package
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
-
-
-class TemporalUnavailable(PatchflowError):
-    """The Temporal frontend cannot be reached, or did not answer: the request may work later (HTTP 503)."""
-
 
 _NO_SUCH_WORKFLOW = (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT)
 """What Temporal answers for an id that names no workflow (or could not); anything else is an outage."""

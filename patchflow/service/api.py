@@ -320,8 +320,8 @@ class TemporalConnector:
     """The API's one Temporal client: connected at start-up, or on first use if Temporal was down then, so
     the API starts (and ``/healthz`` answers) whatever the order services come up in."""
 
-    def __init__(self, address: str) -> None:
-        self.address = address
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
         self._client: Client | None = None
         self._lock = asyncio.Lock()
 
@@ -330,13 +330,14 @@ class TemporalConnector:
 
         Raises:
             TemporalUnavailable: Temporal cannot be reached (rendered as 503).
+            TemporalSettingsError: the TLS settings cannot work (503 as well, with what to fix).
         """
         if self._client is None:
             async with self._lock:
                 if self._client is None:
-                    from patchflow.service.worker import connect
+                    from patchflow.control.connection import connect
 
-                    self._client = await connect(self.address)
+                    self._client = await connect(self.settings)
         return self._client
 
 
@@ -394,7 +395,7 @@ class ApiState:
         self.settings = settings
         self.metrics = metrics
         self.database_url = settings.database_url_resolved
-        self.temporal = TemporalConnector(settings.temporal_address)
+        self.temporal = TemporalConnector(settings)
         self.tokens = TokenVerifier(self.database_url, ttl_seconds=settings.api_token_cache_seconds)
         self.plans = PlansDirectory(settings.api_plans_dir_resolved)
         """The only place plans named in requests are read from (:mod:`patchflow.service.intake`)."""

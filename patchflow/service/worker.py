@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -12,28 +11,11 @@ from temporalio.worker import Worker
 from activities.patching import ExecutorFactory, WaveActivities, build_executor
 from activities.scheduling import ScheduleActivities
 from patchflow.config import Settings
-from patchflow.control.waves import TemporalUnavailable
 from workflows.scheduled import ScheduledWaveWorkflow
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
 
 WORKFLOWS: Sequence[type] = (WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow)
-
-
-async def connect(address: str, *, attempts: int = 1) -> Client:
-    """Connect to Temporal with a clear error instead of a gRPC traceback."""
-    last: Exception | None = None
-    for attempt in range(attempts):
-        try:
-            return await Client.connect(address)
-        except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError for connection failures
-            last = exc
-            if attempt + 1 < attempts:
-                await asyncio.sleep(0.5)
-    raise TemporalUnavailable(
-        f"cannot reach Temporal at {address} ({last}); start the embedded stack with 'patchflow dev' "
-        "or set PATCHFLOW_TEMPORAL_ADDRESS"
-    )
 
 
 def build_worker(

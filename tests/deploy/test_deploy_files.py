@@ -274,6 +274,21 @@ def mounted_source(service: dict[str, Any], target: str) -> Path:
     raise AssertionError(f"nothing is mounted at {target}")
 
 
+TLS_SOURCE = PurePosixPath("tls")
+"""Where compose.yaml mounts the Temporal certificates from: ``make-temporal-certs.sh tls`` (git-ignored)."""
+CERT_SCRIPT = DEPLOY / "tls" / "make-temporal-certs.sh"
+
+
+@pytest.fixture(scope="session")
+def temporal_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What ``deploy/tls/make-temporal-certs.sh`` makes (openssl: missing means skip, or fail under CI)."""
+    binary("openssl", "install OpenSSL's command line (Debian: apt-get install -y openssl)")
+    out = tmp_path_factory.mktemp("temporal-certs") / "tls"
+    result = run(str(CERT_SCRIPT), str(out))
+    assert result.returncode == 0, result.stderr
+    return out
+
+
 def healthcheck_urls(service: dict[str, Any]) -> list[tuple[int, str]]:
     test = " ".join(service.get("healthcheck", {}).get("test", []))
     return [(int(port), path) for port, path in re.findall(r"http://127\.0\.0\.1:(\d+)(/[^'\"\s]*)", test)]
@@ -375,9 +390,15 @@ def test_images_are_pinned() -> None:
             assert (image_tag(base) or "latest") != "latest", f"Dockerfile: {line}"
 
 
-def test_every_file_compose_names_exists() -> None:
+def test_every_file_compose_names_exists(temporal_certs: Path) -> None:
     for name, svc in services().items():
         for source, target in bind_mounts(svc):
+            if PurePosixPath(source).is_relative_to(TLS_SOURCE):  # made by the script, never committed
+                made = temporal_certs / PurePosixPath(source).relative_to(TLS_SOURCE)
+                assert made.is_dir(), (
+                    f"{name}: make-temporal-certs.sh makes no {source} (mounted at {target})"
+                )
+                continue
             assert (COMPOSE_DIR / source).exists(), f"{name}: {source} (mounted at {target}) does not exist"
         if "build" in svc:
             context = COMPOSE_DIR / svc["build"]["context"]

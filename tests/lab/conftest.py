@@ -20,8 +20,8 @@ import pytest_asyncio
 from temporalio.testing import WorkflowEnvironment
 
 from patchflow.config import Settings
+from patchflow.control.connection import connect
 from patchflow.control.devserver import free_port, start_dev_server
-from patchflow.service.worker import connect
 from patchflow.testing.lab.fleet import Lab
 
 LAB_GROUPS = {"dev": 1, "test": 1, "prod": 2, "control": 1, "rb": 2, "kill": 4, "spare": 8, "ssm": 7}
@@ -44,7 +44,7 @@ async def lab_temporal(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterato
         f"127.0.0.1:{free_port()}", tmp_path_factory.mktemp("lab-temporal"), ui=False, timeout=60
     )
     try:
-        client = await connect(server.address, attempts=30)
+        client = await connect(Settings(temporal_address=server.address), attempts=30)
         yield WorkflowEnvironment.from_client(client)
     finally:
         server.stop()
