@@ -70,7 +70,9 @@ class UiStack:
         return {"Authorization": f"Bearer {self.tokens[name]}"}
 
     def start_wave(self, plan: str, who: str = "olga") -> str:
-        response = httpx.post(f"{self.url}/waves", json={"plan": plan}, headers=self.auth(who), timeout=30)
+        """Start a wave of the plan; the console tests keep several waves of one plan open at once."""
+        body = {"plan": plan, "allow_concurrent": True}
+        response = httpx.post(f"{self.url}/waves", json=body, headers=self.auth(who), timeout=30)
         assert response.status_code == 201, response.text
         wave_id: str = response.json()["wave_id"]
         return wave_id
