@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,10 +21,10 @@ from patchflow.executors.ssm import (
     restore_script,
     snapshot_id,
 )
-from patchflow.testing.ssm_endpoint import AvailablePatch, SsmEndpoint, Timings
+from patchflow.testing.ssm_endpoint import AvailablePatch, SsmEndpoint
+from tests.executors.conftest import BUCKET
+from tests.executors.conftest import ssm_executor as executor
 
-BUCKET = "patchflow-test"
-FAST = Timings(not_found_seconds=0.1, pending_seconds=0.05, run_seconds=0.1)
 OPENSSL_OLD, OPENSSL_NEW = "3.0.2-0ubuntu1.10", "3.0.2-0ubuntu1.16"
 CURL_OLD, CURL_NEW = "7.81.0-1ubuntu1.14", "7.81.0-1ubuntu1.18"
 PINNED = [Package("openssl", "amd64", OPENSSL_NEW), Package("curl", "amd64", CURL_NEW)]
@@ -37,26 +36,6 @@ def deb_packages() -> list[Package]:
         Package("curl", "amd64", CURL_OLD),
         Package("coreutils", "amd64", "8.32-4.1ubuntu1"),
     ]
-
-
-@pytest.fixture
-def endpoint() -> Iterator[SsmEndpoint]:
-    with SsmEndpoint(timings=Timings(**vars(FAST))) as ep:
-        ep.client("s3").create_bucket(Bucket=BUCKET)
-        yield ep
-
-
-def executor(ep: SsmEndpoint, **options: Any) -> SsmExecutor:
-    """A fresh executor object (a new worker, as far as state goes) with quick polling."""
-    settings: dict[str, Any] = {
-        "bucket": BUCKET,
-        "prefix": "pf",
-        "max_requests_per_second": None,
-        "poll_initial_seconds": 0.05,
-        "poll_max_seconds": 0.2,
-    }
-    settings.update(options)
-    return SsmExecutor(ep.client("ssm"), ep.client("s3"), ec2_client=ep.client("ec2"), **settings)
 
 
 def ubuntu(ep: SsmEndpoint, instance_id: str, group: str = "dev", **fields: Any) -> str:
