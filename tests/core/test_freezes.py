@@ -876,11 +876,16 @@ YEAR_END_BERLIN = [
 ]
 
 
+def tuesday_window(nth: int) -> WindowSpec:
+    """Four hours from 02:00 Berlin time on the ``nth`` Tuesday of each month, cut off after three."""
+    return WindowSpec(
+        schedule=f"cron(0 2 ? * TUE#{nth} *)", timezone="Europe/Berlin", duration_hours=4, cutoff_hours=1
+    )
+
+
 def test_preview_patch_tuesday_across_the_year_end_freeze() -> None:
     # The second Tuesdays (Dec 8 2026, Jan 12 2027) are both outside Dec 20 - Jan 3: nothing is skipped.
-    spec = WindowSpec(
-        schedule="cron(0 2 ? * TUE#2 *)", timezone="Europe/Berlin", duration_hours=4, cutoff_hours=1
-    )
+    spec = tuesday_window(2)
     windows = preview(spec, utc(2026, 11, 1), 4, YEAR_END_BERLIN)
     assert [w.start for w in windows] == [
         berlin(2026, 11, 10, 2),
@@ -895,9 +900,7 @@ def test_preview_patch_tuesday_across_the_year_end_freeze() -> None:
 def test_preview_skips_decembers_patch_tuesday_and_keeps_januarys() -> None:
     # A freeze Dec 1 - Jan 10 (Berlin) takes December's second Tuesday (Dec 8); January's (Jan 12) is kept.
     freezes = [period("december", berlin(2026, 12, 1, 0), berlin(2027, 1, 11, 0))]
-    spec = WindowSpec(
-        schedule="cron(0 2 ? * TUE#2 *)", timezone="Europe/Berlin", duration_hours=4, cutoff_hours=1
-    )
+    spec = tuesday_window(2)
     windows = preview(spec, utc(2026, 11, 1), 3, freezes)
     assert [w.start for w in windows] == [
         berlin(2026, 11, 10, 2),
@@ -909,9 +912,7 @@ def test_preview_skips_decembers_patch_tuesday_and_keeps_januarys() -> None:
 
 def test_preview_fourth_tuesday_inside_the_year_end_freeze() -> None:
     # Fourth Tuesdays: Nov 24, Dec 22 (frozen), Jan 26, Feb 23, Mar 23.
-    spec = WindowSpec(
-        schedule="cron(0 2 ? * TUE#4 *)", timezone="Europe/Berlin", duration_hours=4, cutoff_hours=1
-    )
+    spec = tuesday_window(4)
     windows = preview(spec, utc(2026, 11, 1), 3, YEAR_END_BERLIN)
     assert [w.start for w in windows] == [
         berlin(2026, 11, 24, 2),

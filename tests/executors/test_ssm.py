@@ -44,6 +44,11 @@ def ubuntu(ep: SsmEndpoint, instance_id: str, group: str = "dev", **fields: Any)
     return ep.register_instance(instance_id, tags={"Patch Group": group}, **fields)
 
 
+def rpm_node(ep: SsmEndpoint, platform: str = "Amazon Linux", version: str = "2023", **fields: Any) -> str:
+    """The hybrid node ``mi-0a1b2c3d4e5f60718`` on an rpm platform (Amazon Linux 2023 unless told)."""
+    return ep.register_instance("mi-0a1b2c3d4e5f60718", platform=platform, platform_version=version, **fields)
+
+
 def install_commands(ep: SsmEndpoint, instance_id: str) -> list[dict[str, Any]]:
     commands = ep.client("ssm").list_commands(InstanceId=instance_id)["Commands"]
     return [c for c in commands if c["DocumentName"] == "AWS-RunPatchBaseline"]
@@ -54,12 +59,7 @@ def install_commands(ep: SsmEndpoint, instance_id: str) -> list[dict[str, Any]]:
 
 async def test_discovery_reports_tags_platforms_offline_hybrid_and_unmanaged(endpoint: SsmEndpoint) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
-    endpoint.register_instance(
-        "mi-0a1b2c3d4e5f60718",
-        tags={"PatchGroup": "prod", "Owner": "ops"},
-        platform="Amazon Linux",
-        platform_version="2023",
-    )
+    rpm_node(endpoint, tags={"PatchGroup": "prod", "Owner": "ops"})
     ubuntu(endpoint, "i-0dev0000000000002", online=False)
     endpoint.register_instance(
         "i-0win0000000000001", platform="Microsoft Windows Server 2022", platform_version="10"
@@ -119,10 +119,10 @@ async def test_endpoint_send_command_targets_exactly_the_instance_ids(endpoint: 
 
 async def test_scan_lists_installed_packages_deb_and_rpm(endpoint: SsmEndpoint) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
-    endpoint.register_instance(
-        "mi-0a1b2c3d4e5f60718",
-        platform="Red Hat Enterprise Linux",
-        platform_version="9.3",
+    rpm_node(
+        endpoint,
+        "Red Hat Enterprise Linux",
+        "9.3",
         packages=[
             Package("bind-libs", "x86_64", "32:9.16.23-14.el9"),
             Package("curl", "x86_64", "7.76.1-26.el9"),
@@ -229,12 +229,7 @@ async def test_reboot_if_needed_also_reboots_for_patches_pending_a_reboot(endpoi
 
 async def test_override_list_yaml_in_s3_is_exact(endpoint: SsmEndpoint) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
-    endpoint.register_instance(
-        "mi-0a1b2c3d4e5f60718",
-        platform="Amazon Linux",
-        platform_version="2023",
-        packages=[Package("curl", "x86_64", "8.5.0-1.amzn2023.0.2")],
-    )
+    rpm_node(endpoint, packages=[Package("curl", "x86_64", "8.5.0-1.amzn2023.0.2")])
     ex = executor(endpoint, reboot_option="NoReboot")
     await ex.install("i-0dev0000000000001", PINNED, operation_id="wave-b/dev/i-0dev0000000000001/install/0")
     rpm_pins = [
@@ -623,10 +618,8 @@ async def test_rollback_restores_recorded_versions_with_apt_downgrade(endpoint: 
 
 
 async def test_rpm_restore_uses_dnf_downgrade(endpoint: SsmEndpoint) -> None:
-    endpoint.register_instance(
-        "mi-0a1b2c3d4e5f60718",
-        platform="Amazon Linux",
-        platform_version="2023",
+    rpm_node(
+        endpoint,
         packages=[
             Package("curl", "x86_64", "8.5.0-1.amzn2023.0.4"),
             Package("bind-libs", "x86_64", "32:9.16.23-15.el9"),

@@ -11,10 +11,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from patchflow.core.baselines import load_baseline
+from patchflow.core.baselines import Baseline, load_baseline
 from patchflow.core.catalog import Patch, load_catalog
-from patchflow.core.compliance import InstanceCompliance, engine_for, load_inventory
-from patchflow.core.evaluation import evaluate
+from patchflow.core.compliance import ComplianceEngine, InstanceCompliance, engine_for, load_inventory
+from patchflow.core.evaluation import Evaluation, evaluate
 from patchflow.executors.base import Package
 from patchflow.executors.ssm import InstancePatch, parse_title
 from patchflow.executors.ssm.inventory import (
@@ -234,6 +234,17 @@ def web(ep: SsmEndpoint, instance_id: str, **fields: Any) -> str:
     return ep.register_instance(instance_id, tags={"Patch Group": "web"}, **fields)
 
 
+def compliance_engine(family: str, baseline: Baseline, evaluation: Evaluation) -> ComplianceEngine:
+    """The compliance engine for ``family`` with what ``baseline`` approved in ``evaluation``."""
+    return engine_for(
+        family=family,
+        candidates=evaluation.approved(),
+        rejected_patches=baseline.RejectedPatches,
+        rejected_action=baseline.RejectedPatchesAction,
+        package_manager=baseline.package_manager,
+    )
+
+
 def states(result: InstanceCompliance) -> dict[str, str]:
     return {p.name: p.state for p in result.patches}
 
@@ -284,13 +295,7 @@ async def test_collect_feeds_patchflow_baselines_and_compliance_deb(
         ("openssl", OPENSSL_NEW),
         ("curl", CURL_NEW),
     }  # tzdata is not a security update: patchflow's baseline, not the node's, said no
-    engine = engine_for(
-        family="deb",
-        candidates=evaluation.approved(),
-        rejected_patches=baseline.RejectedPatches,
-        rejected_action=baseline.RejectedPatchesAction,
-        package_manager=baseline.package_manager,
-    )
+    engine = compliance_engine("deb", baseline, evaluation)
     results = {i: engine.evaluate(inst) for i, inst in inventory.items()}
     assert states(results[plain]) == {
         "openssl": "MISSING",
@@ -350,13 +355,7 @@ async def test_collect_feeds_patchflow_baselines_rpm(endpoint: SsmEndpoint, tmp_
     evaluation = evaluate(baseline, catalog, datetime.now(UTC))
     decided = {d.patch.name: d.decision for d in evaluation.decisions}
     assert decided == {"curl": "approved", "glibc": "approved", "bind-libs": "not_approved"}
-    engine = engine_for(
-        family="rpm",
-        candidates=evaluation.approved(),
-        rejected_patches=baseline.RejectedPatches,
-        rejected_action=baseline.RejectedPatchesAction,
-        package_manager=baseline.package_manager,
-    )
+    engine = compliance_engine("rpm", baseline, evaluation)
     assert states(engine.evaluate(instance)) == {
         "curl": "MISSING",
         "glibc": "MISSING",
