@@ -304,19 +304,22 @@ class CrashWhileWaiting(SsmExecutor):
         return await super()._wait(command_id, instance_id, plugin)
 
 
+DIRECT: dict[str, Any] = {
+    "bucket": BUCKET,
+    "prefix": "pf",
+    "max_requests_per_second": None,
+    "poll_initial_seconds": 0.05,
+}
+"""Settings of an executor subclass built directly, not through :func:`executor` (the default poll ceiling)."""
+
+
 @pytest.mark.parametrize("crashing", [CrashAfterSend, CrashWhileWaiting])
 async def test_a_retry_after_a_crash_finds_the_command_instead_of_sending(
     endpoint: SsmEndpoint, crashing: type[SsmExecutor]
 ) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
     op = "wave-d/dev/i-0dev0000000000001/install/0"
-    options: dict[str, Any] = {
-        "bucket": BUCKET,
-        "prefix": "pf",
-        "max_requests_per_second": None,
-        "poll_initial_seconds": 0.05,
-    }
-    dying = crashing(endpoint.client("ssm"), endpoint.client("s3"), **options)
+    dying = crashing(endpoint.client("ssm"), endpoint.client("s3"), **DIRECT)
     with pytest.raises(Crash):
         await dying.install("i-0dev0000000000001", PINNED, operation_id=op)
     assert len(install_commands(endpoint, "i-0dev0000000000001")) == 1
@@ -332,13 +335,7 @@ async def test_a_retry_after_a_crash_finds_the_command_instead_of_sending(
 # ------------------------------------------------------------------------------- two-phase installs
 
 
-QUICK: dict[str, Any] = {
-    "bucket": BUCKET,
-    "prefix": "pf",
-    "max_requests_per_second": None,
-    "poll_initial_seconds": 0.05,
-    "poll_max_seconds": 0.2,
-}
+QUICK: dict[str, Any] = {**DIRECT, "poll_max_seconds": 0.2}
 """Settings of the crashing executor subclasses (which are built directly, not through :func:`executor`)."""
 
 
@@ -570,14 +567,8 @@ async def test_operation_result_completes_a_command_nobody_waited_for(endpoint: 
     ubuntu(endpoint, "i-0dev0000000000001")
     endpoint.script("i-0dev0000000000001", "slow", seconds=0.8)
     op = "wave-i/dev/i-0dev0000000000001/install/0"
-    options: dict[str, Any] = {
-        "bucket": BUCKET,
-        "prefix": "pf",
-        "max_requests_per_second": None,
-        "poll_initial_seconds": 0.05,
-    }
     with pytest.raises(Crash):
-        await CrashWhileWaiting(endpoint.client("ssm"), endpoint.client("s3"), **options).install(
+        await CrashWhileWaiting(endpoint.client("ssm"), endpoint.client("s3"), **DIRECT).install(
             "i-0dev0000000000001", PINNED, operation_id=op
         )
     ex = executor(endpoint)
