@@ -13,7 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.patching import build_executor
 from patchflow.config import Settings
 from patchflow.control.waves import WaveActionRefused, act, status_json, wave_status
-from patchflow.core.wavemodel import ExecutorRef
+from patchflow.core.wavemodel import ExecutorRef, WaveStatus
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.helpers import (
     PATCHES,  # noqa: F401 - other test modules import it from here
@@ -28,6 +28,12 @@ from tests.workflows.helpers import (
     succeeded,
     wave_input,
 )
+
+
+def prod_in_order(status: WaveStatus, count: int) -> list[str]:
+    """The states of prod's instances 1 to ``count``, in order."""
+    states = instance_states(status, "prod")
+    return [states[instance_id("prod", n)] for n in range(1, count + 1)]
 
 
 async def test_wave_pins_one_patch_set_across_stages(
@@ -62,8 +68,7 @@ async def test_error_budget_stops_at_failure_n_plus_one(
     async with running_worker(dev_env.client) as tq:
         handle = await start(dev_env.client, tq, inp)
         status = await settle(dev_env.client, inp.wave_id, {"halted"})
-        states = instance_states(status, "prod")
-        assert [states[instance_id("prod", n)] for n in range(1, 9)] == [
+        assert prod_in_order(status, 8) == [
             "succeeded",
             "failed",
             "succeeded",
@@ -210,8 +215,7 @@ async def test_rollback_on_failure_restores_previous_versions(
     async with running_worker(dev_env.client) as tq:
         handle = await start(dev_env.client, tq, inp)
         status = await settle(dev_env.client, inp.wave_id, {"halted"})
-        states = instance_states(status, "prod")
-        assert [states[instance_id("prod", n)] for n in range(1, 5)] == [
+        assert prod_in_order(status, 4) == [
             "rolled_back",
             "rolled_back",
             "failed",
