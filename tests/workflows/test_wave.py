@@ -73,10 +73,7 @@ async def test_error_budget_stops_at_failure_n_plus_one(
             "failed",
             "succeeded",
             "failed",
-            "not_attempted",
-            "not_attempted",
-            "not_attempted",
-            "not_attempted",
+            *["not_attempted"] * 4,
         ]
         assert "2 failure(s) exceeded max_errors 1" in status.reason
         assert status.stages[0].state == "halted"
@@ -215,12 +212,7 @@ async def test_rollback_on_failure_restores_previous_versions(
     async with running_worker(dev_env.client) as tq:
         handle = await start(dev_env.client, tq, inp)
         status = await settle(dev_env.client, inp.wave_id, {"halted"})
-        assert prod_in_order(status, 4) == [
-            "rolled_back",
-            "rolled_back",
-            "failed",
-            "not_attempted",
-        ]
+        assert prod_in_order(status, 4) == ["rolled_back", "rolled_back", "failed", "not_attempted"]
         fleet_state = {i["id"]: i for i in fleet_of(inp).status()["instances"]}
         for n in (1, 2):
             packages = {p["name"]: p["version"] for p in fleet_state[instance_id("prod", n)]["installed"]}
