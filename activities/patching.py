@@ -216,8 +216,10 @@ class WaveActivities:
         ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
         if inp.cancel:
             # The wave was cancelled while these installs were being sent: cancel them, do not wait for them.
-            # An install that had succeeded all the same reports it (the instance is patched).
-            await _cancel_operations(executor, list(ops.values()))
+            # An install that had succeeded all the same reports it (the instance is patched). Heartbeating:
+            # cancelling an install with baseline Sources waits for its cleanup step on the instance.
+            async with _heartbeating():
+                await _cancel_operations(executor, list(ops.values()))
             finished = await asyncio.gather(*(executor.operation_result(op) for op in ops.values()))
             return PatchBatchResult(
                 outcomes=[
