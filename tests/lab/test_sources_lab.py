@@ -13,6 +13,7 @@ executor's configure/cleanup scripts (:mod:`patchflow.executors.ssm.sources`) ru
 from __future__ import annotations
 
 import asyncio
+import difflib
 import json
 import socket
 import uuid
@@ -22,9 +23,9 @@ from pathlib import Path
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow.core.baselines import parse_baseline
+from patchflow.core.baselines import load_baseline
 from patchflow.core.catalog import load_catalog
-from patchflow.core.documents import Document
+from patchflow.core.documents import dump_yaml
 from patchflow.core.evaluation import evaluate
 from patchflow.core.instances import RepoSource
 from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput
@@ -43,14 +44,16 @@ pytestmark = pytest.mark.lab
 NAME, OLD, NEW = "dbus-lab", "1.14.10-1", "1.14.10-5"
 """A package every host has, with no newer version in the hosts' own repository: the new one is only in the
 second repository."""
+_PATCHFLOW = "find var/lib/patchflow -mindepth 1 ! -path 'var/lib/patchflow/operations*' 2>/dev/null; true"
+"""What patchflow keeps on a host besides the SSH executor's operation journals: nothing."""
 _STATE = {
     "deb": (
         "cd / && find etc/apt var/lib/apt/lists -type f | sort | xargs sha256sum"
-        " && find var/cache/apt ! -name '*.bin' | sort && ls -a var/lib/patchflow 2>/dev/null; true"
+        " && find var/cache/apt ! -name '*.bin' | sort && " + _PATCHFLOW
     ),
     "rpm": (
         "cd / && find etc/yum.repos.d etc/dnf etc/apt -type f | sort | xargs sha256sum"
-        " && ls -a var/cache/dnf && ls -a var/lib/patchflow 2>/dev/null; true"
+        " && ls -a var/cache/dnf && " + _PATCHFLOW
     ),
 }
 _UPGRADE = {
@@ -65,12 +68,19 @@ def custom_published(lab: Lab) -> None:
         lab.publish(NAME, NEW, custom=True)
 
 
-def state(lab: Lab, host: str, family: str) -> tuple[str, str]:
-    """(repository configuration, lists and caches; what an upgrade would do now) of a host."""
+def state(lab: Lab, host: str, family: str) -> list[str]:
+    """A host's repository configuration, lists and caches, and what an upgrade would do now — one line each,
+    so a difference shows as the lines that differ."""
     config = lab.run(host, _STATE[family]).stdout
     upgrade = lab.run(host, _UPGRADE[family])
     lines = [ln for ln in upgrade.stdout.splitlines() if not ln.startswith("Last metadata expiration")]
-    return config, "\n".join(lines)
+    return config.splitlines() + ["--- upgrade:", *lines]
+
+
+def unchanged(lab: Lab, host: str, family: str, before: list[str]) -> None:
+    """The host's :func:`state` is ``before`` (else the assertion shows the lines that differ)."""
+    diff = list(difflib.unified_diff(before, state(lab, host, family), "before", "after", lineterm=""))
+    assert not diff, f"{host} changed:\n" + "\n".join(diff)
 
 
 def closed_port() -> int:
@@ -80,26 +90,29 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def sources_baseline(lab: Lab) -> Document:
-    """A Debian baseline approving every update (non-security too) from exactly the second repository."""
-    return Document(
-        data={
-            "Name": "lab-custom-repository",
-            "OperatingSystem": "DEBIAN",
-            "ApprovalRules": {
-                "PatchRules": [
-                    {
-                        "PatchFilterGroup": {"PatchFilters": [{"Key": "PRODUCT", "Values": ["*"]}]},
-                        "EnableNonSecurity": True,
-                    }
-                ]
-            },
-            "Sources": [
-                {"Name": "lab-custom", "Products": [PRODUCT], "Configuration": lab.custom_source("deb")}
-            ],
-        },
-        source="lab-custom-repository.yaml",
+def sources_baseline(lab: Lab, directory: Path) -> Path:
+    """A Debian baseline file approving every update (non-security too) from exactly the second repository."""
+    path = directory / "lab-custom-repository.yaml"
+    path.write_text(
+        dump_yaml(
+            {
+                "Name": "lab-custom-repository",
+                "OperatingSystem": "DEBIAN",
+                "ApprovalRules": {
+                    "PatchRules": [
+                        {
+                            "PatchFilterGroup": {"PatchFilters": [{"Key": "PRODUCT", "Values": ["*"]}]},
+                            "EnableNonSecurity": True,
+                        }
+                    ]
+                },
+                "Sources": [
+                    {"Name": "lab-custom", "Products": [PRODUCT], "Configuration": lab.custom_source("deb")}
+                ],
+            }
+        )
     )
+    return path
 
 
 async def test_a_wave_installs_from_the_baseline_sources_and_leaves_every_host_as_it_was(
@@ -110,20 +123,13 @@ async def test_a_wave_installs_from_the_baseline_sources_and_leaves_every_host_a
     catalog = tmp_path / "catalog.json"
     catalog.write_text(json.dumps(lab.catalog(custom=True)))
     pinned = evaluate(
-        parse_baseline(sources_baseline(lab)), load_catalog(catalog), datetime.now(UTC)
+        load_baseline(sources_baseline(lab, tmp_path)), load_catalog(catalog), datetime.now(UTC)
     ).patch_set
     # Sources replace the hosts' repositories: only the second repository's version is a candidate.
     assert [(p.name, p.version) for p in pinned.patches] == [(NAME, NEW)]
     assert [s.name for s in pinned.sources()] == ["lab-custom"]
 
-    for host in hosts:
-        assert lab.run(host, "apt-get update -q").returncode == 0  # the hosts' own lists, current
-    before = {h: state(lab, h, "deb") for h in hosts}
-    assert "dbus-lab" not in before[hosts[0]][1]
-    # The hosts' repository moves on meanwhile: an install that refreshed their own lists would now see it.
-    lab.publish("tzdata-lab", f"2026{uuid.uuid4().hex[:4]}-1")
     patches = [Package(p.name, p.arch, p.version) for p in pinned.patches]
-
     # Without the Sources the pinned version is nowhere a host looks: the install fails and changes nothing.
     executor = SshExecutor(load_inventory(lab.inventory_path), poll_seconds=2)
     try:
@@ -131,7 +137,14 @@ async def test_a_wave_installs_from_the_baseline_sources_and_leaves_every_host_a
     finally:
         await executor.close()
     assert alone.status == "failed" and "resolver refused the pinned versions" in alone.message
-    assert state(lab, hosts[0], "deb") == before[hosts[0]]
+    assert lab.installed(hosts[0])[NAME] == OLD
+
+    for host in hosts:
+        assert lab.run(host, "apt-get update -q").returncode == 0  # the hosts' own lists, current
+    before = {h: state(lab, h, "deb") for h in hosts}
+    assert not any("dbus-lab" in line for line in before[hosts[0]])
+    # The hosts' repository moves on meanwhile: an install that refreshed their own lists would now see it.
+    lab.publish("tzdata-lab", f"2026{uuid.uuid4().hex[:4]}-1")
 
     inp = WaveInput(
         wave_id=f"wave-src-{uuid.uuid4().hex[:8]}",
@@ -159,9 +172,7 @@ async def test_a_wave_installs_from_the_baseline_sources_and_leaves_every_host_a
     assert result.status.state == "succeeded", result.status
     for host in hosts:
         assert lab.installed(host)[NAME] == NEW, host
-        assert state(lab, host, "deb") == before[host], (
-            host
-        )  # configuration, lists, caches, upgrade: as before
+        unchanged(lab, host, "deb", before[host])  # configuration, lists, caches, upgrade: as before
         assert lab.run(host, "dpkg --audit").stdout.strip() == ""
 
     # A source that cannot be reached fails the host with its name, and changes nothing.
@@ -182,7 +193,7 @@ async def test_a_wave_installs_from_the_baseline_sources_and_leaves_every_host_a
     assert "the baseline Source lab-gone cannot be reached" in refused.message, refused.message
     assert "nothing was changed" in refused.message
     assert lab.installed(hosts[1])["editor-lab"] == "9.0-1"
-    assert state(lab, hosts[1], "deb") == before[hosts[1]]
+    unchanged(lab, hosts[1], "deb", before[hosts[1]])
 
 
 async def test_dnf_host_installs_from_the_sources_only_and_keeps_its_configuration(
@@ -217,7 +228,7 @@ async def test_dnf_host_installs_from_the_sources_only_and_keeps_its_configurati
     assert result.status == "succeeded", result.message
     assert "from the baseline Sources lab-custom" in result.message
     assert lab.installed(host)[NAME] == NEW
-    assert state(lab, host, "rpm") == before
+    unchanged(lab, host, "rpm", before)
 
 
 def _script(lines: list[str]) -> str:
@@ -255,7 +266,7 @@ def test_the_ssm_configure_and_cleanup_steps_on_real_apt_and_dnf(
     failed = lab.run(host, _script(configure_script(family, op, [gone])))
     assert failed.returncode == 3, failed.stdout + failed.stderr
     assert "cannot be reached" in failed.stderr
-    assert state(lab, host, family) == before
+    unchanged(lab, host, family, before)
 
     configured = lab.run(host, _script(configure_script(family, op, [source])))
     assert configured.returncode == 0, configured.stdout + configured.stderr
@@ -269,6 +280,8 @@ def test_the_ssm_configure_and_cleanup_steps_on_real_apt_and_dnf(
         )
     cleaned = lab.run(host, _script(cleanup_script(family, op)))
     assert cleaned.returncode == 0, cleaned.stdout + cleaned.stderr
-    assert state(lab, host, family) == before
+    unchanged(lab, host, family, before)
     again = lab.run(host, _script(cleanup_script(family, op)))  # idempotent
-    assert again.returncode == 0 and state(lab, host, family) == before
+    assert again.returncode == 0
+    unchanged(lab, host, family, before)
+    assert lab.run(host, "test -e /var/lib/patchflow").returncode == 1  # not even an empty directory

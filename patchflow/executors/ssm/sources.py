@@ -72,7 +72,8 @@ def configure_script(family: str, operation_id: str, sources: Sequence[RepoSourc
         raise ValueError("configure_script needs at least one source")
     d = sources_dir(operation_id)
     fail = (
-        f'printf "%s\\n" "$out" >&2; rm -rf "$d"; echo "patchflow: the baseline Sources '
+        f'printf "%s\\n" "$out" >&2; rm -rf "$d"; rmdir {SOURCES_ROOT} /var/lib/patchflow 2>/dev/null || true; '
+        f'echo "patchflow: the baseline Sources '
         f'({_names(sources)}) cannot be reached with only them configured; nothing was changed" >&2; exit 3'
     )
     lines = ["set -eu", f"d={shlex.quote(d)}"]
