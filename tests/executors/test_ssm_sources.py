@@ -118,6 +118,7 @@ async def test_sources_for_other_products_leave_the_install_alone(endpoint: SsmE
         NODE, PINNED, operation_id=f"wave-o/dev/{NODE}/install/0", sources=[ELSEWHERE]
     )
     assert result.status == "succeeded" and steps(endpoint) == ["install"]
+    assert "no baseline Source names its product Debian12 (they name Ubuntu22.04)" in result.message
 
 
 async def test_a_source_that_cannot_be_reached_fails_the_instance_and_installs_nothing(

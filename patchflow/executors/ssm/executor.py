@@ -1000,6 +1000,12 @@ class SsmExecutor:
         else:
             stderr = invocation.get("StandardErrorContent", "").strip()
             message += f": {stderr[:300]}" if stderr else ""
+        if record.get("requested_sources") and not record.get("sources"):
+            named = sorted({p for s in record["requested_sources"] for p in s["Products"]})
+            message += (
+                f"; from the node's own repositories: no baseline Source names its product "
+                f"{record.get('product') or '(unknown)'} (they name {', '.join(named)})"
+            )
         if cleaned is not None:
             message += f"; from the baseline Sources {_source_names(record)}" + _cleanup_note(record, cleaned)
             if cleaned["StatusDetails"] != "Success" and status in ("succeeded", "cancelled"):
