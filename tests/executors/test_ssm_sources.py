@@ -255,3 +255,30 @@ def test_step_scripts_are_plain_lines_whatever_the_configuration_holds(family: s
         assert f"rm -f {conf}" in cleanup
     else:
         assert any("main.conf.orig" in line and '> "$main"' in line for line in cleanup)
+
+
+async def test_cancel_after_a_crash_before_the_configure_step_sends_nothing(endpoint: SsmEndpoint) -> None:
+    """The worker died between the operation record and the configure step's send: the cancel finds nothing
+    on the node, sends nothing (no configure, no install, no cleanup) and records ``cancelled``."""
+
+    class Crash(Exception):
+        pass
+
+    class CrashBeforeConfigure(SsmExecutor):
+        async def _send_step(self, record: dict[str, Any], step: str) -> str:
+            raise Crash
+
+    crashing = CrashBeforeConfigure(
+        endpoint.client("ssm"),
+        endpoint.client("s3"),
+        bucket=BUCKET,
+        prefix="pf",
+        max_requests_per_second=None,
+    )
+    op = f"wave-k/dev/{NODE}/install/0"
+    with pytest.raises(Crash):
+        await crashing.start_install(NODE, PINNED, operation_id=op, sources=[CUSTOM])
+    assert await executor(endpoint).cancel(op)
+    result = await executor(endpoint).finish_install(NODE, operation_id=op)
+    assert result.status == "cancelled" and result.message == "cancelled before anything was sent"
+    assert steps(endpoint) == []

@@ -744,8 +744,14 @@ class SsmExecutor:
         if record is None or record.get("result") is not None:
             return False
         if record.get("sources"):
-            record["cancel_requested"] = True
-            await self._save(record)
+            # A marker of its own (not a field of the record), so a finisher saving its copy of the record
+            # cannot erase it.
+            await self._call(
+                self.s3.put_object,
+                Bucket=self.bucket,
+                Key=self._record_key(operation_id) + ".cancel",
+                Body=b"cancel requested\n",
+            )
             for key in ("command_id", "configure_command_id"):
                 if record.get(key):
                     await self._cancel_command(record[key], record["instance_id"])
@@ -881,8 +887,27 @@ class SsmExecutor:
         )
         return await self._complete(record, invocation)
 
+    async def _cancel_requested(self, operation_id: str) -> bool:
+        try:
+            await self._call(
+                self.s3.head_object, Bucket=self.bucket, Key=self._record_key(operation_id) + ".cancel"
+            )
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+        return True
+
     async def _finish_with_sources(self, record: dict[str, Any]) -> InstallResult:
         """configure → install → cleanup; the cleanup runs whatever happened before it (nothing may stay)."""
+        if not record.get("configure_command_id") and await self._cancel_requested(record["operation_id"]):
+            configure = command_comment(record["operation_id"], SOURCE_STEPS["configure"])[:39]
+            found = await self._find_command(record, document=SHELL_DOCUMENT, marker=configure)
+            if found is None:  # cancelled before anything reached the node: nothing to undo
+                result = InstallResult(
+                    record["instance_id"], "cancelled", message="cancelled before anything was sent"
+                )
+                return await self._record_result(record, result)
         configured = await self._step(record, "configure")
         if configured["StatusDetails"] != "Success":
             cleaned = await self._step(record, "cleanup")
@@ -890,7 +915,7 @@ class SsmExecutor:
         invocation: dict[str, Any] | None = None
         if not record["command_id"]:
             found = await self._find_command(record)
-            if found is None and not (await self._load(record["operation_id"]) or {}).get("cancel_requested"):
+            if found is None and not await self._cancel_requested(record["operation_id"]):
                 parameters = await self._parameters(record)
                 found = (
                     await self._send(
@@ -901,7 +926,7 @@ class SsmExecutor:
             if found is not None:
                 record["command_id"], record["sent_at"] = found
                 await self._save(record)
-                if (await self._load(record["operation_id"]) or {}).get("cancel_requested"):
+                if await self._cancel_requested(record["operation_id"]):
                     await self._cancel_command(record["command_id"], record["instance_id"])
         if record["command_id"]:
             invocation = await self._wait(record["command_id"], record["instance_id"], PATCH_PLUGIN)
