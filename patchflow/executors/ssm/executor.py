@@ -1048,7 +1048,8 @@ class SsmExecutor:
 
     async def _record_result(self, record: dict[str, Any], result: InstallResult) -> InstallResult:
         """Record the result — unless another finisher already did (a cancel and a wait both complete an install
-        with Sources): then that one stands, so every caller reports the same result."""
+        with Sources): then that one stands. Two finishers at the very same moment can both write; their results
+        are built from the same commands and differ at most in ``duration_seconds``."""
         if record.get("sources"):
             stored = await self._load(record["operation_id"])
             recorded = _result_from(stored) if stored else None
