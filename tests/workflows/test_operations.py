@@ -34,6 +34,7 @@ from activities.patching import WaveActivities, build_executor
 from activities.scheduling import ScheduleActivities
 from patchflow.config import Settings
 from patchflow.control.waves import WaveActionRefused, act, wave_status
+from patchflow.core.instances import RepoSource
 from patchflow.core.plans import load_plan
 from patchflow.core.wavemodel import (
     ExecutorRef,
@@ -679,10 +680,17 @@ def test_plans_set_the_gate_expiry_and_refuse_a_reminder_after_it(
         tmp_path, fleet, prod_gate={"approval": {"approvers": ["alice"], "expire_after": "3d"}}
     )
     plan = load_plan(path)
-    pinned = SimpleNamespace(id="ps-000000000000000000000000", patches=())  # all wave_input reads of a set
+    pinned = SimpleNamespace(  # all wave_input reads of a set
+        id="ps-000000000000000000000000",
+        patches=(),
+        sources=lambda: (RepoSource("m", ("Debian12",), "deb x y"),),
+    )
     inp = plan_wave_input(plan, Settings(data_dir=tmp_path / "data"), pinned, wave_id="w")  # type: ignore[arg-type]
     prod = inp.stages[1]
     assert (prod.expire_after_seconds, prod.remind_after_seconds) == (3 * 86400, 0)
+    assert inp.sources == [
+        RepoSource("m", ("Debian12",), "deb x y")
+    ]  # the set's baseline Sources travel along
     bad = write_scheduled_plan(
         tmp_path,
         fleet,

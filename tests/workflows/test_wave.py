@@ -13,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.patching import build_executor
 from patchflow.config import Settings
 from patchflow.control.waves import WaveActionRefused, act, status_json, wave_status
+from patchflow.core.instances import RepoSource
 from patchflow.core.wavemodel import ExecutorRef, WaveStatus
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.helpers import (
@@ -342,3 +343,48 @@ async def test_cancel_cancels_in_flight_instances(
     ]
     assert len(cancelled) == 2 and all(stage_status.instances[i] == "cancelled" for i in cancelled)
     assert sorted(stage_status.instances.values()).count("not_attempted") == 2
+
+
+async def test_baseline_sources_reach_every_install_across_stages_and_continue_as_new(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The patch set's ``Sources`` travel wave → stage runs (also after continue-as-new) → batches → every
+    ``start_install``; a wave without Sources never passes the keyword (executors written before it keep
+    working)."""
+    sources = [RepoSource("corp-mirror", ("Ubuntu22.04",), "deb http://127.0.0.1:9/ubuntu jammy main")]
+    seen: list[tuple[str, Any]] = []
+
+    class Recording:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def start_install(self, instance: str, patches: Any, *, operation_id: str, **kw: Any) -> Any:
+            seen.append((instance, kw.get("sources", "absent")))
+            return await self.inner.start_install(instance, patches, operation_id=operation_id, **kw)
+
+    def factory(ref: ExecutorRef) -> Any:
+        return Recording(build_executor(ref))
+
+    fleet = make_fleet({"dev": 2, "prod": 12}, duration=0.02)
+    with_sources = wave_input(
+        fleet,
+        tmp_path,
+        [stage("dev"), stage("prod", max_concurrency="1")],
+        history_event_limit=40,
+        sources=sources,
+    )
+    (tmp_path / "other").mkdir()
+    without = wave_input(make_fleet({"dev": 1}, name="other"), tmp_path / "other", [stage("dev")])
+    async with running_worker(dev_env.client, factory) as tq:
+        result = await (await start(dev_env.client, tq, with_sources)).result()
+        assert result.status.state == "succeeded"
+        assert len(seen) == 14 and {kw for _, kw in seen} == {tuple(sources)}
+        run_id = f"{with_sources.wave_id}/prod/run-0-0"
+        runs = [wf async for wf in dev_env.client.list_workflows(f"WorkflowId = '{run_id}'")]
+        assert len(runs) >= 2, "the prod stage run should have continued as new"
+        seen.clear()
+        assert (await (await start(dev_env.client, tq, without)).result()).status.state == "succeeded"
+    assert seen == [(instance_id("dev", 1), "absent")]
