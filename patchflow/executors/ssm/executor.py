@@ -78,13 +78,15 @@ Install's own patch state still counts pending patches. ``pending_reboot`` is th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import shlex
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
+import weakref
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -950,10 +952,17 @@ class SsmExecutor:
         return await self._complete(record, invocation, cleaned)
 
     async def _send_step(self, record: dict[str, Any], step: str) -> str:
-        """The command id of a Sources step, sending it unless an earlier attempt did (found by its Comment)."""
+        """The command id of a Sources step, sending it unless an earlier attempt did (found by its Comment).
+
+        Two finishers of one operation in this process (the wave's wait and a cancel) take turns: the second
+        finds the first's command instead of sending the step again."""
         key = f"{step}_command_id"
         if record.get(key):
             return str(record[key])
+        async with _step_lock(f"{record['operation_id']}/{step}"):
+            return await self._send_step_once(record, step, key)
+
+    async def _send_step_once(self, record: dict[str, Any], step: str, key: str) -> str:
         comment = command_comment(record["operation_id"], SOURCE_STEPS[step])
         found = await self._find_command(record, document=SHELL_DOCUMENT, marker=comment[:39])
         if found is None:
@@ -1319,6 +1328,29 @@ def _result_from(record: dict[str, Any]) -> InstallResult | None:
 
 def _source_names(record: dict[str, Any]) -> str:
     return ", ".join(s["Name"] for s in record.get("sources") or [])
+
+
+_STEP_LOCKS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[str, tuple[asyncio.Lock, int]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+@contextlib.asynccontextmanager
+async def _step_lock(name: str) -> AsyncIterator[None]:
+    """Hold the lock of one Sources step of one operation, on the running event loop (locks are bound to a
+    loop); it is forgotten once nobody holds or awaits it, so a long-lived worker keeps none."""
+    locks = _STEP_LOCKS.setdefault(asyncio.get_running_loop(), {})
+    lock, users = locks.get(name, (asyncio.Lock(), 0))
+    locks[name] = (lock, users + 1)
+    try:
+        async with lock:
+            yield
+    finally:
+        lock, users = locks[name]
+        if users == 1:
+            del locks[name]
+        else:
+            locks[name] = (lock, users - 1)
 
 
 def _cleanup_note(record: dict[str, Any], cleaned: dict[str, Any]) -> str:
