@@ -119,7 +119,17 @@ async def largest_history(client: Client, wave_id: str) -> tuple[int, int]:
     return largest, runs
 
 
-async def one_run(instances: int, workers: int, concurrency: str) -> None:
+async def why_stuck(client: Client, inp: WaveInput) -> str:
+    """The last workflow task failure of the wave (a payload the server refused, say), if any."""
+    async for event in client.get_workflow_handle(inp.wave_id).fetch_history_events():
+        if event.HasField("workflow_task_failed_event_attributes"):
+            return (
+                "workflow task failed: " + event.workflow_task_failed_event_attributes.failure.message[:200]
+            )
+    return "no workflow task failure in its history"
+
+
+async def one_run(instances: int, workers: int, concurrency: str, timeout: float) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         write_fleet(data / "fleet.json", instances)
@@ -158,17 +168,24 @@ async def one_run(instances: int, workers: int, concurrency: str) -> None:
             handle = await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue)
             answers: list[float] = []
             result_task = asyncio.ensure_future(handle.result())
-            while not result_task.done():
+            while not result_task.done() and time.perf_counter() - start < timeout:
                 t0 = time.perf_counter()
                 with contextlib.suppress(Exception):
                     await wave_status(client, inp.wave_id)
                     answers.append(time.perf_counter() - t0)
                 await asyncio.wait([result_task], timeout=2.0)
             elapsed = time.perf_counter() - start
-            try:
-                state, reason = (await result_task).status.state, ""
-            except WorkflowFailureError as exc:
-                state, reason = "failed", str(exc.cause or exc)
+            if not result_task.done():
+                result_task.cancel()
+                state, reason = (
+                    "timed out",
+                    f"not finished after {timeout:.0f} s; " + await why_stuck(client, inp),
+                )
+            else:
+                try:
+                    state, reason = (await result_task).status.state, ""
+                except WorkflowFailureError as exc:
+                    state, reason = "failed", str(exc.cause or exc)
             peaks = [peak_rss_mib(p.pid) for p in procs]
             await asyncio.sleep(2)  # visibility is eventually consistent
             events, runs = await largest_history(client, inp.wave_id)
@@ -195,6 +212,7 @@ async def main() -> None:
     parser.add_argument("--instances", type=int, default=100_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--concurrency", default="500")
+    parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one wave may take")
     args = parser.parse_args()
     print(
         f"3 stages of {args.instances // 3:,} instances, max_concurrency {args.concurrency}, zero-time patches"
@@ -204,7 +222,7 @@ async def main() -> None:
         f"{'events (runs)':>13} {'worker MiB':>16} {'status max/median s':>13}"
     )
     for workers in args.workers:
-        await one_run(args.instances, workers, args.concurrency)
+        await one_run(args.instances, workers, args.concurrency, args.timeout)
 
 
 if __name__ == "__main__":
