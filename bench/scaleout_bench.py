@@ -8,7 +8,7 @@ own Python process), a fleet file of ``--instances`` instances split evenly into
 wave with a stage per group (window ``now``, zero-duration patches, ``max_concurrency`` ``--concurrency``).
 While it runs, ``wave status`` (:func:`patchflow.control.waves.wave_status`, what the CLI and the API call) is
 timed every 2 s. Reported: wall time, the wave's end state (and why it failed), the largest payload set the
-starting client received (the wave's result), the largest workflow history of the wave and its stage runs,
+starting client received (the wave's result), the largest answer ``wave status`` received, the largest workflow history of the wave and its stage runs,
 each worker's peak RSS (``VmHWM``), and the slowest and median status answer.
 """
 
@@ -137,8 +137,10 @@ async def one_run(instances: int, workers: int, concurrency: str, timeout: float
         server = start_dev_server(address, data / "temporal", ui=False)
         procs: list[subprocess.Popen[bytes]] = []
         try:
-            recorder = PayloadSizeRecorder()
-            client = recording_client(await Client.connect(address), recorder)
+            recorder, status_recorder = PayloadSizeRecorder(), PayloadSizeRecorder()
+            plain = await Client.connect(address)
+            client = recording_client(plain, recorder)
+            status_client = recording_client(plain, status_recorder)  # what `wave status` receives
             task_queue = f"scaleout-{uuid.uuid4()}"
             procs = start_workers(workers, address, task_queue, data)
             await wait_for_pollers(client, task_queue, workers)
@@ -171,7 +173,7 @@ async def one_run(instances: int, workers: int, concurrency: str, timeout: float
             while not result_task.done() and time.perf_counter() - start < timeout:
                 t0 = time.perf_counter()
                 with contextlib.suppress(Exception):
-                    await wave_status(client, inp.wave_id)
+                    await wave_status(status_client, inp.wave_id)
                     answers.append(time.perf_counter() - t0)
                 await asyncio.wait([result_task], timeout=2.0)
             elapsed = time.perf_counter() - start
@@ -200,7 +202,7 @@ async def one_run(instances: int, workers: int, concurrency: str, timeout: float
             server.stop()
     print(
         f"{instances:>8,} {workers:>7} {elapsed:>8.1f} {instances / elapsed:>7.0f} {state:>10} "
-        f"{recorder.largest.size / 1024:>9,.0f} {events:>7,} ({runs:>3}) "
+        f"{recorder.largest.size / 1024:>9,.0f} {status_recorder.largest.size / 1024:>8,.0f} {events:>7,} ({runs:>3}) "
         f"{' / '.join(f'{p:.0f}' for p in peaks):>16} "
         f"{max(answers, default=0):>6.2f} {statistics.median(answers) if answers else 0:>6.2f}"
         + (f"  {reason[:100]}" if reason else "")
@@ -218,7 +220,7 @@ async def main() -> None:
         f"3 stages of {args.instances // 3:,} instances, max_concurrency {args.concurrency}, zero-time patches"
     )
     print(
-        f"{'instances':>8} {'workers':>7} {'wall s':>8} {'inst/s':>7} {'state':>10} {'max KiB':>9} "
+        f"{'instances':>8} {'workers':>7} {'wall s':>8} {'inst/s':>7} {'state':>10} {'max KiB':>9} {'status':>8} "
         f"{'events (runs)':>13} {'worker MiB':>16} {'status max/median s':>13}"
     )
     for workers in args.workers:
