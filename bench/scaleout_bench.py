@@ -43,6 +43,9 @@ from patchflow.executors.base import Package  # noqa: E402
 from patchflow.testing.payloads import PayloadSizeRecorder, recording_client  # noqa: E402
 from workflows.wave import WaveWorkflow  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from wave_bench import largest_history  # noqa: E402
+
 GROUPS = ("dev", "test", "prod")
 VENV_BIN = Path(sys.executable).parent
 
@@ -107,16 +110,6 @@ async def wait_for_pollers(client: Client, task_queue: str, count: int, timeout:
             return
         await asyncio.sleep(0.5)
     raise RuntimeError(f"fewer than {count} workers poll {task_queue} after {timeout:.0f} s")
-
-
-async def largest_history(client: Client, wave_id: str) -> tuple[int, int]:
-    largest, runs = 0, 0
-    query = f"WorkflowId = '{wave_id}' OR WorkflowId STARTS_WITH '{wave_id}/'"
-    async for wf in client.list_workflows(query):
-        history = await client.get_workflow_handle(wf.id, run_id=wf.run_id).fetch_history()
-        largest = max(largest, len(history.events))
-        runs += 1
-    return largest, runs
 
 
 async def why_stuck(client: Client, inp: WaveInput) -> str:
