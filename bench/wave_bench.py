@@ -124,7 +124,7 @@ async def scale(client: Client, instances: int) -> None:
     print(f"  peak RSS of the process hosting the worker {peak:.0f} MiB")
 
 
-async def payloads(client: Client, sizes: list[int]) -> None:
+async def payloads(client: Client, sizes: list[int], timeout: float) -> None:
     print("payloads: one stage, zero-duration patches, max_concurrency 500")
     print(f"  {'instances':>10} {'largest payload':>16} {'vs 512 KiB':>10} {'wall s':>7}  which")
     for size in sizes:
@@ -133,7 +133,14 @@ async def payloads(client: Client, sizes: list[int]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)
             write_fleet(work / "fleet.json", [0.0] * size)
-            elapsed, _ = await run_wave(recorded, work / "fleet.json", work, "500", 1.0)
+            start = time.perf_counter()
+            try:
+                elapsed, _ = await asyncio.wait_for(
+                    run_wave(recorded, work / "fleet.json", work, "500", 1.0), timeout
+                )
+                ended = "finished"
+            except TimeoutError:  # e.g. a payload past 2 MiB: the server refuses it and the wave cannot go on
+                elapsed, ended = time.perf_counter() - start, f"did not finish in {timeout:.0f} s"
         largest = recorder.largest
         which = f"{largest.direction}: {', '.join(largest.fields[:6]) or largest.sample[:60]}"
         verdict = (
@@ -141,7 +148,7 @@ async def payloads(client: Client, sizes: list[int]) -> None:
         )
         print(
             f"  {size:>10,} {largest.size / 1024:>13,.0f} KiB {largest.size / WARN_BYTES:>9.2f}x {elapsed:>7.1f}"
-            f"  {which} ({verdict}; {recorder.sets} payload sets)"
+            f"  {which} ({verdict}; {recorder.sets} payload sets; {ended})"
         )
         for kind in recorder.top(8):
             print(
@@ -173,6 +180,7 @@ async def main() -> None:
     parser.add_argument("which", nargs="?", default="all", choices=["scale", "makespan", "payloads", "all"])
     parser.add_argument("--instances", type=int, default=10_000)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000])
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one payloads wave may take")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data:
         address = f"127.0.0.1:{free_port()}"
@@ -184,7 +192,7 @@ async def main() -> None:
             if args.which in ("scale", "all"):
                 await scale(client, args.instances)
             if args.which in ("payloads", "all"):
-                await payloads(client, args.sizes)
+                await payloads(client, args.sizes, args.timeout)
         finally:
             server.stop()
 
