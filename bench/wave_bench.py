@@ -5,6 +5,9 @@ Run: ``.venv/bin/python bench/wave_bench.py [scale|makespan|all] [--instances N]
 * ``scale`` — one 10,000-instance stage, zero-duration patches, ``max_concurrency`` 500: wall time,
   instances per second, the largest workflow history (events) among the wave and its stage runs (including
   continue-as-new runs), and the peak memory of the process hosting the worker.
+* ``payloads`` — one stage per ``--sizes`` entry (default 10,000 and 20,000 instances, zero-duration patches,
+  ``max_concurrency`` 500): the largest set of payloads the client and the worker exchanged with Temporal
+  (:mod:`patchflow.testing.payloads`), against the 512 KiB warning and issue 17's 256 KB target.
 * ``makespan`` — 200 instances with heterogeneous durations (seeded, 1–10 s scaled by 0.1) under
   ``max_concurrency`` 10: the wave's makespan against the lower bound max(Σd/C, max d) and against fixed
   batches of 10 (Ansible's ``serial``), computed from the same durations.
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import resource
 import sys
@@ -22,7 +26,6 @@ import time
 import uuid
 from pathlib import Path
 
-import yaml
 from temporalio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -34,6 +37,12 @@ from patchflow.executors.base import Package  # noqa: E402
 from patchflow.executors.simulated import SimulatedExecutor  # noqa: E402
 from patchflow.executors.simulated.fleet import load_fleet  # noqa: E402
 from patchflow.service.worker import build_worker  # noqa: E402
+from patchflow.testing.payloads import (  # noqa: E402
+    TARGET_BYTES,
+    WARN_BYTES,
+    PayloadSizeRecorder,
+    recording_client,
+)
 from workflows.wave import WaveWorkflow  # noqa: E402
 
 PATCHES = [Package("openssl", "amd64", "3.0.2-0ubuntu1.16")]
@@ -51,7 +60,8 @@ def write_fleet(path: Path, durations: list[float]) -> None:
         }
         for n, d in enumerate(durations)
     ]
-    path.write_text(yaml.safe_dump({"name": "bench", "instances": instances}, sort_keys=False))
+    # JSON: parsed by ``json`` (fast at 100,000 instances), and it has no YAML aliases for the loader to refuse.
+    path.write_text(json.dumps({"name": "bench", "instances": instances}))
 
 
 async def run_wave(
@@ -101,9 +111,9 @@ async def largest_history(client: Client, wave_id: str) -> tuple[int, int]:
 async def scale(client: Client, instances: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        write_fleet(work / "fleet.yaml", [0.0] * instances)
-        elapsed, wave_id = await run_wave(client, work / "fleet.yaml", work, "500", 1.0)
-        status = SimulatedExecutor(load_fleet(work / "fleet.yaml"), work / "state.sqlite").status()
+        write_fleet(work / "fleet.json", [0.0] * instances)
+        elapsed, wave_id = await run_wave(client, work / "fleet.json", work, "500", 1.0)
+        status = SimulatedExecutor(load_fleet(work / "fleet.json"), work / "state.sqlite").status()
         assert all(i["install_count"] == 1 for i in status["instances"])
         await asyncio.sleep(2)  # visibility is eventually consistent
         events, runs = await largest_history(client, wave_id)
@@ -114,14 +124,46 @@ async def scale(client: Client, instances: int) -> None:
     print(f"  peak RSS of the process hosting the worker {peak:.0f} MiB")
 
 
+async def payloads(client: Client, sizes: list[int], timeout: float) -> None:
+    print("payloads: one stage, zero-duration patches, max_concurrency 500")
+    print(f"  {'instances':>10} {'largest payload':>16} {'vs 512 KiB':>10} {'wall s':>7}  which")
+    for size in sizes:
+        recorder = PayloadSizeRecorder()
+        recorded = recording_client(client, recorder)
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            write_fleet(work / "fleet.json", [0.0] * size)
+            start = time.perf_counter()
+            try:
+                elapsed, _ = await asyncio.wait_for(
+                    run_wave(recorded, work / "fleet.json", work, "500", 1.0), timeout
+                )
+                ended = "finished"
+            except TimeoutError:  # e.g. a payload past 2 MiB: the server refuses it and the wave cannot go on
+                elapsed, ended = time.perf_counter() - start, f"did not finish in {timeout:.0f} s"
+        largest = recorder.largest
+        which = f"{largest.direction}: {', '.join(largest.fields[:6]) or largest.sample[:60]}"
+        verdict = (
+            "over" if largest.size > WARN_BYTES else ("under" if largest.size < TARGET_BYTES else "near")
+        )
+        print(
+            f"  {size:>10,} {largest.size / 1024:>13,.0f} KiB {largest.size / WARN_BYTES:>9.2f}x {elapsed:>7.1f}"
+            f"  {which} ({verdict}; {recorder.sets} payload sets; {ended})"
+        )
+        for kind in recorder.top(8):
+            print(
+                f"  {'':>10} {kind.size / 1024:>13,.0f} KiB {'':>18}  {kind.direction}: {', '.join(kind.fields[:8])}"
+            )
+
+
 async def makespan(client: Client) -> None:
     rng = random.Random(2026)
     scale_factor, concurrency, count = 0.1, 10, 200
     durations = [rng.uniform(1.0, 10.0) for _ in range(count)]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        write_fleet(work / "fleet.yaml", durations)
-        elapsed, _ = await run_wave(client, work / "fleet.yaml", work, str(concurrency), scale_factor)
+        write_fleet(work / "fleet.json", durations)
+        elapsed, _ = await run_wave(client, work / "fleet.json", work, str(concurrency), scale_factor)
     scaled = [d * scale_factor for d in durations]
     bound = max(sum(scaled) / concurrency, max(scaled))
     batches = sum(max(scaled[i : i + concurrency]) for i in range(0, count, concurrency))
@@ -135,8 +177,10 @@ async def makespan(client: Client) -> None:
 
 async def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("which", nargs="?", default="all", choices=["scale", "makespan", "all"])
+    parser.add_argument("which", nargs="?", default="all", choices=["scale", "makespan", "payloads", "all"])
     parser.add_argument("--instances", type=int, default=10_000)
+    parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 20_000])
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds one payloads wave may take")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as data:
         address = f"127.0.0.1:{free_port()}"
@@ -147,6 +191,8 @@ async def main() -> None:
                 await makespan(client)
             if args.which in ("scale", "all"):
                 await scale(client, args.instances)
+            if args.which in ("payloads", "all"):
+                await payloads(client, args.sizes, args.timeout)
         finally:
             server.stop()
 

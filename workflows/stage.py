@@ -22,11 +22,14 @@ with workflow.unsafe.imports_passed_through():
     from patchflow.core.instances import Package
     from patchflow.core.ratecontrol import PENDING, StageScheduler
     from patchflow.core.wavemodel import (
+        InstancePage,
+        InstancePageInput,
         PatchBatchInput,
         PatchBatchResult,
         StageProgress,
         StageRunInput,
         StageRunResult,
+        instance_page,
     )
     from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE, SEND_START_TO_CLOSE
 
@@ -81,6 +84,24 @@ class StageRunWorkflow:
         return StageProgress(
             states=dict(s.states), errors=s.errors, max_errors=s.max_errors, max_concurrency=s.max_concurrency
         )
+
+    @workflow.query
+    def progress_summary(self) -> StageProgress:
+        """:meth:`progress` without the per-instance states (their pages: :meth:`progress_page`)."""
+        s = self._scheduler
+        if s is None:
+            return StageProgress(states={}, errors=0, max_errors=0, max_concurrency=0)
+        return StageProgress(
+            states={}, errors=s.errors, max_errors=s.max_errors, max_concurrency=s.max_concurrency
+        )
+
+    @workflow.query
+    def progress_page(self, page: InstancePageInput) -> InstancePage:
+        """One page of this run's instance states and details (``page.stage`` is not looked at)."""
+        s = self._scheduler
+        if s is None:
+            return InstancePage(instances={}, details={}, total=0)
+        return instance_page(s.states, s.details, page)
 
     @workflow.run
     async def run(self, inp: StageRunInput) -> StageRunResult:

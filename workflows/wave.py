@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -60,6 +61,8 @@ with workflow.unsafe.imports_passed_through():
         GateReminder,
         HealthInput,
         HealthReport,
+        InstancePage,
+        InstancePageInput,
         OperatorAction,
         RecordWaveInput,
         ResolveTargetsInput,
@@ -76,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
         WaveStatus,
         WindowInput,
         WindowResult,
+        instance_page,
     )
     from workflows.policies import (
         HISTORY_HEARTBEAT,
@@ -183,7 +187,23 @@ class WaveWorkflow:
 
     @workflow.query
     def status(self) -> WaveStatus:
+        """The whole status, every stage's instances included: grows with the fleet (kept for older clients;
+        ``wave status`` asks :meth:`status_summary` and :meth:`instances_page`)."""
         return self._status
+
+    @workflow.query
+    def status_summary(self) -> WaveStatus:
+        """The status without any stage's instances and details (their pages: :meth:`instances_page`)."""
+        s = self._status
+        return dataclasses.replace(
+            s, stages=[dataclasses.replace(st, instances={}, details={}) for st in s.stages]
+        )
+
+    @workflow.query
+    def instances_page(self, page: InstancePageInput) -> InstancePage:
+        """One page of a stage's instances and their details (at most ``MAX_PAGE_INSTANCES``)."""
+        st = self._status.stages[self._stage_index(page.stage)]
+        return instance_page(st.instances, st.details, page)
 
     # ------------------------------------------------------------------------------------------ updates
     # Validators refuse what does not apply (a refused Update leaves no trace in the history); a validator and

@@ -11,6 +11,7 @@ import getpass
 import re
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,7 +20,13 @@ from typing import Any
 from temporalio.api.enums.v1 import TaskQueueType
 from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings
@@ -31,12 +38,16 @@ from patchflow.core.freezes import FreezeCalendar, FreezePeriod, load_freeze_fil
 from patchflow.core.patchsets import PatchSetStore
 from patchflow.core.plans import Plan
 from patchflow.core.wavemodel import (
+    MAX_PAGE_INSTANCES,
     WAVE_FINAL_STATES,
     ExecutorRef,
     GateDecision,
+    InstancePage,
+    InstancePageInput,
     OperatorAction,
     StageInput,
     StageProgress,
+    StageStatus,
     WaveInput,
     WaveResult,
     WaveStatus,
@@ -301,8 +312,13 @@ async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:
     return handle
 
 
-async def wave_status(client: Client, wave_id: str) -> WaveStatus:
-    """The wave's status with the live per-instance progress of its running stage merged in."""
+async def wave_status(client: Client, wave_id: str, *, page_size: int = MAX_PAGE_INSTANCES) -> WaveStatus:
+    """The wave's status with the live per-instance progress of its running stage merged in.
+
+    A running wave answers in pages (:meth:`WaveWorkflow.status_summary`, then each stage's instances
+    ``page_size`` at a time), so no answer grows with the fleet; a worker of a version without the paged queries
+    is asked the whole status at once.
+    """
     handle = await _handle(client, wave_id)
     description = await handle.describe()
     if description.status == WorkflowExecutionStatus.COMPLETED:
@@ -311,20 +327,83 @@ async def wave_status(client: Client, wave_id: str) -> WaveStatus:
         return result.status
     await require_worker(client, description.task_queue, wave_id)
     try:
-        status: WaveStatus = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
+        try:
+            status = await _paged_status(handle, page_size)
+        except WorkflowQueryFailedError:  # a worker without the paged queries (older version)
+            status = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
     except RPCError as exc:
         raise PatchflowError(f"wave {wave_id} did not answer ({exc.message}); is a worker running?") from None
     for stage in status.stages:
         if stage.active_run_id:
             try:
-                progress: StageProgress = await client.get_workflow_handle(stage.active_run_id).query(
-                    StageRunWorkflow.progress
-                )
-            except RPCError:
+                progress = await _paged_progress(client.get_workflow_handle(stage.active_run_id), page_size)
+            except (RPCError, WorkflowQueryFailedError):
                 continue
             stage.instances.update(progress.states)
             stage.errors = progress.errors
     return status
+
+
+async def _summary(handle: WorkflowHandle[Any, Any]) -> WaveStatus:
+    """A running wave's status without its instances (the whole status from a worker without the query)."""
+    try:
+        summary: WaveStatus = await handle.query(WaveWorkflow.status_summary, rpc_timeout=QUERY_TIMEOUT)
+    except WorkflowQueryFailedError:
+        summary = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
+    return summary
+
+
+async def _paged_status(handle: WorkflowHandle[Any, Any], page_size: int) -> WaveStatus:
+    status: WaveStatus = await handle.query(WaveWorkflow.status_summary, rpc_timeout=QUERY_TIMEOUT)
+
+    async def fill(stage: StageStatus) -> None:
+        async def fetch(offset: int) -> InstancePage:
+            page: InstancePage = await handle.query(
+                WaveWorkflow.instances_page,
+                InstancePageInput(stage=stage.name, offset=offset, limit=page_size),
+                rpc_timeout=QUERY_TIMEOUT,
+            )
+            return page
+
+        for page in await _all_pages(fetch):
+            stage.instances.update(page.instances)
+            stage.details.update(page.details)
+
+    await asyncio.gather(*(fill(stage) for stage in status.stages))
+    return status
+
+
+async def _paged_progress(handle: WorkflowHandle[Any, Any], page_size: int) -> StageProgress:
+    """A running stage run's progress, its states fetched in pages (see :func:`wave_status`)."""
+    try:
+        progress: StageProgress = await handle.query(
+            StageRunWorkflow.progress_summary, rpc_timeout=QUERY_TIMEOUT
+        )
+    except WorkflowQueryFailedError:  # an older worker
+        whole: StageProgress = await handle.query(StageRunWorkflow.progress, rpc_timeout=QUERY_TIMEOUT)
+        return whole
+
+    async def fetch(offset: int) -> InstancePage:
+        page: InstancePage = await handle.query(
+            StageRunWorkflow.progress_page,
+            InstancePageInput(stage="", offset=offset, limit=page_size),
+            rpc_timeout=QUERY_TIMEOUT,
+        )
+        return page
+
+    for page in await _all_pages(fetch):
+        progress.states.update(page.instances)
+    return progress
+
+
+async def _all_pages(fetch: Callable[[int], Awaitable[InstancePage]]) -> list[InstancePage]:
+    """Every page, in order: the first says how many there are, the rest are asked for at once."""
+    first = await fetch(0)
+    size = len(first.instances)
+    if not size or size >= first.total:
+        return [first]
+    rest = await asyncio.gather(*(fetch(offset) for offset in range(size, first.total, size)))
+    return [first, *rest]
 
 
 async def gate_approvers(client: Client, wave_id: str, stage: str) -> list[str]:
@@ -454,8 +533,7 @@ async def list_waves(client: Client, *, limit: int = 50) -> list[dict[str, Any]]
             if wf.status == WorkflowExecutionStatus.COMPLETED:  # from its result: no worker needed
                 status = (await client.get_workflow_handle(wf.id, result_type=WaveResult).result()).status
             elif running and served[wf.task_queue]:
-                handle = client.get_workflow_handle(wf.id)
-                status = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
+                status = await _summary(client.get_workflow_handle(wf.id))
             elif running:
                 row["note"] = f"no worker polls task queue {wf.task_queue!r}"
             if status is not None:
@@ -485,8 +563,7 @@ async def running_wave_of(client: Client, plan_name: str) -> str | None:
         if not await worker_polls(client, execution.task_queue):
             return execution.id
         try:
-            handle = client.get_workflow_handle(execution.id)
-            status: WaveStatus = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
+            status = await _summary(client.get_workflow_handle(execution.id))
         except RPCError:
             return execution.id
         if status.plan_name == plan_name and status.state not in WAVE_FINAL_STATES:  # not one just closing

@@ -28,9 +28,13 @@ Compliance of large fleets is fast because fleets repeat themselves: a state is 
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import operator
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress
 from pathlib import Path
 from typing import Any
 
@@ -190,23 +194,34 @@ class ComplianceEngine:
         self.unknown_products: set[str] = set()
 
     def evaluate(self, instance: Instance, *, with_patches: bool = True) -> InstanceCompliance:
-        """The instance's state per installed package, its counts and status (see the module docstring)."""
+        """The instance's state per installed package, its counts and status (see the module docstring).
+
+        Each distinct (name, arch, version) of a product is judged once, on first sight; after that a row costs
+        one dict look-up and one count, both in C (``map`` and ``Counter``): a Python loop over a fleet's ten
+        million rows would dominate the run time.
+        """
         targets, known = self._for_product(instance.product)
         installed = instance.installed
-        known.learn(installed, targets, self._classify)
-        row_states = list(map(known.states.__getitem__, installed))
-        overrides, extra_rows = _last_run(instance, row_states, targets, known.blocked)
-        for index, state in overrides.items():
-            row_states[index] = state
-        # Count (state, level bucket) pairs in C: a fleet-sized loop in Python would dominate the run time.
-        pairs = Counter(zip(row_states, map(known.buckets.__getitem__, installed), strict=True))
-        for row in extra_rows:
-            pairs[(row.state, _bucket(targets.get((row.name, row.arch))))] += 1
+        code_counts = known.count(installed)
+        pairs: Counter[tuple[str, str]] = Counter()
+        for code, n in code_counts.items():
+            pairs[known.pairs[code]] += n
+        overrides: dict[int, str] = {}
+        extra_rows: list[PatchState] = []
+        if _last_run_matters(instance, code_counts):
+            row_states = list(map(known.states.__getitem__, installed))
+            overrides, extra_rows = _last_run(instance, row_states, targets, known.blocked)
+            for index, state in overrides.items():
+                bucket = known.buckets[installed[index]]
+                pairs[(row_states[index], bucket)] -= 1
+                pairs[(state, bucket)] += 1
+            for row in extra_rows:
+                pairs[(row.state, _bucket(targets.get((row.name, row.arch))))] += 1
         counts, worst = _counts(pairs)
         patches: list[PatchState] = []
         if with_patches:
             # Rows are immutable and shared between instances with the same package version.
-            patches = list(map(known.rows.__getitem__, installed))
+            patches = known.rows_of(installed)
             for index, state in overrides.items():
                 patches[index] = dataclasses.replace(patches[index], state=state)
             patches.extend(extra_rows)
@@ -228,7 +243,7 @@ class ComplianceEngine:
             key = None
         known = self._known.get(key)
         if known is None:
-            known = self._known[key] = _KnownRows()
+            known = self._known[key] = _KnownRows(self.targets[key], self._classify)
         return self.targets[key], known
 
     def _classify(
@@ -246,46 +261,158 @@ class ComplianceEngine:
         return (INSTALLED_OTHER if target.blocked_by is not None else INSTALLED), target
 
 
-@dataclass
 class _KnownRows:
     """What an engine has computed for one product's targets, per distinct installed (name, arch, version)."""
 
-    states: dict[PackageKey, str] = field(default_factory=dict)
-    buckets: dict[PackageKey, str] = field(default_factory=dict)
-    """How a row counts when it is non-compliant: ``LEVEL|security`` or ``LEVEL|other``."""
-    rows: dict[PackageKey, PatchState] = field(default_factory=dict)
-    blocked: set[PackageKey] = field(default_factory=set)
-    """MISSING only because the update they need is kept out by a rejected dependency (BLOCK)."""
-
-    def learn(
+    def __init__(
         self,
-        installed: list[PackageKey],
         targets: dict[tuple[str, str], PinnedPatch],
         classify: Callable[[PackageKey, dict[tuple[str, str], PinnedPatch]], tuple[str, PinnedPatch | None]],
     ) -> None:
-        """Compute the rows of the packages not seen before (fleets repeat themselves: most are known)."""
-        for pkg in [p for p in installed if p not in self.states]:
-            state, target = classify(pkg, targets)
-            reason = None
-            if state == MISSING and target is not None and target.blocked_by is not None:
-                self.blocked.add(pkg)
-                reason = (
-                    f"the update to {target.version} depends on {target.blocked_by}, which the baseline rejects "
-                    "(RejectedPatchesAction BLOCK): it cannot be installed"
-                )
-            self.states[pkg] = state
-            self.buckets[pkg] = _bucket(target)
-            self.rows[pkg] = PatchState(
-                pkg[0],
-                pkg[1],
-                pkg[2],
-                target.version if target is not None else None,
-                state,
-                target.severity if target is not None else None,
-                target.compliance_level if target is not None else None,
-                target.classification if target is not None else None,
-                reason,
+        self.targets = targets
+        self.classify = classify
+        self.codes: dict[PackageKey, str] = _Judged(self.learn)
+        """Each row's code, ``STATE|LEVEL|kind[|blocked]``: one interned string per distinct judgement, so
+        counting them hashes nothing new. A package not seen before is judged on its first look-up."""
+        self.pairs: dict[str, tuple[str, str]] = {}
+        """(state, bucket) of each code."""
+        self.states: dict[PackageKey, str] = {}
+        self.buckets: dict[PackageKey, str] = {}
+        """How a row counts when it is non-compliant: ``LEVEL|security`` or ``LEVEL|other``."""
+        self.rows: dict[PackageKey, PatchState] = {}
+        self.blocked: set[PackageKey] = set()
+        """MISSING only because the update they need is kept out by a rejected dependency (BLOCK)."""
+        self.layouts: dict[tuple[int, ...], _Layout] = {}
+        """Installed lists already counted, by :func:`_probe_keys` (see :meth:`count`). Their package objects are
+        kept alive by the layout, so the ids in the keys stay theirs."""
+
+    def count(self, installed: list[PackageKey]) -> dict[str, int]:
+        """How many rows of ``installed`` have each code (codes of no row left out).
+
+        Instances built from one machine image list mostly the very same package objects in the same places
+        (inventories intern them: :func:`parse_inventory`). Against a layout counted before, only the places
+        holding another object are looked up — found by comparing pointers, in C — and the rest of the count is
+        the layout's. Anything else is counted row by row and becomes a layout. Equal-but-distinct objects merely
+        count as differences, so the result never depends on which path ran.
+        """
+        layout = self._layout_like(installed)
+        if layout is None:
+            counts = dict(Counter(map(self.codes.__getitem__, installed)))
+            self._remember(_Layout(list(installed), counts))  # a copy: callers may change their list
+            return counts
+        counts = dict(layout.counts)
+        reference, codes = layout.installed, self.codes
+        changed = False
+        for index in compress(itertools.count(), map(operator.is_not, installed, reference)):
+            before, after = codes[reference[index]], codes[installed[index]]
+            if before is not after:
+                counts[before] -= 1
+                counts[after] = counts.get(after, 0) + 1
+                changed = True
+        return {code: n for code, n in counts.items() if n} if changed else counts
+
+    def rows_of(self, installed: list[PackageKey]) -> list[PatchState]:
+        """The rows of ``installed`` (all judged already): a layout's, with the places that differ looked up."""
+        layout = self._layout_like(installed)
+        if layout is None:
+            return list(map(self.rows.__getitem__, installed))
+        if layout.rows is None:
+            layout.rows = list(map(self.rows.__getitem__, layout.installed))
+        rows, reference = list(layout.rows), layout.installed
+        for index in compress(itertools.count(), map(operator.is_not, installed, reference)):
+            rows[index] = self.rows[installed[index]]
+        return rows
+
+    def _layout_like(self, installed: list[PackageKey]) -> _Layout | None:
+        """A layout of the same length holding the same objects at two probed places, if any."""
+        if len(installed) < _LAYOUT_MIN_ROWS:
+            return None
+        for key in _probe_keys(installed):
+            layout = self.layouts.get(key)
+            if layout is not None:
+                return layout
+        return None
+
+    def _remember(self, layout: _Layout) -> None:
+        if len(layout.installed) < _LAYOUT_MIN_ROWS or len(self.layouts) >= _MAX_LAYOUT_KEYS:
+            return
+        for key in _probe_keys(layout.installed):
+            self.layouts.setdefault(key, layout)
+
+    def learn(self, pkg: PackageKey) -> str:
+        """Judge a package not seen before; returns its code."""
+        state, target = self.classify(pkg, self.targets)
+        reason = None
+        bucket = _bucket(target)
+        code = f"{state}|{bucket}"
+        if state == MISSING and target is not None and target.blocked_by is not None:
+            self.blocked.add(pkg)
+            code += "|blocked"
+            reason = (
+                f"the update to {target.version} depends on {target.blocked_by}, which the baseline rejects "
+                "(RejectedPatchesAction BLOCK): it cannot be installed"
             )
+        code = sys.intern(code)  # one shared string object per code: its hash is computed once
+        self.pairs.setdefault(code, (state, bucket))
+        self.states[pkg] = state
+        self.buckets[pkg] = bucket
+        self.rows[pkg] = PatchState(
+            pkg[0],
+            pkg[1],
+            pkg[2],
+            target.version if target is not None else None,
+            state,
+            target.severity if target is not None else None,
+            target.compliance_level if target is not None else None,
+            target.classification if target is not None else None,
+            reason,
+        )
+        return code
+
+
+_LAYOUT_MIN_ROWS = 64
+"""Shorter lists are counted row by row: a layout would save little."""
+_MAX_LAYOUT_KEYS = 3 * 4096
+"""Enough for thousands of machine images; a fleet with no shared layout stops adding after that many."""
+
+
+def _probe_keys(installed: list[PackageKey]) -> tuple[tuple[int, ...], ...]:
+    """Keys to find a layout like ``installed`` by: its length and the objects at a pair of places — three
+    pairs, so an instance whose drift hits one pair is still found by another."""
+    n = len(installed)
+    return tuple(
+        (n, pair, id(installed[a * n // 8]), id(installed[b * n // 8]))
+        for pair, (a, b) in enumerate(((1, 5), (2, 6), (3, 7)))
+    )
+
+
+@dataclass
+class _Layout:
+    """An installed list counted row by row, and its count of codes."""
+
+    installed: list[PackageKey]
+    counts: dict[str, int]
+    rows: list[PatchState] | None = None
+    """Its rows, once an instance like it asked for them."""
+
+
+class _Judged(dict[PackageKey, str]):
+    """A dict that judges a missing key on its first look-up (``dict.__getitem__`` calls ``__missing__``)."""
+
+    def __init__(self, judge: Callable[[PackageKey], str]) -> None:
+        super().__init__()
+        self.judge = judge
+
+    def __missing__(self, pkg: PackageKey) -> str:
+        code = self[pkg] = self.judge(pkg)
+        return code
+
+
+def _last_run_matters(instance: Instance, code_counts: dict[str, int]) -> bool:
+    """Whether the last install run changes any row (see :func:`_last_run`); most instances have none."""
+    if instance.failed or instance.pending_reboot:
+        return True
+    return instance.operation == "Install" and any(code.endswith("|blocked") for code in code_counts)
 
 
 def _last_run(
@@ -452,6 +579,9 @@ class _FieldReader:
         self.family = family
         self.problems: list[Problem] = []
         self.checked_versions: set[str] = set()  # fleets repeat versions: validate each distinct one once
+        self.packages: dict[PackageKey, PackageKey] = {}
+        """One shared object per distinct package: a fleet's rows cost a pointer each, and compliance compares
+        instances by pointer (see ``_KnownRows.count``)."""
 
     def bad(self, path: tuple[str | int, ...], message: str) -> None:
         self.problems.append(self.doc.problem(path, message))
@@ -503,7 +633,8 @@ class _FieldReader:
                     self.bad((*where, j, "version"), exc.summary)
                     continue
                 self.checked_versions.add(version)
-            installed.append((name, arch, version))
+            key = (name, arch, version)
+            installed.append(self.packages.setdefault(key, key))
         return installed
 
     def operation(self, where: tuple[str | int, ...], raw: Any) -> str | None:

@@ -7,6 +7,7 @@ decode). Everything here is plain data — no behaviour that touches I/O — so 
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -197,6 +198,47 @@ class StageRunResult:
     """An operator asked the run to stop (halt or cancel)."""
     cut_off: bool = False
     """``cancel_at_cutoff``: the cutoff passed with work left (in-flight instances cancelled, or never started)."""
+
+
+#: Most instances one page of a status query carries: ≈ 100 bytes each (id, state, detail), so a page stays
+#: under 256 KB (issue 17: no payload grows with the fleet).
+MAX_PAGE_INSTANCES = 2000
+
+
+@dataclass
+class InstancePageInput:
+    """Which instances of a stage a paged status query returns (``instances_page``, ``progress_page``)."""
+
+    stage: str
+    """The stage's name (ignored by a stage run, which has one)."""
+    offset: int = 0
+    """Instances to skip, in the order the stage first saw them."""
+    limit: int = MAX_PAGE_INSTANCES
+    """At most this many (capped at :data:`MAX_PAGE_INSTANCES`)."""
+
+
+@dataclass
+class InstancePage:
+    instances: dict[str, str]
+    """instance id → state, for this page."""
+    details: dict[str, str]
+    """instance id → detail, for this page's instances that have one."""
+    total: int
+    """How many instances the stage (or stage run) has in all pages."""
+
+
+def instance_page(
+    instances: dict[str, str], details: dict[str, str], page: InstancePageInput
+) -> InstancePage:
+    """One page of ``instances`` (insertion order) with the details of its instances."""
+    limit = max(0, min(page.limit, MAX_PAGE_INSTANCES))
+    offset = max(0, page.offset)
+    ids = list(itertools.islice(instances, offset, offset + limit))
+    return InstancePage(
+        instances={i: instances[i] for i in ids},
+        details={i: details[i] for i in ids if i in details},
+        total=len(instances),
+    )
 
 
 @dataclass

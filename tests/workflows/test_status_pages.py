@@ -1,0 +1,81 @@
+"""``wave status`` in pages (issue 17: no Query payload grows with the fleet).
+
+A running wave answers :meth:`WaveWorkflow.status_summary` (no instances) and :meth:`WaveWorkflow.instances_page`
+(at most ``MAX_PAGE_INSTANCES`` a page); a running stage run answers ``progress_summary`` and ``progress_page``.
+:func:`wave_status` assembles them into the same status the whole-status query gives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+from temporalio.testing import WorkflowEnvironment
+
+from patchflow.control.waves import _paged_progress, wave_status
+from patchflow.core.wavemodel import MAX_PAGE_INSTANCES, InstancePageInput, instance_page
+from tests.workflows.conftest import running_worker
+from tests.workflows.test_wave import settle, stage, start, wave_input
+from workflows.stage import StageRunWorkflow
+from workflows.wave import WaveWorkflow
+
+
+def test_a_page_is_capped_and_carries_only_its_instances_details() -> None:
+    instances = {f"i-{n}": "succeeded" if n % 2 else "failed" for n in range(5000)}
+    details = {i: "exit 1" for i, s in instances.items() if s == "failed"}
+    page = instance_page(instances, details, InstancePageInput(stage="s", offset=10, limit=10**6))
+    assert len(page.instances) == MAX_PAGE_INSTANCES and page.total == 5000
+    assert list(page.instances)[0] == "i-10"
+    assert set(page.details) == {i for i in page.instances if instances[i] == "failed"}
+    last = instance_page(instances, details, InstancePageInput(stage="s", offset=4990, limit=50))
+    assert list(last.instances) == [f"i-{n}" for n in range(4990, 5000)]
+    assert instance_page(instances, details, InstancePageInput(stage="s", offset=9000)).instances == {}
+
+
+async def test_paged_status_equals_the_whole_status(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet(
+        {"dev": 23, "prod": 4},
+        behaviours={"i-dev0000000000007": {"fail": True}},  # a failed instance carries a detail
+    )
+    inp = wave_input(
+        fleet,
+        tmp_path,
+        [stage("dev", max_errors="1"), stage("prod", gate="approval", approvers=["alice"])],
+    )
+    async with running_worker(dev_env.client) as tq:
+        await start(dev_env.client, tq, inp)
+        await settle(dev_env.client, inp.wave_id, {"waiting_approval"})
+        whole = await dev_env.client.get_workflow_handle(inp.wave_id).query(WaveWorkflow.status)
+        paged = await wave_status(dev_env.client, inp.wave_id, page_size=5)  # 23 instances: 5 pages
+    assert len(whole.stages[0].instances) == 23
+    assert whole.stages[0].details  # the failed instance's detail travels in its page
+    assert paged == whole
+    assert list(paged.stages[0].instances) == list(whole.stages[0].instances)  # the same order
+
+
+async def test_paged_progress_of_a_running_stage_run_has_every_instance(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"dev": 9}, duration=1.0)
+    inp = wave_input(fleet, tmp_path, [stage("dev", max_concurrency="2")])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        run_id = ""
+        for _ in range(100):
+            status = await dev_env.client.get_workflow_handle(inp.wave_id).query(WaveWorkflow.status)
+            run_id = status.stages[0].active_run_id or ""
+            if run_id:
+                break
+            await asyncio.sleep(0.1)
+        assert run_id, "the stage run did not start"
+        run = dev_env.client.get_workflow_handle(run_id)
+        whole = await run.query(StageRunWorkflow.progress)
+        paged = await _paged_progress(run, 2)
+        assert set(paged.states) == set(whole.states) and len(paged.states) == 9
+        assert paged.max_concurrency == whole.max_concurrency == 2
+        live = await wave_status(dev_env.client, inp.wave_id, page_size=4)
+        assert len(live.stages[0].instances) == 9
+        assert (await handle.result()).status.state == "succeeded"
