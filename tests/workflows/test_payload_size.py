@@ -10,6 +10,7 @@ runs through a client and a worker whose payload codec records every payload set
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -43,6 +44,11 @@ def write_fleet(path: Path, count: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("PATCHFLOW_SCALE_TESTS"),
+    reason="about 2 minutes and known to exceed the warning until issue 17 item 1 lands; "
+    "PATCHFLOW_SCALE_TESTS=1 runs it (bench/README.md)",
+)
 @pytest.mark.xfail(
     strict=True,
     reason="issue 17 item 1 is not done yet: target lists, per-instance states and the wave status still travel "
