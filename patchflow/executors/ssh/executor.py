@@ -423,7 +423,7 @@ class SshExecutor:
                 answer = await self._agent(
                     host,
                     "wait",
-                    {"operation_id": operation_id, "seconds": self.poll_seconds},
+                    {"operation_id": operation_id, "seconds": self.poll_seconds, "close": self.reboot_option},
                     timeout=self.poll_seconds + 60,
                 )
             except HostUnreachable as exc:
@@ -508,19 +508,9 @@ class SshExecutor:
         rebooted: bool = False,
         boot_id: str | None = None,
     ) -> InstallResult:
-        result = journal["result"]
-        message = result.get("message", "")
-        if pending_reboot:
-            message += "; pending_reboot: the host requires a reboot (RebootOption NoReboot)"
-        if rebooted:
-            message += f"; rebooted (new boot id {boot_id})"
-        final = {
-            "status": result["status"],
-            "message": message,
-            "rebooted": rebooted,
-            "pending_reboot": pending_reboot,
-            "finished_at": time.time(),
-        }
+        final = agent.final_record(
+            journal["result"], pending_reboot=pending_reboot, rebooted=rebooted, boot_id=boot_id
+        )
         answer = await self._agent(
             host,
             "mark",
