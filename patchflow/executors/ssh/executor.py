@@ -85,6 +85,8 @@ class _Pool:
         self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: dict[str, asyncio.Lock] = {}
+        self.commands = 0
+        """SSH commands (exec channels) sent, retries included."""
 
     def _bind(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -105,6 +107,7 @@ class _Pool:
             try:
                 for attempt in (1, 2):
                     conn = await self._connection(host)
+                    self.commands += 1
                     try:
                         return await asyncio.wait_for(conn.run(command, input=stdin, check=False), timeout)
                     except (
@@ -213,6 +216,11 @@ class SshExecutor:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    @property
+    def commands_sent(self) -> int:
+        """SSH commands sent so far (each one round trip and one process on the host): for benchmarks."""
+        return self._pool.commands
 
     # --------------------------------------------------------------------------------- discovery
     async def discover(self) -> list[InstanceInfo]:
