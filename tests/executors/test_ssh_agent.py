@@ -3,6 +3,7 @@ json module), its bootstrap over stdin, and ssh plans in rollout plans."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -13,8 +14,10 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from patchflow.core import versions
 from patchflow.core.documents import parse_document
 from patchflow.core.plans import PlanError, parse_plan
+from patchflow.errors import InvalidVersionError
 from patchflow.executors.ssh import agent
 from patchflow.executors.ssh.executor import AGENT_SOURCE
 
@@ -151,7 +154,11 @@ def test_the_agents_version_order_is_dpkgs_on_tricky_versions(a: str, b: str) ->
 @pytest.mark.skipif(not Path("/usr/bin/dpkg").exists(), reason="needs dpkg to compare with")
 @given(VERSIONS, VERSIONS)
 def test_the_agents_version_order_is_dpkgs(a: str, b: str) -> None:
+    """The agent is standalone on the host (no patchflow imports), so it carries its own copy of the order:
+    it must agree with dpkg and with :func:`patchflow.core.versions.compare`."""
     assert _sign(agent.debian_compare(a, b)) == _dpkg_order(a, b)
+    with contextlib.suppress(InvalidVersionError):
+        assert _sign(agent.debian_compare(a, b)) == _sign(versions.compare("deb", a, b))
     assert agent._compare(a, "lt", b) == (_dpkg_order(a, b) < 0)
 
 
