@@ -155,7 +155,7 @@ class WaveActivities:
             op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
             started = time.monotonic()
             try:
-                result = await executor.install(instance_id, patches, operation_id=op)
+                result = await executor.install(instance_id, patches, operation_id=op, **_sources(inp))
             except (PatchflowError, ValueError) as exc:
                 # Bad input for this instance (unknown id, a reused operation id): retrying cannot help.
                 self._metrics.observe_patch(inp.executor.kind, "error", time.monotonic() - started)
@@ -192,7 +192,7 @@ class WaveActivities:
         async def one(instance_id: str) -> InstanceOutcome:
             op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
             try:
-                result = await executor.start_install(instance_id, patches, operation_id=op)
+                result = await executor.start_install(instance_id, patches, operation_id=op, **_sources(inp))
             except (PatchflowError, ValueError) as exc:
                 return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
             if result is None:
@@ -216,8 +216,10 @@ class WaveActivities:
         ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
         if inp.cancel:
             # The wave was cancelled while these installs were being sent: cancel them, do not wait for them.
-            # An install that had succeeded all the same reports it (the instance is patched).
-            await _cancel_operations(executor, list(ops.values()))
+            # An install that had succeeded all the same reports it (the instance is patched). Heartbeating:
+            # cancelling an install with baseline Sources waits for its cleanup step on the instance.
+            async with _heartbeating():
+                await _cancel_operations(executor, list(ops.values()))
             finished = await asyncio.gather(*(executor.operation_result(op) for op in ops.values()))
             return PatchBatchResult(
                 outcomes=[
@@ -460,6 +462,12 @@ class WaveActivities:
 
 STARTED = "started"
 """Phase-1 status of an install that is under way (never a final instance state)."""
+
+
+def _sources(inp: PatchBatchInput) -> dict[str, Any]:
+    """The ``sources`` keyword of an install, only when the patch set has Sources: executors (and test
+    doubles) written before Sources existed keep working for every set without them."""
+    return {"sources": tuple(inp.sources)} if inp.sources else {}
 
 
 def _outcome(instance_id: str, result: InstallResult) -> InstanceOutcome:

@@ -170,6 +170,7 @@ class StageRunWorkflow:
                     ramp=inp.ramp,
                     dispatched_so_far=scheduler.dispatched,
                     cancel_at_cutoff=inp.cancel_at_cutoff,
+                    sources=inp.sources,
                 )
             )
 
@@ -246,6 +247,7 @@ class StageRunWorkflow:
                 cancel=cancel,
                 record_results=not inp.history_outbox,
                 cancel_reason=cancel_reason if cancel else "",
+                sources=inp.sources if patches else [],
             ),
             result_type=PatchBatchResult,
             start_to_close_timeout=SEND_START_TO_CLOSE

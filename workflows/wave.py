@@ -660,6 +660,7 @@ class WaveWorkflow:
                 history_outbox=self._history_outbox(),
                 ramp=stage.ramp,
                 cancel_at_cutoff=stage.cutoff_behavior == CANCEL,
+                sources=inp.sources,
             ),
             id=run_id,
         )

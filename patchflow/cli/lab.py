@@ -135,12 +135,35 @@ def lab_publish(
     ] = None,
     postinst_fails: Annotated[bool, typer.Option("--postinst-fails", help="Its postinst exits 1.")] = False,
     reboot: Annotated[bool, typer.Option("--reboot", help="Its postinst requests a reboot.")] = False,
+    custom: Annotated[
+        bool,
+        typer.Option(
+            "--custom",
+            help="Publish to the lab's second repository, which no host uses unless a baseline's Sources name it.",
+        ),
+    ] = False,
 ) -> None:
     """Add a package version to the lab repository and re-index it (hosts see it at their next apt update)."""
-    pkg = _lab().publish(
-        name, version, security=security, depends=depends or [], postinst_fails=postinst_fails, reboot=reboot
+    if custom and security:
+        raise InputError("--custom and --security: the second repository has one suite (custom); drop one")
+    lab = _lab()
+    pkg = lab.publish(
+        name,
+        version,
+        security=security,
+        depends=depends or [],
+        postinst_fails=postinst_fails,
+        reboot=reboot,
+        custom=custom,
     )
-    out.print(f"published {pkg.name} {pkg.version} to {pkg.suite}")
+    if not custom:
+        out.print(f"published {pkg.name} {pkg.version} to {pkg.suite}")
+        return
+    where = f": {lab.custom_source()}" if lab.is_up() else ""
+    out.print(
+        f"published {pkg.name} {pkg.version} to the custom repository (no host uses it; name it in a "
+        f"baseline's Sources{where})"
+    )
 
 
 @lab_app.command("catalog")
@@ -151,11 +174,14 @@ def lab_catalog(
     family: Annotated[
         str, typer.Option("--family", help="deb: the apt repository; rpm: the same versions as RPMs.")
     ] = "deb",
+    custom: Annotated[
+        bool, typer.Option("--custom", help="Include the second (custom) repository's versions.")
+    ] = False,
 ) -> None:
     """patchflow's catalog of the lab repository (for `baseline evaluate --catalog`)."""
     if family not in ("deb", "rpm"):
         raise InputError(f"--family {family!r}: use deb (the apt repository) or rpm (the yum repository)")
-    text = json.dumps(_lab().catalog(family), indent=1) + "\n"
+    text = json.dumps(_lab().catalog(family, custom=custom), indent=1) + "\n"
     if output is None:
         out.file.write(text)
         return

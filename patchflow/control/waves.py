@@ -275,6 +275,7 @@ def wave_input(
         freeze_override_by=freeze_override_by.strip(),
         kind=kind,
         task_queue=plan.task_queue or "",
+        sources=list(pinned.sources()),
     )
 
 

@@ -46,6 +46,7 @@ from patchflow.core.baselines import (
     PatchRule,
 )
 from patchflow.core.catalog import Patch
+from patchflow.core.instances import RepoSource
 from patchflow.core.matching import PatchList
 from patchflow.core.timeutil import format_instant
 from patchflow.errors import CatalogError, InputError, Problem
@@ -189,6 +190,14 @@ class PatchSet:
             content["blocked"] = [p.to_json() for p in blocked]
         identity = json.dumps(content, sort_keys=True, separators=(",", ":"))
         return "ps-" + hashlib.sha256(identity.encode()).hexdigest()[:24]
+
+    def sources(self) -> tuple[RepoSource, ...]:
+        """The baseline's ``Sources``: the repositories hosts of the named products install this set from.
+
+        They are part of the stored baseline (so of the content id) since patch sets exist: reading them from
+        there keeps every stored set loadable under the id it always had.
+        """
+        return tuple(RepoSource.from_json(s) for s in self.baseline.get("Sources") or ())
 
     def compliance_targets(self) -> tuple[PinnedPatch, ...]:
         """What compliance against this set judges installed versions by: the pinned versions and the blocked

@@ -6,8 +6,9 @@ domain (the wave model, emergency fix selection) reads them without depending on
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 InstallStatus = Literal["succeeded", "failed", "timed_out", "undeliverable", "cancelled"]
 
@@ -25,6 +26,53 @@ class Package:
     name: str
     arch: str
     version: str
+
+
+@dataclass(frozen=True)
+class RepoSource:
+    """One of a baseline's ``Sources`` (``CreatePatchBaseline`` ``PatchSource``): a repository an install uses.
+
+    AWS User Guide, "How to specify an alternative patch source repository (Linux)": on a node whose product
+    is named, the patching operation uses exactly the baseline's sources for that product (they *replace* the
+    node's repositories, they are not added to them), and afterwards "the repositories previously configured
+    as the defaults for the node's operating system remain the defaults". Executors honour that for the
+    install (see the README, "Custom repositories").
+    """
+
+    name: str
+    products: tuple[str, ...]
+    """SSM product names (``Ubuntu22.04``, ``Debian12``, ``AmazonLinux2023``), compared case-insensitively."""
+    configuration: str
+    """apt: one ``deb …`` line; yum/dnf: repo-file text with a ``[repo-id]`` section."""
+
+    def applies_to(self, product: str | None) -> bool:
+        """Whether a host of ``product`` uses this source (never when the host's product is unknown)."""
+        if not product:
+            return False
+        return product.lower() in {p.lower() for p in self.products}
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``PatchSource`` shape (``Name``, ``Products``, ``Configuration``)."""
+        return {"Name": self.name, "Products": list(self.products), "Configuration": self.configuration}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RepoSource:
+        """From a baseline's ``PatchSource`` (as a patch set stores its baseline)."""
+        return cls(
+            name=str(data["Name"]),
+            products=tuple(str(p) for p in data.get("Products") or ()),
+            configuration=str(data["Configuration"]),
+        )
+
+
+def sources_for(sources: Iterable[RepoSource], product: str | None) -> list[RepoSource]:
+    """The sources a host of ``product`` uses, in baseline order (empty: the host keeps its own repositories)."""
+    return [s for s in sources if s.applies_to(product)]
+
+
+def source_products(sources: Sequence[RepoSource]) -> list[str]:
+    """Every product the sources name, each once, for messages."""
+    return list(dict.fromkeys(p for s in sources for p in s.products))
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from patchflow.core.freezes import FreezePeriod
-from patchflow.core.instances import Package
+from patchflow.core.instances import Package, RepoSource
 from patchflow.core.windows import WindowSpec
 
 # Wave states (the CLI/API contract).
@@ -141,6 +141,9 @@ class WaveInput:
     """``standard`` (from a plan, by hand or by a schedule) or ``emergency`` (``patchflow emergency``)."""
     task_queue: str = ""
     """The plan's task queue ("" = the starter's ``PATCHFLOW_TASK_QUEUE``): where the wave is started."""
+    sources: list[RepoSource] = field(default_factory=list)
+    """The patch set's baseline ``Sources``: hosts of the products they name install from exactly these
+    repositories, and keep their own afterwards (at most 20 sources of 1,024 characters: no fleet-sized data)."""
 
 
 @dataclass
@@ -177,6 +180,8 @@ class StageRunInput:
     """Carried across continue-as-new: instances this run dispatched before (the ramp's position)."""
     cancel_at_cutoff: bool = False
     """``cutoff_behavior: cancel``: at ``cutoff``, cancel the in-flight instances too (SSM: CancelCommand)."""
+    sources: list[RepoSource] = field(default_factory=list)
+    """The patch set's baseline ``Sources`` (:attr:`WaveInput.sources`)."""
 
 
 @dataclass
@@ -220,6 +225,8 @@ class PatchBatchInput:
     the history outbox); False when the wave records them (:attr:`StageRunInput.history_outbox`)."""
     cancel_reason: str = ""
     """Why ``cancel`` (the instances' detail); empty: an operator's cancel."""
+    sources: list[RepoSource] = field(default_factory=list)
+    """The patch set's baseline ``Sources`` (:attr:`WaveInput.sources`); installs only."""
 
 
 @dataclass

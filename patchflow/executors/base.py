@@ -26,6 +26,7 @@ from patchflow.core.instances import (
     InstanceInfo,
     Package,
     PackageChange,
+    RepoSource,
 )
 from patchflow.errors import NotFoundError
 
@@ -39,6 +40,7 @@ __all__ = [
     "InstanceInfo",
     "Package",
     "PackageChange",
+    "RepoSource",
 ]
 
 
@@ -72,18 +74,34 @@ class Executor(Protocol):
         ...
 
     async def install(
-        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+        self,
+        instance_id: str,
+        patches: Sequence[Package],
+        *,
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult:
         """Bring every installed package named in ``patches`` (name + arch) up to the pinned version.
 
         Packages not installed are never added; packages already at or above the pinned version are left alone.
         Idempotent on ``operation_id``. Equivalent to :meth:`start_install` then, if that returned None,
         :meth:`finish_install`.
+
+        ``sources`` are the patch set's baseline ``Sources``: on an instance whose product one of them names,
+        the install (and its simulation) uses exactly the sources naming that product instead of the
+        instance's own repositories, and nothing of them remains on the instance afterwards; a source that
+        cannot be reached fails the instance and changes nothing. Callers pass the keyword only when there are
+        sources, so executors without it still serve every patch set that has none.
         """
         ...
 
     async def start_install(
-        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+        self,
+        instance_id: str,
+        patches: Sequence[Package],
+        *,
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult | None:
         """Start the install ``install`` would run, without waiting for it.
 
@@ -98,7 +116,7 @@ class Executor(Protocol):
             :meth:`finish_install` must not be called for them.
 
         Raises:
-            ValueError: ``operation_id`` was already used for another instance, kind or package list.
+            ValueError: ``operation_id`` was already used for another instance, kind, package list or sources.
         """
         ...
 

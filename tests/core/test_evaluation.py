@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 
 from patchflow.core import versions
 from patchflow.core.catalog import Patch
-from patchflow.core.evaluation import Evaluation, evaluate
+from patchflow.core.evaluation import Evaluation, PatchSet, evaluate
+from patchflow.core.instances import RepoSource
 from patchflow.errors import CatalogError, InputError
 from tests.conftest import make_baseline, make_patch, rule
 
@@ -510,6 +511,30 @@ def test_sources_replace_the_default_repositories() -> None:
         "c": "approved",
     }
     assert "Sources" in reason_of(result, "b")
+
+
+def test_the_pinned_set_carries_the_sources_without_changing_any_id() -> None:
+    """Executors install a set from its baseline's Sources (README "Custom repositories"): the set reads them
+    from its stored baseline, which always held them — so every stored set keeps its id (these ids were
+    computed before sets exposed their Sources) and still loads."""
+    curated = {
+        "Name": "curated",
+        "Products": ["AmazonLinux2023"],
+        "Configuration": "[curated-al2023]\nname=Curated\nbaseurl=https://mirror.example/al2023\nenabled=1",
+    }
+    with_sources = evaluate(
+        make_baseline(Sources=[curated]), [make_patch(name="a", repository="curated-al2023")], AT
+    ).patch_set
+    plain = evaluate(make_baseline(), [make_patch(name="a")], AT).patch_set
+    assert (with_sources.id, plain.id) == ("ps-78c216adc5bb79adc02c5db6", "ps-6b3c591e29fc99ece8a3a548")
+    assert with_sources.sources() == (RepoSource("curated", ("AmazonLinux2023",), curated["Configuration"]),)
+    assert plain.sources() == ()
+    assert PatchSet.from_json(with_sources.to_json()).sources() == with_sources.sources()
+    assert RepoSource.from_json(curated).to_json() == curated
+    assert with_sources.sources()[0].applies_to("amazonlinux2023")
+    assert not with_sources.sources()[0].applies_to("AmazonLinux2") and not with_sources.sources()[
+        0
+    ].applies_to(None)
 
 
 @pytest.mark.parametrize("system", ["AMAZON_LINUX_2022", "AMAZON_LINUX_2023"])

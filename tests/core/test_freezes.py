@@ -457,47 +457,65 @@ def test_one_off_date_times_have_an_exclusive_end(tmp_path: Path) -> None:
     )  # offsets win over zone
 
 
-def test_every_year_wraps_the_year_end_in_local_time(tmp_path: Path) -> None:
-    (rule,) = rules(
-        tmp_path,
-        "  - name: year-end\n    timezone: Europe/Berlin\n    every_year: {from: '12-20', to: '01-03'}\n",
-    )
-    periods = expand([rule], utc(2026, 1, 1), utc(2028, 1, 10))
-    # Dec 20 00:00 CET .. Jan 4 00:00 CET of the next year; the one begun in December 2025 is still on.
-    assert spans(periods) == [
-        (utc(2025, 12, 19, 23), utc(2026, 1, 3, 23)),
-        (utc(2026, 12, 19, 23), utc(2027, 1, 3, 23)),
-        (utc(2027, 12, 19, 23), utc(2028, 1, 3, 23)),
-    ]
-    assert {p.name for p in periods} == {"year-end"}
-
-
-def test_every_year_in_new_york_across_dst(tmp_path: Path) -> None:
-    (rule,) = rules(
-        tmp_path,
-        "  - name: q4\n    timezone: America/New_York\n    every_year: {from: '10-30', to: '11-02'}\n",
-    )
-    periods = expand([rule], utc(2026, 6, 1), utc(2027, 6, 1))
-    # 2026-10-30 00:00 EDT .. 2026-11-03 00:00 EST (clocks fell back on Nov 1 2026).
-    assert spans(periods) == [(utc(2026, 10, 30, 4), utc(2026, 11, 3, 5))]
-
-
-def test_every_year_single_day(tmp_path: Path) -> None:
-    (rule,) = rules(
-        tmp_path,
-        "  - name: july-4\n    timezone: America/New_York\n    every_year: {from: '07-04', to: '07-04'}\n",
-    )
-    periods = expand([rule], utc(2026, 1, 1), utc(2028, 1, 1))
-    assert spans(periods) == [
-        (utc(2026, 7, 4, 4), utc(2026, 7, 5, 4)),
-        (utc(2027, 7, 4, 4), utc(2027, 7, 5, 4)),
-    ]
-
-
-def test_february_29_is_frozen_in_leap_years_only(tmp_path: Path) -> None:
-    (rule,) = rules(tmp_path, "  - name: leap\n    every_year: {from: '02-29', to: '02-29'}\n")
-    periods = expand([rule], utc(2026, 1, 1), utc(2033, 1, 1))
-    assert spans(periods) == [(utc(2028, 2, 29), utc(2028, 3, 1)), (utc(2032, 2, 29), utc(2032, 3, 1))]
+@pytest.mark.parametrize(
+    ("entry", "after", "before", "expected"),
+    [
+        pytest.param(
+            "  - name: year-end\n    timezone: Europe/Berlin\n    every_year: {from: '12-20', to: '01-03'}\n",
+            utc(2026, 1, 1),
+            utc(2028, 1, 10),
+            # Dec 20 00:00 CET .. Jan 4 00:00 CET of the next year; the one begun in December 2025 is still on.
+            [
+                (utc(2025, 12, 19, 23), utc(2026, 1, 3, 23)),
+                (utc(2026, 12, 19, 23), utc(2027, 1, 3, 23)),
+                (utc(2027, 12, 19, 23), utc(2028, 1, 3, 23)),
+            ],
+            id="wraps_the_year_end_in_local_time",
+        ),
+        pytest.param(
+            "  - name: q4\n    timezone: America/New_York\n    every_year: {from: '10-30', to: '11-02'}\n",
+            utc(2026, 6, 1),
+            utc(2027, 6, 1),
+            # 2026-10-30 00:00 EDT .. 2026-11-03 00:00 EST (clocks fell back on Nov 1 2026).
+            [(utc(2026, 10, 30, 4), utc(2026, 11, 3, 5))],
+            id="in_new_york_across_dst",
+        ),
+        pytest.param(
+            "  - name: july-4\n    timezone: America/New_York\n    every_year: {from: '07-04', to: '07-04'}\n",
+            utc(2026, 1, 1),
+            utc(2028, 1, 1),
+            [(utc(2026, 7, 4, 4), utc(2026, 7, 5, 4)), (utc(2027, 7, 4, 4), utc(2027, 7, 5, 4))],
+            id="single_day",
+        ),
+        pytest.param(
+            "  - name: leap\n    every_year: {from: '02-29', to: '02-29'}\n",
+            utc(2026, 1, 1),
+            utc(2033, 1, 1),
+            [(utc(2028, 2, 29), utc(2028, 3, 1)), (utc(2032, 2, 29), utc(2032, 3, 1))],
+            id="february_29_is_frozen_in_leap_years_only",
+        ),
+        pytest.param(
+            "  - name: fiestas\n    timezone: America/Santiago\n    every_year: {from: '09-06', to: '09-06'}\n",
+            utc(2026, 1, 1),
+            utc(2027, 1, 1),
+            # America/Santiago springs forward at midnight: 2026-09-06 begins at 01:00 -03 (04:00 UTC).
+            [(utc(2026, 9, 6, 4), utc(2026, 9, 7, 3))],
+            id="where_local_midnight_does_not_exist",
+        ),
+    ],
+)
+def test_every_year(
+    tmp_path: Path,
+    entry: str,
+    after: datetime,
+    before: datetime,
+    expected: list[tuple[datetime, datetime]],
+) -> None:
+    """``every_year`` freezes whole local days, from the first's midnight to the midnight after the last."""
+    (rule,) = rules(tmp_path, entry)
+    periods = expand([rule], after, before)
+    assert spans(periods) == expected
+    assert {p.name for p in periods} == {rule.name}
 
 
 @pytest.mark.parametrize(
@@ -616,16 +634,6 @@ def test_ical_freeze_running_when_the_wave_starts_is_carried(tmp_path: Path) -> 
         utc(2026, 12, 23, 23),
         utc(2026, 12, 26, 23),
     )
-
-
-def test_every_year_where_local_midnight_does_not_exist(tmp_path: Path) -> None:
-    # America/Santiago springs forward at midnight: 2026-09-06 begins at 01:00 -03 (04:00 UTC).
-    (rule,) = rules(
-        tmp_path,
-        "  - name: fiestas\n    timezone: America/Santiago\n    every_year: {from: '09-06', to: '09-06'}\n",
-    )
-    (period,) = expand([rule], utc(2026, 1, 1), utc(2027, 1, 1))
-    assert (period.start, period.end) == (utc(2026, 9, 6, 4), utc(2026, 9, 7, 3))
 
 
 def test_periods_for_wave_cover_a_running_freeze_and_the_horizon(tmp_path: Path) -> None:
@@ -868,11 +876,16 @@ YEAR_END_BERLIN = [
 ]
 
 
+def tuesday_window(nth: int) -> WindowSpec:
+    """Four hours from 02:00 Berlin time on the ``nth`` Tuesday of each month, cut off after three."""
+    return WindowSpec(
+        schedule=f"cron(0 2 ? * TUE#{nth} *)", timezone="Europe/Berlin", duration_hours=4, cutoff_hours=1
+    )
+
+
 def test_preview_patch_tuesday_across_the_year_end_freeze() -> None:
     # The second Tuesdays (Dec 8 2026, Jan 12 2027) are both outside Dec 20 - Jan 3: nothing is skipped.
-    spec = WindowSpec(
-        schedule="cron(0 2 ? * TUE#2 *)", timezone="Europe/Berlin", duration_hours=4, cutoff_hours=1
-    )
+    spec = tuesday_window(2)
     windows = preview(spec, utc(2026, 11, 1), 4, YEAR_END_BERLIN)
     assert [w.start for w in windows] == [
         berlin(2026, 11, 10, 2),
@@ -887,9 +900,7 @@ def test_preview_patch_tuesday_across_the_year_end_freeze() -> None:
 def test_preview_skips_decembers_patch_tuesday_and_keeps_januarys() -> None:
     # A freeze Dec 1 - Jan 10 (Berlin) takes December's second Tuesday (Dec 8); January's (Jan 12) is kept.
     freezes = [period("december", berlin(2026, 12, 1, 0), berlin(2027, 1, 11, 0))]
-    spec = WindowSpec(
-        schedule="cron(0 2 ? * TUE#2 *)", timezone="Europe/Berlin", duration_hours=4, cutoff_hours=1
-    )
+    spec = tuesday_window(2)
     windows = preview(spec, utc(2026, 11, 1), 3, freezes)
     assert [w.start for w in windows] == [
         berlin(2026, 11, 10, 2),
@@ -901,9 +912,7 @@ def test_preview_skips_decembers_patch_tuesday_and_keeps_januarys() -> None:
 
 def test_preview_fourth_tuesday_inside_the_year_end_freeze() -> None:
     # Fourth Tuesdays: Nov 24, Dec 22 (frozen), Jan 26, Feb 23, Mar 23.
-    spec = WindowSpec(
-        schedule="cron(0 2 ? * TUE#4 *)", timezone="Europe/Berlin", duration_hours=4, cutoff_hours=1
-    )
+    spec = tuesday_window(4)
     windows = preview(spec, utc(2026, 11, 1), 3, YEAR_END_BERLIN)
     assert [w.start for w in windows] == [
         berlin(2026, 11, 24, 2),

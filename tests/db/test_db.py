@@ -7,7 +7,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -22,8 +21,8 @@ from patchflow.core.evaluation import PatchSet, PinnedPatch
 from patchflow.core.wavemodel import AuditEntry, StageStatus, WaveStatus
 from patchflow.errors import InputError, NotFoundError
 from patchflow.store import db
-from tests.conftest import REPO_ROOT
 from tests.db.conftest import TABLES
+from tests.test_cli import run as run_cli
 
 T0 = datetime(2026, 11, 10, 2, 0, tzinfo=UTC)
 
@@ -499,20 +498,10 @@ def test_unusable_databases_give_clear_errors(tmp_path: Path) -> None:
 
 
 def cli(*args: str, url: str | None, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PATCHFLOW_")}
-    env["PATCHFLOW_DATA_DIR"] = str(data_dir)
-    if url is not None:
-        env["PATCHFLOW_DATABASE_URL"] = url
-    proc = subprocess.run(
-        [sys.executable, "-m", "patchflow", *args],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO_ROOT,
-        timeout=60,
-    )
-    assert "Traceback" not in proc.stderr, proc.stderr
-    return proc
+    """``patchflow ARGS`` on database ``url`` (None: the default), no other PATCHFLOW_ setting inherited."""
+    inherited = {k: None for k in os.environ if k.startswith("PATCHFLOW_") and k != "PATCHFLOW_DATA_DIR"}
+    overrides: dict[str, str | None] = {**inherited, "PATCHFLOW_DATABASE_URL": url}
+    return run_cli(*args, data_dir=data_dir, env_overrides=overrides, timeout=60)
 
 
 def test_cli_upgrades_and_manages_tokens(empty_url: str, tmp_path: Path) -> None:

@@ -231,3 +231,49 @@ def test_wait_wakes_when_the_transaction_dies_and_records_it_failed(
     assert time.monotonic() - started < 10
     assert journal["state"] == "done" and journal["final"]["status"] == "failed"
     assert "interrupted" in journal["final"]["message"]
+
+
+def test_baseline_sources_are_chosen_by_product_and_leave_no_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """AWS User Guide, "How to specify an alternative patch source repository (Linux)": a source applies to the
+    product versions it names. The agent picks the sources naming the host's product (any case), writes them
+    into the operation's private directory with the options that make apt/dnf use only them, says which it
+    used (or why none), names an unreachable one from the package manager's error, and removes the directory
+    — and its parent once empty — afterwards."""
+    monkeypatch.setattr(agent, "SOURCES_DIR", str(tmp_path / "sources"))
+    mine = {
+        "name": "corp",
+        "products": ["debian12"],
+        "configuration": "deb [trusted=yes] http://127.0.0.1:9/c c main",
+    }
+    other = {
+        "name": "ubu",
+        "products": ["Ubuntu22.04"],
+        "configuration": "deb http://127.0.0.1:9/u jammy main",
+    }
+    journal = {"operation_id": "w/s/h/install/0", "product": "Debian12", "sources": [other, mine]}
+    used = agent._used_sources(journal)
+    assert used == [mine]
+    assert "from the baseline Sources corp" in agent._sources_note(journal, used)
+    nowhere = agent._sources_note({**journal, "product": "Rocky9"}, [])
+    assert "no baseline Source names its product Rocky9" in nowhere and "Debian12" not in nowhere
+    assert agent._sources_note({"sources": []}, []) == ""
+
+    opts = agent._prepare_sources("w/s/h/install/0", used, "deb")
+    base = Path(agent._sources_dir("w/s/h/install/0"))
+    assert (base / "sources.list").read_text() == mine["configuration"] + "\n"
+    assert f"Dir::State::Lists={base}/lists" in opts and (base / "lists" / "partial").is_dir()
+    error = "Err:1 http://127.0.0.1:9/c c InRelease\n  Could not connect to 127.0.0.1:9"
+    assert agent._unreachable(used, error, "deb") == "corp"
+    agent._drop_sources("w/s/h/install/0")
+    assert not (tmp_path / "sources").exists()
+
+    repo = {"name": "curated", "products": ["Debian12"], "configuration": "[curated-al]\nbaseurl=http://x/\n"}
+    opts = agent._prepare_sources("w/s/h/install/1", [repo], "rpm")
+    base = Path(agent._sources_dir("w/s/h/install/1"))
+    assert f"--setopt=reposdir={base}/repos.d" in opts and "--setopt=skip_if_unavailable=False" in opts
+    assert (base / "repos.d" / "00-curated.repo").read_text() == repo["configuration"]
+    assert agent._unreachable([repo], "Failed to download metadata for repo 'curated-al'", "rpm") == "curated"
+    agent._drop_sources("w/s/h/install/1")
+    assert not (tmp_path / "sources").exists()

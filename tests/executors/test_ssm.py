@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,10 +21,10 @@ from patchflow.executors.ssm import (
     restore_script,
     snapshot_id,
 )
-from patchflow.testing.ssm_endpoint import AvailablePatch, SsmEndpoint, Timings
+from patchflow.testing.ssm_endpoint import AvailablePatch, SsmEndpoint
+from tests.executors.conftest import BUCKET
+from tests.executors.conftest import ssm_executor as executor
 
-BUCKET = "patchflow-test"
-FAST = Timings(not_found_seconds=0.1, pending_seconds=0.05, run_seconds=0.1)
 OPENSSL_OLD, OPENSSL_NEW = "3.0.2-0ubuntu1.10", "3.0.2-0ubuntu1.16"
 CURL_OLD, CURL_NEW = "7.81.0-1ubuntu1.14", "7.81.0-1ubuntu1.18"
 PINNED = [Package("openssl", "amd64", OPENSSL_NEW), Package("curl", "amd64", CURL_NEW)]
@@ -39,30 +38,15 @@ def deb_packages() -> list[Package]:
     ]
 
 
-@pytest.fixture
-def endpoint() -> Iterator[SsmEndpoint]:
-    with SsmEndpoint(timings=Timings(**vars(FAST))) as ep:
-        ep.client("s3").create_bucket(Bucket=BUCKET)
-        yield ep
-
-
-def executor(ep: SsmEndpoint, **options: Any) -> SsmExecutor:
-    """A fresh executor object (a new worker, as far as state goes) with quick polling."""
-    settings: dict[str, Any] = {
-        "bucket": BUCKET,
-        "prefix": "pf",
-        "max_requests_per_second": None,
-        "poll_initial_seconds": 0.05,
-        "poll_max_seconds": 0.2,
-    }
-    settings.update(options)
-    return SsmExecutor(ep.client("ssm"), ep.client("s3"), ec2_client=ep.client("ec2"), **settings)
-
-
 def ubuntu(ep: SsmEndpoint, instance_id: str, group: str = "dev", **fields: Any) -> str:
     fields.setdefault("packages", deb_packages())
     fields.setdefault("available", [Package("openssl", "amd64", OPENSSL_NEW)])
     return ep.register_instance(instance_id, tags={"Patch Group": group}, **fields)
+
+
+def rpm_node(ep: SsmEndpoint, platform: str = "Amazon Linux", version: str = "2023", **fields: Any) -> str:
+    """The hybrid node ``mi-0a1b2c3d4e5f60718`` on an rpm platform (Amazon Linux 2023 unless told)."""
+    return ep.register_instance("mi-0a1b2c3d4e5f60718", platform=platform, platform_version=version, **fields)
 
 
 def install_commands(ep: SsmEndpoint, instance_id: str) -> list[dict[str, Any]]:
@@ -75,12 +59,7 @@ def install_commands(ep: SsmEndpoint, instance_id: str) -> list[dict[str, Any]]:
 
 async def test_discovery_reports_tags_platforms_offline_hybrid_and_unmanaged(endpoint: SsmEndpoint) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
-    endpoint.register_instance(
-        "mi-0a1b2c3d4e5f60718",
-        tags={"PatchGroup": "prod", "Owner": "ops"},
-        platform="Amazon Linux",
-        platform_version="2023",
-    )
+    rpm_node(endpoint, tags={"PatchGroup": "prod", "Owner": "ops"})
     ubuntu(endpoint, "i-0dev0000000000002", online=False)
     endpoint.register_instance(
         "i-0win0000000000001", platform="Microsoft Windows Server 2022", platform_version="10"
@@ -140,10 +119,10 @@ async def test_endpoint_send_command_targets_exactly_the_instance_ids(endpoint: 
 
 async def test_scan_lists_installed_packages_deb_and_rpm(endpoint: SsmEndpoint) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
-    endpoint.register_instance(
-        "mi-0a1b2c3d4e5f60718",
-        platform="Red Hat Enterprise Linux",
-        platform_version="9.3",
+    rpm_node(
+        endpoint,
+        "Red Hat Enterprise Linux",
+        "9.3",
         packages=[
             Package("bind-libs", "x86_64", "32:9.16.23-14.el9"),
             Package("curl", "x86_64", "7.76.1-26.el9"),
@@ -250,12 +229,7 @@ async def test_reboot_if_needed_also_reboots_for_patches_pending_a_reboot(endpoi
 
 async def test_override_list_yaml_in_s3_is_exact(endpoint: SsmEndpoint) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
-    endpoint.register_instance(
-        "mi-0a1b2c3d4e5f60718",
-        platform="Amazon Linux",
-        platform_version="2023",
-        packages=[Package("curl", "x86_64", "8.5.0-1.amzn2023.0.2")],
-    )
+    rpm_node(endpoint, packages=[Package("curl", "x86_64", "8.5.0-1.amzn2023.0.2")])
     ex = executor(endpoint, reboot_option="NoReboot")
     await ex.install("i-0dev0000000000001", PINNED, operation_id="wave-b/dev/i-0dev0000000000001/install/0")
     rpm_pins = [
@@ -330,19 +304,22 @@ class CrashWhileWaiting(SsmExecutor):
         return await super()._wait(command_id, instance_id, plugin)
 
 
+DIRECT: dict[str, Any] = {
+    "bucket": BUCKET,
+    "prefix": "pf",
+    "max_requests_per_second": None,
+    "poll_initial_seconds": 0.05,
+}
+"""Settings of an executor subclass built directly, not through :func:`executor` (the default poll ceiling)."""
+
+
 @pytest.mark.parametrize("crashing", [CrashAfterSend, CrashWhileWaiting])
 async def test_a_retry_after_a_crash_finds_the_command_instead_of_sending(
     endpoint: SsmEndpoint, crashing: type[SsmExecutor]
 ) -> None:
     ubuntu(endpoint, "i-0dev0000000000001")
     op = "wave-d/dev/i-0dev0000000000001/install/0"
-    options: dict[str, Any] = {
-        "bucket": BUCKET,
-        "prefix": "pf",
-        "max_requests_per_second": None,
-        "poll_initial_seconds": 0.05,
-    }
-    dying = crashing(endpoint.client("ssm"), endpoint.client("s3"), **options)
+    dying = crashing(endpoint.client("ssm"), endpoint.client("s3"), **DIRECT)
     with pytest.raises(Crash):
         await dying.install("i-0dev0000000000001", PINNED, operation_id=op)
     assert len(install_commands(endpoint, "i-0dev0000000000001")) == 1
@@ -358,13 +335,7 @@ async def test_a_retry_after_a_crash_finds_the_command_instead_of_sending(
 # ------------------------------------------------------------------------------- two-phase installs
 
 
-QUICK: dict[str, Any] = {
-    "bucket": BUCKET,
-    "prefix": "pf",
-    "max_requests_per_second": None,
-    "poll_initial_seconds": 0.05,
-    "poll_max_seconds": 0.2,
-}
+QUICK: dict[str, Any] = {**DIRECT, "poll_max_seconds": 0.2}
 """Settings of the crashing executor subclasses (which are built directly, not through :func:`executor`)."""
 
 
@@ -596,14 +567,8 @@ async def test_operation_result_completes_a_command_nobody_waited_for(endpoint: 
     ubuntu(endpoint, "i-0dev0000000000001")
     endpoint.script("i-0dev0000000000001", "slow", seconds=0.8)
     op = "wave-i/dev/i-0dev0000000000001/install/0"
-    options: dict[str, Any] = {
-        "bucket": BUCKET,
-        "prefix": "pf",
-        "max_requests_per_second": None,
-        "poll_initial_seconds": 0.05,
-    }
     with pytest.raises(Crash):
-        await CrashWhileWaiting(endpoint.client("ssm"), endpoint.client("s3"), **options).install(
+        await CrashWhileWaiting(endpoint.client("ssm"), endpoint.client("s3"), **DIRECT).install(
             "i-0dev0000000000001", PINNED, operation_id=op
         )
     ex = executor(endpoint)
@@ -644,10 +609,8 @@ async def test_rollback_restores_recorded_versions_with_apt_downgrade(endpoint: 
 
 
 async def test_rpm_restore_uses_dnf_downgrade(endpoint: SsmEndpoint) -> None:
-    endpoint.register_instance(
-        "mi-0a1b2c3d4e5f60718",
-        platform="Amazon Linux",
-        platform_version="2023",
+    rpm_node(
+        endpoint,
         packages=[
             Package("curl", "x86_64", "8.5.0-1.amzn2023.0.4"),
             Package("bind-libs", "x86_64", "32:9.16.23-15.el9"),

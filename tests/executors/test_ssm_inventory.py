@@ -6,19 +6,17 @@ loaders every patchflow command uses and let patchflow's own baselines decide.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import subprocess
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from patchflow.core.baselines import load_baseline
+from patchflow.core.baselines import Baseline, load_baseline
 from patchflow.core.catalog import Patch, load_catalog
-from patchflow.core.compliance import InstanceCompliance, engine_for, load_inventory
-from patchflow.core.evaluation import evaluate
+from patchflow.core.compliance import ComplianceEngine, InstanceCompliance, engine_for, load_inventory
+from patchflow.core.evaluation import Evaluation, evaluate
 from patchflow.executors.base import Package
-from patchflow.executors.ssm import InstancePatch, SsmExecutor, parse_title
+from patchflow.executors.ssm import InstancePatch, parse_title
 from patchflow.executors.ssm.inventory import (
     Collection,
     InstanceScan,
@@ -27,10 +25,11 @@ from patchflow.executors.ssm.inventory import (
     inventory_entry,
     merge_catalog,
 )
-from patchflow.testing.ssm_endpoint import AvailablePatch, SsmEndpoint, Timings
+from patchflow.testing.ssm_endpoint import AvailablePatch, SsmEndpoint
 from tests.conftest import BASELINES_DIR
+from tests.executors.conftest import BUCKET
+from tests.executors.conftest import ssm_executor as executor
 
-BUCKET = "patchflow-test"
 OPENSSL_OLD, OPENSSL_NEW = "3.0.2-0ubuntu1.10", "3.0.2-0ubuntu1.16"
 CURL_OLD, CURL_NEW = "7.81.0-1ubuntu1.14", "7.81.0-1ubuntu1.18"
 TZ_OLD, TZ_NEW = "2024a-0ubuntu0.22.04", "2024b-0ubuntu0.22.04"
@@ -214,25 +213,6 @@ def test_only_keeps_one_family(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------- against the endpoint
 
 
-@pytest.fixture
-def endpoint() -> Iterator[SsmEndpoint]:
-    with SsmEndpoint(timings=Timings(not_found_seconds=0.1, pending_seconds=0.05, run_seconds=0.1)) as ep:
-        ep.client("s3").create_bucket(Bucket=BUCKET)
-        yield ep
-
-
-def executor(ep: SsmEndpoint, **options: Any) -> SsmExecutor:
-    settings: dict[str, Any] = {
-        "bucket": BUCKET,
-        "prefix": "pf",
-        "max_requests_per_second": None,
-        "poll_initial_seconds": 0.05,
-        "poll_max_seconds": 0.2,
-    }
-    settings.update(options)
-    return SsmExecutor(ep.client("ssm"), ep.client("s3"), ec2_client=ep.client("ec2"), **settings)
-
-
 def web(ep: SsmEndpoint, instance_id: str, **fields: Any) -> str:
     fields.setdefault(
         "packages",
@@ -252,6 +232,17 @@ def web(ep: SsmEndpoint, instance_id: str, **fields: Any) -> str:
         ],
     )
     return ep.register_instance(instance_id, tags={"Patch Group": "web"}, **fields)
+
+
+def compliance_engine(family: str, baseline: Baseline, evaluation: Evaluation) -> ComplianceEngine:
+    """The compliance engine for ``family`` with what ``baseline`` approved in ``evaluation``."""
+    return engine_for(
+        family=family,
+        candidates=evaluation.approved(),
+        rejected_patches=baseline.RejectedPatches,
+        rejected_action=baseline.RejectedPatchesAction,
+        package_manager=baseline.package_manager,
+    )
 
 
 def states(result: InstanceCompliance) -> dict[str, str]:
@@ -304,13 +295,7 @@ async def test_collect_feeds_patchflow_baselines_and_compliance_deb(
         ("openssl", OPENSSL_NEW),
         ("curl", CURL_NEW),
     }  # tzdata is not a security update: patchflow's baseline, not the node's, said no
-    engine = engine_for(
-        family="deb",
-        candidates=evaluation.approved(),
-        rejected_patches=baseline.RejectedPatches,
-        rejected_action=baseline.RejectedPatchesAction,
-        package_manager=baseline.package_manager,
-    )
+    engine = compliance_engine("deb", baseline, evaluation)
     results = {i: engine.evaluate(inst) for i, inst in inventory.items()}
     assert states(results[plain]) == {
         "openssl": "MISSING",
@@ -370,13 +355,7 @@ async def test_collect_feeds_patchflow_baselines_rpm(endpoint: SsmEndpoint, tmp_
     evaluation = evaluate(baseline, catalog, datetime.now(UTC))
     decided = {d.patch.name: d.decision for d in evaluation.decisions}
     assert decided == {"curl": "approved", "glibc": "approved", "bind-libs": "not_approved"}
-    engine = engine_for(
-        family="rpm",
-        candidates=evaluation.approved(),
-        rejected_patches=baseline.RejectedPatches,
-        rejected_action=baseline.RejectedPatchesAction,
-        package_manager=baseline.package_manager,
-    )
+    engine = compliance_engine("rpm", baseline, evaluation)
     assert states(engine.evaluate(instance)) == {
         "curl": "MISSING",
         "glibc": "MISSING",
@@ -396,16 +375,12 @@ async def test_a_node_whose_scan_fails_is_reported_not_dropped(endpoint: SsmEndp
 def test_ssm_collect_cli_feeds_evaluate_and_compliance(endpoint: SsmEndpoint, tmp_path: Path) -> None:
     """`patchflow ssm collect` over real HTTP, then the files straight into `baseline compliance`."""
     import json
-    import os
-    import subprocess
-    import sys
 
-    from tests.conftest import BASELINES_DIR, REPO_ROOT
+    from tests.test_cli import run as run_cli
 
     web(endpoint, "i-0web0000000000001")
     web(endpoint, "i-0web0000000000002")
-    env = {
-        **os.environ,
+    env: dict[str, str | None] = {
         "AWS_ACCESS_KEY_ID": "testing",
         "AWS_SECRET_ACCESS_KEY": "testing",
         "PATCHFLOW_SSM_ENDPOINT_URL": endpoint.url,
@@ -414,20 +389,10 @@ def test_ssm_collect_cli_feeds_evaluate_and_compliance(endpoint: SsmEndpoint, tm
         "PATCHFLOW_SSM_POLL_INITIAL_SECONDS": "0.05",
         "PATCHFLOW_SSM_POLL_MAX_SECONDS": "0.2",
         "PATCHFLOW_SSM_MAX_REQUESTS_PER_SECOND": "200",
-        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
     }
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-m", "patchflow", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=REPO_ROOT,
-            timeout=120,
-        )
-        assert "Traceback" not in proc.stderr, proc.stderr
-        return proc
+        return run_cli(*args, data_dir=tmp_path / "data", env_overrides=env, timeout=120)
 
     catalog, inventory = tmp_path / "catalog.json", tmp_path / "inventory.json"
     collected = run("ssm", "collect", "--catalog", str(catalog), "--inventory", str(inventory))

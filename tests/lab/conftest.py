@@ -2,8 +2,9 @@
 :mod:`patchflow.testing.lab`), its Debian root built once and cached under the data directory.
 
 Hosts are handed out by role so tests never share one: the wave tests use ``dev``/``test``/``prod``/``control``
-and ``rb``; executor tests take a ``spare`` host each; the SSM tests take ``ssm`` hosts (the fake SSM
-endpoint registers them under patch groups of their own). The lab needs root, ``mmdebstrap``, ``dpkg-deb``, ``rpmbuild`` and ``createrepo_c``
+and ``rb``; executor tests take a ``spare`` host each, the baseline Sources tests ``src`` and ``rpm`` hosts;
+the SSM tests take ``ssm`` hosts (the fake SSM endpoint registers them under patch groups of their own).
+The lab needs root, ``mmdebstrap``, ``dpkg-deb``, ``rpmbuild`` and ``createrepo_c``
 (``.ci/run`` installs them); without them the lab tests skip locally and fail in CI.
 """
 
@@ -24,8 +25,18 @@ from patchflow.control.connection import connect
 from patchflow.control.devserver import free_port, start_dev_server
 from patchflow.testing.lab.fleet import Lab
 
-LAB_GROUPS = {"dev": 1, "test": 1, "prod": 2, "control": 1, "rb": 2, "kill": 4, "spare": 8, "ssm": 7}
-RPM_GROUPS = {"rpm": 1}
+LAB_GROUPS = {
+    "dev": 1,
+    "test": 1,
+    "prod": 2,
+    "control": 1,
+    "rb": 2,
+    "kill": 4,
+    "spare": 8,
+    "ssm": 7,
+    "src": 3,
+}
+RPM_GROUPS = {"rpm": 3}
 """Hosts whose lab packages live in an RPM database, patched with dnf."""
 BASE_ADDRESS = "127.0.77.10"
 

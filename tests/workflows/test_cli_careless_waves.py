@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,27 +17,21 @@ from temporalio.testing import WorkflowEnvironment
 
 from patchflow.control.devserver import free_port
 from patchflow.core.documents import dump_yaml
-from tests.conftest import EXAMPLES_DIR, REPO_ROOT
-from tests.workflows.test_cli_waves import cli
+from tests.workflows.test_cli_waves import (
+    cli,
+    dev_server_env,
+    embedded_env,
+    fast_demo_plan,
+    patchflow_process,
+)
 
 
 def demo_plan(directory: Path, **changes: Any) -> Path:
     """The shipped demo plan under a fresh name, with absolute paths, ten times faster, with ``changes`` to the
     prod stage."""
-    plan = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
     # A name of its own: waves these tests leave behind on the shared dev server never look like another
     # test's plan (one wave per plan at a time).
-    plan["name"] = f"careless-{uuid.uuid4().hex[:8]}"
-    plan["baseline"] = str((EXAMPLES_DIR / plan["baseline"]).resolve())
-    plan["catalog"] = str(EXAMPLES_DIR / plan["catalog"])
-    plan["executor"]["fleet"] = str(EXAMPLES_DIR / plan["executor"]["fleet"])
-    plan["executor"]["time_scale"] = 0.1
-    for stage in plan["stages"]:
-        stage["soak"] = "0s"
-    plan["stages"][2].update(changes)
-    path = directory / "plan.yaml"
-    path.write_text(dump_yaml(plan))
-    return path
+    return fast_demo_plan(directory, name=f"careless-{uuid.uuid4().hex[:8]}", **changes)
 
 
 def plan_name(path: Path) -> str:
@@ -49,13 +41,7 @@ def plan_name(path: Path) -> str:
 @pytest.fixture
 def env(dev_env: WorkflowEnvironment, tmp_path: Path) -> dict[str, str]:
     """The CLI's environment against the dev server, on a task queue of its own (no worker polls it)."""
-    return {
-        "PATCHFLOW_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
-        "PATCHFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
-        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
-        "PATCHFLOW_WORKER_METRICS_PORT": str(free_port()),
-        "PATCHFLOW_TEMPORAL_METRICS_PORT": str(free_port()),
-    }
+    return dev_server_env(dev_env, tmp_path)
 
 
 def kill_processes_mentioning(path: Path) -> None:
@@ -112,22 +98,8 @@ def test_demo_stops_cleanly_on_the_first_sigterm(tmp_path: Path) -> None:
     from patchflow.store import db
 
     port, api_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
-        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
-        "PATCHFLOW_API_PORT": str(api_port),
-        "PATCHFLOW_WORKER_METRICS_PORT": "none",
-        "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
-    }
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "patchflow", "demo", "--plan", str(demo_plan(tmp_path))],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    env = embedded_env(tmp_path, port, PATCHFLOW_API_PORT=str(api_port))
+    demo = patchflow_process("demo", "--plan", str(demo_plan(tmp_path)), env=env)
     lines: list[str] = []
     readers = [
         threading.Thread(target=lambda s=stream: lines.extend(s), daemon=True)  # type: ignore[misc]
@@ -202,13 +174,7 @@ def test_without_a_worker_commands_say_so_within_seconds(env: dict[str, str], tm
 def worker(env: dict[str, str], tmp_path: Path) -> Iterator[None]:
     """A ``patchflow worker`` process on the environment's task queue."""
     log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "patchflow", "worker"],
-        env={**os.environ, **env},
-        cwd=REPO_ROOT,
-        stdout=log,
-        stderr=log,
-    )
+    process = patchflow_process("worker", env={**os.environ, **env}, log=log)
     try:
         yield
     finally:

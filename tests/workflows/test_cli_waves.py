@@ -12,6 +12,7 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import pytest
 import yaml
@@ -35,39 +36,74 @@ def cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.Com
     return proc
 
 
-@pytest.fixture
-def fast_plan(tmp_path: Path) -> Path:
-    """The shipped demo plan, running ten times faster, with absolute paths."""
+def fast_demo_plan(directory: Path, name: str | None = None, **prod_changes: Any) -> Path:
+    """The shipped demo plan (under ``name``, if given), ten times faster, with absolute paths and
+    ``prod_changes`` to its prod stage, written to ``directory/plan.yaml``."""
     plan = yaml.safe_load((EXAMPLES_DIR / "demo-plan.yaml").read_text())
+    if name is not None:
+        plan["name"] = name
     plan["baseline"] = str((EXAMPLES_DIR / plan["baseline"]).resolve())
     plan["catalog"] = str(EXAMPLES_DIR / plan["catalog"])
     plan["executor"]["fleet"] = str(EXAMPLES_DIR / plan["executor"]["fleet"])
     plan["executor"]["time_scale"] = 0.1
     for stage in plan["stages"]:
         stage["soak"] = "0s"
-    path = tmp_path / "plan.yaml"
+    plan["stages"][2].update(prod_changes)
+    path = directory / "plan.yaml"
     path.write_text(dump_yaml(plan))
     return path
 
 
-@pytest.fixture
-def stack(dev_env: WorkflowEnvironment, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """A ``patchflow worker`` process on its own task queue; yields the CLI's environment."""
-    env = {
+def dev_server_env(dev_env: WorkflowEnvironment, tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment against the dev server, on a task queue of its own, data under ``tmp_path``."""
+    return {
         "PATCHFLOW_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
         "PATCHFLOW_TASK_QUEUE": f"tq-{uuid.uuid4()}",
         "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
         "PATCHFLOW_WORKER_METRICS_PORT": str(free_port()),
         "PATCHFLOW_TEMPORAL_METRICS_PORT": str(free_port()),
     }
-    log = (tmp_path / "worker.log").open("wb")
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "patchflow", "worker"],
-        env={**os.environ, **env},
+
+
+def embedded_env(tmp_path: Path, port: int, **more: str) -> dict[str, str]:
+    """This process's environment for a command that runs its own stack: Temporal on 127.0.0.1:``port``, data
+    under ``tmp_path``, no metrics ports; ``more`` settings on top."""
+    return {
+        **os.environ,
+        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
+        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
+        "PATCHFLOW_WORKER_METRICS_PORT": "none",
+        "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
+        **more,
+    }
+
+
+def patchflow_process(
+    *args: str, env: dict[str, str], log: IO[bytes] | None = None, text: bool = True
+) -> Any:
+    """``patchflow ARGS`` started in the background; its output piped (or written to ``log``)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "patchflow", *args],
+        env=env,
         cwd=REPO_ROOT,
-        stdout=log,
-        stderr=log,
+        stdout=log or subprocess.PIPE,
+        stderr=log or subprocess.PIPE,
+        text=text and log is None,
     )
+
+
+@pytest.fixture
+def fast_plan(tmp_path: Path) -> Path:
+    """The shipped demo plan, running ten times faster, with absolute paths."""
+    return fast_demo_plan(tmp_path)
+
+
+@pytest.fixture
+def stack(dev_env: WorkflowEnvironment, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """A ``patchflow worker`` process on its own task queue; yields the CLI's environment."""
+    env = dev_server_env(dev_env, tmp_path)
+    log = (tmp_path / "worker.log").open("wb")
+    worker = patchflow_process("worker", env={**os.environ, **env}, log=log)
     try:
         yield env
     finally:
@@ -217,21 +253,8 @@ def test_demo_runs_end_to_end_visible_through_the_api_and_leaves_nothing_running
     import threading
 
     port, api_port = free_port(), free_port()
-    env = {
-        **os.environ,
-        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
-        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
-        "PATCHFLOW_API_PORT": str(api_port),
-        "PATCHFLOW_WORKER_METRICS_PORT": "none",
-        "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
-    }
-    demo = subprocess.Popen(
-        [sys.executable, "-m", "patchflow", "demo", "--approve"],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    demo = patchflow_process(
+        "demo", "--approve", env=embedded_env(tmp_path, port, PATCHFLOW_API_PORT=str(api_port))
     )
     assert demo.stderr is not None and demo.stdout is not None
     stderr_lines: list[str] = []
@@ -286,21 +309,8 @@ def test_unreachable_server_is_a_clear_error(tmp_path: Path, fast_plan: Path) ->
 
 def test_dev_starts_the_embedded_stack_and_ctrl_c_stops_it(tmp_path: Path, fast_plan: Path) -> None:
     port, ui_port, api_port = free_port(), free_port(), free_port()
-    env = {
-        **os.environ,
-        "PATCHFLOW_TEMPORAL_ADDRESS": f"127.0.0.1:{port}",
-        "PATCHFLOW_DATA_DIR": str(tmp_path / "data"),
-        "PATCHFLOW_WORKER_METRICS_PORT": "none",
-        "PATCHFLOW_TEMPORAL_METRICS_PORT": "none",
-        "PATCHFLOW_API_PORT": str(api_port),
-    }
-    dev = subprocess.Popen(
-        [sys.executable, "-m", "patchflow", "dev", "--ui-port", str(ui_port)],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    env = embedded_env(tmp_path, port, PATCHFLOW_API_PORT=str(api_port))
+    dev = patchflow_process("dev", "--ui-port", str(ui_port), env=env, text=False)
     try:
         deadline = time.monotonic() + 30
         while not port_open("127.0.0.1", port):

@@ -16,36 +16,52 @@ from __future__ import annotations
 
 import asyncio
 import os
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio import activity
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError, WorkflowHistory
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Replayer
 
-from activities.patching import WaveActivities, build_executor
-from activities.scheduling import ScheduleActivities
-from patchflow.config import Settings
-from patchflow.control.waves import act, wave_status
+from activities.patching import build_executor
+from patchflow.control.waves import wave_status
 from patchflow.core.freezes import FreezePeriod
-from patchflow.core.wavemodel import ScheduleCheckInput, ScheduleCheckResult, ScheduledWaveInput
+from patchflow.core.wavemodel import WaveInput, WaveResult
 from patchflow.core.windows import WindowSpec
 from patchflow.service.worker import WORKFLOWS, build_worker
 from patchflow.store import db
 from tests.workflows.conftest import instance_id, running_worker
+from tests.workflows.helpers import (
+    HALT_AND_RESUME,
+    HALTED_THEN_RESUMED,
+    FlakyFleet,
+    SlowDiscovery,
+    SlowSend,
+    Step,
+    do,
+    drive,
+    first_stage,
+    in_flight,
+    instance_states,
+    pause,
+    schedule_check,
+    scheduled_settings,
+    scheduled_worker,
+    settle,
+    stage,
+    start_scheduled,
+    until_state,
+    until_status,
+    wave_input,
+)
 from tests.workflows.test_durability import HISTORIES
 from tests.workflows.test_freeze_wave import TimedInstalls
-from tests.workflows.test_operations import FlakyFleet, SlowDiscovery, SlowSendAfterEach
 from tests.workflows.test_schedules import write_plan
-from tests.workflows.test_wave import instance_states, settle, stage, start, wave_input
 from workflows.scheduled import ScheduledWaveWorkflow
-from workflows.wave import WaveWorkflow
 
 #: The workflow code the histories are recorded with: bump it whenever workflows/ changes.
 RELEASE = "r2"
@@ -81,6 +97,16 @@ async def keep(client: Client, path: str, workflow_id: str) -> list[WorkflowHist
     return histories
 
 
+async def record(
+    client: Client, path: str, inp: WaveInput, *steps: Step, expect: str = "succeeded", **options: Any
+) -> tuple[WaveResult, list[WorkflowHistory]]:
+    """Drive the wave along ``steps`` (:func:`drive`, with its ``options``) to its end in state ``expect``; replay
+    its histories and keep them under ``path`` (:func:`keep`)."""
+    result = await drive(client, inp, *steps, **options)
+    assert result.status.state == expect
+    return result, await keep(client, path, inp.wave_id)
+
+
 def run_count(histories: list[WorkflowHistory], kind: str) -> int:
     return sum(
         1
@@ -98,10 +124,7 @@ async def test_stage_runs_continuing_as_new(
     inp = wave_input(
         make_fleet({"prod": 12}), tmp_path, [stage("prod", max_concurrency="1")], history_event_limit=40
     )
-    async with running_worker(dev_env.client) as tq:
-        result = await (await start(dev_env.client, tq, inp)).result()
-    assert result.status.state == "succeeded"
-    histories = await keep(dev_env.client, "stage-runs-continue-as-new", inp.wave_id)
+    _, histories = await record(dev_env.client, "stage-runs-continue-as-new", inp)
     assert run_count(histories, "StageRunWorkflow") >= 3
 
 
@@ -109,16 +132,9 @@ async def test_halt_and_resume(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
     inp = wave_input(make_fleet({"prod": 5}, duration=0.4), tmp_path, [stage("prod", max_concurrency="1")])
-    async with running_worker(dev_env.client) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        await asyncio.sleep(0.6)
-        await act(dev_env.client, inp.wave_id, "halt", who="alice", comment="pager")
-        await settle(dev_env.client, inp.wave_id, {"halted"})
-        await act(dev_env.client, inp.wave_id, "resume", who="alice")
-        result = await handle.result()
-    assert result.status.state == "succeeded"
+    halt = do("halt", who="alice", comment="pager")
+    result, _ = await record(dev_env.client, "halt-resume", inp, pause(0.6), halt, *HALTED_THEN_RESUMED)
     assert [a.action for a in result.status.audit] == ["start", "halt", "resume"]
-    await keep(dev_env.client, "halt-resume", inp.wave_id)
 
 
 async def test_operator_rollback_then_resume(
@@ -126,20 +142,13 @@ async def test_operator_rollback_then_resume(
 ) -> None:
     fleet = make_fleet({"prod": 4}, behaviours={instance_id("prod", 3): {"fail": True}})
     inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1", max_errors="0")])
-    async with running_worker(dev_env.client) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        await settle(dev_env.client, inp.wave_id, {"halted"})
-        await act(dev_env.client, inp.wave_id, "rollback", who="alice")
-        for _ in range(100):
-            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
-            if states[instance_id("prod", 1)] == "rolled_back":
-                break
-            await asyncio.sleep(0.1)
-        await act(dev_env.client, inp.wave_id, "resume", who="alice")
-        result = await handle.result()
-    assert result.status.state == "succeeded"
+    first = instance_id("prod", 1)
+    rolled_back = until_status(
+        lambda s: instance_states(s, "prod")[first] == "rolled_back", tries=100, every=0.1
+    )
+    rollback = (until_state("halted"), do("rollback", who="alice"), rolled_back, do("resume", who="alice"))
+    result, _ = await record(dev_env.client, "halt-rollback-resume", inp, *rollback)
     assert [a.action for a in result.status.audit] == ["start", "rollback", "resume"]
-    await keep(dev_env.client, "halt-rollback-resume", inp.wave_id)
 
 
 async def test_automatic_rollback_then_cancel(
@@ -147,31 +156,23 @@ async def test_automatic_rollback_then_cancel(
 ) -> None:
     fleet = make_fleet({"prod": 3}, behaviours={instance_id("prod", 2): {"fail": True}})
     inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1", on_failure="rollback")])
-    async with running_worker(dev_env.client) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+
+    async def halted_with_the_first_rolled_back(client: Client, wave_id: str) -> None:
+        status = await settle(client, wave_id, {"halted"})
         assert instance_states(status, "prod")[instance_id("prod", 1)] == "rolled_back"
-        await act(dev_env.client, inp.wave_id, "cancel", who="alice")
-        result = await handle.result()
-    assert result.status.state == "cancelled"
-    await keep(dev_env.client, "rollback-cancel", inp.wave_id)
+
+    cancel = do("cancel", who="alice")
+    await record(
+        dev_env.client, "rollback-cancel", inp, halted_with_the_first_rolled_back, cancel, expect="cancelled"
+    )
 
 
 async def test_cancel_with_installs_in_flight(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
     inp = wave_input(make_fleet({"prod": 3}, duration=60.0), tmp_path, [stage("prod", max_concurrency="2")])
-    async with running_worker(dev_env.client) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        for _ in range(200):
-            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
-            if list(states.values()).count("in_flight") == 2:
-                break
-            await asyncio.sleep(0.05)
-        await act(dev_env.client, inp.wave_id, "cancel", who="alice")
-        result = await asyncio.wait_for(handle.result(), timeout=30)
-    assert result.status.state == "cancelled"
-    await keep(dev_env.client, "cancel-in-flight", inp.wave_id)
+    steps = (until_status(in_flight(2)), do("cancel", who="alice"))
+    await record(dev_env.client, "cancel-in-flight", inp, *steps, expect="cancelled", result_timeout=30)
 
 
 async def test_rejected_gate(
@@ -182,13 +183,10 @@ async def test_rejected_gate(
         tmp_path,
         [stage("dev"), stage("prod", gate="approval", approvers=["alice"])],
     )
-    async with running_worker(dev_env.client) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        await settle(dev_env.client, inp.wave_id, {"waiting_approval"})
-        await act(dev_env.client, inp.wave_id, "reject", who="alice", stage="prod", comment="no")
-        result = await handle.result()
-    assert result.status.state == "failed"
-    await keep(dev_env.client, "gate-rejected", inp.wave_id)
+    reject = do("reject", who="alice", stage="prod", comment="no")
+    await record(
+        dev_env.client, "gate-rejected", inp, until_state("waiting_approval"), reject, expect="failed"
+    )
 
 
 async def test_health_gate_halts_and_is_resumed(
@@ -196,13 +194,7 @@ async def test_health_gate_halts_and_is_resumed(
 ) -> None:
     fleet = make_fleet({"dev": 2, "prod": 1}, behaviours={instance_id("dev", 1): {"fail_health": True}})
     inp = wave_input(fleet, tmp_path, [stage("dev"), stage("prod", gate="health")])
-    async with running_worker(dev_env.client) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        await settle(dev_env.client, inp.wave_id, {"halted"})
-        await act(dev_env.client, inp.wave_id, "resume", who="alice")
-        result = await handle.result()
-    assert result.status.state == "succeeded"
-    await keep(dev_env.client, "health-gate-resume", inp.wave_id)
+    await record(dev_env.client, "health-gate-resume", inp, *HALTED_THEN_RESUMED)
 
 
 async def test_halt_during_soak_and_resume(
@@ -211,18 +203,8 @@ async def test_halt_during_soak_and_resume(
     inp = wave_input(
         make_fleet({"dev": 1, "prod": 1}), tmp_path, [stage("dev", soak_seconds=4), stage("prod")]
     )
-    async with running_worker(dev_env.client) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        for _ in range(200):
-            if (await wave_status(dev_env.client, inp.wave_id)).stages[0].state == "soaking":
-                break
-            await asyncio.sleep(0.05)
-        await act(dev_env.client, inp.wave_id, "halt", who="alice")
-        await settle(dev_env.client, inp.wave_id, {"halted"})
-        await act(dev_env.client, inp.wave_id, "resume", who="alice")
-        result = await handle.result()
-    assert result.status.state == "succeeded"
-    await keep(dev_env.client, "soak-halt-resume", inp.wave_id)
+    soaking = until_status(first_stage("soaking"))
+    await record(dev_env.client, "soak-halt-resume", inp, soaking, *HALT_AND_RESUME)
 
 
 async def test_a_wave_recording_its_history(
@@ -238,32 +220,18 @@ async def test_a_wave_recording_its_history(
         [stage("dev", soak_seconds=1), stage("prod", max_concurrency="1", max_errors="0")],
         record_history=True,
     )
-    task_queue = f"tq-{uuid.uuid4()}"
-    async with build_worker(dev_env.client, task_queue, database_url=url):
-        handle = await start(dev_env.client, task_queue, inp)
-        await settle(dev_env.client, inp.wave_id, {"halted"})
-        await act(dev_env.client, inp.wave_id, "resume", who="alice")
-        result = await handle.result()
-    assert result.status.state == "succeeded"
-    await keep(dev_env.client, "recorded-history", inp.wave_id)
+    worker = running_worker(dev_env.client, database_url=url)
+    await record(dev_env.client, "recorded-history", inp, *HALTED_THEN_RESUMED, worker=worker)
 
 
 async def test_a_halt_before_the_stage_run_starts(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
     inp = wave_input(make_fleet({"prod": 2}), tmp_path, [stage("prod")])
-    async with running_worker(dev_env.client, lambda ref: SlowDiscovery(build_executor(ref), 1.5)) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        for _ in range(100):
-            if (await wave_status(dev_env.client, inp.wave_id)).stages[0].state == "running":
-                break
-            await asyncio.sleep(0.05)
-        await act(dev_env.client, inp.wave_id, "halt", who="alice")
-        await settle(dev_env.client, inp.wave_id, {"halted"})
-        await act(dev_env.client, inp.wave_id, "resume", who="alice")
-        result = await handle.result()
-    assert result.status.state == "succeeded"
-    await keep(dev_env.client, "halt-before-run", inp.wave_id)
+    running = until_status(first_stage("running"), tries=100)
+    await record(
+        dev_env.client, "halt-before-run", inp, running, *HALT_AND_RESUME, factory=SlowDiscovery.factory(1.5)
+    )
 
 
 async def test_a_cancel_during_the_send(
@@ -271,33 +239,30 @@ async def test_a_cancel_during_the_send(
 ) -> None:
     inp = wave_input(make_fleet({"prod": 2}, duration=60.0), tmp_path, [stage("prod", max_concurrency="2")])
     inp.heartbeat_timeout_seconds = 2
-    async with running_worker(dev_env.client, lambda ref: SlowSendAfterEach(build_executor(ref), 4.0)) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        for _ in range(200):
-            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
-            if list(states.values()).count("in_flight") == 2:
-                break
-            await asyncio.sleep(0.05)
-        await act(dev_env.client, inp.wave_id, "cancel", who="alice")
-        result = await asyncio.wait_for(handle.result(), timeout=60)
-    assert result.status.state == "cancelled"
-    await keep(dev_env.client, "cancel-during-send", inp.wave_id)
+    steps = (until_status(in_flight(2)), do("cancel", who="alice"))
+    await record(
+        dev_env.client,
+        "cancel-during-send",
+        inp,
+        *steps,
+        expect="cancelled",
+        factory=SlowSend.factory(4.0),
+        result_timeout=60,
+    )
 
 
 async def test_a_cancel_through_temporal(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
     inp = wave_input(make_fleet({"prod": 3}, duration=60.0), tmp_path, [stage("prod", max_concurrency="2")])
-    async with running_worker(dev_env.client) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        for _ in range(200):
-            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
-            if list(states.values()).count("in_flight") == 2:
-                break
-            await asyncio.sleep(0.05)
-        await handle.cancel()
-        with pytest.raises(WorkflowFailureError):
-            await asyncio.wait_for(handle.result(), timeout=30)
+
+    async def cancel_through_temporal(client: Client, wave_id: str) -> None:
+        await client.get_workflow_handle(wave_id).cancel()
+
+    with pytest.raises(WorkflowFailureError):
+        await drive(
+            dev_env.client, inp, until_status(in_flight(2)), cancel_through_temporal, result_timeout=30
+        )
     await keep(dev_env.client, "temporal-cancel", inp.wave_id)
 
 
@@ -310,16 +275,13 @@ async def test_a_failed_look_up_halts(
         flaky.append(FlakyFleet(build_executor(ref), "discover"))
         return flaky[-1]
 
-    inp = wave_input(make_fleet({"prod": 1}), tmp_path, [stage("prod")])
-    async with running_worker(dev_env.client, factory) as tq:
-        handle = await start(dev_env.client, tq, inp)
-        await settle(dev_env.client, inp.wave_id, {"halted"})
+    async def fix_the_fleet(client: Client, wave_id: str) -> None:
         for fleet in flaky:
             fleet.fixed = True
-        await act(dev_env.client, inp.wave_id, "resume", who="alice")
-        result = await handle.result()
-    assert result.status.state == "succeeded"
-    await keep(dev_env.client, "lookup-failed-halt", inp.wave_id)
+
+    inp = wave_input(make_fleet({"prod": 1}), tmp_path, [stage("prod")])
+    steps = (until_state("halted"), fix_the_fleet, do("resume", who="alice"))
+    await record(dev_env.client, "lookup-failed-halt", inp, *steps, factory=factory)
 
 
 # ---------------------------------------------------------------------------------------------- time-skipping
@@ -330,10 +292,7 @@ async def test_an_expiring_gate(
 ) -> None:
     gated = stage("prod", gate="approval", approvers=["alice"], expire_after_seconds=7200)
     inp = wave_input(make_fleet({"dev": 1, "prod": 1}), tmp_path, [stage("dev"), gated])
-    async with running_worker(skip_env.client) as tq:
-        result = await skip_env.client.execute_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
-    assert result.status.state == "failed"
-    await keep(skip_env.client, "gate-expired", inp.wave_id)
+    await record(skip_env.client, "gate-expired", inp, expect="failed")
 
 
 async def test_windows_and_a_freeze(
@@ -356,53 +315,24 @@ async def test_windows_and_a_freeze(
         freezes=[freeze],
     )
     inp.heartbeat_timeout_seconds = 4 * 3600  # installs consume skipped server time, heartbeats real time
-    async with running_worker(skip_env.client, factory) as tq:
-        result = await skip_env.client.execute_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
-    assert result.status.state == "succeeded"
-    histories = await keep(skip_env.client, "windows-freeze", inp.wave_id)
+    _, histories = await record(skip_env.client, "windows-freeze", inp, factory=factory)
     assert run_count(histories, "StageRunWorkflow") >= 2  # the cutoff carried an instance over
 
 
 async def test_scheduled_firing_through_the_schedule_check(
     skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
-    @activity.defn(name="scheduled_wave_allowed")
-    async def still_active(inp: ScheduleCheckInput) -> ScheduleCheckResult:
-        return ScheduleCheckResult(True)
-
     plan_path = write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
-    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
-    real = ScheduleActivities(settings, skip_env.client)
-    acts = WaveActivities()
-    worker = Worker(
-        skip_env.client,
-        task_queue=settings.task_queue,
-        workflows=list(WORKFLOWS),
-        activities=[
-            acts.resolve_targets,
-            acts.next_window,
-            acts.send_patch_batch,
-            acts.wait_patch_batch,
-            acts.record_wave,
-            real.scheduled_wave_start,
-            real.prepare_scheduled_wave,
-            still_active,
-        ],
-    )
-    async with worker:
-        handle = await skip_env.client.start_workflow(
-            ScheduledWaveWorkflow.run,
-            ScheduledWaveInput(
-                schedule_id="patchflow-sched",
-                plan_path=str(plan_path),
-                wait_days=2,
-                at="02:00",
-                timezone="UTC",
-                plan_name="sched",
-                check_schedule=True,
-            ),
-            id=f"scheduled-{uuid.uuid4().hex[:8]}",
-            task_queue=settings.task_queue,
+    settings = scheduled_settings(tmp_path)
+    async with scheduled_worker(skip_env.client, settings, schedule_check(True)):
+        handle = await start_scheduled(
+            skip_env.client,
+            settings.task_queue,
+            plan_path,
+            wait_days=2,
+            at="02:00",
+            timezone="UTC",
+            check_schedule=True,
         )
         result = await handle.result()
     assert result.state == "succeeded"
@@ -417,15 +347,10 @@ async def test_a_scheduled_firing_whose_wave_is_cancelled_through_temporal(
     plan_path = write_plan(
         tmp_path, make_fleet({"dev": 1, "prod": 1}), prod_gate={"approval": {"approvers": ["alice"]}}
     )
-    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
+    settings = scheduled_settings(tmp_path)
     client = skip_env.client
     async with build_worker(client, settings.task_queue, settings=settings):
-        handle = await client.start_workflow(
-            ScheduledWaveWorkflow.run,
-            ScheduledWaveInput(schedule_id="patchflow-sched", plan_path=str(plan_path), plan_name="sched"),
-            id=f"scheduled-{uuid.uuid4().hex[:8]}",
-            task_queue=settings.task_queue,
-        )
+        handle = await start_scheduled(client, settings.task_queue, plan_path)
         wave_id = ""
         for _ in range(200):
             wave_id = await handle.query(ScheduledWaveWorkflow.wave)

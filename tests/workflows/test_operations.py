@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -33,36 +33,40 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from activities.patching import WaveActivities, build_executor
 from activities.scheduling import ScheduleActivities
 from patchflow.config import Settings
-from patchflow.control.waves import WaveActionRefused, act, executor_ref, wave_status
+from patchflow.control.waves import WaveActionRefused, act, wave_status
+from patchflow.core.instances import RepoSource
 from patchflow.core.plans import load_plan
 from patchflow.core.wavemodel import (
     ExecutorRef,
     OperatorAction,
     PatchBatchInput,
     PrepareWaveInput,
-    StageInput,
-    WaveInput,
 )
-from patchflow.core.windows import WindowSpec
-from patchflow.errors import InventoryError
 from patchflow.executors.base import Package
 from patchflow.service.worker import build_worker
 from patchflow.store import db
-from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
+from patchflow.testing.ssm_endpoint import SsmEndpoint
 from tests.conftest import REPO_ROOT
 from tests.workflows.conftest import instance_id, running_worker
-from tests.workflows.test_ssm_wave import BUCKET, NEW, OLD, settings, write_plan
-from tests.workflows.test_wave import fleet_of, settle, stage, start, wave_input
+from tests.workflows.helpers import (
+    NEW,
+    OLD,
+    FlakyFleet,
+    SlowDiscovery,
+    SlowRestore,
+    SlowSend,
+    first_stage,
+    fleet_of,
+    in_flight,
+    settle,
+    ssm_prod_wave,
+    stage,
+    start,
+    status_when,
+    until,
+    wave_input,
+)
 from workflows.wave import WaveWorkflow
-
-
-@pytest.fixture
-def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[SsmEndpoint]:
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with SsmEndpoint(timings=Timings(not_found_seconds=0.1, pending_seconds=0.05, run_seconds=0.1)) as ep:
-        ep.client("s3").create_bucket(Bucket=BUCKET)
-        yield ep
 
 
 class WorkerProcess:
@@ -133,22 +137,7 @@ async def test_a_rolling_restart_of_the_workers_mid_install_cancels_and_repeats_
     for iid in ids:
         endpoint.register_instance(iid, tags={"Patch Group": "prod"}, packages=installed)
         endpoint.script(iid, "slow", seconds=25)
-    plan = load_plan(
-        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
-    )
-    inp = WaveInput(
-        wave_id=f"wave-rolling-{uuid.uuid4().hex[:8]}",
-        plan_name=plan.name,
-        patch_set_id="ps-000000000000000000000000",
-        patches=[Package("openssl", "amd64", NEW)],
-        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
-        stages=[
-            StageInput(
-                name="prod", window=WindowSpec("now"), max_concurrency="4", max_errors="0", patch_group="prod"
-            )
-        ],
-        heartbeat_timeout_seconds=5,
-    )
+    inp = ssm_prod_wave(endpoint.url, tmp_path, name="rolling", max_concurrency="4")
     client = dev_env.client
     address = client.service_client.config.target_host
     task_queue = f"tq-{uuid.uuid4()}"
@@ -167,10 +156,8 @@ async def test_a_rolling_restart_of_the_workers_mid_install_cancels_and_repeats_
     try:
         first = await new_worker(0)
         await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue)
-        for _ in range(300):  # every command sent: the installs run on the instances now
-            if endpoint.command_count(None, "AWS-RunPatchBaseline") == 4:
-                break
-            await asyncio.sleep(0.1)
+        # every command sent: the installs run on the instances now
+        await until(lambda: endpoint.command_count(None, "AWS-RunPatchBaseline") == 4)
         assert endpoint.command_count(None, "AWS-RunPatchBaseline") == 4
         run_id = (await wave_status(client, inp.wave_id)).stages[0].active_run_id
         assert run_id is not None
@@ -194,12 +181,7 @@ async def test_a_rolling_restart_of_the_workers_mid_install_cancels_and_repeats_
         # Step 2: a grace longer than the installs — the stopping worker finishes the waits it holds.
         await new_worker(0)
         assert await second.stop() == 0, second.log.read_text(errors="replace")
-        status = await wave_status(client, inp.wave_id)
-        for _ in range(600):
-            if status.state != "running":
-                break
-            await asyncio.sleep(0.1)
-            status = await wave_status(client, inp.wave_id)
+        status = await status_when(client, inp.wave_id, lambda s: s.state != "running", tries=601, every=0.1)
     finally:
         for worker in workers:
             await worker.stop()
@@ -275,20 +257,6 @@ async def test_only_a_cancel_the_wave_asked_for_cancels_the_fleets_commands(
 # ---------------------------------------------------------------------------------------------- decisions
 
 
-class SlowRestore:
-    """The real simulated executor, with restores (rollbacks) that take ``seconds``."""
-
-    def __init__(self, inner: Any, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def restore(self, instance: str, packages: Any, *, operation_id: str) -> Any:
-        await asyncio.sleep(self.seconds)
-        return await self.inner.restore(instance, packages, operation_id=operation_id)
-
-
 async def outcomes(*calls: Awaitable[str]) -> tuple[list[str], list[str]]:
     """Run operator actions at the same moment: (answers of the accepted ones, reasons of the refused ones)."""
     results = await asyncio.gather(*calls, return_exceptions=True)
@@ -362,17 +330,18 @@ async def test_resume_and_rollback_are_one_decision_at_a_time(
     fleet = make_fleet({"prod": 4}, behaviours={instance_id("prod", 3): {"fail": True}})
     inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1", max_errors="0")])
     client = dev_env.client
-    async with running_worker(client, lambda ref: SlowRestore(build_executor(ref), 3.0)) as tq:
+    async with running_worker(client, SlowRestore.factory(3.0)) as tq:
         handle = await start(client, tq, inp)
         await settle(client, inp.wave_id, {"halted"})
         assert await act(client, inp.wave_id, "rollback", who="alice") == "rollback requested"
         with pytest.raises(WaveActionRefused, match="a rollback of stage 'prod' is running"):
             await act(client, inp.wave_id, "resume", who="bob")
-        for _ in range(200):
-            status = await wave_status(client, inp.wave_id)
-            if status.stages[0].instances[instance_id("prod", 1)] == "rolled_back":
-                break
-            await asyncio.sleep(0.1)
+        status = await status_when(
+            client,
+            inp.wave_id,
+            lambda s: s.stages[0].instances[instance_id("prod", 1)] == "rolled_back",
+            every=0.1,
+        )
         assert status.state == "halted"
         accepted, refused = await outcomes(
             act(client, inp.wave_id, "resume", who="bob"), act(client, inp.wave_id, "resume", who="carol")
@@ -423,20 +392,6 @@ async def test_an_update_in_the_first_workflow_task_sees_the_initialised_wave(
 # ---------------------------------------------------------------------------------------------- halts
 
 
-class SlowDiscovery:
-    """The real simulated executor, whose target resolution (``discover``) takes ``seconds``."""
-
-    def __init__(self, inner: Any, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def discover(self) -> Any:
-        await asyncio.sleep(self.seconds)
-        return await self.inner.discover()
-
-
 async def test_a_halt_accepted_before_the_stage_run_starts_patches_nothing(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -444,13 +399,9 @@ async def test_a_halt_accepted_before_the_stage_run_starts_patches_nothing(
     it had started — and dispatched its first instance. The flags are checked before the run starts."""
     inp = wave_input(make_fleet({"prod": 3}), tmp_path, [stage("prod", max_concurrency="1")])
     client = dev_env.client
-    async with running_worker(client, lambda ref: SlowDiscovery(build_executor(ref), 2.0)) as tq:
+    async with running_worker(client, SlowDiscovery.factory(2.0)) as tq:
         handle = await start(client, tq, inp)
-        for _ in range(100):
-            status = await wave_status(client, inp.wave_id)
-            if status.stages[0].state == "running":
-                break
-            await asyncio.sleep(0.05)
+        status = await status_when(client, inp.wave_id, first_stage("running"), tries=100)
         assert not status.stages[0].instances  # still resolving the targets
         await act(client, inp.wave_id, "halt", who="alice")
         halted = await settle(client, inp.wave_id, {"halted"})
@@ -473,10 +424,7 @@ async def test_resuming_a_halt_during_the_soak_returns_the_wave_to_soaking(
     client = dev_env.client
     async with running_worker(client) as tq:
         handle = await start(client, tq, inp)
-        for _ in range(200):
-            if (await wave_status(client, inp.wave_id)).stages[0].state == "soaking":
-                break
-            await asyncio.sleep(0.05)
+        await status_when(client, inp.wave_id, first_stage("soaking"))
         await act(client, inp.wave_id, "halt", who="alice")
         await settle(client, inp.wave_id, {"halted"})
         await act(client, inp.wave_id, "resume", who="alice")
@@ -495,22 +443,6 @@ async def test_resuming_a_halt_during_the_soak_returns_the_wave_to_soaking(
 # ---------------------------------------------------------------------------------------------- cancels
 
 
-class SlowSendAfterEach:
-    """Wraps the real executor: every install is sent for real, then its send activity lingers ``seconds`` — long
-    enough for the activity to hear of a cancel (heartbeats deliver it) before it completes."""
-
-    def __init__(self, inner: Any, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def start_install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
-        result = await self.inner.start_install(instance, patches, operation_id=operation_id)
-        await asyncio.sleep(self.seconds)
-        return result
-
-
 async def test_a_cancel_during_the_send_cancels_the_commands_already_sent(
     dev_env: WorkflowEnvironment, endpoint: SsmEndpoint, tmp_path: Path
 ) -> None:
@@ -522,29 +454,18 @@ async def test_a_cancel_during_the_send_cancels_the_commands_already_sent(
     for iid in ids:
         endpoint.register_instance(iid, tags={"Patch Group": "prod"}, packages=installed)
         endpoint.script(iid, "slow", seconds=60)
-    plan = load_plan(
-        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
-    )
-    inp = WaveInput(
-        wave_id=f"wave-send-cancel-{uuid.uuid4().hex[:8]}",
-        plan_name=plan.name,
-        patch_set_id="ps-000000000000000000000000",
-        patches=[Package("openssl", "amd64", NEW)],
-        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
-        stages=[
-            StageInput(
-                name="prod", window=WindowSpec("now"), max_concurrency="2", max_errors="0", patch_group="prod"
-            )
-        ],
+    inp = ssm_prod_wave(
+        endpoint.url,
+        tmp_path,
+        name="send-cancel",
+        max_concurrency="2",
         heartbeat_timeout_seconds=2,  # heartbeats (and so the cancel) reach the send within ~2 s
     )
     client = dev_env.client
-    async with running_worker(client, lambda ref: SlowSendAfterEach(build_executor(ref), 8.0)) as tq:
+    async with running_worker(client, SlowSend.factory(8.0)) as tq:
         handle = await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq)
-        for _ in range(300):  # both commands sent; the send activity is still running
-            if endpoint.command_count(None, "AWS-RunPatchBaseline") == 2:
-                break
-            await asyncio.sleep(0.05)
+        # both commands sent; the send activity is still running
+        await until(lambda: endpoint.command_count(None, "AWS-RunPatchBaseline") == 2, every=0.05)
         assert endpoint.command_count(None, "AWS-RunPatchBaseline") == 2
         await act(client, inp.wave_id, "cancel", who="alice", comment="wrong patch set")
         result = await asyncio.wait_for(handle.result(), timeout=60)
@@ -580,11 +501,7 @@ async def test_a_cancel_through_temporal_ends_the_wave_cancelled_and_recorded(
     task_queue = f"tq-{uuid.uuid4()}"
     async with build_worker(client, task_queue, database_url=url):
         handle = await start(client, task_queue, inp)
-        for _ in range(200):
-            status = await wave_status(client, inp.wave_id)
-            if list(status.stages[0].instances.values()).count("in_flight") == 2:
-                break
-            await asyncio.sleep(0.05)
+        status = await status_when(client, inp.wave_id, in_flight(2))
         run_id = status.stages[0].active_run_id
         assert run_id is not None
         await handle.cancel()
@@ -616,11 +533,7 @@ async def test_a_stage_run_cancelled_through_temporal_halts_its_wave(
     client = dev_env.client
     async with running_worker(client) as tq:
         handle = await start(client, tq, inp)
-        for _ in range(200):
-            status = await wave_status(client, inp.wave_id)
-            if list(status.stages[0].instances.values()).count("in_flight") == 2:
-                break
-            await asyncio.sleep(0.05)
+        status = await status_when(client, inp.wave_id, in_flight(2))
         assert status.stages[0].active_run_id is not None
         await client.get_workflow_handle(status.stages[0].active_run_id).cancel()
         halted = await settle(client, inp.wave_id, {"halted"}, timeout=30)
@@ -630,27 +543,6 @@ async def test_a_stage_run_cancelled_through_temporal_halts_its_wave(
 
 
 # ---------------------------------------------------------------------------------------------- look-ups
-
-
-class FlakyFleet:
-    """The real simulated executor whose ``operation`` (discover / health_check / restore) fails until ``fixed``
-    — with an error Temporal does not retry, so the activity fails for good at once, as a transient outage
-    does once its retries are used up."""
-
-    def __init__(self, inner: Any, operation: str) -> None:
-        self.inner, self.operation, self.fixed = inner, operation, False
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.inner, name)
-        if name != self.operation:
-            return attr
-
-        async def failing(*args: Any, **kwargs: Any) -> Any:
-            if not self.fixed:
-                raise InventoryError(f"{name}: the fleet's API is unreachable")
-            return await attr(*args, **kwargs)
-
-        return failing
 
 
 @pytest.mark.parametrize("operation", ["discover", "health_check", "restore"])
@@ -788,10 +680,17 @@ def test_plans_set_the_gate_expiry_and_refuse_a_reminder_after_it(
         tmp_path, fleet, prod_gate={"approval": {"approvers": ["alice"], "expire_after": "3d"}}
     )
     plan = load_plan(path)
-    pinned = SimpleNamespace(id="ps-000000000000000000000000", patches=())  # all wave_input reads of a set
+    pinned = SimpleNamespace(  # all wave_input reads of a set
+        id="ps-000000000000000000000000",
+        patches=(),
+        sources=lambda: (RepoSource("m", ("Debian12",), "deb x y"),),
+    )
     inp = plan_wave_input(plan, Settings(data_dir=tmp_path / "data"), pinned, wave_id="w")  # type: ignore[arg-type]
     prod = inp.stages[1]
     assert (prod.expire_after_seconds, prod.remind_after_seconds) == (3 * 86400, 0)
+    assert inp.sources == [
+        RepoSource("m", ("Debian12",), "deb x y")
+    ]  # the set's baseline Sources travel along
     bad = write_scheduled_plan(
         tmp_path,
         fleet,

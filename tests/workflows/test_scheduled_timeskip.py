@@ -9,21 +9,17 @@ from __future__ import annotations
 
 import calendar
 import os
-import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from temporalio import activity
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Replayer, Worker
+from temporalio.worker import Replayer
 
-from activities.scheduling import ScheduleActivities
-from patchflow.config import Settings
 from patchflow.core.schedules import calendar_plan, parse_schedule
-from patchflow.core.wavemodel import ScheduleCheckInput, ScheduleCheckResult, ScheduledWaveInput
 from patchflow.service.worker import build_worker
+from tests.workflows.helpers import schedule_check, scheduled_settings, scheduled_worker, start_scheduled
 from tests.workflows.test_durability import HISTORIES
 from tests.workflows.test_schedules import write_plan
 from workflows.scheduled import ScheduledWaveWorkflow
@@ -45,7 +41,7 @@ async def test_patch_tuesday_plus_21_days_across_months_and_dst(
     wait_days = calendar_plan(schedule).wait_days
     assert wait_days == 21
     plan_path = write_plan(tmp_path, make_fleet({"dev": 2, "prod": 2}))
-    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
+    settings = scheduled_settings(tmp_path)
     client = skip_env.client
 
     # The next two March Patch Tuesdays after the server's clock, and one firing in a winter month before:
@@ -66,19 +62,13 @@ async def test_patch_tuesday_plus_21_days_across_months_and_dst(
             firings.append(day)
             fire_at = datetime(day.year, day.month, day.day, 2, 0, tzinfo=BERLIN).astimezone(UTC)
             await skip_env.sleep(fire_at - current)
-            inp = ScheduledWaveInput(
-                schedule_id="patchflow-sched",
-                plan_path=str(plan_path),
+            handle = await start_scheduled(
+                client,
+                settings.task_queue,
+                plan_path,
                 wait_days=wait_days,
                 at="02:00",
                 timezone="Europe/Berlin",
-                plan_name="sched",
-            )
-            handle = await client.start_workflow(
-                ScheduledWaveWorkflow.run,
-                inp,
-                id=f"scheduled-{uuid.uuid4().hex[:8]}",
-                task_queue=settings.task_queue,
             )
             result = await handle.result()
             assert result.state == "succeeded"
@@ -106,16 +96,11 @@ async def test_a_firing_without_offset_starts_its_wave_at_once_with_a_fresh_patc
     skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
     plan_path = write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
-    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
+    settings = scheduled_settings(tmp_path)
     client = skip_env.client
     async with build_worker(client, settings.task_queue, settings=settings):
         begin = await skip_env.get_current_time()
-        result = await client.execute_workflow(
-            ScheduledWaveWorkflow.run,
-            ScheduledWaveInput(schedule_id="patchflow-sched", plan_path=str(plan_path), plan_name="sched"),
-            id=f"scheduled-{uuid.uuid4().hex[:8]}",
-            task_queue=settings.task_queue,
-        )
+        result = await (await start_scheduled(client, settings.task_queue, plan_path)).result()
     assert result.state == "succeeded"
     assert result.wave_id.startswith("wave-sched-")
     child = await client.get_workflow_handle(result.wave_id).describe()
@@ -129,40 +114,24 @@ async def test_a_firing_without_offset_starts_its_wave_at_once_with_a_fresh_patc
 async def test_a_firing_whose_schedule_was_paused_during_the_wait_starts_no_wave(
     skip_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
-    # The test server has no Schedules API: the check's answer comes from a stand-in activity (the real one is
-    # tested against the dev server in test_schedules.py).
     checked: list[str] = []
-
-    @activity.defn(name="scheduled_wave_allowed")
-    async def paused_meanwhile(inp: ScheduleCheckInput) -> ScheduleCheckResult:
-        checked.append(inp.schedule_id)
-        return ScheduleCheckResult(False, f"schedule {inp.schedule_id} was paused during the wait (audit)")
-
-    plan_path = write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
-    settings = Settings(data_dir=tmp_path / "data", task_queue=f"tq-{uuid.uuid4()}")
-    real = ScheduleActivities(settings, skip_env.client)
-    worker = Worker(
-        skip_env.client,
-        task_queue=settings.task_queue,
-        workflows=[ScheduledWaveWorkflow, WaveWorkflow, StageRunWorkflow],
-        activities=[real.scheduled_wave_start, real.prepare_scheduled_wave, paused_meanwhile],
+    paused_meanwhile = schedule_check(
+        False, "schedule patchflow-sched was paused during the wait (audit)", asked=checked
     )
-    async with worker:
+    plan_path = write_plan(tmp_path, make_fleet({"dev": 1, "prod": 1}))
+    settings = scheduled_settings(tmp_path)
+    async with scheduled_worker(skip_env.client, settings, paused_meanwhile):
         begin = await skip_env.get_current_time()
-        result = await skip_env.client.execute_workflow(
-            ScheduledWaveWorkflow.run,
-            ScheduledWaveInput(
-                schedule_id="patchflow-sched",
-                plan_path=str(plan_path),
-                wait_days=15,
-                at="02:00",
-                timezone="Europe/Berlin",
-                plan_name="sched",
-                check_schedule=True,
-            ),
-            id=f"scheduled-{uuid.uuid4().hex[:8]}",
-            task_queue=settings.task_queue,
+        handle = await start_scheduled(
+            skip_env.client,
+            settings.task_queue,
+            plan_path,
+            wait_days=15,
+            at="02:00",
+            timezone="Europe/Berlin",
+            check_schedule=True,
         )
+        result = await handle.result()
         end = await skip_env.get_current_time()
     assert checked == ["patchflow-sched"]
     assert (result.state, result.wave_id) == ("skipped", "")

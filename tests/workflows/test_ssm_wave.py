@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,8 +11,7 @@ import pytest
 import yaml
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow.config import Settings
-from patchflow.control.waves import act, executor_ref, pin_patch_set, wave_input, wave_status
+from patchflow.control.waves import act, executor_ref, pin_patch_set, wave_input
 from patchflow.core.documents import dump_yaml
 from patchflow.core.freezes import FreezePeriod
 from patchflow.core.plans import PlanError, load_plan
@@ -22,83 +20,19 @@ from patchflow.core.windows import WindowSpec
 from patchflow.errors import InputError
 from patchflow.executors.base import Package
 from patchflow.executors.simulated.fleet import load_fleet
-from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
-from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
+from patchflow.testing.ssm_endpoint import SsmEndpoint
+from tests.conftest import EXAMPLES_DIR
 from tests.workflows.conftest import running_worker
+from tests.workflows.helpers import BUCKET, NEW, OLD, ssm_prod_wave, status_when, until
+from tests.workflows.helpers import ssm_settings as settings
+from tests.workflows.helpers import write_ssm_plan as write_plan
 from workflows.wave import WaveWorkflow
-
-BUCKET = "patchflow-wave"
-OLD, NEW = "3.0.2-0ubuntu1.10", "3.0.2-0ubuntu1.16"
-
-
-@pytest.fixture
-def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[SsmEndpoint]:
-    # The worker builds its clients from the standard boto3 chain, as in production.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    with SsmEndpoint(timings=Timings(not_found_seconds=0.1, pending_seconds=0.05, run_seconds=0.1)) as ep:
-        ep.client("s3").create_bucket(Bucket=BUCKET)
-        yield ep
-
-
-def write_plan(tmp_path: Path, executor: str) -> Path:
-    path = tmp_path / "plan.yaml"
-    path.write_text(
-        f"name: ssm-demo\nbaseline: {BASELINES_DIR / 'ubuntu-staged.yaml'}\n"
-        f"catalog: {EXAMPLES_DIR / 'ubuntu-catalog.json'}\nexecutor: {executor}\n"
-        "stages:\n  - name: dev\n    targets: {patch_group: dev}\n    window: now\n"
-    )
-    return path
-
-
-def settings(tmp_path: Path, **fields: object) -> Settings:
-    return Settings(
-        data_dir=tmp_path / "data",
-        ssm_poll_initial_seconds=0.05,
-        ssm_poll_max_seconds=0.2,
-        ssm_max_requests_per_second=100,
-        **fields,  # type: ignore[arg-type]
-    )
-
-
-def prod_wave(
-    endpoint: SsmEndpoint,
-    tmp_path: Path,
-    *,
-    cutoff_behavior: str = "carry_over",
-    freezes: list[FreezePeriod] | None = None,
-) -> WaveInput:
-    """One stage ``prod`` (patch group prod, window now, one at a time, no error tolerated) on the endpoint."""
-    plan = load_plan(
-        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
-    )
-    stage = StageInput(
-        name="prod",
-        window=WindowSpec("now"),
-        max_concurrency="1",
-        max_errors="0",
-        patch_group="prod",
-        cutoff_behavior=cutoff_behavior,
-    )
-    return WaveInput(
-        wave_id=f"wave-ssm-prod-{uuid.uuid4().hex[:8]}",
-        plan_name=plan.name,
-        patch_set_id="ps-000000000000000000000000",
-        patches=[Package("openssl", "amd64", NEW)],
-        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
-        stages=[stage],
-        heartbeat_timeout_seconds=5,
-        freezes=freezes or [],
-    )
 
 
 async def until_not_running(env: WorkflowEnvironment, wave_id: str) -> WaveStatus:
-    for _ in range(600):
-        status = await wave_status(env.client, wave_id)
-        if status.state != "running":
-            return status
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"wave {wave_id} is still running: {status}")
+    status = await status_when(env.client, wave_id, lambda s: s.state != "running", tries=600, every=0.1)
+    assert status.state != "running", f"wave {wave_id} is still running: {status}"
+    return status
 
 
 def test_plan_executor_options_resolve_into_the_executor_ref(tmp_path: Path) -> None:
@@ -201,11 +135,7 @@ async def test_the_demo_plan_runs_on_the_ssm_endpoint(
         handle = await dev_env.client.start_workflow(
             WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
         )
-        for _ in range(600):
-            status = await wave_status(dev_env.client, inp.wave_id)
-            if status.state != "running":
-                break
-            await asyncio.sleep(0.1)
+        status = await until_not_running(dev_env, inp.wave_id)
         assert status.state == "waiting_approval", status
         test_states = next(s for s in status.stages if s.name == "test").instances
         assert test_states["i-0test000000000004"] == "failed"
@@ -230,30 +160,12 @@ async def test_cancelling_a_wave_cancels_its_in_flight_ssm_commands(
     for instance_id in ids:
         endpoint.register_instance(instance_id, tags={"Patch Group": "prod"}, packages=installed)
         endpoint.script(instance_id, "slow", seconds=60)
-    plan = load_plan(
-        write_plan(tmp_path, f"{{kind: ssm, region: us-east-1, endpoint_url: '{endpoint.url}'}}")
-    )
-    inp = WaveInput(
-        wave_id=f"wave-ssm-cancel-{uuid.uuid4().hex[:8]}",
-        plan_name=plan.name,
-        patch_set_id="ps-000000000000000000000000",
-        patches=[Package("openssl", "amd64", NEW)],
-        executor=executor_ref(plan, settings(tmp_path, ssm_bucket=BUCKET)),
-        stages=[
-            StageInput(
-                name="prod", window=WindowSpec("now"), max_concurrency="2", max_errors="0", patch_group="prod"
-            )
-        ],
-        heartbeat_timeout_seconds=5,
-    )
+    inp = ssm_prod_wave(endpoint.url, tmp_path, name="ssm-cancel", max_concurrency="2")
     async with running_worker(dev_env.client) as task_queue:
         handle = await dev_env.client.start_workflow(
             WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
         )
-        for _ in range(300):  # both commands sent
-            if endpoint.command_count(None, "AWS-RunPatchBaseline") == 2:
-                break
-            await asyncio.sleep(0.1)
+        await until(lambda: endpoint.command_count(None, "AWS-RunPatchBaseline") == 2)  # both commands sent
         await act(dev_env.client, inp.wave_id, "cancel", who="alice")
         result = await asyncio.wait_for(handle.result(), timeout=30)
     assert result.status.state == "cancelled"
@@ -274,16 +186,15 @@ async def test_an_invocation_cancelled_in_ssm_is_reported_and_does_not_halt_the_
     for instance_id in ids:
         endpoint.register_instance(instance_id, tags={"Patch Group": "prod"}, packages=installed)
     endpoint.script(ids[0], "slow", seconds=60, times=1)
-    inp = prod_wave(endpoint, tmp_path)
+    inp = ssm_prod_wave(endpoint.url, tmp_path)
     ssm = endpoint.client("ssm")
     async with running_worker(dev_env.client) as task_queue:
         handle = await dev_env.client.start_workflow(
             WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue
         )
-        for _ in range(300):  # the first install is running
-            if endpoint.command_count(ids[0], "AWS-RunPatchBaseline") == 1:
-                break
-            await asyncio.sleep(0.1)
+        await until(
+            lambda: endpoint.command_count(ids[0], "AWS-RunPatchBaseline") == 1
+        )  # the first install runs
         (command,) = (
             c
             for c in ssm.list_commands(InstanceId=ids[0])["Commands"]
@@ -314,8 +225,8 @@ async def test_cutoff_behavior_cancel_cancels_in_flight_commands_at_the_cutoff_a
         endpoint.register_instance(instance_id, tags={"Patch Group": "prod"}, packages=installed)
     endpoint.script(ids[0], "slow", seconds=120, times=1)
     freeze_from = datetime.now(UTC) + timedelta(seconds=15)
-    inp = prod_wave(
-        endpoint,
+    inp = ssm_prod_wave(
+        endpoint.url,
         tmp_path,
         cutoff_behavior="cancel",
         freezes=[FreezePeriod("short", freeze_from, freeze_from + timedelta(seconds=5))],

@@ -3,84 +3,38 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.patching import build_executor
 from patchflow.config import Settings
 from patchflow.control.waves import WaveActionRefused, act, status_json, wave_status
-from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput, WaveStatus
-from patchflow.core.windows import WindowSpec
-from patchflow.executors.base import Package
-from patchflow.executors.simulated import SimulatedExecutor
-from patchflow.executors.simulated.fleet import load_fleet
+from patchflow.core.instances import RepoSource
+from patchflow.core.wavemodel import ExecutorRef, WaveStatus
 from tests.workflows.conftest import instance_id, running_worker
-from workflows.wave import WaveWorkflow
-
-PATCHES = [
-    Package("openssl", "amd64", "3.0.2-0ubuntu1.16"),
-    Package("curl", "amd64", "7.81.0-1ubuntu1.18"),
-]
-NOW = WindowSpec(schedule="now")
-
-
-def stage(name: str, **fields: Any) -> StageInput:
-    base: dict[str, Any] = {
-        "name": name,
-        "window": NOW,
-        "max_concurrency": "10",
-        "max_errors": "0",
-        "patch_group": name,
-    }
-    base.update(fields)
-    return StageInput(**base)
+from tests.workflows.helpers import (
+    PATCHES,  # noqa: F401 - other test modules import it from here
+    SlowSend,
+    fleet_of,
+    in_flight,
+    instance_states,
+    settle,
+    stage,
+    start,
+    status_when,
+    succeeded,
+    wave_input,
+)
 
 
-def wave_input(fleet: Path, tmp_path: Path, stages: list[StageInput], **fields: Any) -> WaveInput:
-    return WaveInput(
-        wave_id=f"wave-test-{uuid.uuid4().hex[:8]}",
-        plan_name="test",
-        patch_set_id="ps-000000000000000000000000",
-        patches=list(PATCHES),
-        executor=ExecutorRef(
-            kind="simulated", fleet_path=str(fleet), state_path=str(tmp_path / "fleet.sqlite"), time_scale=1.0
-        ),
-        stages=stages,
-        heartbeat_timeout_seconds=5,
-        **fields,
-    )
-
-
-def fleet_of(inp: WaveInput) -> SimulatedExecutor:
-    assert inp.executor.fleet_path and inp.executor.state_path
-    return SimulatedExecutor(load_fleet(inp.executor.fleet_path), Path(inp.executor.state_path))
-
-
-async def settle(client: Client, wave_id: str, states: set[str], timeout: float = 60) -> WaveStatus:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        status = await wave_status(client, wave_id)
-        if status.state in states:
-            return status
-        assert status.state not in {"succeeded", "failed", "cancelled"} - states, (
-            f"wave ended {status.state}: {status}"
-        )
-        assert asyncio.get_running_loop().time() < deadline, f"wave stuck in {status.state}: {status}"
-        await asyncio.sleep(0.2)
-
-
-def instance_states(status: WaveStatus, stage_name: str) -> dict[str, str]:
-    return next(s for s in status.stages if s.name == stage_name).instances
-
-
-async def start(client: Client, task_queue: str, inp: WaveInput) -> WorkflowHandle[Any, Any]:
-    return await client.start_workflow(WaveWorkflow.run, inp, id=inp.wave_id, task_queue=task_queue)
+def prod_in_order(status: WaveStatus, count: int) -> list[str]:
+    """The states of prod's instances 1 to ``count``, in order."""
+    states = instance_states(status, "prod")
+    return [states[instance_id("prod", n)] for n in range(1, count + 1)]
 
 
 async def test_wave_pins_one_patch_set_across_stages(
@@ -115,16 +69,12 @@ async def test_error_budget_stops_at_failure_n_plus_one(
     async with running_worker(dev_env.client) as tq:
         handle = await start(dev_env.client, tq, inp)
         status = await settle(dev_env.client, inp.wave_id, {"halted"})
-        states = instance_states(status, "prod")
-        assert [states[instance_id("prod", n)] for n in range(1, 9)] == [
+        assert prod_in_order(status, 8) == [
             "succeeded",
             "failed",
             "succeeded",
             "failed",
-            "not_attempted",
-            "not_attempted",
-            "not_attempted",
-            "not_attempted",
+            *["not_attempted"] * 4,
         ]
         assert "2 failure(s) exceeded max_errors 1" in status.reason
         assert status.stages[0].state == "halted"
@@ -263,13 +213,7 @@ async def test_rollback_on_failure_restores_previous_versions(
     async with running_worker(dev_env.client) as tq:
         handle = await start(dev_env.client, tq, inp)
         status = await settle(dev_env.client, inp.wave_id, {"halted"})
-        states = instance_states(status, "prod")
-        assert [states[instance_id("prod", n)] for n in range(1, 5)] == [
-            "rolled_back",
-            "rolled_back",
-            "failed",
-            "not_attempted",
-        ]
+        assert prod_in_order(status, 4) == ["rolled_back", "rolled_back", "failed", "not_attempted"]
         fleet_state = {i["id"]: i for i in fleet_of(inp).status()["instances"]}
         for n in (1, 2):
             packages = {p["name"]: p["version"] for p in fleet_state[instance_id("prod", n)]["installed"]}
@@ -291,15 +235,10 @@ async def test_operator_halt_and_resume(
         await asyncio.sleep(0.6)
         await act(dev_env.client, inp.wave_id, "halt", who="alice", comment="pager went off")
         status = await settle(dev_env.client, inp.wave_id, {"halted"})
-        done = [s for s in instance_states(status, "prod").values() if s == "succeeded"]
-        assert 1 <= len(done) < 6
+        done = succeeded(status)
+        assert 1 <= done < 6
         await asyncio.sleep(1)  # nothing runs while halted
-        after = [
-            s
-            for s in instance_states(await wave_status(dev_env.client, inp.wave_id), "prod").values()
-            if s == "succeeded"
-        ]
-        assert len(after) == len(done)
+        assert succeeded(await wave_status(dev_env.client, inp.wave_id)) == done
         await act(dev_env.client, inp.wave_id, "resume", who="alice")
         result = await handle.result()
     assert result.status.state == "succeeded"
@@ -335,17 +274,14 @@ async def test_long_stage_runs_continue_as_new_and_still_obey_halt(
     inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1")], history_event_limit=60)
     async with running_worker(dev_env.client) as tq:
         handle = await start(dev_env.client, tq, inp)
-        while True:  # wait until the stage run has continued as new at least once
-            status = await wave_status(dev_env.client, inp.wave_id)
-            done = sum(1 for s in instance_states(status, "prod").values() if s == "succeeded")
-            if done >= 20:
-                break
-            await asyncio.sleep(0.1)
+        status = await status_when(  # wait until the stage run has continued as new at least once
+            dev_env.client, inp.wave_id, lambda s: succeeded(s) >= 20, tries=None, every=0.1
+        )
         run_id = status.stages[0].active_run_id
         assert run_id is not None
         await act(dev_env.client, inp.wave_id, "halt", who="alice")
         halted = await settle(dev_env.client, inp.wave_id, {"halted"})
-        assert 20 <= sum(1 for s in instance_states(halted, "prod").values() if s == "succeeded") < 40
+        assert 20 <= succeeded(halted) < 40
         await act(dev_env.client, inp.wave_id, "resume", who="alice")
         result = await handle.result()
         runs = [wf async for wf in dev_env.client.list_workflows(f"WorkflowId = '{run_id}'")]
@@ -368,22 +304,6 @@ async def test_a_stage_without_targets_halts_instead_of_succeeding(
         assert (await handle.result()).status.state == "cancelled"
 
 
-class SlowSend:
-    """The real simulated executor, with a send phase that takes ``seconds``: long enough for a cancel to arrive
-    while the installs are being sent, short enough that the send completes before it learns of the cancel."""
-
-    def __init__(self, inner: Any, seconds: float) -> None:
-        self.inner, self.seconds = inner, seconds
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
-
-    async def start_install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
-        result = await self.inner.start_install(instance, patches, operation_id=operation_id)
-        await asyncio.sleep(self.seconds)
-        return result
-
-
 async def test_a_cancel_during_the_send_phase_does_not_wait_for_the_installs(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
@@ -391,13 +311,9 @@ async def test_a_cancel_during_the_send_phase_does_not_wait_for_the_installs(
     started must then be cancelled at once, not waited for (60 s here)."""
     fleet = make_fleet({"prod": 2}, duration=60.0)
     inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="2")])
-    async with running_worker(dev_env.client, lambda ref: SlowSend(build_executor(ref), 1.5)) as tq:
+    async with running_worker(dev_env.client, SlowSend.factory(1.5)) as tq:
         handle = await start(dev_env.client, tq, inp)
-        while True:
-            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
-            if list(states.values()).count("in_flight") == 2:
-                break
-            await asyncio.sleep(0.05)
+        await status_when(dev_env.client, inp.wave_id, in_flight(2), tries=None)
         await act(dev_env.client, inp.wave_id, "cancel", who="alice", comment="wrong patch set")
         result = await asyncio.wait_for(handle.result(), timeout=30)
     assert result.status.state == "cancelled"
@@ -413,11 +329,7 @@ async def test_cancel_cancels_in_flight_instances(
     inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="2")])
     async with running_worker(dev_env.client) as tq:
         handle = await start(dev_env.client, tq, inp)
-        while True:
-            states = instance_states(await wave_status(dev_env.client, inp.wave_id), "prod")
-            if list(states.values()).count("in_flight") == 2:
-                break
-            await asyncio.sleep(0.1)
+        await status_when(dev_env.client, inp.wave_id, in_flight(2), tries=None, every=0.1)
         began = asyncio.get_running_loop().time()
         await act(dev_env.client, inp.wave_id, "cancel", who="alice", comment="wrong patch set")
         result = await asyncio.wait_for(handle.result(), timeout=30)
@@ -431,3 +343,48 @@ async def test_cancel_cancels_in_flight_instances(
     ]
     assert len(cancelled) == 2 and all(stage_status.instances[i] == "cancelled" for i in cancelled)
     assert sorted(stage_status.instances.values()).count("not_attempted") == 2
+
+
+async def test_baseline_sources_reach_every_install_across_stages_and_continue_as_new(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """The patch set's ``Sources`` travel wave → stage runs (also after continue-as-new) → batches → every
+    ``start_install``; a wave without Sources never passes the keyword (executors written before it keep
+    working)."""
+    sources = [RepoSource("corp-mirror", ("Ubuntu22.04",), "deb http://127.0.0.1:9/ubuntu jammy main")]
+    seen: list[tuple[str, Any]] = []
+
+    class Recording:
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.inner, name)
+
+        async def start_install(self, instance: str, patches: Any, *, operation_id: str, **kw: Any) -> Any:
+            seen.append((instance, kw.get("sources", "absent")))
+            return await self.inner.start_install(instance, patches, operation_id=operation_id, **kw)
+
+    def factory(ref: ExecutorRef) -> Any:
+        return Recording(build_executor(ref))
+
+    fleet = make_fleet({"dev": 2, "prod": 12}, duration=0.02)
+    with_sources = wave_input(
+        fleet,
+        tmp_path,
+        [stage("dev"), stage("prod", max_concurrency="1")],
+        history_event_limit=40,
+        sources=sources,
+    )
+    (tmp_path / "other").mkdir()
+    without = wave_input(make_fleet({"dev": 1}, name="other"), tmp_path / "other", [stage("dev")])
+    async with running_worker(dev_env.client, factory) as tq:
+        result = await (await start(dev_env.client, tq, with_sources)).result()
+        assert result.status.state == "succeeded"
+        assert len(seen) == 14 and {kw for _, kw in seen} == {tuple(sources)}
+        run_id = f"{with_sources.wave_id}/prod/run-0-0"
+        runs = [wf async for wf in dev_env.client.list_workflows(f"WorkflowId = '{run_id}'")]
+        assert len(runs) >= 2, "the prod stage run should have continued as new"
+        seen.clear()
+        assert (await (await start(dev_env.client, tq, without)).result()).status.state == "succeeded"
+    assert seen == [(instance_id("dev", 1), "absent")]

@@ -58,6 +58,7 @@ from patchflow.executors.base import (
     OperationNotStartedError,
     Package,
     PackageChange,
+    RepoSource,
 )
 from patchflow.executors.simulated.fleet import Fleet, FleetInstance
 
@@ -164,9 +165,17 @@ class SimulatedExecutor:
         return await asyncio.to_thread(self._scan, instance)
 
     async def install(
-        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+        self,
+        instance_id: str,
+        patches: Sequence[Package],
+        *,
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult:
         """Upgrade installed packages named in ``patches`` to the pinned version; idempotent on ``operation_id``.
+
+        ``sources`` are accepted and change nothing: a simulated instance has no repositories, every pinned
+        version is "available" to it.
 
         A package is changed only when it is installed (same name and arch) at a *lower* version by the
         family's exact order; if ``patches`` pins one package twice, the higher pin wins (as applying both in
@@ -177,13 +186,18 @@ class SimulatedExecutor:
             InvalidVersionError: a pinned version is not valid for the instance's package family.
             ValueError: ``operation_id`` was already used for another instance, kind or package list.
         """
-        started = await self.start_install(instance_id, patches, operation_id=operation_id)
+        started = await self.start_install(instance_id, patches, operation_id=operation_id, sources=sources)
         if started is not None:
             return started
         return await self.finish_install(instance_id, operation_id=operation_id)
 
     async def start_install(
-        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+        self,
+        instance_id: str,
+        patches: Sequence[Package],
+        *,
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult | None:
         """Record the install as ``running`` (the simulated "send"); None while it runs.
 

@@ -23,6 +23,16 @@ downgrade or remove anything not in the pinned set, fail and change nothing. Oth
 install`` with exactly those requests, record the package list *after*, ``dpkg --audit`` and whether a reboot
 is required (``/var/run/reboot-required``). A failed install is reverted to the versions before it (so the
 host is never left half-configured) unless the request says otherwise.
+
+**Baseline Sources.** An install whose request names sources for this host's product uses exactly those
+repositories, and leaves the host's own configuration, lists and caches untouched: everything lives in a
+private directory ``/var/lib/patchflow/sources/<sha256(id)>`` that is removed when the transaction ends (also
+when it fails, is cancelled, or dies with the host). apt gets ``-o Dir::Etc::SourceList=…``,
+``Dir::Etc::SourceParts``, ``Dir::State::Lists`` and ``Dir::Cache`` pointing there (its ``update`` fills the
+private lists, never ``/var/lib/apt/lists``); dnf gets ``--setopt=reposdir=…`` (only the sources' repo files,
+so every other repository is off) and private ``cachedir``/``system_cachedir``. A source that cannot be
+fetched fails the install before anything changes. Restores and the revert of a failed install use the
+host's own repositories (the versions they go back to came from there).
 """
 
 from __future__ import annotations
@@ -45,6 +55,9 @@ except ImportError:  # Debian's python3-minimal has no json module: a small stan
     json = None  # type: ignore[assignment]
 
 JOURNAL_DIR = "/var/lib/patchflow/operations"
+SOURCES_DIR = "/var/lib/patchflow/sources"
+"""Private repository configuration of installs with baseline Sources (one directory per operation, removed
+when its transaction ends)."""
 TAIL = 3000
 APT_ENV = {
     "DEBIAN_FRONTEND": "noninteractive",
@@ -530,6 +543,8 @@ def op_start(req: dict[str, Any]) -> dict[str, Any]:
             "operation_id": operation_id,
             "kind": req["kind"],
             "packages": req["packages"],
+            "sources": req.get("sources") or [],
+            "product": _product(),
             "revert_on_failure": req.get("revert_on_failure", True),
             "state": "started",
             "pid": None,
@@ -623,6 +638,7 @@ def _wait(req: dict[str, Any]) -> dict[str, Any]:
             journal = _update(
                 operation_id, "started", state="transacted", after=result.pop("after"), result=result
             )
+            _drop_sources(operation_id)
             return {"journal": journal, "now": time.time()}
         if time.time() >= deadline:
             return {"journal": journal, "now": time.time()}
@@ -690,6 +706,7 @@ def op_cancel(req: dict[str, Any]) -> dict[str, Any]:
         journal = _update(
             req["operation_id"], "started", state="transacted", after=result.pop("after"), result=result
         )
+        _drop_sources(req["operation_id"])
     return {"journal": journal}
 
 
@@ -745,13 +762,17 @@ def _requests(journal: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
 
 
 def _simulate(
-    wanted: dict[str, str], remove: list[str], pinned: dict[str, str], downgrades: bool
+    wanted: dict[str, str],
+    remove: list[str],
+    pinned: dict[str, str],
+    downgrades: bool,
+    sources: list[str] | None = None,
 ) -> tuple[int, str, list[str]]:
     """Simulate; pin set members the resolver pulls in; return (rc, output, changes outside the set)."""
     for _ in range(10):
         args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
         cmd = (
-            ["apt-get", "-s", "-y", *APT_OPTS]
+            ["apt-get", "-s", "-y", *APT_OPTS, *(sources or [])]
             + (["--allow-downgrades"] if downgrades else [])
             + ["install", *args]
         )
@@ -782,10 +803,124 @@ def _simulate(
     return 0, out, outside
 
 
-def _apt_install(wanted: dict[str, str], remove: list[str], downgrades: bool) -> tuple[int, str]:
+def _apt_install(
+    wanted: dict[str, str], remove: list[str], downgrades: bool, sources: list[str] | None = None
+) -> tuple[int, str]:
     args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
-    cmd = ["apt-get", "-y", *APT_OPTS] + (["--allow-downgrades"] if downgrades else []) + ["install", *args]
+    cmd = (
+        ["apt-get", "-y", *APT_OPTS, *(sources or [])]
+        + (["--allow-downgrades"] if downgrades else [])
+        + ["install", *args]
+    )
     return _run(cmd, timeout=None)
+
+
+# ------------------------------------------------------------------------------------------ baseline Sources
+_APT_FETCH_ERROR = re.compile(r"^(Err:|E: |W: Failed to fetch|W: Some index files failed)")
+_REPO_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$", re.M)
+
+
+def _sources_dir(operation_id: str) -> str:
+    return os.path.join(SOURCES_DIR, hashlib.sha256(operation_id.encode()).hexdigest()[:40])
+
+
+def _used_sources(journal: dict[str, Any]) -> list[dict[str, Any]]:
+    """The request's sources that name this host's product (case-insensitive), in baseline order."""
+    product = (journal.get("product") or "").lower()
+    return [
+        s for s in journal.get("sources") or [] if product and product in [p.lower() for p in s["products"]]
+    ]
+
+
+def _sources_note(journal: dict[str, Any], used: list[dict[str, Any]]) -> str:
+    """What the result message says about Sources ("" without any)."""
+    if used:
+        return (
+            " from the baseline Sources "
+            + ", ".join(s["name"] for s in used)
+            + " (the host's own repository "
+            "configuration, lists and caches were not touched)"
+        )
+    if journal.get("sources"):
+        named = sorted({p for s in journal["sources"] for p in s["products"]})
+        return (
+            f" from the host's own repositories: no baseline Source names its product "
+            f"{journal.get('product') or '(unknown)'} (they name {', '.join(named)})"
+        )
+    return ""
+
+
+def _write(path: str, text: str, mode: int = 0o644) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text if text.endswith("\n") else text + "\n")
+    os.chmod(path, mode)
+
+
+def _prepare_sources(operation_id: str, used: list[dict[str, Any]], family: str) -> list[str]:
+    """Write the sources into the operation's private directory; the options that make apt/dnf use only them."""
+    _drop_sources(operation_id)
+    base = _sources_dir(operation_id)
+    os.makedirs(SOURCES_DIR, mode=0o755, exist_ok=True)
+    if family == "deb":
+        for sub in ("sources.list.d", "lists/partial", "cache/archives/partial"):
+            os.makedirs(os.path.join(base, sub), mode=0o755, exist_ok=True)
+        os.chmod(base, 0o755)  # apt's download sandbox user (_apt) must reach lists/partial
+        _write(os.path.join(base, "sources.list"), "".join(s["configuration"].strip() + "\n" for s in used))
+        return [
+            "-o",
+            f"Dir::Etc::SourceList={base}/sources.list",
+            "-o",
+            f"Dir::Etc::SourceParts={base}/sources.list.d",
+            "-o",
+            f"Dir::State::Lists={base}/lists",
+            "-o",
+            f"Dir::Cache={base}/cache",
+        ]
+    os.makedirs(os.path.join(base, "repos.d"), mode=0o755, exist_ok=True)
+    os.makedirs(os.path.join(base, "cache"), mode=0o755, exist_ok=True)
+    for n, source in enumerate(used):
+        _write(os.path.join(base, "repos.d", f"{n:02d}-{source['name']}.repo"), source["configuration"])
+    return [
+        f"--setopt=reposdir={base}/repos.d",
+        f"--setopt=cachedir={base}/cache",
+        f"--setopt=system_cachedir={base}/cache",
+        "--setopt=skip_if_unavailable=False",
+    ]
+
+
+def _drop_sources(operation_id: str) -> None:
+    """Remove the operation's private directory (and the parent when it is empty): nothing stays behind."""
+    base = _sources_dir(operation_id)
+    if os.path.isdir(base):
+        for root, dirs, files in os.walk(base, topdown=False):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    os.unlink(os.path.join(root, name))
+            for name in dirs:
+                path = os.path.join(root, name)
+                with contextlib.suppress(OSError):
+                    os.unlink(path) if os.path.islink(path) else os.rmdir(path)
+        with contextlib.suppress(OSError):
+            os.rmdir(base)
+    with contextlib.suppress(OSError):
+        os.rmdir(SOURCES_DIR)  # only when empty
+
+
+def _unreachable(used: list[dict[str, Any]], out: str, family: str) -> str:
+    """Which sources the failed fetch names (by URL for apt, by repo id for dnf), for the message."""
+    named = []
+    for source in used:
+        conf = source["configuration"]
+        if family == "deb":
+            words = [w for w in conf.split() if "://" in w]
+            keys = words[:1]
+        else:
+            keys = [f"'{k}'" for k in _REPO_SECTION.findall(conf)] + [
+                f'"{k}"' for k in _REPO_SECTION.findall(conf)
+            ]
+        if any(k in out for k in keys):
+            named.append(source["name"])
+    return ", ".join(named or [s["name"] for s in used])
 
 
 def _transact(operation_id: str) -> None:
@@ -800,13 +935,43 @@ def _transact(operation_id: str) -> None:
             result = _result(journal, _packages(), "failed", "unsupported package family on this host")
     except Exception as exc:  # noqa: BLE001 - every failure must reach the journal
         result = _result(journal, _packages(), "failed", f"the agent failed: {exc!r}")
+    finally:
+        _drop_sources(operation_id)
     _update(operation_id, "started", state="transacted", after=result.pop("after"), result=result)
 
 
+def _apt_update(
+    journal: dict[str, Any], used: list[dict[str, Any]]
+) -> tuple[list[str], dict[str, Any] | None]:
+    """``apt-get update`` of the host's repositories, or of only the baseline Sources into private lists.
+
+    Returns the apt options of the transaction and, when the repositories cannot be read, its failed result.
+    """
+    if not used:
+        rc, out = _run(["apt-get", "update", *APT_OPTS[:5]], timeout=600)
+        if rc != 0:
+            return [], _result(journal, _packages(), "failed", "apt-get update failed: " + _tail(out, 1500))
+        return [], None
+    opts = _prepare_sources(journal["operation_id"], used, "deb")
+    rc, out = _run(["apt-get", "update", *APT_OPTS[:5], *opts], timeout=600)
+    errors = [line for line in out.splitlines() if _APT_FETCH_ERROR.match(line)]
+    if rc != 0 or errors:
+        return opts, _result(
+            journal,
+            _packages(),
+            "failed",
+            f"the baseline Source {_unreachable(used, out, 'deb')} cannot be reached: "
+            + _tail("\n".join(errors) or out, 1500)
+            + "; nothing was changed (the host's own repositories were not touched)",
+        )
+    return opts, None
+
+
 def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
-    rc, out = _run(["apt-get", "update", *APT_OPTS[:5]], timeout=600)
-    if rc != 0:
-        return _result(journal, _packages(), "failed", "apt-get update failed: " + _tail(out, 1500))
+    used = _used_sources(journal)
+    opts, failed = _apt_update(journal, used)
+    if failed is not None:
+        return failed
     audit = _audit()
     if audit:
         return _result(
@@ -820,13 +985,16 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
         return _result(journal, _packages(), "succeeded", "nothing to do: every package is at its version")
     pinned = {n: v for n, _a, v in journal["packages"] if v}
     downgrades = journal["kind"] == "restore"
-    rc, out, outside = _simulate(wanted, remove, pinned, downgrades)
+    rc, out, outside = _simulate(wanted, remove, pinned, downgrades, opts)
     if rc != 0:
         return _result(
             journal,
             _packages(),
             "failed",
-            "the resolver refused the pinned versions; nothing was changed: " + _tail(out, 1500),
+            "the resolver refused the pinned versions"
+            + _sources_note(journal, used)
+            + "; nothing was changed: "
+            + _tail(out, 1500),
         )
     if outside:
         return _result(
@@ -838,13 +1006,16 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
             + "; nothing was changed",
             outside=outside,
         )
-    rc, out = _apt_install(wanted, remove, downgrades)
+    rc, out = _apt_install(wanted, remove, downgrades, opts)
     after = _packages()
     audit = _audit()
     if rc == 0 and not audit:
         verb = "installed" if journal["kind"] == "install" else "restored"
         removed = f", removed {len(remove)}" if remove else ""
-        return _result(journal, after, "succeeded", f"{verb} {len(wanted)} package(s){removed}", audit=audit)
+        note = _sources_note(journal, used)
+        return _result(
+            journal, after, "succeeded", f"{verb} {len(wanted)} package(s){removed}{note}", audit=audit
+        )
     message = f"apt-get install failed (exit {rc}): {_tail(out, 1500)}"
     if audit:
         message += " | dpkg --audit: " + _tail(audit, 500)
@@ -889,7 +1060,19 @@ def _dnf_plan(out: str) -> list[tuple[str, str, str]]:
 
 
 def _transact_rpm(journal: dict[str, Any]) -> dict[str, Any]:
-    rc, out = _run(["dnf", "-q", "-y", "makecache", "--refresh"], timeout=600)
+    used = _used_sources(journal)
+    opts = _prepare_sources(journal["operation_id"], used, "rpm") if used else []
+    rc, out = _run(["dnf", "-q", "-y", *opts, "makecache", "--refresh"], timeout=600)
+    if rc != 0 and used:
+        return _result(
+            journal,
+            _packages(),
+            "failed",
+            f"the baseline Source {_unreachable(used, out, 'rpm')} cannot be reached: "
+            + _tail(out, 1500)
+            + "; nothing was changed (the host's own repositories were not touched)",
+            audit="",
+        )
     if rc != 0:
         return _result(journal, _packages(), "failed", "dnf makecache failed: " + _tail(out, 1500))
     wanted, remove = _requests(journal)
@@ -902,14 +1085,17 @@ def _transact_rpm(journal: dict[str, Any]) -> dict[str, Any]:
     for _ in range(10):
         specs = [f"{n}-{v}" for n, v in sorted(wanted.items())]
         rc, out = _run(
-            ["dnf", "--assumeno", "--setopt=install_weak_deps=False", "install", *specs], timeout=600
+            ["dnf", "--assumeno", "--setopt=install_weak_deps=False", *opts, "install", *specs], timeout=600
         )
         if "Error:" in out or (rc != 0 and "Operation aborted" not in out):
             return _result(
                 journal,
                 _packages(),
                 "failed",
-                "the resolver refused the pinned versions; nothing was changed: " + _tail(out, 1500),
+                "the resolver refused the pinned versions"
+                + _sources_note(journal, used)
+                + "; nothing was changed: "
+                + _tail(out, 1500),
                 audit="",
             )
         outside, repin = [], False
@@ -939,11 +1125,14 @@ def _transact_rpm(journal: dict[str, Any]) -> dict[str, Any]:
             outside=outside,
         )
     specs = [f"{n}-{v}" for n, v in sorted(wanted.items())]
-    rc, out = _run([*DNF, "install", *specs])
+    rc, out = _run([*DNF, *opts, "install", *specs])
     after = _packages()
     if rc == 0:
         verb = "installed" if journal["kind"] == "install" else "restored"
-        return _result(journal, after, "succeeded", f"{verb} {len(wanted)} package(s) with dnf", audit="")
+        note = _sources_note(journal, used)
+        return _result(
+            journal, after, "succeeded", f"{verb} {len(wanted)} package(s) with dnf{note}", audit=""
+        )
     return _result(journal, after, "failed", f"dnf install failed (exit {rc}): {_tail(out, 1500)}", audit="")
 
 

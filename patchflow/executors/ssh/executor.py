@@ -13,6 +13,11 @@
   their pinned version, other members of the set the resolver pulls in pinned too; simulated first
   (``apt-get -s``): if the resolver would install, upgrade, downgrade or remove anything outside the pinned
   set, the instance fails with that list and nothing is changed.
+* **Baseline Sources** — on a host whose product (``/etc/os-release``: ``Debian12``, ``Ubuntu22.04``) a source
+  names, the install and its simulation use exactly the sources naming it, through a private directory the
+  agent removes afterwards: apt ``-o Dir::Etc::SourceList=… -o Dir::State::Lists=…`` (the host's own lists
+  are neither read nor refreshed), dnf ``--setopt=reposdir=…`` (every other repository off). A source that
+  cannot be fetched fails the host with its name and changes nothing (see :mod:`.agent`).
 * **Outcomes** — unreachable, host key or authentication failure, no password-less sudo, no python3 →
   ``undeliverable`` (with the reason); resolver or maintainer-script failure → ``failed`` with the tail of the
   output (the failed transaction is reverted to the versions before it, ``dpkg --audit`` clean); longer than
@@ -55,6 +60,7 @@ from patchflow.executors.base import (
     OperationNotStartedError,
     Package,
     PackageChange,
+    RepoSource,
 )
 from patchflow.executors.ssh import agent
 from patchflow.executors.ssh.inventory import SshHost, SshInventory
@@ -307,17 +313,27 @@ class SshExecutor:
 
     # --------------------------------------------------------------------------------- installs
     async def install(
-        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+        self,
+        instance_id: str,
+        patches: Sequence[Package],
+        *,
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult:
-        started = await self.start_install(instance_id, patches, operation_id=operation_id)
+        started = await self.start_install(instance_id, patches, operation_id=operation_id, sources=sources)
         if started is not None:
             return started
         return await self.finish_install(instance_id, operation_id=operation_id)
 
     async def start_install(
-        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+        self,
+        instance_id: str,
+        patches: Sequence[Package],
+        *,
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult | None:
-        return await self._start(instance_id, "install", patches, operation_id)
+        return await self._start(instance_id, "install", patches, operation_id, sources)
 
     async def finish_install(self, instance_id: str, *, operation_id: str) -> InstallResult:
         return await self._finish(instance_id, operation_id, kind="install")
@@ -393,7 +409,12 @@ class SshExecutor:
         return None
 
     async def _start(
-        self, instance_id: str, kind: str, packages: Sequence[Package], operation_id: str
+        self,
+        instance_id: str,
+        kind: str,
+        packages: Sequence[Package],
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult | None:
         host = self._host(instance_id)
         self._operations[operation_id] = instance_id
@@ -402,6 +423,10 @@ class SshExecutor:
             "kind": kind,
             "packages": [[p.name, p.arch, p.version] for p in packages],
             "revert_on_failure": self.revert_failed_installs,
+            "sources": [
+                {"name": s.name, "products": list(s.products), "configuration": s.configuration}
+                for s in sources
+            ],
         }
         started = time.monotonic()
         try:
@@ -417,6 +442,10 @@ class SshExecutor:
             raise ValueError(
                 f"operation id {operation_id!r} was already used on {instance_id} for another "
                 f"{journal.get('kind')} (different packages)"
+            )
+        if (journal.get("sources") or []) != request["sources"]:
+            raise ValueError(
+                f"operation id {operation_id!r} was already used on {instance_id} with other baseline Sources"
             )
         if journal.get("state") == "done":
             return _final_result(instance_id, journal)

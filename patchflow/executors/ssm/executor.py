@@ -21,6 +21,15 @@ metrics behave the same for every executor; SSM's limit of 50 ids per command is
   ``SnapshotId`` (a UUID derived from the operation id's first segment — the wave id in patchflow's
   ``wave/stage/instance/install/attempt`` ids — so one wave shares one snapshot), the plan's
   ``RebootOption``, output to S3 and optionally CloudWatch Logs.
+* **baseline Sources** — SSM cannot take them with an ``InstallOverrideList`` (User Guide, "Using the
+  BaselineOverride parameter": the two "can't" be used together; the document fails). On a node whose product
+  a source names, the install becomes three commands: an ``AWS-RunShellScript`` *configure* step that makes
+  apt/dnf use exactly those sources (and fails, changing nothing, when one cannot be reached), the
+  ``AWS-RunPatchBaseline`` Install, and an ``AWS-RunShellScript`` *cleanup* step that always runs — after a
+  failed configure, a failed, timed-out or cancelled install — and leaves the node's own configuration as it
+  was (:mod:`patchflow.executors.ssm.sources`). The configure step is what :meth:`SsmExecutor.start_install`
+  sends; :meth:`SsmExecutor.finish_install` waits for it, then sends the install and the cleanup (each found
+  by its ``Comment`` before it is sent, so a retry never sends one twice).
 * **restore** — ``AWS-RunShellScript`` with ``apt-get install --allow-downgrades name:arch=version`` or
   ``dnf downgrade`` (``yum`` when dnf is missing). Limits: the old version must still be downloadable from
   the node's repositories (Ubuntu's archive drops superseded ``-updates`` versions; mirrors and
@@ -84,6 +93,7 @@ from botocore.exceptions import ClientError
 
 from patchflow.core import versions
 from patchflow.core.documents import dump_yaml
+from patchflow.core.instances import sources_for
 from patchflow.errors import InputError
 from patchflow.executors.base import (
     HealthResult,
@@ -93,8 +103,10 @@ from patchflow.executors.base import (
     OperationNotStartedError,
     Package,
     PackageChange,
+    RepoSource,
 )
 from patchflow.executors.ssm.inventory import Collection, InstanceScan, build_collection
+from patchflow.executors.ssm.sources import cleanup_script, configure_script
 
 __all__ = [
     "MAX_INSTANCES_PER_COMMAND",
@@ -284,10 +296,15 @@ def _digest(operation_id: str) -> str:
     return hashlib.sha256(operation_id.encode()).hexdigest()
 
 
-def command_comment(operation_id: str) -> str:
-    """``patchflow <digest> <operation id>``, cut to SSM's 100 characters; the digest is what a retry
-    matches, the id is for humans in the console."""
-    return f"patchflow {_digest(operation_id)[:20]} {operation_id}"[:100]
+def command_comment(operation_id: str, step: str = "") -> str:
+    """``patchflow <digest> [<step> ]<operation id>``, cut to SSM's 100 characters; the digest (and the step:
+    ``sources+``/``sources-`` for the Sources steps around an install) is what a retry matches, the id is for
+    humans in the console."""
+    return f"patchflow {_digest(operation_id)[:20]} {step + ' ' if step else ''}{operation_id}"[:100]
+
+
+SOURCE_STEPS: Final = {"configure": "sources+", "cleanup": "sources-"}
+"""The Sources steps of an install and their ``Comment`` markers."""
 
 
 def package_query_script(family: str) -> list[str]:
@@ -602,7 +619,12 @@ class SsmExecutor:
             delay = min(delay * 1.5, self.poll_max_seconds)
 
     async def install(
-        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+        self,
+        instance_id: str,
+        patches: Sequence[Package],
+        *,
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult:
         """Install the pinned versions through ``AWS-RunPatchBaseline``; idempotent on ``operation_id``.
 
@@ -610,12 +632,17 @@ class SsmExecutor:
 
         Raises:
             InvalidVersionError: a pinned version is not valid for the instance's package family.
-            ValueError: ``operation_id`` was already used for another instance, kind or package list.
+            ValueError: ``operation_id`` was already used for another instance, kind, package list or sources.
         """
-        return await self._operate("install", instance_id, patches, operation_id)
+        return await self._operate("install", instance_id, patches, operation_id, sources)
 
     async def start_install(
-        self, instance_id: str, patches: Sequence[Package], *, operation_id: str
+        self,
+        instance_id: str,
+        patches: Sequence[Package],
+        *,
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult | None:
         """Send the install and record its command id; None once it is under way.
 
@@ -632,11 +659,14 @@ class SsmExecutor:
             here: recording its result needs the post-install listing, which belongs to
             :meth:`finish_install`.
 
+        With ``sources`` naming the node's product, what is sent is the *configure* step (the module
+        docstring); the install follows in :meth:`finish_install`.
+
         Raises:
             InvalidVersionError: a pinned version is not valid for the instance's package family.
-            ValueError: ``operation_id`` was already used for another instance, kind or package list.
+            ValueError: ``operation_id`` was already used for another instance, kind, package list or sources.
         """
-        started = await self._start("install", instance_id, patches, operation_id)
+        started = await self._start("install", instance_id, patches, operation_id, sources)
         return started if isinstance(started, InstallResult) else None
 
     async def finish_install(self, instance_id: str, *, operation_id: str) -> InstallResult:
@@ -676,6 +706,8 @@ class SsmExecutor:
         record = await self._load(operation_id)
         if record is None or record.get("result") is not None or not record.get("command_id"):
             return _result_from(record) if record else None
+        if record.get("sources"):  # finished only once its cleanup step ran (finish_install or cancel)
+            return None
         try:
             invocation = await self._call(
                 self.ssm.get_command_invocation,
@@ -716,32 +748,79 @@ class SsmExecutor:
         )
 
     async def cancel(self, operation_id: str) -> bool:
-        """Cancel the command of an unfinished install/restore (best effort, like SSM); True if one was asked."""
+        """Cancel the command of an unfinished install/restore (best effort, like SSM); True if one was asked.
+
+        An install with Sources is also cleaned up here: no install is sent after the cancel, the running
+        step is cancelled, and once it has ended the cleanup step runs and the result (``cancelled``, or what
+        the install had already achieved) is recorded — so a cancelled wave leaves no Sources on the node.
+        """
         record = await self._load(operation_id)
-        if record is None or record.get("result") is not None or not record.get("command_id"):
+        if record is None or record.get("result") is not None:
             return False
-        await self._call(
-            self.ssm.cancel_command, CommandId=record["command_id"], InstanceIds=[record["instance_id"]]
-        )
+        if record.get("sources"):
+            # A marker of its own (not a field of the record), so a finisher saving its copy of the record
+            # cannot erase it.
+            await self._call(
+                self.s3.put_object,
+                Bucket=self.bucket,
+                Key=self._record_key(operation_id) + ".cancel",
+                Body=b"cancel requested\n",
+            )
+            for key in ("command_id", "configure_command_id"):
+                if record.get(key):
+                    await self._cancel_command(record[key], record["instance_id"])
+            await self._finish(record)
+            return True
+        if not record.get("command_id"):
+            return False
+        await self._cancel_command(record["command_id"], record["instance_id"])
         return True
+
+    async def _cancel_command(self, command_id: str, instance_id: str) -> None:
+        try:
+            await self._call(self.ssm.cancel_command, CommandId=command_id, InstanceIds=[instance_id])
+        except ClientError as exc:  # already ended: SSM refuses to cancel it, nothing to do
+            if _error_code(exc) not in ("InvalidCommandId", "InvalidInstanceId", "DuplicateInstanceId"):
+                raise
 
     # --------------------------------------------------------------------------------- operations
 
     async def _operate(
-        self, kind: str, instance_id: str, packages: Sequence[Package], operation_id: str
+        self,
+        kind: str,
+        instance_id: str,
+        packages: Sequence[Package],
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult:
-        started = await self._start(kind, instance_id, packages, operation_id)
+        started = await self._start(kind, instance_id, packages, operation_id, sources)
         return started if isinstance(started, InstallResult) else await self._finish(started)
 
     async def _start(
-        self, kind: str, instance_id: str, packages: Sequence[Package], operation_id: str
+        self,
+        kind: str,
+        instance_id: str,
+        packages: Sequence[Package],
+        operation_id: str,
+        sources: Sequence[RepoSource] = (),
     ) -> InstallResult | dict[str, Any]:
         """Everything up to and including the send: the operation record (with its command id), or an
         immediate result (recorded earlier, or nothing could be sent)."""
+        requested = [s.to_json() for s in sources]
         record = await self._load(operation_id)
         if record is not None:
             request = _request(record["family"], kind, packages)
-            if (record["instance_id"], record["kind"], record["request"]) != (instance_id, kind, request):
+            if (
+                record["instance_id"],
+                record["kind"],
+                record["request"],
+                record.get("requested_sources", []),
+            ) != (
+                instance_id,
+                kind,
+                request,
+                requested,
+            ):
                 raise ValueError(
                     f"operation_id {operation_id!r} was already used for a different request ({record['kind']} "
                     f"on {record['instance_id']}); every {kind} of every instance needs its own operation_id"
@@ -780,7 +859,15 @@ class SsmExecutor:
                 "sent_at": None,
                 "result": None,
             }
+            if requested:
+                record["requested_sources"] = requested
+                used = sources_for(sources, info.product) if kind == "install" else []
+                record["product"] = info.product
+                record["sources"] = [s.to_json() for s in used]
             await self._save(record)
+        if record.get("sources"):
+            await self._send_step(record, "configure")  # the install follows in _finish, once it succeeded
+            return record
         if not record["command_id"]:
             found = await self._find_command(record)
             if found is None:
@@ -794,10 +881,13 @@ class SsmExecutor:
         return record
 
     async def _finish(self, record: dict[str, Any]) -> InstallResult:
-        """Wait for the record's command and complete the record; never sends the operation's command."""
+        """Wait for the record's command and complete the record; never sends the operation's command (with
+        Sources: sends the install once configured, and the cleanup step — :meth:`_finish_with_sources`)."""
         recorded = _result_from(record)
         if recorded is not None:
             return recorded
+        if record.get("sources"):
+            return await self._finish_with_sources(record)
         if not record["command_id"]:  # the starter died after the send, before recording the id
             found = await self._find_command(record)
             if found is None:
@@ -810,6 +900,103 @@ class SsmExecutor:
             record["command_id"], record["instance_id"], _plugin_arg(record["document"]).get("PluginName")
         )
         return await self._complete(record, invocation)
+
+    async def _cancel_requested(self, operation_id: str) -> bool:
+        try:
+            await self._call(
+                self.s3.head_object, Bucket=self.bucket, Key=self._record_key(operation_id) + ".cancel"
+            )
+        except ClientError as exc:
+            if _error_code(exc) in ("NoSuchKey", "404", "NotFound"):
+                return False
+            raise
+        return True
+
+    async def _finish_with_sources(self, record: dict[str, Any]) -> InstallResult:
+        """configure → install → cleanup; the cleanup runs whatever happened before it (nothing may stay)."""
+        if not record.get("configure_command_id") and await self._cancel_requested(record["operation_id"]):
+            configure = command_comment(record["operation_id"], SOURCE_STEPS["configure"])[:39]
+            found = await self._find_command(record, document=SHELL_DOCUMENT, marker=configure)
+            if found is None:  # cancelled before anything reached the node: nothing to undo
+                result = InstallResult(
+                    record["instance_id"], "cancelled", message="cancelled before anything was sent"
+                )
+                return await self._record_result(record, result)
+        configured = await self._step(record, "configure")
+        if configured["StatusDetails"] != "Success":
+            cleaned = await self._step(record, "cleanup")
+            return await self._record_unconfigured(record, configured, cleaned)
+        invocation: dict[str, Any] | None = None
+        if not record["command_id"]:
+            found = await self._find_command(record)
+            if found is None and not await self._cancel_requested(record["operation_id"]):
+                parameters = await self._parameters(record)
+                found = (
+                    await self._send(
+                        record["instance_id"], record["document"], parameters, record["comment"]
+                    ),
+                    time.time(),
+                )
+            if found is not None:
+                record["command_id"], record["sent_at"] = found
+                await self._save(record)
+                if await self._cancel_requested(record["operation_id"]):
+                    await self._cancel_command(record["command_id"], record["instance_id"])
+        if record["command_id"]:
+            invocation = await self._wait(record["command_id"], record["instance_id"], PATCH_PLUGIN)
+        cleaned = await self._step(record, "cleanup")
+        if invocation is None:  # cancelled before the install was sent
+            invocation = {"StatusDetails": "Cancelled"}
+        return await self._complete(record, invocation, cleaned)
+
+    async def _send_step(self, record: dict[str, Any], step: str) -> str:
+        """The command id of a Sources step, sending it unless an earlier attempt did (found by its Comment)."""
+        key = f"{step}_command_id"
+        if record.get(key):
+            return str(record[key])
+        comment = command_comment(record["operation_id"], SOURCE_STEPS[step])
+        found = await self._find_command(record, document=SHELL_DOCUMENT, marker=comment[:39])
+        if found is None:
+            sources = [RepoSource.from_json(s) for s in record["sources"]]
+            lines = (
+                configure_script(record["family"], record["operation_id"], sources)
+                if step == "configure"
+                else cleanup_script(record["family"], record["operation_id"])
+            )
+            found = (
+                await self._send(
+                    record["instance_id"], SHELL_DOCUMENT, self._shell_parameters(lines), comment
+                ),
+                time.time(),
+            )
+        record[key] = found[0]
+        await self._save(record)  # first thing after the send: a retry must never send again
+        return found[0]
+
+    async def _step(self, record: dict[str, Any], step: str) -> dict[str, Any]:
+        """Send (once) and wait for a Sources step; its final invocation."""
+        command_id = await self._send_step(record, step)
+        return await self._wait(command_id, record["instance_id"], None)
+
+    async def _record_unconfigured(
+        self, record: dict[str, Any], configured: dict[str, Any], cleaned: dict[str, Any]
+    ) -> InstallResult:
+        """The configure step did not succeed: nothing was installed; say why and whether cleanup ran."""
+        details = configured["StatusDetails"]
+        status = install_status(details)
+        stderr = configured.get("StandardErrorContent", "").strip()
+        what = "were being configured, cancelled" if status == "cancelled" else "could not be configured"
+        message = (
+            f"SSM {details} (command {record['configure_command_id']}): the baseline Sources "
+            f"({_source_names(record)}) {what} on {record['instance_id']}"
+            + (f": {stderr[-400:]}" if stderr else "")
+            + "; nothing was installed"
+            + _cleanup_note(record, cleaned)
+        )
+        if cleaned["StatusDetails"] != "Success" and status in ("succeeded", "cancelled"):
+            status = "failed"
+        result = InstallResult(record["instance_id"], status, message=message)
+        return await self._record_result(record, result)
 
     async def _parameters(self, record: dict[str, Any]) -> dict[str, list[str]]:
         family = record["family"]
@@ -828,7 +1015,9 @@ class SsmExecutor:
             "RebootOption": [record["reboot_option"]],
         }
 
-    async def _complete(self, record: dict[str, Any], invocation: dict[str, Any]) -> InstallResult:
+    async def _complete(
+        self, record: dict[str, Any], invocation: dict[str, Any], cleaned: dict[str, Any] | None = None
+    ) -> InstallResult:
         instance_id, details = record["instance_id"], invocation["StatusDetails"]
         status = install_status(details)
         changed: tuple[PackageChange, ...] = ()
@@ -839,12 +1028,26 @@ class SsmExecutor:
         rebooted = pending_reboot = False
         if status == "succeeded" and record["kind"] == "install":
             rebooted, pending_reboot = await self._reboot_outcome(record, changed)
-        message = f"SSM {details} (command {record['command_id']})"
+        message = (
+            f"SSM {details} (command {record['command_id']})"
+            if record["command_id"]
+            else "cancelled before the install was sent"
+        )
         if status == "succeeded":
             message += f": {len(changed)} package(s) {verb}" + (", rebooted" if rebooted else "")
             message += ", reboot pending" if pending_reboot else ""
         else:
             message += _output_tail(invocation)
+        if record.get("requested_sources") and not record.get("sources"):
+            named = sorted({p for s in record["requested_sources"] for p in s["Products"]})
+            message += (
+                f"; from the node's own repositories: no baseline Source names its product "
+                f"{record.get('product') or '(unknown)'} (they name {', '.join(named)})"
+            )
+        if cleaned is not None:
+            message += f"; from the baseline Sources {_source_names(record)}" + _cleanup_note(record, cleaned)
+            if cleaned["StatusDetails"] != "Success" and status in ("succeeded", "cancelled"):
+                status = "failed"  # the node is not as promised: the Sources are still configured there
         result = InstallResult(
             instance_id,
             status,
@@ -854,6 +1057,17 @@ class SsmExecutor:
             duration_seconds=max(0.0, time.time() - record["sent_at"]) if record.get("sent_at") else 0.0,
             pending_reboot=pending_reboot,
         )
+        return await self._record_result(record, result)
+
+    async def _record_result(self, record: dict[str, Any], result: InstallResult) -> InstallResult:
+        """Record the result — unless another finisher already did (a cancel and a wait both complete an install
+        with Sources): then that one stands. Two finishers at the very same moment can both write; their results
+        are built from the same commands and differ at most in ``duration_seconds``."""
+        if record.get("sources"):
+            stored = await self._load(record["operation_id"])
+            recorded = _result_from(stored) if stored else None
+            if recorded is not None:
+                return recorded
         record["result"] = asdict(result)
         await self._save(record)
         return result
@@ -884,17 +1098,19 @@ class SsmExecutor:
         ]
         return int(states[0].get("InstalledPendingRebootCount", 0)) if states else 0
 
-    async def _find_command(self, record: dict[str, Any]) -> tuple[str, float] | None:
+    async def _find_command(
+        self, record: dict[str, Any], *, document: str | None = None, marker: str | None = None
+    ) -> tuple[str, float] | None:
         """(command id, sent at) of the command an earlier attempt sent for this operation, if any (matched on
-        the Comment digest)."""
-        marker = record["comment"][:30]  # "patchflow <digest>"
+        the Comment digest — and the step marker for the Sources steps — among commands of its document)."""
+        marker = marker or record["comment"][:30]  # "patchflow <digest>"
         since = datetime.fromtimestamp(record["created_at"] - 300, UTC)  # clock skew margin
         commands = await self._pages(
             self.ssm.list_commands,
             "Commands",
             InstanceId=record["instance_id"],
             Filters=[
-                {"key": "DocumentName", "value": record["document"]},
+                {"key": "DocumentName", "value": document or record["document"]},
                 {"key": "InvokedAfter", "value": since.strftime("%Y-%m-%dT%H:%M:%SZ")},
             ],
         )
@@ -1099,3 +1315,18 @@ def _result_from(record: dict[str, Any]) -> InstallResult | None:
         return None
     changed = tuple(PackageChange(**c) for c in data.pop("changed", []))
     return InstallResult(changed=changed, **data)
+
+
+def _source_names(record: dict[str, Any]) -> str:
+    return ", ".join(s["Name"] for s in record.get("sources") or [])
+
+
+def _cleanup_note(record: dict[str, Any], cleaned: dict[str, Any]) -> str:
+    if cleaned["StatusDetails"] == "Success":
+        return "; the Sources were removed again (the node's own repositories are as before)"
+    stderr = cleaned.get("StandardErrorContent", "").strip()
+    return (
+        f"; the Sources could NOT be removed (cleanup command {record.get('cleanup_command_id')} ended "
+        f"{cleaned['StatusDetails']}{': ' + stderr[-300:] if stderr else ''}): run that command's commands "
+        f"again on the node (`aws ssm send-command --document-name AWS-RunShellScript`) once it is reachable"
+    )

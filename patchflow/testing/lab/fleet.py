@@ -4,6 +4,7 @@ State lives under ``<data dir>/lab/``::
 
     cache/           the Debian base and the initial-packages layer (kept across up/down)
     repo/            the lab apt repository (see :mod:`.repo`), served on 127.0.0.1:<http_port>
+    repo/custom/     the second repository, served beside it and configured on no host (baseline Sources)
     ssh/             the lab's client key (id_ed25519) and known_hosts with every host's own key
     hosts/<id>/      host.json, upper/ work/ root/ (the overlay), boot_id, state.json, console.log
     lab.json         the running lab: hosts, addresses, groups, process ids, the repository's port
@@ -28,7 +29,15 @@ from typing import Any
 
 from patchflow.core.documents import dump_yaml
 from patchflow.errors import InputError, NotFoundError
-from patchflow.testing.lab.repo import LabPackage, LabRepo, sources_list, yum_repo
+from patchflow.testing.lab.repo import (
+    CUSTOM_SUITE,
+    CUSTOM_YUM_ID,
+    LabPackage,
+    LabRepo,
+    custom_source,
+    sources_list,
+    yum_repo,
+)
 from patchflow.testing.lab.rootfs import (
     LabSetupError,
     ensure_base,
@@ -71,6 +80,8 @@ class Lab:
     def __init__(self, data_dir: Path, *, cache_dir: Path | None = None) -> None:
         self.dir = Path(data_dir) / "lab"
         self.repo = LabRepo(self.dir / "repo")
+        self.custom_repo = LabRepo(self.dir / "repo" / "custom", suites=(CUSTOM_SUITE,), yum_id=CUSTOM_YUM_ID)
+        """The second repository: served with the first, configured on no host (what baseline Sources name)."""
         self._cache = cache_dir
 
     # ------------------------------------------------------------------------------------------ paths
@@ -143,14 +154,14 @@ class Lab:
             rpm=set(rpm_groups or {}),
         )
         self.dir.mkdir(parents=True, exist_ok=True)
-        if not self.repo.manifest_path.is_file():
-            self.repo.create()
+        self._ensure_repos()
         base = ensure_base(self.cache, mirror=mirror, log=self.dir / "build.log", extra=extra_packages)
         layer = ensure_layer(self.cache, base, self.repo.root, self.repo.initial())
         lower = {"deb": [layer, base]}
         if any(h.family == "rpm" for h in hosts):
             require_tools("rpmbuild", "createrepo_c", "modifyrepo_c", "rpm")
             self.repo.create_yum()
+            self.custom_repo.create_yum()
             rpm_base = ensure_base(
                 self.cache, mirror=mirror, log=self.dir / "build.log", extra=(*extra_packages, "dnf", "rpm")
             )
@@ -409,15 +420,30 @@ class Lab:
         return _dpkg_status(root / "var/lib/dpkg/status")
 
     # ------------------------------------------------------------------------------------- publish
-    def publish(self, name: str, version: str, **kwargs: Any) -> LabPackage:
+    def _ensure_repos(self) -> None:
         if not self.repo.manifest_path.is_file():
             self.repo.create()
+        if not self.custom_repo.manifest_path.is_file():
+            self.custom_repo.create([])
+
+    def publish(self, name: str, version: str, *, custom: bool = False, **kwargs: Any) -> LabPackage:
+        """Add a version to the lab repository, or with ``custom`` to the second repository (no host uses it
+        unless a baseline's Sources name it)."""
+        self._ensure_repos()
+        if custom:
+            return self.custom_repo.publish(name, version, suite=CUSTOM_SUITE, **kwargs)
         return self.repo.publish(name, version, **kwargs)
 
-    def catalog(self, family: str = "deb") -> list[dict[str, Any]]:
-        if not self.repo.manifest_path.is_file():
-            self.repo.create()
-        return self.repo.catalog(family)
+    def catalog(self, family: str = "deb", *, custom: bool = False) -> list[dict[str, Any]]:
+        """patchflow's catalog of the lab repository; with ``custom`` the second repository's versions too
+        (``repository``: ``custom`` for apt, ``lab-custom`` for yum: what a baseline's Sources name)."""
+        self._ensure_repos()
+        return self.repo.catalog(family) + (self.custom_repo.catalog(family) if custom else [])
+
+    def custom_source(self, family: str = "deb") -> str:
+        """The second repository as a baseline ``Sources`` ``Configuration`` (an apt line or a yum repo file)
+        for the running lab's repository server."""
+        return custom_source(int(self.state()["http_port"]), family)
 
     # ----------------------------------------------------------------------------------------- run
     def run(self, host_id: str, command: str, *, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:

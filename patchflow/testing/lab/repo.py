@@ -7,7 +7,9 @@ Layout (served over HTTP on 127.0.0.1 by the lab)::
     repo/dists/<suite>/Release                   suites: lab, lab-updates, lab-security
     repo/dists/<suite>/main/binary-amd64/Packages(.gz)
 
-Hosts use it as ``deb [trusted=yes] http://127.0.0.1:PORT <suite> main`` for each suite. Packages are
+Hosts use it as ``deb [trusted=yes] http://127.0.0.1:PORT <suite> main`` for each suite. A second repository,
+``repo/custom/`` (suite ``custom``, yum repository ``lab-custom``), is served beside it and configured on no host:
+it is what a baseline's ``Sources`` name (``patchflow lab publish --custom``). Packages are
 ``Architecture: all`` and carry a file ``/usr/share/lab/<name>/version``; a version can depend on others, fail
 in its postinst (exit 1, leaving the package half-configured like a real broken maintainer script), or request
 a reboot (touching ``/var/run/reboot-required`` as Debian's kernel packages do).
@@ -35,6 +37,10 @@ from patchflow.errors import InputError, InvalidVersionError
 SUITES = ("lab", "lab-updates", "lab-security")
 """The release pocket, the updates pocket and the security pocket (like ``bookworm``, ``bookworm-updates`` and
 ``bookworm-security``)."""
+CUSTOM_SUITE = "custom"
+"""The one suite of the lab's second repository (``repo/custom``), which no host is configured for."""
+CUSTOM_YUM_ID = "lab-custom"
+"""The repository id of the second repository's yum side."""
 PRODUCT = "Debian12"
 """The SSM product name of lab hosts (they are Debian bookworm)."""
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9+.-]+$")
@@ -154,10 +160,18 @@ def default_packages() -> list[LabPackage]:
 
 
 class LabRepo:
-    """The repository directory: build packages into it, index it, describe it as a catalog."""
+    """The repository directory: build packages into it, index it, describe it as a catalog.
 
-    def __init__(self, root: Path) -> None:
+    Args:
+        root: the directory (served over HTTP by the lab).
+        suites: its apt suites (the main repository's three pockets, or the second repository's one).
+        yum_id: the repository id of its yum side (catalog ``repository`` of its RPMs).
+    """
+
+    def __init__(self, root: Path, *, suites: tuple[str, ...] = SUITES, yum_id: str = "lab") -> None:
         self.root = root
+        self.suites = suites
+        self.yum_id = yum_id
 
     @property
     def manifest_path(self) -> Path:
@@ -193,8 +207,10 @@ class LabRepo:
         priority: str = "optional",
         section: str = "misc",
         released: datetime | None = None,
+        suite: str | None = None,
     ) -> LabPackage:
-        """Add a version (to ``lab-security`` or ``lab-updates``) and re-index.
+        """Add a version (to ``lab-security`` or ``lab-updates``, or the given suite of this repository) and
+        re-index.
 
         Raises:
             InputError: a bad name or version, or that version is already published.
@@ -216,10 +232,13 @@ class LabRepo:
                 raise InputError(
                     f"--depends {dep!r}: expected NAME or 'NAME (OP VERSION)' with OP one of << <= = >= >>"
                 )
+        suite = suite or ("lab-security" if security else "lab-updates")
+        if suite not in self.suites:
+            raise InputError(f"suite {suite!r} is not one of this repository's ({', '.join(self.suites)})")
         pkg = LabPackage(
             name=name,
             version=version,
-            suite="lab-security" if security else "lab-updates",
+            suite=suite,
             depends=tuple(depends or ()),
             priority=priority,
             section=section,
@@ -243,7 +262,7 @@ class LabRepo:
         """Write every suite's ``Packages``, ``Packages.gz`` and ``Release`` from the manifest."""
         pkgs = self.packages()
         now = format_datetime(datetime.now(UTC), usegmt=True)
-        for suite in SUITES:
+        for suite in self.suites:
             entries = [_packages_entry(p, self.root / p.filename) for p in pkgs if p.suite == suite]
             text = "\n".join(entries)
             bdir = self.root / "dists" / suite / "main" / "binary-amd64"
@@ -283,7 +302,8 @@ class LabRepo:
         out = self.yum_dir / "Packages"
         out.mkdir(parents=True, exist_ok=True)
         work = self.root / "rpmbuild"
-        pkgs = [LabPackage("lab-filesystem", "1.0-1", initial=True), *self.packages()]
+        base = [LabPackage("lab-filesystem", "1.0-1", initial=True)] if self.suites == SUITES else []
+        pkgs = [*base, *self.packages()]
         with ThreadPoolExecutor(max_workers=4) as pool:
             list(pool.map(lambda p: _build_rpm(p, out, work / p.name / p.version.replace(":", "_")), pkgs))
         self._index_yum()
@@ -326,7 +346,7 @@ class LabRepo:
                     "section": p.section if family == "deb" else None,
                     "cve_ids": list(p.cve_ids),
                     "release_date": p.released,
-                    "repository": p.suite if family == "deb" else "lab",
+                    "repository": p.suite if family == "deb" else self.yum_id,
                     "security": p.security,
                     "depends": [d.split(" ", 1)[0] for d in p.depends],
                 }
@@ -444,6 +464,16 @@ def _updateinfo(pkgs: list[LabPackage]) -> str:
     return '<?xml version="1.0" encoding="UTF-8"?>\n<updates>' + "".join(updates) + "</updates>\n"
 
 
+def custom_source(port: int, family: str = "deb") -> str:
+    """The second repository as a baseline ``Sources`` ``Configuration``: one apt line, or a yum repo file."""
+    if family == "deb":
+        return f"deb [trusted=yes] http://127.0.0.1:{port}/custom {CUSTOM_SUITE} main"
+    return (
+        f"[{CUSTOM_YUM_ID}]\nname=patchflow lab custom repository\nbaseurl=http://127.0.0.1:{port}/custom/yum/\n"
+        "gpgcheck=0\nenabled=1\nmetadata_expire=0\n"
+    )
+
+
 def sources_list(port: int) -> str:
     """The apt sources of a lab host (every suite of the lab repository)."""
     return "".join(f"deb [trusted=yes] http://127.0.0.1:{port} {suite} main\n" for suite in SUITES)
@@ -522,10 +552,13 @@ def _packages_entry(pkg: LabPackage, deb: Path) -> str:
 
 
 __all__ = [
+    "CUSTOM_SUITE",
+    "CUSTOM_YUM_ID",
     "PRODUCT",
     "SUITES",
     "LabPackage",
     "LabRepo",
+    "custom_source",
     "default_packages",
     "rpm_evr",
     "rpm_filename",
