@@ -370,6 +370,9 @@ def main() -> None:
     parser.add_argument("--single", type=int, default=5, help="raw apt / patchflow pairs, one host at a time")
     parser.add_argument("--reps", type=int, default=3, help="repetitions (rounds interleaved, order rotated)")
     parser.add_argument(
+        "--first-rep", type=int, default=0, help="number of the first repetition (it sets the rounds' order)"
+    )
+    parser.add_argument(
         "--ansible-playbook",
         default=shutil.which("ansible-playbook") or str(Path(sys.executable).with_name("ansible-playbook")),
     )
@@ -381,9 +384,9 @@ def main() -> None:
     reps = []
     started = time.strftime("%Y-%m-%d %H:%M:%S %z")
     try:
-        for rep in range(args.reps):
+        for rep in range(args.first_rep, args.first_rep + args.reps):
             reps.append(repetition(lab, cpu, args, rep))
-            print(f"repetition {rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
+            print(f"repetition {rep - args.first_rep + 1}/{args.reps} done", file=sys.stderr, flush=True)
     finally:
         lab.down()
         cpu.remove()
