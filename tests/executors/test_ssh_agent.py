@@ -3,17 +3,21 @@ json module), its bootstrap over stdin, and ssh plans in rollout plans."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from patchflow.core import versions
 from patchflow.core.documents import parse_document
 from patchflow.core.plans import PlanError, parse_plan
+from patchflow.errors import InvalidVersionError
 from patchflow.executors.ssh import agent
 from patchflow.executors.ssh.executor import AGENT_SOURCE
 
@@ -105,6 +109,128 @@ def test_the_package_inventory_reads_dpkg_and_the_apt_indexes_of_this_machine() 
     assert all(row[0] in names and len(row) == 7 for row in answer["offered"])
     if any(Path("/var/lib/apt/lists").glob("*_Packages*")):  # indexes were downloaded on this machine
         assert answer["offered"]
+
+
+VERSIONS = st.builds(
+    lambda epoch, upstream, revision: f"{epoch}{upstream}{revision}",
+    st.sampled_from(["", "0:", "1:", "2:", "10:"]),
+    st.from_regex(r"[0-9][0-9a-zA-Z.+~]{0,8}", fullmatch=True),
+    st.sampled_from(["", "-1", "-0", "-1.1", "-1~bpo1", "-2+deb12u1", "-10", "-a1"]),
+)
+TRICKY = [
+    ("1.0", "1.0-0"),
+    ("1.0~rc1-1", "1.0-1"),
+    ("1.0~~", "1.0~"),
+    ("1.0", "1.0+b1"),
+    ("1:0.1", "2.0"),
+    ("3.0.2-1", "3.0.10-1"),
+    ("1.01", "1.1"),
+    ("1.0a", "1.0+"),
+    ("2.30-1ubuntu1", "2.30-1"),
+    ("0:1.0-1", "1.0-1"),
+]
+
+
+def _dpkg_order(a: str, b: str) -> int:
+    def holds(op: str) -> bool:
+        return subprocess.run(["dpkg", "--compare-versions", a, op, b], check=False).returncode == 0
+
+    return -1 if holds("lt") else 0 if holds("eq") else 1
+
+
+def _sign(n: int) -> int:
+    return (n > 0) - (n < 0)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/dpkg").exists(), reason="needs dpkg to compare with")
+@pytest.mark.parametrize(("a", "b"), TRICKY)
+def test_the_agents_version_order_is_dpkgs_on_tricky_versions(a: str, b: str) -> None:
+    """The agent decides which pinned packages are below their version without a ``dpkg --compare-versions``
+    process per package; its order must be dpkg's (Debian Policy 5.6.12 "Version", dpkg ``version.c``)."""
+    assert _sign(agent.debian_compare(a, b)) == _dpkg_order(a, b)
+    assert _sign(agent.debian_compare(b, a)) == _dpkg_order(b, a)
+
+
+@pytest.mark.skipif(not Path("/usr/bin/dpkg").exists(), reason="needs dpkg to compare with")
+@given(VERSIONS, VERSIONS)
+def test_the_agents_version_order_is_dpkgs(a: str, b: str) -> None:
+    """The agent is standalone on the host (no patchflow imports), so it carries its own copy of the order:
+    it must agree with dpkg and with :func:`patchflow.core.versions.compare`."""
+    assert _sign(agent.debian_compare(a, b)) == _dpkg_order(a, b)
+    with contextlib.suppress(InvalidVersionError):
+        assert _sign(agent.debian_compare(a, b)) == _sign(versions.compare("deb", a, b))
+    assert agent._compare(a, "lt", b) == (_dpkg_order(a, b) < 0)
+
+
+def _journal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, **fields: object) -> dict[str, object]:
+    monkeypatch.setattr(agent, "JOURNAL_DIR", str(tmp_path / "operations"))
+    journal = {
+        "operation_id": "w/dev/h/install/0",
+        "kind": "install",
+        "packages": [["app", "all", "1.1-1"]],
+        "state": "transacted",
+        "pid": None,
+        "boot_id": agent._boot_id(),
+        "started_at": 1.0,
+        "before": [["app", "all", "1.0-1"]],
+        **fields,
+    }
+    agent._save(journal)
+    return journal
+
+
+def _transacted(reboot_required: bool) -> dict[str, object]:
+    return {
+        "status": "succeeded",
+        "message": "installed 1 package(s)",
+        "changed": [["app", "all", "1.0-1", "1.1-1"]],
+        "reboot_required": reboot_required,
+        "audit": "",
+    }
+
+
+def test_wait_closes_a_finished_install_in_the_same_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``wait`` with ``close``: no reboot needed -> ``done`` at once (no separate ``mark`` round trip)."""
+    _journal(tmp_path, monkeypatch, result=_transacted(False))
+    journal = agent.op_wait({"operation_id": "w/dev/h/install/0", "seconds": 1, "close": "RebootIfNeeded"})[
+        "journal"
+    ]
+    assert journal["state"] == "done"
+    assert journal["final"]["status"] == "succeeded" and not journal["final"]["pending_reboot"]
+    assert agent._load("w/dev/h/install/0")["state"] == "done"  # written to the journal on the host
+
+
+def test_wait_leaves_a_reboot_to_the_executor_and_closes_no_reboot_as_pending(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _journal(tmp_path, monkeypatch, result=_transacted(True))
+    request = {"operation_id": "w/dev/h/install/0", "seconds": 1}
+    assert agent.op_wait({**request, "close": "RebootIfNeeded"})["journal"]["state"] == "transacted"
+    assert agent.op_wait(request)["journal"]["state"] == "transacted"  # no close: unchanged behaviour
+    closed = agent.op_wait({**request, "close": "NoReboot"})["journal"]
+    assert closed["state"] == "done" and closed["final"]["pending_reboot"] is True
+    assert "pending_reboot: the host requires a reboot" in closed["final"]["message"]
+
+
+@pytest.mark.skipif(not Path("/usr/bin/dpkg-query").exists(), reason="needs a dpkg machine")
+def test_wait_wakes_when_the_transaction_dies_and_records_it_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait is woken by the transaction's exit (a pidfd), not by the end of its polling interval."""
+    proc = subprocess.Popen(["sleep", "0.3"])
+    _journal(tmp_path, monkeypatch, state="started", pid=proc.pid, before=[])
+    started = time.monotonic()
+    try:
+        journal = agent.op_wait({"operation_id": "w/dev/h/install/0", "seconds": 20, "close": "NoReboot"})[
+            "journal"
+        ]
+    finally:
+        proc.wait()
+    assert time.monotonic() - started < 10
+    assert journal["state"] == "done" and journal["final"]["status"] == "failed"
+    assert "interrupted" in journal["final"]["message"]
 
 
 def test_baseline_sources_are_chosen_by_product_and_leave_no_directory(

@@ -91,6 +91,8 @@ class _Pool:
         self._sem: asyncio.Semaphore | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._connecting: dict[str, asyncio.Lock] = {}
+        self.commands = 0
+        """SSH commands (exec channels) sent, retries included."""
 
     def _bind(self) -> asyncio.Semaphore:
         loop = asyncio.get_running_loop()
@@ -111,6 +113,7 @@ class _Pool:
             try:
                 for attempt in (1, 2):
                     conn = await self._connection(host)
+                    self.commands += 1
                     try:
                         return await asyncio.wait_for(conn.run(command, input=stdin, check=False), timeout)
                     except (
@@ -219,6 +222,11 @@ class SshExecutor:
 
     async def close(self) -> None:
         await self._pool.close()
+
+    @property
+    def commands_sent(self) -> int:
+        """SSH commands sent so far (each one round trip and one process on the host): for benchmarks."""
+        return self._pool.commands
 
     # --------------------------------------------------------------------------------- discovery
     async def discover(self) -> list[InstanceInfo]:
@@ -452,7 +460,7 @@ class SshExecutor:
                 answer = await self._agent(
                     host,
                     "wait",
-                    {"operation_id": operation_id, "seconds": self.poll_seconds},
+                    {"operation_id": operation_id, "seconds": self.poll_seconds, "close": self.reboot_option},
                     timeout=self.poll_seconds + 60,
                 )
             except HostUnreachable as exc:
@@ -537,19 +545,9 @@ class SshExecutor:
         rebooted: bool = False,
         boot_id: str | None = None,
     ) -> InstallResult:
-        result = journal["result"]
-        message = result.get("message", "")
-        if pending_reboot:
-            message += "; pending_reboot: the host requires a reboot (RebootOption NoReboot)"
-        if rebooted:
-            message += f"; rebooted (new boot id {boot_id})"
-        final = {
-            "status": result["status"],
-            "message": message,
-            "rebooted": rebooted,
-            "pending_reboot": pending_reboot,
-            "finished_at": time.time(),
-        }
+        final = agent.final_record(
+            journal["result"], pending_reboot=pending_reboot, rebooted=rebooted, boot_id=boot_id
+        )
         answer = await self._agent(
             host,
             "mark",

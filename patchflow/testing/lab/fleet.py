@@ -448,16 +448,31 @@ class Lab:
     # ----------------------------------------------------------------------------------------- run
     def run(self, host_id: str, command: str, *, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
         """Run a shell command as root inside a host (its namespaces and root), like a console login."""
-        self._host(host_id)
-        pid1 = self._pid1(host_id)
         return subprocess.run(
-            ["nsenter", "-t", str(pid1), "-m", "-p", "-r", "-w", "--", "/bin/sh", "-c", command],
+            self.shell_argv(host_id, command),
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBIAN_FRONTEND": "noninteractive", "LANG": "C"},
         )
+
+    def shell_argv(self, host_id: str, command: str) -> list[str]:
+        """The argv of :meth:`run` (for callers that start it themselves, e.g. in a CPU-accounting cgroup)."""
+        self._host(host_id)
+        return [
+            "nsenter",
+            "-t",
+            str(self._pid1(host_id)),
+            "-m",
+            "-p",
+            "-r",
+            "-w",
+            "--",
+            "/bin/sh",
+            "-c",
+            command,
+        ]
 
     def _pid1(self, host_id: str) -> int:
         state = _read_json(self.host_dir(host_id) / "state.json")
