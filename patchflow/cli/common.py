@@ -11,8 +11,9 @@ import signal
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+import typer
 from rich.console import Console
 
 from patchflow.config import Settings
@@ -40,6 +41,16 @@ checkout a link to the repository's ``baselines/``."""
 def shipped_file(*parts: str) -> Path:
     """A file shipped with patchflow, e.g. ``shipped_file("examples", "demo-plan.yaml")``."""
     return SHIPPED.joinpath(*parts)
+
+
+AllowConcurrentOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-concurrent",
+        help="Start even while another wave of the plan runs (both then patch the same fleet).",
+    ),
+]
+"""``wave start`` and ``emergency``: one wave at a time on a plan's fleet unless the operator says otherwise."""
 
 
 class Fmt(StrEnum):

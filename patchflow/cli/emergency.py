@@ -44,7 +44,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from patchflow.cli.common import Fmt, emit_json, err, out, run_sync, temporal_client
+from patchflow.cli.common import AllowConcurrentOpt, Fmt, emit_json, err, out, run_sync, temporal_client
 from patchflow.cli.waves import approval_hint, print_status
 from patchflow.config import Settings, get_settings
 from patchflow.core.baselines import Baseline, load_baseline
@@ -441,13 +441,7 @@ def emergency(
     who: Annotated[
         str | None, typer.Option("--as", help="Who starts the wave (default: the local user).")
     ] = None,
-    allow_concurrent: Annotated[
-        bool,
-        typer.Option(
-            "--allow-concurrent",
-            help="Start even while another wave of the plan runs (both then patch the same fleet).",
-        ),
-    ] = False,
+    allow_concurrent: AllowConcurrentOpt = False,
     fmt: FmtOpt = Fmt.table,
     wait: Annotated[
         bool,

@@ -16,6 +16,7 @@ from rich.table import Table
 
 from patchflow.cli import remote
 from patchflow.cli.common import (
+    AllowConcurrentOpt,
     Fmt,
     emit_json,
     err,
@@ -140,13 +141,7 @@ def wave_start(
             show_default=False,
         ),
     ] = None,
-    allow_concurrent: Annotated[
-        bool,
-        typer.Option(
-            "--allow-concurrent",
-            help="Start even while another wave of the plan runs (both then patch the same fleet).",
-        ),
-    ] = False,
+    allow_concurrent: AllowConcurrentOpt = False,
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
 ) -> None:
     """Pin the patch set and start a wave; prints the wave id."""
