@@ -507,9 +507,9 @@ async def _cancelled(executor: Executor, operation_ids: list[str]) -> None:
 
 async def _cancel_operations(executor: Executor, operation_ids: list[str]) -> None:
     """A cancelled wave: ask the executor to cancel what is still running (best effort, like SSM)."""
-    cancel = getattr(executor, "cancel", None)
-    if cancel is not None and operation_ids:
-        await asyncio.shield(asyncio.gather(*(cancel(op) for op in operation_ids), return_exceptions=True))
+    if operation_ids:
+        cancels = (executor.cancel(op) for op in operation_ids)
+        await asyncio.shield(asyncio.gather(*cancels, return_exceptions=True))
 
 
 def _http_problem(url: str) -> str | None:

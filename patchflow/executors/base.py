@@ -138,6 +138,12 @@ class Executor(Protocol):
         """Put the given packages back to the given versions (rollback). Idempotent on ``operation_id``."""
         ...
 
+    async def cancel(self, operation_id: str) -> bool:
+        """Ask the instance to stop the unfinished install or restore ``operation_id`` (best effort, as SSM's
+        CancelCommand: what already changed stays changed). True if there was something to ask; False for an
+        unknown or finished operation. A cancelled wave calls it for every operation it had in flight."""
+        ...
+
     async def operation_result(self, operation_id: str) -> InstallResult | None:
         """The recorded result of a finished operation, or None (never ran, or still running)."""
         ...
