@@ -275,7 +275,7 @@ def test_commands_the_api_does_not_offer_are_refused(patchflow: Cli) -> None:
         ("http://admin:s3cret-pw@127.0.0.1:9/", "must not carry credentials"),
         ("http://127.0.0.1:9/?token=x", "without a query"),
         ("http://patchflow.example.com", "plain http:// to patchflow.example.com"),
-        ("http://10.1.2.3:8000", "PATCHFLOW_API_INSECURE_HTTP=true"),
+        ("http://api.patchflow.internal:8000", "PATCHFLOW_API_INSECURE_HTTP=true"),
     ],
 )
 def test_urls_a_token_must_not_go_to_are_refused(patchflow: Cli, url: str, message: str) -> None:

@@ -806,7 +806,7 @@ class SsmEndpoint:
             "PlatformVersion": inst.platform_version,
             "ResourceType": "ManagedInstance" if inst.hybrid else "EC2Instance",
             "ComputerName": inst.ssh_host.name if inst.ssh_host else f"{inst.instance_id}.internal",
-            "IPAddress": inst.ssh_host.address if inst.ssh_host else "10.0.0.1",
+            "IPAddress": inst.ssh_host.address if inst.ssh_host else "127.0.0.1",
         }
         if inst.hybrid:
             row["RegistrationDate"] = inst.registered_at

@@ -94,7 +94,7 @@ def test_running_it_again_renews_the_leaves_and_keeps_the_ca(tmp_path: Path) -> 
     assert run(str(CERT_SCRIPT), str(out)).returncode == 0
     first_ca = (out / "ca" / "ca.crt").read_bytes()
     first_api = certificate(out / "patchflow-api" / "tls.crt")
-    again = run(str(CERT_SCRIPT), str(out), "--days", "30", "--client", "worker-eu", "--san", "10.0.0.7")
+    again = run(str(CERT_SCRIPT), str(out), "--days", "30", "--client", "worker-eu", "--san", "127.0.0.7")
     assert again.returncode == 0, again.stderr
     assert (out / "ca" / "ca.crt").read_bytes() == first_ca
     renewed = certificate(out / "patchflow-api" / "tls.crt")
@@ -104,7 +104,7 @@ def test_running_it_again_renews_the_leaves_and_keeps_the_ca(tmp_path: Path) -> 
     names = certificate(out / "temporal" / "tls.crt").extensions.get_extension_for_class(
         x509.SubjectAlternativeName
     )
-    assert "10.0.0.7" in {str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)}
+    assert "127.0.0.7" in {str(ip) for ip in names.value.get_values_for_type(x509.IPAddress)}
 
 
 @pytest.mark.parametrize(

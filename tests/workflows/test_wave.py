@@ -261,10 +261,10 @@ async def test_health_gate_halts_on_unhealthy_earlier_stage(
 
 
 async def test_settings_are_read_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PATCHFLOW_TEMPORAL_ADDRESS", "10.0.0.5:7233")
+    monkeypatch.setenv("PATCHFLOW_TEMPORAL_ADDRESS", "127.0.0.5:7233")
     monkeypatch.setenv("PATCHFLOW_TASK_QUEUE", "patch-eu")
     settings = Settings()
-    assert (settings.temporal_address, settings.task_queue) == ("10.0.0.5:7233", "patch-eu")
+    assert (settings.temporal_address, settings.task_queue) == ("127.0.0.5:7233", "patch-eu")
 
 
 async def test_long_stage_runs_continue_as_new_and_still_obey_halt(
