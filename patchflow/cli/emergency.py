@@ -396,20 +396,6 @@ def _approve_hint(prep: Prepared, status: WaveStatus) -> str | None:
 # ---------------------------------------------------------------------------------------------- commands
 
 
-async def refuse_second_wave(client: Any, plan_name: str) -> None:
-    """One wave at a time on a plan's fleet, emergencies included (as ``wave start``): two waves would install on
-    the same hosts at once. The operator halts or cancels the running wave, or says ``--allow-concurrent``."""
-    from patchflow.control.waves import WaveActionRefused, running_wave_of
-
-    running = await running_wave_of(client, plan_name)
-    if running is not None:
-        raise WaveActionRefused(
-            f"wave {running} of plan {plan_name} is still running on its fleet; cancel it ('patchflow wave "
-            f"cancel {running}') and run the emergency again, or start the emergency wave anyway with "
-            "--allow-concurrent"
-        )
-
-
 @emergency_app.callback(invoke_without_command=True)
 def emergency(
     ctx: typer.Context,
@@ -461,7 +447,13 @@ def emergency(
     """
     if ctx.invoked_subcommand is not None:
         return
-    from patchflow.control.waves import check_freeze_override, remember_patch_set, start_wave, status_json
+    from patchflow.control.waves import (
+        check_freeze_override,
+        refuse_second_wave,
+        remember_patch_set,
+        start_wave,
+        status_json,
+    )
     from patchflow.core.patchsets import PatchSetStore
 
     settings = get_settings()
@@ -509,7 +501,14 @@ def emergency(
             raise InputError(refusal)
         client = await temporal_client(settings)
         if not allow_concurrent:
-            await refuse_second_wave(client, prep.plan.name)
+            await refuse_second_wave(
+                client,
+                prep.plan.name,
+                lambda running: (
+                    f"cancel it ('patchflow wave cancel {running}') and run the emergency again, or "
+                    "start the emergency wave anyway with --allow-concurrent"
+                ),
+            )
         pinned = emergency_patch_set(targeted, prep.baseline, prep.catalog)
         PatchSetStore(settings.patch_set_dir).save(pinned)
         remember_patch_set(settings, pinned)

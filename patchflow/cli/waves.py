@@ -195,10 +195,9 @@ def _start_local(
 ) -> tuple[dict[str, str], dict[str, Any] | None]:
     """``wave start`` against Temporal: (``{wave_id, patch_set_id}``, the settled status under ``--wait``)."""
     from patchflow.control.waves import (
-        WaveActionRefused,
         no_worker_message,
         pin_patch_set,
-        running_wave_of,
+        refuse_second_wave,
         start_wave,
         status_json,
         wave_input,
@@ -211,11 +210,14 @@ def _start_local(
 
     async def go() -> dict[str, Any] | None:
         client = await temporal_client(settings)
-        running = None if allow_concurrent else await running_wave_of(client, plan.name)
-        if running is not None:
-            raise WaveActionRefused(
-                f"wave {running} of plan {plan.name} is still running on its fleet; follow it with 'patchflow "
-                f"wave status {running}' (or cancel it), or start a second wave anyway with --allow-concurrent"
+        if not allow_concurrent:
+            await refuse_second_wave(
+                client,
+                plan.name,
+                lambda running: (
+                    f"follow it with 'patchflow wave status {running}' (or cancel it), or start a "
+                    "second wave anyway with --allow-concurrent"
+                ),
             )
         pinned = pin_patch_set(plan, settings, patch_set=patch_set)
         inp = wave_input(plan, settings, pinned)

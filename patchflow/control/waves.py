@@ -571,6 +571,26 @@ async def running_wave_of(client: Client, plan_name: str) -> str | None:
     return None
 
 
+async def refuse_second_wave(client: Client, plan_name: str, what_to_do: Callable[[str], str]) -> None:
+    """One wave at a time on a plan's fleet (``wave start``, ``emergency``, ``POST /waves``): refuse while a wave
+    of the plan runs, ``what_to_do(running_wave_id)`` telling the caller's way out. A server that cannot list
+    workflows (the time-skipping test server) cannot be asked: nothing is refused.
+
+    Raises:
+        WaveActionRefused: a wave of the plan is running.
+    """
+    try:
+        running = await running_wave_of(client, plan_name)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.UNIMPLEMENTED:
+            raise
+        return
+    if running is not None:
+        raise WaveActionRefused(
+            f"wave {running} of plan {plan_name} is still running on its fleet; {what_to_do(running)}"
+        )
+
+
 def is_settled(status: WaveStatus) -> bool:
     """Finished, halted, or stopped at a gate: where ``wave start --wait`` returns."""
     return status.state in WAVE_FINAL_STATES or status.state in ("halted", "waiting_approval")

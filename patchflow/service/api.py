@@ -58,7 +58,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client, WorkflowExecution
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 from uvicorn.config import LOGGING_CONFIG
 
 from patchflow.config import Settings, get_settings
@@ -674,7 +674,14 @@ async def start_wave(
         await _refuse_unstartable(plan, settings)
         client = await state.temporal.get()
         if not body.allow_concurrent:
-            await _refuse_second_wave(client, plan.name)
+            await waves.refuse_second_wave(
+                client,
+                plan.name,
+                lambda running: (
+                    f"follow it (GET /waves/{running}) or cancel it, or start a second wave anyway "
+                    'with "allow_concurrent": true'
+                ),
+            )
         pinned, inp = await asyncio.to_thread(prepare, plan)
         await waves.start_wave(client, settings, inp)
     except (PatchflowError, RPCError) as exc:
@@ -711,24 +718,6 @@ async def _refuse_unstartable(plan: Plan, settings: Settings) -> None:
             f"not starting a wave of plan {plan.name}: it would not get through its stages; fix the plan "
             "(POST /plans/validate shows the details)",
             problems=[Problem(path="", message=problem) for problem in found.problems],
-        )
-
-
-async def _refuse_second_wave(client: Client, plan_name: str) -> None:
-    """One wave at a time on a plan's fleet (as ``wave start``): refuse (409) while another runs, unless the
-    request says ``allow_concurrent``. A server that cannot list workflows cannot be asked: nothing is refused."""
-    from patchflow.control.waves import WaveActionRefused, running_wave_of
-
-    try:
-        running = await running_wave_of(client, plan_name)
-    except RPCError as exc:
-        if exc.status != RPCStatusCode.UNIMPLEMENTED:
-            raise
-        return
-    if running is not None:
-        raise WaveActionRefused(
-            f"wave {running} of plan {plan_name} is still running on its fleet; follow it (GET /waves/{running}) "
-            'or cancel it, or start a second wave anyway with "allow_concurrent": true'
         )
 
 
