@@ -96,6 +96,9 @@ class InstanceInfo:
     product: str | None = None
     """SSM product name, e.g. ``Ubuntu22.04``."""
     online: bool = True
+    availability_zone: str | None = None
+    """Where the instance runs (EC2's ``Placement.AvailabilityZone``, a fleet file's or inventory's
+    ``availability_zone``); None when unknown. Disruption budgets and ``rollout: zone_by_zone`` group by it."""
 
     @property
     def patch_group(self) -> str | None:

@@ -12,11 +12,12 @@ executor's health check — and, if given, an HTTP endpoint must answer 2xx — 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from patchflow.core.approvers import approver_problem
+from patchflow.core.disruption import CONCURRENT_ZONES, ROLLOUTS, DisruptionBudget, per_problem
 from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
 from patchflow.core.freezes import FreezeRule, parse_freezes
 from patchflow.core.ratecontrol import CARRY_OVER, CUTOFF_BEHAVIORS, RAMP_NONE, RAMPS, Limit, parse_limit
@@ -112,6 +113,11 @@ class Stage:
     cutoff_behavior: str = CARRY_OVER
     """What the window's cutoff does: ``carry_over``, ``continue`` or ``cancel`` (see
     :mod:`patchflow.core.ratecontrol`)."""
+    disruption_budget: DisruptionBudget | None = None
+    """At most this many instances of one group out at once, on top of ``max_concurrency`` (the stage's own, else
+    the plan's; see :mod:`patchflow.core.disruption`). None: no budget."""
+    rollout: str = CONCURRENT_ZONES
+    """``concurrent_zones`` or ``zone_by_zone`` (finish one availability zone before the next starts)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +179,8 @@ _PLAN_KEYS = (
     "freezes",
     "freeze_override_approvers",
     "task_queue",
+    "disruption_budget",
+    "rollout",
 )
 _AWS_NAMES = {"max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors"}
 #: A stage's options that take one of a few words: key → (allowed values, the default first; how to choose).
@@ -199,6 +207,13 @@ _STAGE_KEYS = (
     "gate",
     "on_failure",
     *_STAGE_CHOICES,
+    "disruption_budget",
+    "rollout",
+)
+_BUDGET_KEYS = ("max", "per")
+_ROLLOUT_HINT = (
+    "concurrent_zones dispatches every zone at once; zone_by_zone finishes one availability zone (every instance "
+    "attempted and finished) before the next starts, zones in the order their first instance is dispatched"
 )
 
 
@@ -256,7 +271,8 @@ def parse_plan(doc: Document) -> Plan:
     freezes = parse_freezes(
         data.get("freezes"), doc=doc, path=("freezes",), base_dir=check.base_dir, problems=check.problems
     )
-    stages = _parse_stages(data.get("stages"), check)
+    defaults = _parse_disruption(data, (), check.bad, (None, CONCURRENT_ZONES))
+    stages = _parse_stages(data.get("stages"), check, defaults or (None, CONCURRENT_ZONES))
     if check.problems:
         raise PlanError("invalid rollout plan", source=doc.source, problems=check.problems)
     return Plan(
@@ -351,7 +367,9 @@ def _plan_options(data: dict[str, Any], check: _Checker) -> dict[str, Any]:
     }
 
 
-def _parse_stages(raw_stages: Any, check: _Checker) -> list[Stage]:
+def _parse_stages(
+    raw_stages: Any, check: _Checker, disruption: tuple[DisruptionBudget | None, str]
+) -> list[Stage]:
     if not isinstance(raw_stages, list) or not raw_stages:
         check.bad(("stages",), "required: a non-empty list of stages (e.g. dev, test, prod)")
         return []
@@ -363,8 +381,10 @@ def _parse_stages(raw_stages: Any, check: _Checker) -> list[Stage]:
             check.bad(where, "expected a stage mapping with name, targets, window, …")
             continue
         stage = _parse_stage(raw, where, check.bad)
-        if stage is None:
+        own = _parse_disruption(raw, where, check.bad, disruption)
+        if stage is None or own is None:
             continue
+        stage = replace(stage, disruption_budget=own[0], rollout=own[1])
         if stage.name in seen:
             check.bad((*where, "name"), f"stage name {stage.name!r} is used twice")
         seen.add(stage.name)
@@ -514,6 +534,76 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         ramp=choices["ramp"],
         cutoff_behavior=choices["cutoff_behavior"],
     )
+
+
+def _parse_disruption(
+    raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any, default: tuple[DisruptionBudget | None, str]
+) -> tuple[DisruptionBudget | None, str] | None:
+    """A stage's (or, with ``where`` empty, the plan's default) ``disruption_budget`` and ``rollout``; a stage
+    without them takes the plan's, and ``disruption_budget: none`` turns the plan's off. None after a located
+    problem."""
+    budget, rollout = default
+    ok = True
+    if "disruption_budget" in raw:
+        budget = None
+        body = raw["disruption_budget"]
+        path = (*where, "disruption_budget")
+        if body == "none" and where:
+            pass
+        elif not isinstance(body, dict):
+            off = " (or none to turn the plan's budget off for this stage)" if where else ""
+            bad(path, f"expected {{max: N or 'P%', per: availability_zone or tag:<Key>}}{off}")
+            ok = False
+        else:
+            budget = _parse_budget(body, path, bad)
+            ok = budget is not None
+    if "rollout" in raw:
+        rollout = raw["rollout"]
+        if rollout not in ROLLOUTS:
+            bad(
+                (*where, "rollout"),
+                f"{rollout!r} is not a rollout; use {' or '.join(ROLLOUTS)} ({_ROLLOUT_HINT})",
+            )
+            ok = False
+    return (budget, str(rollout)) if ok else None
+
+
+def _parse_budget(body: dict[str, Any], path: tuple[PathPart, ...], bad: Any) -> DisruptionBudget | None:
+    ok = True
+    for key in body:
+        if key not in _BUDGET_KEYS:
+            bad((*path, str(key)), unknown_key(str(key), _BUDGET_KEYS))
+            ok = False
+    limit: Limit | None = None
+    if "max" not in body:
+        bad(path, "required: max, the instances of one group allowed out at once (e.g. 1 or '10%')")
+        ok = False
+    else:
+        try:
+            limit = parse_limit(body["max"], kind="max_concurrency")
+        except ValueError:
+            bad(
+                (*path, "max"),
+                f"{body['max']!r} is not a budget; use a whole number ≥ 1 or a percentage 1%–100% of each group "
+                "(e.g. 1 or '10%'; a percentage rounds down but never below 1)",
+            )
+            ok = False
+        else:
+            if not limit.percent and limit.value > MAX_LIMIT:
+                bad(
+                    (*path, "max"),
+                    f"{limit.value} is more than {MAX_LIMIT:,}; use a percentage such as '100%'",
+                )
+                ok = False
+    per = body.get("per")
+    problem = (
+        "required: per, what groups the instances (availability_zone or tag:<Key>)" if per is None else None
+    )
+    problem = problem or per_problem(per)
+    if problem:
+        bad((*path, "per"), problem)
+        ok = False
+    return DisruptionBudget(max=limit, per=str(per).strip()) if ok and limit is not None else None
 
 
 def _parse_stage_choices(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> dict[str, str] | None:

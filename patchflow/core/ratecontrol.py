@@ -23,6 +23,8 @@
   whatever the behaviour (see :func:`dispatch_deadline`).
 
 :class:`StageScheduler` is a pure, deterministic state machine so the workflow can drive it and replay it.
+With a :class:`patchflow.core.disruption.DisruptionGate` it also keeps each group's disruption budget and the
+zone order (``rollout: zone_by_zone``); without one it dispatches exactly as before.
 """
 
 from __future__ import annotations
@@ -32,6 +34,10 @@ import re
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # disruption imports Limit from here
+    from patchflow.core.disruption import DisruptionGate
 
 _CONCURRENCY_RE = re.compile(r"^([1-9][0-9]*|[1-9][0-9]%|[1-9]%|100%)$")
 _ERRORS_RE = re.compile(r"^([1-9][0-9]*|0|[1-9][0-9]%|[0-9]%|100%)$")
@@ -171,6 +177,7 @@ class StageScheduler:
         ramp: ``none``, or ``exponential`` to start with one instance and double (see :func:`ramp_allowance`).
         dispatched: instances dispatched so far in this stage run (carried across continue-as-new: the ramp's
             position; a new window's run ramps up again, as a new SSM command would).
+        disruption: the stage's disruption budget and zone order (None: none; dispatch in plain order).
     """
 
     pending: deque[str]
@@ -184,6 +191,7 @@ class StageScheduler:
     details: dict[str, str] = field(default_factory=dict)
     ramp: str = RAMP_NONE
     dispatched: int = 0
+    disruption: DisruptionGate | None = None
 
     @property
     def budget_exceeded(self) -> bool:
@@ -198,6 +206,8 @@ class StageScheduler:
         if self.ramp == RAMP_EXPONENTIAL:
             allowed = ramp_allowance(self.dispatched, len(self.in_flight), self.max_concurrency)
             free = free if allowed is None else min(free, allowed)
+        if self.disruption is not None:
+            return self._take_within(self.disruption, free)
         while free > 0 and self.pending:
             size = min(self.batch_size, free, len(self.pending))
             batch = [self.pending.popleft() for _ in range(size)]
@@ -209,8 +219,45 @@ class StageScheduler:
             self.dispatched += size
         return batches
 
+    def _take_within(self, gate: DisruptionGate, free: int) -> list[list[str]]:
+        """:meth:`take` under a disruption budget: the pending instances in order, skipping (and keeping first in
+        line) those whose group is at its limit or whose zone is not rolling out yet."""
+        batches: list[list[str]] = []
+        batch: list[str] = []
+        skipped: list[str] = []
+        zone = gate.current_zone()
+        blocked: set[str] = set()
+        changed = True  # something was dispatched since the last "can anything still go?" check
+        while free > 0 and self.pending:
+            instance_id = self.pending.popleft()
+            if not gate.allows(instance_id, zone):
+                skipped.append(instance_id)
+                group = gate.group(instance_id)
+                if changed or group not in blocked:
+                    blocked.add(group)
+                    changed = False
+                    if not gate.any_open(zone):
+                        break
+                continue
+            gate.start(instance_id)
+            self.in_flight[instance_id] = None
+            self.states[instance_id] = IN_FLIGHT
+            batch.append(instance_id)
+            free -= 1
+            self.dispatched += 1
+            changed = True
+            if len(batch) == self.batch_size:
+                batches.append(batch)
+                batch = []
+        if batch:
+            batches.append(batch)
+        self.pending.extendleft(reversed(skipped))
+        return batches
+
     def record(self, instance_id: str, status: str, *, counts_as_error: bool, detail: str = "") -> None:
         """Record one instance's outcome (``status`` is the executor's: succeeded/failed/cancelled/…)."""
+        if self.disruption is not None and instance_id in self.in_flight:
+            self.disruption.finish(instance_id)
         self.in_flight.pop(instance_id, None)
         self.states[instance_id] = _FINAL_STATES.get(status, FAILED)
         if detail or status not in _FINAL_STATES:
