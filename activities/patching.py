@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from patchflow.core.disruption import PER_AVAILABILITY_ZONE, group_members
 from patchflow.core.freezes import first_allowed_window, freeze_note
 from patchflow.core.ratecontrol import FAILED, ROLLED_BACK, SUCCEEDED
 from patchflow.core.wavemodel import (
@@ -117,7 +118,14 @@ class WaveActivities:
             known = sorted(i.instance_id for i in instances if i.patch_group == inp.patch_group)
             missing = []
         offline = [i for i in known if not by_id[i].online]
-        return ResolveTargetsResult(instance_ids=known, missing=missing, offline=offline)
+        ordered = [by_id[i] for i in known]
+        return ResolveTargetsResult(
+            instance_ids=known,
+            missing=missing,
+            offline=offline,
+            groups=group_members(ordered, inp.group_by) if inp.group_by else {},
+            zones=group_members(ordered, PER_AVAILABILITY_ZONE) if inp.zones else {},
+        )
 
     @activity.defn(name="next_window")
     async def next_window(self, inp: WindowInput) -> WindowResult:

@@ -19,6 +19,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
+    from patchflow.core.disruption import DisruptionGate, only
     from patchflow.core.instances import Package
     from patchflow.core.ratecontrol import PENDING, StageScheduler
     from patchflow.core.wavemodel import (
@@ -49,6 +50,8 @@ class StageRunWorkflow:
         self._in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
         self._sending: dict[str, bool] = {}
         """Batches (by their first instance) whose send activity runs: an abort lets it finish."""
+        self._budget = ""
+        """The disruption budget as the plan wrote it (for the progress queries)."""
 
     @workflow.signal
     def stop(self) -> None:
@@ -82,7 +85,11 @@ class StageRunWorkflow:
         if s is None:
             return StageProgress(states={}, errors=0, max_errors=0, max_concurrency=0)
         return StageProgress(
-            states=dict(s.states), errors=s.errors, max_errors=s.max_errors, max_concurrency=s.max_concurrency
+            states=dict(s.states),
+            errors=s.errors,
+            max_errors=s.max_errors,
+            max_concurrency=s.max_concurrency,
+            disruption=self._disruption(),
         )
 
     @workflow.query
@@ -92,8 +99,19 @@ class StageRunWorkflow:
         if s is None:
             return StageProgress(states={}, errors=0, max_errors=0, max_concurrency=0)
         return StageProgress(
-            states={}, errors=s.errors, max_errors=s.max_errors, max_concurrency=s.max_concurrency
+            states={},
+            errors=s.errors,
+            max_errors=s.max_errors,
+            max_concurrency=s.max_concurrency,
+            disruption=self._disruption(),
         )
+
+    def _disruption(self) -> str:
+        """The disruption budget's line for ``wave status`` (empty without one)."""
+        s = self._scheduler
+        if s is None or s.disruption is None:
+            return ""
+        return s.disruption.summary(self._budget)
 
     @workflow.query
     def progress_page(self, page: InstancePageInput) -> InstancePage:
@@ -118,6 +136,15 @@ class StageRunWorkflow:
         )
         for instance_id in inp.instance_ids:
             scheduler.states[instance_id] = PENDING
+        if inp.disruption_limits or inp.zones:
+            # Rebuilt from the pending instances alone: a run continues as new (or ends) with nothing in flight.
+            scheduler.disruption = DisruptionGate.build(
+                groups=inp.disruption_groups,
+                limits=inp.disruption_limits,
+                zones=inp.zones,
+                pending=inp.instance_ids,
+            )
+            self._budget = inp.disruption_budget
         self._scheduler = scheduler
         in_flight = self._in_flight
         continue_as_new = False
@@ -192,6 +219,10 @@ class StageRunWorkflow:
                     dispatched_so_far=scheduler.dispatched,
                     cancel_at_cutoff=inp.cancel_at_cutoff,
                     sources=inp.sources,
+                    disruption_groups=only(inp.disruption_groups, scheduler.pending),
+                    disruption_limits=inp.disruption_limits,
+                    zones=only(inp.zones, scheduler.pending),
+                    disruption_budget=inp.disruption_budget,
                 )
             )
 

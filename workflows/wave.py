@@ -23,6 +23,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
+    from patchflow.core.disruption import ZONE_BY_ZONE, only, resolve_limits
     from patchflow.core.freezes import FreezePeriod  # noqa: F401
     from patchflow.core.ratecontrol import (
         CANCEL,
@@ -112,6 +113,12 @@ class _Targets:
     """Failures counted against ``budget`` in the current attempt."""
     runs: int = 0
     """Stage runs started so far for this stage (numbers the runs' workflow ids)."""
+    groups: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """Disruption budget: group → the stage's instances (empty: no budget)."""
+    limits: dict[str, int] = dataclasses.field(default_factory=dict)
+    """Disruption budget: group → instances allowed out at once."""
+    zones: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+    """``rollout: zone_by_zone``: zone → the stage's instances, in rollout order."""
 
 
 MAX_COMMENT = 1000
@@ -123,6 +130,14 @@ def _duration(seconds: int) -> str:
         if seconds >= size and seconds % size == 0:
             return f"{seconds // size}{unit}"
     return f"{seconds}s"
+
+
+def _disruption_label(stage: StageInput) -> str:
+    """``10% per tag:Cluster; zone_by_zone``: the stage's disruption budget as ``wave status`` shows it."""
+    parts = [f"{stage.disruption_max} per {stage.disruption_per}"] if stage.disruption_max else []
+    if stage.rollout == ZONE_BY_ZONE:
+        parts.append(ZONE_BY_ZONE)
+    return "; ".join(parts)
 
 
 def _why(exc: ActivityError) -> str:
@@ -564,6 +579,8 @@ class WaveWorkflow:
                     executor=self._input.executor,
                     patch_group=stage.patch_group,
                     instance_ids=stage.instance_ids,
+                    group_by=stage.disruption_per if stage.disruption_max else "",
+                    zones=stage.rollout == ZONE_BY_ZONE,
                 ),
                 result_type=ResolveTargetsResult,
                 start_to_close_timeout=QUICK_TIMEOUT,
@@ -591,7 +608,15 @@ class WaveWorkflow:
             if await self._halted(st, f"stage {stage.name}: {st.note}", allow_rollback=False) != "resume":
                 return None
             st.note = "no targets; an operator resumed past it"
-        return _Targets(remaining=list(ids), concurrency=concurrency, budget=budget)
+        resolved = _Targets(remaining=list(ids), concurrency=concurrency, budget=budget)
+        if stage.disruption_max or stage.rollout == ZONE_BY_ZONE:
+            st.disruption = _disruption_label(stage)
+            resolved.groups, resolved.zones = targets.groups, targets.zones
+            if stage.disruption_max:
+                # Each group's percentage resolves against its size in the whole stage, once.
+                limit = parse_limit(stage.disruption_max, kind="max_concurrency")
+                resolved.limits = resolve_limits(limit, targets.groups)
+        return resolved
 
     async def _run_in_windows(self, stage: StageInput, st: StageStatus, targets: _Targets) -> bool:
         """Step 3: one stage run per maintenance window until every target was attempted; False when the wave
@@ -681,6 +706,10 @@ class WaveWorkflow:
                 ramp=stage.ramp,
                 cancel_at_cutoff=stage.cutoff_behavior == CANCEL,
                 sources=inp.sources,
+                disruption_groups=only(targets.groups, targets.remaining) if targets.groups else {},
+                disruption_limits=targets.limits,
+                zones=only(targets.zones, targets.remaining) if targets.zones else {},
+                disruption_budget=_disruption_label(stage),
             ),
             id=run_id,
         )

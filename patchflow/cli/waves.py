@@ -380,7 +380,7 @@ def stage_table(status: dict[str, Any]) -> Table:
             stage["state"],
             *(str(counts.get(c, 0)) for c in _COUNT_COLUMNS),
             budget,
-            stage["note"],
+            "\n".join(n for n in (stage["note"], stage.get("disruption_budget", "")) if n),
         )
     return table
 

@@ -266,6 +266,9 @@ def wave_input(
             cutoff_behavior=s.cutoff_behavior,
             expire_after_seconds=s.gate.expire_after,
             remind_after_seconds=s.gate.remind_after,
+            disruption_max=str(s.disruption_budget.max) if s.disruption_budget else "",
+            disruption_per=s.disruption_budget.per if s.disruption_budget else "",
+            rollout=s.rollout,
         )
         for s in plan.stages
     ]
@@ -341,6 +344,7 @@ async def wave_status(client: Client, wave_id: str, *, page_size: int = MAX_PAGE
                 continue
             stage.instances.update(progress.states)
             stage.errors = progress.errors
+            stage.disruption = progress.disruption or stage.disruption
     return status
 
 
@@ -439,6 +443,7 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                 "window_start": st.window_start.isoformat() if st.window_start else None,
                 "waiting_since": st.waiting_since.isoformat() if st.waiting_since else None,
                 "note": st.note,
+                **({"disruption_budget": st.disruption} if st.disruption else {}),
                 "instances": [
                     {"id": i, "state": s, **({"detail": st.details[i]} if i in st.details else {})}
                     for i, s in st.instances.items()

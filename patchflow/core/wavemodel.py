@@ -113,6 +113,13 @@ class StageInput:
     remind_after_seconds: int = 0
     """Approval gate: remind the approvers once after this long without a decision (audit entry, worker log,
     ``patchflow_gate_reminders``). 0 = half of ``expire_after_seconds`` (no reminder when that is 0 too)."""
+    disruption_max: str = ""
+    """``disruption_budget.max`` as the plan wrote it (``"1"``, ``"10%"``: per group, against its size in the
+    stage); empty: no disruption budget (:mod:`patchflow.core.disruption`)."""
+    disruption_per: str = ""
+    """``disruption_budget.per``: ``availability_zone`` or ``tag:<Key>``."""
+    rollout: str = "concurrent_zones"
+    """``concurrent_zones`` or ``zone_by_zone`` (one availability zone finished before the next starts)."""
 
 
 @dataclass
@@ -183,6 +190,16 @@ class StageRunInput:
     """``cutoff_behavior: cancel``: at ``cutoff``, cancel the in-flight instances too (SSM: CancelCommand)."""
     sources: list[RepoSource] = field(default_factory=list)
     """The patch set's baseline ``Sources`` (:attr:`WaveInput.sources`)."""
+    disruption_groups: dict[str, list[str]] = field(default_factory=dict)
+    """Disruption budget: group → its instances of ``instance_ids`` (empty: no budget)."""
+    disruption_limits: dict[str, int] = field(default_factory=dict)
+    """Disruption budget: group → instances allowed out at once (resolved against the group's size in the
+    whole stage, so a later run or continue-as-new keeps the same limits)."""
+    zones: dict[str, list[str]] = field(default_factory=dict)
+    """``rollout: zone_by_zone``: zone → its instances of ``instance_ids``, zones in rollout order (empty: no
+    zone order)."""
+    disruption_budget: str = ""
+    """The budget as the plan wrote it (``10% per tag:Cluster``), for ``wave status``."""
 
 
 @dataclass
@@ -249,6 +266,8 @@ class StageProgress:
     errors: int
     max_errors: int
     max_concurrency: int
+    disruption: str = ""
+    """The disruption budget now: the budget, the groups at their limit, the zone rolling out (empty: none)."""
 
 
 @dataclass
@@ -291,6 +310,10 @@ class ResolveTargetsInput:
     executor: ExecutorRef
     patch_group: str | None = None
     instance_ids: list[str] = field(default_factory=list)
+    group_by: str = ""
+    """A disruption budget's ``per`` (``availability_zone``, ``tag:<Key>``): also return the targets' groups."""
+    zones: bool = False
+    """``rollout: zone_by_zone``: also return the targets' availability zones."""
 
 
 @dataclass
@@ -300,6 +323,11 @@ class ResolveTargetsResult:
     missing: list[str] = field(default_factory=list)
     """Explicit ids the executor does not know (reported, not silently dropped)."""
     offline: list[str] = field(default_factory=list)
+    groups: dict[str, list[str]] = field(default_factory=dict)
+    """``group_by``: group → instance ids (groups in order of first appearance, ids in dispatch order;
+    instances without the key in group ``(none)``)."""
+    zones: dict[str, list[str]] = field(default_factory=dict)
+    """``zones``: availability zone → instance ids, the same way (unknown zone: ``(none)``)."""
 
 
 @dataclass
@@ -432,6 +460,9 @@ class StageStatus:
     waiting_since: datetime | None = None
     """When the stage's approval gate started waiting (workflow time); set on entering ``waiting_approval``,
     kept afterwards. None for stages that never waited (and for waves started before the field existed)."""
+    disruption: str = ""
+    """The stage's disruption budget (``10% per tag:Cluster; zone_by_zone``); while it runs, also the groups at
+    their limit and the zone rolling out. Empty: no budget."""
 
 
 @dataclass

@@ -195,6 +195,8 @@ class StageOut(_Model):
     """When the stage's approval gate started waiting (RFC 3339, UTC); null if it never waited."""
     note: str
     instances: list[InstanceOut]
+    disruption_budget: str | None = None
+    """The stage's disruption budget and, while it runs, the groups at their limit and the zone rolling out."""
 
 
 class AuditOut(_Model):

@@ -155,6 +155,7 @@ class SimulatedExecutor:
                 family=instance.family,
                 product=instance.product,
                 online=not instance.behaviour.offline,
+                availability_zone=instance.availability_zone,
             )
             for instance in self.fleet.instances
         ]

@@ -7,6 +7,7 @@ A fleet file (YAML or JSON) lists instances one by one (``instances``) and/or ma
     instances:
       - id: i-0dev0000000000001
         tags: {"Patch Group": dev, Name: web-1}
+        availability_zone: eu-west-1a   # optional: disruption budgets and zone_by_zone rollouts group by it
         platform: {family: deb, product: Ubuntu22.04}
         installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.10}]
         behaviour: {duration_seconds: 2.0, fail: false, fail_health: false, reboot: false, offline: false}
@@ -14,6 +15,7 @@ A fleet file (YAML or JSON) lists instances one by one (``instances``) and/or ma
       - count: 50
         id_prefix: i-0prod
         tags: {"Patch Group": prod}
+        availability_zone: [eu-west-1a, eu-west-1b]   # optional: one zone, or a list dealt out in turn
         platform: {family: deb, product: Ubuntu22.04}
         installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.10}]
         behaviour: {duration_seconds: [1.0, 5.0], fail_rate: 0.02, fail_health_rate: 0, reboot_rate: 0.1,
@@ -32,6 +34,8 @@ Rules a reader cannot guess from the example:
   position of an entry — and adding an instance or a field never re-rolls the others. A range is also
   allowed on an explicit instance.
 * Explicit instances set flags (``fail: true``); generated ones set rates (``fail_rate: 0.02``).
+* ``availability_zone`` (optional) is one zone; on ``generate`` it may be a list, dealt out in turn (the n-th
+  generated instance gets entry ``(n - 1) % len``), so one entry spreads a group over several zones.
 * **Ranges**: ``count`` 1 to :data:`MAX_INSTANCES` (for the whole fleet), ``duration_seconds`` 0 to
   :data:`MAX_DURATION_SECONDS`, rates 0 to 1, ``seed`` 0 to :data:`MAX_SEED`.
 * :attr:`Fleet.digest` is the SHA-256 of the file's bytes: the simulated executor keys its persisted state
@@ -87,8 +91,8 @@ _ID_RULE = "letters, digits and . _ : - only, starting with a letter or digit"
 _NAME_RULE = "letters, digits and . _ - only, starting with a letter or digit (it names the state file)"
 
 _FLEET_KEYS = ("name", "seed", "instances", "generate")
-_INSTANCE_KEYS = ("id", "tags", "platform", "installed", "behaviour")
-_GENERATE_KEYS = ("count", "id_prefix", "tags", "platform", "installed", "behaviour")
+_INSTANCE_KEYS = ("id", "tags", "platform", "installed", "behaviour", "availability_zone")
+_GENERATE_KEYS = ("count", "id_prefix", "tags", "platform", "installed", "behaviour", "availability_zone")
 _PLATFORM_KEYS = ("family", "product")
 _PACKAGE_KEYS = ("name", "arch", "version")
 _FLAGS = ("fail", "fail_health", "reboot", "offline")
@@ -125,6 +129,8 @@ class FleetInstance:
     installed: list[Package]
     """Installed packages at the start, sorted by (name, arch)."""
     behaviour: Behaviour
+    availability_zone: str | None = None
+    """The instance's availability zone (None: not given)."""
 
     @property
     def patch_group(self) -> str | None:
@@ -234,6 +240,17 @@ class _Checker:
             self.bad(path, f"expected true or false, got {_kind(value)}")
             return False
         return value
+
+    def zones(self, path: tuple[PathPart, ...], value: Any, *, many: bool) -> list[str]:
+        """``availability_zone``: one zone name (or, with ``many``, a non-empty list of them); [] when absent."""
+        if value is None:
+            return []
+        values = value if many and isinstance(value, list) and value else [value]
+        if not all(isinstance(v, str) and _NAME.fullmatch(v) for v in values):
+            listed = " or a non-empty list of them" if many else ""
+            self.bad(path, f"expected a zone name such as eu-west-1a{listed} (letters, digits and . _ -)")
+            return []
+        return [str(v) for v in values]
 
     def tags(self, path: tuple[PathPart, ...], value: Any) -> dict[str, str]:
         if not isinstance(value, dict):
@@ -408,6 +425,7 @@ class _FleetParser:
         instance_id = check.text(where, spec, "id", "instance id (e.g. i-0123456789abcdef0)", pattern=_ID)
         unique = instance_id is not None and self.claim([instance_id], (*where, "id"), f"instances[{index}]")
         tags = check.tags((*where, "tags"), spec.get("tags", {}))
+        zones = check.zones((*where, "availability_zone"), spec.get("availability_zone"), many=False)
         family, product = check.platform(where, spec)
         installed = check.installed((*where, "installed"), spec.get("installed", []), family)
         behaviour = check.behaviour(where, spec, ("duration_seconds", *_FLAGS), _INSTANCE_HINTS)
@@ -425,6 +443,7 @@ class _FleetParser:
                 product,
                 installed,
                 Behaviour(duration_seconds=_in_range(duration, self.seed, instance_id), **flags),
+                zones[0] if zones else None,
             )
         )
 
@@ -457,6 +476,7 @@ class _FleetParser:
         )
         unique = self.claim(ids, (*where, "id_prefix"), f"generate[{index}]")
         tags = check.tags((*where, "tags"), spec.get("tags", {}))
+        zones = check.zones((*where, "availability_zone"), spec.get("availability_zone"), many=True)
         family, product = check.platform(where, spec)
         installed = check.installed((*where, "installed"), spec.get("installed", []), family)
         behaviour = check.behaviour(where, spec, ("duration_seconds", *_RATES), _GENERATE_HINTS)
@@ -469,7 +489,7 @@ class _FleetParser:
         }
         if family is None or not unique:
             return
-        for instance_id in ids:
+        for n, instance_id in enumerate(ids):
             drawn = {flag: _draw(self.seed, instance_id, flag) < rate for flag, rate in rates.items()}
             self.instances.append(
                 FleetInstance(
@@ -479,6 +499,7 @@ class _FleetParser:
                     product,
                     list(installed),
                     Behaviour(duration_seconds=_in_range(duration, self.seed, instance_id), **drawn),
+                    zones[n % len(zones)] if zones else None,
                 )
             )
 

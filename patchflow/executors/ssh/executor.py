@@ -234,13 +234,20 @@ class SshExecutor:
             try:
                 facts = await self._agent(host, "facts", {"packages": False}, timeout=30)
             except (HostUnreachable, AgentError):
-                return InstanceInfo(host.name, dict(host.tags), family=host.family, online=False)
+                return InstanceInfo(
+                    host.name,
+                    dict(host.tags),
+                    family=host.family,
+                    online=False,
+                    availability_zone=host.availability_zone,
+                )
             return InstanceInfo(
                 host.name,
                 dict(host.tags),
                 family=host.family or facts.get("family") or None,
                 product=facts.get("product") or None,
                 online=True,
+                availability_zone=host.availability_zone,
             )
 
         return list(await asyncio.gather(*(one(h) for h in self.inventory.hosts.values())))

@@ -19,7 +19,8 @@ groups gets all of them. Recognised variables (Ansible's name first): ``ansible_
 ``ansible_port``/``port`` (22), ``ansible_user``/``user`` (root; any other user runs the agent through
 ``sudo -n``), ``ansible_ssh_private_key_file``/``key_file``, ``known_hosts``, ``ansible_become`` (force
 sudo), ``tags`` (a mapping, e.g. ``Patch Group``), ``patch_group`` (shorthand for that tag), ``family``
-(deb/rpm), ``health_command``, ``reboot_command`` (``reboot``). Other variables are kept but unused.
+(deb/rpm), ``health_command``, ``reboot_command`` (``reboot``), ``availability_zone`` (the host's zone, for
+disruption budgets and ``rollout: zone_by_zone``). Other variables are kept but unused.
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class SshHost:
     """Run the agent through ``sudo -n`` (any user but root, or ``ansible_become: true``)."""
     health_command: str | None = None
     reboot_command: str = "reboot"
+    availability_zone: str | None = None
+    """The host var ``availability_zone`` (None: not set)."""
 
 
 @dataclass(frozen=True)
@@ -226,6 +229,9 @@ def _host(
         value = hvars.get(key)
         if value is not None and (not isinstance(value, str) or not value.strip()):
             fail(key, "expected a shell command")
+    zone = hvars.get("availability_zone")
+    if zone is not None and (not isinstance(zone, str) or not zone.strip()):
+        fail("availability_zone", "expected a zone name, e.g. eu-west-1a")
     if not ok:
         return None
     return SshHost(
@@ -241,4 +247,5 @@ def _host(
         sudo=bool(become) or str(user).strip() != "root",
         health_command=hvars.get("health_command"),
         reboot_command=hvars.get("reboot_command") or "reboot",
+        availability_zone=str(zone).strip() if isinstance(zone, str) and zone.strip() else None,
     )

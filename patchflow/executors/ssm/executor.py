@@ -473,9 +473,14 @@ class SsmExecutor:
     # ------------------------------------------------------------------------------------ protocol
 
     async def discover(self) -> list[InstanceInfo]:
-        """Every managed instance (and, with an EC2 client, every EC2 instance SSM does not manage)."""
+        """Every managed instance (and, with an EC2 client, every EC2 instance SSM does not manage).
+
+        With an EC2 client, each EC2 instance's availability zone comes from the ``DescribeInstances`` call that
+        already reads the tags (``Placement.AvailabilityZone``); without one, and for hybrid ``mi-`` nodes, it is
+        unknown (disruption budgets put such instances in the zone ``(none)``)."""
         rows = await self._pages(self.ssm.describe_instance_information, "InstanceInformationList")
         ec2_tags: dict[str, dict[str, str]] = {}
+        zones: dict[str, str] = {}
         if self.ec2 is not None:
             reservations = await self._pages(
                 self.ec2.describe_instances,
@@ -489,6 +494,9 @@ class SsmExecutor:
                     ec2_tags[instance["InstanceId"]] = {
                         t["Key"]: t["Value"] for t in instance.get("Tags", [])
                     }
+                    zone = instance.get("Placement", {}).get("AvailabilityZone")
+                    if zone:
+                        zones[instance["InstanceId"]] = zone
         found: list[InstanceInfo] = []
         for row in rows:
             instance_id = row["InstanceId"]
@@ -503,9 +511,13 @@ class SsmExecutor:
                 tags = {t["Key"]: t["Value"] for t in tag_list}
             else:
                 tags = ec2_tags.get(instance_id, {})
-            found.append(_info(row, tags))
+            found.append(_info(row, tags, zones.get(instance_id)))
         managed = {i.instance_id for i in found}
-        found += [InstanceInfo(i, tags=t, online=False) for i, t in ec2_tags.items() if i not in managed]
+        found += [
+            InstanceInfo(i, tags=t, online=False, availability_zone=zones.get(i))
+            for i, t in ec2_tags.items()
+            if i not in managed
+        ]
         return sorted(found, key=lambda i: i.instance_id)
 
     async def scan(self, instance_id: str) -> list[Package]:
@@ -1281,13 +1293,14 @@ class SsmExecutor:
         )
 
 
-def _info(row: dict[str, Any], tags: dict[str, str]) -> InstanceInfo:
+def _info(row: dict[str, Any], tags: dict[str, str], zone: str | None = None) -> InstanceInfo:
     return InstanceInfo(
         instance_id=row["InstanceId"],
         tags=tags,
         family=platform_family(row.get("PlatformName")),
         product=platform_product(row.get("PlatformName"), row.get("PlatformVersion")),
         online=row.get("PingStatus") == "Online",
+        availability_zone=zone,
     )
 
 
