@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
@@ -114,6 +115,16 @@ def max_out(events: list[tuple[str, str]], key: dict[str, str]) -> dict[str, int
     return peak
 
 
+def assert_zone_after_zone(events: list[tuple[str, str]], zone_of: dict[str, str], zones: list[str]) -> None:
+    """Every install of each zone finished before the first install of the next zone started."""
+    for before, after in zip(zones, zones[1:], strict=False):
+        first_start = next(n for n, (kind, i) in enumerate(events) if kind == "start" and zone_of[i] == after)
+        last_finish = max(
+            n for n, (kind, i) in enumerate(events) if kind == "finish" and zone_of[i] == before
+        )
+        assert last_finish < first_start, f"{after} started before {before} finished"
+
+
 async def run(
     env: WorkflowEnvironment, inp: WaveInput, *, watch: Callable[[str], Any] | None = None
 ) -> tuple[Any, list[tuple[str, str]]]:
@@ -185,12 +196,79 @@ async def test_zone_by_zone_finishes_each_zone_before_the_next(
     assert len(expected_order) == 3
     started_zones = list(dict.fromkeys(zone_of[i] for kind, i in events if kind == "start"))
     assert started_zones == expected_order
-    for before, after in zip(expected_order, expected_order[1:], strict=False):
-        first_start = next(n for n, (kind, i) in enumerate(events) if kind == "start" and zone_of[i] == after)
-        last_finish = max(
-            n for n, (kind, i) in enumerate(events) if kind == "finish" and zone_of[i] == before
-        )
-        assert last_finish < first_start, f"{after} started before {before} finished"
+    assert_zone_after_zone(events, zone_of, expected_order)
     assert all(p <= 2 for p in max_out(events, zone_of).values())
     assert max(max_out(events, zone_of).values()) == 2
     assert result.status.stages[0].disruption == "2 per availability_zone; zone_by_zone"
+
+
+async def test_budget_and_zone_order_survive_continue_as_new(
+    dev_env: WorkflowEnvironment, tmp_path: Path
+) -> None:
+    """A stage run that continues as new several times (``history_event_limit``) rebuilds its budget and zone
+    order from what it carries: clusters stay within ``max: 1`` and zones still finish one after another."""
+    fleet, cluster_of, zone_of = write_fleet(tmp_path, duration=0.05)
+    inp = wave(fleet, tmp_path, disruption_max="1", disruption_per="tag:Cluster", rollout="zone_by_zone")
+    inp.history_event_limit = 60
+    (result, _), events = await run(dev_env, inp)
+    assert result.status.state == "succeeded", result.status
+    assert set(result.status.stages[0].instances.values()) == {"succeeded"}
+    runs = [wf async for wf in dev_env.client.list_workflows(f"WorkflowId = '{inp.wave_id}/prod/run-0-0'")]
+    assert len(runs) >= 2, "the stage run should have continued as new"
+    assert all(p == 1 for p in max_out(events, cluster_of).values())
+    zones = list(dict.fromkeys(zone_of[i] for i in result.status.stages[0].instances))
+    assert_zone_after_zone(events, zone_of, zones)
+
+
+def test_the_plan_keys_reach_the_wave_input(tmp_path: Path) -> None:
+    """``disruption_budget`` and ``rollout`` (the plan's default and a stage's own) travel to the stages of the
+    wave's input as written; a stage without them gets the defaults that dispatch exactly as before."""
+    from patchflow.config import Settings
+    from patchflow.control.waves import wave_input
+    from patchflow.core.plans import load_plan
+    from tests.core.test_plans import GOOD_STAGE, write_plan
+
+    path = write_plan(
+        tmp_path,
+        "disruption_budget: {max: '10%', per: 'tag:aws:autoscaling:groupName'}\nrollout: zone_by_zone\n"
+        "stages:\n"
+        + GOOD_STAGE
+        + "  - name: prod\n    targets: {patch_group: prod}\n    disruption_budget: none\n"
+        "    rollout: concurrent_zones\n",
+    )
+    fleet, _, _ = write_fleet(tmp_path, duration=0)
+    (tmp_path / "f.yaml").write_text(fleet.read_text())  # the plan's fleet: wave_input reads it
+    pinned = SimpleNamespace(id="ps-000000000000000000000000", patches=(), sources=lambda: ())
+    inp = wave_input(load_plan(path), Settings(data_dir=tmp_path / "data"), pinned, wave_id="w")  # type: ignore[arg-type]
+    dev, prod = inp.stages
+    assert (dev.disruption_max, dev.disruption_per, dev.rollout) == (
+        "10%",
+        "tag:aws:autoscaling:groupName",
+        "zone_by_zone",
+    )
+    assert (prod.disruption_max, prod.disruption_per, prod.rollout) == ("", "", "concurrent_zones")
+
+
+async def test_resolve_targets_returns_each_group_and_zone_with_its_ids(tmp_path: Path) -> None:
+    """Only when asked (a stage with a budget or zone_by_zone): group → ids in dispatch order, untagged instances
+    in ``(none)``; a stage without the keys gets none of it."""
+    from temporalio.testing import ActivityEnvironment
+
+    from activities.patching import WaveActivities
+    from patchflow.core.wavemodel import ResolveTargetsInput
+
+    fleet, cluster_of, zone_of = write_fleet(tmp_path, duration=0)
+    ref = wave(fleet, tmp_path).executor
+    env = ActivityEnvironment()
+    plain = await env.run(
+        WaveActivities().resolve_targets, ResolveTargetsInput(executor=ref, patch_group="prod")
+    )
+    assert (plain.groups, plain.zones) == ({}, {})
+    asked = await env.run(
+        WaveActivities().resolve_targets,
+        ResolveTargetsInput(executor=ref, patch_group="prod", group_by="tag:Cluster", zones=True),
+    )
+    assert asked.instance_ids == plain.instance_ids == sorted(cluster_of)
+    assert list(asked.groups) == ["api", "db", "(none)", "web"]  # first appearance in the sorted targets
+    assert asked.groups == {g: [i for i in asked.instance_ids if cluster_of[i] == g] for g in asked.groups}
+    assert asked.zones == {z: [i for i in asked.instance_ids if zone_of[i] == z] for z in ZONES}
