@@ -272,3 +272,22 @@ async def test_resolve_targets_returns_each_group_and_zone_with_its_ids(tmp_path
     assert list(asked.groups) == ["api", "db", "(none)", "web"]  # first appearance in the sorted targets
     assert asked.groups == {g: [i for i in asked.instance_ids if cluster_of[i] == g] for g in asked.groups}
     assert asked.zones == {z: [i for i in asked.instance_ids if zone_of[i] == z] for z in ZONES}
+
+
+def test_status_json_and_table_show_the_budget_only_when_there_is_one() -> None:
+    from rich.console import Console
+
+    from patchflow.cli.waves import stage_table
+    from patchflow.control.waves import status_json
+    from patchflow.core.wavemodel import StageStatus, WaveStatus
+
+    budgeted = StageStatus(
+        name="prod", note="", disruption="disruption budget 1 per tag:Cluster; at the limit: web 1/1"
+    )
+    status = WaveStatus("w", "p", "running", "ps", [budgeted, StageStatus(name="dev")])
+    as_json = status_json(status)
+    assert as_json["stages"][0]["disruption_budget"] == budgeted.disruption
+    assert "disruption_budget" not in as_json["stages"][1]  # unchanged for stages without a budget
+    console = Console(width=400, record=True)
+    console.print(stage_table(as_json))
+    assert "at the limit: web 1/1" in console.export_text()
