@@ -22,11 +22,11 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.patching import build_executor
 from patchflow.control.waves import wave_status
-from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput
-from patchflow.core.windows import WindowSpec
+from patchflow.core.wavemodel import ExecutorRef, WaveInput
 from patchflow.executors.base import Package
 from patchflow.executors.simulated.fleet import load_fleet
 from tests.workflows.conftest import running_worker
+from tests.workflows.test_rate_control import wave as rate_wave
 from workflows.wave import WaveWorkflow
 
 PATCHES = [Package("openssl", "amd64", "3.0.2-0ubuntu1.16")]
@@ -81,27 +81,11 @@ def write_fleet(tmp_path: Path, duration: float) -> tuple[Path, dict[str, str], 
 
 
 def wave(fleet: Path, tmp_path: Path, **stage_fields: Any) -> WaveInput:
-    fields: dict[str, Any] = {
-        "name": "prod",
-        "window": WindowSpec(schedule="now"),
-        "max_concurrency": "100%",
-        "max_errors": "0",
-        "patch_group": "prod",
-    }
-    fields.update(stage_fields)
-    return WaveInput(
-        wave_id=f"wave-budget-{uuid.uuid4().hex[:8]}",
-        plan_name="budget",
-        patch_set_id="ps-000000000000000000000000",
-        patches=PATCHES,
-        executor=ExecutorRef(
-            kind="simulated",
-            fleet_path=str(fleet),
-            state_path=str(tmp_path / f"{uuid.uuid4().hex[:6]}.sqlite"),
-        ),
-        stages=[StageInput(**fields)],
-        heartbeat_timeout_seconds=5,
-    )
+    """:func:`tests.workflows.test_rate_control.wave` with every target allowed in flight (the budget binds),
+    its simulated state in a fresh directory (a fleet can be patched by several waves of one test)."""
+    state_dir = tmp_path / uuid.uuid4().hex[:6]
+    state_dir.mkdir()
+    return rate_wave(fleet, state_dir, **{"max_concurrency": "100%", **stage_fields})
 
 
 def max_out(events: list[tuple[str, str]], key: dict[str, str]) -> dict[str, int]:
