@@ -75,6 +75,8 @@ def plan_command(
                 else ""
             )
         )
+        if stage.get("disruption"):
+            out.print(f"  {disruption_line(stage['disruption'])}")
         for window in stage["windows"]:
             for skipped in window.get("skipped", []):
                 out.print(
@@ -350,6 +352,18 @@ def approval_hint(wave_id: str, stage: str, approvers: list[str]) -> str:
     if approvers:
         command += f" --as {shlex.quote(approvers[0])}"
     return f"waiting for approval of {stage} by {who}: {command}"
+
+
+def disruption_line(disruption: dict[str, Any]) -> str:
+    """``disruption budget 1 per tag:Cluster: web ≤ 1 of 7, …; zones in order: a, b``: a dry run's preview."""
+    parts = []
+    if disruption["budget"]:
+        groups = [f"{g} ≤ {v['limit']} of {v['size']}" for g, v in disruption["groups"].items()]
+        shown = ", ".join(groups[:8]) + (f" and {len(groups) - 8} more group(s)" if len(groups) > 8 else "")
+        parts.append(f"disruption budget {disruption['budget']}: {shown or 'no targets'}")
+    if disruption["zones"]:
+        parts.append(f"zone_by_zone, zones in order: {', '.join(disruption['zones'])}")
+    return "; ".join(parts)
 
 
 def print_status(status: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 from patchflow.config import Settings
 from patchflow.control.waves import executor_ref, plan_freezes
 from patchflow.core import versions
+from patchflow.core.disruption import preview as disruption_preview
 from patchflow.core.freezes import HORIZON, FreezePeriod, first_allowed_window, freeze_at, freeze_note
 from patchflow.core.freezes import preview as freeze_preview
 from patchflow.core.instances import InstanceInfo
@@ -59,6 +60,9 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
                 "soak_seconds": stage.soak_seconds,
                 "ramp": stage.ramp,
                 "cutoff_behavior": stage.cutoff_behavior,
+                "disruption": disruption_preview(
+                    stage.disruption_budget, stage.rollout, [instances[i] for i in ids]
+                ),
                 "problems": _stage_problems(stage, (ids, missing), windows, at, bool(freezes)),
             }
         )

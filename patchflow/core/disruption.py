@@ -213,3 +213,24 @@ class DisruptionGate:
             done = self.zone_order.index(zone)
             parts.append(f"zone {zone} ({done + 1} of {len(self.zone_order)})")
         return "; ".join(parts)
+
+
+def preview(
+    budget: DisruptionBudget | None, rollout: str, targets: list[InstanceInfo]
+) -> dict[str, object] | None:
+    """What a stage's budget and rollout would do to ``targets`` (dispatch order), for a plan's dry run: each
+    group's size and limit, and the zone order; None when the stage has neither."""
+    zone_by_zone = rollout == ZONE_BY_ZONE
+    if budget is None and not zone_by_zone:
+        return None
+    groups = group_members(targets, budget.per) if budget else {}
+    return {
+        "budget": str(budget) if budget else "",
+        "rollout": rollout,
+        "groups": {
+            g: {"size": len(ids), "limit": resolve_group_limit(budget.max, len(ids))}
+            for g, ids in groups.items()
+            if budget
+        },
+        "zones": list(group_members(targets, PER_AVAILABILITY_ZONE)) if zone_by_zone else [],
+    }

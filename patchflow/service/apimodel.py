@@ -265,6 +265,24 @@ class WindowOut(_Model):
     cutoff: str | None
 
 
+class GroupLimitOut(_Model):
+    size: int
+    """The group's instances in the stage."""
+    limit: int
+    """At most this many of them out at once."""
+
+
+class DisruptionOut(_Model):
+    budget: str
+    """``10% per tag:Cluster`` ("" with ``zone_by_zone`` alone)."""
+    rollout: str
+    """``concurrent_zones`` or ``zone_by_zone``."""
+    groups: dict[str, GroupLimitOut]
+    """Group (``(none)``: without the key) → its size and limit."""
+    zones: list[str]
+    """``zone_by_zone``: the zones in rollout order."""
+
+
 class DryRunStage(_Model):
     name: str
     targets: list[TargetOut]
@@ -281,6 +299,8 @@ class DryRunStage(_Model):
     """``none`` or ``exponential`` (SSM's ramp: 1, 2, 4, … instances up to max_concurrency)."""
     cutoff_behavior: str = "carry_over"
     """What each window's cutoff does: ``carry_over``, ``continue`` or ``cancel``."""
+    disruption: DisruptionOut | None = None
+    """The stage's disruption budget and zone order applied to its targets; null without either."""
 
 
 class DryRunOut(_Model):

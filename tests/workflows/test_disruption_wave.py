@@ -275,3 +275,26 @@ def test_status_json_and_table_show_the_budget_only_when_there_is_one() -> None:
     console = Console(width=400, record=True)
     console.print(stage_table(as_json))
     assert "at the limit: web 1/1" in console.export_text()
+
+
+def test_a_dry_run_previews_each_groups_limit_and_the_zone_order(tmp_path: Path) -> None:
+    """``patchflow plan`` (a real process) shows, per stage, each group's size and limit under the budget and
+    the zones in rollout order; ``--format json`` carries the same as ``disruption``."""
+    from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
+    from tests.test_cli import run as cli
+
+    fleet, _, _ = write_fleet(tmp_path, duration=0)
+    plan = tmp_path / "plan.yaml"
+    plan.write_text(
+        f"name: budget\nbaseline: {BASELINES_DIR / 'ubuntu-staged.yaml'}\n"
+        f"catalog: {EXAMPLES_DIR / 'ubuntu-catalog.json'}\nexecutor: {{kind: simulated, fleet: {fleet}}}\n"
+        "stages:\n  - name: prod\n    targets: {patch_group: prod}\n    max_concurrency: 100%\n"
+        "    disruption_budget: {max: '34%', per: 'tag:Cluster'}\n    rollout: zone_by_zone\n"
+    )
+    shown = cli("plan", str(plan), data_dir=tmp_path / "data", check=True).stdout
+    assert (
+        "disruption budget 34% per tag:Cluster: api ≤ 1 of 4, db ≤ 1 of 3, (none) ≤ 1 of 2, web ≤ 2 of 7; "
+        "zone_by_zone, zones in order: eu-west-1a, eu-west-1b, eu-west-1c"
+    ) in " ".join(shown.split())
+    as_json = json.loads(cli("plan", str(plan), "--format", "json", data_dir=tmp_path / "data").stdout)
+    assert as_json["stages"][0]["disruption"]["groups"]["web"] == {"size": 7, "limit": 2}
