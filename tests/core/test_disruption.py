@@ -24,7 +24,7 @@ from patchflow.core.disruption import (
 )
 from patchflow.core.instances import InstanceInfo
 from patchflow.core.plans import PlanError, load_plan
-from patchflow.core.ratecontrol import IN_FLIGHT, PENDING, Limit, StageScheduler
+from patchflow.core.ratecontrol import IN_FLIGHT, PENDING, RAMPS, Limit, StageScheduler
 from tests.core.test_plans import GOOD_STAGE, write_plan
 
 
@@ -73,6 +73,7 @@ def scheduler(
     concurrency: int = 10,
     batch_size: int = 1,
     max_errors: int = 100,
+    ramp: str = "none",
 ) -> StageScheduler:
     gate = DisruptionGate.build(groups=groups, limits=limits, zones=zones or {}, pending=order)
     return StageScheduler(
@@ -82,6 +83,7 @@ def scheduler(
         batch_size=batch_size,
         states=dict.fromkeys(order, PENDING),
         disruption=gate,
+        ramp=ramp,
     )
 
 
@@ -163,16 +165,19 @@ def fleets(draw: st.DrawFn) -> tuple[list[str], dict[str, str], dict[str, str], 
     concurrency=st.integers(1, 8),
     batch_size=st.integers(1, 3),
     zone_by_zone=st.booleans(),
+    ramp=st.sampled_from(RAMPS),
 )
 def test_budget_never_exceeded_everything_dispatched_zone_order_kept(
     fleet: tuple[list[str], dict[str, str], dict[str, str], dict[str, int], list[int]],
     concurrency: int,
     batch_size: int,
     zone_by_zone: bool,
+    ramp: str,
 ) -> None:
     """Random fleets, groups, limits and completion orders: at no point is a group over its limit or the stage
     over max_concurrency; every instance is dispatched exactly once (no deadlock); with zone_by_zone no instance
-    of a zone starts before every instance of the zones before it finished, zones in order of first appearance."""
+    of a zone starts before every instance of the zones before it finished, zones in order of first appearance;
+    with or without the exponential ramp."""
     order, group_of, zone_of, limits, picks = fleet
     groups: dict[str, list[str]] = {}
     for i in order:
@@ -181,7 +186,9 @@ def test_budget_never_exceeded_everything_dispatched_zone_order_kept(
     if zone_by_zone:
         for i in order:
             zones.setdefault(zone_of[i], []).append(i)
-    s = scheduler(order, groups, limits, zones=zones, concurrency=concurrency, batch_size=batch_size)
+    s = scheduler(
+        order, groups, limits, zones=zones, concurrency=concurrency, batch_size=batch_size, ramp=ramp
+    )
     out: list[str] = []
     started: list[str] = []
     finished: set[str] = set()
