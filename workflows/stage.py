@@ -123,6 +123,16 @@ class StageRunWorkflow:
 
     @workflow.run
     async def run(self, inp: StageRunInput) -> StageRunResult:
+        gate = None
+        if inp.disruption_limits or inp.zones:
+            # Rebuilt from the pending instances alone: a run continues as new (or ends) with nothing in flight.
+            gate = DisruptionGate.build(
+                groups=inp.disruption_groups,
+                limits=inp.disruption_limits,
+                zones=inp.zones,
+                pending=inp.instance_ids,
+            )
+            self._budget = inp.disruption_budget
         scheduler = StageScheduler(
             pending=deque(inp.instance_ids),
             max_concurrency=inp.max_concurrency,
@@ -133,18 +143,10 @@ class StageRunWorkflow:
             details=dict(inp.details),
             ramp=inp.ramp,
             dispatched=inp.dispatched_so_far,
+            disruption=gate,
         )
         for instance_id in inp.instance_ids:
             scheduler.states[instance_id] = PENDING
-        if inp.disruption_limits or inp.zones:
-            # Rebuilt from the pending instances alone: a run continues as new (or ends) with nothing in flight.
-            scheduler.disruption = DisruptionGate.build(
-                groups=inp.disruption_groups,
-                limits=inp.disruption_limits,
-                zones=inp.zones,
-                pending=inp.instance_ids,
-            )
-            self._budget = inp.disruption_budget
         self._scheduler = scheduler
         in_flight = self._in_flight
         continue_as_new = False
@@ -193,14 +195,15 @@ class StageRunWorkflow:
         if cutoff_timer is not None and not cutoff_timer.done():
             cutoff_timer.cancel()
 
-        if continue_as_new and scheduler.pending and not scheduler.budget_exceeded and not self._stop:
+        if continue_as_new and scheduler.has_pending and not scheduler.budget_exceeded and not self._stop:
             await workflow.wait_condition(workflow.all_handlers_finished)
             finished = {k: v for k, v in scheduler.states.items() if v != PENDING}
+            pending = scheduler.remaining()
             workflow.continue_as_new(
                 StageRunInput(
                     wave_id=inp.wave_id,
                     stage=inp.stage,
-                    instance_ids=list(scheduler.pending),
+                    instance_ids=pending,
                     patches=inp.patches,
                     executor=inp.executor,
                     max_concurrency=inp.max_concurrency,
@@ -219,15 +222,15 @@ class StageRunWorkflow:
                     dispatched_so_far=scheduler.dispatched,
                     cancel_at_cutoff=inp.cancel_at_cutoff,
                     sources=inp.sources,
-                    disruption_groups=only(inp.disruption_groups, scheduler.pending),
+                    disruption_groups=only(inp.disruption_groups, pending),
                     disruption_limits=inp.disruption_limits,
-                    zones=only(inp.zones, scheduler.pending),
+                    zones=only(inp.zones, pending),
                     disruption_budget=inp.disruption_budget,
                 )
             )
 
         await workflow.wait_condition(workflow.all_handlers_finished)
-        remaining = list(scheduler.pending)
+        remaining = scheduler.remaining()
         return StageRunResult(
             states={k: v for k, v in scheduler.states.items() if v != PENDING},
             details=dict(scheduler.details),

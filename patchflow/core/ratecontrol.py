@@ -177,7 +177,9 @@ class StageScheduler:
         ramp: ``none``, or ``exponential`` to start with one instance and double (see :func:`ramp_allowance`).
         dispatched: instances dispatched so far in this stage run (carried across continue-as-new: the ramp's
             position; a new window's run ramps up again, as a new SSM command would).
-        disruption: the stage's disruption budget and zone order (None: none; dispatch in plain order).
+        disruption: the stage's disruption budget and zone order (None: none; dispatch in plain order). Given
+            one, the gate takes over ``pending`` (which it leaves empty): read what is left through
+            :attr:`has_pending` and :meth:`remaining`, which work either way.
     """
 
     pending: deque[str]
@@ -192,6 +194,19 @@ class StageScheduler:
     ramp: str = RAMP_NONE
     dispatched: int = 0
     disruption: DisruptionGate | None = None
+
+    def __post_init__(self) -> None:
+        if self.disruption is not None:
+            self.pending.clear()  # the gate's queues hold them (it was built from the same instances)
+
+    @property
+    def has_pending(self) -> bool:
+        """Instances not dispatched yet."""
+        return bool(self.pending) or (self.disruption is not None and self.disruption.waiting > 0)
+
+    def remaining(self) -> list[str]:
+        """The instances not dispatched yet, in dispatch order."""
+        return self.disruption.pending() if self.disruption is not None else list(self.pending)
 
     @property
     def budget_exceeded(self) -> bool:
@@ -220,38 +235,25 @@ class StageScheduler:
         return batches
 
     def _take_within(self, gate: DisruptionGate, free: int) -> list[list[str]]:
-        """:meth:`take` under a disruption budget: the pending instances in order, skipping (and keeping first in
-        line) those whose group is at its limit or whose zone is not rolling out yet."""
+        """:meth:`take` under a disruption budget: the first pending instances (in dispatch order) whose group is
+        below its limit and whose zone is rolling out; the others keep their place in line."""
         batches: list[list[str]] = []
         batch: list[str] = []
-        skipped: list[str] = []
-        zone = gate.current_zone()
-        blocked: set[str] = set()
-        changed = True  # something was dispatched since the last "can anything still go?" check
-        while free > 0 and self.pending:
-            instance_id = self.pending.popleft()
-            if not gate.allows(instance_id, zone):
-                skipped.append(instance_id)
-                group = gate.group(instance_id)
-                if changed or group not in blocked:
-                    blocked.add(group)
-                    changed = False
-                    if not gate.any_open(zone):
-                        break
-                continue
+        while free > 0:
+            instance_id = gate.next_allowed()
+            if instance_id is None:
+                break
             gate.start(instance_id)
             self.in_flight[instance_id] = None
             self.states[instance_id] = IN_FLIGHT
             batch.append(instance_id)
             free -= 1
             self.dispatched += 1
-            changed = True
             if len(batch) == self.batch_size:
                 batches.append(batch)
                 batch = []
         if batch:
             batches.append(batch)
-        self.pending.extendleft(reversed(skipped))
         return batches
 
     def record(self, instance_id: str, status: str, *, counts_as_error: bool, detail: str = "") -> None:
@@ -273,11 +275,11 @@ class StageScheduler:
     @property
     def finished(self) -> bool:
         """Nothing more will happen in this stage without an operator (all done, or stopped and drained)."""
-        return self.idle and (not self.pending or self.budget_exceeded)
+        return self.idle and (not self.has_pending or self.budget_exceeded)
 
     def mark_not_attempted(self) -> list[str]:
         """After a stop, the instances never started become ``not_attempted``; returns them."""
-        left = list(self.pending)
+        left = list(self.pending) + (self.disruption.clear() if self.disruption is not None else [])
         self.pending.clear()
         for instance_id in left:
             self.states[instance_id] = NOT_ATTEMPTED
