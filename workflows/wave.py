@@ -196,14 +196,14 @@ class WaveWorkflow:
         """The status without any stage's instances and details (their pages: :meth:`instances_page`)."""
         s = self._status
         return dataclasses.replace(
-            s, stages=[dataclasses.replace(st, instances={}, details={}) for st in s.stages]
+            s, stages=[dataclasses.replace(st, instances={}, details={}, hook_steps={}) for st in s.stages]
         )
 
     @workflow.query
     def instances_page(self, page: InstancePageInput) -> InstancePage:
         """One page of a stage's instances and their details (at most ``MAX_PAGE_INSTANCES``)."""
         st = self._status.stages[self._stage_index(page.stage)]
-        return instance_page(st.instances, st.details, page)
+        return instance_page(st.instances, st.details, page, st.hook_steps)
 
     # ------------------------------------------------------------------------------------------ updates
     # Validators refuse what does not apply (a refused Update leaves no trace in the history); a validator and
@@ -681,6 +681,7 @@ class WaveWorkflow:
                 ramp=stage.ramp,
                 cancel_at_cutoff=stage.cutoff_behavior == CANCEL,
                 sources=inp.sources,
+                hooks=stage.hooks,
             ),
             id=run_id,
         )
@@ -701,6 +702,7 @@ class WaveWorkflow:
         st.active_run_id = None
         st.instances.update(result.states)
         st.details.update(result.details)
+        st.hook_steps.update(result.hook_steps)
         st.errors = result.errors
         self._results_recorded_later(st)
 
@@ -722,7 +724,7 @@ class WaveWorkflow:
                 return False
             targets.remaining, targets.errors = self._resume_targets(st), 0
         elif result.stopped:
-            if await self._halted(st, "halted by an operator") != "resume":
+            if await self._halted(st, result.halt_reason or "halted by an operator") != "resume":
                 return False
             targets.remaining = self._resume_targets(st)
         elif result.cut_off:

@@ -12,13 +12,14 @@ executor's health check — and, if given, an HTTP endpoint must answer 2xx — 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from patchflow.core.approvers import approver_problem
 from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
 from patchflow.core.freezes import FreezeRule, parse_freezes
+from patchflow.core.hooks import Hooks, parse_hooks
 from patchflow.core.ratecontrol import CARRY_OVER, CUTOFF_BEHAVIORS, RAMP_NONE, RAMPS, Limit, parse_limit
 from patchflow.core.windows import ScheduleError, WindowSpec, parse_window_spec
 from patchflow.errors import InputError, Problem
@@ -112,6 +113,9 @@ class Stage:
     cutoff_behavior: str = CARRY_OVER
     """What the window's cutoff does: ``carry_over``, ``continue`` or ``cancel`` (see
     :mod:`patchflow.core.ratecontrol`)."""
+    hooks: Hooks | None = None
+    """Lifecycle hooks per instance (the stage's own ``hooks``, else the plan's); None: no hooks, the install
+    alone (see :mod:`patchflow.core.hooks`)."""
 
 
 @dataclass(frozen=True)
@@ -173,6 +177,7 @@ _PLAN_KEYS = (
     "freezes",
     "freeze_override_approvers",
     "task_queue",
+    "hooks",
 )
 _AWS_NAMES = {"max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors"}
 #: A stage's options that take one of a few words: key → (allowed values, the default first; how to choose).
@@ -199,6 +204,7 @@ _STAGE_KEYS = (
     "gate",
     "on_failure",
     *_STAGE_CHOICES,
+    "hooks",
 )
 
 
@@ -257,6 +263,7 @@ def parse_plan(doc: Document) -> Plan:
         data.get("freezes"), doc=doc, path=("freezes",), base_dir=check.base_dir, problems=check.problems
     )
     stages = _parse_stages(data.get("stages"), check)
+    stages = _with_hooks(data, stages, executor.kind, check)
     if check.problems:
         raise PlanError("invalid rollout plan", source=doc.source, problems=check.problems)
     return Plan(
@@ -370,6 +377,31 @@ def _parse_stages(raw_stages: Any, check: _Checker) -> list[Stage]:
         seen.add(stage.name)
         stages.append(stage)
     return stages
+
+
+def _with_hooks(
+    data: dict[str, Any], stages: list[Stage], executor_kind: str, check: _Checker
+) -> list[Stage]:
+    """Each stage with its lifecycle hooks: its own ``hooks``, else the plan's ``hooks`` (``hooks: {}`` in a
+    stage turns the plan's off for it)."""
+    default = None
+    if "hooks" in data:
+        default = parse_hooks(data["hooks"], ("hooks",), check.bad, executor_kind=executor_kind)
+    raw_stages = data.get("stages")
+    raws = raw_stages if isinstance(raw_stages, list) else []
+    out: list[Stage] = []
+    for stage in stages:
+        index = next(
+            i for i, raw in enumerate(raws) if isinstance(raw, dict) and raw.get("name") == stage.name
+        )
+        raw = raws[index]
+        hooks = default
+        if "hooks" in raw:
+            hooks = parse_hooks(
+                raw["hooks"], ("stages", index, "hooks"), check.bad, executor_kind=executor_kind
+            )
+        out.append(replace(stage, hooks=hooks) if hooks is not None and hooks.has_steps else stage)
+    return out
 
 
 def _ssm_options(raw: dict[str, Any], bad: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from patchflow.core.freezes import FreezePeriod
+from patchflow.core.hooks import Hooks, HookStep, HookStepRecord
 from patchflow.core.instances import Package, RepoSource
 from patchflow.core.windows import WindowSpec
 
@@ -113,6 +114,8 @@ class StageInput:
     remind_after_seconds: int = 0
     """Approval gate: remind the approvers once after this long without a decision (audit entry, worker log,
     ``patchflow_gate_reminders``). 0 = half of ``expire_after_seconds`` (no reminder when that is 0 too)."""
+    hooks: Hooks | None = None
+    """Lifecycle hooks per instance (:mod:`patchflow.core.hooks`); None: the install alone, as before hooks."""
 
 
 @dataclass
@@ -183,6 +186,10 @@ class StageRunInput:
     """``cutoff_behavior: cancel``: at ``cutoff``, cancel the in-flight instances too (SSM: CancelCommand)."""
     sources: list[RepoSource] = field(default_factory=list)
     """The patch set's baseline ``Sources`` (:attr:`WaveInput.sources`)."""
+    hooks: Hooks | None = None
+    """The stage's lifecycle hooks (a few steps, never per instance); None: the install alone."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """Carried across continue-as-new: the hook step records of instances already done in this run."""
 
 
 @dataclass
@@ -198,6 +205,10 @@ class StageRunResult:
     """An operator asked the run to stop (halt or cancel)."""
     cut_off: bool = False
     """``cancel_at_cutoff``: the cutoff passed with work left (in-flight instances cancelled, or never started)."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """instance id → what its lifecycle hooks did (only instances of stages with hooks)."""
+    halt_reason: str = ""
+    """Why the run stopped dispatching by itself (``on_hook_failure: halt_stage``); empty for an operator's stop."""
 
 
 #: Most instances one page of a status query carries: ≈ 100 bytes each (id, state, detail), so a page stays
@@ -225,19 +236,26 @@ class InstancePage:
     """instance id → detail, for this page's instances that have one."""
     total: int
     """How many instances the stage (or stage run) has in all pages."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """instance id → its lifecycle hook step records, for this page's instances that have them."""
 
 
 def instance_page(
-    instances: dict[str, str], details: dict[str, str], page: InstancePageInput
+    instances: dict[str, str],
+    details: dict[str, str],
+    page: InstancePageInput,
+    hook_steps: dict[str, list[HookStepRecord]] | None = None,
 ) -> InstancePage:
-    """One page of ``instances`` (insertion order) with the details of its instances."""
+    """One page of ``instances`` (insertion order) with the details (and hook step records) of its instances."""
     limit = max(0, min(page.limit, MAX_PAGE_INSTANCES))
     offset = max(0, page.offset)
     ids = list(itertools.islice(instances, offset, offset + limit))
+    steps = hook_steps or {}
     return InstancePage(
         instances={i: instances[i] for i in ids},
         details={i: details[i] for i in ids if i in details},
         total=len(instances),
+        hook_steps={i: steps[i] for i in ids if i in steps},
     )
 
 
@@ -249,6 +267,8 @@ class StageProgress:
     errors: int
     max_errors: int
     max_concurrency: int
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """instance id → lifecycle hook step records so far (filled from ``progress_page``)."""
 
 
 @dataclass
@@ -284,6 +304,36 @@ class InstanceOutcome:
 @dataclass
 class PatchBatchResult:
     outcomes: list[InstanceOutcome]
+
+
+@dataclass
+class HookPhaseInput:
+    """Run one lifecycle phase's steps on a batch of instances (the ``run_hook_phase`` activity)."""
+
+    executor: ExecutorRef
+    """Builds the executor for command steps; its ``region``/``endpoint_url`` also serve the AWS built-ins."""
+    wave_id: str
+    stage: str
+    phase: str
+    steps: list[HookStep]
+    instance_ids: list[str]
+    attempt: int = 0
+    failed_instance_ids: list[str] = field(default_factory=list)
+    """on_exit: instances whose install or hooks failed (``ebs_snapshot`` with ``restore_on_failure`` restores
+    them)."""
+    undo: dict[str, list[str]] = field(default_factory=dict)
+    """on_exit: instance id → what pre_install recorded for undoing (elb_deregister's ``ARN|port`` targets)."""
+    rebooted_instance_ids: list[str] = field(default_factory=list)
+    """post_reboot: instances the reboot step rebooted; the others run post_reboot only when their install left
+    no reboot pending (else their steps are skipped)."""
+
+
+@dataclass
+class HookPhaseResult:
+    records: dict[str, list[HookStepRecord]]
+    """instance id → the phase's step records, in step order."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """instance id → which step failed and why (instances absent here passed the phase)."""
 
 
 @dataclass
@@ -432,6 +482,9 @@ class StageStatus:
     waiting_since: datetime | None = None
     """When the stage's approval gate started waiting (workflow time); set on entering ``waiting_approval``,
     kept afterwards. None for stages that never waited (and for waves started before the field existed)."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """instance id → what its lifecycle hooks did (phase, step, status, duration, output tail); only stages
+    with hooks. Paged like ``instances`` (``instances_page``)."""
 
 
 @dataclass
