@@ -24,6 +24,9 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
     from patchflow.core.freezes import FreezePeriod  # noqa: F401
+
+    # ... and StageInput.hooks' (lifecycle hooks): HookStep inside Hooks.
+    from patchflow.core.hooks import Hooks  # noqa: F401
     from patchflow.core.ratecontrol import (
         CANCEL,
         CANCELLED,
