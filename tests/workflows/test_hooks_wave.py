@@ -10,9 +10,11 @@ from typing import Any
 
 from temporalio.testing import WorkflowEnvironment
 
+from patchflow.cli.waves import hook_lines
 from patchflow.control.waves import act, status_json, wave_status
 from patchflow.core.hooks import HALT_STAGE, Hooks, HookStep
 from patchflow.core.wavemodel import WaveInput
+from patchflow.service.apimodel import WaveDetail
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.helpers import fleet_of, settle, stage, start, wave_input
 
@@ -85,6 +87,15 @@ async def test_a_failing_pre_install_fails_the_instance_counts_and_on_exit_still
         "output": "exit 1: simulated command failure (fail_commands: 'stop-app')",
     }
     assert "hooks" not in shown[third]
+    api = WaveDetail.model_validate(status_json(status)).model_dump()
+    assert api["stages"][0]["instances"][1]["hooks"][0]["output"] == shown[second]["hooks"][0]["output"]
+    lines = hook_lines(
+        status_json(status)
+    )  # ``wave status``: one compact line per instance, failed ones first
+    assert len(lines) == 3 and lines[0] == "lifecycle hooks:"
+    assert lines[1].startswith(f"  prod {second}: pre_install FAILED command: stop-app (")
+    assert lines[1].endswith("; on_exit ok 1/1 " + lines[1].rsplit(" ", 1)[-1])
+    assert lines[2].startswith(f"  prod {first}: pre_install ok 1/1 ") and "; on_exit ok 1/1 " in lines[2]
 
 
 async def test_halt_stage_stops_dispatching_after_a_hook_failure(
