@@ -4,6 +4,7 @@ order, a hook failure failing its instance and counting against max_errors, on_e
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -147,3 +148,34 @@ async def test_wave_status_shows_the_hook_steps_of_a_running_stage(
     assert live[0].phase == "pre_install" and live[0].status == "succeeded"
     assert result.status.state == "succeeded"
     assert all(len(r) == 4 for r in result.status.stages[0].hook_steps.values())
+
+
+async def test_on_exit_runs_for_instances_cancelled_mid_install(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A cancelled wave cancels the installs in flight (SSM: CancelCommand) and still runs on_exit on their
+    instances: their pre_install began, so its undo must run."""
+    first, second = instance_id("prod", 1), instance_id("prod", 2)
+    fleet = make_fleet({"prod": 2}, duration=30.0)
+    inp = wave_input(fleet, tmp_path, [stage("prod", max_concurrency="2", hooks=HOOKS)])
+    client = dev_env.client
+    async with running_worker(client) as tq:
+        await start(client, tq, inp)
+        executor = fleet_of(inp)
+        for _ in range(200):
+            status = await wave_status(client, inp.wave_id)
+            installing = [r for r in status.stages[0].hook_steps.values() if r[-1].phase == "pre_install"]
+            if len(installing) == 2 and all(s == "in_flight" for s in status.stages[0].instances.values()):
+                break
+            await asyncio.sleep(0.05)
+        await act(client, inp.wave_id, "cancel", who="test")
+        status = await settle(client, inp.wave_id, {"cancelled"})
+
+    prod = status.stages[0]
+    assert prod.instances == {first: "cancelled", second: "cancelled"}
+    for instance in (first, second):
+        assert executor.commands_run(instance) == [
+            "stop-app",
+            "cleanup",
+        ]  # never post_install, always on_exit
+        assert [r.phase for r in prod.hook_steps[instance]] == ["pre_install", "on_exit"]
