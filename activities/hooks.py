@@ -233,11 +233,12 @@ class HookActivities:
         result = await executor.run_command(
             instance_id, step.command, timeout_seconds=step.timeout_seconds, operation_id=op, **extra
         )
+        said = f": {result.output.strip()}" if result.output.strip() else ""
         if result.status != "finished":
-            raise _Fail(f"{result.status}: {result.output}")
+            raise _Fail(f"{result.status}{said}")
         if result.exit_code not in step.success_codes:
-            raise _Fail(f"exit {result.exit_code}: {result.output}")
-        return STEP_SUCCEEDED, f"exit {result.exit_code}: {result.output}", []
+            raise _Fail(f"exit {result.exit_code}{said}")
+        return STEP_SUCCEEDED, f"exit {result.exit_code}{said}", []
 
     async def _http(self, step: HookStep) -> tuple[str, str, list[str]]:
         status, body = await asyncio.to_thread(_get, step.url, step.timeout_seconds)

@@ -74,4 +74,4 @@ async def test_command_steps_run_on_the_hosts_in_lifecycle_order(
         ("pre_install", "failed"),
         ("on_exit", "succeeded"),
     ]
-    assert hooks.hook_steps[refusing][1].output == "exit 1:"
+    assert hooks.hook_steps[refusing][1].output == "exit 1"
