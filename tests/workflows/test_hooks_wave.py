@@ -5,19 +5,25 @@ order, a hook failure failing its instance and counting against max_errors, on_e
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Replayer
 
 from patchflow.cli.waves import hook_lines
 from patchflow.control.waves import act, status_json, wave_status
 from patchflow.core.hooks import HALT_STAGE, Hooks, HookStep
 from patchflow.core.wavemodel import WaveInput
 from patchflow.service.apimodel import WaveDetail
+from patchflow.service.worker import WORKFLOWS
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.helpers import fleet_of, settle, stage, start, wave_input
+from tests.workflows.test_durability import HISTORIES
+from tests.workflows.test_histories import histories_of
 
 
 def command(text: str) -> HookStep:
@@ -34,6 +40,22 @@ HOOKS = Hooks(
 
 def hooked_wave(fleet: Path, tmp_path: Path, hooks: Hooks, **fields: Any) -> WaveInput:
     return wave_input(fleet, tmp_path, [stage("prod", max_concurrency="1", hooks=hooks, **fields)])
+
+
+async def keep_histories(client: Client, name: str, wave_id: str) -> None:
+    """Replay the wave's histories (its stage runs included) with today's code — the lifecycle is deterministic —
+    and, with ``PATCHFLOW_RECORD_HISTORIES=1``, keep them under ``tests/histories/<name>/`` for every later change
+    (``test_durability.test_recorded_histories_replay``)."""
+    histories = await histories_of(client, wave_id)
+    replayer = Replayer(workflows=list(WORKFLOWS))
+    for history in histories:
+        await replayer.replay_workflow(history)
+    if os.environ.get("PATCHFLOW_RECORD_HISTORIES"):
+        directory = HISTORIES / name
+        directory.mkdir(parents=True, exist_ok=True)
+        for number, history in enumerate(histories):
+            kind = history.events[0].workflow_execution_started_event_attributes.workflow_type.name
+            (directory / f"{number:02d}-{kind}.json").write_text(history.to_json())
 
 
 def installs(inp: WaveInput) -> dict[str, int]:
@@ -54,6 +76,7 @@ async def test_a_failing_pre_install_fails_the_instance_counts_and_on_exit_still
         status = await settle(client, inp.wave_id, {"halted"})
         await act(client, inp.wave_id, "cancel", who="test")
         await settle(client, inp.wave_id, {"cancelled"})
+        await keep_histories(client, "lifecycle-hooks-h1", inp.wave_id)
 
     prod = status.stages[0]
     assert prod.instances == {first: "succeeded", second: "failed", third: "not_attempted"}
