@@ -20,9 +20,21 @@ from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
     from patchflow.core.disruption import DisruptionGate, only
+    from patchflow.core.hooks import (
+        HALT_STAGE,
+        ON_EXIT,
+        POST_INSTALL,
+        POST_REBOOT,
+        PRE_INSTALL,
+        HookStepRecord,
+        phase_budget_seconds,
+    )
     from patchflow.core.instances import Package
     from patchflow.core.ratecontrol import PENDING, StageScheduler
     from patchflow.core.wavemodel import (
+        HookPhaseInput,
+        HookPhaseResult,
+        InstanceOutcome,
         InstancePage,
         InstancePageInput,
         PatchBatchInput,
@@ -52,6 +64,10 @@ class StageRunWorkflow:
         """Batches (by their first instance) whose send activity runs: an abort lets it finish."""
         self._budget = ""
         """The disruption budget as the plan wrote it (for the progress queries)."""
+        self._hook_steps: dict[str, list[HookStepRecord]] = {}
+        """Lifecycle hooks: instance id → the step records of its phases so far (stages with hooks only)."""
+        self._halt_reason = ""
+        """``on_hook_failure: halt_stage`` stopped dispatching: why (the wave's halt reason)."""
 
     @workflow.signal
     def stop(self) -> None:
@@ -119,7 +135,7 @@ class StageRunWorkflow:
         s = self._scheduler
         if s is None:
             return InstancePage(instances={}, details={}, total=0)
-        return instance_page(s.states, s.details, page)
+        return instance_page(s.states, s.details, page, self._hook_steps)
 
     @workflow.run
     async def run(self, inp: StageRunInput) -> StageRunResult:
@@ -148,6 +164,7 @@ class StageRunWorkflow:
         for instance_id in inp.instance_ids:
             scheduler.states[instance_id] = PENDING
         self._scheduler = scheduler
+        self._hook_steps = {k: list(v) for k, v in inp.hook_steps.items()}
         in_flight = self._in_flight
         continue_as_new = False
         cutoff_timer: asyncio.Task[None] | None = None
@@ -226,6 +243,8 @@ class StageRunWorkflow:
                     disruption_limits=inp.disruption_limits,
                     zones=only(inp.zones, pending),
                     disruption_budget=inp.disruption_budget,
+                    hooks=inp.hooks,
+                    hook_steps=dict(self._hook_steps),
                 )
             )
 
@@ -242,24 +261,34 @@ class StageRunWorkflow:
             and inp.cutoff is not None
             and workflow.now() >= inp.cutoff
             and (self._cut_off or bool(remaining)),
+            hook_steps=dict(self._hook_steps),
+            halt_reason=self._halt_reason,
         )
 
     async def _patch(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
+        if inp.hooks is not None and inp.hooks.has_steps:  # only plans with hooks: the others run as before
+            return await self._lifecycle(inp, batch)
         if workflow.patched("send-then-wait"):
             return await self._send_then_wait(inp, batch)
         return await self._batch_activity(
             "patch_batch", inp, batch, inp.patches, f"patch {len(batch)} instance(s)"
         )
 
-    async def _send_then_wait(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
-        """Send (a short activity, at most once per operation id), then wait (a long, heartbeating one)."""
-        self._sending[batch[0]] = True
+    async def _send_then_wait(
+        self, inp: StageRunInput, batch: list[str], sending_key: str | None = None
+    ) -> PatchBatchResult:
+        """Send (a short activity, at most once per operation id), then wait (a long, heartbeating one).
+
+        ``sending_key``: the dispatched batch's first instance when ``batch`` is only part of it (lifecycle
+        hooks leave out instances whose pre_install failed), so an abort spares the send all the same."""
+        key = sending_key or batch[0]
+        self._sending[key] = True
         try:
             sent = await self._batch_activity(
                 "send_patch_batch", inp, batch, inp.patches, f"send {len(batch)} install(s)"
             )
         finally:
-            del self._sending[batch[0]]
+            del self._sending[key]
         running = [o.instance_id for o in sent.outcomes if o.status == "started"]
         if not running:
             return sent
@@ -276,6 +305,140 @@ class StageRunWorkflow:
         )
         finished = {o.instance_id: o for o in waited.outcomes}
         return PatchBatchResult(outcomes=[finished.get(o.instance_id, o) for o in sent.outcomes])
+
+    async def _lifecycle(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
+        """One batch of a stage with lifecycle hooks, in the order of issue 14:
+
+        pre_install → install (send, wait) → post_install → reboot → post_reboot → on_exit (always, for every
+        instance whose pre_install began — also after a failure, an abort or a cutoff's cancel).
+
+        An instance failing a phase goes on to on_exit only (one failing pre_install is never installed); a
+        hook failure fails the instance like a failed install (it counts against max_errors), and with
+        ``on_hook_failure: halt_stage`` also stops the run's dispatching. Hook phases are never cut short: an
+        abort takes effect between phases.
+        """
+        assert inp.hooks is not None
+        outcomes: dict[str, InstanceOutcome] = {}
+        try:
+            self._hook_outcomes(inp, PRE_INSTALL, await self._run_hooks(inp, PRE_INSTALL, batch), outcomes)
+            ready = [i for i in batch if i not in outcomes]
+            if ready and not self._aborted:
+                installed = await self._send_then_wait(inp, ready, sending_key=batch[0])
+                outcomes.update({o.instance_id: o for o in installed.outcomes})
+            ok = [i for i in ready if i in outcomes and outcomes[i].status == "succeeded"]
+            self._hook_outcomes(inp, POST_INSTALL, await self._run_hooks(inp, POST_INSTALL, ok), outcomes)
+            ok = [i for i in ok if outcomes[i].status == "succeeded"]
+            # Reboot orchestration (issue 14 part 3) goes here, between post_install and post_reboot: it
+            # reboots ``ok`` and passes the instances it rebooted on as ``rebooted``.
+            rebooted: list[str] = []
+            after = await self._run_hooks(inp, POST_REBOOT, ok, rebooted=rebooted)
+            self._hook_outcomes(inp, POST_REBOOT, after, outcomes)
+        except (asyncio.CancelledError, ActivityError) as exc:
+            # Aborted (or an install activity gave up): what has no outcome yet is cancelled (or failed), and
+            # on_exit still runs below.
+            cancelled = isinstance(exc, asyncio.CancelledError) or _was_cancelled(exc)
+            for instance_id in batch:
+                if instance_id not in outcomes or outcomes[instance_id].status == "started":
+                    outcomes[instance_id] = (
+                        InstanceOutcome(
+                            instance_id,
+                            "cancelled",
+                            False,
+                            detail=self._cancel_reason or "cancelled by an operator",
+                        )
+                        if cancelled
+                        else InstanceOutcome(
+                            instance_id, "failed", True, detail=f"patch activity failed: {exc}"
+                        )
+                    )
+        failed = [i for i in batch if i in outcomes and outcomes[i].status != "succeeded"]
+        undo = {
+            i: [u for r in self._hook_steps.get(i, []) if r.phase == PRE_INSTALL for u in r.undo]
+            for i in batch
+        }
+        exit_result = await self._run_hooks(inp, ON_EXIT, batch, failed=failed, undo=undo)
+        self._hook_outcomes(inp, ON_EXIT, exit_result, outcomes)
+        return PatchBatchResult(
+            outcomes=[
+                outcomes.get(i) or InstanceOutcome(i, "failed", True, detail="no result reported")
+                for i in batch
+            ]
+        )
+
+    def _hook_outcomes(
+        self, inp: StageRunInput, phase: str, result: HookPhaseResult, outcomes: dict[str, InstanceOutcome]
+    ) -> None:
+        """Instances failing ``phase`` fail (the first failure's detail stays); ``halt_stage`` stops dispatch."""
+        assert inp.hooks is not None
+        for instance_id, why in result.failed.items():
+            previous = outcomes.get(instance_id)
+            if previous is not None and previous.status != "succeeded":
+                continue
+            outcomes[instance_id] = InstanceOutcome(instance_id, "failed", True, detail=f"hook failed: {why}")
+            if inp.hooks.on_hook_failure == HALT_STAGE and not self._halt_reason:
+                self._stop = True
+                self._halt_reason = (
+                    f"stage {inp.stage}: the {phase} hooks of {instance_id} failed ({why}); "
+                    "on_hook_failure: halt_stage stopped the stage"
+                )
+
+    async def _run_hooks(
+        self,
+        inp: StageRunInput,
+        phase: str,
+        instance_ids: list[str],
+        *,
+        failed: list[str] | None = None,
+        undo: dict[str, list[str]] | None = None,
+        rebooted: list[str] | None = None,
+    ) -> HookPhaseResult:
+        """One phase of the stage's hooks on ``instance_ids`` (the ``run_hook_phase`` activity); its step records
+        are kept per instance. Shielded from an abort: the phase finishes, then the abort goes on."""
+        assert inp.hooks is not None
+        steps = inp.hooks.steps(phase)
+        if not steps or not instance_ids:
+            return HookPhaseResult(records={})
+        activity_task = asyncio.ensure_future(
+            workflow.execute_activity(
+                "run_hook_phase",
+                HookPhaseInput(
+                    executor=inp.executor,
+                    wave_id=inp.wave_id,
+                    stage=inp.stage,
+                    phase=phase,
+                    steps=steps,
+                    instance_ids=instance_ids,
+                    attempt=inp.attempt,
+                    failed_instance_ids=[i for i in failed or [] if i in instance_ids],
+                    undo={i: u for i, u in (undo or {}).items() if u},
+                    rebooted_instance_ids=list(rebooted or []),
+                ),
+                result_type=HookPhaseResult,
+                start_to_close_timeout=timedelta(seconds=phase_budget_seconds(steps)),
+                heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
+                retry_policy=PATCH_RETRY,
+                summary=f"{phase} hooks of {len(instance_ids)} instance(s) of {inp.stage}",
+            )
+        )
+        interrupted: asyncio.CancelledError | None = None
+        while True:
+            try:
+                result: HookPhaseResult = await asyncio.shield(activity_task)
+                break
+            except asyncio.CancelledError as exc:
+                interrupted = exc  # the phase finishes first; the abort is raised after it
+            except (
+                ActivityError
+            ) as exc:  # the activity gave up after its retries: the phase failed everywhere
+                result = HookPhaseResult(
+                    records={}, failed=dict.fromkeys(instance_ids, f"{phase} hooks did not run: {exc}")
+                )
+                break
+        for instance_id, records in result.records.items():
+            self._hook_steps.setdefault(instance_id, []).extend(records)
+        if interrupted is not None:
+            raise interrupted
+        return result
 
     @staticmethod
     async def _batch_activity(

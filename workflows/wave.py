@@ -25,6 +25,9 @@ with workflow.unsafe.imports_passed_through():
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
     from patchflow.core.disruption import ZONE_BY_ZONE, only, resolve_limits
     from patchflow.core.freezes import FreezePeriod  # noqa: F401
+
+    # ... and StageInput.hooks' (lifecycle hooks): HookStep inside Hooks.
+    from patchflow.core.hooks import Hooks  # noqa: F401
     from patchflow.core.ratecontrol import (
         CANCEL,
         CANCELLED,
@@ -211,14 +214,14 @@ class WaveWorkflow:
         """The status without any stage's instances and details (their pages: :meth:`instances_page`)."""
         s = self._status
         return dataclasses.replace(
-            s, stages=[dataclasses.replace(st, instances={}, details={}) for st in s.stages]
+            s, stages=[dataclasses.replace(st, instances={}, details={}, hook_steps={}) for st in s.stages]
         )
 
     @workflow.query
     def instances_page(self, page: InstancePageInput) -> InstancePage:
         """One page of a stage's instances and their details (at most ``MAX_PAGE_INSTANCES``)."""
         st = self._status.stages[self._stage_index(page.stage)]
-        return instance_page(st.instances, st.details, page)
+        return instance_page(st.instances, st.details, page, st.hook_steps)
 
     # ------------------------------------------------------------------------------------------ updates
     # Validators refuse what does not apply (a refused Update leaves no trace in the history); a validator and
@@ -710,6 +713,7 @@ class WaveWorkflow:
                 disruption_limits=targets.limits,
                 zones=only(targets.zones, targets.remaining) if targets.zones else {},
                 disruption_budget=_disruption_label(stage),
+                hooks=stage.hooks,
             ),
             id=run_id,
         )
@@ -730,6 +734,7 @@ class WaveWorkflow:
         st.active_run_id = None
         st.instances.update(result.states)
         st.details.update(result.details)
+        st.hook_steps.update(result.hook_steps)
         st.errors = result.errors
         self._results_recorded_later(st)
 
@@ -751,7 +756,7 @@ class WaveWorkflow:
                 return False
             targets.remaining, targets.errors = self._resume_targets(st), 0
         elif result.stopped:
-            if await self._halted(st, "halted by an operator") != "resume":
+            if await self._halted(st, result.halt_reason or "halted by an operator") != "resume":
                 return False
             targets.remaining = self._resume_targets(st)
         elif result.cut_off:

@@ -279,6 +279,8 @@ def wave_status(api: RemoteApi, wave_id: str) -> dict[str, Any]:
         for instance in stage.get("instances", []):
             if instance.get("detail") is None:
                 instance.pop("detail", None)
+            if not instance.get("hooks"):
+                instance.pop("hooks", None)
     return status
 
 

@@ -373,6 +373,37 @@ def print_status(status: dict[str, Any]) -> None:
     if status.get("reason"):
         out.print(f"  {status['reason']}")
     out.print(stage_table(status))
+    for line in hook_lines(status):
+        out.print(line, markup=False, highlight=False)
+
+
+#: Most instances ``wave status`` lists with their hook steps (failed ones first); ``--format json`` has all.
+MAX_HOOK_LINES = 50
+
+
+def hook_lines(status: dict[str, Any]) -> list[str]:
+    """One compact line per instance with lifecycle hook steps (``prod i-1: pre_install ok 3/3 2.1s; …``),
+    failed instances first, at most :data:`MAX_HOOK_LINES`."""
+    from patchflow.core.hooks import HookStepRecord, compact
+
+    rows = [
+        (stage["name"], instance)
+        for stage in status["stages"]
+        for instance in stage["instances"]
+        if instance.get("hooks")
+    ]
+    if not rows:
+        return []
+    rows.sort(key=lambda row: not any(step["status"] == "failed" for step in row[1]["hooks"]))
+    lines = ["lifecycle hooks:"]
+    for name, instance in rows[:MAX_HOOK_LINES]:
+        records = [HookStepRecord(**step) for step in instance["hooks"]]
+        lines.append(f"  {name} {instance['id']}: {compact(records)}")
+    if len(rows) > MAX_HOOK_LINES:
+        lines.append(
+            f"  … and {len(rows) - MAX_HOOK_LINES} more instance(s) (--format json shows every step)"
+        )
+    return lines
 
 
 _COUNT_COLUMNS = ("pending", "in_flight", "succeeded", "failed", "not_attempted", "rolled_back", "cancelled")

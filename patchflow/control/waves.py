@@ -35,6 +35,7 @@ from patchflow.core.baselines import load_baseline
 from patchflow.core.catalog import load_catalog
 from patchflow.core.evaluation import PatchSet, evaluate
 from patchflow.core.freezes import FreezeCalendar, FreezePeriod, load_freeze_file, periods_for_wave
+from patchflow.core.hooks import HookStepRecord
 from patchflow.core.patchsets import PatchSetStore
 from patchflow.core.plans import Plan
 from patchflow.core.wavemodel import (
@@ -269,6 +270,7 @@ def wave_input(
             disruption_max=str(s.disruption_budget.max) if s.disruption_budget else "",
             disruption_per=s.disruption_budget.per if s.disruption_budget else "",
             rollout=s.rollout,
+            hooks=s.hooks,
         )
         for s in plan.stages
     ]
@@ -343,6 +345,7 @@ async def wave_status(client: Client, wave_id: str, *, page_size: int = MAX_PAGE
             except (RPCError, WorkflowQueryFailedError):
                 continue
             stage.instances.update(progress.states)
+            stage.hook_steps.update(progress.hook_steps)
             stage.errors = progress.errors
             stage.disruption = progress.disruption or stage.disruption
     return status
@@ -372,6 +375,7 @@ async def _paged_status(handle: WorkflowHandle[Any, Any], page_size: int) -> Wav
         for page in await _all_pages(fetch):
             stage.instances.update(page.instances)
             stage.details.update(page.details)
+            stage.hook_steps.update(page.hook_steps)
 
     await asyncio.gather(*(fill(stage) for stage in status.stages))
     return status
@@ -397,6 +401,7 @@ async def _paged_progress(handle: WorkflowHandle[Any, Any], page_size: int) -> S
 
     for page in await _all_pages(fetch):
         progress.states.update(page.instances)
+        progress.hook_steps.update(page.hook_steps)
     return progress
 
 
@@ -424,6 +429,17 @@ async def gate_approvers(client: Client, wave_id: str, stage: str) -> list[str]:
     return []
 
 
+def _step_json(record: HookStepRecord) -> dict[str, Any]:
+    """A lifecycle hook step record in the status JSON (``undo`` is internal and left out)."""
+    return {
+        "phase": record.phase,
+        "step": record.step,
+        "status": record.status,
+        "duration_seconds": record.duration_seconds,
+        "output": record.output,
+    }
+
+
 def status_json(status: WaveStatus) -> dict[str, Any]:
     """The documented JSON contract of ``wave status --format json``."""
     return {
@@ -445,7 +461,16 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                 "note": st.note,
                 **({"disruption_budget": st.disruption} if st.disruption else {}),
                 "instances": [
-                    {"id": i, "state": s, **({"detail": st.details[i]} if i in st.details else {})}
+                    {
+                        "id": i,
+                        "state": s,
+                        **({"detail": st.details[i]} if i in st.details else {}),
+                        **(
+                            {"hooks": [_step_json(r) for r in st.hook_steps[i]]}
+                            if st.hook_steps.get(i)
+                            else {}
+                        ),
+                    }
                     for i, s in st.instances.items()
                 ],
             }

@@ -130,3 +130,17 @@ class HealthResult:
     instance_id: str
     healthy: bool
     message: str = ""
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    """What one shell command (a lifecycle hook's ``command`` step) did on one instance."""
+
+    instance_id: str
+    exit_code: int
+    """The command's exit status; -1 when it did not finish (timed out, undeliverable, cancelled)."""
+    output: str = ""
+    """The tail of its output (stdout, then stderr), or why it did not run."""
+    duration_seconds: float = 0.0
+    status: str = "finished"
+    """``finished`` (``exit_code`` says how), ``timed_out`` or ``undeliverable``."""

@@ -20,6 +20,7 @@ from patchflow.core.approvers import approver_problem
 from patchflow.core.disruption import CONCURRENT_ZONES, ROLLOUTS, DisruptionBudget, per_problem
 from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
 from patchflow.core.freezes import FreezeRule, parse_freezes
+from patchflow.core.hooks import Hooks, parse_hooks
 from patchflow.core.ratecontrol import CARRY_OVER, CUTOFF_BEHAVIORS, RAMP_NONE, RAMPS, Limit, parse_limit
 from patchflow.core.windows import ScheduleError, WindowSpec, parse_window_spec
 from patchflow.errors import InputError, Problem
@@ -118,6 +119,9 @@ class Stage:
     the plan's; see :mod:`patchflow.core.disruption`). None: no budget."""
     rollout: str = CONCURRENT_ZONES
     """``concurrent_zones`` or ``zone_by_zone`` (finish one availability zone before the next starts)."""
+    hooks: Hooks | None = None
+    """Lifecycle hooks per instance (the stage's own ``hooks``, else the plan's); None: no hooks, the install
+    alone (see :mod:`patchflow.core.hooks`)."""
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,7 @@ _PLAN_KEYS = (
     "task_queue",
     "disruption_budget",
     "rollout",
+    "hooks",
 )
 _AWS_NAMES = {"max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors"}
 #: A stage's options that take one of a few words: key → (allowed values, the default first; how to choose).
@@ -209,6 +214,7 @@ _STAGE_KEYS = (
     *_STAGE_CHOICES,
     "disruption_budget",
     "rollout",
+    "hooks",
 )
 _BUDGET_KEYS = ("max", "per")
 _ROLLOUT_HINT = (
@@ -273,6 +279,7 @@ def parse_plan(doc: Document) -> Plan:
     )
     defaults = _parse_disruption(data, (), check.bad, (None, CONCURRENT_ZONES))
     stages = _parse_stages(data.get("stages"), check, defaults or (None, CONCURRENT_ZONES))
+    stages = _with_hooks(data, stages, executor.kind, check)
     if check.problems:
         raise PlanError("invalid rollout plan", source=doc.source, problems=check.problems)
     return Plan(
@@ -390,6 +397,31 @@ def _parse_stages(
         seen.add(stage.name)
         stages.append(stage)
     return stages
+
+
+def _with_hooks(
+    data: dict[str, Any], stages: list[Stage], executor_kind: str, check: _Checker
+) -> list[Stage]:
+    """Each stage with its lifecycle hooks: its own ``hooks``, else the plan's ``hooks`` (``hooks: {}`` in a
+    stage turns the plan's off for it)."""
+    default = None
+    if "hooks" in data:
+        default = parse_hooks(data["hooks"], ("hooks",), check.bad, executor_kind=executor_kind)
+    raw_stages = data.get("stages")
+    raws = raw_stages if isinstance(raw_stages, list) else []
+    out: list[Stage] = []
+    for stage in stages:
+        index = next(
+            i for i, raw in enumerate(raws) if isinstance(raw, dict) and raw.get("name") == stage.name
+        )
+        raw = raws[index]
+        hooks = default
+        if "hooks" in raw:
+            hooks = parse_hooks(
+                raw["hooks"], ("stages", index, "hooks"), check.bad, executor_kind=executor_kind
+            )
+        out.append(replace(stage, hooks=hooks) if hooks is not None and hooks.has_steps else stage)
+    return out
 
 
 def _ssm_options(raw: dict[str, Any], bad: Any) -> dict[str, Any]:

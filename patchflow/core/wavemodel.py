@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from patchflow.core.freezes import FreezePeriod
+from patchflow.core.hooks import Hooks, HookStep, HookStepRecord
 from patchflow.core.instances import Package, RepoSource
 from patchflow.core.windows import WindowSpec
 
@@ -120,6 +121,8 @@ class StageInput:
     """``disruption_budget.per``: ``availability_zone`` or ``tag:<Key>``."""
     rollout: str = "concurrent_zones"
     """``concurrent_zones`` or ``zone_by_zone`` (one availability zone finished before the next starts)."""
+    hooks: Hooks | None = None
+    """Lifecycle hooks per instance (:mod:`patchflow.core.hooks`); None: the install alone, as before hooks."""
 
 
 @dataclass
@@ -200,6 +203,10 @@ class StageRunInput:
     zone order)."""
     disruption_budget: str = ""
     """The budget as the plan wrote it (``10% per tag:Cluster``), for ``wave status``."""
+    hooks: Hooks | None = None
+    """The stage's lifecycle hooks (a few steps, never per instance); None: the install alone."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """Carried across continue-as-new: the hook step records of instances already done in this run."""
 
 
 @dataclass
@@ -215,6 +222,10 @@ class StageRunResult:
     """An operator asked the run to stop (halt or cancel)."""
     cut_off: bool = False
     """``cancel_at_cutoff``: the cutoff passed with work left (in-flight instances cancelled, or never started)."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """instance id → what its lifecycle hooks did (only instances of stages with hooks)."""
+    halt_reason: str = ""
+    """Why the run stopped dispatching by itself (``on_hook_failure: halt_stage``); empty for an operator's stop."""
 
 
 #: Most instances one page of a status query carries: ≈ 100 bytes each (id, state, detail), so a page stays
@@ -242,19 +253,26 @@ class InstancePage:
     """instance id → detail, for this page's instances that have one."""
     total: int
     """How many instances the stage (or stage run) has in all pages."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """instance id → its lifecycle hook step records, for this page's instances that have them."""
 
 
 def instance_page(
-    instances: dict[str, str], details: dict[str, str], page: InstancePageInput
+    instances: dict[str, str],
+    details: dict[str, str],
+    page: InstancePageInput,
+    hook_steps: dict[str, list[HookStepRecord]] | None = None,
 ) -> InstancePage:
-    """One page of ``instances`` (insertion order) with the details of its instances."""
+    """One page of ``instances`` (insertion order) with the details (and hook step records) of its instances."""
     limit = max(0, min(page.limit, MAX_PAGE_INSTANCES))
     offset = max(0, page.offset)
     ids = list(itertools.islice(instances, offset, offset + limit))
+    steps = hook_steps or {}
     return InstancePage(
         instances={i: instances[i] for i in ids},
         details={i: details[i] for i in ids if i in details},
         total=len(instances),
+        hook_steps={i: steps[i] for i in ids if i in steps},
     )
 
 
@@ -268,6 +286,8 @@ class StageProgress:
     max_concurrency: int
     disruption: str = ""
     """The disruption budget now: the budget, the groups at their limit, the zone rolling out (empty: none)."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """instance id → lifecycle hook step records so far (filled from ``progress_page``)."""
 
 
 @dataclass
@@ -303,6 +323,36 @@ class InstanceOutcome:
 @dataclass
 class PatchBatchResult:
     outcomes: list[InstanceOutcome]
+
+
+@dataclass
+class HookPhaseInput:
+    """Run one lifecycle phase's steps on a batch of instances (the ``run_hook_phase`` activity)."""
+
+    executor: ExecutorRef
+    """Builds the executor for command steps; its ``region``/``endpoint_url`` also serve the AWS built-ins."""
+    wave_id: str
+    stage: str
+    phase: str
+    steps: list[HookStep]
+    instance_ids: list[str]
+    attempt: int = 0
+    failed_instance_ids: list[str] = field(default_factory=list)
+    """on_exit: instances whose install or hooks failed (``ebs_snapshot`` with ``restore_on_failure`` restores
+    them)."""
+    undo: dict[str, list[str]] = field(default_factory=dict)
+    """on_exit: instance id → what pre_install recorded for undoing (elb_deregister's ``ARN|port`` targets)."""
+    rebooted_instance_ids: list[str] = field(default_factory=list)
+    """post_reboot: instances the reboot step rebooted; the others run post_reboot only when their install left
+    no reboot pending (else their steps are skipped)."""
+
+
+@dataclass
+class HookPhaseResult:
+    records: dict[str, list[HookStepRecord]]
+    """instance id → the phase's step records, in step order."""
+    failed: dict[str, str] = field(default_factory=dict)
+    """instance id → which step failed and why (instances absent here passed the phase)."""
 
 
 @dataclass
@@ -463,6 +513,9 @@ class StageStatus:
     disruption: str = ""
     """The stage's disruption budget (``10% per tag:Cluster; zone_by_zone``); while it runs, also the groups at
     their limit and the zone rolling out. Empty: no budget."""
+    hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
+    """instance id → what its lifecycle hooks did (phase, step, status, duration, output tail); only stages
+    with hooks. Paged like ``instances`` (``instances_page``)."""
 
 
 @dataclass

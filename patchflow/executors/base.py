@@ -20,6 +20,7 @@ from typing import Protocol
 
 from patchflow.core.instances import (
     ERROR_STATUSES,
+    CommandResult,
     HealthResult,
     InstallResult,
     InstallStatus,
@@ -31,6 +32,7 @@ from patchflow.core.instances import (
 from patchflow.errors import NotFoundError
 
 __all__ = [
+    "CommandResult",
     "Executor",
     "OperationNotStartedError",
     "ERROR_STATUSES",
@@ -150,4 +152,24 @@ class Executor(Protocol):
 
     async def health_check(self, instance_id: str) -> HealthResult:
         """Whether the instance's workload is healthy."""
+        ...
+
+    async def run_command(
+        self,
+        instance_id: str,
+        command: str,
+        *,
+        timeout_seconds: float,
+        operation_id: str,
+        document: str | None = None,
+        parameters: dict[str, list[str]] | None = None,
+    ) -> CommandResult:
+        """Run a lifecycle hook's command on the instance: a shell command as root (SSH: over SSH; SSM:
+        ``AWS-RunShellScript`` through SendCommand; simulated: nothing runs, the fleet file says how it ends).
+
+        ``document`` (SSM only) runs that SSM document with ``parameters`` instead of the shell command; other
+        executors refuse it with a :class:`ValueError`. Idempotent on ``operation_id`` where the backend keeps
+        records (SSM: a retry finds the command it sent; simulated: the recorded result); SSH runs the command
+        again, so hook commands should be safe to repeat (the activity skips steps it finished before a retry).
+        """
         ...

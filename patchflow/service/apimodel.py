@@ -178,10 +178,25 @@ class WaveList(_Model):
     waves: list[WaveSummary]
 
 
+class HookStepOut(_Model):
+    """What one lifecycle hook step did on the instance."""
+
+    phase: str
+    """pre_install, post_install, post_reboot or on_exit."""
+    step: str
+    status: str
+    """succeeded, failed or skipped."""
+    duration_seconds: float
+    output: str
+    """The tail of the step's output, or why it failed or was skipped (at most 200 characters)."""
+
+
 class InstanceOut(_Model):
     id: str
     state: str
     detail: str | None = None
+    hooks: list[HookStepOut] = []
+    """Lifecycle hook steps in the order they ran (empty for stages without hooks)."""
 
 
 class StageOut(_Model):

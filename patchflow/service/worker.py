@@ -8,6 +8,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.hooks import HookActivities
 from activities.patching import ExecutorFactory, WaveActivities, build_executor
 from activities.scheduling import ScheduleActivities
 from patchflow.config import Settings
@@ -26,6 +27,7 @@ def build_worker(
     database_url: str | None = None,
     settings: Settings | None = None,
     graceful_shutdown: timedelta = timedelta(),
+    hooks: HookActivities | None = None,
 ) -> Worker:
     """A worker serving every patchflow workflow and activity on ``task_queue``.
 
@@ -33,9 +35,11 @@ def build_worker(
     ``graceful_shutdown``: how long running activities may finish after ``shutdown()`` before they are cancelled
     and retried on another worker (``patchflow worker`` passes ``PATCHFLOW_WORKER_SHUTDOWN_GRACE_SECONDS``; the
     fleet's installs are never cancelled by a shutdown, see :func:`activities.patching._cancelled`).
+    ``hooks``: the lifecycle hook activities (default: built with ``factory`` and boto3's clients).
     """
     acts = WaveActivities(factory, database_url=database_url, client=client)
     scheduling = ScheduleActivities(settings, client)
+    hook_acts = hooks or HookActivities(factory)
     return Worker(
         client,
         task_queue=task_queue,
@@ -50,6 +54,7 @@ def build_worker(
             acts.health_check,
             acts.remind_gate,
             acts.record_wave,
+            hook_acts.run_hook_phase,
             scheduling.scheduled_wave_start,
             scheduling.scheduled_wave_allowed,
             scheduling.prepare_scheduled_wave,

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import collections
 import contextlib
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -178,6 +179,11 @@ class StageInstanceBase(SQLModel):
     state: str = Field(sa_type=_STATE)
     """pending, in_flight, succeeded, failed, not_attempted, rolled_back, cancelled."""
     detail: str = Field(default="", sa_type=sa.Text)
+    hook_steps: list[dict[str, Any]] = Field(
+        default_factory=list, sa_type=JSON, sa_column_kwargs={"server_default": "[]"}
+    )
+    """Lifecycle hooks: what each step did (``phase``, ``step``, ``status``, ``duration_seconds``, ``output`` —
+    its tail), in the order they ran; empty for stages without hooks."""
 
 
 class StageInstance(StageInstanceBase, table=True):
@@ -671,13 +677,17 @@ def record_wave_status(session: Session, *, status: WaveStatus, at: datetime | N
                     "position": index,
                     "state": state,
                     "detail": st.details.get(instance_id, ""),
+                    "hook_steps": [
+                        {k: v for k, v in dataclasses.asdict(r).items() if k != "undo"}
+                        for r in st.hook_steps.get(instance_id, [])
+                    ],
                     "updated_at": at,
                 }
             )
     stage_columns = [k for k in (stage_rows[0] if stage_rows else {}) if k not in ("wave_id", "name")]
     stage_update = {k: _excluded(k) for k in stage_columns}  # everything but the key
     _insert(session, stages, stage_rows, keys=["wave_id", "name"], update=stage_update, where=newer(stages))
-    instance_update = {k: _excluded(k) for k in ("position", "state", "detail", "updated_at")}
+    instance_update = {k: _excluded(k) for k in ("position", "state", "detail", "hook_steps", "updated_at")}
     _insert(
         session,
         instances,

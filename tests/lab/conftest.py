@@ -3,7 +3,8 @@
 
 Hosts are handed out by role so tests never share one: the wave tests use ``dev``/``test``/``prod``/``control``
 and ``rb``; executor tests take a ``spare`` host each, the baseline Sources tests ``src`` and ``rpm`` hosts;
-the SSM tests take ``ssm`` hosts (the fake SSM endpoint registers them under patch groups of their own).
+the SSM tests take ``ssm`` hosts (the fake SSM endpoint registers them under patch groups of their own); the
+lifecycle hook tests take ``hooks`` hosts.
 The lab needs root, ``mmdebstrap``, ``dpkg-deb``, ``rpmbuild`` and ``createrepo_c``
 (``.ci/run`` installs them); without them the lab tests skip locally and fail in CI.
 """
@@ -35,6 +36,7 @@ LAB_GROUPS = {
     "spare": 8,
     "ssm": 7,
     "src": 3,
+    "hooks": 2,
 }
 RPM_GROUPS = {"rpm": 3}
 """Hosts whose lab packages live in an RPM database, patched with dnf."""

@@ -52,6 +52,7 @@ from typing import Any, Final, Literal
 from patchflow.core import versions
 from patchflow.errors import InputError, NotFoundError
 from patchflow.executors.base import (
+    CommandResult,
     HealthResult,
     InstallResult,
     InstanceInfo,
@@ -102,6 +103,14 @@ CREATE TABLE IF NOT EXISTS operations (
     result TEXT
 );
 CREATE INDEX IF NOT EXISTS operations_running ON operations (status, instance_id, started_at);
+CREATE TABLE IF NOT EXISTS commands (
+    operation_id TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    command TEXT NOT NULL,
+    exit_code INTEGER NOT NULL,
+    output TEXT NOT NULL,
+    ran_at REAL NOT NULL
+);
 """
 
 
@@ -274,6 +283,62 @@ class SimulatedExecutor:
                 instance.id, healthy=False, message="simulated health check failure (fail_health)"
             )
         return HealthResult(instance.id, healthy=True, message="simulated health check passed")
+
+    async def run_command(
+        self,
+        instance_id: str,
+        command: str,
+        *,
+        timeout_seconds: float,
+        operation_id: str,
+        document: str | None = None,
+        parameters: dict[str, list[str]] | None = None,
+    ) -> CommandResult:
+        """A lifecycle hook's command: nothing runs; it exits 1 when it contains one of the instance's
+        ``fail_commands`` (fleet file), else 0. Recorded once per ``operation_id`` (a retry gets the record)."""
+        if document is not None:
+            raise ValueError("ssm_document steps need the ssm executor")
+        instance = self._instance(instance_id)
+        if instance.behaviour.offline:
+            return CommandResult(
+                instance_id, -1, "undeliverable: the instance is offline", status="undeliverable"
+            )
+        return await asyncio.to_thread(self._run_command, instance, command, operation_id)
+
+    def _run_command(self, instance: FleetInstance, command: str, operation_id: str) -> CommandResult:
+        self._ensure_ready()
+        failing = next((part for part in instance.behaviour.fail_commands if part in command), None)
+        exit_code, output = (
+            (1, f"simulated command failure (fail_commands: {failing!r})")
+            if failing
+            else (0, f"simulated: {command}")
+        )
+        with self._transaction() as conn:
+            row = conn.execute(
+                "SELECT instance_id, command, exit_code, output FROM commands WHERE operation_id = ?",
+                (operation_id,),
+            ).fetchone()
+            if row is not None:
+                if (row[0], row[1]) != (instance.id, command):
+                    raise ValueError(
+                        f"operation id {operation_id!r} was used for another command or instance"
+                    )
+                return CommandResult(instance.id, int(row[2]), str(row[3]))
+            conn.execute(
+                "INSERT INTO commands (operation_id, instance_id, command, exit_code, output, ran_at) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (operation_id, instance.id, command, exit_code, output, self._clock()),
+            )
+        return CommandResult(instance.id, exit_code, output)
+
+    def commands_run(self, instance_id: str) -> list[str]:
+        """The hook commands run on an instance, in order (tests and ``fleet status``)."""
+        self._ensure_ready()
+        with closing(self._connect()) as conn:
+            rows = conn.execute(
+                "SELECT command FROM commands WHERE instance_id = ? ORDER BY ran_at, rowid", (instance_id,)
+            ).fetchall()
+        return [str(r[0]) for r in rows]
 
     # ------------------------------------------------------------------------------------ fleet commands
 

@@ -114,6 +114,8 @@ class Behaviour:
     """Successful operations report ``rebooted``."""
     offline: bool = False
     """The agent is unreachable: discovery shows the instance offline and operations are ``undeliverable``."""
+    fail_commands: tuple[str, ...] = ()
+    """Lifecycle hook commands containing one of these strings exit 1 (``run_command``); others exit 0."""
 
 
 @dataclass(frozen=True)
@@ -356,6 +358,13 @@ class _FleetChecker(_Checker):
             packages[(name, arch)] = Package(name=name, arch=arch, version=version)
         return [packages[key] for key in sorted(packages)]
 
+    def fail_commands(self, path: tuple[PathPart, ...], raw: dict[str, Any]) -> tuple[str, ...]:
+        value = raw.get("fail_commands", [])
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            self.bad(path, "expected a list of strings: hook commands containing one of them fail")
+            return ()
+        return tuple(value)
+
     def behaviour(
         self, path: tuple[PathPart, ...], data: dict[str, Any], allowed: Sequence[str], hints: dict[str, str]
     ) -> tuple[tuple[float, float], dict[str, Any]] | None:
@@ -428,11 +437,16 @@ class _FleetParser:
         zones = check.zones((*where, "availability_zone"), spec.get("availability_zone"), many=False)
         family, product = check.platform(where, spec)
         installed = check.installed((*where, "installed"), spec.get("installed", []), family)
-        behaviour = check.behaviour(where, spec, ("duration_seconds", *_FLAGS), _INSTANCE_HINTS)
+        behaviour = check.behaviour(
+            where, spec, ("duration_seconds", *_FLAGS, "fail_commands"), _INSTANCE_HINTS
+        )
         if behaviour is None:
             return
         duration, raw = behaviour
-        flags = {flag: check.flag((*where, "behaviour", flag), raw.get(flag, False)) for flag in _FLAGS}
+        flags: dict[str, Any] = {
+            flag: check.flag((*where, "behaviour", flag), raw.get(flag, False)) for flag in _FLAGS
+        }
+        flags["fail_commands"] = check.fail_commands((*where, "behaviour", "fail_commands"), raw)
         if instance_id is None or family is None or not unique:
             return
         self.instances.append(
@@ -479,10 +493,13 @@ class _FleetParser:
         zones = check.zones((*where, "availability_zone"), spec.get("availability_zone"), many=True)
         family, product = check.platform(where, spec)
         installed = check.installed((*where, "installed"), spec.get("installed", []), family)
-        behaviour = check.behaviour(where, spec, ("duration_seconds", *_RATES), _GENERATE_HINTS)
+        behaviour = check.behaviour(
+            where, spec, ("duration_seconds", *_RATES, "fail_commands"), _GENERATE_HINTS
+        )
         if behaviour is None:
             return
         duration, raw = behaviour
+        fail_commands = check.fail_commands((*where, "behaviour", "fail_commands"), raw)
         rates = {
             flag: check.rate((*where, "behaviour", rate), raw.get(rate, 0.0))
             for flag, rate in _RATE_OF.items()
@@ -498,7 +515,11 @@ class _FleetParser:
                     family,
                     product,
                     list(installed),
-                    Behaviour(duration_seconds=_in_range(duration, self.seed, instance_id), **drawn),
+                    Behaviour(
+                        duration_seconds=_in_range(duration, self.seed, instance_id),
+                        fail_commands=fail_commands,
+                        **drawn,
+                    ),
                     zones[n % len(zones)] if zones else None,
                 )
             )

@@ -53,6 +53,7 @@ import asyncssh
 
 from patchflow.errors import NotFoundError
 from patchflow.executors.base import (
+    CommandResult,
     HealthResult,
     InstallResult,
     InstallStatus,
@@ -292,6 +293,39 @@ class SshExecutor:
             raise HostUnreachable(f"{host.name} ({host.address}:{host.port}): {_reason(exc)}") from exc
         status = result.exit_status if result.exit_status is not None else -1
         return status, _text(result.stdout), _text(result.stderr)
+
+    async def run_command(
+        self,
+        instance_id: str,
+        command: str,
+        *,
+        timeout_seconds: float,
+        operation_id: str,
+        document: str | None = None,
+        parameters: dict[str, list[str]] | None = None,
+    ) -> CommandResult:
+        """A lifecycle hook's command, as root on the host (``timeout <seconds>`` stops it on the host).
+
+        SSH keeps no record of it: a retried step runs it again (``operation_id`` only names it in logs).
+        """
+        if document is not None:
+            raise ValueError("ssm_document steps need the ssm executor")
+        started = time.monotonic()
+        wrapped = f"timeout {max(1, int(timeout_seconds))} sh -c {shlex.quote(command)} 2>&1"
+        try:
+            status, stdout, stderr = await self.run(instance_id, wrapped, timeout=timeout_seconds + 30)
+        except HostUnreachable as exc:
+            return CommandResult(instance_id, -1, str(exc), _since(started), status="undeliverable")
+        output = (stdout + stderr)[-4000:]
+        if status == 124:  # timeout(1): the command outlived its time and was stopped
+            return CommandResult(
+                instance_id,
+                -1,
+                output + f"\n(stopped after {timeout_seconds:.0f} s)",
+                _since(started),
+                "timed_out",
+            )
+        return CommandResult(instance_id, status, output, _since(started))
 
     async def reboot(self, instance_id: str) -> str:
         """Reboot the host now (its ``reboot_command``, detached so this call returns first) and wait for it

@@ -98,6 +98,7 @@ from patchflow.core.documents import dump_yaml
 from patchflow.core.instances import sources_for
 from patchflow.errors import InputError
 from patchflow.executors.base import (
+    CommandResult,
     HealthResult,
     InstallResult,
     InstallStatus,
@@ -761,6 +762,68 @@ class SsmExecutor:
             + (f": {detail}" if detail else ""),
         )
 
+    async def run_command(
+        self,
+        instance_id: str,
+        command: str,
+        *,
+        timeout_seconds: float,
+        operation_id: str,
+        document: str | None = None,
+        parameters: dict[str, list[str]] | None = None,
+    ) -> CommandResult:
+        """A lifecycle hook's step through Run Command: ``command`` with AWS-RunShellScript, or the SSM
+        ``document`` with ``parameters`` (SendCommand, then GetCommandInvocation until it is terminal).
+
+        Idempotent on ``operation_id``: a retry finds the command an earlier attempt sent (by the digest in its
+        Comment, among the instance's commands of that document of the last day) and waits for it instead.
+        """
+        started = time.monotonic()
+        info = await self._managed(instance_id)
+        if info is None or not info.online:
+            return CommandResult(
+                instance_id, -1, _undeliverable_reason(instance_id, info), _since(started), "undeliverable"
+            )
+        name = document or SHELL_DOCUMENT
+        params = (
+            dict(parameters or {})
+            if document
+            else {"commands": [command], "executionTimeout": [str(max(1, int(timeout_seconds)))]}
+        )
+        comment = command_comment(operation_id, "hook")
+        record = {
+            "instance_id": instance_id,
+            "document": name,
+            "comment": comment,
+            "created_at": time.time() - 86_400,
+        }
+        found = await self._find_command(record, marker=comment[:30])
+        command_id = found[0] if found else await self._send(instance_id, name, params, comment)
+        try:
+            invocation = await asyncio.wait_for(
+                self._wait(command_id, instance_id, None), timeout=timeout_seconds + 60
+            )
+        except TimeoutError:
+            return CommandResult(
+                instance_id,
+                -1,
+                f"command {command_id} still running after {timeout_seconds:.0f} s",
+                _since(started),
+                "timed_out",
+            )
+        details = invocation.get("StatusDetails", "")
+        output = (invocation.get("StandardOutputContent") or "") + (
+            invocation.get("StandardErrorContent") or ""
+        )
+        code = invocation.get("ResponseCode", -1)
+        if details in ("ExecutionTimedOut", "DeliveryTimedOut"):
+            return CommandResult(instance_id, -1, output + f" ({details})", _since(started), "timed_out")
+        if details in ("Undeliverable", "Terminated", "Cancelled"):
+            return CommandResult(instance_id, -1, output + f" ({details})", _since(started), "undeliverable")
+        return CommandResult(
+            instance_id, int(code if code is not None else -1), output[-4000:], _since(started)
+        )
+
     async def cancel(self, operation_id: str) -> bool:
         """Cancel the command of an unfinished install/restore (best effort, like SSM); True if one was asked.
 
@@ -1375,3 +1438,7 @@ def _cleanup_note(record: dict[str, Any], cleaned: dict[str, Any]) -> str:
         f"{cleaned['StatusDetails']}{': ' + stderr[-300:] if stderr else ''}): run that command's commands "
         f"again on the node (`aws ssm send-command --document-name AWS-RunShellScript`) once it is reachable"
     )
+
+
+def _since(start: float) -> float:
+    return time.monotonic() - start

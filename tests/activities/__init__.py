@@ -1,0 +1,1 @@
+"""Activity tests: real activities (Temporal ActivityEnvironment) against real servers."""
