@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections import Counter as Tally
 from collections import OrderedDict
@@ -60,6 +61,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from patchflow.core.analysis import Measurement
 from patchflow.core.baselines import COMPLIANCE_ORDER
 from patchflow.core.ratecontrol import (
     CANCELLED,
@@ -525,6 +527,31 @@ class PatchEvents:
             "Approval gates that waited past their reminder time without a decision (plan: remind_after).",
             registry=registry,
         )
+        self.analysis_measurement = Gauge(
+            "patchflow_analysis_measurement",
+            "The latest value a canary analysis query measured (its first series; NaN: no value), by wave, stage "
+            "and query.",
+            ["wave", "stage", "query"],
+            registry=registry,
+        )
+        self.analysis_measurements = Counter(
+            "patchflow_analysis_measurements",
+            "Canary analysis measurements taken, by verdict (successful, failed, inconclusive, error).",
+            ["verdict"],
+            registry=registry,
+        )
+        self.analysis_runs = Counter(
+            "patchflow_analysis_runs",
+            "Canary analyses finished, by result (successful, failed, inconclusive).",
+            ["result"],
+            registry=registry,
+        )
+        self.alert_blocks = Counter(
+            "patchflow_alert_blocks",
+            "Dispatch checks that found the stage blocked (block_on_alerts), by reason (alerts, unreachable).",
+            ["reason"],
+            registry=registry,
+        )
 
     def observe_patch(self, executor: str, outcome: str, seconds: float) -> None:
         label = outcome if outcome in PATCH_OUTCOMES else "other"
@@ -535,6 +562,11 @@ class PatchEvents:
 
     def record_throttle(self, executor: str, operation: str) -> None:
         self.executor_throttles.labels(executor=executor, operation=operation).inc()
+
+    def record_measurement(self, wave: str, stage: str, measurement: Measurement) -> None:
+        value = measurement.values[0] if measurement.values else math.nan
+        self.analysis_measurement.labels(wave=wave, stage=stage, query=measurement.query).set(value)
+        self.analysis_measurements.labels(verdict=measurement.verdict).inc()
 
     def history_database(self, *, reachable: bool, write: bool) -> None:
         self.history_database_up.set(1 if reachable else 0)
@@ -617,6 +649,18 @@ class Metrics:
     def record_throttle(self, executor: str, operation: str) -> None:
         """A backend API attempt was refused for rate (the client may still retry and succeed)."""
         self.events.record_throttle(executor, operation)
+
+    def record_measurement(self, wave: str, stage: str, measurement: Measurement) -> None:
+        """A canary analysis measurement was taken (its value and verdict)."""
+        self.events.record_measurement(wave, stage, measurement)
+
+    def record_analysis(self, result: str) -> None:
+        """A canary analysis finished with ``result``."""
+        self.events.analysis_runs.labels(result=result).inc()
+
+    def record_alert_block(self, reason: str) -> None:
+        """A dispatch check found the stage blocked (``alerts`` firing, or Prometheus ``unreachable``)."""
+        self.events.alert_blocks.labels(reason=reason).inc()
 
     def history_database(self, *, reachable: bool, write: bool = True) -> None:
         """The history database took (or refused, or did not answer) this process's last write — or, with

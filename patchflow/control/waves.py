@@ -256,7 +256,7 @@ def wave_input(
             max_errors=str(s.max_errors),
             soak_seconds=s.soak_seconds,
             gate=s.gate.kind,
-            approvers=list(s.gate.approvers),
+            approvers=list(s.gate.analysis.approvers if s.gate.analysis else s.gate.approvers),
             max_unhealthy=s.gate.max_unhealthy,
             health_url=s.gate.url,
             on_failure=s.on_failure,
@@ -266,6 +266,10 @@ def wave_input(
             cutoff_behavior=s.cutoff_behavior,
             expire_after_seconds=s.gate.expire_after,
             remind_after_seconds=s.gate.remind_after,
+            canary_count=s.canary.count if s.canary else 0,
+            canary_soak_seconds=s.canary.soak_seconds if s.canary else 0,
+            analysis=s.gate.analysis,
+            block_on_alerts=s.block_on_alerts or plan.block_on_alerts,
         )
         for s in plan.stages
     ]
@@ -341,6 +345,7 @@ async def wave_status(client: Client, wave_id: str, *, page_size: int = MAX_PAGE
                 continue
             stage.instances.update(progress.states)
             stage.errors = progress.errors
+            stage.blocked_by = progress.blocked_by
     return status
 
 
@@ -439,6 +444,7 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                 "window_start": st.window_start.isoformat() if st.window_start else None,
                 "waiting_since": st.waiting_since.isoformat() if st.waiting_since else None,
                 "note": st.note,
+                **_analysis_json(st),
                 "instances": [
                     {"id": i, "state": s, **({"detail": st.details[i]} if i in st.details else {})}
                     for i, s in st.instances.items()
@@ -448,6 +454,22 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
         ],
         "audit": [{**asdict(a), "at": a.at.isoformat()} for a in status.audit],
     }
+
+
+def _analysis_json(st: StageStatus) -> dict[str, Any]:
+    """A stage's analysis, measurements and alert blocking (keys present only when the plan uses them)."""
+    out: dict[str, Any] = {}
+    if st.blocked_by:
+        out["blocked_by"] = st.blocked_by
+    if st.analysis is not None:
+        out["analysis"] = {
+            "result": st.analysis.result,
+            "instances": st.analysis.instances,
+            "queries": {name: asdict(tally) for name, tally in st.analysis.tallies.items()},
+        }
+    if st.measurements:
+        out["measurements"] = [{**asdict(m), "at": m.at.isoformat()} for m in st.measurements]
+    return out
 
 
 async def act(

@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from patchflow.core.analysis import AlertBlockSpec, AnalysisSpec, AnalysisSummary, Measurement
 from patchflow.core.freezes import FreezePeriod
 from patchflow.core.instances import Package, RepoSource
 from patchflow.core.windows import WindowSpec
@@ -113,6 +114,15 @@ class StageInput:
     remind_after_seconds: int = 0
     """Approval gate: remind the approvers once after this long without a decision (audit entry, worker log,
     ``patchflow_gate_reminders``). 0 = half of ``expire_after_seconds`` (no reminder when that is 0 too)."""
+    canary_count: int = 0
+    """``canary.count``: patch these first targets, soak, analyse, then the rest (0: no canary)."""
+    canary_soak_seconds: int = 0
+    """``canary.soak_seconds``: between the canaries' last install and their analysis."""
+    analysis: AnalysisSpec | None = None
+    """``gate.analysis`` (then ``gate`` is ``analysis``): of the canaries, or else of what earlier stages
+    patched, before promotion into the stage."""
+    block_on_alerts: AlertBlockSpec | None = None
+    """No dispatch while a matching Prometheus alert fires (the stage's, else the plan's)."""
 
 
 @dataclass
@@ -183,6 +193,8 @@ class StageRunInput:
     """``cutoff_behavior: cancel``: at ``cutoff``, cancel the in-flight instances too (SSM: CancelCommand)."""
     sources: list[RepoSource] = field(default_factory=list)
     """The patch set's baseline ``Sources`` (:attr:`WaveInput.sources`)."""
+    block_on_alerts: AlertBlockSpec | None = None
+    """Before each batch is dispatched, no matching alert may fire (:attr:`StageInput.block_on_alerts`)."""
 
 
 @dataclass
@@ -249,6 +261,8 @@ class StageProgress:
     errors: int
     max_errors: int
     max_concurrency: int
+    blocked_by: str = ""
+    """Why dispatch waits (``block_on_alerts``): the alerts that fire, or Prometheus unreachable."""
 
 
 @dataclass
@@ -432,6 +446,13 @@ class StageStatus:
     waiting_since: datetime | None = None
     """When the stage's approval gate started waiting (workflow time); set on entering ``waiting_approval``,
     kept afterwards. None for stages that never waited (and for waves started before the field existed)."""
+    measurements: list[Measurement] = field(default_factory=list)
+    """The analysis' measurements, newest last (at most :data:`~patchflow.core.analysis.MAX_KEPT_MEASUREMENTS`;
+    ``analysis`` counts them all)."""
+    analysis: AnalysisSummary | None = None
+    """The stage's analysis (``gate.analysis``): per query how its measurements went, and the result."""
+    blocked_by: str = ""
+    """Why dispatch waits right now (``block_on_alerts``); empty when it does not."""
 
 
 @dataclass
