@@ -245,7 +245,7 @@ def instances_regex(instance_ids: list[str]) -> str:
     label value at all (the query then returns no series: an inconclusive measurement).
     """
     if not instance_ids:
-        return "$^"  # =~ anchors it as ^(?:$^)$: not even the empty string matches
+        return "x^"  # a character before the start of the text: matches nothing, not even the empty string
     return "|".join("".join(_regex_char(c) for c in i) for i in instance_ids)
 
 
