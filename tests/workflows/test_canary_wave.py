@@ -1,0 +1,226 @@
+"""Canaries, metric analysis and alert blocking in running waves: the dev server, the simulated fleet, and a real
+Prometheus (Debian's package) scraping an exporter whose per-host values the test sets.
+
+Analysis semantics follow Argo Rollouts' AnalysisTemplate (count, interval, successCondition, failureLimit:
+https://argo-rollouts.readthedocs.io/en/stable/features/analysis/); alert blocking follows kured's
+``--alert-filter-regexp``/``--alert-filter-match-only`` (https://kured.dev/docs/configuration/): no dispatch while
+a matching alert fires.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from activities.patching import build_executor
+from patchflow.control.waves import act, status_json, wave_status
+from patchflow.core.analysis import AlertBlockSpec, AnalysisQuery, AnalysisSpec
+from patchflow.core.wavemodel import StageInput
+from patchflow.testing.prometheus import (
+    ControlledExporter,
+    Prometheus,
+    PrometheusNotInstalled,
+    running_prometheus,
+)
+from tests.workflows.conftest import instance_id, running_worker
+from tests.workflows.helpers import instance_states, settle, stage, start, status_when, wave_input
+
+ALARM_RULES = {
+    "groups": [
+        {"name": "canary", "rules": [{"alert": "CanaryAlarm", "expr": "max(canary_alarm) > 0", "for": "0s"}]}
+    ]
+}
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ControlledExporter, Prometheus]]:
+    try:
+        with (
+            ControlledExporter() as exporter,
+            running_prometheus(tmp_path_factory.mktemp("prom"), [exporter.target], rules=ALARM_RULES) as prom,
+        ):
+            exporter.set("canary_alarm", 0, host="none")
+            yield exporter, prom
+    except PrometheusNotInstalled as exc:
+        pytest.skip(str(exc))
+
+
+@dataclass
+class Tracking:
+    """The real simulated executor, recording when each install started (wall clock)."""
+
+    inner: Any
+    starts: dict[str, float] = field(default_factory=dict)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def start_install(self, instance: str, patches: Any, *, operation_id: str) -> Any:
+        self.starts.setdefault(instance, time.time())
+        return await self.inner.start_install(instance, patches, operation_id=operation_id)
+
+
+def analysis(prom: Prometheus, metric: str, **fields: Any) -> AnalysisSpec:
+    """Error ratio of the analysed hosts (the worst one) below 5 %, measured 3 times a second apart."""
+    query = AnalysisQuery(
+        name="error-ratio",
+        query=f'max({metric}{{host=~"{{{{instances}}}}"}})',
+        success="< 0.05",
+        interval_seconds=1,
+        count=3,
+        failure_limit=0,
+    )
+    return AnalysisSpec(prometheus=prom.url, queries=[query], **fields)
+
+
+def canary_stage(prom: Prometheus, metric: str, **fields: Any) -> StageInput:
+    spec = fields.pop("analysis", None) or analysis(prom, metric)
+    return stage(
+        "prod",
+        max_concurrency="2",
+        gate="analysis",
+        analysis=spec,
+        approvers=list(spec.approvers),
+        canary_count=2,
+        canary_soak_seconds=1,
+        **fields,
+    )
+
+
+PROD = [instance_id("prod", n) for n in range(1, 6)]
+CANARIES, REST = PROD[:2], PROD[2:]
+
+
+def metric_name() -> str:
+    return f"canary_errors_{uuid.uuid4().hex[:8]}"
+
+
+async def test_a_healthy_canary_promotes_the_rest(
+    dev_env: WorkflowEnvironment,
+    make_fleet: Callable[..., Path],
+    tmp_path: Path,
+    lab: tuple[ControlledExporter, Prometheus],
+) -> None:
+    exporter, prom = lab
+    metric = metric_name()
+    for host in PROD:
+        exporter.set(metric, 0.001, host=host)
+    prom.wait_for(f'{metric}{{host="{PROD[-1]}"}}')
+    inp = wave_input(make_fleet({"prod": 5}), tmp_path, [canary_stage(prom, metric)])
+    box: dict[str, Tracking] = {}
+
+    def factory(ref: Any) -> Any:
+        return box.setdefault("t", Tracking(build_executor(ref)))
+
+    async with running_worker(dev_env.client, factory) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        result = await handle.result()
+    status = result.status
+    prod = status.stages[0]
+    assert status.state == "succeeded", status
+    assert set(prod.instances.values()) == {"succeeded"} and len(prod.instances) == 5
+    assert prod.analysis is not None and prod.analysis.result == "successful" and prod.analysis.instances == 2
+    assert [m.verdict for m in prod.measurements] == ["successful"] * 3
+    assert all(m.values == [0.001] for m in prod.measurements)
+    # The canaries went first; the rest only after the last measurement.
+    starts = box["t"].starts
+    last_measurement = max(m.at.timestamp() for m in prod.measurements)
+    assert max(starts[i] for i in CANARIES) < min(m.at.timestamp() for m in prod.measurements)
+    assert min(starts[i] for i in REST) > last_measurement
+    assert any(a.action == "analysis" and "analysis successful" in a.comment for a in status.audit)
+
+
+async def test_an_unhealthy_canary_halts_and_rolls_back(
+    dev_env: WorkflowEnvironment,
+    make_fleet: Callable[..., Path],
+    tmp_path: Path,
+    lab: tuple[ControlledExporter, Prometheus],
+) -> None:
+    exporter, prom = lab
+    metric = metric_name()
+    exporter.set(metric, 0.2, host=CANARIES[1])  # one canary's error ratio is bad
+    exporter.set(metric, 0.0, host=CANARIES[0])
+    prom.wait_for(f'{metric}{{host="{CANARIES[1]}"}}')
+    inp = wave_input(make_fleet({"prod": 5}), tmp_path, [canary_stage(prom, metric, on_failure="rollback")])
+    box: dict[str, Tracking] = {}
+
+    def factory(ref: Any) -> Any:
+        return box.setdefault("t", Tracking(build_executor(ref)))
+
+    async with running_worker(dev_env.client, factory) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        status = await settle(dev_env.client, inp.wave_id, {"halted"})
+        prod = status.stages[0]
+        assert "analysis failed" in status.reason and "0.2 does not satisfy '< 0.05'" in status.reason
+        assert [m.verdict for m in prod.measurements] == [
+            "failed"
+        ]  # failure_limit 0: the first failure decides
+        assert {instance_states(status, "prod")[i] for i in CANARIES} == {"rolled_back"}
+        assert {instance_states(status, "prod")[i] for i in REST} == {"pending"}
+        text = status_json(status)["stages"][0]
+        assert text["analysis"]["result"] == "failed" and text["measurements"][0]["values"] == [0.2]
+        await act(dev_env.client, inp.wave_id, "cancel", who="alice")
+        result = await handle.result()
+    assert set(box["t"].starts) == set(CANARIES), "the rest of the stage was attempted"
+    assert {instance_states(result.status, "prod")[i] for i in REST} == {"not_attempted"}
+
+
+async def test_a_missing_series_is_inconclusive_and_an_approver_decides(
+    dev_env: WorkflowEnvironment,
+    make_fleet: Callable[..., Path],
+    tmp_path: Path,
+    lab: tuple[ControlledExporter, Prometheus],
+) -> None:
+    _, prom = lab
+    spec = analysis(prom, metric_name(), inconclusive="approval", approvers=["alice"])  # never exported
+    inp = wave_input(make_fleet({"prod": 5}), tmp_path, [canary_stage(prom, "unused", analysis=spec)])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        status = await settle(dev_env.client, inp.wave_id, {"waiting_approval"})
+        prod = status.stages[0]
+        assert prod.state == "waiting_approval"
+        assert prod.analysis is not None and prod.analysis.result == "inconclusive"
+        # count 3 tolerates (3 - 1) // 2 = 1 inconclusive measurement: the second one decides
+        no_series = ("inconclusive", "the query returned no series")
+        assert [(m.verdict, m.detail) for m in prod.measurements] == [no_series, no_series]
+        assert "analysis inconclusive" in prod.note
+        assert {instance_states(status, "prod")[i] for i in REST} == {"pending"}
+        await act(dev_env.client, inp.wave_id, "approve", who="alice", stage="prod")
+        result = await handle.result()
+    assert result.status.state == "succeeded"
+    assert set(instance_states(result.status, "prod").values()) == {"succeeded"}
+
+
+async def test_a_firing_alert_blocks_dispatch_until_it_resolves(
+    dev_env: WorkflowEnvironment,
+    make_fleet: Callable[..., Path],
+    tmp_path: Path,
+    lab: tuple[ControlledExporter, Prometheus],
+) -> None:
+    exporter, prom = lab
+    exporter.set("canary_alarm", 1, host="db-1")
+    prom.wait_for_alert("CanaryAlarm")
+    block = AlertBlockSpec(prometheus=prom.url, match="^CanaryAlarm$", check_seconds=1)
+    inp = wave_input(make_fleet({"prod": 3}), tmp_path, [stage("prod", block_on_alerts=block)])
+    try:
+        async with running_worker(dev_env.client) as tq:
+            handle = await start(dev_env.client, tq, inp)
+            blocked = await status_when(dev_env.client, inp.wave_id, lambda s: bool(s.stages[0].blocked_by))
+            assert "CanaryAlarm" in blocked.stages[0].blocked_by, blocked
+            time.sleep(2.5)  # two more checks: still blocked, nothing dispatched
+            still = await wave_status(dev_env.client, inp.wave_id)
+            assert set(instance_states(still, "prod").values()) == {"pending"}
+            assert "firing alert(s) matching '^CanaryAlarm$': CanaryAlarm" in still.stages[0].blocked_by
+            exporter.set("canary_alarm", 0, host="db-1")
+            result = await handle.result()
+    finally:
+        exporter.set("canary_alarm", 0, host="db-1")
+    assert result.status.state == "succeeded"
+    assert set(instance_states(result.status, "prod").values()) == {"succeeded"}
