@@ -531,7 +531,7 @@ class PatchEvents:
             "patchflow_analysis_measurement",
             "The latest value a canary analysis query measured (its first series; NaN: no value), by wave, stage "
             "and query.",
-            ["wave", "stage", "query"],
+            ["wave_id", "stage", "query"],
             registry=registry,
         )
         self.analysis_measurements = Counter(
@@ -565,7 +565,7 @@ class PatchEvents:
 
     def record_measurement(self, wave: str, stage: str, measurement: Measurement) -> None:
         value = measurement.values[0] if measurement.values else math.nan
-        self.analysis_measurement.labels(wave=wave, stage=stage, query=measurement.query).set(value)
+        self.analysis_measurement.labels(wave_id=wave, stage=stage, query=measurement.query).set(value)
         self.analysis_measurements.labels(verdict=measurement.verdict).inc()
 
     def history_database(self, *, reachable: bool, write: bool) -> None:

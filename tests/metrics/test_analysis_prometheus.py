@@ -95,7 +95,7 @@ async def test_measurements_judge_what_prometheus_scraped(lab: tuple[ControlledE
     missing = await activities.measure(measure_input(prom, "< 0.01", ["i-nowhere"]))
     assert (missing.verdict, missing.values) == (INCONCLUSIVE, [])
 
-    labels = {"wave": "w", "stage": "prod", "query": "errors"}
+    labels = {"wave_id": "w", "stage": "prod", "query": "errors"}
     assert registry.get_sample_value("patchflow_analysis_measurement", labels) is not None
     for verdict in (SUCCESSFUL, FAILED, INCONCLUSIVE):
         assert registry.get_sample_value("patchflow_analysis_measurements_total", {"verdict": verdict}) == 1
