@@ -534,14 +534,7 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         ok = False
 
     choices = _parse_stage_choices(raw, where, bad)
-    canary = _parse_canary(raw["canary"], (*where, "canary"), bad) if "canary" in raw else None
-    block = (
-        parse_block_on_alerts(raw["block_on_alerts"], (*where, "block_on_alerts"), bad)
-        if "block_on_alerts" in raw
-        else None
-    )
-    if ("canary" in raw and canary is None) or ("block_on_alerts" in raw and block is None):
-        ok = False
+    ok, canary, block = _stage_extras(raw, where, bad, ok=ok)
     if not ok or window is None or gate is None or choices is None:
         return None
     return Stage(
@@ -691,6 +684,21 @@ def _prometheus_url(body: dict[str, Any], where: tuple[PathPart, ...], bad: Any)
         bad((*where, "prometheus"), "required: the Prometheus server's base URL, e.g. http://prometheus:9090")
         return None
     return url.rstrip("/")
+
+
+def _stage_extras(
+    raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any, *, ok: bool
+) -> tuple[bool, Canary | None, AlertBlockSpec | None]:
+    """A stage's optional ``canary`` and ``block_on_alerts``; ``ok`` turns False after a located problem."""
+    canary = _parse_canary(raw["canary"], (*where, "canary"), bad) if "canary" in raw else None
+    block = (
+        parse_block_on_alerts(raw["block_on_alerts"], (*where, "block_on_alerts"), bad)
+        if "block_on_alerts" in raw
+        else None
+    )
+    if ("canary" in raw and canary is None) or ("block_on_alerts" in raw and block is None):
+        ok = False
+    return ok, canary, block
 
 
 def _parse_canary(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Canary | None:
