@@ -20,6 +20,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.patching import build_executor
+from patchflow.cli.waves import analysis_lines
 from patchflow.control.waves import act, status_json, wave_status
 from patchflow.core.analysis import AlertBlockSpec, AnalysisQuery, AnalysisSpec
 from patchflow.core.wavemodel import StageInput
@@ -31,6 +32,7 @@ from patchflow.testing.prometheus import (
 )
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.helpers import instance_states, settle, stage, start, status_when, wave_input
+from tests.workflows.test_histories import keep  # replays the fresh histories (and records them on request)
 
 ALARM_RULES = {
     "groups": [
@@ -122,6 +124,7 @@ async def test_a_healthy_canary_promotes_the_rest(
     async with running_worker(dev_env.client, factory) as tq:
         handle = await start(dev_env.client, tq, inp)
         result = await handle.result()
+    await keep(dev_env.client, "canary-promoted", inp.wave_id)
     status = result.status
     prod = status.stages[0]
     assert status.state == "succeeded", status
@@ -166,8 +169,15 @@ async def test_an_unhealthy_canary_halts_and_rolls_back(
         assert {instance_states(status, "prod")[i] for i in REST} == {"pending"}
         text = status_json(status)["stages"][0]
         assert text["analysis"]["result"] == "failed" and text["measurements"][0]["values"] == [0.2]
+        shown = analysis_lines(text)  # what `wave status` prints under the stage table
+        assert (
+            shown[0]
+            == "  prod: analysis failed over 2 instance(s): error-ratio 0 ok / 1 failed / 0 inconclusive"
+        )
+        assert shown[1].endswith("error-ratio failed 0.2: 0.2 does not satisfy '< 0.05'")
         await act(dev_env.client, inp.wave_id, "cancel", who="alice")
         result = await handle.result()
+    await keep(dev_env.client, "canary-failed-rollback-cancel", inp.wave_id)
     assert set(box["t"].starts) == set(CANARIES), "the rest of the stage was attempted"
     assert {instance_states(result.status, "prod")[i] for i in REST} == {"not_attempted"}
 
@@ -194,6 +204,7 @@ async def test_a_missing_series_is_inconclusive_and_an_approver_decides(
         assert {instance_states(status, "prod")[i] for i in REST} == {"pending"}
         await act(dev_env.client, inp.wave_id, "approve", who="alice", stage="prod")
         result = await handle.result()
+    await keep(dev_env.client, "canary-inconclusive-approved", inp.wave_id)
     assert result.status.state == "succeeded"
     assert set(instance_states(result.status, "prod").values()) == {"succeeded"}
 
@@ -218,9 +229,47 @@ async def test_a_firing_alert_blocks_dispatch_until_it_resolves(
             still = await wave_status(dev_env.client, inp.wave_id)
             assert set(instance_states(still, "prod").values()) == {"pending"}
             assert "firing alert(s) matching '^CanaryAlarm$': CanaryAlarm" in still.stages[0].blocked_by
+            assert analysis_lines(status_json(still)["stages"][0])[0].startswith(
+                "  prod: dispatch blocked: firing"
+            )
             exporter.set("canary_alarm", 0, host="db-1")
             result = await handle.result()
+        await keep(dev_env.client, "alerts-block-dispatch", inp.wave_id)
     finally:
         exporter.set("canary_alarm", 0, host="db-1")
     assert result.status.state == "succeeded"
     assert set(instance_states(result.status, "prod").values()) == {"succeeded"}
+
+
+async def test_an_analysis_gate_without_canaries_compares_earlier_stages_with_the_unpatched(
+    dev_env: WorkflowEnvironment,
+    make_fleet: Callable[..., Path],
+    tmp_path: Path,
+    lab: tuple[ControlledExporter, Prometheus],
+) -> None:
+    """``compare: unpatched``: the baseline is the same query over the stage's own (not yet patched) targets."""
+    exporter, prom = lab
+    metric = metric_name()
+    dev = [instance_id("dev", n) for n in (1, 2)]
+    for host in dev:
+        exporter.set(metric, 0.012, host=host)
+    for host in PROD[:3]:
+        exporter.set(metric, 0.01, host=host)
+    prom.wait_for(f'{metric}{{host="{PROD[2]}"}}')
+    spec = analysis(prom, metric, compare="unpatched")
+    spec.queries[0].success = "result <= baseline * 1.5"
+    spec.queries[0].count = 2
+    inp = wave_input(
+        make_fleet({"dev": 2, "prod": 3}),
+        tmp_path,
+        [stage("dev"), stage("prod", gate="analysis", analysis=spec)],
+    )
+    async with running_worker(dev_env.client) as tq:
+        result = await (await start(dev_env.client, tq, inp)).result()
+    await keep(dev_env.client, "analysis-gate-compare", inp.wave_id)
+    prod = result.status.stages[1]
+    assert result.status.state == "succeeded"
+    assert prod.analysis is not None and prod.analysis.instances == 2 and prod.analysis.result == "successful"
+    assert [(m.values, m.baseline, m.verdict) for m in prod.measurements] == [
+        ([0.012], 0.01, "successful")
+    ] * 2
