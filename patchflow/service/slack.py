@@ -672,7 +672,7 @@ class WaveContext:
     def from_input(cls, inp: WaveInput) -> WaveContext:
         return cls(
             patch_set_summary=summarize_patches(inp.patch_set_id, inp.patches),
-            approvers={s.name: list(s.approvers) for s in inp.stages if s.gate == "approval"},
+            approvers={s.name: list(s.approvers) for s in inp.stages if s.gate in ("approval", "analysis")},
             channel=inp.slack_channel,
         )
 
