@@ -273,3 +273,38 @@ async def test_an_analysis_gate_without_canaries_compares_earlier_stages_with_th
     assert [(m.values, m.baseline, m.verdict) for m in prod.measurements] == [
         ([0.012], 0.01, "successful")
     ] * 2
+
+
+async def test_a_resume_after_a_failed_canary_dispatches_no_held_instance(
+    dev_env: WorkflowEnvironment,
+    make_fleet: Callable[..., Path],
+    tmp_path: Path,
+    lab: tuple[ControlledExporter, Prometheus],
+) -> None:
+    """A canary fails its install (error budget 0): the wave halts; a resume must not dispatch the instances that
+    wait for the canaries' analysis — they go only after it passed."""
+    exporter, prom = lab
+    metric = metric_name()
+    for host in PROD:
+        exporter.set(metric, 0.0, host=host)
+    prom.wait_for(f'{metric}{{host="{PROD[-1]}"}}')
+    fleet = make_fleet({"prod": 5}, behaviours={CANARIES[0]: {"fail": True}})
+    inp = wave_input(fleet, tmp_path, [canary_stage(prom, metric)])
+    box: dict[str, Tracking] = {}
+
+    def factory(ref: Any) -> Any:
+        return box.setdefault("t", Tracking(build_executor(ref)))
+
+    async with running_worker(dev_env.client, factory) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        halted = await settle(dev_env.client, inp.wave_id, {"halted"})
+        assert "exceeded max_errors 0" in halted.reason
+        assert {instance_states(halted, "prod")[i] for i in REST} == {"pending"}
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    await keep(dev_env.client, "canary-failed-install-resumed", inp.wave_id)
+    prod = result.status.stages[0]
+    assert result.status.state == "succeeded"
+    assert prod.analysis is not None and prod.analysis.instances == 1  # the canary that was patched
+    assert min(box["t"].starts[i] for i in REST) > max(m.at.timestamp() for m in prod.measurements)
+    assert [instance_states(result.status, "prod")[i] for i in PROD] == ["failed"] + ["succeeded"] * 4
