@@ -488,6 +488,10 @@ def _render_compliance(f: dict[str, GaugeMetricFamily], compliance: dict[str, _G
 # ---------------------------------------------------------------------------------------------- events
 
 
+#: Waves whose latest analysis measurements stay exported (``patchflow_analysis_measurement``) per process.
+MEASURED_WAVES_KEPT = 20
+
+
 class PatchEvents:
     """The event metrics: patch durations, executor API errors and throttles (counted in this process)."""
 
@@ -546,6 +550,8 @@ class PatchEvents:
             ["result"],
             registry=registry,
         )
+        self._measured: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        """The analysis gauges' label sets, least recently measured first."""
         self.alert_blocks = Counter(
             "patchflow_alert_blocks",
             "Dispatch checks that found the stage blocked (block_on_alerts), by reason (alerts, unreachable).",
@@ -565,8 +571,17 @@ class PatchEvents:
 
     def record_measurement(self, wave: str, stage: str, measurement: Measurement) -> None:
         value = measurement.values[0] if measurement.values else math.nan
-        self.analysis_measurement.labels(wave_id=wave, stage=stage, query=measurement.query).set(value)
+        labels = (wave, stage, measurement.query)
+        self.analysis_measurement.labels(*labels).set(value)
         self.analysis_measurements.labels(verdict=measurement.verdict).inc()
+        # Wave ids must not grow the series count without bound: keep the newest waves' gauges only.
+        self._measured.pop(labels, None)
+        self._measured[labels] = None
+        waves = list(dict.fromkeys(w for w, _, _ in self._measured))
+        for old in waves[: max(0, len(waves) - MEASURED_WAVES_KEPT)]:
+            for key in [k for k in self._measured if k[0] == old]:
+                del self._measured[key]
+                self.analysis_measurement.remove(*key)
 
     def history_database(self, *, reachable: bool, write: bool) -> None:
         self.history_database_up.set(1 if reachable else 0)

@@ -261,3 +261,16 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.kill(process.pid, signal.SIGKILL)
         process.wait(timeout=10)
+
+
+@contextmanager
+def prometheus_lab(
+    directory: Path, *, rules: dict[str, Any] | None = None
+) -> Iterator[tuple[ControlledExporter, Prometheus]]:
+    """A :class:`ControlledExporter` and a Prometheus scraping it (``rules`` evaluated every second): what a demo
+    of canary analysis needs (``patchflow demo --lab``). Both stopped at the end."""
+    with (
+        ControlledExporter() as exporter,
+        running_prometheus(directory, [exporter.target], rules=rules) as prom,
+    ):
+        yield exporter, prom

@@ -163,3 +163,25 @@ async def test_only_a_firing_matching_alert_blocks(lab: tuple[ControlledExporter
     exporter.set("canary_alarm", 0, host="a")
     prom.wait_for_alert("CanaryAlarm", firing=False)
     assert (await activities.check_alerts(AlertCheckInput(spec))).blocking == []
+
+
+def test_only_the_newest_waves_keep_their_measurement_gauges() -> None:
+    from datetime import UTC, datetime
+
+    from patchflow.core.analysis import Measurement
+    from patchflow.metrics import MEASURED_WAVES_KEPT
+
+    registry = CollectorRegistry()
+    metrics = Metrics(registry)
+    for n in range(MEASURED_WAVES_KEPT + 3):
+        metrics.record_measurement(
+            f"w-{n}", "prod", Measurement(query="q", at=datetime.now(UTC), verdict=SUCCESSFUL, values=[n])
+        )
+    value = registry.get_sample_value
+    assert value("patchflow_analysis_measurement", {"wave_id": "w-0", "stage": "prod", "query": "q"}) is None
+    assert value("patchflow_analysis_measurement", {"wave_id": "w-2", "stage": "prod", "query": "q"}) is None
+    newest = f"w-{MEASURED_WAVES_KEPT + 2}"
+    assert value("patchflow_analysis_measurement", {"wave_id": newest, "stage": "prod", "query": "q"}) == (
+        MEASURED_WAVES_KEPT + 2
+    )
+    assert value("patchflow_analysis_measurement", {"wave_id": "w-3", "stage": "prod", "query": "q"}) == 3
