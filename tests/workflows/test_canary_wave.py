@@ -24,6 +24,7 @@ from patchflow.cli.waves import analysis_lines
 from patchflow.control.waves import act, status_json, wave_status
 from patchflow.core.analysis import AlertBlockSpec, AnalysisQuery, AnalysisSpec
 from patchflow.core.wavemodel import StageInput
+from patchflow.metrics import DEFAULT_REGISTRY
 from patchflow.testing.prometheus import (
     ControlledExporter,
     Prometheus,
@@ -121,10 +122,18 @@ async def test_a_healthy_canary_promotes_the_rest(
     def factory(ref: Any) -> Any:
         return box.setdefault("t", Tracking(build_executor(ref)))
 
+    counted = (
+        DEFAULT_REGISTRY.get_sample_value("patchflow_analysis_runs_total", {"result": "successful"}) or 0
+    )
     async with running_worker(dev_env.client, factory) as tq:
         handle = await start(dev_env.client, tq, inp)
         result = await handle.result()
     await keep(dev_env.client, "canary-promoted", inp.wave_id)
+    # the worker counts the analysis (its default registry)
+    assert (
+        DEFAULT_REGISTRY.get_sample_value("patchflow_analysis_runs_total", {"result": "successful"})
+        == counted + 1
+    )
     status = result.status
     prod = status.stages[0]
     assert status.state == "succeeded", status
@@ -308,3 +317,34 @@ async def test_a_resume_after_a_failed_canary_dispatches_no_held_instance(
     assert prod.analysis is not None and prod.analysis.instances == 1  # the canary that was patched
     assert min(box["t"].starts[i] for i in REST) > max(m.at.timestamp() for m in prod.measurements)
     assert [instance_states(result.status, "prod")[i] for i in PROD] == ["failed"] + ["succeeded"] * 4
+
+
+@pytest.mark.parametrize("inconclusive", ["halt", "continue"])
+async def test_an_inconclusive_analysis_halts_or_continues_as_the_plan_says(
+    dev_env: WorkflowEnvironment,
+    make_fleet: Callable[..., Path],
+    tmp_path: Path,
+    lab: tuple[ControlledExporter, Prometheus],
+    inconclusive: str,
+) -> None:
+    _, prom = lab
+    spec = analysis(prom, metric_name(), inconclusive=inconclusive)  # never exported: no series
+    spec.queries[0].count = 1
+    inp = wave_input(make_fleet({"prod": 5}), tmp_path, [canary_stage(prom, "unused", analysis=spec)])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        if inconclusive == "halt":
+            halted = await settle(dev_env.client, inp.wave_id, {"halted"})
+            assert "analysis inconclusive" in halted.reason
+            assert {instance_states(halted, "prod")[i] for i in REST} == {"pending"}
+            await act(dev_env.client, inp.wave_id, "resume", who="alice")  # an operator overrides it
+        result = await handle.result()
+    await keep(dev_env.client, f"canary-inconclusive-{inconclusive}", inp.wave_id)
+    assert result.status.state == "succeeded"
+    assert set(instance_states(result.status, "prod").values()) == {"succeeded"}
+    expected = (
+        "promoted (inconclusive: continue)" if inconclusive == "continue" else "overridden by an operator"
+    )
+    assert expected in result.status.stages[0].note or any(
+        expected in a.comment for a in result.status.audit
+    ), result.status.stages[0].note
