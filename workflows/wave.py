@@ -579,21 +579,7 @@ class WaveWorkflow:
         """Step 2: the stage's targets and its limits resolved against their count; None when the wave must
         stop (no targets, and no operator resumed past it)."""
         await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
-        targets = await self._or_halt(
-            st,
-            "resolving its targets",
-            lambda: workflow.execute_activity(
-                "resolve_targets",
-                ResolveTargetsInput(
-                    executor=self._input.executor,
-                    patch_group=stage.patch_group,
-                    instance_ids=stage.instance_ids,
-                ),
-                result_type=ResolveTargetsResult,
-                start_to_close_timeout=QUICK_TIMEOUT,
-                retry_policy=QUICK_RETRY,
-            ),
-        )
+        targets = await self._look_up_targets(stage, st, "resolving its targets")
         ids = targets.instance_ids
         st.instances = dict.fromkeys(ids, PENDING)
         for missing in targets.missing:
@@ -616,6 +602,24 @@ class WaveWorkflow:
                 return None
             st.note = "no targets; an operator resumed past it"
         return _Targets(remaining=list(ids), concurrency=concurrency, budget=budget)
+
+    async def _look_up_targets(self, stage: StageInput, st: StageStatus, what: str) -> ResolveTargetsResult:
+        """The stage's targets as the executor knows them now (the wave halts when the look-up fails)."""
+        return await self._or_halt(
+            st,
+            what,
+            lambda: workflow.execute_activity(
+                "resolve_targets",
+                ResolveTargetsInput(
+                    executor=self._input.executor,
+                    patch_group=stage.patch_group,
+                    instance_ids=stage.instance_ids,
+                ),
+                result_type=ResolveTargetsResult,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            ),
+        )
 
     async def _run_in_windows(self, stage: StageInput, st: StageStatus, targets: _Targets) -> bool:
         """Step 3: one stage run per maintenance window until every target was attempted; False when the wave
@@ -845,21 +849,7 @@ class WaveWorkflow:
         ]
         baseline: list[str] = []
         if stage.analysis is not None and stage.analysis.compare:
-            found = await self._or_halt(
-                st,
-                "resolving its targets (the analysis' baseline)",
-                lambda: workflow.execute_activity(
-                    "resolve_targets",
-                    ResolveTargetsInput(
-                        executor=self._input.executor,
-                        patch_group=stage.patch_group,
-                        instance_ids=stage.instance_ids,
-                    ),
-                    result_type=ResolveTargetsResult,
-                    start_to_close_timeout=QUICK_TIMEOUT,
-                    retry_policy=QUICK_RETRY,
-                ),
-            )
+            found = await self._look_up_targets(stage, st, "resolving its targets (the analysis' baseline)")
             baseline = found.instance_ids
         return await self._analyse(index, stage, st, patched, baseline, canary=False)
 

@@ -9,6 +9,7 @@ a matching alert fires.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -70,6 +71,16 @@ class Tracking:
         return await self.inner.start_install(instance, patches, operation_id=operation_id)
 
 
+def tracking() -> tuple[dict[str, Tracking], Callable[[Any], Any]]:
+    """An executor factory whose one :class:`Tracking` executor ends up in ``box["t"]``."""
+    box: dict[str, Tracking] = {}
+
+    def factory(ref: Any) -> Any:
+        return box.setdefault("t", Tracking(build_executor(ref)))
+
+    return box, factory
+
+
 def analysis(prom: Prometheus, metric: str, **fields: Any) -> AnalysisSpec:
     """Error ratio of the analysed hosts (the worst one) below 5 %, measured 3 times a second apart."""
     query = AnalysisQuery(
@@ -117,11 +128,7 @@ async def test_a_healthy_canary_promotes_the_rest(
         exporter.set(metric, 0.001, host=host)
     prom.wait_for(f'{metric}{{host="{PROD[-1]}"}}')
     inp = wave_input(make_fleet({"prod": 5}), tmp_path, [canary_stage(prom, metric)])
-    box: dict[str, Tracking] = {}
-
-    def factory(ref: Any) -> Any:
-        return box.setdefault("t", Tracking(build_executor(ref)))
-
+    box, factory = tracking()
     counted = (
         DEFAULT_REGISTRY.get_sample_value("patchflow_analysis_runs_total", {"result": "successful"}) or 0
     )
@@ -161,11 +168,7 @@ async def test_an_unhealthy_canary_halts_and_rolls_back(
     exporter.set(metric, 0.0, host=CANARIES[0])
     prom.wait_for(f'{metric}{{host="{CANARIES[1]}"}}')
     inp = wave_input(make_fleet({"prod": 5}), tmp_path, [canary_stage(prom, metric, on_failure="rollback")])
-    box: dict[str, Tracking] = {}
-
-    def factory(ref: Any) -> Any:
-        return box.setdefault("t", Tracking(build_executor(ref)))
-
+    box, factory = tracking()
     async with running_worker(dev_env.client, factory) as tq:
         handle = await start(dev_env.client, tq, inp)
         status = await settle(dev_env.client, inp.wave_id, {"halted"})
@@ -234,7 +237,7 @@ async def test_a_firing_alert_blocks_dispatch_until_it_resolves(
             handle = await start(dev_env.client, tq, inp)
             blocked = await status_when(dev_env.client, inp.wave_id, lambda s: bool(s.stages[0].blocked_by))
             assert "CanaryAlarm" in blocked.stages[0].blocked_by, blocked
-            time.sleep(2.5)  # two more checks: still blocked, nothing dispatched
+            await asyncio.sleep(2.5)  # two more checks: still blocked, nothing dispatched
             still = await wave_status(dev_env.client, inp.wave_id)
             assert set(instance_states(still, "prod").values()) == {"pending"}
             assert "firing alert(s) matching '^CanaryAlarm$': CanaryAlarm" in still.stages[0].blocked_by
@@ -299,11 +302,7 @@ async def test_a_resume_after_a_failed_canary_dispatches_no_held_instance(
     prom.wait_for(f'{metric}{{host="{PROD[-1]}"}}')
     fleet = make_fleet({"prod": 5}, behaviours={CANARIES[0]: {"fail": True}})
     inp = wave_input(fleet, tmp_path, [canary_stage(prom, metric)])
-    box: dict[str, Tracking] = {}
-
-    def factory(ref: Any) -> Any:
-        return box.setdefault("t", Tracking(build_executor(ref)))
-
+    box, factory = tracking()
     async with running_worker(dev_env.client, factory) as tq:
         handle = await start(dev_env.client, tq, inp)
         halted = await settle(dev_env.client, inp.wave_id, {"halted"})
