@@ -347,3 +347,50 @@ async def test_an_inconclusive_analysis_halts_or_continues_as_the_plan_says(
     assert expected in result.status.stages[0].note or any(
         expected in a.comment for a in result.status.audit
     ), result.status.stages[0].note
+
+
+def test_the_plan_reaches_the_wave_input(tmp_path: Path) -> None:
+    """Plan keys → StageInput: the canary, the analysis and its approvers, and the plan's block_on_alerts as the
+    default of every stage that has none of its own."""
+    from datetime import UTC, datetime
+
+    from patchflow.config import Settings
+    from patchflow.control.waves import wave_input as plan_wave_input
+    from patchflow.core.baselines import load_baseline
+    from patchflow.core.catalog import load_catalog
+    from patchflow.core.evaluation import evaluate
+    from patchflow.core.plans import load_plan
+    from tests.conftest import BASELINES_DIR, EXAMPLES_DIR
+
+    path = tmp_path / "plan.yaml"
+    path.write_text(
+        f"name: canaries\nbaseline: {BASELINES_DIR / 'ubuntu-staged.yaml'}\n"
+        f"catalog: {EXAMPLES_DIR / 'ubuntu-catalog.json'}\nexecutor: {{kind: simulated, fleet: {EXAMPLES_DIR / 'fleet.yaml'}}}\n"
+        "block_on_alerts: {prometheus: 'http://127.0.0.1:9090', match: NodeDown}\n"
+        "stages:\n"
+        "  - name: dev\n    targets: {patch_group: dev}\n"
+        "  - name: prod\n    targets: {patch_group: prod}\n"
+        "    canary: {count: 3, soak_seconds: 120}\n"
+        "    block_on_alerts: {prometheus: 'http://127.0.0.1:9091', match: Page, check_seconds: 5}\n"
+        "    gate: {analysis: {prometheus: 'http://127.0.0.1:9090', inconclusive: approval, approvers: [bob],\n"
+        "      queries: [{name: q, query: up, success: '> 0'}]}}\n"
+    )
+    plan = load_plan(path)
+    pinned = evaluate(load_baseline(plan.baseline), load_catalog(plan.catalog), datetime.now(UTC)).patch_set
+    dev, prod = plan_wave_input(plan, Settings(data_dir=tmp_path / "data"), pinned, who="alice").stages
+    assert dev.block_on_alerts is not None and dev.block_on_alerts.match == "NodeDown"
+    assert (dev.canary_count, dev.analysis, dev.gate) == (0, None, "auto")
+    assert prod.block_on_alerts is not None and (
+        prod.block_on_alerts.match,
+        prod.block_on_alerts.check_seconds,
+    ) == (
+        "Page",
+        5,
+    )
+    assert (prod.canary_count, prod.canary_soak_seconds, prod.gate, prod.approvers) == (
+        3,
+        120,
+        "analysis",
+        ["bob"],
+    )
+    assert prod.analysis is not None and prod.analysis.queries[0].success == "> 0"
