@@ -394,3 +394,35 @@ def test_the_plan_reaches_the_wave_input(tmp_path: Path) -> None:
         ["bob"],
     )
     assert prod.analysis is not None and prod.analysis.queries[0].success == "> 0"
+
+
+async def test_a_halt_during_the_analysis_waits_and_a_resume_measures_on(
+    dev_env: WorkflowEnvironment,
+    make_fleet: Callable[..., Path],
+    tmp_path: Path,
+    lab: tuple[ControlledExporter, Prometheus],
+) -> None:
+    exporter, prom = lab
+    metric = metric_name()
+    for host in PROD:
+        exporter.set(metric, 0.0, host=host)
+    prom.wait_for(f'{metric}{{host="{PROD[-1]}"}}')
+    spec = analysis(prom, metric)
+    spec.queries[0].count = 4
+    inp = wave_input(make_fleet({"prod": 5}), tmp_path, [canary_stage(prom, metric, analysis=spec)])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        await status_when(dev_env.client, inp.wave_id, lambda s: bool(s.stages[0].measurements), tries=None)
+        await act(dev_env.client, inp.wave_id, "halt", who="alice")
+        halted = await settle(dev_env.client, inp.wave_id, {"halted"})
+        assert halted.reason == "halted by an operator during the analysis"
+        taken = len(halted.stages[0].measurements)
+        await asyncio.sleep(2)  # nothing is measured while halted
+        assert len((await wave_status(dev_env.client, inp.wave_id)).stages[0].measurements) == taken < 4
+        await act(dev_env.client, inp.wave_id, "resume", who="alice")
+        result = await handle.result()
+    await keep(dev_env.client, "canary-analysis-halt-resume", inp.wave_id)
+    prod = result.status.stages[0]
+    assert result.status.state == "succeeded" and prod.analysis is not None
+    assert [m.verdict for m in prod.measurements] == ["successful"] * 4
+    assert set(instance_states(result.status, "prod").values()) == {"succeeded"}
