@@ -199,9 +199,9 @@ class WaveWorkflow:
         self._drainer: asyncio.Task[None] | None = None
         """The history outbox's drain (see :meth:`_drain_outbox`)."""
         self._held: set[str] = set()
+        """A canary stage's instances that wait for the canaries' analysis: no resume dispatches them."""
         self._analysis_overridden = False
         """An operator resumed past a failed canary analysis: the stage re-dispatches what was rolled back."""
-        """A canary stage's instances that wait for the canaries' analysis: no resume dispatches them."""
 
     # ------------------------------------------------------------------------------------------ queries
 
