@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import threading
 from collections import Counter as Tally
 from collections import OrderedDict
@@ -60,6 +61,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
+from patchflow.core.analysis import Measurement
 from patchflow.core.baselines import COMPLIANCE_ORDER
 from patchflow.core.ratecontrol import (
     CANCELLED,
@@ -486,6 +488,10 @@ def _render_compliance(f: dict[str, GaugeMetricFamily], compliance: dict[str, _G
 # ---------------------------------------------------------------------------------------------- events
 
 
+#: Waves whose latest analysis measurements stay exported (``patchflow_analysis_measurement``) per process.
+MEASURED_WAVES_KEPT = 20
+
+
 class PatchEvents:
     """The event metrics: patch durations, executor API errors and throttles (counted in this process)."""
 
@@ -525,6 +531,33 @@ class PatchEvents:
             "Approval gates that waited past their reminder time without a decision (plan: remind_after).",
             registry=registry,
         )
+        self.analysis_measurement = Gauge(
+            "patchflow_analysis_measurement",
+            "The latest value a canary analysis query measured (its first series; NaN: no value), by wave, stage "
+            "and query.",
+            ["wave_id", "stage", "query"],
+            registry=registry,
+        )
+        self.analysis_measurements = Counter(
+            "patchflow_analysis_measurements",
+            "Canary analysis measurements taken, by verdict (successful, failed, inconclusive, error).",
+            ["verdict"],
+            registry=registry,
+        )
+        self.analysis_runs = Counter(
+            "patchflow_analysis_runs",
+            "Canary analyses finished, by result (successful, failed, inconclusive).",
+            ["result"],
+            registry=registry,
+        )
+        self._measured: OrderedDict[tuple[str, str, str], None] = OrderedDict()
+        """The analysis gauges' label sets, least recently measured first."""
+        self.alert_blocks = Counter(
+            "patchflow_alert_blocks",
+            "Dispatch checks that found the stage blocked (block_on_alerts), by reason (alerts, unreachable).",
+            ["reason"],
+            registry=registry,
+        )
 
     def observe_patch(self, executor: str, outcome: str, seconds: float) -> None:
         label = outcome if outcome in PATCH_OUTCOMES else "other"
@@ -535,6 +568,20 @@ class PatchEvents:
 
     def record_throttle(self, executor: str, operation: str) -> None:
         self.executor_throttles.labels(executor=executor, operation=operation).inc()
+
+    def record_measurement(self, wave: str, stage: str, measurement: Measurement) -> None:
+        value = measurement.values[0] if measurement.values else math.nan
+        labels = (wave, stage, measurement.query)
+        self.analysis_measurement.labels(*labels).set(value)
+        self.analysis_measurements.labels(verdict=measurement.verdict).inc()
+        # Wave ids must not grow the series count without bound: keep the newest waves' gauges only.
+        self._measured.pop(labels, None)
+        self._measured[labels] = None
+        waves = list(dict.fromkeys(w for w, _, _ in self._measured))
+        for old in waves[: max(0, len(waves) - MEASURED_WAVES_KEPT)]:
+            for key in [k for k in self._measured if k[0] == old]:
+                del self._measured[key]
+                self.analysis_measurement.remove(*key)
 
     def history_database(self, *, reachable: bool, write: bool) -> None:
         self.history_database_up.set(1 if reachable else 0)
@@ -617,6 +664,18 @@ class Metrics:
     def record_throttle(self, executor: str, operation: str) -> None:
         """A backend API attempt was refused for rate (the client may still retry and succeed)."""
         self.events.record_throttle(executor, operation)
+
+    def record_measurement(self, wave: str, stage: str, measurement: Measurement) -> None:
+        """A canary analysis measurement was taken (its value and verdict)."""
+        self.events.record_measurement(wave, stage, measurement)
+
+    def record_analysis(self, result: str) -> None:
+        """A canary analysis finished with ``result``."""
+        self.events.analysis_runs.labels(result=result).inc()
+
+    def record_alert_block(self, reason: str) -> None:
+        """A dispatch check found the stage blocked (``alerts`` firing, or Prometheus ``unreachable``)."""
+        self.events.alert_blocks.labels(reason=reason).inc()
 
     def history_database(self, *, reachable: bool, write: bool = True) -> None:
         """The history database took (or refused, or did not answer) this process's last write — or, with

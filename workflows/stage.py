@@ -19,6 +19,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
 with workflow.unsafe.imports_passed_through():
+    from patchflow.core.analysis import AlertCheckInput, AlertCheckResult
     from patchflow.core.disruption import DisruptionGate, only
     from patchflow.core.hooks import (
         HALT_STAGE,
@@ -44,7 +45,13 @@ with workflow.unsafe.imports_passed_through():
         StageRunResult,
         instance_page,
     )
-    from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE, SEND_START_TO_CLOSE
+    from workflows.policies import (
+        PATCH_RETRY,
+        PATCH_START_TO_CLOSE,
+        QUICK_RETRY,
+        QUICK_TIMEOUT,
+        SEND_START_TO_CLOSE,
+    )
 
 
 #: Patch id (``workflow.patched``): an abort lets running sends finish, then cancels what they sent.
@@ -68,6 +75,8 @@ class StageRunWorkflow:
         """Lifecycle hooks: instance id → the step records of its phases so far (stages with hooks only)."""
         self._halt_reason = ""
         """``on_hook_failure: halt_stage`` stopped dispatching: why (the wave's halt reason)."""
+        self._blocked_by = ""
+        """Why dispatch waits (``block_on_alerts``); empty when it does not."""
 
     @workflow.signal
     def stop(self) -> None:
@@ -106,6 +115,7 @@ class StageRunWorkflow:
             max_errors=s.max_errors,
             max_concurrency=s.max_concurrency,
             disruption=self._disruption(),
+            blocked_by=self._blocked_by,
         )
 
     @workflow.query
@@ -120,6 +130,7 @@ class StageRunWorkflow:
             max_errors=s.max_errors,
             max_concurrency=s.max_concurrency,
             disruption=self._disruption(),
+            blocked_by=self._blocked_by,
         )
 
     def _disruption(self) -> str:
@@ -168,6 +179,10 @@ class StageRunWorkflow:
         in_flight = self._in_flight
         continue_as_new = False
         cutoff_timer: asyncio.Task[None] | None = None
+        recheck: asyncio.Task[None] | None = None
+        """block_on_alerts: while blocked, the timer until the next check (None: not blocked)."""
+        stopped: asyncio.Task[None] | None = None
+        """While blocked with nothing in flight: wakes the run when it is stopped."""
 
         while True:
             past_cutoff = inp.cutoff is not None and workflow.now() >= inp.cutoff
@@ -185,13 +200,32 @@ class StageRunWorkflow:
             ):
                 continue_as_new = True
             may_start = not (self._stop or past_cutoff or continue_as_new)
+            if recheck is not None and (recheck.done() or not may_start):
+                recheck.cancel()
+                recheck = None
+            if may_start and inp.block_on_alerts is not None and _could_dispatch(scheduler):
+                # kured's blocking: before a batch is dispatched no matching alert may fire; while one does,
+                # dispatch waits (in-flight instances go on) and checks again every check_seconds.
+                may_start = recheck is None and await self._alerts_clear(inp)
+                if not may_start and recheck is None:
+                    recheck = asyncio.ensure_future(
+                        workflow.sleep(
+                            timedelta(seconds=inp.block_on_alerts.check_seconds),
+                            summary="until alerts are checked again",
+                        )
+                    )
             if may_start:
                 for batch in scheduler.take():
                     task = asyncio.ensure_future(self._patch(inp, batch))
                     in_flight[task] = batch
-            if not in_flight:
+            if not in_flight and recheck is None:
                 break
             waiting: list[asyncio.Task[Any]] = list(in_flight)
+            if recheck is not None:
+                waiting.append(recheck)
+                if stopped is None:
+                    stopped = asyncio.ensure_future(workflow.wait_condition(lambda: self._stop))
+                waiting.append(stopped)
             if inp.cancel_at_cutoff and inp.cutoff is not None and not past_cutoff:
                 if cutoff_timer is None:  # one timer per run, started when there is work to cancel
                     cutoff_timer = asyncio.ensure_future(
@@ -211,6 +245,10 @@ class StageRunWorkflow:
                 self._record(inp, scheduler, batch, task, self._cancel_reason)
         if cutoff_timer is not None and not cutoff_timer.done():
             cutoff_timer.cancel()
+        for waiter in (recheck, stopped):
+            if waiter is not None and not waiter.done():
+                waiter.cancel()
+        self._blocked_by = ""
 
         if continue_as_new and scheduler.has_pending and not scheduler.budget_exceeded and not self._stop:
             await workflow.wait_condition(workflow.all_handlers_finished)
@@ -245,6 +283,7 @@ class StageRunWorkflow:
                     disruption_budget=inp.disruption_budget,
                     hooks=inp.hooks,
                     hook_steps=dict(self._hook_steps),
+                    block_on_alerts=inp.block_on_alerts,
                 )
             )
 
@@ -264,6 +303,26 @@ class StageRunWorkflow:
             hook_steps=dict(self._hook_steps),
             halt_reason=self._halt_reason,
         )
+
+    async def _alerts_clear(self, inp: StageRunInput) -> bool:
+        """Whether no alert blocks dispatch now (the ``check_alerts`` activity); a check that failed for good
+        blocks (fail safe). The reason is what ``wave status`` shows while blocked."""
+        assert inp.block_on_alerts is not None
+        try:
+            result: AlertCheckResult = await workflow.execute_activity(
+                "check_alerts",
+                AlertCheckInput(spec=inp.block_on_alerts),
+                result_type=AlertCheckResult,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+                summary=f"check alerts before dispatching in {inp.stage}",
+            )
+        except ActivityError as exc:
+            result = AlertCheckResult(
+                blocking=[], reason=f"the alert check failed ({exc.cause or exc}): blocked"
+            )
+        self._blocked_by = result.reason
+        return not result.reason
 
     async def _patch(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
         if inp.hooks is not None and inp.hooks.has_steps:  # only plans with hooks: the others run as before
@@ -512,6 +571,15 @@ class StageRunWorkflow:
                 inp.undeliverable_counts_as_error and outcome.status == "undeliverable"
             )
             scheduler.record(instance_id, outcome.status, counts_as_error=counts, detail=outcome.detail)
+
+
+def _could_dispatch(scheduler: StageScheduler) -> bool:
+    """Whether the scheduler has instances to dispatch and room for them (an alert check is worth it)."""
+    return (
+        scheduler.has_pending
+        and not scheduler.budget_exceeded
+        and (len(scheduler.in_flight) < scheduler.max_concurrency)
+    )
 
 
 def _was_cancelled(exc: BaseException | None) -> bool:

@@ -22,6 +22,22 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from patchflow.core.analysis import (
+        ERROR,
+        MAX_KEPT_MEASUREMENTS,
+        AnalysisQuery,
+        AnalysisRunInput,
+        AnalysisSpec,
+        AnalysisSummary,
+        MeasureInput,
+        Measurement,
+        QueryTally,
+        analysis_verdict,
+        query_verdict,
+    )
+    from patchflow.core.analysis import FAILED as ANALYSIS_FAILED
+    from patchflow.core.analysis import SUCCESSFUL as ANALYSIS_SUCCESSFUL
+
     # The sandbox resolves WaveInput.freezes' type hints through sys.modules: import their module too.
     from patchflow.core.disruption import ZONE_BY_ZONE, only, resolve_limits
     from patchflow.core.freezes import FreezePeriod  # noqa: F401
@@ -200,6 +216,10 @@ class WaveWorkflow:
         self._results_due: list[StageAttempt] = []
         self._drainer: asyncio.Task[None] | None = None
         """The history outbox's drain (see :meth:`_drain_outbox`)."""
+        self._held: set[str] = set()
+        """A canary stage's instances that wait for the canaries' analysis: no resume dispatches them."""
+        self._analysis_overridden = False
+        """An operator resumed past a failed canary analysis: the stage re-dispatches what was rolled back."""
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -242,7 +262,7 @@ class WaveWorkflow:
         _check_actor(decision.who, decision.comment)
         index = self._stage_index(decision.stage)
         stage = self._input.stages[index]
-        if stage.gate != "approval":
+        if stage.gate not in ("approval", "analysis"):  # analysis: an inconclusive one may wait for approval
             raise ApplicationError(f"stage {stage.name!r} has no approval gate", type="InvalidRequest")
         self._refuse_second_decision(index)
         if index != self._current or self._status.stages[index].state != STAGE_WAITING_APPROVAL:
@@ -451,6 +471,8 @@ class WaveWorkflow:
         targets = await self._resolve_stage_targets(stage, st)
         if targets is None:
             return False
+        if stage.canary_count and not await self._canary(index, stage, st, targets):
+            return False
         if not await self._run_in_windows(stage, st, targets):
             return False
         self._finish_stage(st, targets.budget)
@@ -465,6 +487,8 @@ class WaveWorkflow:
             return await self._approval_gate(index, stage, st)
         if stage.gate == "health":
             return await self._health_gate(index, stage, st)
+        if stage.gate == "analysis" and not stage.canary_count:  # with canaries: after them (:meth:`_canary`)
+            return await self._analysis_gate(index, stage, st)
         return True
 
     async def _approval_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
@@ -573,23 +597,7 @@ class WaveWorkflow:
         """Step 2: the stage's targets and its limits resolved against their count; None when the wave must
         stop (no targets, and no operator resumed past it)."""
         await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
-        targets = await self._or_halt(
-            st,
-            "resolving its targets",
-            lambda: workflow.execute_activity(
-                "resolve_targets",
-                ResolveTargetsInput(
-                    executor=self._input.executor,
-                    patch_group=stage.patch_group,
-                    instance_ids=stage.instance_ids,
-                    group_by=stage.disruption_per if stage.disruption_max else "",
-                    zones=stage.rollout == ZONE_BY_ZONE,
-                ),
-                result_type=ResolveTargetsResult,
-                start_to_close_timeout=QUICK_TIMEOUT,
-                retry_policy=QUICK_RETRY,
-            ),
-        )
+        targets = await self._look_up_targets(stage, st, "resolving its targets")
         ids = targets.instance_ids
         st.instances = dict.fromkeys(ids, PENDING)
         for missing in targets.missing:
@@ -620,6 +628,26 @@ class WaveWorkflow:
                 limit = parse_limit(stage.disruption_max, kind="max_concurrency")
                 resolved.limits = resolve_limits(limit, targets.groups)
         return resolved
+
+    async def _look_up_targets(self, stage: StageInput, st: StageStatus, what: str) -> ResolveTargetsResult:
+        """The stage's targets as the executor knows them now (the wave halts when the look-up fails)."""
+        return await self._or_halt(
+            st,
+            what,
+            lambda: workflow.execute_activity(
+                "resolve_targets",
+                ResolveTargetsInput(
+                    executor=self._input.executor,
+                    patch_group=stage.patch_group,
+                    instance_ids=stage.instance_ids,
+                    group_by=stage.disruption_per if stage.disruption_max else "",
+                    zones=stage.rollout == ZONE_BY_ZONE,
+                ),
+                result_type=ResolveTargetsResult,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            ),
+        )
 
     async def _run_in_windows(self, stage: StageInput, st: StageStatus, targets: _Targets) -> bool:
         """Step 3: one stage run per maintenance window until every target was attempted; False when the wave
@@ -714,6 +742,7 @@ class WaveWorkflow:
                 zones=only(targets.zones, targets.remaining) if targets.zones else {},
                 disruption_budget=_disruption_label(stage),
                 hooks=stage.hooks,
+                block_on_alerts=stage.block_on_alerts,
             ),
             id=run_id,
         )
@@ -799,6 +828,231 @@ class WaveWorkflow:
         st.state = STAGE_SUCCEEDED
         return True
 
+    # ------------------------------------------------------------------------------------------ canaries
+
+    async def _canary(self, index: int, stage: StageInput, st: StageStatus, targets: _Targets) -> bool:
+        """Patch the stage's first ``canary_count`` targets (a stage run restricted to them: same rate control,
+        windows and error budget), soak them, analyse them (``gate.analysis``), and only then leave the rest
+        in ``targets`` for the stage to go on with; False when the wave must stop."""
+        canaries, rest = targets.remaining[: stage.canary_count], targets.remaining[stage.canary_count :]
+        self._held = set(rest)
+        targets.remaining = canaries
+        st.note = f"canary: {len(canaries)} instance(s) first, {len(rest)} wait for their analysis"
+        if not await self._run_in_windows(stage, st, targets):
+            return False
+        if not await self._canary_soak(stage, st):
+            return False
+        patched = [i for i in canaries if st.instances.get(i) == SUCCEEDED]
+        promoted = True
+        if stage.analysis is not None:
+            promoted = await self._analyse(index, stage, st, patched, list(rest), canary=True)
+        if not promoted:
+            for instance_id in rest:
+                if st.instances.get(instance_id) == PENDING:
+                    st.instances[instance_id] = NOT_ATTEMPTED
+            return False
+        await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
+        self._held = set()
+        if self._analysis_overridden:  # resumed past a failed analysis: rolled-back canaries go again too
+            self._analysis_overridden = False
+            targets.remaining, targets.errors = self._resume_targets(st), 0
+        else:
+            targets.remaining = [i for i in rest if st.instances.get(i) == PENDING]
+        return True
+
+    async def _canary_soak(self, stage: StageInput, st: StageStatus) -> bool:
+        """The canaries soak before they are analysed (an operator may halt meanwhile)."""
+        if not stage.canary_soak_seconds:
+            return True
+        await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
+        st.note = f"canary soak: {_duration(stage.canary_soak_seconds)} before the analysis"
+        deadline = workflow.now() + timedelta(seconds=stage.canary_soak_seconds)
+        while not await self._sleep_until(deadline):
+            reason = "halted by an operator during the canary soak"
+            if await self._halted(st, reason, allow_rollback=False) != "resume":
+                return False
+            await self._transition(WAVE_RUNNING, st, STAGE_SOAKING)
+        return True
+
+    async def _analysis_gate(self, index: int, stage: StageInput, st: StageStatus) -> bool:
+        """A stage without canaries: analyse what the earlier stages patched before promoting into it (like the
+        health gate); with ``compare: unpatched`` the stage's own targets are the baseline."""
+        await self._transition(WAVE_RUNNING, st, STAGE_NOT_STARTED)
+        patched = [
+            i for s in self._status.stages[:index] for i, state in s.instances.items() if state == SUCCEEDED
+        ]
+        baseline: list[str] = []
+        if stage.analysis is not None and stage.analysis.compare:
+            found = await self._look_up_targets(stage, st, "resolving its targets (the analysis' baseline)")
+            baseline = found.instance_ids
+        return await self._analyse(index, stage, st, patched, baseline, canary=False)
+
+    async def _analyse(
+        self,
+        index: int,
+        stage: StageInput,
+        st: StageStatus,
+        instances: list[str],
+        baseline: list[str],
+        *,
+        canary: bool,
+    ) -> bool:
+        """Measure, judge, and act on the result: promote (successful), halt like an exceeded error budget
+        (failed: after rolling the canaries back when the plan says ``rollback``), or what ``inconclusive`` says.
+        True when the stage may go on."""
+        spec = stage.analysis
+        assert spec is not None
+        await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
+        st.note = (
+            f"analysing {len(instances)} instance(s) with {len(spec.queries)} quer(ies) on {spec.prometheus}"
+        )
+        st.analysis = AnalysisSummary(
+            tallies={q.name: QueryTally() for q in spec.queries}, instances=len(instances)
+        )
+        verdicts = await self._measurements(spec, stage, st, instances, baseline)
+        if verdicts is None:
+            return False
+        result = analysis_verdict(list(verdicts.values()))
+        st.analysis.result = result
+        summary = self._analysis_summary(spec, st, verdicts)
+        self._audit("patchflow", "analysis", stage.name, summary)
+        await self._count_analysis(stage, result)
+        if result == ANALYSIS_SUCCESSFUL:
+            st.note = summary
+            await self._record_history()
+            return True
+        if result == ANALYSIS_FAILED:
+            reason = f"stage {stage.name}: {summary}"
+            if canary and stage.on_failure == "rollback":
+                await self._rollback_stage(st)
+            if await self._halted(st, reason, allow_rollback=canary) != "resume":
+                return False
+            st.note = "failed analysis overridden by an operator"
+            self._analysis_overridden = canary
+            return True
+        return await self._inconclusive(index, stage, st, spec, summary)
+
+    async def _inconclusive(
+        self, index: int, stage: StageInput, st: StageStatus, spec: AnalysisSpec, summary: str
+    ) -> bool:
+        """An inconclusive analysis: an approver decides (the gate shows the measurements), the wave halts, or
+        the stage goes on, as ``inconclusive`` says."""
+        st.note = summary
+        if spec.inconclusive == "continue":
+            st.note = f"{summary}; promoted (inconclusive: continue)"
+            return True
+        if spec.inconclusive == "approval":
+            approved = await self._approval_gate(index, stage, st)
+            if not approved:
+                st.state = STAGE_FAILED if stage.canary_count else STAGE_NOT_STARTED
+            return approved
+        if await self._halted(st, f"stage {stage.name}: {summary}", allow_rollback=False) != "resume":
+            return False
+        st.note = "inconclusive analysis overridden by an operator"
+        return True
+
+    async def _measurements(
+        self,
+        spec: AnalysisSpec,
+        stage: StageInput,
+        st: StageStatus,
+        instances: list[str],
+        baseline: list[str],
+    ) -> dict[str, str] | None:
+        """Every query measured ``count`` times, ``interval_seconds`` apart (the first at once), in time order; a
+        query stops once its verdict is known, and all stop once one failed. Each query's verdict; None when the
+        wave must stop (halted during the analysis and not resumed)."""
+        assert st.analysis is not None
+        schedule = sorted(
+            (k * q.interval_seconds, n, k) for n, q in enumerate(spec.queries) for k in range(q.count)
+        )
+        verdicts = {q.name: "" for q in spec.queries}
+        began = workflow.now()
+        for offset, n, _ in schedule:
+            query = spec.queries[n]
+            if verdicts[query.name] or ANALYSIS_FAILED in verdicts.values():
+                continue
+            while not await self._sleep_until(began + timedelta(seconds=offset)):
+                if (
+                    await self._halted(st, "halted by an operator during the analysis", allow_rollback=False)
+                    != "resume"
+                ):
+                    return None
+                await self._transition(WAVE_RUNNING, st, STAGE_RUNNING)
+            measurement = await self._measure(spec, stage, query, instances, baseline)
+            st.measurements = [*st.measurements, measurement][-MAX_KEPT_MEASUREMENTS:]
+            tally = st.analysis.tallies[query.name]
+            tally.add(measurement.verdict)
+            verdicts[query.name] = query_verdict(query, tally, done=False)
+        for query in spec.queries:
+            if not verdicts[query.name]:
+                verdicts[query.name] = query_verdict(query, st.analysis.tallies[query.name], done=True)
+        return verdicts
+
+    async def _measure(
+        self,
+        spec: AnalysisSpec,
+        stage: StageInput,
+        query: AnalysisQuery,
+        instances: list[str],
+        baseline: list[str],
+    ) -> Measurement:
+        """One measurement (the ``measure`` activity); an activity that failed for good is a measurement in
+        error (it counts as a failure)."""
+        try:
+            measurement: Measurement = await workflow.execute_activity(
+                "measure",
+                MeasureInput(
+                    prometheus=spec.prometheus,
+                    query=query,
+                    instance_ids=instances,
+                    baseline_ids=baseline,
+                    compare=bool(spec.compare),
+                    wave_id=self._input.wave_id,
+                    stage=stage.name,
+                ),
+                result_type=Measurement,
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+                summary=f"measure {query.name} of {stage.name}",
+            )
+        except ActivityError as exc:
+            return Measurement(query=query.name, at=workflow.now(), verdict=ERROR, detail=_why(exc))
+        return measurement
+
+    @staticmethod
+    def _analysis_summary(spec: AnalysisSpec, st: StageStatus, verdicts: dict[str, str]) -> str:
+        """``analysis failed: error-rate failed (3 of 4 measurements failed, failure_limit 2; last: …)``."""
+        assert st.analysis is not None
+        parts = []
+        for query in spec.queries:
+            tally = st.analysis.tallies[query.name]
+            taken = tally.successful + tally.failed + tally.inconclusive
+            part = (
+                f"{query.name} {verdicts[query.name]} ({tally.successful} ok, {tally.failed} failed, "
+                f"{tally.inconclusive} inconclusive of {taken}; failure_limit {query.failure_limit})"
+            )
+            last = next((m for m in reversed(st.measurements) if m.query == query.name and m.detail), None)
+            if verdicts[query.name] != ANALYSIS_SUCCESSFUL and last is not None:
+                part += f"; last: {last.detail}"
+            parts.append(part)
+        result = analysis_verdict(list(verdicts.values()))
+        return f"analysis {result} over {st.analysis.instances} instance(s): " + "; ".join(parts)
+
+    async def _count_analysis(self, stage: StageInput, result: str) -> None:
+        """``patchflow_analysis_runs_total{result}`` on the worker; a failure to count stops nothing."""
+        try:
+            await workflow.execute_activity(
+                "record_analysis",
+                AnalysisRunInput(wave_id=self._input.wave_id, stage=stage.name, result=result),
+                start_to_close_timeout=QUICK_TIMEOUT,
+                retry_policy=QUICK_RETRY,
+            )
+        except ActivityError as exc:
+            workflow.logger.warning(
+                "wave %s: analysis result not counted: %s", self._input.wave_id, _why(exc)
+            )
+
     # ------------------------------------------------------------------------------------------ helpers
 
     async def _stop_active_run(self, *, abort: bool = False) -> None:
@@ -818,7 +1072,11 @@ class WaveWorkflow:
     def _resume_targets(self, st: StageStatus) -> list[str]:
         """Instances a resume dispatches again, with fresh operation ids and a fresh error budget."""
         self._attempt += 1
-        again = [i for i, s in st.instances.items() if s in (PENDING, NOT_ATTEMPTED, ROLLED_BACK, CANCELLED)]
+        again = [
+            i
+            for i, s in st.instances.items()
+            if s in (PENDING, NOT_ATTEMPTED, ROLLED_BACK, CANCELLED) and i not in self._held
+        ]
         for instance_id in again:
             st.instances[instance_id] = PENDING
         return again

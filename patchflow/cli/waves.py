@@ -375,6 +375,9 @@ def print_status(status: dict[str, Any]) -> None:
     out.print(stage_table(status))
     for line in hook_lines(status):
         out.print(line, markup=False, highlight=False)
+    for stage in status["stages"]:
+        for line in analysis_lines(stage):
+            out.print(line, markup=False)
 
 
 #: Most instances ``wave status`` lists with their hook steps (failed ones first); ``--format json`` has all.
@@ -403,6 +406,34 @@ def hook_lines(status: dict[str, Any]) -> list[str]:
         lines.append(
             f"  … and {len(rows) - MAX_HOOK_LINES} more instance(s) (--format json shows every step)"
         )
+    return lines
+
+
+#: Measurements ``wave status`` lists per stage (the newest; ``--format json`` has every one kept).
+SHOWN_MEASUREMENTS = 5
+
+
+def analysis_lines(stage: dict[str, Any]) -> list[str]:
+    """A stage's alert blocking and analysis, compactly: the result, per query its tally, the newest
+    measurements."""
+    lines: list[str] = []
+    if stage.get("blocked_by"):
+        lines.append(f"  {stage['name']}: dispatch blocked: {stage['blocked_by']}")
+    analysis = stage.get("analysis")
+    if analysis:
+        result = analysis["result"] or "running"
+        tallies = ", ".join(
+            f"{name} {t['successful']} ok / {t['failed']} failed / {t['inconclusive']} inconclusive"
+            for name, t in analysis["queries"].items()
+        )
+        lines.append(
+            f"  {stage['name']}: analysis {result} over {analysis['instances']} instance(s): {tallies}"
+        )
+    for m in stage.get("measurements", [])[-SHOWN_MEASUREMENTS:]:
+        values = ", ".join(f"{v:g}" for v in m["values"]) or "no value"
+        baseline = f" (baseline {m['baseline']:g})" if m.get("baseline") is not None else ""
+        detail = f": {m['detail']}" if m.get("detail") else ""
+        lines.append(f"    {m['at'][11:19]} {m['query']} {m['verdict']} {values}{baseline}{detail}")
     return lines
 
 

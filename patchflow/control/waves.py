@@ -257,7 +257,7 @@ def wave_input(
             max_errors=str(s.max_errors),
             soak_seconds=s.soak_seconds,
             gate=s.gate.kind,
-            approvers=list(s.gate.approvers),
+            approvers=list(s.gate.analysis.approvers if s.gate.analysis else s.gate.approvers),
             max_unhealthy=s.gate.max_unhealthy,
             health_url=s.gate.url,
             on_failure=s.on_failure,
@@ -271,6 +271,10 @@ def wave_input(
             disruption_per=s.disruption_budget.per if s.disruption_budget else "",
             rollout=s.rollout,
             hooks=s.hooks,
+            canary_count=s.canary.count if s.canary else 0,
+            canary_soak_seconds=s.canary.soak_seconds if s.canary else 0,
+            analysis=s.gate.analysis,
+            block_on_alerts=s.block_on_alerts or plan.block_on_alerts,
         )
         for s in plan.stages
     ]
@@ -348,6 +352,7 @@ async def wave_status(client: Client, wave_id: str, *, page_size: int = MAX_PAGE
             stage.hook_steps.update(progress.hook_steps)
             stage.errors = progress.errors
             stage.disruption = progress.disruption or stage.disruption
+            stage.blocked_by = progress.blocked_by
     return status
 
 
@@ -460,6 +465,7 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                 "waiting_since": st.waiting_since.isoformat() if st.waiting_since else None,
                 "note": st.note,
                 **({"disruption_budget": st.disruption} if st.disruption else {}),
+                **_analysis_json(st),
                 "instances": [
                     {
                         "id": i,
@@ -478,6 +484,22 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
         ],
         "audit": [{**asdict(a), "at": a.at.isoformat()} for a in status.audit],
     }
+
+
+def _analysis_json(st: StageStatus) -> dict[str, Any]:
+    """A stage's analysis, measurements and alert blocking (keys present only when the plan uses them)."""
+    out: dict[str, Any] = {}
+    if st.blocked_by:
+        out["blocked_by"] = st.blocked_by
+    if st.analysis is not None:
+        out["analysis"] = {
+            "result": st.analysis.result,
+            "instances": st.analysis.instances,
+            "queries": {name: asdict(tally) for name, tally in st.analysis.tallies.items()},
+        }
+    if st.measurements:
+        out["measurements"] = [{**asdict(m), "at": m.at.isoformat()} for m in st.measurements]
+    return out
 
 
 async def act(

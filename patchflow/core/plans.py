@@ -16,6 +16,15 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from patchflow.core.analysis import (
+    INCONCLUSIVE_CHOICES,
+    AlertBlockSpec,
+    AnalysisQuery,
+    AnalysisSpec,
+    ExpressionError,
+    parse_success,
+    uses_baseline,
+)
 from patchflow.core.approvers import approver_problem
 from patchflow.core.disruption import CONCURRENT_ZONES, ROLLOUTS, DisruptionBudget, per_problem
 from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
@@ -96,6 +105,8 @@ class Gate:
     ``expire_after`` (none when the gate never expires)."""
     url: str | None = None
     """health: an HTTP(S) endpoint that must answer 2xx."""
+    analysis: AnalysisSpec | None = None
+    """analysis: the metric analysis (of the stage's canaries, or else of what earlier stages patched)."""
 
 
 @dataclass(frozen=True)
@@ -122,6 +133,18 @@ class Stage:
     hooks: Hooks | None = None
     """Lifecycle hooks per instance (the stage's own ``hooks``, else the plan's); None: no hooks, the install
     alone (see :mod:`patchflow.core.hooks`)."""
+    canary: Canary | None = None
+    """Patch the first ``count`` targets, soak, analyse (``gate.analysis``), then the rest."""
+    block_on_alerts: AlertBlockSpec | None = None
+    """No dispatch while a matching Prometheus alert fires (None: the plan's ``block_on_alerts``)."""
+
+
+@dataclass(frozen=True)
+class Canary:
+    """``canary: {count: N, soak_seconds: S}``."""
+
+    count: int
+    soak_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -169,6 +192,8 @@ class Plan:
     task_queue: str | None = None
     """The Temporal task queue this plan's waves run on (its workers' ``PATCHFLOW_TASK_QUEUE``: one per AWS
     account or region); None: the starting side's ``PATCHFLOW_TASK_QUEUE``."""
+    block_on_alerts: AlertBlockSpec | None = None
+    """Every stage's alert blocking unless the stage sets its own."""
 
 
 _PLAN_KEYS = (
@@ -186,6 +211,7 @@ _PLAN_KEYS = (
     "disruption_budget",
     "rollout",
     "hooks",
+    "block_on_alerts",
 )
 _AWS_NAMES = {"max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors"}
 #: A stage's options that take one of a few words: key → (allowed values, the default first; how to choose).
@@ -215,6 +241,8 @@ _STAGE_KEYS = (
     "disruption_budget",
     "rollout",
     "hooks",
+    "canary",
+    "block_on_alerts",
 )
 _BUDGET_KEYS = ("max", "per")
 _ROLLOUT_HINT = (
@@ -280,6 +308,11 @@ def parse_plan(doc: Document) -> Plan:
     defaults = _parse_disruption(data, (), check.bad, (None, CONCURRENT_ZONES))
     stages = _parse_stages(data.get("stages"), check, defaults or (None, CONCURRENT_ZONES))
     stages = _with_hooks(data, stages, executor.kind, check)
+    block = (
+        parse_block_on_alerts(data["block_on_alerts"], ("block_on_alerts",), check.bad)
+        if "block_on_alerts" in data
+        else None
+    )
     if check.problems:
         raise PlanError("invalid rollout plan", source=doc.source, problems=check.problems)
     return Plan(
@@ -290,6 +323,7 @@ def parse_plan(doc: Document) -> Plan:
         executor=executor,
         stages=tuple(stages),
         freezes=tuple(freezes),
+        block_on_alerts=block,
         **options,
     )
 
@@ -552,6 +586,7 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         ok = False
 
     choices = _parse_stage_choices(raw, where, bad)
+    ok, canary, block = _stage_extras(raw, where, bad, ok=ok)
     if not ok or window is None or gate is None or choices is None:
         return None
     return Stage(
@@ -565,6 +600,8 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         on_failure=str(on_failure),
         ramp=choices["ramp"],
         cutoff_behavior=choices["cutoff_behavior"],
+        canary=canary,
+        block_on_alerts=block,
     )
 
 
@@ -725,7 +762,14 @@ def _parse_gate(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Gate | None:
             bad((*where, "health", "url"), "expected an http:// or https:// URL")
             return None
         return Gate(kind="health", max_unhealthy=max_unhealthy, url=url)
-    bad(where, "use auto, {approval: {approvers: [NAME, …]}} or {health: {max_unhealthy: N, url: URL}}")
+    if isinstance(raw, dict) and len(raw) == 1 and "analysis" in raw:
+        analysis = parse_analysis(raw["analysis"], (*where, "analysis"), bad)
+        return None if analysis is None else Gate(kind="analysis", analysis=analysis)
+    bad(
+        where,
+        "use auto, {approval: {approvers: [NAME, …]}}, {health: {max_unhealthy: N, url: URL}} or "
+        "{analysis: {prometheus: URL, queries: [...]}}",
+    )
     return None
 
 
@@ -736,6 +780,251 @@ def _approvers_valid(approvers: list[str], where: tuple[PathPart, ...], bad: Any
         if problem:
             bad((*where, i), problem)
     return not any(problem for _, problem in problems)
+
+
+# ---------------------------------------------------------------------------------------------- canaries, analysis
+
+#: Most queries one analysis runs, and measurements one query takes: the stage's status records each one.
+MAX_QUERIES = 10
+MAX_MEASUREMENTS = 100
+_ANALYSIS_KEYS = ("prometheus", "queries", "compare", "inconclusive", "approvers")
+_QUERY_KEYS = ("name", "query", "success", "interval_seconds", "count", "failure_limit", "inconclusive_limit")
+_CANARY_KEYS = ("count", "soak_seconds")
+_ALERT_KEYS = ("prometheus", "match", "check_seconds")
+
+
+def _whole(value: Any, low: int, high: int) -> int | None:
+    """``value`` when it is a whole number from ``low`` to ``high`` (booleans are not numbers)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        return None
+    return value
+
+
+def _prometheus_url(body: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> str | None:
+    url = body.get("prometheus")
+    if not isinstance(url, str) or not re.match(r"^https?://[^/\s]+", url):
+        bad((*where, "prometheus"), "required: the Prometheus server's base URL, e.g. http://prometheus:9090")
+        return None
+    return url.rstrip("/")
+
+
+def _stage_extras(
+    raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any, *, ok: bool
+) -> tuple[bool, Canary | None, AlertBlockSpec | None]:
+    """A stage's optional ``canary`` and ``block_on_alerts``; ``ok`` turns False after a located problem."""
+    canary = _parse_canary(raw["canary"], (*where, "canary"), bad) if "canary" in raw else None
+    block = (
+        parse_block_on_alerts(raw["block_on_alerts"], (*where, "block_on_alerts"), bad)
+        if "block_on_alerts" in raw
+        else None
+    )
+    if ("canary" in raw and canary is None) or ("block_on_alerts" in raw and block is None):
+        ok = False
+    return ok, canary, block
+
+
+def _parse_canary(raw: Any, where: tuple[PathPart, ...], bad: Any) -> Canary | None:
+    """``canary: {count: N, soak_seconds: S}``: the first N targets go first."""
+    if not isinstance(raw, dict):
+        bad(where, "expected {count: N, soak_seconds: S} (the first N targets, then S seconds of soak)")
+        return None
+    ok = True
+    for key in raw:
+        if key not in _CANARY_KEYS:
+            bad((*where, str(key)), unknown_key(str(key), _CANARY_KEYS))
+            ok = False
+    count = _whole(raw.get("count"), 1, MAX_LIMIT)
+    if count is None:
+        bad((*where, "count"), f"required: how many targets go first, a whole number from 1 to {MAX_LIMIT:,}")
+        ok = False
+    soak = _whole(raw.get("soak_seconds", 0), 0, MAX_DURATION_SECONDS)
+    if soak is None:
+        bad((*where, "soak_seconds"), f"expected seconds from 0 to {MAX_DURATION_SECONDS:,} (90 days)")
+        ok = False
+    return Canary(count=count, soak_seconds=soak) if ok and count is not None and soak is not None else None
+
+
+def parse_analysis(raw: Any, where: tuple[PathPart, ...], bad: Any) -> AnalysisSpec | None:
+    """``gate.analysis``: Prometheus, the queries (Argo Rollouts' AnalysisTemplate fields), the baseline and
+    what an inconclusive result does."""
+    if not isinstance(raw, dict):
+        bad(where, "expected {prometheus: URL, queries: [{name, query, success, …}], inconclusive: halt}")
+        return None
+    ok = True
+    for key in raw:
+        if key not in _ANALYSIS_KEYS:
+            bad((*where, str(key)), unknown_key(str(key), _ANALYSIS_KEYS))
+            ok = False
+    url = _prometheus_url(raw, where, bad)
+    compare = raw.get("compare", "")
+    if compare not in ("", "unpatched"):
+        bad(
+            (*where, "compare"),
+            f"{compare!r}: the only baseline is unpatched (the stage's unpatched instances)",
+        )
+        ok = False
+    inconclusive = raw.get("inconclusive", "halt")
+    if inconclusive not in INCONCLUSIVE_CHOICES:
+        bad(
+            (*where, "inconclusive"),
+            f"{inconclusive!r}: use approval (an approver decides), halt (the wave halts) or continue (promote)",
+        )
+        ok = False
+    approvers = raw.get("approvers", [])
+    if not isinstance(approvers, list) or not all(isinstance(a, str) and a for a in approvers):
+        bad((*where, "approvers"), "expected a list of the people who may approve an inconclusive analysis")
+        approvers, ok = [], False
+    elif approvers and not _approvers_valid(approvers, (*where, "approvers"), bad):
+        ok = False
+    if inconclusive == "approval" and not approvers:
+        bad(
+            (*where, "approvers"),
+            "required with inconclusive: approval: the people who may approve an inconclusive analysis",
+        )
+        ok = False
+    queries = _parse_queries(raw.get("queries"), (*where, "queries"), bad, compare=compare == "unpatched")
+    if not ok or url is None or queries is None:
+        return None
+    return AnalysisSpec(
+        prometheus=url,
+        queries=queries,
+        compare=str(compare),
+        inconclusive=str(inconclusive),
+        approvers=list(approvers),
+    )
+
+
+def _parse_queries(
+    raw: Any, where: tuple[PathPart, ...], bad: Any, *, compare: bool
+) -> list[AnalysisQuery] | None:
+    if not isinstance(raw, list) or not raw or len(raw) > MAX_QUERIES:
+        bad(where, f"required: a list of 1 to {MAX_QUERIES} queries, each {{name, query, success, …}}")
+        return None
+    queries: list[AnalysisQuery] = []
+    names: set[str] = set()
+    for i, entry in enumerate(raw):
+        query = _parse_query(entry, (*where, i), bad, compare=compare)
+        if query is None:
+            continue
+        if query.name in names:
+            bad((*where, i, "name"), f"query name {query.name!r} is used twice")
+            continue
+        names.add(query.name)
+        queries.append(query)
+    return queries if len(queries) == len(raw) else None
+
+
+def _parse_query(raw: Any, where: tuple[PathPart, ...], bad: Any, *, compare: bool) -> AnalysisQuery | None:
+    """One query: its PromQL, its success expression (parsed now: a typo is found before the wave starts), and
+    its count, interval and limits."""
+    if not isinstance(raw, dict):
+        bad(where, "expected {name, query, success, interval_seconds, count, failure_limit}")
+        return None
+    ok = True
+    for key in raw:
+        if key not in _QUERY_KEYS:
+            bad((*where, str(key)), unknown_key(str(key), _QUERY_KEYS))
+            ok = False
+    name = raw.get("name")
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        bad((*where, "name"), "required: 1–64 characters of letters, digits, '_', '-' and '.'")
+        ok = False
+    promql = raw.get("query")
+    if not isinstance(promql, str) or not promql.strip():
+        bad(
+            (*where, "query"),
+            'required: the PromQL, e.g. sum(rate(errors_total{instance=~"{{instances}}"}[5m]))',
+        )
+        ok = False
+    success = raw.get("success")
+    if not isinstance(success, str):
+        bad(
+            (*where, "success"),
+            "required: a condition on result, e.g. '< 0.01' or 'result <= baseline * 1.2'",
+        )
+        ok = False
+    else:
+        try:
+            parse_success(success)
+            if uses_baseline(success) and not compare:
+                bad((*where, "success"), "uses baseline: add compare: unpatched to the analysis")
+                ok = False
+        except ExpressionError as exc:
+            bad((*where, "success"), f"{success!r}: {exc}")
+            ok = False
+    numbers: dict[str, int] = {}
+    for key, default, low, high in (
+        ("interval_seconds", 60, 1, 24 * 3600),
+        ("count", 1, 1, MAX_MEASUREMENTS),
+        ("failure_limit", 0, 0, MAX_MEASUREMENTS),
+    ):
+        value = _whole(raw.get(key, default), low, high)
+        if value is None:
+            bad((*where, key), f"{raw.get(key)!r}: expected a whole number from {low} to {high:,}")
+            ok = False
+        else:
+            numbers[key] = value
+    count = numbers.get("count", 1)
+    if numbers.get("failure_limit", 0) >= count:
+        bad(
+            (*where, "failure_limit"),
+            f"must be smaller than count ({count}), or no measurement could ever fail the analysis",
+        )
+        ok = False
+    limit = raw.get("inconclusive_limit")
+    if limit is not None and (_whole(limit, 0, MAX_MEASUREMENTS) is None or limit >= count):
+        bad(
+            (*where, "inconclusive_limit"),
+            f"{limit!r}: expected a whole number from 0 to count - 1 ({count - 1})",
+        )
+        ok = False
+    if not ok:
+        return None
+    return AnalysisQuery(
+        name=str(name),
+        query=str(promql),
+        success=str(success),
+        interval_seconds=numbers["interval_seconds"],
+        count=count,
+        failure_limit=numbers["failure_limit"],
+        inconclusive_limit=limit,
+    )
+
+
+def parse_block_on_alerts(raw: Any, where: tuple[PathPart, ...], bad: Any) -> AlertBlockSpec | None:
+    """``block_on_alerts: {prometheus: URL, match: REGEX, check_seconds: 60}`` (kured's alert blocking)."""
+    if not isinstance(raw, dict):
+        bad(where, "expected {prometheus: URL, match: REGEX, check_seconds: 60}")
+        return None
+    ok = True
+    for key in raw:
+        if key not in _ALERT_KEYS:
+            bad((*where, str(key)), unknown_key(str(key), _ALERT_KEYS))
+            ok = False
+    url = _prometheus_url(raw, where, bad)
+    match = raw.get("match")
+    if not isinstance(match, str) or not match:
+        bad(
+            (*where, "match"),
+            "required: a regex of the alert names that block, e.g. ^(NodeDown|HighErrorRate)$",
+        )
+        ok = False
+    else:
+        try:
+            re.compile(match)
+        except re.error as exc:
+            bad((*where, "match"), f"{match!r} is not a regex: {exc}")
+            ok = False
+    check = _whole(raw.get("check_seconds", 60), 1, 3600)
+    if check is None:
+        bad(
+            (*where, "check_seconds"),
+            "expected seconds from 1 to 3,600 (how often a blocked stage checks again)",
+        )
+        ok = False
+    if not ok or url is None or check is None:
+        return None
+    return AlertBlockSpec(prometheus=url, match=str(match), check_seconds=check)
 
 
 def load_plan(path: str | Path) -> Plan:

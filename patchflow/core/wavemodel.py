@@ -11,6 +11,7 @@ import itertools
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from patchflow.core.analysis import AlertBlockSpec, AnalysisSpec, AnalysisSummary, Measurement
 from patchflow.core.freezes import FreezePeriod
 from patchflow.core.hooks import Hooks, HookStep, HookStepRecord
 from patchflow.core.instances import Package, RepoSource
@@ -123,6 +124,15 @@ class StageInput:
     """``concurrent_zones`` or ``zone_by_zone`` (one availability zone finished before the next starts)."""
     hooks: Hooks | None = None
     """Lifecycle hooks per instance (:mod:`patchflow.core.hooks`); None: the install alone, as before hooks."""
+    canary_count: int = 0
+    """``canary.count``: patch these first targets, soak, analyse, then the rest (0: no canary)."""
+    canary_soak_seconds: int = 0
+    """``canary.soak_seconds``: between the canaries' last install and their analysis."""
+    analysis: AnalysisSpec | None = None
+    """``gate.analysis`` (then ``gate`` is ``analysis``): of the canaries, or else of what earlier stages
+    patched, before promotion into the stage."""
+    block_on_alerts: AlertBlockSpec | None = None
+    """No dispatch while a matching Prometheus alert fires (the stage's, else the plan's)."""
 
 
 @dataclass
@@ -207,6 +217,8 @@ class StageRunInput:
     """The stage's lifecycle hooks (a few steps, never per instance); None: the install alone."""
     hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
     """Carried across continue-as-new: the hook step records of instances already done in this run."""
+    block_on_alerts: AlertBlockSpec | None = None
+    """Before each batch is dispatched, no matching alert may fire (:attr:`StageInput.block_on_alerts`)."""
 
 
 @dataclass
@@ -288,6 +300,8 @@ class StageProgress:
     """The disruption budget now: the budget, the groups at their limit, the zone rolling out (empty: none)."""
     hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
     """instance id → lifecycle hook step records so far (filled from ``progress_page``)."""
+    blocked_by: str = ""
+    """Why dispatch waits (``block_on_alerts``): the alerts that fire, or Prometheus unreachable."""
 
 
 @dataclass
@@ -516,6 +530,13 @@ class StageStatus:
     hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
     """instance id → what its lifecycle hooks did (phase, step, status, duration, output tail); only stages
     with hooks. Paged like ``instances`` (``instances_page``)."""
+    measurements: list[Measurement] = field(default_factory=list)
+    """The analysis' measurements, newest last (at most :data:`~patchflow.core.analysis.MAX_KEPT_MEASUREMENTS`;
+    ``analysis`` counts them all)."""
+    analysis: AnalysisSummary | None = None
+    """The stage's analysis (``gate.analysis``): per query how its measurements went, and the result."""
+    blocked_by: str = ""
+    """Why dispatch waits right now (``block_on_alerts``); empty when it does not."""
 
 
 @dataclass

@@ -672,7 +672,7 @@ class WaveContext:
     def from_input(cls, inp: WaveInput) -> WaveContext:
         return cls(
             patch_set_summary=summarize_patches(inp.patch_set_id, inp.patches),
-            approvers={s.name: list(s.approvers) for s in inp.stages if s.gate == "approval"},
+            approvers={s.name: list(s.approvers) for s in inp.stages if s.gate in ("approval", "analysis")},
             channel=inp.slack_channel,
         )
 
@@ -1191,7 +1191,7 @@ class SlackActions:
                 "not_found",
                 f"wave {click.wave_id} has no stage {click.stage!r} (its stages: {names}); nothing changed",
             )
-        if stage.gate != "approval":
+        if stage.gate not in ("approval", "analysis"):  # analysis: an inconclusive one waits for approval
             return Reply(False, "refused", f"{where} has no approval gate; nothing changed")
         match = await match_approver(click.user_id, stage.approvers, self._groups)
         if match.entry is None:

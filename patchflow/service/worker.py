@@ -8,6 +8,7 @@ from datetime import timedelta
 from temporalio.client import Client
 from temporalio.worker import Worker
 
+from activities.analysis import AnalysisActivities
 from activities.hooks import HookActivities
 from activities.patching import ExecutorFactory, WaveActivities, build_executor
 from activities.scheduling import ScheduleActivities
@@ -40,6 +41,7 @@ def build_worker(
     acts = WaveActivities(factory, database_url=database_url, client=client)
     scheduling = ScheduleActivities(settings, client)
     hook_acts = hooks or HookActivities(factory)
+    analysis = AnalysisActivities()
     return Worker(
         client,
         task_queue=task_queue,
@@ -58,6 +60,9 @@ def build_worker(
             scheduling.scheduled_wave_start,
             scheduling.scheduled_wave_allowed,
             scheduling.prepare_scheduled_wave,
+            analysis.measure,
+            analysis.record_analysis,
+            analysis.check_alerts,
         ],
         # Every activity is async (executors await I/O), so no thread pool is needed.
         max_concurrent_activities=200,

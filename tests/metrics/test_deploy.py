@@ -26,6 +26,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from patchflow.core.analysis import Measurement
 from patchflow.core.compliance import InstanceCompliance
 from patchflow.core.documents import dump_yaml
 from patchflow.core.wavemodel import StageStatus, WaveStatus
@@ -163,6 +164,11 @@ def populated_metrics(registry: CollectorRegistry) -> Metrics:
     metrics.observe_patch("simulated", "succeeded", 12.0)
     metrics.record_api_error("ssm", "SendCommand")
     metrics.record_throttle("ssm", "SendCommand")
+    metrics.record_measurement(
+        "w-live", "Dev", Measurement(query="error-rate", at=NOW, verdict="successful", values=[0.001])
+    )
+    metrics.record_analysis("successful")
+    metrics.record_alert_block("alerts")
     return metrics
 
 
@@ -306,6 +312,9 @@ def test_dashboard_covers_the_issue() -> None:
         "patchflow_stage_window_remaining_seconds",
         "patchflow_executor_api_errors_total",
         "patchflow_executor_throttles_total",
+        "patchflow_analysis_measurement",
+        "patchflow_analysis_runs_total",
+        "patchflow_alert_blocks_total",
     ):
         assert name in used, f"no panel shows {name}"
 
