@@ -21,11 +21,14 @@ from temporalio.exceptions import ActivityError, CancelledError
 with workflow.unsafe.imports_passed_through():
     from patchflow.core.instances import Package
     from patchflow.core.ratecontrol import PENDING, StageScheduler
+    from patchflow.core.reboots import reboots
     from patchflow.core.wavemodel import (
+        InstanceOutcome,
         InstancePage,
         InstancePageInput,
         PatchBatchInput,
         PatchBatchResult,
+        RebootBatchInput,
         StageProgress,
         StageRunInput,
         StageRunResult,
@@ -49,6 +52,8 @@ class StageRunWorkflow:
         self._in_flight: dict[asyncio.Task[PatchBatchResult], list[str]] = {}
         self._sending: dict[str, bool] = {}
         """Batches (by their first instance) whose send activity runs: an abort lets it finish."""
+        self._pending_reboot: list[str] = []
+        """Instances of this run patched and waiting for a reboot (reboot debt; only plans with ``reboot:``)."""
 
     @workflow.signal
     def stop(self) -> None:
@@ -119,6 +124,7 @@ class StageRunWorkflow:
         for instance_id in inp.instance_ids:
             scheduler.states[instance_id] = PENDING
         self._scheduler = scheduler
+        self._pending_reboot = list(inp.pending_reboot)
         in_flight = self._in_flight
         continue_as_new = False
         cutoff_timer: asyncio.Task[None] | None = None
@@ -192,6 +198,8 @@ class StageRunWorkflow:
                     dispatched_so_far=scheduler.dispatched,
                     cancel_at_cutoff=inp.cancel_at_cutoff,
                     sources=inp.sources,
+                    reboot_policy=inp.reboot_policy,
+                    pending_reboot=list(self._pending_reboot),
                 )
             )
 
@@ -208,11 +216,15 @@ class StageRunWorkflow:
             and inp.cutoff is not None
             and workflow.now() >= inp.cutoff
             and (self._cut_off or bool(remaining)),
+            pending_reboot=list(self._pending_reboot),
         )
 
     async def _patch(self, inp: StageRunInput, batch: list[str]) -> PatchBatchResult:
         if workflow.patched("send-then-wait"):
-            return await self._send_then_wait(inp, batch)
+            installed = await self._send_then_wait(inp, batch)
+            if inp.reboot_policy:  # only plans with ``reboot:`` (older runs never have a policy)
+                return await self._reboot_batch(inp, installed)
+            return installed
         return await self._batch_activity(
             "patch_batch", inp, batch, inp.patches, f"patch {len(batch)} instance(s)"
         )
@@ -242,6 +254,65 @@ class StageRunWorkflow:
         )
         finished = {o.instance_id: o for o in waited.outcomes}
         return PatchBatchResult(outcomes=[finished.get(o.instance_id, o) for o in sent.outcomes])
+
+    async def _reboot_batch(self, inp: StageRunInput, installed: PatchBatchResult) -> PatchBatchResult:
+        """Reboot what the stage's reboot policy names right after the batch's install (the installs ran with
+        ``NoReboot``), inside the batch: a reboot that fails (the host does not come back) fails the instance
+        and counts against ``max_errors``; an aborted run reboots nothing more."""
+        due = [
+            o.instance_id
+            for o in installed.outcomes
+            if reboots(inp.reboot_policy, status=o.status, pending_reboot=o.pending_reboot)
+        ]
+        if not due or self._aborted:
+            return installed
+        try:
+            rebooted = await workflow.execute_activity(
+                "reboot_batch",
+                RebootBatchInput(
+                    executor=inp.executor,
+                    wave_id=inp.wave_id,
+                    stage=inp.stage,
+                    instance_ids=due,
+                    attempt=inp.attempt,
+                ),
+                result_type=PatchBatchResult,
+                start_to_close_timeout=PATCH_START_TO_CLOSE,
+                heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
+                retry_policy=PATCH_RETRY,
+                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                summary=f"reboot {len(due)} instance(s) of {inp.stage}",
+            )
+        except ActivityError as exc:
+            if _was_cancelled(exc):
+                raise
+            rebooted = PatchBatchResult(
+                outcomes=[
+                    InstanceOutcome(
+                        i, "failed", True, detail=f"reboot activity failed: {exc}", pending_reboot=True
+                    )
+                    for i in due
+                ]
+            )
+        after = {o.instance_id: o for o in rebooted.outcomes}
+        merged: list[InstanceOutcome] = []
+        for o in installed.outcomes:
+            r = after.get(o.instance_id)
+            if r is None:
+                merged.append(o)
+                continue
+            merged.append(
+                InstanceOutcome(
+                    instance_id=o.instance_id,
+                    status=r.status,
+                    counts_as_error=r.counts_as_error,
+                    detail=f"{o.detail}; {r.detail}" if o.detail else r.detail,
+                    changed=o.changed,
+                    pending_reboot=r.status != "succeeded",
+                    rebooted=r.rebooted,
+                )
+            )
+        return PatchBatchResult(outcomes=merged)
 
     @staticmethod
     async def _batch_activity(
@@ -280,8 +351,8 @@ class StageRunWorkflow:
             summary=f"{what} of {inp.stage}",
         )
 
-    @staticmethod
     def _record(
+        self,
         inp: StageRunInput,
         scheduler: StageScheduler,
         batch: list[str],
@@ -315,6 +386,8 @@ class StageRunWorkflow:
                 inp.undeliverable_counts_as_error and outcome.status == "undeliverable"
             )
             scheduler.record(instance_id, outcome.status, counts_as_error=counts, detail=outcome.detail)
+            if outcome.pending_reboot:
+                self._pending_reboot.append(instance_id)
 
 
 def _was_cancelled(exc: BaseException | None) -> bool:

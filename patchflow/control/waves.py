@@ -266,6 +266,7 @@ def wave_input(
             cutoff_behavior=s.cutoff_behavior,
             expire_after_seconds=s.gate.expire_after,
             remind_after_seconds=s.gate.remind_after,
+            reboot=s.reboot,
         )
         for s in plan.stages
     ]

@@ -11,6 +11,7 @@ executor's health check — and, if given, an HTTP endpoint must answer 2xx — 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from patchflow.core.approvers import approver_problem
 from patchflow.core.documents import Document, PathPart, load_document, suggest, unknown_key
 from patchflow.core.freezes import FreezeRule, parse_freezes
 from patchflow.core.ratecontrol import CARRY_OVER, CUTOFF_BEHAVIORS, RAMP_NONE, RAMPS, Limit, parse_limit
+from patchflow.core.reboots import RebootSpec, parse_reboot
 from patchflow.core.windows import ScheduleError, WindowSpec, parse_window_spec
 from patchflow.errors import InputError, Problem
 
@@ -112,6 +114,9 @@ class Stage:
     cutoff_behavior: str = CARRY_OVER
     """What the window's cutoff does: ``carry_over``, ``continue`` or ``cancel`` (see
     :mod:`patchflow.core.ratecontrol`)."""
+    reboot: RebootSpec | None = None
+    """``reboot:`` (the stage's, else the plan's): patchflow installs with ``NoReboot`` and reboots itself
+    (:mod:`patchflow.core.reboots`); None: the executor's ``reboot_option`` decides, as before."""
 
 
 @dataclass(frozen=True)
@@ -159,6 +164,8 @@ class Plan:
     task_queue: str | None = None
     """The Temporal task queue this plan's waves run on (its workers' ``PATCHFLOW_TASK_QUEUE``: one per AWS
     account or region); None: the starting side's ``PATCHFLOW_TASK_QUEUE``."""
+    reboot: RebootSpec | None = None
+    """The plan-level ``reboot:`` default (already applied to every stage without its own)."""
 
 
 _PLAN_KEYS = (
@@ -173,6 +180,7 @@ _PLAN_KEYS = (
     "freezes",
     "freeze_override_approvers",
     "task_queue",
+    "reboot",
 )
 _AWS_NAMES = {"max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors"}
 #: A stage's options that take one of a few words: key → (allowed values, the default first; how to choose).
@@ -199,6 +207,7 @@ _STAGE_KEYS = (
     "gate",
     "on_failure",
     *_STAGE_CHOICES,
+    "reboot",
 )
 
 
@@ -257,6 +266,9 @@ def parse_plan(doc: Document) -> Plan:
         data.get("freezes"), doc=doc, path=("freezes",), base_dir=check.base_dir, problems=check.problems
     )
     stages = _parse_stages(data.get("stages"), check)
+    reboot = _reboot(data, ("reboot",), check.bad)
+    if reboot is not None:  # the plan's default for every stage without its own
+        stages = [s if s.reboot is not None else dataclasses.replace(s, reboot=reboot) for s in stages]
     if check.problems:
         raise PlanError("invalid rollout plan", source=doc.source, problems=check.problems)
     return Plan(
@@ -267,6 +279,7 @@ def parse_plan(doc: Document) -> Plan:
         executor=executor,
         stages=tuple(stages),
         freezes=tuple(freezes),
+        reboot=reboot,
         **options,
     )
 
@@ -500,6 +513,9 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         ok = False
 
     choices = _parse_stage_choices(raw, where, bad)
+    reboot = _reboot(raw, (*where, "reboot"), bad)
+    if "reboot" in raw and reboot is None:
+        ok = False
     if not ok or window is None or gate is None or choices is None:
         return None
     return Stage(
@@ -513,7 +529,18 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         on_failure=str(on_failure),
         ramp=choices["ramp"],
         cutoff_behavior=choices["cutoff_behavior"],
+        reboot=reboot,
     )
+
+
+def _reboot(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> RebootSpec | None:
+    """``reboot:`` of a stage or of the plan (None when absent, or after its located problems)."""
+    if "reboot" not in raw:
+        return None
+    spec, problems = parse_reboot(raw["reboot"], path=tuple(where))
+    for path, message in problems:
+        bad(path, message)
+    return spec
 
 
 def _parse_stage_choices(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> dict[str, str] | None:

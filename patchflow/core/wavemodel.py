@@ -13,6 +13,7 @@ from datetime import datetime
 
 from patchflow.core.freezes import FreezePeriod
 from patchflow.core.instances import Package, RepoSource
+from patchflow.core.reboots import RebootSpec
 from patchflow.core.windows import WindowSpec
 
 # Wave states (the CLI/API contract).
@@ -113,6 +114,9 @@ class StageInput:
     remind_after_seconds: int = 0
     """Approval gate: remind the approvers once after this long without a decision (audit entry, worker log,
     ``patchflow_gate_reminders``). 0 = half of ``expire_after_seconds`` (no reminder when that is 0 too)."""
+    reboot: RebootSpec | None = None
+    """The stage's ``reboot:`` (:mod:`patchflow.core.reboots`): installs with ``NoReboot``, patchflow reboots.
+    None: the executor's ``reboot_option`` decides, exactly as before."""
 
 
 @dataclass
@@ -183,6 +187,11 @@ class StageRunInput:
     """``cutoff_behavior: cancel``: at ``cutoff``, cancel the in-flight instances too (SSM: CancelCommand)."""
     sources: list[RepoSource] = field(default_factory=list)
     """The patch set's baseline ``Sources`` (:attr:`WaveInput.sources`)."""
+    reboot_policy: str = ""
+    """The stage's ``reboot.policy`` when patchflow reboots right after each install, in the instance's batch
+    (``if_needed`` or ``always``); "" = no reboot step (the install's own reboot option applies)."""
+    pending_reboot: list[str] = field(default_factory=list)
+    """Carried across continue-as-new: instances of this run patched and still waiting for a reboot."""
 
 
 @dataclass
@@ -198,6 +207,8 @@ class StageRunResult:
     """An operator asked the run to stop (halt or cancel)."""
     cut_off: bool = False
     """``cancel_at_cutoff``: the cutoff passed with work left (in-flight instances cancelled, or never started)."""
+    pending_reboot: list[str] = field(default_factory=list)
+    """Succeeded instances whose patches wait for a reboot (SSM: ``INSTALLED_PENDING_REBOOT``): reboot debt."""
 
 
 #: Most instances one page of a status query carries: ≈ 100 bytes each (id, state, detail), so a page stays
@@ -272,6 +283,17 @@ class PatchBatchInput:
 
 
 @dataclass
+class RebootBatchInput:
+    """Reboot these instances now (the ``reboot_batch`` activity), each at most once per operation id."""
+
+    executor: ExecutorRef
+    wave_id: str
+    stage: str
+    instance_ids: list[str]
+    attempt: int = 0
+
+
+@dataclass
 class InstanceOutcome:
     instance_id: str
     status: str
@@ -279,6 +301,10 @@ class InstanceOutcome:
     counts_as_error: bool
     detail: str = ""
     changed: int = 0
+    pending_reboot: bool = False
+    """The install succeeded and the instance waits for a reboot (``InstallResult.pending_reboot``)."""
+    rebooted: bool = False
+    """patchflow rebooted the instance after its install (the ``reboot_batch`` activity)."""
 
 
 @dataclass
@@ -432,6 +458,45 @@ class StageStatus:
     waiting_since: datetime | None = None
     """When the stage's approval gate started waiting (workflow time); set on entering ``waiting_approval``,
     kept afterwards. None for stages that never waited (and for waves started before the field existed)."""
+    reboot_debt: dict[str, datetime] = field(default_factory=dict)
+    """Reboot debt: instance id → since when it waits for a reboot (its install finished with
+    ``pending_reboot``); an instance leaves it when rebooted. Grows with the stage, like ``instances``:
+    summaries carry only the counts below."""
+    reboot_debt_count: int = 0
+    """``len(reboot_debt)`` (kept in summaries, which leave the per-instance dicts out)."""
+    reboot_deadline_days: int = 0
+    """The stage's ``reboot.deadline_days``: debt older than this is overdue (0 = no deadline)."""
+    reboot_window_start: datetime | None = None
+    """The reboot window the stage's debt waits for (``reboot.window``); None: none scheduled."""
+    reboot_state: str = ""
+    """"" (no reboot window), ``waiting_window``, ``rebooting`` or ``done``: the stage's reboot window."""
+
+
+@dataclass
+class RebootWindowInput:
+    """A stage's reboot window (``RebootWindowWorkflow``): wait for it, then reboot ``instance_ids``."""
+
+    wave_id: str
+    stage: str
+    instance_ids: list[str]
+    executor: ExecutorRef
+    window: WindowSpec
+    max_concurrency: int
+    max_errors: int
+    """Reboot failures tolerated; the next one stops rebooting (the rest stay reboot debt)."""
+    attempt: int = 0
+    heartbeat_timeout_seconds: int = 30
+    freezes: list[FreezePeriod] = field(default_factory=list)
+
+
+@dataclass
+class RebootWindowResult:
+    rebooted: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+    """instance id → why its reboot failed (it stays reboot debt)."""
+    window_start: datetime | None = None
+    """When the reboot window opened (None: the schedule had no future window)."""
+    note: str = ""
 
 
 @dataclass

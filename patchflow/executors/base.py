@@ -151,3 +151,17 @@ class Executor(Protocol):
     async def health_check(self, instance_id: str) -> HealthResult:
         """Whether the instance's workload is healthy."""
         ...
+
+    async def reboot(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        """Reboot the instance now and wait until it is back with a new boot id (patchflow's reboot
+        orchestration, after a ``NoReboot`` install: see :mod:`patchflow.core.reboots`).
+
+        Idempotent on ``operation_id``: a retry (also after a crash) gets the recorded result of the first call,
+        waiting for a reboot still under way, and never reboots the instance a second time.
+
+        Returns:
+            ``succeeded`` with ``rebooted`` and the new ``boot_id`` (the instance no longer waits for a
+            reboot); ``failed`` when the instance did not come back in time; ``undeliverable`` when it could not
+            be reached to start with.
+        """
+        ...
