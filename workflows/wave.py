@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         resolve_concurrency,
         resolve_errors,
     )
-    from patchflow.core.reboots import NO_REBOOT, RebootSpec  # noqa: F401 - StageInput.reboot's type hint
+    from patchflow.core.reboots import NO_REBOOT, RebootSpec, deadline  # noqa: F401 - RebootSpec: a type hint
     from patchflow.core.wavemodel import (
         STAGE_CANCELLED,
         STAGE_FAILED,
@@ -792,8 +792,9 @@ class WaveWorkflow:
 
     @staticmethod
     def _take_reboot_debt(st: StageStatus, result: StageRunResult) -> None:
-        """Instances the run left ``pending_reboot`` become reboot debt (since now); re-patched instances that
-        were rebooted leave it. Status only: no command, so older histories replay unchanged."""
+        """Instances the run left ``pending_reboot`` become reboot debt (since now, said in their detail too);
+        re-patched instances that were rebooted leave it. Status only: no command, so older histories replay
+        unchanged."""
         if not result.pending_reboot and not st.reboot_debt:
             return
         now = workflow.now()
@@ -801,9 +802,22 @@ class WaveWorkflow:
         for instance_id in result.states:
             if instance_id not in pending:
                 st.reboot_debt.pop(instance_id, None)
+        due = deadline(now, st.reboot_deadline_days)
         for instance_id in result.pending_reboot:
-            st.reboot_debt.setdefault(instance_id, now)
+            if instance_id in st.reboot_debt:
+                continue
+            st.reboot_debt[instance_id] = now
+            st.details[instance_id] = (
+                (st.details.get(instance_id, "") + "; ").lstrip("; ")
+                + f"reboot pending since {now:%Y-%m-%d %H:%M:%S} UTC"
+                + (f" (overdue at {due:%Y-%m-%d %H:%M} UTC)" if due else "")
+            )
+        WaveWorkflow._count_reboot_debt(st)
+
+    @staticmethod
+    def _count_reboot_debt(st: StageStatus) -> None:
         st.reboot_debt_count = len(st.reboot_debt)
+        st.reboot_debt_since = min(st.reboot_debt.values(), default=None)
 
     def _start_reboot_window(self, stage: StageInput, st: StageStatus, targets: _Targets) -> None:
         """Reboot the stage's debt in its reboot window (``reboot.window``): a child workflow per stage, so the
@@ -840,7 +854,7 @@ class WaveWorkflow:
             st.details[instance_id] = "rebooted in the reboot window"
         for instance_id, why in result.failed.items():
             st.details[instance_id] = f"reboot failed in the reboot window: {why}"
-        st.reboot_debt_count = len(st.reboot_debt)
+        self._count_reboot_debt(st)
         st.reboot_window_start = result.window_start
         st.reboot_state = "done"
         if result.note:

@@ -359,6 +359,28 @@ def print_status(status: dict[str, Any]) -> None:
     if status.get("reason"):
         out.print(f"  {status['reason']}")
     out.print(stage_table(status))
+    for stage in status["stages"]:
+        debt = stage.get("reboot_debt")
+        if debt:
+            out.print(f"  {stage['name']}: {reboot_debt_line(debt)}")
+
+
+def reboot_debt_line(debt: dict[str, Any]) -> str:
+    """One stage's reboot debt for ``wave status`` (which instances: their details, ``--format json``)."""
+    if not debt["instances"]:
+        return f"no reboot debt (reboot window {debt['reboot_window'] or 'none'})"
+    line = f"reboot debt: {debt['instances']} instance(s) pending a reboot since {debt['since']}"
+    if debt["deadline"]:
+        line += (
+            f", [bold red]overdue[/] since {debt['deadline']}"
+            if debt["overdue"]
+            else f", due by {debt['deadline']}"
+        )
+    if debt["reboot_window"] == "waiting_window":
+        line += "; waiting for the reboot window" + (
+            f" ({debt['reboot_window_start']})" if debt["reboot_window_start"] else ""
+        )
+    return line
 
 
 _COUNT_COLUMNS = ("pending", "in_flight", "succeeded", "failed", "not_attempted", "rolled_back", "cancelled")

@@ -469,7 +469,9 @@ class StageStatus:
     reboot_window_start: datetime | None = None
     """The reboot window the stage's debt waits for (``reboot.window``); None: none scheduled."""
     reboot_state: str = ""
-    """"" (no reboot window), ``waiting_window``, ``rebooting`` or ``done``: the stage's reboot window."""
+    """"" (no reboot window), ``waiting_window``, ``done`` or ``cancelled``: the stage's reboot window."""
+    reboot_debt_since: datetime | None = None
+    """The oldest reboot debt of the stage (kept in summaries; per instance: ``reboot_debt`` and the details)."""
 
 
 @dataclass
