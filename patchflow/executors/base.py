@@ -16,7 +16,7 @@ again). ``install`` is exactly ``start_install`` followed, when the result is no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from patchflow.core.instances import (
     ERROR_STATUSES,
@@ -41,6 +41,7 @@ __all__ = [
     "Package",
     "PackageChange",
     "RepoSource",
+    "RebootAware",
 ]
 
 
@@ -164,4 +165,14 @@ class Executor(Protocol):
             reboot); ``failed`` when the instance did not come back in time; ``undeliverable`` when it could not
             be reached to start with.
         """
+        ...
+
+
+@runtime_checkable
+class RebootAware(Protocol):
+    """An executor that can tell which installed packages wait for a reboot (compliance reports mark them
+    ``INSTALLED_PENDING_REBOOT``: non-compliant until the instance reboots)."""
+
+    async def pending_reboot_packages(self, instance_id: str) -> list[tuple[str, str | None]]:
+        """(name, arch or None for every arch) of the packages waiting for a reboot; empty: none."""
         ...

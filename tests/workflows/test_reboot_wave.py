@@ -168,3 +168,38 @@ async def test_a_retried_reboot_never_reboots_twice(make_fleet: Callable[..., Pa
     assert await executor.reboot(target, operation_id="op-1") == first
     assert executor.boot_state(target) == (f"{target}-boot-1", False)
     assert (await executor.reboot(target, operation_id="op-2")).boot_id == f"{target}-boot-2"
+
+
+async def test_reboot_debt_is_non_compliant_until_rebooted(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """User Guide, "Understanding patch compliance state values": ``INSTALLED_PENDING_REBOOT`` — installed, and
+    the node must reboot for the patch to apply — counts as non-compliant; so do instances a ``never`` stage
+    left pending, until a reboot."""
+    from patchflow.cli.compliance import scan_fleet
+    from patchflow.core.compliance import judge
+    from patchflow.core.evaluation import PinnedPatch
+
+    fleet = make_fleet({"dev": 2}, behaviours={instance_id("dev", 1): {"reboot": True}})
+    inp = wave_input(fleet, tmp_path, [stage("dev", reboot=RebootSpec(policy="never"))])
+    async with running_worker(dev_env.client) as tq:
+        assert (await (await start(dev_env.client, tq, inp)).result()).status.state == "succeeded"
+    executor = SimulatedExecutor(load_fleet(fleet), Path(inp.executor.state_path or ""))
+    targets = [PinnedPatch(p.name, p.arch, p.version) for p in inp.patches]
+
+    async def report() -> dict[str, tuple[str, int]]:
+        scanned, _ = await scan_fleet(executor, family="deb", group="dev", concurrency=2)
+        results, _ = judge(
+            scanned,
+            family="deb",
+            candidates=targets,
+            rejected_patches=[],
+            rejected_action="ALLOW_AS_DEPENDENCY",
+            package_manager="apt",
+        )
+        return {r.instance_id: (r.status, r.counts["InstalledPendingRebootCount"]) for r in results}
+
+    pending, clean = instance_id("dev", 1), instance_id("dev", 2)
+    assert await report() == {pending: ("NON_COMPLIANT", 2), clean: ("COMPLIANT", 0)}
+    await executor.reboot(pending, operation_id="by-hand")
+    assert await report() == {pending: ("COMPLIANT", 0), clean: ("COMPLIANT", 0)}

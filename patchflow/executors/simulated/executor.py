@@ -105,7 +105,8 @@ CREATE INDEX IF NOT EXISTS operations_running ON operations (status, instance_id
 CREATE TABLE IF NOT EXISTS boots (
     instance_id TEXT PRIMARY KEY,
     boot_count INTEGER NOT NULL DEFAULT 0,
-    pending_reboot INTEGER NOT NULL DEFAULT 0
+    pending_reboot INTEGER NOT NULL DEFAULT 0,
+    pending_packages TEXT NOT NULL DEFAULT '[]'
 );
 CREATE TABLE IF NOT EXISTS reboots (
     operation_id TEXT PRIMARY KEY,
@@ -313,6 +314,19 @@ class SimulatedExecutor:
             count, pending = self._boot_row(conn, instance_id)
         return _boot_id(instance_id, count), pending
 
+    async def pending_reboot_packages(self, instance_id: str) -> list[tuple[str, str | None]]:
+        """(name, arch) of the packages installed since the instance's last reboot that wait for one
+        (SSM: ``INSTALLED_PENDING_REBOOT``); empty when it needs no reboot."""
+        instance = self._instance(instance_id)
+
+        def read() -> list[tuple[str, str | None]]:
+            self._ensure_ready()
+            with self._transaction() as conn:
+                self._settle(conn, instance.id)
+                return list(self._pending_packages(conn, instance.id))
+
+        return await asyncio.to_thread(read)
+
     # ------------------------------------------------------------------------------------ fleet commands
 
     def status(self) -> dict[str, Any]:
@@ -519,10 +533,14 @@ class SimulatedExecutor:
             verb = "upgraded" if kind == "install" else "restored"
             pending = instance.behaviour.reboot and self.reboot_option == "NoReboot" and kind == "install"
             if pending:
+                waiting = sorted(
+                    {*self._pending_packages(conn, instance.id), *((c.name, c.arch) for c in changes)}
+                )
                 conn.execute(
-                    "INSERT INTO boots (instance_id, pending_reboot) VALUES (?, 1) "
-                    "ON CONFLICT (instance_id) DO UPDATE SET pending_reboot = 1",
-                    (instance.id,),
+                    "INSERT INTO boots (instance_id, pending_reboot, pending_packages) VALUES (?, 1, ?) "
+                    "ON CONFLICT (instance_id) DO UPDATE SET pending_reboot = 1, "
+                    "pending_packages = excluded.pending_packages",
+                    (instance.id, json.dumps(waiting)),
                 )
             rebooted = instance.behaviour.reboot and not pending
             if rebooted:  # RebootIfNeeded: the install rebooted the instance (a new boot id)
@@ -547,6 +565,13 @@ class SimulatedExecutor:
             (self._clock(), _dump_result(result), operation_id),
         )
         return result
+
+    @staticmethod
+    def _pending_packages(conn: sqlite3.Connection, instance_id: str) -> list[tuple[str, str]]:
+        row = conn.execute(
+            "SELECT pending_packages FROM boots WHERE instance_id = ?", (instance_id,)
+        ).fetchone()
+        return [(str(n), str(a)) for n, a in json.loads(row[0])] if row is not None else []
 
     @staticmethod
     def _boot_row(conn: sqlite3.Connection, instance_id: str) -> tuple[int, bool]:
@@ -585,7 +610,8 @@ class SimulatedExecutor:
             else:
                 conn.execute(
                     "INSERT INTO boots (instance_id, boot_count, pending_reboot) VALUES (?, 1, 0) "
-                    "ON CONFLICT (instance_id) DO UPDATE SET boot_count = boot_count + 1, pending_reboot = 0",
+                    "ON CONFLICT (instance_id) DO UPDATE SET boot_count = boot_count + 1, pending_reboot = 0, "
+                    "pending_packages = '[]'",
                     (instance.id,),
                 )
                 result = InstallResult(

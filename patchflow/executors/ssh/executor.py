@@ -345,6 +345,21 @@ class SshExecutor:
             boot_id=now,
         )
 
+    async def pending_reboot_packages(self, instance_id: str) -> list[tuple[str, str | None]]:
+        """The packages Debian's ``/var/run/reboot-required.pkgs`` names while ``/var/run/reboot-required``
+        exists (the host wants a reboot; a name without arch: every arch). A reboot-required host whose
+        list is empty gives ``[("*", None)]``, which no package matches: the host is reported, no row changes."""
+        script = (
+            "[ -e /var/run/reboot-required ] || exit 0; echo required; "
+            "cat /var/run/reboot-required.pkgs 2>/dev/null || true"
+        )
+        status, out, _ = await self.run(instance_id, script, timeout=60)
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        if status != 0 or not lines or lines[0] != "required":
+            return []
+        names = sorted(set(lines[1:]))
+        return [(name, None) for name in names] or [("*", None)]
+
     async def _new_boot_id(self, host: SshHost, before: str) -> str | None:
         """Wait until the host answers with a boot id other than ``before`` (None: not within the timeout)."""
         deadline = time.monotonic() + self.reboot_timeout_seconds
