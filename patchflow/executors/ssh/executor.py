@@ -722,6 +722,7 @@ def _final_result(instance_id: str, journal: dict[str, Any]) -> InstallResult:
         status=typed,
         changed=_changes(result),
         rebooted=bool(final.get("rebooted")),
+        pending_reboot=bool(final.get("pending_reboot")),
         message=final.get("message", result.get("message", "")),
         duration_seconds=max(
             0.0, float(final.get("finished_at", journal.get("updated_at", 0))) - journal["started_at"]
