@@ -9,6 +9,7 @@ stage's reboot policy, right after the install.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -16,12 +17,25 @@ from temporalio.testing import WorkflowEnvironment
 from patchflow.core.reboots import RebootSpec
 from patchflow.executors.base import Package
 from patchflow.testing.lab.fleet import Lab
+from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
 from tests.lab.conftest import Hosts
+from tests.lab.test_ssm_lab import BUCKET, register, ssm_wave
 from tests.lab.test_waves_lab import lab_worker, stage, wave
 from workflows.wave import WaveWorkflow
 
 pytestmark = pytest.mark.lab
 KERNEL = Package("linux-image-lab", "all", "6.1.0-2")
+
+
+@pytest.fixture
+def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[SsmEndpoint]:
+    """The fake SSM endpoint, as tests/lab/test_ssm_lab.py starts it (the worker's boto3 reads the env)."""
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    timings = Timings(not_found_seconds=0.2, pending_seconds=0.1, run_seconds=0.1)
+    with SsmEndpoint(timings=timings, ssh_probe_seconds=0.1) as ep:
+        ep.client("s3").create_bucket(Bucket=BUCKET)
+        yield ep
 
 
 async def test_kernel_installed_with_no_reboot_then_rebooted_by_patchflow(
@@ -50,3 +64,31 @@ async def test_kernel_installed_with_no_reboot_then_rebooted_by_patchflow(
     assert after["boot_id"] != before and not after["reboot_pending"]
     assert lab.installed(host)["linux-image-lab"] == "6.1.0-2"
     assert st.reboot_debt == {}
+
+
+async def test_ssm_wave_installs_no_reboot_then_reboots_with_exit_194(
+    lab_temporal: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts, endpoint: SsmEndpoint
+) -> None:
+    """The SSM executor's reboot is Run Command ``AWS-RunShellScript`` exiting 194 (User Guide, "Handling reboots
+    when running commands": the agent reboots the node, then runs the script again); the fake endpoint's agent
+    honours it on the lab host, which really reboots."""
+    host = lab_hosts.take("ssm")
+    instance = register(endpoint, lab, {host: "kernel-ssm"})[host]
+    before = next(h for h in lab.status() if h["id"] == host)["boot_id"]
+    inp = ssm_wave(
+        endpoint,
+        [KERNEL],
+        [stage("kernel-ssm", reboot=RebootSpec(policy="if_needed"))],
+    )
+    async with lab_worker(lab_temporal.client) as tq:
+        handle = await lab_temporal.client.start_workflow(
+            WaveWorkflow.run, inp, id=inp.wave_id, task_queue=tq
+        )
+        result = await asyncio.wait_for(handle.result(), 300)
+    assert result.status.state == "succeeded", result.status
+    st = result.status.stages[0]
+    assert st.instances == {instance: "succeeded"} and st.reboot_debt == {}
+    assert "reboot pending" in st.details[instance] and "rebooted, boot id" in st.details[instance]
+    after = next(h for h in lab.status() if h["id"] == host)
+    assert after["boot_id"] != before and not after["reboot_pending"]
+    assert lab.installed(host)["linux-image-lab"] == "6.1.0-2"
