@@ -72,27 +72,36 @@ class RebootWindowWorkflow:
     @staticmethod
     async def _reboot(inp: RebootWindowInput, batch: list[str]) -> PatchBatchResult:
         """One batch; an activity that gave up for good fails every instance of it (they stay debt)."""
-        try:
-            return await workflow.execute_activity(
-                "reboot_batch",
-                RebootBatchInput(
-                    executor=inp.executor,
-                    wave_id=inp.wave_id,
-                    stage=inp.stage,
-                    instance_ids=batch,
-                    attempt=inp.attempt,
-                ),
-                result_type=PatchBatchResult,
-                start_to_close_timeout=PATCH_START_TO_CLOSE,
-                heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
-                retry_policy=PATCH_RETRY,
-                summary=f"reboot {len(batch)} instance(s) of {inp.stage} in its reboot window",
-            )
-        except ActivityError as exc:
-            if isinstance(exc.cause, CancelledError):
-                raise
-            return PatchBatchResult(
-                outcomes=[
-                    InstanceOutcome(i, "failed", True, detail=f"reboot activity failed: {exc}") for i in batch
-                ]
-            )
+        what = f"reboot {len(batch)} instance(s) of {inp.stage} in its reboot window"
+        request = RebootBatchInput(inp.executor, inp.wave_id, inp.stage, batch, inp.attempt)
+        return await reboot_batch(request, inp.heartbeat_timeout_seconds, what)
+
+
+async def reboot_batch(
+    request: RebootBatchInput, heartbeat_timeout_seconds: int, what: str
+) -> PatchBatchResult:
+    """The ``reboot_batch`` activity (a stage run's in-batch reboots and a reboot window's batches): heartbeating,
+    waiting for its cancellation to complete; when it gives up for good every instance of the batch fails, still
+    ``pending_reboot`` (a cancellation is raised)."""
+    try:
+        return await workflow.execute_activity(
+            "reboot_batch",
+            request,
+            result_type=PatchBatchResult,
+            start_to_close_timeout=PATCH_START_TO_CLOSE,
+            heartbeat_timeout=timedelta(seconds=heartbeat_timeout_seconds),
+            retry_policy=PATCH_RETRY,
+            cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+            summary=what,
+        )
+    except ActivityError as exc:
+        if isinstance(exc.cause, CancelledError):
+            raise
+        return PatchBatchResult(
+            outcomes=[
+                InstanceOutcome(
+                    i, "failed", True, detail=f"reboot activity failed: {exc}", pending_reboot=True
+                )
+                for i in request.instance_ids
+            ]
+        )

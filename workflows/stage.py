@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
         instance_page,
     )
     from workflows.policies import PATCH_RETRY, PATCH_START_TO_CLOSE, SEND_START_TO_CLOSE
+    from workflows.reboot import reboot_batch
 
 
 #: Patch id (``workflow.patched``): an abort lets running sends finish, then cancels what they sent.
@@ -266,34 +267,11 @@ class StageRunWorkflow:
         ]
         if not due or self._aborted:
             return installed
-        try:
-            rebooted = await workflow.execute_activity(
-                "reboot_batch",
-                RebootBatchInput(
-                    executor=inp.executor,
-                    wave_id=inp.wave_id,
-                    stage=inp.stage,
-                    instance_ids=due,
-                    attempt=inp.attempt,
-                ),
-                result_type=PatchBatchResult,
-                start_to_close_timeout=PATCH_START_TO_CLOSE,
-                heartbeat_timeout=timedelta(seconds=inp.heartbeat_timeout_seconds),
-                retry_policy=PATCH_RETRY,
-                cancellation_type=workflow.ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                summary=f"reboot {len(due)} instance(s) of {inp.stage}",
-            )
-        except ActivityError as exc:
-            if _was_cancelled(exc):
-                raise
-            rebooted = PatchBatchResult(
-                outcomes=[
-                    InstanceOutcome(
-                        i, "failed", True, detail=f"reboot activity failed: {exc}", pending_reboot=True
-                    )
-                    for i in due
-                ]
-            )
+        rebooted = await reboot_batch(
+            RebootBatchInput(inp.executor, inp.wave_id, inp.stage, due, inp.attempt),
+            inp.heartbeat_timeout_seconds,
+            f"reboot {len(due)} instance(s) of {inp.stage}",
+        )
         after = {o.instance_id: o for o in rebooted.outcomes}
         merged: list[InstanceOutcome] = []
         for o in installed.outcomes:

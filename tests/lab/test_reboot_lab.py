@@ -9,7 +9,6 @@ stage's reboot policy, right after the install.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -17,25 +16,14 @@ from temporalio.testing import WorkflowEnvironment
 from patchflow.core.reboots import RebootSpec
 from patchflow.executors.base import Package
 from patchflow.testing.lab.fleet import Lab
-from patchflow.testing.ssm_endpoint import SsmEndpoint, Timings
+from patchflow.testing.ssm_endpoint import SsmEndpoint
 from tests.lab.conftest import Hosts
-from tests.lab.test_ssm_lab import BUCKET, register, ssm_wave
+from tests.lab.test_ssm_lab import endpoint, register, ssm_wave  # noqa: F401 - endpoint: the fixture
 from tests.lab.test_waves_lab import lab_worker, stage, wave
 from workflows.wave import WaveWorkflow
 
 pytestmark = pytest.mark.lab
 KERNEL = Package("linux-image-lab", "all", "6.1.0-2")
-
-
-@pytest.fixture
-def endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[SsmEndpoint]:
-    """The fake SSM endpoint, as tests/lab/test_ssm_lab.py starts it (the worker's boto3 reads the env)."""
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
-    timings = Timings(not_found_seconds=0.2, pending_seconds=0.1, run_seconds=0.1)
-    with SsmEndpoint(timings=timings, ssh_probe_seconds=0.1) as ep:
-        ep.client("s3").create_bucket(Bucket=BUCKET)
-        yield ep
 
 
 async def test_kernel_installed_with_no_reboot_then_rebooted_by_patchflow(
@@ -67,7 +55,10 @@ async def test_kernel_installed_with_no_reboot_then_rebooted_by_patchflow(
 
 
 async def test_ssm_wave_installs_no_reboot_then_reboots_with_exit_194(
-    lab_temporal: WorkflowEnvironment, lab: Lab, lab_hosts: Hosts, endpoint: SsmEndpoint
+    lab_temporal: WorkflowEnvironment,
+    lab: Lab,
+    lab_hosts: Hosts,
+    endpoint: SsmEndpoint,  # noqa: F811 - the fixture imported above
 ) -> None:
     """The SSM executor's reboot is Run Command ``AWS-RunShellScript`` exiting 194 (User Guide, "Handling reboots
     when running commands": the agent reboots the node, then runs the script again); the fake endpoint's agent

@@ -385,16 +385,9 @@ class SshExecutor:
         before = (await self._agent(host, "facts", {"packages": False}, timeout=60))["boot_id"]
         detached = f"nohup setsid sh -c {shlex.quote('sleep 1; ' + host.reboot_command)} >/dev/null 2>&1 &"
         await self.run(instance_id, detached, timeout=60)
-        deadline = time.monotonic() + self.reboot_timeout_seconds
-        while time.monotonic() < deadline:
-            await asyncio.sleep(0.5)
-            try:
-                facts = await self._agent(host, "facts", {"packages": False}, timeout=30)
-            except (HostUnreachable, AgentError):
-                self._pool.drop(host.name)
-                continue
-            if facts["boot_id"] and facts["boot_id"] != before:
-                return str(facts["boot_id"])
+        after = await self._new_boot_id(host, before)
+        if after is not None:
+            return after
         raise HostUnreachable(
             f"{host.name} did not come back with a new boot id within {self.reboot_timeout_seconds:.0f}s of its reboot"
         )
