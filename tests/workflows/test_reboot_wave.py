@@ -26,6 +26,7 @@ from patchflow.executors.simulated.fleet import load_fleet
 from patchflow.metrics import Metrics
 from tests.workflows.conftest import instance_id, running_worker
 from tests.workflows.helpers import fleet_of, settle, stage, start, wave_input
+from tests.workflows.test_histories import keep
 
 NEEDS_REBOOT = {instance_id("dev", n): {"reboot": True} for n in (1, 3)}
 
@@ -55,6 +56,7 @@ async def test_if_needed_reboots_exactly_the_instances_whose_install_needs_it(
     assert not any(pending for _, pending in after.values())
     assert dev.reboot_debt == {} and dev.reboot_debt_count == 0
     assert all("simulated reboot" in dev.details[i] for i in NEEDS_REBOOT)
+    await keep(dev_env.client, "reboot-in-batch", inp.wave_id)  # replays (and records) its histories
 
 
 async def test_always_reboots_every_patched_instance_once(
@@ -129,6 +131,9 @@ async def test_reboot_window_defers_the_reboots_and_the_wave_waits_for_it(
     after = boots(inp)
     assert {i for i in after if after[i][0] != before[i][0]} == set(NEEDS_REBOOT)
     assert not any(pending for _, pending in after.values())
+    histories = await keep(dev_env.client, "reboot-window", inp.wave_id)
+    kinds = [h.events[0].workflow_execution_started_event_attributes.workflow_type.name for h in histories]
+    assert kinds.count("RebootWindowWorkflow") == 1
 
 
 async def test_a_host_that_does_not_come_back_counts_against_max_errors(
