@@ -184,6 +184,19 @@ class InstanceOut(_Model):
     detail: str | None = None
 
 
+class RebootDebtOut(_Model):
+    instances: int
+    """Instances the stage patched that still wait for a reboot (non-compliant until rebooted)."""
+    since: str | None
+    """The oldest of them waits since (RFC 3339, UTC)."""
+    deadline: str | None
+    """When that debt becomes overdue (the stage's ``reboot.deadline_days``); null: no deadline."""
+    overdue: bool
+    reboot_window: str | None
+    """The stage's reboot window: waiting_window, done, cancelled; null without one."""
+    reboot_window_start: str | None
+
+
 class StageOut(_Model):
     name: str
     state: str
@@ -195,6 +208,8 @@ class StageOut(_Model):
     """When the stage's approval gate started waiting (RFC 3339, UTC); null if it never waited."""
     note: str
     instances: list[InstanceOut]
+    reboot_debt: RebootDebtOut | None = None
+    """Stages with ``reboot:`` (or NoReboot installs): instances patched and waiting for a reboot."""
 
 
 class AuditOut(_Model):
