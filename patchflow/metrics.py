@@ -174,6 +174,8 @@ class _StageSnapshot:
     window_cutoff: datetime | None
     reboot_debt: int = 0
     """Instances patched and still waiting for a reboot (``StageStatus.reboot_debt_count``)."""
+    reboot_debt_since: datetime | None = None
+    """The oldest of them waits since (``StageStatus.reboot_debt_since``)."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +224,11 @@ STATE_METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "patchflow_reboot_debt_instances",
         "Instances a stage patched that still wait for a reboot (reboot debt: non-compliant until rebooted).",
+        ("wave_id", "stage"),
+    ),
+    (
+        "patchflow_reboot_debt_since_timestamp_seconds",
+        "Since when the stage's oldest reboot debt waits (Unix time; absent without debt): alert on its age.",
         ("wave_id", "stage"),
     ),
     ("patchflow_approvals_pending", "Stages waiting for an approval to be promoted into.", ()),
@@ -287,6 +294,7 @@ def _wave_snapshot(status: WaveStatus) -> _WaveSnapshot:
                 max_errors=stage.max_errors,
                 window_cutoff=stage.window_cutoff,
                 reboot_debt=stage.reboot_debt_count,
+                reboot_debt_since=stage.reboot_debt_since,
             )
             for stage in status.stages
         ),
@@ -461,6 +469,10 @@ def _render_stage(
         f["patchflow_stage_instances"].add_metric([*labels, state], stage.instances.get(state, 0))
     f["patchflow_stage_errors"].add_metric(labels, stage.errors)
     f["patchflow_reboot_debt_instances"].add_metric(labels, stage.reboot_debt)
+    if stage.reboot_debt and stage.reboot_debt_since is not None:
+        f["patchflow_reboot_debt_since_timestamp_seconds"].add_metric(
+            labels, _timestamp(stage.reboot_debt_since)
+        )
     if stage.max_errors is not None:
         f["patchflow_stage_max_errors"].add_metric(labels, stage.max_errors)
     if stage.window_cutoff is not None and stage.state in WINDOWED_STAGE_STATES:

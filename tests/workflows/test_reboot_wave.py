@@ -98,13 +98,15 @@ async def test_never_leaves_pending_reboot_and_reports_the_debt(
     metrics.update_from_status(result.status)
     labels = {"wave_id": inp.wave_id, "stage": "dev"}
     assert metrics.registry.get_sample_value("patchflow_reboot_debt_instances", labels) == 2
+    since = metrics.registry.get_sample_value("patchflow_reboot_debt_since_timestamp_seconds", labels)
+    assert since == datetime.fromisoformat(debt["since"]).timestamp()
 
 
 async def test_reboot_window_defers_the_reboots_and_the_wave_waits_for_it(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
     fleet = make_fleet({"dev": 4, "prod": 2}, behaviours=NEEDS_REBOOT)
-    opens = (datetime.now(UTC) + timedelta(seconds=12)).replace(microsecond=0)
+    opens = (datetime.now(UTC) + timedelta(seconds=20)).replace(microsecond=0)  # room for a busy machine
     window = WindowSpec(schedule=f"at({opens:%Y-%m-%dT%H:%M:%S})", duration_hours=1)
     reboot = RebootSpec(policy="if_needed", window=window, max_concurrency="1")
     inp = wave_input(fleet, tmp_path, [stage("dev", reboot=reboot), stage("prod")])
@@ -112,7 +114,7 @@ async def test_reboot_window_defers_the_reboots_and_the_wave_waits_for_it(
     async with running_worker(dev_env.client) as tq:
         handle = await start(dev_env.client, tq, inp)
         # prod is promoted and patched while dev's debt waits for its reboot window.
-        for _ in range(100):
+        for _ in range(150):
             status = await wave_status(dev_env.client, inp.wave_id)
             if status.stages[1].state == "succeeded":
                 break
