@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
         resolve_concurrency,
         resolve_errors,
     )
-    from patchflow.core.reboots import NO_REBOOT, RebootSpec, deadline  # noqa: F401 - RebootSpec: a type hint
+    from patchflow.core.reboots import ALWAYS, NO_REBOOT, RebootSpec, deadline  # noqa: F401 - RebootSpec: a type hint
     from patchflow.core.wavemodel import (
         STAGE_CANCELLED,
         STAGE_FAILED,
@@ -790,20 +790,22 @@ class WaveWorkflow:
             return self._input.executor
         return dataclasses.replace(self._input.executor, reboot_option=NO_REBOOT)
 
-    @staticmethod
-    def _take_reboot_debt(st: StageStatus, result: StageRunResult) -> None:
-        """Instances the run left ``pending_reboot`` become reboot debt (since now, said in their detail too);
-        re-patched instances that were rebooted leave it. Status only: no command, so older histories replay
-        unchanged."""
-        if not result.pending_reboot and not st.reboot_debt:
+    def _take_reboot_debt(self, st: StageStatus, result: StageRunResult) -> None:
+        """Instances the run left ``pending_reboot`` become reboot debt (since now, said in their detail too) —
+        with ``policy: always`` and a reboot window, every instance the run patched; re-patched instances that
+        were rebooted leave it. Status only: no command, so older histories replay unchanged."""
+        waiting = list(result.pending_reboot)
+        spec = next(s.reboot for s in self._input.stages if s.name == st.name)
+        if spec is not None and spec.deferred and spec.policy == ALWAYS:
+            waiting += [i for i, state in result.states.items() if state == SUCCEEDED and i not in waiting]
+        if not waiting and not st.reboot_debt:
             return
         now = workflow.now()
-        pending = set(result.pending_reboot)
         for instance_id in result.states:
-            if instance_id not in pending:
+            if instance_id not in waiting:
                 st.reboot_debt.pop(instance_id, None)
         due = deadline(now, st.reboot_deadline_days)
-        for instance_id in result.pending_reboot:
+        for instance_id in waiting:
             if instance_id in st.reboot_debt:
                 continue
             st.reboot_debt[instance_id] = now
@@ -812,7 +814,7 @@ class WaveWorkflow:
                 + f"reboot pending since {now:%Y-%m-%d %H:%M:%S} UTC"
                 + (f" (overdue at {due:%Y-%m-%d %H:%M} UTC)" if due else "")
             )
-        WaveWorkflow._count_reboot_debt(st)
+        self._count_reboot_debt(st)
 
     @staticmethod
     def _count_reboot_debt(st: StageStatus) -> None:

@@ -138,6 +138,21 @@ async def test_reboot_window_defers_the_reboots_and_the_wave_waits_for_it(
     assert kinds.count("RebootWindowWorkflow") == 1
 
 
+async def test_always_with_a_reboot_window_reboots_every_patched_instance_there(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    fleet = make_fleet({"dev": 3}, behaviours={instance_id("dev", 1): {"reboot": True}})
+    opens = (datetime.now(UTC) + timedelta(seconds=6)).replace(microsecond=0)
+    window = WindowSpec(schedule=f"at({opens:%Y-%m-%dT%H:%M:%S})", duration_hours=1)
+    inp = wave_input(fleet, tmp_path, [stage("dev", reboot=RebootSpec(policy="always", window=window))])
+    async with running_worker(dev_env.client) as tq:
+        result = await (await start(dev_env.client, tq, inp)).result()
+    assert datetime.now(UTC) >= opens and result.status.state == "succeeded"
+    dev = result.status.stages[0]
+    assert dev.reboot_window_start == opens and dev.reboot_debt == {}
+    assert {boot for boot, _ in boots(inp).values()} == {f"{i}-boot-1" for i in dev.instances}
+
+
 async def test_a_host_that_does_not_come_back_counts_against_max_errors(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
