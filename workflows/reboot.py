@@ -48,21 +48,20 @@ class RebootWindowWorkflow:
 
     async def _reboot_all(self, inp: RebootWindowInput, window: WindowResult) -> RebootWindowResult:
         result = RebootWindowResult(rebooted=[], window_start=window.start)
-        pending = list(inp.instance_ids)
-        size = max(1, inp.max_concurrency)
-        while pending:
+        ids, size, done = inp.instance_ids, max(1, inp.max_concurrency), 0
+        while done < len(ids):
+            left = len(ids) - done
             if window.cutoff is not None and workflow.now() >= window.cutoff:
-                result.note = f"the reboot window's cutoff passed: {len(pending)} instance(s) not rebooted"
+                result.note = f"the reboot window's cutoff passed: {left} instance(s) not rebooted"
                 break
             if len(result.failed) > inp.max_errors:
                 result.note = (
                     f"{len(result.failed)} reboot failure(s) exceeded max_errors {inp.max_errors}: "
-                    f"{len(pending)} instance(s) not rebooted"
+                    f"{left} instance(s) not rebooted"
                 )
                 break
-            batch, pending = pending[:size], pending[size:]
-            done = await self._reboot(inp, batch)
-            for outcome in done.outcomes:
+            batch, done = ids[done : done + size], done + size
+            for outcome in (await self._reboot(inp, batch)).outcomes:
                 if outcome.status == "succeeded":
                     result.rebooted.append(outcome.instance_id)
                 else:

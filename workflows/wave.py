@@ -794,10 +794,10 @@ class WaveWorkflow:
         """Instances the run left ``pending_reboot`` become reboot debt (since now, said in their detail too) —
         with ``policy: always`` and a reboot window, every instance the run patched; re-patched instances that
         were rebooted leave it. Status only: no command, so older histories replay unchanged."""
-        waiting = list(result.pending_reboot)
+        waiting = dict.fromkeys(result.pending_reboot)  # a set that keeps the dispatch order
         spec = next(s.reboot for s in self._input.stages if s.name == st.name)
         if spec is not None and spec.deferred and spec.policy == ALWAYS:
-            waiting += [i for i, state in result.states.items() if state == SUCCEEDED and i not in waiting]
+            waiting.update(dict.fromkeys(i for i, state in result.states.items() if state == SUCCEEDED))
         if not waiting and not st.reboot_debt:
             return
         now = workflow.now()
