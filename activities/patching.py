@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from patchflow.core.disruption import PER_AVAILABILITY_ZONE, group_members
 from patchflow.core.freezes import first_allowed_window, freeze_note
 from patchflow.core.ratecontrol import FAILED, ROLLED_BACK, SUCCEEDED
+from patchflow.core.reboots import reboot_operation_id
 from patchflow.core.wavemodel import (
     ExecutorRef,
     GateReminder,
@@ -30,6 +31,7 @@ from patchflow.core.wavemodel import (
     InstanceOutcome,
     PatchBatchInput,
     PatchBatchResult,
+    RebootBatchInput,
     RecordWaveInput,
     ResolveTargetsInput,
     ResolveTargetsResult,
@@ -467,6 +469,41 @@ class WaveActivities:
                 unhealthy[inp.url] = problem
         return HealthReport(unhealthy=unhealthy, checked=len(results) + (1 if inp.url else 0))
 
+    @activity.defn(name="reboot_batch")
+    async def reboot_batch(self, inp: RebootBatchInput) -> PatchBatchResult:
+        """Reboot each instance of the batch and wait for it to come back (a new boot id), heartbeating.
+
+        Idempotent: each reboot has its operation id (:func:`~patchflow.core.reboots.reboot_operation_id`),
+        so a retry after a crash or a lost heartbeat waits for the reboot already under way instead of
+        rebooting again. A host that does not come back is ``failed`` (it counts against ``max_errors``).
+        """
+        executor = self._executor(inp.executor)
+
+        async def one(instance_id: str) -> InstanceOutcome:
+            op = reboot_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
+            try:
+                result = await executor.reboot(instance_id, operation_id=op)
+            except (PatchflowError, ValueError) as exc:
+                return InstanceOutcome(instance_id, "failed", True, detail=f"reboot failed: {exc}")
+            if result.status == "succeeded":
+                return InstanceOutcome(
+                    instance_id, "succeeded", False, detail=result.message or "rebooted", rebooted=True
+                )
+            return InstanceOutcome(
+                instance_id,
+                "failed",
+                True,
+                detail=f"reboot {result.status}: {result.message}"
+                if result.message
+                else f"reboot {result.status}",
+                pending_reboot=True,
+            )
+
+        async with _heartbeating():
+            outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+        self._metrics.reboots(inp.executor.kind, outcomes)
+        return PatchBatchResult(outcomes=list(outcomes))
+
 
 STARTED = "started"
 """Phase-1 status of an install that is under way (never a final instance state)."""
@@ -485,6 +522,7 @@ def _outcome(instance_id: str, result: InstallResult) -> InstanceOutcome:
         counts_as_error=result.counts_as_error,
         detail=result.message,
         changed=len(result.changed),
+        pending_reboot=result.pending_reboot and result.status == "succeeded",
     )
 
 

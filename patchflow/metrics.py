@@ -174,6 +174,10 @@ class _StageSnapshot:
     errors: int
     max_errors: int | None
     window_cutoff: datetime | None
+    reboot_debt: int = 0
+    """Instances patched and still waiting for a reboot (``StageStatus.reboot_debt_count``)."""
+    reboot_debt_since: datetime | None = None
+    """The oldest of them waits since (``StageStatus.reboot_debt_since``)."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +221,16 @@ STATE_METRICS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
     (
         "patchflow_stage_max_errors",
         "Failures the stage tolerates; one more halts dispatch (absent until the stage resolved its targets).",
+        ("wave_id", "stage"),
+    ),
+    (
+        "patchflow_reboot_debt_instances",
+        "Instances a stage patched that still wait for a reboot (reboot debt: non-compliant until rebooted).",
+        ("wave_id", "stage"),
+    ),
+    (
+        "patchflow_reboot_debt_since_timestamp_seconds",
+        "Since when the stage's oldest reboot debt waits (Unix time; absent without debt): alert on its age.",
         ("wave_id", "stage"),
     ),
     ("patchflow_approvals_pending", "Stages waiting for an approval to be promoted into.", ()),
@@ -281,6 +295,8 @@ def _wave_snapshot(status: WaveStatus) -> _WaveSnapshot:
                 errors=stage.errors,
                 max_errors=stage.max_errors,
                 window_cutoff=stage.window_cutoff,
+                reboot_debt=stage.reboot_debt_count,
+                reboot_debt_since=stage.reboot_debt_since,
             )
             for stage in status.stages
         ),
@@ -454,6 +470,11 @@ def _render_stage(
     for state in _known_plus(INSTANCE_STATES, *stage.instances):
         f["patchflow_stage_instances"].add_metric([*labels, state], stage.instances.get(state, 0))
     f["patchflow_stage_errors"].add_metric(labels, stage.errors)
+    f["patchflow_reboot_debt_instances"].add_metric(labels, stage.reboot_debt)
+    if stage.reboot_debt and stage.reboot_debt_since is not None:
+        f["patchflow_reboot_debt_since_timestamp_seconds"].add_metric(
+            labels, _timestamp(stage.reboot_debt_since)
+        )
     if stage.max_errors is not None:
         f["patchflow_stage_max_errors"].add_metric(labels, stage.max_errors)
     if stage.window_cutoff is not None and stage.state in WINDOWED_STAGE_STATES:
@@ -526,6 +547,13 @@ class PatchEvents:
             "History database writes that failed (the wave's outbox retries them until they succeed).",
             registry=registry,
         )
+        self.reboots = Counter(
+            "patchflow_reboots",
+            "Reboots patchflow ran after NoReboot installs (plan: reboot), by executor kind and outcome "
+            "(succeeded, failed).",
+            ["executor", "outcome"],
+            registry=registry,
+        )
         self.gate_reminders = Counter(
             "patchflow_gate_reminders",
             "Approval gates that waited past their reminder time without a decision (plan: remind_after).",
@@ -558,6 +586,9 @@ class PatchEvents:
             ["reason"],
             registry=registry,
         )
+
+    def observe_reboot(self, executor: str, outcome: str) -> None:
+        self.reboots.labels(executor=executor, outcome=outcome).inc()
 
     def observe_patch(self, executor: str, outcome: str, seconds: float) -> None:
         label = outcome if outcome in PATCH_OUTCOMES else "other"
@@ -656,6 +687,11 @@ class Metrics:
     def observe_patch(self, executor: str, outcome: str, seconds: float) -> None:
         """One instance's install took ``seconds`` and ended in ``outcome`` (an executor status or ``error``)."""
         self.events.observe_patch(executor, outcome, seconds)
+
+    def reboots(self, executor: str, outcomes: Iterable[Any]) -> None:
+        """patchflow rebooted instances (the ``reboot_batch`` activity): one count per instance and outcome."""
+        for outcome in outcomes:
+            self.events.observe_reboot(executor, "succeeded" if outcome.status == "succeeded" else "failed")
 
     def record_api_error(self, executor: str, operation: str) -> None:
         """A backend API call failed for good (after the client's retries)."""

@@ -32,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from patchflow.core.instances import Package
     from patchflow.core.ratecontrol import PENDING, StageScheduler
+    from patchflow.core.reboots import reboots
     from patchflow.core.wavemodel import (
         HookPhaseInput,
         HookPhaseResult,
@@ -40,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         InstancePageInput,
         PatchBatchInput,
         PatchBatchResult,
+        RebootBatchInput,
         StageProgress,
         StageRunInput,
         StageRunResult,
@@ -52,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
         QUICK_TIMEOUT,
         SEND_START_TO_CLOSE,
     )
+    from workflows.reboot import reboot_batch
 
 
 #: Patch id (``workflow.patched``): an abort lets running sends finish, then cancels what they sent.
@@ -77,6 +80,8 @@ class StageRunWorkflow:
         """``on_hook_failure: halt_stage`` stopped dispatching: why (the wave's halt reason)."""
         self._blocked_by = ""
         """Why dispatch waits (``block_on_alerts``); empty when it does not."""
+        self._pending_reboot: list[str] = []
+        """Instances of this run patched and waiting for a reboot (reboot debt; only plans with ``reboot:``)."""
 
     @workflow.signal
     def stop(self) -> None:
@@ -176,6 +181,7 @@ class StageRunWorkflow:
             scheduler.states[instance_id] = PENDING
         self._scheduler = scheduler
         self._hook_steps = {k: list(v) for k, v in inp.hook_steps.items()}
+        self._pending_reboot = list(inp.pending_reboot)
         in_flight = self._in_flight
         continue_as_new = False
         cutoff_timer: asyncio.Task[None] | None = None
@@ -284,6 +290,8 @@ class StageRunWorkflow:
                     hooks=inp.hooks,
                     hook_steps=dict(self._hook_steps),
                     block_on_alerts=inp.block_on_alerts,
+                    reboot_policy=inp.reboot_policy,
+                    pending_reboot=list(self._pending_reboot),
                 )
             )
 
@@ -302,6 +310,7 @@ class StageRunWorkflow:
             and (self._cut_off or bool(remaining)),
             hook_steps=dict(self._hook_steps),
             halt_reason=self._halt_reason,
+            pending_reboot=list(self._pending_reboot),
         )
 
     async def _alerts_clear(self, inp: StageRunInput) -> bool:
@@ -328,7 +337,10 @@ class StageRunWorkflow:
         if inp.hooks is not None and inp.hooks.has_steps:  # only plans with hooks: the others run as before
             return await self._lifecycle(inp, batch)
         if workflow.patched("send-then-wait"):
-            return await self._send_then_wait(inp, batch)
+            installed = await self._send_then_wait(inp, batch)
+            if inp.reboot_policy:  # only plans with ``reboot:`` (older runs never have a policy)
+                return await self._reboot_batch(inp, installed)
+            return installed
         return await self._batch_activity(
             "patch_batch", inp, batch, inp.patches, f"patch {len(batch)} instance(s)"
         )
@@ -387,9 +399,16 @@ class StageRunWorkflow:
             ok = [i for i in ready if i in outcomes and outcomes[i].status == "succeeded"]
             self._hook_outcomes(inp, POST_INSTALL, await self._run_hooks(inp, POST_INSTALL, ok), outcomes)
             ok = [i for i in ok if outcomes[i].status == "succeeded"]
-            # Reboot orchestration (issue 14 part 3) goes here, between post_install and post_reboot: it
-            # reboots ``ok`` and passes the instances it rebooted on as ``rebooted``.
+            # Reboot orchestration (``reboot:``), between post_install and post_reboot: post_reboot runs on the
+            # instances rebooted here (or whose install left no reboot pending).
             rebooted: list[str] = []
+            if inp.reboot_policy and ok and not self._aborted:
+                after_reboot = await self._reboot_batch(
+                    inp, PatchBatchResult(outcomes=[outcomes[i] for i in ok])
+                )
+                outcomes.update({o.instance_id: o for o in after_reboot.outcomes})
+                rebooted = [o.instance_id for o in after_reboot.outcomes if o.rebooted]
+                ok = [i for i in ok if outcomes[i].status == "succeeded"]
             after = await self._run_hooks(inp, POST_REBOOT, ok, rebooted=rebooted)
             self._hook_outcomes(inp, POST_REBOOT, after, outcomes)
         except (asyncio.CancelledError, ActivityError) as exc:
@@ -499,6 +518,42 @@ class StageRunWorkflow:
             raise interrupted
         return result
 
+    async def _reboot_batch(self, inp: StageRunInput, installed: PatchBatchResult) -> PatchBatchResult:
+        """Reboot what the stage's reboot policy names right after the batch's install (the installs ran with
+        ``NoReboot``), inside the batch: a reboot that fails (the host does not come back) fails the instance
+        and counts against ``max_errors``; an aborted run reboots nothing more."""
+        due = [
+            o.instance_id
+            for o in installed.outcomes
+            if reboots(inp.reboot_policy, status=o.status, pending_reboot=o.pending_reboot)
+        ]
+        if not due or self._aborted:
+            return installed
+        rebooted = await reboot_batch(
+            RebootBatchInput(inp.executor, inp.wave_id, inp.stage, due, inp.attempt),
+            inp.heartbeat_timeout_seconds,
+            f"reboot {len(due)} instance(s) of {inp.stage}",
+        )
+        after = {o.instance_id: o for o in rebooted.outcomes}
+        merged: list[InstanceOutcome] = []
+        for o in installed.outcomes:
+            r = after.get(o.instance_id)
+            if r is None:
+                merged.append(o)
+                continue
+            merged.append(
+                InstanceOutcome(
+                    instance_id=o.instance_id,
+                    status=r.status,
+                    counts_as_error=r.counts_as_error,
+                    detail=f"{o.detail}; {r.detail}" if o.detail else r.detail,
+                    changed=o.changed,
+                    pending_reboot=r.status != "succeeded",
+                    rebooted=r.rebooted,
+                )
+            )
+        return PatchBatchResult(outcomes=merged)
+
     @staticmethod
     async def _batch_activity(
         name: str,
@@ -536,8 +591,8 @@ class StageRunWorkflow:
             summary=f"{what} of {inp.stage}",
         )
 
-    @staticmethod
     def _record(
+        self,
         inp: StageRunInput,
         scheduler: StageScheduler,
         batch: list[str],
@@ -571,6 +626,8 @@ class StageRunWorkflow:
                 inp.undeliverable_counts_as_error and outcome.status == "undeliverable"
             )
             scheduler.record(instance_id, outcome.status, counts_as_error=counts, detail=outcome.detail)
+            if outcome.pending_reboot:
+                self._pending_reboot.append(instance_id)
 
 
 def _could_dispatch(scheduler: StageScheduler) -> bool:

@@ -58,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         resolve_concurrency,
         resolve_errors,
     )
+    from patchflow.core.reboots import ALWAYS, NO_REBOOT, RebootSpec, deadline  # noqa: F401 - RebootSpec: a type hint
     from patchflow.core.wavemodel import (
         STAGE_CANCELLED,
         STAGE_FAILED,
@@ -77,6 +78,7 @@ with workflow.unsafe.imports_passed_through():
         WAVE_SUCCEEDED,
         WAVE_WAITING_APPROVAL,
         AuditEntry,
+        ExecutorRef,
         GateDecision,
         GateReminder,
         HealthInput,
@@ -84,6 +86,8 @@ with workflow.unsafe.imports_passed_through():
         InstancePage,
         InstancePageInput,
         OperatorAction,
+        RebootWindowInput,
+        RebootWindowResult,
         RecordWaveInput,
         ResolveTargetsInput,
         ResolveTargetsResult,
@@ -110,6 +114,7 @@ with workflow.unsafe.imports_passed_through():
         QUICK_RETRY,
         QUICK_TIMEOUT,
     )
+    from workflows.reboot import RebootWindowWorkflow
     from workflows.stage import StageRunWorkflow
 
 
@@ -220,6 +225,8 @@ class WaveWorkflow:
         """A canary stage's instances that wait for the canaries' analysis: no resume dispatches them."""
         self._analysis_overridden = False
         """An operator resumed past a failed canary analysis: the stage re-dispatches what was rolled back."""
+        self._reboot_windows: list[asyncio.Task[None]] = []
+        """Stages' deferred reboots (``reboot.window``): the wave does not finish before them."""
 
     # ------------------------------------------------------------------------------------------ queries
 
@@ -234,7 +241,11 @@ class WaveWorkflow:
         """The status without any stage's instances and details (their pages: :meth:`instances_page`)."""
         s = self._status
         return dataclasses.replace(
-            s, stages=[dataclasses.replace(st, instances={}, details={}, hook_steps={}) for st in s.stages]
+            s,
+            stages=[
+                dataclasses.replace(st, instances={}, details={}, hook_steps={}, reboot_debt={})
+                for st in s.stages
+            ],
         )
 
     @workflow.query
@@ -429,8 +440,11 @@ class WaveWorkflow:
                 if not await self._run_stage(index, stage):
                     break
             else:
+                await self._reboot_windows_done()
                 self._status.state = WAVE_SUCCEEDED
+            await self._reboot_windows_done()
         except _Cancelled:
+            await self._cancel_reboot_windows()
             self._finish_cancelled()
         except asyncio.CancelledError:
             # Cancelled through Temporal (``temporal workflow cancel``, the UI): end like an operator's cancel,
@@ -476,6 +490,8 @@ class WaveWorkflow:
         if not await self._run_in_windows(stage, st, targets):
             return False
         self._finish_stage(st, targets.budget)
+        if stage.reboot is not None and stage.reboot.deferred and st.reboot_debt:
+            self._start_reboot_window(stage, st, targets)
         return await self._soak(index, stage, st)
 
     # ------------------------------------------------------------------------------------------ stage steps
@@ -723,7 +739,7 @@ class WaveWorkflow:
                 stage=stage.name,
                 instance_ids=targets.remaining,
                 patches=inp.patches,
-                executor=inp.executor,
+                executor=self._stage_executor(stage),
                 max_concurrency=targets.concurrency,
                 max_errors=targets.budget,
                 batch_size=batch_size_for(targets.concurrency),
@@ -743,11 +759,14 @@ class WaveWorkflow:
                 disruption_budget=_disruption_label(stage),
                 hooks=stage.hooks,
                 block_on_alerts=stage.block_on_alerts,
+                reboot_policy=stage.reboot.policy if stage.reboot and stage.reboot.in_patch_window else "",
             ),
             id=run_id,
         )
         self._active_run = handle
         st.active_run_id = run_id
+        if stage.reboot is not None:
+            st.reboot_deadline_days = stage.reboot.deadline_days
         if self._halt_requested or self._cancel_requested:
             await self._stop_active_run(abort=self._cancel_requested)
         # Shielded: a cancel of the wave through Temporal must not cancel the run from here (that would cancel
@@ -765,6 +784,7 @@ class WaveWorkflow:
         st.details.update(result.details)
         st.hook_steps.update(result.hook_steps)
         st.errors = result.errors
+        self._take_reboot_debt(st, result)
         self._results_recorded_later(st)
 
     async def _after_run(
@@ -1052,6 +1072,114 @@ class WaveWorkflow:
             workflow.logger.warning(
                 "wave %s: analysis result not counted: %s", self._input.wave_id, _why(exc)
             )
+
+    # ------------------------------------------------------------------------------------------ reboots
+
+    def _stage_executor(self, stage: StageInput) -> ExecutorRef:
+        """The executor of the stage's installs: with ``reboot:`` patchflow reboots, so they run ``NoReboot``."""
+        if stage.reboot is None:
+            return self._input.executor
+        return dataclasses.replace(self._input.executor, reboot_option=NO_REBOOT)
+
+    def _take_reboot_debt(self, st: StageStatus, result: StageRunResult) -> None:
+        """Instances the run left ``pending_reboot`` become reboot debt (since now, said in their detail too) —
+        with ``policy: always`` and a reboot window, every instance the run patched; re-patched instances that
+        were rebooted leave it. Status only: no command, so older histories replay unchanged."""
+        waiting = dict.fromkeys(result.pending_reboot)  # a set that keeps the dispatch order
+        spec = next(s.reboot for s in self._input.stages if s.name == st.name)
+        if spec is not None and spec.deferred and spec.policy == ALWAYS:
+            waiting.update(dict.fromkeys(i for i, state in result.states.items() if state == SUCCEEDED))
+        if not waiting and not st.reboot_debt:
+            return
+        now = workflow.now()
+        for instance_id in result.states:
+            if instance_id not in waiting:
+                st.reboot_debt.pop(instance_id, None)
+        due = deadline(now, st.reboot_deadline_days)
+        for instance_id in waiting:
+            if instance_id in st.reboot_debt:
+                continue
+            st.reboot_debt[instance_id] = now
+            st.details[instance_id] = (
+                (st.details.get(instance_id, "") + "; ").lstrip("; ")
+                + f"reboot pending since {now:%Y-%m-%d %H:%M:%S} UTC"
+                + (f" (overdue at {due:%Y-%m-%d %H:%M} UTC)" if due else "")
+            )
+        self._count_reboot_debt(st)
+
+    @staticmethod
+    def _count_reboot_debt(st: StageStatus) -> None:
+        st.reboot_debt_count = len(st.reboot_debt)
+        st.reboot_debt_since = min(st.reboot_debt.values(), default=None)
+
+    def _start_reboot_window(self, stage: StageInput, st: StageStatus, targets: _Targets) -> None:
+        """Reboot the stage's debt in its reboot window (``reboot.window``): a child workflow per stage, so the
+        next stage is promoted meanwhile; the wave waits for it before it finishes."""
+        assert stage.reboot is not None and stage.reboot.window is not None
+        limit = stage.reboot.max_concurrency
+        concurrency = (
+            resolve_concurrency(parse_limit(limit, kind="max_concurrency"), len(st.reboot_debt))
+            if limit
+            else targets.concurrency
+        )
+        inp = RebootWindowInput(
+            wave_id=self._input.wave_id,
+            stage=stage.name,
+            instance_ids=list(st.reboot_debt),
+            executor=self._stage_executor(stage),
+            window=stage.reboot.window,
+            max_concurrency=concurrency,
+            max_errors=targets.budget,
+            attempt=self._attempt,
+            heartbeat_timeout_seconds=self._input.heartbeat_timeout_seconds,
+            freezes=self._input.freezes,
+        )
+        st.reboot_state = "waiting_window"
+        self._reboot_windows.append(asyncio.ensure_future(self._reboot_window(st, inp)))
+
+    async def _reboot_window(self, st: StageStatus, inp: RebootWindowInput) -> None:
+        """Run the stage's reboot window and take its result into the stage's status."""
+        result: RebootWindowResult = await workflow.execute_child_workflow(
+            RebootWindowWorkflow.run, inp, id=f"{inp.wave_id}/{inp.stage}/reboot-window-{inp.attempt}"
+        )
+        for instance_id in result.rebooted:
+            st.reboot_debt.pop(instance_id, None)
+            st.details[instance_id] = "rebooted in the reboot window"
+        for instance_id, why in result.failed.items():
+            st.details[instance_id] = f"reboot failed in the reboot window: {why}"
+        self._count_reboot_debt(st)
+        st.reboot_window_start = result.window_start
+        st.reboot_state = "done"
+        if result.note:
+            st.note = result.note
+        self._audit(
+            "patchflow",
+            "reboot_window",
+            st.name,
+            f"rebooted {len(result.rebooted)}, failed {len(result.failed)}, still pending {len(st.reboot_debt)}",
+        )
+        await self._record_history()
+
+    async def _reboot_windows_done(self) -> None:
+        """Wait for every stage's reboot window (none for plans without ``reboot.window``)."""
+        while any(not task.done() for task in self._reboot_windows):
+            await workflow.wait_condition(
+                lambda: all(task.done() for task in self._reboot_windows) or self._cancel_requested
+            )
+            if self._cancel_requested:
+                raise _Cancelled
+
+    async def _cancel_reboot_windows(self) -> None:
+        """A cancelled wave cancels the reboot windows that have not finished (their debt stays reported)."""
+        for task in self._reboot_windows:
+            if not task.done():
+                task.cancel()
+        for task in self._reboot_windows:
+            with contextlib.suppress(BaseException):
+                await task
+        for st in self._status.stages:
+            if st.reboot_state == "waiting_window":
+                st.reboot_state = "cancelled"
 
     # ------------------------------------------------------------------------------------------ helpers
 

@@ -320,6 +320,8 @@ async def scan_fleet(
         InputError: ``group`` is no instance's patch group (the message lists the known ones).
         PatchflowError: discovery failed.
     """
+    from patchflow.executors.base import RebootAware
+
     try:
         discovered = await executor.discover()
     except _scan_errors() as exc:
@@ -346,6 +348,11 @@ async def scan_fleet(
         async with semaphore:
             try:
                 packages = await executor.scan(info.instance_id)
+                waiting = (
+                    await executor.pending_reboot_packages(info.instance_id)
+                    if isinstance(executor, RebootAware)
+                    else []
+                )
             except errors as exc:
                 return Unscanned(info.instance_id, info.patch_group, f"scan failed: {exc}")
             finally:
@@ -357,6 +364,8 @@ async def scan_fleet(
             product=info.product,
             family=info.family,
             patch_group=info.patch_group,
+            # Patched with NoReboot and not rebooted yet (reboot debt): INSTALLED_PENDING_REBOOT, non-compliant.
+            pending_reboot=list(waiting),
         )
 
     # The first scan runs alone: a backend may set itself up on first use (the simulated executor creates

@@ -378,6 +378,10 @@ def print_status(status: dict[str, Any]) -> None:
     for stage in status["stages"]:
         for line in analysis_lines(stage):
             out.print(line, markup=False)
+    for stage in status["stages"]:
+        debt = stage.get("reboot_debt")
+        if debt:
+            out.print(f"  {stage['name']}: {reboot_debt_line(debt)}")
 
 
 #: Most instances ``wave status`` lists with their hook steps (failed ones first); ``--format json`` has all.
@@ -435,6 +439,24 @@ def analysis_lines(stage: dict[str, Any]) -> list[str]:
         detail = f": {m['detail']}" if m.get("detail") else ""
         lines.append(f"    {m['at'][11:19]} {m['query']} {m['verdict']} {values}{baseline}{detail}")
     return lines
+
+
+def reboot_debt_line(debt: dict[str, Any]) -> str:
+    """One stage's reboot debt for ``wave status`` (which instances: their details, ``--format json``)."""
+    if not debt["instances"]:
+        return f"no reboot debt (reboot window {debt['reboot_window'] or 'none'})"
+    line = f"reboot debt: {debt['instances']} instance(s) pending a reboot since {debt['since']}"
+    if debt["deadline"]:
+        line += (
+            f", [bold red]overdue[/] since {debt['deadline']}"
+            if debt["overdue"]
+            else f", due by {debt['deadline']}"
+        )
+    if debt["reboot_window"] == "waiting_window":
+        line += "; waiting for the reboot window" + (
+            f" ({debt['reboot_window_start']})" if debt["reboot_window_start"] else ""
+        )
+    return line
 
 
 _COUNT_COLUMNS = ("pending", "in_flight", "succeeded", "failed", "not_attempted", "rolled_back", "cancelled")

@@ -38,6 +38,7 @@ from patchflow.core.freezes import FreezeCalendar, FreezePeriod, load_freeze_fil
 from patchflow.core.hooks import HookStepRecord
 from patchflow.core.patchsets import PatchSetStore
 from patchflow.core.plans import Plan
+from patchflow.core.reboots import deadline
 from patchflow.core.wavemodel import (
     MAX_PAGE_INSTANCES,
     WAVE_FINAL_STATES,
@@ -275,6 +276,7 @@ def wave_input(
             canary_soak_seconds=s.canary.soak_seconds if s.canary else 0,
             analysis=s.gate.analysis,
             block_on_alerts=s.block_on_alerts or plan.block_on_alerts,
+            reboot=s.reboot,
         )
         for s in plan.stages
     ]
@@ -445,6 +447,26 @@ def _step_json(record: HookStepRecord) -> dict[str, Any]:
     }
 
 
+def reboot_debt_json(st: StageStatus, now: datetime | None = None) -> dict[str, Any]:
+    """A stage's reboot debt for ``wave status`` (``{}`` for stages that never had any: older outputs keep
+    their shape): how many instances wait for a reboot, since when, when that is overdue, and the stage's
+    reboot window (``reboot.window``)."""
+    if not st.reboot_debt_count and not st.reboot_state:
+        return {}
+    now = now or datetime.now(UTC)
+    due = deadline(st.reboot_debt_since, st.reboot_deadline_days) if st.reboot_debt_since else None
+    return {
+        "reboot_debt": {
+            "instances": st.reboot_debt_count,
+            "since": st.reboot_debt_since.isoformat() if st.reboot_debt_since else None,
+            "deadline": due.isoformat() if due else None,
+            "overdue": due is not None and now >= due,
+            "reboot_window": st.reboot_state or None,
+            "reboot_window_start": st.reboot_window_start.isoformat() if st.reboot_window_start else None,
+        }
+    }
+
+
 def status_json(status: WaveStatus) -> dict[str, Any]:
     """The documented JSON contract of ``wave status --format json``."""
     return {
@@ -479,6 +501,7 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                     }
                     for i, s in st.instances.items()
                 ],
+                **reboot_debt_json(st),
             }
             for st in status.stages
         ],

@@ -119,6 +119,8 @@ class InstallResult:
     pending_reboot: bool = False
     """Patches installed on the instance still wait for a reboot (SSM: ``INSTALLED_PENDING_REBOOT``, e.g. after
     a ``NoReboot`` install); the instance is non-compliant until it reboots."""
+    boot_id: str = ""
+    """A reboot's result: the instance's boot id after it came back ("" when unknown or not a reboot)."""
 
     @property
     def counts_as_error(self) -> bool:

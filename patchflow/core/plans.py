@@ -11,6 +11,7 @@ executor's health check — and, if given, an HTTP endpoint must answer 2xx — 
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -31,6 +32,7 @@ from patchflow.core.documents import Document, PathPart, load_document, suggest,
 from patchflow.core.freezes import FreezeRule, parse_freezes
 from patchflow.core.hooks import Hooks, parse_hooks
 from patchflow.core.ratecontrol import CARRY_OVER, CUTOFF_BEHAVIORS, RAMP_NONE, RAMPS, Limit, parse_limit
+from patchflow.core.reboots import RebootSpec, parse_reboot
 from patchflow.core.windows import ScheduleError, WindowSpec, parse_window_spec
 from patchflow.errors import InputError, Problem
 
@@ -137,6 +139,9 @@ class Stage:
     """Patch the first ``count`` targets, soak, analyse (``gate.analysis``), then the rest."""
     block_on_alerts: AlertBlockSpec | None = None
     """No dispatch while a matching Prometheus alert fires (None: the plan's ``block_on_alerts``)."""
+    reboot: RebootSpec | None = None
+    """``reboot:`` (the stage's, else the plan's): patchflow installs with ``NoReboot`` and reboots itself
+    (:mod:`patchflow.core.reboots`); None: the executor's ``reboot_option`` decides, as before."""
 
 
 @dataclass(frozen=True)
@@ -194,6 +199,8 @@ class Plan:
     account or region); None: the starting side's ``PATCHFLOW_TASK_QUEUE``."""
     block_on_alerts: AlertBlockSpec | None = None
     """Every stage's alert blocking unless the stage sets its own."""
+    reboot: RebootSpec | None = None
+    """The plan-level ``reboot:`` default (already applied to every stage without its own)."""
 
 
 _PLAN_KEYS = (
@@ -212,6 +219,7 @@ _PLAN_KEYS = (
     "rollout",
     "hooks",
     "block_on_alerts",
+    "reboot",
 )
 _AWS_NAMES = {"max_concurrency": "MaxConcurrency", "max_errors": "MaxErrors"}
 #: A stage's options that take one of a few words: key → (allowed values, the default first; how to choose).
@@ -243,6 +251,7 @@ _STAGE_KEYS = (
     "hooks",
     "canary",
     "block_on_alerts",
+    "reboot",
 )
 _BUDGET_KEYS = ("max", "per")
 _ROLLOUT_HINT = (
@@ -313,6 +322,9 @@ def parse_plan(doc: Document) -> Plan:
         if "block_on_alerts" in data
         else None
     )
+    reboot = _reboot(data, ("reboot",), check.bad)
+    if reboot is not None:  # the plan's default for every stage without its own
+        stages = [s if s.reboot is not None else dataclasses.replace(s, reboot=reboot) for s in stages]
     if check.problems:
         raise PlanError("invalid rollout plan", source=doc.source, problems=check.problems)
     return Plan(
@@ -324,6 +336,7 @@ def parse_plan(doc: Document) -> Plan:
         stages=tuple(stages),
         freezes=tuple(freezes),
         block_on_alerts=block,
+        reboot=reboot,
         **options,
     )
 
@@ -587,6 +600,9 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
 
     choices = _parse_stage_choices(raw, where, bad)
     ok, canary, block = _stage_extras(raw, where, bad, ok=ok)
+    reboot = _reboot(raw, (*where, "reboot"), bad)
+    if "reboot" in raw and reboot is None:
+        ok = False
     if not ok or window is None or gate is None or choices is None:
         return None
     return Stage(
@@ -602,6 +618,7 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         cutoff_behavior=choices["cutoff_behavior"],
         canary=canary,
         block_on_alerts=block,
+        reboot=reboot,
     )
 
 
@@ -673,6 +690,16 @@ def _parse_budget(body: dict[str, Any], path: tuple[PathPart, ...], bad: Any) ->
         bad((*path, "per"), problem)
         ok = False
     return DisruptionBudget(max=limit, per=str(per).strip()) if ok and limit is not None else None
+
+
+def _reboot(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> RebootSpec | None:
+    """``reboot:`` of a stage or of the plan (None when absent, or after its located problems)."""
+    if "reboot" not in raw:
+        return None
+    spec, problems = parse_reboot(raw["reboot"], path=tuple(where))
+    for path, message in problems:
+        bad(path, message)
+    return spec
 
 
 def _parse_stage_choices(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> dict[str, str] | None:

@@ -15,6 +15,7 @@ from patchflow.core.analysis import AlertBlockSpec, AnalysisSpec, AnalysisSummar
 from patchflow.core.freezes import FreezePeriod
 from patchflow.core.hooks import Hooks, HookStep, HookStepRecord
 from patchflow.core.instances import Package, RepoSource
+from patchflow.core.reboots import RebootSpec
 from patchflow.core.windows import WindowSpec
 
 # Wave states (the CLI/API contract).
@@ -133,6 +134,9 @@ class StageInput:
     patched, before promotion into the stage."""
     block_on_alerts: AlertBlockSpec | None = None
     """No dispatch while a matching Prometheus alert fires (the stage's, else the plan's)."""
+    reboot: RebootSpec | None = None
+    """The stage's ``reboot:`` (:mod:`patchflow.core.reboots`): installs with ``NoReboot``, patchflow reboots.
+    None: the executor's ``reboot_option`` decides, exactly as before."""
 
 
 @dataclass
@@ -219,6 +223,11 @@ class StageRunInput:
     """Carried across continue-as-new: the hook step records of instances already done in this run."""
     block_on_alerts: AlertBlockSpec | None = None
     """Before each batch is dispatched, no matching alert may fire (:attr:`StageInput.block_on_alerts`)."""
+    reboot_policy: str = ""
+    """The stage's ``reboot.policy`` when patchflow reboots right after each install, in the instance's batch
+    (``if_needed`` or ``always``); "" = no reboot step (the install's own reboot option applies)."""
+    pending_reboot: list[str] = field(default_factory=list)
+    """Carried across continue-as-new: instances of this run patched and still waiting for a reboot."""
 
 
 @dataclass
@@ -238,6 +247,8 @@ class StageRunResult:
     """instance id → what its lifecycle hooks did (only instances of stages with hooks)."""
     halt_reason: str = ""
     """Why the run stopped dispatching by itself (``on_hook_failure: halt_stage``); empty for an operator's stop."""
+    pending_reboot: list[str] = field(default_factory=list)
+    """Succeeded instances whose patches wait for a reboot (SSM: ``INSTALLED_PENDING_REBOOT``): reboot debt."""
 
 
 #: Most instances one page of a status query carries: ≈ 100 bytes each (id, state, detail), so a page stays
@@ -325,6 +336,17 @@ class PatchBatchInput:
 
 
 @dataclass
+class RebootBatchInput:
+    """Reboot these instances now (the ``reboot_batch`` activity), each at most once per operation id."""
+
+    executor: ExecutorRef
+    wave_id: str
+    stage: str
+    instance_ids: list[str]
+    attempt: int = 0
+
+
+@dataclass
 class InstanceOutcome:
     instance_id: str
     status: str
@@ -332,6 +354,10 @@ class InstanceOutcome:
     counts_as_error: bool
     detail: str = ""
     changed: int = 0
+    pending_reboot: bool = False
+    """The install succeeded and the instance waits for a reboot (``InstallResult.pending_reboot``)."""
+    rebooted: bool = False
+    """patchflow rebooted the instance after its install (the ``reboot_batch`` activity)."""
 
 
 @dataclass
@@ -537,6 +563,47 @@ class StageStatus:
     """The stage's analysis (``gate.analysis``): per query how its measurements went, and the result."""
     blocked_by: str = ""
     """Why dispatch waits right now (``block_on_alerts``); empty when it does not."""
+    reboot_debt: dict[str, datetime] = field(default_factory=dict)
+    """Reboot debt: instance id → since when it waits for a reboot (its install finished with
+    ``pending_reboot``); an instance leaves it when rebooted. Grows with the stage, like ``instances``:
+    summaries carry only the counts below."""
+    reboot_debt_count: int = 0
+    """``len(reboot_debt)`` (kept in summaries, which leave the per-instance dicts out)."""
+    reboot_deadline_days: int = 0
+    """The stage's ``reboot.deadline_days``: debt older than this is overdue (0 = no deadline)."""
+    reboot_window_start: datetime | None = None
+    """The reboot window the stage's debt waits for (``reboot.window``); None: none scheduled."""
+    reboot_state: str = ""
+    """"" (no reboot window), ``waiting_window``, ``done`` or ``cancelled``: the stage's reboot window."""
+    reboot_debt_since: datetime | None = None
+    """The oldest reboot debt of the stage (kept in summaries; per instance: ``reboot_debt`` and the details)."""
+
+
+@dataclass
+class RebootWindowInput:
+    """A stage's reboot window (``RebootWindowWorkflow``): wait for it, then reboot ``instance_ids``."""
+
+    wave_id: str
+    stage: str
+    instance_ids: list[str]
+    executor: ExecutorRef
+    window: WindowSpec
+    max_concurrency: int
+    max_errors: int
+    """Reboot failures tolerated; the next one stops rebooting (the rest stay reboot debt)."""
+    attempt: int = 0
+    heartbeat_timeout_seconds: int = 30
+    freezes: list[FreezePeriod] = field(default_factory=list)
+
+
+@dataclass
+class RebootWindowResult:
+    rebooted: list[str]
+    failed: dict[str, str] = field(default_factory=dict)
+    """instance id → why its reboot failed (it stays reboot debt)."""
+    window_start: datetime | None = None
+    """When the reboot window opened (None: the schedule had no future window)."""
+    note: str = ""
 
 
 @dataclass

@@ -16,7 +16,7 @@ again). ``install`` is exactly ``start_install`` followed, when the result is no
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from patchflow.core.instances import (
     ERROR_STATUSES,
@@ -43,6 +43,7 @@ __all__ = [
     "Package",
     "PackageChange",
     "RepoSource",
+    "RebootAware",
 ]
 
 
@@ -172,4 +173,28 @@ class Executor(Protocol):
         records (SSM: a retry finds the command it sent; simulated: the recorded result); SSH runs the command
         again, so hook commands should be safe to repeat (the activity skips steps it finished before a retry).
         """
+        ...
+
+    async def reboot(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        """Reboot the instance now and wait until it is back with a new boot id (patchflow's reboot
+        orchestration, after a ``NoReboot`` install: see :mod:`patchflow.core.reboots`).
+
+        Idempotent on ``operation_id``: a retry (also after a crash) gets the recorded result of the first call,
+        waiting for a reboot still under way, and never reboots the instance a second time.
+
+        Returns:
+            ``succeeded`` with ``rebooted`` and the new ``boot_id`` (the instance no longer waits for a
+            reboot); ``failed`` when the instance did not come back in time; ``undeliverable`` when it could not
+            be reached to start with.
+        """
+        ...
+
+
+@runtime_checkable
+class RebootAware(Protocol):
+    """An executor that can tell which installed packages wait for a reboot (compliance reports mark them
+    ``INSTALLED_PENDING_REBOOT``: non-compliant until the instance reboots)."""
+
+    async def pending_reboot_packages(self, instance_id: str) -> list[tuple[str, str | None]]:
+        """(name, arch or None for every arch) of the packages waiting for a reboot; empty: none."""
         ...

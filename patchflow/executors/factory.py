@@ -32,7 +32,12 @@ def build_executor(ref: ExecutorRef, *, instrument: Callable[[Any], None] | None
 
         if not ref.fleet_path or not ref.state_path:
             raise ExecutorConfigError("simulated executor needs fleet_path and state_path")
-        return SimulatedExecutor(load_fleet(ref.fleet_path), Path(ref.state_path), time_scale=ref.time_scale)
+        return SimulatedExecutor(
+            load_fleet(ref.fleet_path),
+            Path(ref.state_path),
+            time_scale=ref.time_scale,
+            reboot_option=ref.reboot_option,
+        )
     if ref.kind == "ssm":
         from botocore.exceptions import BotoCoreError
 

@@ -199,6 +199,19 @@ class InstanceOut(_Model):
     """Lifecycle hook steps in the order they ran (empty for stages without hooks)."""
 
 
+class RebootDebtOut(_Model):
+    instances: int
+    """Instances the stage patched that still wait for a reboot (non-compliant until rebooted)."""
+    since: str | None
+    """The oldest of them waits since (RFC 3339, UTC)."""
+    deadline: str | None
+    """When that debt becomes overdue (the stage's ``reboot.deadline_days``); null: no deadline."""
+    overdue: bool
+    reboot_window: str | None
+    """The stage's reboot window: waiting_window, done, cancelled; null without one."""
+    reboot_window_start: str | None
+
+
 class StageOut(_Model):
     name: str
     state: str
@@ -212,6 +225,8 @@ class StageOut(_Model):
     instances: list[InstanceOut]
     disruption_budget: str | None = None
     """The stage's disruption budget and, while it runs, the groups at their limit and the zone rolling out."""
+    reboot_debt: RebootDebtOut | None = None
+    """Stages with ``reboot:`` (or NoReboot installs): instances patched and waiting for a reboot."""
 
 
 class AuditOut(_Model):

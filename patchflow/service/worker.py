@@ -13,11 +13,12 @@ from activities.hooks import HookActivities
 from activities.patching import ExecutorFactory, WaveActivities, build_executor
 from activities.scheduling import ScheduleActivities
 from patchflow.config import Settings
+from workflows.reboot import RebootWindowWorkflow
 from workflows.scheduled import ScheduledWaveWorkflow
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
 
-WORKFLOWS: Sequence[type] = (WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow)
+WORKFLOWS: Sequence[type] = (WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow, RebootWindowWorkflow)
 
 
 def build_worker(
@@ -55,6 +56,7 @@ def build_worker(
             acts.rollback_instances,
             acts.health_check,
             acts.remind_gate,
+            acts.reboot_batch,
             acts.record_wave,
             hook_acts.run_hook_phase,
             scheduling.scheduled_wave_start,

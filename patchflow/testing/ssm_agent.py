@@ -8,6 +8,10 @@ exact ``name=version`` requests, reboot detection by boot id), so nothing here r
 
 * ``AWS-RunShellScript`` — the ``commands`` become ``_script.sh``, run by ``sh`` as root in
   ``workingDirectory`` (else a fresh temporary directory); ``ResponseCode`` is the script's exit status.
+  Exit status 194 asks the agent to reboot the node and run the script again once it is back (User Guide,
+  "Handling reboots when running commands": "For Linux and macOS managed nodes, specify exit 194 … The exit
+  code instructs the SSM Agent to reboot the managed node, and then restart the script after the reboot
+  completed"): the host really reboots (a new boot id) and the invocation reports the rerun's result.
   A script still running after ``executionTimeout`` seconds is killed and ends ``Execution Timed Out`` with
   ``ResponseCode`` 137, the agent's ``CommandStoppedPreemptivelyExitCode`` on Linux (aws/amazon-ssm-agent,
   ``agent/appconfig/constants_unix.go``: "Fatal error (128) + signal for SIGKILL (9) = 137").
@@ -46,6 +50,11 @@ from patchflow.executors.ssh.executor import AgentError, HostUnreachable
 __all__ = ["HostPackages", "Offered", "RunResult", "SshAgent", "TIMED_OUT_CODE"]
 
 TIMED_OUT_CODE: Final = 137
+#: ``exit 194`` from a Linux script asks the SSM Agent to reboot and run the script again (User Guide, "Handling
+#: reboots when running commands").
+REBOOT_EXIT_CODE: Final = 194
+#: A script that asks for more reboots than this is broken (it is not idempotent): the invocation fails.
+MAX_REBOOTS_PER_SCRIPT: Final = 5
 """``ResponseCode`` of a plugin the agent killed at its execution timeout (CommandStoppedPreemptivelyExitCode)."""
 PATCH_TIMEOUT_SECONDS: Final = 7200
 """``AWS-RunPatchBaseline``'s ``PatchLinux`` step timeout (the document's ``timeoutSeconds``)."""
@@ -222,7 +231,24 @@ class SshAgent:
     async def shell(
         self, name: str, commands: Sequence[str], *, working_directory: str, timeout_seconds: int
     ) -> RunResult:
-        """``AWS-RunShellScript``: the commands as one ``sh`` script, killed at ``timeout_seconds``."""
+        """``AWS-RunShellScript``: the commands as one ``sh`` script, killed at ``timeout_seconds``; exit 194
+        reboots the node and runs the script again (at most :data:`MAX_REBOOTS_PER_SCRIPT` times)."""
+        for _ in range(MAX_REBOOTS_PER_SCRIPT):
+            result = await self._shell_once(
+                name, commands, working_directory=working_directory, timeout_seconds=timeout_seconds
+            )
+            if result.code != REBOOT_EXIT_CODE:
+                return result
+            try:
+                await self._executor.reboot_and_wait(name)
+            except (HostUnreachable, AgentError) as exc:
+                return RunResult("Failed", "Failed", 1, result.stdout, f"the reboot (exit 194) failed: {exc}")
+        return RunResult("Failed", "Failed", REBOOT_EXIT_CODE, "", "the script asked for a reboot too often")
+
+    async def _shell_once(
+        self, name: str, commands: Sequence[str], *, working_directory: str, timeout_seconds: int
+    ) -> RunResult:
+        """One run of an ``AWS-RunShellScript`` script."""
         script = "\n".join(commands) + "\n"
         workdir = shlex.quote(working_directory) if working_directory else '"$d"'
         # timeout(1) signals the script's whole process group: TERM, then KILL 5 s later; it exits 124.
@@ -291,7 +317,7 @@ class SshAgent:
         if reboot_option == "RebootIfNeeded" and (changed or pending):
             lines.append("Rebooting the instance (RebootIfNeeded).")
             try:
-                boot_id = await self._executor.reboot(name)
+                boot_id = await self._executor.reboot_and_wait(name)
             except (HostUnreachable, AgentError) as exc:
                 return RunResult("Failed", "Failed", 1, "\n".join(lines) + "\n", f"the reboot failed: {exc}")
             lines.append(f"The instance is back (boot id {boot_id}).")

@@ -30,7 +30,8 @@ itself, so code under test talks to it with real boto3 over real HTTP exactly as
   packages it would have upgraded ``FAILED`` (instead of ``MISSING``) until they change; ``NoReboot`` leaves
   what it upgraded ``INSTALLED_PENDING_REBOOT``. ``AWS-RunShellScript`` understands the few commands patchflow
   sends (a ``dpkg-query``/``rpm -qa`` package listing, ``apt-get install --allow-downgrades name=version``,
-  ``dnf``/``yum downgrade NEVRA``, ``exit N``); other lines succeed and do nothing.
+  ``dnf``/``yum downgrade NEVRA``, ``exit N``; ``exit 194`` reboots the node, as the agent does, and the
+  rerun of the idempotent reboot script succeeds with ``boot_id …``); other lines succeed and do nothing.
 * **Real hosts** (:meth:`SsmEndpoint.register_ssh_host`, :meth:`SsmEndpoint.register_ssh_inventory`,
   ``--ssh-inventory``): a managed instance backed by a machine reached over SSH — the lab's Debian hosts — on
   which commands really run, in the background (:mod:`patchflow.testing.ssm_agent`): ``AWS-RunShellScript``
@@ -701,7 +702,8 @@ class SsmEndpoint:
             return {f"{n}.{a}": v for (n, a), v in sorted(inst.packages.items())}
 
     def reboots(self, instance_id: str) -> int:
-        """How many times ``AWS-RunPatchBaseline`` Install rebooted the instance (after settling)."""
+        """How many times the instance rebooted (``AWS-RunPatchBaseline`` Install with RebootIfNeeded, a script's
+        ``exit 194``), after settling."""
         with self._lock:
             self._settle()
             return self._instance(instance_id).reboots
@@ -1497,6 +1499,14 @@ class SsmEndpoint:
                             inst.installed_at[key] = now
                             inst.pending_reboot.discard(key)
                             inst.failed.pop(key, None)
+            elif words[:2] == ["exit", "194"]:
+                # User Guide, "Handling reboots when running commands": exit 194 makes the agent reboot the
+                # node and run the script again. The rerun of an idempotent reboot script finds the reboot done:
+                # a reboot, then Success with the new boot id (what patchflow's reboot_script prints).
+                inst.reboots += 1
+                inst.pending_reboot.clear()
+                out.append(f"boot_id {inst.instance_id}-boot-{inst.reboots}")
+                return ("Success", "Success", 0, "\n".join(out) + "\n", "")
             elif words[0] == "exit" and len(words) > 1 and words[1] != "0":
                 return ("Failed", "Failed", int(words[1]), "\n".join(out), f"exit {words[1]}")
         return ("Success", "Success", 0, "\n".join(out) + ("\n" if out else ""), "")

@@ -24,6 +24,7 @@ from patchflow.executors.simulated.fleet import load_fleet
 from tests.conftest import REPO_ROOT
 from tests.workflows.conftest import running_worker
 from tests.workflows.test_wave import PATCHES, settle
+from workflows.reboot import RebootWindowWorkflow
 from workflows.scheduled import ScheduledWaveWorkflow
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
@@ -156,7 +157,9 @@ async def test_recorded_histories_replay() -> None:
     scheduled workflow's prepare activity changed its result type."""
     files = sorted(HISTORIES.rglob("*.json"))
     assert files, "no recorded histories; record them with PATCHFLOW_RECORD_HISTORIES=1"
-    replayer = Replayer(workflows=[WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow])
+    replayer = Replayer(
+        workflows=[WaveWorkflow, StageRunWorkflow, ScheduledWaveWorkflow, RebootWindowWorkflow]
+    )
     for path in files:
         workflow_id = json.loads(path.read_text())["events"][0][
             "workflowExecutionStartedEventAttributes"

@@ -111,6 +111,17 @@ CREATE TABLE IF NOT EXISTS commands (
     output TEXT NOT NULL,
     ran_at REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS boots (
+    instance_id TEXT PRIMARY KEY,
+    boot_count INTEGER NOT NULL DEFAULT 0,
+    pending_reboot INTEGER NOT NULL DEFAULT 0,
+    pending_packages TEXT NOT NULL DEFAULT '[]'
+);
+CREATE TABLE IF NOT EXISTS reboots (
+    operation_id TEXT PRIMARY KEY,
+    instance_id TEXT NOT NULL,
+    result TEXT NOT NULL
+);
 """
 
 
@@ -133,6 +144,8 @@ class SimulatedExecutor:
         time_scale: multiplies every simulated duration (``0.01`` turns a 2 s install into 20 ms).
         clock: wall clock in seconds since the epoch; operations compare it across processes, so it must be
             wall time, not a monotonic clock. Injectable for tests.
+        reboot_option: ``RebootIfNeeded`` (a ``reboot: true`` instance reboots after a successful install:
+            ``rebooted``, a new boot id) or ``NoReboot`` (it is left ``pending_reboot`` until :meth:`reboot`).
     """
 
     def __init__(
@@ -142,6 +155,7 @@ class SimulatedExecutor:
         *,
         time_scale: float = 1.0,
         clock: Callable[[], float] = time.time,
+        reboot_option: str = "RebootIfNeeded",
     ) -> None:
         if not time_scale >= 0 or time_scale == float("inf"):
             raise ValueError(f"time_scale must be a finite number >= 0, got {time_scale!r}")
@@ -149,6 +163,7 @@ class SimulatedExecutor:
         self.state_path = Path(state_path)
         self.time_scale = time_scale
         self._clock = clock
+        self.reboot_option = reboot_option
         self._by_id = {instance.id: instance for instance in fleet.instances}
         self._ready = False
         self._ready_lock = threading.Lock()
@@ -340,6 +355,44 @@ class SimulatedExecutor:
             ).fetchall()
         return [str(r[0]) for r in rows]
 
+    async def reboot(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        """Reboot now: after the instance's simulated duration it is back with a new boot id and no longer
+        ``pending_reboot`` — unless its behaviour says ``fail_reboot`` (``failed``, nothing changes) or
+        ``offline`` (``undeliverable``, not recorded). Idempotent on ``operation_id``: the first call that
+        completes records the result, every other call (a retry, a concurrent duplicate) returns it, and the
+        boot count rises once."""
+        instance = self._instance(instance_id)
+        if instance.behaviour.offline:
+            return _undeliverable(instance)
+        recorded = await asyncio.to_thread(self._reboot, instance, operation_id, False)
+        if recorded is not None:
+            return recorded
+        await asyncio.sleep(instance.behaviour.duration_seconds * self.time_scale)
+        result = await asyncio.to_thread(self._reboot, instance, operation_id, True)
+        assert result is not None
+        return result
+
+    def boot_state(self, instance_id: str) -> tuple[str, bool]:
+        """The instance's boot id now and whether it waits for a reboot (tests, ``fleet status``)."""
+        self._ensure_ready()
+        with self._transaction() as conn:
+            self._settle(conn, instance_id)
+            count, pending = self._boot_row(conn, instance_id)
+        return _boot_id(instance_id, count), pending
+
+    async def pending_reboot_packages(self, instance_id: str) -> list[tuple[str, str | None]]:
+        """(name, arch) of the packages installed since the instance's last reboot that wait for one
+        (SSM: ``INSTALLED_PENDING_REBOOT``); empty when it needs no reboot."""
+        instance = self._instance(instance_id)
+
+        def read() -> list[tuple[str, str | None]]:
+            self._ensure_ready()
+            with self._transaction() as conn:
+                self._settle(conn, instance.id)
+                return list(self._pending_packages(conn, instance.id))
+
+        return await asyncio.to_thread(read)
+
     # ------------------------------------------------------------------------------------ fleet commands
 
     def status(self) -> dict[str, Any]:
@@ -348,6 +401,10 @@ class SimulatedExecutor:
         with self._transaction() as conn:
             self._settle(conn, None)
             counts = {row[0]: (row[1], row[2]) for row in conn.execute("SELECT * FROM instances")}
+            boots = {
+                row[0]: (int(row[1]), bool(row[2]))
+                for row in conn.execute("SELECT instance_id, boot_count, pending_reboot FROM boots")
+            }
             installed: dict[str, list[dict[str, str]]] = {}
             for instance_id, name, arch, version in conn.execute(
                 "SELECT instance_id, name, arch, version FROM packages ORDER BY instance_id, name, arch"
@@ -367,6 +424,8 @@ class SimulatedExecutor:
                     "installed": installed.get(instance.id, []),
                     "install_count": counts.get(instance.id, (0, 0))[0],
                     "restore_count": counts.get(instance.id, (0, 0))[1],
+                    "boot_id": _boot_id(instance.id, boots.get(instance.id, (0, False))[0]),
+                    "pending_reboot": boots.get(instance.id, (0, False))[1],
                 }
                 for instance in self.fleet.instances
             ],
@@ -380,7 +439,7 @@ class SimulatedExecutor:
         """
         self._ensure_ready()
         with self._transaction() as conn:
-            for table in ("meta", "instances", "packages", "operations"):
+            for table in ("meta", "instances", "packages", "operations", "boots", "reboots"):
                 conn.execute(f"DELETE FROM {table}")  # noqa: S608 - fixed table names
             self._populate(conn)
 
@@ -538,19 +597,101 @@ class SimulatedExecutor:
                 )
                 changes.append(PackageChange(name=name, arch=arch, from_version=have, to_version=version))
             verb = "upgraded" if kind == "install" else "restored"
+            pending = instance.behaviour.reboot and self.reboot_option == "NoReboot" and kind == "install"
+            if pending:
+                waiting = sorted(
+                    {*self._pending_packages(conn, instance.id), *((c.name, c.arch) for c in changes)}
+                )
+                conn.execute(
+                    "INSERT INTO boots (instance_id, pending_reboot, pending_packages) VALUES (?, 1, ?) "
+                    "ON CONFLICT (instance_id) DO UPDATE SET pending_reboot = 1, "
+                    "pending_packages = excluded.pending_packages",
+                    (instance.id, json.dumps(waiting)),
+                )
+            rebooted = instance.behaviour.reboot and not pending
+            if rebooted:  # RebootIfNeeded: the install rebooted the instance (a new boot id)
+                conn.execute(
+                    "INSERT INTO boots (instance_id, boot_count) VALUES (?, 1) "
+                    "ON CONFLICT (instance_id) DO UPDATE SET boot_count = boot_count + 1",
+                    (instance.id,),
+                )
             result = InstallResult(
                 instance.id,
                 "succeeded",
                 changed=tuple(changes),
-                rebooted=instance.behaviour.reboot,
+                rebooted=rebooted,
                 message=f"simulated {kind}: {len(changes)} package(s) {verb}"
-                + (", rebooted" if instance.behaviour.reboot else ""),
+                + (", rebooted" if rebooted else "")
+                + ("; pending_reboot (RebootOption NoReboot)" if pending else ""),
                 duration_seconds=duration,
+                pending_reboot=pending,
             )
         conn.execute(
             "UPDATE operations SET status = 'done', finished_at = ?, result = ? WHERE operation_id = ?",
             (self._clock(), _dump_result(result), operation_id),
         )
+        return result
+
+    @staticmethod
+    def _pending_packages(conn: sqlite3.Connection, instance_id: str) -> list[tuple[str, str]]:
+        row = conn.execute(
+            "SELECT pending_packages FROM boots WHERE instance_id = ?", (instance_id,)
+        ).fetchone()
+        return [(str(n), str(a)) for n, a in json.loads(row[0])] if row is not None else []
+
+    @staticmethod
+    def _boot_row(conn: sqlite3.Connection, instance_id: str) -> tuple[int, bool]:
+        row = conn.execute(
+            "SELECT boot_count, pending_reboot FROM boots WHERE instance_id = ?", (instance_id,)
+        ).fetchone()
+        return (int(row[0]), bool(row[1])) if row is not None else (0, False)
+
+    def _reboot(self, instance: FleetInstance, operation_id: str, apply: bool) -> InstallResult | None:
+        """The recorded result of reboot ``operation_id``; with ``apply`` and none recorded, reboot now (in the
+        same write transaction, so exactly one caller reboots) and record it."""
+        self._ensure_ready()
+        with self._transaction() as conn:
+            self._settle(conn, instance.id)
+            row = conn.execute(
+                "SELECT instance_id, result FROM reboots WHERE operation_id = ?", (operation_id,)
+            ).fetchone()
+            if row is not None:
+                if row[0] != instance.id:
+                    raise ValueError(
+                        f"operation_id {operation_id!r} names the reboot of {row[0]}, not of {instance.id}"
+                    )
+                return _load_result(row[1])
+            if not apply:
+                return None
+            count, _ = self._boot_row(conn, instance.id)
+            duration = instance.behaviour.duration_seconds * self.time_scale
+            if instance.behaviour.fail_reboot:
+                result = InstallResult(
+                    instance.id,
+                    "failed",
+                    message="simulated reboot failure (behaviour.fail_reboot): the instance did not come back",
+                    duration_seconds=duration,
+                    boot_id=_boot_id(instance.id, count),
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO boots (instance_id, boot_count, pending_reboot) VALUES (?, 1, 0) "
+                    "ON CONFLICT (instance_id) DO UPDATE SET boot_count = boot_count + 1, pending_reboot = 0, "
+                    "pending_packages = '[]'",
+                    (instance.id,),
+                )
+                result = InstallResult(
+                    instance.id,
+                    "succeeded",
+                    rebooted=True,
+                    message=f"simulated reboot: back with boot id {_boot_id(instance.id, count + 1)}",
+                    duration_seconds=duration,
+                    boot_id=_boot_id(instance.id, count + 1),
+                )
+            conn.execute(
+                "INSERT INTO reboots (operation_id, instance_id, result) VALUES (?, ?, ?)",
+                (operation_id, instance.id, _dump_result(result)),
+            )
         return result
 
     def _cancel(self, operation_id: str) -> bool:
@@ -687,6 +828,11 @@ class SimulatedExecutor:
                 for package in instance.installed
             ],
         )
+
+
+def _boot_id(instance_id: str, boot_count: int) -> str:
+    """A simulated boot id: changes exactly when the instance reboots."""
+    return f"{instance_id}-boot-{boot_count}"
 
 
 def _undeliverable(instance: FleetInstance) -> InstallResult:

@@ -95,7 +95,7 @@ _INSTANCE_KEYS = ("id", "tags", "platform", "installed", "behaviour", "availabil
 _GENERATE_KEYS = ("count", "id_prefix", "tags", "platform", "installed", "behaviour", "availability_zone")
 _PLATFORM_KEYS = ("family", "product")
 _PACKAGE_KEYS = ("name", "arch", "version")
-_FLAGS = ("fail", "fail_health", "reboot", "offline")
+_FLAGS = ("fail", "fail_health", "reboot", "offline", "fail_reboot")
 _RATE_OF = {flag: f"{flag}_rate" for flag in _FLAGS}
 _RATES = tuple(_RATE_OF.values())
 
@@ -111,11 +111,14 @@ class Behaviour:
     fail_health: bool = False
     """Health checks report the workload unhealthy (a patch that installs fine but breaks the service)."""
     reboot: bool = False
-    """Successful operations report ``rebooted``."""
+    """Successful installs need a reboot: with ``RebootIfNeeded`` the instance reboots (``rebooted``, a new
+    boot id), with ``NoReboot`` it is left ``pending_reboot`` until :meth:`SimulatedExecutor.reboot`."""
     offline: bool = False
     """The agent is unreachable: discovery shows the instance offline and operations are ``undeliverable``."""
     fail_commands: tuple[str, ...] = ()
     """Lifecycle hook commands containing one of these strings exit 1 (``run_command``); others exit 0."""
+    fail_reboot: bool = False
+    """A reboot patchflow asks for never comes back (``reboot`` ends ``failed``; the boot id stays)."""
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@
   healthy. Without one: reachable and ``dpkg --audit`` clean.
 * **Building blocks** for other drivers of the same hosts (the fake SSM endpoint's agent,
   :mod:`patchflow.testing.ssm_agent`): :meth:`SshExecutor.run` (a shell command as root),
-  :meth:`SshExecutor.reboot` (reboot now, wait for a new boot id), :meth:`SshExecutor.package_inventory`
+  :meth:`SshExecutor.reboot_and_wait` (reboot now, wait for a new boot id), :meth:`SshExecutor.package_inventory`
   (dpkg's packages and what the apt sources offer), and ``revert_failed_installs=False`` (leave a failed
   transaction as the package manager left it).
 """
@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import shlex
 import time
@@ -69,6 +70,8 @@ from patchflow.executors.ssh.inventory import SshHost, SshInventory
 __all__ = ["REBOOT_OPTIONS", "AgentError", "HostUnreachable", "SshExecutor"]
 
 REBOOT_OPTIONS: Final = ("RebootIfNeeded", "NoReboot")
+#: Where a host keeps the boot id each reboot operation started from (:meth:`SshExecutor.reboot`).
+REBOOT_DIR: Final = "/var/lib/patchflow/reboots"
 AGENT_SOURCE: Final = Path(agent.__file__).read_text(encoding="utf-8")
 _STATUSES: Final = ("succeeded", "failed", "timed_out", "undeliverable")
 
@@ -327,17 +330,79 @@ class SshExecutor:
             )
         return CommandResult(instance_id, status, output, _since(started))
 
-    async def reboot(self, instance_id: str) -> str:
-        """Reboot the host now (its ``reboot_command``, detached so this call returns first) and wait for it
-        to come back with a new boot id; returns that boot id.
+    async def reboot(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        """Reboot the host at most once per ``operation_id`` and wait for it to come back with a new boot id
+        (the protocol's reboot, for ``reboot:`` in a plan).
 
-        Raises:
-            HostUnreachable: the host did not come back within ``reboot_timeout_seconds``.
+        The host keeps the record: ``/var/lib/patchflow/reboots/<sha256(id)>`` holds the boot id the reboot
+        started from, written before the reboot command runs. A retry whose host already shows another boot id
+        is done; one that still shows the recorded boot id (the reboot has not happened yet, or a crash came
+        between the record and the command) issues the command again only if the host is still in that boot —
+        checked on the host in the same shell — so a host that came back is never rebooted a second time.
         """
         host = self._host(instance_id)
-        before = (await self._agent(host, "facts", {"packages": False}, timeout=60))["boot_id"]
-        detached = f"nohup setsid sh -c {shlex.quote('sleep 1; ' + host.reboot_command)} >/dev/null 2>&1 &"
-        await self.run(instance_id, detached, timeout=60)
+        started = time.monotonic()
+        marker = f"{REBOOT_DIR}/{hashlib.sha256(operation_id.encode()).hexdigest()}"
+        boot = "/proc/sys/kernel/random/boot_id"
+        record = (
+            f"mkdir -p {REBOOT_DIR} && {{ [ -s {marker} ] || {{ cat {boot} > {marker}.tmp && mv {marker}.tmp "
+            f"{marker}; }}; }} && cat {marker} && cat {boot}"
+        )
+        try:
+            status, out, err = await self.run(instance_id, record, timeout=60)
+        except HostUnreachable as exc:
+            return InstallResult(instance_id, "undeliverable", message=str(exc))
+        lines = out.split()
+        if status != 0 or len(lines) != 2:
+            return InstallResult(
+                instance_id, "failed", message=f"cannot record the reboot: {err.strip() or out}"
+            )
+        before, current = lines
+        now: str | None = current
+        if now == before:
+            inner = shlex.quote("sleep 1; " + host.reboot_command)
+            issue = (
+                f'[ "$(cat {boot})" = {shlex.quote(before)} ] && nohup setsid sh -c {inner} >/dev/null 2>&1 &'
+            )
+            with contextlib.suppress(HostUnreachable):  # the host may already be going down
+                await self.run(instance_id, issue, timeout=60)
+            now = await self._new_boot_id(host, before)
+        seconds = time.monotonic() - started
+        if now is None:
+            return InstallResult(
+                instance_id,
+                "failed",
+                message=f"{host.name} did not come back with a new boot id within "
+                f"{self.reboot_timeout_seconds:.0f}s of its reboot",
+                duration_seconds=seconds,
+                pending_reboot=True,
+            )
+        return InstallResult(
+            instance_id,
+            "succeeded",
+            rebooted=True,
+            message=f"rebooted (new boot id {now})",
+            duration_seconds=seconds,
+            boot_id=now,
+        )
+
+    async def pending_reboot_packages(self, instance_id: str) -> list[tuple[str, str | None]]:
+        """The packages Debian's ``/var/run/reboot-required.pkgs`` names while ``/var/run/reboot-required``
+        exists (the host wants a reboot; a name without arch: every arch). A reboot-required host whose
+        list is empty gives ``[("*", None)]``, which no package matches: the host is reported, no row changes."""
+        script = (
+            "[ -e /var/run/reboot-required ] || exit 0; echo required; "
+            "cat /var/run/reboot-required.pkgs 2>/dev/null || true"
+        )
+        status, out, _ = await self.run(instance_id, script, timeout=60)
+        lines = [line.strip() for line in out.splitlines() if line.strip()]
+        if status != 0 or not lines or lines[0] != "required":
+            return []
+        names = sorted(set(lines[1:]))
+        return [(name, None) for name in names] or [("*", None)]
+
+    async def _new_boot_id(self, host: SshHost, before: str) -> str | None:
+        """Wait until the host answers with a boot id other than ``before`` (None: not within the timeout)."""
         deadline = time.monotonic() + self.reboot_timeout_seconds
         while time.monotonic() < deadline:
             await asyncio.sleep(0.5)
@@ -348,6 +413,22 @@ class SshExecutor:
                 continue
             if facts["boot_id"] and facts["boot_id"] != before:
                 return str(facts["boot_id"])
+        return None
+
+    async def reboot_and_wait(self, instance_id: str) -> str:
+        """Reboot the host now (its ``reboot_command``, detached so this call returns first) and wait for it
+        to come back with a new boot id; returns that boot id.
+
+        Raises:
+            HostUnreachable: the host did not come back within ``reboot_timeout_seconds``.
+        """
+        host = self._host(instance_id)
+        before = (await self._agent(host, "facts", {"packages": False}, timeout=60))["boot_id"]
+        detached = f"nohup setsid sh -c {shlex.quote('sleep 1; ' + host.reboot_command)} >/dev/null 2>&1 &"
+        await self.run(instance_id, detached, timeout=60)
+        after = await self._new_boot_id(host, before)
+        if after is not None:
+            return after
         raise HostUnreachable(
             f"{host.name} did not come back with a new boot id within {self.reboot_timeout_seconds:.0f}s of its reboot"
         )
@@ -675,6 +756,7 @@ def _final_result(instance_id: str, journal: dict[str, Any]) -> InstallResult:
         status=typed,
         changed=_changes(result),
         rebooted=bool(final.get("rebooted")),
+        pending_reboot=bool(final.get("pending_reboot")),
         message=final.get("message", result.get("message", "")),
         duration_seconds=max(
             0.0, float(final.get("finished_at", journal.get("updated_at", 0))) - journal["started_at"]

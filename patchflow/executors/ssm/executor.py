@@ -332,6 +332,28 @@ def parse_package_query(family: str, stdout: str) -> list[Package]:
     return [Package(name, arch, version) for (name, arch), version in sorted(found.items())]
 
 
+#: The Linux exit code that asks the SSM Agent to reboot and rerun the script (User Guide, "Handling reboots
+#: when running commands").
+REBOOT_EXIT_CODE: Final = 194
+
+
+def reboot_script(operation_id: str) -> list[str]:
+    """``AWS-RunShellScript`` commands that reboot the node once (idempotent across the agent's rerun).
+
+    First run: record the boot id, ``exit 194`` (the agent reboots and runs the script again). The rerun sees
+    the record and another boot id: it prints ``boot_id <new>`` and exits 0. Should the agent rerun it in the
+    same boot (no reboot happened), it asks again.
+    """
+    marker = f"/var/lib/patchflow/reboots/{_digest(operation_id)}"
+    return [
+        "boot=$(cat /proc/sys/kernel/random/boot_id)",
+        "mkdir -p /var/lib/patchflow/reboots",
+        f'if [ -s {marker} ] && [ "$(cat {marker})" != "$boot" ]; then echo "boot_id $boot"; exit 0; fi',
+        f'echo "$boot" > {marker}',
+        f"exit {REBOOT_EXIT_CODE}",
+    ]
+
+
 def restore_script(family: str, packages: Sequence[Package]) -> list[str]:
     """Shell lines that put ``packages`` back to their versions (downgrades allowed)."""
     if family == "deb":
@@ -823,6 +845,88 @@ class SsmExecutor:
         return CommandResult(
             instance_id, int(code if code is not None else -1), output[-4000:], _since(started)
         )
+
+    async def reboot(self, instance_id: str, *, operation_id: str) -> InstallResult:
+        """Reboot the node through ``AWS-RunShellScript`` and the documented reboot exit code, at most once per
+        ``operation_id``.
+
+        User Guide, "Handling reboots when running commands" (send-commands-reboot.html): a script that reboots
+        a Linux node should ``exit 194``; the SSM Agent then reboots the node and runs the script again when it
+        is back, and the script should be idempotent. :func:`reboot_script` records the boot id it started
+        from on the node, exits 194, and on the rerun (another boot id) prints the new boot id and exits 0.
+        The operation is recorded in S3 like an install (the command id right after the send), so a retry
+        waits for the same command instead of sending another.
+        """
+        record = await self._load(operation_id)
+        if record is not None:
+            if (record["instance_id"], record["kind"]) != (instance_id, "reboot"):
+                raise ValueError(
+                    f"operation_id {operation_id!r} was already used for a different request ({record['kind']} "
+                    f"on {record['instance_id']}); every reboot of every instance needs its own operation_id"
+                )
+            recorded = _result_from(record)
+            if recorded is not None:
+                return recorded
+        else:
+            problem = _undeliverable_reason(instance_id, await self._managed(instance_id))
+            if problem:
+                return InstallResult(instance_id, "undeliverable", message=problem)
+            record = {
+                "version": 1,
+                "operation_id": operation_id,
+                "kind": "reboot",
+                "instance_id": instance_id,
+                "document": SHELL_DOCUMENT,
+                "comment": command_comment(operation_id),
+                "created_at": time.time(),
+                "command_id": None,
+                "sent_at": None,
+                "result": None,
+            }
+            await self._save(record)
+        if not record["command_id"]:
+            found = await self._find_command(record)
+            if found is None:
+                parameters = self._shell_parameters(reboot_script(operation_id))
+                found = (
+                    await self._send(instance_id, SHELL_DOCUMENT, parameters, record["comment"]),
+                    time.time(),
+                )
+            record["command_id"], record["sent_at"] = found
+            await self._save(record)  # first thing after the send: a retry must never send again
+        invocation = await self._wait(record["command_id"], instance_id, None)
+        details = invocation["StatusDetails"]
+        boot_id = next(
+            (
+                line.split()[-1]
+                for line in invocation.get("StandardOutputContent", "").splitlines()
+                if line.startswith("boot_id ")
+            ),
+            "",
+        )
+        seconds = max(0.0, time.time() - (record.get("sent_at") or record["created_at"]))
+        if details == "Success":
+            result = InstallResult(
+                instance_id,
+                "succeeded",
+                rebooted=True,
+                message=f"SSM Success (command {record['command_id']}): rebooted, boot id {boot_id}",
+                duration_seconds=seconds,
+                boot_id=boot_id,
+            )
+        else:
+            status = install_status(details)
+            result = InstallResult(
+                instance_id,
+                "failed" if status == "succeeded" else status,
+                message=f"SSM {details} (command {record['command_id']}): the reboot did not complete"
+                + _output_tail(invocation),
+                duration_seconds=seconds,
+                pending_reboot=True,
+            )
+        record["result"] = asdict(result)
+        await self._save(record)
+        return result
 
     async def cancel(self, operation_id: str) -> bool:
         """Cancel the command of an unfinished install/restore (best effort, like SSM); True if one was asked.
