@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,6 +20,9 @@ from patchflow.cli.common import Fmt, emit_json, err, out
 from patchflow.config import get_settings
 from patchflow.core.documents import dump_yaml
 from patchflow.errors import InputError
+
+if TYPE_CHECKING:
+    from patchflow.testing.prometheus import Prometheus
 
 lab_app = typer.Typer(
     help="A lab fleet of real Debian hosts (own sshd on a 127.0.0.0/8 address each) and its apt repository.",
@@ -207,10 +212,36 @@ DEBIAN_BASELINE = Path(__file__).resolve().parents[2] / "baselines" / "debian-de
 DEMO_GROUPS = {"dev": 1, "test": 2, "prod": 3}
 
 
+#: Lifecycle hooks of the lab demo, on every instance: a maintenance marker on the host while it is patched
+#: (what a drain or a "stop the app" step stands for), a package-database check after the install, and the
+#: marker's removal in on_exit (which runs whatever happened).
+DEMO_HOOKS: dict[str, Any] = {
+    "pre_install": [
+        {
+            "command": "date -u +%FT%TZ > /var/tmp/patchflow-maintenance && echo maintenance begins",
+            "timeout_seconds": 30,
+        }
+    ],
+    "post_install": [
+        {"command": 'test -z "$(dpkg --audit)" && echo dpkg database consistent', "timeout_seconds": 60}
+    ],
+    "on_exit": [
+        {"command": "rm -f /var/tmp/patchflow-maintenance && echo maintenance ends", "timeout_seconds": 30}
+    ],
+}
+
+#: The metric the lab demo's canary analysis reads: 1 while a lab host's SSH port answers (probed every second).
+DEMO_METRIC = "patchflow_lab_ssh_up"
+
+
 @contextlib.contextmanager
 def demo_lab(executor: dict[str, Any] | None = None) -> Iterator[Path]:
     """The lab for ``patchflow demo --lab``: started if it is not up (and then stopped afterwards), with a plan
     rolling the Debian default baseline out Dev → Test → Prod; yields the plan file.
+
+    Every instance runs the :data:`DEMO_HOOKS`. Prod starts with a canary whose metric analysis (a real
+    Prometheus scraping a probe of each host's SSH port: Debian's ``prometheus`` package) decides whether the rest
+    of Prod is patched; without the package Prod has an approval gate instead.
 
     Args:
         executor: the plan's ``executor`` block (default: over SSH, with the lab's inventory, which is at
@@ -226,43 +257,106 @@ def demo_lab(executor: dict[str, Any] | None = None) -> Iterator[Path]:
         demo = lab.dir / "demo"
         demo.mkdir(parents=True, exist_ok=True)
         (demo / "catalog.json").write_text(json.dumps(lab.catalog(), indent=1))
-        groups = {g for h in lab.hosts() for g in h.groups}
-        stages: list[dict[str, Any]] = [
-            {"name": "dev", "max_concurrency": 2, "max_errors": 0, "soak": "2s", "gate": "auto"},
-            {"name": "test", "max_concurrency": "50%", "max_errors": 1, "soak": "2s", "gate": {"health": {}}},
-            {
-                "name": "prod",
-                "max_concurrency": "50%",
-                "max_errors": 0,
-                "gate": {"approval": {"approvers": ["ops-lead"]}},
-                "on_failure": "rollback",
-            },
-        ]
-        executor = executor or {
-            "kind": "ssh",
-            "inventory": str(lab.inventory_path),
-            "reboot_option": "RebootIfNeeded",
-        }
-        plan = {
-            "name": "lab-demo",
-            "baseline": str(DEBIAN_BASELINE),
-            "catalog": str(demo / "catalog.json"),
-            "executor": executor,
-            "stages": [
-                {**s, "targets": {"patch_group": s["name"]}, "window": "now"}
-                for s in stages
-                if s["name"] in groups
-            ],
-        }
-        path = demo / "plan.yaml"
-        how = "over SSH" if executor["kind"] == "ssh" else "through SSM (the fake endpoint)"
-        path.write_text(
-            f"# Written by `patchflow demo --lab`: the Debian default baseline on the lab fleet {how}.\n"
-            + dump_yaml(plan, sort_keys=False)
-        )
-        yield path
+        with contextlib.ExitStack() as stack:
+            prometheus = _demo_prometheus(stack, lab, demo)
+            path = _write_demo_plan(lab, demo, executor, prometheus.url if prometheus else None)
+            yield path
     finally:
         with contextlib.suppress(Exception):  # the table is a courtesy; stopping the lab is not
             print_hosts(lab.status())
         if started:
             lab.down()
+
+
+def _demo_prometheus(stack: contextlib.ExitStack, lab: Any, demo: Path) -> Prometheus | None:
+    """A real Prometheus scraping a probe of every lab host's SSH port (``patchflow_lab_ssh_up``), or None
+    (said so) when Debian's ``prometheus`` is not installed."""
+    from patchflow.testing.prometheus import PrometheusNotInstalled, prometheus_lab
+
+    try:
+        exporter, prometheus = stack.enter_context(prometheus_lab(demo / "prometheus"))
+    except PrometheusNotInstalled:
+        err.print(
+            "prometheus is not installed (apt-get install prometheus): Prod gets an approval gate instead of "
+            "a canary with metric analysis"
+        )
+        return None
+    stop = threading.Event()
+    hosts = [(h.id, h.address, h.port) for h in lab.hosts()]
+
+    def probe() -> None:
+        while not stop.is_set():
+            for host_id, address, port in hosts:
+                try:
+                    with socket.create_connection((address, port), timeout=0.5):
+                        up = 1.0
+                except OSError:
+                    up = 0.0
+                exporter.set(DEMO_METRIC, up, instance_id=host_id)
+            stop.wait(1.0)
+
+    thread = threading.Thread(target=probe, name="lab-demo-probe", daemon=True)
+    thread.start()
+    stack.callback(thread.join, 5)
+    stack.callback(stop.set)
+    prometheus.wait_for(DEMO_METRIC)
+    return prometheus
+
+
+def _write_demo_plan(lab: Any, demo: Path, executor: dict[str, Any] | None, prometheus: str | None) -> Path:
+    groups = {g for h in lab.hosts() for g in h.groups}
+    prod: dict[str, Any] = {
+        "name": "prod",
+        "max_concurrency": "50%",
+        "max_errors": 0,
+        "on_failure": "rollback",
+        "gate": {"approval": {"approvers": ["ops-lead"]}},
+    }
+    if prometheus is not None:
+        prod["canary"] = {"count": 1, "soak_seconds": 2}
+        prod["gate"] = {
+            "analysis": {
+                "prometheus": prometheus,
+                "queries": [
+                    {
+                        "name": "ssh-up",
+                        "query": f'min({DEMO_METRIC}{{instance_id=~"{{{{instances}}}}"}})',
+                        "interval_seconds": 2,
+                        "count": 3,
+                        "success": "== 1",
+                    }
+                ],
+                "inconclusive": "approval",
+                "approvers": ["ops-lead"],
+            }
+        }
+    stages: list[dict[str, Any]] = [
+        {"name": "dev", "max_concurrency": 2, "max_errors": 0, "soak": "2s", "gate": "auto"},
+        {"name": "test", "max_concurrency": "50%", "max_errors": 1, "soak": "2s", "gate": {"health": {}}},
+        prod,
+    ]
+    executor = executor or {
+        "kind": "ssh",
+        "inventory": str(lab.inventory_path),
+        "reboot_option": "RebootIfNeeded",
+    }
+    plan = {
+        "name": "lab-demo",
+        "baseline": str(DEBIAN_BASELINE),
+        "catalog": str(demo / "catalog.json"),
+        "executor": executor,
+        "hooks": DEMO_HOOKS,
+        "stages": [
+            {**s, "targets": {"patch_group": s["name"]}, "window": "now"}
+            for s in stages
+            if s["name"] in groups
+        ],
+    }
+    path = demo / "plan.yaml"
+    how = "over SSH" if executor["kind"] == "ssh" else "through SSM (the fake endpoint)"
+    canary = "; Prod: a canary analysed by Prometheus first" if prometheus else ""
+    path.write_text(
+        f"# Written by `patchflow demo --lab`: the Debian default baseline on the lab fleet {how}, lifecycle "
+        f"hooks on every instance{canary}.\n" + dump_yaml(plan, sort_keys=False)
+    )
+    return path

@@ -421,14 +421,15 @@ async def _answer_gate(
     if stage["name"] in answered:
         return
     answered.add(stage["name"])
-    approver = next(s for s in plan.stages if s.name == stage["name"]).gate.approvers[0]
+    gate = next(s for s in plan.stages if s.name == stage["name"]).gate
+    # An approval gate, or an analysis whose inconclusive result an approver decides.
+    approvers = list(gate.approvers or (gate.analysis.approvers if gate.analysis else []))
     if approve:
         message = await act(
-            client, wave_id, "approve", who=approver, stage=stage["name"], comment="demo --approve"
+            client, wave_id, "approve", who=approvers[0], stage=stage["name"], comment="demo --approve"
         )
         console.print(message)
     else:
-        approvers = list(next(s for s in plan.stages if s.name == stage["name"]).gate.approvers)
         console.print(approval_hint(wave_id, stage["name"], approvers))
 
 
