@@ -518,6 +518,27 @@ def _ssh_options(raw: dict[str, Any], bad: Any) -> dict[str, Any]:
     return out
 
 
+def _parse_targets(raw_targets: Any, where: tuple[PathPart, ...], bad: Any) -> Targets | None:
+    """A stage's ``targets``: ``{patch_group: NAME}`` or ``{instance_ids: [ID, …]}``; None after a located problem."""
+    if isinstance(raw_targets, dict) and len(raw_targets) == 1 and "patch_group" in raw_targets:
+        group = raw_targets["patch_group"]
+        if not isinstance(group, str) or not 1 <= len(group) <= 256:
+            bad((*where, "targets", "patch_group"), "expected a patch group name (1–256 characters)")
+            return None
+        return Targets(patch_group=group)
+    if isinstance(raw_targets, dict) and len(raw_targets) == 1 and "instance_ids" in raw_targets:
+        ids = raw_targets["instance_ids"]
+        if not isinstance(ids, list) or not ids or not all(isinstance(x, str) and x for x in ids):
+            bad((*where, "targets", "instance_ids"), "expected a non-empty list of instance ids")
+            return None
+        if len(set(ids)) != len(ids):
+            bad((*where, "targets", "instance_ids"), "an instance id is listed twice")
+            return None
+        return Targets(instance_ids=tuple(ids))
+    bad((*where, "targets"), "required: exactly one of {patch_group: NAME} or {instance_ids: [ID, …]}")
+    return None
+
+
 def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> Stage | None:
     ok = True
     for key in raw:
@@ -532,27 +553,8 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
         bad((*where, "name"), "required: 1–64 characters of letters, digits, '_', '-' and '.'")
         ok = False
 
-    targets = Targets()
-    raw_targets = raw.get("targets")
-    if isinstance(raw_targets, dict) and len(raw_targets) == 1 and "patch_group" in raw_targets:
-        group = raw_targets["patch_group"]
-        if not isinstance(group, str) or not 1 <= len(group) <= 256:
-            bad((*where, "targets", "patch_group"), "expected a patch group name (1–256 characters)")
-            ok = False
-        else:
-            targets = Targets(patch_group=group)
-    elif isinstance(raw_targets, dict) and len(raw_targets) == 1 and "instance_ids" in raw_targets:
-        ids = raw_targets["instance_ids"]
-        if not isinstance(ids, list) or not ids or not all(isinstance(x, str) and x for x in ids):
-            bad((*where, "targets", "instance_ids"), "expected a non-empty list of instance ids")
-            ok = False
-        elif len(set(ids)) != len(ids):
-            bad((*where, "targets", "instance_ids"), "an instance id is listed twice")
-            ok = False
-        else:
-            targets = Targets(instance_ids=tuple(ids))
-    else:
-        bad((*where, "targets"), "required: exactly one of {patch_group: NAME} or {instance_ids: [ID, …]}")
+    targets = _parse_targets(raw.get("targets"), where, bad)
+    if targets is None:
         ok = False
 
     window: WindowSpec | None = None
@@ -603,7 +605,7 @@ def _parse_stage(raw: dict[str, Any], where: tuple[PathPart, ...], bad: Any) -> 
     reboot = _reboot(raw, (*where, "reboot"), bad)
     if "reboot" in raw and reboot is None:
         ok = False
-    if not ok or window is None or gate is None or choices is None:
+    if not ok or targets is None or window is None or gate is None or choices is None:
         return None
     return Stage(
         name=str(name),
