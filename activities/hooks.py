@@ -12,7 +12,6 @@ are left alone — so a step cut short by a worker crash before its heartbeat do
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import re
 import time
@@ -25,7 +24,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.patching import ExecutorFactory, build_executor, install_operation_id
+from activities.patching import ExecutorFactory, build_executor, heartbeating, install_operation_id
 from patchflow.core.hooks import (
     ASG_EXIT_STANDBY,
     ASG_STANDBY,
@@ -144,7 +143,7 @@ class HookActivities:
                 if record.status == STEP_FAILED and inp.phase != ON_EXIT:
                     return
 
-        async with _heartbeating(lambda: _details(records)):
+        async with heartbeating(details=lambda: _details(records)):
             await asyncio.gather(*(one(i) for i in inp.instance_ids))
         failed: dict[str, str] = {}
         for instance_id in inp.instance_ids:
@@ -498,24 +497,3 @@ def _resumed(details: Any, instance_ids: list[str]) -> dict[str, list[HookStepRe
 
 def _details(records: dict[str, list[HookStepRecord]]) -> dict[str, list[dict[str, Any]]]:
     return {i: [dataclasses.asdict(r) for r in rows] for i, rows in records.items() if rows}
-
-
-@contextlib.asynccontextmanager
-async def _heartbeating(details: Callable[[], Any], every: float = 2.0):  # type: ignore[no-untyped-def]
-    """Heartbeat the finished step records in the background (a heartbeat without them would erase them)."""
-    timeout = activity.info().heartbeat_timeout
-    if timeout:
-        every = min(every, timeout.total_seconds() / 3)
-
-    async def beat() -> None:
-        while True:
-            activity.heartbeat(details())
-            await asyncio.sleep(every)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task

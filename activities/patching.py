@@ -180,7 +180,7 @@ class WaveActivities:
             )
 
         try:
-            async with _heartbeating():
+            async with heartbeating():
                 outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
             ops = [install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids]
@@ -210,7 +210,7 @@ class WaveActivities:
             return _outcome(instance_id, result)
 
         try:
-            async with _heartbeating():
+            async with heartbeating():
                 outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
             # Commands sent so far keep running: the wave's abort path (wait_patch_batch with ``cancel``)
@@ -228,7 +228,7 @@ class WaveActivities:
             # The wave was cancelled while these installs were being sent: cancel them, do not wait for them.
             # An install that had succeeded all the same reports it (the instance is patched). Heartbeating:
             # cancelling an install with baseline Sources waits for its cleanup step on the instance.
-            async with _heartbeating():
+            async with heartbeating():
                 await _cancel_operations(executor, list(ops.values()))
             finished = await asyncio.gather(*(executor.operation_result(op) for op in ops.values()))
             return PatchBatchResult(
@@ -255,7 +255,7 @@ class WaveActivities:
             return _outcome(instance_id, result)
 
         try:
-            async with _heartbeating():
+            async with heartbeating():
                 outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
             await _cancelled(executor, list(ops.values()))
@@ -307,7 +307,7 @@ class WaveActivities:
                 lambda session: db.record_wave_status(session, status=status, at=inp.at),
             )
             return
-        async with _heartbeating():
+        async with heartbeating():
             rows = await self._result_rows(inp, status)
 
             def write(session: Any) -> None:
@@ -433,7 +433,7 @@ class WaveActivities:
                 failed[instance_id] = result.message or result.status
 
         try:
-            async with _heartbeating():
+            async with heartbeating():
                 await asyncio.gather(*(one(i) for i in inp.instance_ids))
         except asyncio.CancelledError:
             await _cancelled(executor, [])
@@ -499,7 +499,7 @@ class WaveActivities:
                 pending_reboot=True,
             )
 
-        async with _heartbeating():
+        async with heartbeating():
             outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
         self._metrics.reboots(inp.executor.kind, outcomes)
         return PatchBatchResult(outcomes=list(outcomes))
@@ -571,16 +571,22 @@ def _http_problem(url: str) -> str | None:
 
 
 @contextlib.asynccontextmanager
-async def _heartbeating(every: float = 2.0):  # type: ignore[no-untyped-def]
+async def heartbeating(  # type: ignore[no-untyped-def]
+    every: float = 2.0, details: Callable[[], Any] | None = None
+):
     """Heartbeat in the background while a long batch runs, so a dead worker is noticed quickly (at least three
-    beats per heartbeat timeout: a short timeout must not expire between two beats)."""
+    beats per heartbeat timeout: a short timeout must not expire between two beats). ``details``: what each beat
+    carries (a retry resumes from the last one; a beat without them would erase them)."""
     timeout = activity.info().heartbeat_timeout
     if timeout:
         every = min(every, timeout.total_seconds() / 3)
 
     async def beat() -> None:
         while True:
-            activity.heartbeat()
+            if details is None:
+                activity.heartbeat()
+            else:
+                activity.heartbeat(details())
             await asyncio.sleep(every)
 
     task = asyncio.create_task(beat())

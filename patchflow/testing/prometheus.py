@@ -234,7 +234,7 @@ def running_prometheus(
         _wait_ready(prometheus, startup_timeout)
         yield prometheus
     finally:
-        _stop(process)
+        stop_process(process)
 
 
 def _wait_ready(prometheus: Prometheus, timeout: float) -> None:
@@ -252,7 +252,8 @@ def _wait_ready(prometheus: Prometheus, timeout: float) -> None:
     raise TimeoutError(f"prometheus not ready within {timeout:.0f}s: {prometheus.log.read_text()}")
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    """Stop a process started here by its PID: SIGTERM, then SIGKILL after 10 s."""
     if process.poll() is not None:
         return
     os.kill(process.pid, signal.SIGTERM)

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -31,6 +30,7 @@ from patchflow.core.compliance import InstanceCompliance
 from patchflow.core.documents import dump_yaml
 from patchflow.core.wavemodel import StageStatus, WaveStatus
 from patchflow.metrics import Exporter, Metrics, start_http_exporter
+from patchflow.testing.prometheus import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "deploy" / "prometheus"
@@ -435,10 +435,5 @@ def test_real_prometheus_scrapes_patchflow_and_answers_every_query(
         assert {r["name"] for g in groups for r in g["rules"]} == {name for name, _ in rule_exprs()}
         assert all(r["health"] in ("ok", "unknown") for g in groups for r in g["rules"])
     finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+        stop_process(process)
         log.close()
