@@ -288,7 +288,8 @@ async def test_no_client_certificate_is_refused_with_a_clear_error(
     assert message.startswith(f"cannot reach Temporal at {frontend.address}")
     assert "without a client certificate" in message and "PATCHFLOW_TEMPORAL_TLS_CERT" in message
     assert "PATCHFLOW_API_URL" in message, "operators are pointed at the API"
-    assert frontend.refusals_after(refused) == ["PEER_DID_NOT_RETURN_A_CERTIFICATE"]
+    # gRPC may try the handshake more than once (a busy machine): every try is refused, for this reason.
+    assert set(frontend.refusals_after(refused)) == {"PEER_DID_NOT_RETURN_A_CERTIFICATE"}
 
 
 async def test_a_certificate_of_another_ca_is_refused(frontend: MutualTlsFrontend, pki: Pki) -> None:
@@ -299,7 +300,8 @@ async def test_a_certificate_of_another_ca_is_refused(frontend: MutualTlsFronten
         )
     assert f"client certificate {pki.intruder[0]}" in str(caught.value)
     assert "refused that certificate" in str(caught.value)
-    assert frontend.refusals_after(refused) == ["CERTIFICATE_VERIFY_FAILED"]
+    # gRPC may try the handshake more than once (a busy machine): every try is refused, for this reason.
+    assert set(frontend.refusals_after(refused)) == {"CERTIFICATE_VERIFY_FAILED"}
 
 
 async def test_plain_grpc_is_refused_and_told_about_tls(frontend: MutualTlsFrontend) -> None:
