@@ -434,7 +434,7 @@ def analysis_lines(stage: dict[str, Any]) -> list[str]:
             f"  {stage['name']}: analysis {result} over {analysis['instances']} instance(s): {tallies}"
         )
     for m in stage.get("measurements", [])[-SHOWN_MEASUREMENTS:]:
-        values = ", ".join(f"{v:g}" for v in m["values"]) or "no value"
+        values = ", ".join("NaN" if v is None else f"{v:g}" for v in m["values"]) or "no value"
         baseline = f" (baseline {m['baseline']:g})" if m.get("baseline") is not None else ""
         detail = f": {m['detail']}" if m.get("detail") else ""
         lines.append(f"    {m['at'][11:19]} {m['query']} {m['verdict']} {values}{baseline}{detail}")

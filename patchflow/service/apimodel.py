@@ -12,8 +12,9 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from patchflow.core.analysis import finite
 from patchflow.core.wavemodel import WAVE_STATES
 from workflows.wave import MAX_COMMENT
 
@@ -212,6 +213,53 @@ class RebootDebtOut(_Model):
     reboot_window_start: str | None
 
 
+class QueryTallyOut(_Model):
+    """How one analysis query's measurements went so far."""
+
+    successful: int
+    failed: int
+    """Failed measurements (a query Prometheus could not answer counts as failed)."""
+    inconclusive: int
+    """No series, NaN, or a missing baseline."""
+
+
+class AnalysisOut(_Model):
+    """The stage's ``gate.analysis`` (Argo Rollouts' AnalysisTemplate semantics)."""
+
+    result: str
+    """Empty while it runs; then successful, failed or inconclusive."""
+    instances: int
+    """Instances analysed."""
+    queries: dict[str, QueryTallyOut]
+    """Query name → its tally."""
+
+
+class MeasurementOut(_Model):
+    """One measurement of one analysis query."""
+
+    query: str
+    at: str
+    """When it was taken (RFC 3339, UTC)."""
+    verdict: str
+    """successful, failed, inconclusive or error."""
+    values: list[float | None]
+    """The query's values (its first series); null where Prometheus answered NaN or ±Inf."""
+    baseline: float | None
+    """With ``compare: unpatched``: the mean of the baseline query over the unpatched instances."""
+    detail: str
+
+    @field_validator("values", mode="after")
+    @classmethod
+    def _finite_values(cls, values: list[float | None]) -> list[float | None]:
+        # JSON has no NaN or Infinity (an API answer with them would not even be sent).
+        return [finite(v) for v in values]
+
+    @field_validator("baseline", mode="after")
+    @classmethod
+    def _finite_baseline(cls, value: float | None) -> float | None:
+        return finite(value)
+
+
 class StageOut(_Model):
     name: str
     state: str
@@ -227,6 +275,13 @@ class StageOut(_Model):
     """The stage's disruption budget and, while it runs, the groups at their limit and the zone rolling out."""
     reboot_debt: RebootDebtOut | None = None
     """Stages with ``reboot:`` (or NoReboot installs): instances patched and waiting for a reboot."""
+    blocked_by: str | None = None
+    """Why dispatch waits right now (``block_on_alerts``: the firing alerts, or an unreachable Prometheus);
+    null when it does not."""
+    analysis: AnalysisOut | None = None
+    """Stages with ``gate.analysis``: the analysis so far (null before it starts)."""
+    measurements: list[MeasurementOut] = []
+    """The analysis' measurements, oldest first (the newest 60; ``analysis.queries`` counts them all)."""
 
 
 class AuditOut(_Model):

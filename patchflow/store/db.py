@@ -27,7 +27,6 @@ import dataclasses
 import hashlib
 import hmac
 import json
-import math
 import secrets
 import sys
 import threading
@@ -46,6 +45,7 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import JSON, Field, Session, SQLModel, col, select
 
+from patchflow.core.analysis import finite
 from patchflow.core.approvers import token_name_problem
 from patchflow.core.evaluation import PatchSet
 from patchflow.core.wavemodel import (
@@ -732,8 +732,8 @@ def stage_rollout(st: StageStatus) -> dict[str, Any] | None:
     rollout = analysis_json(st)
     for measurement in rollout.get("measurements", []):
         # Prometheus answers NaN and ±Inf (0/0, x/0); JSON has no such numbers and PostgreSQL refuses them.
-        measurement["values"] = [_finite(v) for v in measurement["values"]]
-        measurement["baseline"] = _finite(measurement["baseline"])
+        measurement["values"] = [finite(v) for v in measurement["values"]]
+        measurement["baseline"] = finite(measurement["baseline"])
     if st.disruption:
         rollout["disruption_budget"] = st.disruption
     if st.reboot_debt_count or st.reboot_state:
@@ -747,10 +747,6 @@ def stage_rollout(st: StageStatus) -> dict[str, Any] | None:
             ),
         }
     return rollout or None
-
-
-def _finite(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 def _iso(value: datetime | None) -> str | None:
