@@ -77,6 +77,8 @@ def plan_command(
         )
         if stage.get("disruption"):
             out.print(f"  {disruption_line(stage['disruption'])}")
+        for line in rollout_control_lines(stage):
+            out.print(f"  {line}", markup=False, highlight=False)
         for window in stage["windows"]:
             for skipped in window.get("skipped", []):
                 out.print(
@@ -364,6 +366,50 @@ def disruption_line(disruption: dict[str, Any]) -> str:
     if disruption["zones"]:
         parts.append(f"zone_by_zone, zones in order: {', '.join(disruption['zones'])}")
     return "; ".join(parts)
+
+
+def rollout_control_lines(stage: dict[str, Any]) -> list[str]:
+    """A dry run's stage, compactly: its lifecycle hooks (steps per phase), reboots, canary and analysis queries,
+    and alert blocking (one line each, only what the plan sets)."""
+    lines: list[str] = []
+    hooks = stage.get("hooks")
+    if hooks:
+        phases = ", ".join(f"{phase} {count}" for phase, count in hooks["phases"].items())
+        lines.append(f"hooks: {phases} step(s); on_hook_failure {hooks['on_hook_failure']}")
+    reboot = stage.get("reboot")
+    if reboot:
+        where = f"in the reboot window {reboot['window']}" if reboot["window"] else "right after the install"
+        line = f"reboot: {reboot['policy']}, {where}"
+        if reboot["max_concurrency"]:
+            line += f", {reboot['max_concurrency']} at once"
+        if reboot["deadline_days"]:
+            line += f", overdue after {reboot['deadline_days']} day(s)"
+        lines.append(
+            line if reboot["policy"] != "never" else "reboot: never (instances needing one stay reboot debt)"
+        )
+    canary = stage.get("canary")
+    if canary:
+        lines.append(
+            f"canary: the first {canary['count']} target(s), soak {canary['soak_seconds']}s, then the analysis"
+        )
+    analysis = stage.get("analysis")
+    if analysis:
+        queries = "; ".join(
+            f"{q['name']} `{q['query']}` {q['success']}, {q['count']}x every {q['interval_seconds']}s"
+            + (f", failure_limit {q['failure_limit']}" if q["failure_limit"] else "")
+            for q in analysis["queries"]
+        )
+        compare = f", compare {analysis['compare']}" if analysis["compare"] else ""
+        lines.append(
+            f"analysis at {analysis['prometheus']}: {queries}{compare}; inconclusive: {analysis['inconclusive']}"
+        )
+    block = stage.get("block_on_alerts")
+    if block:
+        lines.append(
+            f"block_on_alerts: no dispatch while an alert matching {block['match']} fires at "
+            f"{block['prometheus']} (checked every {block['check_seconds']}s)"
+        )
+    return lines
 
 
 def print_status(status: dict[str, Any]) -> None:

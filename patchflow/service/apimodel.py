@@ -368,6 +368,57 @@ class DisruptionOut(_Model):
     """``zone_by_zone``: the zones in rollout order."""
 
 
+class HooksPreviewOut(_Model):
+    phases: dict[str, int]
+    """Phase (pre_install, post_install, post_reboot, on_exit) → its steps as they run (``on_exit`` with the
+    automatic undo steps); phases without steps are left out."""
+    on_hook_failure: str
+    """``fail_instance`` or ``halt_stage``."""
+
+
+class RebootPreviewOut(_Model):
+    policy: str
+    """``if_needed``, ``always`` or ``never``."""
+    window: str | None
+    """The separate reboot window (``cron(…) UTC, 4h``); null: right after the install."""
+    max_concurrency: str | None
+    """Reboot window: instances rebooted at once; null: the stage's ``max_concurrency``."""
+    deadline_days: int | None
+    """Reboot debt older than this is overdue; null: no deadline."""
+
+
+class CanaryPreviewOut(_Model):
+    count: int
+    """The stage's first ``count`` targets are patched first."""
+    soak_seconds: int
+
+
+class AnalysisQueryPreviewOut(_Model):
+    name: str
+    query: str
+    """PromQL (``{{instances}}``: the analysed instance ids)."""
+    success: str
+    count: int
+    interval_seconds: int
+    failure_limit: int
+
+
+class AnalysisPreviewOut(_Model):
+    prometheus: str
+    queries: list[AnalysisQueryPreviewOut]
+    compare: str | None
+    """``unpatched``, or null."""
+    inconclusive: str
+    """``approval``, ``halt`` or ``continue``."""
+
+
+class AlertBlockPreviewOut(_Model):
+    prometheus: str
+    match: str
+    """Regex searched in each firing alert's name."""
+    check_seconds: int
+
+
 class DryRunStage(_Model):
     name: str
     targets: list[TargetOut]
@@ -386,6 +437,14 @@ class DryRunStage(_Model):
     """What each window's cutoff does: ``carry_over``, ``continue`` or ``cancel``."""
     disruption: DisruptionOut | None = None
     """The stage's disruption budget and zone order applied to its targets; null without either."""
+    hooks: HooksPreviewOut | None = None
+    """The stage's lifecycle hooks; null without any."""
+    reboot: RebootPreviewOut | None = None
+    """The stage's ``reboot:``; null: the executor's reboot option decides."""
+    canary: CanaryPreviewOut | None = None
+    analysis: AnalysisPreviewOut | None = None
+    """``gate.analysis``: what promotes the canaries (or, without a canary, the stage)."""
+    block_on_alerts: AlertBlockPreviewOut | None = None
 
 
 class DryRunOut(_Model):

@@ -911,3 +911,71 @@ async def test_wave_status_carries_analysis_measurements_and_alert_blocking(
     finally:
         cancelled = await http.post(f"/waves/{wave_id}/cancel", json={}, headers=stack.auth("olga"))
         assert cancelled.status_code == 200, cancelled.text
+
+
+async def test_the_dry_run_shows_hooks_reboots_canary_analysis_and_alert_blocking(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """``POST /plans/dry-run`` answers per stage what ``patchflow plan --format json`` shows of its rollout
+    controls (null where the plan sets none)."""
+    plans = stack.settings.api_plans_dir_resolved
+    fleet = yaml.safe_load((EXAMPLES_DIR / "fleet.yaml").read_text())
+    (plans / "controls-fleet.yaml").write_text(dump_yaml({**fleet, "name": "controls"}))
+    plan = yaml.safe_load((plans / "demo.yaml").read_text())
+    prod = plan["stages"][2]
+    prod["hooks"] = {
+        "pre_install": ["systemctl stop app"],
+        "post_reboot": [{"http": {"url": "http://127.0.0.1:1/"}}],
+    }
+    prod["reboot"] = {"policy": "always", "deadline_days": 2}
+    prod["canary"] = {"count": 1, "soak_seconds": 30}
+    prod["gate"] = {
+        "analysis": {
+            "prometheus": "http://127.0.0.1:9090",
+            "queries": [{"name": "errors", "query": 'up{host=~"{{instances}}"}', "success": "== 1"}],
+        }
+    }
+    plan["block_on_alerts"] = {
+        "prometheus": "http://127.0.0.1:9090",
+        "match": "^NodeDown$",
+        "check_seconds": 5,
+    }
+    (plans / "controls.yaml").write_text(
+        dump_yaml(
+            {**plan, "name": "controls", "executor": {"kind": "simulated", "fleet": "controls-fleet.yaml"}}
+        )
+    )
+    dry = await http.post(
+        "/plans/dry-run", json={"plan": "controls.yaml", "at": AT}, headers=stack.auth("olga")
+    )
+    assert dry.status_code == 200, dry.text
+    dev, _, shown = dry.json()["stages"]
+    assert shown["hooks"] == {
+        "phases": {"pre_install": 1, "post_reboot": 1},
+        "on_hook_failure": "fail_instance",
+    }
+    assert shown["reboot"] == {
+        "policy": "always",
+        "window": None,
+        "max_concurrency": None,
+        "deadline_days": 2,
+    }
+    assert shown["canary"] == {"count": 1, "soak_seconds": 30}
+    assert shown["analysis"] == {
+        "prometheus": "http://127.0.0.1:9090",
+        "queries": [
+            {
+                "name": "errors",
+                "query": 'up{host=~"{{instances}}"}',
+                "success": "== 1",
+                "count": 1,
+                "interval_seconds": 60,
+                "failure_limit": 0,
+            }
+        ],
+        "compare": None,
+        "inconclusive": "halt",
+    }
+    block = {"prometheus": "http://127.0.0.1:9090", "match": "^NodeDown$", "check_seconds": 5}
+    assert shown["block_on_alerts"] == dev["block_on_alerts"] == block
+    assert [dev[k] for k in ("hooks", "reboot", "canary", "analysis")] == [None] * 4
