@@ -271,11 +271,19 @@ def _wave_path(wave_id: str, *rest: str) -> str:
     return "/".join(("/waves", quote(wave_id, safe=""), *rest))
 
 
+_STAGE_ROLLOUT_KEYS = ("blocked_by", "analysis", "measurements", "disruption_budget", "reboot_debt")
+"""Stage keys ``wave status --format json`` leaves out when empty (the API answers them as null or [])."""
+
+
 def wave_status(api: RemoteApi, wave_id: str) -> dict[str, Any]:
-    """``GET /waves/{id}`` in the shape of ``wave status --format json`` (an instance without a detail has no
-    ``detail`` key, as in local mode)."""
+    """``GET /waves/{id}`` in the shape of ``wave status --format json``: as in local mode, an instance without
+    a detail has no ``detail`` key, and a stage has its rollout keys (``blocked_by``, ``analysis``,
+    ``measurements``, ``disruption_budget``, ``reboot_debt``) only when it uses them."""
     status: dict[str, Any] = api.call("GET", _wave_path(wave_id))
     for stage in status.get("stages", []):
+        for key in _STAGE_ROLLOUT_KEYS:
+            if not stage.get(key):
+                stage.pop(key, None)
         for instance in stage.get("instances", []):
             if instance.get("detail") is None:
                 instance.pop("detail", None)

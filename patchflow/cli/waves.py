@@ -77,6 +77,8 @@ def plan_command(
         )
         if stage.get("disruption"):
             out.print(f"  {disruption_line(stage['disruption'])}")
+        for line in rollout_control_lines(stage):
+            out.print(f"  {line}", markup=False, highlight=False)
         for window in stage["windows"]:
             for skipped in window.get("skipped", []):
                 out.print(
@@ -366,6 +368,50 @@ def disruption_line(disruption: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def rollout_control_lines(stage: dict[str, Any]) -> list[str]:
+    """A dry run's stage, compactly: its lifecycle hooks (steps per phase), reboots, canary and analysis queries,
+    and alert blocking (one line each, only what the plan sets)."""
+    lines: list[str] = []
+    hooks = stage.get("hooks")
+    if hooks:
+        phases = ", ".join(f"{phase} {count}" for phase, count in hooks["phases"].items())
+        lines.append(f"hooks: {phases} step(s); on_hook_failure {hooks['on_hook_failure']}")
+    reboot = stage.get("reboot")
+    if reboot:
+        where = f"in the reboot window {reboot['window']}" if reboot["window"] else "right after the install"
+        line = f"reboot: {reboot['policy']}, {where}"
+        if reboot["max_concurrency"]:
+            line += f", {reboot['max_concurrency']} at once"
+        if reboot["deadline_days"]:
+            line += f", overdue after {reboot['deadline_days']} day(s)"
+        lines.append(
+            line if reboot["policy"] != "never" else "reboot: never (instances needing one stay reboot debt)"
+        )
+    canary = stage.get("canary")
+    if canary:
+        lines.append(
+            f"canary: the first {canary['count']} target(s), soak {canary['soak_seconds']}s, then the analysis"
+        )
+    analysis = stage.get("analysis")
+    if analysis:
+        queries = "; ".join(
+            f"{q['name']} `{q['query']}` {q['success']}, {q['count']}x every {q['interval_seconds']}s"
+            + (f", failure_limit {q['failure_limit']}" if q["failure_limit"] else "")
+            for q in analysis["queries"]
+        )
+        compare = f", compare {analysis['compare']}" if analysis["compare"] else ""
+        lines.append(
+            f"analysis at {analysis['prometheus']}: {queries}{compare}; inconclusive: {analysis['inconclusive']}"
+        )
+    block = stage.get("block_on_alerts")
+    if block:
+        lines.append(
+            f"block_on_alerts: no dispatch while an alert matching {block['match']} fires at "
+            f"{block['prometheus']} (checked every {block['check_seconds']}s)"
+        )
+    return lines
+
+
 def print_status(status: dict[str, Any]) -> None:
     out.print(
         f"wave [bold]{status['wave_id']}[/] ({status['plan']}): [bold]{status['state']}[/]  patch set {status['patch_set_id']}"
@@ -434,7 +480,7 @@ def analysis_lines(stage: dict[str, Any]) -> list[str]:
             f"  {stage['name']}: analysis {result} over {analysis['instances']} instance(s): {tallies}"
         )
     for m in stage.get("measurements", [])[-SHOWN_MEASUREMENTS:]:
-        values = ", ".join(f"{v:g}" for v in m["values"]) or "no value"
+        values = ", ".join("NaN" if v is None else f"{v:g}" for v in m["values"]) or "no value"
         baseline = f" (baseline {m['baseline']:g})" if m.get("baseline") is not None else ""
         detail = f": {m['detail']}" if m.get("detail") else ""
         lines.append(f"    {m['at'][11:19]} {m['query']} {m['verdict']} {values}{baseline}{detail}")

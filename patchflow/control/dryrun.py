@@ -11,11 +11,14 @@ from zoneinfo import ZoneInfo
 from patchflow.config import Settings
 from patchflow.control.waves import executor_ref, plan_freezes
 from patchflow.core import versions
+from patchflow.core.analysis import AlertBlockSpec
 from patchflow.core.disruption import preview as disruption_preview
 from patchflow.core.freezes import HORIZON, FreezePeriod, first_allowed_window, freeze_at, freeze_note
 from patchflow.core.freezes import preview as freeze_preview
+from patchflow.core.hooks import PHASES
 from patchflow.core.instances import InstanceInfo
 from patchflow.core.plans import Plan, Stage
+from patchflow.core.windows import WindowSpec
 from patchflow.errors import InputError
 from patchflow.executors.base import Executor, Package
 from patchflow.executors.factory import ExecutorConfigError, build_executor
@@ -63,6 +66,7 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
                 "disruption": disruption_preview(
                     stage.disruption_budget, stage.rollout, [instances[i] for i in ids]
                 ),
+                **rollout_controls(stage, plan.block_on_alerts),
                 "problems": _stage_problems(stage, (ids, missing), windows, at, bool(freezes)),
             }
         )
@@ -79,6 +83,74 @@ async def dry_run(plan: Plan, settings: Settings, at: datetime) -> dict[str, Any
         ][:10],
         "problems": [f"{s['name']}: {p}" for s in stages for p in s["problems"]],
     }
+
+
+def rollout_controls(stage: Stage, plan_block: AlertBlockSpec | None = None) -> dict[str, Any]:
+    """What the stage does around each install and before promoting (null where the plan sets nothing):
+    lifecycle hooks (steps per phase, as they run: ``on_exit`` with its automatic undo steps), reboots, the
+    canary, the analysis and alert blocking (the stage's own, else ``plan_block``, the plan's)."""
+    hooks, reboot, analysis = stage.hooks, stage.reboot, stage.gate.analysis
+    block = stage.block_on_alerts or plan_block
+    return {
+        "hooks": (
+            {
+                "phases": {phase: len(hooks.steps(phase)) for phase in PHASES if hooks.steps(phase)},
+                "on_hook_failure": hooks.on_hook_failure,
+            }
+            if hooks is not None and hooks.has_steps
+            else None
+        ),
+        "reboot": (
+            {
+                "policy": reboot.policy,
+                "window": _window_text(reboot.window) if reboot.window is not None else None,
+                "max_concurrency": reboot.max_concurrency or None,
+                "deadline_days": reboot.deadline_days or None,
+            }
+            if reboot is not None
+            else None
+        ),
+        "canary": (
+            {"count": stage.canary.count, "soak_seconds": stage.canary.soak_seconds}
+            if stage.canary is not None
+            else None
+        ),
+        "analysis": (
+            {
+                "prometheus": analysis.prometheus,
+                "queries": [
+                    {
+                        "name": q.name,
+                        "query": q.query,
+                        "success": q.success,
+                        "count": q.count,
+                        "interval_seconds": q.interval_seconds,
+                        "failure_limit": q.failure_limit,
+                    }
+                    for q in analysis.queries
+                ],
+                "compare": analysis.compare or None,
+                "inconclusive": analysis.inconclusive,
+            }
+            if analysis is not None
+            else None
+        ),
+        "block_on_alerts": (
+            {"prometheus": block.prometheus, "match": block.match, "check_seconds": block.check_seconds}
+            if block is not None
+            else None
+        ),
+    }
+
+
+def _window_text(window: WindowSpec) -> str:
+    """``cron(0 3 ? * SUN *) Europe/Berlin, 4h`` (offset and cutoff when set)."""
+    text = f"{window.schedule} {window.timezone}, {window.duration_hours}h"
+    if window.offset_days:
+        text += f", offset {window.offset_days}d"
+    if window.cutoff_hours:
+        text += f", cutoff {window.cutoff_hours}h"
+    return text
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ from patchflow.core.wavemodel import (
     WaveInput,
     WaveResult,
     WaveStatus,
+    analysis_json,
 )
 from patchflow.errors import InputError, NotFoundError, PatchflowError
 from patchflow.executors.base import Package
@@ -487,7 +488,7 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                 "waiting_since": st.waiting_since.isoformat() if st.waiting_since else None,
                 "note": st.note,
                 **({"disruption_budget": st.disruption} if st.disruption else {}),
-                **_analysis_json(st),
+                **analysis_json(st),
                 "instances": [
                     {
                         "id": i,
@@ -507,22 +508,6 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
         ],
         "audit": [{**asdict(a), "at": a.at.isoformat()} for a in status.audit],
     }
-
-
-def _analysis_json(st: StageStatus) -> dict[str, Any]:
-    """A stage's analysis, measurements and alert blocking (keys present only when the plan uses them)."""
-    out: dict[str, Any] = {}
-    if st.blocked_by:
-        out["blocked_by"] = st.blocked_by
-    if st.analysis is not None:
-        out["analysis"] = {
-            "result": st.analysis.result,
-            "instances": st.analysis.instances,
-            "queries": {name: asdict(tally) for name, tally in st.analysis.tallies.items()},
-        }
-    if st.measurements:
-        out["measurements"] = [{**asdict(m), "at": m.at.isoformat()} for m in st.measurements]
-    return out
 
 
 async def act(

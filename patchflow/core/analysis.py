@@ -189,6 +189,11 @@ class AnalysisSummary:
 # ---------------------------------------------------------------------------------------------- verdicts
 
 
+def finite(value: float | None) -> float | None:
+    """``value``, or None for NaN and ±Inf (which Prometheus answers for 0/0 and x/0, and JSON cannot hold)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
 def inconclusive_limit(query: AnalysisQuery) -> int:
     """Inconclusive measurements the query tolerates."""
     return query.inconclusive_limit if query.inconclusive_limit is not None else (query.count - 1) // 2

@@ -8,8 +8,9 @@ decode). Everything here is plain data — no behaviour that touches I/O — so 
 from __future__ import annotations
 
 import itertools
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
+from typing import Any
 
 from patchflow.core.analysis import AlertBlockSpec, AnalysisSpec, AnalysisSummary, Measurement
 from patchflow.core.freezes import FreezePeriod
@@ -577,6 +578,23 @@ class StageStatus:
     """"" (no reboot window), ``waiting_window``, ``done`` or ``cancelled``: the stage's reboot window."""
     reboot_debt_since: datetime | None = None
     """The oldest reboot debt of the stage (kept in summaries; per instance: ``reboot_debt`` and the details)."""
+
+
+def analysis_json(st: StageStatus) -> dict[str, Any]:
+    """A stage's alert blocking, analysis and measurements as JSON (``wave status --format json``, the API and
+    the history database): keys present only when the plan uses them."""
+    out: dict[str, Any] = {}
+    if st.blocked_by:
+        out["blocked_by"] = st.blocked_by
+    if st.analysis is not None:
+        out["analysis"] = {
+            "result": st.analysis.result,
+            "instances": st.analysis.instances,
+            "queries": {name: asdict(tally) for name, tally in st.analysis.tallies.items()},
+        }
+    if st.measurements:
+        out["measurements"] = [{**asdict(m), "at": m.at.isoformat()} for m in st.measurements]
+    return out
 
 
 @dataclass

@@ -12,8 +12,9 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, field_validator
 
+from patchflow.core.analysis import finite
 from patchflow.core.wavemodel import WAVE_STATES
 from workflows.wave import MAX_COMMENT
 
@@ -212,6 +213,53 @@ class RebootDebtOut(_Model):
     reboot_window_start: str | None
 
 
+class QueryTallyOut(_Model):
+    """How one analysis query's measurements went so far."""
+
+    successful: int
+    failed: int
+    """Failed measurements (a query Prometheus could not answer counts as failed)."""
+    inconclusive: int
+    """No series, NaN, or a missing baseline."""
+
+
+class AnalysisOut(_Model):
+    """The stage's ``gate.analysis`` (Argo Rollouts' AnalysisTemplate semantics)."""
+
+    result: str
+    """Empty while it runs; then successful, failed or inconclusive."""
+    instances: int
+    """Instances analysed."""
+    queries: dict[str, QueryTallyOut]
+    """Query name → its tally."""
+
+
+class MeasurementOut(_Model):
+    """One measurement of one analysis query."""
+
+    query: str
+    at: str
+    """When it was taken (RFC 3339, UTC)."""
+    verdict: str
+    """successful, failed, inconclusive or error."""
+    values: list[float | None]
+    """The query's values (its first series); null where Prometheus answered NaN or ±Inf."""
+    baseline: float | None
+    """With ``compare: unpatched``: the mean of the baseline query over the unpatched instances."""
+    detail: str
+
+    @field_validator("values", mode="after")
+    @classmethod
+    def _finite_values(cls, values: list[float | None]) -> list[float | None]:
+        # JSON has no NaN or Infinity (an API answer with them would not even be sent).
+        return [finite(v) for v in values]
+
+    @field_validator("baseline", mode="after")
+    @classmethod
+    def _finite_baseline(cls, value: float | None) -> float | None:
+        return finite(value)
+
+
 class StageOut(_Model):
     name: str
     state: str
@@ -227,6 +275,13 @@ class StageOut(_Model):
     """The stage's disruption budget and, while it runs, the groups at their limit and the zone rolling out."""
     reboot_debt: RebootDebtOut | None = None
     """Stages with ``reboot:`` (or NoReboot installs): instances patched and waiting for a reboot."""
+    blocked_by: str | None = None
+    """Why dispatch waits right now (``block_on_alerts``: the firing alerts, or an unreachable Prometheus);
+    null when it does not."""
+    analysis: AnalysisOut | None = None
+    """Stages with ``gate.analysis``: the analysis so far (null before it starts)."""
+    measurements: list[MeasurementOut] = []
+    """The analysis' measurements, oldest first (the newest 60; ``analysis.queries`` counts them all)."""
 
 
 class AuditOut(_Model):
@@ -313,6 +368,57 @@ class DisruptionOut(_Model):
     """``zone_by_zone``: the zones in rollout order."""
 
 
+class HooksPreviewOut(_Model):
+    phases: dict[str, int]
+    """Phase (pre_install, post_install, post_reboot, on_exit) → its steps as they run (``on_exit`` with the
+    automatic undo steps); phases without steps are left out."""
+    on_hook_failure: str
+    """``fail_instance`` or ``halt_stage``."""
+
+
+class RebootPreviewOut(_Model):
+    policy: str
+    """``if_needed``, ``always`` or ``never``."""
+    window: str | None
+    """The separate reboot window (``cron(…) UTC, 4h``); null: right after the install."""
+    max_concurrency: str | None
+    """Reboot window: instances rebooted at once; null: the stage's ``max_concurrency``."""
+    deadline_days: int | None
+    """Reboot debt older than this is overdue; null: no deadline."""
+
+
+class CanaryPreviewOut(_Model):
+    count: int
+    """The stage's first ``count`` targets are patched first."""
+    soak_seconds: int
+
+
+class AnalysisQueryPreviewOut(_Model):
+    name: str
+    query: str
+    """PromQL (``{{instances}}``: the analysed instance ids)."""
+    success: str
+    count: int
+    interval_seconds: int
+    failure_limit: int
+
+
+class AnalysisPreviewOut(_Model):
+    prometheus: str
+    queries: list[AnalysisQueryPreviewOut]
+    compare: str | None
+    """``unpatched``, or null."""
+    inconclusive: str
+    """``approval``, ``halt`` or ``continue``."""
+
+
+class AlertBlockPreviewOut(_Model):
+    prometheus: str
+    match: str
+    """Regex searched in each firing alert's name."""
+    check_seconds: int
+
+
 class DryRunStage(_Model):
     name: str
     targets: list[TargetOut]
@@ -331,6 +437,14 @@ class DryRunStage(_Model):
     """What each window's cutoff does: ``carry_over``, ``continue`` or ``cancel``."""
     disruption: DisruptionOut | None = None
     """The stage's disruption budget and zone order applied to its targets; null without either."""
+    hooks: HooksPreviewOut | None = None
+    """The stage's lifecycle hooks; null without any."""
+    reboot: RebootPreviewOut | None = None
+    """The stage's ``reboot:``; null: the executor's reboot option decides."""
+    canary: CanaryPreviewOut | None = None
+    analysis: AnalysisPreviewOut | None = None
+    """``gate.analysis``: what promotes the canaries (or, without a canary, the stage)."""
+    block_on_alerts: AlertBlockPreviewOut | None = None
 
 
 class DryRunOut(_Model):

@@ -45,12 +45,15 @@ from sqlalchemy.dialects import sqlite as sqlite_dialect
 from sqlalchemy.engine import Engine, make_url
 from sqlmodel import JSON, Field, Session, SQLModel, col, select
 
+from patchflow.core.analysis import finite
 from patchflow.core.approvers import token_name_problem
 from patchflow.core.evaluation import PatchSet
 from patchflow.core.wavemodel import (
     WAVE_FINAL_STATES,
     WAVE_STATES,
+    StageStatus,
     WaveStatus,
+    analysis_json,
 )
 from patchflow.errors import InputError, NotFoundError, PatchflowError
 
@@ -160,6 +163,12 @@ class StageBase(SQLModel):
     window_start: datetime | None = None
     window_cutoff: datetime | None = None
     note: str = Field(default="", sa_type=sa.Text)
+    rollout: dict[str, Any] | None = Field(default=None, sa_type=JSON)
+    """What the stage's rollout controls did (:func:`stage_rollout`): ``disruption_budget``, ``blocked_by``,
+    ``analysis`` (result, instances, per query its tally), ``measurements`` (the newest ones the status keeps)
+    and ``reboot_debt`` (``instances``, ``since``, ``deadline_days``, ``reboot_window``,
+    ``reboot_window_start``); each key only when the plan uses it. ``None``: none used (and every stage
+    recorded before revision 0005)."""
 
 
 class Stage(StageBase, table=True):
@@ -665,6 +674,7 @@ def record_wave_status(session: Session, *, status: WaveStatus, at: datetime | N
                 "window_start": _utc_opt(st.window_start, f"stage {st.name} window_start"),
                 "window_cutoff": _utc_opt(st.window_cutoff, f"stage {st.name} window_cutoff"),
                 "note": st.note,
+                "rollout": stage_rollout(st),
                 "updated_at": at,
             }
         )
@@ -713,6 +723,34 @@ def record_wave_status(session: Session, *, status: WaveStatus, at: datetime | N
     session.commit()  # the wave's rows first: the chain's lock is held only while appending to it
     _append_chained(session, audit_rows)
     session.commit()
+
+
+def stage_rollout(st: StageStatus) -> dict[str, Any] | None:
+    """The stage's ``rollout`` column: its analysis and alert blocking as ``wave status`` shows them, its
+    disruption budget and its reboot debt summed up (a count, not the per-instance map, which grows with the
+    stage). ``None`` for a stage that uses none of them."""
+    rollout = analysis_json(st)
+    for measurement in rollout.get("measurements", []):
+        # Prometheus answers NaN and ±Inf (0/0, x/0); JSON has no such numbers and PostgreSQL refuses them.
+        measurement["values"] = [finite(v) for v in measurement["values"]]
+        measurement["baseline"] = finite(measurement["baseline"])
+    if st.disruption:
+        rollout["disruption_budget"] = st.disruption
+    if st.reboot_debt_count or st.reboot_state:
+        rollout["reboot_debt"] = {
+            "instances": st.reboot_debt_count,
+            "since": _iso(_utc_opt(st.reboot_debt_since, f"stage {st.name} reboot_debt_since")),
+            "deadline_days": st.reboot_deadline_days,
+            "reboot_window": st.reboot_state or None,
+            "reboot_window_start": _iso(
+                _utc_opt(st.reboot_window_start, f"stage {st.name} reboot_window_start")
+            ),
+        }
+    return rollout or None
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
 
 
 def get_wave(session: Session, *, wave_id: str) -> WaveDetail:

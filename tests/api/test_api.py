@@ -811,3 +811,171 @@ def test_patchflow_api_command_serves_and_stops(stack: Stack, tmp_path: Path) ->
     assert proc.returncode == 0, stderr
     assert "Traceback" not in stderr
     assert f"patchflow API on http://127.0.0.1:{port}" in stderr
+
+
+# ---------------------------------------------------------------------------------------------- rollout status
+
+
+async def test_wave_status_carries_analysis_measurements_and_alert_blocking(
+    stack: Stack, http: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """``GET /waves/{id}`` answers a stage's ``analysis``, ``measurements`` and ``blocked_by`` as ``wave status
+    --format json`` has them, so a remote ``wave status`` (``PATCHFLOW_API_URL``) shows them too. A real
+    Prometheus (Debian's package) answers the analysis: ``vector(0.001)`` passes ``< 0.01``, ``vector(NaN)`` is
+    inconclusive (JSON has no NaN: the API answers null). Alert blocking fails safe on a Prometheus that cannot
+    be asked, as kured does (https://kured.dev/docs/configuration/)."""
+    from patchflow.cli.remote import RemoteApi
+    from patchflow.cli.remote import wave_status as remote_wave_status
+    from patchflow.control.waves import status_json, wave_status
+    from patchflow.testing.prometheus import PrometheusNotInstalled, running_prometheus
+
+    plans = stack.settings.api_plans_dir_resolved
+    fleet = yaml.safe_load((EXAMPLES_DIR / "fleet.yaml").read_text())
+    (plans / "analysed-fleet.yaml").write_text(dump_yaml({**fleet, "name": "analysed"}))
+    plan = yaml.safe_load((plans / "demo.yaml").read_text())
+    dev, test_stage = plan["stages"][0], plan["stages"][1]
+    try:
+        with running_prometheus(tmp_path / "prom", []) as prom:
+            queries = [
+                {
+                    "name": "ok",
+                    "query": "vector(0.001)",
+                    "interval_seconds": 1,
+                    "count": 2,
+                    "success": "< 0.01",
+                },
+                {
+                    "name": "nan",
+                    "query": "vector(NaN)",
+                    "interval_seconds": 1,
+                    "count": 1,
+                    "success": "< 0.01",
+                },
+            ]
+            dev["canary"] = {"count": 1, "soak_seconds": 0}
+            dev["gate"] = {
+                "analysis": {"prometheus": prom.url, "queries": queries, "inconclusive": "continue"}
+            }
+            test_stage["block_on_alerts"] = {
+                "prometheus": f"http://127.0.0.1:{free_port()}",  # nobody answers there
+                "match": "^NodeDown$",
+                "check_seconds": 1,
+            }
+            (plans / "analysed.yaml").write_text(
+                dump_yaml(
+                    {
+                        **plan,
+                        "name": "analysed",
+                        "executor": {**plan["executor"], "fleet": "analysed-fleet.yaml"},
+                        "stages": [dev, test_stage],
+                    }
+                )
+            )
+            started = await http.post("/waves", json={"plan": "analysed.yaml"}, headers=stack.auth("root"))
+            assert started.status_code == 201, started.text
+            wave_id = started.json()["wave_id"]
+            detail = await wait_for(
+                http, stack, wave_id, lambda d: bool(d["stages"][1].get("blocked_by")), timeout=90
+            )
+    except PrometheusNotInstalled as exc:
+        pytest.skip(str(exc))
+    try:
+        first, second = detail["stages"]
+        assert first["analysis"] == {
+            "result": "inconclusive",
+            "instances": 1,
+            "queries": {
+                "ok": {"successful": 2, "failed": 0, "inconclusive": 0},
+                "nan": {"successful": 0, "failed": 0, "inconclusive": 1},
+            },
+        }
+        by_query = {m["query"]: m for m in first["measurements"]}
+        assert len(first["measurements"]) == 3
+        assert by_query["ok"]["verdict"] == "successful" and by_query["ok"]["values"] == [0.001]
+        assert by_query["nan"]["verdict"] == "inconclusive" and by_query["nan"]["values"] == [None]
+        assert first["blocked_by"] is None and second["analysis"] is None and second["measurements"] == []
+        assert "cannot be asked for alerts" in second["blocked_by"]
+
+        # The remote CLI's status is the local one, key for key (NaN aside, which JSON cannot carry).
+        remote = await asyncio.to_thread(
+            remote_wave_status, RemoteApi(stack.url, stack.tokens["vic"]), wave_id
+        )
+        client = await Client.connect(stack.settings.temporal_address)
+        local = status_json(await wave_status(client, wave_id))
+        for measurement in local["stages"][0]["measurements"]:
+            measurement["values"] = [None if v != v else v for v in measurement["values"]]
+        for stage in (remote, local):
+            stage.pop("audit")
+        assert remote["stages"][1].pop("blocked_by") and local["stages"][1].pop("blocked_by")
+        assert remote == local
+    finally:
+        cancelled = await http.post(f"/waves/{wave_id}/cancel", json={}, headers=stack.auth("olga"))
+        assert cancelled.status_code == 200, cancelled.text
+
+
+async def test_the_dry_run_shows_hooks_reboots_canary_analysis_and_alert_blocking(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    """``POST /plans/dry-run`` answers per stage what ``patchflow plan --format json`` shows of its rollout
+    controls (null where the plan sets none)."""
+    plans = stack.settings.api_plans_dir_resolved
+    fleet = yaml.safe_load((EXAMPLES_DIR / "fleet.yaml").read_text())
+    (plans / "controls-fleet.yaml").write_text(dump_yaml({**fleet, "name": "controls"}))
+    plan = yaml.safe_load((plans / "demo.yaml").read_text())
+    prod = plan["stages"][2]
+    prod["hooks"] = {
+        "pre_install": ["systemctl stop app"],
+        "post_reboot": [{"http": {"url": "http://127.0.0.1:1/"}}],
+    }
+    prod["reboot"] = {"policy": "always", "deadline_days": 2}
+    prod["canary"] = {"count": 1, "soak_seconds": 30}
+    prod["gate"] = {
+        "analysis": {
+            "prometheus": "http://127.0.0.1:9090",
+            "queries": [{"name": "errors", "query": 'up{host=~"{{instances}}"}', "success": "== 1"}],
+        }
+    }
+    plan["block_on_alerts"] = {
+        "prometheus": "http://127.0.0.1:9090",
+        "match": "^NodeDown$",
+        "check_seconds": 5,
+    }
+    (plans / "controls.yaml").write_text(
+        dump_yaml(
+            {**plan, "name": "controls", "executor": {"kind": "simulated", "fleet": "controls-fleet.yaml"}}
+        )
+    )
+    dry = await http.post(
+        "/plans/dry-run", json={"plan": "controls.yaml", "at": AT}, headers=stack.auth("olga")
+    )
+    assert dry.status_code == 200, dry.text
+    dev, _, shown = dry.json()["stages"]
+    assert shown["hooks"] == {
+        "phases": {"pre_install": 1, "post_reboot": 1},
+        "on_hook_failure": "fail_instance",
+    }
+    assert shown["reboot"] == {
+        "policy": "always",
+        "window": None,
+        "max_concurrency": None,
+        "deadline_days": 2,
+    }
+    assert shown["canary"] == {"count": 1, "soak_seconds": 30}
+    assert shown["analysis"] == {
+        "prometheus": "http://127.0.0.1:9090",
+        "queries": [
+            {
+                "name": "errors",
+                "query": 'up{host=~"{{instances}}"}',
+                "success": "== 1",
+                "count": 1,
+                "interval_seconds": 60,
+                "failure_limit": 0,
+            }
+        ],
+        "compare": None,
+        "inconclusive": "halt",
+    }
+    block = {"prometheus": "http://127.0.0.1:9090", "match": "^NodeDown$", "check_seconds": 5}
+    assert shown["block_on_alerts"] == dev["block_on_alerts"] == block
+    assert [dev[k] for k in ("hooks", "reboot", "canary", "analysis")] == [None] * 4
