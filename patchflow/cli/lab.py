@@ -235,7 +235,7 @@ DEMO_METRIC = "patchflow_lab_ssh_up"
 
 
 @contextlib.contextmanager
-def demo_lab(executor: dict[str, Any] | None = None) -> Iterator[Path]:
+def demo_lab(executor: dict[str, Any] | None = None, *, analysis: bool = True) -> Iterator[Path]:
     """The lab for ``patchflow demo --lab``: started if it is not up (and then stopped afterwards), with a plan
     rolling the Debian default baseline out Dev → Test → Prod; yields the plan file.
 
@@ -246,6 +246,7 @@ def demo_lab(executor: dict[str, Any] | None = None) -> Iterator[Path]:
     Args:
         executor: the plan's ``executor`` block (default: over SSH, with the lab's inventory, which is at
             :func:`lab_inventory` for a fake SSM endpoint to serve).
+        analysis: start the Prometheus the canary's analysis reads (False: the caller brings its own plan).
     """
     lab = _lab()
     started = False
@@ -258,7 +259,7 @@ def demo_lab(executor: dict[str, Any] | None = None) -> Iterator[Path]:
         demo.mkdir(parents=True, exist_ok=True)
         (demo / "catalog.json").write_text(json.dumps(lab.catalog(), indent=1))
         with contextlib.ExitStack() as stack:
-            prometheus = _demo_prometheus(stack, lab, demo)
+            prometheus = _demo_prometheus(stack, lab, demo) if analysis else None
             path = _write_demo_plan(lab, demo, executor, prometheus.url if prometheus else None)
             yield path
     finally:

@@ -264,12 +264,15 @@ def demo_command(
         from patchflow.cli.lab import demo_lab, lab_inventory
 
         executor = {"kind": "ssm", "bucket": FAKE_AWS_BUCKET, "reboot_option": "RebootIfNeeded"}
-        with demo_lab(executor) as lab_plan, _fake_aws(ssh_inventory=lab_inventory()):
+        with (
+            demo_lab(executor, analysis=plan_file is None) as lab_plan,
+            _fake_aws(ssh_inventory=lab_inventory()),
+        ):
             _demo(approve, plan_file or lab_plan, timeout)
     elif lab:
         from patchflow.cli.lab import demo_lab
 
-        with demo_lab() as lab_plan:
+        with demo_lab(analysis=plan_file is None) as lab_plan:
             _demo(approve, plan_file or lab_plan, timeout)
     elif fake_aws:
         with _fake_aws(EXAMPLE_FLEET):

@@ -20,6 +20,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -67,6 +68,16 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ",".join(escaped) + "}"
 
 
+class _QuietServer(ThreadingHTTPServer):
+    """A scraper that hangs up mid-answer (Prometheus stopped during a scrape) is not an error worth a traceback
+    on the demo's terminal."""
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return
+        super().handle_error(request, client_address)
+
+
 class ControlledExporter:
     """A tiny Prometheus exporter on 127.0.0.1 serving exactly the gauges set on it (thread-safe)."""
 
@@ -87,7 +98,7 @@ class ControlledExporter:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server = _QuietServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="controlled-exporter", daemon=True
         )

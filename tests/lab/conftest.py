@@ -33,8 +33,8 @@ LAB_GROUPS = {
     "control": 1,
     "rb": 2,
     "kill": 4,
-    "spare": 8,
-    "ssm": 7,
+    "spare": 10,
+    "ssm": 9,
     "src": 3,
     "hooks": 2,
 }
