@@ -37,17 +37,21 @@ host's own repositories (the versions they go back to came from there).
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
-import hashlib
 import os
-import re
-import select
-import signal
-import subprocess
 import sys
 import time
-from typing import Any
+
+# Every call starts a fresh interpreter on the host, so the agent imports at the top only what every call
+# needs; ``re``, ``subprocess``, ``contextlib``, ``select`` and ``signal`` are imported where they are used
+# (an agent call that only reads the journal does not pay for them).
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+try:
+    from _sha256 import sha256 as _sha256  # CPython <= 3.11: the builtin module, no OpenSSL to load
+except ImportError:  # pragma: no cover - newer CPython
+    from hashlib import sha256 as _sha256
 
 try:
     import json
@@ -77,12 +81,12 @@ APT_OPTS = [
     "Dpkg::Options::=--force-confold",
     "--no-install-recommends",
 ]
-_INST = re.compile(r"^Inst (\S+?)(?::\S+)? (?:\[(\S+)\] )?\((\S+) ")
-_REMV = re.compile(r"^(?:Remv|Purg) (\S+?)(?::\S+)?(?: \[(\S+)\])?")
+_INST = r"^Inst (\S+?)(?::\S+)? (?:\[(\S+)\] )?\((\S+) "
+_REMV = r"^(?:Remv|Purg) (\S+?)(?::\S+)?(?: \[(\S+)\])?"
 
 
 # ------------------------------------------------------------------------------------------ JSON
-_NUMBER = re.compile(r"-?\d+(\.\d+)?([eE][+-]?\d+)?")
+_NUMBER = r"-?\d+(\.\d+)?([eE][+-]?\d+)?"
 _ESCAPES = {'"': '"', "\\": "\\", "/": "/", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
 
 
@@ -174,7 +178,7 @@ def _value(s: str, i: int) -> tuple[Any, int]:
     for word, val in (("true", True), ("false", False), ("null", None)):
         if s.startswith(word, i):
             return val, i + len(word)
-    m = _NUMBER.match(s, i)
+    m = _re().compile(_NUMBER).match(s, i)
     if not m:
         raise ValueError(f"unexpected {ch!r} at {i}")
     num = m.group(0)
@@ -209,7 +213,16 @@ def _string(s: str, i: int) -> tuple[str, int]:
 
 
 # ------------------------------------------------------------------------------------------ helpers
+def _re() -> Any:
+    """The ``re`` module, imported on first use (its own cache keeps the compiled patterns)."""
+    import re
+
+    return re
+
+
 def _run(cmd: list[str], timeout: float | None = None) -> tuple[int, str]:
+    import subprocess
+
     proc = subprocess.run(
         cmd,
         stdout=subprocess.PIPE,
@@ -318,6 +331,8 @@ def _compare(a: str, op: str, b: str) -> bool:
     except ValueError:
         order = None
     if order is None or op not in _OPS:
+        import subprocess
+
         return subprocess.run(["dpkg", "--compare-versions", a, op, b], check=False).returncode == 0
     return _OPS[op](order)
 
@@ -397,7 +412,7 @@ def _tail(text: str, n: int = TAIL) -> str:
 
 # ------------------------------------------------------------------------------------------ journal
 def _path(operation_id: str) -> str:
-    return os.path.join(JOURNAL_DIR, hashlib.sha256(operation_id.encode()).hexdigest()[:40] + ".json")
+    return os.path.join(JOURNAL_DIR, _sha256(operation_id.encode()).hexdigest()[:40] + ".json")
 
 
 def _load(operation_id: str) -> dict[str, Any] | None:
@@ -650,11 +665,15 @@ def _sleep_on(pid: int | None, seconds: float) -> None:
     steps): the answer leaves the host when the transaction ends, not up to a polling interval later."""
     fd = None
     if pid and hasattr(os, "pidfd_open"):
-        with contextlib.suppress(OSError):
+        try:
             fd = os.pidfd_open(pid)
+        except OSError:
+            fd = None
     if fd is None:
         time.sleep(min(max(seconds, 0.0), 0.1))
         return
+    import select
+
     try:
         select.select([fd], [], [], max(seconds, 0.0))
     finally:
@@ -681,6 +700,8 @@ def op_reboot(req: dict[str, Any]) -> dict[str, Any]:
             )
             _save(journal)
     if moved:
+        import subprocess
+
         # Detached and delayed, so this answer reaches patchflow before the host goes down.
         subprocess.Popen(
             ["/bin/sh", "-c", "sleep 1; " + req["command"]],
@@ -694,6 +715,9 @@ def op_reboot(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def op_cancel(req: dict[str, Any]) -> dict[str, Any]:
+    import contextlib
+    import signal
+
     journal = _load(req["operation_id"])
     if journal is not None and journal.get("state") == "started" and _alive(journal.get("pid")):
         with contextlib.suppress(OSError):
@@ -782,7 +806,7 @@ def _simulate(
         outside: list[str] = []
         repin = False
         for line in out.splitlines():
-            m = _INST.match(line)
+            m = _re().match(_INST, line)
             if m:
                 name, old, new = m.group(1), m.group(2), m.group(3)
                 if wanted.get(name) == new:
@@ -795,7 +819,7 @@ def _simulate(
                     continue
                 outside.append(f"{name} {old + ' -> ' if old else ''}{new}")
                 continue
-            m = _REMV.match(line)
+            m = _re().match(_REMV, line)
             if m and m.group(1) not in remove:
                 outside.append(f"{m.group(1)} {m.group(2) or ''} -> removed".replace("  ", " "))
         if not repin:
@@ -816,12 +840,12 @@ def _apt_install(
 
 
 # ------------------------------------------------------------------------------------------ baseline Sources
-_APT_FETCH_ERROR = re.compile(r"^(Err:|E: |W: Failed to fetch|W: Some index files failed)")
-_REPO_SECTION = re.compile(r"^\s*\[([^\]]+)\]\s*$", re.M)
+_APT_FETCH_ERROR = r"^(Err:|E: |W: Failed to fetch|W: Some index files failed)"
+_REPO_SECTION = r"(?m)^\s*\[([^\]]+)\]\s*$"
 
 
 def _sources_dir(operation_id: str) -> str:
-    return os.path.join(SOURCES_DIR, hashlib.sha256(operation_id.encode()).hexdigest()[:40])
+    return os.path.join(SOURCES_DIR, _sha256(operation_id.encode()).hexdigest()[:40])
 
 
 def _used_sources(journal: dict[str, Any]) -> list[dict[str, Any]]:
@@ -890,6 +914,8 @@ def _prepare_sources(operation_id: str, used: list[dict[str, Any]], family: str)
 
 def _drop_sources(operation_id: str) -> None:
     """Remove the operation's private directory (and the parent when it is empty): nothing stays behind."""
+    import contextlib
+
     base = _sources_dir(operation_id)
     if os.path.isdir(base):
         for root, dirs, files in os.walk(base, topdown=False):
@@ -915,8 +941,8 @@ def _unreachable(used: list[dict[str, Any]], out: str, family: str) -> str:
             words = [w for w in conf.split() if "://" in w]
             keys = words[:1]
         else:
-            keys = [f"'{k}'" for k in _REPO_SECTION.findall(conf)] + [
-                f'"{k}"' for k in _REPO_SECTION.findall(conf)
+            keys = [f"'{k}'" for k in _re().findall(_REPO_SECTION, conf)] + [
+                f'"{k}"' for k in _re().findall(_REPO_SECTION, conf)
             ]
         if any(k in out for k in keys):
             named.append(source["name"])
@@ -954,7 +980,7 @@ def _apt_update(
         return [], None
     opts = _prepare_sources(journal["operation_id"], used, "deb")
     rc, out = _run(["apt-get", "update", *APT_OPTS[:5], *opts], timeout=600)
-    errors = [line for line in out.splitlines() if _APT_FETCH_ERROR.match(line)]
+    errors = [line for line in out.splitlines() if _re().match(_APT_FETCH_ERROR, line)]
     if rc != 0 or errors:
         return opts, _result(
             journal,
@@ -1170,16 +1196,37 @@ def main(text: str) -> None:
     answer = OPERATIONS[call["op"]](call["request"])
     sys.stdout.write("\n" + dumps(answer) + "\n")
     sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)  # the answer is out; skip the interpreter's teardown (the host pays for every call)
 
 
-BOOTSTRAP = (
-    "import sys;d=sys.stdin.read();n=d.index(chr(10));k=int(d[:n]);g={'__name__':'patchflow_agent'};"
-    "exec(compile(d[n+1:n+1+k],'patchflow_agent','exec'),g);g['main'](d[n+1+k:])"
-)
-"""What ``python3 -c`` runs on the host. Its stdin is ``<length of the agent source>\\n<agent source><call JSON>``
-(no json module needed: Debian's python3-minimal lacks it)."""
+AGENT_CACHE = "/var/lib/patchflow/agent"
+"""Where the host keeps the agent's compiled code, one file per agent version and Python (``marshal``), so a
+call does not compile ~45 KB of source again. Made only on a host that already has ``/var/lib/patchflow``
+(the first install creates it), owned by the agent's user, mode 0700; a cache whose directory is not owned by
+the agent's user or is writable by anyone else is not used."""
+
+BOOTSTRAP = f"""import sys,os,marshal
+d=sys.stdin.read();n=d.index(chr(10));k,h=d[:n].split();k=int(k);p={AGENT_CACHE!r};c=None
+f=p+'/'+h+'-'+hex(sys.hexversion)[2:]+'.bin'
+try:
+ s=os.stat(p)
+ if s.st_uid==os.geteuid() and not s.st_mode&0o22:c=marshal.loads(open(f,'rb').read())
+except Exception:c=None
+if c is None:
+ c=compile(d[n+1:n+1+k],'patchflow_agent','exec')
+ try:
+  if not os.path.isdir(p):os.mkdir(p,0o700)
+  t=f+'.'+str(os.getpid());open(t,'wb').write(marshal.dumps(c));os.replace(t,f)
+ except Exception:pass
+g={{'__name__':'patchflow_agent'}};exec(c,g);g['main'](d[n+1+k:])"""
+"""What ``python3 -I -S -c`` runs on the host. Its stdin is ``<length of the agent source> <sha256 of it>\n<agent
+source><call JSON>`` (no json module needed: Debian's python3-minimal lacks it). The compiled agent is
+cached under :data:`AGENT_CACHE` by the source's hash (a changed agent is a new file; a corrupt file is
+compiled again)."""
 
 
 def payload(agent_source: str, op: str, request: dict[str, Any]) -> str:
     """The stdin of one agent call."""
-    return f"{len(agent_source)}\n{agent_source}" + dumps({"op": op, "request": request})
+    digest = _sha256(agent_source.encode("utf-8")).hexdigest()
+    return f"{len(agent_source)} {digest}\n{agent_source}" + dumps({"op": op, "request": request})
