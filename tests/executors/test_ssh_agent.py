@@ -277,3 +277,69 @@ def test_baseline_sources_are_chosen_by_product_and_leave_no_directory(
     assert agent._unreachable([repo], "Failed to download metadata for repo 'curated-al'", "rpm") == "curated"
     agent._drop_sources("w/s/h/install/1")
     assert not (tmp_path / "sources").exists()
+
+
+def _plan_hook(tmp_path: Path, actions: list[str], **spec: object) -> tuple[int, list[str]]:
+    """Run the agent's DPkg::Pre-Install-Pkgs hook on apt's protocol-3 input; (exit status, report lines)."""
+    report = tmp_path / "plan"
+    report.unlink(missing_ok=True)
+    source = agent.PLAN_HOOK.format(
+        wanted=spec.get("wanted", {}),
+        pinned=spec.get("pinned", {}),
+        remove=spec.get("remove", []),
+        report=str(report),
+    )
+    # apt.conf(5), DPkg::Tools::Options::cmd::Version 3: "VERSION 3", the configuration space, a blank line,
+    # then one action per line: name old-version old-arch old-multiarch direction new-version new-arch
+    # new-multiarch and the .deb file, **CONFIGURE** or **REMOVE**.
+    stdin = "VERSION 3\nAPT::Architecture=amd64\nDPkg::Pre-Install-Pkgs::=x\n\n" + "\n".join(actions) + "\n"
+    proc = subprocess.run([sys.executable, "-IS", "-c", source], input=stdin, text=True, check=False)
+    return proc.returncode, report.read_text().splitlines()
+
+
+def test_the_plan_hook_lets_exactly_the_pinned_set_through(tmp_path: Path) -> None:
+    pinned = {"app": "1.1-1", "libfoo": "1:1.1-1", "libnew": "1.0-1"}
+    wanted = {"app": "1.1-1", "libfoo": "1:1.1-1"}
+    ok = [
+        "app 1.0-1 amd64 same < 1.1-1 amd64 same /var/cache/apt/archives/app_1.1-1_amd64.deb",
+        "libfoo 1:1.0-1 all none < 1:1.1-1 all none /var/cache/apt/archives/libfoo_1%3a1.1-1_all.deb",
+        "app 1.0-1 amd64 same < 1.1-1 amd64 same **CONFIGURE**",
+    ]
+    assert _plan_hook(tmp_path, ok, wanted=wanted, pinned=pinned) == (0, ["END\tok"])
+    # A set member the resolver pulls in at its candidate, not its pin: stop, and ask for the pin.
+    pulled = [*ok, "libnew - - none < 1.1-1 all none /var/cache/apt/archives/libnew_1.1-1_all.deb"]
+    assert _plan_hook(tmp_path, pulled, wanted=wanted, pinned=pinned) == (
+        1,
+        ["R\tlibnew\t1.0-1", "END\tfail"],
+    )
+    # ... and at its pin it passes.
+    at_pin = [*ok, "libnew - - none < 1.0-1 all none /var/cache/apt/archives/libnew_1.0-1_all.deb"]
+    assert _plan_hook(tmp_path, at_pin, wanted=wanted, pinned=pinned)[0] == 0
+    # Anything outside the set, a requested package at another version, or a removal nobody asked for: stop.
+    outside = [
+        *ok,
+        "libbar 2.0-1 all none < 2.1-1 all none /var/cache/apt/archives/libbar_2.1-1_all.deb",
+        "tool - - none < 3.1~rc1-1 all none /var/cache/apt/archives/tool_3.1~rc1-1_all.deb",
+        "daemon 1.0-1 all none > - - none **REMOVE**",
+    ]
+    status, report = _plan_hook(tmp_path, outside, wanted=wanted, pinned=pinned)
+    assert status == 1
+    assert report == [
+        "O\tlibbar 2.0-1 -> 2.1-1",
+        "O\ttool 3.1~rc1-1",
+        "O\tdaemon 1.0-1 -> removed",
+        "END\tfail",
+    ]
+    wrong = ["app 1.0-1 amd64 same < 1.2-1 amd64 same /var/cache/apt/archives/app_1.2-1_amd64.deb"]
+    assert _plan_hook(tmp_path, wrong, wanted=wanted, pinned=pinned) == (
+        1,
+        ["O\tapp 1.0-1 -> 1.2-1", "END\tfail"],
+    )
+    # A line that is not a protocol-3 action stops it too (fail closed).
+    assert (
+        _plan_hook(tmp_path, ["app 1.1-1 /x.deb"], wanted=wanted)[1][0]
+        == "O\t(unreadable plan line) app 1.1-1 /x.deb"
+    )
+    # A removal the restore asked for passes.
+    removal = ["daemon 1.0-1 all none > - - none **REMOVE**"]
+    assert _plan_hook(tmp_path, removal, remove=["daemon"]) == (0, ["END\tok"])

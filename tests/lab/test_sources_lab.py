@@ -44,8 +44,11 @@ pytestmark = pytest.mark.lab
 NAME, OLD, NEW = "dbus-lab", "1.14.10-1", "1.14.10-5"
 """A package every host has, with no newer version in the hosts' own repository: the new one is only in the
 second repository."""
-_PATCHFLOW = "find var/lib/patchflow -mindepth 1 ! -path 'var/lib/patchflow/operations*' 2>/dev/null; true"
-"""What patchflow keeps on a host besides the SSH executor's operation journals: nothing."""
+_PATCHFLOW = (
+    "find var/lib/patchflow -mindepth 1 ! -path 'var/lib/patchflow/operations*' ! -path 'var/lib/patchflow/agent*'"
+    " 2>/dev/null; true"
+)
+"""What patchflow keeps on a host besides the SSH executor's operation journals and its compiled agent: nothing."""
 _STATE = {
     "deb": (
         "cd / && find etc/apt var/lib/apt/lists -type f | sort | xargs sha256sum"

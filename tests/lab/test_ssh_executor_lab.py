@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -225,3 +226,55 @@ async def test_a_transaction_past_the_command_timeout_is_killed_and_timed_out(
     assert "ran longer than 4s and was killed" in result.message
     assert "apt-get" not in lab.run(host, "ps -eo args").stdout  # the transaction's processes are gone
     assert lab.installed(host)["app"] == "1.0-1" and lab.installed(host)["libfoo"] == "1.0-1"
+
+
+async def test_a_set_member_the_resolver_pulls_in_is_installed_at_its_pinned_version(
+    lab: Lab, lab_hosts: Hosts, executor: SshExecutor
+) -> None:
+    # ``top`` 1.1 needs ``dep``, which the host does not have; the repository's candidate for ``dep`` is 1.1-1,
+    # the set pins 1.0-1. apt's plan (seen by the DPkg::Pre-Install-Pkgs hook before dpkg runs) takes 1.1-1:
+    # the transaction is stopped, ``dep`` requested at its pin, and only 1.0-1 is ever unpacked.
+    host = lab_hosts.take("spare")
+    tag = uuid.uuid4().hex[:6]
+    top, dep = f"pf-top-{tag}", f"pf-dep-{tag}"
+    lab.publish(dep, "1.0-1")
+    lab.publish(dep, "1.1-1")
+    lab.publish(top, "1.0-1")
+    lab.publish(top, "1.1-1", depends=[f"{dep} (>= 1.0-1)"])
+    first = await executor.restore(
+        host, [Package(top, "all", "1.0-1")], operation_id=f"w-rp/{host}/install/0"
+    )
+    assert first.status == "succeeded", first.message
+    result = await executor.install(
+        host,
+        [Package(top, "all", "1.1-1"), Package(dep, "all", "1.0-1")],
+        operation_id=f"w-rp/x/{host}/install/1",
+    )
+    assert result.status == "succeeded", result.message
+    installed = lab.installed(host)
+    assert installed[top] == "1.1-1" and installed[dep] == "1.0-1"
+    assert dpkg_log_count(lab, host, f"install {dep}:all") == 1  # 1.1-1 was never unpacked
+    assert "1.1-1" not in lab.run(host, f"grep ' {dep}:all ' /var/log/dpkg.log").stdout
+    assert lab.run(host, "ls /var/lib/patchflow/operations/").stdout.count(".hook") == 0  # cleaned up
+
+
+async def test_the_compiled_agent_is_cached_on_the_host_and_a_bad_cache_is_ignored(
+    lab: Lab, lab_hosts: Hosts, executor: SshExecutor
+) -> None:
+    host = lab_hosts.take("spare")
+    await executor.install(
+        host, [Package("libfoo", "all", "1.1-1")], operation_id=f"w-cache/{host}/install/0"
+    )
+    listing = lab.run(host, "stat -c '%a %U %n' /var/lib/patchflow/agent /var/lib/patchflow/agent/*").stdout
+    lines = listing.splitlines()
+    assert lines[0].startswith("700 root ") and len(lines) == 2 and lines[1].endswith(".bin"), listing
+    # A corrupt cache file is compiled again (and replaced); the agent still answers.
+    cached = lines[1].split()[-1]
+    lab.run(host, f"printf garbage > {cached}")
+    is_garbage = f'[ "$(head -c 8 {cached} | tr -dc a-z)" = garbage ] && echo yes || echo no'
+    facts = await executor.facts(host)
+    assert facts["boot_id"] and lab.run(host, is_garbage).stdout.strip() == "no"
+    # A cache directory anyone may write to is not trusted: the agent compiles instead of loading it.
+    lab.run(host, f"chmod 777 /var/lib/patchflow/agent && printf garbage > {cached}")
+    assert (await executor.facts(host))["boot_id"]
+    assert lab.run(host, is_garbage).stdout.strip() == "yes"  # neither used nor rewritten

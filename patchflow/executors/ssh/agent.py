@@ -17,11 +17,13 @@ one request as JSON on stdin; the answer is one JSON object on stdout. Operation
 
 The transaction (Debian, apt/dpkg): ``apt-get update``; decide the exact ``name=version`` requests (an
 install only raises installed packages that are below the pinned version; a restore sets each given
-version, an empty version removes the package); **simulate** with ``apt-get -s``, pinning any other package
-of the set that the resolver touches to its pinned version; if the resolver would still install, upgrade,
-downgrade or remove anything not in the pinned set, fail and change nothing. Otherwise run ``apt-get
-install`` with exactly those requests, record the package list *after*, ``dpkg --audit`` and whether a reboot
-is required (``/var/run/reboot-required``). A failed install is reverted to the versions before it (so the
+version, an empty version removes the package); run ``apt-get install`` with exactly those requests and
+**check the plan before dpkg runs**: a ``DPkg::Pre-Install-Pkgs`` hook (:data:`PLAN_HOOK`) sees every action
+apt is about to hand to dpkg and stops the transaction if it would install, upgrade, downgrade or remove
+anything not in the pinned set (nothing is changed; any other package of the set the resolver pulls in is
+requested at its pinned version and apt runs again). This checks the very plan apt executes, in the same
+run, instead of a separate ``apt-get -s`` simulation before it. Then record the package list *after*,
+``dpkg --audit`` and whether a reboot is required (``/var/run/reboot-required``). A failed install is reverted to the versions before it (so the
 host is never left half-configured) unless the request says otherwise.
 
 **Baseline Sources.** An install whose request names sources for this host's product uses exactly those
@@ -81,8 +83,6 @@ APT_OPTS = [
     "Dpkg::Options::=--force-confold",
     "--no-install-recommends",
 ]
-_INST = r"^Inst (\S+?)(?::\S+)? (?:\[(\S+)\] )?\((\S+) "
-_REMV = r"^(?:Remv|Purg) (\S+?)(?::\S+)?(?: \[(\S+)\])?"
 
 
 # ------------------------------------------------------------------------------------------ JSON
@@ -785,46 +785,101 @@ def _requests(journal: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     return wanted, remove
 
 
-def _simulate(
+PLAN_HOOK = r"""
+import sys
+wanted, pinned, remove, report = {wanted!r}, {pinned!r}, {remove!r}, {report!r}
+lines = sys.stdin.read().split("\n")
+actions = lines[lines.index("", 1) + 1 :] if "" in lines[1:] else []
+repin, outside = [], []
+for line in actions:
+    f = line.split(" ")
+    if len(f) < 9:
+        if line.strip():  # not an action line of protocol 3: fail closed
+            outside.append("(unreadable plan line) " + line.strip())
+        continue
+    if f[8] == "**CONFIGURE**":
+        continue
+    name, old, new = f[0], f[1], f[5]
+    if f[8] == "**REMOVE**":
+        if name not in remove:
+            outside.append(name + " " + old + " -> removed")
+    elif wanted.get(name) == new:
+        continue
+    elif name in pinned and name not in wanted:
+        if pinned[name] != new:
+            repin.append("R\t" + name + "\t" + pinned[name])
+    else:
+        outside.append(name + " " + ("" if old == "-" else old + " -> ") + new)
+with open(report, "a") as out:
+    out.write("".join(r + "\n" for r in repin) + "".join("O\t" + o + "\n" for o in outside))
+    out.write("END\t" + ("fail" if repin or outside else "ok") + "\n")
+sys.exit(1 if repin or outside else 0)
+"""
+"""The ``DPkg::Pre-Install-Pkgs`` hook of an install (apt.conf(5), protocol version 3: one line per action,
+``name old-version old-arch old-multiarch direction new-version new-arch new-multiarch file``): it sees the
+exact plan apt is about to hand to dpkg and stops it (exit 1: apt aborts before dpkg runs) when the plan
+installs, upgrades, downgrades or removes anything outside the pinned set, or takes a set member at another
+version than its pin (which the next attempt requests pinned)."""
+
+
+def _apt_checked(
+    operation_id: str,
     wanted: dict[str, str],
     remove: list[str],
     pinned: dict[str, str],
     downgrades: bool,
     sources: list[str] | None = None,
-) -> tuple[int, str, list[str]]:
-    """Simulate; pin set members the resolver pulls in; return (rc, output, changes outside the set)."""
-    for _ in range(10):
-        args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
-        cmd = (
-            ["apt-get", "-s", "-y", *APT_OPTS, *(sources or [])]
-            + (["--allow-downgrades"] if downgrades else [])
-            + ["install", *args]
-        )
-        rc, out = _run(cmd, timeout=600)
-        if rc != 0:
-            return rc, out, []
-        outside: list[str] = []
-        repin = False
-        for line in out.splitlines():
-            m = _re().match(_INST, line)
-            if m:
-                name, old, new = m.group(1), m.group(2), m.group(3)
-                if wanted.get(name) == new:
-                    continue
-                if name in pinned and name not in wanted:
-                    if pinned[name] == new:
-                        continue
-                    wanted[name] = pinned[name]  # a dependency from the set: at its pinned version
-                    repin = True
-                    continue
-                outside.append(f"{name} {old + ' -> ' if old else ''}{new}")
-                continue
-            m = _re().match(_REMV, line)
-            if m and m.group(1) not in remove:
-                outside.append(f"{m.group(1)} {m.group(2) or ''} -> removed".replace("  ", " "))
-        if not repin:
-            return 0, out, outside
-    return 0, out, outside
+) -> tuple[str, int, str, list[str]]:
+    """Install with the plan checked by :data:`PLAN_HOOK` inside the transaction (no separate simulation).
+
+    Returns ``(outcome, exit status, output, changes outside the set)``; the outcome is ``refused`` (apt stopped
+    before dpkg ran: the resolver refused, a download failed, or the plan left the pinned set — nothing was
+    changed) or ``ran`` (dpkg ran; the exit status says how it went). Set members the resolver pulls in are
+    requested at their pinned versions and apt runs again.
+    """
+    base = _path(operation_id)[:-5]
+    hook, report = base + ".hook", base + ".plan"
+    rc, out, outside = 0, "", []
+    try:
+        for _ in range(10):
+            source = PLAN_HOOK.format(wanted=wanted, pinned=pinned, remove=remove, report=report)
+            _write(hook, f"#!{sys.executable} -IS\n{source}", 0o700)
+            _unlink(report)
+            args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
+            cmd = (
+                ["apt-get", "-y", *APT_OPTS, *(sources or [])]
+                + (["--allow-downgrades"] if downgrades else [])
+                + ["-o", f"DPkg::Pre-Install-Pkgs::={hook}", "-o", f"DPkg::Tools::Options::{hook}::Version=3"]
+                + ["install", *args]
+            )
+            rc, out = _run(cmd, timeout=None)
+            try:
+                with open(report, encoding="utf-8") as f:
+                    verdicts = [line.rstrip("\n").split("\t", 2) for line in f if "\t" in line]
+            except OSError:
+                verdicts = []
+            if not verdicts:  # the hook never ran: apt stopped before dpkg (or had nothing to do)
+                return ("refused" if rc != 0 else "ran"), rc, out, []
+            ends = [v[1] for v in verdicts if v[0] == "END"]
+            if ends[:-1].count("ok") or ends[-1:] == ["ok"]:  # dpkg ran (at least once)
+                outside = [v[1] for v in verdicts if v[0] == "O"]
+                return "ran", rc, out, outside
+            outside = [v[1] for v in verdicts if v[0] == "O"]
+            repin = {v[1]: v[2] for v in verdicts if v[0] == "R" and len(v) == 3}
+            if outside or not repin:
+                return "refused", rc, out, outside
+            wanted.update(repin)  # set members the resolver pulled in: at their pinned versions
+        return "refused", rc, out, outside
+    finally:
+        _unlink(hook)
+        _unlink(report)
+
+
+def _unlink(path: str) -> None:
+    try:  # noqa: SIM105 - contextlib is not imported by every agent call
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 def _apt_install(
@@ -1011,18 +1066,10 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
         return _result(journal, _packages(), "succeeded", "nothing to do: every package is at its version")
     pinned = {n: v for n, _a, v in journal["packages"] if v}
     downgrades = journal["kind"] == "restore"
-    rc, out, outside = _simulate(wanted, remove, pinned, downgrades, opts)
-    if rc != 0:
-        return _result(
-            journal,
-            _packages(),
-            "failed",
-            "the resolver refused the pinned versions"
-            + _sources_note(journal, used)
-            + "; nothing was changed: "
-            + _tail(out, 1500),
-        )
-    if outside:
+    outcome, rc, out, outside = _apt_checked(
+        journal["operation_id"], wanted, remove, pinned, downgrades, opts
+    )
+    if outcome == "refused" and outside:
         return _result(
             journal,
             _packages(),
@@ -1032,7 +1079,16 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
             + "; nothing was changed",
             outside=outside,
         )
-    rc, out = _apt_install(wanted, remove, downgrades, opts)
+    if outcome == "refused":
+        return _result(
+            journal,
+            _packages(),
+            "failed",
+            "the resolver refused the pinned versions"
+            + _sources_note(journal, used)
+            + "; nothing was changed: "
+            + _tail(out, 1500),
+        )
     after = _packages()
     audit = _audit()
     if rc == 0 and not audit:
@@ -1043,6 +1099,8 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
             journal, after, "succeeded", f"{verb} {len(wanted)} package(s){removed}{note}", audit=audit
         )
     message = f"apt-get install failed (exit {rc}): {_tail(out, 1500)}"
+    if outside:
+        message += " | the resolver also planned changes outside the pinned set: " + ", ".join(outside)
     if audit:
         message += " | dpkg --audit: " + _tail(audit, 500)
     if journal["kind"] == "install" and journal.get("revert_on_failure", True):
@@ -1204,20 +1262,20 @@ AGENT_CACHE = "/var/lib/patchflow/agent"
 """Where the host keeps the agent's compiled code, one file per agent version and Python (``marshal``), so a
 call does not compile ~45 KB of source again. Made only on a host that already has ``/var/lib/patchflow``
 (the first install creates it), owned by the agent's user, mode 0700; a cache whose directory is not owned by
-the agent's user or is writable by anyone else is not used."""
+the agent's user or is writable by anyone else is neither read nor written."""
 
 BOOTSTRAP = f"""import sys,os,marshal
-d=sys.stdin.read();n=d.index(chr(10));k,h=d[:n].split();k=int(k);p={AGENT_CACHE!r};c=None
+d=sys.stdin.read();n=d.index(chr(10));k,h=d[:n].split();k=int(k);p={AGENT_CACHE!r};c=None;ok=False
 f=p+'/'+h+'-'+hex(sys.hexversion)[2:]+'.bin'
 try:
- s=os.stat(p)
- if s.st_uid==os.geteuid() and not s.st_mode&0o22:c=marshal.loads(open(f,'rb').read())
+ if not os.path.isdir(p):os.mkdir(p,0o700)
+ s=os.stat(p);ok=s.st_uid==os.geteuid() and not s.st_mode&0o22
+ if ok:c=marshal.loads(open(f,'rb').read())
 except Exception:c=None
 if c is None:
  c=compile(d[n+1:n+1+k],'patchflow_agent','exec')
  try:
-  if not os.path.isdir(p):os.mkdir(p,0o700)
-  t=f+'.'+str(os.getpid());open(t,'wb').write(marshal.dumps(c));os.replace(t,f)
+  if ok:t=f+'.'+str(os.getpid());open(t,'wb').write(marshal.dumps(c));os.replace(t,f)
  except Exception:pass
 g={{'__name__':'patchflow_agent'}};exec(c,g);g['main'](d[n+1+k:])"""
 """What ``python3 -I -S -c`` runs on the host. Its stdin is ``<length of the agent source> <sha256 of it>\n<agent

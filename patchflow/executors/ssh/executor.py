@@ -4,17 +4,19 @@
   unknown or changed key makes the host ``undeliverable``; nothing is ever accepted blindly), a pool of at most
   ``max_connections`` open connections (idle ones are closed least recently used first), ``sudo -n`` for
   any user but root.
-* **On the host** — every call runs the stdlib-only agent (:mod:`.agent`) with ``python3 -c``; nothing is
-  installed. Installs and restores are transactions the agent runs *detached* on the host under an
-  **operation journal** (``/var/lib/patchflow/operations/<sha256(operation id)>.json``, written before and
-  after the package transaction): a retried activity — on any worker, after any crash — finds the journal
-  and waits for, or returns, what already happened; it never installs twice.
+* **On the host** — every call runs the stdlib-only agent (:mod:`.agent`) with ``python3 -I -S -c``; nothing
+  is installed (the host caches the compiled agent under ``/var/lib/patchflow/agent``). Installs and restores
+  are transactions the agent runs *detached* on the host under an **operation journal**
+  (``/var/lib/patchflow/operations/<sha256(operation id)>.json``, written before and after the package
+  transaction): a retried activity — on any worker, after any crash — finds the journal and waits for, or
+  returns, what already happened; it never installs twice.
 * **Exactly the pinned versions** — apt ``name=version`` for the set's packages that are installed below
-  their pinned version, other members of the set the resolver pulls in pinned too; simulated first
-  (``apt-get -s``): if the resolver would install, upgrade, downgrade or remove anything outside the pinned
-  set, the instance fails with that list and nothing is changed.
+  their pinned version, other members of the set the resolver pulls in pinned too; apt's plan is checked
+  before dpkg runs (a ``DPkg::Pre-Install-Pkgs`` hook sees exactly what apt is about to do): if it would
+  install, upgrade, downgrade or remove anything outside the pinned set, the instance fails with that list and
+  nothing is changed.
 * **Baseline Sources** — on a host whose product (``/etc/os-release``: ``Debian12``, ``Ubuntu22.04``) a source
-  names, the install and its simulation use exactly the sources naming it, through a private directory the
+  names, the install and its plan check use exactly the sources naming it, through a private directory the
   agent removes afterwards: apt ``-o Dir::Etc::SourceList=… -o Dir::State::Lists=…`` (the host's own lists
   are neither read nor refreshed), dnf ``--setopt=reposdir=…`` (every other repository off). A source that
   cannot be fetched fails the host with its name and changes nothing (see :mod:`.agent`).
