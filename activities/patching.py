@@ -201,12 +201,18 @@ class WaveActivities:
 
         async def one(instance_id: str) -> InstanceOutcome:
             op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
+            started = time.monotonic()
             try:
                 result = await executor.start_install(instance_id, patches, operation_id=op, **_sources(inp))
             except (PatchflowError, ValueError) as exc:
                 return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
             if result is None:
                 return InstanceOutcome(instance_id, STARTED, False)
+            # Finished already (the SSH executor waits briefly for a short install; a retry finds a result):
+            # counted and kept like the wait's results.
+            self._metrics.observe_patch(inp.executor.kind, result.status, time.monotonic() - started)
+            if inp.record_results:
+                await self._record_result(inp, instance_id, result)
             return _outcome(instance_id, result)
 
         try:

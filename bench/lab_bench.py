@@ -11,8 +11,8 @@ and no host is patched twice) and runs, in an order that rotates between repetit
   back to back, so both see the same neighbours. *Raw apt* is ``apt-get update && apt-get install -y
   --no-install-recommends name=version …`` run directly in the host (``nsenter``, no SSH): the same apt
   work patchflow does, and the floor any tool pays per host. *patchflow* is what a wave does:
-  ``SshExecutor.start_install`` then ``finish_install`` (SSH, the operation journal, the ``apt-get -s``
-  check, package lists before/after, ``dpkg --audit``).
+  ``SshExecutor.start_install`` then, if the install is still under way, ``finish_install`` (SSH, the
+  operation journal, apt's plan checked before dpkg runs, package lists before/after, ``dpkg --audit``).
 * **the fleet** (``--hosts`` hosts, ``--forks`` in flight): raw apt (threads), patchflow (a stage's
   ``max_concurrency``), Ansible (``ansible-playbook --forks``, ``ansible.builtin.apt`` with the same
   ``name=version`` list, ``update_cache: true``, pipelining on, facts off, ControlPersist, the lab's

@@ -283,17 +283,20 @@ def _plan_hook(tmp_path: Path, actions: list[str], **spec: object) -> tuple[int,
     """Run the agent's DPkg::Pre-Install-Pkgs hook on apt's protocol-3 input; (exit status, report lines)."""
     report = tmp_path / "plan"
     report.unlink(missing_ok=True)
-    source = agent.PLAN_HOOK.format(
-        wanted=spec.get("wanted", {}),
-        pinned=spec.get("pinned", {}),
-        remove=spec.get("remove", []),
-        report=str(report),
+    source = agent.plan_hook(
+        dict(spec.get("wanted", {})),  # type: ignore[call-overload]
+        dict(spec.get("pinned", {})),  # type: ignore[call-overload]
+        list(spec.get("remove", [])),  # type: ignore[call-overload]
+        str(report),
     )
     # apt.conf(5), DPkg::Tools::Options::cmd::Version 3: "VERSION 3", the configuration space, a blank line,
     # then one action per line: name old-version old-arch old-multiarch direction new-version new-arch
     # new-multiarch and the .deb file, **CONFIGURE** or **REMOVE**.
     stdin = "VERSION 3\nAPT::Architecture=amd64\nDPkg::Pre-Install-Pkgs::=x\n\n" + "\n".join(actions) + "\n"
-    proc = subprocess.run([sys.executable, "-IS", "-c", source], input=stdin, text=True, check=False)
+    (tmp_path / "hook").write_text(source)
+    (tmp_path / "hook").chmod(0o700)
+    proc = subprocess.run([str(tmp_path / "hook")], input=stdin, text=True, check=False)
+    assert not (tmp_path / "plan.actions").exists()
     return proc.returncode, report.read_text().splitlines()
 
 

@@ -49,7 +49,11 @@ async def test_installs_exactly_the_pinned_versions_once_per_operation(
 ) -> None:
     host = lab_hosts.take("spare")
     op = f"w-pin/dev/{host}/install/0"
-    assert await executor.start_install(host, APP, operation_id=op) is None  # under way, detached on the host
+    starter = SshExecutor(load_inventory(executor.inventory.source), start_wait_seconds=0)
+    try:  # returns at once: the transaction is under way, detached on the host
+        assert await starter.start_install(host, APP, operation_id=op) is None
+    finally:
+        await starter.close()
     # A retried activity on another worker (a new executor object) while the transaction runs: it waits for
     # the same transaction instead of starting a second one.
     other_worker = SshExecutor(load_inventory(executor.inventory.source))
@@ -265,6 +269,8 @@ async def test_the_compiled_agent_is_cached_on_the_host_and_a_bad_cache_is_ignor
     await executor.install(
         host, [Package("libfoo", "all", "1.1-1")], operation_id=f"w-cache/{host}/install/0"
     )
+    # The install made /var/lib/patchflow (its journal); the next call finds no cache yet, compiles and keeps it.
+    await executor.facts(host)
     listing = lab.run(host, "stat -c '%a %U %n' /var/lib/patchflow/agent /var/lib/patchflow/agent/*").stdout
     lines = listing.splitlines()
     assert lines[0].startswith("700 root ") and len(lines) == 2 and lines[1].endswith(".bin"), listing
@@ -278,3 +284,19 @@ async def test_the_compiled_agent_is_cached_on_the_host_and_a_bad_cache_is_ignor
     lab.run(host, f"chmod 777 /var/lib/patchflow/agent && printf garbage > {cached}")
     assert (await executor.facts(host))["boot_id"]
     assert lab.run(host, is_garbage).stdout.strip() == "yes"  # neither used nor rewritten
+
+
+async def test_a_short_install_is_one_ssh_command(lab: Lab, lab_hosts: Hosts, executor: SshExecutor) -> None:
+    # The start command waits on the host (start_wait_seconds, 5 s by default) and closes the journal: the
+    # send gets the final result, and the wait has nothing left to ask.
+    host = lab_hosts.take("spare")
+    sent = executor.commands_sent
+    op = f"w-one/x/{host}/install/0"
+    result = await executor.start_install(host, [Package("libfoo", "all", "1.1-1")], operation_id=op)
+    assert result is not None and result.status == "succeeded", result
+    assert executor.commands_sent - sent == 1
+    assert [(c.name, c.to_version) for c in result.changed] == [("libfoo", "1.1-1")]
+    assert (
+        await executor.finish_install(host, operation_id=op) == result
+    )  # a wait afterwards reads the journal
+    assert json.loads(lab.run(host, "cat /var/lib/patchflow/operations/*.json").stdout)["state"] == "done"

@@ -18,6 +18,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry
 from temporalio.activity import ActivityCancellationDetails
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import (
@@ -42,7 +43,8 @@ from patchflow.core.wavemodel import (
     PatchBatchInput,
     PrepareWaveInput,
 )
-from patchflow.executors.base import Package
+from patchflow.executors.base import InstallResult, Package, PackageChange
+from patchflow.metrics import Metrics
 from patchflow.service.worker import build_worker
 from patchflow.store import db
 from patchflow.testing.ssm_endpoint import SsmEndpoint
@@ -252,6 +254,29 @@ async def test_only_a_cancel_the_wave_asked_for_cancels_the_fleets_commands(
         with pytest.raises(asyncio.CancelledError):
             await task
     assert fleet.cancelled == (["w/prod/i-1/install/0", "w/prod/i-2/install/0"] if cancels_commands else [])
+
+
+class QuickFleet:
+    """An executor whose start finishes some installs at once (the SSH executor's start waits briefly)."""
+
+    async def start_install(self, instance_id: str, patches: Any, *, operation_id: str, **_: Any) -> Any:
+        if instance_id == "i-1":
+            return InstallResult(instance_id, "succeeded", changed=(PackageChange("app", "all", "1", "2"),))
+        return None
+
+
+async def test_installs_finished_by_the_send_are_final_and_counted() -> None:
+    registry = CollectorRegistry()
+    acts = WaveActivities(lambda ref: QuickFleet(), Metrics(registry))  # type: ignore[arg-type,return-value]
+    inp = PatchBatchInput(
+        executor=ExecutorRef(kind="ssh"), wave_id="w", stage="dev", instance_ids=["i-1", "i-2"], patches=[]
+    )
+    result = await ActivityEnvironment().run(acts.send_patch_batch, inp)
+    assert [(o.instance_id, o.status) for o in result.outcomes] == [("i-1", "succeeded"), ("i-2", "started")]
+    labels = {"executor": "ssh", "outcome": "succeeded"}
+    assert (
+        registry.get_sample_value("patchflow_patch_duration_seconds_count", labels) == 1
+    )  # only the finished
 
 
 # ---------------------------------------------------------------------------------------------- decisions

@@ -235,6 +235,20 @@ def _run(cmd: list[str], timeout: float | None = None) -> tuple[int, str]:
     return proc.returncode, proc.stdout.decode("utf-8", "replace")
 
 
+def _spawn(cmd: list[str]) -> Any:
+    """Start a read-only check that runs alongside the next step; :func:`_collect` its output."""
+    import subprocess
+
+    return subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=APT_ENV
+    )
+
+
+def _collect(proc: Any) -> str:
+    out, _ = proc.communicate()
+    return str(out.decode("utf-8", "replace"))
+
+
 def _boot_id() -> str:
     try:
         with open("/proc/sys/kernel/random/boot_id") as f:
@@ -581,14 +595,20 @@ def op_start(req: dict[str, Any]) -> dict[str, Any]:
             _transact(operation_id)
         finally:
             os._exit(0)
+    if req.get("wait"):  # wait here for a short transaction: the install is then one SSH command
+        answer = op_wait(
+            {"operation_id": operation_id, "seconds": req["wait"], "close": req.get("close")}, child=pid
+        )
+        return {**answer, "new": True}
     return {"journal": journal, "new": True}
 
 
-def op_wait(req: dict[str, Any]) -> dict[str, Any]:
+def op_wait(req: dict[str, Any], child: int | None = None) -> dict[str, Any]:
     """Wait for the transaction (:func:`_wait`). With ``close`` (the executor's reboot option) a transacted
     operation that needs no reboot by patchflow is closed (``transacted`` -> ``done``) in the same call, so an
-    install costs two SSH round trips (``start``, ``wait``), not three."""
-    answer = _wait(req)
+    install costs two SSH round trips (``start``, ``wait``), not three — or one, when ``start`` itself waits
+    (``child``: the transaction's process, which ``start`` forked, before the journal names it)."""
+    answer = _wait(req, child)
     journal = answer.get("journal")
     if req.get("close") and journal is not None and journal.get("state") == "transacted":
         answer["journal"] = _close(journal, req["close"])
@@ -628,7 +648,7 @@ def final_record(
     }
 
 
-def _wait(req: dict[str, Any]) -> dict[str, Any]:
+def _wait(req: dict[str, Any], child: int | None = None) -> dict[str, Any]:
     """Block up to ``seconds`` while the journal says ``started``; a dead transaction is recorded as failed."""
     operation_id = req["operation_id"]
     deadline = time.time() + float(req.get("seconds", 10))
@@ -657,7 +677,7 @@ def _wait(req: dict[str, Any]) -> dict[str, Any]:
             return {"journal": journal, "now": time.time()}
         if time.time() >= deadline:
             return {"journal": journal, "now": time.time()}
-        _sleep_on(journal.get("pid"), min(deadline - time.time(), 1.0))
+        _sleep_on(journal.get("pid") or child, min(deadline - time.time(), 1.0))
 
 
 def _sleep_on(pid: int | None, seconds: float) -> None:
@@ -785,41 +805,65 @@ def _requests(journal: dict[str, Any]) -> tuple[dict[str, str], list[str]]:
     return wanted, remove
 
 
-PLAN_HOOK = r"""
-import sys
-wanted, pinned, remove, report = {wanted!r}, {pinned!r}, {remove!r}, {report!r}
-lines = sys.stdin.read().split("\n")
-actions = lines[lines.index("", 1) + 1 :] if "" in lines[1:] else []
-repin, outside = [], []
-for line in actions:
-    f = line.split(" ")
-    if len(f) < 9:
-        if line.strip():  # not an action line of protocol 3: fail closed
-            outside.append("(unreadable plan line) " + line.strip())
-        continue
-    if f[8] == "**CONFIGURE**":
-        continue
-    name, old, new = f[0], f[1], f[5]
-    if f[8] == "**REMOVE**":
-        if name not in remove:
-            outside.append(name + " " + old + " -> removed")
-    elif wanted.get(name) == new:
-        continue
-    elif name in pinned and name not in wanted:
-        if pinned[name] != new:
-            repin.append("R\t" + name + "\t" + pinned[name])
-    else:
-        outside.append(name + " " + ("" if old == "-" else old + " -> ") + new)
-with open(report, "a") as out:
-    out.write("".join(r + "\n" for r in repin) + "".join("O\t" + o + "\n" for o in outside))
-    out.write("END\t" + ("fail" if repin or outside else "ok") + "\n")
-sys.exit(1 if repin or outside else 0)
+PLAN_HOOK = r"""#!/bin/sh
+# patchflow: apt's DPkg::Pre-Install-Pkgs hook for one transaction (removed when it ends)
+W=@WANTED@
+P=@PINNED@
+R=@REMOVE@
+out=@REPORT@
+fail=0
+sed -e '1,/^$/d' > "$out.actions" || exit 1
+while IFS= read -r line; do
+  [ -n "$line" ] || continue
+  set -f; set -- $line; set +f
+  if [ $# -lt 9 ]; then echo "O	(unreadable plan line) $line" >> "$out"; fail=1; continue; fi
+  name=$1 old=$2 new=$6 target=$9
+  case $target in
+    '**CONFIGURE**') continue ;;
+    '**REMOVE**')
+      case "$R" in *" $name "*) ;; *) echo "O	$name $old -> removed" >> "$out"; fail=1 ;; esac
+      continue ;;
+  esac
+  case "$W" in *" $name=$new "*) continue ;; esac
+  case "$W" in
+    *" $name="*) ;;
+    *) case "$P" in
+         *" $name="*)
+           pin=${P#* "$name="}; pin=${pin%% *}
+           [ "$pin" = "$new" ] || { echo "R	$name	$pin" >> "$out"; fail=1; }
+           continue ;;
+       esac ;;
+  esac
+  if [ "$old" = - ]; then echo "O	$name $new" >> "$out"; else echo "O	$name $old -> $new" >> "$out"; fi
+  fail=1
+done < "$out.actions"
+rm -f "$out.actions"
+if [ $fail = 1 ]; then echo "END	fail" >> "$out"; exit 1; fi
+echo "END	ok" >> "$out"
 """
-"""The ``DPkg::Pre-Install-Pkgs`` hook of an install (apt.conf(5), protocol version 3: one line per action,
-``name old-version old-arch old-multiarch direction new-version new-arch new-multiarch file``): it sees the
-exact plan apt is about to hand to dpkg and stops it (exit 1: apt aborts before dpkg runs) when the plan
-installs, upgrades, downgrades or removes anything outside the pinned set, or takes a set member at another
-version than its pin (which the next attempt requests pinned)."""
+"""The ``DPkg::Pre-Install-Pkgs`` hook of an install (apt.conf(5), protocol version 3: the configuration space,
+a blank line, then one line per action, ``name old-version old-arch old-multiarch direction new-version
+new-arch new-multiarch file``, the file being ``**CONFIGURE**`` or ``**REMOVE**`` for those): it sees the exact
+plan apt is about to hand to dpkg and stops it (exit 1: apt aborts before dpkg runs) when the plan installs,
+upgrades, downgrades or removes anything outside the pinned set, or takes a set member at another version than
+its pin (which the next attempt requests pinned). A POSIX shell script (with ``sed``, both Essential in
+Debian), so the check costs no interpreter start-up. Its report: ``R name version`` (re-pin), ``O change``
+(outside the set), then ``END ok|fail``, tab-separated, one run after another."""
+
+
+def _sh_words(words: list[str]) -> str:
+    """A space-framed list as one single-quoted shell word (``' a b '``), for ``case`` look-ups."""
+    return "'" + (" " + " ".join(words) + " ").replace("'", "'\\''") + "'"
+
+
+def plan_hook(wanted: dict[str, str], pinned: dict[str, str], remove: list[str], report: str) -> str:
+    """:data:`PLAN_HOOK` for one apt run."""
+    return (
+        PLAN_HOOK.replace("@WANTED@", _sh_words([f"{n}={v}" for n, v in sorted(wanted.items())]))
+        .replace("@PINNED@", _sh_words([f"{n}={v}" for n, v in sorted(pinned.items())]))
+        .replace("@REMOVE@", _sh_words(list(remove)))
+        .replace("@REPORT@", _sh_words([report]).replace("' ", "'").replace(" '", "'"))
+    )
 
 
 def _apt_checked(
@@ -842,8 +886,7 @@ def _apt_checked(
     rc, out, outside = 0, "", []
     try:
         for _ in range(10):
-            source = PLAN_HOOK.format(wanted=wanted, pinned=pinned, remove=remove, report=report)
-            _write(hook, f"#!{sys.executable} -IS\n{source}", 0o700)
+            _write(hook, plan_hook(wanted, pinned, remove, report), 0o700)
             _unlink(report)
             args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
             cmd = (
@@ -1050,10 +1093,11 @@ def _apt_update(
 
 def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
     used = _used_sources(journal)
+    auditing = _spawn(["dpkg", "--audit"])  # read-only, alongside apt-get update (which only touches lists)
     opts, failed = _apt_update(journal, used)
+    audit = _collect(auditing).strip()
     if failed is not None:
         return failed
-    audit = _audit()
     if audit:
         return _result(
             journal,
@@ -1089,8 +1133,9 @@ def _transact_deb(journal: dict[str, Any]) -> dict[str, Any]:
             + "; nothing was changed: "
             + _tail(out, 1500),
         )
+    auditing = _spawn(["dpkg", "--audit"])
     after = _packages()
-    audit = _audit()
+    audit = _collect(auditing).strip()
     if rc == 0 and not audit:
         verb = "installed" if journal["kind"] == "install" else "restored"
         removed = f", removed {len(remove)}" if remove else ""

@@ -198,6 +198,9 @@ class SshExecutor:
         command_timeout_seconds: a package transaction running longer is killed (``timed_out``).
         reboot_timeout_seconds: how long a rebooted host may take to come back with a new boot id.
         poll_seconds: the longest single wait on the host before patchflow asks again.
+        start_wait_seconds: how long the command that starts a transaction waits on the host for it to end
+            (closing it when no reboot is due): an install that takes less is one SSH command instead of two,
+            and its result comes back with the send. 0 returns as soon as the transaction is under way.
         revert_failed_installs: put the packages a failed install changed back to their versions before it
             (patchflow's own behaviour). False leaves the host as the package manager left it, as
             ``AWS-RunPatchBaseline`` does (the fake SSM endpoint's lab hosts).
@@ -214,6 +217,7 @@ class SshExecutor:
         command_timeout_seconds: float = 3600.0,
         reboot_timeout_seconds: float = 600.0,
         poll_seconds: float = 10.0,
+        start_wait_seconds: float = 5.0,
         revert_failed_installs: bool = True,
     ) -> None:
         if reboot_option not in REBOOT_OPTIONS:
@@ -224,6 +228,7 @@ class SshExecutor:
         self.command_timeout_seconds = command_timeout_seconds
         self.reboot_timeout_seconds = reboot_timeout_seconds
         self.poll_seconds = poll_seconds
+        self.start_wait_seconds = start_wait_seconds
         self.revert_failed_installs = revert_failed_installs
         self._pool = _Pool(max_connections, connect_timeout_seconds)
         self._operations: dict[str, str] = {}
@@ -549,6 +554,8 @@ class SshExecutor:
             "kind": kind,
             "packages": [[p.name, p.arch, p.version] for p in packages],
             "revert_on_failure": self.revert_failed_installs,
+            "wait": self.start_wait_seconds,
+            "close": self.reboot_option,
             "sources": [
                 {"name": s.name, "products": list(s.products), "configuration": s.configuration}
                 for s in sources
@@ -556,7 +563,7 @@ class SshExecutor:
         }
         started = time.monotonic()
         try:
-            answer = await self._agent(host, "start", request, timeout=120)
+            answer = await self._agent(host, "start", request, timeout=120 + self.start_wait_seconds)
         except HostUnreachable as exc:
             return InstallResult(
                 instance_id, "undeliverable", message=str(exc), duration_seconds=_since(started)
