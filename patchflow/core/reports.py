@@ -87,7 +87,7 @@ from typing import Any, Literal
 
 from patchflow.core.baselines import COMPLIANCE_ORDER
 from patchflow.core.catalog import Patch
-from patchflow.core.compliance import COUNT_FIELDS, FAILED, MISSING, InstanceCompliance
+from patchflow.core.compliance import COUNT_FIELDS, FAILED, MISSING, InstanceCompliance, PatchState
 from patchflow.core.plans import Targets
 from patchflow.core.timeutil import format_instant
 from patchflow.core.wavemodel import WAVE_FINAL_STATES
@@ -461,30 +461,60 @@ def drift_of(result: InstanceCompliance, last_wave: LastWave) -> tuple[str | Non
     return recorded.state, Drift(changed=changed, regressed=regressed)
 
 
+_RowInfo = tuple[str, tuple[datetime, str, str, str] | None] | None
+"""What a report needs of one judged row: None when it is not missing, else its severity column and its
+(release date, name, arch, version) when dated."""
+
+
+_MEMO_ROWS = 1_000_000
+
+
+def _row_info(patch: PatchState, dates: ReleaseDates) -> _RowInfo:
+    if patch.state not in MISSING_STATES:
+        return None
+    target = patch.target_version
+    released = dates.get((patch.name, patch.arch, target)) if target is not None else None
+    dated = None if target is None or released is None else (released, patch.name, patch.arch, target)
+    return patch.compliance_level or "UNSPECIFIED", dated
+
+
 def instance_row(
     result: InstanceCompliance,
     *,
     dates: ReleaseDates,
     now: datetime,
     last_wave: LastWave | None = None,
+    memo: dict[int, _RowInfo] | None = None,
 ) -> InstanceRow:
-    """One instance's report row from its judged compliance."""
+    """One instance's report row from its judged compliance.
+
+    ``memo`` (one per report, while the results are alive) keeps what each judged row object contributes:
+    instances share their row objects (:mod:`patchflow.core.compliance`), so a fleet's rows are looked up once
+    per distinct object, not once per instance.
+    """
     missing = _severity_counts()
-    dated: list[tuple[datetime, str, str, str]] = []
+    oldest_key: tuple[datetime, str, str, str] | None = None
     undated = 0
+    memo = {} if memo is None else memo
     for patch in result.patches:
-        if patch.state not in MISSING_STATES:
-            continue
-        missing[patch.compliance_level or "UNSPECIFIED"] += 1
-        target = patch.target_version
-        released = dates.get((patch.name, patch.arch, target)) if target is not None else None
-        if target is None or released is None:
-            undated += 1
+        key = id(patch)
+        if key in memo:
+            info = memo[key]
         else:
-            dated.append((released, patch.name, patch.arch, target))
+            info = _row_info(patch, dates)
+            if len(memo) < _MEMO_ROWS:  # rows not shared between instances must not grow it without end
+                memo[key] = info
+        if info is None:
+            continue
+        level, dated = info
+        missing[level] += 1
+        if dated is None:
+            undated += 1
+        elif oldest_key is None or dated < oldest_key:  # ties: by package name, for a stable report
+            oldest_key = dated
     oldest: MissingPatch | None = None
-    if dated:
-        released, name, arch, version = min(dated)  # ties: by package name, for a stable report
+    if oldest_key is not None:
+        released, name, arch, version = oldest_key
         oldest = MissingPatch(name, arch, version, released, _age_days(now, released))
     state, drift = drift_of(result, last_wave) if last_wave is not None else (None, None)
     return InstanceRow(
@@ -554,8 +584,10 @@ def build_report(
     """
     if now.utcoffset() is None:
         raise ValueError("now must be timezone-aware")
+    memo: dict[int, _RowInfo] = {}
+    judged = list(results)  # alive until the report is built: the memo is keyed by their rows' ids
     rows = sorted(
-        (instance_row(r, dates=dates, now=now, last_wave=last_wave) for r in results),
+        (instance_row(r, dates=dates, now=now, last_wave=last_wave, memo=memo) for r in judged),
         key=lambda row: (_group_order(row.patch_group), row.instance_id),
     )
     with_drift = last_wave is not None

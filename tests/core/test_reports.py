@@ -561,3 +561,25 @@ def test_a_finished_wave_s_unstarted_stages_are_over() -> None:
     }  # fmt: skip
     assert not any(not_run for _, _, not_run in drift_summary(report).values())
     assert report.to_json()["last_wave"]["stages_not_run"] == []
+
+
+def test_rows_shared_between_instances_report_the_same_as_distinct_ones(fleet: list[Generated]) -> None:
+    # The compliance engine hands out one row object per distinct judged row; the report remembers what each
+    # object contributes. Shared objects, distinct copies and a one-pass generator of fresh copies (whose
+    # objects could be freed and their ids reused if the report did not hold them) give the same report.
+    results = judge_fleet(fleet)
+    canonical: dict[Any, Any] = {}
+    shared = [
+        dataclasses.replace(r, patches=[canonical.setdefault(p, p) for p in r.patches]) for r in results
+    ]
+    assert sum(len(r.patches) for r in shared) > 2 * len(canonical)  # rows really are shared
+    copies = [dataclasses.replace(r, patches=[dataclasses.replace(p) for p in r.patches]) for r in results]
+    common = {
+        "judged_against": JudgedAgainst("patch_set", "ps-" + "0" * 24),
+        "dates": catalog_dates(),
+        "now": NOW,
+    }
+    expected = build_report(copies, **common)  # type: ignore[arg-type]
+    assert build_report(shared, **common).rows == expected.rows  # type: ignore[arg-type]
+    fresh = (dataclasses.replace(r, patches=[dataclasses.replace(p) for p in r.patches]) for r in results)
+    assert build_report(fresh, **common).rows == expected.rows  # type: ignore[arg-type]
