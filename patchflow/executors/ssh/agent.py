@@ -7,11 +7,13 @@ one request as JSON on stdin; the answer is one JSON object on stdout. Operation
 * ``start`` — begin an install/restore under an operation id (idempotent): write the **operation journal**
   ``/var/lib/patchflow/operations/<sha256(id)>.json`` (state ``started``, the package list *before*), then
   run the transaction in a detached process (``setsid``), so a dropped connection or a dead worker never
-  stops a package transaction half-way. A second ``start`` with the same id returns the journal.
+  stops a package transaction half-way. With ``wait`` it then waits like ``wait`` below (up to that many
+  seconds, closing the operation when no reboot is due), so a short install is one SSH command. A second
+  ``start`` with the same id returns the journal.
 * ``wait`` — block up to N seconds while the journal says ``started`` (woken by the transaction's exit); a
   transaction whose process died (killed, or the host rebooted under it) is recorded as failed
   (``interrupted``). With ``close`` (the reboot option) it also closes a transacted operation that needs no
-  reboot (``done``), so an install is two SSH round trips: ``start`` and ``wait``.
+  reboot (``done``): an install that outlives ``start``'s wait is two SSH round trips, ``start`` and ``wait``.
 * ``get``, ``mark`` (compare-and-set the state, e.g. ``transacted`` → ``done``), ``reboot`` (``transacted`` →
   ``rebooting``, then run the reboot command detached), ``cancel`` (kill the transaction's process group).
 
