@@ -100,6 +100,8 @@ async def test_a_pin_needing_a_dependency_outside_the_set_fails_and_changes_noth
 ) -> None:
     host = lab_hosts.take("spare")
     before = lab.installed(host)
+    archives = "find /var/cache/apt/archives -type f | sort"
+    cached = lab.run(host, archives).stdout
     result = await executor.install(
         host, [Package("app", "all", "1.1-1")], operation_id=f"w-dep/x/{host}/install/0"
     )
@@ -108,6 +110,10 @@ async def test_a_pin_needing_a_dependency_outside_the_set_fails_and_changes_noth
     assert "nothing was changed" in result.message
     assert result.changed == ()
     assert lab.installed(host) == before
+    # apt fetched the plan's packages into a private directory the agent removed: not even the cache changed.
+    assert lab.run(host, archives).stdout == cached
+    left = lab.run(host, "ls /var/lib/patchflow/operations").stdout.split()
+    assert left and all(name.endswith((".json", ".log")) for name in left), left
 
 
 async def test_a_failing_postinst_fails_the_instance_and_is_reverted(

@@ -884,9 +884,11 @@ def _apt_checked(
     requested at their pinned versions and apt runs again.
     """
     base = _path(operation_id)[:-5]
-    hook, report = base + ".hook", base + ".plan"
+    hook, report, archives = base + ".hook", base + ".plan", base + ".archives"
     rc, out, outside = 0, "", []
     try:
+        # apt downloads into a private directory removed afterwards: a refused plan leaves no .deb behind.
+        os.makedirs(os.path.join(archives, "partial"), mode=0o700, exist_ok=True)
         for _ in range(10):
             _write(hook, plan_hook(wanted, pinned, remove, report), 0o700)
             _unlink(report)
@@ -895,7 +897,7 @@ def _apt_checked(
                 ["apt-get", "-y", *APT_OPTS, *(sources or [])]
                 + (["--allow-downgrades"] if downgrades else [])
                 + ["-o", f"DPkg::Pre-Install-Pkgs::={hook}", "-o", f"DPkg::Tools::Options::{hook}::Version=3"]
-                + ["install", *args]
+                + ["-o", f"Dir::Cache::Archives={archives}/", "install", *args]
             )
             rc, out = _run(cmd, timeout=None)
             try:
@@ -905,8 +907,7 @@ def _apt_checked(
                 verdicts = []
             if not verdicts:  # the hook never ran: apt stopped before dpkg (or had nothing to do)
                 return ("refused" if rc != 0 else "ran"), rc, out, []
-            ends = [v[1] for v in verdicts if v[0] == "END"]
-            if ends[:-1].count("ok") or ends[-1:] == ["ok"]:  # dpkg ran (at least once)
+            if ["END", "ok"] in verdicts:  # dpkg ran (at least once: apt may call it more than once)
                 outside = [v[1] for v in verdicts if v[0] == "O"]
                 return "ran", rc, out, outside
             outside = [v[1] for v in verdicts if v[0] == "O"]
@@ -918,6 +919,7 @@ def _apt_checked(
     finally:
         _unlink(hook)
         _unlink(report)
+        _remove_tree(archives)
 
 
 def _unlink(path: str) -> None:
@@ -1016,20 +1018,26 @@ def _drop_sources(operation_id: str) -> None:
     """Remove the operation's private directory (and the parent when it is empty): nothing stays behind."""
     import contextlib
 
-    base = _sources_dir(operation_id)
-    if os.path.isdir(base):
-        for root, dirs, files in os.walk(base, topdown=False):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(root, name))
-            for name in dirs:
-                path = os.path.join(root, name)
-                with contextlib.suppress(OSError):
-                    os.unlink(path) if os.path.islink(path) else os.rmdir(path)
-        with contextlib.suppress(OSError):
-            os.rmdir(base)
+    _remove_tree(_sources_dir(operation_id))
     with contextlib.suppress(OSError):
         os.rmdir(SOURCES_DIR)  # only when empty
+
+
+def _remove_tree(base: str) -> None:
+    """Remove a directory the agent made, with everything in it (symbolic links are removed, not followed)."""
+    import contextlib
+
+    if not os.path.isdir(base) or os.path.islink(base):
+        return
+    for root, dirs, files in os.walk(base, topdown=False):
+        for name in files:
+            _unlink(os.path.join(root, name))
+        for name in dirs:
+            path = os.path.join(root, name)
+            with contextlib.suppress(OSError):
+                os.unlink(path) if os.path.islink(path) else os.rmdir(path)
+    with contextlib.suppress(OSError):
+        os.rmdir(base)
 
 
 def _unreachable(used: list[dict[str, Any]], out: str, family: str) -> str:
