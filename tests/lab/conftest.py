@@ -33,7 +33,7 @@ LAB_GROUPS = {
     "control": 1,
     "rb": 2,
     "kill": 4,
-    "spare": 13,
+    "spare": 14,
     "ssm": 9,
     "src": 3,
     "hooks": 2,

@@ -306,3 +306,34 @@ async def test_a_short_install_is_one_ssh_command(lab: Lab, lab_hosts: Hosts, ex
         await executor.finish_install(host, operation_id=op) == result
     )  # a wait afterwards reads the journal
     assert json.loads(lab.run(host, "cat /var/lib/patchflow/operations/*.json").stdout)["state"] == "done"
+
+
+async def test_a_host_lost_while_the_start_waits_is_waited_for_not_reported_undeliverable(
+    lab: Lab, lab_hosts: Hosts, inventory: Path
+) -> None:
+    # The start waits on the host for a short transaction. If the connection is lost meanwhile (here the host
+    # reboots while apt waits for dpkg's lock), the transaction may have begun: the start reports it under way
+    # and the wait finds out — after the host is back, the journal says the transaction was interrupted.
+    host = lab_hosts.take("spare")
+    lab.run(
+        host,
+        "nohup python3 -c \"import fcntl,time; f=open('/var/lib/dpkg/lock-frontend','w'); "
+        'fcntl.lockf(f, fcntl.LOCK_EX); time.sleep(120)" >/dev/null 2>&1 &',
+    )
+    executor = SshExecutor(
+        load_inventory(inventory), start_wait_seconds=30, poll_seconds=1, reboot_timeout_seconds=60
+    )
+    op = f"w-lost/x/{host}/install/0"
+    try:
+
+        async def reboot_soon() -> None:
+            await asyncio.sleep(3)
+            lab.run(host, "nohup /usr/sbin/reboot >/dev/null 2>&1 &")
+
+        started, _ = await asyncio.gather(executor.start_install(host, APP, operation_id=op), reboot_soon())
+        assert started is None  # under way as far as anyone knows: not undeliverable
+        result = await executor.finish_install(host, operation_id=op)
+    finally:
+        await executor.close()
+    assert result.status == "failed" and "interrupted" in result.message, result
+    assert lab.installed(host)["app"] == "1.0-1" and lab.installed(host)["libfoo"] == "1.0-1"

@@ -80,7 +80,14 @@ _STATUSES: Final = ("succeeded", "failed", "timed_out", "undeliverable")
 
 
 class HostUnreachable(Exception):
-    """The host cannot be driven: unreachable, host key or auth failure, no sudo, no python3."""
+    """The host cannot be driven: unreachable, host key or auth failure, no sudo, no python3.
+
+    ``sent``: the command had gone out on an open connection when it was lost (the host may have acted on it).
+    """
+
+    def __init__(self, message: str, *, sent: bool = False) -> None:
+        super().__init__(message)
+        self.sent = sent
 
 
 class AgentError(Exception):
@@ -117,22 +124,30 @@ class _Pool:
     ) -> asyncssh.SSHCompletedProcess:
         async with self._bind():
             self._in_use[host.name] = self._in_use.get(host.name, 0) + 1
+            sent = False
             try:
                 for attempt in (1, 2):
                     conn = await self._connection(host)
                     self.commands += 1
                     try:
                         return await asyncio.wait_for(conn.run(command, input=stdin, check=False), timeout)
-                    except (
-                        asyncssh.ConnectionLost,
-                        asyncssh.DisconnectError,
-                        asyncssh.ChannelOpenError,
-                        OSError,
-                    ):
+                    except asyncssh.ChannelOpenError:
+                        self.drop(host.name)
+                        if attempt == 2:
+                            raise
+                    except TimeoutError:  # (an OSError too): not sent again, it may still run on the host
+                        sent = True
+                        self.drop(host.name)
+                        raise
+                    except (asyncssh.ConnectionLost, asyncssh.DisconnectError, OSError):
+                        sent = True  # the session was open: the host may have started the command
                         self.drop(host.name)
                         if attempt == 2:
                             raise
                 raise AssertionError("unreachable")
+            except (asyncssh.Error, OSError, TimeoutError) as exc:
+                exc.patchflow_sent = sent  # type: ignore[union-attr]
+                raise
             finally:
                 self._in_use[host.name] -= 1
 
@@ -565,6 +580,10 @@ class SshExecutor:
         try:
             answer = await self._agent(host, "start", request, timeout=120 + self.start_wait_seconds)
         except HostUnreachable as exc:
+            if exc.sent:
+                # Lost while the start was on the host (it waits for short transactions): the transaction may
+                # be under way. The wait finds its journal (waiting out an outage), or says nothing started.
+                return None
             return InstallResult(
                 instance_id, "undeliverable", message=str(exc), duration_seconds=_since(started)
             )
@@ -714,9 +733,17 @@ class SshExecutor:
             ) from exc
         except (asyncssh.Error, OSError, TimeoutError) as exc:
             raise HostUnreachable(
-                f"{host.name} ({host.address}:{host.port}) unreachable: {_reason(exc)}"
+                f"{host.name} ({host.address}:{host.port}) unreachable: {_reason(exc)}",
+                sent=bool(getattr(exc, "patchflow_sent", False)),
             ) from exc
         stdout, stderr = _text(result.stdout), _text(result.stderr)
+        if result.exit_status is None:  # no exit status: the agent was killed, or the host went away under it
+            signal = result.exit_signal[0] if result.exit_signal else "none"
+            raise HostUnreachable(
+                f"{host.name} ({host.address}:{host.port}): the session ended without an exit status "
+                f"(signal {signal}): the host went away or the agent was killed",
+                sent=True,
+            )
         if result.exit_status != 0:
             if host.sudo and "sudo" in stderr:
                 raise HostUnreachable(
