@@ -25,8 +25,8 @@ apt is about to hand to dpkg and stops the transaction if it would install, upgr
 anything not in the pinned set (nothing is changed; any other package of the set the resolver pulls in is
 requested at its pinned version and apt runs again). This checks the very plan apt executes, in the same
 run, instead of a separate ``apt-get -s`` simulation before it. Then record the package list *after*,
-``dpkg --audit`` and whether a reboot is required (``/var/run/reboot-required``). A failed install is reverted to the versions before it (so the
-host is never left half-configured) unless the request says otherwise.
+``dpkg --audit`` and whether a reboot is required (``/var/run/reboot-required``). A failed install is reverted
+to the versions before it (so the host is never left half-configured) unless the request says otherwise.
 
 **Baseline Sources.** An install whose request names sources for this host's product uses exactly those
 repositories, and leaves the host's own configuration, lists and caches untouched: everything lives in a
@@ -853,9 +853,14 @@ Debian), so the check costs no interpreter start-up. Its report: ``R name versio
 (outside the set), then ``END ok|fail``, tab-separated, one run after another."""
 
 
+def _sh_quote(text: str) -> str:
+    """``text`` as one single-quoted shell word."""
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
 def _sh_words(words: list[str]) -> str:
     """A space-framed list as one single-quoted shell word (``' a b '``), for ``case`` look-ups."""
-    return "'" + (" " + " ".join(words) + " ").replace("'", "'\\''") + "'"
+    return _sh_quote(" " + " ".join(words) + " ")
 
 
 def plan_hook(wanted: dict[str, str], pinned: dict[str, str], remove: list[str], report: str) -> str:
@@ -864,7 +869,7 @@ def plan_hook(wanted: dict[str, str], pinned: dict[str, str], remove: list[str],
         PLAN_HOOK.replace("@WANTED@", _sh_words([f"{n}={v}" for n, v in sorted(wanted.items())]))
         .replace("@PINNED@", _sh_words([f"{n}={v}" for n, v in sorted(pinned.items())]))
         .replace("@REMOVE@", _sh_words(list(remove)))
-        .replace("@REPORT@", _sh_words([report]).replace("' ", "'").replace(" '", "'"))
+        .replace("@REPORT@", _sh_quote(report))
     )
 
 
@@ -892,14 +897,12 @@ def _apt_checked(
         for _ in range(10):
             _write(hook, plan_hook(wanted, pinned, remove, report), 0o700)
             _unlink(report)
-            args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
-            cmd = (
-                ["apt-get", "-y", *APT_OPTS, *(sources or [])]
-                + (["--allow-downgrades"] if downgrades else [])
-                + ["-o", f"DPkg::Pre-Install-Pkgs::={hook}", "-o", f"DPkg::Tools::Options::{hook}::Version=3"]
-                + ["-o", f"Dir::Cache::Archives={archives}/", "install", *args]
-            )
-            rc, out = _run(cmd, timeout=None)
+            checked = [
+                *(sources or []),
+                *("-o", f"DPkg::Pre-Install-Pkgs::={hook}", "-o", f"DPkg::Tools::Options::{hook}::Version=3"),
+                *("-o", f"Dir::Cache::Archives={archives}/"),
+            ]
+            rc, out = _apt_install(wanted, remove, downgrades, checked)
             try:
                 with open(report, encoding="utf-8") as f:
                     verdicts = [line.rstrip("\n").split("\t", 2) for line in f if "\t" in line]
@@ -907,10 +910,9 @@ def _apt_checked(
                 verdicts = []
             if not verdicts:  # the hook never ran: apt stopped before dpkg (or had nothing to do)
                 return ("refused" if rc != 0 else "ran"), rc, out, []
-            if ["END", "ok"] in verdicts:  # dpkg ran (at least once: apt may call it more than once)
-                outside = [v[1] for v in verdicts if v[0] == "O"]
-                return "ran", rc, out, outside
             outside = [v[1] for v in verdicts if v[0] == "O"]
+            if ["END", "ok"] in verdicts:  # dpkg ran (at least once: apt may call it more than once)
+                return "ran", rc, out, outside
             repin = {v[1]: v[2] for v in verdicts if v[0] == "R" and len(v) == 3}
             if outside or not repin:
                 return "refused", rc, out, outside
@@ -930,11 +932,12 @@ def _unlink(path: str) -> None:
 
 
 def _apt_install(
-    wanted: dict[str, str], remove: list[str], downgrades: bool, sources: list[str] | None = None
+    wanted: dict[str, str], remove: list[str], downgrades: bool, options: list[str] | None = None
 ) -> tuple[int, str]:
+    """``apt-get install`` of exactly these versions and removals, with extra apt ``options``."""
     args = [f"{n}={v}" for n, v in sorted(wanted.items())] + [f"{n}-" for n in remove]
     cmd = (
-        ["apt-get", "-y", *APT_OPTS, *(sources or [])]
+        ["apt-get", "-y", *APT_OPTS, *(options or [])]
         + (["--allow-downgrades"] if downgrades else [])
         + ["install", *args]
     )
@@ -1339,7 +1342,14 @@ cached under :data:`AGENT_CACHE` by the source's hash (a changed agent is a new 
 compiled again)."""
 
 
+_HEADERS: dict[str, str] = {}
+"""The controller's ``<length> <sha256>\n<source>`` prefix per agent source (hashed once, not per call)."""
+
+
 def payload(agent_source: str, op: str, request: dict[str, Any]) -> str:
     """The stdin of one agent call."""
-    digest = _sha256(agent_source.encode("utf-8")).hexdigest()
-    return f"{len(agent_source)} {digest}\n{agent_source}" + dumps({"op": op, "request": request})
+    head = _HEADERS.get(agent_source)
+    if head is None:
+        digest = _sha256(agent_source.encode("utf-8")).hexdigest()
+        head = _HEADERS[agent_source] = f"{len(agent_source)} {digest}\n{agent_source}"
+    return head + dumps({"op": op, "request": request})

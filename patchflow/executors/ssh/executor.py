@@ -317,7 +317,10 @@ class SshExecutor:
         try:
             result = await self._pool.run(host, line, stdin, timeout)
         except (asyncssh.Error, OSError, TimeoutError) as exc:
-            raise HostUnreachable(f"{host.name} ({host.address}:{host.port}): {_reason(exc)}") from exc
+            raise HostUnreachable(
+                f"{host.name} ({host.address}:{host.port}): {_reason(exc)}",
+                sent=bool(getattr(exc, "patchflow_sent", False)),
+            ) from exc
         status = result.exit_status if result.exit_status is not None else -1
         return status, _text(result.stdout), _text(result.stderr)
 
