@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.patching import build_executor
@@ -191,14 +192,26 @@ async def test_worker_killed_repeatedly_every_host_transaction_happens_once(
     )
     kills = 0
     try:
-        for delay in (3.0, 4.0, 4.0):
-            await asyncio.sleep(delay)
-            if (await handle.query(WaveWorkflow.status)).state == "succeeded":
+        # Kill while a host transaction is in flight (not on a timer: an install takes about a second now),
+        # each time once the replacement worker has had a moment to pick the work up again.
+        loop = asyncio.get_running_loop()
+        started, deadline = loop.time(), loop.time() + 120
+        while kills < 3 and loop.time() < deadline:
+            await asyncio.sleep(0.2)
+            try:  # the wave's status merged with its running stage's live instance states
+                status = await asyncio.wait_for(wave_status(lab_temporal.client, inp.wave_id), 10)
+            except (TimeoutError, RPCError):
+                continue  # the replacement worker is not answering queries yet
+            if status.state == "succeeded":
                 break
+            in_flight = status.stages and "in_flight" in status.stages[0].instances.values()
+            if not in_flight or loop.time() - started < 1.5:
+                continue
             worker.send_signal(signal.SIGKILL)
             worker.wait(timeout=10)
             kills += 1
             worker = start_worker(address, task_queue, tmp_path, log)
+            started = loop.time()
         result = await asyncio.wait_for(handle.result(), timeout=240)
     finally:
         worker.send_signal(signal.SIGTERM)
