@@ -35,6 +35,8 @@ from temporalio.client import Client, WorkflowFailureError
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from patchflow.config import Settings  # noqa: E402
+from patchflow.control.connection import data_converter  # noqa: E402
 from patchflow.control.devserver import free_port, start_dev_server  # noqa: E402
 from patchflow.control.waves import wave_status  # noqa: E402
 from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput  # noqa: E402
@@ -131,7 +133,8 @@ async def one_run(instances: int, workers: int, concurrency: str, timeout: float
         procs: list[subprocess.Popen[bytes]] = []
         try:
             recorder, status_recorder = PayloadSizeRecorder(), PayloadSizeRecorder()
-            plain = await Client.connect(address)
+            # the workers' converter (their PATCHFLOW_DATA_DIR is this directory): the same payload store
+            plain = await Client.connect(address, data_converter=data_converter(Settings(data_dir=data)))
             client = recording_client(plain, recorder)
             status_client = recording_client(plain, status_recorder)  # what `wave status` receives
             task_queue = f"scaleout-{uuid.uuid4()}"

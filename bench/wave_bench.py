@@ -30,6 +30,8 @@ from temporalio.client import Client
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from patchflow.config import Settings  # noqa: E402
+from patchflow.control.connection import data_converter  # noqa: E402
 from patchflow.control.devserver import free_port, start_dev_server  # noqa: E402
 from patchflow.core.wavemodel import ExecutorRef, StageInput, WaveInput  # noqa: E402
 from patchflow.core.windows import WindowSpec  # noqa: E402
@@ -186,7 +188,9 @@ async def main() -> None:
         address = f"127.0.0.1:{free_port()}"
         server = start_dev_server(address, Path(data), ui=False)
         try:
-            client = await Client.connect(address)
+            # patchflow's converter: payloads past 240 KiB travel by reference (patchflow.control.payloads)
+            settings = Settings(data_dir=Path(data))
+            client = await Client.connect(address, data_converter=data_converter(settings))
             if args.which in ("makespan", "all"):
                 await makespan(client)
             if args.which in ("scale", "all"):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -66,6 +67,15 @@ class Settings(BaseSettings):
     freeze_file: Path | None = None
     """Global change-freeze calendar for every plan: YAML ``{freezes: [...], override_approvers: [...]}`` or an
     iCalendar (``.ics``) file; see the README section "Change freezes"."""
+    payload_dir: Path | None = None
+    """Where payloads too large to travel through Temporal inline are kept, by content hash (unset:
+    ``<data_dir>/payloads``). Every worker, API and CLI process must share it: on several machines, a shared
+    volume (see the README, "Scaling out")."""
+    payload_store: Literal["auto", "files", "database"] = "auto"
+    """Where payloads that travel by reference are kept: ``files`` (``payload_dir``), ``database`` (the history
+    database, shared by several machines), ``auto``: the database when ``database_url`` is set, else files."""
+    payload_inline_bytes: int = Field(default=240 * 1024, ge=1024, le=1024 * 1024)
+    """Payloads larger than this travel by reference (the payload directory); smaller ones inline."""
     database_url: str | None = None
     """SQLAlchemy URL of the history database (``postgresql+psycopg://user@host/db`` in production);
     unset: a SQLite file under ``data_dir``, which serves one machine but not several API replicas."""
@@ -150,6 +160,11 @@ class Settings(BaseSettings):
     @property
     def patch_set_dir(self) -> Path:
         return self.data_dir / "patch-sets"
+
+    @property
+    def payload_dir_resolved(self) -> Path:
+        """``payload_dir``, else ``<data_dir>/payloads``."""
+        return self.payload_dir or self.data_dir / "payloads"
 
     @property
     def database_url_resolved(self) -> str:

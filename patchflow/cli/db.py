@@ -29,6 +29,10 @@ db_app = typer.Typer(help="The history database: schema migrations.", no_args_is
 token_app = typer.Typer(help="API tokens: bearer tokens with a role, hashed at rest.", no_args_is_help=True)
 audit_app = typer.Typer(help="The audit log: append-only and hash-chained.", no_args_is_help=True)
 
+payloads_app = typer.Typer(
+    help="Payloads that travel through Temporal by reference (the payload directory).", no_args_is_help=True
+)
+
 out = Console(soft_wrap=False, width=None if sys.stdout.isatty() else 200)
 
 
@@ -37,6 +41,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(db_app, name="db")
     app.add_typer(audit_app, name="audit")
     app.add_typer(token_app, name="token")
+    app.add_typer(payloads_app, name="payloads")
 
 
 def _url() -> str:
@@ -253,3 +258,41 @@ def token_revoke_command(
         token = db.revoke_token(session, token_id=token_id)
         db.append_audit(session, actor=_actor(), action="token.revoke", detail={"token_id": token_id})
     sys.stdout.write(f"revoked API token {token.id} ({token.name}, role {token.role})\n")
+
+
+@payloads_app.command("prune")
+def payloads_prune(
+    min_age_hours: Annotated[
+        float,
+        typer.Option(min=0.0, help="Only blobs older than this many hours (a fresh one may be in use)."),
+    ] = 1.0,
+    dry_run: Annotated[bool, typer.Option(help="Report what would be removed; remove nothing.")] = False,
+    fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+) -> None:
+    """Remove payload blobs no workflow history on the Temporal server refers to any more.
+
+    Every execution the server still keeps is read (running waves, and finished ones within the namespace's
+    retention), so nothing a wave may replay or a `wave status` may read is removed. Run it from one machine,
+    e.g. daily from cron; it reads every kept history, so it takes a while on a busy server.
+    """
+    from datetime import timedelta
+
+    from patchflow.cli.common import run_sync, temporal_client
+    from patchflow.control.payloads import prune, store_for
+
+    settings = get_settings()
+    store = store_for(settings)
+
+    async def main() -> object:
+        client = await temporal_client(settings)
+        return await prune(client, store, min_age=timedelta(hours=min_age_hours), dry_run=dry_run)
+
+    report = run_sync(main())
+    if fmt is Fmt.json:
+        print(json.dumps({**vars(report), "store": str(store), "dry_run": dry_run}))
+        return
+    verb = "would remove" if dry_run else "removed"
+    print(
+        f"{store}: {verb} {report.removed} blob(s) ({report.removed_bytes:,} bytes), kept "
+        f"{report.kept}; {report.workflows} workflow histories read"
+    )

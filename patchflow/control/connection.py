@@ -10,12 +10,15 @@ unset, the client speaks plain gRPC (the embedded dev server).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from pathlib import Path
 
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.service import TLSConfig
 
 from patchflow.config import Settings
+from patchflow.control.payloads import ClaimCheckCodec, store_for
 from patchflow.errors import PatchflowError
 
 
@@ -106,6 +109,16 @@ def _pem(path: Path | None, field: str) -> bytes | None:
     return data
 
 
+def data_converter(settings: Settings) -> DataConverter:
+    """Temporal's default converter with patchflow's claim-check codec: payloads past
+    ``PATCHFLOW_PAYLOAD_INLINE_BYTES`` travel by reference to the store ``PATCHFLOW_PAYLOAD_STORE`` names
+    (:mod:`patchflow.control.payloads`)."""
+    return dataclasses.replace(
+        DataConverter.default,
+        payload_codec=ClaimCheckCodec(store_for(settings), inline_bytes=settings.payload_inline_bytes),
+    )
+
+
 async def connect(settings: Settings, *, attempts: int = 1) -> Client:
     """A client of the Temporal frontend at ``PATCHFLOW_TEMPORAL_ADDRESS``, over TLS when
     ``PATCHFLOW_TEMPORAL_TLS_*`` say so; ``attempts`` tries half a second apart (a server that is starting).
@@ -119,7 +132,9 @@ async def connect(settings: Settings, *, attempts: int = 1) -> Client:
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            return await Client.connect(settings.temporal_address, tls=tls)
+            return await Client.connect(
+                settings.temporal_address, tls=tls, data_converter=data_converter(settings)
+            )
         except Exception as exc:  # noqa: BLE001 - the SDK raises RuntimeError for connection failures
             last = exc
             if attempt + 1 < attempts:

@@ -270,6 +270,55 @@ class PatchSetRecord(SQLModel, table=True):
     created_at: datetime
 
 
+# ---------------------------------------------------------------------------------------------- payloads
+
+
+class PayloadBlob(SQLModel, table=True):
+    """A payload too large to travel through Temporal inline, kept by the SHA-256 of its content
+    (:mod:`patchflow.control.payloads`, ``PATCHFLOW_PAYLOAD_STORE=database``). Immutable; ``touched_at`` is
+    refreshed whenever it is referenced again, so pruning spares blobs in use."""
+
+    __tablename__: ClassVar[str] = "payload_blobs"
+
+    digest: str = Field(primary_key=True, max_length=64)
+    data: bytes = Field(sa_type=sa.LargeBinary)
+    size: int
+    touched_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+
+
+def put_payload_blob(session: Session, *, digest: str, data: bytes) -> None:
+    """Store a blob (idempotent: the same digest twice refreshes ``touched_at`` only)."""
+    now = _now()
+    _insert(
+        session,
+        _table(PayloadBlob),
+        [{"digest": digest, "data": data, "size": len(data), "touched_at": now}],
+        keys=["digest"],
+        update={"touched_at": _excluded("touched_at")},
+    )
+
+
+def get_payload_blob(session: Session, *, digest: str) -> bytes | None:
+    row = session.exec(
+        sa.select(_table(PayloadBlob).c.data).where(_table(PayloadBlob).c.digest == digest)
+    ).first()
+    return None if row is None else bytes(row[0])
+
+
+def payload_blob_ages(session: Session) -> list[tuple[str, int, datetime]]:
+    """Every blob's digest, size and when it was last written or referenced."""
+    t = _table(PayloadBlob)
+    rows = session.exec(sa.select(t.c.digest, t.c.size, t.c.touched_at)).all()
+    # SQLite hands back naive datetimes (it stores no zone); everything here is written in UTC.
+    return [(d, n, t if t.tzinfo else t.replace(tzinfo=UTC)) for d, n, t in rows]
+
+
+def delete_payload_blobs(session: Session, *, digests: Sequence[str]) -> None:
+    t = _table(PayloadBlob)
+    for start in range(0, len(digests), _CHUNK):
+        session.exec(sa.delete(t).where(t.c.digest.in_(list(digests[start : start + _CHUNK]))))
+
+
 # ---------------------------------------------------------------------------------------------- decisions
 
 
@@ -430,6 +479,9 @@ def make_engine(url: str, *, timeout_seconds: float | None = None) -> Engine:
     if timeout_seconds is None:
         return sa.create_engine(parsed, pool_pre_ping=True)
     millis = int(timeout_seconds * 1000)
+    # Kept: options the URL itself carries (``?options=-csearch_path%3D…``) — connect_args would replace them.
+    given = parsed.query.get("options")
+    given = " ".join(given) if isinstance(given, tuple) else (given or "")
     return sa.create_engine(
         parsed,
         pool_pre_ping=True,
@@ -437,7 +489,7 @@ def make_engine(url: str, *, timeout_seconds: float | None = None) -> Engine:
         connect_args={
             "connect_timeout": max(1, int(timeout_seconds)),
             "tcp_user_timeout": millis,
-            "options": f"-c statement_timeout={millis} -c lock_timeout={millis}",
+            "options": f"{given} -c statement_timeout={millis} -c lock_timeout={millis}".strip(),
         },
     )
 

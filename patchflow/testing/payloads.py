@@ -42,7 +42,9 @@ class LargestPayload:
 class PayloadSizeRecorder(PayloadCodec):
     """Records the largest set of payloads; changes nothing."""
 
-    def __init__(self) -> None:
+    def __init__(self, inner: PayloadCodec | None = None) -> None:
+        self.inner = inner
+        """The codec this one wraps (the claim check): what it sends is what is measured."""
         self.largest = LargestPayload()
         self.sets = 0
         self.by_kind: dict[str, LargestPayload] = {}
@@ -76,16 +78,23 @@ class PayloadSizeRecorder(PayloadCodec):
         return sorted(self.by_kind.values(), key=lambda p: p.size, reverse=True)[:count]
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        if self.inner is not None:
+            payloads = await self.inner.encode(payloads)
         self._note(payloads, "encode")
         return list(payloads)
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         self._note(payloads, "decode")
+        if self.inner is not None:
+            return await self.inner.decode(payloads)
         return list(payloads)
 
 
 def recording_client(client: Client, recorder: PayloadSizeRecorder) -> Client:
-    """``client`` with ``recorder`` as its payload codec (same connection, namespace and converter)."""
+    """``client`` with ``recorder`` as its payload codec (same connection, namespace and converter); the
+    recorder wraps the client's own codec (the claim check), so it measures what goes over the wire."""
+    if recorder.inner is None:
+        recorder.inner = client.data_converter.payload_codec
     config = client.config()
     config["data_converter"] = dataclasses.replace(client.data_converter, payload_codec=recorder)
     return Client(**config)

@@ -28,6 +28,7 @@ TABLES = (
     "instance_results",
     "patch_sets",
     "gate_decisions",
+    "payload_blobs",
     "audit_log",
     "api_tokens",
 )

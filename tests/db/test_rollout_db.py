@@ -120,7 +120,7 @@ def test_revision_0005_leaves_the_stages_before_it_without_a_rollout(empty_url: 
                 ),
                 {"at": T0},
             )
-        assert db.upgrade(empty_url) == db.head_revision() == "0005"
+        assert db.upgrade(empty_url) == db.head_revision()
         with db.open_session(engine) as session:
             (stage,) = db.get_wave(session, wave_id="w").stages
             assert stage.name == "canary" and stage.rollout is None

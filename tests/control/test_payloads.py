@@ -1,0 +1,136 @@
+"""The claim-check payload codec (issue 17, item 1): large payloads travel by reference, and a reference can
+neither reach outside the payload directory nor smuggle in content other than what it names.
+
+The pattern is Temporal's documented answer to payload size limits (a ``PayloadCodec`` that stores large
+payloads externally and sends a reference; SDK "Data encryption / payload codec" and "large payloads"
+guidance); the limits themselves: ``shared/reference/temporal.md`` §1.1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.api.common.v1 import Payload
+from temporalio.converter import DataConverter
+
+from patchflow.config import Settings
+from patchflow.control.connection import data_converter
+from patchflow.control.payloads import (
+    CLAIM_ENCODING,
+    BlobStore,
+    ClaimCheckCodec,
+    PayloadStoreError,
+    claim_check_codec,
+)
+from patchflow.core.wavemodel import StageStatus
+
+
+def payload(size: int) -> Payload:
+    return Payload(metadata={"encoding": b"json/plain"}, data=b'"' + b"x" * size + b'"')
+
+
+async def test_small_payloads_stay_inline_and_large_ones_become_references(tmp_path: Path) -> None:
+    codec = claim_check_codec(tmp_path, inline_bytes=4096)
+    small, large = payload(100), payload(100_000)
+    encoded = await codec.encode([small, large])
+    assert encoded[0] == small  # untouched
+    assert encoded[1].metadata["encoding"] == CLAIM_ENCODING
+    assert encoded[1].ByteSize() < 200  # the reference, not the data
+    reference = json.loads(encoded[1].data)
+    assert reference["sha256"] == hashlib.sha256(large.SerializeToString()).hexdigest()
+    assert (tmp_path / reference["sha256"][:2] / reference["sha256"]).is_file()
+    decoded = await codec.decode(encoded)
+    assert decoded == [small, large]  # metadata (the original encoding) included
+
+
+async def test_a_dataclass_round_trips_through_a_converter_with_the_codec(tmp_path: Path) -> None:
+    converter = data_converter(Settings(data_dir=tmp_path, payload_inline_bytes=1024))
+    status = StageStatus(
+        name="prod",
+        state="running",
+        instances={f"i-{n:017d}": "succeeded" for n in range(5000)},
+    )
+    encoded = await converter.encode([status])
+    assert encoded[0].metadata["encoding"] == CLAIM_ENCODING
+    assert any((tmp_path / "payloads").rglob("*"))  # the default directory: <data_dir>/payloads
+    [back] = await converter.decode(encoded, [StageStatus])
+    assert back == status
+
+
+async def test_the_same_content_is_stored_once(tmp_path: Path) -> None:
+    codec = claim_check_codec(tmp_path, inline_bytes=1024)
+    first = await codec.encode([payload(50_000)])
+    second = await codec.encode([payload(50_000)])
+    assert first == second
+    assert len([p for p in tmp_path.rglob("*") if p.is_file()]) == 1
+
+
+async def test_payloads_recorded_before_the_codec_decode_as_themselves(tmp_path: Path) -> None:
+    """Histories written inline (every wave before this codec) keep replaying: decode leaves them alone."""
+    codec = claim_check_codec(tmp_path, inline_bytes=1024)
+    inline = payload(500_000)  # large, but recorded inline
+    assert await codec.decode([inline]) == [inline]
+
+
+def reference(digest: str) -> Payload:
+    return Payload(metadata={"encoding": CLAIM_ENCODING}, data=json.dumps({"sha256": digest}).encode())
+
+
+@pytest.mark.parametrize(
+    "digest",
+    [
+        "../../../../etc/passwd",
+        "/etc/passwd",
+        "ab/../../secret",
+        "A" * 64,  # upper case: not how the store names blobs
+        "0" * 63,
+        "0" * 64 + "/",
+    ],
+)
+async def test_a_reference_cannot_name_a_path_outside_the_store(tmp_path: Path, digest: str) -> None:
+    store = tmp_path / "payloads"
+    (tmp_path / "secret").write_text("not a payload")
+    codec = claim_check_codec(store)
+    with pytest.raises(PayloadStoreError, match="not a SHA-256 digest"):
+        await codec.decode([reference(digest)])
+
+
+async def test_a_changed_blob_is_refused_not_decoded(tmp_path: Path) -> None:
+    codec = claim_check_codec(tmp_path, inline_bytes=1024)
+    [encoded] = await codec.encode([payload(10_000)])
+    digest = json.loads(encoded.data)["sha256"]
+    blob = tmp_path / digest[:2] / digest
+    original = blob.read_bytes()
+    blob.write_bytes(payload(10_001).SerializeToString())  # another payload under this name
+    with pytest.raises(PayloadStoreError, match="does not match its digest"):
+        await codec.decode([encoded])
+    blob.write_bytes(original[: len(original) // 2])  # truncated
+    with pytest.raises(PayloadStoreError, match="does not match its digest"):
+        await codec.decode([encoded])
+
+
+async def test_a_missing_blob_says_which_directory_and_what_to_share(tmp_path: Path) -> None:
+    codec = ClaimCheckCodec(BlobStore(tmp_path / "elsewhere"))
+    with pytest.raises(PayloadStoreError, match="PATCHFLOW_PAYLOAD_DIR") as info:
+        await codec.decode([reference("0" * 64)])
+    assert str(tmp_path / "elsewhere") in str(info.value)
+
+
+@pytest.mark.parametrize("data", [b"not json", b"{}", b'{"sha256": 5}', b"[]"])
+async def test_a_malformed_reference_is_refused(tmp_path: Path, data: bytes) -> None:
+    codec = claim_check_codec(tmp_path)
+    with pytest.raises(PayloadStoreError, match="malformed payload reference"):
+        await codec.decode([Payload(metadata={"encoding": CLAIM_ENCODING}, data=data)])
+
+
+def test_the_payload_directory_follows_the_settings(tmp_path: Path) -> None:
+    assert Settings(data_dir=tmp_path).payload_dir_resolved == tmp_path / "payloads"
+    shared = tmp_path / "shared"
+    converter = data_converter(Settings(data_dir=tmp_path, payload_dir=shared))
+    codec = converter.payload_codec
+    assert isinstance(codec, ClaimCheckCodec) and codec.store.directory == shared
+    assert converter.payload_converter_class is DataConverter.default.payload_converter_class
+    assert converter.external_storage is None  # see patchflow.control.payloads: the codec, not the SDK's
