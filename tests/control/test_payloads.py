@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.api.common.v1 import Payload
@@ -22,10 +24,13 @@ from patchflow.control.payloads import (
     CLAIM_ENCODING,
     BlobStore,
     ClaimCheckCodec,
+    PatchflowPayloadConverter,
     PayloadStoreError,
     claim_check_codec,
 )
-from patchflow.core.wavemodel import StageStatus
+from patchflow.core.hooks import HookStepRecord
+from patchflow.core.wavemodel import StageRunResult, StageStatus, WaveResult, WaveStatus
+from patchflow.store.db import Role
 
 
 def payload(size: int) -> Payload:
@@ -132,5 +137,48 @@ def test_the_payload_directory_follows_the_settings(tmp_path: Path) -> None:
     converter = data_converter(Settings(data_dir=tmp_path, payload_dir=shared))
     codec = converter.payload_codec
     assert isinstance(codec, ClaimCheckCodec) and codec.store.directory == shared
-    assert converter.payload_converter_class is DataConverter.default.payload_converter_class
+    assert converter.payload_converter_class is PatchflowPayloadConverter
     assert converter.external_storage is None  # see patchflow.control.payloads: the codec, not the SDK's
+
+
+def test_the_payload_converter_writes_the_sdk_default_bytes_and_reads_them_back() -> None:
+    """Same encodings, same bytes as ``DefaultPayloadConverter`` (other SDK clients and recorded histories read
+    them unchanged): nested dataclasses, dicts of them, datetimes, None, sets, tuples, enums, plain values."""
+    status = WaveStatus(
+        wave_id="w-1",
+        plan_name="web",
+        patch_set_id="ps-1",
+        state="running",
+        stages=[
+            StageStatus(
+                name="prod",
+                state="running",
+                instances={"i-1": "succeeded", "i-2": "failed"},
+                details={"i-2": "exit 100: E: Unable to locate package"},
+                errors=1,
+                max_errors=0,
+                window_start=datetime(2026, 12, 3, 12, 0, 0, 500, tzinfo=UTC),
+                hook_steps={"i-1": [HookStepRecord(phase="pre_install", step="drain", status="succeeded")]},
+            )
+        ],
+    )
+    values: list[Any] = [
+        WaveResult(status=status),
+        StageRunResult(
+            states={"i-1": "succeeded"},
+            details={},
+            remaining=["i-3"],
+            errors=0,
+            budget_exceeded=False,
+            stopped=False,
+        ),
+        None,
+        b"raw",
+        {"a": (1, 2), "b": {3}},
+        Role.approver,
+        [1.5, "x", True],
+    ]
+    default = DataConverter.default.payload_converter
+    ours = PatchflowPayloadConverter()
+    assert ours.to_payloads(values) == default.to_payloads(values)
+    assert ours.from_payloads(ours.to_payloads([status]), [WaveStatus]) == [status]
