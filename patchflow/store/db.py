@@ -299,16 +299,13 @@ def put_payload_blob(session: Session, *, digest: str, data: bytes) -> None:
 
 
 def get_payload_blob(session: Session, *, digest: str) -> bytes | None:
-    row = session.exec(
-        sa.select(_table(PayloadBlob).c.data).where(_table(PayloadBlob).c.digest == digest)
-    ).first()
-    return None if row is None else bytes(row[0])
+    data = session.exec(select(PayloadBlob.data).where(PayloadBlob.digest == digest)).first()
+    return None if data is None else bytes(data)
 
 
 def payload_blob_ages(session: Session) -> list[tuple[str, int, datetime]]:
     """Every blob's digest, size and when it was last written or referenced."""
-    t = _table(PayloadBlob)
-    rows = session.exec(sa.select(t.c.digest, t.c.size, t.c.touched_at)).all()
+    rows = session.exec(select(PayloadBlob.digest, PayloadBlob.size, PayloadBlob.touched_at)).all()
     # SQLite hands back naive datetimes (it stores no zone); everything here is written in UTC.
     return [(d, n, t if t.tzinfo else t.replace(tzinfo=UTC)) for d, n, t in rows]
 
