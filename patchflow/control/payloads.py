@@ -205,7 +205,7 @@ class DatabaseBlobStore:
         from patchflow.store import db
 
         with db.translate_errors(self.url), self._session() as session:
-            db.delete_payload_blobs(session, digests=digests)
+            db.prune_payload_blobs(session, digests=digests)
             session.commit()
 
 

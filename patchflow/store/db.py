@@ -283,7 +283,7 @@ class PayloadBlob(SQLModel, table=True):
     digest: str = Field(primary_key=True, max_length=64)
     data: bytes = Field(sa_type=sa.LargeBinary)
     size: int
-    touched_at: datetime = Field(sa_type=sa.DateTime(timezone=True))
+    touched_at: datetime = Field(sa_type=sa.DateTime(timezone=True), index=True)
 
 
 def put_payload_blob(session: Session, *, digest: str, data: bytes) -> None:
@@ -310,7 +310,7 @@ def payload_blob_ages(session: Session) -> list[tuple[str, int, datetime]]:
     return [(d, n, t if t.tzinfo else t.replace(tzinfo=UTC)) for d, n, t in rows]
 
 
-def delete_payload_blobs(session: Session, *, digests: Sequence[str]) -> None:
+def prune_payload_blobs(session: Session, *, digests: Sequence[str]) -> None:
     t = _table(PayloadBlob)
     for start in range(0, len(digests), _CHUNK):
         session.exec(sa.delete(t).where(t.c.digest.in_(list(digests[start : start + _CHUNK]))))
