@@ -9,7 +9,6 @@ import json
 
 import pytest
 import sqlalchemy as sa
-from temporalio.api.common.v1 import Payload
 
 from patchflow.config import Settings
 from patchflow.control.payloads import (
@@ -20,10 +19,7 @@ from patchflow.control.payloads import (
     store_for,
 )
 from patchflow.store import db
-
-
-def payload(size: int) -> Payload:
-    return Payload(metadata={"encoding": b"json/plain"}, data=b'"' + b"y" * size + b'"')
+from tests.control.test_payloads import payload
 
 
 async def test_large_payloads_round_trip_through_the_database(url: str) -> None:
