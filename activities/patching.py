@@ -14,7 +14,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -44,7 +44,7 @@ from patchflow.core.wavemodel import (
 )
 from patchflow.core.windows import current_or_next
 from patchflow.errors import PatchflowError
-from patchflow.executors.base import Executor, InstallResult, Package
+from patchflow.executors.base import BatchInstaller, Executor, InstallResult, Package
 from patchflow.metrics import DEFAULT_METRICS, Metrics
 
 ExecutorFactory = Callable[[ExecutorRef], Executor]
@@ -198,32 +198,55 @@ class WaveActivities:
         """
         executor = self._executor(inp.executor)
         patches = [Package(p.name, p.arch, p.version) for p in inp.patches]
+        ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
 
-        async def one(instance_id: str) -> InstanceOutcome:
-            op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
-            started = time.monotonic()
-            try:
-                result = await executor.start_install(instance_id, patches, operation_id=op, **_sources(inp))
-            except (PatchflowError, ValueError) as exc:
-                return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
+        async def sent(
+            instance_id: str, result: InstallResult | None | Exception, started: float | None
+        ) -> InstanceOutcome:
+            if isinstance(result, (PatchflowError, ValueError)):
+                return InstanceOutcome(instance_id, "failed", True, detail=str(result))
+            if isinstance(result, Exception):  # not about this instance (the executor's own failure): retried
+                raise result
             if result is None:
                 return InstanceOutcome(instance_id, STARTED, False)
             # Finished already (the SSH executor waits briefly for a short install; a retry finds a result):
             # counted and kept like the wait's results.
-            self._metrics.observe_patch(inp.executor.kind, result.status, time.monotonic() - started)
+            self._metrics.observe_patch(inp.executor.kind, result.status, _elapsed(result, started))
             if inp.record_results:
                 await self._record_result(inp, instance_id, result)
             return _outcome(instance_id, result)
 
+        async def one(instance_id: str) -> InstanceOutcome:
+            started = time.monotonic()
+            try:
+                result = await executor.start_install(
+                    instance_id, patches, operation_id=ops[instance_id], **_sources(inp)
+                )
+            except (PatchflowError, ValueError) as exc:
+                return await sent(instance_id, exc, started)
+            return await sent(instance_id, result, started)
+
+        async def send_all() -> list[InstanceOutcome]:
+            batch = _batch_installer(executor)
+            if batch is None:
+                return list(await asyncio.gather(*(one(i) for i in inp.instance_ids)))
+            # One round trip for the whole batch (issue 17 item 3); each instance's answer as a single call's.
+            answers = await batch.start_installs(list(ops.items()), patches, **_sources(inp))
+            return list(
+                await asyncio.gather(
+                    *(sent(i, a, None) for i, a in zip(inp.instance_ids, answers, strict=True))
+                )
+            )
+
         try:
             async with heartbeating():
-                outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+                outcomes = await send_all()
         except asyncio.CancelledError:
             # Commands sent so far keep running: the wave's abort path (wait_patch_batch with ``cancel``)
             # cancels them, a retry after a worker shutdown finds them instead of sending again.
             await _cancelled(executor, [])
             raise
-        return PatchBatchResult(outcomes=list(outcomes))
+        return PatchBatchResult(outcomes=outcomes)
 
     @activity.defn(name="wait_patch_batch")
     async def wait_patch_batch(self, inp: PatchBatchInput) -> PatchBatchResult:
@@ -248,25 +271,45 @@ class WaveActivities:
                 ]
             )
 
+        async def waited(
+            instance_id: str, result: InstallResult | Exception, started: float | None
+        ) -> InstanceOutcome:
+            if isinstance(result, (PatchflowError, ValueError)):
+                self._metrics.observe_patch(inp.executor.kind, "error", _elapsed(None, started))
+                return InstanceOutcome(instance_id, "failed", True, detail=str(result))
+            if isinstance(result, Exception):  # not about this instance (the executor's own failure): retried
+                raise result
+            self._metrics.observe_patch(inp.executor.kind, result.status, _elapsed(result, started))
+            if inp.record_results:  # stage runs of waves started before the history outbox
+                await self._record_result(inp, instance_id, result)
+            return _outcome(instance_id, result)
+
         async def one(instance_id: str) -> InstanceOutcome:
             started = time.monotonic()
             try:
                 result = await executor.finish_install(instance_id, operation_id=ops[instance_id])
             except (PatchflowError, ValueError) as exc:
-                self._metrics.observe_patch(inp.executor.kind, "error", time.monotonic() - started)
-                return InstanceOutcome(instance_id, "failed", True, detail=str(exc))
-            self._metrics.observe_patch(inp.executor.kind, result.status, time.monotonic() - started)
-            if inp.record_results:  # stage runs of waves started before the history outbox
-                await self._record_result(inp, instance_id, result)
-            return _outcome(instance_id, result)
+                return await waited(instance_id, exc, started)
+            return await waited(instance_id, result, started)
+
+        async def wait_all() -> list[InstanceOutcome]:
+            batch = _batch_installer(executor)
+            if batch is None:
+                return list(await asyncio.gather(*(one(i) for i in inp.instance_ids)))
+            answers = await batch.finish_installs(list(ops.items()))
+            return list(
+                await asyncio.gather(
+                    *(waited(i, a, None) for i, a in zip(inp.instance_ids, answers, strict=True))
+                )
+            )
 
         try:
             async with heartbeating():
-                outcomes = await asyncio.gather(*(one(i) for i in inp.instance_ids))
+                outcomes = await wait_all()
         except asyncio.CancelledError:
             await _cancelled(executor, list(ops.values()))
             raise
-        return PatchBatchResult(outcomes=list(outcomes))
+        return PatchBatchResult(outcomes=outcomes)
 
     async def _record_result(self, inp: PatchBatchInput, instance_id: str, result: InstallResult) -> None:
         """Keep the instance's result (versions before/after) in the history database; never fails the install."""
@@ -519,6 +562,26 @@ def _sources(inp: PatchBatchInput) -> dict[str, Any]:
     """The ``sources`` keyword of an install, only when the patch set has Sources: executors (and test
     doubles) written before Sources existed keep working for every set without them."""
     return {"sources": tuple(inp.sources)} if inp.sources else {}
+
+
+def _batch_installer(executor: Executor) -> BatchInstaller | None:
+    """The executor as a :class:`BatchInstaller` when its own class implements the batch methods.
+
+    Not ``isinstance``: a wrapper that overrides ``start_install`` and hands everything else to an inner executor
+    (``__getattr__``) would pass that check and have its override bypassed by the inner executor's batch method.
+    """
+    own = type(executor)
+    if callable(getattr(own, "start_installs", None)) and callable(getattr(own, "finish_installs", None)):
+        return cast(BatchInstaller, executor)
+    return None
+
+
+def _elapsed(result: InstallResult | None, started: float | None) -> float:
+    """An install's duration for the metrics: since ``started`` (a single call, timed here), else — a batch,
+    whose answers arrive together — the duration the executor recorded for it (0 for an error)."""
+    if started is not None:
+        return time.monotonic() - started
+    return result.duration_seconds if result is not None else 0.0
 
 
 def _outcome(instance_id: str, result: InstallResult) -> InstanceOutcome:

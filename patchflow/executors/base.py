@@ -32,6 +32,7 @@ from patchflow.core.instances import (
 from patchflow.errors import NotFoundError
 
 __all__ = [
+    "BatchInstaller",
     "CommandResult",
     "Executor",
     "OperationNotStartedError",
@@ -197,4 +198,31 @@ class RebootAware(Protocol):
 
     async def pending_reboot_packages(self, instance_id: str) -> list[tuple[str, str | None]]:
         """(name, arch or None for every arch) of the packages waiting for a reboot; empty: none."""
+        ...
+
+
+@runtime_checkable
+class BatchInstaller(Protocol):
+    """An executor that starts and finishes a batch of installs together (issue 17 item 3).
+
+    The same contract as :meth:`Executor.start_install` / :meth:`Executor.finish_install` for every
+    (instance id, operation id) pair — idempotent per operation id, each result the one a single call would
+    give — but one round trip (one transaction, one API call) for the whole batch instead of one per instance.
+    A problem with one instance is *its* entry of the answer (the exception a single call would raise); it
+    never fails the others.
+    """
+
+    async def start_installs(
+        self,
+        operations: Sequence[tuple[str, str]],
+        patches: Sequence[Package],
+        *,
+        sources: Sequence[RepoSource] = (),
+    ) -> list[InstallResult | None | Exception]:
+        """:meth:`Executor.start_install` for each ``(instance_id, operation_id)``, in order."""
+        ...
+
+    async def finish_installs(self, operations: Sequence[tuple[str, str]]) -> list[InstallResult | Exception]:
+        """:meth:`Executor.finish_install` for each ``(instance_id, operation_id)``, in order; each install is
+        completed when its own time is up, not when the batch's last one is."""
         ...

@@ -866,3 +866,117 @@ def test_many_concurrent_first_uses_of_a_fresh_state_file(fleet: Fleet, tmp_path
 
         results = run(scan_all())
         assert len(results) == len(executors) and all(results)
+
+
+# ------------------------------------------------------------------------------- batches (issue 17 item 3)
+
+
+def test_a_batch_answers_each_instance_as_single_calls_would(tmp_path: Path, fleet: Fleet) -> None:
+    """``start_installs`` / ``finish_installs`` (one transaction per batch) against ``start_install`` /
+    ``finish_install`` one instance at a time, on two copies of the same fleet: the same answer per instance —
+    results, undeliverable, the per-instance errors — and the same state afterwards. A bad entry is its own
+    answer and never fails the rest of the batch."""
+    ids = [i.id for i in fleet.instances] + ["i-nope"]
+    patches = [*OPENSSL_FIX, Package("kernel", "x86_64", "6.1.0-1.amzn2023")]
+
+    def ops(prefix: str) -> list[tuple[str, str]]:
+        return [(i, f"{prefix}/{i}") for i in ids]
+
+    async def singles(executor: SimulatedExecutor) -> list[object]:
+        answers: list[object] = []
+        for instance_id, op in ops("w"):
+            try:
+                started = await executor.start_install(instance_id, patches, operation_id=op)
+                answers.append(started or await executor.finish_install(instance_id, operation_id=op))
+            except (NotFoundError, ValueError) as exc:
+                answers.append(exc)
+        return answers
+
+    async def batched(executor: SimulatedExecutor) -> list[object]:
+        started = await executor.start_installs(ops("w"), patches)
+        running = [(i, op) for (i, op), s in zip(ops("w"), started, strict=True) if s is None]
+        finished = dict(zip(running, await executor.finish_installs(running), strict=True))
+        return [finished.get(pair, s) for pair, s in zip(ops("w"), started, strict=True)]
+
+    one = SimulatedExecutor(fleet, tmp_path / "one.sqlite", time_scale=0.01)
+    many = SimulatedExecutor(fleet, tmp_path / "many.sqlite", time_scale=0.01)
+    expected, got = run(singles(one)), run(batched(many))
+
+    def comparable(answer: object) -> object:
+        if isinstance(answer, Exception):
+            return (type(answer), str(answer))
+        assert isinstance(answer, InstallResult)
+        return (answer.instance_id, answer.status, answer.changed, answer.rebooted, answer.message)
+
+    assert [comparable(a) for a in got] == [comparable(a) for a in expected]
+    assert {comparable(a)[1] for a in got if not isinstance(a, Exception)} >= {
+        "succeeded",
+        "failed",
+        "undeliverable",
+    }
+    assert isinstance(got[-1], NotFoundError)  # i-nope: its own answer, the others went on
+    strip = [{k: v for k, v in i.items() if k != "state_path"} for i in one.status()["instances"]]
+    assert strip == [{k: v for k, v in i.items() if k != "state_path"} for i in many.status()["instances"]]
+
+    # Idempotent per operation id, like the single calls: the batch again installs nothing more...
+    again = run(many.start_installs(ops("w"), patches))
+    assert [comparable(a) for a in again] == [comparable(a) for a in got]
+    assert counts(many, "i-deb") == (1, 0)
+    # ...and an id reused for another request is refused for that entry alone.
+    reused = run(many.start_installs([("i-rpm", "w/i-deb"), ("i-deb", "w2/i-deb")], OPENSSL_FIX))
+    assert isinstance(reused[0], ValueError) and "already used" in str(reused[0]) and reused[1] is None
+    assert isinstance(run(many.finish_installs([("i-deb", "never")]))[0], OperationNotStartedError)
+
+
+def test_a_batch_completes_each_install_when_its_own_time_is_up(tmp_path: Path) -> None:
+    """One ``finish_installs`` over a 0.2 s and a 2 s install: the short one is completed (and its instance
+    patched, visible to other readers) while the long one still runs — not when the batch's last one ends."""
+    text = """\
+name: times
+instances:
+  - {id: i-short, platform: {family: deb}, installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.10}],
+     behaviour: {duration_seconds: 0.2}}
+  - {id: i-long, platform: {family: deb}, installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.10}],
+     behaviour: {duration_seconds: 2.0}}
+"""
+    fleet = load_fleet(write_fleet(tmp_path, text))
+    state = tmp_path / "state.sqlite"
+    executor = SimulatedExecutor(fleet, state)
+    pairs = [("i-long", "op-long"), ("i-short", "op-short")]
+
+    async def scenario() -> tuple[list[InstallResult | Exception], dict[str, str], float]:
+        assert await executor.start_installs(pairs, OPENSSL_FIX) == [None, None]
+        begin = time.monotonic()
+        waiting = asyncio.create_task(executor.finish_installs(pairs))
+        await asyncio.sleep(1.0)
+        # An observer that never settles anything: what the batch itself has written by now.
+        conn = sqlite3.connect(state, timeout=10)
+        try:
+            done = dict(conn.execute("SELECT instance_id, status FROM operations").fetchall())
+        finally:
+            conn.close()
+        results = await waiting
+        return results, done, time.monotonic() - begin
+
+    results, done_after_1s, elapsed = run(scenario())
+    assert done_after_1s == {"i-short": "done", "i-long": "running"}
+    assert [r.status for r in results if isinstance(r, InstallResult)] == ["succeeded", "succeeded"]
+    assert elapsed >= 1.9  # the long one was waited for, not cut short
+    assert counts(executor, "i-short") == (1, 0) and counts(executor, "i-long") == (1, 0)
+
+
+def test_a_state_file_replaced_under_the_same_name_is_reopened(tmp_path: Path, fleet: Fleet) -> None:
+    """Connections are kept per thread (closing the last one of a WAL database checkpoints it): one kept open on
+    a file that was since removed and created anew must not go on writing into the removed file."""
+    state = tmp_path / "state.sqlite"
+    executor = SimulatedExecutor(fleet, state)
+    run(executor.install("i-deb", OPENSSL_FIX, operation_id="op"))
+    assert counts(executor, "i-deb") == (1, 0)
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{state}{suffix}").unlink(missing_ok=True)
+    fresh = SimulatedExecutor(fleet, state)
+    assert counts(fresh, "i-deb") == (0, 0)  # a new, empty state file
+    # ``counts`` reads in this thread, on the connection the old object kept: it must see the new file.
+    assert counts(executor, "i-deb") == (0, 0)
+    run(executor.install("i-deb", OPENSSL_FIX, operation_id="op-2"))
+    assert counts(fresh, "i-deb") == (1, 0)

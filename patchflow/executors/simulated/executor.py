@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import os
 import re
 import sqlite3
 import threading
@@ -47,7 +48,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, TypeVar
 
 from patchflow.core import versions
 from patchflow.errors import InputError, NotFoundError
@@ -62,6 +63,8 @@ from patchflow.executors.base import (
     RepoSource,
 )
 from patchflow.executors.simulated.fleet import Fleet, FleetInstance
+
+_T = TypeVar("_T")
 
 __all__ = ["BUSY_TIMEOUT_SECONDS", "SCHEMA_VERSION", "SimulatedExecutor", "default_state_path"]
 
@@ -167,6 +170,8 @@ class SimulatedExecutor:
         self._by_id = {instance.id: instance for instance in fleet.instances}
         self._ready = False
         self._ready_lock = threading.Lock()
+        self._local = threading.local()
+        """Per thread: its connection and the (device, inode) of the file it opened (see :meth:`_transaction`)."""
 
     # ------------------------------------------------------------------------------------------ protocol
 
@@ -255,6 +260,91 @@ class SimulatedExecutor:
         if isinstance(timing, InstallResult):
             return timing
         return await self._wait_and_finish(instance, operation_id, *timing)
+
+    async def start_installs(
+        self,
+        operations: Sequence[tuple[str, str]],
+        patches: Sequence[Package],
+        *,
+        sources: Sequence[RepoSource] = (),
+    ) -> list[InstallResult | None | Exception]:
+        """:meth:`start_install` for each ``(instance_id, operation_id)``, all in one transaction
+        (:class:`~patchflow.executors.base.BatchInstaller`); an instance's error is its own entry."""
+        answers: list[InstallResult | None | Exception] = []
+        todo: list[tuple[int, FleetInstance, Request, str]] = []
+        for instance_id, operation_id in operations:
+            try:
+                instance = self._instance(instance_id)
+                if instance.behaviour.offline:
+                    answers.append(_undeliverable(instance))
+                    continue
+                todo.append((len(answers), instance, _request("install", instance, patches), operation_id))
+            except (NotFoundError, ValueError) as exc:  # InvalidVersionError is a ValueError
+                answers.append(exc)
+                continue
+            answers.append(None)
+
+        def begin_all() -> list[InstallResult | tuple[float, float] | Exception]:
+            self._ensure_ready()
+            with self._transaction() as conn:
+                return [_caught(self._begin_in, conn, "install", i, r, op) for _, i, r, op in todo]
+
+        for (index, *_), begun in zip(todo, await asyncio.to_thread(begin_all), strict=True):
+            answers[index] = None if isinstance(begun, tuple) else begun
+        return answers
+
+    async def finish_installs(self, operations: Sequence[tuple[str, str]]) -> list[InstallResult | Exception]:
+        """:meth:`finish_install` for each ``(instance_id, operation_id)``: one transaction reads them all, then
+        each group of installs whose time is up completes in one transaction — every install when its own
+        simulated time is up, as :meth:`finish_install` would."""
+        answers: list[InstallResult | Exception | None] = [None] * len(operations)
+        known: list[tuple[int, FleetInstance, str]] = []
+        for index, (instance_id, operation_id) in enumerate(operations):
+            try:
+                known.append((index, self._instance(instance_id), operation_id))
+            except NotFoundError as exc:
+                answers[index] = exc
+
+        def read_all() -> list[InstallResult | tuple[float, float] | Exception]:
+            self._ensure_ready()
+            with self._transaction() as conn:
+                return [_caught(self._started_in, conn, "install", i, op) for _, i, op in known]
+
+        due: list[tuple[float, int, FleetInstance, str]] = []
+        for (index, instance, operation_id), timing in zip(
+            known, await asyncio.to_thread(read_all), strict=True
+        ):
+            if isinstance(timing, tuple):
+                started_at, duration = timing
+                # Clamped as in _wait_and_finish: a clock that went backwards never lengthens the wait.
+                due.append(
+                    (
+                        self._clock() + min(duration, max(0.0, started_at + duration - self._clock())),
+                        index,
+                        instance,
+                        operation_id,
+                    )
+                )
+            else:
+                answers[index] = timing
+        due.sort(key=lambda d: (d[0], d[1]))
+        while due:
+            wait = due[0][0] - self._clock()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            now = self._clock()
+            ready = [d for d in due if d[0] <= now] or due[:1]
+            due = due[len(ready) :]
+
+            def finish_ready(
+                ready: list[tuple[float, int, FleetInstance, str]] = ready,
+            ) -> list[InstallResult | Exception]:
+                with self._transaction() as conn:
+                    return [_caught(self._finish_in, conn, i, op) for _, _, i, op in ready]
+
+            for (_, index, _, _), result in zip(ready, await asyncio.to_thread(finish_ready), strict=True):
+                answers[index] = result
+        return [a if a is not None else RuntimeError("no answer") for a in answers]
 
     async def restore(
         self, instance_id: str, packages: Sequence[Package], *, operation_id: str
@@ -477,12 +567,17 @@ class SimulatedExecutor:
         """A started operation's result if done, else its timing; never starts anything."""
         self._ensure_ready()
         with self._transaction() as conn:
-            self._settle(conn, instance.id)
-            row = conn.execute(
-                "SELECT instance_id, kind, status, started_at, duration_seconds, result FROM operations "
-                "WHERE operation_id = ?",
-                (operation_id,),
-            ).fetchone()
+            return self._started_in(conn, kind, instance, operation_id)
+
+    def _started_in(
+        self, conn: sqlite3.Connection, kind: Kind, instance: FleetInstance, operation_id: str
+    ) -> InstallResult | tuple[float, float]:
+        self._settle(conn, instance.id)
+        row = conn.execute(
+            "SELECT instance_id, kind, status, started_at, duration_seconds, result FROM operations "
+            "WHERE operation_id = ?",
+            (operation_id,),
+        ).fetchone()
         if row is None:
             raise OperationNotStartedError(
                 operation_id, f"no such operation in simulated fleet {self.fleet.name!r}"
@@ -501,45 +596,60 @@ class SimulatedExecutor:
         """Record the operation as running (unless it exists); return its result if done, else its timing."""
         self._ensure_ready()
         with self._transaction() as conn:
-            self._settle(conn, instance.id)
-            row = conn.execute(
-                "SELECT instance_id, kind, request, status, started_at, duration_seconds, result FROM operations "
-                "WHERE operation_id = ?",
-                (operation_id,),
-            ).fetchone()
-            if row is None:
-                started_at, duration = self._clock(), instance.behaviour.duration_seconds * self.time_scale
-                conn.execute(
-                    "INSERT INTO operations (operation_id, instance_id, kind, request, status, started_at, "
-                    "duration_seconds) VALUES (?, ?, ?, ?, 'running', ?, ?)",
-                    (operation_id, instance.id, kind, json.dumps(request), started_at, duration),
-                )
-                return (started_at, duration)
-            owner, old_kind, old_request, status, started_at, duration, result = row
-            if owner != instance.id or old_kind != kind or _as_request(json.loads(old_request)) != request:
-                raise ValueError(
-                    f"operation_id {operation_id!r} was already used for a different request ({old_kind} on "
-                    f"{owner}); every {kind} of every instance needs its own operation_id"
-                )
-            if status == "done":
-                return _load_result(result)
+            return self._begin_in(conn, kind, instance, request, operation_id)
+
+    def _begin_in(
+        self,
+        conn: sqlite3.Connection,
+        kind: Kind,
+        instance: FleetInstance,
+        request: Request,
+        operation_id: str,
+    ) -> InstallResult | tuple[float, float]:
+        self._settle(conn, instance.id)
+        row = conn.execute(
+            "SELECT instance_id, kind, request, status, started_at, duration_seconds, result FROM operations "
+            "WHERE operation_id = ?",
+            (operation_id,),
+        ).fetchone()
+        if row is None:
+            started_at, duration = self._clock(), instance.behaviour.duration_seconds * self.time_scale
+            conn.execute(
+                "INSERT INTO operations (operation_id, instance_id, kind, request, status, started_at, "
+                "duration_seconds) VALUES (?, ?, ?, ?, 'running', ?, ?)",
+                (operation_id, instance.id, kind, json.dumps(request), started_at, duration),
+            )
             return (started_at, duration)
+        owner, old_kind, old_request, status, started_at, duration, result = row
+        if owner != instance.id or old_kind != kind or _as_request(json.loads(old_request)) != request:
+            raise ValueError(
+                f"operation_id {operation_id!r} was already used for a different request ({old_kind} on "
+                f"{owner}); every {kind} of every instance needs its own operation_id"
+            )
+        if status == "done":
+            return _load_result(result)
+        return (started_at, duration)
 
     def _finish(self, instance: FleetInstance, operation_id: str) -> InstallResult:
         """Complete the operation unless someone else already did; return the recorded result."""
         with self._transaction() as conn:
-            self._settle(conn, instance.id)  # completes ours too, unless clocks disagree by a hair
-            row = conn.execute(
-                "SELECT status, result FROM operations WHERE operation_id = ?", (operation_id,)
-            ).fetchone()
-            if row is None:
-                raise RuntimeError(
-                    f"operation {operation_id!r} on {instance.id} vanished while it ran: was the simulated "
-                    "fleet reset meanwhile?"
-                )
-            if row[0] == "done":
-                return _load_result(row[1])
-            return self._complete(conn, instance, operation_id)
+            return self._finish_in(conn, instance, operation_id)
+
+    def _finish_in(
+        self, conn: sqlite3.Connection, instance: FleetInstance, operation_id: str
+    ) -> InstallResult:
+        self._settle(conn, instance.id)  # completes ours too, unless clocks disagree by a hair
+        row = conn.execute(
+            "SELECT status, result FROM operations WHERE operation_id = ?", (operation_id,)
+        ).fetchone()
+        if row is None:
+            raise RuntimeError(
+                f"operation {operation_id!r} on {instance.id} vanished while it ran: was the simulated "
+                "fleet reset meanwhile?"
+            )
+        if row[0] == "done":
+            return _load_result(row[1])
+        return self._complete(conn, instance, operation_id)
 
     def _settle(self, conn: sqlite3.Connection, instance_id: str | None) -> None:
         """Complete every running operation whose time is up (of one instance, or of the whole fleet)."""
@@ -755,17 +865,47 @@ class SimulatedExecutor:
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
+    def _thread_connection(self) -> sqlite3.Connection:
+        """This thread's connection, opened on first use and kept.
+
+        Kept, not opened per transaction: closing the *last* connection of a WAL database checkpoints the whole
+        log into the file and deletes it, so a connection per transaction paid a checkpoint and a new log on
+        almost every one (≈ 0.7 ms of ``close`` each, two thirds of a simulated install; issue 17 item 3). A
+        state file replaced under the same name (a test's new fleet, a removed data directory) is noticed by
+        its inode and reopened.
+        """
+        try:
+            st = os.stat(self.state_path)
+            identity: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except FileNotFoundError:
+            identity = None
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "conn", None)
+        if conn is not None and (identity is None or local.identity != identity):
+            conn.close()
+            conn = None
+        if conn is None:
+            conn = self._connect()
+            local.conn = conn
+            st = os.stat(self.state_path)
+            local.identity = (st.st_dev, st.st_ino)
+        return conn
+
     @contextmanager
     def _transaction(self) -> Iterator[sqlite3.Connection]:
-        """One ``BEGIN IMMEDIATE`` transaction on its own connection, committed unless the body raises."""
-        with closing(self._connect()) as conn:
-            conn.execute("BEGIN IMMEDIATE")
+        """One ``BEGIN IMMEDIATE`` transaction on this thread's connection, committed unless the body raises."""
+        conn = self._thread_connection()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
             try:
-                yield conn
-            except BaseException:
                 conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+            except sqlite3.Error:  # the connection itself broke: open a new one next time
+                self._local.conn = None
+                conn.close()
+            raise
+        conn.execute("COMMIT")
 
     def _create_schema(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
@@ -871,3 +1011,15 @@ def _load_result(text: str) -> InstallResult:
     data = json.loads(text)
     data["changed"] = tuple(PackageChange(**change) for change in data["changed"])
     return InstallResult(**data)
+
+
+def _caught(call: Callable[..., _T], *args: Any) -> _T | Exception:
+    """``call(*args)``, or the per-instance error it raised (a batch answers it for that instance alone).
+
+    Only errors a single call would raise for one instance are caught; anything else (the database itself
+    failing) rolls the whole batch's transaction back and propagates.
+    """
+    try:
+        return call(*args)
+    except (NotFoundError, ValueError, RuntimeError) as exc:  # InvalidVersionError is a ValueError
+        return exc
