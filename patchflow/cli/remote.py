@@ -275,12 +275,17 @@ _STAGE_ROLLOUT_KEYS = ("blocked_by", "analysis", "measurements", "disruption_bud
 """Stage keys ``wave status --format json`` leaves out when empty (the API answers them as null or [])."""
 
 
-def wave_status(api: RemoteApi, wave_id: str) -> dict[str, Any]:
+def wave_status(api: RemoteApi, wave_id: str, *, limit: int | None = None, offset: int = 0) -> dict[str, Any]:
     """``GET /waves/{id}`` in the shape of ``wave status --format json``: as in local mode, an instance without
     a detail has no ``detail`` key, and a stage has its rollout keys (``blocked_by``, ``analysis``,
-    ``measurements``, ``disruption_budget``, ``reboot_debt``) only when it uses them."""
-    status: dict[str, Any] = api.call("GET", _wave_path(wave_id))
+    ``measurements``, ``disruption_budget``, ``reboot_debt``) only when it uses them; ``limit``/``offset``: one
+    page per stage (``instances_total`` and ``state_counts`` only then)."""
+    params = {"limit": limit, "offset": offset} if limit is not None else None
+    status: dict[str, Any] = api.call("GET", _wave_path(wave_id), params=params)
     for stage in status.get("stages", []):
+        if stage.get("instances_total") is None:
+            stage.pop("instances_total", None)
+            stage.pop("state_counts", None)
         for key in _STAGE_ROLLOUT_KEYS:
             if not stage.get(key):
                 stage.pop(key, None)

@@ -30,6 +30,7 @@ from patchflow.config import Settings, get_settings
 from patchflow.control.dryrun import dry_run
 from patchflow.core.plans import Plan, load_plan
 from patchflow.core.timeutil import parse_instant
+from patchflow.core.wavemodel import MAX_PAGE_INSTANCES
 from patchflow.errors import InputError, PatchflowError, Problem
 
 wave_app = typer.Typer(help="Start and operate staged rollouts (waves).", no_args_is_help=True)
@@ -320,20 +321,37 @@ async def wait_settled(
 def wave_status_cmd(
     wave_id: Annotated[str, typer.Argument(metavar="ID", help="Wave id.", show_default=False)],
     fmt: Annotated[Fmt, typer.Option("--format", help="Output format.")] = Fmt.table,
+    limit: Annotated[
+        int | None,
+        typer.Option(
+            "--limit",
+            min=1,
+            max=MAX_PAGE_INSTANCES,
+            help="One page per stage: at most this many instances, with the stage's instance count and "
+            "counts per state (a few queries whatever the size of the wave). Default: every instance.",
+        ),
+    ] = None,
+    offset: Annotated[
+        int, typer.Option("--offset", min=0, help="With --limit: instances of each stage to skip.")
+    ] = 0,
 ) -> None:
     """A wave's state, per stage and per instance."""
     from patchflow.control.waves import gate_approvers, status_json, wave_status
 
     async def go() -> tuple[dict[str, Any], list[str]]:
         client = await temporal_client(get_settings())
-        status = status_json(await wave_status(client, wave_id))
+        status = status_json(await wave_status(client, wave_id, limit=limit, offset=offset))
         waiting = _waiting_stage(status)
         approvers = await gate_approvers(client, wave_id, waiting) if waiting and fmt is Fmt.table else []
         return status, approvers
 
     api = remote_api(get_settings())
     # Through the API the gate's approvers are not known here: the hint names none (and never --as).
-    status, approvers = (remote.wave_status(api, wave_id), []) if api is not None else run_sync(go())
+    status, approvers = (
+        (remote.wave_status(api, wave_id, limit=limit, offset=offset), [])
+        if api is not None
+        else run_sync(go())
+    )
     if fmt is Fmt.json:
         emit_json(status)
         return
@@ -517,7 +535,8 @@ def stage_table(status: dict[str, Any]) -> Table:
     table.add_column("errors / budget", justify="right")
     table.add_column("note", overflow="fold")
     for stage in status["stages"]:
-        counts = Counter(i["state"] for i in stage["instances"])
+        # A paged status (--limit) carries the counts of all the stage's instances; otherwise they are all here.
+        counts = Counter(stage.get("state_counts") or {}) or Counter(i["state"] for i in stage["instances"])
         budget = "" if stage["max_errors"] is None else f"{stage['errors']} / {stage['max_errors']}"
         table.add_row(
             stage["name"],

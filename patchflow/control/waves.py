@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import getpass
+import itertools
 import re
 import secrets
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
@@ -38,6 +40,7 @@ from patchflow.core.freezes import FreezeCalendar, FreezePeriod, load_freeze_fil
 from patchflow.core.hooks import HookStepRecord
 from patchflow.core.patchsets import PatchSetStore
 from patchflow.core.plans import Plan
+from patchflow.core.ratecontrol import PENDING
 from patchflow.core.reboots import deadline
 from patchflow.core.wavemodel import (
     MAX_PAGE_INSTANCES,
@@ -324,20 +327,44 @@ async def _handle(client: Client, wave_id: str) -> WorkflowHandle[Any, Any]:
     return handle
 
 
-async def wave_status(client: Client, wave_id: str, *, page_size: int = MAX_PAGE_INSTANCES) -> WaveStatus:
+async def wave_status(
+    client: Client,
+    wave_id: str,
+    *,
+    page_size: int = MAX_PAGE_INSTANCES,
+    limit: int | None = None,
+    offset: int = 0,
+) -> WaveStatus:
     """The wave's status with the live per-instance progress of its running stage merged in.
 
     A running wave answers in pages (:meth:`WaveWorkflow.status_summary`, then each stage's instances
     ``page_size`` at a time), so no answer grows with the fleet; a worker of a version without the paged queries
     is asked the whole status at once.
+
+    With ``limit``, only one page per stage: its instances ``offset`` to ``offset + limit`` (in the stage's order)
+    with their live states, plus how many instances the stage has (``instances_total``) and how many are in each
+    state (``state_counts``) — a handful of queries whatever the size of the wave (issue 17: ``wave status`` of a
+    100,000-instance wave during its run).
     """
     handle = await _handle(client, wave_id)
     description = await handle.describe()
     if description.status == WorkflowExecutionStatus.COMPLETED:
         # A finished wave answers from its recorded result: no worker needed.
         result: WaveResult = await handle.result()
-        return result.status
+        return result.status if limit is None else _paged_result(result.status, offset, limit)
     await require_worker(client, description.task_queue, wave_id)
+    if limit is not None:
+        try:
+            return await _one_page_status(client, handle, offset, limit)
+        except (
+            WorkflowQueryFailedError
+        ):  # a worker without the counting queries: the whole status, then a page
+            pass
+        except RPCError as exc:
+            raise PatchflowError(
+                f"wave {wave_id} did not answer ({exc.message}); is a worker running?"
+            ) from None
+        return _paged_result(await wave_status(client, wave_id, page_size=page_size), offset, limit)
     try:
         try:
             status = await _paged_status(handle, page_size)
@@ -357,6 +384,70 @@ async def wave_status(client: Client, wave_id: str, *, page_size: int = MAX_PAGE
             stage.disruption = progress.disruption or stage.disruption
             stage.blocked_by = progress.blocked_by
     return status
+
+
+def _paged_result(status: WaveStatus, offset: int, limit: int) -> WaveStatus:
+    """A whole status cut to one page per stage, with the stage totals and state counts (see :func:`wave_status`)."""
+    for stage in status.stages:
+        ids = list(itertools.islice(stage.instances, max(0, offset), max(0, offset) + max(0, limit)))
+        stage.instances_total = len(stage.instances)
+        stage.state_counts = dict(Counter(stage.instances.values()))
+        stage.instances = {i: stage.instances[i] for i in ids}
+        stage.details = {i: stage.details[i] for i in ids if i in stage.details}
+        stage.hook_steps = {i: stage.hook_steps[i] for i in ids if i in stage.hook_steps}
+        stage.reboot_debt = {i: stage.reboot_debt[i] for i in ids if i in stage.reboot_debt}
+    return status
+
+
+async def _one_page_status(
+    client: Client, handle: WorkflowHandle[Any, Any], offset: int, limit: int
+) -> WaveStatus:
+    """One page per stage from a running wave: its summary, each stage's page with the state counts, and for the
+    running stage the live states of that page's instances and the counts of its run (see :func:`wave_status`)."""
+    status: WaveStatus = await handle.query(WaveWorkflow.status_summary, rpc_timeout=QUERY_TIMEOUT)
+
+    async def fill(stage: StageStatus) -> None:
+        page: InstancePage = await handle.query(
+            WaveWorkflow.instances_page,
+            InstancePageInput(stage=stage.name, offset=offset, limit=limit, counts=True),
+            rpc_timeout=QUERY_TIMEOUT,
+        )
+        stage.instances, stage.details, stage.hook_steps = page.instances, page.details, page.hook_steps
+        stage.instances_total, stage.state_counts = page.total, page.counts
+        if stage.active_run_id:
+            await _live_page(client.get_workflow_handle(stage.active_run_id), stage)
+
+    await asyncio.gather(*(fill(stage) for stage in status.stages))
+    return status
+
+
+async def _live_page(run: WorkflowHandle[Any, Any], stage: StageStatus) -> None:
+    """Merge a running stage run into a stage's page: the live states of the page's instances, the run's errors
+    and disruption line, and the state counts — the wave counts the run's instances as pending until the run
+    ends, so those are replaced by the run's own counts."""
+    try:
+        progress, live = await asyncio.gather(
+            run.query(StageRunWorkflow.progress_summary, rpc_timeout=QUERY_TIMEOUT),
+            run.query(
+                StageRunWorkflow.progress_page,
+                InstancePageInput(stage="", ids=list(stage.instances), counts=True),
+                rpc_timeout=QUERY_TIMEOUT,
+            ),
+        )
+    except RPCError:
+        return  # the run just ended (its result is the wave's next answer) or is not up yet: the wave's view
+    stage.instances.update(live.instances)
+    stage.details.update(live.details)
+    stage.hook_steps.update(live.hook_steps)
+    stage.errors, stage.disruption, stage.blocked_by = (
+        progress.errors,
+        progress.disruption,
+        progress.blocked_by,
+    )
+    counts = Counter(stage.state_counts)
+    counts[PENDING] -= live.total
+    counts.update(live.counts)
+    stage.state_counts = {state: n for state, n in counts.items() if n > 0}
 
 
 async def _summary(handle: WorkflowHandle[Any, Any]) -> WaveStatus:
@@ -487,6 +578,11 @@ def status_json(status: WaveStatus) -> dict[str, Any]:
                 "window_start": st.window_start.isoformat() if st.window_start else None,
                 "waiting_since": st.waiting_since.isoformat() if st.waiting_since else None,
                 "note": st.note,
+                **(
+                    {"instances_total": st.instances_total, "state_counts": st.state_counts}
+                    if st.instances_total is not None
+                    else {}
+                ),
                 **({"disruption_budget": st.disruption} if st.disruption else {}),
                 **analysis_json(st),
                 "instances": [

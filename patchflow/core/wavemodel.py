@@ -8,6 +8,7 @@ decode). Everything here is plain data — no behaviour that touches I/O — so 
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -267,6 +268,12 @@ class InstancePageInput:
     """Instances to skip, in the order the stage first saw them."""
     limit: int = MAX_PAGE_INSTANCES
     """At most this many (capped at :data:`MAX_PAGE_INSTANCES`)."""
+    ids: list[str] = field(default_factory=list)
+    """When given, exactly these instances (those the answerer knows), instead of ``offset``/``limit``: a paged
+    ``wave status`` asks a running stage run for the live states of the wave's page."""
+    counts: bool = False
+    """Also count the states of *all* instances (:attr:`InstancePage.counts`): a paged ``wave status`` shows
+    how many instances are in each state without fetching them."""
 
 
 @dataclass
@@ -279,6 +286,8 @@ class InstancePage:
     """How many instances the stage (or stage run) has in all pages."""
     hook_steps: dict[str, list[HookStepRecord]] = field(default_factory=dict)
     """instance id → its lifecycle hook step records, for this page's instances that have them."""
+    counts: dict[str, int] = field(default_factory=dict)
+    """state → how many instances (of all pages) are in it; only when the request asked (``counts``)."""
 
 
 def instance_page(
@@ -288,15 +297,19 @@ def instance_page(
     hook_steps: dict[str, list[HookStepRecord]] | None = None,
 ) -> InstancePage:
     """One page of ``instances`` (insertion order) with the details (and hook step records) of its instances."""
-    limit = max(0, min(page.limit, MAX_PAGE_INSTANCES))
-    offset = max(0, page.offset)
-    ids = list(itertools.islice(instances, offset, offset + limit))
+    if page.ids:
+        ids = [i for i in page.ids[:MAX_PAGE_INSTANCES] if i in instances]
+    else:
+        limit = max(0, min(page.limit, MAX_PAGE_INSTANCES))
+        offset = max(0, page.offset)
+        ids = list(itertools.islice(instances, offset, offset + limit))
     steps = hook_steps or {}
     return InstancePage(
         instances={i: instances[i] for i in ids},
         details={i: details[i] for i in ids if i in details},
         total=len(instances),
         hook_steps={i: steps[i] for i in ids if i in steps},
+        counts=dict(Counter(instances.values())) if page.counts else {},
     )
 
 
@@ -578,6 +591,11 @@ class StageStatus:
     """"" (no reboot window), ``waiting_window``, ``done`` or ``cancelled``: the stage's reboot window."""
     reboot_debt_since: datetime | None = None
     """The oldest reboot debt of the stage (kept in summaries; per instance: ``reboot_debt`` and the details)."""
+    instances_total: int | None = None
+    """Set by a *paged* ``wave status`` (:func:`patchflow.control.waves.wave_status` with ``limit``), never by the
+    workflow: how many instances the stage has in all; ``instances`` then holds one page of them."""
+    state_counts: dict[str, int] = field(default_factory=dict)
+    """With :attr:`instances_total`: state → how many of the stage's instances are in it (all pages)."""
 
 
 def analysis_json(st: StageStatus) -> dict[str, Any]:

@@ -62,7 +62,7 @@ from temporalio.service import RPCError
 from uvicorn.config import LOGGING_CONFIG
 
 from patchflow.config import Settings, get_settings
-from patchflow.core.wavemodel import WAVE_FINAL_STATES, WaveStatus
+from patchflow.core.wavemodel import MAX_PAGE_INSTANCES, WAVE_FINAL_STATES, WaveStatus
 from patchflow.errors import InputError, NotFoundError, PatchflowError, Problem
 from patchflow.metrics import DEFAULT_METRICS, Metrics, refresh_loop, render
 from patchflow.service.apimodel import (
@@ -627,13 +627,29 @@ async def list_waves(
     responses=WAVE_RESPONSES,
     summary="A wave with its stages and instances",
 )
-async def get_wave(state: StateDep, _: Reader, wave_id: WaveId) -> WaveDetail:
+async def get_wave(
+    state: StateDep,
+    _: Reader,
+    wave_id: WaveId,
+    limit: Annotated[
+        int | None,
+        Query(
+            ge=1,
+            le=MAX_PAGE_INSTANCES,
+            description="One page per stage: at most this many instances, with `instances_total` and "
+            "`state_counts` (a few queries whatever the size of the wave). Without it: every instance.",
+        ),
+    ] = None,
+    offset: Annotated[int, Query(ge=0, description="With `limit`: instances of each stage to skip.")] = 0,
+) -> WaveDetail:
     """Per stage its state, error budget and window; per instance its state (``wave status``)."""
     from patchflow.control.waves import status_json, wave_status
 
     client = await state.temporal.get()
     try:
-        status = await asyncio.wait_for(wave_status(client, wave_id), STATUS_TIMEOUT_SECONDS)
+        status = await asyncio.wait_for(
+            wave_status(client, wave_id, limit=limit, offset=offset), STATUS_TIMEOUT_SECONDS
+        )
     except TimeoutError:
         raise ApiError(
             503,

@@ -271,6 +271,11 @@ class StageOut(_Model):
     """When the stage's approval gate started waiting (RFC 3339, UTC); null if it never waited."""
     note: str
     instances: list[InstanceOut]
+    instances_total: int | None = None
+    """With ``?limit=``: how many instances the stage has in all (``instances`` is one page of them); null when
+    ``instances`` lists them all."""
+    state_counts: dict[str, int] | None = None
+    """With ``?limit=``: state → how many of the stage's instances (all pages) are in it."""
     disruption_budget: str | None = None
     """The stage's disruption budget and, while it runs, the groups at their limit and the zone rolling out."""
     reboot_debt: RebootDebtOut | None = None

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -194,6 +195,20 @@ async def test_full_flow_start_approve_succeed(stack: Stack, http: httpx.AsyncCl
     assert stages["prod"]["state"] == "waiting_approval"
     assert {i["state"] for i in stages["dev"]["instances"]} == {"succeeded"}
     assert detail["audit"][0]["who"] == "olga"  # the token's name started it
+
+    # One page per stage (issue 17: a status of a huge wave in a few queries), with the counts of all pages.
+    page = await http.get(f"/waves/{wave_id}", params={"limit": 1, "offset": 1}, headers=stack.auth("vic"))
+    assert page.status_code == 200, page.text
+    paged = {s["name"]: s for s in page.json()["stages"]}
+    for name, whole in stages.items():
+        assert [i["id"] for i in paged[name]["instances"]] == [i["id"] for i in whole["instances"]][1:2]
+        assert paged[name]["instances_total"] == len(whole["instances"])
+        assert paged[name]["state_counts"] == dict(Counter(i["state"] for i in whole["instances"]))
+    assert stages["dev"]["instances_total"] is None  # without ?limit= every instance is listed
+    for bad in ({"limit": 0}, {"limit": 2001}, {"limit": 5, "offset": -1}):
+        assert_error(
+            await http.get(f"/waves/{wave_id}", params=bad, headers=stack.auth("vic")), 422, "invalid_request"
+        )
 
     listed = await http.get("/waves", params={"state": "waiting_approval"}, headers=stack.auth("vic"))
     assert wave_id in [w["wave_id"] for w in listed.json()["waves"]]

@@ -156,6 +156,18 @@ def test_wave_lifecycle_through_the_cli(stack: dict[str, str], fast_plan: Path) 
             assert set(instance) >= {"id", "state"}
     prod = report["stages"][2]
     assert len(prod["instances"]) == 20 and {i["state"] for i in prod["instances"]} == {"succeeded"}
+    # --limit/--offset: one page per stage, with every stage's instance count and counts per state.
+    paged = json.loads(
+        cli("wave", "status", wave_id, "--limit", "5", "--offset", "15", "--format", "json", env=stack).stdout
+    )
+    assert [i["id"] for i in paged["stages"][2]["instances"]] == [i["id"] for i in prod["instances"]][15:]
+    assert paged["stages"][2]["instances_total"] == 20 and paged["stages"][2]["state_counts"] == {
+        "succeeded": 20
+    }
+    table = cli("wave", "status", wave_id, "--limit", "1", env=stack)
+    assert table.returncode == 0 and " 20 " in table.stdout  # the table counts all 20, not the page of 1
+    bad = cli("wave", "status", wave_id, "--limit", "0", env=stack)
+    assert bad.returncode == 2 and "--limit" in bad.stderr and "Traceback" not in bad.stderr
     assert ("approve", "ops-lead", "CAB-1234") in {
         (a["action"], a["who"], a["comment"]) for a in report["audit"]
     }

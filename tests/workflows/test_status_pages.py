@@ -8,6 +8,7 @@ A running wave answers :meth:`WaveWorkflow.status_summary` (no instances) and :m
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -79,3 +80,54 @@ async def test_paged_progress_of_a_running_stage_run_has_every_instance(
         live = await wave_status(dev_env.client, inp.wave_id, page_size=4)
         assert len(live.stages[0].instances) == 9
         assert (await handle.result()).status.state == "succeeded"
+
+
+async def test_one_page_per_stage_with_counts_equals_the_slice_of_the_whole_status(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """``wave_status(limit=…, offset=…)`` (``wave status --limit``, ``GET /waves/{id}?limit=``): per stage the
+    slice of the whole status — the same instances in the same order with the same live states — plus the
+    stage's instance count and state counts; for the running stage the live states of its stage run (the wave
+    itself still counts them pending). Checked while Prod has two long installs in flight and the rest
+    pending, so the whole and the paged answer see the same states."""
+    prod = {f"i-prod{n:013d}": {"duration_seconds": 120.0} for n in range(1, 10)}
+    fleet = make_fleet({"dev": 11, "prod": 9}, behaviours={"i-dev00000000000004": {"fail": True}, **prod})
+    inp = wave_input(fleet, tmp_path, [stage("dev", max_errors="1"), stage("prod", max_concurrency="2")])
+    async with running_worker(dev_env.client) as tq:
+        handle = await start(dev_env.client, tq, inp)
+        try:
+            for _ in range(200):
+                whole = await wave_status(dev_env.client, inp.wave_id)
+                if Counter(whole.stages[1].instances.values())["pending"] == 7:
+                    break
+                await asyncio.sleep(0.1)
+            assert whole.stages[1].active_run_id, "Prod's stage run is not running"
+            paged = await wave_status(dev_env.client, inp.wave_id, limit=4, offset=1)
+            again = await wave_status(dev_env.client, inp.wave_id)
+        finally:
+            await handle.terminate("test over")
+    assert again == whole, "states changed while the test compared them"
+    assert Counter(whole.stages[1].instances.values()) == {"pending": 7, "in_flight": 2}
+    for full, page in zip(whole.stages, paged.stages, strict=True):
+        ids = list(full.instances)[1:5]
+        assert list(page.instances) == ids
+        assert page.instances == {i: full.instances[i] for i in ids}
+        assert page.details == {i: full.details[i] for i in ids if i in full.details}
+        assert page.instances_total == len(full.instances)
+        assert page.state_counts == dict(Counter(full.instances.values()))
+        assert full.instances_total is None and full.state_counts == {}  # the whole status is not a page
+    assert paged.stages[0].state_counts == {"succeeded": 10, "failed": 1}
+    assert paged.stages[1].instances["i-prod0000000000002"] == "in_flight"  # live, from the stage run
+    assert "i-dev00000000000004" in paged.stages[0].details  # the failed one's detail is on its page
+
+
+async def test_a_finished_wave_is_paged_from_its_result(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    inp = wave_input(make_fleet({"dev": 6}), tmp_path, [stage("dev")])
+    async with running_worker(dev_env.client) as tq:
+        await (await start(dev_env.client, tq, inp)).result()
+    # No worker now: a finished wave answers from its recorded result.
+    paged = await wave_status(dev_env.client, inp.wave_id, limit=4, offset=4)
+    assert list(paged.stages[0].instances) == ["i-dev00000000000005", "i-dev00000000000006"]
+    assert paged.stages[0].instances_total == 6 and paged.stages[0].state_counts == {"succeeded": 6}
