@@ -7,7 +7,9 @@ directory), ``--workers`` processes of ``patchflow worker`` on one task queue (t
 own Python process), a fleet file of ``--instances`` instances split evenly into three patch groups, and one
 wave with a stage per group (window ``now``, zero-duration patches, ``max_concurrency`` ``--concurrency``).
 While it runs, ``wave status`` (:func:`patchflow.control.waves.wave_status`, what the CLI and the API call) is
-timed every 2 s. Reported: wall time, the wave's end state (and why it failed), the largest payload set the
+timed every 2 s: by default one page of ``--status-limit`` (100) instances per stage with the stage's counts
+(``wave status --limit 100``, ``GET /waves/{id}?limit=100``); ``--status-limit 0``: the whole status, every
+instance. Reported: wall time, the wave's end state (and why it failed), the largest payload set the
 starting client received (the wave's result), the largest answer ``wave status`` received, the largest workflow history of the wave and its stage runs,
 each worker's peak RSS (``VmHWM``), and the slowest and median status answer.
 """
@@ -124,7 +126,7 @@ async def why_stuck(client: Client, inp: WaveInput) -> str:
     return "no workflow task failure in its history"
 
 
-async def one_run(instances: int, workers: int, concurrency: str, timeout: float) -> None:
+async def one_run(instances: int, workers: int, concurrency: str, timeout: float, status_limit: int) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp)
         write_fleet(data / "fleet.json", instances)
@@ -169,7 +171,7 @@ async def one_run(instances: int, workers: int, concurrency: str, timeout: float
             while not result_task.done() and time.perf_counter() - start < timeout:
                 t0 = time.perf_counter()
                 with contextlib.suppress(Exception):
-                    await wave_status(status_client, inp.wave_id)
+                    await wave_status(status_client, inp.wave_id, limit=status_limit or None)
                     answers.append(time.perf_counter() - t0)
                 await asyncio.wait([result_task], timeout=2.0)
             elapsed = time.perf_counter() - start
@@ -211,6 +213,9 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--concurrency", default="500")
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds one wave may take")
+    parser.add_argument(
+        "--status-limit", type=int, default=100, help="instances per stage a timed status lists (0: all)"
+    )
     args = parser.parse_args()
     print(
         f"3 stages of {args.instances // 3:,} instances, max_concurrency {args.concurrency}, zero-time patches"
@@ -220,7 +225,7 @@ async def main() -> None:
         f"{'events (runs)':>13} {'worker MiB':>16} {'status max/median s':>13}"
     )
     for workers in args.workers:
-        await one_run(args.instances, workers, args.concurrency, args.timeout)
+        await one_run(args.instances, workers, args.concurrency, args.timeout, args.status_limit)
 
 
 if __name__ == "__main__":

@@ -980,3 +980,31 @@ def test_a_state_file_replaced_under_the_same_name_is_reopened(tmp_path: Path, f
     assert counts(executor, "i-deb") == (0, 0)
     run(executor.install("i-deb", OPENSSL_FIX, operation_id="op-2"))
     assert counts(fresh, "i-deb") == (1, 0)
+
+
+def test_instances_of_one_image_share_their_read_only_parts(tmp_path: Path) -> None:
+    """Issue 17 item 2: every worker loads the fleet, so equal tags, package lists, packages and behaviours are
+    one object each (a 100,000-instance fleet file: 342 → 290 MiB of worker RSS); different values never are."""
+    text = """\
+seed: 3
+instances:
+  - {id: i-a, tags: {"Patch Group": web}, platform: {family: deb},
+     installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.10}]}
+  - {id: i-b, tags: {"Patch Group": web}, platform: {family: deb},
+     installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.10}]}
+  - {id: i-c, tags: {"Patch Group": db}, platform: {family: deb},
+     installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.11}]}
+generate:
+  - {count: 3, id_prefix: i-0g, tags: {"Patch Group": web}, platform: {family: deb},
+     installed: [{name: openssl, arch: amd64, version: 3.0.2-0ubuntu1.10}]}
+"""
+    by_id = {i.id: i for i in load_fleet(write_fleet(tmp_path, text)).instances}
+    a, b, c = by_id["i-a"], by_id["i-b"], by_id["i-c"]
+    generated = [i for i in by_id.values() if i.id.startswith("i-0g")]
+    for other in (b, *generated):
+        assert other.tags is a.tags and other.installed is a.installed and other.behaviour is a.behaviour
+    assert c.tags == {"Patch Group": "db"} and c.tags is not a.tags
+    assert (
+        c.installed == [Package("openssl", "amd64", "3.0.2-0ubuntu1.11")] and c.installed is not a.installed
+    )
+    assert a.patch_group == "web" and c.patch_group == "db"
