@@ -310,29 +310,24 @@ class SimulatedExecutor:
             with self._transaction() as conn:
                 return [_caught(self._started_in, conn, "install", i, op) for _, i, op in known]
 
+        # When each is due, on the monotonic clock: the remaining time is read off the (wall) clock once, as
+        # _wait_and_finish does, and clamped — a clock that went backwards never lengthens the wait.
         due: list[tuple[float, int, FleetInstance, str]] = []
         for (index, instance, operation_id), timing in zip(
             known, await asyncio.to_thread(read_all), strict=True
         ):
             if isinstance(timing, tuple):
                 started_at, duration = timing
-                # Clamped as in _wait_and_finish: a clock that went backwards never lengthens the wait.
-                due.append(
-                    (
-                        self._clock() + min(duration, max(0.0, started_at + duration - self._clock())),
-                        index,
-                        instance,
-                        operation_id,
-                    )
-                )
+                remaining = min(duration, max(0.0, started_at + duration - self._clock()))
+                due.append((time.monotonic() + remaining, index, instance, operation_id))
             else:
                 answers[index] = timing
         due.sort(key=lambda d: (d[0], d[1]))
         while due:
-            wait = due[0][0] - self._clock()
+            wait = due[0][0] - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
-            now = self._clock()
+            now = time.monotonic()
             ready = [d for d in due if d[0] <= now] or due[:1]
             due = due[len(ready) :]
 
