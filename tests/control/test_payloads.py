@@ -29,7 +29,15 @@ from patchflow.control.payloads import (
     claim_check_codec,
 )
 from patchflow.core.hooks import HookStepRecord
-from patchflow.core.wavemodel import StageRunResult, StageStatus, WaveResult, WaveStatus
+from patchflow.core.wavemodel import (
+    InstanceOutcome,
+    PatchBatchResult,
+    StageProgress,
+    StageRunResult,
+    StageStatus,
+    WaveResult,
+    WaveStatus,
+)
 from patchflow.store.db import Role
 
 
@@ -141,10 +149,8 @@ def test_the_payload_directory_follows_the_settings(tmp_path: Path) -> None:
     assert converter.external_storage is None  # see patchflow.control.payloads: the codec, not the SDK's
 
 
-def test_the_payload_converter_writes_the_sdk_default_bytes_and_reads_them_back() -> None:
-    """Same encodings, same bytes as ``DefaultPayloadConverter`` (other SDK clients and recorded histories read
-    them unchanged): nested dataclasses, dicts of them, datetimes, None, sets, tuples, enums, plain values."""
-    status = WaveStatus(
+def _a_status() -> WaveStatus:
+    return WaveStatus(
         wave_id="w-1",
         plan_name="web",
         patch_set_id="ps-1",
@@ -162,6 +168,12 @@ def test_the_payload_converter_writes_the_sdk_default_bytes_and_reads_them_back(
             )
         ],
     )
+
+
+def test_the_payload_converter_writes_the_sdk_default_bytes_and_reads_them_back() -> None:
+    """Same encodings, same bytes as ``DefaultPayloadConverter`` (other SDK clients and recorded histories read
+    them unchanged): nested dataclasses, dicts of them, datetimes, None, sets, tuples, enums, plain values."""
+    status = _a_status()
     values: list[Any] = [
         WaveResult(status=status),
         StageRunResult(
@@ -182,3 +194,37 @@ def test_the_payload_converter_writes_the_sdk_default_bytes_and_reads_them_back(
     ours = PatchflowPayloadConverter()
     assert ours.to_payloads(values) == default.to_payloads(values)
     assert ours.from_payloads(ours.to_payloads([status]), [WaveStatus]) == [status]
+
+
+def test_the_cached_dataclass_decoder_builds_what_the_sdk_builds() -> None:
+    """:class:`CachedDataclassDecoder` resolves each class's field types once; what it builds must be what the SDK's
+    ``value_to_type`` builds — nested dataclasses in lists and dicts, Optional fields, datetimes, defaults for
+    missing optional fields — and it must fail where the SDK fails (a missing required field, a wrong type)."""
+    outcome = InstanceOutcome("i-1", "failed", True, detail="exit 1", changed=2, pending_reboot=True)
+    values: list[tuple[Any, type]] = [
+        (PatchBatchResult(outcomes=[outcome, InstanceOutcome("i-2", "succeeded", False)]), PatchBatchResult),
+        (WaveResult(status=_a_status()), WaveResult),
+        (
+            StageProgress(states={"i-1": "in_flight"}, errors=0, max_errors=1, max_concurrency=5),
+            StageProgress,
+        ),
+    ]
+    default = DataConverter.default.payload_converter
+    ours = PatchflowPayloadConverter()
+    for value, hint in values:
+        payloads = default.to_payloads([value])
+        assert ours.from_payloads(payloads, [hint]) == default.from_payloads(payloads, [hint]) == [value]
+    # Fields written by a newer version are ignored, a missing optional field takes its default (as the SDK).
+    older = default.to_payloads(
+        [{"instance_id": "i-1", "status": "succeeded", "counts_as_error": False, "new": 1}]
+    )
+    assert ours.from_payloads(older, [InstanceOutcome]) == [InstanceOutcome("i-1", "succeeded", False)]
+    for bad in (
+        {"instance_id": "i-1"},
+        {"instance_id": "i-1", "status": "x", "counts_as_error": False, "changed": "two"},
+    ):
+        payloads = default.to_payloads([bad])
+        with pytest.raises(Exception) as sdk:
+            default.from_payloads(payloads, [InstanceOutcome])
+        with pytest.raises(type(sdk.value)):
+            ours.from_payloads(payloads, [InstanceOutcome])

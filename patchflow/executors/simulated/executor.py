@@ -171,6 +171,8 @@ class SimulatedExecutor:
         self._ready = False
         self._ready_lock = threading.Lock()
         self._local = threading.local()
+        self._write_lock = threading.Lock()
+        """This process's writers queue here, not in SQLite's busy handler (see :meth:`_transaction`)."""
         """Per thread: its connection and the (device, inode) of the file it opened (see :meth:`_transaction`)."""
 
     # ------------------------------------------------------------------------------------------ protocol
@@ -890,17 +892,21 @@ class SimulatedExecutor:
     def _transaction(self) -> Iterator[sqlite3.Connection]:
         """One ``BEGIN IMMEDIATE`` transaction on this thread's connection, committed unless the body raises."""
         conn = self._thread_connection()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
+        # SQLite's busy handler sleeps in steps of up to 100 ms while another connection writes, however soon
+        # the lock is free again: threads of one process queue on a lock instead (other processes — more
+        # workers — still meet in the busy handler).
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("ROLLBACK")
-            except sqlite3.Error:  # the connection itself broke: open a new one next time
-                self._local.conn = None
-                conn.close()
-            raise
-        conn.execute("COMMIT")
+                yield conn
+            except BaseException:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:  # the connection itself broke: open a new one next time
+                    self._local.conn = None
+                    conn.close()
+                raise
+            conn.execute("COMMIT")
 
     def _create_schema(self) -> None:
         self.state_path.parent.mkdir(parents=True, exist_ok=True)
