@@ -209,7 +209,8 @@ class BatchInstaller(Protocol):
     (instance id, operation id) pair — idempotent per operation id, each result the one a single call would
     give — but one round trip (one transaction, one API call) for the whole batch instead of one per instance.
     A problem with one instance is *its* entry of the answer (the exception a single call would raise); it
-    never fails the others.
+    never fails the others. ``start_installs`` may answer an install that ended within the send with its
+    result (as ``start_install`` may: the SSH executor waits briefly for a short install).
     """
 
     async def start_installs(

@@ -927,6 +927,15 @@ def test_a_batch_answers_each_instance_as_single_calls_would(tmp_path: Path, fle
     assert isinstance(reused[0], ValueError) and "already used" in str(reused[0]) and reused[1] is None
     assert isinstance(run(many.finish_installs([("i-deb", "never")]))[0], OperationNotStartedError)
 
+    # Zero simulated time: the batch's send completes (and records) the install and answers its result, which
+    # the wait — or a single finish_install — then finds; no second install runs.
+    instant = SimulatedExecutor(fleet, tmp_path / "instant.sqlite", time_scale=0.0)
+    sent = run(instant.start_installs([("i-deb", "z"), ("i-fail", "zf")], OPENSSL_FIX))
+    assert [r.status if isinstance(r, InstallResult) else r for r in sent] == ["succeeded", "failed"]
+    assert run(instant.finish_install("i-deb", operation_id="z")) == sent[0]
+    assert run(instant.finish_installs([("i-deb", "z")])) == [sent[0]]
+    assert counts(instant, "i-deb") == (1, 0)
+
 
 def test_a_batch_completes_each_install_when_its_own_time_is_up(tmp_path: Path) -> None:
     """One ``finish_installs`` over a 0.2 s and a 2 s install: the short one is completed (and its instance

@@ -121,8 +121,12 @@ def run_count(histories: list[WorkflowHistory], kind: str) -> int:
 async def test_stage_runs_continuing_as_new(
     dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
 ) -> None:
+    # Installs that take time (send, then wait): a zero-time one is over within its send, half the events.
     inp = wave_input(
-        make_fleet({"prod": 12}), tmp_path, [stage("prod", max_concurrency="1")], history_event_limit=40
+        make_fleet({"prod": 12}, duration=0.05),
+        tmp_path,
+        [stage("prod", max_concurrency="1")],
+        history_event_limit=40,
     )
     _, histories = await record(dev_env.client, "stage-runs-continue-as-new", inp)
     assert run_count(histories, "StageRunWorkflow") >= 3

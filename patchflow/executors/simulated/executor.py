@@ -271,7 +271,9 @@ class SimulatedExecutor:
         sources: Sequence[RepoSource] = (),
     ) -> list[InstallResult | None | Exception]:
         """:meth:`start_install` for each ``(instance_id, operation_id)``, all in one transaction
-        (:class:`~patchflow.executors.base.BatchInstaller`); an instance's error is its own entry."""
+        (:class:`~patchflow.executors.base.BatchInstaller`); an instance's error is its own entry. An install
+        whose simulated time is zero is completed in the same transaction and answered with its result (one
+        activity instead of two per batch of a zero-time fleet; :meth:`start_install` leaves it to the wait)."""
         answers: list[InstallResult | None | Exception] = []
         todo: list[tuple[int, FleetInstance, Request, str]] = []
         for instance_id, operation_id in operations:
@@ -289,7 +291,7 @@ class SimulatedExecutor:
         def begin_all() -> list[InstallResult | tuple[float, float] | Exception]:
             self._ensure_ready()
             with self._transaction() as conn:
-                return [_caught(self._begin_in, conn, "install", i, r, op) for _, i, r, op in todo]
+                return [_caught(self._begin_in, conn, "install", i, r, op, True) for _, i, r, op in todo]
 
         for (index, *_), begun in zip(todo, await asyncio.to_thread(begin_all), strict=True):
             answers[index] = None if isinstance(begun, tuple) else begun
@@ -602,6 +604,7 @@ class SimulatedExecutor:
         instance: FleetInstance,
         request: Request,
         operation_id: str,
+        complete_instant: bool = False,
     ) -> InstallResult | tuple[float, float]:
         self._settle(conn, instance.id)
         row = conn.execute(
@@ -616,6 +619,10 @@ class SimulatedExecutor:
                 "duration_seconds) VALUES (?, ?, ?, ?, 'running', ?, ?)",
                 (operation_id, instance.id, kind, json.dumps(request), started_at, duration),
             )
+            if duration <= 0 and complete_instant:
+                # A zero-time install is over the moment it starts: completed (and recorded) here, as an SSH
+                # install that ends within its send, so the batch has nothing to wait for.
+                return self._complete(conn, instance, operation_id)
             return (started_at, duration)
         owner, old_kind, old_request, status, started_at, duration, result = row
         if owner != instance.id or old_kind != kind or _as_request(json.loads(old_request)) != request:
