@@ -164,8 +164,6 @@ def test_wave_lifecycle_through_the_cli(stack: dict[str, str], fast_plan: Path) 
     assert paged["stages"][2]["instances_total"] == 20 and paged["stages"][2]["state_counts"] == {
         "succeeded": 20
     }
-    table = cli("wave", "status", wave_id, "--limit", "1", env=stack)
-    assert table.returncode == 0 and " 20 " in table.stdout  # the table counts all 20, not the page of 1
     bad = cli("wave", "status", wave_id, "--limit", "0", env=stack)
     assert bad.returncode == 2 and "--limit" in bad.stderr and "Traceback" not in bad.stderr
     assert ("approve", "ops-lead", "CAB-1234") in {

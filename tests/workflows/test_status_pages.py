@@ -131,3 +131,29 @@ async def test_a_finished_wave_is_paged_from_its_result(
     paged = await wave_status(dev_env.client, inp.wave_id, limit=4, offset=4)
     assert list(paged.stages[0].instances) == ["i-dev00000000000005", "i-dev00000000000006"]
     assert paged.stages[0].instances_total == 6 and paged.stages[0].state_counts == {"succeeded": 6}
+
+
+def test_the_status_table_counts_every_instance_of_a_paged_status() -> None:
+    """``wave status --limit`` prints the same per-stage counts as the whole status: from ``state_counts``, not
+    from the page's instances."""
+    from rich.console import Console
+
+    from patchflow.cli.waves import stage_table
+    from patchflow.control.waves import _paged_result, status_json
+    from patchflow.core.wavemodel import StageStatus, WaveStatus
+
+    instances = {f"i-{n}": "succeeded" if n % 4 else "failed" for n in range(40)}
+    status = WaveStatus("w", "p", "running", "ps", [StageStatus(name="prod", instances=dict(instances))])
+    whole = status_json(status)
+    paged = status_json(_paged_result(status, offset=0, limit=1))
+    assert len(paged["stages"][0]["instances"]) == 1 and paged["stages"][0]["state_counts"] == {
+        "failed": 10,
+        "succeeded": 30,
+    }
+
+    def table(doc: dict[str, object]) -> str:
+        console = Console(width=300, record=True)
+        console.print(stage_table(doc))
+        return console.export_text()
+
+    assert table(paged) == table(whole) and " 30 " in table(paged)
