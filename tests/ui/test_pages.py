@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import html
 import re
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -187,12 +188,16 @@ def test_viewer_reads_everything_without_javascript_and_sees_no_buttons(
     assert "/confirm/" not in text and "Operator actions" not in text  # … and no action buttons
     assert "i-0test000000000004" in text and "Failure" in text  # the failed test instance and its detail
     assert "openssl" in text and "3.0.2-0ubuntu1.16" in text  # the pinned set
-    dev = viewer.get(f"/ui/waves/{wave_id}", params={"stage": "dev"}).text
     # Versions before → after, as the worker recorded them in the history database (fleet.yaml: the 2024 image).
-    assert re.search(
-        r'openssl\.amd64</span> <span class="mono">3\.0\.2-0ubuntu1\.10</span> → <span class="mono">3\.0\.2-0ubuntu1\.16<',
-        dev,
-    ), dev
+    # The wave's outbox writes them after the stage run ends and nothing waits for it: the page shows them once
+    # the write has landed (seconds on a loaded machine).
+    versions = re.compile(
+        r'openssl\.amd64</span> <span class="mono">3\.0\.2-0ubuntu1\.10</span> → <span class="mono">3\.0\.2-0ubuntu1\.16<'
+    )
+    deadline = time.monotonic() + 60
+    while not versions.search(dev := viewer.get(f"/ui/waves/{wave_id}", params={"stage": "dev"}).text):
+        assert time.monotonic() < deadline, dev
+        time.sleep(0.5)
     failed = viewer.get(f"/ui/waves/{wave_id}", params={"state": "failed"})
     assert failed.text.count('data-instance="') == 1
 
