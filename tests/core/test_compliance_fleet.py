@@ -188,3 +188,21 @@ def test_a_caller_changing_its_list_afterwards_does_not_change_later_answers() -
         installed[j] = (installed[j][0], "x86_64", "2.0-1")
     again = eng.evaluate(Instance("i-2", list(installed)), with_patches=False)
     assert again.counts["MissingCount"] == len(NAMES) - 2 and again.counts["InstalledCount"] == 2
+
+
+def test_instances_with_equal_counts_get_counts_of_their_own() -> None:
+    """Totals are remembered per distinct count of codes; every answer still owns its counts dict (a caller
+    adding to one instance's counts must not change another's)."""
+    eng = engine_for(
+        family="rpm",
+        candidates=[PinnedPatch(name=n, arch="x86_64", version="2.0-1") for n in NAMES],
+        rejected_patches=[],
+        rejected_action="ALLOW_AS_DEPENDENCY",
+        package_manager="yum",
+    )
+    image = [(n, "x86_64", "1.0-1") for n in NAMES]
+    first = eng.evaluate(Instance("i-1", list(image)), with_patches=False)
+    first.counts["MissingCount"] += 1000
+    second = eng.evaluate(Instance("i-2", list(image)), with_patches=False)
+    assert second.counts["MissingCount"] == len(NAMES)
+    assert second.counts is not first.counts
