@@ -52,11 +52,13 @@ from patchflow.core.wavemodel import (
     OperatorAction,
     StageInput,
     StageProgress,
+    StageRunResult,
     StageStatus,
     WaveInput,
     WaveResult,
     WaveStatus,
     analysis_json,
+    instance_page,
 )
 from patchflow.errors import InputError, NotFoundError, PatchflowError
 from patchflow.executors.base import Package
@@ -375,7 +377,9 @@ async def wave_status(
     for stage in status.stages:
         if stage.active_run_id:
             try:
-                progress = await _paged_progress(client.get_workflow_handle(stage.active_run_id), page_size)
+                progress = await _paged_progress(
+                    client.get_workflow_handle(stage.active_run_id, result_type=StageRunResult), page_size
+                )
             except (RPCError, WorkflowQueryFailedError):
                 continue
             stage.instances.update(progress.states)
@@ -415,7 +419,9 @@ async def _one_page_status(
         stage.instances, stage.details, stage.hook_steps = page.instances, page.details, page.hook_steps
         stage.instances_total, stage.state_counts = page.total, page.counts
         if stage.active_run_id:
-            await _live_page(client.get_workflow_handle(stage.active_run_id), stage)
+            await _live_page(
+                client.get_workflow_handle(stage.active_run_id, result_type=StageRunResult), stage
+            )
 
     await asyncio.gather(*(fill(stage) for stage in status.stages))
     return status
@@ -425,17 +431,21 @@ async def _live_page(run: WorkflowHandle[Any, Any], stage: StageStatus) -> None:
     """Merge a running stage run into a stage's page: the live states of the page's instances, the run's errors
     and disruption line, and the state counts — the wave counts the run's instances as pending until the run
     ends, so those are replaced by the run's own counts."""
+    page = InstancePageInput(stage="", ids=list(stage.instances), counts=True)
     try:
-        progress, live = await asyncio.gather(
-            run.query(StageRunWorkflow.progress_summary, rpc_timeout=QUERY_TIMEOUT),
-            run.query(
-                StageRunWorkflow.progress_page,
-                InstancePageInput(stage="", ids=list(stage.instances), counts=True),
-                rpc_timeout=QUERY_TIMEOUT,
-            ),
-        )
+        ended = await _ended_run(run)
+        if ended is None:
+            progress, live = await asyncio.gather(
+                run.query(StageRunWorkflow.progress_summary, rpc_timeout=QUERY_TIMEOUT),
+                run.query(StageRunWorkflow.progress_page, page, rpc_timeout=QUERY_TIMEOUT),
+            )
+        elif isinstance(ended, StageRunResult):
+            progress = StageProgress(states={}, errors=ended.errors, max_errors=0, max_concurrency=0)
+            live = instance_page(_run_states(ended), ended.details, page, ended.hook_steps)
+        else:
+            return  # the run failed or was terminated: the wave's view
     except RPCError:
-        return  # the run just ended (its result is the wave's next answer) or is not up yet: the wave's view
+        return  # the run is not up yet, or answered an error: the wave's view
     stage.instances.update(live.instances)
     stage.details.update(live.details)
     stage.hook_steps.update(live.hook_steps)
@@ -480,8 +490,43 @@ async def _paged_status(handle: WorkflowHandle[Any, Any], page_size: int) -> Wav
     return status
 
 
+async def _ended_run(run: WorkflowHandle[Any, Any]) -> StageRunResult | WorkflowExecutionStatus | None:
+    """None while the stage run (its latest run, after continue-as-new) is running; once it has ended, its
+    result (completed) or how it ended.
+
+    A run ends moments before its wave records it. Querying it then would have a worker replay its whole
+    history — a closed workflow is in no worker's cache, and a stage run of tens of thousands of instances
+    takes seconds to replay — while its result is the server's to give (issue 17: ``wave status`` < 1 s).
+    """
+    description = await run.describe()
+    if description.status in (None, WorkflowExecutionStatus.RUNNING):
+        return None
+    if description.status != WorkflowExecutionStatus.COMPLETED:
+        return description.status
+    result = await run.result()  # the caller's handle decodes it (``result_type=StageRunResult``)
+    return result if isinstance(result, StageRunResult) else description.status
+
+
+def _run_states(result: StageRunResult) -> dict[str, str]:
+    """Every instance of an ended run with its state, as its ``progress`` query gave them (not started:
+    pending)."""
+    return {**result.states, **dict.fromkeys(result.remaining, PENDING)}
+
+
 async def _paged_progress(handle: WorkflowHandle[Any, Any], page_size: int) -> StageProgress:
-    """A running stage run's progress, its states fetched in pages (see :func:`wave_status`)."""
+    """A running stage run's progress, its states fetched in pages (see :func:`wave_status`); an ended run's
+    from its result."""
+    ended = await _ended_run(handle)
+    if isinstance(ended, StageRunResult):
+        return StageProgress(
+            states=_run_states(ended),
+            errors=ended.errors,
+            max_errors=0,
+            max_concurrency=0,
+            hook_steps=dict(ended.hook_steps),
+        )
+    if ended is not None:
+        raise WorkflowQueryFailedError(f"the stage run ended {ended.name.lower()}")
     try:
         progress: StageProgress = await handle.query(
             StageRunWorkflow.progress_summary, rpc_timeout=QUERY_TIMEOUT

@@ -14,9 +14,17 @@ from pathlib import Path
 
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow.control.waves import _paged_progress, wave_status
-from patchflow.core.wavemodel import MAX_PAGE_INSTANCES, InstancePageInput, instance_page
+from patchflow.control.waves import _live_page, _paged_progress, wave_status
+from patchflow.core.wavemodel import (
+    MAX_PAGE_INSTANCES,
+    InstancePageInput,
+    StageRunInput,
+    StageRunResult,
+    StageStatus,
+    instance_page,
+)
 from tests.workflows.conftest import running_worker
+from tests.workflows.helpers import PATCHES
 from tests.workflows.test_wave import settle, stage, start, wave_input
 from workflows.stage import StageRunWorkflow
 from workflows.wave import WaveWorkflow
@@ -157,3 +165,44 @@ def test_the_status_table_counts_every_instance_of_a_paged_status() -> None:
         return console.export_text()
 
     assert table(paged) == table(whole) and " 30 " in table(paged)
+
+
+async def test_an_ended_stage_run_answers_from_its_result_without_a_worker(
+    dev_env: WorkflowEnvironment, make_fleet: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A stage run ends moments before its wave records it; ``wave status`` then reads the run's result from the
+    server instead of querying it — a query of a closed workflow has a worker replay its whole history (seconds
+    for a large stage; issue 17: status < 1 s). Checked with no worker left: a query could not be answered."""
+    fleet = make_fleet({"dev": 6}, behaviours={"i-dev00000000000003": {"fail": True}})
+    inp = wave_input(fleet, tmp_path, [stage("dev")])
+    ids = [f"i-dev{n:014d}" for n in range(1, 7)]
+    run_input = StageRunInput(
+        wave_id=inp.wave_id,
+        stage="dev",
+        instance_ids=ids,
+        patches=list(PATCHES),
+        executor=inp.executor,
+        max_concurrency=1,
+        max_errors=0,  # the failure of the third instance stops dispatch: three are never started
+        batch_size=1,
+        heartbeat_timeout_seconds=5,
+    )
+    run_id = f"{inp.wave_id}/dev/run-0-0"
+    async with running_worker(dev_env.client) as tq:
+        result: StageRunResult = await dev_env.client.execute_workflow(
+            StageRunWorkflow.run, run_input, id=run_id, task_queue=tq
+        )
+    assert result.remaining == ids[3:] and result.states[ids[2]] == "failed"
+    run = dev_env.client.get_workflow_handle(run_id, result_type=StageRunResult)
+
+    progress = await asyncio.wait_for(_paged_progress(run, 2), 10)
+    assert progress.states == {**result.states, **dict.fromkeys(ids[3:], "pending")}
+    assert progress.errors == 1
+
+    page = StageStatus(name="dev", state="running", instances={i: "pending" for i in ids[1:4]})
+    page.state_counts = {"pending": 6}  # the wave counts a running stage's instances as pending
+    await asyncio.wait_for(_live_page(run, page), 10)
+    assert page.instances == {ids[1]: "succeeded", ids[2]: "failed", ids[3]: "pending"}
+    assert page.details[ids[2]] == result.details[ids[2]] != ""
+    assert page.state_counts == {"succeeded": 2, "failed": 1, "pending": 3}
+    assert page.errors == 1
