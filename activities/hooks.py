@@ -22,8 +22,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
+from activities.executors import ExecutorCache
 from activities.patching import ExecutorFactory, build_executor, heartbeating, install_operation_id
 from patchflow.core.hooks import (
     ASG_EXIT_STANDBY,
@@ -45,7 +45,6 @@ from patchflow.core.hooks import (
     tail,
 )
 from patchflow.core.wavemodel import ExecutorRef, HookPhaseInput, HookPhaseResult
-from patchflow.errors import PatchflowError
 from patchflow.executors.base import Executor
 
 AwsClientFactory = Callable[[str, ExecutorRef], Any]
@@ -103,17 +102,11 @@ class HookActivities:
         self._factory = factory
         self._aws = aws
         self._poll_seconds = poll_seconds
-        self._executors: dict[tuple[object, ...], Executor] = {}
+        self._executors = ExecutorCache(factory)
         self._clients: dict[tuple[object, ...], Any] = {}
 
-    def _executor(self, ref: ExecutorRef) -> Executor:
-        key = dataclasses.astuple(ref)
-        if key not in self._executors:
-            try:
-                self._executors[key] = self._factory(ref)
-            except PatchflowError as exc:
-                raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
-        return self._executors[key]
+    async def _executor(self, ref: ExecutorRef) -> Executor:
+        return await self._executors.get(ref)
 
     def _client(self, service: str, ref: ExecutorRef) -> Any:
         key = (service, ref.region, ref.endpoint_url)
@@ -188,7 +181,7 @@ class HookActivities:
             return await self._command(inp, instance_id, index, step)
         if step.kind == HTTP:
             return await self._http(step)
-        ec2_id = self._ec2_id(inp.executor, instance_id)
+        ec2_id = await self._ec2_id(inp.executor, instance_id)
         if step.kind == ELB_DEREGISTER:
             return await asyncio.to_thread(self._elb_deregister, inp.executor, ec2_id, step)
         if step.kind == ELB_REGISTER:
@@ -218,14 +211,14 @@ class HookActivities:
         if instance_id in inp.rebooted_instance_ids:
             return
         op = install_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
-        result = await self._executor(inp.executor).operation_result(op)
+        result = await (await self._executor(inp.executor)).operation_result(op)
         if result is not None and result.pending_reboot and not result.rebooted:
             raise _Skip("a reboot is still pending: post_reboot runs after the reboot")
 
     async def _command(
         self, inp: HookPhaseInput, instance_id: str, index: int, step: HookStep
     ) -> tuple[str, str, list[str]]:
-        executor = self._executor(inp.executor)
+        executor = await self._executor(inp.executor)
         op = hook_operation_id(inp, instance_id, index)
         document = step.document if step.kind == SSM_DOCUMENT else None
         extra: dict[str, Any] = {"document": document, "parameters": step.parameters} if document else {}
@@ -248,10 +241,10 @@ class HookActivities:
 
     # --------------------------------------------------------------------------- AWS built-ins
 
-    def _ec2_id(self, ref: ExecutorRef, instance_id: str) -> str:
+    async def _ec2_id(self, ref: ExecutorRef, instance_id: str) -> str:
         """The instance's EC2 id: its ``ec2_instance_id`` tag, else its own id when that is an EC2 id (SSM);
         else the step is skipped."""
-        tags = _tags(self._executor(ref), instance_id)
+        tags = _tags(await self._executor(ref), instance_id)
         if tags.get(EC2_ID_TAG):
             return tags[EC2_ID_TAG]
         if EC2_ID_RE.match(instance_id):

@@ -12,13 +12,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from dataclasses import astuple
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar, cast
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.executors import ExecutorCache
 from patchflow.core.disruption import PER_AVAILABILITY_ZONE, group_members
 from patchflow.core.freezes import first_allowed_window, freeze_note
 from patchflow.core.ratecontrol import FAILED, ROLLED_BACK, SUCCEEDED
@@ -97,21 +97,15 @@ class WaveActivities:
         self._metrics = metrics
         self._database_url = database_url
         self._client = client
-        self._executors: dict[tuple[object, ...], Executor] = {}
+        self._executors = ExecutorCache(factory)
 
-    def _executor(self, ref: ExecutorRef) -> Executor:
-        key = astuple(ref)  # every field: two waves with different buckets or fleets get their own executor
-        if key not in self._executors:
-            try:
-                self._executors[key] = self._factory(ref)
-            except PatchflowError as exc:
-                raise ApplicationError(str(exc), type=type(exc).__name__, non_retryable=True) from exc
-        return self._executors[key]
+    async def _executor(self, ref: ExecutorRef) -> Executor:
+        return await self._executors.get(ref)
 
     @activity.defn(name="resolve_targets")
     async def resolve_targets(self, inp: ResolveTargetsInput) -> ResolveTargetsResult:
         """Explicit ids as listed (unknown ones reported), or a patch group's members sorted by id."""
-        instances = await self._executor(inp.executor).discover()
+        instances = await (await self._executor(inp.executor)).discover()
         by_id = {i.instance_id: i for i in instances}
         if inp.instance_ids:
             known = [i for i in inp.instance_ids if i in by_id]
@@ -158,7 +152,7 @@ class WaveActivities:
     @activity.defn(name="patch_batch")
     async def patch_batch(self, inp: PatchBatchInput) -> PatchBatchResult:
         """Install the pinned set on each instance of the batch, concurrently, heartbeating meanwhile."""
-        executor = self._executor(inp.executor)
+        executor = await self._executor(inp.executor)
         patches = [Package(p.name, p.arch, p.version) for p in inp.patches]
 
         async def one(instance_id: str) -> InstanceOutcome:
@@ -196,7 +190,7 @@ class WaveActivities:
         finds the command it already sent (executors record it durably before anything else can fail).
         Instances still running come back with status ``started``; the others with their final result.
         """
-        executor = self._executor(inp.executor)
+        executor = await self._executor(inp.executor)
         patches = [Package(p.name, p.arch, p.version) for p in inp.patches]
         ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
 
@@ -251,7 +245,7 @@ class WaveActivities:
     @activity.defn(name="wait_patch_batch")
     async def wait_patch_batch(self, inp: PatchBatchInput) -> PatchBatchResult:
         """Phase 2: wait for the installs phase 1 started, heartbeating; a cancelled wave cancels them."""
-        executor = self._executor(inp.executor)
+        executor = await self._executor(inp.executor)
         ops = {i: install_operation_id(inp.wave_id, inp.stage, i, inp.attempt) for i in inp.instance_ids}
         if inp.cancel:
             # The wave was cancelled while these installs were being sent: cancel them, do not wait for them.
@@ -394,7 +388,7 @@ class WaveActivities:
             if state in (SUCCEEDED, FAILED, ROLLED_BACK)
             and (due.stage, instance_id, due.attempt) not in recorded
         ]
-        executor = self._executor(inp.executor)
+        executor = await self._executor(inp.executor)
         limit = asyncio.Semaphore(16)
 
         async def read(due: StageAttempt, instance_id: str) -> InstallResult | None:
@@ -459,7 +453,7 @@ class WaveActivities:
     @activity.defn(name="rollback_instances")
     async def rollback_instances(self, inp: RollbackInput) -> RollbackResult:
         """Restore each instance's packages to the versions its install of this wave replaced."""
-        executor = self._executor(inp.executor)
+        executor = await self._executor(inp.executor)
         rolled: list[str] = []
         failed: dict[str, str] = {}
 
@@ -509,7 +503,7 @@ class WaveActivities:
     @activity.defn(name="health_check")
     async def health_check(self, inp: HealthInput) -> HealthReport:
         """The executor's health check on every instance, and the optional HTTP endpoint."""
-        executor = self._executor(inp.executor)
+        executor = await self._executor(inp.executor)
         results = await asyncio.gather(*(executor.health_check(i) for i in inp.instance_ids))
         unhealthy = {r.instance_id: r.message or "unhealthy" for r in results if not r.healthy}
         if inp.url:
@@ -526,7 +520,7 @@ class WaveActivities:
         so a retry after a crash or a lost heartbeat waits for the reboot already under way instead of
         rebooting again. A host that does not come back is ``failed`` (it counts against ``max_errors``).
         """
-        executor = self._executor(inp.executor)
+        executor = await self._executor(inp.executor)
 
         async def one(instance_id: str) -> InstanceOutcome:
             op = reboot_operation_id(inp.wave_id, inp.stage, instance_id, inp.attempt)
