@@ -27,8 +27,10 @@ from temporalio.client import (
     WorkflowExecutionStatus,
     WorkflowHandle,
     WorkflowQueryFailedError,
+    WorkflowQueryRejectedError,
     WorkflowUpdateFailedError,
 )
+from temporalio.common import QueryRejectCondition
 from temporalio.service import RPCError, RPCStatusCode
 
 from patchflow.config import Settings
@@ -355,9 +357,30 @@ async def wave_status(
         result: WaveResult = await handle.result()
         return result.status if limit is None else _paged_result(result.status, offset, limit)
     await require_worker(client, description.task_queue, wave_id)
+    # A running wave's queries are refused by the server once it has closed (it may end between the describe and
+    # them): a closed wave's query would have a worker replay its whole history — seconds for a large wave —
+    # while its result is the server's to give. A wave that failed or was terminated has no result: asked anyway.
+    running = description.status == WorkflowExecutionStatus.RUNNING
+    reject = QueryRejectCondition.NOT_OPEN if running else None
+    try:
+        return await _running_wave_status(client, handle, page_size, limit, offset, reject)
+    except WorkflowQueryRejectedError:
+        return await wave_status(client, wave_id, page_size=page_size, limit=limit, offset=offset)
+
+
+async def _running_wave_status(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    page_size: int,
+    limit: int | None,
+    offset: int,
+    reject: QueryRejectCondition | None,
+) -> WaveStatus:
+    """:func:`wave_status` of a wave that was not completed when described (see there)."""
+    wave_id = handle.id
     if limit is not None:
         try:
-            return await _one_page_status(client, handle, offset, limit)
+            return await _one_page_status(client, handle, offset, limit, reject)
         except (
             WorkflowQueryFailedError
         ):  # a worker without the counting queries: the whole status, then a page
@@ -366,12 +389,13 @@ async def wave_status(
             raise PatchflowError(
                 f"wave {wave_id} did not answer ({exc.message}); is a worker running?"
             ) from None
-        return _paged_result(await wave_status(client, wave_id, page_size=page_size), offset, limit)
+        whole = await _running_wave_status(client, handle, page_size, None, 0, reject)
+        return _paged_result(whole, offset, limit)
     try:
         try:
-            status = await _paged_status(handle, page_size)
+            status = await _paged_status(handle, page_size, reject)
         except WorkflowQueryFailedError:  # a worker without the paged queries (older version)
-            status = await handle.query(WaveWorkflow.status, rpc_timeout=QUERY_TIMEOUT)
+            status = await _query(handle, reject, WaveWorkflow.status)
     except RPCError as exc:
         raise PatchflowError(f"wave {wave_id} did not answer ({exc.message}); is a worker running?") from None
     for stage in status.stages:
@@ -390,6 +414,12 @@ async def wave_status(
     return status
 
 
+async def _query(handle: WorkflowHandle[Any, Any], reject: QueryRejectCondition | None, *query: Any) -> Any:
+    """One status query (``query``: the query and its argument, if any), refused by the server when
+    ``reject`` says so."""
+    return await handle.query(*query, reject_condition=reject, rpc_timeout=QUERY_TIMEOUT)
+
+
 def _paged_result(status: WaveStatus, offset: int, limit: int) -> WaveStatus:
     """A whole status cut to one page per stage, with the stage totals and state counts (see :func:`wave_status`)."""
     for stage in status.stages:
@@ -404,17 +434,22 @@ def _paged_result(status: WaveStatus, offset: int, limit: int) -> WaveStatus:
 
 
 async def _one_page_status(
-    client: Client, handle: WorkflowHandle[Any, Any], offset: int, limit: int
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    offset: int,
+    limit: int,
+    reject: QueryRejectCondition | None,
 ) -> WaveStatus:
     """One page per stage from a running wave: its summary, each stage's page with the state counts, and for the
     running stage the live states of that page's instances and the counts of its run (see :func:`wave_status`)."""
-    status: WaveStatus = await handle.query(WaveWorkflow.status_summary, rpc_timeout=QUERY_TIMEOUT)
+    status: WaveStatus = await _query(handle, reject, WaveWorkflow.status_summary)
 
     async def fill(stage: StageStatus) -> None:
-        page: InstancePage = await handle.query(
+        page: InstancePage = await _query(
+            handle,
+            reject,
             WaveWorkflow.instances_page,
             InstancePageInput(stage=stage.name, offset=offset, limit=limit, counts=True),
-            rpc_timeout=QUERY_TIMEOUT,
         )
         stage.instances, stage.details, stage.hook_steps = page.instances, page.details, page.hook_steps
         stage.instances_total, stage.state_counts = page.total, page.counts
@@ -430,20 +465,20 @@ async def _one_page_status(
 async def _live_page(run: WorkflowHandle[Any, Any], stage: StageStatus) -> None:
     """Merge a running stage run into a stage's page: the live states of the page's instances, the run's errors
     and disruption line, and the state counts — the wave counts the run's instances as pending until the run
-    ends, so those are replaced by the run's own counts."""
+    ends, so those are replaced by the run's own counts. A run that has just ended answers from its result."""
     page = InstancePageInput(stage="", ids=list(stage.instances), counts=True)
     try:
-        ended = await _ended_run(run)
-        if ended is None:
+        try:
             progress, live = await asyncio.gather(
-                run.query(StageRunWorkflow.progress_summary, rpc_timeout=QUERY_TIMEOUT),
-                run.query(StageRunWorkflow.progress_page, page, rpc_timeout=QUERY_TIMEOUT),
+                _query(run, QueryRejectCondition.NOT_OPEN, StageRunWorkflow.progress_summary),
+                _query(run, QueryRejectCondition.NOT_OPEN, StageRunWorkflow.progress_page, page),
             )
-        elif isinstance(ended, StageRunResult):
+        except WorkflowQueryRejectedError:
+            ended = await _ended_run(run)
+            if ended is None:
+                return
             progress = StageProgress(states={}, errors=ended.errors, max_errors=0, max_concurrency=0)
             live = instance_page(_run_states(ended), ended.details, page, ended.hook_steps)
-        else:
-            return  # the run failed or was terminated: the wave's view
     except RPCError:
         return  # the run is not up yet, or answered an error: the wave's view
     stage.instances.update(live.instances)
@@ -469,15 +504,18 @@ async def _summary(handle: WorkflowHandle[Any, Any]) -> WaveStatus:
     return summary
 
 
-async def _paged_status(handle: WorkflowHandle[Any, Any], page_size: int) -> WaveStatus:
-    status: WaveStatus = await handle.query(WaveWorkflow.status_summary, rpc_timeout=QUERY_TIMEOUT)
+async def _paged_status(
+    handle: WorkflowHandle[Any, Any], page_size: int, reject: QueryRejectCondition | None
+) -> WaveStatus:
+    status: WaveStatus = await _query(handle, reject, WaveWorkflow.status_summary)
 
     async def fill(stage: StageStatus) -> None:
         async def fetch(offset: int) -> InstancePage:
-            page: InstancePage = await handle.query(
+            page: InstancePage = await _query(
+                handle,
+                reject,
                 WaveWorkflow.instances_page,
                 InstancePageInput(stage=stage.name, offset=offset, limit=page_size),
-                rpc_timeout=QUERY_TIMEOUT,
             )
             return page
 
@@ -490,21 +528,19 @@ async def _paged_status(handle: WorkflowHandle[Any, Any], page_size: int) -> Wav
     return status
 
 
-async def _ended_run(run: WorkflowHandle[Any, Any]) -> StageRunResult | WorkflowExecutionStatus | None:
-    """None while the stage run (its latest run, after continue-as-new) is running; once it has ended, its
-    result (completed) or how it ended.
+async def _ended_run(run: WorkflowHandle[Any, Any]) -> StageRunResult | None:
+    """The result of a stage run whose query the server refused because the run had ended; None when it ended
+    without one (failed, terminated: the wave's view stands).
 
     A run ends moments before its wave records it. Querying it then would have a worker replay its whole
     history — a closed workflow is in no worker's cache, and a stage run of tens of thousands of instances
     takes seconds to replay — while its result is the server's to give (issue 17: ``wave status`` < 1 s).
     """
     description = await run.describe()
-    if description.status in (None, WorkflowExecutionStatus.RUNNING):
-        return None
     if description.status != WorkflowExecutionStatus.COMPLETED:
-        return description.status
+        return None
     result = await run.result()  # the caller's handle decodes it (``result_type=StageRunResult``)
-    return result if isinstance(result, StageRunResult) else description.status
+    return result if isinstance(result, StageRunResult) else None
 
 
 def _run_states(result: StageRunResult) -> dict[str, str]:
@@ -514,10 +550,33 @@ def _run_states(result: StageRunResult) -> dict[str, str]:
 
 
 async def _paged_progress(handle: WorkflowHandle[Any, Any], page_size: int) -> StageProgress:
-    """A running stage run's progress, its states fetched in pages (see :func:`wave_status`); an ended run's
-    from its result."""
-    ended = await _ended_run(handle)
-    if isinstance(ended, StageRunResult):
+    """A running stage run's progress, its states fetched in pages (see :func:`wave_status`); a run that has just
+    ended answers from its result."""
+    refuse_closed = QueryRejectCondition.NOT_OPEN
+    try:
+        try:
+            progress: StageProgress = await _query(handle, refuse_closed, StageRunWorkflow.progress_summary)
+        except WorkflowQueryFailedError:  # an older worker
+            whole: StageProgress = await _query(handle, refuse_closed, StageRunWorkflow.progress)
+            return whole
+
+        async def fetch(offset: int) -> InstancePage:
+            page: InstancePage = await _query(
+                handle,
+                refuse_closed,
+                StageRunWorkflow.progress_page,
+                InstancePageInput(stage="", offset=offset, limit=page_size),
+            )
+            return page
+
+        for page in await _all_pages(fetch):
+            progress.states.update(page.instances)
+            progress.hook_steps.update(page.hook_steps)
+        return progress
+    except WorkflowQueryRejectedError:
+        ended = await _ended_run(handle)
+        if ended is None:
+            raise WorkflowQueryFailedError("the stage run ended without a result") from None
         return StageProgress(
             states=_run_states(ended),
             errors=ended.errors,
@@ -525,28 +584,6 @@ async def _paged_progress(handle: WorkflowHandle[Any, Any], page_size: int) -> S
             max_concurrency=0,
             hook_steps=dict(ended.hook_steps),
         )
-    if ended is not None:
-        raise WorkflowQueryFailedError(f"the stage run ended {ended.name.lower()}")
-    try:
-        progress: StageProgress = await handle.query(
-            StageRunWorkflow.progress_summary, rpc_timeout=QUERY_TIMEOUT
-        )
-    except WorkflowQueryFailedError:  # an older worker
-        whole: StageProgress = await handle.query(StageRunWorkflow.progress, rpc_timeout=QUERY_TIMEOUT)
-        return whole
-
-    async def fetch(offset: int) -> InstancePage:
-        page: InstancePage = await handle.query(
-            StageRunWorkflow.progress_page,
-            InstancePageInput(stage="", offset=offset, limit=page_size),
-            rpc_timeout=QUERY_TIMEOUT,
-        )
-        return page
-
-    for page in await _all_pages(fetch):
-        progress.states.update(page.instances)
-        progress.hook_steps.update(page.hook_steps)
-    return progress
 
 
 async def _all_pages(fetch: Callable[[int], Awaitable[InstancePage]]) -> list[InstancePage]:

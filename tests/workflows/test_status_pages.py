@@ -12,9 +12,12 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+from temporalio.client import WorkflowQueryRejectedError
+from temporalio.common import QueryRejectCondition
 from temporalio.testing import WorkflowEnvironment
 
-from patchflow.control.waves import _live_page, _paged_progress, wave_status
+from patchflow.control.waves import _live_page, _paged_progress, _running_wave_status, wave_status
 from patchflow.core.wavemodel import (
     MAX_PAGE_INSTANCES,
     InstancePageInput,
@@ -136,6 +139,15 @@ async def test_a_finished_wave_is_paged_from_its_result(
     async with running_worker(dev_env.client) as tq:
         await (await start(dev_env.client, tq, inp)).result()
     # No worker now: a finished wave answers from its recorded result.
+    # A wave that ends between wave status's describe and its queries: the server refuses them at once (no
+    # worker would have to replay the wave's whole history); wave status then answers from the result.
+    handle = dev_env.client.get_workflow_handle(inp.wave_id)
+    for limit in (4, None):
+        with pytest.raises(WorkflowQueryRejectedError):
+            await asyncio.wait_for(
+                _running_wave_status(dev_env.client, handle, 2, limit, 0, QueryRejectCondition.NOT_OPEN),
+                10,
+            )
     paged = await wave_status(dev_env.client, inp.wave_id, limit=4, offset=4)
     assert list(paged.stages[0].instances) == ["i-dev00000000000005", "i-dev00000000000006"]
     assert paged.stages[0].instances_total == 6 and paged.stages[0].state_counts == {"succeeded": 6}
@@ -199,7 +211,7 @@ async def test_an_ended_stage_run_answers_from_its_result_without_a_worker(
     assert progress.states == {**result.states, **dict.fromkeys(ids[3:], "pending")}
     assert progress.errors == 1
 
-    page = StageStatus(name="dev", state="running", instances={i: "pending" for i in ids[1:4]})
+    page = StageStatus(name="dev", state="running", instances=dict.fromkeys(ids[1:4], "pending"))
     page.state_counts = {"pending": 6}  # the wave counts a running stage's instances as pending
     await asyncio.wait_for(_live_page(run, page), 10)
     assert page.instances == {ids[1]: "succeeded", ids[2]: "failed", ids[3]: "pending"}
