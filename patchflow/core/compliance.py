@@ -203,12 +203,12 @@ class ComplianceEngine:
         targets, known = self._for_product(instance.product)
         installed = instance.installed
         code_counts = known.count(installed)
+        pairs: Counter[tuple[str, str]] = Counter()
+        for code, n in code_counts.items():
+            pairs[known.pairs[code]] += n
         overrides: dict[int, str] = {}
         extra_rows: list[PatchState] = []
-        if not _last_run_matters(instance, code_counts):
-            counts, worst = known.totals(code_counts)
-        else:
-            pairs = known.pair_counts(code_counts)
+        if _last_run_matters(instance, code_counts):
             row_states = list(map(known.states.__getitem__, installed))
             overrides, extra_rows = _last_run(instance, row_states, targets, known.blocked)
             for index, state in overrides.items():
@@ -217,7 +217,7 @@ class ComplianceEngine:
                 pairs[(state, bucket)] += 1
             for row in extra_rows:
                 pairs[(row.state, _bucket(targets.get((row.name, row.arch))))] += 1
-            counts, worst = _counts(pairs)
+        counts, worst = _counts(pairs)
         patches: list[PatchState] = []
         if with_patches:
             # Rows are immutable and shared between instances with the same package version.
@@ -282,8 +282,6 @@ class _KnownRows:
         self.rows: dict[PackageKey, PatchState] = {}
         self.blocked: set[PackageKey] = set()
         """MISSING only because the update they need is kept out by a rejected dependency (BLOCK)."""
-        self._totals: dict[frozenset[tuple[str, int]], tuple[dict[str, int], str | None]] = {}
-        """:meth:`totals` already computed, by the codes' counts."""
         self.layouts: dict[tuple[int, ...], _Layout] = {}
         """Installed lists already counted, by :func:`_probe_keys` (see :meth:`count`). Their package objects are
         kept alive by the layout, so the ids in the keys stay theirs."""
@@ -302,37 +300,16 @@ class _KnownRows:
             counts = dict(Counter(map(self.codes.__getitem__, installed)))
             self._remember(_Layout(list(installed), counts))  # a copy: callers may change their list
             return counts
-        reference, codes = layout.installed, self.codes
-        places = list(compress(itertools.count(), map(operator.is_not, installed, reference)))
-        if not places:
-            return dict(layout.counts)
-        # The differing places' codes before (the layout's) and after (this list's), counted in C.
-        get = operator.itemgetter(*places) if len(places) > 1 else _one(places[0])
-        after = Counter(map(codes.__getitem__, get(installed)))
-        after.subtract(Counter(map(codes.__getitem__, get(reference))))
         counts = dict(layout.counts)
-        for code, n in after.items():
-            if n:
-                counts[code] = counts.get(code, 0) + n
-        return {code: n for code, n in counts.items() if n}
-
-    def totals(self, code_counts: dict[str, int]) -> tuple[dict[str, int], str | None]:
-        """:func:`_counts` of ``code_counts`` (a fresh dict each call); remembered per distinct count, which
-        instances of one machine image mostly share."""
-        key = frozenset(code_counts.items())
-        known = self._totals.get(key)
-        if known is None:
-            known = _counts(self.pair_counts(code_counts))
-            if len(self._totals) < _MAX_TOTALS:
-                self._totals[key] = known
-        return dict(known[0]), known[1]
-
-    def pair_counts(self, code_counts: dict[str, int]) -> Counter[tuple[str, str]]:
-        """How many rows have each (state, bucket), from the codes' counts."""
-        pairs: Counter[tuple[str, str]] = Counter()
-        for code, n in code_counts.items():
-            pairs[self.pairs[code]] += n
-        return pairs
+        reference, codes = layout.installed, self.codes
+        changed = False
+        for index in compress(itertools.count(), map(operator.is_not, installed, reference)):
+            before, after = codes[reference[index]], codes[installed[index]]
+            if before is not after:
+                counts[before] -= 1
+                counts[after] = counts.get(after, 0) + 1
+                changed = True
+        return {code: n for code, n in counts.items() if n} if changed else counts
 
     def rows_of(self, installed: list[PackageKey]) -> list[PatchState]:
         """The rows of ``installed`` (all judged already): a layout's, with the places that differ looked up."""
@@ -397,13 +374,6 @@ _LAYOUT_MIN_ROWS = 64
 """Shorter lists are counted row by row: a layout would save little."""
 _MAX_LAYOUT_KEYS = 3 * 4096
 """Enough for thousands of machine images; a fleet with no shared layout stops adding after that many."""
-_MAX_TOTALS = 65536
-"""Distinct code counts remembered by :meth:`_KnownRows.totals` (a few MB at most)."""
-
-
-def _one(index: int) -> Callable[[list[PackageKey]], tuple[PackageKey]]:
-    """``operator.itemgetter`` for one place, answering a 1-tuple as it does for several."""
-    return lambda rows: (rows[index],)
 
 
 def _probe_keys(installed: list[PackageKey]) -> tuple[tuple[int, ...], ...]:
