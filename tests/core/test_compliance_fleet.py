@@ -172,15 +172,20 @@ def test_fleet_compliance_equals_judging_every_row_afresh(seed: int, block: bool
         )
 
 
-def test_a_caller_changing_its_list_afterwards_does_not_change_later_answers() -> None:
-    """The engine keeps a copy of a layout it counted, not the caller's list."""
-    eng = engine_for(
+def every_name_at_2_0() -> ComplianceEngine:
+    """An engine approving version 2.0-1 of every name in :data:`NAMES`, nothing rejected."""
+    return engine_for(
         family="rpm",
         candidates=[PinnedPatch(name=n, arch="x86_64", version="2.0-1") for n in NAMES],
         rejected_patches=[],
         rejected_action="ALLOW_AS_DEPENDENCY",
         package_manager="yum",
     )
+
+
+def test_a_caller_changing_its_list_afterwards_does_not_change_later_answers() -> None:
+    """The engine keeps a copy of a layout it counted, not the caller's list."""
+    eng = every_name_at_2_0()
     installed = [(n, "x86_64", "1.0-1") for n in NAMES]
     first = eng.evaluate(Instance("i-1", installed), with_patches=False)
     assert first.counts["MissingCount"] == len(NAMES)
@@ -191,15 +196,9 @@ def test_a_caller_changing_its_list_afterwards_does_not_change_later_answers() -
 
 
 def test_instances_with_equal_counts_get_counts_of_their_own() -> None:
-    """Totals are remembered per distinct count of codes; every answer still owns its counts dict (a caller
-    adding to one instance's counts must not change another's)."""
-    eng = engine_for(
-        family="rpm",
-        candidates=[PinnedPatch(name=n, arch="x86_64", version="2.0-1") for n in NAMES],
-        rejected_patches=[],
-        rejected_action="ALLOW_AS_DEPENDENCY",
-        package_manager="yum",
-    )
+    """Instances of one image share their layout's counts inside the engine; every answer still owns its counts
+    dict (a caller adding to one instance's counts must not change another's)."""
+    eng = every_name_at_2_0()
     image = [(n, "x86_64", "1.0-1") for n in NAMES]
     first = eng.evaluate(Instance("i-1", list(image)), with_patches=False)
     first.counts["MissingCount"] += 1000
