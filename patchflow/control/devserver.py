@@ -2,6 +2,13 @@
 
 Nothing is downloaded at run time: the binary ships in the package and is found next to the Python
 interpreter (or on PATH). State persists in a SQLite file under patchflow's data directory.
+
+The file is kept in SQLite's write-ahead-log mode (``journal_mode=wal``, with SQLite's default
+``synchronous=FULL``: every commit is still on disk before the server answers). With the rollback journal the
+server uses otherwise, each transaction writes its pages twice and syncs more than once; every workflow task,
+activity completion and timer is a transaction, so that cost is on the path of every dispatch. Measured with
+``bench/wave_bench.py makespan`` (issue 17, item 4): a slot's handoff — one install ends, the next begins —
+took 52-58 ms at the median with the rollback journal and 36-41 ms in WAL mode (bench/README.md).
 """
 
 from __future__ import annotations
@@ -78,6 +85,10 @@ class DevServer:
             self.process.wait(timeout=timeout)
 
 
+#: ``--sqlite-pragma`` values the embedded server always runs with (see the module docstring).
+SQLITE_PRAGMAS: tuple[str, ...] = ("journal_mode=wal",)
+
+
 def start_dev_server(
     address: str, data_dir: Path, *, ui: bool = True, ui_port: int = 8233, timeout: float = 30.0
 ) -> DevServer:
@@ -102,6 +113,8 @@ def start_dev_server(
         "--log-level",
         "warn",
     ]
+    for pragma in SQLITE_PRAGMAS:
+        args += ["--sqlite-pragma", pragma]
     if ui:
         args += ["--ui-ip", host, "--ui-port", str(ui_port)]
     else:
